@@ -1,0 +1,564 @@
+//! Stable, keyed request fingerprints: the key under which dedup coalesces and caches.
+//!
+//! A [`RequestKey`] is a 128-bit keyed hash ([HighwayHash]) of everything that makes two
+//! requests "the same question from the same caller". The hash key is secret: random per
+//! process by default ([`FingerprintKey::process`]), or derived from a configured secret
+//! ([`FingerprintKey::from_secret`]) when several instances share a cache. Without the key
+//! nobody can craft two different requests that collide.
+//!
+//! For an `http::Request<B>` the fingerprint covers the method, the URI, the body and the
+//! credential headers (`Authorization`, `x-api-key`, `api-key`, `x-goog-api-key`, ...), so two
+//! tenants never share a key. A JSON body is hashed in a canonical form: object key order,
+//! whitespace and number spelling (`1` vs `1.0`) do not change the key.
+//!
+//! Types implement [`Fingerprint`] by feeding their parts to a [`FingerprintHasher`]; every
+//! write is length- or tag-prefixed, so `("ab", "c")` and `("a", "bc")` differ.
+//!
+//! [HighwayHash]: https://github.com/google/highwayhash
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, OnceLock};
+
+use highway::{HighwayHash, HighwayHasher, Key};
+
+/// The secret key of the fingerprint hash.
+///
+/// Its `Debug` output never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FingerprintKey([u64; 4]);
+
+impl FingerprintKey {
+    /// A fresh random key from the operating system's generator.
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 32];
+        if getrandom::fill(&mut bytes).is_err() {
+            // The OS generator failed (it practically never does): fall back on std's
+            // per-process random hasher keys rather than failing the caller.
+            let state = std::collections::hash_map::RandomState::new();
+            for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+                let mut hasher = state.build_hasher();
+                hasher.write_usize(i);
+                chunk.copy_from_slice(&hasher.finish().to_le_bytes());
+            }
+        }
+        FingerprintKey(words(&bytes))
+    }
+
+    /// The process-wide random key, created on first use. Keys made with it are stable for the
+    /// life of the process and meaningless to any other process.
+    pub fn process() -> Self {
+        static KEY: OnceLock<FingerprintKey> = OnceLock::new();
+        KEY.get_or_init(FingerprintKey::random).clone()
+    }
+
+    /// A key derived from a shared secret, so that several processes (sharing a cache through
+    /// Redis, say) compute the same fingerprints. Use at least 32 random bytes.
+    pub fn from_secret(secret: &[u8]) -> Self {
+        // A fixed public key turns the secret, whatever its length, into 256 key bits.
+        const DERIVE: Key = Key([
+            0x7477_6572_2d6c_6c6d,
+            0x6669_6e67_6572_7072,
+            0x696e_742d_6b65_792d,
+            0x6465_7269_7665_2d31,
+        ]);
+        let mut hasher = HighwayHasher::new(DERIVE);
+        hasher.append(secret);
+        FingerprintKey(hasher.finalize256())
+    }
+
+    /// A hasher to feed by hand.
+    pub fn hasher(&self) -> FingerprintHasher {
+        FingerprintHasher(HighwayHasher::new(Key(self.0)))
+    }
+
+    /// The fingerprint of `value`.
+    pub fn fingerprint<T: Fingerprint + ?Sized>(&self, value: &T) -> RequestKey {
+        let mut hasher = self.hasher();
+        value.fingerprint(&mut hasher);
+        hasher.finish()
+    }
+}
+
+impl Default for FingerprintKey {
+    /// The process-wide random key.
+    fn default() -> Self {
+        FingerprintKey::process()
+    }
+}
+
+impl fmt::Debug for FingerprintKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FingerprintKey(<redacted>)")
+    }
+}
+
+fn words(bytes: &[u8; 32]) -> [u64; 4] {
+    let mut out = [0u64; 4];
+    for (word, chunk) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut buf = [0u8; 8];
+        buf.copy_from_slice(chunk);
+        *word = u64::from_le_bytes(buf);
+    }
+    out
+}
+
+/// A request's 128-bit fingerprint.
+///
+/// `Display` prints 32 lowercase hex digits, suitable for a cache key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestKey(u128);
+
+impl RequestKey {
+    /// The key from its raw value.
+    pub const fn from_u128(value: u128) -> Self {
+        RequestKey(value)
+    }
+
+    /// The raw value.
+    pub const fn as_u128(self) -> u128 {
+        self.0
+    }
+}
+
+impl fmt::Debug for RequestKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestKey({:032x})", self.0)
+    }
+}
+
+impl fmt::Display for RequestKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// A keyed hasher that builds a [`RequestKey`].
+pub struct FingerprintHasher(HighwayHasher);
+
+impl fmt::Debug for FingerprintHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FingerprintHasher { .. }")
+    }
+}
+
+const TAG_NULL: u8 = 0;
+const TAG_FALSE: u8 = 1;
+const TAG_TRUE: u8 = 2;
+const TAG_INT: u8 = 3;
+const TAG_FLOAT: u8 = 4;
+const TAG_STRING: u8 = 5;
+const TAG_ARRAY: u8 = 6;
+const TAG_OBJECT: u8 = 7;
+const TAG_BYTES: u8 = 8;
+const TAG_ABSENT: u8 = 9;
+const TAG_PRESENT: u8 = 10;
+
+impl FingerprintHasher {
+    /// Writes a byte string, length-prefixed.
+    pub fn write_bytes(&mut self, bytes: &[u8]) {
+        self.write_u64(bytes.len() as u64);
+        self.0.append(bytes);
+    }
+
+    /// Writes a string, length-prefixed.
+    pub fn write_str(&mut self, s: &str) {
+        self.write_bytes(s.as_bytes());
+    }
+
+    /// Writes an integer.
+    pub fn write_u64(&mut self, value: u64) {
+        self.0.append(&value.to_le_bytes());
+    }
+
+    /// Writes one tag byte, to tell apart values of different shapes.
+    pub fn write_tag(&mut self, tag: u8) {
+        self.0.append(&[tag]);
+    }
+
+    /// Writes an optional value: a presence tag, then the value.
+    pub fn write_option<T: Fingerprint + ?Sized>(&mut self, value: Option<&T>) {
+        match value {
+            None => self.write_tag(TAG_ABSENT),
+            Some(value) => {
+                self.write_tag(TAG_PRESENT);
+                value.fingerprint(self);
+            }
+        }
+    }
+
+    /// Writes a JSON value in canonical form: object keys sorted, integers and integral
+    /// floats written alike, `-0.0` as `0`.
+    pub fn write_json(&mut self, value: &serde_json::Value) {
+        use serde_json::Value;
+        match value {
+            Value::Null => self.write_tag(TAG_NULL),
+            Value::Bool(false) => self.write_tag(TAG_FALSE),
+            Value::Bool(true) => self.write_tag(TAG_TRUE),
+            Value::Number(n) => self.write_json_number(n),
+            Value::String(s) => {
+                self.write_tag(TAG_STRING);
+                self.write_str(s);
+            }
+            Value::Array(items) => {
+                self.write_tag(TAG_ARRAY);
+                self.write_u64(items.len() as u64);
+                for item in items {
+                    self.write_json(item);
+                }
+            }
+            Value::Object(map) => {
+                self.write_tag(TAG_OBJECT);
+                self.write_u64(map.len() as u64);
+                // Sort here rather than trust the map's order: serde_json's `preserve_order`
+                // feature, switched on by any crate in the build, would keep insertion order.
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                for (key, value) in entries {
+                    self.write_str(key);
+                    self.write_json(value);
+                }
+            }
+        }
+    }
+
+    fn write_json_number(&mut self, n: &serde_json::Number) {
+        if let Some(i) = n.as_i64() {
+            self.write_tag(TAG_INT);
+            self.0.append(&i128::from(i).to_le_bytes());
+        } else if let Some(u) = n.as_u64() {
+            self.write_tag(TAG_INT);
+            self.0.append(&i128::from(u).to_le_bytes());
+        } else if let Some(f) = n.as_f64() {
+            // Integral floats in i64's range hash as the integer: `1.0` is `1`.
+            if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 {
+                self.write_tag(TAG_INT);
+                self.0.append(&i128::from(f as i64).to_le_bytes());
+            } else {
+                self.write_tag(TAG_FLOAT);
+                self.write_u64(f.to_bits());
+            }
+        } else {
+            // Arbitrary-precision numbers (serde_json's `arbitrary_precision`): their text.
+            self.write_tag(TAG_FLOAT);
+            self.write_str(&n.to_string());
+        }
+    }
+
+    /// Writes a body: canonical JSON when it parses as JSON, the raw bytes otherwise.
+    pub fn write_body(&mut self, body: &[u8]) {
+        let looks_like_json = body
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| matches!(b, b'{' | b'['));
+        if looks_like_json && let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
+            self.write_json(&value);
+            return;
+        }
+        self.write_tag(TAG_BYTES);
+        self.write_bytes(body);
+    }
+
+    /// The fingerprint of everything written.
+    pub fn finish(self) -> RequestKey {
+        let [lo, hi] = self.0.finalize128();
+        RequestKey((u128::from(hi) << 64) | u128::from(lo))
+    }
+}
+
+/// A request that can be fingerprinted: it writes everything that makes it distinct.
+///
+/// Implement it for your own request types by writing each field that changes the answer
+/// (and the caller's identity, if answers must not be shared across callers):
+///
+/// ```
+/// use tower_llm_core::{Fingerprint, FingerprintHasher, FingerprintKey};
+///
+/// struct Ask { tenant: String, prompt: String, temperature_milli: u64 }
+///
+/// impl Fingerprint for Ask {
+///     fn fingerprint(&self, h: &mut FingerprintHasher) {
+///         h.write_str(&self.tenant);
+///         h.write_str(&self.prompt);
+///         h.write_u64(self.temperature_milli);
+///     }
+/// }
+///
+/// let key = FingerprintKey::random();
+/// let a = Ask { tenant: "acme".into(), prompt: "hi".into(), temperature_milli: 0 };
+/// let b = Ask { tenant: "globex".into(), prompt: "hi".into(), temperature_milli: 0 };
+/// assert_ne!(key.fingerprint(&a), key.fingerprint(&b));
+/// ```
+pub trait Fingerprint {
+    /// Feeds this value's distinguishing parts to `hasher`.
+    fn fingerprint(&self, hasher: &mut FingerprintHasher);
+}
+
+impl Fingerprint for str {
+    fn fingerprint(&self, hasher: &mut FingerprintHasher) {
+        hasher.write_str(self);
+    }
+}
+
+impl Fingerprint for String {
+    fn fingerprint(&self, hasher: &mut FingerprintHasher) {
+        hasher.write_str(self);
+    }
+}
+
+impl Fingerprint for [u8] {
+    fn fingerprint(&self, hasher: &mut FingerprintHasher) {
+        hasher.write_bytes(self);
+    }
+}
+
+impl Fingerprint for Vec<u8> {
+    fn fingerprint(&self, hasher: &mut FingerprintHasher) {
+        hasher.write_bytes(self);
+    }
+}
+
+impl Fingerprint for bytes::Bytes {
+    fn fingerprint(&self, hasher: &mut FingerprintHasher) {
+        hasher.write_bytes(self);
+    }
+}
+
+impl Fingerprint for u64 {
+    fn fingerprint(&self, hasher: &mut FingerprintHasher) {
+        hasher.write_u64(*self);
+    }
+}
+
+impl Fingerprint for serde_json::Value {
+    fn fingerprint(&self, hasher: &mut FingerprintHasher) {
+        hasher.write_json(self);
+    }
+}
+
+impl<T: Fingerprint + ?Sized> Fingerprint for &T {
+    fn fingerprint(&self, hasher: &mut FingerprintHasher) {
+        (**self).fingerprint(hasher);
+    }
+}
+
+impl<T: Fingerprint + ?Sized> Fingerprint for Box<T> {
+    fn fingerprint(&self, hasher: &mut FingerprintHasher) {
+        (**self).fingerprint(hasher);
+    }
+}
+
+impl<T: Fingerprint + ?Sized> Fingerprint for Arc<T> {
+    fn fingerprint(&self, hasher: &mut FingerprintHasher) {
+        (**self).fingerprint(hasher);
+    }
+}
+
+impl<A: Fingerprint, B: Fingerprint> Fingerprint for (A, B) {
+    fn fingerprint(&self, hasher: &mut FingerprintHasher) {
+        self.0.fingerprint(hasher);
+        self.1.fingerprint(hasher);
+    }
+}
+
+/// The request headers that identify the caller or change the answer, and so are part of an
+/// `http::Request`'s fingerprint.
+pub const IDENTITY_HEADERS: [&str; 9] = [
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+    "openai-organization",
+    "openai-project",
+    "anthropic-version",
+    "anthropic-beta",
+];
+
+impl<B: AsRef<[u8]>> Fingerprint for http::Request<B> {
+    fn fingerprint(&self, hasher: &mut FingerprintHasher) {
+        hasher.write_str("http-request/1");
+        hasher.write_str(self.method().as_str());
+        hasher.write_str(&self.uri().to_string());
+        for name in IDENTITY_HEADERS {
+            let values = self.headers().get_all(name);
+            hasher.write_u64(values.iter().count() as u64);
+            for value in values {
+                hasher.write_bytes(value.as_bytes());
+            }
+        }
+        hasher.write_body(self.body().as_ref());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: &str, auth: Option<&str>) -> http::Request<String> {
+        let mut builder = http::Request::post("https://api.openai.com/v1/chat/completions")
+            .header("content-type", "application/json");
+        if let Some(auth) = auth {
+            builder = builder.header("authorization", auth);
+        }
+        builder.body(body.to_owned()).expect("valid request")
+    }
+
+    #[test]
+    fn json_key_order_and_whitespace_do_not_matter() {
+        let key = FingerprintKey::random();
+        let a = request(
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"temperature":0}"#,
+            Some("Bearer a"),
+        );
+        let b = request(
+            "{ \"temperature\": 0.0,\n  \"messages\": [ {\"content\": \"hi\", \"role\": \"user\"} ],\n  \"model\": \"gpt-4o\" }",
+            Some("Bearer a"),
+        );
+        assert_eq!(key.fingerprint(&a), key.fingerprint(&b));
+    }
+
+    #[test]
+    fn different_content_differs() {
+        let key = FingerprintKey::random();
+        let a = request(r#"{"messages":["hi"]}"#, None);
+        let b = request(r#"{"messages":["ho"]}"#, None);
+        let c = request(r#"{"messages":[["hi"]]}"#, None);
+        let d = request(r#"{"messages":"hi"}"#, None);
+        let keys = [a, b, c, d].map(|r| key.fingerprint(&r));
+        for i in 0..keys.len() {
+            for j in i + 1..keys.len() {
+                assert_ne!(keys[i], keys[j], "{i} vs {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn tenants_never_share_a_key() {
+        let key = FingerprintKey::random();
+        let body = r#"{"model":"m","messages":[]}"#;
+        let a = request(body, Some("Bearer tenant-a"));
+        let b = request(body, Some("Bearer tenant-b"));
+        let none = request(body, None);
+        assert_ne!(key.fingerprint(&a), key.fingerprint(&b));
+        assert_ne!(key.fingerprint(&a), key.fingerprint(&none));
+
+        let with_x_api_key = |k: &str| {
+            http::Request::post("https://api.anthropic.com/v1/messages")
+                .header("x-api-key", k)
+                .body(body.to_owned())
+                .expect("valid request")
+        };
+        assert_ne!(
+            key.fingerprint(&with_x_api_key("one")),
+            key.fingerprint(&with_x_api_key("two"))
+        );
+    }
+
+    #[test]
+    fn method_and_uri_are_covered() {
+        let key = FingerprintKey::random();
+        let post = http::Request::post("http://x/a").body("").expect("valid");
+        let put = http::Request::put("http://x/a").body("").expect("valid");
+        let other = http::Request::post("http://x/b").body("").expect("valid");
+        assert_ne!(key.fingerprint(&post), key.fingerprint(&put));
+        assert_ne!(key.fingerprint(&post), key.fingerprint(&other));
+    }
+
+    #[test]
+    fn non_json_bodies_hash_raw() {
+        let key = FingerprintKey::random();
+        let a = http::Request::post("http://x/").body("{not json").expect("valid");
+        let b = http::Request::post("http://x/").body("{not  json").expect("valid");
+        assert_ne!(key.fingerprint(&a), key.fingerprint(&b));
+    }
+
+    #[test]
+    fn keys_are_secret_and_shared_secrets_agree() {
+        let a = FingerprintKey::random();
+        let b = FingerprintKey::random();
+        assert_ne!(a.fingerprint("same"), b.fingerprint("same"));
+        let s1 = FingerprintKey::from_secret(b"a shared secret of enough length!");
+        let s2 = FingerprintKey::from_secret(b"a shared secret of enough length!");
+        assert_eq!(s1.fingerprint("same"), s2.fingerprint("same"));
+        assert_eq!(format!("{s1:?}"), "FingerprintKey(<redacted>)");
+        assert_eq!(FingerprintKey::process(), FingerprintKey::process());
+    }
+
+    #[test]
+    fn length_prefixes_prevent_concatenation_collisions() {
+        let key = FingerprintKey::random();
+        let ab_c = ("ab".to_string(), "c".to_string());
+        let a_bc = ("a".to_string(), "bc".to_string());
+        assert_ne!(key.fingerprint(&ab_c), key.fingerprint(&a_bc));
+    }
+
+    #[test]
+    fn display_is_32_hex_digits() {
+        let shown = RequestKey::from_u128(0xab).to_string();
+        assert_eq!(shown.len(), 32);
+        assert!(shown.ends_with("ab"));
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[a-z ]{0,8}".prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                proptest::collection::btree_map("[a-z]{1,4}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Writes `value` as JSON with object keys in reverse order and extra whitespace.
+    fn respell(value: &serde_json::Value, out: &mut String) {
+        use serde_json::Value;
+        match value {
+            Value::Array(items) => {
+                out.push_str("[ ");
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(" ,\n");
+                    }
+                    respell(item, out);
+                }
+                out.push_str(" ]");
+            }
+            Value::Object(map) => {
+                out.push_str("{\n");
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.reverse();
+                for (i, (k, v)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(",  ");
+                    }
+                    out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                    out.push_str(" :\t");
+                    respell(v, out);
+                }
+                out.push_str("\n}");
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn respelled_json_keeps_its_key(value in json_value()) {
+            let key = FingerprintKey::random();
+            let compact = serde_json::to_string(&value).expect("serialises");
+            let mut loose = String::new();
+            respell(&value, &mut loose);
+            let a = http::Request::post("http://x/").body(compact).expect("valid");
+            let b = http::Request::post("http://x/").body(loose).expect("valid");
+            proptest::prop_assert_eq!(key.fingerprint(&a), key.fingerprint(&b));
+        }
+    }
+}

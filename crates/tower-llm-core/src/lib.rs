@@ -1,0 +1,61 @@
+//! The shared vocabulary of [tower-llm]: what every layer needs to understand about a request
+//! and its outcome, without knowing which provider served it.
+//!
+//! - **Outcome classification** ([`Classify`], [`Outcome`], [`FailureKind`]): one taxonomy of
+//!   what went wrong (rate limited with the server's retry-after, overloaded, timeout,
+//!   transport, server error, client errors that are never retried, circuit open, ...). The
+//!   breaker, retry, race and rate-limit layers all read outcomes through it, so a breaker's
+//!   fast-fail is seen by a retry layer as "unavailable, try later" with no glue code.
+//! - **Retry-after** ([`retry_after`]): the server's hint in every header form providers use.
+//! - **Request fingerprints** ([`Fingerprint`], [`FingerprintKey`], [`RequestKey`]): a keyed
+//!   128-bit hash under which dedup coalesces and caches; tenants never share a key.
+//! - **Request cost** ([`RequestCost`], [`ResponseUsage`], [`Usage`]): tokens estimated before
+//!   a call and reported after it, for token-per-minute limits.
+//! - **Errors** ([`CircuitOpen`], [`RateLimited`], [`UpstreamError`]): what layers and
+//!   providers box, so that any layer further out can classify them.
+//!
+//! Core has no I/O and no runtime of its own.
+//!
+//! # Example
+//!
+//! A layer decides what to do with a result through the classifier:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_llm_core::{BoxError, Classify, DefaultClassifier, FailureKind, UpstreamError};
+//!
+//! let overloaded: BoxError = Box::new(
+//!     UpstreamError::new(FailureKind::Overloaded, "Overloaded")
+//!         .with_provider("anthropic")
+//!         .with_retry_after(Some(Duration::from_secs(2))),
+//! );
+//! let outcome = DefaultClassifier.classify(Err::<&(), _>(&overloaded));
+//! let failure = outcome.as_failure().unwrap();
+//! assert!(failure.kind.is_retryable());
+//! assert!(failure.kind.is_upstream_unhealthy());
+//! assert_eq!(failure.retry_after, Some(Duration::from_secs(2)));
+//! ```
+//!
+//! [tower-llm]: https://github.com/tower-llm/tower-llm
+
+#![forbid(unsafe_code)]
+
+mod classify;
+mod cost;
+mod error;
+mod fingerprint;
+mod retry_after;
+
+pub use classify::{
+    Classify, ClassifyError, ClassifyResponse, DefaultClassifier, Failure, FailureKind, Outcome,
+    classify_dyn_error,
+};
+pub use cost::{
+    DEFAULT_OUTPUT_TOKENS, RequestCost, ResponseUsage, Usage, estimate_body_tokens,
+    estimate_text_tokens, requested_output_tokens, usage_from_json,
+};
+pub use error::{BoxError, CircuitOpen, MAX_ERROR_BODY, RateLimited, UpstreamError};
+pub use fingerprint::{
+    Fingerprint, FingerprintHasher, FingerprintKey, IDENTITY_HEADERS, RequestKey,
+};
+pub use retry_after::{RETRY_AFTER_HEADERS, parse_retry_after, retry_after, retry_after_at};

@@ -1,0 +1,1 @@
+//! A real HTTP mock of the OpenAI, Anthropic and Gemini APIs with scripted faults.
