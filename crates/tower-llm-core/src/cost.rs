@@ -58,7 +58,11 @@ pub fn requested_output_tokens(body: &serde_json::Value) -> Option<u64> {
     ["max_completion_tokens", "max_tokens", "max_output_tokens"]
         .iter()
         .find_map(|field| body.get(field)?.as_u64())
-        .or_else(|| body.get("generationConfig")?.get("maxOutputTokens")?.as_u64())
+        .or_else(|| {
+            body.get("generationConfig")?
+                .get("maxOutputTokens")?
+                .as_u64()
+        })
 }
 
 /// The usage in a JSON response body, in any provider's spelling: OpenAI `usage.prompt_tokens`
@@ -68,7 +72,8 @@ pub fn requested_output_tokens(body: &serde_json::Value) -> Option<u64> {
 pub fn usage_from_json(body: &serde_json::Value) -> Option<Usage> {
     let field = |v: &serde_json::Value, name: &str| v.get(name).and_then(serde_json::Value::as_u64);
     if let Some(u) = body.get("usage") {
-        if let (Some(input), Some(output)) = (field(u, "prompt_tokens"), field(u, "completion_tokens"))
+        if let (Some(input), Some(output)) =
+            (field(u, "prompt_tokens"), field(u, "completion_tokens"))
         {
             let cached = u
                 .get("prompt_tokens_details")
@@ -127,7 +132,8 @@ pub const DEFAULT_OUTPUT_TOKENS: u64 = 1024;
 pub fn estimate_body_tokens(body: &[u8]) -> u64 {
     match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(value) => {
-            json_text_tokens(&value) + requested_output_tokens(&value).unwrap_or(DEFAULT_OUTPUT_TOKENS)
+            json_text_tokens(&value)
+                + requested_output_tokens(&value).unwrap_or(DEFAULT_OUTPUT_TOKENS)
         }
         Err(_) => (body.len() as u64).div_ceil(4),
     }
@@ -259,7 +265,8 @@ mod tests {
             output_tokens: 2,
             cached_input_tokens: 0,
         };
-        let mut response = http::Response::new(br#"{"usage":{"input_tokens":9,"output_tokens":9}}"#.to_vec());
+        let mut response =
+            http::Response::new(br#"{"usage":{"input_tokens":9,"output_tokens":9}}"#.to_vec());
         assert_eq!(response.usage().map(|u| u.total()), Some(18));
         response.extensions_mut().insert(usage);
         assert_eq!(response.usage(), Some(usage));

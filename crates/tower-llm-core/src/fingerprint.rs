@@ -468,8 +468,12 @@ mod tests {
     #[test]
     fn non_json_bodies_hash_raw() {
         let key = FingerprintKey::random();
-        let a = http::Request::post("http://x/").body("{not json").expect("valid");
-        let b = http::Request::post("http://x/").body("{not  json").expect("valid");
+        let a = http::Request::post("http://x/")
+            .body("{not json")
+            .expect("valid");
+        let b = http::Request::post("http://x/")
+            .body("{not  json")
+            .expect("valid");
         assert_ne!(key.fingerprint(&a), key.fingerprint(&b));
     }
 

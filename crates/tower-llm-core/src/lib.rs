@@ -11,6 +11,8 @@
 //!   128-bit hash under which dedup coalesces and caches; tenants never share a key.
 //! - **Request cost** ([`RequestCost`], [`ResponseUsage`], [`Usage`]): tokens estimated before
 //!   a call and reported after it, for token-per-minute limits.
+//! - **Determinism** ([`Deterministic`]): whether a stored answer is as good as a fresh one, the
+//!   default rule for what a cache may keep.
 //! - **Errors** ([`CircuitOpen`], [`RateLimited`], [`UpstreamError`]): what layers and
 //!   providers box, so that any layer further out can classify them.
 //!
@@ -45,6 +47,7 @@ mod cost;
 mod error;
 mod fingerprint;
 mod retry_after;
+mod sampling;
 
 pub use classify::{
     Classify, ClassifyError, ClassifyResponse, DefaultClassifier, Failure, FailureKind, Outcome,
@@ -59,3 +62,4 @@ pub use fingerprint::{
     Fingerprint, FingerprintHasher, FingerprintKey, IDENTITY_HEADERS, RequestKey,
 };
 pub use retry_after::{RETRY_AFTER_HEADERS, parse_retry_after, retry_after, retry_after_at};
+pub use sampling::{Deterministic, is_deterministic_json};
