@@ -1,0 +1,311 @@
+//! [`RetryLayer`], its builder and its configuration error.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tower_layer::Layer;
+use tower_llm_core::DefaultClassifier;
+
+use crate::backoff::{Backoff, Jitter};
+use crate::budget::{BudgetState, RetryBudget};
+use crate::policy::{AttemptsExtension, Config, Hook, RetryEvent, RetryPolicy, Shared};
+use crate::stats::{Counters, RetryStats};
+
+/// The retrying service: tower's [`Retry`](tower::retry::Retry) driven by a [`RetryPolicy`].
+///
+/// It has tower's `get_ref`, `get_mut` and `into_inner`.
+pub type Retry<S, C = DefaultClassifier, R = AttemptsExtension> =
+    tower::retry::Retry<RetryPolicy<C, R>, S>;
+
+/// The future of a [`Retry`] service: tower's, named.
+pub type ResponseFuture<S, Req, C = DefaultClassifier, R = AttemptsExtension> =
+    tower::retry::future::ResponseFuture<RetryPolicy<C, R>, S, Req>;
+
+/// Retries failed calls with backoff, the server's retry hint, a deadline and a budget.
+///
+/// Every service this layer builds, and every clone of the layer, shares one budget, one set
+/// of statistics and one hook. See the [crate docs](crate) for the behaviour.
+pub struct RetryLayer<C = DefaultClassifier, R = AttemptsExtension> {
+    policy: RetryPolicy<C, R>,
+}
+
+impl RetryLayer {
+    /// A layer with the defaults: 3 attempts, exponential backoff from 250 ms with full
+    /// jitter capped at 20 s, server hints up to 60 s honoured, no deadline, and a budget of
+    /// 20% of requests over 10 s with a floor of 10 retries a second.
+    pub fn new() -> Self {
+        RetryLayerBuilder::new().build_unchecked()
+    }
+
+    /// A builder starting from the defaults of [`new`](Self::new).
+    pub fn builder() -> RetryLayerBuilder {
+        RetryLayerBuilder::new()
+    }
+}
+
+impl Default for RetryLayer {
+    fn default() -> Self {
+        RetryLayer::new()
+    }
+}
+
+impl<C, R> RetryLayer<C, R> {
+    /// A snapshot of what the layer has done, over every service and clone it made.
+    pub fn stats(&self) -> RetryStats {
+        self.policy.stats()
+    }
+
+    /// The policy every service of this layer shares.
+    pub fn policy(&self) -> &RetryPolicy<C, R> {
+        &self.policy
+    }
+}
+
+impl<C, R> Clone for RetryLayer<C, R> {
+    fn clone(&self) -> Self {
+        RetryLayer {
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+impl<C: fmt::Debug, R: fmt::Debug> fmt::Debug for RetryLayer<C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl<S, C, R> Layer<S> for RetryLayer<C, R> {
+    type Service = Retry<S, C, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        tower::retry::Retry::new(self.policy.clone(), inner)
+    }
+}
+
+/// Builds a [`RetryLayer`]; [`build`](Self::build) checks every knob.
+pub struct RetryLayerBuilder<C = DefaultClassifier, R = AttemptsExtension> {
+    config: Config,
+    budget: Option<RetryBudget>,
+    classifier: C,
+    recorder: R,
+    on_retry: Option<Hook>,
+    seed: Option<u64>,
+}
+
+impl RetryLayerBuilder {
+    fn new() -> Self {
+        RetryLayerBuilder {
+            config: Config {
+                max_attempts: 3,
+                backoff: Backoff::default(),
+                jitter: Jitter::default(),
+                max_delay: Duration::from_secs(20),
+                deadline: None,
+                max_retry_after: Duration::from_secs(60),
+            },
+            budget: Some(RetryBudget::default()),
+            classifier: DefaultClassifier,
+            recorder: AttemptsExtension,
+            on_retry: None,
+            seed: None,
+        }
+    }
+}
+
+impl<C, R> RetryLayerBuilder<C, R> {
+    /// Attempts per call, the first included (default 3; 1 disables retries).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.config.max_attempts = attempts;
+        self
+    }
+
+    /// The backoff shape (default exponential from 250 ms).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.config.backoff = backoff;
+        self
+    }
+
+    /// The jitter (default [`Jitter::Full`]).
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.config.jitter = jitter;
+        self
+    }
+
+    /// The longest computed backoff (default 20 s). A server's hint may be longer, up to
+    /// [`max_retry_after`](Self::max_retry_after).
+    pub fn max_delay(mut self, max_delay: Duration) -> Self {
+        self.config.max_delay = max_delay;
+        self
+    }
+
+    /// The time from the start of a call after which no retry starts: a wait that would end
+    /// at or past it gives up at once with the last failure (default: none). An attempt in
+    /// flight is not cut short; see the crate docs.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.config.deadline = Some(deadline);
+        self
+    }
+
+    /// The longest server hint the layer waits for (default 60 s); a longer one gives up at
+    /// once with the last failure.
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.config.max_retry_after = max;
+        self
+    }
+
+    /// The retry budget (default [`RetryBudget::default`]).
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// No retry budget: each call retries up to `max_attempts` whatever the others do. Only
+    /// for a layer whose load is bounded elsewhere.
+    pub fn no_budget(mut self) -> Self {
+        self.budget = None;
+        self
+    }
+
+    /// A seed for the jitter, to make delays reproducible in tests (default: random per
+    /// layer).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Called with each decision taken after a failed attempt: retry (and after how long) or
+    /// give up (and why). It runs on the caller's task, so keep it short.
+    pub fn on_retry(mut self, hook: impl Fn(&RetryEvent) + Send + Sync + 'static) -> Self {
+        self.on_retry = Some(Arc::new(hook));
+        self
+    }
+
+    /// How results are classified (default [`DefaultClassifier`]).
+    pub fn classifier<C2>(self, classifier: C2) -> RetryLayerBuilder<C2, R> {
+        RetryLayerBuilder {
+            config: self.config,
+            budget: self.budget,
+            classifier,
+            recorder: self.recorder,
+            on_retry: self.on_retry,
+            seed: self.seed,
+        }
+    }
+
+    /// How the attempt count reaches the caller (default [`AttemptsExtension`], for
+    /// `http::Response`; [`StatsOnly`](crate::StatsOnly) for other responses, or a closure).
+    pub fn record_attempts<R2>(self, recorder: R2) -> RetryLayerBuilder<C, R2> {
+        RetryLayerBuilder {
+            config: self.config,
+            budget: self.budget,
+            classifier: self.classifier,
+            recorder,
+            on_retry: self.on_retry,
+            seed: self.seed,
+        }
+    }
+
+    /// Checks every knob and builds the layer.
+    pub fn build(self) -> Result<RetryLayer<C, R>, RetryConfigError> {
+        let config = &self.config;
+        if config.max_attempts == 0 {
+            return Err(RetryConfigError::new("max_attempts", "must be at least 1"));
+        }
+        config
+            .backoff
+            .check()
+            .map_err(|reason| RetryConfigError::new("backoff", reason))?;
+        if config.max_delay < config.backoff.initial() {
+            return Err(RetryConfigError::new(
+                "max_delay",
+                "must not be shorter than the backoff's first delay",
+            ));
+        }
+        if config.deadline.is_some_and(|d| d.is_zero()) {
+            return Err(RetryConfigError::new(
+                "deadline",
+                "must be longer than zero",
+            ));
+        }
+        if let Some(budget) = &self.budget {
+            budget.check()?;
+        }
+        Ok(self.build_unchecked())
+    }
+
+    fn build_unchecked(self) -> RetryLayer<C, R> {
+        let seed = self
+            .seed
+            .unwrap_or_else(|| RandomState::new().hash_one("tower-llm-retry"));
+        RetryLayer {
+            policy: RetryPolicy::new(Shared {
+                config: self.config,
+                budget: self.budget.as_ref().map(BudgetState::new),
+                requests: Default::default(),
+                counters: Counters::default(),
+                classifier: self.classifier,
+                recorder: self.recorder,
+                on_retry: self.on_retry,
+                seeds: AtomicU64::new(seed),
+            }),
+        }
+    }
+}
+
+impl<C: fmt::Debug, R: fmt::Debug> fmt::Debug for RetryLayerBuilder<C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayerBuilder")
+            .field("config", &self.config)
+            .field("budget", &self.budget)
+            .field("classifier", &self.classifier)
+            .field("recorder", &self.recorder)
+            .field(
+                "on_retry",
+                &self.on_retry.as_ref().map(|_| "Fn(&RetryEvent)"),
+            )
+            .field("seed", &self.seed)
+            .finish()
+    }
+}
+
+/// A retry configuration that cannot work, naming the knob and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryConfigError {
+    knob: &'static str,
+    reason: &'static str,
+}
+
+impl RetryConfigError {
+    pub(crate) const fn new(knob: &'static str, reason: &'static str) -> Self {
+        RetryConfigError { knob, reason }
+    }
+
+    /// The builder method (or budget setting) at fault.
+    pub const fn knob(&self) -> &'static str {
+        self.knob
+    }
+
+    /// Why the value was refused.
+    pub const fn reason(&self) -> &'static str {
+        self.reason
+    }
+}
+
+impl fmt::Display for RetryConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid retry configuration: `{}` {}",
+            self.knob, self.reason
+        )
+    }
+}
+
+impl StdError for RetryConfigError {}

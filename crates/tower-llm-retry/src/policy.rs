@@ -1,0 +1,437 @@
+//! The retry decision, as a `tower::retry::Policy`: tower's `Retry` service drives the calls,
+//! the sleeps and the readiness checks; [`RetryPolicy`] decides whether, and after how long.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_llm_core::{Classify, DefaultClassifier, Failure, FailureKind, Outcome};
+
+use crate::backoff::{Backoff, DelayState, Jitter, mix64};
+use crate::budget::{BudgetState, RequestCounter};
+use crate::stats::{Counters, RetryStats};
+
+/// `tower_llm_retry_attempts_total`: every attempt sent to the inner service, first or retry.
+pub const METRIC_ATTEMPTS: &str = "tower_llm_retry_attempts_total";
+/// `tower_llm_retry_retries_total{kind}`: retries decided, by the failure that caused them.
+pub const METRIC_RETRIES: &str = "tower_llm_retry_retries_total";
+/// `tower_llm_retry_give_ups_total{reason, kind}`: failures handed back to the caller without
+/// another attempt, by [`GiveUpReason`] and failure kind.
+pub const METRIC_GIVE_UPS: &str = "tower_llm_retry_give_ups_total";
+/// `tower_llm_retry_delay_seconds`: how long the layer waited before each retry.
+pub const METRIC_DELAY: &str = "tower_llm_retry_delay_seconds";
+
+/// How many attempts a call took, 1 when the first one answered.
+///
+/// Added as an extension to every `http::Response` the layer returns (by the default
+/// [`AttemptsExtension`] recorder), whether it is a success or the last failure:
+///
+/// ```
+/// use tower_llm_retry::Attempts;
+///
+/// let mut response = http::Response::new(());
+/// response.extensions_mut().insert(Attempts::new(3));
+/// let attempts = response.extensions().get::<Attempts>().map(|a| a.get());
+/// assert_eq!(attempts, Some(3));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Attempts(u32);
+
+impl Attempts {
+    /// `attempts` attempts.
+    pub const fn new(attempts: u32) -> Self {
+        Attempts(attempts)
+    }
+
+    /// The number of attempts, at least 1.
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+
+    /// The number of retries: attempts after the first.
+    pub const fn retries(self) -> u32 {
+        self.0.saturating_sub(1)
+    }
+}
+
+/// Hands the attempt count of a call to its caller by writing it into the response.
+///
+/// Called once per call, on the response returned to the caller (never on an error: the
+/// inner error is returned unchanged so that layers further out can still classify it).
+/// Implemented by [`AttemptsExtension`] for `http::Response`, by [`StatsOnly`] for any
+/// response, and by any `Fn(&mut Res, Attempts)`.
+pub trait RecordAttempts<Res> {
+    /// Records `attempts` on `response`.
+    fn record_attempts(&self, response: &mut Res, attempts: Attempts);
+}
+
+/// The default recorder: inserts [`Attempts`] into an `http::Response`'s extensions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttemptsExtension;
+
+impl<B> RecordAttempts<http::Response<B>> for AttemptsExtension {
+    #[inline]
+    fn record_attempts(&self, response: &mut http::Response<B>, attempts: Attempts) {
+        response.extensions_mut().insert(attempts);
+    }
+}
+
+/// A recorder for responses that carry no extensions (typed provider responses, plain
+/// values): the attempt count is then seen through [`RetryStats`], the `on_retry` hook and
+/// metrics only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsOnly;
+
+impl<Res> RecordAttempts<Res> for StatsOnly {
+    #[inline]
+    fn record_attempts(&self, _response: &mut Res, _attempts: Attempts) {}
+}
+
+impl<Res, F> RecordAttempts<Res> for F
+where
+    F: Fn(&mut Res, Attempts),
+{
+    fn record_attempts(&self, response: &mut Res, attempts: Attempts) {
+        self(response, attempts)
+    }
+}
+
+/// Why a failed attempt was handed back to the caller instead of being retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GiveUpReason {
+    /// Core does not classify the failure as retryable (400, 401, 403, 404, 422, context
+    /// length, content filter, exhausted quota, cancelled, unknown), or it is an open circuit
+    /// without a hint.
+    NotRetryable,
+    /// The call made its last allowed attempt.
+    AttemptsExhausted,
+    /// The server asked for a wait longer than `max_retry_after`.
+    HintTooLong,
+    /// The wait (backoff or hint) would end past the deadline.
+    PastDeadline,
+    /// The retry budget is spent: the upstream is failing for many calls at once.
+    BudgetExhausted,
+}
+
+impl GiveUpReason {
+    /// Every reason, in declaration order.
+    pub const ALL: [GiveUpReason; 5] = [
+        GiveUpReason::NotRetryable,
+        GiveUpReason::AttemptsExhausted,
+        GiveUpReason::HintTooLong,
+        GiveUpReason::PastDeadline,
+        GiveUpReason::BudgetExhausted,
+    ];
+
+    /// A short snake_case name, stable, for logs and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            GiveUpReason::NotRetryable => "not_retryable",
+            GiveUpReason::AttemptsExhausted => "attempts_exhausted",
+            GiveUpReason::HintTooLong => "hint_too_long",
+            GiveUpReason::PastDeadline => "past_deadline",
+            GiveUpReason::BudgetExhausted => "budget_exhausted",
+        }
+    }
+
+    pub(crate) const fn index(self) -> usize {
+        match self {
+            GiveUpReason::NotRetryable => 0,
+            GiveUpReason::AttemptsExhausted => 1,
+            GiveUpReason::HintTooLong => 2,
+            GiveUpReason::PastDeadline => 3,
+            GiveUpReason::BudgetExhausted => 4,
+        }
+    }
+}
+
+impl fmt::Display for GiveUpReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the layer decided after a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryDecision {
+    /// Try again after waiting `after` (the longer of the backoff and the server's hint).
+    Retry {
+        /// How long the layer waits before the next attempt.
+        after: Duration,
+    },
+    /// Return the failure to the caller.
+    GiveUp(GiveUpReason),
+}
+
+/// One decision, as seen by the `on_retry` hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryEvent {
+    /// The attempt that failed, 1 for the first.
+    pub attempt: u32,
+    /// How it failed, as core classified it (with the server's hint, if any).
+    pub failure: Failure,
+    /// What happens next.
+    pub decision: RetryDecision,
+}
+
+pub(crate) type Hook = Arc<dyn Fn(&RetryEvent) + Send + Sync>;
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Config {
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) jitter: Jitter,
+    pub(crate) max_delay: Duration,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) max_retry_after: Duration,
+}
+
+pub(crate) struct Shared<C, R> {
+    pub(crate) config: Config,
+    pub(crate) budget: Option<BudgetState>,
+    pub(crate) requests: RequestCounter,
+    pub(crate) counters: Counters,
+    pub(crate) classifier: C,
+    pub(crate) recorder: R,
+    pub(crate) on_retry: Option<Hook>,
+    pub(crate) seeds: AtomicU64,
+}
+
+/// The retry policy of a [`RetryLayer`](crate::RetryLayer), plugged into
+/// [`tower::retry::Retry`].
+///
+/// One policy is shared (through an `Arc`) by the layer, every service it builds and their
+/// clones: they share the budget, the statistics and the hook. tower clones the policy for
+/// each call; the clone also carries that call's attempt count, start time and backoff state.
+pub struct RetryPolicy<C = DefaultClassifier, R = AttemptsExtension> {
+    shared: Arc<Shared<C, R>>,
+    retries: u32,
+    started: Option<Instant>,
+    delays: DelayState,
+}
+
+impl<C, R> RetryPolicy<C, R> {
+    pub(crate) fn new(shared: Shared<C, R>) -> Self {
+        RetryPolicy {
+            shared: Arc::new(shared),
+            retries: 0,
+            started: None,
+            delays: DelayState::default(),
+        }
+    }
+
+    /// A snapshot of the statistics shared by every clone.
+    pub fn stats(&self) -> RetryStats {
+        let requests = self.shared.requests.get();
+        let budget_available = self
+            .shared
+            .budget
+            .as_ref()
+            .map(|budget| budget.available(requests));
+        self.shared.counters.snapshot(requests, budget_available)
+    }
+
+    /// The classifier.
+    pub fn classifier(&self) -> &C {
+        &self.shared.classifier
+    }
+
+    fn decide(&mut self, failure: Failure, attempt: u32) -> RetryDecision {
+        let config = &self.shared.config;
+        let retryable = match failure.kind {
+            // A breaker that says when it will probe again is worth waiting for; one that
+            // does not would be hammered.
+            FailureKind::CircuitOpen => failure.retry_after.is_some(),
+            kind => kind.is_retryable(),
+        };
+        if !retryable {
+            return RetryDecision::GiveUp(GiveUpReason::NotRetryable);
+        }
+        if attempt >= config.max_attempts {
+            return RetryDecision::GiveUp(GiveUpReason::AttemptsExhausted);
+        }
+        if failure
+            .retry_after
+            .is_some_and(|hint| hint > config.max_retry_after)
+        {
+            return RetryDecision::GiveUp(GiveUpReason::HintTooLong);
+        }
+        let shared = &self.shared;
+        let backoff = self.delays.next_delay(
+            &config.backoff,
+            config.jitter,
+            config.max_delay,
+            attempt,
+            || {
+                mix64(
+                    shared
+                        .seeds
+                        .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed),
+                )
+            },
+        );
+        // The hint is the server's word on when it can take the call: never retry sooner.
+        let delay = failure
+            .retry_after
+            .map_or(backoff, |hint| hint.max(backoff));
+        if let (Some(deadline), Some(started)) = (config.deadline, self.started)
+            && started.elapsed().saturating_add(delay) >= deadline
+        {
+            return RetryDecision::GiveUp(GiveUpReason::PastDeadline);
+        }
+        // Asked last, so a retry the other rules forbid never spends budget.
+        if let Some(budget) = &shared.budget
+            && !budget.withdraw(shared.requests.get())
+        {
+            return RetryDecision::GiveUp(GiveUpReason::BudgetExhausted);
+        }
+        RetryDecision::Retry { after: delay }
+    }
+
+    fn report(&self, event: &RetryEvent) {
+        let kind = event.failure.kind.as_str();
+        match event.decision {
+            RetryDecision::Retry { after } => {
+                metrics::counter!(METRIC_RETRIES, "kind" => kind).increment(1);
+                metrics::histogram!(METRIC_DELAY).record(after.as_secs_f64());
+            }
+            RetryDecision::GiveUp(reason) => {
+                self.shared.counters.give_up(reason);
+                metrics::counter!(METRIC_GIVE_UPS, "reason" => reason.as_str(), "kind" => kind)
+                    .increment(1);
+            }
+        }
+        if let Some(hook) = &self.shared.on_retry {
+            hook(event);
+        }
+    }
+}
+
+impl<C, R> Clone for RetryPolicy<C, R> {
+    fn clone(&self) -> Self {
+        RetryPolicy {
+            shared: Arc::clone(&self.shared),
+            retries: self.retries,
+            started: self.started,
+            delays: self.delays,
+        }
+    }
+}
+
+impl<C: fmt::Debug, R: fmt::Debug> fmt::Debug for RetryPolicy<C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = &self.shared;
+        f.debug_struct("RetryPolicy")
+            .field("config", &shared.config)
+            .field("budget", &shared.budget.is_some())
+            .field("classifier", &shared.classifier)
+            .field("recorder", &shared.recorder)
+            .field(
+                "on_retry",
+                &shared.on_retry.as_ref().map(|_| "Fn(&RetryEvent)"),
+            )
+            .field("retries", &self.retries)
+            .finish()
+    }
+}
+
+impl<Req, Res, E, C, R> tower::retry::Policy<Req, Res, E> for RetryPolicy<C, R>
+where
+    Req: Clone,
+    C: Classify<Res, E>,
+    R: RecordAttempts<Res>,
+{
+    type Future = RetryDelay;
+
+    fn retry(&mut self, _req: &mut Req, result: &mut Result<Res, E>) -> Option<RetryDelay> {
+        let attempt = self.retries.saturating_add(1);
+        let failure = match self.shared.classifier.classify(result.as_ref()) {
+            Outcome::Success => {
+                if let Ok(response) = result {
+                    self.shared
+                        .recorder
+                        .record_attempts(response, Attempts(attempt));
+                }
+                if self.retries > 0 {
+                    self.shared.counters.recovered();
+                }
+                return None;
+            }
+            Outcome::Failure(failure) => failure,
+        };
+        let decision = self.decide(failure, attempt);
+        self.report(&RetryEvent {
+            attempt,
+            failure,
+            decision,
+        });
+        match decision {
+            RetryDecision::Retry { after } => {
+                self.retries = attempt;
+                Some(RetryDelay::after(after))
+            }
+            RetryDecision::GiveUp(_) => {
+                if let Ok(response) = result {
+                    self.shared
+                        .recorder
+                        .record_attempts(response, Attempts(attempt));
+                }
+                None
+            }
+        }
+    }
+
+    /// tower calls this on the service's own policy as each call starts, and on the call's
+    /// clone before each retry; `retries` tells the two apart.
+    #[inline]
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        metrics::counter!(METRIC_ATTEMPTS).increment(1);
+        if self.retries == 0 {
+            let requests = self.shared.requests.increment();
+            if let Some(budget) = &self.shared.budget {
+                budget.on_request(requests);
+            }
+            if self.shared.config.deadline.is_some() {
+                self.started = Some(Instant::now());
+            }
+        } else {
+            self.shared.counters.retried();
+        }
+        Some(req.clone())
+    }
+}
+
+pin_project! {
+    /// The wait before a retry: nothing, or a tokio sleep (which follows a paused clock).
+    #[derive(Debug)]
+    pub struct RetryDelay {
+        #[pin]
+        sleep: Option<Sleep>,
+    }
+}
+
+impl RetryDelay {
+    fn after(delay: Duration) -> Self {
+        RetryDelay {
+            sleep: (!delay.is_zero()).then(|| tokio::time::sleep(delay)),
+        }
+    }
+}
+
+impl Future for RetryDelay {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.project().sleep.as_pin_mut() {
+            None => Poll::Ready(()),
+            Some(sleep) => sleep.poll(cx),
+        }
+    }
+}
