@@ -1,6 +1,113 @@
-//! In-flight request coalescing and a TTL response cache for LLM calls.
+//! One upstream call for identical requests, and a response cache, as tower middleware.
 //!
-//! Identical concurrent requests make one upstream call; completed successes are served from a bounded cache.
+//! [`DedupLayer`] wraps a service (an LLM provider, an HTTP client) so that duplicate work
+//! disappears without a new way to get a wrong or stale answer:
 //!
-//! This crate is part of [tower-llm](https://github.com/tower-llm/tower-llm). Its middleware
-//! lands in a later release; today it only reserves the name and the place in the workspace.
+//! - **In-flight coalescing.** Identical concurrent requests make one inner call; the others
+//!   wait for it and receive a clone of its result. "Identical" is core's keyed
+//!   [`Fingerprint`](tower_llm_core::Fingerprint) (for an `http::Request`: method, URI,
+//!   canonical JSON body and the credential headers, so two tenants never share anything), or
+//!   your own key function ([`DedupLayerBuilder::key_fn`]).
+//! - **Cancellation.** Nothing is spawned: whichever waiting caller is polled drives the shared
+//!   call. Dropping the first caller does not hurt the others; the call is dropped (cancelled)
+//!   only when no caller is left. If the inner future panics or fails, every waiter gets an
+//!   answer: the same error as a [`SharedError`] (its `source()` is the original, so core's
+//!   classifier still sees a 429 as rate limited), or, with [`OnError::OwnCall`], its own call.
+//! - **Cache.** Successful answers (as core's [`Classify`](tower_llm_core::Classify) says: an
+//!   `http::Response` with a 5xx is not one) go into a bounded moka cache: by entries or by
+//!   weight, with a TTL, an optional idle time and a per-answer TTL. Errors are never cached.
+//!   TTLs follow tokio's clock.
+//! - **What is stored.** By default only answers to deterministic requests (core's
+//!   [`Deterministic`](tower_llm_core::Deterministic): a chat request with `temperature: 0` or a
+//!   `seed`; sampling requests are coalesced in flight but not kept). Opt in to more with
+//!   [`DedupLayerBuilder::cache_all`] or a predicate ([`DedupLayerBuilder::cache_rule`]).
+//! - **Bypass.** A request carrying the [`Bypass`] extension, or for http the header
+//!   `x-tower-llm-cache: bypass` ([`BYPASS_HEADER`]), goes straight to the inner service.
+//! - **Streams.** [`StreamDedupLayer`] does the same for responses that are a stream of
+//!   chunks: a caller that joins late gets every chunk produced so far, then the rest; a cached
+//!   stream is replayed chunk by chunk; an error mid-stream reaches every subscriber and
+//!   nothing is cached.
+//! - **Redis** (feature `redis`): a cache shared by several instances behind the in-memory one,
+//!   with a pluggable codec and a short timeout; Redis slow or down means the request goes on
+//!   to the inner service and `tower_llm_dedup_remote_errors_total` is counted.
+//!
+//! Responses must be `Clone` (every waiter gets a clone; wrap a large one in an `Arc`). The
+//! inner service must be `Clone + Send + 'static` with a `Send + 'static` future.
+//!
+//! # Metrics
+//!
+//! Counters, with the same numbers readable from [`DedupStats`]:
+//! `tower_llm_dedup_requests_total`, `tower_llm_dedup_cache_hits_total`,
+//! `tower_llm_dedup_coalesced_total`, `tower_llm_dedup_misses_total`,
+//! `tower_llm_dedup_inner_calls_total`, `tower_llm_dedup_evictions_total`,
+//! `tower_llm_dedup_bypassed_total`, `tower_llm_dedup_remote_hits_total`,
+//! `tower_llm_dedup_remote_errors_total`. They are registered when the layer is built: install
+//! the `metrics` recorder first.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::time::Duration;
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//! use tower_llm_core::BoxError;
+//! use tower_llm_dedup::DedupLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let calls = Arc::new(AtomicUsize::new(0));
+//! let counted = calls.clone();
+//! let layer = DedupLayer::new(Duration::from_secs(60));
+//! let stats = layer.stats();
+//! let mut service = ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service(service_fn(move |prompt: String| {
+//!         counted.fetch_add(1, Ordering::SeqCst);
+//!         async move { Ok::<_, BoxError>(format!("answer to {prompt}")) }
+//!     }));
+//!
+//! // Two identical concurrent requests: one inner call.
+//! let a = service.ready().await?.call("2 + 2?".to_string());
+//! let b = service.ready().await?.call("2 + 2?".to_string());
+//! let (a, b) = tokio::join!(a, b);
+//! assert_eq!(a?, b?);
+//! // Later, the cache answers.
+//! let c = service.ready().await?.call("2 + 2?".to_string()).await?;
+//! assert_eq!(c, "answer to 2 + 2?");
+//! assert_eq!(calls.load(Ordering::SeqCst), 1);
+//! assert_eq!(stats.snapshot().hits, 1);
+//! assert_eq!(stats.snapshot().coalesced, 1);
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod cache;
+mod error;
+mod flight;
+mod future;
+mod layer;
+mod policy;
+#[cfg(feature = "redis")]
+pub mod redis;
+mod remote;
+mod service;
+mod stats;
+pub mod stream;
+
+pub use error::{ConfigError, InnerPanicked, SharedError};
+pub use future::ResponseFuture;
+pub use layer::{DEFAULT_MAX_ENTRIES, DEFAULT_TTL, DedupLayer, DedupLayerBuilder};
+pub use policy::{
+    BYPASS_HEADER, BYPASS_VALUE, Bypass, CacheAll, CacheControl, CacheRule, DeterministicOnly,
+    FingerprintKeys, OnError, RequestKeys,
+};
+pub use service::Dedup;
+pub use stats::{
+    DedupStats, METRIC_BYPASSED, METRIC_COALESCED, METRIC_EVICTIONS, METRIC_HITS,
+    METRIC_INNER_CALLS, METRIC_MISSES, METRIC_REMOTE_ERRORS, METRIC_REMOTE_HITS, METRIC_REQUESTS,
+    StatsSnapshot,
+};
+pub use stream::{ReplayStream, StreamDedup, StreamDedupLayer};

@@ -1,0 +1,199 @@
+//! The in-memory response cache: moka for capacity, tokio time for freshness.
+//!
+//! Freshness is checked against `tokio::time::Instant`, so TTLs follow tokio's clock (and a
+//! paused clock in tests); moka is given the same durations on its own clock only to reclaim
+//! memory. A stale entry is never served: it reads as a miss and the next completed call
+//! replaces it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant as StdInstant};
+
+use moka::notification::RemovalCause;
+use tokio::time::Instant;
+use tower_llm_core::RequestKey;
+
+use crate::stats::DedupStats;
+
+/// How many bytes an entry costs, for a cache bounded by bytes.
+pub(crate) type Weigher<V> = Arc<dyn Fn(&V) -> u32 + Send + Sync>;
+
+/// A per-entry TTL chosen from the value; `None` keeps the default.
+pub(crate) type TtlFor<V> = Arc<dyn Fn(&V) -> Option<Duration> + Send + Sync>;
+
+/// The bound on the cache.
+pub(crate) enum Capacity<V> {
+    Entries(u64),
+    Bytes(u64, Weigher<V>),
+}
+
+impl<V> Clone for Capacity<V> {
+    fn clone(&self) -> Self {
+        match self {
+            Capacity::Entries(n) => Capacity::Entries(*n),
+            Capacity::Bytes(n, w) => Capacity::Bytes(*n, w.clone()),
+        }
+    }
+}
+
+pub(crate) struct CacheConfig<V> {
+    pub(crate) capacity: Capacity<V>,
+    pub(crate) ttl: Duration,
+    pub(crate) time_to_idle: Option<Duration>,
+    pub(crate) ttl_for: Option<TtlFor<V>>,
+}
+
+impl<V> Clone for CacheConfig<V> {
+    fn clone(&self) -> Self {
+        CacheConfig {
+            capacity: self.capacity.clone(),
+            ttl: self.ttl,
+            time_to_idle: self.time_to_idle,
+            ttl_for: self.ttl_for.clone(),
+        }
+    }
+}
+
+struct Entry<V> {
+    value: V,
+    created: Instant,
+    ttl: Duration,
+    /// Nanoseconds after `created` of the last read, for the idle timeout.
+    last_read: AtomicU64,
+}
+
+struct Expiry {
+    time_to_idle: Option<Duration>,
+}
+
+impl<V> moka::Expiry<RequestKey, Arc<Entry<V>>> for Expiry {
+    fn expire_after_create(
+        &self,
+        _key: &RequestKey,
+        value: &Arc<Entry<V>>,
+        _created_at: StdInstant,
+    ) -> Option<Duration> {
+        Some(match self.time_to_idle {
+            Some(idle) => idle.min(value.ttl),
+            None => value.ttl,
+        })
+    }
+
+    fn expire_after_read(
+        &self,
+        _key: &RequestKey,
+        value: &Arc<Entry<V>>,
+        _read_at: StdInstant,
+        duration_until_expiry: Option<Duration>,
+        _last_modified_at: StdInstant,
+    ) -> Option<Duration> {
+        match self.time_to_idle {
+            // Moka's clock is only for reclaiming memory; ours decides freshness. Never
+            // reclaim before our TTL could have run out.
+            Some(idle) => Some(idle.min(value.ttl)),
+            None => duration_until_expiry,
+        }
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &RequestKey,
+        value: &Arc<Entry<V>>,
+        updated_at: StdInstant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        // A replaced entry lives by its own TTL, not what was left of the old one's.
+        self.expire_after_create(key, value, updated_at)
+    }
+}
+
+pub(crate) struct MemoryCache<V> {
+    cache: moka::sync::Cache<RequestKey, Arc<Entry<V>>>,
+    default_ttl: Duration,
+    time_to_idle: Option<Duration>,
+    ttl_for: Option<TtlFor<V>>,
+}
+
+impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
+    pub(crate) fn new(config: &CacheConfig<V>, stats: DedupStats) -> Self {
+        let mut builder = moka::sync::Cache::builder()
+            .expire_after(Expiry {
+                time_to_idle: config.time_to_idle,
+            })
+            .eviction_listener(move |_key, _value, cause| {
+                if cause == RemovalCause::Size {
+                    stats.eviction();
+                }
+            });
+        builder = match &config.capacity {
+            Capacity::Entries(n) => builder.max_capacity(*n),
+            Capacity::Bytes(n, weigh) => {
+                let weigh = weigh.clone();
+                builder
+                    .max_capacity(*n)
+                    .weigher(move |_key, entry: &Arc<Entry<V>>| weigh(&entry.value))
+            }
+        };
+        MemoryCache {
+            cache: builder.build(),
+            default_ttl: config.ttl,
+            time_to_idle: config.time_to_idle,
+            ttl_for: config.ttl_for.clone(),
+        }
+    }
+
+    /// A fresh value for `key`.
+    pub(crate) fn get(&self, key: &RequestKey) -> Option<V> {
+        let entry = self.cache.get(key)?;
+        let age = Instant::now().saturating_duration_since(entry.created);
+        if age >= entry.ttl {
+            return None;
+        }
+        if let Some(idle) = self.time_to_idle {
+            let age_nanos = u64::try_from(age.as_nanos()).unwrap_or(u64::MAX);
+            let last = entry.last_read.load(Ordering::Relaxed);
+            if age_nanos.saturating_sub(last) >= u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX)
+            {
+                return None;
+            }
+            entry.last_read.fetch_max(age_nanos, Ordering::Relaxed);
+        }
+        Some(entry.value.clone())
+    }
+
+    pub(crate) fn insert(&self, key: RequestKey, value: V) {
+        let ttl = self
+            .ttl_for
+            .as_ref()
+            .and_then(|f| f(&value))
+            .unwrap_or(self.default_ttl);
+        if ttl.is_zero() {
+            return;
+        }
+        let entry = Entry {
+            value,
+            created: Instant::now(),
+            ttl,
+            last_read: AtomicU64::new(0),
+        };
+        self.cache.insert(key, Arc::new(entry));
+    }
+
+    /// The TTL a value would be stored with.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn ttl_of(&self, value: &V) -> Duration {
+        self.ttl_for
+            .as_ref()
+            .and_then(|f| f(value))
+            .unwrap_or(self.default_ttl)
+    }
+
+}
+
+impl<V: Send + Sync + 'static> MemoryCache<V> {
+    /// Entries held now (after pending maintenance).
+    pub(crate) fn entry_count(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+}

@@ -1,0 +1,166 @@
+//! Counters kept by the layer, readable through a handle and exported through `metrics`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use metrics::Counter;
+
+/// Counter: requests seen by the layer.
+pub const METRIC_REQUESTS: &str = "tower_llm_dedup_requests_total";
+/// Counter: requests answered from the cache (memory or Redis).
+pub const METRIC_HITS: &str = "tower_llm_dedup_cache_hits_total";
+/// Counter: requests that joined a call already in flight.
+pub const METRIC_COALESCED: &str = "tower_llm_dedup_coalesced_total";
+/// Counter: requests that found nothing and started a call.
+pub const METRIC_MISSES: &str = "tower_llm_dedup_misses_total";
+/// Counter: calls made to the inner service (misses, bypasses, own calls after a failure).
+pub const METRIC_INNER_CALLS: &str = "tower_llm_dedup_inner_calls_total";
+/// Counter: cache entries evicted to stay within capacity.
+pub const METRIC_EVICTIONS: &str = "tower_llm_dedup_evictions_total";
+/// Counter: requests that bypassed dedup.
+pub const METRIC_BYPASSED: &str = "tower_llm_dedup_bypassed_total";
+/// Counter: answers found in Redis.
+pub const METRIC_REMOTE_HITS: &str = "tower_llm_dedup_remote_hits_total";
+/// Counter: Redis reads or writes that failed or ran past the timeout (the request went on
+/// without Redis).
+pub const METRIC_REMOTE_ERRORS: &str = "tower_llm_dedup_remote_errors_total";
+
+#[derive(Debug, Default)]
+struct Cell {
+    value: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Tally {
+    cell: Cell,
+    counter: Counter,
+}
+
+impl Tally {
+    fn new(name: &'static str) -> Self {
+        Tally {
+            cell: Cell::default(),
+            counter: metrics::counter!(name),
+        }
+    }
+
+    fn add(&self) {
+        self.cell.value.fetch_add(1, Ordering::Relaxed);
+        self.counter.increment(1);
+    }
+
+    fn get(&self) -> u64 {
+        self.cell.value.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+struct Tallies {
+    requests: Tally,
+    hits: Tally,
+    coalesced: Tally,
+    misses: Tally,
+    inner_calls: Tally,
+    evictions: Tally,
+    bypassed: Tally,
+    remote_hits: Tally,
+    remote_errors: Tally,
+}
+
+/// A handle on the layer's counters; clones read the same counters.
+///
+/// The same events also go to the `metrics` recorder under the `tower_llm_dedup_*` names
+/// ([`METRIC_REQUESTS`] and the others). The counters are registered when the layer is built,
+/// so install the recorder first.
+#[derive(Clone, Debug)]
+pub struct DedupStats {
+    tallies: Arc<Tallies>,
+}
+
+impl DedupStats {
+    pub(crate) fn new() -> Self {
+        DedupStats {
+            tallies: Arc::new(Tallies {
+                requests: Tally::new(METRIC_REQUESTS),
+                hits: Tally::new(METRIC_HITS),
+                coalesced: Tally::new(METRIC_COALESCED),
+                misses: Tally::new(METRIC_MISSES),
+                inner_calls: Tally::new(METRIC_INNER_CALLS),
+                evictions: Tally::new(METRIC_EVICTIONS),
+                bypassed: Tally::new(METRIC_BYPASSED),
+                remote_hits: Tally::new(METRIC_REMOTE_HITS),
+                remote_errors: Tally::new(METRIC_REMOTE_ERRORS),
+            }),
+        }
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let t = &self.tallies;
+        StatsSnapshot {
+            requests: t.requests.get(),
+            hits: t.hits.get(),
+            coalesced: t.coalesced.get(),
+            misses: t.misses.get(),
+            inner_calls: t.inner_calls.get(),
+            evictions: t.evictions.get(),
+            bypassed: t.bypassed.get(),
+            remote_hits: t.remote_hits.get(),
+            remote_errors: t.remote_errors.get(),
+        }
+    }
+
+    pub(crate) fn request(&self) {
+        self.tallies.requests.add();
+    }
+    pub(crate) fn hit(&self) {
+        self.tallies.hits.add();
+    }
+    pub(crate) fn coalesced(&self) {
+        self.tallies.coalesced.add();
+    }
+    pub(crate) fn miss(&self) {
+        self.tallies.misses.add();
+    }
+    pub(crate) fn inner_call(&self) {
+        self.tallies.inner_calls.add();
+    }
+    pub(crate) fn eviction(&self) {
+        self.tallies.evictions.add();
+    }
+    pub(crate) fn bypassed(&self) {
+        self.tallies.bypassed.add();
+    }
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn remote_hit(&self) {
+        self.tallies.remote_hits.add();
+    }
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn remote_error(&self) {
+        self.tallies.remote_errors.add();
+    }
+}
+
+/// The layer's counters at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatsSnapshot {
+    /// Requests seen.
+    pub requests: u64,
+    /// Requests answered from the cache (memory or Redis).
+    pub hits: u64,
+    /// Requests that joined a call already in flight.
+    pub coalesced: u64,
+    /// Requests that found nothing and started a call.
+    pub misses: u64,
+    /// Calls made to the inner service.
+    pub inner_calls: u64,
+    /// Cache entries evicted for capacity.
+    pub evictions: u64,
+    /// Requests that bypassed dedup.
+    pub bypassed: u64,
+    /// Answers found in Redis.
+    pub remote_hits: u64,
+    /// Redis operations that failed or timed out.
+    pub remote_errors: u64,
+}
