@@ -1,6 +1,134 @@
-//! A circuit breaker for LLM provider calls.
+//! A circuit breaker for LLM provider calls: while a provider is down, callers get an answer
+//! in microseconds instead of waiting for timeouts, the provider gets room to recover, and
+//! recovery is detected by a bounded number of probe calls.
 //!
-//! Fails fast while a provider is down, gives it room to recover, and detects recovery with bounded probes.
+//! # Behaviour
 //!
-//! This crate is part of [tower-llm](https://github.com/tower-llm/tower-llm). Its middleware
-//! lands in a later release; today it only reserves the name and the place in the workspace.
+//! - **Closed**: calls go through and their outcomes are counted. Only outcomes that
+//!   [`tower_llm_core`] classifies as [upstream-unhealthy] count as failures: 5xx, 503/529
+//!   overloaded, timeouts, transport errors. Client errors (400, 401, 403, 404, context
+//!   length, content filter) never trip the breaker and do not reset the failure count
+//!   either; a 429 counts only with [`count_rate_limited`]. The breaker trips on whichever
+//!   enabled policy fires first:
+//!   - [`consecutive_failures`]: `n` failures in a row (default 5);
+//!   - [`failure_rate`]: at least that share of the calls in the sliding [`Window`] failed
+//!     (the last N calls, or the last T of time in buckets), once the window holds
+//!     [`minimum_calls`];
+//!   - [`slow_calls`]: at least that share of the calls in the window took longer than the
+//!     threshold (a slow success counts as slow, not as failed).
+//! - **Open**: `call` returns an immediately ready error, a boxed
+//!   [`CircuitOpen`](tower_llm_core::CircuitOpen) carrying the time until the next probe;
+//!   the inner service is not called. [`DefaultClassifier`](tower_llm_core::DefaultClassifier)
+//!   classifies it as [`FailureKind::CircuitOpen`](tower_llm_core::FailureKind::CircuitOpen)
+//!   with that time as the retry hint, so a retry layer outside waits just that long and a
+//!   fallback moves on at once. The [`cooldown`] can grow on each failed probe
+//!   ([`cooldown_backoff`]); a close resets it.
+//! - **Half-open**: after the cool-down, the next calls are probes, at most [`probes`] of
+//!   them; others are refused (their hint is the cool-down a failed probe would start). The
+//!   breaker closes once `ceil(probe_success_rate * probes)` probes succeeded and opens again
+//!   as soon as failures make that impossible (by default: one probe, closing on its
+//!   success, reopening on its failure). A probe that ends in an ignored outcome (a client
+//!   error), or whose future is dropped or panics, gives its place back, so half-open can
+//!   never get stuck.
+//! - Outcomes of calls that started before a state change are ignored: a slow call admitted
+//!   while closed cannot reopen a breaker that has since recovered.
+//!
+//! `poll_ready` delegates to the inner service; rejection is never a readiness error, so a
+//! `Buffer` in front is not poisoned. Clones of the service share the breaker, and so do all
+//! services made by one layer.
+//!
+//! [`KeyedCircuitBreakerLayer`] keeps one breaker per key (provider, model, host), built
+//! from a key function, in a map bounded by `max_keys`.
+//!
+//! # Cost
+//!
+//! The closed path takes no lock and allocates nothing: one atomic load to admit the call,
+//! then, when it ends, a load and one or two relaxed atomic updates (and a few more for a
+//! window). The clock is read only when a slow-call policy or a time window needs it. The
+//! open path is a load, a clock read and the boxed error. See `docs/breaker.md` for the
+//! design and `benches/breaker.rs` for figures.
+//!
+//! # Observing
+//!
+//! - [`CircuitBreakerLayer::handle`] (or [`CircuitBreaker::handle`],
+//!   [`KeyedCircuitBreakerLayer::handle`]) reads the state, the time in it and the counts
+//!   ([`Stats`]).
+//! - [`on_state_change`] calls a hook with each [`StateChange`].
+//! - [`metrics`](https://docs.rs/metrics) (labels `breaker` = the breaker's [`name`], and
+//!   `key` for per-key breakers):
+//!   - `tower_llm_breaker_state` (gauge): 0 closed, 1 open, 2 half-open;
+//!   - `tower_llm_breaker_transitions_total` (counter, labels `from`, `to`);
+//!   - `tower_llm_breaker_rejected_total` (counter): calls refused.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//! use tower_llm_breaker::{CircuitBreakerLayer, State};
+//! use tower_llm_core::{
+//!     BoxError, Classify, DefaultClassifier, FailureKind, UpstreamError,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let breaker = CircuitBreakerLayer::builder()
+//!     .name("openai")
+//!     .consecutive_failures(3)
+//!     .cooldown(Duration::from_secs(30))
+//!     .build()?;
+//! let handle = breaker.handle();
+//!
+//! // An upstream that is down.
+//! let mut svc = ServiceBuilder::new().layer(breaker).service(service_fn(|_: &str| async {
+//!     Err::<String, BoxError>(UpstreamError::new(FailureKind::Overloaded, "overloaded").into())
+//! }));
+//!
+//! for _ in 0..3 {
+//!     let _ = svc.ready().await?.call("hello").await;
+//! }
+//! assert_eq!(handle.state(), State::Open);
+//!
+//! // Now calls fail fast, and say when to come back.
+//! let err = svc.ready().await?.call("hello").await.unwrap_err();
+//! let failure = DefaultClassifier.classify(Err::<&(), _>(&err)).as_failure().unwrap();
+//! assert_eq!(failure.kind, FailureKind::CircuitOpen);
+//! assert!(failure.retry_after.unwrap() <= Duration::from_secs(30));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [upstream-unhealthy]: tower_llm_core::FailureKind::is_upstream_unhealthy
+//! [`count_rate_limited`]: CircuitBreakerBuilder::count_rate_limited
+//! [`consecutive_failures`]: CircuitBreakerBuilder::consecutive_failures
+//! [`failure_rate`]: CircuitBreakerBuilder::failure_rate
+//! [`minimum_calls`]: CircuitBreakerBuilder::minimum_calls
+//! [`slow_calls`]: CircuitBreakerBuilder::slow_calls
+//! [`cooldown`]: CircuitBreakerBuilder::cooldown
+//! [`cooldown_backoff`]: CircuitBreakerBuilder::cooldown_backoff
+//! [`probes`]: CircuitBreakerBuilder::probes
+//! [`on_state_change`]: CircuitBreakerBuilder::on_state_change
+//! [`name`]: CircuitBreakerBuilder::name
+
+#![forbid(unsafe_code)]
+
+mod breaker;
+mod config;
+mod future;
+mod handle;
+mod keyed;
+mod layer;
+mod service;
+mod state;
+mod window;
+
+#[cfg(test)]
+mod model_tests;
+
+pub use config::{CircuitBreakerBuilder, ConfigError, Window};
+pub use future::ResponseFuture;
+pub use handle::CircuitBreakerHandle;
+pub use keyed::{KeyedCircuitBreaker, KeyedCircuitBreakerHandle, KeyedCircuitBreakerLayer};
+pub use layer::CircuitBreakerLayer;
+pub use service::CircuitBreaker;
+pub use state::{State, StateChange, Stats};

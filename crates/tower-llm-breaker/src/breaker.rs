@@ -1,0 +1,509 @@
+//! The state machine of one breaker.
+//!
+//! The state lives in one atomic word, `epoch << 2 | state`, so the closed path is a load to
+//! admit a call and, when it finishes, a load (is it still the same closed period?) plus one
+//! or two relaxed read-modify-writes on counters. Every transition takes a mutex, bumps the
+//! epoch and publishes the new word last: an outcome that finishes after a transition carries
+//! an old epoch and is ignored, so a slow call started before a trip can neither retrip nor
+//! close the breaker. Half-open bookkeeping lives under the same mutex; it is only taken
+//! while the breaker is open or half-open, where a few hundred nanoseconds do not matter.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower_llm_core::CircuitOpen;
+
+use crate::config::{Config, Verdict};
+use crate::state::{State, StateChange, Stats};
+use crate::window::Outcomes;
+
+/// Metric names, documented in the crate docs.
+pub(crate) const STATE_GAUGE: &str = "tower_llm_breaker_state";
+pub(crate) const TRANSITIONS: &str = "tower_llm_breaker_transitions_total";
+pub(crate) const REJECTED: &str = "tower_llm_breaker_rejected_total";
+
+pub(crate) struct Breaker {
+    config: Arc<Config>,
+    base: Instant,
+    /// `epoch << 2 | state`.
+    word: AtomicU64,
+    /// Nanoseconds since `base` at which an open breaker admits its first probe.
+    open_until: AtomicU64,
+    /// Nanoseconds since `base` of the last transition.
+    since: AtomicU64,
+    consecutive: AtomicU32,
+    window: Option<Outcomes>,
+    counts: Counts,
+    half_open: Mutex<HalfOpen>,
+    name: Arc<str>,
+    key: Option<Arc<str>>,
+    labels: Vec<metrics::Label>,
+    needs_clock: bool,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    successes: AtomicU64,
+    failures: AtomicU64,
+    ignored: AtomicU64,
+    slow: AtomicU64,
+    rejected: AtomicU64,
+    opened: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct HalfOpen {
+    /// Probes handed out in this half-open period and not given back.
+    admitted: u32,
+    successes: u32,
+    failures: u32,
+    /// Opens since the breaker last closed, for the growing cool-down.
+    trips_in_row: u32,
+}
+
+impl std::fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let word = self.word.load(Ordering::Relaxed);
+        f.debug_struct("Breaker")
+            .field("name", &self.name)
+            .field("key", &self.key)
+            .field("state", &State::from_bits(word))
+            .field("epoch", &(word >> 2))
+            .finish_non_exhaustive()
+    }
+}
+
+const fn pack(state: State, epoch: u64) -> u64 {
+    epoch << 2 | state.bits()
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Breaker {
+    pub(crate) fn new(config: Arc<Config>, key: Option<Arc<str>>) -> Self {
+        let name: Arc<str> = Arc::from(&*config.name);
+        let mut labels = vec![metrics::Label::new("breaker", name.to_string())];
+        if let Some(key) = &key {
+            labels.push(metrics::Label::new("key", key.to_string()));
+        }
+        metrics::gauge!(STATE_GAUGE, labels.iter()).set(State::Closed.as_gauge());
+        Breaker {
+            window: config.uses_window().then(|| Outcomes::new(config.window)),
+            needs_clock: config.needs_clock(),
+            config,
+            base: Instant::now(),
+            word: AtomicU64::new(pack(State::Closed, 0)),
+            open_until: AtomicU64::new(0),
+            since: AtomicU64::new(0),
+            consecutive: AtomicU32::new(0),
+            counts: Counts::default(),
+            half_open: Mutex::new(HalfOpen::default()),
+            name,
+            key,
+            labels,
+        }
+    }
+
+    fn ticks(&self, now: Instant) -> u64 {
+        nanos(now.saturating_duration_since(self.base))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HalfOpen> {
+        // The guarded data is a few counters that are never left half-updated by a panic.
+        self.half_open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Admits a call or refuses it. `clock` is read only when the answer depends on time.
+    pub(crate) fn acquire(
+        self: &Arc<Self>,
+        clock: impl Fn() -> Instant,
+    ) -> Result<Permit, CircuitOpen> {
+        let word = self.word.load(Ordering::Acquire);
+        let state = State::from_bits(word);
+        if state == State::Closed {
+            let started = if self.needs_clock {
+                Some(clock())
+            } else {
+                None
+            };
+            return Ok(Permit::new(self, false, word >> 2, started));
+        }
+        let now = clock();
+        if state == State::Open {
+            let until = self.open_until.load(Ordering::Acquire);
+            let t = self.ticks(now);
+            if t < until {
+                return Err(self.reject(Duration::from_nanos(until - t)));
+            }
+        }
+        self.acquire_slow(now)
+    }
+
+    fn acquire_slow(self: &Arc<Self>, now: Instant) -> Result<Permit, CircuitOpen> {
+        let mut change = None;
+        let result = {
+            let mut half_open = self.lock();
+            let word = self.word.load(Ordering::Acquire);
+            let epoch = word >> 2;
+            let started = self.needs_clock.then_some(now);
+            match State::from_bits(word) {
+                State::Closed => Ok(Permit::new(self, false, epoch, started)),
+                State::Open => {
+                    let until = self.open_until.load(Ordering::Acquire);
+                    let t = self.ticks(now);
+                    if t < until {
+                        Err(Duration::from_nanos(until - t))
+                    } else {
+                        half_open.admitted = 1;
+                        half_open.successes = 0;
+                        half_open.failures = 0;
+                        self.since.store(t, Ordering::Relaxed);
+                        self.word
+                            .store(pack(State::HalfOpen, epoch + 1), Ordering::Release);
+                        change = Some(self.change(State::Open, State::HalfOpen, now, None));
+                        Ok(Permit::new(self, true, epoch + 1, started))
+                    }
+                }
+                State::HalfOpen => {
+                    if half_open.admitted < self.config.probes {
+                        half_open.admitted += 1;
+                        Ok(Permit::new(self, true, epoch, started))
+                    } else {
+                        // The probes in flight decide; a caller should come back no later than
+                        // the cool-down a failed probe would start.
+                        Err(self
+                            .config
+                            .cooldown_for(half_open.trips_in_row.saturating_add(1)))
+                    }
+                }
+            }
+        };
+        self.announce(change);
+        result.map_err(|retry_in| self.reject(retry_in))
+    }
+
+    fn reject(&self, retry_in: Duration) -> CircuitOpen {
+        self.counts.rejected.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(REJECTED, self.labels.iter()).increment(1);
+        CircuitOpen::new(retry_in)
+    }
+
+    fn settle_closed(
+        &self,
+        epoch: u64,
+        verdict: Verdict,
+        slow: bool,
+        now: Option<Instant>,
+        clock: impl Fn() -> Instant,
+    ) {
+        if verdict == Verdict::Ignored {
+            return;
+        }
+        if self.word.load(Ordering::Acquire) != pack(State::Closed, epoch) {
+            return;
+        }
+        let failure = verdict == Verdict::Failure;
+        let mut trip = false;
+        if let Some(threshold) = self.config.consecutive_failures {
+            match verdict {
+                Verdict::Success => {
+                    // Skip the write when there is nothing to reset, so that concurrent
+                    // successes share the cache line instead of fighting over it.
+                    if self.consecutive.load(Ordering::Relaxed) != 0 {
+                        self.consecutive.store(0, Ordering::Relaxed);
+                    }
+                }
+                Verdict::Failure => {
+                    let run = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+                    trip = run >= threshold;
+                }
+                Verdict::Ignored => {}
+            }
+        }
+        if let Some(window) = &self.window
+            && verdict != Verdict::Ignored
+        {
+            let t = now.map_or(0, |now| self.ticks(now));
+            window.record(failure, slow, t);
+            if !trip && (failure || slow) {
+                let tally = window.tally(t);
+                let minimum = self.config.minimum_calls;
+                trip = (failure
+                    && self
+                        .config
+                        .failure_rate
+                        .is_some_and(|rate| tally.failure_rate_reached(rate, minimum)))
+                    || (slow
+                        && self
+                            .config
+                            .slow_calls
+                            .is_some_and(|s| tally.slow_rate_reached(s.rate, minimum)));
+            }
+        }
+        if trip {
+            self.trip(epoch, now.unwrap_or_else(clock));
+        }
+    }
+
+    fn trip(&self, epoch: u64, now: Instant) {
+        let change = {
+            let mut half_open = self.lock();
+            if self.word.load(Ordering::Acquire) != pack(State::Closed, epoch) {
+                return;
+            }
+            half_open.trips_in_row = 1;
+            self.open(&mut half_open, State::Closed, epoch, now)
+        };
+        self.announce(Some(change));
+    }
+
+    /// Moves to open; the caller holds the lock and has checked the state and epoch.
+    fn open(&self, half_open: &mut HalfOpen, from: State, epoch: u64, now: Instant) -> StateChange {
+        let cooldown = self.config.cooldown_for(half_open.trips_in_row);
+        let t = self.ticks(now);
+        half_open.admitted = 0;
+        half_open.successes = 0;
+        half_open.failures = 0;
+        self.open_until
+            .store(t.saturating_add(nanos(cooldown)), Ordering::Release);
+        self.since.store(t, Ordering::Relaxed);
+        self.counts.opened.fetch_add(1, Ordering::Relaxed);
+        self.word
+            .store(pack(State::Open, epoch + 1), Ordering::Release);
+        self.change(from, State::Open, now, Some(cooldown))
+    }
+
+    fn settle_probe(&self, epoch: u64, verdict: Verdict, slow: bool, now: Instant) {
+        let change = {
+            let mut half_open = self.lock();
+            if self.word.load(Ordering::Acquire) != pack(State::HalfOpen, epoch) {
+                return;
+            }
+            let probes = self.config.probes;
+            let needed = self.config.probe_successes;
+            match verdict {
+                Verdict::Ignored => {
+                    half_open.admitted = half_open.admitted.saturating_sub(1);
+                    None
+                }
+                Verdict::Success if !slow => {
+                    half_open.successes += 1;
+                    (half_open.successes >= needed).then(|| {
+                        half_open.trips_in_row = 0;
+                        self.close(epoch, now)
+                    })
+                }
+                Verdict::Success | Verdict::Failure => {
+                    half_open.failures += 1;
+                    (half_open.failures > probes - needed).then(|| {
+                        half_open.trips_in_row = half_open.trips_in_row.saturating_add(1);
+                        self.open(&mut half_open, State::HalfOpen, epoch, now)
+                    })
+                }
+            }
+        };
+        self.announce(change);
+    }
+
+    /// Moves to closed with empty counts; the caller holds the lock.
+    fn close(&self, epoch: u64, now: Instant) -> StateChange {
+        // Cleared before the new word is published: no closed-path call of the new epoch
+        // can record before it sees that word.
+        if let Some(window) = &self.window {
+            window.reset();
+        }
+        self.consecutive.store(0, Ordering::Relaxed);
+        self.since.store(self.ticks(now), Ordering::Relaxed);
+        self.word
+            .store(pack(State::Closed, epoch + 1), Ordering::Release);
+        self.change(State::HalfOpen, State::Closed, now, None)
+    }
+
+    fn release_probe(&self, epoch: u64) {
+        let mut half_open = self.lock();
+        if self.word.load(Ordering::Acquire) == pack(State::HalfOpen, epoch) {
+            half_open.admitted = half_open.admitted.saturating_sub(1);
+        }
+    }
+
+    fn change(
+        &self,
+        from: State,
+        to: State,
+        at: Instant,
+        cooldown: Option<Duration>,
+    ) -> StateChange {
+        StateChange {
+            breaker: self.name.clone(),
+            key: self.key.clone(),
+            from,
+            to,
+            at,
+            cooldown,
+        }
+    }
+
+    /// Reports a state change; called outside the lock, so the hook may read stats.
+    fn announce(&self, change: Option<StateChange>) {
+        let Some(change) = change else { return };
+        metrics::gauge!(STATE_GAUGE, self.labels.iter()).set(change.to.as_gauge());
+        let mut labels = self.labels.clone();
+        labels.push(metrics::Label::new("from", change.from.as_str()));
+        labels.push(metrics::Label::new("to", change.to.as_str()));
+        metrics::counter!(TRANSITIONS, labels).increment(1);
+        if let Some(hook) = &self.config.hook {
+            hook(&change);
+        }
+    }
+
+    /// Whether the breaker is closed, without reading the clock.
+    pub(crate) fn is_closed(&self) -> bool {
+        State::from_bits(self.word.load(Ordering::Acquire)) == State::Closed
+    }
+
+    pub(crate) fn state(&self) -> State {
+        self.state_at(Instant::now())
+    }
+
+    pub(crate) fn state_at(&self, now: Instant) -> State {
+        let state = State::from_bits(self.word.load(Ordering::Acquire));
+        if state == State::Open && self.ticks(now) >= self.open_until.load(Ordering::Acquire) {
+            State::HalfOpen
+        } else {
+            state
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.stats_at(Instant::now())
+    }
+
+    pub(crate) fn stats_at(&self, now: Instant) -> Stats {
+        let t = self.ticks(now);
+        let word = self.word.load(Ordering::Acquire);
+        let stored = State::from_bits(word);
+        let until = self.open_until.load(Ordering::Acquire);
+        let since = self.since.load(Ordering::Relaxed);
+        let (state, entered, next_probe_in) = match stored {
+            State::Open if t >= until => (State::HalfOpen, until, None),
+            State::Open => (State::Open, since, Some(Duration::from_nanos(until - t))),
+            other => (other, since, None),
+        };
+        let probes_in_flight = if stored == State::HalfOpen {
+            let half_open = self.lock();
+            half_open.admitted - half_open.successes - half_open.failures
+        } else {
+            0
+        };
+        let tally = self.window.as_ref().map(|w| w.tally(t)).unwrap_or_default();
+        Stats {
+            state,
+            time_in_state: Duration::from_nanos(t.saturating_sub(entered)),
+            next_probe_in,
+            successes: self.counts.successes.load(Ordering::Relaxed),
+            failures: self.counts.failures.load(Ordering::Relaxed),
+            ignored: self.counts.ignored.load(Ordering::Relaxed),
+            slow: self.counts.slow.load(Ordering::Relaxed),
+            rejected: self.counts.rejected.load(Ordering::Relaxed),
+            opened: self.counts.opened.load(Ordering::Relaxed),
+            consecutive_failures: self.consecutive.load(Ordering::Relaxed),
+            window_calls: tally.calls,
+            window_failures: tally.failures,
+            window_slow: tally.slow,
+            probes_in_flight,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn base(&self) -> Instant {
+        self.base
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+/// The right to make one call: a closed-path call or a half-open probe.
+///
+/// A probe permit dropped without [`settle`](Permit::settle) (its future was dropped, or
+/// panicked) gives its place back, so half-open can never get stuck waiting for it.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    breaker: Arc<Breaker>,
+    probe: bool,
+    epoch: u64,
+    started: Option<Instant>,
+    settled: bool,
+}
+
+impl Permit {
+    fn new(breaker: &Arc<Breaker>, probe: bool, epoch: u64, started: Option<Instant>) -> Self {
+        Permit {
+            breaker: Arc::clone(breaker),
+            probe,
+            epoch,
+            started,
+            settled: false,
+        }
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        self.breaker.config()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// Records the call's outcome. `clock` is read only if the outcome depends on time.
+    pub(crate) fn settle(mut self, verdict: Verdict, clock: impl Fn() -> Instant) {
+        self.settled = true;
+        let breaker = &*self.breaker;
+        let counter = match verdict {
+            Verdict::Success => &breaker.counts.successes,
+            Verdict::Failure => &breaker.counts.failures,
+            Verdict::Ignored => &breaker.counts.ignored,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let now = self.started.map(|started| (started, clock()));
+        let slow = match (now, breaker.config.slow_calls) {
+            (Some((started, now)), Some(policy)) if verdict != Verdict::Ignored => {
+                now.saturating_duration_since(started) >= policy.threshold
+            }
+            _ => false,
+        };
+        if slow {
+            breaker.counts.slow.fetch_add(1, Ordering::Relaxed);
+        }
+        let now = now.map(|(_, now)| now);
+        if self.probe {
+            breaker.settle_probe(self.epoch, verdict, slow, now.unwrap_or_else(&clock));
+        } else {
+            breaker.settle_closed(self.epoch, verdict, slow, now, clock);
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.probe && !self.settled {
+            self.breaker.release_probe(self.epoch);
+        }
+    }
+}

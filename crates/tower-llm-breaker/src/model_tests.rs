@@ -1,0 +1,384 @@
+//! The breaker against a plain, sequential reference model of its state machine, on random
+//! sequences of admissions, outcomes, drops and time advances.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use crate::breaker::{Breaker, Permit};
+use crate::config::{CircuitBreakerBuilder, Config, Verdict, Window};
+use crate::state::State;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Acquire,
+    Settle(usize, Verdict),
+    Drop(usize),
+    Advance(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => Just(Op::Acquire),
+        3 => (any::<usize>(), Just(Verdict::Failure)).prop_map(|(i, v)| Op::Settle(i, v)),
+        3 => (any::<usize>(), Just(Verdict::Success)).prop_map(|(i, v)| Op::Settle(i, v)),
+        1 => (any::<usize>(), Just(Verdict::Ignored)).prop_map(|(i, v)| Op::Settle(i, v)),
+        1 => any::<usize>().prop_map(Op::Drop),
+        2 => (0u64..4_000).prop_map(Op::Advance),
+    ]
+}
+
+fn config() -> impl Strategy<Value = Config> {
+    (
+        prop::option::of(1u32..5),
+        prop::option::of(prop_oneof![Just(0.5), Just(0.75), Just(1.0)]),
+        prop::option::of(prop_oneof![Just(0.5), Just(1.0)]),
+        prop_oneof![
+            (1u32..6).prop_map(Window::count),
+            (1u32..5)
+                .prop_map(|b| Window::time_with_buckets(Duration::from_secs(u64::from(b) * 2), b)),
+        ],
+        1u32..4,
+        (1u64..4, prop_oneof![Just(1.0), Just(2.0)]),
+        (1u32..4, prop_oneof![Just(0.5), Just(1.0)]),
+    )
+        .prop_filter_map(
+            "invalid combination",
+            |(consecutive, rate, slow, window, minimum, (cooldown, mult), (probes, probe_rate))| {
+                let mut b = CircuitBreakerBuilder::new()
+                    .window(window)
+                    .minimum_calls(minimum)
+                    .cooldown(Duration::from_secs(cooldown))
+                    .cooldown_backoff(mult, Duration::from_secs(cooldown * 3))
+                    .probes(probes)
+                    .probe_success_rate(probe_rate);
+                b = match consecutive {
+                    Some(n) => b.consecutive_failures(n),
+                    None => b.without_consecutive_failures(),
+                };
+                if let Some(rate) = rate {
+                    b = b.failure_rate(rate);
+                }
+                if let Some(rate) = slow {
+                    b = b.slow_calls(Duration::from_millis(1_500), rate);
+                }
+                b.validate().ok()
+            },
+        )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ModelState {
+    Closed,
+    Open {
+        until: Duration,
+    },
+    HalfOpen {
+        admitted: u32,
+        successes: u32,
+        failures: u32,
+    },
+}
+
+#[derive(Debug)]
+struct ModelPermit {
+    probe: bool,
+    epoch: u64,
+    started: Duration,
+}
+
+/// The breaker's specification, written the obvious way: one thread, plain fields.
+struct Model {
+    config: Config,
+    now: Duration,
+    state: ModelState,
+    epoch: u64,
+    consecutive: u32,
+    /// (bucket or sequence index, failed, slow)
+    window: VecDeque<(u64, bool, bool)>,
+    trips_in_row: u32,
+}
+
+impl Model {
+    fn new(config: Config) -> Self {
+        Model {
+            config,
+            now: Duration::ZERO,
+            state: ModelState::Closed,
+            epoch: 0,
+            consecutive: 0,
+            window: VecDeque::new(),
+            trips_in_row: 0,
+        }
+    }
+
+    fn bucket(&self) -> u64 {
+        match self.config.window {
+            Window::Time { length, buckets } => {
+                (self.now.as_nanos() / (length.as_nanos() / u128::from(buckets))) as u64
+            }
+            Window::Count { .. } => 0,
+        }
+    }
+
+    fn tally(&self) -> (u32, u32, u32) {
+        if !self.config.uses_window() {
+            return (0, 0, 0);
+        }
+        let live: Vec<_> = match self.config.window {
+            Window::Count { size } => self.window.iter().rev().take(size as usize).collect(),
+            Window::Time { buckets, .. } => {
+                let now = self.bucket();
+                self.window
+                    .iter()
+                    .filter(|(b, ..)| now - b < u64::from(buckets))
+                    .collect()
+            }
+        };
+        (
+            live.len() as u32,
+            live.iter().filter(|e| e.1).count() as u32,
+            live.iter().filter(|e| e.2).count() as u32,
+        )
+    }
+
+    fn acquire(&mut self) -> Result<ModelPermit, Duration> {
+        if let ModelState::Open { until } = self.state {
+            if self.now < until {
+                return Err(until - self.now);
+            }
+            self.epoch += 1;
+            self.state = ModelState::HalfOpen {
+                admitted: 0,
+                successes: 0,
+                failures: 0,
+            };
+        }
+        let probe = match &mut self.state {
+            ModelState::Closed => false,
+            ModelState::HalfOpen { admitted, .. } => {
+                if *admitted == self.config.probes {
+                    return Err(self.config.cooldown_for(self.trips_in_row + 1));
+                }
+                *admitted += 1;
+                true
+            }
+            ModelState::Open { .. } => unreachable!("left above"),
+        };
+        Ok(ModelPermit {
+            probe,
+            epoch: self.epoch,
+            started: self.now,
+        })
+    }
+
+    fn open(&mut self) {
+        let cooldown = self.config.cooldown_for(self.trips_in_row);
+        self.epoch += 1;
+        self.state = ModelState::Open {
+            until: self.now + cooldown,
+        };
+    }
+
+    fn settle(&mut self, permit: ModelPermit, verdict: Verdict) {
+        let slow = verdict != Verdict::Ignored
+            && self
+                .config
+                .slow_calls
+                .is_some_and(|s| self.now - permit.started >= s.threshold);
+        if permit.epoch != self.epoch {
+            return;
+        }
+        if permit.probe {
+            let ModelState::HalfOpen {
+                admitted,
+                successes,
+                failures,
+            } = &mut self.state
+            else {
+                return;
+            };
+            let needed = self.config.probe_successes;
+            match verdict {
+                Verdict::Ignored => *admitted -= 1,
+                Verdict::Success if !slow => {
+                    *successes += 1;
+                    if *successes >= needed {
+                        self.epoch += 1;
+                        self.state = ModelState::Closed;
+                        self.window.clear();
+                        self.consecutive = 0;
+                        self.trips_in_row = 0;
+                    }
+                }
+                _ => {
+                    *failures += 1;
+                    if *failures > self.config.probes - needed {
+                        self.trips_in_row += 1;
+                        self.open();
+                    }
+                }
+            }
+            return;
+        }
+        if self.state != ModelState::Closed || verdict == Verdict::Ignored {
+            return;
+        }
+        let failed = verdict == Verdict::Failure;
+        let mut trip = false;
+        if let Some(n) = self.config.consecutive_failures {
+            if failed {
+                self.consecutive += 1;
+                trip = self.consecutive >= n;
+            } else {
+                self.consecutive = 0;
+            }
+        }
+        if self.config.uses_window() {
+            self.window.push_back((self.bucket(), failed, slow));
+            let (calls, failures, slows) = self.tally();
+            let min = self.config.minimum_calls;
+            let rate_trip = calls >= min
+                && ((failed
+                    && self
+                        .config
+                        .failure_rate
+                        .is_some_and(|r| f64::from(failures) >= r * f64::from(calls)))
+                    || (slow
+                        && self
+                            .config
+                            .slow_calls
+                            .is_some_and(|s| f64::from(slows) >= s.rate * f64::from(calls))));
+            trip = trip || rate_trip;
+        }
+        if trip {
+            self.trips_in_row = 1;
+            self.open();
+        }
+    }
+
+    fn drop_permit(&mut self, permit: ModelPermit) {
+        if permit.probe
+            && permit.epoch == self.epoch
+            && let ModelState::HalfOpen { admitted, .. } = &mut self.state
+        {
+            *admitted -= 1;
+        }
+    }
+
+    fn state(&self) -> State {
+        match self.state {
+            ModelState::Closed => State::Closed,
+            ModelState::Open { until } if self.now < until => State::Open,
+            _ => State::HalfOpen,
+        }
+    }
+
+    fn in_flight(&self) -> u32 {
+        match self.state {
+            ModelState::HalfOpen {
+                admitted,
+                successes,
+                failures,
+            } => admitted - successes - failures,
+            _ => 0,
+        }
+    }
+}
+
+fn run(config: Config, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let breaker = Arc::new(Breaker::new(Arc::new(config.clone()), None));
+    let base = breaker.base();
+    let mut model = Model::new(config.clone());
+    let mut permits: Vec<(Permit, ModelPermit)> = Vec::new();
+    for (step, op) in ops.into_iter().enumerate() {
+        let now = base + model.now;
+        match op {
+            Op::Acquire => match (breaker.acquire(|| now), model.acquire()) {
+                (Ok(real), Ok(expected)) => {
+                    prop_assert_eq!(real.is_probe(), expected.probe, "step {}", step);
+                    permits.push((real, expected));
+                }
+                (Err(real), Err(expected)) => {
+                    prop_assert_eq!(real.retry_in(), expected, "step {}", step);
+                }
+                (real, expected) => {
+                    return Err(TestCaseError::fail(format!(
+                        "step {step}: breaker {:?}, model {:?}",
+                        real.map(|p| p.is_probe()),
+                        expected.map(|p| p.probe)
+                    )));
+                }
+            },
+            Op::Settle(i, verdict) if !permits.is_empty() => {
+                let (real, expected) = permits.remove(i % permits.len());
+                real.settle(verdict, || now);
+                model.settle(expected, verdict);
+            }
+            Op::Drop(i) if !permits.is_empty() => {
+                let (real, expected) = permits.remove(i % permits.len());
+                drop(real);
+                model.drop_permit(expected);
+            }
+            Op::Advance(ms) => model.now += Duration::from_millis(ms),
+            Op::Settle(..) | Op::Drop(_) => {}
+        }
+        let now = base + model.now;
+        let stats = breaker.stats_at(now);
+        prop_assert_eq!(stats.state, model.state(), "step {}", step);
+        prop_assert_eq!(breaker.state_at(now), model.state(), "step {}", step);
+        prop_assert_eq!(stats.probes_in_flight, model.in_flight(), "step {}", step);
+        prop_assert!(stats.probes_in_flight <= config.probes);
+        if model.state == ModelState::Closed {
+            prop_assert_eq!(
+                (stats.window_calls, stats.window_failures, stats.window_slow),
+                model.tally(),
+                "step {}",
+                step
+            );
+            if config.consecutive_failures.is_some() {
+                prop_assert_eq!(stats.consecutive_failures, model.consecutive);
+            }
+        }
+    }
+    // Never stuck: with every call gone and the longest cool-down waited out, a call is
+    // admitted.
+    permits.clear();
+    let later = base + model.now + config.max_cooldown;
+    prop_assert!(breaker.acquire(|| later).is_ok());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn breaker_follows_the_model(config in config(), ops in prop::collection::vec(op(), 1..120)) {
+        run(config, ops)?;
+    }
+}
+
+#[test]
+fn a_probe_dropped_mid_flight_frees_its_place() {
+    let config = CircuitBreakerBuilder::new()
+        .consecutive_failures(1)
+        .cooldown(Duration::from_secs(1))
+        .validate()
+        .expect("valid");
+    let breaker = Arc::new(Breaker::new(Arc::new(config), None));
+    let t0 = breaker.base();
+    breaker
+        .acquire(|| t0)
+        .expect("closed")
+        .settle(Verdict::Failure, || t0);
+    let t1 = t0 + Duration::from_secs(1);
+    let probe = breaker.acquire(|| t1).expect("a probe");
+    assert!(probe.is_probe());
+    assert!(breaker.acquire(|| t1).is_err(), "only one probe");
+    drop(probe);
+    let probe = breaker.acquire(|| t1).expect("the place is free again");
+    probe.settle(Verdict::Success, || t1);
+    assert_eq!(breaker.state_at(t1), State::Closed);
+}
