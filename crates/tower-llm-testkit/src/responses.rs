@@ -1,0 +1,693 @@
+//! The bodies the mock answers with, shaped like each provider's.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::{Value, json};
+use tower_llm_core::estimate_text_tokens;
+
+use crate::embedding::embedding_for;
+use crate::plan::Route;
+
+/// Whose wire format a route speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Provider {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+impl Route {
+    pub(crate) const fn provider(self) -> Provider {
+        match self {
+            Route::OpenAiChat | Route::OpenAiEmbeddings => Provider::OpenAi,
+            Route::AnthropicMessages => Provider::Anthropic,
+            Route::GeminiGenerate | Route::GeminiStream => Provider::Gemini,
+        }
+    }
+}
+
+/// What a request asked for, read leniently from its JSON body.
+#[derive(Clone, Debug)]
+pub(crate) struct Prompt {
+    pub(crate) model: String,
+    /// The text of the last user message.
+    pub(crate) last_user: String,
+    pub(crate) prompt_tokens: u64,
+    pub(crate) stream: bool,
+    pub(crate) include_usage: bool,
+}
+
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+impl Prompt {
+    /// Reads a chat request body of `route`'s provider. `model` is the model named in the
+    /// URL (Gemini); other providers name it in the body.
+    pub(crate) fn read(route: Route, body: &Value, url_model: Option<&str>) -> Prompt {
+        let mut texts = Vec::new();
+        let mut last_user = String::new();
+        match route.provider() {
+            Provider::OpenAi | Provider::Anthropic => {
+                if let Some(system) = body.get("system") {
+                    texts.push(text_of(system));
+                }
+                for message in body
+                    .get("messages")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let text = message.get("content").map(text_of).unwrap_or_default();
+                    if message.get("role").and_then(Value::as_str) == Some("user") {
+                        last_user.clone_from(&text);
+                    }
+                    texts.push(text);
+                }
+            }
+            Provider::Gemini => {
+                if let Some(system) = body.get("systemInstruction") {
+                    texts.push(system.get("parts").map(text_of).unwrap_or_default());
+                }
+                for content in body
+                    .get("contents")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let text = content.get("parts").map(text_of).unwrap_or_default();
+                    let role = content.get("role").and_then(Value::as_str);
+                    if role.is_none() || role == Some("user") {
+                        last_user.clone_from(&text);
+                    }
+                    texts.push(text);
+                }
+            }
+        }
+        let model = url_model
+            .map(str::to_owned)
+            .or_else(|| body.get("model").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| "mock-model".to_owned());
+        Prompt {
+            model,
+            last_user,
+            prompt_tokens: texts.iter().map(|t| estimate_text_tokens(t)).sum(),
+            stream: route == Route::GeminiStream
+                || body.get("stream").and_then(Value::as_bool) == Some(true),
+            include_usage: body
+                .get("stream_options")
+                .and_then(|o| o.get("include_usage"))
+                .and_then(Value::as_bool)
+                == Some(true),
+        }
+    }
+}
+
+/// A normal answer's text and identity.
+#[derive(Clone, Debug)]
+pub(crate) struct Reply {
+    pub(crate) id: u64,
+    pub(crate) created: u64,
+    pub(crate) model: String,
+    pub(crate) text: String,
+    pub(crate) prompt_tokens: u64,
+    pub(crate) completion_tokens: u64,
+}
+
+impl Reply {
+    pub(crate) fn new(id: u64, prompt: &Prompt, text: String) -> Reply {
+        Reply {
+            id,
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            model: prompt.model.clone(),
+            completion_tokens: estimate_text_tokens(&text),
+            text,
+            prompt_tokens: prompt.prompt_tokens,
+        }
+    }
+
+    /// The reply cut into word chunks (spaces kept), at least one.
+    fn words(&self) -> Vec<&str> {
+        let words: Vec<&str> = self.text.split_inclusive(' ').collect();
+        if words.is_empty() { vec![""] } else { words }
+    }
+}
+
+pub(crate) fn openai_chat(reply: &Reply) -> Value {
+    json!({
+        "id": format!("chatcmpl-mock{}", reply.id),
+        "object": "chat.completion",
+        "created": reply.created,
+        "model": reply.model,
+        "system_fingerprint": "fp_mock",
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": reply.text, "refusal": null},
+            "logprobs": null,
+            "finish_reason": "stop",
+        }],
+        "usage": {
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+            "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+        },
+    })
+}
+
+pub(crate) fn anthropic_message(reply: &Reply) -> Value {
+    json!({
+        "id": format!("msg_mock{}", reply.id),
+        "type": "message",
+        "role": "assistant",
+        "model": reply.model,
+        "content": [{"type": "text", "text": reply.text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": null,
+        "usage": {"input_tokens": reply.prompt_tokens, "output_tokens": reply.completion_tokens},
+    })
+}
+
+fn gemini_usage(reply: &Reply, done: bool) -> Value {
+    if done {
+        json!({
+            "promptTokenCount": reply.prompt_tokens,
+            "candidatesTokenCount": reply.completion_tokens,
+            "totalTokenCount": reply.prompt_tokens + reply.completion_tokens,
+        })
+    } else {
+        json!({"promptTokenCount": reply.prompt_tokens, "totalTokenCount": reply.prompt_tokens})
+    }
+}
+
+fn gemini_chunk(reply: &Reply, text: &str, done: bool) -> Value {
+    let mut candidate = json!({
+        "content": {"parts": [{"text": text}], "role": "model"},
+        "index": 0,
+    });
+    if done {
+        candidate["finishReason"] = json!("STOP");
+    }
+    json!({
+        "candidates": [candidate],
+        "usageMetadata": gemini_usage(reply, done),
+        "modelVersion": reply.model,
+        "responseId": format!("mock{}", reply.id),
+    })
+}
+
+pub(crate) fn gemini_generate(reply: &Reply) -> Value {
+    gemini_chunk(reply, &reply.text, true)
+}
+
+/// The OpenAI embeddings answer for a request body, or `None` when it names no input.
+pub(crate) fn openai_embeddings(body: &Value, id: u64) -> Result<Value, &'static str> {
+    let inputs: Vec<String> = match body.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect(),
+        _ => return Err("'input' must be a string or a non-empty array"),
+    };
+    let dims = match body.get("dimensions") {
+        None | Some(Value::Null) => crate::embedding::DEFAULT_DIMENSIONS,
+        Some(v) => match v.as_u64() {
+            Some(d @ 1..=crate::embedding::MAX_DIMENSIONS) => d as usize,
+            _ => return Err("'dimensions' must be an integer from 1 to 4096"),
+        },
+    };
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock-embedding");
+    let tokens: u64 = inputs.iter().map(|t| estimate_text_tokens(t)).sum();
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, input)| {
+            json!({"object": "embedding", "index": index, "embedding": embedding_for(input, dims)})
+        })
+        .collect();
+    Ok(json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        "id": format!("emb-mock{id}"),
+    }))
+}
+
+/// How the events of a stream are written on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// `data: ...\n\n`, with `event: ...\n` before it when the event is named.
+    Sse,
+    /// `data: ...\r\n\r\n` (Gemini's SSE).
+    SseCrLf,
+    /// A JSON array sent element by element (Gemini without `alt=sse`).
+    JsonArray,
+}
+
+/// One event of a stream: an optional SSE event name and its data.
+#[derive(Clone, Debug)]
+pub(crate) struct Event {
+    pub(crate) name: Option<&'static str>,
+    pub(crate) data: String,
+}
+
+impl Event {
+    fn data(value: &Value) -> Event {
+        Event {
+            name: None,
+            data: value.to_string(),
+        }
+    }
+
+    fn named(name: &'static str, value: &Value) -> Event {
+        Event {
+            name: Some(name),
+            data: value.to_string(),
+        }
+    }
+
+    pub(crate) fn encode(&self, framing: Framing, index: usize) -> Bytes {
+        match framing {
+            Framing::Sse => match self.name {
+                Some(name) => format!("event: {name}\ndata: {}\n\n", self.data).into(),
+                None => format!("data: {}\n\n", self.data).into(),
+            },
+            Framing::SseCrLf => format!("data: {}\r\n\r\n", self.data).into(),
+            Framing::JsonArray if index == 0 => format!("[{}", self.data).into(),
+            Framing::JsonArray => format!(",\r\n{}", self.data).into(),
+        }
+    }
+
+    /// The same event with its JSON cut in half.
+    pub(crate) fn garbled(&self) -> Event {
+        Event {
+            name: self.name,
+            data: truncate_json(&self.data),
+        }
+    }
+}
+
+/// The events of a streamed answer: opening events, one content chunk per word, closing
+/// events, and the bytes that end the stream in its framing.
+#[derive(Clone, Debug)]
+pub(crate) struct StreamAnswer {
+    pub(crate) framing: Framing,
+    pub(crate) opening: Vec<Event>,
+    pub(crate) chunks: Vec<Event>,
+    pub(crate) closing: Vec<Event>,
+    /// Written after the last event of a complete stream (`]` of a JSON array).
+    pub(crate) trailer: Option<&'static str>,
+    /// The provider's in-stream error event.
+    pub(crate) error: Event,
+}
+
+pub(crate) fn openai_chat_stream(reply: &Reply, include_usage: bool) -> StreamAnswer {
+    let chunk = |delta: Value, finish: Value| {
+        let mut chunk = json!({
+            "id": format!("chatcmpl-mock{}", reply.id),
+            "object": "chat.completion.chunk",
+            "created": reply.created,
+            "model": reply.model,
+            "system_fingerprint": "fp_mock",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        });
+        if include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        Event::data(&chunk)
+    };
+    let opening = vec![chunk(
+        json!({"role": "assistant", "content": "", "refusal": null}),
+        Value::Null,
+    )];
+    let chunks = reply
+        .words()
+        .into_iter()
+        .map(|word| chunk(json!({"content": word}), Value::Null))
+        .collect();
+    let mut closing = vec![chunk(json!({}), json!("stop"))];
+    if include_usage {
+        closing.push(Event::data(&json!({
+            "id": format!("chatcmpl-mock{}", reply.id),
+            "object": "chat.completion.chunk",
+            "created": reply.created,
+            "model": reply.model,
+            "system_fingerprint": "fp_mock",
+            "choices": [],
+            "usage": {
+                "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": reply.completion_tokens,
+                "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+            },
+        })));
+    }
+    closing.push(Event {
+        name: None,
+        data: "[DONE]".to_owned(),
+    });
+    StreamAnswer {
+        framing: Framing::Sse,
+        opening,
+        chunks,
+        closing,
+        trailer: None,
+        error: Event::data(&json!({"error": {
+            "message": "The server had an error while processing your request. Sorry about that!",
+            "type": "server_error",
+            "param": null,
+            "code": null,
+        }})),
+    }
+}
+
+pub(crate) fn anthropic_stream(reply: &Reply) -> StreamAnswer {
+    let opening = vec![
+        Event::named(
+            "message_start",
+            &json!({"type": "message_start", "message": {
+                "id": format!("msg_mock{}", reply.id),
+                "type": "message",
+                "role": "assistant",
+                "model": reply.model,
+                "content": [],
+                "stop_reason": null,
+                "stop_sequence": null,
+                "usage": {"input_tokens": reply.prompt_tokens, "output_tokens": 1},
+            }}),
+        ),
+        Event::named(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}),
+        ),
+        Event::named("ping", &json!({"type": "ping"})),
+    ];
+    let chunks = reply
+        .words()
+        .into_iter()
+        .map(|word| {
+            Event::named(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": word}}),
+            )
+        })
+        .collect();
+    let closing = vec![
+        Event::named(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": 0}),
+        ),
+        Event::named(
+            "message_delta",
+            &json!({"type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                "usage": {"output_tokens": reply.completion_tokens}}),
+        ),
+        Event::named("message_stop", &json!({"type": "message_stop"})),
+    ];
+    StreamAnswer {
+        framing: Framing::Sse,
+        opening,
+        chunks,
+        closing,
+        trailer: None,
+        error: Event::named(
+            "error",
+            &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+        ),
+    }
+}
+
+pub(crate) fn gemini_stream(reply: &Reply, sse: bool) -> StreamAnswer {
+    let words = reply.words();
+    let last = words.len() - 1;
+    let chunks = words
+        .iter()
+        .enumerate()
+        .map(|(i, word)| Event::data(&gemini_chunk(reply, word, i == last)))
+        .collect();
+    StreamAnswer {
+        framing: if sse {
+            Framing::SseCrLf
+        } else {
+            Framing::JsonArray
+        },
+        opening: Vec::new(),
+        chunks,
+        closing: Vec::new(),
+        trailer: (!sse).then_some("]"),
+        error: Event::data(&json!({"error": {
+            "code": 503,
+            "message": "The model is overloaded. Please try again later.",
+            "status": "UNAVAILABLE",
+        }})),
+    }
+}
+
+/// The first half of a JSON text, so that it no longer parses.
+pub(crate) fn truncate_json(text: &str) -> String {
+    let mut cut = text.len() / 2;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text[..cut].to_owned()
+}
+
+/// What an error answer is about, before it is shaped for a provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ErrorCase {
+    /// An error status with the provider's usual body for it.
+    Status(StatusCode),
+    /// Too many requests or tokens; the retry hint, if any, is sent separately.
+    RateLimited {
+        retry_after: Option<Duration>,
+    },
+    QuotaExhausted,
+    Overloaded,
+}
+
+/// The status and JSON body `provider` answers for `case`.
+pub(crate) fn error_body(provider: Provider, case: ErrorCase) -> (StatusCode, Value) {
+    match provider {
+        Provider::OpenAi => openai_error(case),
+        Provider::Anthropic => anthropic_error(case),
+        Provider::Gemini => gemini_error(case),
+    }
+}
+
+fn openai_error(case: ErrorCase) -> (StatusCode, Value) {
+    let (status, message, kind, code): (u16, &str, &str, Value) = match case {
+        ErrorCase::RateLimited { .. } => (
+            429,
+            "Rate limit reached for requests. Please try again later.",
+            "requests",
+            json!("rate_limit_exceeded"),
+        ),
+        ErrorCase::QuotaExhausted => (
+            429,
+            "You exceeded your current quota, please check your plan and billing details.",
+            "insufficient_quota",
+            json!("insufficient_quota"),
+        ),
+        ErrorCase::Overloaded => (
+            503,
+            "The server is overloaded or not ready yet.",
+            "server_error",
+            Value::Null,
+        ),
+        ErrorCase::Status(status) => {
+            let (message, kind, code) = match status.as_u16() {
+                401 => (
+                    "Incorrect API key provided.",
+                    "invalid_request_error",
+                    json!("invalid_api_key"),
+                ),
+                403 => (
+                    "You are not allowed to access this resource.",
+                    "invalid_request_error",
+                    json!("unsupported_country_region_territory"),
+                ),
+                404 => (
+                    "The model does not exist or you do not have access to it.",
+                    "invalid_request_error",
+                    json!("model_not_found"),
+                ),
+                429 => (
+                    "Rate limit reached for requests.",
+                    "requests",
+                    json!("rate_limit_exceeded"),
+                ),
+                503 => (
+                    "The server is overloaded or not ready yet.",
+                    "server_error",
+                    Value::Null,
+                ),
+                400..=499 => ("Invalid request.", "invalid_request_error", Value::Null),
+                _ => (
+                    "The server had an error while processing your request.",
+                    "server_error",
+                    Value::Null,
+                ),
+            };
+            return (
+                status,
+                json!({"error": {"message": message, "type": kind, "param": null, "code": code}}),
+            );
+        }
+    };
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        json!({"error": {"message": message, "type": kind, "param": null, "code": code}}),
+    )
+}
+
+fn anthropic_error(case: ErrorCase) -> (StatusCode, Value) {
+    let (status, kind, message) = match case {
+        ErrorCase::RateLimited { .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "Number of requests has exceeded your rate limit. Please try again later.",
+        ),
+        ErrorCase::QuotaExhausted => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.",
+        ),
+        ErrorCase::Overloaded => (overloaded_529(), "overloaded_error", "Overloaded"),
+        ErrorCase::Status(status) => {
+            let (kind, message) = match status.as_u16() {
+                401 => ("authentication_error", "invalid x-api-key"),
+                403 => (
+                    "permission_error",
+                    "Your API key does not have permission to use the specified resource.",
+                ),
+                404 => (
+                    "not_found_error",
+                    "The requested resource could not be found.",
+                ),
+                413 => (
+                    "request_too_large",
+                    "Request exceeds the maximum allowed size.",
+                ),
+                429 => (
+                    "rate_limit_error",
+                    "Number of requests has exceeded your rate limit.",
+                ),
+                503 | 529 => ("overloaded_error", "Overloaded"),
+                400..=499 => ("invalid_request_error", "Invalid request."),
+                _ => ("api_error", "Internal server error"),
+            };
+            (status, kind, message)
+        }
+    };
+    (
+        status,
+        json!({"type": "error", "error": {"type": kind, "message": message}}),
+    )
+}
+
+fn overloaded_529() -> StatusCode {
+    StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+}
+
+fn gemini_error(case: ErrorCase) -> (StatusCode, Value) {
+    let error = |code: u16, message: &str, status: &str, details: Vec<Value>| {
+        let mut error = json!({"code": code, "message": message, "status": status});
+        if !details.is_empty() {
+            error["details"] = Value::Array(details);
+        }
+        (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            json!({ "error": error }),
+        )
+    };
+    match case {
+        ErrorCase::RateLimited { retry_after } => {
+            let mut details = vec![json!({
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [{
+                    "quotaMetric": "generativelanguage.googleapis.com/generate_content_requests",
+                    "quotaId": "GenerateRequestsPerMinutePerProjectPerModel",
+                }],
+            })];
+            if let Some(after) = retry_after {
+                details.push(json!({
+                    "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                    "retryDelay": format!("{}s", after.as_secs() + u64::from(after.subsec_nanos() > 0)),
+                }));
+            }
+            error(
+                429,
+                "You exceeded your current quota, please check your plan and billing details.",
+                "RESOURCE_EXHAUSTED",
+                details,
+            )
+        }
+        ErrorCase::QuotaExhausted => error(
+            429,
+            "You exceeded your current quota, please check your plan and billing details.",
+            "RESOURCE_EXHAUSTED",
+            vec![json!({
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [{
+                    "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                    "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+                }],
+            })],
+        ),
+        ErrorCase::Overloaded => error(
+            503,
+            "The model is overloaded. Please try again later.",
+            "UNAVAILABLE",
+            Vec::new(),
+        ),
+        ErrorCase::Status(status) => {
+            let code = status.as_u16();
+            let (message, name) = match code {
+                400 => ("Request contains an invalid argument.", "INVALID_ARGUMENT"),
+                401 => (
+                    "API key not valid. Please pass a valid API key.",
+                    "UNAUTHENTICATED",
+                ),
+                403 => ("The caller does not have permission.", "PERMISSION_DENIED"),
+                404 => ("Requested entity was not found.", "NOT_FOUND"),
+                429 => ("Resource has been exhausted.", "RESOURCE_EXHAUSTED"),
+                499 => ("The operation was cancelled.", "CANCELLED"),
+                503 | 529 => (
+                    "The model is overloaded. Please try again later.",
+                    "UNAVAILABLE",
+                ),
+                504 => ("Deadline exceeded.", "DEADLINE_EXCEEDED"),
+                402..=499 => (
+                    "Request contains an invalid argument.",
+                    "FAILED_PRECONDITION",
+                ),
+                _ => ("An internal error has occurred.", "INTERNAL"),
+            };
+            error(code, message, name, Vec::new())
+        }
+    }
+}
+
+/// The nginx-style page a proxy in front of an API answers when the API is down.
+pub(crate) const HTML_ERROR_PAGE: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
