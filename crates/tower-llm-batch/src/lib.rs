@@ -1,6 +1,122 @@
-//! Batching of small LLM requests into one upstream call.
+//! Many small LLM requests, one upstream call.
 //!
-//! Collects requests up to a size, weight or wait, makes one call, and hands each caller its own result.
+//! [`BatchLayer`] collects requests until a batch holds `max_items`, reaches `max_weight`
+//! (e.g. estimated tokens) or its first request has waited `max_wait`, makes one call to the
+//! inner service for the whole batch, and hands each caller its own result. Against a
+//! per-request quota (requests per minute) this turns into throughput: twelve embeddings in one
+//! call cost one request, not twelve.
 //!
-//! This crate is part of [tower-llm](https://github.com/tower-llm/tower-llm). Its middleware
-//! lands in a later release; today it only reserves the name and the place in the workspace.
+//! # Adapters
+//!
+//! How requests are packed and a response split is an adapter's job ([`Pack`] + [`Unpack`]):
+//!
+//! - [`VecAdapter`] (the default): the inner service is a `Service<Vec<Req>, Response =
+//!   Vec<Res>>` answering one result per request, in order.
+//! - [`EmbeddingsAdapter`] ([`BatchLayer::embeddings`]): OpenAI-style embeddings over
+//!   `http::Request<Bytes>`; inputs are concatenated into one `input` array and the answer's
+//!   `data` split back by `index`. Only requests to the same endpoint with the same headers
+//!   (API key) and parameters (model) share a batch.
+//! - [`PackAdapter`] ([`BatchLayer::packed`]): your `pack` (many requests to one, e.g. many
+//!   prompts in one chat completion) and `unpack` (one response to one result per request).
+//!   An item `unpack` cannot answer fails alone; the rest of its batch succeeds.
+//!
+//! # Behaviour
+//!
+//! - **A batching task.** Making the service spawns a task on the current tokio runtime (so
+//!   build it inside one; outside, making it panics like `tokio::spawn`), as
+//!   `tower::buffer::Buffer` does. The task is what sends a batch when `max_wait` runs out
+//!   while every caller is just waiting, and it owns the inner service, so batches are sent
+//!   in order and `poll_ready` is called on it only when a batch is ready to go. Clones of
+//!   the service feed the same task; when the last clone is dropped, the task sends what is
+//!   queued, waits for the batches in flight and ends.
+//! - **Results in order, never crossed.** Each request carries its own reply channel, and the
+//!   adapter splits the response by position (`VecAdapter`, `PackAdapter`) or index
+//!   (`EmbeddingsAdapter`). A `VecAdapter` response of the wrong length fails the whole batch
+//!   ([`LengthMismatch`]) rather than guess.
+//! - **Failures.** An inner error reaches every caller of its batch as a [`BatchFailed`] that
+//!   shares the one original error and keeps it as its `source`, so
+//!   [`classify_dyn_error`](tower_llm_core::classify_dyn_error) and
+//!   [`DefaultClassifier`](tower_llm_core::DefaultClassifier) classify it as the original: a
+//!   retry or breaker layer outside sees "overloaded", not "batch failed". If the inner
+//!   service fails `poll_ready`, the batcher stops: queued and later requests fail with
+//!   [`BatchClosed`], carrying that error.
+//! - **Backpressure.** At most `max_in_flight` batches are sent and unanswered at a time;
+//!   further batches wait. At most `capacity` requests are admitted at once (queued or in
+//!   flight); beyond it `poll_ready` waits, as with `Buffer`. `call` without a successful
+//!   `poll_ready` while full fails at once with a
+//!   [`RateLimited`](tower_llm_core::RateLimited) error.
+//! - **Cancellation.** Dropping a response future frees its place at once. If its batch has
+//!   not been sent yet, its request is left out of it (a batch whose callers all left is not
+//!   sent at all). Once sent, a batch runs to the end; a caller that left misses its answer.
+//! - **Weight.** With [`BatchBuilder::max_weight`], a request that would take a batch past the
+//!   limit seals the batch and starts the next one; a request heavier than the limit alone is
+//!   sent alone.
+//!
+//! # Stats and metrics
+//!
+//! [`Batch::stats`] returns a snapshot of counters shared by all clones ([`Stats`]). With a
+//! [`metrics`] recorder installed, the batcher also reports:
+//!
+//! | name | kind | meaning |
+//! |---|---|---|
+//! | `tower_llm_batch_size` | histogram | requests per sent batch |
+//! | `tower_llm_batch_wait_seconds` | histogram | per request: time from `call` to its batch being sent |
+//! | `tower_llm_batch_batches_total` | counter, label `reason` = `full` / `weight` / `wait` / `shutdown` | batches sealed, by why |
+//! | `tower_llm_batch_requests_total` | counter | requests queued |
+//! | `tower_llm_batch_rejected_total` | counter | requests refused before queueing |
+//! | `tower_llm_batch_cancelled_total` | counter | requests left out because their caller left |
+//! | `tower_llm_batch_failed_batches_total` | counter | batches the inner service failed |
+//! | `tower_llm_batch_in_flight_batches` | gauge | batches sent and unanswered |
+//! | `tower_llm_batch_waiting_requests` | gauge | requests queued, not yet sent |
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
+//! use tower_llm_batch::BatchLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! // An upstream that takes many prompts at once.
+//! let upstream = service_fn(|prompts: Vec<String>| async move {
+//!     Ok::<_, BoxError>(prompts.into_iter().map(|p| p.len()).collect::<Vec<_>>())
+//! });
+//! let service = ServiceBuilder::new()
+//!     .layer(
+//!         BatchLayer::builder()
+//!             .max_items(8)
+//!             .max_wait(Duration::from_millis(5))
+//!             .build()?,
+//!     )
+//!     .service(upstream);
+//!
+//! let calls = ["one", "three", "seven"].map(|prompt| {
+//!     let mut service = service.clone();
+//!     async move { service.ready().await?.call(prompt.to_string()).await }
+//! });
+//! let lengths = futures_util::future::try_join_all(calls).await?;
+//! assert_eq!(lengths, [3, 5, 5]);
+//! assert_eq!(service.stats().batches, 1);
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod adapter;
+mod embeddings;
+mod error;
+mod future;
+mod layer;
+mod service;
+mod stats;
+mod worker;
+
+pub use adapter::{AnyKey, KeyBy, KeyFn, Pack, PackAdapter, Unpack, VecAdapter};
+pub use embeddings::{EmbeddingsAdapter, EmbeddingsItem, EmbeddingsKey, EmbeddingsSplit};
+pub use error::{BatchClosed, BatchFailed, ConfigError, ItemMissing, LengthMismatch};
+pub use future::ResponseFuture;
+pub use layer::{BatchBuilder, BatchLayer};
+pub use service::Batch;
+pub use stats::{FlushReason, Stats};

@@ -1,0 +1,262 @@
+//! [`BatchLayer`] and its builder.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+use tower_llm_core::BoxError;
+use tower_service::Service;
+
+use crate::adapter::{Pack, PackAdapter, Unpack, VecAdapter};
+use crate::embeddings::EmbeddingsAdapter;
+use crate::error::ConfigError;
+use crate::service::Batch;
+
+pub(crate) type Weigher<Req> = Arc<dyn Fn(&Req) -> u64 + Send + Sync>;
+
+/// The limits of one batcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) max_items: usize,
+    pub(crate) max_weight: u64,
+    pub(crate) max_wait: Duration,
+    pub(crate) max_in_flight: usize,
+    pub(crate) capacity: usize,
+}
+
+const DEFAULT_MAX_ITEMS: usize = 16;
+const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(10);
+const DEFAULT_MAX_IN_FLIGHT: usize = 4;
+
+/// Applies [`Batch`] to a service: requests are collected into batches and each batch is one
+/// call to the inner service.
+///
+/// Built with [`BatchLayer::builder`] (or the shortcuts [`embeddings`](Self::embeddings) and
+/// [`packed`](Self::packed)). Every service the layer makes spawns its own batching task, so it
+/// must be applied inside a tokio runtime.
+pub struct BatchLayer<Req, A = VecAdapter> {
+    limits: Limits,
+    weigher: Option<Weigher<Req>>,
+    adapter: Arc<A>,
+}
+
+impl<Req, A> Clone for BatchLayer<Req, A> {
+    fn clone(&self) -> Self {
+        BatchLayer {
+            limits: self.limits,
+            weigher: self.weigher.clone(),
+            adapter: Arc::clone(&self.adapter),
+        }
+    }
+}
+
+impl<Req, A: fmt::Debug> fmt::Debug for BatchLayer<Req, A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchLayer")
+            .field("max_items", &self.limits.max_items)
+            .field(
+                "max_weight",
+                &self.weigher.as_ref().map(|_| self.limits.max_weight),
+            )
+            .field("max_wait", &self.limits.max_wait)
+            .field("max_in_flight", &self.limits.max_in_flight)
+            .field("capacity", &self.limits.capacity)
+            .field("adapter", &self.adapter)
+            .finish()
+    }
+}
+
+impl<Req> BatchLayer<Req, VecAdapter> {
+    /// A builder, with the [`VecAdapter`] until [`adapter`](BatchBuilder::adapter) says
+    /// otherwise.
+    pub fn builder() -> BatchBuilder<Req, VecAdapter> {
+        BatchBuilder {
+            max_items: DEFAULT_MAX_ITEMS,
+            max_weight: None,
+            max_wait: DEFAULT_MAX_WAIT,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            capacity: None,
+            adapter: VecAdapter,
+            _request: PhantomData,
+        }
+    }
+}
+
+impl BatchLayer<http::Request<bytes::Bytes>, EmbeddingsAdapter> {
+    /// A builder for OpenAI-style embeddings requests ([`EmbeddingsAdapter`]).
+    pub fn embeddings() -> BatchBuilder<http::Request<bytes::Bytes>, EmbeddingsAdapter> {
+        BatchLayer::builder().adapter(EmbeddingsAdapter::new())
+    }
+}
+
+impl<Req, P, U> BatchLayer<Req, PackAdapter<P, U>> {
+    /// A builder for a [`PackAdapter`] made of `pack` and `unpack`.
+    pub fn packed(pack: P, unpack: U) -> BatchBuilder<Req, PackAdapter<P, U>> {
+        BatchLayer::builder().adapter(PackAdapter::new(pack, unpack))
+    }
+}
+
+impl<Req, A> BatchLayer<Req, A> {
+    /// The adapter.
+    pub fn adapter(&self) -> &A {
+        &self.adapter
+    }
+}
+
+impl<S, Req, A> Layer<S> for BatchLayer<Req, A>
+where
+    A: Pack<Req>
+        + Unpack<Req, <S as Service<<A as Pack<Req>>::Batch>>::Response>
+        + Send
+        + Sync
+        + 'static,
+    S: Service<<A as Pack<Req>>::Batch> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    Req: 'static,
+{
+    type Service = Batch<
+        Req,
+        A,
+        <A as Unpack<Req, <S as Service<<A as Pack<Req>>::Batch>>::Response>>::Response,
+    >;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Batch::spawn(
+            inner,
+            Arc::clone(&self.adapter),
+            self.weigher.clone(),
+            self.limits,
+        )
+    }
+}
+
+/// Configures a [`BatchLayer`]; [`build`](Self::build) checks the values.
+pub struct BatchBuilder<Req, A> {
+    max_items: usize,
+    max_weight: Option<(u64, Weigher<Req>)>,
+    max_wait: Duration,
+    max_in_flight: usize,
+    capacity: Option<usize>,
+    adapter: A,
+    _request: PhantomData<fn(Req)>,
+}
+
+impl<Req, A: fmt::Debug> fmt::Debug for BatchBuilder<Req, A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchBuilder")
+            .field("max_items", &self.max_items)
+            .field("max_weight", &self.max_weight.as_ref().map(|(w, _)| *w))
+            .field("max_wait", &self.max_wait)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("capacity", &self.capacity)
+            .field("adapter", &self.adapter)
+            .finish()
+    }
+}
+
+impl<Req, A> BatchBuilder<Req, A> {
+    /// The most requests in one batch (default 16). A batch that reaches it is sent at once.
+    pub fn max_items(mut self, max_items: usize) -> Self {
+        self.max_items = max_items;
+        self
+    }
+
+    /// The most total weight in one batch, each request weighing `weigh(&request)`, e.g.
+    /// estimated tokens: `|r: &http::Request<Bytes>| r.estimated_tokens()` with
+    /// [`RequestCost`](tower_llm_core::RequestCost), or
+    /// [`EmbeddingsAdapter::input_tokens`] for embeddings. A request that would take a batch
+    /// past the limit starts the next batch; a request heavier than the limit on its own is
+    /// sent alone. Unlimited by default.
+    pub fn max_weight<F>(mut self, max_weight: u64, weigh: F) -> Self
+    where
+        F: Fn(&Req) -> u64 + Send + Sync + 'static,
+    {
+        self.max_weight = Some((max_weight, Arc::new(weigh)));
+        self
+    }
+
+    /// The longest the first request of a batch waits for others before the batch is sent
+    /// (default 10 ms). Zero sends whatever arrived together.
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// The most batches sent to the inner service and not yet answered (default 4). While at
+    /// the limit, full batches wait and requests keep queueing up to `capacity`.
+    pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight;
+        self
+    }
+
+    /// The most requests admitted at once, queued or in a batch in flight (default
+    /// `max_items * (max_in_flight + 1)`). Beyond it, `poll_ready` waits for a request to
+    /// finish: this is the backpressure callers feel.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = Some(capacity);
+        self
+    }
+
+    /// Packs and unpacks batches with `adapter`.
+    pub fn adapter<A2>(self, adapter: A2) -> BatchBuilder<Req, A2> {
+        BatchBuilder {
+            max_items: self.max_items,
+            max_weight: self.max_weight,
+            max_wait: self.max_wait,
+            max_in_flight: self.max_in_flight,
+            capacity: self.capacity,
+            adapter,
+            _request: PhantomData,
+        }
+    }
+
+    /// The layer, or an error naming the knob whose value cannot work.
+    pub fn build(self) -> Result<BatchLayer<Req, A>, ConfigError> {
+        if self.max_items == 0 {
+            return Err(ConfigError::new("max_items", "must be at least 1"));
+        }
+        if self.max_in_flight == 0 {
+            return Err(ConfigError::new(
+                "max_in_flight",
+                "must be at least 1, or no batch could ever be sent",
+            ));
+        }
+        if let Some((0, _)) = self.max_weight {
+            return Err(ConfigError::new("max_weight", "must be at least 1"));
+        }
+        let capacity = match self.capacity {
+            Some(capacity) if capacity < self.max_items => {
+                return Err(ConfigError::new(
+                    "capacity",
+                    "must be at least max_items, or no batch could ever fill",
+                ));
+            }
+            Some(capacity) => capacity,
+            None => self
+                .max_items
+                .saturating_mul(self.max_in_flight.saturating_add(1)),
+        };
+        // tokio's semaphore holds at most `MAX_PERMITS` (usize::MAX >> 3).
+        if capacity > usize::MAX >> 3 {
+            return Err(ConfigError::new("capacity", "is larger than tokio allows"));
+        }
+        let (max_weight, weigher) = match self.max_weight {
+            Some((limit, weigh)) => (limit, Some(weigh)),
+            None => (u64::MAX, None),
+        };
+        Ok(BatchLayer {
+            limits: Limits {
+                max_items: self.max_items,
+                max_weight,
+                max_wait: self.max_wait,
+                max_in_flight: self.max_in_flight,
+                capacity,
+            },
+            weigher,
+            adapter: Arc::new(self.adapter),
+        })
+    }
+}

@@ -1,0 +1,145 @@
+//! Counters of what a batcher did, shared by every clone of one batching service.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Why a batch was sent when it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FlushReason {
+    /// It reached `max_items`.
+    Full,
+    /// It reached `max_weight`, or the next request would have taken it past.
+    Weight,
+    /// Its oldest request had waited `max_wait`.
+    Wait,
+    /// Every handle to the service was dropped, so nothing more could join.
+    Shutdown,
+}
+
+impl FlushReason {
+    /// A short name, for logs and the `reason` metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FlushReason::Full => "full",
+            FlushReason::Weight => "weight",
+            FlushReason::Wait => "wait",
+            FlushReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) requests: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) items_sent: AtomicU64,
+    pub(crate) flushed_full: AtomicU64,
+    pub(crate) flushed_weight: AtomicU64,
+    pub(crate) flushed_wait: AtomicU64,
+    pub(crate) flushed_shutdown: AtomicU64,
+    pub(crate) failed_batches: AtomicU64,
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) waiting: AtomicU64,
+    pub(crate) max_batch: AtomicU64,
+    pub(crate) wait_nanos: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn flushed(&self, reason: FlushReason) {
+        let counter = match reason {
+            FlushReason::Full => &self.flushed_full,
+            FlushReason::Weight => &self.flushed_weight,
+            FlushReason::Wait => &self.flushed_wait,
+            FlushReason::Shutdown => &self.flushed_shutdown,
+        };
+        Self::add(counter, 1);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            requests: get(&self.requests),
+            rejected: get(&self.rejected),
+            cancelled: get(&self.cancelled),
+            batches: get(&self.batches),
+            items_sent: get(&self.items_sent),
+            flushed_full: get(&self.flushed_full),
+            flushed_weight: get(&self.flushed_weight),
+            flushed_wait: get(&self.flushed_wait),
+            flushed_shutdown: get(&self.flushed_shutdown),
+            failed_batches: get(&self.failed_batches),
+            in_flight_batches: get(&self.in_flight),
+            waiting: get(&self.waiting),
+            largest_batch: get(&self.max_batch),
+            total_wait: Duration::from_nanos(get(&self.wait_nanos)),
+        }
+    }
+}
+
+/// A snapshot of a batcher's counters (see [`Batch::stats`](crate::Batch::stats)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Requests queued for batching.
+    pub requests: u64,
+    /// Requests refused before they were queued (invalid for the adapter, batcher stopped,
+    /// `call` without `poll_ready` while the queue was full).
+    pub rejected: u64,
+    /// Queued requests whose caller went away before their batch was sent; they were left
+    /// out of it.
+    pub cancelled: u64,
+    /// Batches sent to the inner service.
+    pub batches: u64,
+    /// Requests sent in those batches.
+    pub items_sent: u64,
+    /// Batches sent because they reached `max_items`.
+    pub flushed_full: u64,
+    /// Batches sent because they reached `max_weight`.
+    pub flushed_weight: u64,
+    /// Batches sent because their oldest request had waited `max_wait`.
+    pub flushed_wait: u64,
+    /// Batches sent because the service was dropped.
+    pub flushed_shutdown: u64,
+    /// Batches the inner service failed (its `call` returned an error).
+    pub failed_batches: u64,
+    /// Batches sent and not yet answered.
+    pub in_flight_batches: u64,
+    /// Requests queued and not yet sent.
+    pub waiting: u64,
+    /// The largest batch sent.
+    pub largest_batch: u64,
+    /// Time the sent requests spent waiting for their batch to be sent, summed.
+    pub total_wait: Duration,
+}
+
+impl Stats {
+    /// Requests per sent batch, on average (0 before the first batch).
+    pub fn mean_batch_size(&self) -> f64 {
+        if self.batches == 0 {
+            0.0
+        } else {
+            self.items_sent as f64 / self.batches as f64
+        }
+    }
+
+    /// How long a sent request waited for its batch, on average.
+    pub fn mean_wait(&self) -> Duration {
+        match u32::try_from(self.items_sent) {
+            Ok(0) => Duration::ZERO,
+            Ok(n) => self.total_wait / n,
+            Err(_) => {
+                Duration::from_secs_f64(self.total_wait.as_secs_f64() / self.items_sent as f64)
+            }
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! The batching task: collects queued requests into batches, sends them, hands out results.
+//!
+//! One task per batcher owns the inner service, like `tower::buffer`'s worker. Callers talk to
+//! it through a channel; each request carries a oneshot sender for its own result. A caller
+//! that goes away closes that sender, which is how the task knows to leave its request out of a
+//! batch that has not been sent yet.
+
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use pin_project_lite::pin_project;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::{Instant, Sleep};
+use tower_llm_core::BoxError;
+use tower_service::Service;
+
+use crate::adapter::{Pack, Unpack};
+use crate::error::{BatchClosed, BatchFailed, ItemMissing};
+use crate::layer::Limits;
+use crate::stats::{Counters, FlushReason};
+
+pub(crate) type Reply<Res> = oneshot::Sender<Result<Res, BoxError>>;
+
+/// One request on its way to the batching task.
+pub(crate) struct Message<K, I, Res> {
+    pub(crate) key: K,
+    pub(crate) item: I,
+    pub(crate) weight: u64,
+    pub(crate) reply: Reply<Res>,
+    pub(crate) enqueued: Instant,
+}
+
+struct Entry<I, Res> {
+    item: I,
+    weight: u64,
+    reply: Reply<Res>,
+    enqueued: Instant,
+}
+
+/// Requests collecting under one key; sealed when full, heavy enough or old enough.
+struct Pending<I, Res> {
+    entries: Vec<Entry<I, Res>>,
+    weight: u64,
+    deadline: Instant,
+}
+
+impl<I, Res> Pending<I, Res> {
+    fn new(deadline: Instant) -> Self {
+        Pending {
+            entries: Vec::new(),
+            weight: 0,
+            deadline,
+        }
+    }
+
+    fn push(&mut self, entry: Entry<I, Res>) {
+        self.weight = self.weight.saturating_add(entry.weight);
+        self.entries.push(entry);
+    }
+
+    fn would_overflow(&self, weight: u64, limits: &Limits) -> bool {
+        !self.entries.is_empty() && self.weight.saturating_add(weight) > limits.max_weight
+    }
+
+    fn flush_reason(&self, limits: &Limits) -> Option<FlushReason> {
+        if self.entries.len() >= limits.max_items {
+            Some(FlushReason::Full)
+        } else if self.weight >= limits.max_weight {
+            Some(FlushReason::Weight)
+        } else {
+            None
+        }
+    }
+}
+
+/// Drops the requests whose callers went away; they were never sent, so nothing else is owed.
+fn prune<I, Res>(entries: &mut Vec<Entry<I, Res>>, weight: &mut u64, counters: &Counters) {
+    let before = entries.len();
+    entries.retain(|entry| {
+        let gone = entry.reply.is_closed();
+        if gone {
+            *weight = weight.saturating_sub(entry.weight);
+        }
+        !gone
+    });
+    let cancelled = (before - entries.len()) as u64;
+    if cancelled > 0 {
+        Counters::add(&counters.cancelled, cancelled);
+        Counters::sub(&counters.waiting, cancelled);
+        metrics::counter!("tower_llm_batch_cancelled_total").increment(cancelled);
+        metrics::gauge!("tower_llm_batch_waiting_requests").decrement(cancelled as f64);
+    }
+}
+
+/// A batch ready to go, waiting for a free in-flight slot and the inner service's readiness.
+struct Sealed<K, I, Res> {
+    key: K,
+    entries: Vec<Entry<I, Res>>,
+    weight: u64,
+}
+
+fn seal<K, I, Res>(
+    sealed: &mut VecDeque<Sealed<K, I, Res>>,
+    key: K,
+    pending: Pending<I, Res>,
+    reason: FlushReason,
+    counters: &Counters,
+) {
+    counters.flushed(reason);
+    metrics::counter!("tower_llm_batch_batches_total", "reason" => reason.as_str()).increment(1);
+    sealed.push_back(Sealed {
+        key,
+        entries: pending.entries,
+        weight: pending.weight,
+    });
+}
+
+pin_project! {
+    /// One batch sent to the inner service.
+    struct InFlight<F, Split, Res> {
+        #[pin]
+        future: F,
+        split: Option<Split>,
+        replies: Vec<Reply<Res>>,
+    }
+}
+
+impl<F: Future, Split, Res> Future for InFlight<F, Split, Res> {
+    type Output = (F::Output, Option<Split>, Vec<Reply<Res>>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let output = ready!(this.future.poll(cx));
+        Poll::Ready((output, this.split.take(), std::mem::take(this.replies)))
+    }
+}
+
+type Queue<Req, A, Res> =
+    mpsc::UnboundedReceiver<Message<<A as Pack<Req>>::Key, <A as Pack<Req>>::Item, Res>>;
+
+pub(crate) struct Worker<S, Req, A, Res>
+where
+    A: Pack<Req>,
+    S: Service<<A as Pack<Req>>::Batch>,
+{
+    inner: S,
+    adapter: Arc<A>,
+    queue: Queue<Req, A, Res>,
+    queue_open: bool,
+    pending: HashMap<A::Key, Pending<A::Item, Res>>,
+    sealed: VecDeque<Sealed<A::Key, A::Item, Res>>,
+    in_flight: FuturesUnordered<InFlight<S::Future, A::Split, Res>>,
+    timer: Pin<Box<Sleep>>,
+    timer_at: Option<Instant>,
+    limits: Limits,
+    counters: Arc<Counters>,
+    semaphore: Arc<Semaphore>,
+    failure: Arc<OnceLock<Arc<BoxError>>>,
+    _request: PhantomData<fn(Req)>,
+}
+
+pub(crate) struct WorkerParts<Req, A: Pack<Req>, Res> {
+    pub(crate) adapter: Arc<A>,
+    pub(crate) queue: Queue<Req, A, Res>,
+    pub(crate) limits: Limits,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) semaphore: Arc<Semaphore>,
+    pub(crate) failure: Arc<OnceLock<Arc<BoxError>>>,
+}
+
+impl<S, Req, A, Res> Worker<S, Req, A, Res>
+where
+    A: Pack<Req> + Unpack<Req, <S as Service<<A as Pack<Req>>::Batch>>::Response, Response = Res>,
+    S: Service<<A as Pack<Req>>::Batch>,
+    S::Error: Into<BoxError>,
+{
+    pub(crate) fn new(inner: S, parts: WorkerParts<Req, A, Res>) -> Self {
+        Worker {
+            inner,
+            adapter: parts.adapter,
+            queue: parts.queue,
+            queue_open: true,
+            pending: HashMap::new(),
+            sealed: VecDeque::new(),
+            in_flight: FuturesUnordered::new(),
+            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+            timer_at: None,
+            limits: parts.limits,
+            counters: parts.counters,
+            semaphore: parts.semaphore,
+            failure: parts.failure,
+            _request: PhantomData,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        std::future::poll_fn(|cx| self.poll(cx)).await;
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let mut progress = false;
+            while let Poll::Ready(Some(done)) = self.in_flight.poll_next_unpin(cx) {
+                self.deliver(done);
+                progress = true;
+            }
+            while self.queue_open {
+                match self.queue.poll_recv(cx) {
+                    Poll::Ready(Some(message)) => {
+                        self.enqueue(message);
+                        progress = true;
+                    }
+                    Poll::Ready(None) => {
+                        // Every handle is gone: nothing more can join, so send what is left.
+                        self.queue_open = false;
+                        progress = true;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            self.expire(Instant::now());
+            if self.launch(cx) {
+                progress = true;
+            }
+            if progress {
+                continue;
+            }
+            if let Some(deadline) = self.pending.values().map(|p| p.deadline).min() {
+                if self.timer_at != Some(deadline) {
+                    self.timer.as_mut().reset(deadline);
+                    self.timer_at = Some(deadline);
+                }
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    self.timer_at = None;
+                    // The timer, not `Instant::now()`, says the deadline has passed, so a timer
+                    // that rounds differently cannot make this loop spin.
+                    self.expire(deadline);
+                    continue;
+                }
+            }
+            if !self.queue_open
+                && self.pending.is_empty()
+                && self.sealed.is_empty()
+                && self.in_flight.is_empty()
+            {
+                return Poll::Ready(());
+            }
+            return Poll::Pending;
+        }
+    }
+
+    fn enqueue(&mut self, message: Message<A::Key, A::Item, Res>) {
+        let Message {
+            key,
+            item,
+            weight,
+            reply,
+            enqueued,
+        } = message;
+        Counters::add(&self.counters.waiting, 1);
+        metrics::gauge!("tower_llm_batch_waiting_requests").increment(1.0);
+        let entry = Entry {
+            item,
+            weight,
+            reply,
+            enqueued,
+        };
+        let limits = self.limits;
+        let counters = &*self.counters;
+        let now = Instant::now();
+        let deadline = now + limits.max_wait;
+        match self.pending.entry(key) {
+            MapEntry::Vacant(vacant) => {
+                let mut pending = Pending::new(deadline);
+                pending.push(entry);
+                match pending.flush_reason(&limits) {
+                    Some(reason) => {
+                        seal(
+                            &mut self.sealed,
+                            vacant.into_key(),
+                            pending,
+                            reason,
+                            counters,
+                        );
+                    }
+                    None => {
+                        vacant.insert(pending);
+                    }
+                }
+            }
+            MapEntry::Occupied(mut occupied) => {
+                let pending = occupied.get_mut();
+                if pending.would_overflow(entry.weight, &limits) {
+                    prune(&mut pending.entries, &mut pending.weight, counters);
+                    if pending.would_overflow(entry.weight, &limits) {
+                        let full = std::mem::replace(pending, Pending::new(deadline));
+                        let key = occupied.key().clone();
+                        seal(&mut self.sealed, key, full, FlushReason::Weight, counters);
+                    }
+                }
+                let pending = occupied.get_mut();
+                if pending.entries.is_empty() {
+                    // Everyone who was waiting here left: the new request starts a fresh wait.
+                    pending.deadline = deadline;
+                }
+                pending.push(entry);
+                if pending.entries.len() >= limits.max_items {
+                    prune(&mut pending.entries, &mut pending.weight, counters);
+                }
+                if let Some(reason) = pending.flush_reason(&limits) {
+                    let (key, full) = occupied.remove_entry();
+                    seal(&mut self.sealed, key, full, reason, counters);
+                }
+            }
+        }
+    }
+
+    /// Seals every batch whose deadline is at or before `now`, oldest first; all of them once
+    /// nothing more can join.
+    fn expire(&mut self, now: Instant) {
+        let closing = !self.queue_open;
+        let mut due: Vec<(Instant, A::Key)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| closing || p.deadline <= now)
+            .map(|(key, p)| (p.deadline, key.clone()))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        due.sort_by_key(|(deadline, _)| *deadline);
+        let reason = if closing {
+            FlushReason::Shutdown
+        } else {
+            FlushReason::Wait
+        };
+        for (_, key) in due {
+            if let Some((key, pending)) = self.pending.remove_entry(&key) {
+                seal(&mut self.sealed, key, pending, reason, &self.counters);
+            }
+        }
+    }
+
+    /// Sends sealed batches while in-flight slots are free and the inner service is ready.
+    fn launch(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut launched = false;
+        while self.in_flight.len() < self.limits.max_in_flight {
+            let Some(front) = self.sealed.front_mut() else {
+                break;
+            };
+            prune(&mut front.entries, &mut front.weight, &self.counters);
+            if front.entries.is_empty() {
+                self.sealed.pop_front();
+                continue;
+            }
+            match self.inner.poll_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(error)) => {
+                    self.fail(Arc::new(error.into()));
+                    break;
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            let Some(batch) = self.sealed.pop_front() else {
+                break;
+            };
+            let now = Instant::now();
+            let size = batch.entries.len();
+            let wait = metrics::histogram!("tower_llm_batch_wait_seconds");
+            let mut items = Vec::with_capacity(size);
+            let mut replies = Vec::with_capacity(size);
+            let mut waited = 0u64;
+            for entry in batch.entries {
+                let d = now.saturating_duration_since(entry.enqueued);
+                wait.record(d.as_secs_f64());
+                waited = waited.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+                items.push(entry.item);
+                replies.push(entry.reply);
+            }
+            let (request, split) = self.adapter.pack(batch.key, items);
+            let future = self.inner.call(request);
+            self.in_flight.push(InFlight {
+                future,
+                split: Some(split),
+                replies,
+            });
+            launched = true;
+
+            let counters = &self.counters;
+            let size = size as u64;
+            Counters::add(&counters.batches, 1);
+            Counters::add(&counters.items_sent, size);
+            Counters::add(&counters.wait_nanos, waited);
+            Counters::add(&counters.in_flight, 1);
+            Counters::sub(&counters.waiting, size);
+            counters
+                .max_batch
+                .fetch_max(size, std::sync::atomic::Ordering::Relaxed);
+            metrics::histogram!("tower_llm_batch_size").record(size as f64);
+            metrics::gauge!("tower_llm_batch_in_flight_batches").increment(1.0);
+            metrics::gauge!("tower_llm_batch_waiting_requests").decrement(size as f64);
+        }
+        launched
+    }
+
+    fn deliver(&mut self, done: <InFlight<S::Future, A::Split, Res> as Future>::Output) {
+        let (result, split, replies) = done;
+        Counters::sub(&self.counters.in_flight, 1);
+        metrics::gauge!("tower_llm_batch_in_flight_batches").decrement(1.0);
+        match (result, split) {
+            (Ok(response), Some(split)) => {
+                let mut results = self.adapter.unpack(response, split).into_iter();
+                for (position, reply) in replies.into_iter().enumerate() {
+                    let result = results
+                        .next()
+                        .unwrap_or_else(|| Err(Box::new(ItemMissing::new(position))));
+                    // A caller that left after its batch was sent simply misses its answer.
+                    let _ = reply.send(result);
+                }
+            }
+            (Ok(_), None) => {
+                for (position, reply) in replies.into_iter().enumerate() {
+                    let _ = reply.send(Err(Box::new(ItemMissing::new(position))));
+                }
+            }
+            (Err(error), _) => {
+                Counters::add(&self.counters.failed_batches, 1);
+                metrics::counter!("tower_llm_batch_failed_batches_total").increment(1);
+                let error = Arc::new(error.into());
+                let size = replies.len();
+                for reply in replies {
+                    let failed = BatchFailed::new(Arc::clone(&error), size);
+                    let _ = reply.send(Err(Box::new(failed)));
+                }
+            }
+        }
+    }
+
+    /// The inner service failed `poll_ready`, so it may never be called again: every queued
+    /// request fails with its error, and so does every later one. Batches in flight finish.
+    fn fail(&mut self, error: Arc<BoxError>) {
+        let _ = self.failure.set(Arc::clone(&error));
+        self.semaphore.close();
+        self.queue.close();
+        self.queue_open = false;
+        let mut replies: Vec<Reply<Res>> = Vec::new();
+        for (_, pending) in self.pending.drain() {
+            replies.extend(pending.entries.into_iter().map(|e| e.reply));
+        }
+        for sealed in self.sealed.drain(..) {
+            replies.extend(sealed.entries.into_iter().map(|e| e.reply));
+        }
+        let dropped = replies.len() as u64;
+        Counters::sub(&self.counters.waiting, dropped);
+        metrics::gauge!("tower_llm_batch_waiting_requests").decrement(dropped as f64);
+        while let Ok(message) = self.queue.try_recv() {
+            replies.push(message.reply);
+        }
+        for reply in replies {
+            let closed = BatchClosed::new(Some(Arc::clone(&error)));
+            let _ = reply.send(Err(Box::new(closed)));
+        }
+    }
+}
