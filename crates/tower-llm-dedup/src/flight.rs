@@ -203,7 +203,7 @@ impl<I> InFlight<I> {
                 drop(state);
                 let flight = flight.clone();
                 drop(map);
-                return Joined::Waiter(Subscription::new(flight, self.clone(), key));
+                return Joined::Waiter(Subscription::new(flight, self.clone(), key, reads_error));
             }
         }
         // A completing call fills the cache before it leaves this map, and we hold the map:
@@ -219,7 +219,7 @@ impl<I> InFlight<I> {
         }
         map.insert(key, flight.clone());
         drop(map);
-        Joined::Leader(Subscription::new(flight, self.clone(), key))
+        Joined::Leader(Subscription::new(flight, self.clone(), key, true))
     }
 
     fn remove(&self, key: &RequestKey, flight: &Arc<Flight<I>>) {
@@ -246,6 +246,8 @@ pub(crate) struct Subscription<I> {
     cursor: usize,
     seen_start: bool,
     attached: bool,
+    /// Whether this subscriber reads a failure (rather than making its own call).
+    reads_error: bool,
 }
 
 impl<I> std::fmt::Debug for Subscription<I> {
@@ -259,7 +261,12 @@ impl<I> std::fmt::Debug for Subscription<I> {
 }
 
 impl<I> Subscription<I> {
-    fn new(flight: Arc<Flight<I>>, in_flight: Arc<InFlight<I>>, key: RequestKey) -> Self {
+    fn new(
+        flight: Arc<Flight<I>>,
+        in_flight: Arc<InFlight<I>>,
+        key: RequestKey,
+        reads_error: bool,
+    ) -> Self {
         let id = flight.notifier.allocate();
         Subscription {
             flight,
@@ -269,6 +276,7 @@ impl<I> Subscription<I> {
             cursor: 0,
             seen_start: false,
             attached: true,
+            reads_error,
         }
     }
 
@@ -314,7 +322,8 @@ impl<I> Subscription<I> {
                 self.cursor += 1;
                 break Poll::Ready(Next::Item(item));
             }
-            let alone = state.error_readers <= 1 && state.subscribers <= 1;
+            let alone = state.error_readers <= 1;
+            let reads_error = self.reads_error;
             match &mut state.end {
                 Some(End::Done) => {
                     Self::detach(&mut self.attached, &self.flight.notifier, self.id, &mut state);
@@ -324,6 +333,11 @@ impl<I> Subscription<I> {
                     // The original goes to its only reader; when several read it, each
                     // gets the same shared error, whose source is the original.
                     let error: BoxError = match (original.take(), shared.as_ref()) {
+                        // It makes its own call: any marker will do, the original stays.
+                        (original_error, _) if !reads_error => {
+                            *original = original_error;
+                            Box::new(SharedError::new("the shared call failed".into()))
+                        }
                         (Some(error), None) if alone => error,
                         (Some(error), _) => {
                             let s = SharedError::new(error);
