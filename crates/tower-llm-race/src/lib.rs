@@ -1,6 +1,101 @@
-//! One request, several providers.
+//! One request, several providers: race, hedge, fallback, gather, vote and route.
 //!
-//! Race, hedge, fallback, gather, vote and route across provider services.
+//! Each strategy is a tower [`Layer`](tower_layer::Layer) over a `Vec` of services of one
+//! type, and a `Clone` service that takes the request. Services of different providers
+//! share a type once boxed into `tower::util::BoxCloneService<Req, Res, BoxError>`.
 //!
-//! This crate is part of [tower-llm](https://github.com/tower-llm/tower-llm). Its middleware
-//! lands in a later release; today it only reserves the name and the place in the workspace.
+//! | strategy | calls per request | latency | use it for |
+//! |---|---|---|---|
+//! | [`race`] | all | the fastest success | worst-case latency, at N times the cost |
+//! | [`hedge`] | one, more when late | the first service's, tail cut at the delay | tail latency, at a bounded extra cost |
+//! | [`fallback`] | one, more on failure | the first healthy service's | availability at the lowest cost |
+//! | [`gather`] | all | the slowest (or a timeout) | every answer ("hybrid context") |
+//! | [`vote`] | all | until a quorum agrees | agreement between models |
+//! | [`route`] | one | the chosen service's | fast model for easy prompts, canaries |
+//!
+//! Shared behaviour:
+//!
+//! - **Classification through core.** Results are judged by a classifier
+//!   ([`Classify`](tower_llm_core::Classify), default
+//!   [`DefaultClassifier`](tower_llm_core::DefaultClassifier)): an HTTP 500 response is a
+//!   failure like an error is, a breaker's "circuit open" is worth trying elsewhere, a 400
+//!   is a client error no other provider would fix.
+//! - **Which service answered.** The response is marked with an [`Answered`] (the service's
+//!   index and how many calls were started): an extension on `http::Response`, or the
+//!   [`Answer<T>`] wrapper for other response types ([`RecordAnswer`]).
+//! - **When every service fails**, the error is [`AllFailed`] (or [`NoQuorum`] for a vote),
+//!   listing each service's failure, classified; boxed, it still classifies (as the most
+//!   hopeful of its failures) for a retry or breaker layer further out.
+//! - **Readiness.** Each service is cloned per call and polled ready inside the response
+//!   future, so one service that is not ready holds up only its own call; the strategies'
+//!   own `poll_ready` is always ready. Rejections are errors from the response future.
+//! - **Cancellation.** A call that lost (or outlived a timeout) is dropped as soon as the
+//!   outcome is known, which cancels it: an HTTP client closes the connection and the
+//!   provider stops generating. Dropping a strategy's future drops every call it started.
+//!
+//! # Metrics
+//!
+//! Counters from the [`metrics`](mod@metrics) crate, labelled `strategy`:
+//! `tower_llm_race_requests_total`, `tower_llm_race_attempts_total`,
+//! `tower_llm_race_failures_total` (also labelled `kind`), `tower_llm_race_cancelled_total`,
+//! `tower_llm_race_exhausted_total`, `tower_llm_race_hedges_total` and
+//! `tower_llm_race_hedge_budget_exhausted_total`.
+//!
+//! # Example
+//!
+//! Route short prompts to a fast model and the others to a vote of three, across provider
+//! types boxed into one service type:
+//!
+//! ```
+//! use tower::{ServiceBuilder, ServiceExt, service_fn, util::BoxCloneService};
+//! use tower_llm_core::BoxError;
+//! use tower_llm_race::{Answer, RecordAnswer};
+//! use tower_llm_race::{route::RouteLayer, vote::VoteLayer};
+//!
+//! type Provider = BoxCloneService<String, Answer<String>, BoxError>;
+//!
+//! fn model(reply: &'static str) -> Provider {
+//!     BoxCloneService::new(service_fn(move |_prompt: String| async move {
+//!         Ok::<_, BoxError>(Answer::new(reply.to_string()))
+//!     }))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let vote = ServiceBuilder::new()
+//!     .layer(VoteLayer::majority(|a: &Answer<String>| a.to_lowercase()).build()?)
+//!     .service(vec![model("Yes"), model("no"), model("yes")]);
+//! let router = ServiceBuilder::new()
+//!     .layer(RouteLayer::predicate(|prompt: &String| prompt.len() < 20))
+//!     .service(vec![model("fast"), BoxCloneService::new(vote)]);
+//!
+//! let quick = router.clone().oneshot("2 + 2?".to_string()).await?;
+//! assert_eq!(quick.as_str(), "fast");
+//! let hard = router.oneshot("Is this contract enforceable in France?".to_string()).await?;
+//! assert_eq!(hard.as_str(), "Yes");
+//! assert_eq!(hard.answered().map(|a| a.service), Some(1)); // the route's mark
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod answer;
+mod attempt;
+mod error;
+pub mod fallback;
+pub mod gather;
+pub mod hedge;
+pub mod metrics;
+pub mod race;
+pub mod route;
+pub mod vote;
+
+pub use answer::{Answer, Answered, RecordAnswer};
+pub use error::{AllFailed, ConfigError, NoQuorum, NoSuchService, ServiceFailure};
+pub use fallback::{Fallback, FallbackFuture, FallbackLayer};
+pub use gather::{Gather, GatherFuture, GatherLayer, Gathered};
+pub use hedge::{Hedge, HedgeBudget, HedgeDelay, HedgeFuture, HedgeLayer};
+pub use race::{Race, RaceFuture, RaceLayer};
+pub use route::{Route, RouteFuture, RouteLayer};
+pub use vote::{Ballot, Vote, VoteFuture, VoteLayer};

@@ -1,0 +1,426 @@
+//! Fallback: one service at a time, in order, moving on when another might do better.
+//!
+//! A request goes to the first service; when its result is a failure, the classifier's
+//! verdict decides what happens next:
+//!
+//! - a failure [worth trying elsewhere](tower_llm_core::FailureKind::is_worth_trying_elsewhere)
+//!   (rate limited, quota exhausted, overloaded, timeout, transport, server error, circuit
+//!   open) moves on to the next service at once. A breaker in front of a provider answers
+//!   "circuit open" without a call, so an unhealthy provider costs no time at all;
+//! - a context-length failure moves to the [larger-context
+//!   service](FallbackLayer::larger_context) when one is set and not yet tried;
+//! - any other failure, a client error above all (400, 401, 403, 404, content filtered),
+//!   stops the chain: another provider would refuse the same request. Replace the rule with
+//!   [`move_on_if`](FallbackLayer::move_on_if).
+//!
+//! The first success is returned, marked with the service that gave it and the number of
+//! services tried ([`Answered`](crate::Answered)). When every service has failed or the
+//! chain stopped, the error is [`AllFailed`](crate::AllFailed) listing each failure.
+//!
+//! Cost: one call per request while the first service is healthy; latency adds up along the
+//! chain when it is not. Each service is cloned and driven to readiness only when its turn
+//! comes, so [`Fallback::poll_ready`](tower_service::Service::poll_ready) is always ready.
+//!
+//! # Example
+//!
+//! ```
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_llm_core::{BoxError, CircuitOpen};
+//! use tower_llm_race::{Answer, FallbackLayer, RecordAnswer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let provider = |healthy: bool| service_fn(move |prompt: String| async move {
+//!     if healthy {
+//!         Ok(Answer::new(prompt))
+//!     } else {
+//!         // What a circuit breaker in front of a failing provider answers.
+//!         Err::<Answer<String>, BoxError>(CircuitOpen::new(std::time::Duration::from_secs(30)).into())
+//!     }
+//! });
+//! let fallback = ServiceBuilder::new()
+//!     .layer(FallbackLayer::new())
+//!     .service(vec![provider(false), provider(true)]);
+//!
+//! let answer = fallback.oneshot("hi".to_string()).await?;
+//! assert_eq!(answer.answered().map(|a| (a.service, a.attempts)), Some((1, 2)));
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_llm_core::{BoxError, Classify, DefaultClassifier, Failure, FailureKind};
+use tower_service::Service;
+
+use crate::answer::{Answered, RecordAnswer};
+use crate::attempt::{Attempt, Verdict, judge};
+use crate::error::{AllFailed, ServiceFailure};
+use crate::metrics;
+
+const STRATEGY: &str = "fallback";
+
+type MoveOn = Arc<dyn Fn(&Failure) -> bool + Send + Sync>;
+
+#[derive(Clone, Default)]
+struct FallbackConfig {
+    larger_context: Option<usize>,
+    move_on: Option<MoveOn>,
+}
+
+impl fmt::Debug for FallbackConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackConfig")
+            .field("larger_context", &self.larger_context)
+            .field("move_on", &self.move_on.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
+/// Makes a [`Fallback`] over a `Vec` of services, tried in the `Vec`'s order.
+#[derive(Clone, Debug, Default)]
+pub struct FallbackLayer<C = DefaultClassifier> {
+    config: FallbackConfig,
+    classifier: C,
+}
+
+impl FallbackLayer {
+    /// A fallback with the default rule: move on when the failure is worth trying
+    /// elsewhere, stop otherwise; no larger-context service.
+    pub fn new() -> Self {
+        FallbackLayer::default()
+    }
+}
+
+impl<C> FallbackLayer<C> {
+    /// Sends a request that failed as [`FailureKind::ContextLengthExceeded`] to the service
+    /// at `index` (once), instead of stopping. An index past the end of the list is never
+    /// used.
+    pub fn larger_context(mut self, index: usize) -> Self {
+        self.config.larger_context = Some(index);
+        self
+    }
+
+    /// Replaces the rule that decides whether a failure moves on to the next service
+    /// (default: [`FailureKind::is_worth_trying_elsewhere`]). The larger-context rule
+    /// still comes first.
+    pub fn move_on_if<F>(mut self, rule: F) -> Self
+    where
+        F: Fn(&Failure) -> bool + Send + Sync + 'static,
+    {
+        self.config.move_on = Some(Arc::new(rule));
+        self
+    }
+
+    /// Judges results with `classifier` instead of the [`DefaultClassifier`].
+    pub fn classifier<C2>(self, classifier: C2) -> FallbackLayer<C2> {
+        FallbackLayer {
+            config: self.config,
+            classifier,
+        }
+    }
+}
+
+impl<S, C: Clone> Layer<Vec<S>> for FallbackLayer<C> {
+    type Service = Fallback<S, C>;
+
+    fn layer(&self, services: Vec<S>) -> Self::Service {
+        Fallback {
+            services,
+            config: Arc::new(self.config.clone()),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+/// Tries the services in order until one succeeds. See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct Fallback<S, C = DefaultClassifier> {
+    services: Vec<S>,
+    config: Arc<FallbackConfig>,
+    classifier: C,
+}
+
+impl<S> Fallback<S> {
+    /// A fallback over `services` with the default rule.
+    pub fn new(services: Vec<S>) -> Self {
+        FallbackLayer::new().layer(services)
+    }
+}
+
+impl<S, C> Fallback<S, C> {
+    /// The services.
+    pub fn get_ref(&self) -> &[S] {
+        &self.services
+    }
+
+    /// The services, mutably.
+    pub fn get_mut(&mut self) -> &mut Vec<S> {
+        &mut self.services
+    }
+
+    /// The services, taken out.
+    pub fn into_inner(self) -> Vec<S> {
+        self.services
+    }
+}
+
+impl<S, Req, C> Service<Req> for Fallback<S, C>
+where
+    S: Service<Req> + Clone,
+    S::Response: RecordAnswer,
+    S::Error: Into<BoxError>,
+    Req: Clone,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = FallbackFuture<S, Req, C>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Each service's readiness is awaited inside the response future, when its turn comes.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        metrics::request(STRATEGY);
+        let larger_context = self
+            .config
+            .larger_context
+            .filter(|&index| index < self.services.len());
+        let mut plan = Plan {
+            larger_context,
+            larger_tried: false,
+            next_in_order: 0,
+            services: self.services.len(),
+        };
+        let attempt = plan.next_in_order().and_then(|index| {
+            metrics::attempts(STRATEGY, 1);
+            self.services
+                .get(index)
+                .map(|service| (index, Attempt::new(service.clone(), request.clone())))
+        });
+        let (current, attempt) = match attempt {
+            Some((index, attempt)) => (index, Some(attempt)),
+            None => (0, None),
+        };
+        FallbackFuture {
+            tried: u32::from(attempt.is_some()),
+            attempt,
+            current,
+            plan,
+            services: self.services.clone(),
+            config: Arc::clone(&self.config),
+            request,
+            classifier: self.classifier.clone(),
+            failures: Vec::new(),
+        }
+    }
+}
+
+/// Which service comes next.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    larger_context: Option<usize>,
+    larger_tried: bool,
+    next_in_order: usize,
+    services: usize,
+}
+
+enum Next {
+    Service(usize),
+    Exhausted,
+    Stop,
+}
+
+impl Plan {
+    fn next_in_order(&mut self) -> Option<usize> {
+        while self.next_in_order < self.services {
+            let index = self.next_in_order;
+            self.next_in_order += 1;
+            if Some(index) == self.larger_context {
+                if self.larger_tried {
+                    continue;
+                }
+                self.larger_tried = true;
+            }
+            return Some(index);
+        }
+        None
+    }
+
+    fn after(&mut self, failure: &Failure, move_on: Option<&MoveOn>) -> Next {
+        if failure.kind == FailureKind::ContextLengthExceeded
+            && let Some(larger) = self.larger_context
+            && !self.larger_tried
+        {
+            self.larger_tried = true;
+            return Next::Service(larger);
+        }
+        let moves_on = match move_on {
+            Some(rule) => rule(failure),
+            None => failure.kind.is_worth_trying_elsewhere(),
+        };
+        if !moves_on {
+            return Next::Stop;
+        }
+        match self.next_in_order() {
+            Some(index) => Next::Service(index),
+            None => Next::Exhausted,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Fallback`].
+    pub struct FallbackFuture<S, Req, C>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        attempt: Option<Attempt<S, Req>>,
+        current: usize,
+        tried: u32,
+        plan: Plan,
+        services: Vec<S>,
+        config: Arc<FallbackConfig>,
+        request: Req,
+        classifier: C,
+        failures: Vec<ServiceFailure>,
+    }
+}
+
+impl<S, Req, C> Future for FallbackFuture<S, Req, C>
+where
+    S: Service<Req> + Clone,
+    S::Response: RecordAnswer,
+    S::Error: Into<BoxError>,
+    Req: Clone,
+    C: Classify<S::Response, S::Error>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let Some(attempt) = this.attempt.as_mut().as_pin_mut() else {
+                metrics::exhausted(STRATEGY);
+                let failures = std::mem::take(this.failures);
+                return Poll::Ready(Err(AllFailed::new(this.services.len(), failures).into()));
+            };
+            let result = ready!(attempt.poll(cx));
+            this.attempt.set(None);
+            let index = *this.current;
+            let failure = match judge(this.classifier, index, result) {
+                Verdict::Answer(answer) => {
+                    let attempts = *this.tried;
+                    return Poll::Ready(answer.map(|mut response| {
+                        response.record_answer(Answered {
+                            service: index,
+                            attempts,
+                        });
+                        response
+                    }));
+                }
+                Verdict::Failed(failure) => failure,
+            };
+            metrics::failure(STRATEGY, failure.kind());
+            let next = this
+                .plan
+                .after(&failure.failure(), this.config.move_on.as_ref());
+            this.failures.push(failure);
+            let services = this.services.len();
+            match next {
+                Next::Service(index) => {
+                    if let Some(service) = this.services.get(index) {
+                        metrics::attempts(STRATEGY, 1);
+                        *this.current = index;
+                        *this.tried += 1;
+                        this.attempt
+                            .set(Some(Attempt::new(service.clone(), this.request.clone())));
+                    }
+                }
+                Next::Exhausted => {
+                    metrics::exhausted(STRATEGY);
+                    let failures = std::mem::take(this.failures);
+                    return Poll::Ready(Err(AllFailed::new(services, failures).into()));
+                }
+                Next::Stop => {
+                    metrics::exhausted(STRATEGY);
+                    let failures = std::mem::take(this.failures);
+                    return Poll::Ready(Err(AllFailed::stopped(services, failures).into()));
+                }
+            }
+        }
+    }
+}
+
+impl<S: Service<Req>, Req, C> fmt::Debug for FallbackFuture<S, Req, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackFuture")
+            .field("current", &self.current)
+            .field("tried", &self.tried)
+            .field("failures", &self.failures)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn kind() -> impl Strategy<Value = FailureKind> {
+        proptest::sample::select(FailureKind::ALL.to_vec())
+    }
+
+    proptest! {
+        /// Whatever the failures, each service is tried at most once, the chain only moves
+        /// on as the rules say, and it ends.
+        #[test]
+        fn plans_try_each_service_at_most_once(
+            services in 0usize..6,
+            larger in proptest::option::of(0usize..6),
+            kinds in proptest::collection::vec(kind(), 0..12),
+        ) {
+            let larger_context = larger.filter(|&l| l < services);
+            let mut plan = Plan { larger_context, larger_tried: false, next_in_order: 0, services };
+            let mut tried = Vec::new();
+            if let Some(first) = plan.next_in_order() {
+                tried.push(first);
+            }
+            for kind in kinds {
+                if tried.is_empty() {
+                    break;
+                }
+                let jump = kind == FailureKind::ContextLengthExceeded
+                    && larger_context.is_some_and(|l| !tried.contains(&l));
+                match plan.after(&Failure::new(kind), None) {
+                    Next::Service(index) => {
+                        prop_assert!(jump || kind.is_worth_trying_elsewhere());
+                        if jump {
+                            prop_assert_eq!(Some(index), larger_context);
+                        }
+                        prop_assert!(!tried.contains(&index), "{} tried twice", index);
+                        prop_assert!(index < services);
+                        tried.push(index);
+                    }
+                    Next::Stop => {
+                        prop_assert!(!kind.is_worth_trying_elsewhere());
+                        break;
+                    }
+                    Next::Exhausted => {
+                        prop_assert_eq!(tried.len(), services);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The response future of [`Hedge`](super::Hedge).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep, sleep_until};
+use tower_llm_core::{BoxError, Classify};
+use tower_service::Service;
+
+use super::{STRATEGY, Shared};
+use crate::answer::{Answered, RecordAnswer};
+use crate::attempt::{Attempts, Verdict, judge};
+use crate::error::{AllFailed, ServiceFailure};
+use crate::metrics;
+
+/// The first service, whose latency the delay percentile learns.
+const PRIMARY: usize = 0;
+
+pin_project! {
+    /// The response future of [`Hedge`](super::Hedge).
+    pub struct HedgeFuture<S, Req, C>
+    where
+        S: Service<Req>,
+    {
+        attempts: Attempts<S, Req>,
+        services: Vec<S>,
+        shared: Arc<Shared>,
+        request: Option<Req>,
+        classifier: C,
+        failures: Vec<ServiceFailure>,
+        // The services used, in order: 0..max_attempts.
+        max_attempts: usize,
+        launched: usize,
+        // No more hedges: the budget was spent.
+        hedging_over: bool,
+        // Nothing more at all: a failure no other service would fix.
+        stopped: bool,
+        started: Instant,
+        last_launch: Instant,
+        #[pin]
+        timer: Option<Sleep>,
+    }
+}
+
+impl<S, Req, C> HedgeFuture<S, Req, C>
+where
+    S: Service<Req> + Clone,
+    Req: Clone,
+{
+    pub(super) fn new(
+        attempts: Attempts<S, Req>,
+        services: Vec<S>,
+        shared: Arc<Shared>,
+        request: Req,
+        classifier: C,
+        max_attempts: usize,
+    ) -> Self {
+        let now = Instant::now();
+        let mut future = HedgeFuture {
+            attempts,
+            services,
+            shared,
+            request: Some(request),
+            classifier,
+            failures: Vec::new(),
+            max_attempts,
+            launched: 0,
+            hedging_over: false,
+            stopped: false,
+            started: now,
+            last_launch: now,
+            timer: None,
+        };
+        launch(
+            &mut future.attempts,
+            &future.services,
+            &mut future.request,
+            &mut future.launched,
+            future.max_attempts,
+        );
+        future
+    }
+}
+
+/// Sends the request to the next service; the last possible attempt takes the request
+/// itself instead of a clone.
+fn launch<S, Req>(
+    attempts: &mut Attempts<S, Req>,
+    services: &[S],
+    request: &mut Option<Req>,
+    launched: &mut usize,
+    max_attempts: usize,
+) where
+    S: Service<Req> + Clone,
+    Req: Clone,
+{
+    let index = *launched;
+    let Some(service) = services.get(index) else {
+        return;
+    };
+    let this = if index + 1 >= max_attempts {
+        request.take()
+    } else {
+        request.clone()
+    };
+    if let Some(this) = this {
+        attempts.launch(index, service.clone(), this);
+        *launched += 1;
+        metrics::attempts(STRATEGY, 1);
+    }
+}
+
+impl<S, Req, C> Future for HedgeFuture<S, Req, C>
+where
+    S: Service<Req> + Clone,
+    S::Response: RecordAnswer,
+    S::Error: Into<BoxError>,
+    Req: Clone,
+    C: Classify<S::Response, S::Error>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            if let Poll::Ready(next) = this.attempts.poll_next(cx) {
+                let Some((index, result)) = next else {
+                    return Poll::Ready(Err(exhausted(
+                        this.failures,
+                        this.services.len(),
+                        *this.stopped,
+                    )));
+                };
+                let now = Instant::now();
+                match judge(this.classifier, index, result) {
+                    Verdict::Answer(answer) => {
+                        if index == PRIMARY && answer.is_ok() {
+                            this.shared.record_latency(now - *this.started, now);
+                        } else if this.attempts.is_in_flight(PRIMARY) {
+                            // The primary is cut short: its latency is at least this much.
+                            this.shared.record_latency(now - *this.started, now);
+                        }
+                        metrics::cancelled(STRATEGY, this.attempts.cancel_all());
+                        let attempts = *this.launched as u32;
+                        return Poll::Ready(answer.map(|mut response| {
+                            response.record_answer(Answered {
+                                service: index,
+                                attempts,
+                            });
+                            response
+                        }));
+                    }
+                    Verdict::Failed(failure) => {
+                        metrics::failure(STRATEGY, failure.kind());
+                        if !failure.kind().is_worth_trying_elsewhere() {
+                            *this.stopped = true;
+                        }
+                        this.failures.push(failure);
+                        if this.attempts.in_flight() > 0 {
+                            continue;
+                        }
+                        let can_fail_over = this.shared.config.failover
+                            && !*this.stopped
+                            && *this.launched < *this.max_attempts;
+                        if !can_fail_over {
+                            return Poll::Ready(Err(exhausted(
+                                this.failures,
+                                this.services.len(),
+                                *this.stopped,
+                            )));
+                        }
+                        launch(
+                            this.attempts,
+                            this.services,
+                            this.request,
+                            this.launched,
+                            *this.max_attempts,
+                        );
+                        *this.last_launch = now;
+                        this.timer.set(None);
+                        continue;
+                    }
+                }
+            }
+
+            if *this.stopped || *this.hedging_over || *this.launched >= *this.max_attempts {
+                return Poll::Pending;
+            }
+            if this.timer.is_none() {
+                let delay = this.shared.delay(Instant::now());
+                this.timer.set(Some(sleep_until(*this.last_launch + delay)));
+            }
+            if let Some(timer) = this.timer.as_mut().as_pin_mut() {
+                ready!(timer.poll(cx));
+            }
+            this.timer.set(None);
+            if !this.shared.withdraw() {
+                metrics::counter_budget_exhausted();
+                *this.hedging_over = true;
+                return Poll::Pending;
+            }
+            metrics::counter_hedge();
+            launch(
+                this.attempts,
+                this.services,
+                this.request,
+                this.launched,
+                *this.max_attempts,
+            );
+            *this.last_launch = Instant::now();
+        }
+    }
+}
+
+fn exhausted(failures: &mut Vec<ServiceFailure>, services: usize, stopped: bool) -> BoxError {
+    metrics::exhausted(STRATEGY);
+    let failures = std::mem::take(failures);
+    if stopped {
+        AllFailed::stopped(services, failures).into()
+    } else {
+        AllFailed::new(services, failures).into()
+    }
+}
+
+impl<S: Service<Req>, Req, C> fmt::Debug for HedgeFuture<S, Req, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HedgeFuture")
+            .field("attempts", &self.attempts)
+            .field("launched", &self.launched)
+            .field("failures", &self.failures)
+            .finish_non_exhaustive()
+    }
+}

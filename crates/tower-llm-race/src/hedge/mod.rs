@@ -1,0 +1,391 @@
+//! Hedge: the first service at once, the next only if the answer is late.
+//!
+//! A request goes to the first service. If no success has come back after the hedge delay,
+//! the same request goes to the next service too, and so on, up to
+//! [`max_extra_attempts`](HedgeBuilder::max_extra_attempts) extra calls; the first success
+//! wins and the calls still running are dropped (cancelled). Most requests cost one call;
+//! only the slow tail pays for two.
+//!
+//! - **Delay**: fixed ([`HedgeDelay::Fixed`]), or a percentile of the first service's
+//!   latency learned online ([`HedgeDelay::Percentile`]; e.g. hedge the 10 % slowest
+//!   requests at p90). The learned histogram is lock-free (one atomic add per sample) over a
+//!   sliding window, and shared by every clone of the service.
+//! - **Budget**: a [`HedgeBudget`] caps the extra load: each request earns a fraction of a
+//!   hedge, and a hedge whose delay passes with the budget spent is not sent.
+//! - **Failover**: when every call in flight has failed with a failure worth trying
+//!   elsewhere ([`FailureKind::is_worth_trying_elsewhere`](tower_llm_core::FailureKind)),
+//!   the next service is called at once rather than after the delay. It replaces a failed
+//!   call rather than duplicating a live one, so it counts against `max_extra_attempts` but
+//!   not against the budget. A client error (400, 401, ...) sends nothing more.
+//!
+//! The response is marked with the service that answered and the number of calls sent
+//! ([`Answered`](crate::Answered)); when every call fails the error is
+//! [`AllFailed`](crate::AllFailed). Readiness of each service is awaited inside its own call,
+//! so a service that is not ready does not hold up the hedge: its delay still runs.
+//!
+//! Unlike `tower::hedge`, which hedges one service against itself and learns the latency of
+//! whole requests, this hedges across different providers and learns the first service's
+//! own latency (a call cut short by a winning hedge counts as its time so far), so hedging
+//! does not talk the delay down.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_llm_core::BoxError;
+//! use tower_llm_race::{Answer, RecordAnswer};
+//! use tower_llm_race::hedge::{HedgeBudget, HedgeDelay, HedgeLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let provider = |latency: Duration| service_fn(move |prompt: String| async move {
+//!     tokio::time::sleep(latency).await;
+//!     Ok::<_, BoxError>(Answer::new(prompt))
+//! });
+//! let hedge = ServiceBuilder::new()
+//!     .layer(
+//!         HedgeLayer::builder()
+//!             .delay(HedgeDelay::Fixed(Duration::from_millis(500)))
+//!             .max_extra_attempts(1)
+//!             .budget(HedgeBudget::new(0.2, 5))
+//!             .build()?,
+//!     )
+//!     .service(vec![provider(Duration::from_secs(5)), provider(Duration::from_secs(1))]);
+//!
+//! let start = tokio::time::Instant::now();
+//! let answer = hedge.oneshot("hi".to_string()).await?;
+//! // The backup went out at 0.5 s and answered 1 s later.
+//! assert_eq!(start.elapsed(), Duration::from_millis(1500));
+//! assert_eq!(answer.answered().map(|a| (a.service, a.attempts)), Some((1, 2)));
+//! # Ok(())
+//! # }
+//! ```
+
+mod budget;
+mod future;
+mod latency;
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_llm_core::{BoxError, Classify, DefaultClassifier};
+use tower_service::Service;
+
+use crate::answer::RecordAnswer;
+use crate::attempt::Attempts;
+use crate::error::ConfigError;
+use crate::metrics;
+
+pub use budget::HedgeBudget;
+pub use future::HedgeFuture;
+
+use budget::Balance;
+use latency::LatencyHistogram;
+
+pub(crate) const STRATEGY: &str = "hedge";
+
+/// When to send the next attempt.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum HedgeDelay {
+    /// Always this long after the previous attempt.
+    Fixed(Duration),
+    /// A percentile of the first service's recent latency.
+    Percentile {
+        /// The percentile, in `0.0..=1.0` (0.9 hedges the slowest 10 %).
+        percentile: f64,
+        /// The delay used until `min_samples` latencies have been seen.
+        initial: Duration,
+        /// How many samples the window needs before the percentile is trusted.
+        min_samples: u64,
+        /// How long samples count (between one and two windows of history are kept).
+        window: Duration,
+    },
+}
+
+impl HedgeDelay {
+    /// The `percentile` of recent latency, `initial` until 20 samples are in, over a
+    /// 60 s window.
+    pub const fn percentile(percentile: f64, initial: Duration) -> Self {
+        HedgeDelay::Percentile {
+            percentile,
+            initial,
+            min_samples: 20,
+            window: Duration::from_secs(60),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let HedgeDelay::Percentile {
+            percentile, window, ..
+        } = *self
+        {
+            if !(percentile > 0.0 && percentile <= 1.0) {
+                return Err(ConfigError::new(
+                    "delay",
+                    format!("percentile must be in (0, 1], got {percentile}"),
+                ));
+            }
+            if window.is_zero() {
+                return Err(ConfigError::new("delay", "window must be longer than zero"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct HedgeConfig {
+    delay: HedgeDelay,
+    max_extra: usize,
+    budget: Option<HedgeBudget>,
+    failover: bool,
+}
+
+/// Builds a [`HedgeLayer`]; see [`HedgeLayer::builder`].
+#[derive(Clone, Debug)]
+pub struct HedgeBuilder<C = DefaultClassifier> {
+    config: HedgeConfig,
+    classifier: C,
+}
+
+impl HedgeBuilder {
+    fn new() -> Self {
+        HedgeBuilder {
+            config: HedgeConfig {
+                delay: HedgeDelay::percentile(0.9, Duration::from_secs(2)),
+                max_extra: 1,
+                budget: Some(HedgeBudget::default()),
+                failover: true,
+            },
+            classifier: DefaultClassifier,
+        }
+    }
+}
+
+impl<C> HedgeBuilder<C> {
+    /// When to send the next attempt (default: p90 of the first service's latency, 2 s
+    /// until it is known).
+    pub fn delay(mut self, delay: HedgeDelay) -> Self {
+        self.config.delay = delay;
+        self
+    }
+
+    /// How many calls may be sent beyond the first (default 1; at least 1). The services
+    /// are used in order, so this is also capped by the number of services minus one.
+    pub fn max_extra_attempts(mut self, max: usize) -> Self {
+        self.config.max_extra = max;
+        self
+    }
+
+    /// Caps hedged calls (default [`HedgeBudget::default`]: 10 % of requests, bursts of 10).
+    pub fn budget(mut self, budget: HedgeBudget) -> Self {
+        self.config.budget = Some(budget);
+        self
+    }
+
+    /// Sends hedges whenever the delay passes, with no cap but `max_extra_attempts`.
+    pub fn unlimited_budget(mut self) -> Self {
+        self.config.budget = None;
+        self
+    }
+
+    /// Whether a failure worth trying elsewhere sends the next attempt at once (default
+    /// true).
+    pub fn failover(mut self, failover: bool) -> Self {
+        self.config.failover = failover;
+        self
+    }
+
+    /// Judges results with `classifier` instead of the [`DefaultClassifier`].
+    pub fn classifier<C2>(self, classifier: C2) -> HedgeBuilder<C2> {
+        HedgeBuilder {
+            config: self.config,
+            classifier,
+        }
+    }
+
+    /// The layer, or the knob whose value cannot work.
+    pub fn build(self) -> Result<HedgeLayer<C>, ConfigError> {
+        self.config.delay.validate()?;
+        if self.config.max_extra == 0 {
+            return Err(ConfigError::new(
+                "max_extra_attempts",
+                "must be at least 1, or nothing would ever be hedged",
+            ));
+        }
+        if let Some(budget) = &self.config.budget {
+            budget.validate()?;
+        }
+        Ok(HedgeLayer {
+            config: self.config,
+            classifier: self.classifier,
+        })
+    }
+}
+
+/// Makes a [`Hedge`] over a `Vec` of services. Each service it makes has its own latency
+/// histogram and budget, shared by that service's clones.
+#[derive(Clone, Debug)]
+pub struct HedgeLayer<C = DefaultClassifier> {
+    config: HedgeConfig,
+    classifier: C,
+}
+
+impl HedgeLayer {
+    /// A hedge with a fixed `delay`, one extra attempt and the default budget.
+    pub fn new(delay: Duration) -> Self {
+        HedgeLayer {
+            config: HedgeConfig {
+                delay: HedgeDelay::Fixed(delay),
+                ..HedgeBuilder::new().config
+            },
+            classifier: DefaultClassifier,
+        }
+    }
+
+    /// Starts from the defaults: p90 delay (2 s until learned), one extra attempt, a
+    /// budget of 10 % with bursts of 10, failover on.
+    pub fn builder() -> HedgeBuilder {
+        HedgeBuilder::new()
+    }
+}
+
+impl<S, C: Clone> Layer<Vec<S>> for HedgeLayer<C> {
+    type Service = Hedge<S, C>;
+
+    fn layer(&self, services: Vec<S>) -> Self::Service {
+        let histogram = match self.config.delay {
+            HedgeDelay::Fixed(_) => None,
+            HedgeDelay::Percentile { window, .. } => Some(LatencyHistogram::new(window)),
+        };
+        Hedge {
+            services,
+            shared: Arc::new(Shared {
+                config: self.config,
+                histogram,
+                balance: self.config.budget.map(Balance::new),
+            }),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    config: HedgeConfig,
+    histogram: Option<LatencyHistogram>,
+    balance: Option<Balance>,
+}
+
+impl Shared {
+    fn delay(&self, now: Instant) -> Duration {
+        match (self.config.delay, &self.histogram) {
+            (HedgeDelay::Fixed(delay), _) => delay,
+            (
+                HedgeDelay::Percentile {
+                    percentile,
+                    initial,
+                    min_samples,
+                    ..
+                },
+                Some(histogram),
+            ) => histogram
+                .percentile(percentile, min_samples, now)
+                .unwrap_or(initial),
+            (HedgeDelay::Percentile { initial, .. }, None) => initial,
+        }
+    }
+
+    fn record_latency(&self, latency: Duration, now: Instant) {
+        if let Some(histogram) = &self.histogram {
+            histogram.record(latency, now);
+        }
+    }
+
+    fn withdraw(&self) -> bool {
+        self.balance.as_ref().is_none_or(Balance::withdraw)
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("balance", &self.balance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sends each request to the first service, and to the next ones only when the answer is
+/// late. See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct Hedge<S, C = DefaultClassifier> {
+    services: Vec<S>,
+    shared: Arc<Shared>,
+    classifier: C,
+}
+
+impl<S, C> Hedge<S, C> {
+    /// The services.
+    pub fn get_ref(&self) -> &[S] {
+        &self.services
+    }
+
+    /// The services, mutably.
+    pub fn get_mut(&mut self) -> &mut Vec<S> {
+        &mut self.services
+    }
+
+    /// The services, taken out.
+    pub fn into_inner(self) -> Vec<S> {
+        self.services
+    }
+
+    /// The delay the next request would wait before its first hedge: the fixed delay, or
+    /// the learned percentile (the initial delay until enough samples are in).
+    pub fn current_delay(&self) -> Duration {
+        self.shared.delay(Instant::now())
+    }
+}
+
+impl<S, Req, C> Service<Req> for Hedge<S, C>
+where
+    S: Service<Req> + Clone,
+    S::Response: RecordAnswer,
+    S::Error: Into<BoxError>,
+    Req: Clone,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = HedgeFuture<S, Req, C>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Each service's readiness is awaited inside the response future, on its own clone.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        metrics::request(STRATEGY);
+        if let Some(balance) = &self.shared.balance {
+            balance.deposit();
+        }
+        let max_attempts = self
+            .services
+            .len()
+            .min(self.shared.config.max_extra.saturating_add(1));
+        let attempts = Attempts::new(max_attempts);
+        HedgeFuture::new(
+            attempts,
+            self.services[..max_attempts].to_vec(),
+            Arc::clone(&self.shared),
+            request,
+            self.classifier.clone(),
+            max_attempts,
+        )
+    }
+}

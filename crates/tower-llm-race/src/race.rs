@@ -1,0 +1,227 @@
+//! Race: every service at once, the first success wins, the others are cancelled.
+//!
+//! Each request is cloned to every service and all calls start together. The first response
+//! the classifier calls a success is returned, marked with the service that gave it
+//! ([`Answered`](crate::Answered)); the calls still running are dropped at that moment, which
+//! cancels them (an HTTP client closes their connections). Failures do not end the race: a
+//! fast 500 or 429 loses to a slower success. When every service has failed, the error is
+//! [`AllFailed`](crate::AllFailed), listing each failure.
+//!
+//! Latency is the fastest success; cost is one call per service per request (the losers
+//! are billed for what they did before being cancelled). See `docs/race.md`.
+//!
+//! Each service is cloned per request and driven to readiness inside the response future,
+//! so one service that is not ready (a full buffer, a rate limiter) holds up only itself.
+//! [`Race::poll_ready`](tower_service::Service::poll_ready) is therefore always ready.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn, util::BoxCloneService};
+//! use tower_llm_core::BoxError;
+//! use tower_llm_race::{Answer, RaceLayer, RecordAnswer};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! // Two providers of different types, boxed into one service type.
+//! fn provider(name: &'static str, latency: Duration) -> BoxCloneService<String, Answer<String>, BoxError> {
+//!     BoxCloneService::new(service_fn(move |prompt: String| async move {
+//!         tokio::time::sleep(latency).await;
+//!         Ok::<_, BoxError>(Answer::new(format!("{name}: {prompt}")))
+//!     }))
+//! }
+//! let race = ServiceBuilder::new()
+//!     .layer(RaceLayer::new())
+//!     .service(vec![provider("slow", Duration::from_secs(4)), provider("fast", Duration::from_millis(3500))]);
+//!
+//! let answer = race.oneshot("hi".to_string()).await?;
+//! assert_eq!(answer.as_str(), "fast: hi");
+//! assert_eq!(answer.answered().map(|a| a.service), Some(1));
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_llm_core::{BoxError, Classify, DefaultClassifier};
+use tower_service::Service;
+
+use crate::answer::{Answered, RecordAnswer};
+use crate::attempt::{Attempts, Verdict, judge};
+use crate::error::{AllFailed, ServiceFailure};
+use crate::metrics;
+
+const STRATEGY: &str = "race";
+
+/// Makes a [`Race`] over a `Vec` of services.
+#[derive(Clone, Debug, Default)]
+pub struct RaceLayer<C = DefaultClassifier> {
+    classifier: C,
+}
+
+impl RaceLayer {
+    /// A race that judges results with the [`DefaultClassifier`].
+    pub const fn new() -> Self {
+        RaceLayer {
+            classifier: DefaultClassifier,
+        }
+    }
+}
+
+impl<C> RaceLayer<C> {
+    /// Judges results with `classifier` instead.
+    pub fn classifier<C2>(self, classifier: C2) -> RaceLayer<C2> {
+        RaceLayer { classifier }
+    }
+}
+
+impl<S, C: Clone> Layer<Vec<S>> for RaceLayer<C> {
+    type Service = Race<S, C>;
+
+    fn layer(&self, services: Vec<S>) -> Self::Service {
+        Race {
+            services,
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+/// Sends each request to every service at once; the first success wins. See the
+/// [module docs](self).
+#[derive(Clone, Debug)]
+pub struct Race<S, C = DefaultClassifier> {
+    services: Vec<S>,
+    classifier: C,
+}
+
+impl<S> Race<S> {
+    /// A race over `services`, judged by the [`DefaultClassifier`].
+    pub fn new(services: Vec<S>) -> Self {
+        RaceLayer::new().layer(services)
+    }
+}
+
+impl<S, C> Race<S, C> {
+    /// The services.
+    pub fn get_ref(&self) -> &[S] {
+        &self.services
+    }
+
+    /// The services, mutably.
+    pub fn get_mut(&mut self) -> &mut Vec<S> {
+        &mut self.services
+    }
+
+    /// The services, taken out.
+    pub fn into_inner(self) -> Vec<S> {
+        self.services
+    }
+}
+
+impl<S, Req, C> Service<Req> for Race<S, C>
+where
+    S: Service<Req> + Clone,
+    S::Response: RecordAnswer,
+    S::Error: Into<BoxError>,
+    Req: Clone,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = RaceFuture<S, Req, C>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Each service's readiness is awaited inside the response future, on its own clone.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        metrics::request(STRATEGY);
+        let count = self.services.len();
+        let mut attempts = Attempts::new(count);
+        let mut request = Some(request);
+        for (index, service) in self.services.iter().enumerate() {
+            let this = if index + 1 == count {
+                request.take()
+            } else {
+                request.clone()
+            };
+            if let Some(this) = this {
+                attempts.launch(index, service.clone(), this);
+            }
+        }
+        metrics::attempts(STRATEGY, count as u64);
+        RaceFuture {
+            attempts,
+            failures: Vec::new(),
+            classifier: self.classifier.clone(),
+            services: count,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Race`].
+    pub struct RaceFuture<S, Req, C>
+    where
+        S: Service<Req>,
+    {
+        attempts: Attempts<S, Req>,
+        failures: Vec<ServiceFailure>,
+        classifier: C,
+        services: usize,
+    }
+}
+
+impl<S, Req, C> Future for RaceFuture<S, Req, C>
+where
+    S: Service<Req>,
+    S::Response: RecordAnswer,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        loop {
+            let Some((index, result)) = ready!(this.attempts.poll_next(cx)) else {
+                metrics::exhausted(STRATEGY);
+                let failures = std::mem::take(this.failures);
+                return Poll::Ready(Err(AllFailed::new(*this.services, failures).into()));
+            };
+            match judge(this.classifier, index, result) {
+                Verdict::Answer(answer) => {
+                    metrics::cancelled(STRATEGY, this.attempts.cancel_all());
+                    let attempts = *this.services as u32;
+                    return Poll::Ready(answer.map(|mut response| {
+                        response.record_answer(Answered {
+                            service: index,
+                            attempts,
+                        });
+                        response
+                    }));
+                }
+                Verdict::Failed(failure) => {
+                    metrics::failure(STRATEGY, failure.kind());
+                    this.failures.push(failure);
+                }
+            }
+        }
+    }
+}
+
+impl<S: Service<Req>, Req, C> fmt::Debug for RaceFuture<S, Req, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RaceFuture")
+            .field("attempts", &self.attempts)
+            .field("failures", &self.failures)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,414 @@
+//! Route: one service per request, chosen by the request or by weight.
+//!
+//! A [`Pick`] chooses the index of the service that gets the request:
+//!
+//! - [`RouteLayer::predicate`]: `true` goes to service 0, `false` to service 1 (short
+//!   simple prompts to a fast model, the rest to a strong one);
+//! - [`RouteLayer::by_request`]: any function of the request returns the index (a
+//!   classifier of the prompt: simple, code, hard...);
+//! - [`RouteLayer::weighted`]: a random choice in proportion to the weights (canary a new
+//!   provider with 5 % of the traffic, split load by quota). The generator is a lock-free
+//!   counter mixed by splitmix64, shared by the route's clones, seedable for tests.
+//!
+//! The services share one type, so a route can lead to another strategy: box a single
+//! provider and a [`Vote`](crate::vote::Vote) over three into
+//! `tower::util::BoxCloneService`s and send complex prompts to the vote.
+//!
+//! The response is marked with the chosen service ([`Answered`](crate::Answered), one
+//! attempt; it replaces a mark set by a strategy behind the route). An index past the end of
+//! the list fails the request at once with [`NoSuchService`](crate::NoSuchService). The
+//! chosen service is cloned and driven to readiness inside the response future.
+//!
+//! # Example
+//!
+//! ```
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_llm_core::BoxError;
+//! use tower_llm_race::{Answer, RecordAnswer};
+//! use tower_llm_race::route::RouteLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let model = |name: &'static str| service_fn(move |prompt: String| async move {
+//!     Ok::<_, BoxError>(Answer::new(format!("{name}: {prompt}")))
+//! });
+//! let route = ServiceBuilder::new()
+//!     .layer(RouteLayer::predicate(|prompt: &String| prompt.len() < 40))
+//!     .service(vec![model("small"), model("large")]);
+//!
+//! let answer = route.clone().oneshot("What is 2 + 2?".to_string()).await?;
+//! assert_eq!(answer.as_str(), "small: What is 2 + 2?");
+//! let long = "Prove that there are infinitely many primes, step by step.".to_string();
+//! let answer = route.oneshot(long).await?;
+//! assert_eq!(answer.answered().map(|a| a.service), Some(1));
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_llm_core::BoxError;
+use tower_service::Service;
+
+use crate::answer::{Answered, RecordAnswer};
+use crate::attempt::Attempt;
+use crate::error::{ConfigError, NoSuchService};
+use crate::metrics;
+
+const STRATEGY: &str = "route";
+
+/// Chooses the index of the service a request goes to.
+pub trait Pick<Req> {
+    /// The index, in the route's list, of the service for `request`.
+    fn pick(&self, request: &Req) -> usize;
+}
+
+/// Routes `true` to service 0 and `false` to service 1. See [`RouteLayer::predicate`].
+pub struct Predicate<F> {
+    predicate: F,
+}
+
+impl<F> fmt::Debug for Predicate<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Predicate").finish_non_exhaustive()
+    }
+}
+
+impl<Req, F: Fn(&Req) -> bool> Pick<Req> for Predicate<F> {
+    fn pick(&self, request: &Req) -> usize {
+        if (self.predicate)(request) { 0 } else { 1 }
+    }
+}
+
+/// Routes by a function of the request that returns the index. See
+/// [`RouteLayer::by_request`].
+pub struct ByRequest<F> {
+    pick: F,
+}
+
+impl<F> fmt::Debug for ByRequest<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ByRequest").finish_non_exhaustive()
+    }
+}
+
+impl<Req, F: Fn(&Req) -> usize> Pick<Req> for ByRequest<F> {
+    fn pick(&self, request: &Req) -> usize {
+        (self.pick)(request)
+    }
+}
+
+/// Routes at random in proportion to weights. See [`RouteLayer::weighted`].
+#[derive(Debug)]
+pub struct Weighted {
+    /// Running sums of the weights: service `i` owns `[cumulative[i-1], cumulative[i])`.
+    cumulative: Vec<u64>,
+    state: AtomicU64,
+}
+
+/// splitmix64's increment: successive states visit every u64 once.
+const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+fn splitmix64(state: u64) -> u64 {
+    let mut z = state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Weighted {
+    fn new(weights: &[u32], seed: u64) -> Result<Self, ConfigError> {
+        let mut total = 0u64;
+        let cumulative: Vec<u64> = weights
+            .iter()
+            .map(|&w| {
+                total += u64::from(w);
+                total
+            })
+            .collect();
+        if total == 0 {
+            return Err(ConfigError::new(
+                "weights",
+                "need at least one weight above zero",
+            ));
+        }
+        Ok(Weighted {
+            cumulative,
+            state: AtomicU64::new(seed),
+        })
+    }
+
+    fn total(&self) -> u64 {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
+
+    fn next(&self) -> usize {
+        let state = self.state.fetch_add(GOLDEN_GAMMA, Ordering::Relaxed);
+        let random = splitmix64(state.wrapping_add(GOLDEN_GAMMA));
+        // Multiply-shift maps a u64 onto 0..total without modulo's bias toward low values.
+        let point = ((u128::from(random) * u128::from(self.total())) >> 64) as u64;
+        self.cumulative.partition_point(|&sum| sum <= point)
+    }
+}
+
+impl<Req> Pick<Req> for Weighted {
+    fn pick(&self, _request: &Req) -> usize {
+        self.next()
+    }
+}
+
+/// Makes a [`Route`] over a `Vec` of services. The layer's picker (and a weighted route's
+/// random state) is shared by every service it makes.
+pub struct RouteLayer<P> {
+    pick: Arc<P>,
+}
+
+impl<P> Clone for RouteLayer<P> {
+    fn clone(&self) -> Self {
+        RouteLayer {
+            pick: Arc::clone(&self.pick),
+        }
+    }
+}
+
+impl<P: fmt::Debug> fmt::Debug for RouteLayer<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteLayer")
+            .field("pick", &self.pick)
+            .finish()
+    }
+}
+
+impl RouteLayer<()> {
+    /// Requests for which `predicate` holds go to service 0, the others to service 1.
+    pub fn predicate<F>(predicate: F) -> RouteLayer<Predicate<F>> {
+        RouteLayer {
+            pick: Arc::new(Predicate { predicate }),
+        }
+    }
+
+    /// Each request goes to the service whose index `pick` returns.
+    pub fn by_request<F>(pick: F) -> RouteLayer<ByRequest<F>> {
+        RouteLayer {
+            pick: Arc::new(ByRequest { pick }),
+        }
+    }
+
+    /// Each request goes to service `i` with probability `weights[i] / sum(weights)`,
+    /// from a random seed. Rejects weights that are all zero.
+    pub fn weighted(weights: &[u32]) -> Result<RouteLayer<Weighted>, ConfigError> {
+        let seed = RandomState::new().hash_one(GOLDEN_GAMMA);
+        RouteLayer::weighted_seeded(weights, seed)
+    }
+
+    /// As [`weighted`](Self::weighted), with the random sequence fixed by `seed`.
+    pub fn weighted_seeded(
+        weights: &[u32],
+        seed: u64,
+    ) -> Result<RouteLayer<Weighted>, ConfigError> {
+        Ok(RouteLayer {
+            pick: Arc::new(Weighted::new(weights, seed)?),
+        })
+    }
+}
+
+impl<P> RouteLayer<P> {
+    /// A route with a [`Pick`] of your own.
+    pub fn new(pick: P) -> Self {
+        RouteLayer {
+            pick: Arc::new(pick),
+        }
+    }
+}
+
+impl<S, P> Layer<Vec<S>> for RouteLayer<P> {
+    type Service = Route<S, P>;
+
+    fn layer(&self, services: Vec<S>) -> Self::Service {
+        Route {
+            services,
+            pick: Arc::clone(&self.pick),
+        }
+    }
+}
+
+/// Sends each request to the one service its [`Pick`] chooses. See the [module docs](self).
+pub struct Route<S, P> {
+    services: Vec<S>,
+    pick: Arc<P>,
+}
+
+impl<S: Clone, P> Clone for Route<S, P> {
+    fn clone(&self) -> Self {
+        Route {
+            services: self.services.clone(),
+            pick: Arc::clone(&self.pick),
+        }
+    }
+}
+
+impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for Route<S, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("services", &self.services)
+            .field("pick", &self.pick)
+            .finish()
+    }
+}
+
+impl<S, P> Route<S, P> {
+    /// The services.
+    pub fn get_ref(&self) -> &[S] {
+        &self.services
+    }
+
+    /// The services, mutably.
+    pub fn get_mut(&mut self) -> &mut Vec<S> {
+        &mut self.services
+    }
+
+    /// The services, taken out.
+    pub fn into_inner(self) -> Vec<S> {
+        self.services
+    }
+}
+
+impl<S, Req, P> Service<Req> for Route<S, P>
+where
+    S: Service<Req> + Clone,
+    S::Response: RecordAnswer,
+    S::Error: Into<BoxError>,
+    P: Pick<Req>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = RouteFuture<S, Req>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The service is chosen per request; its readiness is awaited inside the response
+        // future, on its own clone, so services that are not chosen never hold a request up.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        metrics::request(STRATEGY);
+        let index = self.pick.pick(&request);
+        match self.services.get(index) {
+            Some(service) => {
+                metrics::attempts(STRATEGY, 1);
+                RouteFuture {
+                    state: RouteState::Calling {
+                        attempt: Attempt::new(service.clone(), request),
+                        service: index,
+                    },
+                }
+            }
+            None => RouteFuture {
+                state: RouteState::Rejected {
+                    error: Some(NoSuchService::new(index, self.services.len()).into()),
+                },
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Route`].
+    pub struct RouteFuture<S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: RouteState<S, Req>,
+    }
+}
+
+pin_project! {
+    #[project = RouteProj]
+    enum RouteState<S, Req>
+    where
+        S: Service<Req>,
+    {
+        // The chosen service is getting ready or answering.
+        Calling { #[pin] attempt: Attempt<S, Req>, service: usize },
+        // The pick named no service.
+        Rejected { error: Option<BoxError> },
+    }
+}
+
+impl<S, Req> Future for RouteFuture<S, Req>
+where
+    S: Service<Req>,
+    S::Response: RecordAnswer,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            RouteProj::Calling { attempt, service } => {
+                let service = *service;
+                attempt.poll(cx).map(|result| {
+                    let mut response = result.map_err(Into::into)?;
+                    response.record_answer(Answered {
+                        service,
+                        attempts: 1,
+                    });
+                    Ok(response)
+                })
+            }
+            RouteProj::Rejected { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "route future polled after completion".into()))),
+        }
+    }
+}
+
+impl<S: Service<Req>, Req> fmt::Debug for RouteFuture<S, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.state {
+            RouteState::Calling { service, .. } => f
+                .debug_struct("RouteFuture")
+                .field("service", service)
+                .finish_non_exhaustive(),
+            RouteState::Rejected { error } => {
+                f.debug_struct("RouteFuture").field("error", error).finish()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn all_zero_weights_are_rejected() {
+        let err = RouteLayer::weighted(&[0, 0]).expect_err("no weight");
+        assert_eq!(err.knob(), "weights");
+        assert!(RouteLayer::weighted(&[]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn a_zero_weight_is_never_picked(seed in any::<u64>(), weights in proptest::collection::vec(0u32..5, 1..6)) {
+            prop_assume!(weights.iter().any(|&w| w > 0));
+            let weighted = Weighted::new(&weights, seed).expect("valid weights");
+            for _ in 0..200 {
+                let index = weighted.next();
+                prop_assert!(index < weights.len());
+                prop_assert!(weights[index] > 0);
+            }
+        }
+    }
+}

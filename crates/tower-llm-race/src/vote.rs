@@ -1,0 +1,552 @@
+//! Vote: ask several services, answer with what enough of them agree on.
+//!
+//! A request goes to every service at once. Each success is a [`Ballot`]; a [`Tally`]
+//! decides:
+//!
+//! - [`VoteLayer::majority`]: a key function normalises each answer (trim, lowercase,
+//!   parse the label out of a JSON reply, ...) and as soon as
+//!   [`quorum`](VoteBuilder::quorum) answers share a key, the first of them is the answer and
+//!   the services still running are cancelled. The default quorum is a strict majority of
+//!   the services;
+//! - [`VoteLayer::combine`]: a function of your own sees every answer that arrived (at
+//!   least `quorum` of them; default a strict majority) and returns the one to keep, or
+//!   `None` to refuse.
+//!
+//! With a [`timeout`](VoteBuilder::timeout), stragglers are cancelled when it passes and the
+//! tally decides over the answers in. Failures do not vote. When the quorum is not met
+//! (answers disagreed, too many failed, or the combiner refused), the error is
+//! [`NoQuorum`](crate::NoQuorum), listing the failures; the vote ends early when the services
+//! still running could no longer make up the quorum.
+//!
+//! The answer is marked with the service whose ballot won and the number of services asked
+//! ([`Answered`](crate::Answered)). Cost: one call per service per request, which buys
+//! agreement rather than speed. See `docs/race.md`.
+//!
+//! # Example
+//!
+//! ```
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_llm_core::BoxError;
+//! use tower_llm_race::{Answer, RecordAnswer};
+//! use tower_llm_race::vote::VoteLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let model = |reply: &'static str| service_fn(move |_prompt: String| async move {
+//!     Ok::<_, BoxError>(Answer::new(reply.to_string()))
+//! });
+//! let vote = ServiceBuilder::new()
+//!     .layer(
+//!         VoteLayer::majority(|answer: &Answer<String>| answer.trim().to_lowercase())
+//!             .quorum(2)
+//!             .build()?,
+//!     )
+//!     .service(vec![model("Positive"), model("negative"), model(" positive\n")]);
+//!
+//! let answer = vote.oneshot("Great service!".to_string()).await?;
+//! assert_eq!(answer.as_str(), "Positive");
+//! assert_eq!(answer.answered().map(|a| a.service), Some(0));
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep, sleep_until};
+use tower_layer::Layer;
+use tower_llm_core::{BoxError, Classify, DefaultClassifier, Failure, FailureKind};
+use tower_service::Service;
+
+use crate::answer::{Answered, RecordAnswer};
+use crate::attempt::{Attempts, Verdict, judge};
+use crate::error::{ConfigError, NoQuorum, ServiceFailure};
+use crate::gather::{launch_all, straggler};
+use crate::metrics;
+
+const STRATEGY: &str = "vote";
+
+/// One service's answer in a vote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ballot<Res> {
+    /// The index of the service that answered.
+    pub service: usize,
+    /// Its answer.
+    pub response: Res,
+}
+
+/// How a vote decides. [`Majority`] and [`Combine`] are the two the crate offers.
+pub trait Tally<Res> {
+    /// What the tally keeps per request (the keys seen so far, for a majority).
+    type State: Default;
+
+    /// A ballot arrived (the last of `ballots`). Returns the index in `ballots` of the
+    /// winner to decide now, or `None` to wait for more.
+    fn add(&self, state: &mut Self::State, ballots: &[Ballot<Res>], quorum: usize)
+    -> Option<usize>;
+
+    /// No more ballots will come. Returns the winner, or `None` for no decision.
+    fn finish(
+        &self,
+        state: &mut Self::State,
+        ballots: Vec<Ballot<Res>>,
+        quorum: usize,
+    ) -> Option<Ballot<Res>>;
+}
+
+/// A majority by key: answers whose keys are equal agree. See [`VoteLayer::majority`].
+pub struct Majority<F> {
+    key: F,
+}
+
+impl<F> fmt::Debug for Majority<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Majority").finish_non_exhaustive()
+    }
+}
+
+impl<Res, F, K> Tally<Res> for Majority<F>
+where
+    F: Fn(&Res) -> K,
+    K: PartialEq,
+{
+    type State = Vec<K>;
+
+    fn add(&self, keys: &mut Vec<K>, ballots: &[Ballot<Res>], quorum: usize) -> Option<usize> {
+        let ballot = ballots.last()?;
+        let key = (self.key)(&ballot.response);
+        let agreeing = keys.iter().filter(|k| **k == key).count() + 1;
+        let first = keys.iter().position(|k| *k == key).unwrap_or(keys.len());
+        keys.push(key);
+        (agreeing >= quorum).then_some(first)
+    }
+
+    fn finish(
+        &self,
+        _keys: &mut Vec<K>,
+        _ballots: Vec<Ballot<Res>>,
+        _quorum: usize,
+    ) -> Option<Ballot<Res>> {
+        // Had a key reached the quorum, `add` would have decided.
+        None
+    }
+}
+
+/// A decision of your own over every answer. See [`VoteLayer::combine`].
+pub struct Combine<F> {
+    combine: F,
+}
+
+impl<F> fmt::Debug for Combine<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Combine").finish_non_exhaustive()
+    }
+}
+
+impl<Res, F> Tally<Res> for Combine<F>
+where
+    F: Fn(Vec<Ballot<Res>>) -> Option<Ballot<Res>>,
+{
+    type State = ();
+
+    fn add(&self, _state: &mut (), _ballots: &[Ballot<Res>], _quorum: usize) -> Option<usize> {
+        None
+    }
+
+    fn finish(
+        &self,
+        _state: &mut (),
+        ballots: Vec<Ballot<Res>>,
+        quorum: usize,
+    ) -> Option<Ballot<Res>> {
+        if ballots.len() < quorum {
+            return None;
+        }
+        (self.combine)(ballots)
+    }
+}
+
+/// Builds a [`VoteLayer`]; start from [`VoteLayer::majority`] or [`VoteLayer::combine`].
+#[derive(Debug)]
+pub struct VoteBuilder<T, C = DefaultClassifier> {
+    tally: T,
+    quorum: Option<usize>,
+    timeout: Option<Duration>,
+    classifier: C,
+}
+
+impl<T, C> VoteBuilder<T, C> {
+    /// How many agreeing answers (majority) or answers (combine) decide; default a strict
+    /// majority of the services. At least 1.
+    pub fn quorum(mut self, quorum: usize) -> Self {
+        self.quorum = Some(quorum);
+        self
+    }
+
+    /// Decides over the answers in when `timeout` has passed since the request started,
+    /// cancelling the services still running.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Judges results with `classifier` instead of the [`DefaultClassifier`]; only
+    /// successes vote.
+    pub fn classifier<C2>(self, classifier: C2) -> VoteBuilder<T, C2> {
+        VoteBuilder {
+            tally: self.tally,
+            quorum: self.quorum,
+            timeout: self.timeout,
+            classifier,
+        }
+    }
+
+    /// The layer, or the knob whose value cannot work.
+    pub fn build(self) -> Result<VoteLayer<T, C>, ConfigError> {
+        if self.quorum == Some(0) {
+            return Err(ConfigError::new(
+                "quorum",
+                "must be at least 1: a decision needs an answer",
+            ));
+        }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::new(
+                "timeout",
+                "must be longer than zero, or no answer could arrive",
+            ));
+        }
+        Ok(VoteLayer {
+            tally: Arc::new(self.tally),
+            quorum: self.quorum,
+            timeout: self.timeout,
+            classifier: self.classifier,
+        })
+    }
+}
+
+/// Makes a [`Vote`] over a `Vec` of services.
+pub struct VoteLayer<T, C = DefaultClassifier> {
+    tally: Arc<T>,
+    quorum: Option<usize>,
+    timeout: Option<Duration>,
+    classifier: C,
+}
+
+impl<T, C: Clone> Clone for VoteLayer<T, C> {
+    fn clone(&self) -> Self {
+        VoteLayer {
+            tally: Arc::clone(&self.tally),
+            quorum: self.quorum,
+            timeout: self.timeout,
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+impl<T: fmt::Debug, C: fmt::Debug> fmt::Debug for VoteLayer<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VoteLayer")
+            .field("tally", &self.tally)
+            .field("quorum", &self.quorum)
+            .field("timeout", &self.timeout)
+            .field("classifier", &self.classifier)
+            .finish()
+    }
+}
+
+impl VoteLayer<(), DefaultClassifier> {
+    /// A vote where answers agree when `key` maps them to equal keys.
+    pub fn majority<F>(key: F) -> VoteBuilder<Majority<F>> {
+        VoteBuilder {
+            tally: Majority { key },
+            quorum: None,
+            timeout: None,
+            classifier: DefaultClassifier,
+        }
+    }
+
+    /// A vote decided by `combine` over every answer that arrived, once at least `quorum`
+    /// did. It returns the ballot to answer with (it may build a new response from several),
+    /// or `None` to refuse.
+    pub fn combine<F>(combine: F) -> VoteBuilder<Combine<F>> {
+        VoteBuilder {
+            tally: Combine { combine },
+            quorum: None,
+            timeout: None,
+            classifier: DefaultClassifier,
+        }
+    }
+}
+
+impl<S, T, C: Clone> Layer<Vec<S>> for VoteLayer<T, C> {
+    type Service = Vote<S, T, C>;
+
+    fn layer(&self, services: Vec<S>) -> Self::Service {
+        Vote {
+            services,
+            tally: Arc::clone(&self.tally),
+            quorum: self.quorum,
+            timeout: self.timeout,
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+/// Asks every service and answers with what enough of them agree on. See the
+/// [module docs](self).
+pub struct Vote<S, T, C = DefaultClassifier> {
+    services: Vec<S>,
+    tally: Arc<T>,
+    quorum: Option<usize>,
+    timeout: Option<Duration>,
+    classifier: C,
+}
+
+impl<S: Clone, T, C: Clone> Clone for Vote<S, T, C> {
+    fn clone(&self) -> Self {
+        Vote {
+            services: self.services.clone(),
+            tally: Arc::clone(&self.tally),
+            quorum: self.quorum,
+            timeout: self.timeout,
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, T: fmt::Debug, C: fmt::Debug> fmt::Debug for Vote<S, T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vote")
+            .field("services", &self.services)
+            .field("tally", &self.tally)
+            .field("quorum", &self.quorum)
+            .field("timeout", &self.timeout)
+            .field("classifier", &self.classifier)
+            .finish()
+    }
+}
+
+impl<S, T, C> Vote<S, T, C> {
+    /// The services.
+    pub fn get_ref(&self) -> &[S] {
+        &self.services
+    }
+
+    /// The services, mutably.
+    pub fn get_mut(&mut self) -> &mut Vec<S> {
+        &mut self.services
+    }
+
+    /// The services, taken out.
+    pub fn into_inner(self) -> Vec<S> {
+        self.services
+    }
+
+    /// The quorum a request needs with this many services.
+    pub fn quorum(&self) -> usize {
+        self.quorum.unwrap_or(self.services.len() / 2 + 1)
+    }
+}
+
+impl<S, Req, T, C> Service<Req> for Vote<S, T, C>
+where
+    S: Service<Req> + Clone,
+    S::Response: RecordAnswer,
+    S::Error: Into<BoxError>,
+    Req: Clone,
+    T: Tally<S::Response>,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = VoteFuture<S, Req, T, C>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Each service's readiness is awaited inside the response future, on its own clone.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        metrics::request(STRATEGY);
+        let quorum = self.quorum();
+        let (attempts, count) = launch_all(&self.services, request);
+        metrics::attempts(STRATEGY, count as u64);
+        VoteFuture {
+            attempts,
+            ballots: Vec::with_capacity(count),
+            state: T::State::default(),
+            tally: Arc::clone(&self.tally),
+            failures: Vec::new(),
+            quorum,
+            asked: count as u32,
+            classifier: self.classifier.clone(),
+            deadline_at: self.timeout.map(|timeout| Instant::now() + timeout),
+            deadline: None,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Vote`].
+    pub struct VoteFuture<S, Req, T, C>
+    where
+        S: Service<Req>,
+        T: Tally<S::Response>,
+    {
+        attempts: Attempts<S, Req>,
+        ballots: Vec<Ballot<S::Response>>,
+        state: T::State,
+        tally: Arc<T>,
+        failures: Vec<ServiceFailure>,
+        quorum: usize,
+        asked: u32,
+        classifier: C,
+        deadline_at: Option<Instant>,
+        #[pin]
+        deadline: Option<Sleep>,
+    }
+}
+
+impl<S, Req, T, C> Future for VoteFuture<S, Req, T, C>
+where
+    S: Service<Req>,
+    S::Response: RecordAnswer,
+    S::Error: Into<BoxError>,
+    T: Tally<S::Response>,
+    C: Classify<S::Response, S::Error>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.attempts.poll_next(cx) {
+                Poll::Ready(Some((index, result))) => {
+                    match judge(this.classifier, index, result) {
+                        Verdict::Answer(Ok(response)) => {
+                            this.ballots.push(Ballot {
+                                service: index,
+                                response,
+                            });
+                            if let Some(winner) =
+                                this.tally.add(this.state, this.ballots, *this.quorum)
+                                && winner < this.ballots.len()
+                            {
+                                metrics::cancelled(STRATEGY, this.attempts.cancel_all());
+                                let ballot = this.ballots.swap_remove(winner);
+                                return Poll::Ready(Ok(elect(ballot, *this.asked)));
+                            }
+                        }
+                        Verdict::Answer(Err(error)) => this.failures.push(ServiceFailure::new(
+                            index,
+                            Failure::new(FailureKind::Other),
+                            Some(error),
+                        )),
+                        Verdict::Failed(failure) => {
+                            metrics::failure(STRATEGY, failure.kind());
+                            this.failures.push(failure);
+                        }
+                    }
+                    if this.attempts.in_flight() + this.ballots.len() < *this.quorum {
+                        // The quorum is out of reach: stop waiting.
+                        metrics::cancelled(STRATEGY, this.attempts.cancel_all());
+                        break;
+                    }
+                    continue;
+                }
+                Poll::Ready(None) => break,
+                Poll::Pending => {}
+            }
+            let Some(at) = *this.deadline_at else {
+                return Poll::Pending;
+            };
+            if this.deadline.is_none() {
+                this.deadline.set(Some(sleep_until(at)));
+            }
+            if let Some(deadline) = this.deadline.as_mut().as_pin_mut()
+                && deadline.poll(cx).is_pending()
+            {
+                return Poll::Pending;
+            }
+            for index in 0..(*this.asked as usize) {
+                if this.attempts.is_in_flight(index) {
+                    this.failures
+                        .push(straggler(index, "no answer within the vote timeout"));
+                }
+            }
+            metrics::cancelled(STRATEGY, this.attempts.cancel_all());
+            break;
+        }
+        let ballots = std::mem::take(this.ballots);
+        let answers = ballots.len();
+        match this.tally.finish(this.state, ballots, *this.quorum) {
+            Some(ballot) => Poll::Ready(Ok(elect(ballot, *this.asked))),
+            None => {
+                metrics::exhausted(STRATEGY);
+                let failures = std::mem::take(this.failures);
+                Poll::Ready(Err(NoQuorum::new(*this.quorum, answers, failures).into()))
+            }
+        }
+    }
+}
+
+fn elect<Res: RecordAnswer>(ballot: Ballot<Res>, asked: u32) -> Res {
+    let mut response = ballot.response;
+    response.record_answer(Answered {
+        service: ballot.service,
+        attempts: asked,
+    });
+    response
+}
+
+impl<S, Req, T, C> fmt::Debug for VoteFuture<S, Req, T, C>
+where
+    S: Service<Req>,
+    T: Tally<S::Response>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VoteFuture")
+            .field("attempts", &self.attempts)
+            .field("ballots", &self.ballots.len())
+            .field("quorum", &self.quorum)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A majority decides exactly when some key first reaches the quorum, for the first
+        /// ballot with that key.
+        #[test]
+        fn majority_decides_at_the_first_quorum(
+            answers in proptest::collection::vec(0u8..4, 1..12),
+            quorum in 1usize..5,
+        ) {
+            let tally = Majority { key: |answer: &u8| *answer };
+            let mut keys = Vec::new();
+            let mut ballots = Vec::new();
+            for (service, answer) in answers.iter().enumerate() {
+                ballots.push(Ballot { service, response: *answer });
+                let decided = tally.add(&mut keys, &ballots, quorum);
+                let count = answers[..=service].iter().filter(|a| **a == *answer).count();
+                if count >= quorum {
+                    let winner = decided.expect("quorum reached");
+                    prop_assert_eq!(ballots[winner].response, *answer);
+                    let first = answers.iter().position(|a| a == answer).expect("present");
+                    prop_assert_eq!(winner, first);
+                    break;
+                }
+                prop_assert_eq!(decided, None);
+            }
+        }
+    }
+}
