@@ -1,0 +1,309 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_llm_core::{BoxError, Classify, ResponseUsage};
+use tower_service::Service;
+
+use crate::error::Rejection;
+use crate::headers::RateLimitHeaders;
+use crate::layer::Reconcile;
+use crate::state::{Permit, RemoteCheck, RemoteVerdict, Ticket, Turn};
+
+pin_project! {
+    /// The response future of [`RateLimit`](crate::RateLimit): waits for the call's turn,
+    /// then runs the inner call and records how it ended.
+    ///
+    /// Dropping it while waiting leaves the queue at once; dropping it while the call runs
+    /// frees the concurrency slot.
+    pub struct ResponseFuture<S, Req, C>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S, Req, C>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, Req, C>
+    where
+        S: Service<Req>,
+    {
+        Rejected {
+            error: Option<BoxError>,
+        },
+        Waiting {
+            #[pin]
+            sleep: Sleep,
+            sleep_at: u64,
+            deadline: u64,
+            not_before: u64,
+            ticket: Ticket,
+            service: Option<S>,
+            request: Option<Req>,
+            classifier: Option<C>,
+            remote: Option<RemoteCheck>,
+        },
+        Calling {
+            #[pin]
+            future: S::Future,
+            permit: Permit,
+            classifier: C,
+        },
+    }
+}
+
+impl<S: Service<Req>, Req, C> fmt::Debug for ResponseFuture<S, Req, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Rejected { .. } => "rejected",
+            State::Waiting { .. } => "waiting",
+            State::Calling { .. } => "calling",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S: Service<Req>, Req, C> ResponseFuture<S, Req, C> {
+    pub(crate) fn rejected(error: BoxError) -> Self {
+        ResponseFuture {
+            state: State::Rejected { error: Some(error) },
+        }
+    }
+
+    pub(crate) fn calling(future: S::Future, permit: Permit, classifier: C) -> Self {
+        ResponseFuture {
+            state: State::Calling {
+                future,
+                permit,
+                classifier,
+            },
+        }
+    }
+
+    pub(crate) fn waiting(
+        ticket: Ticket,
+        deadline: u64,
+        service: S,
+        request: Req,
+        classifier: C,
+    ) -> Self {
+        let sleep = tokio::time::sleep_until(ticket.limiter.instant(deadline));
+        ResponseFuture {
+            state: State::Waiting {
+                sleep,
+                sleep_at: deadline,
+                deadline,
+                not_before: 0,
+                ticket,
+                service: Some(service),
+                request: Some(request),
+                classifier: Some(classifier),
+                remote: None,
+            },
+        }
+    }
+}
+
+impl<S, Req, C> Future for ResponseFuture<S, Req, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    S::Response: ResponseUsage + RateLimitHeaders,
+    C: Classify<S::Response, S::Error>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            let next = match state.as_mut().project() {
+                StateProj::Rejected { error } => {
+                    return Poll::Ready(Err(error
+                        .take()
+                        .unwrap_or_else(|| "rate limit future polled after completion".into())));
+                }
+                StateProj::Calling {
+                    future,
+                    permit,
+                    classifier,
+                } => {
+                    let result = ready!(future.poll(cx));
+                    let config = &permit.limiter().config;
+                    let wants_usage = config.tokens.is_some() && config.reconcile != Reconcile::Off;
+                    let (usage, headers) = match &result {
+                        Ok(response) => (
+                            wants_usage
+                                .then(|| response.usage().map(|u| u.total()))
+                                .flatten(),
+                            config
+                                .adapt
+                                .then(|| response.rate_limit_headers())
+                                .flatten(),
+                        ),
+                        Err(_) => (None, None),
+                    };
+                    let outcome = classifier.classify(result.as_ref());
+                    permit.complete(outcome, usage, headers);
+                    return Poll::Ready(result.map_err(Into::into));
+                }
+                StateProj::Waiting {
+                    mut sleep,
+                    sleep_at,
+                    deadline,
+                    not_before,
+                    ticket,
+                    service,
+                    request,
+                    classifier,
+                    remote,
+                } => {
+                    let limiter = ticket.limiter.clone();
+                    let mut now = limiter.now();
+                    let mut remote_charge = None;
+                    let mut go = None;
+                    if let Some(check) = remote {
+                        let verdict = ready!(check.as_mut().poll(cx));
+                        *remote = None;
+                        now = limiter.now();
+                        match verdict {
+                            RemoteVerdict::Admitted(charge) => {
+                                remote_charge = charge;
+                                go = Some(ticket.admit_remote(now));
+                            }
+                            RemoteVerdict::Wait(wait) => {
+                                *not_before = now.saturating_add(
+                                    u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX / 4),
+                                );
+                            }
+                            RemoteVerdict::Failed => {
+                                if remote_fails_open(&limiter) {
+                                    go = Some(ticket.admit_remote(now));
+                                } else {
+                                    ticket.give_up(now);
+                                    limiter.stats.rejected(Rejection::Backend.as_str());
+                                    let pause = limiter.config.default_pause;
+                                    state.set(State::Rejected {
+                                        error: Some(Rejection::Backend.error(pause)),
+                                    });
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                    let turn = match go {
+                        Some(admission) => Turn::Go(admission),
+                        None => ticket.poll_turn(now, cx.waker()),
+                    };
+                    if now >= *deadline && !matches!(turn, Turn::Go(_)) {
+                        let hint = ticket.retry_hint(now);
+                        ticket.give_up(now);
+                        limiter.stats.rejected(Rejection::MaxWait.as_str());
+                        state.set(State::Rejected {
+                            error: Some(Rejection::MaxWait.error(hint)),
+                        });
+                        continue;
+                    }
+                    let admission = match turn {
+                            Turn::Go(admission) => Some(admission),
+                            Turn::AskRemote if now >= *not_before => {
+                                *remote = ask_remote(ticket);
+                                if remote.is_none() {
+                                    // No store configured after all: nothing more to ask.
+                                    Some(ticket.admit_remote(now))
+                                } else {
+                                    continue;
+                                }
+                            }
+                            Turn::AskRemote => {
+                                wait_until(sleep.as_mut(), sleep_at, &limiter, *not_before, *deadline);
+                                None
+                            }
+                            Turn::Wait(at) => {
+                                let at = at.unwrap_or(*deadline);
+                                wait_until(sleep.as_mut(), sleep_at, &limiter, at, *deadline);
+                                None
+                            }
+                    };
+                    match admission {
+                        Some(admission) => {
+                            let (Some(mut svc), Some(req), Some(classifier)) =
+                                (service.take(), request.take(), classifier.take())
+                            else {
+                                return Poll::Ready(Err(
+                                    "rate limit future polled after completion".into(),
+                                ));
+                            };
+                            let mut permit = Permit::new(
+                                ticket.key.clone(),
+                                limiter.clone(),
+                                ticket.cost(),
+                                admission,
+                            );
+                            permit.remote_charge = remote_charge;
+                            let future = svc.call(req);
+                            State::Calling {
+                                future,
+                                permit,
+                                classifier,
+                            }
+                        }
+                        None => {
+                            ready!(sleep.as_mut().poll(cx));
+                            // The timer fired: look again.
+                            continue;
+                        }
+                    }
+                }
+            };
+            state.set(next);
+        }
+    }
+}
+
+fn wait_until(
+    sleep: Pin<&mut Sleep>,
+    sleep_at: &mut u64,
+    limiter: &crate::state::Limiter,
+    at: u64,
+    deadline: u64,
+) {
+    let at = at.min(deadline);
+    if *sleep_at != at {
+        *sleep_at = at;
+        sleep.reset(limiter.instant(at));
+    }
+}
+
+#[cfg(feature = "redis")]
+fn remote_fails_open(limiter: &crate::state::Limiter) -> bool {
+    limiter
+        .config
+        .redis
+        .as_ref()
+        .is_none_or(|r| r.on_failure() == crate::BackendFailure::Open)
+}
+
+#[cfg(not(feature = "redis"))]
+fn remote_fails_open(_limiter: &crate::state::Limiter) -> bool {
+    true
+}
+
+#[cfg(feature = "redis")]
+fn ask_remote(ticket: &Ticket) -> Option<RemoteCheck> {
+    let backend = ticket.limiter.config.redis.as_ref()?;
+    let name = ticket.key.remote_key.clone()?;
+    Some(backend.acquire(&ticket.limiter.config, name, ticket.cost()))
+}
+
+#[cfg(not(feature = "redis"))]
+fn ask_remote(_ticket: &Ticket) -> Option<RemoteCheck> {
+    None
+}

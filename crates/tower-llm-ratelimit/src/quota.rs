@@ -1,0 +1,366 @@
+//! Quotas and the budget that enforces one: a GCRA for smoothness under a sliding-window cap
+//! for exactness.
+//!
+//! A provider counts requests and tokens over a sliding window ("60 requests per minute").
+//! A plain token bucket refilling at `limit / window` with a burst of `burst` can admit
+//! `limit + burst` inside one window, which is exactly the 429 this crate exists to avoid; a
+//! bucket slowed down to `(limit - burst) / window` never overshoots but wastes up to
+//! `burst / limit` of the quota. [`Budget`] does both jobs separately:
+//!
+//! - a GCRA (virtual scheduling form of the token bucket) at `limit / window` with a tolerance
+//!   of `burst` spaces calls out, so traffic is smooth and at most `burst` units go back to back;
+//! - a ring of [`SLOTS_PER_WINDOW`] time slots remembers what was charged in the last window,
+//!   and a call is admitted only if the charges still inside the window plus its own cost stay
+//!   within `limit`. A slot's charges are kept until one window after the latest of them, at
+//!   most one slot (1/60 of the window) longer than strictly needed, so the cap is never
+//!   optimistic.
+//!
+//! Time is nanoseconds since the limiter's origin, so this module is pure and property-tested.
+
+use std::time::Duration;
+
+/// How finely the sliding window is tracked: a charge is forgotten at most `window / 60` after
+/// the window has really moved past it.
+pub const SLOTS_PER_WINDOW: u64 = 60;
+
+/// A limit of `limit` units (requests or tokens) in any sliding `window`, of which at most
+/// `burst` may be spent back to back.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_llm_ratelimit::Quota;
+///
+/// let rpm = Quota::per_minute(60);
+/// assert_eq!(rpm.limit(), 60);
+/// assert_eq!(rpm.burst(), 1);
+/// let tpm = Quota::per_minute(10_000).with_burst(2_000);
+/// assert_eq!(tpm.window(), Duration::from_secs(60));
+/// assert_eq!(tpm.burst(), 2_000);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Quota {
+    limit: u64,
+    window: Duration,
+    burst: u64,
+}
+
+impl Quota {
+    /// `limit` units in any sliding `window`. The burst defaults to one second's share of the
+    /// limit (at least 1): `limit * 1s / window`.
+    pub fn new(limit: u64, window: Duration) -> Self {
+        let per_second = if window.is_zero() {
+            limit
+        } else {
+            (u128::from(limit) * 1_000_000_000 / window.as_nanos().max(1)) as u64
+        };
+        Quota {
+            limit,
+            window,
+            burst: per_second.clamp(1, limit.max(1)),
+        }
+    }
+
+    /// `limit` units per minute.
+    pub fn per_minute(limit: u64) -> Self {
+        Quota::new(limit, Duration::from_secs(60))
+    }
+
+    /// `limit` units per second.
+    pub fn per_second(limit: u64) -> Self {
+        Quota::new(limit, Duration::from_secs(1))
+    }
+
+    /// Sets how many units may be spent back to back. A single request larger than the burst
+    /// (but within the limit) is still admitted, once the budget has fully refilled.
+    pub const fn with_burst(mut self, burst: u64) -> Self {
+        self.burst = burst;
+        self
+    }
+
+    /// The units allowed in any window.
+    pub const fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The window's length.
+    pub const fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// How many units may go back to back.
+    pub const fn burst(&self) -> u64 {
+        self.burst
+    }
+
+    pub(crate) fn validate(&self, knob: &'static str) -> Result<(), crate::ConfigError> {
+        if self.limit == 0 {
+            return Err(crate::ConfigError::new(knob, "the limit must be at least 1"));
+        }
+        if self.window.is_zero() {
+            return Err(crate::ConfigError::new(knob, "the window must be longer than zero"));
+        }
+        if self.window > Duration::from_secs(366 * 24 * 3600) {
+            return Err(crate::ConfigError::new(knob, "the window must be at most a year"));
+        }
+        if self.burst == 0 || self.burst > self.limit {
+            return Err(crate::ConfigError::new(
+                knob,
+                "the burst must be between 1 and the limit",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    epoch: u64,
+    amount: u64,
+    /// When the latest charge in this slot was made: the whole slot leaves the window one
+    /// window after it.
+    last: u64,
+}
+
+/// Where a charge was recorded, so that reconciling it later adjusts the right slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Charge {
+    pub(crate) epoch: u64,
+    pub(crate) amount: u64,
+}
+
+/// The state enforcing one [`Quota`].
+#[derive(Clone, Debug)]
+pub(crate) struct Budget {
+    quota: Quota,
+    window_ns: u64,
+    slot_ns: u64,
+    /// GCRA theoretical arrival time: the budget is full when `tat <= now`.
+    tat: u64,
+    slots: Box<[Slot]>,
+}
+
+impl Budget {
+    pub(crate) fn new(quota: Quota) -> Self {
+        let window_ns = u64::try_from(quota.window.as_nanos()).unwrap_or(u64::MAX / 4);
+        let slot_ns = window_ns.div_ceil(SLOTS_PER_WINDOW).max(1);
+        Budget {
+            quota,
+            window_ns,
+            slot_ns,
+            tat: 0,
+            slots: vec![Slot::default(); SLOTS_PER_WINDOW as usize + 2].into_boxed_slice(),
+        }
+    }
+
+    /// The GCRA's time for `cost` units, rounded up so the rate is never exceeded.
+    fn emission(&self, cost: u64) -> u64 {
+        let ns = (u128::from(cost) * u128::from(self.window_ns)).div_ceil(u128::from(self.quota.limit));
+        u64::try_from(ns).unwrap_or(u64::MAX / 4)
+    }
+
+    fn index(&self, epoch: u64) -> usize {
+        (epoch % self.slots.len() as u64) as usize
+    }
+
+    fn expiry(&self, slot: &Slot) -> u64 {
+        slot.last.saturating_add(self.window_ns)
+    }
+
+    fn live(&self, slot: &Slot, now: u64) -> bool {
+        slot.amount > 0 && slot.epoch <= now / self.slot_ns && self.expiry(slot) > now
+    }
+
+    /// Units charged that are still inside the window at `now`.
+    pub(crate) fn used(&self, now: u64) -> u64 {
+        self.slots
+            .iter()
+            .filter(|s| self.live(s, now))
+            .fold(0u64, |sum, s| sum.saturating_add(s.amount))
+    }
+
+    fn gcra_ready(&self, now: u64, cost: u64) -> u64 {
+        let base = self.tat.max(now);
+        if cost <= self.quota.burst {
+            let tolerance = self.emission(self.quota.burst);
+            base.saturating_add(self.emission(cost))
+                .saturating_sub(tolerance)
+                .max(now)
+        } else {
+            // Larger than the burst: only from a full budget, leaving a debt behind it.
+            base
+        }
+    }
+
+    fn window_ready(&self, now: u64, cost: u64) -> u64 {
+        let used = self.used(now);
+        let room = self.quota.limit;
+        if used.saturating_add(cost) <= room {
+            return now;
+        }
+        let mut need = used.saturating_add(cost) - room;
+        let current = now / self.slot_ns;
+        let oldest = current.saturating_sub(self.slots.len() as u64 - 1);
+        let mut last = now;
+        for epoch in oldest..=current {
+            let slot = &self.slots[self.index(epoch)];
+            if slot.epoch != epoch || !self.live(slot, now) {
+                continue;
+            }
+            last = self.expiry(slot);
+            if slot.amount >= need {
+                return last;
+            }
+            need -= slot.amount;
+        }
+        last
+    }
+
+    /// The earliest time at which `cost` units may be spent, if nothing else is charged.
+    pub(crate) fn ready_at(&self, now: u64, cost: u64) -> u64 {
+        self.gcra_ready(now, cost).max(self.window_ready(now, cost))
+    }
+
+    /// Roughly when `cost` units could be spent after `queued` units ahead of them are: the
+    /// GCRA exactly, the window as if everything were spent at once.
+    pub(crate) fn ready_after(&self, now: u64, queued: u64, cost: u64) -> u64 {
+        let mut ahead = self.clone();
+        ahead.tat = self.tat.max(now).saturating_add(self.emission(queued));
+        let total = queued.saturating_add(cost).min(self.quota.limit);
+        ahead.gcra_ready(now, cost).max(self.window_ready(now, total))
+    }
+
+    /// Spends `cost` units at `now`. The caller has checked [`ready_at`](Self::ready_at).
+    pub(crate) fn charge(&mut self, now: u64, cost: u64) -> Charge {
+        self.tat = self.tat.max(now).saturating_add(self.emission(cost));
+        let epoch = now / self.slot_ns;
+        let index = self.index(epoch);
+        let slot = &mut self.slots[index];
+        if slot.epoch != epoch {
+            // The ring is longer than a window, so what was here has expired.
+            *slot = Slot {
+                epoch,
+                amount: 0,
+                last: now,
+            };
+        }
+        slot.amount = slot.amount.saturating_add(cost);
+        slot.last = slot.last.max(now);
+        Charge { epoch, amount: cost }
+    }
+
+    /// Gives back `amount` of an earlier charge (the call used less than was reserved).
+    pub(crate) fn refund(&mut self, now: u64, charge: Charge, amount: u64) {
+        let amount = amount.min(charge.amount);
+        if self.tat > now {
+            self.tat = self.tat.saturating_sub(self.emission(amount)).max(now);
+        }
+        let index = self.index(charge.epoch);
+        let slot = &mut self.slots[index];
+        if slot.epoch == charge.epoch {
+            slot.amount = slot.amount.saturating_sub(amount);
+        }
+    }
+
+    /// Adds `amount` to an earlier charge (the call used more than was reserved). The window
+    /// may then hold more than the limit: the upstream already spent it, so later calls wait.
+    pub(crate) fn charge_more(&mut self, now: u64, charge: Charge, amount: u64) {
+        self.tat = self.tat.max(now).saturating_add(self.emission(amount));
+        let index = self.index(charge.epoch);
+        let live = self.live(&self.slots[index], now);
+        let slot = &mut self.slots[index];
+        if slot.epoch == charge.epoch && live {
+            slot.amount = slot.amount.saturating_add(amount);
+        }
+    }
+
+    /// Whether this budget is indistinguishable from a fresh one: nothing owed, nothing in
+    /// the window. Such a key can be forgotten without loosening any limit.
+    pub(crate) fn at_rest(&self, now: u64) -> bool {
+        self.tat <= now && self.used(now) == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn rejects_bad_quotas() {
+        assert!(Quota::per_minute(0).validate("requests").is_err());
+        assert!(Quota::per_minute(10).with_burst(0).validate("requests").is_err());
+        assert!(Quota::per_minute(10).with_burst(11).validate("requests").is_err());
+        assert!(Quota::new(10, Duration::ZERO).validate("requests").is_err());
+        assert!(Quota::per_minute(10).validate("requests").is_ok());
+        let err = Quota::per_minute(0).validate("tokens").expect_err("zero");
+        assert!(err.to_string().contains("tokens"));
+    }
+
+    #[test]
+    fn default_burst_is_a_seconds_share() {
+        assert_eq!(Quota::per_minute(60).burst(), 1);
+        assert_eq!(Quota::per_minute(6_000).burst(), 100);
+        assert_eq!(Quota::per_second(5).burst(), 5);
+    }
+
+    #[test]
+    fn smooth_after_the_burst() {
+        let mut b = Budget::new(Quota::per_minute(60).with_burst(3));
+        let mut now = 0;
+        let mut times = Vec::new();
+        for _ in 0..6 {
+            now = b.ready_at(now, 1);
+            b.charge(now, 1);
+            times.push(now / (SEC / 1000));
+        }
+        assert_eq!(times, [0, 0, 0, 1000, 2000, 3000]);
+    }
+
+    #[test]
+    fn window_caps_what_the_bucket_would_allow() {
+        // A bucket at 10/min with a burst of 10 would let 20 through in the first minute.
+        let mut b = Budget::new(Quota::per_minute(10).with_burst(10));
+        let mut now = 0;
+        let mut admitted = Vec::new();
+        while now < 60 * SEC {
+            now = b.ready_at(now, 1);
+            if now < 60 * SEC {
+                b.charge(now, 1);
+                admitted.push(now);
+            }
+        }
+        assert_eq!(admitted.len(), 10);
+    }
+
+    #[test]
+    fn large_request_waits_for_a_full_budget_then_leaves_a_debt() {
+        let mut b = Budget::new(Quota::per_minute(600).with_burst(10));
+        assert_eq!(b.ready_at(0, 100), 0);
+        b.charge(0, 100);
+        // 100 units at 10/s: full again after 10 s.
+        assert_eq!(b.ready_at(0, 100), 10 * SEC);
+        assert_eq!(b.ready_at(0, 1), 10 * SEC - SEC + SEC / 10);
+    }
+
+    #[test]
+    fn refund_gives_capacity_back_now() {
+        let mut b = Budget::new(Quota::per_minute(100).with_burst(100));
+        let c = b.charge(0, 100);
+        assert!(b.ready_at(0, 50) > 0);
+        b.refund(0, c, 60);
+        assert_eq!(b.ready_at(0, 50), 0);
+        assert_eq!(b.used(0), 40);
+    }
+
+    #[test]
+    fn extra_charge_pushes_later_calls_back() {
+        let mut b = Budget::new(Quota::per_minute(100).with_burst(100));
+        let c = b.charge(0, 50);
+        b.charge_more(0, c, 40);
+        assert_eq!(b.used(0), 90);
+        assert!(b.ready_at(0, 20) > 0);
+        assert!(b.at_rest(0) == false);
+        assert!(b.at_rest(62 * SEC));
+    }
+}

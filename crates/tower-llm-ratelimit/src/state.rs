@@ -1,0 +1,775 @@
+//! The shared state: one [`Limiter`] per layer application, one [`KeyState`] per key, and the
+//! handles a call holds while it waits ([`Ticket`]) and while it runs ([`Permit`]).
+
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tower_llm_core::{FailureKind, Outcome};
+
+use crate::headers::ServerLimits;
+use crate::layer::{Config, Reconcile};
+use crate::quota::{Budget, Charge};
+
+pub(crate) const METRIC_ADMITTED: &str = "tower_llm_ratelimit_admitted_total";
+pub(crate) const METRIC_WAITING: &str = "tower_llm_ratelimit_waiting";
+pub(crate) const METRIC_WAIT_SECONDS: &str = "tower_llm_ratelimit_wait_seconds";
+pub(crate) const METRIC_REJECTED: &str = "tower_llm_ratelimit_rejected_total";
+pub(crate) const METRIC_TOKENS_RESERVED: &str = "tower_llm_ratelimit_tokens_reserved_total";
+pub(crate) const METRIC_TOKENS_REFUNDED: &str = "tower_llm_ratelimit_tokens_refunded_total";
+pub(crate) const METRIC_TOKENS_CHARGED: &str = "tower_llm_ratelimit_tokens_charged_total";
+pub(crate) const METRIC_PAUSES: &str = "tower_llm_ratelimit_pauses_total";
+
+/// Counters shared by every clone of a limiter.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    admitted: AtomicU64,
+    waited: AtomicU64,
+    waiting: AtomicU64,
+    wait_nanos: AtomicU64,
+    rejected: AtomicU64,
+    tokens_reserved: AtomicU64,
+    tokens_refunded: AtomicU64,
+    tokens_charged: AtomicU64,
+    pauses: AtomicU64,
+}
+
+/// A snapshot of a limiter's counters, from [`RateLimit::stats`](crate::RateLimit::stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimitStats {
+    /// Calls sent to the inner service.
+    pub admitted: u64,
+    /// Calls that had to wait before being sent (or refused after waiting).
+    pub waited: u64,
+    /// Calls waiting right now.
+    pub waiting: u64,
+    /// Total time calls spent waiting.
+    pub wait_time: Duration,
+    /// Calls refused without being sent.
+    pub rejected: u64,
+    /// Tokens reserved from estimates.
+    pub tokens_reserved: u64,
+    /// Tokens given back because calls used less than estimated.
+    pub tokens_refunded: u64,
+    /// Tokens charged because calls used more than estimated.
+    pub tokens_charged: u64,
+    /// Pauses started by a 429 or an open circuit.
+    pub pauses: u64,
+}
+
+impl Stats {
+    pub(crate) fn snapshot(&self) -> RateLimitStats {
+        RateLimitStats {
+            admitted: self.admitted.load(Ordering::Relaxed),
+            waited: self.waited.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            wait_time: Duration::from_nanos(self.wait_nanos.load(Ordering::Relaxed)),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            tokens_reserved: self.tokens_reserved.load(Ordering::Relaxed),
+            tokens_refunded: self.tokens_refunded.load(Ordering::Relaxed),
+            tokens_charged: self.tokens_charged.load(Ordering::Relaxed),
+            pauses: self.pauses.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn admitted(&self, tokens: u64) {
+        self.admitted.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(METRIC_ADMITTED).increment(1);
+        if tokens > 0 {
+            self.tokens_reserved.fetch_add(tokens, Ordering::Relaxed);
+            metrics::counter!(METRIC_TOKENS_RESERVED).increment(tokens);
+        }
+    }
+
+    pub(crate) fn rejected(&self, reason: &'static str) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(METRIC_REJECTED, "reason" => reason).increment(1);
+    }
+
+    fn wait_started(&self) {
+        self.waited.fetch_add(1, Ordering::Relaxed);
+        let now = self.waiting.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!(METRIC_WAITING).set(now as f64);
+    }
+
+    fn wait_ended(&self, waited: Duration) {
+        let now = self.waiting.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        metrics::gauge!(METRIC_WAITING).set(now as f64);
+        let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.wait_nanos.fetch_add(nanos, Ordering::Relaxed);
+        metrics::histogram!(METRIC_WAIT_SECONDS).record(waited.as_secs_f64());
+    }
+
+    fn refunded(&self, tokens: u64) {
+        self.tokens_refunded.fetch_add(tokens, Ordering::Relaxed);
+        metrics::counter!(METRIC_TOKENS_REFUNDED).increment(tokens);
+    }
+
+    fn charged(&self, tokens: u64) {
+        self.tokens_charged.fetch_add(tokens, Ordering::Relaxed);
+        metrics::counter!(METRIC_TOKENS_CHARGED).increment(tokens);
+    }
+
+    fn paused(&self) {
+        self.pauses.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(METRIC_PAUSES).increment(1);
+    }
+}
+
+/// What one application of the layer shares between its clones.
+#[derive(Debug)]
+pub(crate) struct Limiter {
+    pub(crate) config: Config,
+    origin: Instant,
+    pub(crate) stats: Stats,
+    /// Whether a completed call needs the key's lock at all (tokens to reconcile or a
+    /// concurrency slot to free); without them the fast path takes one lock per call.
+    pub(crate) complete_needs_lock: bool,
+}
+
+impl Limiter {
+    pub(crate) fn new(config: Config) -> Self {
+        let complete_needs_lock = config.concurrency.is_some()
+            || (config.tokens.is_some() && config.reconcile != Reconcile::Off);
+        Limiter {
+            config,
+            origin: Instant::now(),
+            stats: Stats::default(),
+            complete_needs_lock,
+        }
+    }
+
+    /// Nanoseconds since the limiter was made, on tokio's clock (so a paused clock works).
+    pub(crate) fn now(&self) -> u64 {
+        u64::try_from(Instant::now().saturating_duration_since(self.origin).as_nanos())
+            .unwrap_or(u64::MAX / 4)
+    }
+
+    pub(crate) fn instant(&self, at: u64) -> Instant {
+        self.origin + Duration::from_nanos(at)
+    }
+
+    pub(crate) fn remote(&self) -> bool {
+        #[cfg(feature = "redis")]
+        {
+            self.config.redis.is_some()
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            false
+        }
+    }
+}
+
+/// The server's word on one dimension, counted from when it was received.
+#[derive(Clone, Copy, Debug)]
+struct ServerHint {
+    remaining: u64,
+    reset_at: u64,
+    used: u64,
+}
+
+impl ServerHint {
+    fn ready_at(&self, now: u64, cost: u64) -> u64 {
+        if now < self.reset_at && self.used.saturating_add(cost) > self.remaining {
+            self.reset_at
+        } else {
+            now
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    waker: Option<Waker>,
+}
+
+/// Why a call cannot start yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Blocked {
+    /// Not before this time (pause, spacing, quota, server hint).
+    Until(u64),
+    /// Not before a running call finishes.
+    Concurrency,
+}
+
+/// The limits of one key.
+#[derive(Debug)]
+pub(crate) struct Limits {
+    requests: Option<Budget>,
+    tokens: Option<Budget>,
+    in_flight: usize,
+    last_start: Option<u64>,
+    paused_until: u64,
+    server_requests: Option<ServerHint>,
+    server_tokens: Option<ServerHint>,
+    queue: VecDeque<Waiter>,
+    queued_tokens: u64,
+    next_id: u64,
+}
+
+/// What an admitted call was charged, for reconciling later.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Admission {
+    pub(crate) tokens: Option<Charge>,
+}
+
+impl Limits {
+    fn blocked(&self, config: &Config, now: u64, cost: u64) -> Option<Blocked> {
+        let mut at = now.max(self.paused_until);
+        if let (Some(spacing), Some(last)) = (config.spacing, self.last_start) {
+            at = at.max(last.saturating_add(duration_ns(spacing)));
+        }
+        if let Some(b) = &self.requests {
+            at = at.max(b.ready_at(now, 1));
+        }
+        if let Some(b) = &self.tokens {
+            at = at.max(b.ready_at(now, cost));
+        }
+        if let Some(h) = &self.server_requests {
+            at = at.max(h.ready_at(now, 1));
+        }
+        if let Some(h) = &self.server_tokens {
+            at = at.max(h.ready_at(now, cost));
+        }
+        if at > now {
+            Some(Blocked::Until(at))
+        } else if config.concurrency.is_some_and(|max| self.in_flight >= max) {
+            Some(Blocked::Concurrency)
+        } else {
+            None
+        }
+    }
+
+    /// When a call of `cost` arriving now behind everyone queued could start, if nothing
+    /// else changes. Running calls are not predictable and are left out.
+    fn projected(&self, config: &Config, now: u64, cost: u64) -> u64 {
+        let ahead = self.queue.len() as u64;
+        let tokens = self.queued_tokens.saturating_add(cost);
+        let mut at = now.max(self.paused_until);
+        if let Some(spacing) = config.spacing {
+            let spacing = duration_ns(spacing);
+            let first = self.last_start.map_or(now, |l| l.saturating_add(spacing));
+            at = at.max(first.saturating_add(spacing.saturating_mul(ahead)));
+        }
+        if let Some(b) = &self.requests {
+            at = at.max(b.ready_after(now, ahead, 1));
+        }
+        if let Some(b) = &self.tokens {
+            at = at.max(b.ready_after(now, self.queued_tokens, cost));
+        }
+        if let Some(h) = &self.server_requests {
+            at = at.max(h.ready_at(now, ahead + 1));
+        }
+        if let Some(h) = &self.server_tokens {
+            at = at.max(h.ready_at(now, tokens));
+        }
+        at
+    }
+
+    fn admit(&mut self, now: u64, cost: u64, counts_in_flight: bool) -> Admission {
+        if counts_in_flight {
+            self.in_flight += 1;
+        }
+        self.last_start = Some(now);
+        if let Some(b) = &mut self.requests {
+            b.charge(now, 1);
+        }
+        if let Some(h) = &mut self.server_requests {
+            h.used = h.used.saturating_add(1);
+        }
+        if let Some(h) = &mut self.server_tokens {
+            h.used = h.used.saturating_add(cost);
+        }
+        Admission {
+            tokens: self.tokens.as_mut().map(|b| b.charge(now, cost)),
+        }
+    }
+
+    fn wake_head(&mut self) {
+        if let Some(waker) = self.queue.front_mut().and_then(|w| w.waker.take()) {
+            waker.wake();
+        }
+    }
+
+    fn pause(&mut self, now: u64, pause: Duration) {
+        self.paused_until = self
+            .paused_until
+            .max(now.saturating_add(duration_ns(pause)));
+    }
+
+    fn learn(&mut self, now: u64, limits: ServerLimits) {
+        let hint = |l: crate::headers::ServerLimit| ServerHint {
+            remaining: l.remaining,
+            reset_at: now.saturating_add(duration_ns(l.reset_in)),
+            used: 0,
+        };
+        if let Some(l) = limits.requests {
+            self.server_requests = Some(hint(l));
+        }
+        if let Some(l) = limits.tokens {
+            self.server_tokens = Some(hint(l));
+        }
+    }
+
+    fn at_rest(&self, config: &Config, now: u64) -> bool {
+        self.queue.is_empty()
+            && self.in_flight == 0
+            && self.paused_until <= now
+            && self
+                .last_start
+                .is_none_or(|l| l.saturating_add(config.spacing.map_or(0, duration_ns)) <= now)
+            && self.requests.as_ref().is_none_or(|b| b.at_rest(now))
+            && self.tokens.as_ref().is_none_or(|b| b.at_rest(now))
+            && self.server_requests.is_none_or(|h| h.reset_at <= now)
+            && self.server_tokens.is_none_or(|h| h.reset_at <= now)
+    }
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 4)
+}
+
+/// The outcome of trying to start a call from `call`.
+#[derive(Debug)]
+pub(crate) enum Start {
+    Now(Admission),
+    Queued(u64),
+    Rejected(crate::error::Rejection, Duration),
+}
+
+/// One key's limits behind a lock.
+#[derive(Debug)]
+pub(crate) struct KeyState {
+    limits: Mutex<Limits>,
+    /// The key's name in the shared store (feature `redis`).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) remote_key: Option<String>,
+}
+
+impl KeyState {
+    pub(crate) fn new(config: &Config, remote_key: Option<String>) -> Self {
+        // With a shared store the quotas live there; only local limits stay here.
+        let local = remote_key.is_none();
+        KeyState {
+            limits: Mutex::new(Limits {
+                requests: config.requests.filter(|_| local).map(Budget::new),
+                tokens: config.tokens.filter(|_| local).map(Budget::new),
+                in_flight: 0,
+                last_start: None,
+                paused_until: 0,
+                server_requests: None,
+                server_tokens: None,
+                queue: VecDeque::new(),
+                queued_tokens: 0,
+                next_id: 0,
+            }),
+            remote_key,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Limits> {
+        // A panic while holding the lock leaves the numbers consistent enough to go on.
+        self.limits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a call at once if nothing is queued and nothing blocks it; otherwise queues it
+    /// or says why not.
+    pub(crate) fn start(&self, limiter: &Limiter, now: u64, cost: u64) -> Start {
+        let config = &limiter.config;
+        let mut limits = self.lock();
+        if limits.queue.is_empty() && !limiter.remote() {
+            match limits.blocked(config, now, cost) {
+                None => {
+                    let admission = limits.admit(now, cost, config.concurrency.is_some());
+                    return Start::Now(admission);
+                }
+                Some(_) if config.max_queue == 0 || config.max_wait.is_zero() => {
+                    let at = limits.projected(config, now, cost);
+                    return Start::Rejected(
+                        crate::error::Rejection::QueueFull,
+                        Duration::from_nanos(at - now),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        let at = limits.projected(config, now, cost);
+        let wait = Duration::from_nanos(at.saturating_sub(now));
+        if limits.queue.len() >= config.max_queue {
+            return Start::Rejected(crate::error::Rejection::QueueFull, wait);
+        }
+        if wait > config.max_wait {
+            return Start::Rejected(crate::error::Rejection::MaxWait, wait);
+        }
+        let id = limits.next_id;
+        limits.next_id += 1;
+        limits.queued_tokens = limits.queued_tokens.saturating_add(cost);
+        limits.queue.push_back(Waiter { id, waker: None });
+        Start::Queued(id)
+    }
+
+    pub(crate) fn at_rest(&self, config: &Config, now: u64) -> bool {
+        self.lock().at_rest(config, now)
+    }
+}
+
+/// A queued call's place. Dropping it leaves the queue and lets the next call go.
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    pub(crate) key: Arc<KeyState>,
+    pub(crate) limiter: Arc<Limiter>,
+    id: u64,
+    cost: u64,
+    since: Instant,
+    done: bool,
+}
+
+/// What a queued call learns when it polls.
+#[derive(Debug)]
+pub(crate) enum Turn {
+    /// Admitted: go.
+    Go(Admission),
+    /// Wait until woken, or until this time if given.
+    Wait(Option<u64>),
+    /// First in line with only the shared store left to ask (feature `redis`).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    AskRemote,
+}
+
+impl Ticket {
+    pub(crate) fn new(key: Arc<KeyState>, limiter: Arc<Limiter>, id: u64, cost: u64) -> Self {
+        limiter.stats.wait_started();
+        Ticket {
+            key,
+            limiter,
+            id,
+            cost,
+            since: Instant::now(),
+            done: false,
+        }
+    }
+
+    pub(crate) fn cost(&self) -> u64 {
+        self.cost
+    }
+
+    /// Checks whether this call may start; registers `waker` if not.
+    pub(crate) fn poll_turn(&mut self, now: u64, waker: &Waker) -> Turn {
+        let limiter = self.limiter.clone();
+        let config = &limiter.config;
+        let key = self.key.clone();
+        let mut limits = key.lock();
+        let head = limits.queue.front().map(|w| w.id);
+        if head != Some(self.id) {
+            if let Some(w) = limits.queue.iter_mut().find(|w| w.id == self.id) {
+                set_waker(&mut w.waker, waker);
+            }
+            return Turn::Wait(None);
+        }
+        match limits.blocked(config, now, self.cost) {
+            None if limiter.remote() => {
+                if let Some(w) = limits.queue.front_mut() {
+                    set_waker(&mut w.waker, waker);
+                }
+                Turn::AskRemote
+            }
+            None => {
+                let admission = self.leave(&mut limits, now, true);
+                Turn::Go(admission)
+            }
+            Some(blocked) => {
+                if let Some(w) = limits.queue.front_mut() {
+                    set_waker(&mut w.waker, waker);
+                }
+                match blocked {
+                    Blocked::Until(at) => Turn::Wait(Some(at)),
+                    Blocked::Concurrency => Turn::Wait(None),
+                }
+            }
+        }
+    }
+
+    /// The shared store admitted this call (it is first in line): start it locally.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn admit_remote(&mut self, now: u64) -> Admission {
+        let key = self.key.clone();
+        let mut limits = key.lock();
+        self.leave(&mut limits, now, true)
+    }
+
+    fn leave(&mut self, limits: &mut Limits, now: u64, admit: bool) -> Admission {
+        let was_head = limits.queue.front().is_some_and(|w| w.id == self.id);
+        if let Some(pos) = limits.queue.iter().position(|w| w.id == self.id) {
+            limits.queue.remove(pos);
+            limits.queued_tokens = limits.queued_tokens.saturating_sub(self.cost);
+        }
+        let admission = if admit {
+            let counts = self.limiter.config.concurrency.is_some();
+            limits.admit(now, self.cost, counts)
+        } else {
+            Admission::default()
+        };
+        if was_head {
+            limits.wake_head();
+        }
+        self.done = true;
+        self.limiter.stats.wait_ended(self.since.elapsed());
+        admission
+    }
+
+    /// Gives up the place (the wait ran out).
+    pub(crate) fn give_up(&mut self, now: u64) {
+        if !self.done {
+            let key = self.key.clone();
+            let mut limits = key.lock();
+            self.leave(&mut limits, now, false);
+        }
+    }
+
+    /// When a call like this one could expect to start, for a retry hint.
+    pub(crate) fn retry_hint(&self, now: u64) -> Duration {
+        let limits = self.key.lock();
+        let at = limits.projected(&self.limiter.config, now, self.cost);
+        Duration::from_nanos(at.saturating_sub(now))
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.done {
+            let now = self.limiter.now();
+            let key = self.key.clone();
+            let mut limits = key.lock();
+            self.leave(&mut limits, now, false);
+        }
+    }
+}
+
+fn set_waker(slot: &mut Option<Waker>, waker: &Waker) {
+    match slot {
+        Some(w) if w.will_wake(waker) => {}
+        _ => *slot = Some(waker.clone()),
+    }
+}
+
+/// A running call's claim: its concurrency slot and its token charge. Dropping it (the call
+/// was cancelled) frees the slot; the tokens stay charged, since the upstream may have
+/// counted the request already.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    key: Arc<KeyState>,
+    limiter: Arc<Limiter>,
+    cost: u64,
+    admission: Admission,
+    /// A token charge held in the shared store, for reconciling there (feature `redis`).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) remote_charge: Option<Charge>,
+    done: bool,
+}
+
+impl Permit {
+    pub(crate) fn new(
+        key: Arc<KeyState>,
+        limiter: Arc<Limiter>,
+        cost: u64,
+        admission: Admission,
+    ) -> Self {
+        limiter.stats.admitted(cost);
+        Permit {
+            key,
+            limiter,
+            cost,
+            admission,
+            remote_charge: None,
+            done: false,
+        }
+    }
+
+    pub(crate) fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// Records how the call ended: reconciles tokens, pauses on a 429, learns from headers,
+    /// frees the concurrency slot.
+    pub(crate) fn complete(
+        &mut self,
+        outcome: Outcome,
+        usage: Option<u64>,
+        server: Option<&http::HeaderMap>,
+    ) {
+        self.done = true;
+        let config = &self.limiter.config;
+        let pause = match outcome {
+            Outcome::Failure(f)
+                if config.pause_on_rate_limit
+                    && matches!(f.kind, FailureKind::RateLimited | FailureKind::CircuitOpen) =>
+            {
+                Some(f.retry_after.unwrap_or(config.default_pause))
+            }
+            _ => None,
+        };
+        let learned = match server {
+            Some(headers) if config.adapt => {
+                let limits = ServerLimits::from_headers(headers, SystemTime::now());
+                (!limits.is_empty()).then_some(limits)
+            }
+            _ => None,
+        };
+        let delta = match (usage, config.reconcile) {
+            (Some(actual), Reconcile::RefundAndCharge) => Some(actual as i128 - self.cost as i128),
+            (Some(actual), Reconcile::ChargeOnly) if actual > self.cost => {
+                Some(actual as i128 - self.cost as i128)
+            }
+            _ => None,
+        }
+        .filter(|d| *d != 0);
+        if !self.limiter.complete_needs_lock && pause.is_none() && learned.is_none() {
+            return;
+        }
+        let now = self.limiter.now();
+        #[cfg(feature = "redis")]
+        if let (Some(d), Some(charge), Some(backend), Some(key)) = (
+            delta,
+            self.remote_charge,
+            &config.redis,
+            &self.key.remote_key,
+        ) {
+            backend.reconcile(key, charge, d);
+        }
+        let mut limits = self.key.lock();
+        if config.concurrency.is_some() {
+            limits.in_flight = limits.in_flight.saturating_sub(1);
+        }
+        if let Some(pause) = pause {
+            limits.pause(now, pause);
+            self.limiter.stats.paused();
+        }
+        if let Some(learned) = learned {
+            limits.learn(now, learned);
+        }
+        if let Some(delta) = delta {
+            let amount = delta.unsigned_abs().min(u128::from(u64::MAX)) as u64;
+            if let (Some(budget), Some(charge)) = (&mut limits.tokens, self.admission.tokens) {
+                if delta < 0 {
+                    budget.refund(now, charge, amount);
+                } else {
+                    budget.charge_more(now, charge, amount);
+                }
+            }
+            if delta < 0 {
+                self.limiter.stats.refunded(amount);
+            } else {
+                self.limiter.stats.charged(amount);
+            }
+        }
+        limits.wake_head();
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.done && self.limiter.config.concurrency.is_some() {
+            let mut limits = self.key.lock();
+            limits.in_flight = limits.in_flight.saturating_sub(1);
+            limits.wake_head();
+        }
+    }
+}
+
+type Bucket = Vec<(Box<dyn Any + Send + Sync>, Arc<KeyState>)>;
+
+/// The bounded table of per-key states. Keys of any type are kept type-erased (compared by
+/// downcasting), so the service type does not depend on the request type.
+#[derive(Debug)]
+pub(crate) struct KeyTable {
+    map: Mutex<(HashMap<u64, Bucket>, usize)>,
+    hasher: RandomState,
+}
+
+impl KeyTable {
+    pub(crate) fn new() -> Self {
+        KeyTable {
+            map: Mutex::new((HashMap::new(), 0)),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// The state of `key`, made if new; `None` when the table is full of busy keys.
+    pub(crate) fn get<K: Hash + Eq + Send + Sync + 'static>(
+        &self,
+        key: K,
+        limiter: &Limiter,
+        now: u64,
+    ) -> Option<Arc<KeyState>> {
+        let hash = self.hasher.hash_one(&key);
+        let mut guard = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, len) = &mut *guard;
+        if let Some(bucket) = map.get(&hash)
+            && let Some((_, state)) = bucket
+                .iter()
+                .find(|(k, _)| k.downcast_ref::<K>() == Some(&key))
+        {
+            return Some(state.clone());
+        }
+        if *len >= limiter.config.max_keys {
+            // Forget keys that nobody holds and whose state is as good as fresh.
+            map.retain(|_, bucket| {
+                bucket.retain(|(_, state)| {
+                    Arc::strong_count(state) > 1 || !state.at_rest(&limiter.config, now)
+                });
+                !bucket.is_empty()
+            });
+            *len = map.values().map(Vec::len).sum();
+            if *len >= limiter.config.max_keys {
+                return None;
+            }
+        }
+        let remote_key = limiter.remote().then(|| remote_name(&key));
+        let state = Arc::new(KeyState::new(&limiter.config, remote_key));
+        map.entry(hash)
+            .or_default()
+            .push((Box::new(key), state.clone()));
+        *len += 1;
+        Some(state)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+}
+
+/// A name for `key` that every instance derives alike: 128 bits of two fixed-key hashes.
+pub(crate) fn remote_name<K: Hash>(key: &K) -> String {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut first = DefaultHasher::new();
+    key.hash(&mut first);
+    let mut second = DefaultHasher::new();
+    second.write_u64(0x9e37_79b9_7f4a_7c15);
+    key.hash(&mut second);
+    format!("{:016x}{:016x}", first.finish(), second.finish())
+}
+
+/// The shared store's answer for the call first in line (feature `redis`).
+#[derive(Debug)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) enum RemoteVerdict {
+    /// Admitted; the token charge is recorded in this slot.
+    Admitted(Option<Charge>),
+    /// Not yet: ask again after this long.
+    Wait(Duration),
+    /// The store could not be reached or answered nonsense.
+    Failed,
+}
+
+/// A question in flight to the shared store. Boxed: it only exists with the `redis` feature,
+/// where a network round trip dwarfs the allocation.
+pub(crate) type RemoteCheck =
+    std::pin::Pin<Box<dyn std::future::Future<Output = RemoteVerdict> + Send>>;
