@@ -844,6 +844,9 @@ fn stream_body(events: Vec<Bytes>, end: StreamEnd, delay: Duration, in_flight: I
                 if p.end == StreamEnd::Stall {
                     tokio::time::sleep(STALL).await;
                 }
+                // hyper writes what it has buffered when the body is pending; without this the
+                // error would abort the connection before the chunks (or the head) went out.
+                tokio::task::yield_now().await;
                 in_flight.finish();
                 // An error from the body makes hyper abort the connection mid-answer.
                 Some((Err(io::Error::other("mock: stream cut")), p))
