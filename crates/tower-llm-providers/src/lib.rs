@@ -1,6 +1,105 @@
-//! Tower services for LLM provider APIs.
+//! Tower services for LLM provider APIs: OpenAI, Anthropic, Gemini, OpenAI-compatible servers
+//! and Azure OpenAI, streaming included.
 //!
-//! OpenAI, Anthropic, Gemini and OpenAI-compatible servers, streaming included.
+//! This crate is what the [tower-llm] layers wrap. Every provider is a
+//! [`tower_service::Service`] for
 //!
-//! This crate is part of [tower-llm](https://github.com/tower-llm/tower-llm). Its middleware
-//! lands in a later release; today it only reserves the name and the place in the workspace.
+//! - [`ChatRequest`] → [`ChatResponse`], the whole answer;
+//! - [`Streaming`]`<ChatRequest>` → [`ChatStream`], a stream of [`ChatChunk`]s (content
+//!   delta, tool-call delta, usage, finish);
+//! - [`EmbeddingRequest`] → [`EmbeddingResponse`] (OpenAI and compatible servers);
+//!
+//! with one set of types for every provider and an `extra` JSON map in both directions for
+//! what they do not model. Each provider wraps an inner HTTP service, by default the shared
+//! [`HttpClient`] (hyper-util, rustls with webpki roots, HTTP/2 when offered, a keep-alive
+//! pool, a connect timeout); pass your own to `build_with` to put tower-http layers under it
+//! or to bring another client. Providers never retry on their own.
+//!
+//! # Errors
+//!
+//! Every failure is a [`tower_llm_core::UpstreamError`] (re-exported as [`Error`]), already
+//! classified: the status, the provider's error type or code, the retry hint from every
+//! header form and from Gemini's `RetryInfo`, quota exhausted versus a transient 429, and up
+//! to 8 KiB of the raw body. Malformed JSON, HTML error pages, cut and oversized bodies are
+//! errors with a clear message, never a panic. Because core's classifier understands the
+//! type, layers that box it (retry, breaker, fallback) still see what it was. See
+//! `docs/providers.md` for the full mapping table.
+//!
+//! # Keys
+//!
+//! Keys are held in [`ApiKey`], which prints as `ApiKey(****)`; the header carrying it is
+//! marked sensitive, and errors never hold request headers.
+//!
+//! # Fingerprints, cost, determinism
+//!
+//! [`ChatRequest`] and [`EmbeddingRequest`] implement core's
+//! [`Fingerprint`](tower_llm_core::Fingerprint) (every field that changes the answer, plus
+//! `user` and `tenant`), [`RequestCost`](tower_llm_core::RequestCost) (prompt text with core's
+//! estimate, plus `max_tokens`) and [`Deterministic`](tower_llm_core::Deterministic) (a seed
+//! or a temperature of zero). Responses implement
+//! [`ResponseUsage`](tower_llm_core::ResponseUsage) and
+//! [`ClassifyResponse`](tower_llm_core::ClassifyResponse) (always a success).
+//!
+//! # Example
+//!
+//! A stack over OpenAI, with a stand-in for the network so that the example runs offline;
+//! in a program, `OpenAi::from_env()?` builds the real thing.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//! use tower_llm_providers::{ChatRequest, Message, OpenAi, RequestBody};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let network = service_fn(|request: http::Request<RequestBody>| async move {
+//!     assert_eq!(request.uri(), "https://api.openai.com/v1/chat/completions");
+//!     let body = r#"{"id":"chatcmpl-1","model":"gpt-4o-mini","choices":[{"index":0,
+//!         "message":{"role":"assistant","content":"Paris."},"finish_reason":"stop"}]}"#;
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+//!         bytes::Bytes::from(body),
+//!     )))
+//! });
+//! let openai = OpenAi::builder().api_key("sk-test").build_with(network).unwrap();
+//! let mut stack = ServiceBuilder::new()
+//!     .timeout(Duration::from_secs(30))
+//!     .service(openai);
+//! let request = ChatRequest::new("gpt-4o-mini", vec![Message::user("Capital of France?")]);
+//! let answer = stack.ready().await.unwrap().call(request).await.unwrap();
+//! assert_eq!(answer.content, "Paris.");
+//! # }
+//! ```
+//!
+//! [tower-llm]: https://github.com/tower-llm/tower-llm
+
+#![forbid(unsafe_code)]
+
+pub mod anthropic;
+mod body;
+mod chat;
+mod client;
+mod error;
+mod future;
+pub mod gemini;
+mod key;
+pub mod openai;
+pub mod sse;
+mod stream;
+
+pub use anthropic::{Anthropic, AnthropicBuilder};
+pub use body::DEFAULT_MAX_BODY_BYTES;
+pub use chat::{
+    ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, FinishReason,
+    Message, ResponseFormat, Role, Streaming, Tool, ToolCall, ToolCallDelta, ToolChoice,
+};
+pub use client::{HttpClient, HttpClientConfig, RequestBody, shared_client};
+pub use error::ConfigError;
+pub use future::{ResponseFuture, StreamFuture};
+pub use gemini::{Gemini, GeminiBuilder};
+pub use key::ApiKey;
+pub use openai::{OpenAi, OpenAiBuilder};
+pub use stream::{ChatAccumulator, ChatStream, StreamTimeouts};
+pub use tower_llm_core::{UpstreamError, Usage};
+
+/// The error of every provider service: core's classified [`UpstreamError`].
+pub type Error = UpstreamError;

@@ -1,0 +1,657 @@
+//! One set of chat and embedding types, mapped to each provider's wire format.
+//!
+//! A [`ChatRequest`] models what every provider understands; anything else goes in its
+//! [`extra`](ChatRequest::extra) map, which is merged into the provider's JSON body as is (so
+//! it must be spelled the provider's way). Responses keep the provider's unmodelled top-level
+//! fields in their own `extra` map.
+
+use serde_json::{Map, Value};
+use tower_llm_core::{
+    ClassifyResponse, Deterministic, Fingerprint, FingerprintHasher, Outcome, RequestCost,
+    ResponseUsage, Usage, estimate_text_tokens,
+};
+
+/// Who wrote a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Instructions for the model. Anthropic and Gemini take these out of the message list and
+    /// send them in their own system field.
+    System,
+    /// The person (or program) asking.
+    User,
+    /// The model's earlier answers, possibly with tool calls.
+    Assistant,
+    /// The result of a tool call, answering [`Message::tool_call_id`].
+    Tool,
+}
+
+impl Role {
+    /// The OpenAI spelling of the role.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+/// One message of a conversation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    /// Who wrote it.
+    pub role: Role,
+    /// Its text (may be empty for an assistant message that only calls tools).
+    pub content: String,
+    /// An optional participant name (OpenAI only).
+    pub name: Option<String>,
+    /// Tool calls made by an assistant message.
+    pub tool_calls: Vec<ToolCall>,
+    /// For a [`Role::Tool`] message: the id of the call it answers. Gemini matches results
+    /// by function name instead, so for Gemini put the function name in [`name`](Self::name).
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    fn new(role: Role, content: impl Into<String>) -> Self {
+        Message {
+            role,
+            content: content.into(),
+            name: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Message::new(Role::System, content)
+    }
+
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Message::new(Role::User, content)
+    }
+
+    /// An assistant message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Message::new(Role::Assistant, content)
+    }
+
+    /// An assistant message that calls tools.
+    pub fn assistant_tool_calls(tool_calls: Vec<ToolCall>) -> Self {
+        Message {
+            tool_calls,
+            ..Message::new(Role::Assistant, "")
+        }
+    }
+
+    /// The result of the tool call `tool_call_id` (of the function `name`).
+    pub fn tool_result(
+        tool_call_id: impl Into<String>,
+        name: impl Into<String>,
+        content: impl Into<String>,
+    ) -> Self {
+        Message {
+            tool_call_id: Some(tool_call_id.into()),
+            name: Some(name.into()),
+            ..Message::new(Role::Tool, content)
+        }
+    }
+}
+
+/// A function the model may call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tool {
+    /// The function's name.
+    pub name: String,
+    /// What it does, for the model.
+    pub description: Option<String>,
+    /// A JSON Schema of its arguments.
+    pub parameters: Value,
+}
+
+/// A call the model made to a [`Tool`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The provider's id for the call (Gemini has none: the function name is used).
+    pub id: String,
+    /// The function called.
+    pub name: String,
+    /// Its arguments, as JSON text.
+    pub arguments: String,
+}
+
+/// Whether and which tools the model must call.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ToolChoice {
+    /// The model decides.
+    Auto,
+    /// The model must not call tools.
+    None,
+    /// The model must call some tool.
+    Required,
+    /// The model must call this function.
+    Function(String),
+}
+
+/// The shape the answer must take.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResponseFormat {
+    /// Free text (the default).
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching a schema.
+    JsonSchema {
+        /// The schema's name.
+        name: String,
+        /// The JSON Schema.
+        schema: Value,
+        /// Whether the provider must follow the schema exactly (OpenAI `strict`).
+        strict: bool,
+    },
+}
+
+/// A chat completion request, in one shape for every provider.
+///
+/// ```
+/// use tower_llm_providers::{ChatRequest, Message};
+///
+/// let request = ChatRequest::new("gpt-4o-mini", vec![Message::user("Say hi")])
+///     .temperature(0.0)
+///     .max_tokens(64);
+/// assert_eq!(request.max_tokens, Some(64));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChatRequest {
+    /// The model (for Azure, ignored in favour of the configured deployment).
+    pub model: String,
+    /// The conversation, oldest first.
+    pub messages: Vec<Message>,
+    /// Sampling temperature.
+    pub temperature: Option<f64>,
+    /// Nucleus sampling.
+    pub top_p: Option<f64>,
+    /// The most tokens to generate. Anthropic requires one: its provider uses its configured
+    /// default when this is `None`.
+    pub max_tokens: Option<u32>,
+    /// Sequences that end generation.
+    pub stop: Vec<String>,
+    /// A seed for reproducible sampling (OpenAI, Gemini; Anthropic has none).
+    pub seed: Option<i64>,
+    /// Functions the model may call.
+    pub tools: Vec<Tool>,
+    /// Whether and which tools the model must call.
+    pub tool_choice: Option<ToolChoice>,
+    /// The shape of the answer.
+    pub response_format: Option<ResponseFormat>,
+    /// The end user's id, sent to the provider for abuse monitoring (OpenAI `user`, Anthropic
+    /// `metadata.user_id`; Gemini has no such field).
+    pub user: Option<String>,
+    /// Who this request is made for in *your* system (tenant, account, API key label). Never
+    /// sent upstream; it only keeps caches and limits apart (see [`Fingerprint`]).
+    pub tenant: Option<String>,
+    /// Key-value metadata (OpenAI `metadata`; Anthropic and Gemini do not take it and it is
+    /// not sent to them).
+    pub metadata: Map<String, Value>,
+    /// Fields this type does not model, merged into the provider's JSON body as is.
+    pub extra: Map<String, Value>,
+}
+
+impl ChatRequest {
+    /// A request for `model` with these `messages`.
+    pub fn new(model: impl Into<String>, messages: Vec<Message>) -> Self {
+        ChatRequest {
+            model: model.into(),
+            messages,
+            ..ChatRequest::default()
+        }
+    }
+
+    /// Sets the temperature.
+    pub fn temperature(mut self, temperature: f64) -> Self {
+        self.temperature = Some(temperature);
+        self
+    }
+
+    /// Sets the output budget.
+    pub fn max_tokens(mut self, max_tokens: u32) -> Self {
+        self.max_tokens = Some(max_tokens);
+        self
+    }
+
+    /// Sets the seed.
+    pub fn seed(mut self, seed: i64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Adds a tool.
+    pub fn tool(mut self, tool: Tool) -> Self {
+        self.tools.push(tool);
+        self
+    }
+
+    /// Sets the tenant (see the field's docs).
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Sets an unmodelled field of the provider's body.
+    pub fn extra(mut self, name: impl Into<String>, value: Value) -> Self {
+        self.extra.insert(name.into(), value);
+        self
+    }
+
+    /// Asks for a streamed answer (see [`Streaming`]).
+    pub fn streaming(self) -> Streaming<ChatRequest> {
+        Streaming(self)
+    }
+}
+
+/// Asks a provider for a streamed answer: `Service<Streaming<ChatRequest>>` answers with a
+/// [`ChatStream`](crate::ChatStream) of [`ChatChunk`]s.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Streaming<R>(pub R);
+
+fn write_f64(h: &mut FingerprintHasher, value: Option<f64>) {
+    match value {
+        None => h.write_tag(0),
+        Some(v) => {
+            h.write_tag(1);
+            // -0.0 and 0.0 ask for the same thing.
+            h.write_u64(if v == 0.0 { 0 } else { v.to_bits() });
+        }
+    }
+}
+
+fn write_opt_str(h: &mut FingerprintHasher, value: Option<&str>) {
+    h.write_option(value);
+}
+
+impl Fingerprint for Message {
+    fn fingerprint(&self, h: &mut FingerprintHasher) {
+        h.write_str(self.role.as_str());
+        h.write_str(&self.content);
+        write_opt_str(h, self.name.as_deref());
+        write_opt_str(h, self.tool_call_id.as_deref());
+        h.write_u64(self.tool_calls.len() as u64);
+        for call in &self.tool_calls {
+            h.write_str(&call.id);
+            h.write_str(&call.name);
+            h.write_str(&call.arguments);
+        }
+    }
+}
+
+/// Everything that changes the answer goes in: model, messages, sampling, stop, seed, tools,
+/// tool choice, response format, metadata and `extra`; and the caller's identity: `user` and
+/// `tenant`.
+///
+/// The API key is not part of the request, so two tenants whose requests go through the same
+/// cache with different keys (one dedup layer in front of several providers, or a cache shared
+/// between deployments through Redis) must set [`ChatRequest::tenant`], or use one
+/// [`FingerprintKey`](tower_llm_core::FingerprintKey) per tenant. One provider service behind
+/// one in-process cache serves one key, where the model name already tells requests apart.
+impl Fingerprint for ChatRequest {
+    fn fingerprint(&self, h: &mut FingerprintHasher) {
+        h.write_str("tower-llm-providers/chat");
+        write_opt_str(h, self.tenant.as_deref());
+        write_opt_str(h, self.user.as_deref());
+        h.write_str(&self.model);
+        h.write_u64(self.messages.len() as u64);
+        for message in &self.messages {
+            message.fingerprint(h);
+        }
+        write_f64(h, self.temperature);
+        write_f64(h, self.top_p);
+        h.write_option(self.max_tokens.map(u64::from).as_ref());
+        h.write_u64(self.stop.len() as u64);
+        for stop in &self.stop {
+            h.write_str(stop);
+        }
+        h.write_option(self.seed.map(|s| s as u64).as_ref());
+        h.write_u64(self.tools.len() as u64);
+        for tool in &self.tools {
+            h.write_str(&tool.name);
+            write_opt_str(h, tool.description.as_deref());
+            h.write_json(&tool.parameters);
+        }
+        match &self.tool_choice {
+            None => h.write_tag(0),
+            Some(ToolChoice::Auto) => h.write_tag(1),
+            Some(ToolChoice::None) => h.write_tag(2),
+            Some(ToolChoice::Required) => h.write_tag(3),
+            Some(ToolChoice::Function(name)) => {
+                h.write_tag(4);
+                h.write_str(name);
+            }
+        }
+        match &self.response_format {
+            None => h.write_tag(0),
+            Some(ResponseFormat::Text) => h.write_tag(1),
+            Some(ResponseFormat::JsonObject) => h.write_tag(2),
+            Some(ResponseFormat::JsonSchema {
+                name,
+                schema,
+                strict,
+            }) => {
+                h.write_tag(3);
+                h.write_str(name);
+                h.write_json(schema);
+                h.write_tag(u8::from(*strict));
+            }
+        }
+        h.write_json(&Value::Object(self.metadata.clone()));
+        h.write_json(&Value::Object(self.extra.clone()));
+    }
+}
+
+impl<R: Fingerprint> Fingerprint for Streaming<R> {
+    /// A streamed answer is a different response type: it never shares a key with the same
+    /// request asked whole.
+    fn fingerprint(&self, h: &mut FingerprintHasher) {
+        h.write_str("stream");
+        self.0.fingerprint(h);
+    }
+}
+
+/// Default output budget assumed when a request names none, as in core's JSON estimate.
+const ASSUMED_OUTPUT_TOKENS: u64 = tower_llm_core::DEFAULT_OUTPUT_TOKENS;
+
+impl RequestCost for ChatRequest {
+    /// The text of every message, tool definition and tool call, plus `max_tokens` (or 1024
+    /// when unset), estimated with core's [`estimate_text_tokens`].
+    fn estimated_tokens(&self) -> u64 {
+        let messages: u64 = self
+            .messages
+            .iter()
+            .map(|m| {
+                estimate_text_tokens(&m.content)
+                    + m.tool_calls
+                        .iter()
+                        .map(|c| estimate_text_tokens(&c.name) + estimate_text_tokens(&c.arguments))
+                        .sum::<u64>()
+            })
+            .sum();
+        let tools: u64 = self
+            .tools
+            .iter()
+            .map(|t| {
+                estimate_text_tokens(&t.name)
+                    + t.description.as_deref().map_or(0, estimate_text_tokens)
+                    + estimate_text_tokens(&t.parameters.to_string())
+            })
+            .sum();
+        messages + tools + self.max_tokens.map_or(ASSUMED_OUTPUT_TOKENS, u64::from)
+    }
+}
+
+impl Deterministic for ChatRequest {
+    /// Core's rule: a seed, or a temperature of zero.
+    fn is_deterministic(&self) -> bool {
+        self.seed.is_some() || self.temperature == Some(0.0)
+    }
+}
+
+impl<R: RequestCost> RequestCost for Streaming<R> {
+    fn estimated_tokens(&self) -> u64 {
+        self.0.estimated_tokens()
+    }
+}
+
+impl<R: Deterministic> Deterministic for Streaming<R> {
+    fn is_deterministic(&self) -> bool {
+        self.0.is_deterministic()
+    }
+}
+
+/// Why the model stopped.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum FinishReason {
+    /// It finished its answer or hit a stop sequence.
+    Stop,
+    /// It ran out of output tokens.
+    Length,
+    /// It called tools and waits for their results.
+    ToolCalls,
+    /// The provider's content filter stopped it.
+    ContentFilter,
+    /// Anything else, in the provider's words.
+    Other(String),
+}
+
+/// A chat completion.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChatResponse {
+    /// The provider's id for the response.
+    pub id: String,
+    /// The model that answered.
+    pub model: String,
+    /// The answer's text (all text parts, joined).
+    pub content: String,
+    /// Tools the model called.
+    pub tool_calls: Vec<ToolCall>,
+    /// Why it stopped.
+    pub finish_reason: Option<FinishReason>,
+    /// Tokens used.
+    pub usage: Option<Usage>,
+    /// The provider's top-level fields this type does not model.
+    pub extra: Map<String, Value>,
+}
+
+impl ResponseUsage for ChatResponse {
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+impl ClassifyResponse for ChatResponse {
+    /// Always a success: failures arrive as errors.
+    fn classify_response(&self) -> Outcome {
+        Outcome::Success
+    }
+}
+
+/// One piece of a streamed answer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ChatChunk {
+    /// More text.
+    Content(String),
+    /// Part of a tool call: the first part of each call carries its id and name, later parts
+    /// more of its arguments. Parts of one call share an `index`.
+    ToolCall(ToolCallDelta),
+    /// Tokens used by the whole call (sent once, near the end).
+    Usage(Usage),
+    /// Why the model stopped.
+    Finish(FinishReason),
+}
+
+/// A piece of a streamed tool call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ToolCallDelta {
+    /// Which call of this answer (0 for the first) this piece belongs to.
+    pub index: u32,
+    /// The call's id, on its first piece.
+    pub id: Option<String>,
+    /// The function's name, on its first piece.
+    pub name: Option<String>,
+    /// More of the arguments' JSON text.
+    pub arguments: String,
+}
+
+/// An embeddings request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EmbeddingRequest {
+    /// The embedding model.
+    pub model: String,
+    /// The texts to embed.
+    pub input: Vec<String>,
+    /// The vector size, for models that can shorten theirs.
+    pub dimensions: Option<u32>,
+    /// The end user's id, sent upstream.
+    pub user: Option<String>,
+    /// Your tenant, never sent upstream (see [`ChatRequest::tenant`]).
+    pub tenant: Option<String>,
+    /// Fields this type does not model, merged into the body as is.
+    pub extra: Map<String, Value>,
+}
+
+impl EmbeddingRequest {
+    /// Embeds `input` with `model`.
+    pub fn new(model: impl Into<String>, input: Vec<String>) -> Self {
+        EmbeddingRequest {
+            model: model.into(),
+            input,
+            ..EmbeddingRequest::default()
+        }
+    }
+}
+
+impl Fingerprint for EmbeddingRequest {
+    fn fingerprint(&self, h: &mut FingerprintHasher) {
+        h.write_str("tower-llm-providers/embeddings");
+        write_opt_str(h, self.tenant.as_deref());
+        write_opt_str(h, self.user.as_deref());
+        h.write_str(&self.model);
+        h.write_u64(self.input.len() as u64);
+        for input in &self.input {
+            h.write_str(input);
+        }
+        h.write_option(self.dimensions.map(u64::from).as_ref());
+        h.write_json(&Value::Object(self.extra.clone()));
+    }
+}
+
+impl RequestCost for EmbeddingRequest {
+    fn estimated_tokens(&self) -> u64 {
+        self.input.iter().map(|s| estimate_text_tokens(s)).sum()
+    }
+}
+
+impl Deterministic for EmbeddingRequest {
+    fn is_deterministic(&self) -> bool {
+        true
+    }
+}
+
+/// Embedding vectors, one per input, in input order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EmbeddingResponse {
+    /// The model that answered.
+    pub model: String,
+    /// One vector per input.
+    pub embeddings: Vec<Vec<f32>>,
+    /// Tokens used.
+    pub usage: Option<Usage>,
+}
+
+impl ResponseUsage for EmbeddingResponse {
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+impl ClassifyResponse for EmbeddingResponse {
+    fn classify_response(&self) -> Outcome {
+        Outcome::Success
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use tower_llm_core::FingerprintKey;
+
+    fn base() -> ChatRequest {
+        ChatRequest::new("m", vec![Message::user("hi")])
+    }
+
+    #[test]
+    fn every_answer_changing_field_changes_the_key() {
+        let key = FingerprintKey::random();
+        let variants = [
+            base(),
+            ChatRequest {
+                model: "n".into(),
+                ..base()
+            },
+            ChatRequest {
+                messages: vec![Message::user("ho")],
+                ..base()
+            },
+            ChatRequest {
+                messages: vec![Message::system("hi")],
+                ..base()
+            },
+            base().temperature(0.5),
+            ChatRequest {
+                top_p: Some(0.5),
+                ..base()
+            },
+            base().max_tokens(5),
+            ChatRequest {
+                stop: vec!["x".into()],
+                ..base()
+            },
+            base().seed(1),
+            base().tool(Tool {
+                name: "f".into(),
+                description: None,
+                parameters: json!({}),
+            }),
+            ChatRequest {
+                tool_choice: Some(ToolChoice::Required),
+                ..base()
+            },
+            ChatRequest {
+                response_format: Some(ResponseFormat::JsonObject),
+                ..base()
+            },
+            ChatRequest {
+                user: Some("u".into()),
+                ..base()
+            },
+            base().tenant("acme"),
+            base().extra("logprobs", json!(true)),
+            ChatRequest {
+                metadata: json!({"a": 1}).as_object().cloned().unwrap_or_default(),
+                ..base()
+            },
+        ];
+        let keys: std::collections::HashSet<_> =
+            variants.iter().map(|r| key.fingerprint(r)).collect();
+        assert_eq!(keys.len(), variants.len());
+        assert_ne!(
+            key.fingerprint(&base()),
+            key.fingerprint(&base().streaming())
+        );
+        assert_eq!(key.fingerprint(&base()), key.fingerprint(&base()));
+    }
+
+    #[test]
+    fn user_and_tenant_are_not_interchangeable() {
+        let key = FingerprintKey::random();
+        let a = ChatRequest {
+            user: Some("x".into()),
+            ..base()
+        };
+        let b = base().tenant("x");
+        assert_ne!(key.fingerprint(&a), key.fingerprint(&b));
+    }
+
+    #[test]
+    fn cost_and_determinism() {
+        let request = ChatRequest::new("m", vec![Message::user("x".repeat(400))]).max_tokens(10);
+        assert_eq!(request.estimated_tokens(), 110);
+        assert_eq!(base().estimated_tokens(), 1 + 1024);
+        assert!(!base().is_deterministic());
+        assert!(base().temperature(0.0).is_deterministic());
+        assert!(base().temperature(0.7).seed(3).is_deterministic());
+        assert!(EmbeddingRequest::new("e", vec!["a".into()]).is_deterministic());
+    }
+}

@@ -1,0 +1,331 @@
+//! The response futures every provider shares.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_llm_core::{BoxError, FailureKind, MAX_ERROR_BODY, UpstreamError};
+
+use crate::body::{ReadBody, ReadError};
+use crate::error::Ctx;
+use crate::stream::{ChatStream, StreamTimeouts, timeout};
+
+/// Turns a success body into the typed answer.
+pub(crate) type Decode<T> = fn(&Ctx, Bytes) -> Result<T, UpstreamError>;
+
+/// The most of an error body read before giving up on the rest.
+const MAX_ERROR_READ: usize = 64 * 1024;
+
+pin_project! {
+    #[project = CallProj]
+    enum CallState<F, B> {
+        Calling { #[pin] future: F },
+        Reading { #[pin] body: ReadBody<B>, parts: Option<http::response::Parts> },
+        Failed { error: Option<UpstreamError> },
+        Done,
+    }
+}
+
+pin_project! {
+    /// The future of a non-streaming provider call: the inner client's answer, read whole (up
+    /// to the provider's body limit) and decoded, or a classified [`UpstreamError`].
+    pub struct ResponseFuture<F, B, T> {
+        #[pin]
+        state: CallState<F, B>,
+        ctx: Ctx,
+        decode: Decode<T>,
+    }
+}
+
+impl<F, B, T> fmt::Debug for ResponseFuture<F, B, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("provider", &self.ctx.provider)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, B, T> ResponseFuture<F, B, T> {
+    pub(crate) fn new(future: F, ctx: Ctx, decode: Decode<T>) -> Self {
+        ResponseFuture {
+            state: CallState::Calling { future },
+            ctx,
+            decode,
+        }
+    }
+
+    pub(crate) fn failed(error: UpstreamError, ctx: Ctx, decode: Decode<T>) -> Self {
+        ResponseFuture {
+            state: CallState::Failed { error: Some(error) },
+            ctx,
+            decode,
+        }
+    }
+}
+
+fn polled_after_completion(ctx: &Ctx) -> UpstreamError {
+    ctx.error(
+        FailureKind::Other,
+        "response future polled after completion",
+    )
+}
+
+/// The error for a finished read of a non-success answer.
+fn status_error(
+    ctx: &Ctx,
+    parts: &http::response::Parts,
+    read: Result<Bytes, ReadError>,
+) -> UpstreamError {
+    match read {
+        Ok(body) => ctx.from_status(parts.status, &parts.headers, body, None),
+        Err(ReadError::TooLarge(start)) => ctx.from_status(
+            parts.status,
+            &parts.headers,
+            start.slice(..start.len().min(MAX_ERROR_BODY)),
+            Some("error body too large to read whole"),
+        ),
+        Err(ReadError::Body(_, start)) => ctx.from_status(
+            parts.status,
+            &parts.headers,
+            start,
+            Some("error body cut short"),
+        ),
+    }
+}
+
+impl<F, B, E, T> Future for ResponseFuture<F, B, T>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<T, UpstreamError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                CallProj::Calling { future } => match ready!(future.poll(cx)) {
+                    Err(error) => {
+                        this.state.set(CallState::Done);
+                        return Poll::Ready(Err(this
+                            .ctx
+                            .transport("request failed", error.into())));
+                    }
+                    Ok(response) => {
+                        let (parts, body) = response.into_parts();
+                        let limit = if parts.status.is_success() {
+                            this.ctx.max_body
+                        } else {
+                            MAX_ERROR_READ
+                        };
+                        this.state.set(CallState::Reading {
+                            body: ReadBody::new(body, limit),
+                            parts: Some(parts),
+                        });
+                    }
+                },
+                CallProj::Reading { body, parts } => {
+                    let read = ready!(body.poll_read(cx));
+                    let Some(parts) = parts.take() else {
+                        return Poll::Ready(Err(polled_after_completion(this.ctx)));
+                    };
+                    this.state.set(CallState::Done);
+                    if !parts.status.is_success() {
+                        return Poll::Ready(Err(status_error(this.ctx, &parts, read)));
+                    }
+                    return Poll::Ready(match read {
+                        Ok(bytes) => (this.decode)(this.ctx, bytes),
+                        Err(ReadError::TooLarge(start)) => Err(this
+                            .ctx
+                            .error(
+                                FailureKind::Other,
+                                format!("response body larger than {} bytes", this.ctx.max_body),
+                            )
+                            .with_status(parts.status)
+                            .with_body(start)),
+                        Err(ReadError::Body(error, start)) => Err(this
+                            .ctx
+                            .transport("response body cut short", error)
+                            .with_status(parts.status)
+                            .with_body(start)),
+                    });
+                }
+                CallProj::Failed { error } => {
+                    let error = error
+                        .take()
+                        .unwrap_or_else(|| polled_after_completion(this.ctx));
+                    this.state.set(CallState::Done);
+                    return Poll::Ready(Err(error));
+                }
+                CallProj::Done => return Poll::Ready(Err(polled_after_completion(this.ctx))),
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a streaming provider call: resolves to a [`ChatStream`] once the
+    /// provider answers `200` with an event stream, or to a classified [`UpstreamError`].
+    /// The stream's first-token and total timeouts already run while it waits for headers.
+    pub struct StreamFuture<F, B> {
+        #[pin]
+        state: CallState<F, B>,
+        ctx: Ctx,
+        timeouts: StreamTimeouts,
+        started: Instant,
+        deadline: Option<Pin<Box<Sleep>>>,
+        max_event_bytes: usize,
+    }
+}
+
+impl<F, B> fmt::Debug for StreamFuture<F, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamFuture")
+            .field("provider", &self.ctx.provider)
+            .field("timeouts", &self.timeouts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, B> StreamFuture<F, B> {
+    pub(crate) fn new(
+        state: Result<F, UpstreamError>,
+        ctx: Ctx,
+        timeouts: StreamTimeouts,
+        max_event_bytes: usize,
+    ) -> Self {
+        let started = Instant::now();
+        let deadline = timeouts
+            .before_first(started)
+            .map(|at| Box::pin(tokio::time::sleep_until(at)));
+        StreamFuture {
+            state: match state {
+                Ok(future) => CallState::Calling { future },
+                Err(error) => CallState::Failed { error: Some(error) },
+            },
+            ctx,
+            timeouts,
+            started,
+            deadline,
+            max_event_bytes,
+        }
+    }
+}
+
+fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    match headers.get(http::header::CONTENT_TYPE) {
+        // Some compatible servers send none; the decoder then judges the body.
+        None => true,
+        Some(value) => value.to_str().is_ok_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        }),
+    }
+}
+
+impl<F, B, E> Future for StreamFuture<F, B>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<ChatStream<B>, UpstreamError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                CallProj::Calling { future } => match future.poll(cx) {
+                    Poll::Pending => {
+                        if let Some(deadline) = this.deadline.as_mut()
+                            && deadline.as_mut().poll(cx).is_ready()
+                        {
+                            this.state.set(CallState::Done);
+                            let first = this.timeouts.first_token;
+                            let total = this.timeouts.total;
+                            let error = if first.is_some() && (total.is_none() || first <= total) {
+                                timeout(this.ctx, "first-token", first)
+                            } else {
+                                timeout(this.ctx, "total", total)
+                            };
+                            return Poll::Ready(Err(error));
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(error)) => {
+                        this.state.set(CallState::Done);
+                        return Poll::Ready(Err(this
+                            .ctx
+                            .transport("request failed", error.into())));
+                    }
+                    Poll::Ready(Ok(response)) => {
+                        let (parts, body) = response.into_parts();
+                        if parts.status.is_success() && is_event_stream(&parts.headers) {
+                            this.state.set(CallState::Done);
+                            return Poll::Ready(Ok(ChatStream::new(
+                                body,
+                                this.ctx.clone(),
+                                *this.timeouts,
+                                *this.started,
+                                *this.max_event_bytes,
+                            )));
+                        }
+                        this.state.set(CallState::Reading {
+                            body: ReadBody::new(body, MAX_ERROR_READ),
+                            parts: Some(parts),
+                        });
+                    }
+                },
+                CallProj::Reading { body, parts } => {
+                    let read = ready!(body.poll_read(cx));
+                    let Some(parts) = parts.take() else {
+                        return Poll::Ready(Err(polled_after_completion(this.ctx)));
+                    };
+                    this.state.set(CallState::Done);
+                    if parts.status.is_success() {
+                        // A 200 that is not an event stream: a JSON error some servers send
+                        // with 200, or a proxy's page.
+                        let body = match read {
+                            Ok(b) | Err(ReadError::TooLarge(b)) | Err(ReadError::Body(_, b)) => b,
+                        };
+                        let content_type = parts
+                            .headers
+                            .get(http::header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        let error = match serde_json::from_slice::<serde_json::Value>(&body) {
+                            Ok(value) if value.get("error").is_some() => this
+                                .ctx
+                                .from_error_value(&value, &String::from_utf8_lossy(&body)),
+                            _ => this.ctx.malformed(
+                                "streaming answer",
+                                &body,
+                                format!("expected text/event-stream, got {content_type:?}"),
+                            ),
+                        };
+                        return Poll::Ready(Err(error.with_status(parts.status)));
+                    }
+                    return Poll::Ready(Err(status_error(this.ctx, &parts, read)));
+                }
+                CallProj::Failed { error } => {
+                    let error = error
+                        .take()
+                        .unwrap_or_else(|| polled_after_completion(this.ctx));
+                    this.state.set(CallState::Done);
+                    return Poll::Ready(Err(error));
+                }
+                CallProj::Done => return Poll::Ready(Err(polled_after_completion(this.ctx))),
+            }
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! Streamed answers: SSE events decoded into [`ChatChunk`]s, with timeouts.
+//!
+//! A [`ChatStream`] yields `Ok(chunk)` items, then ends (`None`) only after the provider's
+//! terminal event (OpenAI `data: [DONE]`, Anthropic `message_stop`, Gemini's last candidate
+//! with a `finishReason`). An error event inside the stream, a connection cut, a stream that
+//! ends without its terminal event or a timeout yields one classified `Err` item, after which
+//! the stream ends.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Buf;
+use futures_core::Stream;
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_llm_core::{BoxError, FailureKind, UpstreamError, Usage};
+
+use crate::chat::{ChatChunk, ChatResponse, FinishReason, ToolCall};
+use crate::error::{Ctx, Dialect};
+use crate::sse::{SseEvent, SseParser};
+use crate::{anthropic, gemini, openai};
+
+/// Timeouts of a streamed answer, all measured from the moment the request is sent, on
+/// tokio's clock. `None` (the default for each) means no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamTimeouts {
+    /// The most time until the first chunk (headers included).
+    pub first_token: Option<Duration>,
+    /// The most time between two chunks once the first has arrived.
+    pub between_chunks: Option<Duration>,
+    /// The most time for the whole answer.
+    pub total: Option<Duration>,
+}
+
+impl StreamTimeouts {
+    /// No limits.
+    pub const fn none() -> Self {
+        StreamTimeouts {
+            first_token: None,
+            between_chunks: None,
+            total: None,
+        }
+    }
+
+    /// Sets the first-token timeout.
+    pub const fn first_token(mut self, limit: Duration) -> Self {
+        self.first_token = Some(limit);
+        self
+    }
+
+    /// Sets the between-chunks timeout.
+    pub const fn between_chunks(mut self, limit: Duration) -> Self {
+        self.between_chunks = Some(limit);
+        self
+    }
+
+    /// Sets the total timeout.
+    pub const fn total(mut self, limit: Duration) -> Self {
+        self.total = Some(limit);
+        self
+    }
+
+    /// The earliest limit that applies before the first chunk.
+    pub(crate) fn before_first(&self, started: Instant) -> Option<Instant> {
+        match (self.first_token, self.total) {
+            (Some(a), Some(b)) => Some(started + a.min(b)),
+            (Some(a), None) | (None, Some(a)) => Some(started + a),
+            (None, None) => None,
+        }
+    }
+}
+
+pub(crate) enum Step {
+    Continue,
+    Done,
+}
+
+/// Each provider's event decoder.
+#[derive(Debug)]
+pub(crate) enum StreamDecoder {
+    OpenAi(openai::StreamDecoder),
+    Anthropic(anthropic::StreamDecoder),
+    Gemini(gemini::StreamDecoder),
+}
+
+impl StreamDecoder {
+    pub(crate) fn new(dialect: Dialect) -> Self {
+        match dialect {
+            Dialect::OpenAi => StreamDecoder::OpenAi(openai::StreamDecoder::default()),
+            Dialect::Anthropic => StreamDecoder::Anthropic(anthropic::StreamDecoder::default()),
+            Dialect::Gemini => StreamDecoder::Gemini(gemini::StreamDecoder::default()),
+        }
+    }
+
+    pub(crate) fn event(
+        &mut self,
+        ctx: &Ctx,
+        event: &SseEvent,
+        out: &mut VecDeque<ChatChunk>,
+    ) -> Result<Step, UpstreamError> {
+        match self {
+            StreamDecoder::OpenAi(d) => d.event(ctx, event, out),
+            StreamDecoder::Anthropic(d) => d.event(ctx, event, out),
+            StreamDecoder::Gemini(d) => d.event(ctx, event, out),
+        }
+    }
+
+    /// Whether the body may end here: only Gemini ends a complete stream with the body.
+    pub(crate) fn end_of_body(&mut self) -> bool {
+        match self {
+            StreamDecoder::Gemini(d) => d.finished(),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Reading,
+    BodyEnded,
+    Finished,
+}
+
+pin_project! {
+    /// A streamed chat answer: a [`Stream`] of `Result<ChatChunk, UpstreamError>`.
+    ///
+    /// `B` is the inner client's response body ([`hyper::body::Incoming`] with the default
+    /// client). Dropping the stream drops the body, which closes (or, once read to the end,
+    /// returns to the pool) its connection.
+    pub struct ChatStream<B> {
+        #[pin]
+        body: B,
+        parser: SseParser,
+        events: VecDeque<SseEvent>,
+        decoder: StreamDecoder,
+        pending: VecDeque<ChatChunk>,
+        ctx: Ctx,
+        timeouts: StreamTimeouts,
+        chunk_timer: Option<Pin<Box<Sleep>>>,
+        total_timer: Option<Pin<Box<Sleep>>>,
+        got_chunk: bool,
+        phase: Phase,
+    }
+}
+
+impl<B> fmt::Debug for ChatStream<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatStream")
+            .field("provider", &self.ctx.provider)
+            .field("phase", &self.phase)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> ChatStream<B> {
+    pub(crate) fn new(
+        body: B,
+        ctx: Ctx,
+        timeouts: StreamTimeouts,
+        started: Instant,
+        max_event_bytes: usize,
+    ) -> Self {
+        let chunk_timer = timeouts
+            .first_token
+            .map(|limit| Box::pin(tokio::time::sleep_until(started + limit)));
+        let total_timer = timeouts
+            .total
+            .map(|limit| Box::pin(tokio::time::sleep_until(started + limit)));
+        ChatStream {
+            body,
+            parser: SseParser::with_max_event_bytes(max_event_bytes),
+            events: VecDeque::new(),
+            decoder: StreamDecoder::new(ctx.dialect),
+            pending: VecDeque::new(),
+            ctx,
+            timeouts,
+            chunk_timer,
+            total_timer,
+            got_chunk: false,
+            phase: Phase::Reading,
+        }
+    }
+}
+
+impl<B> Stream for ChatStream<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Item = Result<ChatChunk, UpstreamError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut this = self.project();
+        loop {
+            if let Some(chunk) = this.pending.pop_front() {
+                *this.got_chunk = true;
+                match this.timeouts.between_chunks {
+                    Some(limit) => {
+                        let deadline = Instant::now() + limit;
+                        match this.chunk_timer.as_mut() {
+                            Some(timer) => timer.as_mut().reset(deadline),
+                            None => {
+                                *this.chunk_timer =
+                                    Some(Box::pin(tokio::time::sleep_until(deadline)))
+                            }
+                        }
+                    }
+                    None => *this.chunk_timer = None,
+                }
+                return Poll::Ready(Some(Ok(chunk)));
+            }
+            if *this.phase == Phase::Finished {
+                return Poll::Ready(None);
+            }
+            if let Some(event) = this.events.pop_front() {
+                match this.decoder.event(this.ctx, &event, this.pending) {
+                    Ok(Step::Continue) => {}
+                    Ok(Step::Done) => {
+                        *this.phase = Phase::Finished;
+                        this.events.clear();
+                    }
+                    Err(error) => return Poll::Ready(Some(Err(finish(this.phase, error)))),
+                }
+                continue;
+            }
+            if *this.phase == Phase::BodyEnded {
+                if this.decoder.end_of_body() {
+                    *this.phase = Phase::Finished;
+                    continue;
+                }
+                let error = this.ctx.error(
+                    FailureKind::Transport,
+                    "stream ended without its terminal event (connection cut or proxy timeout)",
+                );
+                return Poll::Ready(Some(Err(finish(this.phase, error))));
+            }
+            match this.body.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        while data.has_remaining() {
+                            let piece = data.chunk();
+                            let n = piece.len();
+                            if let Err(too_large) = this.parser.feed(piece, this.events) {
+                                let error = this
+                                    .ctx
+                                    .error(FailureKind::ServerError, too_large.to_string());
+                                return Poll::Ready(Some(Err(finish(this.phase, error))));
+                            }
+                            data.advance(n);
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    let error = this.ctx.transport("stream cut", error.into());
+                    return Poll::Ready(Some(Err(finish(this.phase, error))));
+                }
+                Poll::Ready(None) => {
+                    *this.phase = Phase::BodyEnded;
+                    if let Err(too_large) = this.parser.finish(this.events) {
+                        let error = this
+                            .ctx
+                            .error(FailureKind::ServerError, too_large.to_string());
+                        return Poll::Ready(Some(Err(finish(this.phase, error))));
+                    }
+                }
+                Poll::Pending => {
+                    if let Some(timer) = this.total_timer.as_mut()
+                        && timer.as_mut().poll(cx).is_ready()
+                    {
+                        let error = timeout(this.ctx, "total", this.timeouts.total);
+                        return Poll::Ready(Some(Err(finish(this.phase, error))));
+                    }
+                    if let Some(timer) = this.chunk_timer.as_mut()
+                        && timer.as_mut().poll(cx).is_ready()
+                    {
+                        let error = if *this.got_chunk {
+                            timeout(this.ctx, "between-chunks", this.timeouts.between_chunks)
+                        } else {
+                            timeout(this.ctx, "first-token", this.timeouts.first_token)
+                        };
+                        return Poll::Ready(Some(Err(finish(this.phase, error))));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+fn finish(phase: &mut Phase, error: UpstreamError) -> UpstreamError {
+    *phase = Phase::Finished;
+    error
+}
+
+pub(crate) fn timeout(ctx: &Ctx, which: &str, limit: Option<Duration>) -> UpstreamError {
+    ctx.error(
+        FailureKind::Timeout,
+        format!(
+            "stream {which} timeout of {:?} elapsed",
+            limit.unwrap_or_default()
+        ),
+    )
+}
+
+/// Builds a whole [`ChatResponse`] from a stream's chunks, for callers that stream for
+/// latency but also want the complete answer.
+///
+/// ```
+/// use tower_llm_providers::{ChatAccumulator, ChatChunk, FinishReason};
+///
+/// let mut acc = ChatAccumulator::default();
+/// acc.push(&ChatChunk::Content("Hel".into()));
+/// acc.push(&ChatChunk::Content("lo".into()));
+/// acc.push(&ChatChunk::Finish(FinishReason::Stop));
+/// let response = acc.finish();
+/// assert_eq!(response.content, "Hello");
+/// assert_eq!(response.finish_reason, Some(FinishReason::Stop));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ChatAccumulator {
+    response: ChatResponse,
+    calls: Vec<ToolCall>,
+}
+
+impl ChatAccumulator {
+    /// Adds one chunk.
+    pub fn push(&mut self, chunk: &ChatChunk) {
+        match chunk {
+            ChatChunk::Content(text) => self.response.content.push_str(text),
+            ChatChunk::ToolCall(delta) => {
+                let index = delta.index as usize;
+                // Indices come from the server: grow only one past the end, never to an
+                // arbitrary size.
+                let index = index.min(self.calls.len());
+                if index == self.calls.len() {
+                    self.calls.push(ToolCall {
+                        id: String::new(),
+                        name: String::new(),
+                        arguments: String::new(),
+                    });
+                }
+                let call = &mut self.calls[index];
+                if let Some(id) = &delta.id {
+                    call.id.clone_from(id);
+                }
+                if let Some(name) = &delta.name {
+                    call.name.clone_from(name);
+                }
+                call.arguments.push_str(&delta.arguments);
+            }
+            ChatChunk::Usage(usage) => self.response.usage = Some(*usage),
+            ChatChunk::Finish(reason) => self.response.finish_reason = Some(reason.clone()),
+        }
+    }
+
+    /// The answer so far.
+    pub fn finish(mut self) -> ChatResponse {
+        self.response.tool_calls = self.calls;
+        self.response
+    }
+}
+
+pub(crate) fn usage(input: u64, output: u64, cached: u64) -> Usage {
+    Usage {
+        input_tokens: input,
+        output_tokens: output,
+        cached_input_tokens: cached,
+    }
+}
+
+pub(crate) fn finish_reason_openai(reason: &str) -> FinishReason {
+    match reason {
+        "stop" => FinishReason::Stop,
+        "length" => FinishReason::Length,
+        "tool_calls" | "function_call" => FinishReason::ToolCalls,
+        "content_filter" => FinishReason::ContentFilter,
+        other => FinishReason::Other(other.to_owned()),
+    }
+}
