@@ -112,7 +112,7 @@ impl RetryLayerBuilder {
             },
             budget: Some(RetryBudget::default()),
             classifier: DefaultClassifier,
-            recorder: AttemptsExtension,
+            recorder: AttemptsExtension::when_retried(),
             on_retry: None,
             seed: None,
         }
@@ -199,8 +199,9 @@ impl<C, R> RetryLayerBuilder<C, R> {
         }
     }
 
-    /// How the attempt count reaches the caller (default [`AttemptsExtension`], for
-    /// `http::Response`; [`StatsOnly`](crate::StatsOnly) for other responses, or a closure).
+    /// How the attempt count reaches the caller (default
+    /// [`AttemptsExtension::when_retried`], for `http::Response`;
+    /// [`StatsOnly`](crate::StatsOnly) for other responses, or a closure).
     pub fn record_attempts<R2>(self, recorder: R2) -> RetryLayerBuilder<C, R2> {
         RetryLayerBuilder {
             config: self.config,

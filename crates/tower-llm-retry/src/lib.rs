@@ -52,8 +52,10 @@
 //!
 //! # Attempts, hook, statistics, metrics
 //!
-//! - Every `http::Response` the layer returns carries an [`Attempts`] extension (success or
-//!   last failure). Other response types choose a [`RecordAttempts`] with
+//! - Every `http::Response` that took more than one attempt (success or last failure)
+//!   carries an [`Attempts`] extension; [`Attempts::of`] counts a response without one as a
+//!   single attempt ([`AttemptsExtension::always`] tags every response, at the price of an
+//!   allocation per call). Other response types choose a [`RecordAttempts`] with
 //!   [`RetryLayerBuilder::record_attempts`] ([`StatsOnly`] or a closure). Errors are returned
 //!   unchanged, so layers further out still classify them.
 //! - [`RetryLayerBuilder::on_retry`] sees every decision taken after a failed attempt

@@ -29,16 +29,18 @@ pub const METRIC_DELAY: &str = "tower_llm_retry_delay_seconds";
 
 /// How many attempts a call took, 1 when the first one answered.
 ///
-/// Added as an extension to every `http::Response` the layer returns (by the default
-/// [`AttemptsExtension`] recorder), whether it is a success or the last failure:
+/// The default [`AttemptsExtension`] recorder adds it to every `http::Response` that took
+/// more than one attempt (success or last failure); [`AttemptsExtension::always`] adds it to
+/// every response. [`Attempts::of`] reads it, counting a response without it as one attempt:
 ///
 /// ```
 /// use tower_llm_retry::Attempts;
 ///
 /// let mut response = http::Response::new(());
+/// assert_eq!(Attempts::of(&response).get(), 1);
 /// response.extensions_mut().insert(Attempts::new(3));
-/// let attempts = response.extensions().get::<Attempts>().map(|a| a.get());
-/// assert_eq!(attempts, Some(3));
+/// assert_eq!(Attempts::of(&response).get(), 3);
+/// assert_eq!(Attempts::of(&response).retries(), 2);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Attempts(u32);
@@ -47,6 +49,16 @@ impl Attempts {
     /// `attempts` attempts.
     pub const fn new(attempts: u32) -> Self {
         Attempts(attempts)
+    }
+
+    /// The attempts recorded on `response`, or one when none were (the first attempt
+    /// answered, under the default recorder).
+    pub fn of<B>(response: &http::Response<B>) -> Self {
+        response
+            .extensions()
+            .get::<Attempts>()
+            .copied()
+            .unwrap_or(Attempts(1))
     }
 
     /// The number of attempts, at least 1.
@@ -72,13 +84,34 @@ pub trait RecordAttempts<Res> {
 }
 
 /// The default recorder: inserts [`Attempts`] into an `http::Response`'s extensions.
+///
+/// By default only when the call was retried: inserting an extension allocates, which would
+/// more than double the layer's cost on the success path; a response without one took one
+/// attempt ([`Attempts::of`]). [`always`](Self::always) inserts it every time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AttemptsExtension;
+pub struct AttemptsExtension {
+    always: bool,
+}
+
+impl AttemptsExtension {
+    /// Inserts [`Attempts`] only into responses that took more than one attempt (the
+    /// default).
+    pub const fn when_retried() -> Self {
+        AttemptsExtension { always: false }
+    }
+
+    /// Inserts [`Attempts`] into every response, first-attempt successes included.
+    pub const fn always() -> Self {
+        AttemptsExtension { always: true }
+    }
+}
 
 impl<B> RecordAttempts<http::Response<B>> for AttemptsExtension {
     #[inline]
     fn record_attempts(&self, response: &mut http::Response<B>, attempts: Attempts) {
-        response.extensions_mut().insert(attempts);
+        if self.always || attempts.get() > 1 {
+            response.extensions_mut().insert(attempts);
+        }
     }
 }
 
