@@ -228,12 +228,6 @@ impl<I> InFlight<I> {
             map.remove(key);
         }
     }
-
-    /// How many calls are in flight.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        lock(&self.map).len()
-    }
 }
 
 /// One caller's place in a flight. Dropping it leaves the flight; the last to leave cancels

@@ -6,12 +6,23 @@ use std::time::Duration;
 
 use tower_llm_core::RequestKey;
 
-/// A shared cache. Failures and timeouts are the backend's to count and swallow: a lookup that
-/// cannot answer in time is a miss, a write that cannot land is skipped.
+use crate::stats::DedupStats;
+
+/// What a shared cache said.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) enum Lookup<V> {
+    Hit(V),
+    Miss,
+    /// It could not answer in time (down, slow, undecodable): the caller goes on without it.
+    Failed,
+}
+
+/// A shared cache. It never fails a request: a lookup that cannot answer in time is
+/// [`Lookup::Failed`], a write that cannot land is skipped (and counted).
 pub(crate) trait Remote<V>: Send + Sync {
-    /// The stored answer, or `None` (miss, error or timeout).
-    fn get(&self, key: RequestKey) -> Pin<Box<dyn Future<Output = Option<V>> + Send>>;
+    /// The stored answer.
+    fn get(&self, key: RequestKey) -> Pin<Box<dyn Future<Output = Lookup<V>> + Send>>;
 
     /// Stores an answer in the background.
-    fn put(&self, key: RequestKey, value: &V, ttl: Duration);
+    fn put(&self, key: RequestKey, value: &V, ttl: Duration, stats: DedupStats);
 }

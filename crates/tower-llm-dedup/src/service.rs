@@ -14,6 +14,7 @@ use crate::flight::{Joined, Step};
 use crate::future::ResponseFuture;
 use crate::layer::Shared;
 use crate::policy::{CacheRule, OnError, RequestKeys};
+use crate::remote::Lookup;
 use crate::stats::DedupStats;
 
 /// Coalesces identical concurrent requests and serves cached answers; built by
@@ -142,10 +143,14 @@ where
                 let stats = shared.stats.clone();
                 let from_remote = from_remote.clone();
                 Box::pin(futures_util::stream::once(async move {
-                    if let Some(value) = remote.get(key).await {
-                        stats.remote_hit();
-                        from_remote.store(true, Ordering::Relaxed);
-                        return Ok(Step::Item(value));
+                    match remote.get(key).await {
+                        Lookup::Hit(value) => {
+                            stats.remote_hit();
+                            from_remote.store(true, Ordering::Relaxed);
+                            return Ok(Step::Item(value));
+                        }
+                        Lookup::Miss => {}
+                        Lookup::Failed => stats.remote_error(),
                     }
                     stats.inner_call();
                     ready.call(request).await.map(Step::Item).map_err(Into::into)
@@ -171,7 +176,12 @@ where
                 if let Some(remote) = &completion_shared.remote
                     && !from_remote.load(Ordering::Relaxed)
                 {
-                    remote.put(key, value, cache.ttl_of(value));
+                    remote.put(
+                        key,
+                        value,
+                        cache.ttl_of(value),
+                        completion_shared.stats.clone(),
+                    );
                 }
                 cache.insert(key, value.clone());
             }),
