@@ -36,7 +36,7 @@ pub(crate) enum QuotaCheck {
     },
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct QuotaWindow {
     quota: Quota,
     /// Admitted requests still in the window, oldest first: when, and their cost.
@@ -193,5 +193,59 @@ mod tests {
         let mut window = QuotaWindow::new(Quota::new(5, 10));
         let after = refused_after(window.check(Instant::now(), 11));
         assert_eq!(after, Some(Duration::from_secs(1)));
+    }
+
+    proptest::proptest! {
+        /// Against a reference model: a request is admitted exactly when the last 60 s of
+        /// admitted requests leave room for it, and a refusal's hint is exact: at
+        /// `now + retry_after` the same request is admitted, a millisecond earlier it is not.
+        #[test]
+        fn window_matches_the_model_and_hints_are_exact(
+            rpm in 1u64..6,
+            tpm in 10u64..200,
+            ops in proptest::collection::vec((0u64..30_000, 0u64..60), 1..60),
+        ) {
+            let mut now = Instant::now();
+            let mut window = QuotaWindow::new(Quota::new(rpm, tpm));
+            let mut admitted: Vec<(Instant, u64)> = Vec::new();
+            for (advance, cost) in ops {
+                now += Duration::from_millis(advance);
+                let live: Vec<(Instant, u64)> =
+                    admitted.iter().copied().filter(|(at, _)| *at + WINDOW > now).collect();
+                let used: u64 = live.iter().map(|(_, c)| c).sum();
+                let live = live.len() as u64;
+                let fits = live < rpm && used + cost <= tpm;
+                match window.check(now, cost) {
+                    QuotaCheck::Admitted(state) => {
+                        proptest::prop_assert!(fits);
+                        admitted.push((now, cost));
+                        let requests = state.requests.expect("limited");
+                        proptest::prop_assert_eq!(requests.remaining, rpm - live - 1);
+                        let tokens = state.tokens.expect("limited");
+                        proptest::prop_assert_eq!(tokens.remaining, tpm - used - cost);
+                    }
+                    QuotaCheck::Refused { retry_after, .. } => {
+                        proptest::prop_assert!(!fits);
+                        if cost <= tpm {
+                            let mut later = window.clone();
+                            let admitted_later = matches!(
+                                later.check(now + retry_after, cost),
+                                QuotaCheck::Admitted(_)
+                            );
+                            proptest::prop_assert!(admitted_later);
+                            if retry_after >= Duration::from_millis(1) {
+                                let mut earlier = window.clone();
+                                let early = now + retry_after - Duration::from_millis(1);
+                                let refused_earlier = matches!(
+                                    earlier.check(early, cost),
+                                    QuotaCheck::Refused { .. }
+                                );
+                                proptest::prop_assert!(refused_earlier);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -49,13 +49,19 @@ impl RedisServer {
         };
         let mut server = RedisServer {
             binary,
-            port: free_port(),
+            port: 0,
             child: None,
         };
-        if let Err(error) = server.spawn() {
-            panic!("redis-server did not start: {error}");
+        // The free port may be taken again before redis binds it: try a few.
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            server.port = free_port();
+            match server.spawn() {
+                Ok(()) => return Some(server),
+                Err(error) => last_error = error,
+            }
         }
-        Some(server)
+        panic!("redis-server did not start: {last_error}");
     }
 
     /// The URL clients connect to: `redis://127.0.0.1:PORT`.
