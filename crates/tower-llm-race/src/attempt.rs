@@ -54,6 +54,14 @@ impl<S: Service<Req>, Req> Future for Attempt<S, Req> {
     }
 }
 
+type PinnedAttempt<S, Req> = Pin<Box<Attempt<S, Req>>>;
+
+/// One finished attempt: the service's index and its result.
+pub(crate) type Finished<S, Req> = (
+    usize,
+    Result<<S as Service<Req>>::Response, <S as Service<Req>>::Error>,
+);
+
 /// What a strategy makes of one service's result.
 pub(crate) enum Verdict<Res> {
     /// The result is the strategy's answer (a success, or an error the classifier accepted).
@@ -90,7 +98,7 @@ where
 /// strategies run over a handful of providers, where that costs less than tracking wakers
 /// per attempt, and the order makes a tie go to the earlier service.
 pub(crate) struct Attempts<S: Service<Req>, Req> {
-    slots: Vec<Option<Pin<Box<Attempt<S, Req>>>>>,
+    slots: Vec<Option<PinnedAttempt<S, Req>>>,
     in_flight: usize,
 }
 
@@ -119,10 +127,7 @@ impl<S: Service<Req>, Req> Attempts<S, Req> {
     }
 
     /// The next attempt to finish, or `None` when none is in flight.
-    pub(crate) fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<(usize, Result<S::Response, S::Error>)>> {
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Finished<S, Req>>> {
         if self.in_flight == 0 {
             return Poll::Ready(None);
         }

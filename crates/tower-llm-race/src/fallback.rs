@@ -14,8 +14,8 @@
 //!   [`move_on_if`](FallbackLayer::move_on_if).
 //!
 //! The first success is returned, marked with the service that gave it and the number of
-//! services tried ([`Answered`](crate::Answered)). When every service has failed or the
-//! chain stopped, the error is [`AllFailed`](crate::AllFailed) listing each failure.
+//! services tried ([`Answered`]). When every service has failed or the
+//! chain stopped, the error is [`AllFailed`] listing each failure.
 //!
 //! Cost: one call per request while the first service is healthy; latency adds up along the
 //! chain when it is not. Each service is cloned and driven to readiness only when its turn

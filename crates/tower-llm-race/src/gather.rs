@@ -4,7 +4,7 @@
 //! the order of the list: its response, or its failure, classified ([`Gathered`]). Partial
 //! failure is expected and tolerated: the request fails only when fewer than
 //! [`min_successes`](GatherLayer::min_successes) services succeed (default 1), with
-//! [`AllFailed`](crate::AllFailed). This is the seeds' "hybrid context": ask several models
+//! [`AllFailed`]. This is the seeds' "hybrid context": ask several models
 //! or sources and use everything that came back.
 //!
 //! With a [`timeout`](GatherLayer::timeout), services still running when it passes are

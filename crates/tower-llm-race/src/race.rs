@@ -2,10 +2,10 @@
 //!
 //! Each request is cloned to every service and all calls start together. The first response
 //! the classifier calls a success is returned, marked with the service that gave it
-//! ([`Answered`](crate::Answered)); the calls still running are dropped at that moment, which
+//! ([`Answered`]); the calls still running are dropped at that moment, which
 //! cancels them (an HTTP client closes their connections). Failures do not end the race: a
 //! fast 500 or 429 loses to a slower success. When every service has failed, the error is
-//! [`AllFailed`](crate::AllFailed), listing each failure.
+//! [`AllFailed`], listing each failure.
 //!
 //! Latency is the fastest success; cost is one call per service per request (the losers
 //! are billed for what they did before being cancelled). See `docs/race.md`.

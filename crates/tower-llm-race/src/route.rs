@@ -14,9 +14,9 @@
 //! provider and a [`Vote`](crate::vote::Vote) over three into
 //! `tower::util::BoxCloneService`s and send complex prompts to the vote.
 //!
-//! The response is marked with the chosen service ([`Answered`](crate::Answered), one
+//! The response is marked with the chosen service ([`Answered`], one
 //! attempt; it replaces a mark set by a strategy behind the route). An index past the end of
-//! the list fails the request at once with [`NoSuchService`](crate::NoSuchService). The
+//! the list fails the request at once with [`NoSuchService`]. The
 //! chosen service is cloned and driven to readiness inside the response future.
 //!
 //! # Example

@@ -15,11 +15,11 @@
 //! With a [`timeout`](VoteBuilder::timeout), stragglers are cancelled when it passes and the
 //! tally decides over the answers in. Failures do not vote. When the quorum is not met
 //! (answers disagreed, too many failed, or the combiner refused), the error is
-//! [`NoQuorum`](crate::NoQuorum), listing the failures; the vote ends early when the services
+//! [`NoQuorum`], listing the failures; the vote ends early when the services
 //! still running could no longer make up the quorum.
 //!
 //! The answer is marked with the service whose ballot won and the number of services asked
-//! ([`Answered`](crate::Answered)). Cost: one call per service per request, which buys
+//! ([`Answered`]). Cost: one call per service per request, which buys
 //! agreement rather than speed. See `docs/race.md`.
 //!
 //! # Example
