@@ -40,7 +40,13 @@ pub(crate) struct Breaker {
     name: Arc<str>,
     key: Option<Arc<str>>,
     labels: Vec<metrics::Label>,
-    needs_clock: bool,
+    /// Registered once: registering per rejection would build its labels, allocating, on
+    /// the open path. The cost is that a recorder must be installed before the breaker is
+    /// made (as the `metrics` docs advise for handles).
+    rejected: metrics::Counter,
+    state_gauge: metrics::Gauge,
+    times_calls: bool,
+    clock_at_end: bool,
 }
 
 #[derive(Debug, Default)]
@@ -90,10 +96,14 @@ impl Breaker {
         if let Some(key) = &key {
             labels.push(metrics::Label::new("key", key.to_string()));
         }
-        metrics::gauge!(STATE_GAUGE, labels.iter()).set(State::Closed.as_gauge());
+        let state_gauge = metrics::gauge!(STATE_GAUGE, labels.iter());
+        state_gauge.set(State::Closed.as_gauge());
         Breaker {
+            rejected: metrics::counter!(REJECTED, labels.iter()),
+            state_gauge,
             window: config.uses_window().then(|| Outcomes::new(config.window)),
-            needs_clock: config.needs_clock(),
+            times_calls: config.times_calls(),
+            clock_at_end: config.clock_at_end(),
             config,
             base: Instant::now(),
             word: AtomicU64::new(pack(State::Closed, 0)),
@@ -127,7 +137,7 @@ impl Breaker {
         let word = self.word.load(Ordering::Acquire);
         let state = State::from_bits(word);
         if state == State::Closed {
-            let started = if self.needs_clock {
+            let started = if self.times_calls {
                 Some(clock())
             } else {
                 None
@@ -151,7 +161,7 @@ impl Breaker {
             let mut half_open = self.lock();
             let word = self.word.load(Ordering::Acquire);
             let epoch = word >> 2;
-            let started = self.needs_clock.then_some(now);
+            let started = self.times_calls.then_some(now);
             match State::from_bits(word) {
                 State::Closed => Ok(Permit::new(self, false, epoch, started)),
                 State::Open => {
@@ -190,7 +200,7 @@ impl Breaker {
 
     fn reject(&self, retry_in: Duration) -> CircuitOpen {
         self.counts.rejected.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(REJECTED, self.labels.iter()).increment(1);
+        self.rejected.increment(1);
         CircuitOpen::new(retry_in)
     }
 
@@ -352,7 +362,7 @@ impl Breaker {
     /// Reports a state change; called outside the lock, so the hook may read stats.
     fn announce(&self, change: Option<StateChange>) {
         let Some(change) = change else { return };
-        metrics::gauge!(STATE_GAUGE, self.labels.iter()).set(change.to.as_gauge());
+        self.state_gauge.set(change.to.as_gauge());
         let mut labels = self.labels.clone();
         labels.push(metrics::Label::new("from", change.from.as_str()));
         labels.push(metrics::Label::new("to", change.to.as_str()));
@@ -481,9 +491,9 @@ impl Permit {
             Verdict::Ignored => &breaker.counts.ignored,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let now = self.started.map(|started| (started, clock()));
-        let slow = match (now, breaker.config.slow_calls) {
-            (Some((started, now)), Some(policy)) if verdict != Verdict::Ignored => {
+        let now = breaker.clock_at_end.then(&clock);
+        let slow = match (self.started, now, breaker.config.slow_calls) {
+            (Some(started), Some(now), Some(policy)) if verdict != Verdict::Ignored => {
                 now.saturating_duration_since(started) >= policy.threshold
             }
             _ => false,
@@ -491,7 +501,6 @@ impl Permit {
         if slow {
             breaker.counts.slow.fetch_add(1, Ordering::Relaxed);
         }
-        let now = now.map(|(_, now)| now);
         if self.probe {
             breaker.settle_probe(self.epoch, verdict, slow, now.unwrap_or_else(&clock));
         } else {

@@ -174,11 +174,15 @@ impl Config {
         }
     }
 
-    /// Whether the closed path must read the clock: only the slow-call policy and the
-    /// time-based window need to know when a call started or ended.
-    pub(crate) fn needs_clock(&self) -> bool {
+    /// Whether a call's start time is needed: only the slow-call policy measures calls.
+    pub(crate) fn times_calls(&self) -> bool {
         self.slow_calls.is_some()
-            || (self.uses_window() && matches!(self.window, Window::Time { .. }))
+    }
+
+    /// Whether a call's end time is needed: to measure it, or to put its outcome in a time
+    /// bucket. Without either, the closed path never reads the clock.
+    pub(crate) fn clock_at_end(&self) -> bool {
+        self.times_calls() || (self.uses_window() && matches!(self.window, Window::Time { .. }))
     }
 
     pub(crate) fn uses_window(&self) -> bool {
