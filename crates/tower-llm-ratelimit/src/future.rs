@@ -182,6 +182,20 @@ where
                                 *not_before = now.saturating_add(
                                     u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX / 4),
                                 );
+                                let config = &limiter.config;
+                                if *not_before > *deadline || config.max_queue == 0 {
+                                    let rejection = if config.max_queue == 0 {
+                                        Rejection::QueueFull
+                                    } else {
+                                        Rejection::MaxWait
+                                    };
+                                    ticket.give_up(now);
+                                    limiter.stats.rejected(rejection.as_str());
+                                    state.set(State::Rejected {
+                                        error: Some(rejection.error(wait)),
+                                    });
+                                    continue;
+                                }
                             }
                             RemoteVerdict::Failed => {
                                 if remote_fails_open(&limiter) {
@@ -212,25 +226,25 @@ where
                         continue;
                     }
                     let admission = match turn {
-                            Turn::Go(admission) => Some(admission),
-                            Turn::AskRemote if now >= *not_before => {
-                                *remote = ask_remote(ticket);
-                                if remote.is_none() {
-                                    // No store configured after all: nothing more to ask.
-                                    Some(ticket.admit_remote(now))
-                                } else {
-                                    continue;
-                                }
+                        Turn::Go(admission) => Some(admission),
+                        Turn::AskRemote if now >= *not_before => {
+                            *remote = ask_remote(ticket);
+                            if remote.is_none() {
+                                // No store configured after all: nothing more to ask.
+                                Some(ticket.admit_remote(now))
+                            } else {
+                                continue;
                             }
-                            Turn::AskRemote => {
-                                wait_until(sleep.as_mut(), sleep_at, &limiter, *not_before, *deadline);
-                                None
-                            }
-                            Turn::Wait(at) => {
-                                let at = at.unwrap_or(*deadline);
-                                wait_until(sleep.as_mut(), sleep_at, &limiter, at, *deadline);
-                                None
-                            }
+                        }
+                        Turn::AskRemote => {
+                            wait_until(sleep.as_mut(), sleep_at, &limiter, *not_before, *deadline);
+                            None
+                        }
+                        Turn::Wait(at) => {
+                            let at = at.unwrap_or(*deadline);
+                            wait_until(sleep.as_mut(), sleep_at, &limiter, at, *deadline);
+                            None
+                        }
                     };
                     match admission {
                         Some(admission) => {
@@ -288,7 +302,7 @@ fn remote_fails_open(limiter: &crate::state::Limiter) -> bool {
         .config
         .redis
         .as_ref()
-        .is_none_or(|r| r.on_failure() == crate::BackendFailure::Open)
+        .is_none_or(|r| r.failure_mode() == crate::BackendFailure::Open)
 }
 
 #[cfg(not(feature = "redis"))]

@@ -93,8 +93,7 @@ impl ServerLimits {
             })
         };
         let anthropic = |what: &str| {
-            let remaining =
-                header_u64(headers, &format!("anthropic-ratelimit-{what}-remaining"))?;
+            let remaining = header_u64(headers, &format!("anthropic-ratelimit-{what}-remaining"))?;
             let reset = header_str(headers, &format!("anthropic-ratelimit-{what}-reset"))
                 .and_then(parse_rfc3339)?;
             Some(ServerLimit {

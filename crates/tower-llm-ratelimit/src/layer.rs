@@ -333,7 +333,9 @@ impl<K, C> RateLimitBuilder<K, C> {
         if c.concurrency == Some(0) {
             return Err(ConfigError::new("concurrency", "must be at least 1"));
         }
-        if c.spacing.is_some_and(|s| s > Duration::from_secs(24 * 3600)) {
+        if c.spacing
+            .is_some_and(|s| s > Duration::from_secs(24 * 3600))
+        {
             return Err(ConfigError::new("min_spacing", "must be at most a day"));
         }
         if let Some(q) = &c.requests {

@@ -112,12 +112,8 @@ mod state;
 
 pub use error::{ConfigError, RequestTooLarge};
 pub use future::ResponseFuture;
-pub use headers::{
-    RateLimitHeaders, ServerLimit, ServerLimits, parse_go_duration, parse_rfc3339,
-};
-pub use layer::{
-    BackendFailure, KeyFn, NoKey, RateLimitBuilder, RateLimitLayer, Reconcile,
-};
+pub use headers::{RateLimitHeaders, ServerLimit, ServerLimits, parse_go_duration, parse_rfc3339};
+pub use layer::{BackendFailure, KeyFn, NoKey, RateLimitBuilder, RateLimitLayer, Reconcile};
 pub use quota::{Quota, SLOTS_PER_WINDOW};
 #[cfg(feature = "redis")]
 pub use redis::RedisBackend;

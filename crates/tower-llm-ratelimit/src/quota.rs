@@ -94,13 +94,22 @@ impl Quota {
 
     pub(crate) fn validate(&self, knob: &'static str) -> Result<(), crate::ConfigError> {
         if self.limit == 0 {
-            return Err(crate::ConfigError::new(knob, "the limit must be at least 1"));
+            return Err(crate::ConfigError::new(
+                knob,
+                "the limit must be at least 1",
+            ));
         }
         if self.window.is_zero() {
-            return Err(crate::ConfigError::new(knob, "the window must be longer than zero"));
+            return Err(crate::ConfigError::new(
+                knob,
+                "the window must be longer than zero",
+            ));
         }
         if self.window > Duration::from_secs(366 * 24 * 3600) {
-            return Err(crate::ConfigError::new(knob, "the window must be at most a year"));
+            return Err(crate::ConfigError::new(
+                knob,
+                "the window must be at most a year",
+            ));
         }
         if self.burst == 0 || self.burst > self.limit {
             return Err(crate::ConfigError::new(
@@ -154,7 +163,8 @@ impl Budget {
 
     /// The GCRA's time for `cost` units, rounded up so the rate is never exceeded.
     fn emission(&self, cost: u64) -> u64 {
-        let ns = (u128::from(cost) * u128::from(self.window_ns)).div_ceil(u128::from(self.quota.limit));
+        let ns =
+            (u128::from(cost) * u128::from(self.window_ns)).div_ceil(u128::from(self.quota.limit));
         u64::try_from(ns).unwrap_or(u64::MAX / 4)
     }
 
@@ -226,7 +236,9 @@ impl Budget {
         let mut ahead = self.clone();
         ahead.tat = self.tat.max(now).saturating_add(self.emission(queued));
         let total = queued.saturating_add(cost).min(self.quota.limit);
-        ahead.gcra_ready(now, cost).max(self.window_ready(now, total))
+        ahead
+            .gcra_ready(now, cost)
+            .max(self.window_ready(now, total))
     }
 
     /// Spends `cost` units at `now`. The caller has checked [`ready_at`](Self::ready_at).
@@ -245,7 +257,10 @@ impl Budget {
         }
         slot.amount = slot.amount.saturating_add(cost);
         slot.last = slot.last.max(now);
-        Charge { epoch, amount: cost }
+        Charge {
+            epoch,
+            amount: cost,
+        }
     }
 
     /// Gives back `amount` of an earlier charge (the call used less than was reserved).
@@ -289,8 +304,18 @@ mod tests {
     #[test]
     fn rejects_bad_quotas() {
         assert!(Quota::per_minute(0).validate("requests").is_err());
-        assert!(Quota::per_minute(10).with_burst(0).validate("requests").is_err());
-        assert!(Quota::per_minute(10).with_burst(11).validate("requests").is_err());
+        assert!(
+            Quota::per_minute(10)
+                .with_burst(0)
+                .validate("requests")
+                .is_err()
+        );
+        assert!(
+            Quota::per_minute(10)
+                .with_burst(11)
+                .validate("requests")
+                .is_err()
+        );
         assert!(Quota::new(10, Duration::ZERO).validate("requests").is_err());
         assert!(Quota::per_minute(10).validate("requests").is_ok());
         let err = Quota::per_minute(0).validate("tokens").expect_err("zero");

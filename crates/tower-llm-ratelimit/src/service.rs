@@ -156,13 +156,7 @@ where
                 // The readied service goes with the waiting call, the tower way.
                 let fresh = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, fresh);
-                ResponseFuture::waiting(
-                    ticket,
-                    deadline,
-                    ready,
-                    request,
-                    self.classifier.clone(),
-                )
+                ResponseFuture::waiting(ticket, deadline, ready, request, self.classifier.clone())
             }
             Start::Rejected(rejection, wait) => self.reject(rejection, rejection.error(wait)),
         }

@@ -99,7 +99,10 @@ impl Stats {
     }
 
     fn wait_ended(&self, waited: Duration) {
-        let now = self.waiting.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        let now = self
+            .waiting
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
         metrics::gauge!(METRIC_WAITING).set(now as f64);
         let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
         self.wait_nanos.fetch_add(nanos, Ordering::Relaxed);
@@ -147,8 +150,12 @@ impl Limiter {
 
     /// Nanoseconds since the limiter was made, on tokio's clock (so a paused clock works).
     pub(crate) fn now(&self) -> u64 {
-        u64::try_from(Instant::now().saturating_duration_since(self.origin).as_nanos())
-            .unwrap_or(u64::MAX / 4)
+        u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.origin)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX / 4)
     }
 
     pub(crate) fn instant(&self, at: u64) -> Instant {
@@ -293,6 +300,14 @@ impl Limits {
         }
     }
 
+    fn enqueue(&mut self, cost: u64) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.queued_tokens = self.queued_tokens.saturating_add(cost);
+        self.queue.push_back(Waiter { id, waker: None });
+        id
+    }
+
     fn wake_head(&mut self) {
         if let Some(waker) = self.queue.front_mut().and_then(|w| w.waker.take()) {
             waker.wake();
@@ -385,12 +400,14 @@ impl KeyState {
     pub(crate) fn start(&self, limiter: &Limiter, now: u64, cost: u64) -> Start {
         let config = &limiter.config;
         let mut limits = self.lock();
-        if limits.queue.is_empty() && !limiter.remote() {
+        if limits.queue.is_empty() {
             match limits.blocked(config, now, cost) {
-                None => {
+                None if !limiter.remote() => {
                     let admission = limits.admit(now, cost, config.concurrency.is_some());
                     return Start::Now(admission);
                 }
+                // Free locally: first in line, it goes to ask the shared store at once.
+                None => return Start::Queued(limits.enqueue(cost)),
                 Some(_) if config.max_queue == 0 || config.max_wait.is_zero() => {
                     let at = limits.projected(config, now, cost);
                     return Start::Rejected(
@@ -409,11 +426,7 @@ impl KeyState {
         if wait > config.max_wait {
             return Start::Rejected(crate::error::Rejection::MaxWait, wait);
         }
-        let id = limits.next_id;
-        limits.next_id += 1;
-        limits.queued_tokens = limits.queued_tokens.saturating_add(cost);
-        limits.queue.push_back(Waiter { id, waker: None });
-        Start::Queued(id)
+        Start::Queued(limits.enqueue(cost))
     }
 
     pub(crate) fn at_rest(&self, config: &Config, now: u64) -> bool {
@@ -642,7 +655,7 @@ impl Permit {
             &config.redis,
             &self.key.remote_key,
         ) {
-            backend.reconcile(key, charge, d);
+            backend.reconcile(config, key, charge, d);
         }
         let mut limits = self.key.lock();
         if config.concurrency.is_some() {

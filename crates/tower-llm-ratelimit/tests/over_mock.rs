@@ -83,7 +83,11 @@ async fn offer(per_minute: u64, minutes: u64, max_tokens: impl Fn(u64) -> u64) -
         i += 1;
     }
     let counters = server.counters();
-    assert_eq!(counters.status(429), 0, "the mock refused some: {counters:?}");
+    assert_eq!(
+        counters.status(429),
+        0,
+        "the mock refused some: {counters:?}"
+    );
     let tally = std::mem::take(&mut *tally.lock().expect("tally"));
     (tally, i)
 }
@@ -101,7 +105,10 @@ async fn three_times_the_request_limit_gets_no_429_and_uses_the_quota() {
         .count() as u64;
     assert!(tally.answers.iter().all(|a| a.1 == 200));
     let allowed = RPM * minutes;
-    println!("{ok} of {allowed} allowed requests, {offered} offered, {} shed", tally.local_rejections);
+    println!(
+        "{ok} of {allowed} allowed requests, {offered} offered, {} shed",
+        tally.local_rejections
+    );
     assert!(
         ok * 100 >= allowed * 95,
         "{ok} of {allowed} allowed requests ({offered} offered)"
@@ -124,7 +131,10 @@ async fn three_times_the_token_limit_gets_no_429_and_uses_the_quota() {
         .map(|a| a.2)
         .sum();
     let allowed = TPM * minutes;
-    println!("{tokens} of {allowed} allowed tokens, {offered} offered, {} shed", tally.local_rejections);
+    println!(
+        "{tokens} of {allowed} allowed tokens, {offered} offered, {} shed",
+        tally.local_rejections
+    );
     assert!(
         tokens * 100 >= allowed * 95,
         "{tokens} of {allowed} allowed tokens ({offered} offered)"
@@ -166,7 +176,10 @@ async fn a_429_with_retry_after_20s_pauses_sending_for_20s() {
         assert_eq!(response.status(), 200);
     }
     let waited = start.elapsed();
-    assert!(waited >= 20 * S - Duration::from_millis(5) && waited < 21 * S, "{waited:?}");
+    assert!(
+        waited >= 20 * S - Duration::from_millis(5) && waited < 21 * S,
+        "{waited:?}"
+    );
     assert_eq!(server.counters().requests, 5);
 }
 
@@ -194,19 +207,29 @@ async fn a_dropped_waiter_lets_the_next_one_go_earlier() {
     tokio::task::yield_now().await;
     let small = tokio::spawn(svc.clone().oneshot(chat(&base, "small", 100)));
     tokio::time::sleep(2 * S).await;
-    assert_eq!(server.counters().requests, 1, "FIFO: the small one waits its turn");
+    assert_eq!(
+        server.counters().requests,
+        1,
+        "FIFO: the small one waits its turn"
+    );
     let start = Instant::now();
     big.abort();
     let answer = small.await.expect("join").expect("answer");
     assert_eq!(answer.status(), 200);
-    assert!(start.elapsed() < S, "went {:?} after the drop", start.elapsed());
+    assert!(
+        start.elapsed() < S,
+        "went {:?} after the drop",
+        start.elapsed()
+    );
     assert_eq!(server.counters().requests, 2);
     assert_eq!(server.counters().status(429), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn waiters_reach_the_server_in_order() {
-    let server = MockServer::start(FaultPlan::healthy()).await.expect("mock server");
+    let server = MockServer::start(FaultPlan::healthy())
+        .await
+        .expect("mock server");
     let base = server.base_url();
     let svc = RateLimitLayer::builder()
         .requests(Quota::per_minute(RPM))
@@ -226,7 +249,12 @@ async fn waiters_reach_the_server_in_order() {
         .received()
         .iter()
         .filter_map(|r| r.json())
-        .map(|j| j["messages"][0]["content"].as_str().unwrap_or("?").to_owned())
+        .map(|j| {
+            j["messages"][0]["content"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned()
+        })
         .collect();
     assert_eq!(order, ["0", "1", "2", "3", "4", "5", "6", "7"]);
 }
@@ -287,8 +315,19 @@ async fn the_mocks_own_headers_are_understood() {
     let start = Instant::now();
     for i in 0..4 {
         let request = openai_chat(&base, "gpt-4o-mini", &format!("{i}"));
-        let answer = svc.ready().await.expect("ready").call(request).await.expect("answer");
-        assert_eq!(answer.status(), 200, "request {i} after {:?}", start.elapsed());
+        let answer = svc
+            .ready()
+            .await
+            .expect("ready")
+            .call(request)
+            .await
+            .expect("answer");
+        assert_eq!(
+            answer.status(),
+            200,
+            "request {i} after {:?}",
+            start.elapsed()
+        );
     }
     assert_eq!(server.counters().status(429), 0);
     assert!(start.elapsed() >= 60 * S);

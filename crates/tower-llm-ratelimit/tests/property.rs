@@ -139,12 +139,24 @@ fn run(calls: Vec<Call>) {
         }
 
         let l = ledger.lock().expect("ledger");
-        assert!(l.max_running <= CONCURRENCY, "{} ran at once", l.max_running);
+        assert!(
+            l.max_running <= CONCURRENCY,
+            "{} ran at once",
+            l.max_running
+        );
         for &(t, _) in &l.admitted {
             let inside = |a: Duration| a <= t && a + WINDOW > t;
             let requests = l.admitted.iter().filter(|(a, _)| inside(*a)).count() as u64;
-            assert!(requests <= REQUESTS, "{requests} requests in the window ending {t:?}");
-            let reserved: u64 = l.admitted.iter().filter(|(a, _)| inside(*a)).map(|x| x.1).sum();
+            assert!(
+                requests <= REQUESTS,
+                "{requests} requests in the window ending {t:?}"
+            );
+            let reserved: u64 = l
+                .admitted
+                .iter()
+                .filter(|(a, _)| inside(*a))
+                .map(|x| x.1)
+                .sum();
             let refunded: u64 = l
                 .refunds
                 .iter()
@@ -185,7 +197,11 @@ fn run(calls: Vec<Call>) {
         }
         // All at once: no dropped call still holds a concurrency slot.
         // (The timer wheel rounds a sleep up to the next millisecond.)
-        assert!(before.elapsed() < Duration::from_millis(1_005), "{:?}", before.elapsed());
+        assert!(
+            before.elapsed() < Duration::from_millis(1_005),
+            "{:?}",
+            before.elapsed()
+        );
     });
 }
 
