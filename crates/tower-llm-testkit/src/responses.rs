@@ -37,6 +37,8 @@ pub(crate) struct Prompt {
     pub(crate) prompt_tokens: u64,
     pub(crate) stream: bool,
     pub(crate) include_usage: bool,
+    /// The output budget the request names, if any.
+    pub(crate) max_tokens: Option<u64>,
 }
 
 fn text_of(content: &Value) -> String {
@@ -109,6 +111,7 @@ impl Prompt {
                 .and_then(|o| o.get("include_usage"))
                 .and_then(Value::as_bool)
                 == Some(true),
+            max_tokens: tower_llm_core::requested_output_tokens(body),
         }
     }
 }
@@ -122,11 +125,31 @@ pub(crate) struct Reply {
     pub(crate) text: String,
     pub(crate) prompt_tokens: u64,
     pub(crate) completion_tokens: u64,
+    /// Whether the text was cut to the request's output budget.
+    pub(crate) truncated: bool,
 }
 
 impl Reply {
+    /// The reply `text` to `prompt`, cut to whole words within its output budget.
     pub(crate) fn new(id: u64, prompt: &Prompt, text: String) -> Reply {
+        let mut text = text;
+        let mut truncated = false;
+        if let Some(budget) = prompt.max_tokens
+            && estimate_text_tokens(&text) > budget
+        {
+            let mut kept = String::new();
+            for word in text.split_inclusive(' ') {
+                let longer = format!("{kept}{word}");
+                if estimate_text_tokens(&longer) > budget {
+                    break;
+                }
+                kept = longer;
+            }
+            text = kept;
+            truncated = true;
+        }
         Reply {
+            truncated,
             id,
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -135,6 +158,18 @@ impl Reply {
             completion_tokens: estimate_text_tokens(&text),
             text,
             prompt_tokens: prompt.prompt_tokens,
+        }
+    }
+
+    fn openai_finish(&self) -> &'static str {
+        if self.truncated { "length" } else { "stop" }
+    }
+
+    fn anthropic_stop(&self) -> &'static str {
+        if self.truncated {
+            "max_tokens"
+        } else {
+            "end_turn"
         }
     }
 
@@ -156,7 +191,7 @@ pub(crate) fn openai_chat(reply: &Reply) -> Value {
             "index": 0,
             "message": {"role": "assistant", "content": reply.text, "refusal": null},
             "logprobs": null,
-            "finish_reason": "stop",
+            "finish_reason": reply.openai_finish(),
         }],
         "usage": {
             "prompt_tokens": reply.prompt_tokens,
@@ -173,7 +208,7 @@ pub(crate) fn anthropic_message(reply: &Reply) -> Value {
         "role": "assistant",
         "model": reply.model,
         "content": [{"type": "text", "text": reply.text}],
-        "stop_reason": "end_turn",
+        "stop_reason": reply.anthropic_stop(),
         "stop_sequence": null,
         "usage": {"input_tokens": reply.prompt_tokens, "output_tokens": reply.completion_tokens},
     })
@@ -197,7 +232,11 @@ fn gemini_chunk(reply: &Reply, text: &str, done: bool) -> Value {
         "index": 0,
     });
     if done {
-        candidate["finishReason"] = json!("STOP");
+        candidate["finishReason"] = json!(if reply.truncated {
+            "MAX_TOKENS"
+        } else {
+            "STOP"
+        });
     }
     json!({
         "candidates": [candidate],
@@ -235,12 +274,24 @@ pub(crate) fn openai_embeddings(body: &Value, id: u64) -> Result<Value, &'static
         .get("model")
         .and_then(Value::as_str)
         .unwrap_or("mock-embedding");
+    let base64 = match body.get("encoding_format").and_then(Value::as_str) {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(_) => return Err("'encoding_format' must be \"float\" or \"base64\""),
+    };
     let tokens: u64 = inputs.iter().map(|t| estimate_text_tokens(t)).sum();
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
         .map(|(index, input)| {
-            json!({"object": "embedding", "index": index, "embedding": embedding_for(input, dims)})
+            let vector = embedding_for(input, dims);
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64_encode(&bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
     Ok(json!({
@@ -250,6 +301,26 @@ pub(crate) fn openai_embeddings(body: &Value, id: u64) -> Result<Value, &'static
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         "id": format!("emb-mock{id}"),
     }))
+}
+
+/// Standard base64 with padding, as OpenAI encodes `encoding_format: "base64"` vectors.
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for group in bytes.chunks(3) {
+        let n = group
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= group.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// How the events of a stream are written on the wire.
@@ -344,7 +415,7 @@ pub(crate) fn openai_chat_stream(reply: &Reply, include_usage: bool) -> StreamAn
         .into_iter()
         .map(|word| chunk(json!({"content": word}), Value::Null))
         .collect();
-    let mut closing = vec![chunk(json!({}), json!("stop"))];
+    let mut closing = vec![chunk(json!({}), json!(reply.openai_finish()))];
     if include_usage {
         closing.push(Event::data(&json!({
             "id": format!("chatcmpl-mock{}", reply.id),
@@ -420,7 +491,7 @@ pub(crate) fn anthropic_stream(reply: &Reply) -> StreamAnswer {
         Event::named(
             "message_delta",
             &json!({"type": "message_delta",
-                "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                "delta": {"stop_reason": reply.anthropic_stop(), "stop_sequence": null},
                 "usage": {"output_tokens": reply.completion_tokens}}),
         ),
         Event::named("message_stop", &json!({"type": "message_stop"})),
@@ -691,3 +762,42 @@ fn gemini_error(case: ErrorCase) -> (StatusCode, Value) {
 
 /// The nginx-style page a proxy in front of an API answers when the API is down.
 pub(crate) const HTML_ERROR_PAGE: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_rfc_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(plain.as_bytes()), encoded);
+        }
+    }
+
+    #[test]
+    fn replies_are_cut_to_the_output_budget() {
+        let prompt = Prompt::read(
+            Route::OpenAiChat,
+            &json!({"max_tokens": 3, "messages": [{"role": "user", "content": "x"}]}),
+            None,
+        );
+        let reply = Reply::new(1, &prompt, "one two three four five six".to_owned());
+        assert!(reply.truncated);
+        assert!(reply.completion_tokens <= 3);
+        assert!("one two three four five six".starts_with(&reply.text));
+        assert_eq!(openai_chat(&reply)["choices"][0]["finish_reason"], "length");
+        assert_eq!(anthropic_message(&reply)["stop_reason"], "max_tokens");
+        assert_eq!(
+            gemini_generate(&reply)["candidates"][0]["finishReason"],
+            "MAX_TOKENS"
+        );
+    }
+}

@@ -399,3 +399,66 @@ async fn keys_are_counted_per_provider_header() {
     server.clear_received();
     assert!(server.received().is_empty());
 }
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let values: Vec<u32> = text
+        .bytes()
+        .filter(|b| *b != b'=')
+        .map(|b| ALPHABET.iter().position(|a| *a == b).unwrap() as u32)
+        .collect();
+    let mut out = Vec::new();
+    for group in values.chunks(4) {
+        let n = group
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, v)| n | v << (18 - 6 * i));
+        for i in 0..group.len() - 1 {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn embeddings_in_base64_are_little_endian_f32() {
+    let server = server().await;
+    let client = TestClient::new();
+    let request = post_json(
+        &server.url("/v1/embeddings"),
+        &json!({"model": "e", "input": ["delta"], "encoding_format": "base64"}),
+    );
+    let body = json_of(&client.send(request).await.unwrap());
+    let bytes = base64_decode(body["data"][0]["embedding"].as_str().unwrap());
+    let vector: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(vector, embedding_for("delta", 8));
+}
+
+#[tokio::test]
+async fn replies_stop_at_max_tokens() {
+    let server = MockServer::start(FaultPlan::healthy().reply("a long answer that goes on and on"))
+        .await
+        .unwrap();
+    let client = TestClient::new();
+    let body = json!({"model": "m", "max_tokens": 3,
+        "messages": [{"role": "user", "content": "x"}]});
+    let response = client
+        .send(post_json(&server.url("/v1/chat/completions"), &body))
+        .await
+        .unwrap();
+    let body = json_of(&response);
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert!(body["usage"]["completion_tokens"].as_u64().unwrap() <= 3);
+    let response = client
+        .send(anthropic_messages_stream(&server.base_url(), "c", "x"))
+        .await
+        .unwrap();
+    let text = String::from_utf8(response.body().to_vec()).unwrap();
+    assert!(
+        text.contains("\"stop_reason\":\"end_turn\""),
+        "256 tokens is plenty"
+    );
+}
