@@ -34,8 +34,13 @@ const DEFAULT_MAX_IN_FLIGHT: usize = 4;
 /// call to the inner service.
 ///
 /// Built with [`BatchLayer::builder`] (or the shortcuts [`embeddings`](Self::embeddings) and
-/// [`packed`](Self::packed)). Every service the layer makes spawns its own batching task, so it
-/// must be applied inside a tokio runtime.
+/// [`packed`](Self::packed)). Every service the layer makes spawns its own batching task with
+/// its own counters; clones of that service share them.
+///
+/// # Panics
+///
+/// [`layer`](Layer::layer) panics outside a tokio runtime, or in one without the time driver,
+/// like `tokio::spawn` and `tokio::time::sleep`.
 pub struct BatchLayer<Req, A = VecAdapter> {
     limits: Limits,
     weigher: Option<Weigher<Req>>,

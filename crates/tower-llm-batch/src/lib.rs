@@ -23,7 +23,8 @@
 //! # Behaviour
 //!
 //! - **A batching task.** Making the service spawns a task on the current tokio runtime (so
-//!   build it inside one; outside, making it panics like `tokio::spawn`), as
+//!   build it inside one, with the time driver enabled; outside, making it panics like
+//!   `tokio::spawn`), as
 //!   `tower::buffer::Buffer` does. The task is what sends a batch when `max_wait` runs out
 //!   while every caller is just waiting, and it owns the inner service, so batches are sent
 //!   in order and `poll_ready` is called on it only when a batch is ready to go. Clones of
@@ -54,7 +55,8 @@
 //!
 //! # Stats and metrics
 //!
-//! [`Batch::stats`] returns a snapshot of counters shared by all clones ([`Stats`]). With a
+//! [`Batch::stats`] returns a snapshot of counters shared by all clones ([`Stats`]);
+//! [`Batch::stats_handle`] keeps reading them after the service is wrapped in other layers. With a
 //! [`metrics`] recorder installed, the batcher also reports:
 //!
 //! | name | kind | meaning |
@@ -119,4 +121,4 @@ pub use error::{BatchClosed, BatchFailed, ConfigError, ItemMissing, LengthMismat
 pub use future::ResponseFuture;
 pub use layer::{BatchBuilder, BatchLayer};
 pub use service::Batch;
-pub use stats::{FlushReason, Stats};
+pub use stats::{FlushReason, Stats, StatsHandle};

@@ -15,7 +15,7 @@ use crate::adapter::{Pack, Unpack};
 use crate::error::BatchClosed;
 use crate::future::ResponseFuture;
 use crate::layer::{Limits, Weigher};
-use crate::stats::{Counters, Stats};
+use crate::stats::{Counters, Stats, StatsHandle};
 use crate::worker::{Message, Worker, WorkerParts};
 
 type Acquire =
@@ -105,6 +105,12 @@ impl<Req, A: Pack<Req>, Res> Batch<Req, A, Res> {
     /// A snapshot of this batcher's counters, shared by every clone.
     pub fn stats(&self) -> Stats {
         self.shared.counters.snapshot()
+    }
+
+    /// A handle that reads this batcher's counters later, e.g. once the service has been
+    /// wrapped in other layers: take it from `layer.layer(inner)` before wrapping.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle::new(Arc::clone(&self.shared.counters))
     }
 
     /// The adapter.

@@ -1,5 +1,6 @@
 //! Counters of what a batcher did, shared by every clone of one batching service.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -83,6 +84,25 @@ impl Counters {
             largest_batch: get(&self.max_batch),
             total_wait: Duration::from_nanos(get(&self.wait_nanos)),
         }
+    }
+}
+
+/// A handle on one batcher's counters that outlives the service handle it came from, for
+/// reading stats after the service has been wrapped in other layers
+/// ([`Batch::stats_handle`](crate::Batch::stats_handle)).
+#[derive(Clone, Debug)]
+pub struct StatsHandle {
+    counters: Arc<Counters>,
+}
+
+impl StatsHandle {
+    pub(crate) fn new(counters: Arc<Counters>) -> Self {
+        StatsHandle { counters }
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Stats {
+        self.counters.snapshot()
     }
 }
 

@@ -58,6 +58,7 @@ async fn full_batches_go_at_once_and_each_caller_gets_its_own_result() {
         .build()
         .expect("valid");
     let service = layer.layer(inner);
+    let handle = service.stats_handle();
     let start = Instant::now();
     let results = join_all((0..24).map(|x| call(service.clone(), x))).await;
     for (x, result) in results.into_iter().enumerate() {
@@ -75,6 +76,8 @@ async fn full_batches_go_at_once_and_each_caller_gets_its_own_result() {
     assert_eq!(stats.largest_batch, 12);
     assert_eq!(stats.in_flight_batches, 0);
     assert_eq!(stats.waiting, 0);
+    drop(service);
+    assert_eq!(handle.snapshot(), stats);
 }
 
 #[tokio::test(start_paused = true)]
