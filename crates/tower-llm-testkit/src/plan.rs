@@ -104,6 +104,11 @@ pub enum Fault {
     /// `RESOURCE_EXHAUSTED` with a per-day `QuotaFailure`, Anthropic 400 "credit balance is
     /// too low" (what Anthropic really answers). No retry hint.
     QuotaExhausted,
+    /// The prompt is too long for the model: 400 with OpenAI's `context_length_exceeded`
+    /// code, Anthropic's "prompt is too long" or Gemini's `INVALID_ARGUMENT` token-count
+    /// message. See also [`FaultPlan::context_window`], which answers this only to prompts
+    /// that really are too long.
+    ContextLengthExceeded,
     /// The provider is overloaded: Anthropic 529 `overloaded_error`, OpenAI and Gemini 503.
     Overloaded,
     /// The connection is closed without any answer (the client sees a transport error).
@@ -308,6 +313,7 @@ pub struct FaultPlan {
     reply: Option<String>,
     #[serde(with = "duration_format")]
     stream_chunk_delay: Duration,
+    context_window: Option<u64>,
     routes: BTreeMap<Route, FaultPlan>,
 }
 
@@ -329,6 +335,7 @@ impl FaultPlan {
             name: "mock".to_owned(),
             reply: None,
             stream_chunk_delay: Duration::ZERO,
+            context_window: None,
             routes: BTreeMap::new(),
         }
     }
@@ -384,6 +391,15 @@ impl FaultPlan {
         self
     }
 
+    /// Answers [`Fault::ContextLengthExceeded`] to chat requests whose messages (system
+    /// prompt included) come to more than `tokens` by
+    /// [`estimate_text_tokens`](tower_llm_core::estimate_text_tokens): a small-context
+    /// model, for tests that fall back to a larger one.
+    pub fn context_window(mut self, tokens: u64) -> Self {
+        self.context_window = Some(tokens);
+        self
+    }
+
     /// Uses `plan` instead of this one for requests to `route`. Overrides inside `plan` are
     /// ignored.
     pub fn route(mut self, route: Route, plan: FaultPlan) -> Self {
@@ -422,6 +438,7 @@ impl FaultPlan {
             name: &self.name,
             reply: self.reply.as_deref(),
             stream_chunk_delay: self.stream_chunk_delay,
+            context_window: self.context_window,
             routes: &self.routes,
         }
     }
@@ -438,6 +455,7 @@ pub(crate) struct PlanParts<'a> {
     pub(crate) name: &'a str,
     pub(crate) reply: Option<&'a str>,
     pub(crate) stream_chunk_delay: Duration,
+    pub(crate) context_window: Option<u64>,
     pub(crate) routes: &'a BTreeMap<Route, FaultPlan>,
 }
 
@@ -467,6 +485,8 @@ mod tests {
             .quota(Quota::new(10, 5000))
             .name("fast")
             .stream_chunk_delay(Duration::from_millis(5))
+            .context_window(4096)
+            .script([Some(Fault::ContextLengthExceeded)])
             .route(
                 Route::GeminiStream,
                 FaultPlan::healthy().fault(Fault::CutStream { after_chunks: 2 }, 1.0),

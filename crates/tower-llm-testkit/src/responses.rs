@@ -555,6 +555,11 @@ pub(crate) enum ErrorCase {
     },
     QuotaExhausted,
     Overloaded,
+    /// The prompt of `tokens` tokens is over the model's `limit`.
+    ContextLengthExceeded {
+        tokens: u64,
+        limit: u64,
+    },
 }
 
 /// The status and JSON body `provider` answers for `case`.
@@ -586,6 +591,17 @@ fn openai_error(case: ErrorCase) -> (StatusCode, Value) {
             "server_error",
             Value::Null,
         ),
+        ErrorCase::ContextLengthExceeded { tokens, limit } => {
+            let message = format!(
+                "This model's maximum context length is {limit} tokens. However, your \
+                 messages resulted in {tokens} tokens. Please reduce the length of the messages."
+            );
+            return (
+                StatusCode::BAD_REQUEST,
+                json!({"error": {"message": message, "type": "invalid_request_error",
+                    "param": "messages", "code": "context_length_exceeded"}}),
+            );
+        }
         ErrorCase::Status(status) => {
             let (message, kind, code) = match status.as_u16() {
                 401 => (
@@ -645,6 +661,14 @@ fn anthropic_error(case: ErrorCase) -> (StatusCode, Value) {
             "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.",
         ),
         ErrorCase::Overloaded => (overloaded_529(), "overloaded_error", "Overloaded"),
+        ErrorCase::ContextLengthExceeded { tokens, limit } => {
+            let message = format!("prompt is too long: {tokens} tokens > {limit} maximum");
+            return (
+                StatusCode::BAD_REQUEST,
+                json!({"type": "error",
+                    "error": {"type": "invalid_request_error", "message": message}}),
+            );
+        }
         ErrorCase::Status(status) => {
             let (kind, message) = match status.as_u16() {
                 401 => ("authentication_error", "invalid x-api-key"),
@@ -730,6 +754,15 @@ fn gemini_error(case: ErrorCase) -> (StatusCode, Value) {
             503,
             "The model is overloaded. Please try again later.",
             "UNAVAILABLE",
+            Vec::new(),
+        ),
+        ErrorCase::ContextLengthExceeded { tokens, limit } => error(
+            400,
+            &format!(
+                "The input token count ({tokens}) exceeds the maximum number of tokens \
+                 allowed ({limit})."
+            ),
+            "INVALID_ARGUMENT",
             Vec::new(),
         ),
         ErrorCase::Status(status) => {

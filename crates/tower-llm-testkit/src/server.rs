@@ -382,6 +382,7 @@ struct PlanRuntime {
     name: String,
     reply: Option<String>,
     chunk_delay: Duration,
+    context_window: Option<u64>,
 }
 
 impl PlanRuntime {
@@ -396,6 +397,7 @@ impl PlanRuntime {
             name: parts.name.to_owned(),
             reply: parts.reply.map(str::to_owned),
             chunk_delay: parts.stream_chunk_delay,
+            context_window: parts.context_window,
         }
     }
 
@@ -410,6 +412,7 @@ impl PlanRuntime {
             reply: self.reply.clone(),
             chunk_delay: self.chunk_delay,
             requests_limit: self.requests_limit(),
+            context_window: self.context_window,
         };
         let scripted = self.script.pop_front();
         if let Some(Some(fault)) = scripted {
@@ -472,6 +475,7 @@ struct Decision {
     reply: Option<String>,
     chunk_delay: Duration,
     requests_limit: u64,
+    context_window: Option<u64>,
 }
 
 fn api_key(parts: &http::request::Parts) -> String {
@@ -688,6 +692,14 @@ fn answer(call: &Call, decision: &Decision) -> Answer {
 fn normal(call: &Call, decision: &Decision, json: &Value, fault: Option<&Fault>) -> Answer {
     if call.route == Route::OpenAiEmbeddings {
         return match responses::openai_embeddings(json, decision.id) {
+            Ok(body) if fault == Some(&Fault::ContextLengthExceeded) => {
+                let tokens = body["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+                let case = ErrorCase::ContextLengthExceeded {
+                    tokens,
+                    limit: tokens.saturating_sub(1),
+                };
+                Answer::Full(error_response(call.provider, case))
+            }
             Ok(body) => spoil_full(body, fault, call.provider),
             Err(message) => {
                 let error = json!({"error": {"message": message,
@@ -697,6 +709,17 @@ fn normal(call: &Call, decision: &Decision, json: &Value, fault: Option<&Fault>)
         };
     }
     let prompt = Prompt::read(call.route, json, call.url_model.as_deref());
+    let too_long = decision
+        .context_window
+        .is_some_and(|window| prompt.prompt_tokens > window);
+    if fault == Some(&Fault::ContextLengthExceeded) || (fault.is_none() && too_long) {
+        let tokens = prompt.prompt_tokens;
+        let limit = decision
+            .context_window
+            .unwrap_or_else(|| tokens.saturating_sub(1));
+        let case = ErrorCase::ContextLengthExceeded { tokens, limit };
+        return Answer::Full(error_response(call.provider, case));
+    }
     let text = decision
         .reply
         .clone()

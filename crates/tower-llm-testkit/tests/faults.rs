@@ -602,3 +602,56 @@ async fn route_overrides_and_set_plan() {
     let openai = client.send(openai_chat(&base, "m", "x")).await.unwrap();
     assert_eq!(openai.status(), 200);
 }
+
+#[tokio::test]
+async fn context_length_by_fault_and_by_window() {
+    let client = TestClient::new();
+    let server = always(Fault::ContextLengthExceeded).await;
+    let openai = client
+        .send(openai_chat(&server.base_url(), "m", "x"))
+        .await
+        .unwrap();
+    assert_eq!(openai.status(), 400);
+    assert_eq!(json_of(&openai)["error"]["code"], "context_length_exceeded");
+    let anthropic = client
+        .send(anthropic_messages(&server.base_url(), "c", "x"))
+        .await
+        .unwrap();
+    assert_eq!(anthropic.status(), 400);
+    let message = json_of(&anthropic)["error"]["message"].to_string();
+    assert!(message.contains("prompt is too long"), "{message}");
+    let gemini = client
+        .send(gemini_generate(&server.base_url(), "g", "x"))
+        .await
+        .unwrap();
+    assert_eq!(json_of(&gemini)["error"]["status"], "INVALID_ARGUMENT");
+    let embeddings = client
+        .send(openai_embeddings(&server.base_url(), &["x"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        json_of(&embeddings)["error"]["code"],
+        "context_length_exceeded"
+    );
+
+    // A small-context model refuses long prompts only.
+    let server = MockServer::start(FaultPlan::healthy().context_window(10))
+        .await
+        .unwrap();
+    let short = client
+        .send(openai_chat(&server.base_url(), "m", "short"))
+        .await
+        .unwrap();
+    assert_eq!(short.status(), 200);
+    let long = client
+        .send(openai_chat(&server.base_url(), "m", &"word ".repeat(20)))
+        .await
+        .unwrap();
+    assert_eq!(long.status(), 400);
+    let message = json_of(&long)["error"]["message"].to_string();
+    assert!(
+        message.contains("maximum context length is 10 tokens"),
+        "{message}"
+    );
+    assert!(message.contains("resulted in 25 tokens"), "{message}");
+}
