@@ -149,7 +149,7 @@ impl BudgetState {
     /// so that pending requests are booked near the time they were made.
     #[inline]
     pub(crate) fn on_request(&self, requests: u64) {
-        if requests % TICK_EVERY == 0 {
+        if requests.is_multiple_of(TICK_EVERY) {
             // Never wait: whoever holds the lock is advancing the window anyway.
             if let Ok(mut ledger) = self.ledger.try_lock() {
                 ledger.advance(self.epoch_now(), requests);
