@@ -146,6 +146,46 @@ where
 ///
 /// By default every request may share a batch; [`key_by`](Self::key_by) keeps apart the
 /// requests that must not (other model, other tenant).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
+/// use tower_llm_batch::BatchLayer;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// // Stands in for a chat model that answers numbered questions line by line.
+/// let model = service_fn(|prompt: String| async move {
+///     let answers: Vec<String> = prompt.lines().skip(1).map(str::to_uppercase).collect();
+///     Ok::<_, BoxError>(answers.join("\n"))
+/// });
+/// let pack = |questions: Vec<String>| {
+///     let numbered: Vec<String> =
+///         questions.iter().enumerate().map(|(i, q)| format!("{}. {q}", i + 1)).collect();
+///     format!("Answer each line:\n{}", numbered.join("\n"))
+/// };
+/// let unpack = |answer: String, count: usize| {
+///     (1..=count)
+///         .map(|n| {
+///             let prefix = format!("{n}. ");
+///             answer.lines().find_map(|l| l.strip_prefix(&prefix)).map(str::to_owned)
+///                 .ok_or_else(|| format!("no answer {n}"))
+///         })
+///         .collect::<Vec<Result<String, String>>>()
+/// };
+/// let service = ServiceBuilder::new()
+///     .layer(BatchLayer::packed(pack, unpack).max_items(2).build()?)
+///     .service(model);
+///
+/// let (a, b) = tokio::join!(
+///     service.clone().oneshot("red".to_owned()),
+///     service.clone().oneshot("blue".to_owned()),
+/// );
+/// assert_eq!((a?, b?), ("RED".to_owned(), "BLUE".to_owned()));
+/// assert_eq!(service.stats().batches, 1);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct PackAdapter<P, U, K = AnyKey> {
     pack: P,

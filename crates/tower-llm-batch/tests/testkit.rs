@@ -293,3 +293,61 @@ proptest! {
         });
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn chat_prompts_packed_into_one_completion_fail_only_the_unanswered_one() {
+    // The model answers the first two numbered questions and skips the third.
+    let server = MockServer::start(FaultPlan::healthy().reply("1. RED\n2. BLUE"))
+        .await
+        .expect("server");
+    let url = server.base_url();
+    let pack = move |questions: Vec<String>| {
+        let numbered: Vec<String> = questions
+            .iter()
+            .enumerate()
+            .map(|(i, q)| format!("{}. {q}", i + 1))
+            .collect();
+        let prompt = format!(
+            "Answer each numbered question on its own line, numbered:\n{}",
+            numbered.join("\n")
+        );
+        tower_llm_testkit::openai_chat(&url, "gpt-4o-mini", &prompt)
+    };
+    let unpack = |response: http::Response<Bytes>, count: usize| {
+        let text = serde_json::from_slice::<Value>(response.body())
+            .ok()
+            .and_then(|body| {
+                body["choices"][0]["message"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        (1..=count)
+            .map(|n| {
+                let prefix = format!("{n}. ");
+                text.lines()
+                    .find_map(|line| line.strip_prefix(&prefix))
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("no answer numbered {n}"))
+            })
+            .collect::<Vec<Result<String, String>>>()
+    };
+    let service = BatchLayer::packed(pack, unpack)
+        .max_items(3)
+        .build()
+        .expect("valid")
+        .layer(TestClient::new());
+    let results = join_all(["red?", "blue?", "green?"].map(|question| {
+        let mut service = service.clone();
+        async move { service.ready().await?.call(question.to_owned()).await }
+    }))
+    .await;
+    assert_eq!(server.counters().route(Route::OpenAiChat), 1);
+    let sent = server.received()[0].json().expect("JSON");
+    let prompt = sent["messages"][0]["content"].as_str().expect("a prompt");
+    assert!(prompt.ends_with("1. red?\n2. blue?\n3. green?"), "{prompt}");
+    assert_eq!(results[0].as_deref().expect("answered"), "RED");
+    assert_eq!(results[1].as_deref().expect("answered"), "BLUE");
+    let error = results[2].as_ref().expect_err("unanswered");
+    assert_eq!(error.to_string(), "no answer numbered 3");
+}
