@@ -44,6 +44,13 @@ pub(crate) fn format(duration: Duration) -> String {
     }
 }
 
+/// `duration` in whole seconds, rounded up.
+pub(crate) fn whole_seconds(duration: Duration) -> u64 {
+    duration
+        .as_secs()
+        .saturating_add(u64::from(duration.subsec_nanos() > 0))
+}
+
 /// OpenAI's rate-limit reset format: `"120ms"`, `"1s"`, `"1.5s"`, `"6m0s"`, `"1h2m3s"`.
 pub(crate) fn openai(duration: Duration) -> String {
     let millis = duration.as_millis();

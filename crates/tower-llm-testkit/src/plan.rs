@@ -188,7 +188,8 @@ impl Latency {
                     return min;
                 }
                 let span = (max - min).as_secs_f64();
-                min + Duration::from_secs_f64(span * rng.random::<f64>())
+                let offset = Duration::try_from_secs_f64(span * rng.random::<f64>());
+                min.saturating_add(offset.unwrap_or(max - min))
             }
             Latency::LongTail { median, p99 } => {
                 if p99 <= median || median.is_zero() {
@@ -352,8 +353,9 @@ impl FaultPlan {
         self
     }
 
-    /// Answers `fault` with `probability` (0 to 1) per request. Faults added earlier are
-    /// tried first; the probabilities add up, and past 1 the later faults never happen.
+    /// Answers `fault` with `probability` (0 to 1; values outside are clamped, NaN counts
+    /// as 0) per request. Faults added earlier are tried first; the probabilities add up,
+    /// and past 1 the later faults never happen.
     pub fn fault(mut self, fault: Fault, probability: f64) -> Self {
         self.faults.push(WeightedFault { fault, probability });
         self

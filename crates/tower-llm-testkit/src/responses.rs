@@ -728,7 +728,7 @@ fn gemini_error(case: ErrorCase) -> (StatusCode, Value) {
             if let Some(after) = retry_after {
                 details.push(json!({
                     "@type": "type.googleapis.com/google.rpc.RetryInfo",
-                    "retryDelay": format!("{}s", after.as_secs() + u64::from(after.subsec_nanos() > 0)),
+                    "retryDelay": format!("{}s", crate::duration_format::whole_seconds(after)),
                 }));
             }
             error(

@@ -434,11 +434,7 @@ impl PlanRuntime {
             let mut cumulative = 0.0;
             for weighted in &self.faults {
                 let p = weighted.probability;
-                cumulative += if p.is_finite() {
-                    p.clamp(0.0, 1.0)
-                } else {
-                    0.0
-                };
+                cumulative += if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) };
                 if draw < cumulative {
                     decision.verdict = Verdict::Fault(weighted.fault.clone());
                     break;
@@ -897,13 +893,16 @@ fn set_header(response: &mut Response<Body>, name: HeaderName, value: &str) {
 }
 
 fn retry_header(response: &mut Response<Body>, after: Duration, form: RetryAfterForm) {
-    let whole_seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    let whole_seconds = duration_format::whole_seconds(after);
     let (name, value) = match form {
         RetryAfterForm::Seconds => (http::header::RETRY_AFTER, whole_seconds.to_string()),
-        RetryAfterForm::HttpDate => (
-            http::header::RETRY_AFTER,
-            httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(whole_seconds + 1)),
-        ),
+        RetryAfterForm::HttpDate => {
+            // A second more, as the date drops the current second's fraction.
+            let at = SystemTime::now()
+                .checked_add(Duration::from_secs(whole_seconds.saturating_add(1)))
+                .unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799));
+            (http::header::RETRY_AFTER, httpdate::fmt_http_date(at))
+        }
         RetryAfterForm::Millis => (
             HeaderName::from_static("retry-after-ms"),
             after.as_millis().to_string(),
@@ -967,7 +966,11 @@ fn decorate(response: &mut Response<Body>, call: &Call, decision: &Decision) {
                     format!("anthropic-ratelimit-{what}-remaining"),
                     limit.remaining.to_string(),
                 );
-                let reset_at = now + Duration::from_secs(limit.reset.as_secs_f64().ceil() as u64);
+                let reset_at = now
+                    .checked_add(Duration::from_secs(duration_format::whole_seconds(
+                        limit.reset,
+                    )))
+                    .unwrap_or(now);
                 put(
                     format!("anthropic-ratelimit-{what}-reset"),
                     duration_format::rfc3339(reset_at),

@@ -655,3 +655,45 @@ async fn context_length_by_fault_and_by_window() {
     );
     assert!(message.contains("resulted in 25 tokens"), "{message}");
 }
+
+#[tokio::test]
+async fn absurd_plan_values_do_not_panic_the_server() {
+    let huge = Duration::from_secs(u64::MAX);
+    let client = TestClient::new();
+    for form in [
+        RetryAfterForm::Seconds,
+        RetryAfterForm::HttpDate,
+        RetryAfterForm::Millis,
+        RetryAfterForm::MsMillis,
+    ] {
+        let server = always(Fault::RateLimited {
+            retry_after: huge,
+            form,
+        })
+        .await;
+        for request in [
+            openai_chat(&server.base_url(), "m", "x"),
+            anthropic_messages(&server.base_url(), "c", "x"),
+            gemini_generate(&server.base_url(), "g", "x"),
+        ] {
+            let response = client.send(request).await.unwrap();
+            assert_eq!(response.status(), 429, "{form:?}");
+        }
+    }
+    let server = MockServer::start(
+        FaultPlan::healthy()
+            .fault(Fault::Status(7), 0.5)
+            .fault(Fault::Status(200), f64::NAN)
+            .fault(Fault::Status(503), f64::INFINITY),
+    )
+    .await
+    .unwrap();
+    for _ in 0..5 {
+        let status = client
+            .send(openai_chat(&server.base_url(), "m", "x"))
+            .await
+            .unwrap()
+            .status();
+        assert!(status == 500 || status == 503, "{status}");
+    }
+}
