@@ -381,6 +381,115 @@ mod tests {
         );
     }
 
+    fn request(body: Value, key: &str) -> http::Request<Bytes> {
+        let mut request = http::Request::new(Bytes::from(body.to_string()));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = http::Uri::from_static("http://upstream/v1/embeddings");
+        request.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {key}")).expect("valid"),
+        );
+        request
+            .headers_mut()
+            .insert("x-request-id", HeaderValue::from_static("per-request"));
+        request
+    }
+
+    fn prepare(adapter: &EmbeddingsAdapter, input: Value) -> (EmbeddingsKey, EmbeddingsItem) {
+        let body = serde_json::json!({"model": "m", "input": input});
+        adapter.prepare(request(body, "k")).expect("valid")
+    }
+
+    #[test]
+    fn packs_every_input_and_splits_by_index_not_position() {
+        let adapter = EmbeddingsAdapter::new();
+        let (key, one) = prepare(&adapter, serde_json::json!("a"));
+        let (same_key, two) = prepare(&adapter, serde_json::json!(["b", "c"]));
+        assert_eq!(key, same_key, "x-request-id does not split batches");
+        let (request, split) = adapter.pack(key, vec![one, two]);
+        let body: Value = serde_json::from_slice(request.body()).expect("JSON");
+        assert_eq!(
+            body,
+            serde_json::json!({"model": "m", "input": ["a", "b", "c"]})
+        );
+        assert!(request.headers().get("x-request-id").is_none());
+        assert_eq!(request.headers()["authorization"], "Bearer k");
+
+        // The upstream answers out of order.
+        let answer = serde_json::json!({
+            "object": "list",
+            "model": "m",
+            "data": [
+                {"index": 2, "embedding": [2.0]},
+                {"index": 0, "embedding": [0.0]},
+                {"index": 1, "embedding": [1.0]},
+            ],
+            "usage": {"prompt_tokens": 3, "total_tokens": 3},
+        });
+        let response = http::Response::new(Bytes::from(answer.to_string()));
+        let results = adapter.unpack(response, split);
+        let bodies: Vec<Value> = results
+            .into_iter()
+            .map(|r| serde_json::from_slice(r.expect("answered").body()).expect("JSON"))
+            .collect();
+        assert_eq!(
+            bodies[0]["data"],
+            serde_json::json!([{"index": 0, "embedding": [0.0]}])
+        );
+        assert_eq!(
+            bodies[1]["data"],
+            serde_json::json!([{"index": 0, "embedding": [1.0]}, {"index": 1, "embedding": [2.0]}])
+        );
+        assert_eq!(bodies[0]["model"], "m");
+        let billed: u64 = bodies
+            .iter()
+            .map(|b| b["usage"]["prompt_tokens"].as_u64().expect("usage"))
+            .sum();
+        assert_eq!(billed, 3);
+    }
+
+    #[test]
+    fn a_missing_entry_fails_only_its_caller() {
+        let adapter = EmbeddingsAdapter::new();
+        let (key, one) = prepare(&adapter, serde_json::json!("a"));
+        let (_, two) = prepare(&adapter, serde_json::json!("b"));
+        let (_, split) = adapter.pack(key, vec![one, two]);
+        let answer = serde_json::json!({"data": [{"index": 0, "embedding": [0.0]}]});
+        let results = adapter.unpack(http::Response::new(Bytes::from(answer.to_string())), split);
+        assert!(results[0].is_ok());
+        let error = results[1].as_ref().expect_err("missing");
+        assert_eq!(
+            tower_llm_core::classify_dyn_error(&**error).kind,
+            FailureKind::ServerError
+        );
+    }
+
+    #[test]
+    fn tenants_and_parameters_get_different_keys() {
+        let adapter = EmbeddingsAdapter::new();
+        let key = |body: Value, tenant: &str| adapter.prepare(request(body, tenant)).expect("ok").0;
+        let base = key(serde_json::json!({"model": "m", "input": "x"}), "a");
+        assert_eq!(
+            base,
+            key(serde_json::json!({"input": "y", "model": "m"}), "a")
+        );
+        assert_ne!(
+            base,
+            key(serde_json::json!({"model": "m", "input": "x"}), "b")
+        );
+        assert_ne!(
+            base,
+            key(serde_json::json!({"model": "n", "input": "x"}), "a")
+        );
+        assert_ne!(
+            base,
+            key(
+                serde_json::json!({"model": "m", "input": "x", "dimensions": 4}),
+                "a"
+            )
+        );
+    }
+
     #[test]
     fn inputs_split_per_shape() {
         let one = split_inputs(Value::from("hi")).expect("string");

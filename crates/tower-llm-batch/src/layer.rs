@@ -29,6 +29,7 @@ pub(crate) struct Limits {
 const DEFAULT_MAX_ITEMS: usize = 16;
 const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(10);
 const DEFAULT_MAX_IN_FLIGHT: usize = 4;
+const MAX_CAPACITY: usize = usize::MAX >> 3;
 
 /// Applies [`Batch`] to a service: requests are collected into batches and each batch is one
 /// call to the inner service.
@@ -239,15 +240,16 @@ impl<Req, A> BatchBuilder<Req, A> {
                     "must be at least max_items, or no batch could ever fill",
                 ));
             }
+            // tokio's semaphore holds at most `MAX_PERMITS` (usize::MAX >> 3).
+            Some(capacity) if capacity > MAX_CAPACITY => {
+                return Err(ConfigError::new("capacity", "is larger than tokio allows"));
+            }
             Some(capacity) => capacity,
             None => self
                 .max_items
-                .saturating_mul(self.max_in_flight.saturating_add(1)),
+                .saturating_mul(self.max_in_flight.saturating_add(1))
+                .min(MAX_CAPACITY),
         };
-        // tokio's semaphore holds at most `MAX_PERMITS` (usize::MAX >> 3).
-        if capacity > usize::MAX >> 3 {
-            return Err(ConfigError::new("capacity", "is larger than tokio allows"));
-        }
         let (max_weight, weigher) = match self.max_weight {
             Some((limit, weigh)) => (limit, Some(weigh)),
             None => (u64::MAX, None),

@@ -473,3 +473,17 @@ fn invalid_configuration_names_the_knob() {
         .expect_err("invalid");
     assert!(error.to_string().contains("max_items"));
 }
+
+#[test]
+fn services_and_futures_can_cross_threads() {
+    fn send_sync<T: Send + Sync + Clone>() {}
+    fn send<T: Send>() {}
+    type Embeddings = tower_llm_batch::Batch<
+        http::Request<bytes::Bytes>,
+        tower_llm_batch::EmbeddingsAdapter,
+        http::Response<bytes::Bytes>,
+    >;
+    send_sync::<Embeddings>();
+    send::<tower_llm_batch::ResponseFuture<http::Response<bytes::Bytes>>>();
+    send_sync::<BatchLayer<http::Request<bytes::Bytes>, tower_llm_batch::EmbeddingsAdapter>>();
+}
