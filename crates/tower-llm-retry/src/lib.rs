@@ -23,6 +23,11 @@
 //! ([`FailureKind::QuotaExhausted`]: OpenAI's `insufficient_quota`, Gemini's per-day quota,
 //! wherever the provider or classifier says so), cancellation and unknown failures.
 //!
+//! Provider services report an exhausted quota as such. Core reads a raw `http::Response`
+//! from its status and headers only, where such a 429 looks like any other; a stack built
+//! directly on an HTTP client should use [`QuotaAwareClassifier`], which also reads a 429's
+//! body.
+//!
 //! # How long it waits
 //!
 //! Before retry `n`, the layer computes the [`Backoff`] shape's delay (fixed, linear or
@@ -120,12 +125,14 @@
 
 mod backoff;
 mod budget;
+mod classify;
 mod layer;
 mod policy;
 mod stats;
 
 pub use backoff::{Backoff, Jitter};
 pub use budget::RetryBudget;
+pub use classify::QuotaAwareClassifier;
 pub use layer::{ResponseFuture, Retry, RetryConfigError, RetryLayer, RetryLayerBuilder};
 pub use policy::{
     Attempts, AttemptsExtension, GiveUpReason, METRIC_ATTEMPTS, METRIC_DELAY, METRIC_GIVE_UPS,
