@@ -481,6 +481,11 @@ impl Permit {
         self.probe
     }
 
+    #[cfg(test)]
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Records the call's outcome. `clock` is read only if the outcome depends on time.
     pub(crate) fn settle(mut self, verdict: Verdict, clock: impl Fn() -> Instant) {
         self.settled = true;

@@ -382,3 +382,98 @@ fn a_probe_dropped_mid_flight_frees_its_place() {
     probe.settle(Verdict::Success, || t1);
     assert_eq!(breaker.state_at(t1), State::Closed);
 }
+
+/// Threads hammer one breaker with random outcomes, drops and time steps: no half-open
+/// period ever has more probes out than the limit, and when the dust settles the breaker is
+/// neither stuck nor miscounting.
+#[test]
+fn concurrent_callers_never_exceed_the_probe_limit() {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const PROBES: u32 = 2;
+    let config = CircuitBreakerBuilder::new()
+        .consecutive_failures(3)
+        .failure_rate(0.5)
+        .window(Window::count(20))
+        .minimum_calls(10)
+        .cooldown(Duration::from_millis(5))
+        .probes(PROBES)
+        .probe_success_rate(0.5)
+        .validate()
+        .expect("valid");
+    let breaker = Arc::new(Breaker::new(Arc::new(config), None));
+    let base = breaker.base();
+    let offset_ms = Arc::new(AtomicU64::new(0));
+    let probes_out: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
+    let threads: Vec<_> = (0..4u64)
+        .map(|seed| {
+            let breaker = Arc::clone(&breaker);
+            let offset_ms = Arc::clone(&offset_ms);
+            let probes_out = Arc::clone(&probes_out);
+            std::thread::spawn(move || {
+                let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                let mut next = move || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x
+                };
+                let mut held: Vec<Permit> = Vec::new();
+                for _ in 0..20_000 {
+                    let now = base + Duration::from_millis(offset_ms.load(Ordering::Relaxed));
+                    match next() % 8 {
+                        0..=3 => {
+                            if let Ok(permit) = breaker.acquire(|| now) {
+                                if permit.is_probe() {
+                                    let mut out = probes_out.lock().expect("lock");
+                                    let n = out.entry(permit.epoch()).or_default();
+                                    *n += 1;
+                                    assert!(*n <= PROBES, "{n} probes in one half-open period");
+                                }
+                                held.push(permit);
+                            }
+                        }
+                        4..=6 if !held.is_empty() => {
+                            let permit = held.swap_remove(next() as usize % held.len());
+                            if permit.is_probe() {
+                                *probes_out
+                                    .lock()
+                                    .expect("lock")
+                                    .entry(permit.epoch())
+                                    .or_default() -= 1;
+                            }
+                            match next() % 4 {
+                                0 => drop(permit),
+                                1 => permit.settle(Verdict::Success, || now),
+                                2 => permit.settle(Verdict::Ignored, || now),
+                                _ => permit.settle(Verdict::Failure, || now),
+                            }
+                        }
+                        _ => {
+                            offset_ms.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                for permit in held {
+                    if permit.is_probe() {
+                        *probes_out
+                            .lock()
+                            .expect("lock")
+                            .entry(permit.epoch())
+                            .or_default() -= 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("no thread panicked");
+    }
+    let later = base + Duration::from_millis(offset_ms.load(Ordering::Relaxed) + 10);
+    assert_eq!(breaker.stats_at(later).probes_in_flight, 0);
+    let stats = breaker.stats_at(later);
+    assert!(stats.opened > 0, "the test exercised trips: {stats:?}");
+    assert!(breaker.acquire(|| later).is_ok(), "not stuck");
+}
