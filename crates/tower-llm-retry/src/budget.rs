@@ -14,8 +14,8 @@
 //! request in 64, a non-blocking attempt to advance the window), earnings are computed exactly
 //! in millionths of a retry, and withdrawals are serialised under a lock only retries take.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -158,30 +158,44 @@ impl BudgetState {
     }
 
     /// Spends one retry if the budget allows it. `requests` is the current request count.
-    pub(crate) fn withdraw(&self, requests: u64) -> bool {
+    /// Dropping the returned [`Withdrawal`] before [`keep`](Withdrawal::keep) gives it back.
+    pub(crate) fn withdraw(self: &Arc<Self>, requests: u64) -> Option<Withdrawal> {
         let epoch = self.epoch_now();
-        let mut ledger = match self.ledger.lock() {
-            Ok(ledger) => ledger,
-            // The ledger is plain numbers; a panic elsewhere cannot leave it inconsistent.
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut ledger = self.ledger();
         ledger.advance(epoch, requests);
         if ledger.balance(self.earn, self.floor, requests) >= UNIT as i128 {
             let slot = ledger.slot();
             ledger.retries[slot] += 1;
-            true
+            Some(Withdrawal {
+                budget: Some(Arc::clone(self)),
+                epoch: ledger.epoch,
+            })
         } else {
-            false
+            None
+        }
+    }
+
+    fn refund(&self, epoch: u64) {
+        let mut ledger = self.ledger();
+        // Once the slot has been reused for a later epoch, the spending has expired anyway.
+        if ledger.epoch.saturating_sub(epoch) < SLOTS as u64 {
+            let slot = (epoch % SLOTS as u64) as usize;
+            ledger.retries[slot] = ledger.retries[slot].saturating_sub(1);
+        }
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        match self.ledger.lock() {
+            Ok(ledger) => ledger,
+            // The ledger is plain numbers; a panic elsewhere cannot leave it inconsistent.
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 
     /// Retries currently available, rounded down.
     pub(crate) fn available(&self, requests: u64) -> u64 {
         let epoch = self.epoch_now();
-        let mut ledger = match self.ledger.lock() {
-            Ok(ledger) => ledger,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut ledger = self.ledger();
         ledger.advance(epoch, requests);
         let balance = ledger.balance(self.earn, self.floor, requests).max(0);
         u64::try_from(balance / UNIT as i128).unwrap_or(u64::MAX)
@@ -228,6 +242,29 @@ impl Ledger {
     }
 }
 
+/// A retry taken from the budget for a call that is waiting to retry. If the call is dropped
+/// during the wait, the retry was never made and is given back.
+#[derive(Debug)]
+pub(crate) struct Withdrawal {
+    budget: Option<Arc<BudgetState>>,
+    epoch: u64,
+}
+
+impl Withdrawal {
+    /// The retry is being made: the budget keeps it.
+    pub(crate) fn keep(&mut self) {
+        self.budget = None;
+    }
+}
+
+impl Drop for Withdrawal {
+    fn drop(&mut self) {
+        if let Some(budget) = self.budget.take() {
+            budget.refund(self.epoch);
+        }
+    }
+}
+
 /// Counts requests for the budget and the statistics with one shared counter.
 #[derive(Debug, Default)]
 pub(crate) struct RequestCounter(AtomicU64);
@@ -249,12 +286,28 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn budget(ratio: f64, window_secs: u64, min_per_second: u32) -> BudgetState {
-        BudgetState::new(
+    fn budget(ratio: f64, window_secs: u64, min_per_second: u32) -> Arc<BudgetState> {
+        Arc::new(BudgetState::new(
             &RetryBudget::new(ratio)
                 .window(Duration::from_secs(window_secs))
                 .min_per_second(min_per_second),
-        )
+        ))
+    }
+
+    /// Withdraws one retry and keeps it.
+    fn take(state: &Arc<BudgetState>, requests: u64) -> bool {
+        state.withdraw(requests).map(|mut w| w.keep()).is_some()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_withdrawal_is_given_back() {
+        let state = budget(1.0, 10, 0);
+        let pending = state.withdraw(2).expect("two requests earn two retries");
+        assert_eq!(state.available(2), 1);
+        drop(pending);
+        assert_eq!(state.available(2), 2);
+        assert!(take(&state, 2));
+        assert_eq!(state.available(2), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -262,7 +315,7 @@ mod tests {
         let state = budget(0.2, 10, 1);
         let requests = 100;
         let mut granted = 0;
-        while state.withdraw(requests) {
+        while take(&state, requests) {
             granted += 1;
         }
         // 0.2 * 100 earned plus a floor of 1/s * 10 s.
@@ -274,7 +327,7 @@ mod tests {
         for (ratio, expected) in [(0.3, 30), (0.4, 40), (0.15, 15), (0.0, 0), (1.5, 150)] {
             let state = budget(ratio, 10, 0);
             let mut granted = 0;
-            while state.withdraw(100) {
+            while take(&state, 100) {
                 granted += 1;
             }
             assert_eq!(granted, expected, "ratio {ratio}");
@@ -286,13 +339,13 @@ mod tests {
         let state = budget(1.0, 10, 0);
         let mut requests = 10;
         for _ in 0..5 {
-            assert!(state.withdraw(requests));
+            assert!(take(&state, requests));
         }
         assert_eq!(state.available(requests), 5);
         tokio::time::advance(Duration::from_secs(11)).await;
         // Old requests and old retries both expired: nothing earned, nothing owed.
         assert_eq!(state.available(requests), 0);
-        assert!(!state.withdraw(requests));
+        assert!(!take(&state, requests));
         requests += 4;
         assert_eq!(state.available(requests), 4);
     }
@@ -301,21 +354,21 @@ mod tests {
     async fn floor_refills_each_window() {
         let state = budget(0.0, 1, 3);
         for _ in 0..3 {
-            assert!(state.withdraw(0));
+            assert!(take(&state, 0));
         }
-        assert!(!state.withdraw(0));
+        assert!(!take(&state, 0));
         tokio::time::advance(Duration::from_millis(1100)).await;
-        assert!(state.withdraw(0));
+        assert!(take(&state, 0));
     }
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_withdrawals_never_overdraw() {
-        let state = std::sync::Arc::new(budget(0.5, 10, 0));
+        let state = budget(0.5, 10, 0);
         let mut handles = Vec::new();
         for _ in 0..8 {
             let state = state.clone();
             handles.push(std::thread::spawn(move || {
-                (0..1000).filter(|_| state.withdraw(100)).count()
+                (0..1000).filter(|_| take(&state, 100)).count()
             }));
         }
         let granted: usize = handles
@@ -354,7 +407,7 @@ mod tests {
             rt.block_on(async move {
                 let ratio = f64::from(ratio_pct) / 100.0;
                 let config = RetryBudget::new(ratio).window(Duration::from_secs(1)).min_per_second(floor);
-                let state = BudgetState::new(&config);
+                let state = Arc::new(BudgetState::new(&config));
                 let mut requests = 0u64;
                 // (time, requests made, retries granted) per step.
                 let mut history: Vec<(Instant, u64, u64)> = Vec::new();
@@ -363,7 +416,7 @@ mod tests {
                         requests += 1;
                         state.on_request(requests);
                     }
-                    let granted = (0..tries).filter(|_| state.withdraw(requests)).count() as u64;
+                    let granted = (0..tries).filter(|_| take(&state, requests)).count() as u64;
                     let now = Instant::now();
                     history.push((now, new_requests, granted));
                     // Spending is remembered for at least nine tenths of the window; earnings

@@ -248,7 +248,10 @@ impl<C, R> RetryLayerBuilder<C, R> {
         RetryLayer {
             policy: RetryPolicy::new(Shared {
                 config: self.config,
-                budget: self.budget.as_ref().map(BudgetState::new),
+                budget: self
+                    .budget
+                    .as_ref()
+                    .map(|budget| Arc::new(BudgetState::new(budget))),
                 requests: Default::default(),
                 counters: Counters::default(),
                 classifier: self.classifier,

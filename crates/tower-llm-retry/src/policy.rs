@@ -14,7 +14,7 @@ use tokio::time::{Instant, Sleep};
 use tower_llm_core::{Classify, DefaultClassifier, Failure, FailureKind, Outcome};
 
 use crate::backoff::{Backoff, DelayState, Jitter, mix64};
-use crate::budget::{BudgetState, RequestCounter};
+use crate::budget::{BudgetState, RequestCounter, Withdrawal};
 use crate::stats::{Counters, RetryStats};
 
 /// `tower_llm_retry_attempts_total`: every attempt sent to the inner service, first or retry.
@@ -228,7 +228,7 @@ pub(crate) struct Config {
 
 pub(crate) struct Shared<C, R> {
     pub(crate) config: Config,
-    pub(crate) budget: Option<BudgetState>,
+    pub(crate) budget: Option<Arc<BudgetState>>,
     pub(crate) requests: RequestCounter,
     pub(crate) counters: Counters,
     pub(crate) classifier: C,
@@ -276,7 +276,10 @@ impl<C, R> RetryPolicy<C, R> {
         &self.shared.classifier
     }
 
-    fn decide(&mut self, failure: Failure, attempt: u32) -> RetryDecision {
+    /// The decision, and the budget's retry when it is a retry (given back if the call is
+    /// dropped during the wait).
+    fn decide(&mut self, failure: Failure, attempt: u32) -> (RetryDecision, Option<Withdrawal>) {
+        let give_up = |reason| (RetryDecision::GiveUp(reason), None);
         let config = &self.shared.config;
         let retryable = match failure.kind {
             // A breaker that says when it will probe again is worth waiting for; one that
@@ -285,16 +288,16 @@ impl<C, R> RetryPolicy<C, R> {
             kind => kind.is_retryable(),
         };
         if !retryable {
-            return RetryDecision::GiveUp(GiveUpReason::NotRetryable);
+            return give_up(GiveUpReason::NotRetryable);
         }
         if attempt >= config.max_attempts {
-            return RetryDecision::GiveUp(GiveUpReason::AttemptsExhausted);
+            return give_up(GiveUpReason::AttemptsExhausted);
         }
         if failure
             .retry_after
             .is_some_and(|hint| hint > config.max_retry_after)
         {
-            return RetryDecision::GiveUp(GiveUpReason::HintTooLong);
+            return give_up(GiveUpReason::HintTooLong);
         }
         let shared = &self.shared;
         let backoff = self.delays.next_delay(
@@ -317,15 +320,17 @@ impl<C, R> RetryPolicy<C, R> {
         if let (Some(deadline), Some(started)) = (config.deadline, self.started)
             && started.elapsed().saturating_add(delay) >= deadline
         {
-            return RetryDecision::GiveUp(GiveUpReason::PastDeadline);
+            return give_up(GiveUpReason::PastDeadline);
         }
         // Asked last, so a retry the other rules forbid never spends budget.
-        if let Some(budget) = &shared.budget
-            && !budget.withdraw(shared.requests.get())
-        {
-            return RetryDecision::GiveUp(GiveUpReason::BudgetExhausted);
-        }
-        RetryDecision::Retry { after: delay }
+        let withdrawal = match &shared.budget {
+            None => None,
+            Some(budget) => match budget.withdraw(shared.requests.get()) {
+                Some(withdrawal) => Some(withdrawal),
+                None => return give_up(GiveUpReason::BudgetExhausted),
+            },
+        };
+        (RetryDecision::Retry { after: delay }, withdrawal)
     }
 
     fn report(&self, event: &RetryEvent) {
@@ -399,7 +404,7 @@ where
             }
             Outcome::Failure(failure) => failure,
         };
-        let decision = self.decide(failure, attempt);
+        let (decision, withdrawal) = self.decide(failure, attempt);
         self.report(&RetryEvent {
             attempt,
             failure,
@@ -408,7 +413,7 @@ where
         match decision {
             RetryDecision::Retry { after } => {
                 self.retries = attempt;
-                Some(RetryDelay::after(after))
+                Some(RetryDelay::after(after, withdrawal))
             }
             RetryDecision::GiveUp(_) => {
                 if let Ok(response) = result {
@@ -443,17 +448,20 @@ where
 
 pin_project! {
     /// The wait before a retry: nothing, or a tokio sleep (which follows a paused clock).
+    /// Dropped before it ends, it gives the retry back to the budget.
     #[derive(Debug)]
     pub struct RetryDelay {
         #[pin]
         sleep: Option<Sleep>,
+        withdrawal: Option<Withdrawal>,
     }
 }
 
 impl RetryDelay {
-    fn after(delay: Duration) -> Self {
+    fn after(delay: Duration, withdrawal: Option<Withdrawal>) -> Self {
         RetryDelay {
             sleep: (!delay.is_zero()).then(|| tokio::time::sleep(delay)),
+            withdrawal,
         }
     }
 }
@@ -462,9 +470,13 @@ impl Future for RetryDelay {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match self.project().sleep.as_pin_mut() {
-            None => Poll::Ready(()),
-            Some(sleep) => sleep.poll(cx),
+        let this = self.project();
+        if let Some(sleep) = this.sleep.as_pin_mut() {
+            std::task::ready!(sleep.poll(cx));
         }
+        if let Some(withdrawal) = this.withdrawal {
+            withdrawal.keep();
+        }
+        Poll::Ready(())
     }
 }

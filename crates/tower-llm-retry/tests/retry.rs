@@ -597,6 +597,30 @@ async fn dropping_the_call_during_the_wait_stops_retrying() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_dropped_during_the_wait_gives_its_retry_back_to_the_budget() {
+    let upstream = Upstream::always(503);
+    // One request earns exactly one retry; no floor.
+    let retry = RetryLayer::builder()
+        .budget(RetryBudget::new(1.0).window(secs(60)).min_per_second(0))
+        .backoff(Backoff::fixed(secs(10)))
+        .jitter(Jitter::None)
+        .build()
+        .unwrap();
+    let mut service = retry.layer(upstream.service());
+    let pending = tokio::time::timeout(secs(1), call(&mut service)).await;
+    assert!(pending.is_err(), "still waiting for the backoff");
+    assert_eq!(retry.stats().budget_available, Some(1));
+    assert_eq!(retry.stats().retries, 0);
+
+    // A call that does retry keeps what it spent.
+    let upstream = Upstream::new([status(503)]);
+    let mut service = retry.layer(upstream.service());
+    assert_eq!(call(&mut service).await.unwrap().status(), 200);
+    // Two requests earned two retries; one was made.
+    assert_eq!(retry.stats().budget_available, Some(1));
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_budget_caps_load_in_a_total_outage_across_clones() {
     let offered = 1000u64;
     let ratio = 0.1;
