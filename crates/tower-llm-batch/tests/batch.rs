@@ -487,3 +487,53 @@ fn services_and_futures_can_cross_threads() {
     send::<tower_llm_batch::ResponseFuture<http::Response<bytes::Bytes>>>();
     send_sync::<BatchLayer<http::Request<bytes::Bytes>, tower_llm_batch::EmbeddingsAdapter>>();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_callers_on_many_threads_each_get_their_own_answer() {
+    let (seen, inner) = recording(Duration::ZERO);
+    let service = BatchLayer::builder()
+        .max_items(16)
+        .max_wait(Duration::from_millis(1))
+        .max_in_flight(2)
+        .capacity(40)
+        .build()
+        .expect("valid")
+        .layer(inner);
+    let callers: Vec<_> = (0..2000u32)
+        .map(|x| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                // Every seventh caller gives up almost at once.
+                if x % 7 == 0 {
+                    let _ = tokio::time::timeout(Duration::from_micros(1), call(service, x)).await;
+                    None
+                } else {
+                    Some(call(service, x).await.expect("answered"))
+                }
+            })
+        })
+        .collect();
+    for (x, caller) in (0..2000u32).zip(callers) {
+        if let Some(answer) = caller.await.expect("no panic") {
+            assert_eq!(answer, x * 10);
+        }
+    }
+    // Callers who gave up may leave a batch queued or in flight for a moment: let it settle.
+    for _ in 0..10_000 {
+        let stats = service.stats();
+        if stats.waiting == 0 && stats.in_flight_batches == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let sent = batches(&seen);
+    let mut all: Vec<u32> = sent.iter().flatten().copied().collect();
+    let total = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), total, "a request was sent twice");
+    assert!(sent.iter().all(|b| !b.is_empty() && b.len() <= 16));
+    let stats = service.stats();
+    assert_eq!(stats.items_sent, total as u64);
+    assert_eq!(stats.items_sent + stats.cancelled, stats.requests);
+}
