@@ -264,12 +264,18 @@ pub struct WeightedFault {
 /// The behaviour of a [`MockServer`](crate::MockServer): latency, faults, quotas and replies,
 /// global or per route, deterministic for a given seed.
 ///
-/// For each request, in order: the next [`script`](Self::script) step, if any is left, decides
-/// (a `Some(fault)` step answers that fault; a `None` step answers normally, still subject to
-/// the quota); otherwise the [`quota`](Self::quota) is checked; otherwise one uniform draw
-/// picks among the [`fault`](Self::fault)s (their probabilities add up: `(A, 0.1), (B, 0.2)`
-/// gives A on 10 % and B on 20 % of the requests); otherwise the answer is normal. Then the
-/// server waits the [`latency`](Self::latency) and answers.
+/// For each request, in order:
+/// 1. when [`api_keys`](Self::api_keys) are set, a request with another key (or none) is
+///    answered 401;
+/// 2. if a [`script`](Self::script) step is left, it is consumed: a `Some(fault)` step
+///    answers that fault (the quota is not consulted); a `None` step answers normally,
+///    subject to the quota only;
+/// 3. the [`quota`](Self::quota), if any, admits the request or answers 429;
+/// 4. one uniform draw picks among the [`fault`](Self::fault)s (their probabilities add up:
+///    `(A, 0.1), (B, 0.2)` gives A on 10 % and B on 20 % of the requests);
+/// 5. otherwise the answer is normal ([`context_window`](Self::context_window) permitting).
+///
+/// Then the server waits the [`latency`](Self::latency) and answers.
 ///
 /// All randomness comes from one RNG seeded with [`seed`](Self::seed) (default 0), drawn in
 /// the order requests arrive: the same seed and the same request order give the same faults
@@ -315,6 +321,7 @@ pub struct FaultPlan {
     #[serde(with = "duration_format")]
     stream_chunk_delay: Duration,
     context_window: Option<u64>,
+    api_keys: Vec<String>,
     routes: BTreeMap<Route, FaultPlan>,
 }
 
@@ -337,6 +344,7 @@ impl FaultPlan {
             reply: None,
             stream_chunk_delay: Duration::ZERO,
             context_window: None,
+            api_keys: Vec::new(),
             routes: BTreeMap::new(),
         }
     }
@@ -402,6 +410,14 @@ impl FaultPlan {
         self
     }
 
+    /// Accepts only these API keys: any other key, or none, is answered 401 with the
+    /// provider's authentication error, before the script, quota or faults are consulted.
+    /// With no keys (the default) every request is accepted.
+    pub fn api_keys<K: Into<String>>(mut self, keys: impl IntoIterator<Item = K>) -> Self {
+        self.api_keys = keys.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Uses `plan` instead of this one for requests to `route`. Overrides inside `plan` are
     /// ignored.
     pub fn route(mut self, route: Route, plan: FaultPlan) -> Self {
@@ -441,6 +457,7 @@ impl FaultPlan {
             reply: self.reply.as_deref(),
             stream_chunk_delay: self.stream_chunk_delay,
             context_window: self.context_window,
+            api_keys: &self.api_keys,
             routes: &self.routes,
         }
     }
@@ -458,6 +475,7 @@ pub(crate) struct PlanParts<'a> {
     pub(crate) reply: Option<&'a str>,
     pub(crate) stream_chunk_delay: Duration,
     pub(crate) context_window: Option<u64>,
+    pub(crate) api_keys: &'a [String],
     pub(crate) routes: &'a BTreeMap<Route, FaultPlan>,
 }
 
@@ -488,6 +506,7 @@ mod tests {
             .name("fast")
             .stream_chunk_delay(Duration::from_millis(5))
             .context_window(4096)
+            .api_keys(["sk-a", "sk-b"])
             .script([Some(Fault::ContextLengthExceeded)])
             .route(
                 Route::GeminiStream,

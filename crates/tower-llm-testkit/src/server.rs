@@ -307,14 +307,14 @@ impl Shared {
         state.received.push_back(request);
     }
 
-    fn decide(&self, route: Route, cost: u64) -> Decision {
+    fn decide(&self, route: Route, key: &str, cost: u64) -> Decision {
         let mut state = self.lock();
         state.next_id += 1;
         let id = state.next_id;
         state
             .plans
             .for_route(route)
-            .decide(id, cost, Instant::now())
+            .decide(id, key, cost, Instant::now())
     }
 }
 
@@ -383,6 +383,7 @@ struct PlanRuntime {
     reply: Option<String>,
     chunk_delay: Duration,
     context_window: Option<u64>,
+    api_keys: Vec<String>,
 }
 
 impl PlanRuntime {
@@ -398,10 +399,11 @@ impl PlanRuntime {
             reply: parts.reply.map(str::to_owned),
             chunk_delay: parts.stream_chunk_delay,
             context_window: parts.context_window,
+            api_keys: parts.api_keys.to_vec(),
         }
     }
 
-    fn decide(&mut self, id: u64, cost: u64, now: Instant) -> Decision {
+    fn decide(&mut self, id: u64, key: &str, cost: u64, now: Instant) -> Decision {
         let latency = self.latency.sample(&mut self.rng);
         let mut decision = Decision {
             id,
@@ -414,6 +416,10 @@ impl PlanRuntime {
             requests_limit: self.requests_limit(),
             context_window: self.context_window,
         };
+        if !self.api_keys.is_empty() && !self.api_keys.iter().any(|k| k == key) {
+            decision.verdict = Verdict::Unauthorized;
+            return decision;
+        }
         let scripted = self.script.pop_front();
         if let Some(Some(fault)) = scripted {
             decision.verdict = Verdict::Fault(fault);
@@ -459,6 +465,7 @@ enum Verdict {
     Normal,
     Fault(Fault),
     OverQuota(Duration),
+    Unauthorized,
 }
 
 #[derive(Clone, Debug)]
@@ -524,7 +531,7 @@ async fn handle(
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         headers: parts.headers.clone(),
-        api_key: key,
+        api_key: key.clone(),
         body: body.clone(),
     });
     let Some(route) = route else {
@@ -537,7 +544,7 @@ async fn handle(
             responses::error_body(provider, ErrorCase::Status(StatusCode::NOT_FOUND));
         return finish(&shared, in_flight, json_response(status, &error));
     };
-    let decision = shared.decide(route, estimate_body_tokens(&body));
+    let decision = shared.decide(route, &key, estimate_body_tokens(&body));
     if !decision.latency.is_zero() {
         tokio::time::sleep(decision.latency).await;
     }
@@ -620,6 +627,12 @@ enum StreamEnd {
 fn answer(call: &Call, decision: &Decision) -> Answer {
     let fault = match &decision.verdict {
         Verdict::Normal => None,
+        Verdict::Unauthorized => {
+            return Answer::Full(error_response(
+                call.provider,
+                ErrorCase::Status(StatusCode::UNAUTHORIZED),
+            ));
+        }
         Verdict::OverQuota(retry_after) => {
             let mut response = error_response(
                 call.provider,

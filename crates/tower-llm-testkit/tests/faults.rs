@@ -697,3 +697,40 @@ async fn absurd_plan_values_do_not_panic_the_server() {
         assert!(status == 500 || status == 503, "{status}");
     }
 }
+
+#[tokio::test]
+async fn only_the_plans_api_keys_are_accepted() {
+    use tower_llm_testkit::with_api_key;
+    let plan = FaultPlan::healthy()
+        .api_keys(["sk-good"])
+        .script([Some(Fault::Status(500))]);
+    let server = MockServer::start(plan).await.unwrap();
+    let client = TestClient::new();
+    let base = server.base_url();
+    for request in [
+        openai_chat(&base, "m", "x"),
+        with_api_key(openai_chat(&base, "m", "x"), "sk-bad"),
+        with_api_key(anthropic_messages(&base, "c", "x"), "sk-bad"),
+    ] {
+        let result = client.send(request).await;
+        assert_eq!(classify(&result).kind(), Some(FailureKind::Unauthorized));
+    }
+    // Refused requests do not consume the script.
+    let good = |r| with_api_key(r, "sk-good");
+    let first = client
+        .send(good(openai_chat(&base, "m", "x")))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 500);
+    let anthropic = client
+        .send(good(anthropic_messages(&base, "c", "x")))
+        .await
+        .unwrap();
+    assert_eq!(anthropic.status(), 200);
+    let gemini = client
+        .send(good(gemini_generate(&base, "g", "x")))
+        .await
+        .unwrap();
+    assert_eq!(gemini.status(), 200);
+    assert_eq!(server.counters().status(401), 3);
+}
