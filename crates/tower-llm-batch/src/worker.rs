@@ -12,6 +12,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use pin_project_lite::pin_project;
@@ -77,6 +78,13 @@ impl<I, Res> Pending<I, Res> {
             None
         }
     }
+}
+
+/// `from + wait`, or a far future when that does not fit in an `Instant`.
+fn deadline_after(from: Instant, wait: Duration) -> Instant {
+    from.checked_add(wait)
+        .or_else(|| from.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(from)
 }
 
 /// Drops the requests whose callers went away; they were never sent, so nothing else is owed.
@@ -273,8 +281,8 @@ where
         };
         let limits = self.limits;
         let counters = &*self.counters;
-        let now = Instant::now();
-        let deadline = now + limits.max_wait;
+        // Counted from the caller's `call`, so a busy task does not stretch anyone's wait.
+        let deadline = deadline_after(enqueued, limits.max_wait);
         match self.pending.entry(key) {
             MapEntry::Vacant(vacant) => {
                 let mut pending = Pending::new(deadline);

@@ -537,3 +537,17 @@ async fn many_callers_on_many_threads_each_get_their_own_answer() {
     assert_eq!(stats.items_sent, total as u64);
     assert_eq!(stats.items_sent + stats.cancelled, stats.requests);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_endless_max_wait_is_not_a_panic() {
+    let (seen, inner) = recording(Duration::ZERO);
+    let service = BatchLayer::builder()
+        .max_items(2)
+        .max_wait(Duration::MAX)
+        .build()
+        .expect("valid")
+        .layer(inner);
+    let results = join_all((0..2).map(|x| call(service.clone(), x))).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(batches(&seen), vec![vec![0, 1]]);
+}
