@@ -62,9 +62,9 @@ use tower_service::Service;
 use crate::answer::{Answered, RecordAnswer};
 use crate::attempt::{Attempt, Verdict, judge};
 use crate::error::{AllFailed, ServiceFailure};
-use crate::metrics;
+use crate::metrics::{self, Strategy};
 
-const STRATEGY: &str = "fallback";
+const STRATEGY: Strategy = Strategy::Fallback;
 
 type MoveOn = Arc<dyn Fn(&Failure) -> bool + Send + Sync>;
 

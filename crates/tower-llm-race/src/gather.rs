@@ -56,9 +56,9 @@ use tower_service::Service;
 
 use crate::attempt::{Attempts, Verdict, judge};
 use crate::error::{AllFailed, ServiceFailure};
-use crate::metrics;
+use crate::metrics::{self, Strategy};
 
-const STRATEGY: &str = "gather";
+const STRATEGY: Strategy = Strategy::Gather;
 
 /// Every service's result, in the order of the service list.
 #[derive(Debug)]

@@ -55,9 +55,9 @@ use tower_service::Service;
 use crate::answer::{Answered, RecordAnswer};
 use crate::attempt::{Attempts, Verdict, judge};
 use crate::error::{AllFailed, ServiceFailure};
-use crate::metrics;
+use crate::metrics::{self, Strategy};
 
-const STRATEGY: &str = "race";
+const STRATEGY: Strategy = Strategy::Race;
 
 /// Makes a [`Race`] over a `Vec` of services.
 #[derive(Clone, Debug, Default)]

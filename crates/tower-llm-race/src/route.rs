@@ -62,9 +62,9 @@ use tower_service::Service;
 use crate::answer::{Answered, RecordAnswer};
 use crate::attempt::Attempt;
 use crate::error::{ConfigError, NoSuchService};
-use crate::metrics;
+use crate::metrics::{self, Strategy};
 
-const STRATEGY: &str = "route";
+const STRATEGY: Strategy = Strategy::Route;
 
 /// Chooses the index of the service a request goes to.
 pub trait Pick<Req> {

@@ -67,9 +67,9 @@ use crate::answer::{Answered, RecordAnswer};
 use crate::attempt::{Attempts, Verdict, judge};
 use crate::error::{ConfigError, NoQuorum, ServiceFailure};
 use crate::gather::{launch_all, straggler};
-use crate::metrics;
+use crate::metrics::{self, Strategy};
 
-const STRATEGY: &str = "vote";
+const STRATEGY: Strategy = Strategy::Vote;
 
 /// One service's answer in a vote.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -135,13 +135,14 @@ where
                         *this.stopped,
                     )));
                 };
-                let now = Instant::now();
                 match judge(this.classifier, index, result) {
                     Verdict::Answer(answer) => {
-                        if index == PRIMARY && answer.is_ok() {
-                            this.shared.record_latency(now - *this.started, now);
-                        } else if this.attempts.is_in_flight(PRIMARY) {
-                            // The primary is cut short: its latency is at least this much.
+                        // A primary cut short by a hedge took at least this long: counting
+                        // it keeps hedging from talking the percentile down.
+                        let primary_timed = (index == PRIMARY && answer.is_ok())
+                            || this.attempts.is_in_flight(PRIMARY);
+                        if primary_timed && this.shared.learns() {
+                            let now = Instant::now();
                             this.shared.record_latency(now - *this.started, now);
                         }
                         metrics::cancelled(STRATEGY, this.attempts.cancel_all());
@@ -180,7 +181,7 @@ where
                             this.launched,
                             *this.max_attempts,
                         );
-                        *this.last_launch = now;
+                        *this.last_launch = Instant::now();
                         this.timer.set(None);
                         continue;
                     }
@@ -199,11 +200,11 @@ where
             }
             this.timer.set(None);
             if !this.shared.withdraw() {
-                metrics::counter_budget_exhausted();
+                metrics::hedge_budget_exhausted();
                 *this.hedging_over = true;
                 return Poll::Pending;
             }
-            metrics::counter_hedge();
+            metrics::hedge();
             launch(
                 this.attempts,
                 this.services,

@@ -79,7 +79,7 @@ use tower_service::Service;
 use crate::answer::RecordAnswer;
 use crate::attempt::Attempts;
 use crate::error::ConfigError;
-use crate::metrics;
+use crate::metrics::{self, Strategy};
 
 pub use budget::HedgeBudget;
 pub use future::HedgeFuture;
@@ -87,7 +87,7 @@ pub use future::HedgeFuture;
 use budget::Balance;
 use latency::LatencyHistogram;
 
-pub(crate) const STRATEGY: &str = "hedge";
+pub(crate) const STRATEGY: Strategy = Strategy::Hedge;
 
 /// When to send the next attempt.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -298,6 +298,11 @@ impl Shared {
                 .unwrap_or(initial),
             (HedgeDelay::Percentile { initial, .. }, None) => initial,
         }
+    }
+
+    /// Whether the delay is learned from latencies.
+    fn learns(&self) -> bool {
+        self.histogram.is_some()
     }
 
     fn record_latency(&self, latency: Duration, now: Instant) {
