@@ -14,13 +14,17 @@
 //!
 //! Answers are realistic: each provider's JSON with usage fields (tokens counted with
 //! [`tower_llm_core::estimate_text_tokens`]); the reply text is `"{name}: {last user
-//! message}"`. Streams send one event per word. A [`FaultPlan`] adds latency (fixed, uniform,
-//! long-tailed), error statuses with each provider's error bodies and rate-limit headers,
-//! retry-after in every header form, requests- and tokens-per-minute [`Quota`]s, dropped
-//! connections, stalled and cut streams, in-stream errors, malformed JSON and HTML error
-//! pages, per route or globally, deterministic for a seed, scripted request by request if
-//! needed. [`Counters`] tell what the server received: requests per route and per API key,
-//! the most in flight at once, and which requests the client abandoned.
+//! message}"` (or a fixed [`reply`](FaultPlan::reply)), cut to the request's `max_tokens`
+//! with the provider's "length" finish reason. Streams send one event per word. A
+//! [`FaultPlan`] adds latency (fixed, uniform, long-tailed), error statuses with each
+//! provider's error bodies and rate-limit headers, retry-after in every header form,
+//! requests- and tokens-per-minute [`Quota`]s, dropped connections, stalled and cut streams,
+//! in-stream errors, malformed JSON, HTML error pages, context-length errors and API-key
+//! checks, per route or globally, deterministic for a seed, scripted request by request if
+//! needed (see [`FaultPlan`] for the order in which they apply). [`Counters`] tell what the
+//! server received: requests per route, per API key and per status, the most in flight at
+//! once, and which requests the client abandoned; [`MockServer::received`] keeps the
+//! requests themselves.
 //!
 //! [`TestClient`] is a `tower::Service<http::Request<Bytes>>` over real HTTP to put at the
 //! bottom of a stack under test; [`openai_chat`] and friends build requests.

@@ -167,3 +167,32 @@ async fn long_tail_latency_is_seeded() {
     assert_eq!(a, elapsed(9).await);
     assert_ne!(a, elapsed(10).await);
 }
+
+#[tokio::test]
+async fn dropping_the_server_closes_it_and_its_connections() {
+    use tower_llm_core::{FailureKind, classify_dyn_error};
+    let plan = FaultPlan::healthy().stream_chunk_delay(Duration::from_secs(3600));
+    let server = MockServer::start(plan).await.unwrap();
+    let base = server.base_url();
+    let client = TestClient::new();
+    let response = client
+        .send_streaming(openai_chat_stream(&base, "m", "a b"))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    assert!(TestClient::next_chunk(&mut body).await.unwrap().is_some());
+    drop(server);
+    let cut = within("the cut", async {
+        loop {
+            match TestClient::next_chunk(&mut body).await {
+                Ok(Some(_)) => continue,
+                other => break other,
+            }
+        }
+    })
+    .await;
+    let error = cut.unwrap_err();
+    assert_eq!(classify_dyn_error(&*error).kind, FailureKind::Transport);
+    let refused = client.send(openai_chat(&base, "m", "x")).await.unwrap_err();
+    assert_eq!(classify_dyn_error(&*refused).kind, FailureKind::Transport);
+}
