@@ -376,7 +376,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn kind() -> impl Strategy<Value = FailureKind> {
+    fn kind() -> impl proptest::strategy::Strategy<Value = FailureKind> {
         proptest::sample::select(FailureKind::ALL.to_vec())
     }
 
