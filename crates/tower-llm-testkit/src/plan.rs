@@ -217,7 +217,9 @@ impl Latency {
 /// [`tower_llm_core::estimate_body_tokens`] of its body, so a client-side limiter using core's
 /// estimate computes the same number. Refused requests do not count. A refusal is a 429 with
 /// `retry-after` (seconds, rounded up) until enough capacity frees, and the provider's
-/// rate-limit headers (also sent on admitted answers).
+/// rate-limit headers (also sent on admitted answers). A plan's quota is one window shared
+/// by every route the plan serves (a provider account); a [route
+/// override](FaultPlan::route) with its own quota has its own window.
 ///
 /// `u64::MAX` means no limit; that is the default for both fields:
 ///
