@@ -321,6 +321,24 @@ where
     }
 }
 
+/// Encodes `request` as [`Anthropic`] sends it (with `max_tokens` 4096 when unset).
+pub fn encode_request(request: &ChatRequest, stream: bool) -> Vec<u8> {
+    encode_chat(request, stream, 4096)
+}
+
+/// Decodes a Messages body, as [`Anthropic`] does.
+pub fn decode_response(body: &[u8]) -> Result<ChatResponse, UpstreamError> {
+    decode_chat(&standalone_ctx(), Bytes::copy_from_slice(body))
+}
+
+pub(crate) fn standalone_ctx() -> Ctx {
+    Ctx {
+        dialect: Dialect::Anthropic,
+        provider: Cow::Borrowed("anthropic"),
+        max_body: DEFAULT_MAX_BODY_BYTES,
+    }
+}
+
 // ---- wire format: requests -------------------------------------------------------------
 
 #[derive(Serialize)]
@@ -558,7 +576,7 @@ pub(crate) fn decode_chat(ctx: &Ctx, body: Bytes) -> Result<ChatResponse, Upstre
         .map_err(|e| ctx.malformed("message is not valid JSON", &body, e))?;
     if wire.kind.as_deref() == Some("error") || wire.extra.contains_key("error") {
         let value = serde_json::json!({ "error": wire.extra.get("error") });
-        return Err(ctx.from_error_value(&value, &String::from_utf8_lossy(&body)));
+        return Err(ctx.for_error_value(&value, &String::from_utf8_lossy(&body)));
     }
     let Some(content) = wire.content else {
         return Err(ctx.malformed("message", &body, "no `content` in the answer"));
@@ -746,7 +764,7 @@ impl StreamDecoder {
             WireEvent::MessageStop => return Ok(Step::Done),
             WireEvent::Error { error } => {
                 let value = serde_json::json!({ "error": error });
-                return Err(ctx.from_error_value(&value, &event.data));
+                return Err(ctx.for_error_value(&value, &event.data));
             }
             WireEvent::Other => {}
         }

@@ -95,7 +95,7 @@ impl Ctx {
     }
 
     /// The error for a non-success answer with (the start of) this body.
-    pub(crate) fn from_status(
+    pub(crate) fn for_status(
         &self,
         status: http::StatusCode,
         headers: &http::HeaderMap,
@@ -135,7 +135,7 @@ impl Ctx {
     }
 
     /// An error object sent inside a 200 stream (or a 200 body).
-    pub(crate) fn from_error_value(&self, value: &Value, raw: &str) -> UpstreamError {
+    pub(crate) fn for_error_value(&self, value: &Value, raw: &str) -> UpstreamError {
         let detail = error_detail(self.dialect, value).unwrap_or_default();
         let kind = detail.kind.unwrap_or(FailureKind::ServerError);
         let error = self
@@ -346,7 +346,8 @@ fn anthropic_detail(error: &Value) -> ErrorDetail {
 /// Parses a protobuf JSON duration such as `"37s"` or `"0.250s"`.
 pub(crate) fn parse_proto_duration(text: &str) -> Option<Duration> {
     let seconds: f64 = text.trim().strip_suffix('s')?.parse().ok()?;
-    (seconds.is_finite() && seconds >= 0.0 && seconds < 1e9)
+    (0.0..1e9)
+        .contains(&seconds)
         .then(|| Duration::from_secs_f64(seconds))
 }
 
@@ -433,7 +434,7 @@ mod tests {
         for (k, v) in headers {
             map.insert(*k, HeaderValue::from_static(v));
         }
-        ctx(dialect).from_status(
+        ctx(dialect).for_status(
             StatusCode::from_u16(status).expect("valid"),
             &map,
             Bytes::copy_from_slice(body.as_bytes()),

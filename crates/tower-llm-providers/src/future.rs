@@ -82,14 +82,14 @@ fn status_error(
     read: Result<Bytes, ReadError>,
 ) -> UpstreamError {
     match read {
-        Ok(body) => ctx.from_status(parts.status, &parts.headers, body, None),
-        Err(ReadError::TooLarge(start)) => ctx.from_status(
+        Ok(body) => ctx.for_status(parts.status, &parts.headers, body, None),
+        Err(ReadError::TooLarge(start)) => ctx.for_status(
             parts.status,
             &parts.headers,
             start.slice(..start.len().min(MAX_ERROR_BODY)),
             Some("error body too large to read whole"),
         ),
-        Err(ReadError::Body(_, start)) => ctx.from_status(
+        Err(ReadError::Body(_, start)) => ctx.for_status(
             parts.status,
             &parts.headers,
             start,
@@ -306,7 +306,7 @@ where
                         let error = match serde_json::from_slice::<serde_json::Value>(&body) {
                             Ok(value) if value.get("error").is_some() => this
                                 .ctx
-                                .from_error_value(&value, &String::from_utf8_lossy(&body)),
+                                .for_error_value(&value, &String::from_utf8_lossy(&body)),
                             _ => this.ctx.malformed(
                                 "streaming answer",
                                 &body,

@@ -337,6 +337,24 @@ where
     }
 }
 
+/// Encodes `request` as [`Gemini`] sends it.
+pub fn encode_request(request: &ChatRequest) -> Vec<u8> {
+    encode_chat(request)
+}
+
+/// Decodes a `generateContent` body, as [`Gemini`] does.
+pub fn decode_response(body: &[u8]) -> Result<ChatResponse, UpstreamError> {
+    decode_chat(&standalone_ctx(), Bytes::copy_from_slice(body))
+}
+
+pub(crate) fn standalone_ctx() -> Ctx {
+    Ctx {
+        dialect: Dialect::Gemini,
+        provider: Cow::Borrowed("gemini"),
+        max_body: DEFAULT_MAX_BODY_BYTES,
+    }
+}
+
 // ---- wire format: requests -------------------------------------------------------------
 
 #[derive(Serialize)]
@@ -649,7 +667,7 @@ fn blocked(ctx: &Ctx, feedback: Option<&WirePromptFeedback>) -> Option<UpstreamE
 fn error_in_body(ctx: &Ctx, extra: &Map<String, Value>, raw: &[u8]) -> Option<UpstreamError> {
     let error = extra.get("error").filter(|e| !e.is_null())?;
     let value = serde_json::json!({ "error": error });
-    Some(ctx.from_error_value(&value, &String::from_utf8_lossy(raw)))
+    Some(ctx.for_error_value(&value, &String::from_utf8_lossy(raw)))
 }
 
 pub(crate) fn decode_chat(ctx: &Ctx, body: Bytes) -> Result<ChatResponse, UpstreamError> {

@@ -73,6 +73,9 @@
 //! [tower-llm]: https://github.com/tower-llm/tower-llm
 
 #![forbid(unsafe_code)]
+// The error of every provider is core's `UpstreamError`, unboxed, so that a caller gets its
+// fields directly and a layer that boxes it can still downcast it; it is large by design.
+#![allow(clippy::result_large_err)]
 
 pub mod anthropic;
 mod body;
@@ -98,7 +101,7 @@ pub use future::{ResponseFuture, StreamFuture};
 pub use gemini::{Gemini, GeminiBuilder};
 pub use key::ApiKey;
 pub use openai::{OpenAi, OpenAiBuilder};
-pub use stream::{ChatAccumulator, ChatStream, StreamTimeouts};
+pub use stream::{ChatAccumulator, ChatStream, ChunkDecoder, StreamTimeouts};
 pub use tower_llm_core::{UpstreamError, Usage};
 
 /// The error of every provider service: core's classified [`UpstreamError`].

@@ -11,7 +11,7 @@
 //!   `AZURE_OPENAI_API_KEY` unless given, `api-version` query parameter.
 //!
 //! It is a `Service<ChatRequest>` (a whole [`ChatResponse`]),
-//! a `Service<Streaming<ChatRequest>>` (a [`ChatStream`]) and a
+//! a `Service<Streaming<ChatRequest>>` (a [`ChatStream`](crate::ChatStream)) and a
 //! `Service<EmbeddingRequest>`. Streams ask for usage in their last chunk
 //! (`stream_options.include_usage`) unless told otherwise and end at `data: [DONE]`; an
 //! `{"error": ...}` event inside the stream becomes a classified error item.
@@ -489,6 +489,25 @@ where
     }
 }
 
+/// Encodes `request` as OpenAI sends it (`max_completion_tokens`, usage asked for in
+/// streams): the body [`OpenAi`] posts, for a transport of your own.
+pub fn encode_request(request: &ChatRequest, stream: bool) -> Vec<u8> {
+    encode_chat(request, stream, true, false)
+}
+
+/// Decodes a chat completions body, as [`OpenAi`] does.
+pub fn decode_response(body: &[u8]) -> Result<ChatResponse, UpstreamError> {
+    decode_chat(&standalone_ctx(), Bytes::copy_from_slice(body))
+}
+
+pub(crate) fn standalone_ctx() -> Ctx {
+    Ctx {
+        dialect: Dialect::OpenAi,
+        provider: Cow::Borrowed("openai"),
+        max_body: DEFAULT_MAX_BODY_BYTES,
+    }
+}
+
 // ---- wire format: requests -------------------------------------------------------------
 
 #[derive(Serialize)]
@@ -781,7 +800,7 @@ pub(crate) fn decode_chat(ctx: &Ctx, body: Bytes) -> Result<ChatResponse, Upstre
         .map_err(|e| ctx.malformed("chat completion is not valid JSON", &body, e))?;
     if let Some(error) = wire.extra.get("error").filter(|e| !e.is_null()) {
         let value = serde_json::json!({ "error": error });
-        return Err(ctx.from_error_value(&value, &String::from_utf8_lossy(&body)));
+        return Err(ctx.for_error_value(&value, &String::from_utf8_lossy(&body)));
     }
     let choices = wire.choices.unwrap_or_default();
     let Some(choice) = choices.into_iter().find(|c| c.index.unwrap_or(0) == 0) else {
@@ -910,7 +929,7 @@ impl StreamDecoder {
         })?;
         if let Some(error) = chunk.error.filter(|e| !e.is_null()) {
             let value = serde_json::json!({ "error": error });
-            return Err(ctx.from_error_value(&value, data));
+            return Err(ctx.for_error_value(&value, data));
         }
         for choice in chunk.choices.into_iter().flatten() {
             if choice.index.unwrap_or(0) != 0 {

@@ -383,3 +383,101 @@ pub(crate) fn finish_reason_openai(reason: &str) -> FinishReason {
         other => FinishReason::Other(other.to_owned()),
     }
 }
+
+/// A provider's event stream decoded without I/O: the bytes go in as they arrive, chunks
+/// come out. [`ChatStream`] is this over an HTTP body, plus timeouts; use it directly over a
+/// transport of your own.
+///
+/// ```
+/// use std::collections::VecDeque;
+/// use tower_llm_providers::{ChatChunk, ChunkDecoder};
+///
+/// let mut decoder = ChunkDecoder::openai();
+/// let mut chunks = VecDeque::new();
+/// let done = decoder
+///     .feed(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\nda", &mut chunks)
+///     .unwrap();
+/// assert!(!done);
+/// assert_eq!(chunks.pop_front(), Some(ChatChunk::Content("Hi".into())));
+/// assert!(decoder.feed(b"ta: [DONE]\n\n", &mut chunks).unwrap());
+/// assert!(decoder.finish(&mut chunks).is_ok());
+/// ```
+#[derive(Debug)]
+pub struct ChunkDecoder {
+    parser: SseParser,
+    events: VecDeque<SseEvent>,
+    decoder: StreamDecoder,
+    ctx: Ctx,
+    done: bool,
+}
+
+impl ChunkDecoder {
+    fn new(ctx: Ctx) -> Self {
+        ChunkDecoder {
+            parser: SseParser::new(),
+            events: VecDeque::new(),
+            decoder: StreamDecoder::new(ctx.dialect),
+            ctx,
+            done: false,
+        }
+    }
+
+    /// A decoder of OpenAI (and compatible, and Azure) chat completion chunks.
+    pub fn openai() -> Self {
+        ChunkDecoder::new(openai::standalone_ctx())
+    }
+
+    /// A decoder of Anthropic Messages stream events.
+    pub fn anthropic() -> Self {
+        ChunkDecoder::new(anthropic::standalone_ctx())
+    }
+
+    /// A decoder of Gemini `streamGenerateContent?alt=sse` events.
+    pub fn gemini() -> Self {
+        ChunkDecoder::new(gemini::standalone_ctx())
+    }
+
+    /// Decodes the next bytes, appending chunks to `out`; `true` once the terminal event
+    /// has been seen (later bytes are ignored).
+    pub fn feed(
+        &mut self,
+        bytes: &[u8],
+        out: &mut VecDeque<ChatChunk>,
+    ) -> Result<bool, UpstreamError> {
+        if self.done {
+            return Ok(true);
+        }
+        self.parser
+            .feed(bytes, &mut self.events)
+            .map_err(|e| self.ctx.error(FailureKind::ServerError, e.to_string()))?;
+        self.drain(out)
+    }
+
+    fn drain(&mut self, out: &mut VecDeque<ChatChunk>) -> Result<bool, UpstreamError> {
+        while let Some(event) = self.events.pop_front() {
+            if let Step::Done = self.decoder.event(&self.ctx, &event, out)? {
+                self.done = true;
+                self.events.clear();
+            }
+        }
+        Ok(self.done)
+    }
+
+    /// Ends the stream: an error unless it was complete.
+    pub fn finish(&mut self, out: &mut VecDeque<ChatChunk>) -> Result<(), UpstreamError> {
+        if !self.done {
+            self.parser
+                .finish(&mut self.events)
+                .map_err(|e| self.ctx.error(FailureKind::ServerError, e.to_string()))?;
+            self.drain(out)?;
+        }
+        if self.done || self.decoder.end_of_body() {
+            Ok(())
+        } else {
+            Err(self.ctx.error(
+                FailureKind::Transport,
+                "stream ended without its terminal event (connection cut or proxy timeout)",
+            ))
+        }
+    }
+}
