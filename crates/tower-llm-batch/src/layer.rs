@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tower_layer::Layer;
-use tower_llm_core::BoxError;
+use tower_llm_core::{BoxError, RequestCost};
 use tower_service::Service;
 
 use crate::adapter::{Pack, PackAdapter, Unpack, VecAdapter};
@@ -182,6 +182,17 @@ impl<Req, A> BatchBuilder<Req, A> {
     {
         self.max_weight = Some((max_weight, Arc::new(weigh)));
         self
+    }
+
+    /// [`max_weight`](Self::max_weight) in estimated tokens, as core's
+    /// [`RequestCost`](tower_llm_core::RequestCost) estimates them (prompt plus output
+    /// budget), e.g. to keep a packed chat request inside a context window or a
+    /// tokens-per-request limit.
+    pub fn max_estimated_tokens(self, max_tokens: u64) -> Self
+    where
+        Req: RequestCost,
+    {
+        self.max_weight(max_tokens, |request: &Req| request.estimated_tokens())
     }
 
     /// The longest the first request of a batch waits for others before the batch is sent

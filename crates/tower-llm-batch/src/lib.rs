@@ -49,9 +49,10 @@
 //! - **Cancellation.** Dropping a response future frees its place at once. If its batch has
 //!   not been sent yet, its request is left out of it (a batch whose callers all left is not
 //!   sent at all). Once sent, a batch runs to the end; a caller that left misses its answer.
-//! - **Weight.** With [`BatchBuilder::max_weight`], a request that would take a batch past the
-//!   limit seals the batch and starts the next one; a request heavier than the limit alone is
-//!   sent alone.
+//! - **Weight.** With [`BatchBuilder::max_weight`] (or [`BatchBuilder::max_estimated_tokens`]
+//!   for requests with a core [`RequestCost`](tower_llm_core::RequestCost)), a request that
+//!   would take a batch past the limit seals the batch and starts the next one; a request
+//!   heavier than the limit alone is sent alone.
 //!
 //! # Stats and metrics
 //!

@@ -551,3 +551,29 @@ async fn an_endless_max_wait_is_not_a_panic() {
     assert!(results.iter().all(Result::is_ok));
     assert_eq!(batches(&seen), vec![vec![0, 1]]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn max_estimated_tokens_weighs_requests_by_core_estimate() {
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&sent);
+    let inner = service_fn(move |batch: Vec<String>| {
+        record.lock().expect("not poisoned").push(batch.len());
+        async move { Ok::<_, BoxError>(batch) }
+    });
+    let service = BatchLayer::builder()
+        .max_items(100)
+        .max_estimated_tokens(10)
+        .max_wait(Duration::from_millis(5))
+        .build()
+        .expect("valid")
+        .layer(inner);
+    // 16 ASCII characters estimate at 4 tokens: two fit under 10, a third does not.
+    let prompts = vec!["x".repeat(16); 6];
+    let results = join_all(prompts.into_iter().map(|p| {
+        let mut service = service.clone();
+        async move { service.ready().await?.call(p).await }
+    }))
+    .await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(*sent.lock().expect("not poisoned"), vec![2, 2, 2]);
+}
