@@ -734,3 +734,40 @@ async fn only_the_plans_api_keys_are_accepted() {
     assert_eq!(gemini.status(), 200);
     assert_eq!(server.counters().status(401), 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn routes_share_the_plans_quota_unless_overridden() {
+    let one = Quota {
+        requests_per_minute: 1,
+        ..Quota::default()
+    };
+    let plan = FaultPlan::healthy()
+        .quota(one)
+        .route(Route::GeminiGenerate, FaultPlan::healthy().quota(one));
+    let server = MockServer::start(plan).await.unwrap();
+    let client = TestClient::new();
+    let base = server.base_url();
+    let status = |r: http::Response<Bytes>| r.status().as_u16();
+    assert_eq!(
+        status(client.send(openai_chat(&base, "m", "x")).await.unwrap()),
+        200
+    );
+    assert_eq!(
+        status(
+            client
+                .send(anthropic_messages(&base, "c", "x"))
+                .await
+                .unwrap()
+        ),
+        429,
+        "one window for the plan's routes"
+    );
+    assert_eq!(
+        status(client.send(gemini_generate(&base, "g", "x")).await.unwrap()),
+        200
+    );
+    assert_eq!(
+        status(client.send(gemini_generate(&base, "g", "x")).await.unwrap()),
+        429
+    );
+}
