@@ -804,3 +804,50 @@ async fn strategies_box_and_nest_across_provider_types() {
         })
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn hedge_dropping_the_future_cancels_every_call() {
+    let primary = Mock::ok(5000, "primary");
+    let backup = Mock::ok(5000, "backup");
+    let mut hedge = HedgeLayer::new(ms(100)).layer_vec(vec![primary.clone(), backup.clone()]);
+    let future = hedge.call("q".to_string());
+    assert!(tokio::time::timeout(ms(1000), future).await.is_err());
+    assert_eq!((primary.stats.calls(), backup.stats.calls()), (1, 1));
+    assert_eq!((primary.stats.dropped(), backup.stats.dropped()), (1, 1));
+}
+
+#[test]
+fn every_strategy_over_boxed_providers_is_a_send_boxable_service() {
+    type Provider = BoxCloneService<String, Reply, BoxError>;
+    fn boxable<S>(service: S) -> Provider
+    where
+        S: Service<String, Response = Reply, Error = BoxError> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        BoxCloneService::new(service)
+    }
+    let providers = || -> Vec<Provider> { vec![BoxCloneService::new(Mock::ok(1, "a"))] };
+    boxable(RaceLayer::new().layer_vec(providers()));
+    boxable(HedgeLayer::new(ms(1)).layer_vec(providers()));
+    boxable(FallbackLayer::new().layer_vec(providers()));
+    boxable(
+        VoteLayer::majority(normalised)
+            .build()
+            .expect("valid")
+            .layer_vec(providers()),
+    );
+    boxable(
+        RouteLayer::weighted(&[1])
+            .expect("valid")
+            .layer_vec(providers()),
+    );
+    boxable(
+        RouteLayer::by_request(|_: &String| 0)
+            .layer_vec(providers())
+            .map_response(|reply| reply),
+    );
+    let mut gather = GatherLayer::new().layer_vec(providers());
+    fn send<T: Send>(_: &T) {}
+    send(&gather);
+    send(&gather.call("q".to_string()));
+}
