@@ -116,15 +116,21 @@ pub(crate) struct MemoryCache<V> {
 
 impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
     pub(crate) fn new(config: &CacheConfig<V>, stats: DedupStats) -> Self {
-        let mut builder = moka::sync::Cache::builder()
-            .expire_after(Expiry {
+        let listener = move |_key: Arc<RequestKey>, _value: Arc<Entry<V>>, cause: RemovalCause| {
+            if cause == RemovalCause::Size {
+                stats.eviction();
+            }
+        };
+        let mut builder = moka::sync::Cache::builder().eviction_listener(listener);
+        // A per-read expiry hook costs every hit; only install one when an idle timeout or a
+        // per-entry TTL needs it.
+        builder = if config.time_to_idle.is_some() || config.ttl_for.is_some() {
+            builder.expire_after(Expiry {
                 time_to_idle: config.time_to_idle,
             })
-            .eviction_listener(move |_key, _value, cause| {
-                if cause == RemovalCause::Size {
-                    stats.eviction();
-                }
-            });
+        } else {
+            builder.time_to_live(config.ttl)
+        };
         builder = match &config.capacity {
             Capacity::Entries(n) => builder.max_capacity(*n),
             Capacity::Bytes(n, weigh) => {
@@ -187,7 +193,6 @@ impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
             .and_then(|f| f(value))
             .unwrap_or(self.default_ttl)
     }
-
 }
 
 impl<V: Send + Sync + 'static> MemoryCache<V> {

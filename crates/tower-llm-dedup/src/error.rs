@@ -100,7 +100,11 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid dedup configuration: `{}` {}", self.knob, self.reason)
+        write!(
+            f,
+            "invalid dedup configuration: `{}` {}",
+            self.knob, self.reason
+        )
     }
 }
 

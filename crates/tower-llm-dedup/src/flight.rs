@@ -320,7 +320,12 @@ impl<I> Subscription<I> {
             let reads_error = self.reads_error;
             match &mut state.end {
                 Some(End::Done) => {
-                    Self::detach(&mut self.attached, &self.flight.notifier, self.id, &mut state);
+                    Self::detach(
+                        &mut self.attached,
+                        &self.flight.notifier,
+                        self.id,
+                        &mut state,
+                    );
                     break Poll::Ready(Next::Done);
                 }
                 Some(End::Failed { original, shared }) => {
@@ -341,7 +346,12 @@ impl<I> Subscription<I> {
                         (None, Some(s)) => Box::new(s.clone()),
                         (None, None) => Box::new(SharedError::new("the shared call failed".into())),
                     };
-                    Self::detach(&mut self.attached, &self.flight.notifier, self.id, &mut state);
+                    Self::detach(
+                        &mut self.attached,
+                        &self.flight.notifier,
+                        self.id,
+                        &mut state,
+                    );
                     break Poll::Ready(Next::Failed(error));
                 }
                 None => {}
@@ -352,7 +362,9 @@ impl<I> Subscription<I> {
                 break Poll::Pending;
             };
             let mut driver = Context::from_waker(&self.flight.waker);
-            let polled = catch_unwind(AssertUnwindSafe(|| producer.as_mut().poll_next(&mut driver)));
+            let polled = catch_unwind(AssertUnwindSafe(|| {
+                producer.as_mut().poll_next(&mut driver)
+            }));
             match polled {
                 Ok(Poll::Pending) => break Poll::Pending,
                 Ok(Poll::Ready(Some(Ok(Step::Started)))) => {

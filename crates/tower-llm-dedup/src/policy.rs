@@ -36,11 +36,11 @@ pub trait CacheControl {
 impl<B> CacheControl for http::Request<B> {
     fn bypasses_dedup(&self) -> bool {
         self.extensions().get::<Bypass>().is_some()
-            || self
-                .headers()
-                .get_all(BYPASS_HEADER)
-                .iter()
-                .any(|value| value.as_bytes().eq_ignore_ascii_case(BYPASS_VALUE.as_bytes()))
+            || self.headers().get_all(BYPASS_HEADER).iter().any(|value| {
+                value
+                    .as_bytes()
+                    .eq_ignore_ascii_case(BYPASS_VALUE.as_bytes())
+            })
     }
 }
 

@@ -21,7 +21,7 @@
 //! use tower_llm_dedup::DedupLayer;
 //! use tower_llm_dedup::redis::{HttpResponseCodec, RedisBackend};
 //!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # fn main() -> Result<(), tower_llm_core::BoxError> {
 //! let backend = RedisBackend::new("redis://127.0.0.1:6379/", HttpResponseCodec)?
 //!     .namespace("chat-cache")
 //!     .timeout(Duration::from_millis(50));
@@ -163,13 +163,18 @@ impl<V> Inner<V> {
     }
 
     fn is_cooling_down(&self) -> bool {
-        let down = self.down_until.lock().unwrap_or_else(PoisonError::into_inner);
+        let down = self
+            .down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         down.is_some_and(|until| Instant::now() < until)
     }
 
     fn mark_down(&self) {
-        *self.down_until.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(Instant::now() + self.cool_down);
+        *self
+            .down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + self.cool_down);
     }
 
     async fn connection(&self) -> Result<ConnectionManager, BoxError> {
@@ -361,7 +366,10 @@ mod tests {
         assert_eq!(back.headers(), response.headers());
         assert_eq!(back.body(), response.body());
         for cut in 0..12 {
-            assert!(HttpResponseCodec.decode(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                HttpResponseCodec.decode(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
         assert!(HttpResponseCodec.decode(b"\x09garbage").is_err());
     }

@@ -48,7 +48,6 @@ impl<S, Res, K, R, C> Dedup<S, Res, K, R, C> {
     pub fn stats(&self) -> DedupStats {
         self.shared.stats.clone()
     }
-
 }
 
 impl<S, Res: Send + Sync + 'static, K, R, C> Dedup<S, Res, K, R, C> {
@@ -109,7 +108,9 @@ where
             return ResponseFuture::ready(Ok(value));
         }
         let reads_error = shared.on_error == OnError::Share;
-        let joined = shared.in_flight.join(key, reads_error, || cache.and_then(|c| c.get(&key)));
+        let joined = shared
+            .in_flight
+            .join(key, reads_error, || cache.and_then(|c| c.get(&key)));
         let leader = match joined {
             Joined::Cached(value) => {
                 shared.stats.hit();
@@ -153,7 +154,11 @@ where
                         Lookup::Failed => stats.remote_error(),
                     }
                     stats.inner_call();
-                    ready.call(request).await.map(Step::Item).map_err(Into::into)
+                    ready
+                        .call(request)
+                        .await
+                        .map(Step::Item)
+                        .map_err(Into::into)
                 }))
             }
         };

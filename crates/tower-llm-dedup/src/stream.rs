@@ -458,7 +458,8 @@ impl<F, S, Req, T> StreamResponseFuture<F, S, Req, T> {
 
 impl<F, S, Req, T> fmt::Debug for StreamResponseFuture<F, S, Req, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamResponseFuture").finish_non_exhaustive()
+        f.debug_struct("StreamResponseFuture")
+            .finish_non_exhaustive()
     }
 }
 
@@ -501,7 +502,9 @@ where
                     stats,
                 } => {
                     let Some(live) = subscription.as_mut() else {
-                        return Poll::Ready(Err("StreamResponseFuture polled after completion".into()));
+                        return Poll::Ready(Err(
+                            "StreamResponseFuture polled after completion".into()
+                        ));
                     };
                     match ready!(live.poll_next(cx)) {
                         // The head is here: the rest is the stream's to read, from chunk one.

@@ -7,12 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
-use tower_llm_core::{
-    BoxError, FailureKind, RateLimited, UpstreamError, classify_dyn_error,
-};
-use tower_llm_dedup::{
-    BYPASS_HEADER, Bypass, DedupLayer, InnerPanicked, OnError, SharedError,
-};
+use tower_llm_core::{BoxError, FailureKind, RateLimited, UpstreamError, classify_dyn_error};
+use tower_llm_dedup::{BYPASS_HEADER, Bypass, DedupLayer, InnerPanicked, OnError, SharedError};
 
 /// Counts calls, completions and cancellations of a slow inner service.
 #[derive(Clone, Default)]
@@ -175,12 +171,24 @@ async fn idle_time_and_per_entry_ttl() {
     service.clone().oneshot("q".to_string()).await.expect("ok");
     assert_eq!(counts.calls(), 2, "idle for 10 s");
 
-    service.clone().oneshot("short".to_string()).await.expect("ok");
+    service
+        .clone()
+        .oneshot("short".to_string())
+        .await
+        .expect("ok");
     tokio::time::advance(Duration::from_secs(1)).await;
-    service.clone().oneshot("short".to_string()).await.expect("ok");
+    service
+        .clone()
+        .oneshot("short".to_string())
+        .await
+        .expect("ok");
     assert_eq!(counts.calls(), 3);
     tokio::time::advance(Duration::from_secs(1)).await;
-    service.clone().oneshot("short".to_string()).await.expect("ok");
+    service
+        .clone()
+        .oneshot("short".to_string())
+        .await
+        .expect("ok");
     assert_eq!(counts.calls(), 4, "its own 2 s TTL ran out");
 }
 
@@ -241,7 +249,11 @@ async fn tenants_never_share_and_json_key_order_does_not_matter() {
         .await
         .expect("ok");
     assert_eq!(again.body(), "call 0");
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "key order did not defeat the cache");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "key order did not defeat the cache"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -250,19 +262,32 @@ async fn sampled_requests_are_coalesced_but_not_cached_unless_opted_in() {
     let service = ServiceBuilder::new()
         .layer(DedupLayer::new(Duration::from_secs(60)))
         .service(http_counter(calls.clone()));
-    let sampled = r#"{"model":"m","temperature":0.7,"messages":[{"role":"user","content":"a poem"}]}"#;
+    let sampled =
+        r#"{"model":"m","temperature":0.7,"messages":[{"role":"user","content":"a poem"}]}"#;
     let (a, b) = tokio::join!(
         service.clone().oneshot(chat("k", sampled)),
         service.clone().oneshot(chat("k", sampled)),
     );
     assert_eq!(a.expect("ok").body(), b.expect("ok").body());
     assert_eq!(calls.load(Ordering::SeqCst), 1, "coalesced in flight");
-    service.clone().oneshot(chat("k", sampled)).await.expect("ok");
+    service
+        .clone()
+        .oneshot(chat("k", sampled))
+        .await
+        .expect("ok");
     assert_eq!(calls.load(Ordering::SeqCst), 2, "not cached");
 
     let seeded = r#"{"model":"m","temperature":0.7,"seed":1,"messages":[]}"#;
-    service.clone().oneshot(chat("k", seeded)).await.expect("ok");
-    service.clone().oneshot(chat("k", seeded)).await.expect("ok");
+    service
+        .clone()
+        .oneshot(chat("k", seeded))
+        .await
+        .expect("ok");
+    service
+        .clone()
+        .oneshot(chat("k", seeded))
+        .await
+        .expect("ok");
     assert_eq!(calls.load(Ordering::SeqCst), 3, "a seed makes it cacheable");
 
     let calls = Arc::new(AtomicUsize::new(0));
@@ -270,9 +295,21 @@ async fn sampled_requests_are_coalesced_but_not_cached_unless_opted_in() {
     let service = ServiceBuilder::new()
         .layer(layer)
         .service(http_counter(calls.clone()));
-    service.clone().oneshot(chat("k", sampled)).await.expect("ok");
-    service.clone().oneshot(chat("k", sampled)).await.expect("ok");
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "cache_all keeps sampled answers");
+    service
+        .clone()
+        .oneshot(chat("k", sampled))
+        .await
+        .expect("ok");
+    service
+        .clone()
+        .oneshot(chat("k", sampled))
+        .await
+        .expect("ok");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "cache_all keeps sampled answers"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -302,7 +339,11 @@ async fn bypass_by_header_or_extension() {
     );
     a.expect("ok");
     b.expect("ok");
-    assert_eq!(calls.load(Ordering::SeqCst), 4, "bypassed calls are neither cached nor coalesced");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        4,
+        "bypassed calls are neither cached nor coalesced"
+    );
     assert_eq!(stats.snapshot().bypassed, 3);
 }
 
@@ -317,7 +358,10 @@ async fn error_statuses_are_shared_but_not_cached() {
             .body(Bytes::from_static(b"{\"input\":\"x\"}"))
             .expect("valid")
     };
-    let (a, b) = tokio::join!(service.clone().oneshot(request()), service.clone().oneshot(request()));
+    let (a, b) = tokio::join!(
+        service.clone().oneshot(request()),
+        service.clone().oneshot(request())
+    );
     assert_eq!(a.expect("ok").status(), 503);
     assert_eq!(b.expect("ok").status(), 503);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -353,10 +397,9 @@ async fn errors_are_shared_classifiable_and_never_cached() {
     let service = ServiceBuilder::new()
         .layer(DedupLayer::new(Duration::from_secs(60)))
         .service(failing(calls.clone()));
-    let results: Vec<_> = futures_util::future::join_all(
-        (0..5).map(|_| service.clone().oneshot("q".to_string())),
-    )
-    .await;
+    let results: Vec<_> =
+        futures_util::future::join_all((0..5).map(|_| service.clone().oneshot("q".to_string())))
+            .await;
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     for result in results {
         let error = result.expect_err("shared failure");
@@ -401,7 +444,11 @@ async fn own_call_mode_lets_waiters_call_again() {
         let answer = waiter.await.expect("no panic").expect("own call succeeds");
         assert!(answer.starts_with("answer"), "{answer}");
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 4, "one shared call, then three own calls");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        4,
+        "one shared call, then three own calls"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -425,7 +472,9 @@ async fn a_panicking_inner_future_answers_every_waiter() {
     )
     .await;
     for result in results {
-        let error = result.expect("the caller's task did not panic").expect_err("panicked");
+        let error = result
+            .expect("the caller's task did not panic")
+            .expect_err("panicked");
         let panicked = error
             .downcast_ref::<SharedError>()
             .and_then(|s| s.inner().downcast_ref::<InnerPanicked>())
@@ -448,10 +497,18 @@ async fn capacity_by_weight_evicts() {
         .layer(layer)
         .service(slow_echo(counts.clone(), Duration::ZERO));
     for i in 0..20 {
-        service.clone().oneshot(format!("prompt {i:02}")).await.expect("ok");
+        service
+            .clone()
+            .oneshot(format!("prompt {i:02}"))
+            .await
+            .expect("ok");
     }
     // Each answer weighs 19 bytes: at most five fit.
-    assert!(service.cached_entries() <= 5, "{}", service.cached_entries());
+    assert!(
+        service.cached_entries() <= 5,
+        "{}",
+        service.cached_entries()
+    );
     assert!(stats.snapshot().evictions >= 15, "{:?}", stats.snapshot());
 }
 
@@ -471,8 +528,16 @@ async fn user_key_function() {
     let service = ServiceBuilder::new()
         .layer(layer)
         .service(slow_echo(counts.clone(), Duration::ZERO));
-    service.clone().oneshot("Hello".to_string()).await.expect("ok");
-    let again = service.clone().oneshot("HELLO".to_string()).await.expect("ok");
+    service
+        .clone()
+        .oneshot("Hello".to_string())
+        .await
+        .expect("ok");
+    let again = service
+        .clone()
+        .oneshot("HELLO".to_string())
+        .await
+        .expect("ok");
     assert_eq!(again, "answer to Hello");
     service.clone().oneshot("!x".to_string()).await.expect("ok");
     service.clone().oneshot("!x".to_string()).await.expect("ok");
@@ -504,9 +569,15 @@ async fn transport_errors_classify_through_the_share() {
         .layer(DedupLayer::new(Duration::from_secs(60)))
         .service(service_fn(|_: String| async {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            Err::<String, BoxError>(Box::new(UpstreamError::new(FailureKind::Overloaded, "busy")))
+            Err::<String, BoxError>(Box::new(UpstreamError::new(
+                FailureKind::Overloaded,
+                "busy",
+            )))
         }));
-    let (a, b) = tokio::join!(service.clone().oneshot("q".into()), service.clone().oneshot("q".into()));
+    let (a, b) = tokio::join!(
+        service.clone().oneshot("q".into()),
+        service.clone().oneshot("q".into())
+    );
     for error in [a.expect_err("fails"), b.expect_err("fails")] {
         assert_eq!(classify_dyn_error(&*error).kind, FailureKind::Overloaded);
     }

@@ -113,7 +113,12 @@ impl Upstream {
     }
 
     fn answer(&self, key: u8, outcome: Outcome) {
-        let senders = self.pending.lock().unwrap().remove(&key).unwrap_or_default();
+        let senders = self
+            .pending
+            .lock()
+            .unwrap()
+            .remove(&key)
+            .unwrap_or_default();
         for sender in senders {
             let _ = sender.send(outcome);
         }
@@ -210,7 +215,8 @@ fn run(ops: Vec<Op>, on_error: OnError, cache: bool) -> Result<(), TestCaseError
                 callers.push(caller);
             }
             Op::Drop(i) => {
-                let waiting: Vec<usize> = (0..callers.len()).filter(|&j| !callers[j].done).collect();
+                let waiting: Vec<usize> =
+                    (0..callers.len()).filter(|&j| !callers[j].done).collect();
                 if !waiting.is_empty() {
                     callers.remove(waiting[i % waiting.len()]);
                 }
@@ -241,7 +247,11 @@ fn run(ops: Vec<Op>, on_error: OnError, cache: bool) -> Result<(), TestCaseError
         }
     }
     for caller in &callers {
-        prop_assert!(caller.done, "a caller for key {} was left pending", caller.key);
+        prop_assert!(
+            caller.done,
+            "a caller for key {} was left pending",
+            caller.key
+        );
     }
     Ok(())
 }

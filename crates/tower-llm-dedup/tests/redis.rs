@@ -28,10 +28,7 @@ fn chat(base_url: &str, prompt: &str) -> http::Request<Bytes> {
     )
 }
 
-fn instance(
-    redis_url: &str,
-    namespace: &str,
-) -> DedupLayer<http::Response<Bytes>> {
+fn instance(redis_url: &str, namespace: &str) -> DedupLayer<http::Response<Bytes>> {
     let backend = RedisBackend::new(redis_url, HttpResponseCodec)
         .expect("valid url")
         .namespace(namespace)
@@ -59,20 +56,29 @@ async fn instances_share_answers_through_redis() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let server = MockServer::start(FaultPlan::healthy().name("mock")).await.expect("server");
+    let server = MockServer::start(FaultPlan::healthy().name("mock"))
+        .await
+        .expect("server");
     let base = server.base_url();
     let first = instance(&redis.url(), "shared");
     let second = instance(&redis.url(), "shared");
     let second_stats = second.stats();
-    let a = ServiceBuilder::new().layer(first).service(TestClient::new());
-    let b = ServiceBuilder::new().layer(second).service(TestClient::new());
+    let a = ServiceBuilder::new()
+        .layer(first)
+        .service(TestClient::new());
+    let b = ServiceBuilder::new()
+        .layer(second)
+        .service(TestClient::new());
 
     let answer = a.clone().oneshot(chat(&base, "q")).await.expect("ok");
     assert_eq!(answer.status(), 200);
     let client = redis::Client::open(redis.url()).expect("url");
     until_stored(|| {
         let mut conn = client.get_connection().expect("connect");
-        let keys: Vec<String> = redis::cmd("KEYS").arg("shared:*").query(&mut conn).expect("keys");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("shared:*")
+            .query(&mut conn)
+            .expect("keys");
         !keys.is_empty()
     })
     .await;
@@ -80,7 +86,11 @@ async fn instances_share_answers_through_redis() {
     let from_redis = b.clone().oneshot(chat(&base, "q")).await.expect("ok");
     assert_eq!(from_redis.body(), answer.body());
     assert_eq!(from_redis.headers(), answer.headers());
-    assert_eq!(server.counters().requests, 1, "the second instance asked Redis, not upstream");
+    assert_eq!(
+        server.counters().requests,
+        1,
+        "the second instance asked Redis, not upstream"
+    );
     assert_eq!(second_stats.snapshot().remote_hits, 1);
 
     // Another namespace sees nothing.
@@ -96,13 +106,21 @@ async fn redis_killed_mid_run_means_inner_calls_never_errors() {
     let Some(mut redis) = RedisServer::start() else {
         return;
     };
-    let server = MockServer::start(FaultPlan::healthy()).await.expect("server");
+    let server = MockServer::start(FaultPlan::healthy())
+        .await
+        .expect("server");
     let base = server.base_url();
     let layer = instance(&redis.url(), "kill");
     let stats = layer.stats();
-    let service = ServiceBuilder::new().layer(layer).service(TestClient::new());
+    let service = ServiceBuilder::new()
+        .layer(layer)
+        .service(TestClient::new());
     for i in 0..5 {
-        service.clone().oneshot(chat(&base, &format!("before {i}"))).await.expect("ok");
+        service
+            .clone()
+            .oneshot(chat(&base, &format!("before {i}")))
+            .await
+            .expect("ok");
     }
     assert_eq!(stats.snapshot().remote_errors, 0);
 
@@ -115,10 +133,22 @@ async fn redis_killed_mid_run_means_inner_calls_never_errors() {
             .expect("Redis down never fails a request");
         assert_eq!(response.status(), 200);
     }
-    assert_eq!(server.counters().requests, 25, "every new prompt went upstream");
-    assert!(stats.snapshot().remote_errors >= 1, "{:?}", stats.snapshot());
+    assert_eq!(
+        server.counters().requests,
+        25,
+        "every new prompt went upstream"
+    );
+    assert!(
+        stats.snapshot().remote_errors >= 1,
+        "{:?}",
+        stats.snapshot()
+    );
     // The in-memory cache still answers.
-    service.clone().oneshot(chat(&base, "after 3")).await.expect("ok");
+    service
+        .clone()
+        .oneshot(chat(&base, "after 3"))
+        .await
+        .expect("ok");
     assert_eq!(server.counters().requests, 25);
 
     // Back up (empty): after the cool-down the layer uses it again.
@@ -126,10 +156,17 @@ async fn redis_killed_mid_run_means_inner_calls_never_errors() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut stored = false;
     for i in 0..50 {
-        service.clone().oneshot(chat(&base, &format!("later {i}"))).await.expect("ok");
+        service
+            .clone()
+            .oneshot(chat(&base, &format!("later {i}")))
+            .await
+            .expect("ok");
         let client = redis::Client::open(redis.url()).expect("url");
         if let Ok(mut conn) = client.get_connection() {
-            let keys: Vec<String> = redis::cmd("KEYS").arg("kill:*").query(&mut conn).unwrap_or_default();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("kill:*")
+                .query(&mut conn)
+                .unwrap_or_default();
             if !keys.is_empty() {
                 stored = true;
                 break;
@@ -137,7 +174,10 @@ async fn redis_killed_mid_run_means_inner_calls_never_errors() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(stored, "the layer reconnected and wrote to the restarted Redis");
+    assert!(
+        stored,
+        "the layer reconnected and wrote to the restarted Redis"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +188,9 @@ async fn unreachable_redis_is_a_miss_not_an_error() {
     };
     let url = redis.url();
     redis.kill();
-    let server = MockServer::start(FaultPlan::healthy()).await.expect("server");
+    let server = MockServer::start(FaultPlan::healthy())
+        .await
+        .expect("server");
     let layer = DedupLayer::<String>::builder()
         .cache_all()
         .redis(
@@ -161,18 +203,24 @@ async fn unreachable_redis_is_a_miss_not_an_error() {
     let stats = layer.stats();
     let base = server.base_url();
     let client = TestClient::new();
-    let service = ServiceBuilder::new().layer(layer).service(tower::service_fn(
-        move |prompt: String| {
+    let service = ServiceBuilder::new()
+        .layer(layer)
+        .service(tower::service_fn(move |prompt: String| {
             let client = client.clone();
             let request = chat(&base, &prompt);
             async move {
                 let response = client.oneshot(request).await?;
-                Ok::<_, tower_llm_core::BoxError>(String::from_utf8_lossy(response.body()).into_owned())
+                Ok::<_, tower_llm_core::BoxError>(
+                    String::from_utf8_lossy(response.body()).into_owned(),
+                )
             }
-        },
-    ));
+        }));
     for _ in 0..3 {
-        service.clone().oneshot("q".to_string()).await.expect("answered without Redis");
+        service
+            .clone()
+            .oneshot("q".to_string())
+            .await
+            .expect("answered without Redis");
     }
     assert_eq!(server.counters().requests, 1, "memory cache still works");
     assert!(stats.snapshot().remote_errors >= 1);

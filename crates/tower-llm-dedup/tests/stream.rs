@@ -67,11 +67,7 @@ async fn a_late_joiner_gets_every_chunk_in_order() {
     });
     // Join after three chunks were produced.
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let late = service
-        .clone()
-        .oneshot("p".to_string())
-        .await
-        .expect("ok");
+    let late = service.clone().oneshot("p".to_string()).await.expect("ok");
     assert!(!late.is_cached());
     let late = collect(late).await;
     assert_eq!(late, expected("p", 5));
@@ -90,9 +86,18 @@ async fn a_cached_stream_replays_chunk_by_chunk() {
     assert_eq!(collect(live).await, expected("p", 3));
     let mut cached = service.clone().oneshot("p".to_string()).await.expect("ok");
     assert!(cached.is_cached());
-    assert_eq!(cached.next().await.map(|c| c.expect("ok")), Some("p-0".to_string()));
-    assert_eq!(cached.next().await.map(|c| c.expect("ok")), Some("p-1".to_string()));
-    assert_eq!(cached.next().await.map(|c| c.expect("ok")), Some("p-2".to_string()));
+    assert_eq!(
+        cached.next().await.map(|c| c.expect("ok")),
+        Some("p-0".to_string())
+    );
+    assert_eq!(
+        cached.next().await.map(|c| c.expect("ok")),
+        Some("p-1".to_string())
+    );
+    assert_eq!(
+        cached.next().await.map(|c| c.expect("ok")),
+        Some("p-2".to_string())
+    );
     assert!(cached.next().await.is_none());
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
@@ -133,13 +138,15 @@ async fn an_error_before_the_head_is_the_future_error() {
         .on_error(OnError::Share)
         .build_stream()
         .expect("valid");
-    let service = ServiceBuilder::new().layer(layer).service(service_fn(move |_: String| {
-        counted.fetch_add(1, Ordering::SeqCst);
-        async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            Err::<Chunks, BoxError>("refused".into())
-        }
-    }));
+    let service = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(move |_: String| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Err::<Chunks, BoxError>("refused".into())
+            }
+        }));
     let (a, b) = tokio::join!(
         service.clone().oneshot("p".to_string()),
         service.clone().oneshot("p".to_string())
@@ -176,13 +183,26 @@ async fn dropping_every_subscriber_cancels_the_stream() {
         }));
     let mut a = service.clone().oneshot("p".to_string()).await.expect("ok");
     let mut b = service.clone().oneshot("p".to_string()).await.expect("ok");
-    assert_eq!(a.next().await.map(|c| c.expect("ok")), Some("0".to_string()));
-    assert_eq!(b.next().await.map(|c| c.expect("ok")), Some("0".to_string()));
+    assert_eq!(
+        a.next().await.map(|c| c.expect("ok")),
+        Some("0".to_string())
+    );
+    assert_eq!(
+        b.next().await.map(|c| c.expect("ok")),
+        Some("0".to_string())
+    );
     drop(a);
-    assert_eq!(b.next().await.map(|c| c.expect("ok")), Some("1".to_string()));
+    assert_eq!(
+        b.next().await.map(|c| c.expect("ok")),
+        Some("1".to_string())
+    );
     drop(b);
     let before = produced.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(produced.load(Ordering::SeqCst), before, "the stream stopped");
+    assert_eq!(
+        produced.load(Ordering::SeqCst),
+        before,
+        "the stream stopped"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }

@@ -41,7 +41,9 @@ async fn hundred_concurrent_identical_requests_make_one_upstream_call() {
     let server = MockServer::start(slow_plan()).await.expect("server");
     let layer = DedupLayer::new(Duration::from_secs(60));
     let stats = layer.stats();
-    let service = ServiceBuilder::new().layer(layer).service(TestClient::new());
+    let service = ServiceBuilder::new()
+        .layer(layer)
+        .service(TestClient::new());
     let base = server.base_url();
     let tasks: Vec<_> = (0..100)
         .map(|_| tokio::spawn(service.clone().oneshot(chat(&base, "hello", "k"))))
@@ -103,17 +105,31 @@ async fn all_waiters_dropped_cancels_the_upstream_call() {
 
 #[tokio::test(start_paused = true)]
 async fn ttl_expiry_in_paused_time() {
-    let server = MockServer::start(FaultPlan::healthy()).await.expect("server");
+    let server = MockServer::start(FaultPlan::healthy())
+        .await
+        .expect("server");
     let service = ServiceBuilder::new()
         .layer(DedupLayer::new(Duration::from_secs(30)))
         .service(TestClient::new());
     let base = server.base_url();
-    service.clone().oneshot(chat(&base, "q", "k")).await.expect("ok");
+    service
+        .clone()
+        .oneshot(chat(&base, "q", "k"))
+        .await
+        .expect("ok");
     tokio::time::advance(Duration::from_secs(29)).await;
-    service.clone().oneshot(chat(&base, "q", "k")).await.expect("ok");
+    service
+        .clone()
+        .oneshot(chat(&base, "q", "k"))
+        .await
+        .expect("ok");
     assert_eq!(server.counters().requests, 1, "cached at 29 s");
     tokio::time::advance(Duration::from_secs(2)).await;
-    service.clone().oneshot(chat(&base, "q", "k")).await.expect("ok");
+    service
+        .clone()
+        .oneshot(chat(&base, "q", "k"))
+        .await
+        .expect("ok");
     assert_eq!(server.counters().requests, 2, "expired at 31 s");
 }
 
@@ -130,8 +146,16 @@ async fn two_tenants_with_the_same_prompt_make_two_calls() {
     );
     a.expect("ok");
     b.expect("ok");
-    service.clone().oneshot(chat(&base, "same", "tenant-a")).await.expect("ok");
-    service.clone().oneshot(chat(&base, "same", "tenant-b")).await.expect("ok");
+    service
+        .clone()
+        .oneshot(chat(&base, "same", "tenant-a"))
+        .await
+        .expect("ok");
+    service
+        .clone()
+        .oneshot(chat(&base, "same", "tenant-b"))
+        .await
+        .expect("ok");
     let counters = server.counters();
     assert_eq!(counters.requests, 2);
     assert_eq!(counters.key("tenant-a"), 1);
@@ -140,7 +164,9 @@ async fn two_tenants_with_the_same_prompt_make_two_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_key_order_does_not_defeat_the_cache() {
-    let server = MockServer::start(FaultPlan::healthy()).await.expect("server");
+    let server = MockServer::start(FaultPlan::healthy())
+        .await
+        .expect("server");
     let service = ServiceBuilder::new()
         .layer(DedupLayer::new(Duration::from_secs(60)))
         .service(TestClient::new());
