@@ -107,6 +107,34 @@ impl<K: Hash + Eq + Clone + fmt::Display> KeyedBreakers<K> {
 /// from a key function (`Fn(&Request) -> K`) and a bound on the number of keys. Every
 /// breaker follows the builder's policy; services made by this layer and their clones share
 /// the map.
+///
+/// ```
+/// use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+/// use tower_llm_breaker::{CircuitBreakerLayer, State};
+/// use tower_llm_core::{BoxError, CircuitOpen};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// // One breaker per model; "big" is down, "small" is fine.
+/// let breakers = CircuitBreakerLayer::builder()
+///     .consecutive_failures(2)
+///     .build_keyed(|model: &&'static str| model.to_string(), 100)?;
+/// let handle = breakers.handle();
+/// let mut svc = ServiceBuilder::new().layer(breakers).service(service_fn(|model: &'static str| {
+///     let status = if model == "big" { 503 } else { 200 };
+///     async move { Ok::<_, BoxError>(http::Response::builder().status(status).body(())?) }
+/// }));
+///
+/// for _ in 0..2 {
+///     svc.ready().await?.call("big").await?;
+/// }
+/// let refused = svc.ready().await?.call("big").await.unwrap_err();
+/// assert!(refused.is::<CircuitOpen>());
+/// assert_eq!(svc.ready().await?.call("small").await?.status(), 200);
+/// assert_eq!(handle.get(&"big".to_string()).unwrap().state(), State::Open);
+/// # Ok(())
+/// # }
+/// ```
 pub struct KeyedCircuitBreakerLayer<K, F, C = DefaultClassifier> {
     breakers: Arc<KeyedBreakers<K>>,
     key: F,

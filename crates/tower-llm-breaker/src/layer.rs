@@ -13,8 +13,9 @@ use crate::service::CircuitBreaker;
 /// Wraps a service in a [`CircuitBreaker`].
 ///
 /// The layer owns one breaker: every service it wraps, and every clone of those, share it.
-/// Build one layer per upstream (or use a [`KeyedCircuitBreakerLayer`]
-/// (crate::KeyedCircuitBreakerLayer) for one breaker per provider, model or host).
+/// Build one layer per upstream, or use a
+/// [`KeyedCircuitBreakerLayer`](crate::KeyedCircuitBreakerLayer) for one breaker per
+/// provider, model or host.
 #[derive(Clone, Debug)]
 pub struct CircuitBreakerLayer<C = DefaultClassifier> {
     breaker: Arc<Breaker>,
