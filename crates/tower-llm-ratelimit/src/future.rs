@@ -37,17 +37,9 @@ pin_project! {
         Rejected {
             error: Option<BoxError>,
         },
+        // Boxed: waiting is the slow path, and the box keeps the future small for the fast one.
         Waiting {
-            #[pin]
-            sleep: Sleep,
-            sleep_at: u64,
-            deadline: u64,
-            not_before: u64,
-            ticket: Ticket,
-            service: Option<S>,
-            request: Option<Req>,
-            classifier: Option<C>,
-            remote: Option<RemoteCheck>,
+            wait: Pin<Box<Waiting<S, Req, C>>>,
         },
         Calling {
             #[pin]
@@ -55,6 +47,22 @@ pin_project! {
             permit: Permit,
             classifier: C,
         },
+    }
+}
+
+pin_project! {
+    #[project = WaitingProj]
+    struct Waiting<S, Req, C> {
+        #[pin]
+        sleep: Sleep,
+        sleep_at: u64,
+        deadline: u64,
+        not_before: u64,
+        ticket: Ticket,
+        service: Option<S>,
+        request: Option<Req>,
+        classifier: Option<C>,
+        remote: Option<RemoteCheck>,
     }
 }
 
@@ -98,15 +106,17 @@ impl<S: Service<Req>, Req, C> ResponseFuture<S, Req, C> {
         let sleep = tokio::time::sleep_until(ticket.limiter.instant(deadline));
         ResponseFuture {
             state: State::Waiting {
-                sleep,
-                sleep_at: deadline,
-                deadline,
-                not_before: 0,
-                ticket,
-                service: Some(service),
-                request: Some(request),
-                classifier: Some(classifier),
-                remote: None,
+                wait: Box::pin(Waiting {
+                    sleep,
+                    sleep_at: deadline,
+                    deadline,
+                    not_before: 0,
+                    ticket,
+                    service: Some(service),
+                    request: Some(request),
+                    classifier: Some(classifier),
+                    remote: None,
+                }),
             },
         }
     }
@@ -154,17 +164,18 @@ where
                     permit.complete(outcome, usage, headers);
                     return Poll::Ready(result.map_err(Into::into));
                 }
-                StateProj::Waiting {
-                    mut sleep,
-                    sleep_at,
-                    deadline,
-                    not_before,
-                    ticket,
-                    service,
-                    request,
-                    classifier,
-                    remote,
-                } => {
+                StateProj::Waiting { wait } => {
+                    let WaitingProj {
+                        mut sleep,
+                        sleep_at,
+                        deadline,
+                        not_before,
+                        ticket,
+                        service,
+                        request,
+                        classifier,
+                        remote,
+                    } = wait.as_mut().project();
                     let limiter = ticket.limiter.clone();
                     let mut now = limiter.now();
                     let mut remote_charge = None;
@@ -255,12 +266,8 @@ where
                                     "rate limit future polled after completion".into(),
                                 ));
                             };
-                            let mut permit = Permit::new(
-                                ticket.key.clone(),
-                                limiter.clone(),
-                                ticket.cost(),
-                                admission,
-                            );
+                            let mut permit =
+                                Permit::new(ticket.key.clone(), ticket.cost(), admission);
                             permit.remote_charge = remote_charge;
                             let future = svc.call(req);
                             State::Calling {

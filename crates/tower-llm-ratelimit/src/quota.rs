@@ -17,6 +17,7 @@
 //!
 //! Time is nanoseconds since the limiter's origin, so this module is pure and property-tested.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// How finely the sliding window is tracked: a charge is forgotten at most `window / 60` after
@@ -128,6 +129,8 @@ struct Slot {
     /// When the latest charge in this slot was made: the whole slot leaves the window one
     /// window after it.
     last: u64,
+    /// When the slot's time span ends (saves a division per call).
+    end: u64,
 }
 
 /// Where a charge was recorded, so that reconciling it later adjusts the right slot.
@@ -143,57 +146,80 @@ pub(crate) struct Budget {
     quota: Quota,
     window_ns: u64,
     slot_ns: u64,
+    /// Emission time of one unit and of the burst, precomputed for the hot path.
+    unit_ns: u64,
+    burst_ns: u64,
     /// GCRA theoretical arrival time: the budget is full when `tat <= now`.
     tat: u64,
-    slots: Box<[Slot]>,
+    /// Slots with charges, oldest first. Slots are made in time order, so their expiries
+    /// (`last + window`) are in order too and expired ones are always at the front.
+    slots: VecDeque<Slot>,
+    /// The sum of `slots`' amounts.
+    total: u64,
 }
 
 impl Budget {
     pub(crate) fn new(quota: Quota) -> Self {
         let window_ns = u64::try_from(quota.window.as_nanos()).unwrap_or(u64::MAX / 4);
         let slot_ns = window_ns.div_ceil(SLOTS_PER_WINDOW).max(1);
-        Budget {
+        let mut budget = Budget {
             quota,
             window_ns,
             slot_ns,
+            unit_ns: 0,
+            burst_ns: 0,
             tat: 0,
-            slots: vec![Slot::default(); SLOTS_PER_WINDOW as usize + 2].into_boxed_slice(),
-        }
+            slots: VecDeque::with_capacity(SLOTS_PER_WINDOW as usize + 2),
+            total: 0,
+        };
+        budget.unit_ns = budget.emission(1);
+        budget.burst_ns = budget.emission(quota.burst);
+        budget
     }
 
     /// The GCRA's time for `cost` units, rounded up so the rate is never exceeded.
     fn emission(&self, cost: u64) -> u64 {
-        let ns =
-            (u128::from(cost) * u128::from(self.window_ns)).div_ceil(u128::from(self.quota.limit));
+        if cost == 1 && self.unit_ns > 0 {
+            return self.unit_ns;
+        }
+        let limit = self.quota.limit.max(1);
+        if let Some(product) = cost.checked_mul(self.window_ns) {
+            return product.div_ceil(limit);
+        }
+        let ns = (u128::from(cost) * u128::from(self.window_ns)).div_ceil(u128::from(limit));
         u64::try_from(ns).unwrap_or(u64::MAX / 4)
-    }
-
-    fn index(&self, epoch: u64) -> usize {
-        (epoch % self.slots.len() as u64) as usize
     }
 
     fn expiry(&self, slot: &Slot) -> u64 {
         slot.last.saturating_add(self.window_ns)
     }
 
-    fn live(&self, slot: &Slot, now: u64) -> bool {
-        slot.amount > 0 && slot.epoch <= now / self.slot_ns && self.expiry(slot) > now
-    }
-
     /// Units charged that are still inside the window at `now`.
     pub(crate) fn used(&self, now: u64) -> u64 {
-        self.slots
+        let expired: u64 = self
+            .slots
             .iter()
-            .filter(|s| self.live(s, now))
-            .fold(0u64, |sum, s| sum.saturating_add(s.amount))
+            .take_while(|s| self.expiry(s) <= now)
+            .map(|s| s.amount)
+            .sum();
+        self.total - expired
+    }
+
+    fn forget_expired(&mut self, now: u64) {
+        while let Some(front) = self.slots.front() {
+            if self.expiry(front) > now {
+                break;
+            }
+            self.total -= front.amount;
+            self.slots.pop_front();
+        }
     }
 
     fn gcra_ready(&self, now: u64, cost: u64) -> u64 {
         let base = self.tat.max(now);
         if cost <= self.quota.burst {
-            let tolerance = self.emission(self.quota.burst);
             base.saturating_add(self.emission(cost))
-                .saturating_sub(tolerance)
+                .saturating_sub(self.burst_ns)
                 .max(now)
         } else {
             // Larger than the burst: only from a full budget, leaving a debt behind it.
@@ -208,14 +234,8 @@ impl Budget {
             return now;
         }
         let mut need = used.saturating_add(cost) - room;
-        let current = now / self.slot_ns;
-        let oldest = current.saturating_sub(self.slots.len() as u64 - 1);
         let mut last = now;
-        for epoch in oldest..=current {
-            let slot = &self.slots[self.index(epoch)];
-            if slot.epoch != epoch || !self.live(slot, now) {
-                continue;
-            }
+        for slot in self.slots.iter().filter(|s| self.expiry(s) > now) {
             last = self.expiry(slot);
             if slot.amount >= need {
                 return last;
@@ -233,34 +253,55 @@ impl Budget {
     /// Roughly when `cost` units could be spent after `queued` units ahead of them are: the
     /// GCRA exactly, the window as if everything were spent at once.
     pub(crate) fn ready_after(&self, now: u64, queued: u64, cost: u64) -> u64 {
-        let mut ahead = self.clone();
-        ahead.tat = self.tat.max(now).saturating_add(self.emission(queued));
+        let base = self.tat.max(now).saturating_add(self.emission(queued));
+        let gcra = if cost <= self.quota.burst {
+            base.saturating_add(self.emission(cost))
+                .saturating_sub(self.burst_ns)
+                .max(now)
+        } else {
+            base
+        };
         let total = queued.saturating_add(cost).min(self.quota.limit);
-        ahead
-            .gcra_ready(now, cost)
-            .max(self.window_ready(now, total))
+        gcra.max(self.window_ready(now, total))
     }
 
     /// Spends `cost` units at `now`. The caller has checked [`ready_at`](Self::ready_at).
     pub(crate) fn charge(&mut self, now: u64, cost: u64) -> Charge {
+        self.forget_expired(now);
         self.tat = self.tat.max(now).saturating_add(self.emission(cost));
-        let epoch = now / self.slot_ns;
-        let index = self.index(epoch);
-        let slot = &mut self.slots[index];
-        if slot.epoch != epoch {
-            // The ring is longer than a window, so what was here has expired.
-            *slot = Slot {
-                epoch,
-                amount: 0,
-                last: now,
+        self.total = self.total.saturating_add(cost);
+        // Times may arrive slightly out of order from concurrent callers; an earlier time
+        // lands in the latest slot, which only keeps it longer.
+        if let Some(slot) = self.slots.back_mut()
+            && now < slot.end
+        {
+            slot.amount = slot.amount.saturating_add(cost);
+            slot.last = slot.last.max(now);
+            return Charge {
+                epoch: slot.epoch,
+                amount: cost,
             };
         }
-        slot.amount = slot.amount.saturating_add(cost);
-        slot.last = slot.last.max(now);
+        let epoch = now / self.slot_ns;
+        self.slots.push_back(Slot {
+            epoch,
+            amount: cost,
+            last: now,
+            end: (epoch + 1).saturating_mul(self.slot_ns),
+        });
         Charge {
             epoch,
             amount: cost,
         }
+    }
+
+    fn slot_mut(&mut self, epoch: u64, now: u64) -> Option<&mut Slot> {
+        let window_ns = self.window_ns;
+        self.slots
+            .iter_mut()
+            .rev()
+            .find(|s| s.epoch == epoch)
+            .filter(|s| s.last.saturating_add(window_ns) > now)
     }
 
     /// Gives back `amount` of an earlier charge (the call used less than was reserved).
@@ -269,10 +310,10 @@ impl Budget {
         if self.tat > now {
             self.tat = self.tat.saturating_sub(self.emission(amount)).max(now);
         }
-        let index = self.index(charge.epoch);
-        let slot = &mut self.slots[index];
-        if slot.epoch == charge.epoch {
-            slot.amount = slot.amount.saturating_sub(amount);
+        if let Some(slot) = self.slot_mut(charge.epoch, now) {
+            let taken = amount.min(slot.amount);
+            slot.amount -= taken;
+            self.total -= taken;
         }
     }
 
@@ -280,11 +321,9 @@ impl Budget {
     /// may then hold more than the limit: the upstream already spent it, so later calls wait.
     pub(crate) fn charge_more(&mut self, now: u64, charge: Charge, amount: u64) {
         self.tat = self.tat.max(now).saturating_add(self.emission(amount));
-        let index = self.index(charge.epoch);
-        let live = self.live(&self.slots[index], now);
-        let slot = &mut self.slots[index];
-        if slot.epoch == charge.epoch && live {
+        if let Some(slot) = self.slot_mut(charge.epoch, now) {
             slot.amount = slot.amount.saturating_add(amount);
+            self.total = self.total.saturating_add(amount);
         }
     }
 

@@ -50,12 +50,12 @@ impl<S: fmt::Debug, K: fmt::Debug, C: fmt::Debug> fmt::Debug for RateLimit<S, K,
 
 impl<S, K, C> RateLimit<S, K, C> {
     pub(crate) fn from_parts(inner: S, config: Config, key_fn: K, classifier: C) -> Self {
-        let limiter = Limiter::new(config);
+        let limiter = Arc::new(Limiter::new(config));
         let single_name = limiter.remote().then(|| "_".to_owned());
-        let single = Arc::new(KeyState::new(&limiter.config, single_name));
+        let single = Arc::new(KeyState::new(&limiter, single_name));
         RateLimit {
             inner,
-            limiter: Arc::new(limiter),
+            limiter,
             keys: Arc::new(KeyTable::new()),
             single,
             key_fn,
@@ -144,7 +144,7 @@ where
         };
         match key.start(limiter, now, cost) {
             Start::Now(admission) => {
-                let permit = Permit::new(key, limiter.clone(), cost, admission);
+                let permit = Permit::new(key, cost, admission);
                 let future = self.inner.call(request);
                 ResponseFuture::calling(future, permit, self.classifier.clone())
             }

@@ -3,6 +3,7 @@
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,8 +27,12 @@ pub(crate) const METRIC_TOKENS_CHARGED: &str = "tower_llm_ratelimit_tokens_charg
 pub(crate) const METRIC_PAUSES: &str = "tower_llm_ratelimit_pauses_total";
 
 /// Counters shared by every clone of a limiter.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Stats {
+    /// Handles of the hot-path metrics, registered once (with the recorder installed when
+    /// the layer is applied) rather than looked up on every call.
+    admitted_metric: Option<metrics::Counter>,
+    reserved_metric: Option<metrics::Counter>,
     admitted: AtomicU64,
     waited: AtomicU64,
     waiting: AtomicU64,
@@ -63,7 +68,21 @@ pub struct RateLimitStats {
     pub pauses: u64,
 }
 
+impl fmt::Debug for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.snapshot(), f)
+    }
+}
+
 impl Stats {
+    pub(crate) fn new() -> Self {
+        Stats {
+            admitted_metric: Some(metrics::counter!(METRIC_ADMITTED)),
+            reserved_metric: Some(metrics::counter!(METRIC_TOKENS_RESERVED)),
+            ..Stats::default()
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> RateLimitStats {
         RateLimitStats {
             admitted: self.admitted.load(Ordering::Relaxed),
@@ -80,10 +99,14 @@ impl Stats {
 
     pub(crate) fn admitted(&self, tokens: u64) {
         self.admitted.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(METRIC_ADMITTED).increment(1);
+        if let Some(m) = &self.admitted_metric {
+            m.increment(1);
+        }
         if tokens > 0 {
             self.tokens_reserved.fetch_add(tokens, Ordering::Relaxed);
-            metrics::counter!(METRIC_TOKENS_RESERVED).increment(tokens);
+            if let Some(m) = &self.reserved_metric {
+                m.increment(tokens);
+            }
         }
     }
 
@@ -143,7 +166,7 @@ impl Limiter {
         Limiter {
             config,
             origin: Instant::now(),
-            stats: Stats::default(),
+            stats: Stats::new(),
             complete_needs_lock,
         }
     }
@@ -364,16 +387,19 @@ pub(crate) enum Start {
 #[derive(Debug)]
 pub(crate) struct KeyState {
     limits: Mutex<Limits>,
+    pub(crate) limiter: Arc<Limiter>,
     /// The key's name in the shared store (feature `redis`).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) remote_key: Option<String>,
 }
 
 impl KeyState {
-    pub(crate) fn new(config: &Config, remote_key: Option<String>) -> Self {
+    pub(crate) fn new(limiter: &Arc<Limiter>, remote_key: Option<String>) -> Self {
+        let config = &limiter.config;
         // With a shared store the quotas live there; only local limits stay here.
         let local = remote_key.is_none();
         KeyState {
+            limiter: limiter.clone(),
             limits: Mutex::new(Limits {
                 requests: config.requests.filter(|_| local).map(Budget::new),
                 tokens: config.tokens.filter(|_| local).map(Budget::new),
@@ -579,7 +605,6 @@ fn set_waker(slot: &mut Option<Waker>, waker: &Waker) {
 #[derive(Debug)]
 pub(crate) struct Permit {
     key: Arc<KeyState>,
-    limiter: Arc<Limiter>,
     cost: u64,
     admission: Admission,
     /// A token charge held in the shared store, for reconciling there (feature `redis`).
@@ -589,16 +614,10 @@ pub(crate) struct Permit {
 }
 
 impl Permit {
-    pub(crate) fn new(
-        key: Arc<KeyState>,
-        limiter: Arc<Limiter>,
-        cost: u64,
-        admission: Admission,
-    ) -> Self {
-        limiter.stats.admitted(cost);
+    pub(crate) fn new(key: Arc<KeyState>, cost: u64, admission: Admission) -> Self {
+        key.limiter.stats.admitted(cost);
         Permit {
             key,
-            limiter,
             cost,
             admission,
             remote_charge: None,
@@ -607,7 +626,7 @@ impl Permit {
     }
 
     pub(crate) fn limiter(&self) -> &Limiter {
-        &self.limiter
+        &self.key.limiter
     }
 
     /// Records how the call ended: reconciles tokens, pauses on a 429, learns from headers,
@@ -619,7 +638,7 @@ impl Permit {
         server: Option<&http::HeaderMap>,
     ) {
         self.done = true;
-        let config = &self.limiter.config;
+        let config = &self.key.limiter.config;
         let pause = match outcome {
             Outcome::Failure(f)
                 if config.pause_on_rate_limit
@@ -644,10 +663,10 @@ impl Permit {
             _ => None,
         }
         .filter(|d| *d != 0);
-        if !self.limiter.complete_needs_lock && pause.is_none() && learned.is_none() {
+        if !self.key.limiter.complete_needs_lock && pause.is_none() && learned.is_none() {
             return;
         }
-        let now = self.limiter.now();
+        let now = self.key.limiter.now();
         #[cfg(feature = "redis")]
         if let (Some(d), Some(charge), Some(backend), Some(key)) = (
             delta,
@@ -663,7 +682,7 @@ impl Permit {
         }
         if let Some(pause) = pause {
             limits.pause(now, pause);
-            self.limiter.stats.paused();
+            self.key.limiter.stats.paused();
         }
         if let Some(learned) = learned {
             limits.learn(now, learned);
@@ -678,9 +697,9 @@ impl Permit {
                 }
             }
             if delta < 0 {
-                self.limiter.stats.refunded(amount);
+                self.key.limiter.stats.refunded(amount);
             } else {
-                self.limiter.stats.charged(amount);
+                self.key.limiter.stats.charged(amount);
             }
         }
         limits.wake_head();
@@ -689,7 +708,7 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if !self.done && self.limiter.config.concurrency.is_some() {
+        if !self.done && self.key.limiter.config.concurrency.is_some() {
             let mut limits = self.key.lock();
             limits.in_flight = limits.in_flight.saturating_sub(1);
             limits.wake_head();
@@ -719,7 +738,7 @@ impl KeyTable {
     pub(crate) fn get<K: Hash + Eq + Send + Sync + 'static>(
         &self,
         key: K,
-        limiter: &Limiter,
+        limiter: &Arc<Limiter>,
         now: u64,
     ) -> Option<Arc<KeyState>> {
         let hash = self.hasher.hash_one(&key);
@@ -746,7 +765,7 @@ impl KeyTable {
             }
         }
         let remote_key = limiter.remote().then(|| remote_name(&key));
-        let state = Arc::new(KeyState::new(&limiter.config, remote_key));
+        let state = Arc::new(KeyState::new(limiter, remote_key));
         map.entry(hash)
             .or_default()
             .push((Box::new(key), state.clone()));

@@ -1,0 +1,125 @@
+//! Added cost per call of tower-llm-ratelimit when it does not limit, beside governor and
+//! tower's own `ConcurrencyLimit` and `RateLimit`, all over the same no-op `service_fn`.
+//!
+//! Every service is driven by hand with a no-op waker (ready, call, one poll), inside a tokio
+//! runtime context for the timers, so the figures are the middleware's own cost.
+//!
+//! `cargo bench --bench ratelimit`
+
+#![allow(missing_docs)] // criterion_group! generates an undocumented function.
+
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use tower::limit::{ConcurrencyLimit, RateLimit as TowerRateLimit, rate::Rate};
+use tower::{Layer, Service, service_fn};
+use tower_llm_core::BoxError;
+use tower_llm_ratelimit::{Quota, RateLimitLayer};
+
+type Req = http::Request<Bytes>;
+type Res = http::Response<Bytes>;
+
+fn noop() -> impl Service<Req, Response = Res, Error = BoxError, Future = impl Future> + Clone {
+    service_fn(|_req: Req| async { Ok::<_, BoxError>(http::Response::new(Bytes::new())) })
+}
+
+/// Ready, call, one poll: the whole life of a call that is not limited.
+fn drive<S: Service<Req, Response = Res>>(svc: &mut S, req: Req) -> Res
+where
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    match svc.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        _ => panic!("the bench service must be ready"),
+    }
+    let mut future = pin!(svc.call(req));
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(response)) => response,
+        _ => panic!("the bench call must complete at once"),
+    }
+}
+
+fn request() -> Req {
+    http::Request::new(Bytes::from_static(
+        br#"{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#,
+    ))
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _context = runtime.enter();
+    let mut group = c.benchmark_group("ratelimit_added_cost");
+
+    let mut bare = noop();
+    group.bench_function("baseline: service_fn alone", |b| {
+        b.iter(|| black_box(drive(&mut bare, request())))
+    });
+
+    let huge = Quota::new(u64::MAX / 4, Duration::from_secs(1)).with_burst(u64::MAX / 4);
+    let mut ours = RateLimitLayer::builder()
+        .requests(huge)
+        .build()
+        .expect("config")
+        .layer(noop());
+    group.bench_function("tower-llm RateLimit: requests quota", |b| {
+        b.iter(|| black_box(drive(&mut ours, request())))
+    });
+
+    let mut ours_concurrency = RateLimitLayer::builder()
+        .concurrency(1 << 20)
+        .requests(huge)
+        .build()
+        .expect("config")
+        .layer(noop());
+    group.bench_function("tower-llm RateLimit: requests quota + concurrency", |b| {
+        b.iter(|| black_box(drive(&mut ours_concurrency, request())))
+    });
+
+    let mut ours_tokens = RateLimitLayer::builder()
+        .concurrency(1 << 20)
+        .requests(huge)
+        .tokens(huge)
+        .build()
+        .expect("config")
+        .layer(noop());
+    group.bench_function(
+        "tower-llm RateLimit: requests + tokens (estimate, reconcile) + concurrency",
+        |b| b.iter(|| black_box(drive(&mut ours_tokens, request()))),
+    );
+
+    let governor = governor::RateLimiter::direct(governor::Quota::per_second(NonZeroU32::MAX));
+    group.bench_function("governor: check alone", |b| {
+        b.iter(|| black_box(governor.check().is_ok()))
+    });
+    let mut governed = noop();
+    group.bench_function("governor: check + service_fn", |b| {
+        b.iter(|| {
+            assert!(governor.check().is_ok());
+            black_box(drive(&mut governed, request()))
+        })
+    });
+
+    let mut concurrency = ConcurrencyLimit::new(noop(), 1 << 20);
+    group.bench_function("tower ConcurrencyLimit", |b| {
+        b.iter(|| black_box(drive(&mut concurrency, request())))
+    });
+
+    let mut tower_rate = TowerRateLimit::new(noop(), Rate::new(u64::MAX, Duration::from_secs(1)));
+    group.bench_function("tower RateLimit", |b| {
+        b.iter(|| black_box(drive(&mut tower_rate, request())))
+    });
+
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
