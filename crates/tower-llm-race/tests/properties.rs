@@ -1,0 +1,161 @@
+//! Property tests: random providers (latency, outcome) on a paused clock, checked against a
+//! model of what race and fallback must do.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Mock, Outcome};
+use proptest::prelude::*;
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+use tower_llm_core::FailureKind;
+use tower_llm_race::{AllFailed, FallbackLayer, RaceLayer, RecordAnswer};
+
+fn outcome() -> impl Strategy<Value = Outcome> {
+    prop_oneof![
+        3 => Just(Outcome::Ok("ok")),
+        1 => Just(Outcome::Status(429)),
+        1 => Just(Outcome::Status(503)),
+        1 => Just(Outcome::Status(400)),
+        1 => Just(Outcome::Status(401)),
+        1 => Just(Outcome::Err(FailureKind::Transport)),
+        1 => Just(Outcome::Err(FailureKind::CircuitOpen)),
+    ]
+}
+
+fn providers() -> impl Strategy<Value = Vec<(u64, Outcome)>> {
+    proptest::collection::vec((1u64..50, outcome()), 1..6)
+}
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a runtime")
+}
+
+fn is_success(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Ok(_))
+}
+
+fn kind_of(outcome: &Outcome) -> Option<FailureKind> {
+    match outcome {
+        Outcome::Ok(_) => None,
+        Outcome::Status(status) => {
+            FailureKind::from_status(http::StatusCode::from_u16(*status).expect("valid"))
+        }
+        Outcome::Err(kind) => Some(*kind),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// A race answers with a success at the earliest success's latency, every call that
+    /// would have ended later is cancelled (ties go to the earlier service), and with no success the error lists every
+    /// service's failure after the slowest one.
+    #[test]
+    fn race_answers_with_the_earliest_success(specs in providers()) {
+        paused_runtime().block_on(async {
+            let mocks: Vec<Mock> = specs
+                .iter()
+                .map(|(latency, outcome)| Mock::new(Duration::from_millis(latency * 10), outcome.clone()))
+                .collect();
+            let race = RaceLayer::new().layer(mocks.clone());
+            let start = Instant::now();
+            let result = race.oneshot("q".to_string()).await;
+            let elapsed = start.elapsed();
+            let best = specs
+                .iter()
+                .filter(|(_, outcome)| is_success(outcome))
+                .map(|(latency, _)| Duration::from_millis(latency * 10))
+                .min();
+            match best {
+                Some(best) => {
+                    let reply = result.expect("a success exists");
+                    prop_assert_eq!(elapsed, best);
+                    let winner = reply.answered().expect("marked").service;
+                    prop_assert!(is_success(&specs[winner].1));
+                    prop_assert_eq!(Duration::from_millis(specs[winner].0 * 10), best);
+                    for (index, (mock, (latency, _))) in mocks.iter().zip(&specs).enumerate() {
+                        prop_assert_eq!(mock.stats.calls(), 1);
+                        // Calls ending at the same instant are looked at in service order:
+                        // those after the winner are cancelled.
+                        let latency = Duration::from_millis(latency * 10);
+                        let ended = latency < best || (latency == best && index <= winner);
+                        prop_assert_eq!(mock.stats.completed(), usize::from(ended));
+                        prop_assert_eq!(mock.stats.dropped(), usize::from(!ended));
+                    }
+                }
+                None => {
+                    let error = result.expect_err("no success");
+                    let slowest = specs.iter().map(|(l, _)| Duration::from_millis(l * 10)).max();
+                    prop_assert_eq!(Some(elapsed), slowest);
+                    let failed = error.downcast_ref::<AllFailed>().expect("AllFailed");
+                    prop_assert_eq!(failed.failures().len(), specs.len());
+                    for failure in failed.failures() {
+                        prop_assert_eq!(Some(failure.kind()), kind_of(&specs[failure.service()].1));
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+
+    /// A fallback calls services strictly in order, each at most once, moves on exactly on
+    /// failures worth trying elsewhere, and takes the sum of the latencies it waited for.
+    #[test]
+    fn fallback_follows_the_rules(specs in providers()) {
+        paused_runtime().block_on(async {
+            let mocks: Vec<Mock> = specs
+                .iter()
+                .map(|(latency, outcome)| Mock::new(Duration::from_millis(latency * 10), outcome.clone()))
+                .collect();
+            let fallback = FallbackLayer::new().layer(mocks.clone());
+            let start = Instant::now();
+            let result = fallback.oneshot("q".to_string()).await;
+
+            // The model.
+            let mut waited = Duration::ZERO;
+            let mut tried = 0;
+            let mut answer = None;
+            let mut stopped = false;
+            for (index, (latency, outcome)) in specs.iter().enumerate() {
+                tried += 1;
+                waited += Duration::from_millis(latency * 10);
+                match kind_of(outcome) {
+                    None => {
+                        answer = Some(index);
+                        break;
+                    }
+                    Some(kind) if kind.is_worth_trying_elsewhere() => {}
+                    Some(_) => {
+                        stopped = true;
+                        break;
+                    }
+                }
+            }
+
+            prop_assert_eq!(start.elapsed(), waited);
+            for (index, mock) in mocks.iter().enumerate() {
+                prop_assert_eq!(mock.stats.calls(), usize::from(index < tried));
+            }
+            match answer {
+                Some(index) => {
+                    let reply = result.expect("a success");
+                    let mark = reply.answered().expect("marked");
+                    prop_assert_eq!((mark.service, mark.attempts as usize), (index, tried));
+                }
+                None => {
+                    let error = result.expect_err("no success");
+                    let failed = error.downcast_ref::<AllFailed>().expect("AllFailed");
+                    prop_assert_eq!(failed.is_stopped(), stopped);
+                    prop_assert_eq!(failed.failures().len(), tried);
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
