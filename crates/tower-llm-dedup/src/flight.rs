@@ -91,10 +91,29 @@ impl Notifier {
     }
 
     fn wake_all(&self) {
+        self.wake_others(usize::MAX);
+    }
+
+    /// Wakes every registered subscriber but `except` (the one doing the waking, which is
+    /// running already).
+    fn wake_others(&self, except: usize) {
         let woken: Vec<Waker> = {
             let mut w = lock(&self.wakers);
-            w.slots.iter_mut().filter_map(Option::take).collect()
+            if w.slots
+                .iter()
+                .enumerate()
+                .all(|(id, slot)| id == except || slot.is_none())
+            {
+                return;
+            }
+            w.slots
+                .iter_mut()
+                .enumerate()
+                .filter(|(id, _)| *id != except)
+                .filter_map(|(_, slot)| slot.take())
+                .collect()
         };
+        // Woken outside the lock: a waker may run code that registers again.
         for waker in woken {
             waker.wake();
         }
@@ -219,7 +238,9 @@ impl<I> InFlight<I> {
         }
         map.insert(key, flight.clone());
         drop(map);
-        Joined::Leader(Subscription::new(flight, self.clone(), key, true))
+        let mut leader = Subscription::new(flight, self.clone(), key, true);
+        leader.pending_start = true;
+        Joined::Leader(leader)
     }
 
     fn remove(&self, key: &RequestKey, flight: &Arc<Flight<I>>) {
@@ -242,6 +263,9 @@ pub(crate) struct Subscription<I> {
     attached: bool,
     /// Whether this subscriber reads a failure (rather than making its own call).
     reads_error: bool,
+    /// A leader that has not installed its call yet: if it goes away before it does (the
+    /// inner service's `call` panicked), the flight fails instead of leaving waiters parked.
+    pending_start: bool,
 }
 
 impl<I> std::fmt::Debug for Subscription<I> {
@@ -271,11 +295,13 @@ impl<I> Subscription<I> {
             seen_start: false,
             attached: true,
             reads_error,
+            pending_start: false,
         }
     }
 
     /// Installs the call this (leading) subscription started, and what to do on success.
-    pub(crate) fn start(&self, producer: Producer<I>, completion: Completion<I>) {
+    pub(crate) fn start(&mut self, producer: Producer<I>, completion: Completion<I>) {
+        self.pending_start = false;
         {
             let mut state = lock(&self.flight.state);
             state.producer = Some(producer);
@@ -378,10 +404,13 @@ impl<I> Subscription<I> {
                 }
                 Ok(Poll::Ready(None)) => {
                     finished_producer = state.producer.take();
-                    if let Some(complete) = state.completion.take() {
-                        complete(&state.items);
-                    }
                     state.end = Some(End::Done);
+                    if let Some(complete) = state.completion.take() {
+                        // Storing the answer runs user code (classifier, weigher, codec); if
+                        // it panics, the answer is simply not stored: the callers still get it.
+                        let items = &state.items;
+                        let _ = catch_unwind(AssertUnwindSafe(|| complete(items)));
+                    }
                     wake_others = true;
                     finished = true;
                 }
@@ -410,7 +439,7 @@ impl<I> Subscription<I> {
         drop(state);
         drop(finished_producer);
         if wake_others {
-            self.flight.notifier.wake_all();
+            self.flight.notifier.wake_others(self.id);
         }
         if finished {
             self.in_flight.remove(&self.key, &self.flight);
@@ -434,9 +463,20 @@ impl<I> Drop for Subscription<I> {
                 cancelled = state.producer.take();
                 state.completion = None;
                 last = true;
+            } else if self.pending_start && state.end.is_none() {
+                state.end = Some(End::Failed {
+                    original: None,
+                    shared: Some(SharedError::new(Box::new(InnerPanicked::from_payload(
+                        &"the inner service's `call` panicked",
+                    )))),
+                });
+                last = true;
             }
         }
         self.flight.notifier.release(self.id);
+        if self.pending_start {
+            self.flight.notifier.wake_all();
+        }
         // Dropping the call cancels it; done outside the lock, as it runs the inner service's
         // code.
         drop(cancelled);

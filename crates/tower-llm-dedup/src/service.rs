@@ -111,7 +111,7 @@ where
         let joined = shared
             .in_flight
             .join(key, reads_error, || cache.and_then(|c| c.get(&key)));
-        let leader = match joined {
+        let mut leader = match joined {
             Joined::Cached(value) => {
                 shared.stats.hit();
                 return ResponseFuture::ready(Ok(value));

@@ -250,7 +250,7 @@ where
             return StreamResponseFuture::ready(Ok(ReplayStream::cached(chunks)));
         }
         let reads_error = shared.on_error == OnError::Share;
-        let leader = match shared
+        let mut leader = match shared
             .in_flight
             .join(key, reads_error, || cache.and_then(|c| c.get(&key)))
         {

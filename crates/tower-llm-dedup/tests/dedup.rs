@@ -582,3 +582,73 @@ async fn transport_errors_classify_through_the_share() {
         assert_eq!(classify_dyn_error(&*error).kind, FailureKind::Overloaded);
     }
 }
+
+/// An inner service whose `call` itself panics, after a second caller has joined the flight
+/// it was about to start: the second caller must get an error, not hang.
+#[derive(Clone)]
+struct PanicsInCall {
+    joined: Arc<std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>>,
+}
+
+impl Service<String> for PanicsInCall {
+    type Response = String;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<String, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _prompt: String) -> Self::Future {
+        let waiting = self.joined.lock().expect("lock").take();
+        if let Some(joined) = waiting {
+            joined.recv().expect("the second caller joined");
+            panic!("call itself panicked");
+        }
+        std::future::ready(Ok("fine".to_string()))
+    }
+}
+
+#[test]
+fn a_panic_in_the_inner_call_itself_fails_the_waiters() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let service = ServiceBuilder::new()
+        .layer(DedupLayer::new(Duration::from_secs(60)))
+        .service(PanicsInCall {
+            joined: Arc::new(std::sync::Mutex::new(Some(rx))),
+        });
+    let mut leader = service.clone();
+    let leader = std::thread::spawn(move || {
+        drop(leader.call("q".to_string()));
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        // Wait until the leader is inside `call` (its flight is registered), then join it.
+        let mut waiter = loop {
+            let mut probe = service.clone();
+            let stats = probe.stats().snapshot();
+            if stats.misses == 1 {
+                break probe.call("q".to_string());
+            }
+            drop(probe);
+            tokio::task::yield_now().await;
+            std::thread::yield_now();
+        };
+        tx.send(()).expect("leader waiting");
+        let result = tokio::time::timeout(Duration::from_secs(30), &mut waiter)
+            .await
+            .expect("the waiter got an answer instead of hanging");
+        let error = result.expect_err("the call panicked");
+        assert!(error.to_string().contains("panicked"), "{error}");
+    });
+    assert!(
+        leader.join().is_err(),
+        "the panic stayed with the caller whose call panicked"
+    );
+}
