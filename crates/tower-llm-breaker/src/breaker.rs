@@ -407,7 +407,9 @@ impl Breaker {
         };
         let probes_in_flight = if stored == State::HalfOpen {
             let half_open = self.lock();
-            half_open.admitted - half_open.successes - half_open.failures
+            half_open
+                .admitted
+                .saturating_sub(half_open.successes + half_open.failures)
         } else {
             0
         };

@@ -480,8 +480,9 @@ impl CircuitBreakerBuilder {
                 format!("must be in (0, 1], got {}", self.probe_success_rate),
             ));
         }
-        let needed = (self.probe_success_rate * f64::from(c.probes)).ceil();
-        // Float rounding may put `needed` a hair outside 1..=probes.
+        // 0.7 * 10 is 7.000000000000001 in floating point: shave the rounding error off
+        // before rounding up, then keep the result within 1..=probes.
+        let needed = (self.probe_success_rate * f64::from(c.probes) - 1e-9).ceil();
         c.probe_successes = (needed as u32).clamp(1, c.probes);
         Ok(self.config)
     }
@@ -560,6 +561,26 @@ mod tests {
             .validate()
             .expect("valid");
         assert_eq!(c.probe_successes, 3);
+        for (rate, probes, needed) in [(0.7, 10, 7), (0.1, 10, 1), (0.01, 10, 1), (0.5, 3, 2)] {
+            let c = CircuitBreakerBuilder::new()
+                .probes(probes)
+                .probe_success_rate(rate)
+                .validate()
+                .expect("valid");
+            assert_eq!(c.probe_successes, needed, "{rate} of {probes}");
+        }
+    }
+
+    #[test]
+    fn time_windows_default_to_one_second_buckets() {
+        assert_eq!(
+            Window::time(Duration::from_secs(60)),
+            Window::time_with_buckets(Duration::from_secs(60), 60)
+        );
+        assert_eq!(
+            Window::time(Duration::from_secs(5)),
+            Window::time_with_buckets(Duration::from_secs(5), 10)
+        );
     }
 
     #[test]

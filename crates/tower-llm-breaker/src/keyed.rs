@@ -6,6 +6,7 @@
 //! or probing keeps its state as long as some closed key can make room; only when every
 //! breaker is open or half-open does the least recently used of them go.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
@@ -131,7 +132,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> KeyedBreakers<K> {
 /// let refused = svc.ready().await?.call("big").await.unwrap_err();
 /// assert!(refused.is::<CircuitOpen>());
 /// assert_eq!(svc.ready().await?.call("small").await?.status(), 200);
-/// assert_eq!(handle.get(&"big".to_string()).unwrap().state(), State::Open);
+/// assert_eq!(handle.get("big").unwrap().state(), State::Open);
 /// # Ok(())
 /// # }
 /// ```
@@ -308,7 +309,11 @@ impl<K> fmt::Debug for KeyedCircuitBreakerHandle<K> {
 
 impl<K: Hash + Eq + Clone> KeyedCircuitBreakerHandle<K> {
     /// The breaker of `key`, if the map holds one (a key is added by its first call).
-    pub fn get(&self, key: &K) -> Option<CircuitBreakerHandle> {
+    pub fn get<Q>(&self, key: &Q) -> Option<CircuitBreakerHandle>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let map = self.breakers.lock();
         map.entries.get(key).map(|entry| CircuitBreakerHandle {
             breaker: Arc::clone(&entry.breaker),

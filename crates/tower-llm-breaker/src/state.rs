@@ -73,7 +73,8 @@ pub struct StateChange {
     pub from: State,
     /// The state entered.
     pub to: State,
-    /// When it happened.
+    /// When it happened. An open breaker becomes half-open lazily, at the first call after
+    /// its cool-down, so that change is stamped with that call's time.
     pub at: Instant,
     /// When entering [`State::Open`]: the cool-down before the next probe.
     pub cooldown: Option<Duration>,

@@ -62,8 +62,8 @@ async fn each_key_has_its_own_breaker() {
     let calls = calls.lock().expect("lock").clone();
     assert_eq!(calls, BTreeMap::from([(1, 2), (2, 20)]));
 
-    let one = handle.get(&"model-1".to_string()).expect("known key");
-    let two = handle.get(&"model-2".to_string()).expect("known key");
+    let one = handle.get("model-1").expect("known key");
+    let two = handle.get("model-2").expect("known key");
     assert_eq!(one.state(), State::Open);
     assert_eq!(one.key(), Some("model-1"));
     assert_eq!(two.state(), State::Closed);

@@ -326,8 +326,14 @@ async fn each_host_has_its_own_breaker() {
     assert_eq!(up.counters().requests, 20);
     let down_key = down.addr().to_string();
     let up_key = up.addr().to_string();
-    assert_eq!(handle.get(&down_key).expect("known").state(), State::Open);
-    assert_eq!(handle.get(&up_key).expect("known").state(), State::Closed);
+    assert_eq!(
+        handle.get(down_key.as_str()).expect("known").state(),
+        State::Open
+    );
+    assert_eq!(
+        handle.get(up_key.as_str()).expect("known").state(),
+        State::Closed
+    );
 }
 
 /// The upstream fails every call for 30 s of virtual time, then recovers. A client keeps
