@@ -149,6 +149,100 @@ async fn open_half_open_closed_and_back_to_open() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_cooldown_grows_while_probes_fail_and_resets_on_close() {
+    let server = server(failing(Fault::Overloaded)).await;
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .cooldown(Duration::from_secs(2))
+        .cooldown_backoff(3.0, Duration::from_secs(30))
+        .build()
+        .expect("valid");
+    let handle = layer.handle();
+    let mut svc = layer.layer(TestClient::new());
+    send(&mut svc, &server).await.expect("trips");
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        let result = send(&mut svc, &server).await;
+        let Err(err) = result else {
+            panic!("expected a rejection")
+        };
+        let open = err.downcast_ref::<CircuitOpen>().expect("circuit open");
+        waits.push(open.retry_in().as_secs());
+        assert_eq!(handle.stats().next_probe_in, Some(open.retry_in()));
+        advance(open.retry_in()).await;
+        send(&mut svc, &server).await.expect("a failing probe");
+    }
+    assert_eq!(waits, [2, 6, 18, 30]);
+    assert_eq!(
+        server.counters().requests,
+        5,
+        "one trip, then one probe per cool-down"
+    );
+
+    advance(Duration::from_secs(30)).await;
+    server.set_plan(FaultPlan::healthy());
+    send(&mut svc, &server).await.expect("the probe closes it");
+    server.set_plan(failing(Fault::Overloaded));
+    send(&mut svc, &server).await.expect("trips again");
+    let open = send(&mut svc, &server).await.expect_err("open");
+    let open = open.downcast_ref::<CircuitOpen>().expect("circuit open");
+    assert_eq!(
+        open.retry_in(),
+        Duration::from_secs(2),
+        "back to the base cool-down"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn it_closes_on_a_share_of_probe_successes() {
+    let server = server(failing(Fault::Status(500))).await;
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .cooldown(COOLDOWN)
+        .probes(4)
+        .probe_success_rate(0.5)
+        .build()
+        .expect("valid");
+    let handle = layer.handle();
+    let mut svc = layer.layer(TestClient::new());
+    send(&mut svc, &server).await.expect("trips");
+    advance(COOLDOWN).await;
+
+    // Two of four probes must succeed; up to two may fail.
+    server.set_plan(FaultPlan::healthy().script([
+        Some(Fault::Status(500)),
+        None,
+        Some(Fault::Status(502)),
+        None,
+    ]));
+    let statuses = [500, 200, 502];
+    for status in statuses {
+        let reply = send(&mut svc, &server).await.expect("a probe");
+        assert_eq!(reply.status(), status);
+        assert_eq!(handle.state(), State::HalfOpen);
+    }
+    send(&mut svc, &server).await.expect("the second success");
+    assert_eq!(handle.state(), State::Closed);
+
+    // And a third failure among four probes reopens it.
+    server.set_plan(failing(Fault::Status(500)));
+    send(&mut svc, &server).await.expect("trips");
+    advance(COOLDOWN).await;
+    server.set_plan(FaultPlan::healthy().script([
+        Some(Fault::Status(500)),
+        Some(Fault::Status(500)),
+        None,
+        Some(Fault::Status(500)),
+    ]));
+    for _ in 0..3 {
+        send(&mut svc, &server).await.expect("a probe");
+        assert_eq!(handle.state(), State::HalfOpen);
+    }
+    send(&mut svc, &server).await.expect("the third failure");
+    assert_eq!(handle.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
 async fn half_open_admits_only_the_probe_limit() {
     let server = server(failing(Fault::Status(500))).await;
     let layer = CircuitBreakerLayer::builder()
