@@ -14,7 +14,7 @@
 //! # Example
 //!
 //! ```
-//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //! use tower_llm_providers::{Anthropic, ChatRequest, Message, RequestBody};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -30,12 +30,12 @@
 //!     )))
 //! });
 //! let claude = Anthropic::builder().api_key("sk-ant-test").build_with(http).unwrap();
-//! let mut service = ServiceBuilder::new().service(claude);
+//! let service = ServiceBuilder::new().service(claude);
 //! let request = ChatRequest::new(
 //!     "claude-sonnet-4-5",
 //!     vec![Message::system("Be brief."), Message::user("Hi")],
 //! );
-//! let answer = service.ready().await.unwrap().call(request).await.unwrap();
+//! let answer = service.oneshot(request).await.unwrap();
 //! assert_eq!(answer.content, "Hello!");
 //! assert_eq!(answer.usage.unwrap().input_tokens, 10);
 //! # }
@@ -288,6 +288,7 @@ where
     }
 
     fn call(&mut self, request: ChatRequest) -> Self::Future {
+        self.config.ctx.record_request("chat");
         let body = self.encode_chat(&request, false);
         let http = post_json(&self.config.messages_uri, &self.config.headers, body, false);
         ResponseFuture::new(self.inner.call(http), self.config.ctx.clone(), decode_chat)
@@ -310,6 +311,7 @@ where
     }
 
     fn call(&mut self, request: Streaming<ChatRequest>) -> Self::Future {
+        self.config.ctx.record_request("stream");
         let body = self.encode_chat(&request.0, true);
         let http = post_json(&self.config.messages_uri, &self.config.headers, body, true);
         StreamFuture::new(

@@ -63,6 +63,26 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
+    /// Counts a call sent (`what`: `chat`, `stream` or `embeddings`).
+    pub(crate) fn record_request(&self, what: &'static str) {
+        metrics::counter!(
+            "tower_llm_providers_requests_total",
+            "provider" => self.provider.clone(),
+            "call" => what
+        )
+        .increment(1);
+    }
+
+    /// Counts a failure handed to the caller.
+    pub(crate) fn record_failure(&self, error: &UpstreamError) {
+        metrics::counter!(
+            "tower_llm_providers_failures_total",
+            "provider" => self.provider.clone(),
+            "kind" => error.kind().as_str()
+        )
+        .increment(1);
+    }
+
     pub(crate) fn error(&self, kind: FailureKind, message: impl Into<String>) -> UpstreamError {
         UpstreamError::new(kind, message).with_provider(self.provider.clone())
     }

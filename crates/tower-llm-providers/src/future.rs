@@ -107,7 +107,23 @@ where
 {
     type Output = Result<T, UpstreamError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = ready!(self.as_mut().poll_inner(cx));
+        if let Err(error) = &result {
+            self.ctx.record_failure(error);
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl<F, B, E, T> ResponseFuture<F, B, T>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    fn poll_inner(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, UpstreamError>> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
@@ -240,7 +256,26 @@ where
 {
     type Output = Result<ChatStream<B>, UpstreamError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = ready!(self.as_mut().poll_inner(cx));
+        if let Err(error) = &result {
+            self.ctx.record_failure(error);
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl<F, B, E> StreamFuture<F, B>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    fn poll_inner(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<ChatStream<B>, UpstreamError>> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {

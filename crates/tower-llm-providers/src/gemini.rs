@@ -17,7 +17,7 @@
 //! # Example
 //!
 //! ```
-//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //! use tower_llm_providers::{ChatRequest, Gemini, Message, RequestBody};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -36,9 +36,9 @@
 //!     )))
 //! });
 //! let gemini = Gemini::builder().api_key("AIza-test").build_with(http).unwrap();
-//! let mut service = ServiceBuilder::new().service(gemini);
+//! let service = ServiceBuilder::new().service(gemini);
 //! let request = ChatRequest::new("gemini-2.5-flash", vec![Message::user("Hi")]);
-//! let answer = service.ready().await.unwrap().call(request).await.unwrap();
+//! let answer = service.oneshot(request).await.unwrap();
 //! assert_eq!(answer.content, "Hi there");
 //! assert_eq!(answer.usage.unwrap().total(), 6);
 //! # }
@@ -297,6 +297,7 @@ where
     }
 
     fn call(&mut self, request: ChatRequest) -> Self::Future {
+        self.config.ctx.record_request("chat");
         let ctx = self.config.ctx.clone();
         match self.uri(&request.model, false) {
             Ok(uri) => {
@@ -324,6 +325,7 @@ where
     }
 
     fn call(&mut self, request: Streaming<ChatRequest>) -> Self::Future {
+        self.config.ctx.record_request("stream");
         let future = self.uri(&request.0.model, true).map(|uri| {
             let http = post_json(&uri, &self.config.headers, encode_chat(&request.0), true);
             self.inner.call(http)

@@ -40,6 +40,23 @@
 //! [`ResponseUsage`](tower_llm_core::ResponseUsage) and
 //! [`ClassifyResponse`](tower_llm_core::ClassifyResponse) (always a success).
 //!
+//! # Metrics
+//!
+//! Through the [`metrics`](https://docs.rs/metrics) facade:
+//!
+//! - `tower_llm_providers_requests_total{provider, call}`: calls sent, `call` being `chat`,
+//!   `stream` or `embeddings`;
+//! - `tower_llm_providers_failures_total{provider, kind}`: errors handed to the caller
+//!   (before or inside a stream), `kind` being core's
+//!   [`FailureKind::as_str`](tower_llm_core::FailureKind::as_str).
+//!
+//! # The default client and runtimes
+//!
+//! [`shared_client`] builds one client per process; its pooled connections are driven by
+//! tasks on the tokio runtime that opened them. A program with one runtime (the usual case)
+//! shares it freely; a program that creates and drops runtimes (tests) should build a client
+//! per runtime with [`HttpClientConfig::build`] and pass it to `build_with`.
+//!
 //! # Example
 //!
 //! A stack over OpenAI, with a stand-in for the network so that the example runs offline;
@@ -47,7 +64,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //! use tower_llm_providers::{ChatRequest, Message, OpenAi, RequestBody};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -61,11 +78,11 @@
 //!     )))
 //! });
 //! let openai = OpenAi::builder().api_key("sk-test").build_with(network).unwrap();
-//! let mut stack = ServiceBuilder::new()
+//! let stack = ServiceBuilder::new()
 //!     .timeout(Duration::from_secs(30))
 //!     .service(openai);
 //! let request = ChatRequest::new("gpt-4o-mini", vec![Message::user("Capital of France?")]);
-//! let answer = stack.ready().await.unwrap().call(request).await.unwrap();
+//! let answer = stack.oneshot(request).await.unwrap();
 //! assert_eq!(answer.content, "Paris.");
 //! # }
 //! ```

@@ -19,7 +19,7 @@
 //! # Example
 //!
 //! ```
-//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //! use tower_llm_providers::{ChatRequest, Message, OpenAi, RequestBody};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -35,14 +35,9 @@
 //!     )))
 //! });
 //! let ollama = OpenAi::compatible("http://localhost:11434/v1").build_with(http).unwrap();
-//! let mut service = ServiceBuilder::new().service(ollama);
-//! let answer = service
-//!     .ready()
-//!     .await
-//!     .unwrap()
-//!     .call(ChatRequest::new("llama3", vec![Message::user("Say hi")]))
-//!     .await
-//!     .unwrap();
+//! let service = ServiceBuilder::new().service(ollama);
+//! let request = ChatRequest::new("llama3", vec![Message::user("Say hi")]);
+//! let answer = service.oneshot(request).await.unwrap();
 //! assert_eq!(answer.content, "Hi!");
 //! assert_eq!(answer.usage.unwrap().total(), 5);
 //! # }
@@ -365,6 +360,34 @@ impl OpenAi<HttpClient> {
 
     /// A builder for the Azure OpenAI `deployment` at `endpoint`
     /// (`https://NAME.openai.azure.com`), with this `api_version` (such as `2024-10-21`).
+    /// The request's `model` is sent but Azure answers with the deployment's model.
+    ///
+    /// ```
+    /// use tower::{ServiceExt, service_fn};
+    /// use tower_llm_providers::{ChatRequest, Message, OpenAi, RequestBody};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let http = service_fn(|request: http::Request<RequestBody>| async move {
+    ///     assert_eq!(
+    ///         request.uri(),
+    ///         "https://contoso.openai.azure.com/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21"
+    ///     );
+    ///     assert!(request.headers()["api-key"].is_sensitive());
+    ///     let body = r#"{"id":"c","model":"gpt-4o","choices":[{"index":0,
+    ///         "message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}]}"#;
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+    ///         bytes::Bytes::from(body),
+    ///     )))
+    /// });
+    /// let azure = OpenAi::azure("https://contoso.openai.azure.com", "gpt4o-prod", "2024-10-21")
+    ///     .api_key("azure-key") // or AZURE_OPENAI_API_KEY
+    ///     .build_with(http)
+    ///     .unwrap();
+    /// let request = ChatRequest::new("gpt-4o", vec![Message::user("Hi")]);
+    /// assert_eq!(azure.oneshot(request).await.unwrap().content, "Hi");
+    /// # }
+    /// ```
     pub fn azure(
         endpoint: impl Into<String>,
         deployment: impl Into<String>,
@@ -430,6 +453,7 @@ where
     }
 
     fn call(&mut self, request: ChatRequest) -> Self::Future {
+        self.config.ctx.record_request("chat");
         let body = self.encode_chat(&request, false);
         let http = self.post(&self.config.chat_uri, body, false);
         ResponseFuture::new(self.inner.call(http), self.config.ctx.clone(), decode_chat)
@@ -452,6 +476,7 @@ where
     }
 
     fn call(&mut self, request: Streaming<ChatRequest>) -> Self::Future {
+        self.config.ctx.record_request("stream");
         let body = self.encode_chat(&request.0, true);
         let http = self.post(&self.config.chat_uri, body, true);
         StreamFuture::new(
@@ -479,6 +504,7 @@ where
     }
 
     fn call(&mut self, request: EmbeddingRequest) -> Self::Future {
+        self.config.ctx.record_request("embeddings");
         let body = encode_embeddings(&request);
         let http = self.post(&self.config.embeddings_uri, body, false);
         ResponseFuture::new(

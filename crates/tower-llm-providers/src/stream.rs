@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Buf;
@@ -132,6 +132,34 @@ pin_project! {
     /// `B` is the inner client's response body ([`hyper::body::Incoming`] with the default
     /// client). Dropping the stream drops the body, which closes (or, once read to the end,
     /// returns to the pool) its connection.
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// use tower::{ServiceExt, service_fn};
+    /// use tower_llm_providers::{ChatChunk, ChatRequest, Message, OpenAi, RequestBody};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let http = service_fn(|_request: http::Request<RequestBody>| async move {
+    ///     let events = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n\
+    ///                   data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
+    ///                   data: [DONE]\n\n";
+    ///     let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(events)));
+    ///     response.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+    ///     Ok::<_, std::convert::Infallible>(response)
+    /// });
+    /// let openai = OpenAi::builder().api_key("sk-test").build_with(http).unwrap();
+    /// let request = ChatRequest::new("gpt-4o-mini", vec![Message::user("Hi")]).streaming();
+    /// let mut stream = openai.oneshot(request).await.unwrap();
+    /// let mut text = String::new();
+    /// while let Some(chunk) = stream.next().await {
+    ///     if let ChatChunk::Content(delta) = chunk.unwrap() {
+    ///         text.push_str(&delta);
+    ///     }
+    /// }
+    /// assert_eq!(text, "Hi");
+    /// # }
+    /// ```
     pub struct ChatStream<B> {
         #[pin]
         body: B,
@@ -195,7 +223,24 @@ where
 {
     type Item = Result<ChatChunk, UpstreamError>;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = ready!(self.as_mut().poll_inner(cx));
+        if let Some(Err(error)) = &item {
+            self.ctx.record_failure(error);
+        }
+        Poll::Ready(item)
+    }
+}
+
+impl<B> ChatStream<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    fn poll_inner(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<ChatChunk, UpstreamError>>> {
         let mut this = self.project();
         loop {
             if let Some(chunk) = this.pending.pop_front() {
