@@ -21,9 +21,9 @@ pub struct RetryStats {
     pub retries: u64,
     /// Calls that succeeded after at least one retry.
     pub recovered: u64,
-    /// Failures returned to the caller, by [`GiveUpReason`] (indexed as
-    /// [`GiveUpReason::ALL`]); see [`give_ups`](Self::give_ups).
-    pub give_ups_by_reason: [u64; 5],
+    /// Failures returned to the caller, by [`GiveUpReason`]: read with
+    /// [`give_ups`](Self::give_ups).
+    give_ups_by_reason: [u64; 5],
     /// Retries the budget would allow right now, if the layer has a budget.
     pub budget_available: Option<u64>,
 }
