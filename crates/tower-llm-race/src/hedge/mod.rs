@@ -23,6 +23,10 @@
 //! [`AllFailed`](crate::AllFailed). Readiness of each service is awaited inside its own call,
 //! so a service that is not ready does not hold up the hedge: its delay still runs.
 //!
+//! Arming the delay timer reads the learned percentile, a scan of the histogram's few
+//! hundred buckets (about a microsecond), once per request that is still waiting after its
+//! first poll.
+//!
 //! Unlike `tower::hedge`, which hedges one service against itself and learns the latency of
 //! whole requests, this hedges across different providers and learns the first service's
 //! own latency (a call cut short by a winning hedge counts as its time so far), so hedging
@@ -195,7 +199,8 @@ impl<C> HedgeBuilder<C> {
     }
 
     /// Whether a failure worth trying elsewhere sends the next attempt at once (default
-    /// true).
+    /// true). Without it, a request whose calls in flight have all failed fails at once,
+    /// even if a hedge could still have been sent.
     pub fn failover(mut self, failover: bool) -> Self {
         self.config.failover = failover;
         self
