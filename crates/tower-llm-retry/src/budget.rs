@@ -31,6 +31,18 @@ const TICK_EVERY: u64 = 64;
 /// Configuration of a retry budget: how many retries the layer may make, as a fraction of the
 /// requests it saw recently, with a floor.
 ///
+/// Each request earns `ratio` of a retry, each retry spends one; both expire after the window
+/// (kept in ten slots), and `min_per_second × window` retries are always available. In a
+/// total outage, upstream attempts within a window stay under `(1 + ratio) × requests +
+/// floor`. The budget lives in the layer's shared state: every service the layer builds and
+/// every clone draw on it. A call dropped while waiting to retry gives its retry back.
+///
+/// tower's `TpsBudget` does the same job but rounds the ratio to `1 / n` (0.4 allows 0.5),
+/// can be overdrawn by concurrent withdrawals (it checks, then subtracts), and takes a mutex
+/// and reads the clock on every deposit, which is the success path. This budget counts in
+/// millionths of a retry, serialises withdrawals, and costs a request one relaxed atomic
+/// increment.
+///
 /// ```
 /// use std::time::Duration;
 /// use tower_llm_retry::RetryBudget;

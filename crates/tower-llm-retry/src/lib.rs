@@ -7,10 +7,10 @@
 //! It is built on [`tower::retry`]: the service and its future are tower's
 //! [`Retry`](tower::retry::Retry) (which polls the inner service's readiness again before
 //! every retry), driven by this crate's [`RetryPolicy`]. What tower lacks is written here: the
-//! classification through core, backoff shapes and jitter that yield a [`Duration`](std::time::Duration) (so the
-//! server's hint and the deadline can be weighed against them), and a budget that is exact
-//! and cheap on the success path (see [`RetryBudget`] for why tower's `TpsBudget` was not
-//! reused).
+//! classification through core, backoff shapes and jitter that yield a
+//! [`Duration`](std::time::Duration) (so the server's hint and the deadline can be weighed
+//! against them), and a budget that is exact and cheap on the success path (see
+//! [`RetryBudget`] for why tower's `TpsBudget` was not reused).
 //!
 //! # What is retried
 //!
