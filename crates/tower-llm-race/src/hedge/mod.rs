@@ -23,9 +23,9 @@
 //! [`AllFailed`](crate::AllFailed). Readiness of each service is awaited inside its own call,
 //! so a service that is not ready does not hold up the hedge: its delay still runs.
 //!
-//! Arming the delay timer reads the learned percentile, a scan of the histogram's few
-//! hundred buckets (about a microsecond), once per request that is still waiting after its
-//! first poll.
+//! Arming the delay timer reads the learned percentile, a scan of the histogram's 312
+//! buckets in each of its two generations, once per request still waiting after its first
+//! poll; a request answered on its first poll never arms it.
 //!
 //! Unlike `tower::hedge`, which hedges one service against itself and learns the latency of
 //! whole requests, this hedges across different providers and learns the first service's
