@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use tower::{Layer, Service, service_fn};
-use tower_llm_core::FingerprintKey;
+use tower_llm_core::{FingerprintKey, RequestKey};
 use tower_llm_dedup::DedupLayer;
 use tower_resilience::cache::CacheLayer;
 use tower_resilience::coalesce::CoalesceLayer;
@@ -98,6 +98,21 @@ fn bench_hits(c: &mut Criterion) {
             b.iter(|| black_box(now(peer.call(black_box(p.clone()))).expect("hit")))
         });
 
+        // The same layer keyed by a constant: everything but the fingerprint.
+        let mut prekeyed = DedupLayer::builder()
+            .key_fn(|_: &Arc<str>| Some(RequestKey::from_u128(7)))
+            .cache_all()
+            .ttl(Duration::from_secs(3600))
+            .build()
+            .expect("valid")
+            .layer(noop());
+        now(prekeyed.call(p.clone())).expect("warm");
+        group.bench_with_input(
+            BenchmarkId::new("dedup-without-hashing", label),
+            &p,
+            |b, p| b.iter(|| black_box(now(prekeyed.call(black_box(p.clone()))).expect("hit"))),
+        );
+
         let key = FingerprintKey::random();
         group.bench_with_input(BenchmarkId::new("fingerprint-only", label), &p, |b, p| {
             b.iter(|| black_box(key.fingerprint(black_box(&**p))))
@@ -134,6 +149,21 @@ fn bench_misses(c: &mut Criterion) {
             b.iter_batched(
                 fresh,
                 |p| black_box(now(ours.call(p)).expect("answer")),
+                BatchSize::SmallInput,
+            )
+        });
+
+        // Coalescing only: the shared-call machinery without the cache insert.
+        let mut coalesce_only = DedupLayer::builder()
+            .cache_all()
+            .no_cache()
+            .build()
+            .expect("valid")
+            .layer(noop());
+        group.bench_function(BenchmarkId::new("dedup-no-cache", label), |b| {
+            b.iter_batched(
+                fresh,
+                |p| black_box(now(coalesce_only.call(p)).expect("answer")),
                 BatchSize::SmallInput,
             )
         });

@@ -167,12 +167,8 @@ impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
         Some(entry.value.clone())
     }
 
-    pub(crate) fn insert(&self, key: RequestKey, value: V) {
-        let ttl = self
-            .ttl_for
-            .as_ref()
-            .and_then(|f| f(&value))
-            .unwrap_or(self.default_ttl);
+    /// Stores `value` for `ttl` (from [`ttl_of`](Self::ttl_of)); a zero TTL stores nothing.
+    pub(crate) fn insert(&self, key: RequestKey, value: V, ttl: Duration) {
         if ttl.is_zero() {
             return;
         }
@@ -186,7 +182,6 @@ impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
     }
 
     /// The TTL a value would be stored with.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn ttl_of(&self, value: &V) -> Duration {
         self.ttl_for
             .as_ref()

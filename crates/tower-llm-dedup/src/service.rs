@@ -178,17 +178,16 @@ where
                 let Some(cache) = &completion_shared.cache else {
                     return;
                 };
+                let ttl = cache.ttl_of(value);
+                if ttl.is_zero() {
+                    return;
+                }
                 if let Some(remote) = &completion_shared.remote
                     && !from_remote.load(Ordering::Relaxed)
                 {
-                    remote.put(
-                        key,
-                        value,
-                        cache.ttl_of(value),
-                        completion_shared.stats.clone(),
-                    );
+                    remote.put(key, value, ttl, completion_shared.stats.clone());
                 }
-                cache.insert(key, value.clone());
+                cache.insert(key, value.clone(), ttl);
             }),
         );
         ResponseFuture::waiting(leader, None, shared.stats.clone())

@@ -279,7 +279,9 @@ where
             producer,
             Box::new(move |chunks: &[T]| {
                 if let Some(cache) = cache.filter(|_| cacheable) {
-                    cache.insert(key, chunks.iter().cloned().collect());
+                    let chunks: Arc<[T]> = chunks.iter().cloned().collect();
+                    let ttl = cache.ttl_of(&chunks);
+                    cache.insert(key, chunks, ttl);
                 }
             }),
         );
