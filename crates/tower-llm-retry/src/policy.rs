@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_llm_core::{Classify, DefaultClassifier, Failure, FailureKind, Outcome};
 
@@ -446,21 +445,21 @@ where
     }
 }
 
-pin_project! {
-    /// The wait before a retry: nothing, or a tokio sleep (which follows a paused clock).
-    /// Dropped before it ends, it gives the retry back to the budget.
-    #[derive(Debug)]
-    pub struct RetryDelay {
-        #[pin]
-        sleep: Option<Sleep>,
-        withdrawal: Option<Withdrawal>,
-    }
+/// The wait before a retry: nothing, or a tokio sleep (which follows a paused clock).
+/// Dropped before it ends, it gives the retry back to the budget.
+///
+/// The sleep is boxed: retries are rare and slow anyway, while every call's future carries
+/// room for this type, and an inline `Sleep` would more than double its size.
+#[derive(Debug)]
+pub struct RetryDelay {
+    sleep: Option<Pin<Box<Sleep>>>,
+    withdrawal: Option<Withdrawal>,
 }
 
 impl RetryDelay {
     fn after(delay: Duration, withdrawal: Option<Withdrawal>) -> Self {
         RetryDelay {
-            sleep: (!delay.is_zero()).then(|| tokio::time::sleep(delay)),
+            sleep: (!delay.is_zero()).then(|| Box::pin(tokio::time::sleep(delay))),
             withdrawal,
         }
     }
@@ -469,12 +468,11 @@ impl RetryDelay {
 impl Future for RetryDelay {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.project();
-        if let Some(sleep) = this.sleep.as_pin_mut() {
-            std::task::ready!(sleep.poll(cx));
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(sleep) = self.sleep.as_mut() {
+            std::task::ready!(sleep.as_mut().poll(cx));
         }
-        if let Some(withdrawal) = this.withdrawal {
+        if let Some(withdrawal) = self.withdrawal.as_mut() {
             withdrawal.keep();
         }
         Poll::Ready(())
