@@ -206,3 +206,54 @@ async fn dropping_every_subscriber_cancels_the_stream() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn own_call_mode_restarts_streams_that_failed_before_their_head() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = StreamDedupLayer::builder()
+        .on_error(OnError::OwnCall)
+        .build_stream()
+        .expect("valid");
+    let service = ServiceBuilder::new()
+        .layer(layer)
+        .service(fails_first(calls.clone()));
+    let leader = tokio::spawn(service.clone().oneshot("p".to_string()));
+    tokio::task::yield_now().await;
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                collect(service.oneshot("p".to_string()).await.expect("own call")).await
+            })
+        })
+        .collect();
+    let error = leader
+        .await
+        .expect("no panic")
+        .expect_err("the leader's call failed");
+    assert_eq!(error.to_string(), "refused");
+    for waiter in waiters {
+        assert_eq!(waiter.await.expect("no panic"), expected("p", 1));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+/// Refuses its first call before any chunk, then streams one chunk.
+fn fails_first(
+    calls: Arc<AtomicUsize>,
+) -> impl Service<String, Response = Chunks, Error = BoxError, Future: Send + 'static>
++ Clone
++ Send
++ 'static {
+    service_fn(move |prompt: String| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if n == 0 {
+                return Err::<Chunks, BoxError>("refused".into());
+            }
+            let chunks: Chunks = Box::pin(stream::iter(vec![Ok(format!("{prompt}-0"))]));
+            Ok(chunks)
+        }
+    })
+}
