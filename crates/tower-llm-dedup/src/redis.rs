@@ -251,6 +251,14 @@ impl<V: Send + Sync + 'static> RedisBackend<V> {
         })
     }
 
+    /// A backend encoding values as JSON ([`JsonCodec`]), the default codec.
+    pub fn json(url: &str) -> Result<Self, BoxError>
+    where
+        V: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        Self::new(url, JsonCodec)
+    }
+
     fn with(self, edit: impl FnOnce(&mut Inner<V>)) -> Self {
         let mut inner = match Arc::try_unwrap(self.inner) {
             Ok(inner) => inner,

@@ -11,7 +11,7 @@ use serde_json::json;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_llm_core::FingerprintKey;
 use tower_llm_dedup::DedupLayer;
-use tower_llm_dedup::redis::{HttpResponseCodec, JsonCodec, RedisBackend};
+use tower_llm_dedup::redis::{HttpResponseCodec, RedisBackend};
 use tower_llm_testkit::{FaultPlan, MockServer, RedisServer, TestClient, post_json, with_api_key};
 
 const SECRET: &[u8] = b"a shared secret of at least 32 bytes, for tests";
@@ -194,7 +194,7 @@ async fn unreachable_redis_is_a_miss_not_an_error() {
     let layer = DedupLayer::<String>::builder()
         .cache_all()
         .redis(
-            RedisBackend::new(&url, JsonCodec)
+            RedisBackend::json(&url)
                 .expect("valid url")
                 .timeout(Duration::from_millis(100)),
         )
