@@ -294,3 +294,45 @@ async fn route_over_http_by_predicate_and_by_weight() {
         "{to_small} of {CALLS} to the weight-1 service"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn hedge_over_http_caps_extra_calls_and_spends_its_budget() {
+    let servers = [
+        server("first", 2000).await,
+        server("second", 2000).await,
+        server("third", 2000).await,
+    ];
+    let hedge = HedgeLayer::builder()
+        .delay(HedgeDelay::Fixed(ms(100)))
+        .max_extra_attempts(1)
+        .budget(tower_llm_race::HedgeBudget::new(0.0, 1))
+        .build()
+        .unwrap()
+        .layer(servers.iter().map(provider).collect());
+    for _ in 0..3 {
+        let answer = hedge.clone().oneshot("q".into()).await.unwrap();
+        assert_eq!(reply_text(&answer), "first: q");
+    }
+    let mut requests = Vec::new();
+    for server in &servers {
+        requests.push(settled(server).await.requests);
+    }
+    // Three requests to the first; one hedge in the budget, to the second; never a third.
+    assert_eq!(requests, [3, 1, 0]);
+    assert_eq!(settled(&servers[1]).await.cancelled, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fallback_over_http_sends_context_length_failures_to_the_larger_model() {
+    let small = faulty("small", 10, Fault::Status(413)).await;
+    let same_window = server("same-window", 10).await;
+    let large = server("large", 10).await;
+    let fallback = FallbackLayer::new().larger_context(2).layer(vec![
+        provider(&small),
+        provider(&same_window),
+        provider(&large),
+    ]);
+    let answer = fallback.oneshot("a very long prompt".into()).await.unwrap();
+    assert_eq!(reply_text(&answer), "large: a very long prompt");
+    assert_eq!(same_window.counters().requests, 0);
+}
