@@ -178,6 +178,7 @@ impl Budget {
     }
 
     /// The GCRA's time for `cost` units, rounded up so the rate is never exceeded.
+    #[inline]
     fn emission(&self, cost: u64) -> u64 {
         if cost == 1 && self.unit_ns > 0 {
             return self.unit_ns;
@@ -190,11 +191,13 @@ impl Budget {
         u64::try_from(ns).unwrap_or(u64::MAX / 4)
     }
 
+    #[inline]
     fn expiry(&self, slot: &Slot) -> u64 {
         slot.last.saturating_add(self.window_ns)
     }
 
     /// Units charged that are still inside the window at `now`.
+    #[inline]
     pub(crate) fn used(&self, now: u64) -> u64 {
         let expired: u64 = self
             .slots
@@ -205,6 +208,7 @@ impl Budget {
         self.total - expired
     }
 
+    #[inline]
     fn forget_expired(&mut self, now: u64) {
         while let Some(front) = self.slots.front() {
             if self.expiry(front) > now {
@@ -215,6 +219,7 @@ impl Budget {
         }
     }
 
+    #[inline]
     fn gcra_ready(&self, now: u64, cost: u64) -> u64 {
         let base = self.tat.max(now);
         if cost <= self.quota.burst {
@@ -227,6 +232,7 @@ impl Budget {
         }
     }
 
+    #[inline]
     fn window_ready(&self, now: u64, cost: u64) -> u64 {
         let used = self.used(now);
         let room = self.quota.limit;
@@ -246,6 +252,7 @@ impl Budget {
     }
 
     /// The earliest time at which `cost` units may be spent, if nothing else is charged.
+    #[inline]
     pub(crate) fn ready_at(&self, now: u64, cost: u64) -> u64 {
         self.gcra_ready(now, cost).max(self.window_ready(now, cost))
     }
@@ -266,6 +273,7 @@ impl Budget {
     }
 
     /// Spends `cost` units at `now`. The caller has checked [`ready_at`](Self::ready_at).
+    #[inline]
     pub(crate) fn charge(&mut self, now: u64, cost: u64) -> Charge {
         self.forget_expired(now);
         self.tat = self.tat.max(now).saturating_add(self.emission(cost));
@@ -424,7 +432,7 @@ mod tests {
         b.charge_more(0, c, 40);
         assert_eq!(b.used(0), 90);
         assert!(b.ready_at(0, 20) > 0);
-        assert!(b.at_rest(0) == false);
+        assert!(!b.at_rest(0));
         assert!(b.at_rest(62 * SEC));
     }
 }

@@ -88,6 +88,8 @@ impl<S, K, C> RateLimit<S, K, C> {
         self.keys.len()
     }
 
+    #[cold]
+    #[inline(never)]
     fn reject<Req, F>(&self, rejection: Rejection, error: BoxError) -> ResponseFuture<S, Req, C>
     where
         S: Service<Req, Future = F>,
@@ -115,6 +117,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         let limiter = &self.limiter;
         let cost = match limiter.config.tokens {
@@ -148,17 +151,36 @@ where
                 let future = self.inner.call(request);
                 ResponseFuture::calling(future, permit, self.classifier.clone())
             }
-            Start::Queued(id) => {
-                let ticket = Ticket::new(key, limiter.clone(), id, cost);
-                let deadline = now.saturating_add(
-                    u64::try_from(limiter.config.max_wait.as_nanos()).unwrap_or(u64::MAX / 4),
-                );
-                // The readied service goes with the waiting call, the tower way.
-                let fresh = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, fresh);
-                ResponseFuture::waiting(ticket, deadline, ready, request, self.classifier.clone())
-            }
+            Start::Queued(id) => self.wait(key, id, now, cost, request),
             Start::Rejected(rejection, wait) => self.reject(rejection, rejection.error(wait)),
         }
+    }
+}
+
+impl<S, K, C> RateLimit<S, K, C> {
+    /// The slow path of `call`, out of line so the fast one stays small.
+    #[cold]
+    #[inline(never)]
+    fn wait<Req>(
+        &mut self,
+        key: Arc<KeyState>,
+        id: u64,
+        now: u64,
+        cost: u64,
+        request: Req,
+    ) -> ResponseFuture<S, Req, C>
+    where
+        S: Service<Req> + Clone,
+        C: Clone,
+    {
+        let limiter = &self.limiter;
+        let ticket = Ticket::new(key, limiter.clone(), id, cost);
+        let deadline = now.saturating_add(
+            u64::try_from(limiter.config.max_wait.as_nanos()).unwrap_or(u64::MAX / 4),
+        );
+        // The readied service goes with the waiting call, the tower way.
+        let fresh = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, fresh);
+        ResponseFuture::waiting(ticket, deadline, ready, request, self.classifier.clone())
     }
 }

@@ -97,6 +97,7 @@ impl Stats {
         }
     }
 
+    #[inline]
     pub(crate) fn admitted(&self, tokens: u64) {
         self.admitted.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &self.admitted_metric {
@@ -172,6 +173,7 @@ impl Limiter {
     }
 
     /// Nanoseconds since the limiter was made, on tokio's clock (so a paused clock works).
+    #[inline]
     pub(crate) fn now(&self) -> u64 {
         u64::try_from(
             Instant::now()
@@ -252,6 +254,7 @@ pub(crate) struct Admission {
 }
 
 impl Limits {
+    #[inline]
     fn blocked(&self, config: &Config, now: u64, cost: u64) -> Option<Blocked> {
         let mut at = now.max(self.paused_until);
         if let (Some(spacing), Some(last)) = (config.spacing, self.last_start) {
@@ -304,6 +307,7 @@ impl Limits {
         at
     }
 
+    #[inline]
     fn admit(&mut self, now: u64, cost: u64, counts_in_flight: bool) -> Admission {
         if counts_in_flight {
             self.in_flight += 1;
@@ -416,6 +420,7 @@ impl KeyState {
         }
     }
 
+    #[inline]
     pub(crate) fn lock(&self) -> MutexGuard<'_, Limits> {
         // A panic while holding the lock leaves the numbers consistent enough to go on.
         self.limits.lock().unwrap_or_else(|e| e.into_inner())
@@ -423,6 +428,7 @@ impl KeyState {
 
     /// Starts a call at once if nothing is queued and nothing blocks it; otherwise queues it
     /// or says why not.
+    #[inline]
     pub(crate) fn start(&self, limiter: &Limiter, now: u64, cost: u64) -> Start {
         let config = &limiter.config;
         let mut limits = self.lock();
@@ -614,6 +620,7 @@ pub(crate) struct Permit {
 }
 
 impl Permit {
+    #[inline]
     pub(crate) fn new(key: Arc<KeyState>, cost: u64, admission: Admission) -> Self {
         key.limiter.stats.admitted(cost);
         Permit {
@@ -625,12 +632,14 @@ impl Permit {
         }
     }
 
+    #[inline]
     pub(crate) fn limiter(&self) -> &Limiter {
         &self.key.limiter
     }
 
     /// Records how the call ended: reconciles tokens, pauses on a 429, learns from headers,
     /// frees the concurrency slot.
+    #[inline]
     pub(crate) fn complete(
         &mut self,
         outcome: Outcome,
@@ -666,6 +675,14 @@ impl Permit {
         if !self.key.limiter.complete_needs_lock && pause.is_none() && learned.is_none() {
             return;
         }
+        self.settle(pause, learned, delta);
+    }
+
+    /// The part of [`complete`](Self::complete) that needs the key's lock, out of line so
+    /// the common case stays small.
+    #[inline(never)]
+    fn settle(&self, pause: Option<Duration>, learned: Option<ServerLimits>, delta: Option<i128>) {
+        let config = &self.key.limiter.config;
         let now = self.key.limiter.now();
         #[cfg(feature = "redis")]
         if let (Some(d), Some(charge), Some(backend), Some(key)) = (

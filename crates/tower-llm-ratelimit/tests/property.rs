@@ -138,38 +138,39 @@ fn run(calls: Vec<Call>) {
             }
         }
 
-        let l = ledger.lock().expect("ledger");
-        assert!(
-            l.max_running <= CONCURRENCY,
-            "{} ran at once",
-            l.max_running
-        );
-        for &(t, _) in &l.admitted {
-            let inside = |a: Duration| a <= t && a + WINDOW > t;
-            let requests = l.admitted.iter().filter(|(a, _)| inside(*a)).count() as u64;
+        let admitted = {
+            let l = ledger.lock().expect("ledger");
             assert!(
-                requests <= REQUESTS,
-                "{requests} requests in the window ending {t:?}"
+                l.max_running <= CONCURRENCY,
+                "{} ran at once",
+                l.max_running
             );
-            let reserved: u64 = l
-                .admitted
-                .iter()
-                .filter(|(a, _)| inside(*a))
-                .map(|x| x.1)
-                .sum();
-            let refunded: u64 = l
-                .refunds
-                .iter()
-                .filter(|(i, at, _)| inside(l.admitted[*i].0) && *at <= t)
-                .map(|x| x.2)
-                .sum();
-            assert!(
-                reserved - refunded <= TOKENS,
-                "{reserved} reserved - {refunded} refunded in the window ending {t:?}"
-            );
-        }
-        let admitted = l.admitted.len() as u64;
-        drop(l);
+            for &(t, _) in &l.admitted {
+                let inside = |a: Duration| a <= t && a + WINDOW > t;
+                let requests = l.admitted.iter().filter(|(a, _)| inside(*a)).count() as u64;
+                assert!(
+                    requests <= REQUESTS,
+                    "{requests} requests in the window ending {t:?}"
+                );
+                let reserved: u64 = l
+                    .admitted
+                    .iter()
+                    .filter(|(a, _)| inside(*a))
+                    .map(|x| x.1)
+                    .sum();
+                let refunded: u64 = l
+                    .refunds
+                    .iter()
+                    .filter(|(i, at, _)| inside(l.admitted[*i].0) && *at <= t)
+                    .map(|x| x.2)
+                    .sum();
+                assert!(
+                    reserved - refunded <= TOKENS,
+                    "{reserved} reserved - {refunded} refunded in the window ending {t:?}"
+                );
+            }
+            l.admitted.len() as u64
+        };
 
         // Nothing leaked: no one waits, every slot and every token is back.
         let stats = svc.get_ref_stats();

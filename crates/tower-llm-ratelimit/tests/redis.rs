@@ -67,7 +67,7 @@ async fn two_instances_stay_within_one_budget() {
         let layer = RateLimitLayer::builder()
             .requests(Quota::new(REQUESTS, WINDOW).with_burst(4))
             .tokens(Quota::new(TOKENS, WINDOW).with_burst(60))
-            .max_wait(Duration::from_secs(10))
+            .max_wait(Duration::from_secs(2))
             .redis(backend)
             .build()
             .expect("config");

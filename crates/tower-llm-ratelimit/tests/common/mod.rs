@@ -110,9 +110,12 @@ impl RateLimitHeaders for Res {
     }
 }
 
+/// One arrival at the inner service: request id, key, time since the start.
+pub type Arrival = (u32, &'static str, Duration);
+
 /// When each request id reached the inner service, in order, with its key.
 #[derive(Clone, Debug, Default)]
-pub struct Log(pub Arc<Mutex<Vec<(u32, &'static str, Duration)>>>);
+pub struct Log(pub Arc<Mutex<Vec<Arrival>>>);
 
 impl Log {
     pub fn ids(&self) -> Vec<u32> {
@@ -123,7 +126,7 @@ impl Log {
         self.0.lock().expect("log").iter().map(|e| e.2).collect()
     }
 
-    pub fn entries(&self) -> Vec<(u32, &'static str, Duration)> {
+    pub fn entries(&self) -> Vec<Arrival> {
         self.0.lock().expect("log").clone()
     }
 
