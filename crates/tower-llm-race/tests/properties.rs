@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 use tower_llm_core::FailureKind;
+use tower_llm_race::hedge::{HedgeDelay, HedgeLayer};
 use tower_llm_race::{AllFailed, FallbackLayer, RaceLayer, RecordAnswer};
 
 fn outcome() -> impl Strategy<Value = Outcome> {
@@ -153,6 +154,107 @@ proptest! {
                     let failed = error.downcast_ref::<AllFailed>().expect("AllFailed");
                     prop_assert_eq!(failed.is_stopped(), stopped);
                     prop_assert_eq!(failed.failures().len(), tried);
+                }
+            }
+            Ok(())
+        })?;
+    }
+
+    /// With every provider healthy, a hedge launches service `i` at `i * delay` exactly
+    /// when nothing launched before has answered yet, and answers at the earliest answer of
+    /// those launched. Latencies end in a different millisecond per service and the delay
+    /// is a whole 100 ms, so no two events coincide and the model is exact.
+    #[test]
+    fn hedge_launches_on_the_delay_and_takes_the_earliest(
+        tens in proptest::collection::vec(1u64..60, 1..6),
+        max_extra in 1usize..5,
+    ) {
+        paused_runtime().block_on(async {
+            let delay = Duration::from_millis(100);
+            let latencies: Vec<Duration> = tens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Duration::from_millis(t * 10 + i as u64 + 1))
+                .collect();
+            let mocks: Vec<Mock> = latencies
+                .iter()
+                .map(|latency| Mock::new(*latency, Outcome::Ok("ok")))
+                .collect();
+            let hedge = HedgeLayer::builder()
+                .delay(HedgeDelay::Fixed(delay))
+                .max_extra_attempts(max_extra)
+                .unlimited_budget()
+                .build()
+                .expect("valid")
+                .layer(mocks.clone());
+            let start = Instant::now();
+            let reply = hedge.oneshot("q".to_string()).await.expect("all healthy");
+
+            // The model.
+            let mut earliest: Option<(Duration, usize)> = None;
+            let mut launched = 0;
+            for (i, latency) in latencies.iter().enumerate().take(max_extra + 1) {
+                let at = delay * i as u32;
+                if earliest.is_some_and(|(answer, _)| answer < at) {
+                    break;
+                }
+                launched += 1;
+                let answer = at + *latency;
+                if earliest.is_none_or(|(best, _)| answer < best) {
+                    earliest = Some((answer, i));
+                }
+            }
+            let (answer_at, winner) = earliest.expect("at least one launch");
+
+            prop_assert_eq!(start.elapsed(), answer_at);
+            let mark = reply.answered().expect("marked");
+            prop_assert_eq!((mark.service, mark.attempts as usize), (winner, launched));
+            for (i, mock) in mocks.iter().enumerate() {
+                prop_assert_eq!(mock.stats.calls(), usize::from(i < launched));
+                prop_assert_eq!(mock.stats.completed(), usize::from(i == winner));
+                prop_assert_eq!(mock.stats.dropped(), usize::from(i < launched && i != winner));
+            }
+            Ok(())
+        })?;
+    }
+
+    /// Whatever the providers do, a hedge calls services in order, at most once each and at
+    /// most `1 + max_extra` in all; answers only with a success; and leaves no call running.
+    #[test]
+    fn hedge_invariants_under_failures(specs in providers(), max_extra in 1usize..5) {
+        paused_runtime().block_on(async {
+            let mocks: Vec<Mock> = specs
+                .iter()
+                .map(|(latency, outcome)| Mock::new(Duration::from_millis(latency * 10), outcome.clone()))
+                .collect();
+            let hedge = HedgeLayer::builder()
+                .delay(HedgeDelay::Fixed(Duration::from_millis(150)))
+                .max_extra_attempts(max_extra)
+                .unlimited_budget()
+                .build()
+                .expect("valid")
+                .layer(mocks.clone());
+            let result = hedge.oneshot("q".to_string()).await;
+            let calls: Vec<usize> = mocks.iter().map(|m| m.stats.calls()).collect();
+            let launched = calls.iter().sum::<usize>();
+            prop_assert!(launched >= 1 && launched <= max_extra + 1);
+            prop_assert!(calls.iter().all(|&c| c <= 1));
+            prop_assert!(calls.windows(2).all(|w| w[0] >= w[1]), "in order: {:?}", calls);
+            for mock in &mocks {
+                prop_assert_eq!(mock.stats.completed() + mock.stats.dropped(), mock.stats.calls());
+            }
+            match result {
+                Ok(reply) => {
+                    let mark = reply.answered().expect("marked");
+                    prop_assert!(is_success(&specs[mark.service].1));
+                    prop_assert_eq!(mark.attempts as usize, launched);
+                }
+                Err(error) => {
+                    let failed = error.downcast_ref::<AllFailed>().expect("AllFailed");
+                    prop_assert_eq!(failed.failures().len(), launched);
+                    for failure in failed.failures() {
+                        prop_assert!(!is_success(&specs[failure.service()].1));
+                    }
                 }
             }
             Ok(())
