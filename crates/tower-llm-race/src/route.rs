@@ -204,7 +204,8 @@ impl RouteLayer<()> {
     }
 
     /// Each request goes to service `i` with probability `weights[i] / sum(weights)`,
-    /// from a random seed. Rejects weights that are all zero.
+    /// from a random seed. Rejects weights that are all zero. Give one weight per service:
+    /// a pick past the end of the service list fails with [`NoSuchService`].
     pub fn weighted(weights: &[u32]) -> Result<RouteLayer<Weighted>, ConfigError> {
         let seed = RandomState::new().hash_one(GOLDEN_GAMMA);
         RouteLayer::weighted_seeded(weights, seed)
