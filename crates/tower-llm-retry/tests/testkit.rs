@@ -123,6 +123,32 @@ async fn every_hint_form_is_honoured() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_http_date_hint_is_honoured() {
+    let plan = FaultPlan::healthy().script([Some(Fault::RateLimited {
+        retry_after: secs(3),
+        form: RetryAfterForm::HttpDate,
+    })]);
+    let server = MockServer::start(plan).await.unwrap();
+    let sent = Arc::default();
+    let mut service = ServiceBuilder::new()
+        .layer(
+            layer()
+                .backoff(Backoff::fixed(ms(10)))
+                .jitter(Jitter::None)
+                .build()
+                .unwrap(),
+        )
+        .service(client(&sent));
+    let request = openai_chat(&server.base_url(), "gpt-4o-mini", "Hello");
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    // A date has whole seconds, so the server rounds up: the wait is between 3 and 4 s (plus
+    // the timer's millisecond).
+    let gap = gaps(&sent)[0];
+    assert!(gap >= secs(3) && gap <= secs(4) + ms(1), "{gap:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn each_backoff_shape_produces_its_delays() {
     let failures = || vec![Some(Fault::Status(503)); 4];
     let cases: [(Backoff, Jitter, [u64; 4]); 3] = [
