@@ -85,7 +85,7 @@ pub trait RecordAttempts<Res> {
 /// The default recorder: inserts [`Attempts`] into an `http::Response`'s extensions.
 ///
 /// By default only when the call was retried: inserting an extension allocates, which would
-/// more than double the layer's cost on the success path; a response without one took one
+/// about double the layer's cost on the success path; a response without one took one
 /// attempt ([`Attempts::of`]). [`always`](Self::always) inserts it every time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AttemptsExtension {
@@ -449,7 +449,7 @@ where
 /// Dropped before it ends, it gives the retry back to the budget.
 ///
 /// The sleep is boxed: retries are rare and slow anyway, while every call's future carries
-/// room for this type, and an inline `Sleep` would more than double its size.
+/// room for this type, and an inline `Sleep` is over 100 bytes.
 #[derive(Debug)]
 pub struct RetryDelay {
     sleep: Option<Pin<Box<Sleep>>>,
