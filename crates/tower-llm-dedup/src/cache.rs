@@ -107,8 +107,44 @@ impl<V> moka::Expiry<RequestKey, Arc<Entry<V>>> for Expiry {
     }
 }
 
+/// Hashes a [`RequestKey`] by folding it: the key is already a keyed 128-bit hash, uniform and
+/// not forgeable, so hashing it again (SipHash, by default) would only cost time on every hit.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct KeyHasher;
+
+impl std::hash::BuildHasher for KeyHasher {
+    type Hasher = FoldHasher;
+
+    fn build_hasher(&self) -> FoldHasher {
+        FoldHasher(0)
+    }
+}
+
+pub(crate) struct FoldHasher(u64);
+
+impl std::hash::Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for a RequestKey (it writes one u128); kept correct for any input.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(word))
+                .rotate_left(29)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.0 ^= (value as u64) ^ ((value >> 64) as u64);
+    }
+}
+
 pub(crate) struct MemoryCache<V> {
-    cache: moka::sync::Cache<RequestKey, Arc<Entry<V>>>,
+    cache: moka::sync::Cache<RequestKey, Arc<Entry<V>>, KeyHasher>,
     default_ttl: Duration,
     time_to_idle: Option<Duration>,
     ttl_for: Option<TtlFor<V>>,
@@ -141,7 +177,7 @@ impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
             }
         };
         MemoryCache {
-            cache: builder.build(),
+            cache: builder.build_with_hasher(KeyHasher),
             default_ttl: config.ttl,
             time_to_idle: config.time_to_idle,
             ttl_for: config.ttl_for.clone(),

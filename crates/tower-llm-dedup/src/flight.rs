@@ -16,6 +16,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use futures_core::Stream;
 use tower_llm_core::{BoxError, RequestKey};
 
+use crate::cache::KeyHasher;
 use crate::error::{InnerPanicked, SharedError};
 
 /// What drives a flight: the inner call as a stream of steps.
@@ -178,13 +179,13 @@ impl<I> Flight<I> {
 
 /// The calls in flight, by key.
 pub(crate) struct InFlight<I> {
-    map: Mutex<HashMap<RequestKey, Arc<Flight<I>>>>,
+    map: Mutex<HashMap<RequestKey, Arc<Flight<I>>, KeyHasher>>,
 }
 
 impl<I> Default for InFlight<I> {
     fn default() -> Self {
         InFlight {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(HashMap::with_hasher(KeyHasher)),
         }
     }
 }
