@@ -737,3 +737,40 @@ fn bad_configuration_names_the_knob() {
         assert!(err.to_string().contains(knob), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clones_on_many_threads_share_one_budget() {
+    // No waits (zero backoff), so real time does not matter; retries race on the budget.
+    let offered = 4000u64;
+    let ratio = 0.1;
+    let upstream = Upstream::always(500);
+    let retry = RetryLayer::builder()
+        .max_attempts(3)
+        .backoff(Backoff::fixed(Duration::ZERO))
+        .max_delay(Duration::ZERO)
+        .budget(RetryBudget::new(ratio).window(secs(3600)).min_per_second(0))
+        .build()
+        .unwrap();
+    let service = retry.layer(upstream.service());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut service = service.clone();
+        tasks.spawn(async move {
+            for _ in 0..offered / 8 {
+                call(&mut service).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let calls = upstream.calls() as u64;
+    let stats = retry.stats();
+    assert_eq!(stats.requests, offered);
+    assert_eq!(stats.attempts(), calls);
+    assert!(
+        calls <= offered + (ratio * offered as f64) as u64,
+        "{calls} calls for {offered} requests at ratio {ratio}"
+    );
+    assert!(calls > offered, "no retry was allowed");
+}
