@@ -130,12 +130,13 @@ pub struct RateLimitLayer<K = NoKey, C = DefaultClassifier> {
     pub(crate) classifier: C,
 }
 
-impl<K: fmt::Debug, C: fmt::Debug> fmt::Debug for RateLimitLayer<K, C> {
+// Key functions are usually closures, which have no `Debug`: show their type instead.
+impl<K, C> fmt::Debug for RateLimitLayer<K, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("config", &self.config)
-            .field("key_fn", &self.key_fn)
-            .field("classifier", &self.classifier)
+            .field("key_fn", &std::any::type_name::<K>())
+            .field("classifier", &std::any::type_name::<C>())
             .finish()
     }
 }
@@ -214,12 +215,13 @@ pub struct RateLimitBuilder<K = NoKey, C = DefaultClassifier> {
     classifier: C,
 }
 
-impl<K: fmt::Debug, C: fmt::Debug> fmt::Debug for RateLimitBuilder<K, C> {
+// Key functions are usually closures, which have no `Debug`: show their type instead.
+impl<K, C> fmt::Debug for RateLimitBuilder<K, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitBuilder")
             .field("config", &self.config)
-            .field("key_fn", &self.key_fn)
-            .field("classifier", &self.classifier)
+            .field("key_fn", &std::any::type_name::<K>())
+            .field("classifier", &std::any::type_name::<C>())
             .finish()
     }
 }

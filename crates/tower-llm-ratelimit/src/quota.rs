@@ -234,6 +234,10 @@ impl Budget {
 
     #[inline]
     fn window_ready(&self, now: u64, cost: u64) -> u64 {
+        // Everything remembered, expired or not, still leaves room: the common case.
+        if self.total.saturating_add(cost) <= self.quota.limit {
+            return now;
+        }
         let used = self.used(now);
         let room = self.quota.limit;
         if used.saturating_add(cost) <= room {

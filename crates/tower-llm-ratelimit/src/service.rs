@@ -36,14 +36,15 @@ impl<S: Clone, K: Clone, C: Clone> Clone for RateLimit<S, K, C> {
     }
 }
 
-impl<S: fmt::Debug, K: fmt::Debug, C: fmt::Debug> fmt::Debug for RateLimit<S, K, C> {
+impl<S: fmt::Debug, K, C> fmt::Debug for RateLimit<S, K, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
             .field("config", &self.limiter.config)
             .field("keys", &self.keys.len())
-            .field("key_fn", &self.key_fn)
-            .field("classifier", &self.classifier)
+            .field("key_fn", &std::any::type_name::<K>())
+            .field("classifier", &std::any::type_name::<C>())
+            .field("stats", &self.stats())
             .finish()
     }
 }

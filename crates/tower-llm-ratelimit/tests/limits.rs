@@ -674,3 +674,13 @@ fn bad_knobs_are_named() {
         assert!(err.to_string().contains(knob));
     }
 }
+
+#[test]
+fn layers_and_services_with_closures_are_debug() {
+    let layer = RateLimitLayer::builder()
+        .key_fn(|r: &Req| r.key)
+        .build()
+        .expect("config");
+    let text = format!("{layer:?}");
+    assert!(text.contains("RateLimitLayer") && text.contains("max_queue"), "{text}");
+}
