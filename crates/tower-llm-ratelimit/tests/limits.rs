@@ -682,5 +682,8 @@ fn layers_and_services_with_closures_are_debug() {
         .build()
         .expect("config");
     let text = format!("{layer:?}");
-    assert!(text.contains("RateLimitLayer") && text.contains("max_queue"), "{text}");
+    assert!(
+        text.contains("RateLimitLayer") && text.contains("max_queue"),
+        "{text}"
+    );
 }
