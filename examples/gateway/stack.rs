@@ -1,0 +1,546 @@
+//! The per-model stacks, built from the configuration with our layers only.
+//!
+//! Outermost first, for each model:
+//!
+//! ```text
+//! dedup (per tenant)  ->  rate limit (per tenant)  ->  retry  ->  fallback | race | hedge
+//!                                                                   -> [breaker -> timeout -> provider] per provider
+//! ```
+//!
+//! Dedup is outermost so that a cached or coalesced answer costs the tenant nothing and no
+//! retry; retry is outside the strategy, which sees each provider's breaker, so an open
+//! breaker is skipped at once by fallback and waited for (its hint) by retry. Streams take the
+//! same stack without dedup (a stream cannot be handed to two clients here).
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_llm_breaker::CircuitBreakerLayer;
+use tower_llm_core::{
+    BoxError, ClassifyResponse, Fingerprint, FingerprintKey, Outcome, RequestCost, ResponseUsage, UpstreamError,
+    Usage,
+};
+use tower_llm_dedup::DedupLayer;
+use tower_llm_providers::{
+    Anthropic, ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Gemini,
+    HttpClient, HttpClientConfig, OpenAi, Streaming,
+};
+use tower_llm_race::{Answered, FallbackLayer, HedgeLayer, RaceLayer, RecordAnswer};
+use tower_llm_ratelimit::{Quota, RateLimitHeaders, RateLimitLayer};
+use tower_llm_retry::{Backoff, RetryLayer, StatsOnly};
+use tower_llm_testkit::{FaultPlan, Latency, MockServer};
+
+use crate::config::{Config, ConfigError, ModelConfig, ProviderKind, StrategyKind};
+
+/// A provider's answer on its way through the stack, marked with the provider that gave it.
+#[derive(Clone, Debug)]
+pub(crate) struct Reply<T> {
+    pub(crate) value: T,
+    answered: Option<Answered>,
+    /// The provider's name.
+    pub(crate) provider: Arc<str>,
+}
+
+impl<T> Reply<T> {
+    fn new(value: T, provider: Arc<str>) -> Self {
+        Reply {
+            value,
+            answered: None,
+            provider,
+        }
+    }
+}
+
+/// Typed provider answers are successes; failures arrive as errors.
+impl<T> ClassifyResponse for Reply<T> {
+    fn classify_response(&self) -> Outcome {
+        Outcome::Success
+    }
+}
+
+impl<T: ResponseUsage> ResponseUsage for Reply<T> {
+    fn usage(&self) -> Option<Usage> {
+        self.value.usage()
+    }
+}
+
+/// Typed answers do not keep the provider's headers, so the limiter cannot adapt to them.
+impl<T> RateLimitHeaders for Reply<T> {}
+
+impl<T> RecordAnswer for Reply<T> {
+    fn record_answer(&mut self, answered: Answered) {
+        self.answered = Some(answered);
+    }
+
+    fn answered(&self) -> Option<Answered> {
+        self.answered
+    }
+}
+
+/// A streamed answer: its chunks, as the provider decodes them.
+pub(crate) struct LiveStream(
+    pub(crate) Pin<Box<dyn Stream<Item = Result<ChatChunk, UpstreamError>> + Send>>,
+);
+
+impl std::fmt::Debug for LiveStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveStream")
+    }
+}
+
+/// Usage arrives with the last chunk: the limiter keeps the estimate.
+impl ResponseUsage for LiveStream {
+    fn usage(&self) -> Option<Usage> {
+        None
+    }
+}
+
+/// What the stack needs to know of a request.
+pub(crate) trait GatewayRequest: Clone + Send + Sync + RequestCost + 'static {
+    fn tenant(&self) -> String;
+    fn set_model(&mut self, model: &str);
+}
+
+impl GatewayRequest for ChatRequest {
+    fn tenant(&self) -> String {
+        self.tenant.clone().unwrap_or_default()
+    }
+    fn set_model(&mut self, model: &str) {
+        model.clone_into(&mut self.model);
+    }
+}
+
+impl GatewayRequest for Streaming<ChatRequest> {
+    fn tenant(&self) -> String {
+        GatewayRequest::tenant(&self.0)
+    }
+    fn set_model(&mut self, model: &str) {
+        self.0.set_model(model);
+    }
+}
+
+impl GatewayRequest for EmbeddingRequest {
+    fn tenant(&self) -> String {
+        self.tenant.clone().unwrap_or_default()
+    }
+    fn set_model(&mut self, model: &str) {
+        model.clone_into(&mut self.model);
+    }
+}
+
+/// One boxed service of the gateway.
+pub(crate) type Svc<Req, Res> = BoxCloneSyncService<Req, Res, BoxError>;
+
+/// A model's stacks.
+#[derive(Clone)]
+pub(crate) struct ModelStacks {
+    pub(crate) chat: Option<Svc<ChatRequest, Reply<ChatResponse>>>,
+    pub(crate) stream: Option<Svc<Streaming<ChatRequest>, Reply<LiveStream>>>,
+    pub(crate) embeddings: Option<Svc<EmbeddingRequest, Reply<EmbeddingResponse>>>,
+    /// The providers serving it, in order.
+    pub(crate) providers: Vec<String>,
+}
+
+impl std::fmt::Debug for ModelStacks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelStacks")
+            .field("providers", &self.providers)
+            .field("chat", &self.chat.is_some())
+            .field("embeddings", &self.embeddings.is_some())
+            .finish()
+    }
+}
+
+enum Upstream {
+    OpenAi(OpenAi<HttpClient>),
+    Anthropic(Anthropic<HttpClient>),
+    Gemini(Gemini<HttpClient>),
+}
+
+fn boxed<S, Req, Res>(service: S) -> Svc<Req, Res>
+where
+    S: tower::Service<Req, Response = Res, Error = UpstreamError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    Req: 'static,
+{
+    BoxCloneSyncService::new(service.map_err(BoxError::from))
+}
+
+impl Upstream {
+    fn chat(&self) -> Svc<ChatRequest, ChatResponse> {
+        match self {
+            Upstream::OpenAi(p) => boxed(p.clone()),
+            Upstream::Anthropic(p) => boxed(p.clone()),
+            Upstream::Gemini(p) => boxed(p.clone()),
+        }
+    }
+
+    fn stream(&self) -> Svc<Streaming<ChatRequest>, LiveStream> {
+        fn live<S>(service: S) -> Svc<Streaming<ChatRequest>, LiveStream>
+        where
+            S: tower::Service<Streaming<ChatRequest>, Error = UpstreamError>
+                + Clone
+                + Send
+                + Sync
+                + 'static,
+            S::Response: Stream<Item = Result<ChatChunk, UpstreamError>> + Send + 'static,
+            S::Future: Send + 'static,
+        {
+            BoxCloneSyncService::new(
+                service
+                    .map_response(|stream| LiveStream(Box::pin(stream)))
+                    .map_err(BoxError::from),
+            )
+        }
+        match self {
+            Upstream::OpenAi(p) => live(p.clone()),
+            Upstream::Anthropic(p) => live(p.clone()),
+            Upstream::Gemini(p) => live(p.clone()),
+        }
+    }
+
+    fn embeddings(&self) -> Option<Svc<EmbeddingRequest, EmbeddingResponse>> {
+        match self {
+            Upstream::OpenAi(p) => Some(boxed(p.clone())),
+            Upstream::Anthropic(_) | Upstream::Gemini(_) => None,
+        }
+    }
+}
+
+/// Everything built from a configuration: the stacks, and the mock servers they may call.
+#[derive(Debug)]
+pub(crate) struct Built {
+    pub(crate) models: BTreeMap<String, ModelStacks>,
+    /// In-process mock upstreams (`kind = "mock"`), kept alive as long as the gateway.
+    pub(crate) mocks: Vec<(String, MockServer)>,
+}
+
+fn cfg_err(at: &str, e: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("{at}: {e}"))
+}
+
+/// Builds every provider and model stack. Mock providers are started here.
+pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
+    let client = HttpClientConfig::default().build()?;
+    let mut upstreams = BTreeMap::new();
+    let mut mocks = Vec::new();
+    for (name, p) in &config.providers {
+        let key = match &p.api_key_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                cfg_err(
+                    &format!("providers.{name}.api_key_env"),
+                    format!("environment variable {var} is not set"),
+                )
+            })?),
+            None => None,
+        };
+        let at = format!("providers.{name}");
+        let upstream = match p.kind {
+            ProviderKind::Mock => {
+                let mut plan = FaultPlan::healthy().name(name.clone());
+                if let Some(latency) = p.mock_latency {
+                    plan = plan.latency(Latency::Fixed(latency));
+                }
+                let server = MockServer::start(plan).await?;
+                let base = format!("{}/v1", server.base_url());
+                mocks.push((name.clone(), server));
+                let builder = OpenAi::compatible(base)
+                    .api_key(key.unwrap_or_else(|| "mock".into()))
+                    .name(name.clone());
+                Upstream::OpenAi(builder.build_with(client.clone()).map_err(|e| cfg_err(&at, e))?)
+            }
+            ProviderKind::Openai => {
+                let mut builder = match &p.base_url {
+                    Some(base) => OpenAi::compatible(base.clone()),
+                    None => OpenAi::builder(),
+                };
+                if let Some(key) = key {
+                    builder = builder.api_key(key);
+                }
+                Upstream::OpenAi(
+                    builder
+                        .name(name.clone())
+                        .build_with(client.clone())
+                        .map_err(|e| cfg_err(&at, e))?,
+                )
+            }
+            ProviderKind::Anthropic => {
+                let mut builder = Anthropic::builder().name(name.clone());
+                if let Some(base) = &p.base_url {
+                    builder = builder.base_url(base.clone());
+                }
+                if let Some(key) = key {
+                    builder = builder.api_key(key);
+                }
+                Upstream::Anthropic(
+                    builder
+                        .build_with(client.clone())
+                        .map_err(|e| cfg_err(&at, e))?,
+                )
+            }
+            ProviderKind::Gemini => {
+                let mut builder = Gemini::builder().name(name.clone());
+                if let Some(base) = &p.base_url {
+                    builder = builder.base_url(base.clone());
+                }
+                if let Some(key) = key {
+                    builder = builder.api_key(key);
+                }
+                Upstream::Gemini(
+                    builder
+                        .build_with(client.clone())
+                        .map_err(|e| cfg_err(&at, e))?,
+                )
+            }
+        };
+        upstreams.insert(name.clone(), upstream);
+    }
+
+    let mut models = BTreeMap::new();
+    let default_stack = ModelConfig::default();
+    for model in config.model_names() {
+        let stack = config.models.get(&model).unwrap_or(&default_stack);
+        let providers = config.providers_of(&model);
+        let mut chat_legs = Vec::new();
+        let mut stream_legs = Vec::new();
+        let mut embedding_legs = Some(Vec::new());
+        for provider in &providers {
+            let (Some(upstream), Some(p)) =
+                (upstreams.get(provider), config.providers.get(provider))
+            else {
+                return Err(cfg_err(
+                    &format!("models.{model}.providers"),
+                    format!("no provider {provider:?}"),
+                )
+                .into());
+            };
+            let upstream_model: Arc<str> = p.model_map.get(&model).unwrap_or(&model).as_str().into();
+            let name: Arc<str> = provider.as_str().into();
+            let breaker = match &stack.breaker {
+                Some(b) => Some(
+                    CircuitBreakerLayer::builder()
+                        .name(format!("{model}/{provider}"))
+                        .consecutive_failures(b.consecutive_failures)
+                        .cooldown(b.cooldown)
+                        .build()
+                        .map_err(|e| cfg_err(&format!("models.{model}.breaker"), e))?,
+                ),
+                None => None,
+            };
+            chat_legs.push(leg(
+                upstream.chat(),
+                &name,
+                &upstream_model,
+                breaker.clone(),
+                stack.timeout,
+            ));
+            stream_legs.push(leg(
+                upstream.stream(),
+                &name,
+                &upstream_model,
+                breaker.clone(),
+                stack.timeout,
+            ));
+            embedding_legs = match (embedding_legs, upstream.embeddings()) {
+                (Some(mut legs), Some(service)) => {
+                    legs.push(leg(service, &name, &upstream_model, breaker, stack.timeout));
+                    Some(legs)
+                }
+                _ => None,
+            };
+        }
+        let chat = Some(with_dedup_chat(
+            outer(strategy(chat_legs, stack, &model)?, stack, &model)?,
+            stack,
+            &model,
+        )?);
+        let stream = Some(outer(strategy(stream_legs, stack, &model)?, stack, &model)?);
+        let embeddings = match embedding_legs {
+            Some(legs) if !legs.is_empty() => Some(with_dedup_embeddings(
+                outer(strategy(legs, stack, &model)?, stack, &model)?,
+                stack,
+                &model,
+            )?),
+            _ => None,
+        };
+        models.insert(
+            model.clone(),
+            ModelStacks {
+                chat,
+                stream,
+                embeddings,
+                providers,
+            },
+        );
+    }
+    Ok(Built { models, mocks })
+}
+
+/// One provider for one model: the upstream model name, a timeout per attempt, the breaker,
+/// and the mark of who answered.
+fn leg<Req, Res>(
+    service: Svc<Req, Res>,
+    provider: &Arc<str>,
+    upstream_model: &Arc<str>,
+    breaker: Option<CircuitBreakerLayer>,
+    timeout: Option<Duration>,
+) -> Svc<Req, Reply<Res>>
+where
+    Req: GatewayRequest,
+    Res: Send + 'static,
+{
+    let provider = provider.clone();
+    let upstream_model = upstream_model.clone();
+    let service = ServiceBuilder::new()
+        .map_response(move |Outcomed(value)| Reply::new(value, provider.clone()))
+        .map_request(move |mut request: Req| {
+            request.set_model(&upstream_model);
+            request
+        })
+        .option_layer(breaker)
+        .option_layer(timeout.map(tower::timeout::TimeoutLayer::new))
+        .service(service.map_response(Outcomed));
+    BoxCloneSyncService::new(service)
+}
+
+/// A provider's typed answer as the breaker sees it: a success (its failures are errors).
+struct Outcomed<T>(T);
+
+impl<T> ClassifyResponse for Outcomed<T> {
+    fn classify_response(&self) -> Outcome {
+        Outcome::Success
+    }
+}
+
+fn strategy<Req, Res>(
+    legs: Vec<Svc<Req, Reply<Res>>>,
+    stack: &ModelConfig,
+    model: &str,
+) -> Result<Svc<Req, Reply<Res>>, ConfigError>
+where
+    Req: GatewayRequest,
+    Res: Send + 'static,
+{
+    Ok(match stack.strategy {
+        StrategyKind::Fallback => {
+            BoxCloneSyncService::new(ServiceBuilder::new().layer(FallbackLayer::new()).service(legs))
+        }
+        StrategyKind::Race => {
+            BoxCloneSyncService::new(ServiceBuilder::new().layer(RaceLayer::new()).service(legs))
+        }
+        StrategyKind::Hedge => {
+            let delay = stack.hedge_delay.ok_or_else(|| {
+                ConfigError(format!("models.{model}.hedge_delay: required for a hedge"))
+            })?;
+            BoxCloneSyncService::new(
+                ServiceBuilder::new()
+                    .layer(HedgeLayer::new(delay))
+                    .service(legs),
+            )
+        }
+    })
+}
+
+/// Retry, then the per-tenant rate limit, around the strategy.
+fn outer<Req, Res>(
+    inner: Svc<Req, Reply<Res>>,
+    stack: &ModelConfig,
+    model: &str,
+) -> Result<Svc<Req, Reply<Res>>, ConfigError>
+where
+    Req: GatewayRequest,
+    Res: ResponseUsage + Send + 'static,
+{
+    let mut service = inner;
+    if let Some(r) = &stack.retry {
+        let mut builder = RetryLayer::builder()
+            .max_attempts(r.max_attempts)
+            .backoff(Backoff::exponential(r.backoff));
+        if let Some(max) = r.max_delay {
+            builder = builder.max_delay(max);
+        }
+        if let Some(deadline) = r.deadline {
+            builder = builder.deadline(deadline);
+        }
+        if let Some(max) = r.max_retry_after {
+            builder = builder.max_retry_after(max);
+        }
+        let layer = builder
+            .record_attempts(StatsOnly)
+            .build()
+            .map_err(|e| cfg_err(&format!("models.{model}.retry"), e))?;
+        service = BoxCloneSyncService::new(ServiceBuilder::new().layer(layer).service(service));
+    }
+    if let Some(l) = &stack.rate_limit {
+        let mut builder = RateLimitLayer::builder().pause_on_rate_limit(false);
+        if let Some(rpm) = l.requests_per_minute {
+            builder = builder.requests(Quota::per_minute(rpm));
+        }
+        if let Some(tpm) = l.tokens_per_minute {
+            builder = builder.tokens(Quota::per_minute(tpm));
+        }
+        if let Some(c) = l.concurrency {
+            builder = builder.concurrency(c);
+        }
+        if let Some(wait) = l.max_wait {
+            builder = builder.max_wait(wait);
+        }
+        let layer = builder
+            .key_fn(Req::tenant as fn(&Req) -> String)
+            .build()
+            .map_err(|e| cfg_err(&format!("models.{model}.rate_limit"), e))?;
+        service = BoxCloneSyncService::new(ServiceBuilder::new().layer(layer).service(service));
+    }
+    Ok(service)
+}
+
+fn with_dedup<Req, Res>(
+    inner: Svc<Req, Reply<Res>>,
+    stack: &ModelConfig,
+    model: &str,
+) -> Result<Svc<Req, Reply<Res>>, ConfigError>
+where
+    Req: GatewayRequest + Fingerprint + tower_llm_core::Deterministic,
+    Res: Clone + Send + Sync + 'static,
+{
+    let Some(d) = &stack.dedup else {
+        return Ok(inner);
+    };
+    let at = format!("models.{model}.dedup");
+    // Keyed by core's fingerprint of the typed request, which covers its `tenant`: two
+    // tenants never share an answer. (The typed requests do not implement dedup's
+    // `CacheControl`, so the default key source cannot take them.)
+    let key = FingerprintKey::process();
+    let builder = DedupLayer::<Reply<Res>>::builder()
+        .key_fn(move |request: &Req| Some(key.fingerprint(request)))
+        .ttl(d.ttl)
+        .max_entries(d.max_entries);
+    Ok(if d.cache_all {
+        let layer = builder.cache_all().build().map_err(|e| cfg_err(&at, e))?;
+        BoxCloneSyncService::new(ServiceBuilder::new().layer(layer).service(inner))
+    } else {
+        let layer = builder.build().map_err(|e| cfg_err(&at, e))?;
+        BoxCloneSyncService::new(ServiceBuilder::new().layer(layer).service(inner))
+    })
+}
+
+fn with_dedup_chat(
+    inner: Svc<ChatRequest, Reply<ChatResponse>>,
+    stack: &ModelConfig,
+    model: &str,
+) -> Result<Svc<ChatRequest, Reply<ChatResponse>>, ConfigError> {
+    with_dedup(inner, stack, model)
+}
+
+fn with_dedup_embeddings(
+    inner: Svc<EmbeddingRequest, Reply<EmbeddingResponse>>,
+    stack: &ModelConfig,
+    model: &str,
+) -> Result<Svc<EmbeddingRequest, Reply<EmbeddingResponse>>, ConfigError> {
+    with_dedup(inner, stack, model)
+}

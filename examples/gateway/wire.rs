@@ -1,0 +1,503 @@
+//! OpenAI's wire format, both ways: client JSON into the typed requests of
+//! `tower-llm-providers`, and typed answers back into the JSON and SSE chunks OpenAI clients
+//! read.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value, json};
+use tower_llm_core::Usage;
+use tower_llm_providers::{
+    ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, FinishReason,
+    Message, ResponseFormat, Role, Tool, ToolCall, ToolChoice,
+};
+
+/// A chat request as the gateway received it.
+#[derive(Debug)]
+pub(crate) struct ParsedChat {
+    pub(crate) request: ChatRequest,
+    pub(crate) stream: bool,
+    /// `stream_options.include_usage`: send a last chunk with the usage.
+    pub(crate) include_usage: bool,
+}
+
+/// Fields read into the typed request; everything else goes to `extra` untouched.
+const CHAT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "seed",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "user",
+    "metadata",
+    "stream",
+    "stream_options",
+];
+
+fn field_error(field: &str, want: &str) -> String {
+    format!("`{field}` must be {want}")
+}
+
+fn opt_f64(body: &Map<String, Value>, field: &str) -> Result<Option<f64>, String> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| field_error(field, "a number")),
+    }
+}
+
+fn opt_str(body: &Map<String, Value>, field: &str) -> Result<Option<String>, String> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(field_error(field, "a string")),
+    }
+}
+
+fn content_text(value: &Value, index: usize) -> Result<String, String> {
+    match value {
+        Value::Null => Ok(String::new()),
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => {
+            let mut text = String::new();
+            for part in parts {
+                match part.get("type").and_then(Value::as_str) {
+                    Some("text") => match part.get("text").and_then(Value::as_str) {
+                        Some(t) => text.push_str(t),
+                        None => {
+                            return Err(format!(
+                                "`messages[{index}].content`: a text part needs a `text` string"
+                            ));
+                        }
+                    },
+                    Some(other) => {
+                        return Err(format!(
+                            "`messages[{index}].content`: parts of type {other:?} are not supported by this gateway"
+                        ));
+                    }
+                    None => {
+                        return Err(format!(
+                            "`messages[{index}].content`: each part needs a `type`"
+                        ));
+                    }
+                }
+            }
+            Ok(text)
+        }
+        _ => Err(field_error(
+            &format!("messages[{index}].content"),
+            "a string or an array of parts",
+        )),
+    }
+}
+
+fn parse_message(index: usize, value: &Value) -> Result<Message, String> {
+    let Some(object) = value.as_object() else {
+        return Err(field_error(&format!("messages[{index}]"), "an object"));
+    };
+    let role = match object.get("role").and_then(Value::as_str) {
+        Some("system" | "developer") => Role::System,
+        Some("user") => Role::User,
+        Some("assistant") => Role::Assistant,
+        Some("tool") => Role::Tool,
+        Some(other) => return Err(format!("`messages[{index}].role`: unknown role {other:?}")),
+        None => return Err(format!("`messages[{index}].role` is required")),
+    };
+    let content = content_text(object.get("content").unwrap_or(&Value::Null), index)?;
+    let mut tool_calls = Vec::new();
+    if let Some(calls) = object.get("tool_calls").filter(|v| !v.is_null()) {
+        let Some(calls) = calls.as_array() else {
+            return Err(field_error(&format!("messages[{index}].tool_calls"), "an array"));
+        };
+        for call in calls {
+            let function = call.get("function");
+            let id = call.get("id").and_then(Value::as_str);
+            let name = function.and_then(|f| f.get("name")).and_then(Value::as_str);
+            let arguments = function
+                .and_then(|f| f.get("arguments"))
+                .and_then(Value::as_str)
+                .unwrap_or("{}");
+            let (Some(id), Some(name)) = (id, name) else {
+                return Err(format!(
+                    "`messages[{index}].tool_calls`: each call needs `id` and `function.name`"
+                ));
+            };
+            tool_calls.push(ToolCall {
+                id: id.to_owned(),
+                name: name.to_owned(),
+                arguments: arguments.to_owned(),
+            });
+        }
+    }
+    Ok(Message {
+        role,
+        content,
+        name: opt_str(object, "name")?,
+        tool_calls,
+        tool_call_id: opt_str(object, "tool_call_id")?,
+    })
+}
+
+fn parse_tools(value: &Value) -> Result<Vec<Tool>, String> {
+    let Some(tools) = value.as_array() else {
+        return Err(field_error("tools", "an array"));
+    };
+    tools
+        .iter()
+        .enumerate()
+        .map(|(i, tool)| {
+            let function = tool
+                .get("function")
+                .ok_or_else(|| format!("`tools[{i}].function` is required"))?;
+            let name = function
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("`tools[{i}].function.name` is required"))?;
+            Ok(Tool {
+                name: name.to_owned(),
+                description: function
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                parameters: function
+                    .get("parameters")
+                    .cloned()
+                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            })
+        })
+        .collect()
+}
+
+fn parse_tool_choice(value: &Value) -> Result<ToolChoice, String> {
+    match value {
+        Value::String(s) => match s.as_str() {
+            "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            other => Err(format!("`tool_choice`: unknown value {other:?}")),
+        },
+        Value::Object(_) => value
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .map(|name| ToolChoice::Function(name.to_owned()))
+            .ok_or_else(|| "`tool_choice.function.name` is required".to_owned()),
+        _ => Err(field_error("tool_choice", "a string or an object")),
+    }
+}
+
+fn parse_response_format(value: &Value) -> Result<ResponseFormat, String> {
+    match value.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(ResponseFormat::Text),
+        Some("json_object") => Ok(ResponseFormat::JsonObject),
+        Some("json_schema") => {
+            let schema = value
+                .get("json_schema")
+                .ok_or("`response_format.json_schema` is required")?;
+            Ok(ResponseFormat::JsonSchema {
+                name: schema
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("response")
+                    .to_owned(),
+                schema: schema.get("schema").cloned().unwrap_or(Value::Null),
+                strict: schema
+                    .get("strict")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            })
+        }
+        _ => Err("`response_format.type` must be text, json_object or json_schema".to_owned()),
+    }
+}
+
+/// Reads an OpenAI chat completions body. The error is a message for the client's 400.
+pub(crate) fn parse_chat(body: Value, tenant: &str) -> Result<ParsedChat, String> {
+    let Value::Object(body) = body else {
+        return Err("the request body must be a JSON object".to_owned());
+    };
+    let model = match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        Some(_) => return Err(field_error("model", "a non-empty string")),
+        None => return Err("`model` is required".to_owned()),
+    };
+    let messages = match body.get("messages") {
+        Some(Value::Array(messages)) if !messages.is_empty() => messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| parse_message(i, m))
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(Value::Array(_)) => return Err("`messages` must not be empty".to_owned()),
+        Some(_) => return Err(field_error("messages", "an array")),
+        None => return Err("`messages` is required".to_owned()),
+    };
+    let mut request = ChatRequest::new(model, messages);
+    request.temperature = opt_f64(&body, "temperature")?;
+    request.top_p = opt_f64(&body, "top_p")?;
+    let max_tokens = body
+        .get("max_completion_tokens")
+        .filter(|v| !v.is_null())
+        .or_else(|| body.get("max_tokens").filter(|v| !v.is_null()));
+    request.max_tokens = match max_tokens {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| field_error("max_tokens", "a positive integer"))?,
+        ),
+    };
+    request.stop = match body.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|s| s.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| field_error("stop", "a string or an array of strings"))?,
+        Some(_) => return Err(field_error("stop", "a string or an array of strings")),
+    };
+    request.seed = match body.get("seed") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_i64().ok_or_else(|| field_error("seed", "an integer"))?),
+    };
+    if let Some(tools) = body.get("tools").filter(|v| !v.is_null()) {
+        request.tools = parse_tools(tools)?;
+    }
+    if let Some(choice) = body.get("tool_choice").filter(|v| !v.is_null()) {
+        request.tool_choice = Some(parse_tool_choice(choice)?);
+    }
+    if let Some(format) = body.get("response_format").filter(|v| !v.is_null()) {
+        request.response_format = Some(parse_response_format(format)?);
+    }
+    request.user = opt_str(&body, "user")?;
+    match body.get("metadata") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => request.metadata = m.clone(),
+        Some(_) => return Err(field_error("metadata", "an object")),
+    }
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(field_error("stream", "a boolean")),
+    };
+    let include_usage = body
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    for (name, value) in body {
+        if !CHAT_FIELDS.contains(&name.as_str()) {
+            request.extra.insert(name, value);
+        }
+    }
+    request.tenant = Some(tenant.to_owned());
+    Ok(ParsedChat {
+        request,
+        stream,
+        include_usage,
+    })
+}
+
+/// Reads an OpenAI embeddings body.
+pub(crate) fn parse_embeddings(body: Value, tenant: &str) -> Result<EmbeddingRequest, String> {
+    let Value::Object(body) = body else {
+        return Err("the request body must be a JSON object".to_owned());
+    };
+    let model = match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        Some(_) => return Err(field_error("model", "a non-empty string")),
+        None => return Err("`model` is required".to_owned()),
+    };
+    let input = match body.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|s| s.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| field_error("input", "a string or an array of strings"))?,
+        Some(Value::Array(_)) => return Err("`input` must not be empty".to_owned()),
+        Some(_) => return Err(field_error("input", "a string or an array of strings")),
+        None => return Err("`input` is required".to_owned()),
+    };
+    let mut request = EmbeddingRequest::new(model, input);
+    request.dimensions = match body.get("dimensions") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| field_error("dimensions", "a positive integer"))?,
+        ),
+    };
+    request.user = opt_str(&body, "user")?;
+    if let Some(format) = body.get("encoding_format").and_then(Value::as_str) {
+        if format != "float" {
+            return Err(format!(
+                "`encoding_format`: only \"float\" is supported, not {format:?}"
+            ));
+        }
+    }
+    for (name, value) in body {
+        if !["model", "input", "dimensions", "user", "encoding_format"].contains(&name.as_str()) {
+            request.extra.insert(name, value);
+        }
+    }
+    request.tenant = Some(tenant.to_owned());
+    Ok(request)
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn finish_str(reason: &FinishReason) -> &str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
+        FinishReason::ContentFilter => "content_filter",
+        FinishReason::Other(other) => other,
+    }
+}
+
+fn usage_json(usage: &Usage) -> Value {
+    json!({
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.total(),
+        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+    })
+}
+
+/// A chat completion as OpenAI returns it. `model` is the name the client asked for.
+pub(crate) fn chat_response_json(response: &ChatResponse, model: &str) -> Value {
+    let tool_calls: Vec<Value> = response
+        .tool_calls
+        .iter()
+        .map(|c| {
+            json!({"id": c.id, "type": "function",
+                   "function": {"name": c.name, "arguments": c.arguments}})
+        })
+        .collect();
+    let mut message = json!({"role": "assistant", "content": response.content});
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    let mut body = json!({
+        "id": if response.id.is_empty() { "chatcmpl-gateway".to_owned() } else { response.id.clone() },
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "finish_reason": response.finish_reason.as_ref().map(finish_str).unwrap_or("stop"),
+            "logprobs": null,
+        }],
+    });
+    if let Some(usage) = &response.usage {
+        body["usage"] = usage_json(usage);
+    }
+    body
+}
+
+/// Builds the `data:` payloads of a streamed completion, chunk by chunk.
+#[derive(Debug)]
+pub(crate) struct ChunkWriter {
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+    sent_role: bool,
+}
+
+impl ChunkWriter {
+    pub(crate) fn new(id: String, model: String, include_usage: bool) -> Self {
+        ChunkWriter {
+            id,
+            model,
+            created: unix_now(),
+            include_usage,
+            sent_role: false,
+        }
+    }
+
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+        })
+    }
+
+    /// The SSE event for `chunk`, if it makes one.
+    pub(crate) fn event(&mut self, chunk: &ChatChunk) -> Option<String> {
+        let value = match chunk {
+            ChatChunk::Content(text) => {
+                let mut delta = json!({"content": text});
+                if !self.sent_role {
+                    self.sent_role = true;
+                    delta["role"] = json!("assistant");
+                }
+                self.chunk(delta, None)
+            }
+            ChatChunk::ToolCall(call) => {
+                let mut entry = json!({"index": call.index, "function": {"arguments": call.arguments}});
+                if let Some(id) = &call.id {
+                    entry["id"] = json!(id);
+                    entry["type"] = json!("function");
+                }
+                if let Some(name) = &call.name {
+                    entry["function"]["name"] = json!(name);
+                }
+                self.chunk(json!({"tool_calls": [entry]}), None)
+            }
+            ChatChunk::Finish(reason) => self.chunk(json!({}), Some(finish_str(reason))),
+            ChatChunk::Usage(usage) => {
+                if !self.include_usage {
+                    return None;
+                }
+                json!({
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": [],
+                    "usage": usage_json(usage),
+                })
+            }
+        };
+        Some(format!("data: {value}\n\n"))
+    }
+}
+
+/// Embeddings as OpenAI returns them.
+pub(crate) fn embeddings_json(response: &EmbeddingResponse, model: &str) -> Value {
+    let data: Vec<Value> = response
+        .embeddings
+        .iter()
+        .enumerate()
+        .map(|(i, e)| json!({"object": "embedding", "index": i, "embedding": e}))
+        .collect();
+    let usage = response.usage.unwrap_or_default();
+    json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": usage.input_tokens, "total_tokens": usage.total()},
+    })
+}
+
+/// OpenAI's error body.
+pub(crate) fn error_json(message: &str, kind: &str, code: Option<&str>) -> Value {
+    json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+}
