@@ -190,6 +190,7 @@ where
                                 go = Some(ticket.admit_remote(now));
                             }
                             RemoteVerdict::Wait(wait) => {
+                                ticket.start_waiting();
                                 *not_before = now.saturating_add(
                                     u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX / 4),
                                 );

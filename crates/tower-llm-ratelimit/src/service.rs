@@ -152,7 +152,7 @@ where
                 let future = self.inner.call(request);
                 ResponseFuture::calling(future, permit, self.classifier.clone())
             }
-            Start::Queued(id) => self.wait(key, id, now, cost, request),
+            Start::Queued(id, waiting) => self.wait(key, id, waiting, now, cost, request),
             Start::Rejected(rejection, wait) => self.reject(rejection, rejection.error(wait)),
         }
     }
@@ -166,6 +166,7 @@ impl<S, K, C> RateLimit<S, K, C> {
         &mut self,
         key: Arc<KeyState>,
         id: u64,
+        waiting: bool,
         now: u64,
         cost: u64,
         request: Req,
@@ -175,7 +176,7 @@ impl<S, K, C> RateLimit<S, K, C> {
         C: Clone,
     {
         let limiter = &self.limiter;
-        let ticket = Ticket::new(key, limiter.clone(), id, cost);
+        let ticket = Ticket::new(key, limiter.clone(), id, cost, waiting);
         let deadline = now.saturating_add(
             u64::try_from(limiter.config.max_wait.as_nanos()).unwrap_or(u64::MAX / 4),
         );

@@ -383,7 +383,9 @@ fn duration_ns(d: Duration) -> u64 {
 #[derive(Debug)]
 pub(crate) enum Start {
     Now(Admission),
-    Queued(u64),
+    /// Queued with this id; `false` when it is only first in line to ask the shared store
+    /// (not counted as waiting unless the store says to wait).
+    Queued(u64, bool),
     Rejected(crate::error::Rejection, Duration),
 }
 
@@ -439,7 +441,7 @@ impl KeyState {
                     return Start::Now(admission);
                 }
                 // Free locally: first in line, it goes to ask the shared store at once.
-                None => return Start::Queued(limits.enqueue(cost)),
+                None => return Start::Queued(limits.enqueue(cost), false),
                 Some(_) if config.max_queue == 0 || config.max_wait.is_zero() => {
                     let at = limits.projected(config, now, cost);
                     return Start::Rejected(
@@ -458,7 +460,7 @@ impl KeyState {
         if wait > config.max_wait {
             return Start::Rejected(crate::error::Rejection::MaxWait, wait);
         }
-        Start::Queued(limits.enqueue(cost))
+        Start::Queued(limits.enqueue(cost), true)
     }
 
     pub(crate) fn at_rest(&self, config: &Config, now: u64) -> bool {
@@ -474,6 +476,8 @@ pub(crate) struct Ticket {
     id: u64,
     cost: u64,
     since: Instant,
+    /// Whether this call counts as waiting (in the stats and the `waiting` gauge).
+    counted: bool,
     done: bool,
 }
 
@@ -490,15 +494,34 @@ pub(crate) enum Turn {
 }
 
 impl Ticket {
-    pub(crate) fn new(key: Arc<KeyState>, limiter: Arc<Limiter>, id: u64, cost: u64) -> Self {
-        limiter.stats.wait_started();
+    pub(crate) fn new(
+        key: Arc<KeyState>,
+        limiter: Arc<Limiter>,
+        id: u64,
+        cost: u64,
+        waiting: bool,
+    ) -> Self {
+        if waiting {
+            limiter.stats.wait_started();
+        }
         Ticket {
             key,
             limiter,
             id,
             cost,
             since: Instant::now(),
+            counted: waiting,
             done: false,
+        }
+    }
+
+    /// From now on this call counts as waiting (the shared store said "not yet").
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn start_waiting(&mut self) {
+        if !self.counted && !self.done {
+            self.counted = true;
+            self.since = Instant::now();
+            self.limiter.stats.wait_started();
         }
     }
 
@@ -566,7 +589,9 @@ impl Ticket {
             limits.wake_head();
         }
         self.done = true;
-        self.limiter.stats.wait_ended(self.since.elapsed());
+        if self.counted {
+            self.limiter.stats.wait_ended(self.since.elapsed());
+        }
         admission
     }
 

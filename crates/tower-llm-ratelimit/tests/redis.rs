@@ -195,6 +195,8 @@ async fn refunds_reach_the_shared_budget() {
         .oneshot(Req::new(0).cost(900).actual(100))
         .await
         .expect("fits");
+    // Asking Redis is not waiting.
+    assert_eq!((one.stats().waited, one.stats().waiting), (0, 0));
     // The refund is written in the background; give it a moment to land.
     let mut fitted = false;
     for _ in 0..50 {
