@@ -1,6 +1,10 @@
 //! The HTTP side: routes, client authentication, body limits, error mapping, metrics and
 //! graceful shutdown.
 
+// Handlers' helpers return the ready response as their error, axum's idiom; its size does
+// not matter next to a network round trip.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,9 +25,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
-use tower_llm_core::{
-    BoxError, FailureKind, RateLimited, UpstreamError, classify_dyn_error,
-};
+use tower_llm_core::{BoxError, FailureKind, RateLimited, UpstreamError, classify_dyn_error};
+use tower_llm_race::AllFailed;
 use tower_llm_testkit::MockServer;
 
 use crate::config::Config;
@@ -54,7 +57,9 @@ pub(crate) fn prometheus() -> PrometheusHandle {
             // Another recorder already installed (a test harness): ours then renders only
             // what it sees, which is nothing; say so once rather than fail.
             if metrics::set_global_recorder(recorder).is_err() {
-                eprintln!("gateway: a metrics recorder was already installed; /metrics stays empty");
+                eprintln!(
+                    "gateway: a metrics recorder was already installed; /metrics stays empty"
+                );
             }
             handle
         })
@@ -192,8 +197,12 @@ fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<String, Respon
         .map(str::trim);
     let refuse = |message: &str| {
         metrics::counter!(METRIC_AUTH_FAILURES).increment(1);
-        let mut response =
-            error_response(StatusCode::UNAUTHORIZED, message, "invalid_request_error", Some("invalid_api_key"));
+        let mut response = error_response(
+            StatusCode::UNAUTHORIZED,
+            message,
+            "invalid_request_error",
+            Some("invalid_api_key"),
+        );
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -252,7 +261,12 @@ async fn read_json(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Result
 }
 
 fn bad_request(message: String) -> Response {
-    error_response(StatusCode::BAD_REQUEST, &message, "invalid_request_error", None)
+    error_response(
+        StatusCode::BAD_REQUEST,
+        &message,
+        "invalid_request_error",
+        None,
+    )
 }
 
 fn unknown_model(model: &str, what: &str) -> Response {
@@ -264,16 +278,27 @@ fn unknown_model(model: &str, what: &str) -> Response {
     )
 }
 
-/// The first `UpstreamError` in the error's chain: the provider's own account.
-fn find_upstream<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a UpstreamError> {
+/// The provider's own account of the failure: the first `UpstreamError` of kind `kind` in
+/// the error's chain, looking into each provider's error when a strategy lists them all.
+fn find_upstream<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+    kind: FailureKind,
+) -> Option<&'a UpstreamError> {
     let mut current: Option<&'a (dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = current {
+        if let Some(all) = e.downcast_ref::<AllFailed>() {
+            // The summary carries no status; the providers' own errors do.
+            return all
+                .failures()
+                .iter()
+                .filter(|f| f.failure().kind == kind)
+                .find_map(|f| {
+                    let inner: &'a (dyn std::error::Error + 'static) = f.error()?;
+                    find_upstream(inner, kind)
+                });
+        }
         if let Some(upstream) = e.downcast_ref::<UpstreamError>() {
             return Some(upstream);
-        }
-        if let Some(shared) = e.downcast_ref::<tower_llm_dedup::SharedError>() {
-            current = std::error::Error::source(shared);
-            continue;
         }
         current = e.source();
     }
@@ -295,7 +320,7 @@ fn is_local_rate_limit(error: &(dyn std::error::Error + 'static)) -> bool {
 pub(crate) fn upstream_error_response(error: &BoxError) -> Response {
     let error: &(dyn std::error::Error + 'static) = error.as_ref();
     let failure = classify_dyn_error(error);
-    let upstream = find_upstream(error);
+    let upstream = find_upstream(error, failure.kind);
     let upstream_status = upstream.and_then(UpstreamError::status);
     let (status, kind, code) = match failure.kind {
         FailureKind::RateLimited if is_local_rate_limit(error) && upstream.is_none() => (
@@ -303,39 +328,75 @@ pub(crate) fn upstream_error_response(error: &BoxError) -> Response {
             "rate_limit_exceeded",
             "tenant_rate_limited",
         ),
-        FailureKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", "rate_limit_exceeded"),
-        FailureKind::QuotaExhausted => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", "insufficient_quota"),
+        FailureKind::RateLimited => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            "rate_limit_exceeded",
+        ),
+        FailureKind::QuotaExhausted => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "insufficient_quota",
+        ),
         FailureKind::Overloaded => (
-            upstream_status.filter(|s| s.is_server_error()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            upstream_status
+                .filter(|s| s.is_server_error())
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
             "server_error",
             "overloaded",
         ),
         FailureKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "server_error", "timeout"),
-        FailureKind::Transport => (StatusCode::BAD_GATEWAY, "server_error", "upstream_unreachable"),
+        FailureKind::Transport => (
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            "upstream_unreachable",
+        ),
         FailureKind::ServerError => (
-            upstream_status.filter(|s| s.is_server_error()).unwrap_or(StatusCode::BAD_GATEWAY),
+            upstream_status
+                .filter(|s| s.is_server_error())
+                .unwrap_or(StatusCode::BAD_GATEWAY),
             "server_error",
             "upstream_error",
         ),
         FailureKind::BadRequest => (
-            upstream_status.filter(|s| s.is_client_error()).unwrap_or(StatusCode::BAD_REQUEST),
+            upstream_status
+                .filter(|s| s.is_client_error())
+                .unwrap_or(StatusCode::BAD_REQUEST),
             "invalid_request_error",
             "bad_request",
         ),
         // The provider refused the gateway's own key: not the client's fault.
-        FailureKind::Unauthorized => (StatusCode::BAD_GATEWAY, "server_error", "upstream_unauthorized"),
+        FailureKind::Unauthorized => (
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            "upstream_unauthorized",
+        ),
         FailureKind::Forbidden => (StatusCode::FORBIDDEN, "invalid_request_error", "forbidden"),
-        FailureKind::NotFound => (StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found"),
+        FailureKind::NotFound => (
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+        ),
         FailureKind::ContextLengthExceeded => (
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             "context_length_exceeded",
         ),
-        FailureKind::ContentFiltered => (StatusCode::BAD_REQUEST, "invalid_request_error", "content_filter"),
-        FailureKind::CircuitOpen => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "circuit_open"),
+        FailureKind::ContentFiltered => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "content_filter",
+        ),
+        FailureKind::CircuitOpen => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "circuit_open",
+        ),
         FailureKind::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "cancelled"),
         _ => (
-            upstream_status.filter(|s| s.is_client_error() || s.is_server_error()).unwrap_or(StatusCode::BAD_GATEWAY),
+            upstream_status
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .unwrap_or(StatusCode::BAD_GATEWAY),
             "server_error",
             "upstream_error",
         ),
@@ -454,9 +515,13 @@ fn sse_response(stream: stack::LiveStream, model: String, include_usage: bool) -
                 Some(Err(error)) => {
                     // The head (200) is sent: the failure can only be told in the stream.
                     let kind = error.kind();
-                    let body = wire::error_json(&error.to_string(), "server_error", Some(kind.as_str()));
+                    let body =
+                        wire::error_json(&error.to_string(), "server_error", Some(kind.as_str()));
                     state.done = true;
-                    return Some((Bytes::from(format!("data: {body}\n\ndata: [DONE]\n\n")), state));
+                    return Some((
+                        Bytes::from(format!("data: {body}\n\ndata: [DONE]\n\n")),
+                        state,
+                    ));
                 }
                 None => {
                     state.done = true;
@@ -476,7 +541,10 @@ fn sse_response(stream: stack::LiveStream, model: String, include_usage: bool) -
 
 struct SseState {
     chunks: std::pin::Pin<
-        Box<dyn futures_util::Stream<Item = Result<tower_llm_providers::ChatChunk, UpstreamError>> + Send>,
+        Box<
+            dyn futures_util::Stream<Item = Result<tower_llm_providers::ChatChunk, UpstreamError>>
+                + Send,
+        >,
     >,
     writer: wire::ChunkWriter,
     done: bool,
@@ -501,13 +569,20 @@ async fn embeddings(
         Err(message) => return bad_request(message),
     };
     let model = request.model.clone();
-    let Some(service) = gateway.models.get(&model).and_then(|s| s.embeddings.clone()) else {
+    let Some(service) = gateway
+        .models
+        .get(&model)
+        .and_then(|s| s.embeddings.clone())
+    else {
         return unknown_model(&model, "embeddings");
     };
     match service.oneshot(request).await {
         Ok(reply) => {
             count_answer(&model, &reply.provider, "embeddings");
-            json_response(&wire::embeddings_json(&reply.value, &model), &reply.provider)
+            json_response(
+                &wire::embeddings_json(&reply.value, &model),
+                &reply.provider,
+            )
         }
         Err(error) => upstream_error_response(&error),
     }

@@ -22,8 +22,8 @@ use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_llm_breaker::CircuitBreakerLayer;
 use tower_llm_core::{
-    BoxError, ClassifyResponse, Fingerprint, FingerprintKey, Outcome, RequestCost, ResponseUsage, UpstreamError,
-    Usage,
+    BoxError, ClassifyResponse, Fingerprint, FingerprintKey, Outcome, RequestCost, ResponseUsage,
+    UpstreamError, Usage,
 };
 use tower_llm_dedup::DedupLayer;
 use tower_llm_providers::{
@@ -252,7 +252,11 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
                 let builder = OpenAi::compatible(base)
                     .api_key(key.unwrap_or_else(|| "mock".into()))
                     .name(name.clone());
-                Upstream::OpenAi(builder.build_with(client.clone()).map_err(|e| cfg_err(&at, e))?)
+                Upstream::OpenAi(
+                    builder
+                        .build_with(client.clone())
+                        .map_err(|e| cfg_err(&at, e))?,
+                )
             }
             ProviderKind::Openai => {
                 let mut builder = match &p.base_url {
@@ -319,7 +323,8 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
                 )
                 .into());
             };
-            let upstream_model: Arc<str> = p.model_map.get(&model).unwrap_or(&model).as_str().into();
+            let upstream_model: Arc<str> =
+                p.model_map.get(&model).unwrap_or(&model).as_str().into();
             let name: Arc<str> = provider.as_str().into();
             let breaker = match &stack.breaker {
                 Some(b) => Some(
@@ -427,9 +432,11 @@ where
     Res: Send + 'static,
 {
     Ok(match stack.strategy {
-        StrategyKind::Fallback => {
-            BoxCloneSyncService::new(ServiceBuilder::new().layer(FallbackLayer::new()).service(legs))
-        }
+        StrategyKind::Fallback => BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .layer(FallbackLayer::new())
+                .service(legs),
+        ),
         StrategyKind::Race => {
             BoxCloneSyncService::new(ServiceBuilder::new().layer(RaceLayer::new()).service(legs))
         }

@@ -114,7 +114,10 @@ fn parse_message(index: usize, value: &Value) -> Result<Message, String> {
     let mut tool_calls = Vec::new();
     if let Some(calls) = object.get("tool_calls").filter(|v| !v.is_null()) {
         let Some(calls) = calls.as_array() else {
-            return Err(field_error(&format!("messages[{index}].tool_calls"), "an array"));
+            return Err(field_error(
+                &format!("messages[{index}].tool_calls"),
+                "an array",
+            ));
         };
         for call in calls {
             let function = call.get("function");
@@ -264,7 +267,10 @@ pub(crate) fn parse_chat(body: Value, tenant: &str) -> Result<ParsedChat, String
     };
     request.seed = match body.get("seed") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_i64().ok_or_else(|| field_error("seed", "an integer"))?),
+        Some(v) => Some(
+            v.as_i64()
+                .ok_or_else(|| field_error("seed", "an integer"))?,
+        ),
     };
     if let Some(tools) = body.get("tools").filter(|v| !v.is_null()) {
         request.tools = parse_tools(tools)?;
@@ -335,12 +341,12 @@ pub(crate) fn parse_embeddings(body: Value, tenant: &str) -> Result<EmbeddingReq
         ),
     };
     request.user = opt_str(&body, "user")?;
-    if let Some(format) = body.get("encoding_format").and_then(Value::as_str) {
-        if format != "float" {
-            return Err(format!(
-                "`encoding_format`: only \"float\" is supported, not {format:?}"
-            ));
-        }
+    if let Some(format) = body.get("encoding_format").and_then(Value::as_str)
+        && format != "float"
+    {
+        return Err(format!(
+            "`encoding_format`: only \"float\" is supported, not {format:?}"
+        ));
     }
     for (name, value) in body {
         if !["model", "input", "dimensions", "user", "encoding_format"].contains(&name.as_str()) {
@@ -451,7 +457,8 @@ impl ChunkWriter {
                 self.chunk(delta, None)
             }
             ChatChunk::ToolCall(call) => {
-                let mut entry = json!({"index": call.index, "function": {"arguments": call.arguments}});
+                let mut entry =
+                    json!({"index": call.index, "function": {"arguments": call.arguments}});
                 if let Some(id) = &call.id {
                     entry["id"] = json!(id);
                     entry["type"] = json!("function");

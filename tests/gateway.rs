@@ -1,0 +1,581 @@
+//! The gateway example, run in-process over real HTTP against the testkit's mock upstream.
+//!
+//! Each test starts mock upstream(s), builds the gateway from a TOML config pointing at them,
+//! serves it on a loopback port and talks to it with the testkit's HTTP client, counting what
+//! reached the upstream.
+
+#![allow(clippy::unwrap_used)]
+
+#[allow(dead_code)]
+#[path = "../examples/gateway/app.rs"]
+mod app;
+#[allow(dead_code)]
+#[path = "../examples/gateway/config.rs"]
+mod config;
+#[allow(dead_code)]
+#[path = "../examples/gateway/stack.rs"]
+mod stack;
+#[allow(dead_code)]
+#[path = "../examples/gateway/wire.rs"]
+mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tower::{Service, ServiceExt};
+use tower_llm_testkit::{
+    Fault, FaultPlan, Latency, MockServer, RetryAfterForm, TestClient, embedding_for, openai_chat,
+    openai_chat_stream, openai_embeddings, post_json, with_api_key,
+};
+
+use crate::app::Gateway;
+use crate::config::Config;
+
+const KEY_A: &str = "sk-test-tenant-a";
+const KEY_B: &str = "sk-test-tenant-b";
+
+/// A gateway served on a loopback port until `stop` is called or it is dropped.
+struct Running {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    _gateway: Arc<Gateway>,
+}
+
+impl Running {
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Signals shutdown and waits for the server to return.
+    async fn stop(&mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.expect("server task panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A config whose keys are the two test tenants and whose provider is `upstream`; `models`
+/// is appended as is.
+fn config_for(upstream: &MockServer, max_body: usize, models: &str) -> String {
+    format!(
+        r#"
+[server]
+max_body_bytes = {max_body}
+shutdown_grace = "30s"
+
+[[keys]]
+key = "{KEY_A}"
+tenant = "a"
+
+[[keys]]
+key = "{KEY_B}"
+tenant = "b"
+
+[providers.mock]
+kind = "openai"
+base_url = "{base}/v1"
+models = ["gpt-4o-mini", "text-embedding-3-small", "plain-model"]
+
+{models}
+"#,
+        base = upstream.base_url()
+    )
+}
+
+const FULL_STACK: &str = r#"
+[models."gpt-4o-mini"]
+dedup = { ttl = "5m" }
+retry = { max_attempts = 3, backoff = "10ms", max_retry_after = "1s" }
+breaker = { consecutive_failures = 5, cooldown = "10s" }
+rate_limit = { requests_per_minute = 1000, tokens_per_minute = 1000000, concurrency = 32, max_wait = "5s" }
+
+[models."text-embedding-3-small"]
+dedup = { ttl = "5m" }
+"#;
+
+async fn start(config: &str) -> Running {
+    let config = Config::from_toml(config).expect("test config is valid");
+    let gateway = Gateway::new(&config).await.expect("gateway builds");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(app::serve(
+        listener,
+        gateway.router(),
+        async move {
+            let _ = rx.await;
+        },
+        config.server.shutdown_grace,
+    ));
+    Running {
+        addr,
+        shutdown: Some(tx),
+        task: Some(task),
+        _gateway: gateway,
+    }
+}
+
+async fn send(request: http::Request<Bytes>) -> http::Response<Bytes> {
+    TestClient::new()
+        .ready()
+        .await
+        .expect("client ready")
+        .call(request)
+        .await
+        .expect("the gateway answers")
+}
+
+fn json_of(response: &http::Response<Bytes>) -> Value {
+    serde_json::from_slice(response.body()).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}",
+            String::from_utf8_lossy(response.body())
+        )
+    })
+}
+
+fn get(url: &str, key: Option<&str>) -> http::Request<Bytes> {
+    let mut request = http::Request::get(url).body(Bytes::new()).unwrap();
+    if let Some(key) = key {
+        request = with_api_key(request, key);
+    }
+    request
+}
+
+/// Content of a streamed completion, read from its SSE events; panics on a malformed one.
+fn sse_content(body: &[u8]) -> (String, bool) {
+    let text = String::from_utf8_lossy(body);
+    let mut content = String::new();
+    let mut done = false;
+    for line in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let event: Value = serde_json::from_str(line).expect("each event is JSON");
+        assert!(event.get("error").is_none(), "stream error: {event}");
+        if let Some(delta) = event
+            .pointer("/choices/0/delta/content")
+            .and_then(Value::as_str)
+        {
+            content.push_str(delta);
+        }
+    }
+    (content, done)
+}
+
+#[tokio::test]
+async fn missing_or_unknown_key_gets_401_and_reaches_no_provider() {
+    let upstream = MockServer::start(FaultPlan::healthy()).await.unwrap();
+    let gateway = start(&config_for(&upstream, 1 << 20, FULL_STACK)).await;
+
+    let no_key = send(openai_chat(&gateway.url(), "gpt-4o-mini", "hi")).await;
+    assert_eq!(no_key.status(), 401);
+    assert_eq!(json_of(&no_key)["error"]["code"], "invalid_api_key");
+
+    let wrong = with_api_key(openai_chat(&gateway.url(), "gpt-4o-mini", "hi"), "sk-nope");
+    assert_eq!(send(wrong).await.status(), 401);
+
+    let stream = with_api_key(
+        openai_chat_stream(&gateway.url(), "gpt-4o-mini", "hi"),
+        "sk-nope",
+    );
+    assert_eq!(send(stream).await.status(), 401);
+
+    let embeddings = openai_embeddings(&gateway.url(), &["x"]);
+    assert_eq!(send(embeddings).await.status(), 401);
+
+    let models = send(get(&format!("{}/v1/models", gateway.url()), None)).await;
+    assert_eq!(models.status(), 401);
+
+    assert_eq!(
+        upstream.counters().requests,
+        0,
+        "no call reached the provider"
+    );
+}
+
+#[tokio::test]
+async fn oversized_body_gets_413_and_malformed_json_gets_400() {
+    let upstream = MockServer::start(FaultPlan::healthy()).await.unwrap();
+    let gateway = start(&config_for(&upstream, 2048, FULL_STACK)).await;
+    let url = format!("{}/v1/chat/completions", gateway.url());
+
+    let big = json!({"model": "gpt-4o-mini",
+                     "messages": [{"role": "user", "content": "x".repeat(4096)}]});
+    let response = send(with_api_key(post_json(&url, &big), KEY_A)).await;
+    assert_eq!(response.status(), 413);
+    assert!(
+        json_of(&response)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2048 bytes")
+    );
+
+    let mut malformed = with_api_key(post_json(&url, &json!({})), KEY_A);
+    *malformed.body_mut() = Bytes::from_static(b"{\"model\": \"gpt-4o-mini\", ");
+    let response = send(malformed).await;
+    assert_eq!(response.status(), 400);
+    let message = json_of(&response)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("not valid JSON"), "{message}");
+
+    let no_messages = with_api_key(post_json(&url, &json!({"model": "gpt-4o-mini"})), KEY_A);
+    let response = send(no_messages).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        json_of(&response)["error"]["message"],
+        "`messages` is required"
+    );
+
+    let bad_temperature = json!({"model": "gpt-4o-mini", "temperature": "hot",
+                                 "messages": [{"role": "user", "content": "hi"}]});
+    let response = send(with_api_key(post_json(&url, &bad_temperature), KEY_A)).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        json_of(&response)["error"]["message"],
+        "`temperature` must be a number"
+    );
+
+    let unknown = with_api_key(openai_chat(&gateway.url(), "no-such-model", "hi"), KEY_A);
+    let response = send(unknown).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(json_of(&response)["error"]["code"], "model_not_found");
+
+    assert_eq!(upstream.counters().requests, 0);
+}
+
+#[tokio::test]
+async fn plain_and_streaming_chat_go_through_the_stack() {
+    let upstream = MockServer::start(FaultPlan::healthy().name("up"))
+        .await
+        .unwrap();
+    let gateway = start(&config_for(&upstream, 1 << 20, FULL_STACK)).await;
+
+    let response = send(with_api_key(
+        openai_chat(&gateway.url(), "gpt-4o-mini", "Hello there"),
+        KEY_A,
+    ))
+    .await;
+    assert_eq!(response.status(), 200);
+    let body = json_of(&response);
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "gpt-4o-mini");
+    assert_eq!(body["choices"][0]["message"]["content"], "up: Hello there");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(response.headers()["x-gateway-provider"], "mock");
+
+    let response = send(with_api_key(
+        openai_chat_stream(&gateway.url(), "gpt-4o-mini", "Stream me please"),
+        KEY_A,
+    ))
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let (content, done) = sse_content(response.body());
+    assert_eq!(content, "up: Stream me please");
+    assert!(done, "the stream ends with [DONE]");
+    assert!(
+        String::from_utf8_lossy(response.body()).contains("\"usage\""),
+        "include_usage sends a usage chunk"
+    );
+
+    let counters = upstream.counters();
+    assert_eq!(counters.requests, 2);
+    let received = upstream.received();
+    assert_eq!(received[1].json().unwrap()["stream"], true);
+}
+
+#[tokio::test]
+async fn embeddings_models_and_health() {
+    let upstream = MockServer::start(FaultPlan::healthy()).await.unwrap();
+    let gateway = start(&config_for(&upstream, 1 << 20, FULL_STACK)).await;
+
+    let response = send(with_api_key(
+        openai_embeddings(&gateway.url(), &["alpha", "beta"]),
+        KEY_A,
+    ))
+    .await;
+    assert_eq!(response.status(), 200);
+    let body = json_of(&response);
+    assert_eq!(body["object"], "list");
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    for (item, text) in data.iter().zip(["alpha", "beta"]) {
+        let vector: Vec<f32> = serde_json::from_value(item["embedding"].clone()).unwrap();
+        assert_eq!(vector, embedding_for(text, vector.len()));
+    }
+
+    let models = send(get(&format!("{}/v1/models", gateway.url()), Some(KEY_A))).await;
+    assert_eq!(models.status(), 200);
+    let ids: Vec<String> = json_of(&models)["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        ids,
+        ["gpt-4o-mini", "plain-model", "text-embedding-3-small"]
+    );
+
+    let health = send(get(&format!("{}/health", gateway.url()), None)).await;
+    assert_eq!(health.status(), 200);
+    assert_eq!(json_of(&health)["status"], "ok");
+    assert_eq!(upstream.counters().requests, 1);
+}
+
+#[tokio::test]
+async fn metrics_text_names_our_metrics() {
+    let upstream = MockServer::start(FaultPlan::healthy()).await.unwrap();
+    let gateway = start(&config_for(&upstream, 1 << 20, FULL_STACK)).await;
+    let response = send(with_api_key(
+        openai_chat(&gateway.url(), "gpt-4o-mini", "count me"),
+        KEY_A,
+    ))
+    .await;
+    assert_eq!(response.status(), 200);
+
+    let metrics = send(get(&format!("{}/metrics", gateway.url()), None)).await;
+    assert_eq!(metrics.status(), 200);
+    let text = String::from_utf8_lossy(metrics.body()).into_owned();
+    for name in [
+        "tower_llm_gateway_requests_total",
+        "tower_llm_gateway_request_duration_seconds",
+        "tower_llm_gateway_answers_total",
+        "tower_llm_providers_requests_total",
+        "tower_llm_dedup_requests_total",
+        "tower_llm_dedup_misses_total",
+        "tower_llm_ratelimit_admitted_total",
+        "tower_llm_retry_attempts_total",
+        "tower_llm_race_requests_total",
+        "tower_llm_breaker_state",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    assert!(text.contains(r#"route="/v1/chat/completions""#));
+}
+
+#[tokio::test]
+async fn upstream_429_is_mapped_with_its_retry_after() {
+    let plan = FaultPlan::healthy().script([Some(Fault::RateLimited {
+        retry_after: Duration::from_secs(7),
+        form: RetryAfterForm::Seconds,
+    })]);
+    let upstream = MockServer::start(plan).await.unwrap();
+    // No retry on this model: the client gets the provider's 429 and its hint.
+    let gateway = start(&config_for(&upstream, 1 << 20, "")).await;
+
+    let response = send(with_api_key(
+        openai_chat(&gateway.url(), "plain-model", "hi"),
+        KEY_A,
+    ))
+    .await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "7");
+    assert_eq!(response.headers()["retry-after-ms"], "7000");
+    assert_eq!(json_of(&response)["error"]["type"], "rate_limit_exceeded");
+
+    let again = send(with_api_key(
+        openai_chat(&gateway.url(), "plain-model", "hi"),
+        KEY_A,
+    ))
+    .await;
+    assert_eq!(again.status(), 200, "the script's 429 was one-off");
+    assert_eq!(upstream.counters().requests, 2);
+}
+
+#[tokio::test]
+async fn upstream_server_error_after_retries_maps_to_its_status() {
+    let plan = FaultPlan::healthy().fault(Fault::Status(500), 1.0);
+    let upstream = MockServer::start(plan).await.unwrap();
+    let gateway = start(&config_for(&upstream, 1 << 20, FULL_STACK)).await;
+    let response = send(with_api_key(
+        openai_chat(&gateway.url(), "gpt-4o-mini", "hi"),
+        KEY_A,
+    ))
+    .await;
+    assert_eq!(response.status(), 500);
+    assert_eq!(
+        upstream.counters().requests,
+        3,
+        "three attempts, then the error"
+    );
+}
+
+#[tokio::test]
+async fn dedup_is_per_tenant() {
+    let upstream = MockServer::start(FaultPlan::healthy()).await.unwrap();
+    let gateway = start(&config_for(&upstream, 1 << 20, FULL_STACK)).await;
+    let url = format!("{}/v1/chat/completions", gateway.url());
+    // temperature 0: a deterministic request, whose answer is kept.
+    let body = json!({"model": "gpt-4o-mini", "temperature": 0,
+                      "messages": [{"role": "user", "content": "same question"}]});
+
+    let first = send(with_api_key(post_json(&url, &body), KEY_A)).await;
+    let second = send(with_api_key(post_json(&url, &body), KEY_A)).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(second.status(), 200);
+    assert_eq!(json_of(&first)["choices"], json_of(&second)["choices"]);
+    assert_eq!(
+        upstream.counters().requests,
+        1,
+        "tenant a asked twice, one call"
+    );
+
+    let other = send(with_api_key(post_json(&url, &body), KEY_B)).await;
+    assert_eq!(other.status(), 200);
+    assert_eq!(
+        upstream.counters().requests,
+        2,
+        "tenant b never shares tenant a's answer"
+    );
+
+    // Concurrent identical requests of one tenant coalesce into one call too.
+    upstream.reset_counters();
+    upstream.set_plan(FaultPlan::healthy().latency(Latency::Fixed(Duration::from_millis(200))));
+    let fresh = json!({"model": "gpt-4o-mini", "temperature": 0,
+                       "messages": [{"role": "user", "content": "concurrent question"}]});
+    let calls = (0..5).map(|_| send(with_api_key(post_json(&url, &fresh), KEY_B)));
+    let answers = futures_util::future::join_all(calls).await;
+    assert!(answers.iter().all(|r| r.status() == 200));
+    assert_eq!(
+        upstream.counters().requests,
+        1,
+        "five concurrent requests, one call"
+    );
+}
+
+async fn wait_for_upstream_call(upstream: &MockServer) {
+    for _ in 0..1000 {
+        if upstream.counters().requests >= 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the request never reached the upstream");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_in_flight_requests_finish() {
+    let plan = FaultPlan::healthy().latency(Latency::Fixed(Duration::from_millis(300)));
+    let upstream = MockServer::start(plan).await.unwrap();
+    let mut gateway = start(&config_for(&upstream, 1 << 20, FULL_STACK)).await;
+    let url = gateway.url();
+
+    let in_flight = tokio::spawn(send(with_api_key(
+        openai_chat(&url, "gpt-4o-mini", "finish me"),
+        KEY_A,
+    )));
+    wait_for_upstream_call(&upstream).await;
+    let stopped = gateway.stop();
+    let (stopped, response) = tokio::join!(stopped, in_flight);
+    stopped.expect("the server stops cleanly");
+    let response = response.expect("request task");
+    assert_eq!(response.status(), 200, "the in-flight request finished");
+    assert_eq!(
+        json_of(&response)["choices"][0]["message"]["content"],
+        "mock: finish me"
+    );
+
+    // Stopped: new connections are refused.
+    let after = TestClient::new()
+        .oneshot(with_api_key(
+            openai_chat(&url, "gpt-4o-mini", "late"),
+            KEY_A,
+        ))
+        .await;
+    assert!(after.is_err(), "the gateway no longer accepts connections");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_a_stream_finish() {
+    let plan = FaultPlan::healthy().stream_chunk_delay(Duration::from_millis(100));
+    let upstream = MockServer::start(plan).await.unwrap();
+    let mut gateway = start(&config_for(&upstream, 1 << 20, FULL_STACK)).await;
+    let url = gateway.url();
+
+    let in_flight = tokio::spawn(send(with_api_key(
+        openai_chat_stream(&url, "gpt-4o-mini", "a stream of several words"),
+        KEY_A,
+    )));
+    wait_for_upstream_call(&upstream).await;
+    let (stopped, response) = tokio::join!(gateway.stop(), in_flight);
+    stopped.expect("the server stops cleanly");
+    let response = response.expect("request task");
+    assert_eq!(response.status(), 200);
+    let (content, done) = sse_content(response.body());
+    assert_eq!(content, "mock: a stream of several words");
+    assert!(done, "the whole stream arrived, [DONE] included");
+}
+
+#[tokio::test]
+async fn official_openai_python_client_if_present() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => {}
+        Ok(_) => {
+            println!("skipped: python3 has no `openai` package (pip install openai to run this)");
+            return;
+        }
+        Err(e) => {
+            println!("skipped: no python3 ({e})");
+            return;
+        }
+    }
+    let upstream = MockServer::start(FaultPlan::healthy().name("py"))
+        .await
+        .unwrap();
+    let gateway = start(&config_for(&upstream, 1 << 20, FULL_STACK)).await;
+    let script = format!(
+        r#"
+import openai
+client = openai.OpenAI(base_url="{url}/v1", api_key="{KEY_A}", max_retries=0)
+r = client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "plain"}}])
+assert r.choices[0].message.content == "py: plain", r
+text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+    model="gpt-4o-mini", messages=[{{"role": "user", "content": "streamed"}}], stream=True) if c.choices)
+assert text == "py: streamed", text
+print("ok")
+"#,
+        url = gateway.url()
+    );
+    // The client blocks; the gateway runs on this test's runtime meanwhile.
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", &script])
+            .output()
+    })
+    .await
+    .expect("python task")
+    .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
