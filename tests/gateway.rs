@@ -579,3 +579,189 @@ print("ok")
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test]
+async fn tenant_rate_limit_refuses_with_retry_after_before_the_provider() {
+    let upstream = MockServer::start(FaultPlan::healthy()).await.unwrap();
+    let models = r#"
+[models."gpt-4o-mini"]
+rate_limit = { requests_per_minute = 1, max_wait = "10ms" }
+"#;
+    let gateway = start(&config_for(&upstream, 1 << 20, models)).await;
+    let ask = |key| with_api_key(openai_chat(&gateway.url(), "gpt-4o-mini", "hi"), key);
+
+    assert_eq!(send(ask(KEY_A)).await.status(), 200);
+    let refused = send(ask(KEY_A)).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(json_of(&refused)["error"]["code"], "tenant_rate_limited");
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "hint {retry_after}s");
+    // Tenant b has its own budget.
+    assert_eq!(send(ask(KEY_B)).await.status(), 200);
+    assert_eq!(
+        upstream.counters().requests,
+        2,
+        "the refused call never left"
+    );
+}
+
+#[tokio::test]
+async fn race_answers_from_the_fast_provider_and_fallback_skips_a_failing_one() {
+    let slow = MockServer::start(
+        FaultPlan::healthy()
+            .name("slow")
+            .latency(Latency::Fixed(Duration::from_millis(400))),
+    )
+    .await
+    .unwrap();
+    let fast = MockServer::start(FaultPlan::healthy().name("fast"))
+        .await
+        .unwrap();
+    let broken = MockServer::start(FaultPlan::healthy().fault(Fault::Status(503), 1.0))
+        .await
+        .unwrap();
+    let config = format!(
+        r#"
+[[keys]]
+key = "{KEY_A}"
+tenant = "a"
+
+[providers.slow]
+kind = "openai"
+base_url = "{slow}/v1"
+models = ["raced", "fallen-back"]
+
+[providers.fast]
+kind = "openai"
+base_url = "{fast}/v1"
+models = ["raced", "fallen-back"]
+
+[providers.broken]
+kind = "openai"
+base_url = "{broken}/v1"
+models = ["fallen-back"]
+
+[models.raced]
+providers = ["slow", "fast"]
+strategy = "race"
+
+[models.fallen-back]
+providers = ["broken", "fast"]
+strategy = "fallback"
+breaker = {{ consecutive_failures = 2, cooldown = "1m" }}
+"#,
+        slow = slow.base_url(),
+        fast = fast.base_url(),
+        broken = broken.base_url(),
+    );
+    let gateway = start(&config).await;
+
+    let raced = send(with_api_key(
+        openai_chat(&gateway.url(), "raced", "go"),
+        KEY_A,
+    ))
+    .await;
+    assert_eq!(raced.status(), 200);
+    assert_eq!(raced.headers()["x-gateway-provider"], "fast");
+    assert_eq!(
+        json_of(&raced)["choices"][0]["message"]["content"],
+        "fast: go"
+    );
+
+    for _ in 0..4 {
+        let answer = send(with_api_key(
+            openai_chat(&gateway.url(), "fallen-back", "go"),
+            KEY_A,
+        ))
+        .await;
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.headers()["x-gateway-provider"], "fast");
+    }
+    assert_eq!(
+        broken.counters().requests,
+        2,
+        "after two failures its breaker opened and fallback skipped it"
+    );
+}
+
+#[test]
+fn durations_and_config_errors_are_readable() {
+    use crate::config::parse_duration;
+    let ms = Duration::from_millis;
+    assert_eq!(parse_duration("250ms"), Ok(ms(250)));
+    assert_eq!(parse_duration("30s"), Ok(ms(30_000)));
+    assert_eq!(parse_duration("1m30s"), Ok(ms(90_000)));
+    assert_eq!(parse_duration("2h"), Ok(ms(7_200_000)));
+    assert_eq!(parse_duration("1.5s"), Ok(ms(1_500)));
+    assert!(parse_duration("30").unwrap_err().contains("unit"));
+    assert!(
+        parse_duration("5 parsecs")
+            .unwrap_err()
+            .contains("unknown unit")
+    );
+    assert!(parse_duration("").is_err());
+
+    let base = r#"
+[providers.p]
+kind = "openai"
+models = ["m"]
+"#;
+    let err = |extra: &str| {
+        Config::from_toml(&format!("{base}{extra}"))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err("[models.m]\nproviders = [\"q\"]\n").contains("models.m.providers"));
+    assert!(err("[models.m]\nstrategy = \"hedge\"\n").contains("models.m.hedge_delay"));
+    assert!(err("[models.m]\ntimeout = \"soon\"\n").contains("soon"));
+    assert!(err("[models.m]\nretries = 3\n").contains("retries"));
+    assert!(err("[[keys]]\ntenant = \"t\"\n").contains("keys[0]"));
+    assert!(
+        Config::from_toml("[providers]\n").is_err(),
+        "no provider at all"
+    );
+
+    // The shipped samples parse.
+    let mock = Config::from_toml(crate::config::MOCK_CONFIG).expect("mock.toml");
+    assert_eq!(
+        mock.model_names(),
+        ["gpt-4o-mini", "text-embedding-3-small"]
+    );
+    let real =
+        Config::from_toml(include_str!("../examples/gateway/openai.toml")).expect("openai.toml");
+    assert_eq!(
+        real.providers_of("gpt-4o-mini"),
+        ["openai", "anthropic", "gemini"]
+    );
+}
+
+#[tokio::test]
+async fn the_default_config_serves_from_its_embedded_mocks() {
+    let mut config = Config::from_toml(crate::config::MOCK_CONFIG).expect("mock.toml");
+    config.server.shutdown_grace = Duration::from_secs(5);
+    let gateway = Gateway::new(&config).await.expect("builds");
+    assert_eq!(gateway.mocks.len(), 2, "both mock upstreams started");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(app::serve(
+        listener,
+        gateway.router(),
+        std::future::pending(),
+        config.server.shutdown_grace,
+    ));
+    let response = send(with_api_key(
+        openai_chat(&url, "gpt-4o-mini", "demo"),
+        "sk-gateway-demo",
+    ))
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        json_of(&response)["choices"][0]["message"]["content"],
+        "mock-fast: demo"
+    );
+    server.abort();
+}
