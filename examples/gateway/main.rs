@@ -33,6 +33,15 @@ async fn main() -> Result<(), BoxError> {
         None => Config::from_toml(config::MOCK_CONFIG)?,
     };
     let gateway = Gateway::new(&config).await?;
+    // The exporter keeps histogram samples until they are drained; without a scraper they
+    // would pile up.
+    let metrics = app::prometheus();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            metrics.run_upkeep();
+        }
+    });
     let listener = TcpListener::bind(&config.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
