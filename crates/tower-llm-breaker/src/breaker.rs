@@ -230,7 +230,10 @@ impl Breaker {
                     }
                 }
                 Verdict::Failure => {
-                    let run = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+                    let run = self
+                        .consecutive
+                        .fetch_add(1, Ordering::Relaxed)
+                        .saturating_add(1);
                     trip = run >= threshold;
                 }
                 Verdict::Ignored => {}
