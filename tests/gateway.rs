@@ -469,7 +469,7 @@ async fn dedup_is_per_tenant() {
 }
 
 async fn wait_for_upstream_call(upstream: &MockServer) {
-    for _ in 0..1000 {
+    for _ in 0..4000 {
         if upstream.counters().requests >= 1 {
             return;
         }
