@@ -199,13 +199,12 @@ impl Budget {
     /// Units charged that are still inside the window at `now`.
     #[inline]
     pub(crate) fn used(&self, now: u64) -> u64 {
-        let expired: u64 = self
+        let expired = self
             .slots
             .iter()
             .take_while(|s| self.expiry(s) <= now)
-            .map(|s| s.amount)
-            .sum();
-        self.total - expired
+            .fold(0u64, |sum, s| sum.saturating_add(s.amount));
+        self.total.saturating_sub(expired)
     }
 
     #[inline]
@@ -214,7 +213,7 @@ impl Budget {
             if self.expiry(front) > now {
                 break;
             }
-            self.total -= front.amount;
+            self.total = self.total.saturating_sub(front.amount);
             self.slots.pop_front();
         }
     }
@@ -325,13 +324,16 @@ impl Budget {
         if let Some(slot) = self.slot_mut(charge.epoch, now) {
             let taken = amount.min(slot.amount);
             slot.amount -= taken;
-            self.total -= taken;
+            self.total = self.total.saturating_sub(taken);
         }
     }
 
     /// Adds `amount` to an earlier charge (the call used more than was reserved). The window
     /// may then hold more than the limit: the upstream already spent it, so later calls wait.
+    /// The amount comes from the server's reply, so it is capped at one window's limit (no
+    /// real call spends more): a bogus usage delays the key by at most one window.
     pub(crate) fn charge_more(&mut self, now: u64, charge: Charge, amount: u64) {
+        let amount = amount.min(self.quota.limit);
         self.tat = self.tat.max(now).saturating_add(self.emission(amount));
         if let Some(slot) = self.slot_mut(charge.epoch, now) {
             slot.amount = slot.amount.saturating_add(amount);
@@ -438,5 +440,25 @@ mod tests {
         assert!(b.ready_at(0, 20) > 0);
         assert!(!b.at_rest(0));
         assert!(b.at_rest(62 * SEC));
+    }
+
+    #[test]
+    fn absurd_usage_from_the_server_neither_panics_nor_freezes_the_budget() {
+        // The usage comes from the response body: a server may say anything.
+        let mut b = Budget::new(Quota::per_minute(100).with_burst(100));
+        let first = b.charge(0, 10);
+        b.charge(2 * SEC, 10);
+        b.charge_more(2 * SEC, first, u64::MAX);
+        assert!(b.ready_at(2 * SEC, 1) > 2 * SEC);
+        for t in [61, 63, 70, 130, 200] {
+            let now = t * SEC;
+            let at = b.ready_at(now, 1);
+            if at <= now {
+                b.charge(now, 1);
+            }
+        }
+        // At most one window's worth is owed, so a window or two later all is well again.
+        assert!(b.at_rest(400 * SEC));
+        assert_eq!(b.ready_at(400 * SEC, 100), 400 * SEC);
     }
 }
