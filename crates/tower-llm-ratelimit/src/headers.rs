@@ -83,27 +83,42 @@ impl ServerLimits {
     /// assert_eq!(limits.tokens, None);
     /// ```
     pub fn from_headers(headers: &HeaderMap, now: SystemTime) -> Self {
-        let openai = |what: &str| {
-            let remaining = header_u64(headers, &format!("x-ratelimit-remaining-{what}"))?;
-            let reset = header_str(headers, &format!("x-ratelimit-reset-{what}"))
-                .and_then(parse_go_duration)?;
+        // Static names: this runs on every response when adapting, so no formatting.
+        let openai = |remaining: &str, reset: &str| {
+            let remaining = header_u64(headers, remaining)?;
+            let reset = header_str(headers, reset).and_then(parse_go_duration)?;
             Some(ServerLimit {
                 remaining,
                 reset_in: reset,
             })
         };
-        let anthropic = |what: &str| {
-            let remaining = header_u64(headers, &format!("anthropic-ratelimit-{what}-remaining"))?;
-            let reset = header_str(headers, &format!("anthropic-ratelimit-{what}-reset"))
-                .and_then(parse_rfc3339)?;
+        let anthropic = |remaining: &str, reset: &str| {
+            let remaining = header_u64(headers, remaining)?;
+            let reset = header_str(headers, reset).and_then(parse_rfc3339)?;
             Some(ServerLimit {
                 remaining,
                 reset_in: reset.duration_since(now).unwrap_or(Duration::ZERO),
             })
         };
         ServerLimits {
-            requests: openai("requests").or_else(|| anthropic("requests")),
-            tokens: openai("tokens").or_else(|| anthropic("tokens")),
+            requests: openai(
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            )
+            .or_else(|| {
+                anthropic(
+                    "anthropic-ratelimit-requests-remaining",
+                    "anthropic-ratelimit-requests-reset",
+                )
+            }),
+            tokens: openai("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens").or_else(
+                || {
+                    anthropic(
+                        "anthropic-ratelimit-tokens-remaining",
+                        "anthropic-ratelimit-tokens-reset",
+                    )
+                },
+            ),
         }
     }
 
