@@ -364,8 +364,6 @@ struct WireRequest<'a> {
     metadata: Option<WireMetadata<'a>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     stream: bool,
-    #[serde(flatten)]
-    extra: &'a Map<String, Value>,
 }
 
 #[derive(Serialize)]
@@ -492,9 +490,8 @@ fn encode_chat(request: &ChatRequest, stream: bool, default_max_tokens: u32) -> 
             .as_deref()
             .map(|user_id| WireMetadata { user_id }),
         stream,
-        extra: &request.extra,
     };
-    serde_json::to_vec(&wire).unwrap_or_default()
+    crate::chat::encode_with_extra(&wire, &request.extra)
 }
 
 // ---- wire format: responses ------------------------------------------------------------

@@ -345,8 +345,8 @@ impl Fingerprint for ChatRequest {
                 h.write_tag(u8::from(*strict));
             }
         }
-        h.write_json(&Value::Object(self.metadata.clone()));
-        h.write_json(&Value::Object(self.extra.clone()));
+        write_map(h, &self.metadata);
+        write_map(h, &self.extra);
     }
 }
 
@@ -356,6 +356,35 @@ impl<R: Fingerprint> Fingerprint for Streaming<R> {
     fn fingerprint(&self, h: &mut FingerprintHasher) {
         h.write_str("stream");
         self.0.fingerprint(h);
+    }
+}
+
+/// Serializes a wire body with `extra` merged in. An `extra` field that a modelled field also
+/// sets wins, rather than being sent twice (which providers read differently).
+pub(crate) fn encode_with_extra<T: serde::Serialize>(
+    wire: &T,
+    extra: &Map<String, Value>,
+) -> Vec<u8> {
+    // Serializing borrowed strings and JSON values cannot fail.
+    if extra.is_empty() {
+        return serde_json::to_vec(wire).unwrap_or_default();
+    }
+    let mut body = serde_json::to_value(wire).unwrap_or(Value::Null);
+    if let Value::Object(fields) = &mut body {
+        for (name, value) in extra {
+            fields.insert(name.clone(), value.clone());
+        }
+    }
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+fn write_map(h: &mut FingerprintHasher, map: &Map<String, Value>) {
+    h.write_u64(map.len() as u64);
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    for (name, value) in entries {
+        h.write_str(name);
+        h.write_json(value);
     }
 }
 
@@ -522,7 +551,7 @@ impl Fingerprint for EmbeddingRequest {
             h.write_str(input);
         }
         h.write_option(self.dimensions.map(u64::from).as_ref());
-        h.write_json(&Value::Object(self.extra.clone()));
+        write_map(h, &self.extra);
     }
 }
 

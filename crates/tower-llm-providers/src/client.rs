@@ -99,3 +99,21 @@ pub(crate) fn post_json(
     }
     request
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_client_builds_and_bad_knobs_are_named() {
+        assert!(HttpClientConfig::default().build().is_ok());
+        let zero = HttpClientConfig {
+            connect_timeout: Duration::ZERO,
+            ..HttpClientConfig::default()
+        };
+        assert_eq!(
+            zero.build().err().map(|e| e.knob()),
+            Some("connect_timeout")
+        );
+    }
+}

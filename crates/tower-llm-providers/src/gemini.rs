@@ -371,8 +371,6 @@ struct WireRequest<'a> {
     tools: Vec<WireTools<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_config: Option<Value>,
-    #[serde(flatten)]
-    extra: &'a Map<String, Value>,
 }
 
 #[derive(Serialize)]
@@ -544,9 +542,8 @@ fn encode_chat(request: &ChatRequest) -> Vec<u8> {
             }]
         },
         tool_config,
-        extra: &request.extra,
     };
-    serde_json::to_vec(&wire).unwrap_or_default()
+    crate::chat::encode_with_extra(&wire, &request.extra)
 }
 
 // ---- wire format: responses ------------------------------------------------------------

@@ -566,8 +566,6 @@ struct WireRequest<'a> {
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
-    #[serde(flatten)]
-    extra: &'a Map<String, Value>,
 }
 
 #[derive(Serialize)]
@@ -709,10 +707,8 @@ pub(crate) fn encode_chat(
         stream_options: (stream && include_usage).then_some(StreamOptions {
             include_usage: true,
         }),
-        extra: &request.extra,
     };
-    // Serializing borrowed strings and JSON values into a Vec cannot fail.
-    serde_json::to_vec(&wire).unwrap_or_default()
+    crate::chat::encode_with_extra(&wire, &request.extra)
 }
 
 #[derive(Serialize)]
@@ -724,20 +720,19 @@ struct WireEmbeddingRequest<'a> {
     dimensions: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<&'a str>,
-    #[serde(flatten)]
-    extra: &'a Map<String, Value>,
 }
 
 fn encode_embeddings(request: &EmbeddingRequest) -> Vec<u8> {
-    serde_json::to_vec(&WireEmbeddingRequest {
-        model: &request.model,
-        input: &request.input,
-        encoding_format: "float",
-        dimensions: request.dimensions,
-        user: request.user.as_deref(),
-        extra: &request.extra,
-    })
-    .unwrap_or_default()
+    crate::chat::encode_with_extra(
+        &WireEmbeddingRequest {
+            model: &request.model,
+            input: &request.input,
+            encoding_format: "float",
+            dimensions: request.dimensions,
+            user: request.user.as_deref(),
+        },
+        &request.extra,
+    )
 }
 
 // ---- wire format: responses ------------------------------------------------------------

@@ -101,7 +101,8 @@ impl SseParser {
         mut bytes: &[u8],
         out: &mut VecDeque<SseEvent>,
     ) -> Result<(), SseTooLarge> {
-        if self.after_cr {
+        // An empty piece says nothing about whether a `\n` follows a `\r`.
+        if self.after_cr && !bytes.is_empty() {
             self.after_cr = false;
             if let Some(rest) = bytes.strip_prefix(b"\n") {
                 bytes = rest;
@@ -267,6 +268,19 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn empty_piece_between_cr_and_lf() {
+        let cr = TRANSCRIPT
+            .iter()
+            .position(|&b| b == b'\r')
+            .expect("has a CR")
+            + 1;
+        assert_eq!(
+            parse_split(TRANSCRIPT, &[cr, cr, cr]).expect("small"),
+            expected()
+        );
     }
 
     #[test]

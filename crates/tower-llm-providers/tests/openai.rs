@@ -624,3 +624,16 @@ fn config_errors_name_the_knob() {
         .unwrap_err();
     assert_eq!(error.knob(), "max_body_bytes");
 }
+
+#[tokio::test]
+async fn extra_overrides_a_modelled_field_instead_of_duplicating_it() {
+    let (mut service, sent) = openai(Reply::json(200, CHAT));
+    let request = hello()
+        .temperature(0.2)
+        .extra("temperature", json!(1.0))
+        .extra("logit_bias", json!({"50256": -100}));
+    call(&mut service, request).await.unwrap();
+    let sent = sent.lock().unwrap();
+    assert_eq!(sent[0].body["temperature"], 1.0);
+    assert_eq!(sent[0].body["logit_bias"], json!({"50256": -100}));
+}
