@@ -765,3 +765,61 @@ async fn the_default_config_serves_from_its_embedded_mocks() {
     );
     server.abort();
 }
+
+#[tokio::test]
+async fn identical_streams_of_one_tenant_share_one_upstream_stream() {
+    let plan = FaultPlan::healthy()
+        .name("up")
+        .stream_chunk_delay(Duration::from_millis(50));
+    let upstream = MockServer::start(plan).await.unwrap();
+    let gateway = start(&config_for(&upstream, 1 << 20, FULL_STACK)).await;
+    let url = format!("{}/v1/chat/completions", gateway.url());
+    let body = json!({"model": "gpt-4o-mini", "temperature": 0, "stream": true,
+                      "messages": [{"role": "user", "content": "one stream for all"}]});
+
+    let streams = (0..3).map(|_| send(with_api_key(post_json(&url, &body), KEY_A)));
+    for response in futures_util::future::join_all(streams).await {
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-gateway-provider"], "mock");
+        let (content, done) = sse_content(response.body());
+        assert_eq!(content, "up: one stream for all");
+        assert!(done);
+    }
+    assert_eq!(
+        upstream.counters().requests,
+        1,
+        "three streams, one upstream call"
+    );
+
+    let other = send(with_api_key(post_json(&url, &body), KEY_B)).await;
+    assert_eq!(sse_content(other.body()).0, "up: one stream for all");
+    assert_eq!(
+        upstream.counters().requests,
+        2,
+        "another tenant gets its own stream"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_cut_upstream_ends_with_an_error_event() {
+    let plan = FaultPlan::healthy().script([Some(Fault::CutStream { after_chunks: 1 })]);
+    let upstream = MockServer::start(plan).await.unwrap();
+    let gateway = start(&config_for(&upstream, 1 << 20, FULL_STACK)).await;
+    let response = send(with_api_key(
+        openai_chat_stream(&gateway.url(), "gpt-4o-mini", "cut me off please"),
+        KEY_A,
+    ))
+    .await;
+    assert_eq!(response.status(), 200, "the head was sent before the cut");
+    let text = String::from_utf8_lossy(response.body()).into_owned();
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    let error: Value = serde_json::from_str(events[events.len() - 2]).expect("error event");
+    assert!(
+        error["error"]["message"].as_str().is_some(),
+        "an error event before [DONE]: {text}"
+    );
+}

@@ -165,15 +165,31 @@ async fn track(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "other".to_owned(), |p| p.as_str().to_owned());
     let started = Instant::now();
-    let in_flight = metrics::gauge!(METRIC_IN_FLIGHT);
-    in_flight.increment(1.0);
+    // A guard, so that a request whose client went away (its future dropped) is not counted
+    // in flight forever.
+    let in_flight = InFlight::new();
     let response = next.run(request).await;
-    in_flight.decrement(1.0);
+    drop(in_flight);
     metrics::histogram!(METRIC_DURATION, "route" => route.clone())
         .record(started.elapsed().as_secs_f64());
     metrics::counter!(METRIC_REQUESTS, "route" => route, "status" => response.status().as_str().to_owned())
         .increment(1);
     response
+}
+
+struct InFlight;
+
+impl InFlight {
+    fn new() -> Self {
+        metrics::gauge!(METRIC_IN_FLIGHT).increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(METRIC_IN_FLIGHT).decrement(1.0);
+    }
 }
 
 fn error_response(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> Response {
@@ -444,7 +460,11 @@ async fn chat(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
         match service.oneshot(parsed.request.streaming()).await {
             Ok(reply) => {
                 count_answer(&model, &reply.provider, "stream");
-                sse_response(reply.value, model, parsed.include_usage)
+                let mut response = sse_response(reply.value, model, parsed.include_usage);
+                if let Ok(value) = HeaderValue::from_str(&reply.provider) {
+                    response.headers_mut().insert("x-gateway-provider", value);
+                }
+                response
             }
             Err(error) => upstream_error_response(&error),
         }
@@ -514,7 +534,7 @@ fn sse_response(stream: stack::LiveStream, model: String, include_usage: bool) -
                 }
                 Some(Err(error)) => {
                     // The head (200) is sent: the failure can only be told in the stream.
-                    let kind = error.kind();
+                    let kind = classify_dyn_error(error.as_ref()).kind;
                     let body =
                         wire::error_json(&error.to_string(), "server_error", Some(kind.as_str()));
                     state.done = true;
@@ -542,7 +562,7 @@ fn sse_response(stream: stack::LiveStream, model: String, include_usage: bool) -
 struct SseState {
     chunks: std::pin::Pin<
         Box<
-            dyn futures_util::Stream<Item = Result<tower_llm_providers::ChatChunk, UpstreamError>>
+            dyn futures_util::Stream<Item = Result<tower_llm_providers::ChatChunk, BoxError>>
                 + Send,
         >,
     >,

@@ -10,14 +10,14 @@
 //! Dedup is outermost so that a cached or coalesced answer costs the tenant nothing and no
 //! retry; retry is outside the strategy, which sees each provider's breaker, so an open
 //! breaker is skipped at once by fallback and waited for (its hint) by retry. Streams take the
-//! same stack without dedup (a stream cannot be handed to two clients here).
+//! same stack, with the stream dedup layer (one upstream stream replayed to every caller).
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_llm_breaker::CircuitBreakerLayer;
@@ -25,7 +25,7 @@ use tower_llm_core::{
     BoxError, ClassifyResponse, Fingerprint, FingerprintKey, Outcome, RequestCost, ResponseUsage,
     UpstreamError, Usage,
 };
-use tower_llm_dedup::DedupLayer;
+use tower_llm_dedup::{DedupLayer, ReplayStream, StreamDedupLayer};
 use tower_llm_providers::{
     Anthropic, ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Gemini,
     HttpClient, HttpClientConfig, OpenAi, Streaming,
@@ -84,7 +84,7 @@ impl<T> RecordAnswer for Reply<T> {
 
 /// A streamed answer: its chunks, as the provider decodes them.
 pub(crate) struct LiveStream(
-    pub(crate) Pin<Box<dyn Stream<Item = Result<ChatChunk, UpstreamError>> + Send>>,
+    pub(crate) Pin<Box<dyn Stream<Item = Result<ChatChunk, BoxError>> + Send>>,
 );
 
 impl std::fmt::Debug for LiveStream {
@@ -193,7 +193,9 @@ impl Upstream {
         {
             BoxCloneSyncService::new(
                 service
-                    .map_response(|stream| LiveStream(Box::pin(stream)))
+                    .map_response(|stream| {
+                        LiveStream(Box::pin(stream.map(|chunk| chunk.map_err(BoxError::from))))
+                    })
                     .map_err(BoxError::from),
             )
         }
@@ -364,7 +366,11 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
             stack,
             &model,
         )?);
-        let stream = Some(outer(strategy(stream_legs, stack, &model)?, stack, &model)?);
+        let stream = Some(with_stream_dedup(
+            outer(strategy(stream_legs, stack, &model)?, stack, &model)?,
+            stack,
+            &model,
+        )?);
         let embeddings = match embedding_legs {
             Some(legs) if !legs.is_empty() => Some(with_dedup_embeddings(
                 outer(strategy(legs, stack, &model)?, stack, &model)?,
@@ -550,4 +556,63 @@ fn with_dedup_embeddings(
     model: &str,
 ) -> Result<Svc<EmbeddingRequest, Reply<EmbeddingResponse>>, ConfigError> {
     with_dedup(inner, stack, model)
+}
+
+/// A stream's items as the stream dedup layer keeps them: first who answered, then the
+/// chunks, so that a replayed stream still names its provider.
+#[derive(Clone, Debug)]
+enum Tagged {
+    Provider(Arc<str>),
+    Chunk(ChatChunk),
+}
+
+/// Identical streamed requests of one tenant share one upstream stream: a caller that joins
+/// late gets the chunks so far, then the rest; a finished deterministic stream is replayed
+/// from the cache.
+fn with_stream_dedup(
+    inner: Svc<Streaming<ChatRequest>, Reply<LiveStream>>,
+    stack: &ModelConfig,
+    model: &str,
+) -> Result<Svc<Streaming<ChatRequest>, Reply<LiveStream>>, ConfigError> {
+    let Some(d) = &stack.dedup else {
+        return Ok(inner);
+    };
+    let at = format!("models.{model}.dedup");
+    let tagged = inner.map_response(|reply: Reply<LiveStream>| {
+        let provider = Tagged::Provider(reply.provider.clone());
+        futures_util::stream::once(std::future::ready(Ok::<_, BoxError>(provider)))
+            .chain(reply.value.0.map(|chunk| chunk.map(Tagged::Chunk)))
+    });
+    let key = FingerprintKey::process();
+    let builder = StreamDedupLayer::<Tagged>::builder()
+        .key_fn(move |request: &Streaming<ChatRequest>| Some(key.fingerprint(request)))
+        .ttl(d.ttl)
+        .max_entries(d.max_entries);
+    let deduped: Svc<Streaming<ChatRequest>, ReplayStream<Tagged>> = if d.cache_all {
+        let layer = builder
+            .cache_all()
+            .build_stream()
+            .map_err(|e| cfg_err(&at, e))?;
+        BoxCloneSyncService::new(ServiceBuilder::new().layer(layer).service(tagged))
+    } else {
+        let layer = builder.build_stream().map_err(|e| cfg_err(&at, e))?;
+        BoxCloneSyncService::new(ServiceBuilder::new().layer(layer).service(tagged))
+    };
+    Ok(BoxCloneSyncService::new(deduped.and_then(
+        |mut replay: ReplayStream<Tagged>| async move {
+            let provider = match replay.next().await {
+                Some(Ok(Tagged::Provider(provider))) => provider,
+                Some(Err(error)) => return Err(error),
+                Some(Ok(Tagged::Chunk(_))) | None => Arc::from("unknown"),
+            };
+            let chunks = replay.filter_map(|item| {
+                std::future::ready(match item {
+                    Ok(Tagged::Chunk(chunk)) => Some(Ok(chunk)),
+                    Ok(Tagged::Provider(_)) => None,
+                    Err(error) => Some(Err(error)),
+                })
+            });
+            Ok(Reply::new(LiveStream(Box::pin(chunks)), provider))
+        },
+    )))
 }
