@@ -221,7 +221,11 @@ where
             results,
             classifier: self.classifier.clone(),
             min_successes: self.min_successes,
-            deadline_at: self.timeout.map(|timeout| Instant::now() + timeout),
+            // A timeout past the end of the clock (`Duration::MAX` for "never") never
+            // passes; adding it would panic.
+            deadline_at: self
+                .timeout
+                .and_then(|timeout| Instant::now().checked_add(timeout)),
             deadline: None,
         }
     }

@@ -385,7 +385,11 @@ where
             quorum,
             asked: count as u32,
             classifier: self.classifier.clone(),
-            deadline_at: self.timeout.map(|timeout| Instant::now() + timeout),
+            // A timeout past the end of the clock (`Duration::MAX` for "never") never
+            // passes; adding it would panic.
+            deadline_at: self
+                .timeout
+                .and_then(|timeout| Instant::now().checked_add(timeout)),
             deadline: None,
         }
     }

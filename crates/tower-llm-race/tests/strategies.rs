@@ -851,3 +851,48 @@ fn every_strategy_over_boxed_providers_is_a_send_boxable_service() {
     send(&gather);
     send(&gather.call("q".to_string()));
 }
+
+// ---------------------------------------------------------------------------------------
+// Durations too long to add to a clock reading mean "never", not a panic.
+
+#[tokio::test(start_paused = true)]
+async fn a_delay_or_timeout_past_the_end_of_time_never_fires_and_never_panics() {
+    // `Instant + Duration::MAX` overflows; a user writing `Duration::MAX` for "never"
+    // must get "never".
+    let primary = Mock::ok(300, "primary");
+    let backup = Mock::ok(10, "backup");
+    for delay in [
+        HedgeDelay::Fixed(Duration::MAX),
+        HedgeDelay::percentile(0.9, Duration::MAX),
+    ] {
+        let hedge = HedgeLayer::builder()
+            .delay(delay)
+            .unlimited_budget()
+            .build()
+            .expect("valid")
+            .layer_vec(vec![primary.clone(), backup.clone()]);
+        let start = Instant::now();
+        let reply = hedge.oneshot("q".to_string()).await.expect("the primary");
+        assert_eq!(start.elapsed(), ms(300));
+        assert_eq!(answered(&reply), (0, 1), "{delay:?}");
+    }
+    assert_eq!(backup.stats.calls(), 0, "never hedged");
+
+    let gather = GatherLayer::new()
+        .timeout(Duration::MAX)
+        .layer_vec(vec![Mock::ok(100, "a"), Mock::ok(200, "b")]);
+    let start = Instant::now();
+    let gathered = gather.oneshot("q".to_string()).await.expect("both");
+    assert_eq!(start.elapsed(), ms(200));
+    assert_eq!(gathered.success_count(), 2);
+
+    let vote = VoteLayer::majority(normalised)
+        .timeout(Duration::MAX)
+        .build()
+        .expect("valid")
+        .layer_vec(vec![Mock::ok(100, "yes"), Mock::ok(200, "yes")]);
+    let start = Instant::now();
+    let reply = vote.oneshot("q".to_string()).await.expect("a majority");
+    assert_eq!(start.elapsed(), ms(200));
+    assert_eq!(normalised(&reply), "yes");
+}

@@ -193,7 +193,12 @@ where
             }
             if this.timer.is_none() {
                 let delay = this.shared.delay(Instant::now());
-                this.timer.set(Some(sleep_until(*this.last_launch + delay)));
+                // A delay past the end of the clock (`Duration::MAX` for "never") never
+                // fires; adding it would panic. The calls in flight are polled, so wait on them.
+                let Some(at) = this.last_launch.checked_add(delay) else {
+                    return Poll::Pending;
+                };
+                this.timer.set(Some(sleep_until(at)));
             }
             if let Some(timer) = this.timer.as_mut().as_pin_mut() {
                 ready!(timer.poll(cx));
