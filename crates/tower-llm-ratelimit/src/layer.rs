@@ -290,7 +290,7 @@ impl<K, C> RateLimitBuilder<K, C> {
     }
 
     /// Whether a rate-limited failure (429) or an open circuit pauses the key for its retry
-    /// hint (default on).
+    /// hint (default on). A hint longer than a day counts as a day.
     pub fn pause_on_rate_limit(mut self, pause: bool) -> Self {
         self.config.pause_on_rate_limit = pause;
         self

@@ -342,6 +342,7 @@ impl Limits {
     }
 
     fn pause(&mut self, now: u64, pause: Duration) {
+        let pause = pause.min(MAX_SERVER_WAIT);
         self.paused_until = self
             .paused_until
             .max(now.saturating_add(duration_ns(pause)));
@@ -350,7 +351,7 @@ impl Limits {
     fn learn(&mut self, now: u64, limits: ServerLimits) {
         let hint = |l: crate::headers::ServerLimit| ServerHint {
             remaining: l.remaining,
-            reset_at: now.saturating_add(duration_ns(l.reset_in)),
+            reset_at: now.saturating_add(duration_ns(l.reset_in.min(MAX_SERVER_WAIT))),
             used: 0,
         };
         if let Some(l) = limits.requests {
@@ -374,6 +375,11 @@ impl Limits {
             && self.server_tokens.is_none_or(|h| h.reset_at <= now)
     }
 }
+
+/// The longest a server's word (a retry hint, a rate-limit reset) may hold a key back. No
+/// provider limit resets later than daily; an absurd value must not freeze a key for years
+/// (and keep it in the key table for good).
+pub(crate) const MAX_SERVER_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 4)

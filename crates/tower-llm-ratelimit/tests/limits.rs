@@ -328,6 +328,38 @@ async fn a_429_pauses_the_key_for_its_retry_hint() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_absurd_server_hint_pauses_for_a_day_at_most() {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    let (start, log) = (Instant::now(), Log::default());
+    let layer = RateLimitLayer::builder()
+        .adapt_to_headers(true)
+        .max_wait(2 * DAY)
+        .key_fn(|r: &Req| r.key)
+        .build()
+        .expect("config");
+    let mut svc = layer.layer(inner(start, log.clone()));
+    // A retry-after of ~31 years, then headers saying nothing is left for ~11 years.
+    let call = svc
+        .ready()
+        .await
+        .expect("ready")
+        .call(Req::new(0).limited(Some(1_000_000_000 * S)));
+    call.await.expect("answer");
+    let call = svc.ready().await.expect("ready").call(
+        Req::new(1)
+            .key("b")
+            .header("x-ratelimit-remaining-requests", "0")
+            .header("x-ratelimit-reset-requests", "99999h"),
+    );
+    call.await.expect("answer");
+    let paused = spawn(&mut svc, Req::new(2)).await;
+    let exhausted = spawn(&mut svc, Req::new(3).key("b")).await;
+    paused.await.expect("join").expect("call");
+    exhausted.await.expect("join").expect("call");
+    assert_eq!(times(&log), [0.0, 0.0, 86_400.0, 86_400.0]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_429_without_a_hint_pauses_for_the_default() {
     let (start, log) = (Instant::now(), Log::default());
     let layer = RateLimitLayer::builder()
