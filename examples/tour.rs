@@ -37,7 +37,7 @@ use tower_llm_providers::{
     Message, OpenAi,
 };
 use tower_llm_race::{
-    Answer, GatherLayer, HedgeDelay, HedgeLayer, RaceLayer, RouteLayer, VoteLayer,
+    Answer, FallbackLayer, GatherLayer, HedgeDelay, HedgeLayer, RaceLayer, RouteLayer, VoteLayer,
 };
 use tower_llm_ratelimit::{Quota, RateLimitHeaders, RateLimitLayer, Reconcile};
 use tower_llm_retry::{Backoff, Jitter, RetryBudget, RetryLayer, StatsOnly};
@@ -62,6 +62,7 @@ const QUOTA_OFFERED_PER_SECOND: u64 = 3;
 const QUOTA_REQUESTS: usize = (QUOTA_MINUTES * 60 * QUOTA_OFFERED_PER_SECOND) as usize;
 const EMBEDDING_REQUESTS: usize = 24;
 const ROUTED_REQUESTS: usize = 60;
+const STACK_REQUESTS: usize = 300;
 
 const TOTAL_REQUESTS: usize = 2 * FLOOD_REQUESTS
     + 2 * OUTAGE_REQUESTS
@@ -70,7 +71,8 @@ const TOTAL_REQUESTS: usize = 2 * FLOOD_REQUESTS
     + 4 * TWO_PROVIDER_REQUESTS
     + 2 * QUOTA_REQUESTS
     + 2 * EMBEDDING_REQUESTS
-    + 2 * ROUTED_REQUESTS;
+    + 2 * ROUTED_REQUESTS
+    + 2 * STACK_REQUESTS;
 
 fn main() -> Result<(), BoxError> {
     let wall = std::time::Instant::now();
@@ -81,7 +83,7 @@ fn main() -> Result<(), BoxError> {
     println!(
         "tower-llm tour: an in-process mock of the OpenAI API on loopback, called through the \
          OpenAI provider with a dummy key;\n{TOTAL_REQUESTS} requests in seven scenarios, each \
-         without and with the layer for it.\n"
+         without and with the layer for it, then the whole stack.\n"
     );
     let progress = Progress::start(TOTAL_REQUESTS as u64);
 
@@ -92,6 +94,7 @@ fn main() -> Result<(), BoxError> {
     quota(&progress, &mut table)?;
     runtime.block_on(embeddings(&progress, &mut table))?;
     runtime.block_on(routing(&progress, &mut table))?;
+    runtime.block_on(whole_stack(&progress, &mut table))?;
 
     progress.finish();
     table.print();
@@ -131,8 +134,7 @@ async fn duplicate_flood(progress: &Progress, table: &mut Table) -> Result<(), B
 
     let plain = openai(&server)?;
     let without = drive(plain, requests(), every(2), progress).await;
-    let without = table.row("duplicate flood", "plain", without, server.counters(), None);
-    server.reset_counters();
+    let without = table.row("duplicate flood", "plain", without, &[&server], None);
 
     // The provider's ChatRequest is keyed by core's fingerprint (model, messages, sampling,
     // tenant: everything that changes the answer).
@@ -144,7 +146,7 @@ async fn duplicate_flood(progress: &Progress, table: &mut Table) -> Result<(), B
     let stats = dedup.stats();
     let stack = ServiceBuilder::new().layer(dedup).service(openai(&server)?);
     let with = drive(stack, requests(), every(2), progress).await;
-    table.row("", "+ dedup", with, server.counters(), Some(without));
+    table.row("", "+ dedup", with, &[&server], Some(without));
     let s = stats.snapshot();
     table.note(format!(
         "duplicate flood: dedup answered {} from its cache and {} by joining a call in flight",
@@ -174,10 +176,9 @@ async fn outage(progress: &Progress, table: &mut Table) -> Result<(), BoxError> 
         drive(plain, requests(), every(20), progress),
         recover(&server, recover_after)
     );
-    let without = table.row("outage", "plain", without, server.counters(), None);
+    let without = table.row("outage", "plain", without, &[&server], None);
 
     server.set_plan(down);
-    server.reset_counters();
     let breaker = CircuitBreakerLayer::builder()
         .name("mock")
         .consecutive_failures(5)
@@ -191,7 +192,7 @@ async fn outage(progress: &Progress, table: &mut Table) -> Result<(), BoxError> 
         recover(&server, recover_after)
     );
     let spared = without.saturating_sub(server.counters().requests);
-    table.row("", "+ breaker", with, server.counters(), Some(without));
+    table.row("", "+ breaker", with, &[&server], Some(without));
     table.note(format!(
         "outage: the breaker spared the failing upstream {spared} of {without} calls; it also \
          refused calls after the recovery until a probe (one per 100 ms cool-down) succeeded"
@@ -225,15 +226,14 @@ async fn transient_failures(progress: &Progress, table: &mut Table) -> Result<()
 
     let plain = openai(&server)?;
     let without = drive(plain, requests(FLAKY_REQUESTS), every(2), progress).await;
-    let without = table.row("5% failures", "plain", without, server.counters(), None);
-    server.reset_counters();
+    let without = table.row("5% failures", "plain", without, &[&server], None);
 
     let layer = retry().build()?;
     let stack = ServiceBuilder::new()
         .layer(layer.clone())
         .service(openai(&server)?);
     let with = drive(stack, requests(FLAKY_REQUESTS), every(2), progress).await;
-    table.row("", "+ retry", with, server.counters(), Some(without));
+    table.row("", "+ retry", with, &[&server], Some(without));
     let stats = layer.stats();
     table.note(format!(
         "5% failures: retry made {} retries and recovered {} calls",
@@ -246,19 +246,11 @@ async fn transient_failures(progress: &Progress, table: &mut Table) -> Result<()
             .latency(Latency::Fixed(Duration::from_millis(5)))
             .fault(Fault::Status(503), 1.0),
     );
-    server.reset_counters();
     let unbudgeted = ServiceBuilder::new()
         .layer(retry().no_budget().build()?)
         .service(openai(&server)?);
     let without = drive(unbudgeted, requests(BUDGET_REQUESTS), every(2), progress).await;
-    let without = table.row(
-        "  in an outage",
-        "+ retry",
-        without,
-        server.counters(),
-        None,
-    );
-    server.reset_counters();
+    let without = table.row("  in an outage", "+ retry", without, &[&server], None);
 
     // One retry per ten requests over 10 s, plus one a second.
     let budget = RetryBudget::new(0.1)
@@ -268,13 +260,7 @@ async fn transient_failures(progress: &Progress, table: &mut Table) -> Result<()
         .layer(retry().budget(budget).build()?)
         .service(openai(&server)?);
     let with = drive(budgeted, requests(BUDGET_REQUESTS), every(2), progress).await;
-    table.row(
-        "",
-        "+ retry, budget",
-        with,
-        server.counters(),
-        Some(without),
-    );
+    table.row("", "+ retry, budget", with, &[&server], Some(without));
     Ok(())
 }
 
@@ -303,12 +289,6 @@ async fn two_providers(progress: &Progress, table: &mut Table) -> Result<(), Box
             .map(|i| chat(&format!("question {i}")))
             .collect()
     };
-    let counters = |fast: &MockServer, steady: &MockServer| {
-        let calls = fast.counters().requests + steady.counters().requests;
-        fast.reset_counters();
-        steady.reset_counters();
-        calls
-    };
 
     // Sequential: what a program without these layers writes to get both answers.
     let pair = providers()?;
@@ -321,11 +301,11 @@ async fn two_providers(progress: &Progress, table: &mut Table) -> Result<(), Box
         }
     });
     let sample = drive(sequential, requests(), every(5), progress).await;
-    let baseline = table.row_calls(
+    let baseline = table.row(
         "two providers",
         "sequential",
         sample,
-        counters(&fast, &steady),
+        &[&fast, &steady],
         None,
     );
 
@@ -333,11 +313,11 @@ async fn two_providers(progress: &Progress, table: &mut Table) -> Result<(), Box
         .layer(GatherLayer::new())
         .service(providers()?);
     let sample = drive(joined, requests(), every(5), progress).await;
-    table.row_calls(
+    table.row(
         "",
         "joined (gather)",
         sample,
-        counters(&fast, &steady),
+        &[&fast, &steady],
         Some(baseline),
     );
 
@@ -345,13 +325,7 @@ async fn two_providers(progress: &Progress, table: &mut Table) -> Result<(), Box
         .layer(RaceLayer::new())
         .service(providers()?);
     let sample = drive(raced, requests(), every(5), progress).await;
-    table.row_calls(
-        "",
-        "raced",
-        sample,
-        counters(&fast, &steady),
-        Some(baseline),
-    );
+    table.row("", "raced", sample, &[&fast, &steady], Some(baseline));
 
     // Hedge: ask the fast one; if it has not answered by its own 90th percentile, ask the
     // steady one too. At most 10 % extra calls over time.
@@ -360,13 +334,7 @@ async fn two_providers(progress: &Progress, table: &mut Table) -> Result<(), Box
         .build()?;
     let hedged = ServiceBuilder::new().layer(hedge).service(providers()?);
     let sample = drive(hedged, requests(), every(5), progress).await;
-    table.row_calls(
-        "",
-        "hedged",
-        sample,
-        counters(&fast, &steady),
-        Some(baseline),
-    );
+    table.row("", "hedged", sample, &[&fast, &steady], Some(baseline));
     Ok(())
 }
 
@@ -395,13 +363,7 @@ fn quota(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
 
         let plain = openai_with(&server, client.clone())?;
         let without = drive(plain, requests(), gap, progress).await;
-        let without = table.row(
-            "quota 60 RPM, 3x",
-            "plain",
-            without,
-            server.counters(),
-            None,
-        );
+        let without = table.row("quota 60 RPM, 3x", "plain", without, &[&server], None);
 
         // A fresh account: the first run's last minute would still count against this one.
         let server = MockServer::start(plan).await?;
@@ -418,7 +380,7 @@ fn quota(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
             .map_response(Limited)
             .service(openai_with(&server, client)?);
         let with = drive(stack, requests(), gap, progress).await;
-        table.row("", "+ rate limit", with, server.counters(), Some(without));
+        table.row("", "+ rate limit", with, &[&server], Some(without));
         Ok::<_, BoxError>(())
     })?;
     table.note(format!(
@@ -446,8 +408,7 @@ async fn embeddings(progress: &Progress, table: &mut Table) -> Result<(), BoxErr
 
     let plain = openai(&server)?;
     let without = drive(plain.clone(), requests(), every(0), progress).await;
-    let without = table.row("24 embeddings", "plain", without, server.counters(), None);
-    server.reset_counters();
+    let without = table.row("24 embeddings", "plain", without, &[&server], None);
 
     // Requests of the same model and input count share a call, so the answer splits evenly.
     let adapter = PackAdapter::new(
@@ -488,7 +449,7 @@ async fn embeddings(progress: &Progress, table: &mut Table) -> Result<(), BoxErr
     }
     server.reset_counters();
     let with = drive(stack, requests(), every(0), progress).await;
-    table.row("", "+ batch", with, server.counters(), Some(without));
+    table.row("", "+ batch", with, &[&server], Some(without));
     table.note(format!(
         "24 embeddings: {matched} of {EMBEDDING_REQUESTS} batched answers checked against their \
          own input's vector (one at a time, before the measured run)"
@@ -543,19 +504,11 @@ async fn routing(progress: &Progress, table: &mut Table) -> Result<(), BoxError>
         })
         .collect();
     let requests = || prompts.iter().map(|p| chat(p)).collect();
-    let calls = || {
-        let mut total = small.counters().requests;
-        small.reset_counters();
-        for voter in &voters {
-            total += voter.counters().requests;
-            voter.reset_counters();
-        }
-        total
-    };
+    let servers = [&small, &voters[0], &voters[1], &voters[2]];
 
     let everything = vote()?;
     let sample = drive(everything, requests(), every(10), progress).await;
-    let baseline = table.row_calls("routing", "all to the vote", sample, calls(), None);
+    let baseline = table.row("routing", "all to the vote", sample, &servers, None);
 
     let is_short = |request: &ChatRequest| {
         request
@@ -569,8 +522,99 @@ async fn routing(progress: &Progress, table: &mut Table) -> Result<(), BoxError>
         .layer(RouteLayer::predicate(is_short))
         .service(vec![provider(&small)?, vote()?]);
     let sample = drive(router, requests(), every(10), progress).await;
-    table.row_calls("", "+ route", sample, calls(), Some(baseline));
+    table.row("", "+ route", sample, &servers, Some(baseline));
     Ok(())
+}
+
+/// Everything together, in the order `docs/composing.md` explains: dedup, then retry, then a
+/// fallback across two providers, each behind its own breaker, rate limiter and timeout. The
+/// primary is flaky (5 % of calls fail) and down from 0.3 s to 0.7 s; requests repeat as in the
+/// flood. Compared with calling the primary alone.
+async fn whole_stack(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
+    progress.scenario("the whole stack");
+    let flaky = || typical("primary").seed(31).fault(Fault::Status(500), 0.05);
+    let primary = MockServer::start(flaky()).await?;
+    let secondary = MockServer::start(typical("secondary").seed(32)).await?;
+    let mut rng = SplitMix(9);
+    let prompts: Vec<String> = (0..STACK_REQUESTS)
+        .map(|i| {
+            if i > 0 && rng.chance(0.7) {
+                format!("Summarise ticket #{}", i - 1 - rng.below(i.min(20)))
+            } else {
+                format!("Summarise ticket #{i}")
+            }
+        })
+        .collect();
+    let requests = || prompts.iter().map(|p| chat(p).temperature(0.0)).collect();
+    let down = FaultPlan::healthy()
+        .latency(Latency::Fixed(Duration::from_millis(50)))
+        .fault(Fault::Status(503), 1.0);
+    let outage = || async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        primary.set_plan(down.clone());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        primary.set_plan(flaky());
+    };
+
+    let plain = openai(&primary)?;
+    let (sample, ()) = tokio::join!(drive(plain, requests(), every(3), progress), outage());
+    let baseline = table.row(
+        "whole stack",
+        "primary alone",
+        sample,
+        &[&primary, &secondary],
+        None,
+    );
+
+    let key = FingerprintKey::random();
+    let stack = ServiceBuilder::new()
+        .layer(
+            DedupLayer::builder()
+                .key_fn(move |request: &ChatRequest| Some(key.fingerprint(request)))
+                .build()?,
+        )
+        .layer(
+            RetryLayer::builder()
+                .max_attempts(3)
+                .backoff(Backoff::exponential(Duration::from_millis(10)))
+                .budget(RetryBudget::new(0.2))
+                .record_attempts(StatsOnly)
+                .build()?,
+        )
+        .layer(FallbackLayer::new())
+        .service(vec![guarded(&primary)?, guarded(&secondary)?]);
+    let (sample, ()) = tokio::join!(drive(stack, requests(), every(3), progress), outage());
+    table.row(
+        "",
+        "+ whole stack",
+        sample,
+        &[&primary, &secondary],
+        Some(baseline),
+    );
+    Ok(())
+}
+
+/// One provider with what belongs to it alone: its breaker, its quota, a timeout on its calls.
+fn guarded(server: &MockServer) -> Result<Provider, BoxError> {
+    let breaker = CircuitBreakerLayer::builder()
+        .name(server.base_url())
+        .consecutive_failures(5)
+        .cooldown(Duration::from_millis(100))
+        .build()?;
+    let limiter = RateLimitLayer::builder()
+        .concurrency(64)
+        .requests(Quota::per_minute(60_000))
+        .tokens(Quota::per_minute(10_000_000))
+        .max_wait(Duration::from_millis(200))
+        .build()?;
+    let service = ServiceBuilder::new()
+        .map_response(|limited: Limited| Answer::new(limited.0))
+        .layer(breaker)
+        .layer(limiter)
+        .map_response(Limited)
+        .timeout(Duration::from_millis(500))
+        .service(openai(server)?);
+    Ok(BoxCloneService::new(service))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -702,41 +746,29 @@ struct Row {
     p50: Duration,
     p99: Duration,
     success: f64,
-    rate_limited: Option<u64>,
+    rate_limited: u64,
     baseline: Option<u64>,
 }
 
 impl Table {
-    /// Adds a row for one mock server; returns its upstream calls, the baseline of the next.
+    /// Adds a row with what `servers` received since the last row, and resets their counters.
+    /// Returns the upstream calls, the baseline of the rows that follow.
     fn row(
         &mut self,
         scenario: &'static str,
         variant: &'static str,
         sample: Sample,
-        counters: tower_llm_testkit::Counters,
+        servers: &[&MockServer],
         baseline: Option<u64>,
     ) -> u64 {
-        let rate_limited = Some(counters.status(429));
-        self.push(
-            scenario,
-            variant,
-            sample,
-            counters.requests,
-            rate_limited,
-            baseline,
-        )
-    }
-
-    /// Adds a row for calls counted over several servers.
-    fn row_calls(
-        &mut self,
-        scenario: &'static str,
-        variant: &'static str,
-        sample: Sample,
-        upstream: u64,
-        baseline: Option<u64>,
-    ) -> u64 {
-        self.push(scenario, variant, sample, upstream, None, baseline)
+        let (mut upstream, mut rate_limited) = (0, 0);
+        for server in servers {
+            let counters = server.counters();
+            server.reset_counters();
+            upstream += counters.requests;
+            rate_limited += counters.status(429);
+        }
+        self.push(scenario, variant, sample, upstream, rate_limited, baseline)
     }
 
     fn push(
@@ -745,7 +777,7 @@ impl Table {
         variant: &'static str,
         sample: Sample,
         upstream: u64,
-        rate_limited: Option<u64>,
+        rate_limited: u64,
         baseline: Option<u64>,
     ) -> u64 {
         let requests = sample.latencies.len();
@@ -774,7 +806,6 @@ impl Table {
         );
         println!("{}", "-".repeat(102));
         for row in &self.rows {
-            let rate_limited = row.rate_limited.map_or("-".to_owned(), |n| n.to_string());
             let saved = row.baseline.map_or(String::new(), |baseline| {
                 let calls = baseline as f64 - row.upstream as f64;
                 format!(
@@ -792,7 +823,7 @@ impl Table {
                 millis(row.p50),
                 millis(row.p99),
                 row.success * 100.0,
-                rate_limited,
+                row.rate_limited,
                 saved,
             );
         }
