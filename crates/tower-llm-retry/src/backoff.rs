@@ -84,6 +84,8 @@ impl Backoff {
                 .checked_mul(steps)
                 .and_then(|grown| initial.checked_add(grown))
                 .unwrap_or(cap),
+            // Zero stays zero: 0 × ∞ is NaN, which would read as an overflow below.
+            Backoff::Exponential { initial, .. } if initial.is_zero() => Duration::ZERO,
             Backoff::Exponential {
                 initial,
                 multiplier,
@@ -259,6 +261,15 @@ mod tests {
         assert_eq!(exp.base_delay(40, cap), cap);
         assert_eq!(exp.base_delay(u32::MAX, cap), cap);
         assert_eq!(linear.base_delay(u32::MAX, cap), cap);
+    }
+
+    #[test]
+    fn a_zero_exponential_stays_zero_however_many_retries() {
+        // 2^1024 is infinite in f64 and 0 × ∞ is NaN: that must not read as an overflow.
+        let zero = Backoff::exponential(Duration::ZERO);
+        for n in [1, 2, 1025, 2000, u32::MAX] {
+            assert_eq!(zero.base_delay(n, ms(10_000)), Duration::ZERO, "retry {n}");
+        }
     }
 
     #[test]
