@@ -823,3 +823,30 @@ async fn a_stream_cut_upstream_ends_with_an_error_event() {
         "an error event before [DONE]: {text}"
     );
 }
+
+#[tokio::test]
+async fn after_the_grace_period_what_is_left_is_cut() {
+    let plan = FaultPlan::healthy().stream_chunk_delay(Duration::from_secs(3));
+    let upstream = MockServer::start(plan).await.unwrap();
+    let config = config_for(&upstream, 1 << 20, FULL_STACK)
+        .replace("shutdown_grace = \"30s\"", "shutdown_grace = \"200ms\"");
+    let mut gateway = start(&config).await;
+    let url = gateway.url();
+
+    let stream = tokio::spawn(TestClient::new().oneshot(with_api_key(
+        openai_chat_stream(&url, "gpt-4o-mini", "a long slow stream of words"),
+        KEY_A,
+    )));
+    wait_for_upstream_call(&upstream).await;
+    gateway
+        .stop()
+        .await
+        .expect("the server returns after the grace period");
+    match stream.await.expect("client task") {
+        Err(_) => {}
+        Ok(response) => {
+            let (_, done) = sse_content(response.body());
+            assert!(!done, "the stream was cut, not finished");
+        }
+    }
+}

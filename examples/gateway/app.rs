@@ -106,13 +106,18 @@ impl Gateway {
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves; then stops accepting, lets
-/// requests in flight (streams included) finish for up to `grace`, and returns.
+/// requests in flight (streams included) finish for up to `grace`, cuts what is left (a
+/// request still waiting gets 503, a stream still running is broken off) and returns.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
+    let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
+    // axum runs each connection on its own task, which outlives this future: the cut has to
+    // reach into the requests themselves.
+    let router = router.layer(middleware::from_fn_with_state(cut_rx, cut_at_grace_end));
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.await;
@@ -129,10 +134,70 @@ pub(crate) async fn serve(
     tokio::select! {
         result = server => result,
         () = grace_over => {
-            eprintln!("gateway: grace period of {grace:?} over, closing the remaining connections");
+            eprintln!("gateway: grace period of {grace:?} over, cutting the requests still running");
+            let _ = cut_tx.send(true);
             Ok(())
         }
     }
+}
+
+/// Resolves once the grace period is over; never if the server ended before.
+async fn grace_ended(mut cut: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *cut.borrow_and_update() {
+            return;
+        }
+        if cut.changed().await.is_err() {
+            if *cut.borrow() {
+                return;
+            }
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn cut_at_grace_end(
+    State(cut): State<tokio::sync::watch::Receiver<bool>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = tokio::select! {
+        response = next.run(request) => response,
+        () = grace_ended(cut.clone()) => {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the gateway shut down before this request finished",
+                "server_error",
+                Some("shutting_down"),
+            );
+        }
+    };
+    // Whole answers are in memory and written at once; only streams can run on.
+    let streaming = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if !streaming {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let body = futures_util::stream::unfold(
+        (body.into_data_stream(), cut, false),
+        |(mut data, cut, ended)| async move {
+            if ended {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                item = data.next() => item.map(|item| (item, (data, cut, false))),
+                () = grace_ended(cut.clone()) => {
+                    let error = axum::Error::new("the gateway shut down: grace period over");
+                    Some((Err(error), (data, cut, true)))
+                }
+            }
+        },
+    );
+    Response::from_parts(parts, Body::from_stream(body))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
