@@ -578,7 +578,9 @@ impl Drop for OpenStream {
 }
 
 fn sse_response(stream: stack::LiveStream, model: String, include_usage: bool) -> Response {
-    let id = format!("chatcmpl-gw{:x}", wire::unix_now());
+    static STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let serial = STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = format!("chatcmpl-gw{:x}-{serial}", wire::unix_now());
     let writer = wire::ChunkWriter::new(id, model, include_usage);
     let state = SseState {
         chunks: stream.0,

@@ -603,6 +603,7 @@ fn with_stream_dedup(
             let provider = match replay.next().await {
                 Some(Ok(Tagged::Provider(provider))) => provider,
                 Some(Err(error)) => return Err(error),
+                // The provider is always the first item; an empty stream has none.
                 Some(Ok(Tagged::Chunk(_))) | None => Arc::from("unknown"),
             };
             let chunks = replay.filter_map(|item| {
