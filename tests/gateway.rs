@@ -850,3 +850,76 @@ async fn after_the_grace_period_what_is_left_is_cut() {
         }
     }
 }
+
+#[tokio::test]
+async fn openai_clients_are_served_by_anthropic_and_gemini_providers() {
+    let upstream = MockServer::start(FaultPlan::healthy().name("mock"))
+        .await
+        .unwrap();
+    let config = format!(
+        r#"
+[[keys]]
+key = "{KEY_A}"
+tenant = "a"
+
+[providers.claude]
+kind = "anthropic"
+base_url = "{base}/v1"
+api_key = "sk-ant-test"
+models = ["claude-model"]
+
+[providers.gemini]
+kind = "gemini"
+base_url = "{base}/v1beta"
+api_key = "gemini-test"
+models = ["gemini-model"]
+"#,
+        base = upstream.base_url()
+    );
+    let gateway = start(&config).await;
+
+    for model in ["claude-model", "gemini-model"] {
+        let plain = send(with_api_key(
+            openai_chat(&gateway.url(), model, "translated"),
+            KEY_A,
+        ))
+        .await;
+        assert_eq!(plain.status(), 200, "{model}: {:?}", plain.body());
+        let content = json_of(&plain)["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(content.ends_with("translated"), "{model}: {content}");
+
+        let streamed = send(with_api_key(
+            openai_chat_stream(&gateway.url(), model, "streamed words"),
+            KEY_A,
+        ))
+        .await;
+        assert_eq!(streamed.status(), 200);
+        let (content, done) = sse_content(streamed.body());
+        assert!(content.ends_with("streamed words"), "{model}: {content}");
+        assert!(done);
+    }
+    let counters = upstream.counters();
+    assert_eq!(
+        counters.route(tower_llm_testkit::Route::AnthropicMessages),
+        2
+    );
+    assert!(counters.route(tower_llm_testkit::Route::GeminiGenerate) >= 1);
+    assert_eq!(
+        counters.key("sk-ant-test"),
+        2,
+        "the provider key from the config was sent"
+    );
+
+    let embeddings = send(with_api_key(
+        post_json(
+            &format!("{}/v1/embeddings", gateway.url()),
+            &json!({"model": "claude-model", "input": "x"}),
+        ),
+        KEY_A,
+    ))
+    .await;
+    assert_eq!(embeddings.status(), 404, "Anthropic has no embeddings");
+}

@@ -98,6 +98,8 @@ pub(crate) struct ProviderConfig {
     pub(crate) base_url: Option<String>,
     /// The environment variable holding the provider's API key.
     pub(crate) api_key_env: Option<String>,
+    /// The key itself (local testing and mock servers only: prefer `api_key_env`).
+    pub(crate) api_key: Option<Secret>,
     /// Models this provider serves, by the name clients use.
     pub(crate) models: Vec<String>,
     /// Upstream model names when they differ from the client-facing name.
@@ -106,6 +108,17 @@ pub(crate) struct ProviderConfig {
     /// For `kind = "mock"`: fixed latency of each answer.
     #[serde(default, deserialize_with = "opt_duration")]
     pub(crate) mock_latency: Option<Duration>,
+}
+
+/// A key written in the file; never printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Secret(pub(crate) String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
 }
 
 /// How one request is spread over a model's providers.

@@ -232,14 +232,22 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
     let mut upstreams = BTreeMap::new();
     let mut mocks = Vec::new();
     for (name, p) in &config.providers {
-        let key = match &p.api_key_env {
-            Some(var) => Some(std::env::var(var).map_err(|_| {
+        let key = match (&p.api_key_env, &p.api_key) {
+            (Some(_), Some(_)) => {
+                return Err(cfg_err(
+                    &format!("providers.{name}"),
+                    "give at most one of api_key_env and api_key",
+                )
+                .into());
+            }
+            (Some(var), None) => Some(std::env::var(var).map_err(|_| {
                 cfg_err(
                     &format!("providers.{name}.api_key_env"),
                     format!("environment variable {var} is not set"),
                 )
             })?),
-            None => None,
+            (None, Some(key)) => Some(key.0.clone()),
+            (None, None) => None,
         };
         let at = format!("providers.{name}");
         let upstream = match p.kind {
