@@ -142,17 +142,10 @@ impl fmt::Debug for FingerprintHasher {
     }
 }
 
-const TAG_NULL: u8 = 0;
-const TAG_FALSE: u8 = 1;
-const TAG_TRUE: u8 = 2;
-const TAG_INT: u8 = 3;
-const TAG_FLOAT: u8 = 4;
-const TAG_STRING: u8 = 5;
-const TAG_ARRAY: u8 = 6;
-const TAG_OBJECT: u8 = 7;
 const TAG_BYTES: u8 = 8;
 const TAG_ABSENT: u8 = 9;
 const TAG_PRESENT: u8 = 10;
+const TAG_JSON: u8 = 12;
 
 impl FingerprintHasher {
     /// Writes a byte string, length-prefixed.
@@ -188,71 +181,29 @@ impl FingerprintHasher {
     }
 
     /// Writes a JSON value in canonical form: object keys sorted, integers and integral
-    /// floats written alike, `-0.0` as `0`.
+    /// floats written alike, `-0.0` as `0`. The same bytes as [`write_body`](Self::write_body)
+    /// writes for the value's JSON text.
     pub fn write_json(&mut self, value: &serde_json::Value) {
-        use serde_json::Value;
-        match value {
-            Value::Null => self.write_tag(TAG_NULL),
-            Value::Bool(false) => self.write_tag(TAG_FALSE),
-            Value::Bool(true) => self.write_tag(TAG_TRUE),
-            Value::Number(n) => self.write_json_number(n),
-            Value::String(s) => {
-                self.write_tag(TAG_STRING);
-                self.write_str(s);
-            }
-            Value::Array(items) => {
-                self.write_tag(TAG_ARRAY);
-                self.write_u64(items.len() as u64);
-                for item in items {
-                    self.write_json(item);
-                }
-            }
-            Value::Object(map) => {
-                self.write_tag(TAG_OBJECT);
-                self.write_u64(map.len() as u64);
-                // Sort here rather than trust the map's order: serde_json's `preserve_order`
-                // feature, switched on by any crate in the build, would keep insertion order.
-                let mut entries: Vec<_> = map.iter().collect();
-                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                for (key, value) in entries {
-                    self.write_str(key);
-                    self.write_json(value);
-                }
-            }
-        }
+        let mut canonical = Vec::new();
+        crate::canonical::encode_value(value, &mut canonical);
+        self.write_tag(TAG_JSON);
+        self.write_bytes(&canonical);
     }
 
-    fn write_json_number(&mut self, n: &serde_json::Number) {
-        if let Some(i) = n.as_i64() {
-            self.write_tag(TAG_INT);
-            self.0.append(&i128::from(i).to_le_bytes());
-        } else if let Some(u) = n.as_u64() {
-            self.write_tag(TAG_INT);
-            self.0.append(&i128::from(u).to_le_bytes());
-        } else if let Some(f) = n.as_f64() {
-            // Integral floats in i64's range hash as the integer: `1.0` is `1`.
-            if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 {
-                self.write_tag(TAG_INT);
-                self.0.append(&i128::from(f as i64).to_le_bytes());
-            } else {
-                self.write_tag(TAG_FLOAT);
-                self.write_u64(f.to_bits());
-            }
-        } else {
-            // Arbitrary-precision numbers (serde_json's `arbitrary_precision`): their text.
-            self.write_tag(TAG_FLOAT);
-            self.write_str(&n.to_string());
-        }
-    }
-
-    /// Writes a body: canonical JSON when it parses as JSON, the raw bytes otherwise.
+    /// Writes a body: canonical JSON when it parses as a JSON object or array, the raw bytes
+    /// otherwise. The JSON is encoded while it is parsed, with no tree built.
     pub fn write_body(&mut self, body: &[u8]) {
         let looks_like_json = body
             .iter()
             .find(|b| !b.is_ascii_whitespace())
             .is_some_and(|b| matches!(b, b'{' | b'['));
-        if looks_like_json && let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
-            self.write_json(&value);
+        if looks_like_json
+            && crate::canonical::with_canonical_json(body, |canonical| {
+                self.write_tag(TAG_JSON);
+                self.write_bytes(canonical);
+            })
+            .is_some()
+        {
             return;
         }
         self.write_tag(TAG_BYTES);

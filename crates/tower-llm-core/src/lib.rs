@@ -42,6 +42,7 @@
 
 #![forbid(unsafe_code)]
 
+mod canonical;
 mod classify;
 mod cost;
 mod error;
