@@ -5,7 +5,8 @@
 //! ```
 //!
 //! Starts the testkit's mock LLM API in-process (no key, no network) and plays seven
-//! scenarios, each without and with the layer that addresses it, over real HTTP on loopback
+//! scenarios, each without and with the layer that addresses it, then all the layers together
+//! (the stack `docs/composing.md` explains), over real HTTP on loopback
 //! through the real OpenAI provider service ([`OpenAi`] pointed at the mock with a dummy key).
 //! Every number in the final table is measured while it runs: upstream calls are what the mock
 //! counted, latencies are timed around each call.
@@ -105,7 +106,6 @@ fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-// ---------------------------------------------------------------------------------------------
 // The scenarios.
 
 /// 70 % of the requests repeat one of the last 20 distinct prompts: dedup answers them from the
@@ -384,9 +384,10 @@ fn quota(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
         Ok::<_, BoxError>(())
     })?;
     table.note(format!(
-        "quota: {QUOTA_MINUTES} minutes of tokio time (paused clock, real sockets) took {:.2} s; \
-         latencies in those rows are tokio time, and the limiter's refusals are local \
-         (no upstream call, a retry hint for the caller)",
+        "quota: the quota is real size (60 RPM, 10k TPM, 60 s window); time is what was \
+         scaled: {QUOTA_MINUTES} minutes on tokio's paused clock (real sockets) took {:.2} s of \
+         wall time, and the latencies in those rows are tokio time. The limiter sent what fits \
+         and refused the rest locally (no upstream call, a retry hint for the caller)",
         started.elapsed().as_secs_f64()
     ));
     Ok(())
@@ -617,7 +618,6 @@ fn guarded(server: &MockServer) -> Result<Provider, BoxError> {
     Ok(BoxCloneService::new(service))
 }
 
-// ---------------------------------------------------------------------------------------------
 // Providers and requests.
 
 /// The real OpenAI provider, pointed at the mock.
@@ -686,7 +686,6 @@ fn every(millis: u64) -> Duration {
     Duration::from_millis(millis)
 }
 
-// ---------------------------------------------------------------------------------------------
 // Measuring.
 
 /// What one run measured on the caller's side.
@@ -878,7 +877,6 @@ impl SplitMix {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
 // The progress bar: a thread that redraws one line on stderr, so it keeps moving whatever the
 // runtimes are doing (including the paused one).
 
