@@ -119,6 +119,36 @@ fn bench(c: &mut Criterion) {
     });
 
     group.finish();
+
+    // What a limiter's fast path is made of, measured in the same run, to show the floor any
+    // design that keeps the paused-clock support, shared stats and clones-share-state pays.
+    // This bench is built with tokio's `test-util` (unified in from the root package's
+    // dev-dependencies), under which `tokio::time::Instant::now()` first checks whether any
+    // clock was ever paused.
+    let mut parts = c.benchmark_group("ratelimit_parts");
+    parts.bench_function("tokio::time::Instant::now (test-util build)", |b| {
+        b.iter(|| black_box(tokio::time::Instant::now()))
+    });
+    parts.bench_function("std::time::Instant::now", |b| {
+        b.iter(|| black_box(std::time::Instant::now()))
+    });
+    let mutex = std::sync::Mutex::new(0u64);
+    parts.bench_function("uncontended Mutex lock + unlock", |b| {
+        b.iter(|| {
+            let mut guard = mutex.lock().expect("not poisoned");
+            *guard += 1;
+            black_box(*guard)
+        })
+    });
+    let shared = std::sync::Arc::new(0u64);
+    parts.bench_function("Arc clone + drop", |b| {
+        b.iter(|| black_box(std::sync::Arc::clone(black_box(&shared))))
+    });
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    parts.bench_function("AtomicU64 fetch_add", |b| {
+        b.iter(|| black_box(counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed)))
+    });
+    parts.finish();
 }
 
 criterion_group!(benches, bench);
