@@ -36,6 +36,7 @@ fn request() -> ChatRequest {
     messages.push(Message::user(
         "And finally, summarise all of that in one sentence.",
     ));
+    messages.push(Message::user(format!("Context: {}", paragraph.repeat(3))));
     ChatRequest::new("gpt-4o-mini", messages)
         .temperature(0.2)
         .max_tokens(512)

@@ -491,7 +491,7 @@ fn encode_chat(request: &ChatRequest, stream: bool, default_max_tokens: u32) -> 
             .map(|user_id| WireMetadata { user_id }),
         stream,
     };
-    crate::chat::encode_with_extra(&wire, &request.extra)
+    crate::chat::encode_with_extra(&wire, &request.extra, crate::chat::body_size_hint(request))
 }
 
 // ---- wire format: responses ------------------------------------------------------------

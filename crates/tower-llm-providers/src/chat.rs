@@ -364,10 +364,15 @@ impl<R: Fingerprint> Fingerprint for Streaming<R> {
 pub(crate) fn encode_with_extra<T: serde::Serialize>(
     wire: &T,
     extra: &Map<String, Value>,
+    size_hint: usize,
 ) -> Vec<u8> {
     // Serializing borrowed strings and JSON values cannot fail.
     if extra.is_empty() {
-        return serde_json::to_vec(wire).unwrap_or_default();
+        let mut body = Vec::with_capacity(size_hint);
+        return match serde_json::to_writer(&mut body, wire) {
+            Ok(()) => body,
+            Err(_) => Vec::new(),
+        };
     }
     let mut body = serde_json::to_value(wire).unwrap_or(Value::Null);
     if let Value::Object(fields) = &mut body {
@@ -376,6 +381,23 @@ pub(crate) fn encode_with_extra<T: serde::Serialize>(
         }
     }
     serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// Roughly the size of `request`'s JSON, to allocate the body once.
+pub(crate) fn body_size_hint(request: &ChatRequest) -> usize {
+    let text: usize = request
+        .messages
+        .iter()
+        .map(|m| {
+            m.content.len()
+                + 48
+                + m.tool_calls
+                    .iter()
+                    .map(|c| c.arguments.len() + 96)
+                    .sum::<usize>()
+        })
+        .sum();
+    text + request.tools.len() * 512 + 256
 }
 
 fn write_map(h: &mut FingerprintHasher, map: &Map<String, Value>) {

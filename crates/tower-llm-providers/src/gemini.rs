@@ -543,7 +543,7 @@ fn encode_chat(request: &ChatRequest) -> Vec<u8> {
         },
         tool_config,
     };
-    crate::chat::encode_with_extra(&wire, &request.extra)
+    crate::chat::encode_with_extra(&wire, &request.extra, crate::chat::body_size_hint(request))
 }
 
 // ---- wire format: responses ------------------------------------------------------------

@@ -708,7 +708,7 @@ pub(crate) fn encode_chat(
             include_usage: true,
         }),
     };
-    crate::chat::encode_with_extra(&wire, &request.extra)
+    crate::chat::encode_with_extra(&wire, &request.extra, crate::chat::body_size_hint(request))
 }
 
 #[derive(Serialize)]
@@ -732,6 +732,7 @@ fn encode_embeddings(request: &EmbeddingRequest) -> Vec<u8> {
             user: request.user.as_deref(),
         },
         &request.extra,
+        request.input.iter().map(|i| i.len() + 8).sum::<usize>() + 128,
     )
 }
 
