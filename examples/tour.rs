@@ -69,7 +69,7 @@ const TOTAL_REQUESTS: usize = 2 * FLOOD_REQUESTS
     + 2 * OUTAGE_REQUESTS
     + 2 * FLAKY_REQUESTS
     + 2 * BUDGET_REQUESTS
-    + 4 * TWO_PROVIDER_REQUESTS
+    + 5 * TWO_PROVIDER_REQUESTS
     + 2 * QUOTA_REQUESTS
     + 2 * EMBEDDING_REQUESTS
     + 2 * ROUTED_REQUESTS
@@ -264,8 +264,9 @@ async fn transient_failures(progress: &Progress, table: &mut Table) -> Result<()
     Ok(())
 }
 
-/// Two providers: one usually fast with a long tail, one steady but slower. Asking both in
-/// turn, both at once, racing them and hedging the first with the second.
+/// Two providers: one usually fast with a long tail, one steady but slower. The fast one
+/// alone, then asking both in turn, both at once, racing them and hedging the first with the
+/// second.
 async fn two_providers(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
     progress.scenario("two providers");
     let fast = MockServer::start(FaultPlan::healthy().name("fast").seed(11).latency(
@@ -290,6 +291,17 @@ async fn two_providers(progress: &Progress, table: &mut Table) -> Result<(), Box
             .collect()
     };
 
+    // The fast one alone: the baseline, one call per request, and its long tail.
+    let alone = provider(&fast)?;
+    let sample = drive(alone, requests(), every(5), progress).await;
+    let baseline = table.row(
+        "two providers",
+        "fast one alone",
+        sample,
+        &[&fast, &steady],
+        None,
+    );
+
     // Sequential: what a program without these layers writes to get both answers.
     let pair = providers()?;
     let sequential = service_fn(move |request: ChatRequest| {
@@ -301,13 +313,7 @@ async fn two_providers(progress: &Progress, table: &mut Table) -> Result<(), Box
         }
     });
     let sample = drive(sequential, requests(), every(5), progress).await;
-    let baseline = table.row(
-        "two providers",
-        "sequential",
-        sample,
-        &[&fast, &steady],
-        None,
-    );
+    table.row("", "sequential", sample, &[&fast, &steady], Some(baseline));
 
     let joined = ServiceBuilder::new()
         .layer(GatherLayer::new())
