@@ -485,6 +485,10 @@ fn known_failure(error: &(dyn StdError + 'static)) -> Option<Failure> {
     if error.is::<tower::timeout::error::Elapsed>() || error.is::<tokio::time::error::Elapsed>() {
         return Some(Failure::new(FailureKind::Timeout));
     }
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        // A local load-shed layer had no capacity: try again later, or elsewhere.
+        return Some(Failure::new(FailureKind::Overloaded));
+    }
     if let Some(e) = error.downcast_ref::<io::Error>() {
         // An io::Error's `source()` skips the error it wraps, so look inside it here.
         if let Some(inner) = e.get_ref()

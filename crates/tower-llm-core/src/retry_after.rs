@@ -9,8 +9,9 @@
 //! | `retry-after`         | seconds, or an HTTP-date      | everyone (RFC 9110)        |
 //!
 //! The millisecond forms are more precise and are read first. A value that does not parse
-//! (negative, not a number, out of range, a malformed date) is ignored and the next form is
-//! tried; nothing here panics. A date in the past means "now": [`Duration::ZERO`].
+//! (negative, not a number, a malformed date) is ignored and the next form is tried; a number
+//! too large for a `Duration` saturates to [`Duration::MAX`]; nothing here panics. A date in
+//! the past means "now": [`Duration::ZERO`].
 
 use std::time::{Duration, SystemTime};
 
@@ -73,7 +74,9 @@ fn parse_seconds(value: &str, unit: f64) -> Option<Duration> {
         return None;
     }
     let number: f64 = value.parse().ok()?;
-    Duration::try_from_secs_f64(number * unit).ok()
+    // A well-formed number too large for a Duration still means "not for a very long time":
+    // saturate rather than drop the hint, so a layer with a cap on hints gives up at once.
+    Some(Duration::try_from_secs_f64(number * unit).unwrap_or(Duration::MAX))
 }
 
 #[cfg(test)]
@@ -148,13 +151,20 @@ mod tests {
             "NaN",
             "1e3",
             "1.2.3",
-            "99999999999999999999999999999999",
             "Sun, 32 Nov 1994 08:49:37 GMT",
             "tomorrow",
         ] {
             let h = headers(&[("retry-after", bad), ("retry-after-ms", bad)]);
             assert_eq!(retry_after_at(&h, now()), None, "value {bad:?}");
         }
+    }
+
+    #[test]
+    fn huge_numbers_saturate() {
+        let h = headers(&[("retry-after", "99999999999999999999999999999999")]);
+        assert_eq!(retry_after_at(&h, now()), Some(Duration::MAX));
+        let h = headers(&[("retry-after-ms", "1e400"), ("retry-after", "5")]);
+        assert_eq!(retry_after_at(&h, now()), Some(Duration::from_secs(5)));
     }
 
     #[test]

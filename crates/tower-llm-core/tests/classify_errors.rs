@@ -60,6 +60,34 @@ async fn errors_boxed_by_layers_keep_their_class() {
     assert_eq!(failure.retry_after, Some(Duration::from_millis(250)));
 }
 
+/// A service that is never ready, as a saturated upstream pool would be.
+#[derive(Clone)]
+struct NeverReady;
+
+impl Service<()> for NeverReady {
+    type Response = ();
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<(), BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, _: ()) -> Self::Future {
+        std::future::ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_shed_load_is_overloaded() {
+    let svc = ServiceBuilder::new().load_shed().service(NeverReady);
+    let err = svc.oneshot(()).await.expect_err("shed");
+    assert_eq!(classify_dyn_error(&*err).kind, FailureKind::Overloaded);
+}
+
 #[test]
 fn unknown_errors_are_other_and_never_retried() {
     #[derive(Debug)]
