@@ -834,13 +834,32 @@ impl KeyTable {
 
 /// A name for `key` that every instance derives alike: 128 bits of two fixed-key hashes.
 pub(crate) fn remote_name<K: Hash>(key: &K) -> String {
-    use std::hash::{DefaultHasher, Hasher};
-    let mut first = DefaultHasher::new();
-    key.hash(&mut first);
-    let mut second = DefaultHasher::new();
-    second.write_u64(0x9e37_79b9_7f4a_7c15);
-    key.hash(&mut second);
-    format!("{:016x}{:016x}", first.finish(), second.finish())
+    // Instances share a budget only if they name its Redis keys alike, so the name must not
+    // depend on the toolchain: std's `DefaultHasher` is unspecified across Rust releases.
+    // HighwayHash under a fixed, public key is specified; the name needs no secrecy.
+    let mut written = Written::default();
+    key.hash(&mut written);
+    remote_name_key()
+        .fingerprint(written.0.as_slice())
+        .to_string()
+}
+
+fn remote_name_key() -> tower_llm_core::FingerprintKey {
+    tower_llm_core::FingerprintKey::from_secret(b"tower-llm-ratelimit/redis-key-name/v1")
+}
+
+/// Collects the bytes `Hash::hash` writes, to hash them with a specified algorithm.
+#[derive(Default)]
+struct Written(Vec<u8>);
+
+impl std::hash::Hasher for Written {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        remote_name_key().fingerprint(self.0.as_slice()).as_u128() as u64
+    }
 }
 
 /// The shared store's answer for the call first in line (feature `redis`).
@@ -859,3 +878,20 @@ pub(crate) enum RemoteVerdict {
 /// where a network round trip dwarfs the allocation.
 pub(crate) type RemoteCheck =
     std::pin::Pin<Box<dyn std::future::Future<Output = RemoteVerdict> + Send>>;
+
+#[cfg(test)]
+mod remote_name_tests {
+    use super::remote_name;
+
+    #[test]
+    fn names_are_stable_across_builds() {
+        // Pinned: a change here splits the budget of instances running different versions.
+        let name = remote_name(&"tenant-a");
+        assert_eq!(name.len(), 32);
+        assert_eq!(name, remote_name(&"tenant-a".to_string()));
+        assert_ne!(name, remote_name(&"tenant-b"));
+        assert_eq!(name, PINNED);
+    }
+
+    const PINNED: &str = "7e8f6147f2dfca602775a7026e152ded";
+}
