@@ -147,7 +147,6 @@ impl Options {
                 "--timeout" => options.timeout = duration(&flag, &value()?)?,
                 "--max-in-flight" => options.max_in_flight = number(&flag, &value()?)?,
                 "--mock-latency" => options.mock_latency = duration(&flag, &value()?)?,
-                "-h" | "--help" => return Err(usage()),
                 other => return Err(format!("unknown option {other}\n\n{}", usage())),
             }
         }
@@ -640,6 +639,10 @@ fn compare(baseline: &Report, other: &Report) {
 
 #[tokio::main]
 async fn main() {
+    if std::env::args().any(|arg| arg == "-h" || arg == "--help") {
+        println!("{}", usage());
+        return;
+    }
     let options = match Options::parse(std::env::args().skip(1)) {
         Ok(options) => options,
         Err(message) => {
