@@ -15,6 +15,9 @@ use tower_llm_core::RequestKey;
 
 use crate::stats::DedupStats;
 
+/// The longest TTL moka accepts (it panics when built with more).
+const MOKA_MAX_TTL: Duration = Duration::from_secs(1_000 * 365 * 24 * 3600);
+
 /// How many bytes an entry costs, for a cache bounded by bytes.
 pub(crate) type Weigher<V> = Arc<dyn Fn(&V) -> u32 + Send + Sync>;
 
@@ -165,7 +168,9 @@ impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
                 time_to_idle: config.time_to_idle,
             })
         } else {
-            builder.time_to_live(config.ttl)
+            // Freshness is ours to decide; moka only reclaims memory, and panics when built
+            // with a TTL over 1000 years, so "for ever" is clamped to that for moka alone.
+            builder.time_to_live(config.ttl.min(MOKA_MAX_TTL))
         };
         builder = match &config.capacity {
             Capacity::Entries(n) => builder.max_capacity(*n),

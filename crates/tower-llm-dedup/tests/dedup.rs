@@ -563,6 +563,35 @@ fn bad_knobs_are_named() {
         .expect("coalescing only needs no ttl");
 }
 
+/// moka refuses a TTL over 1000 years with a panic when the cache is built; "keep it for
+/// ever" (`Duration::MAX`) is a reasonable thing to ask and must neither panic nor expire.
+#[tokio::test(start_paused = true)]
+async fn a_huge_ttl_keeps_answers_without_panicking() {
+    for idle in [None, Some(Duration::MAX)] {
+        let counts = Counts::default();
+        let mut builder = DedupLayer::builder().ttl(Duration::MAX);
+        if let Some(idle) = idle {
+            builder = builder.time_to_idle(idle);
+        }
+        let layer = builder.build().expect("a huge ttl is valid");
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .service(slow_echo(counts.clone(), Duration::ZERO));
+        service.clone().oneshot("q".to_string()).await.expect("ok");
+        tokio::time::advance(Duration::from_secs(3600 * 24 * 365)).await;
+        service.clone().oneshot("q".to_string()).await.expect("ok");
+        assert_eq!(
+            counts.calls(),
+            1,
+            "still cached a year later (idle {idle:?})"
+        );
+    }
+    let service = ServiceBuilder::new()
+        .layer(DedupLayer::new(Duration::MAX))
+        .service(slow_echo(Counts::default(), Duration::ZERO));
+    service.oneshot("q".to_string()).await.expect("ok");
+}
+
 #[tokio::test(start_paused = true)]
 async fn transport_errors_classify_through_the_share() {
     let service = ServiceBuilder::new()
