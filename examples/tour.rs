@@ -889,6 +889,7 @@ impl SplitMix {
 #[derive(Debug, Clone)]
 struct Progress {
     shared: Arc<ProgressState>,
+    drawer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 #[derive(Debug)]
@@ -911,16 +912,19 @@ impl Progress {
             terminal: std::io::stderr().is_terminal(),
             started: std::time::Instant::now(),
         });
-        if shared.terminal {
+        let drawer = shared.terminal.then(|| {
             let state = shared.clone();
             std::thread::spawn(move || {
                 while !state.finished.load(Ordering::Acquire) {
                     state.draw();
                     std::thread::sleep(Duration::from_millis(80));
                 }
-            });
+            })
+        });
+        Progress {
+            shared,
+            drawer: Arc::new(Mutex::new(drawer)),
         }
-        Progress { shared }
     }
 
     fn scenario(&self, name: &'static str) {
@@ -938,6 +942,10 @@ impl Progress {
 
     fn finish(&self) {
         self.shared.finished.store(true, Ordering::Release);
+        // The last line is drawn once the drawer has stopped, so the table starts below it.
+        if let Some(drawer) = self.drawer.lock().ok().and_then(|mut d| d.take()) {
+            let _ = drawer.join();
+        }
         if self.shared.terminal {
             self.shared.draw();
             eprintln!();
