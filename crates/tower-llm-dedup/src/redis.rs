@@ -171,10 +171,17 @@ impl<V> Inner<V> {
     }
 
     fn mark_down(&self) {
+        let now = Instant::now();
+        // A cool-down too long to add to the clock (`Duration::MAX`: "never again") must not
+        // panic: the panic would reach every caller sharing the call, the opposite of
+        // "Redis never fails a request". A century is never enough.
+        let until = now
+            .checked_add(self.cool_down)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
         *self
             .down_until
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + self.cool_down);
+            .unwrap_or_else(PoisonError::into_inner) = Some(until);
     }
 
     async fn connection(&self) -> Result<ConnectionManager, BoxError> {
@@ -380,6 +387,16 @@ mod tests {
             );
         }
         assert!(HttpResponseCodec.decode(b"\x09garbage").is_err());
+    }
+
+    #[test]
+    fn a_cool_down_too_long_for_the_clock_does_not_panic() {
+        let backend = RedisBackend::<String>::json("redis://127.0.0.1:1/")
+            .expect("valid url")
+            .cool_down(Duration::MAX);
+        assert!(!backend.inner.is_cooling_down());
+        backend.inner.mark_down();
+        assert!(backend.inner.is_cooling_down());
     }
 
     #[test]
