@@ -38,7 +38,8 @@
 //! estimate, plus `max_tokens`) and [`Deterministic`](tower_llm_core::Deterministic) (a seed
 //! or a temperature of zero). Responses implement
 //! [`ResponseUsage`](tower_llm_core::ResponseUsage) and
-//! [`ClassifyResponse`](tower_llm_core::ClassifyResponse) (always a success).
+//! [`ClassifyResponse`](tower_llm_core::ClassifyResponse) (always a success), and so does
+//! [`ChatStream`]: failures inside a stream arrive as its error items.
 //!
 //! # Metrics
 //!

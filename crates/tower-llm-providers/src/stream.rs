@@ -216,6 +216,14 @@ impl<B> ChatStream<B> {
     }
 }
 
+impl<B> tower_llm_core::ClassifyResponse for ChatStream<B> {
+    /// A stream is a success once it exists (the provider answered 200 with an event
+    /// stream); failures inside it arrive as error items.
+    fn classify_response(&self) -> tower_llm_core::Outcome {
+        tower_llm_core::Outcome::Success
+    }
+}
+
 impl<B> Stream for ChatStream<B>
 where
     B: Body,

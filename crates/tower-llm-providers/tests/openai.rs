@@ -168,6 +168,11 @@ fn expected_stream() -> Vec<ChatChunk> {
 async fn stream_with(pieces: Vec<Piece>) -> Vec<Result<ChatChunk, tower_llm_core::UpstreamError>> {
     let (mut service, _) = openai(Reply::sse(pieces));
     let stream = call(&mut service, hello().streaming()).await.unwrap();
+    assert!(
+        DefaultClassifier
+            .classify(Ok::<_, &BoxError>(&stream))
+            .is_success()
+    );
     drain(stream).await
 }
 
