@@ -420,7 +420,10 @@ async fn embeddings(progress: &Progress, table: &mut Table) -> Result<(), BoxErr
     // Requests of the same model and input count share a call, so the answer splits evenly.
     let adapter = PackAdapter::new(
         |requests: Vec<EmbeddingRequest>| {
-            let model = requests[0].model.clone();
+            let model = requests
+                .first()
+                .map(|r| r.model.clone())
+                .unwrap_or_default();
             EmbeddingRequest::new(model, requests.into_iter().flat_map(|r| r.input).collect())
         },
         |response: EmbeddingResponse, packed: usize| {
