@@ -144,6 +144,12 @@ pub const MAX_ERROR_BODY: usize = 8 * 1024;
 pub struct UpstreamError {
     kind: FailureKind,
     retry_after: Option<Duration>,
+    // Boxed so `Result<T, UpstreamError>` stays small: errors are the cold path.
+    detail: Box<Detail>,
+}
+
+#[derive(Debug, Default)]
+struct Detail {
     status: Option<http::StatusCode>,
     provider: Option<Cow<'static, str>>,
     code: Option<String>,
@@ -158,12 +164,10 @@ impl UpstreamError {
         UpstreamError {
             kind,
             retry_after: None,
-            status: None,
-            provider: None,
-            code: None,
-            message: message.into(),
-            body: None,
-            source: None,
+            detail: Box::new(Detail {
+                message: message.into(),
+                ..Detail::default()
+            }),
         }
     }
 
@@ -175,26 +179,26 @@ impl UpstreamError {
 
     /// Sets the HTTP status the upstream answered with.
     pub fn with_status(mut self, status: http::StatusCode) -> Self {
-        self.status = Some(status);
+        self.detail.status = Some(status);
         self
     }
 
     /// Names the provider (`"openai"`, `"anthropic"`, ...).
     pub fn with_provider(mut self, provider: impl Into<Cow<'static, str>>) -> Self {
-        self.provider = Some(provider.into());
+        self.detail.provider = Some(provider.into());
         self
     }
 
     /// Sets the provider's own error type or code (`"insufficient_quota"`,
     /// `"overloaded_error"`, ...).
     pub fn with_code(mut self, code: impl Into<String>) -> Self {
-        self.code = Some(code.into());
+        self.detail.code = Some(code.into());
         self
     }
 
     /// Keeps the raw response body for debugging, cut to [`MAX_ERROR_BODY`] bytes.
     pub fn with_body(mut self, body: Bytes) -> Self {
-        self.body = Some(if body.len() > MAX_ERROR_BODY {
+        self.detail.body = Some(if body.len() > MAX_ERROR_BODY {
             body.slice(..MAX_ERROR_BODY)
         } else {
             body
@@ -204,7 +208,7 @@ impl UpstreamError {
 
     /// Sets the underlying error.
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
-        self.source = Some(source.into());
+        self.detail.source = Some(source.into());
         self
     }
 
@@ -224,45 +228,45 @@ impl UpstreamError {
     }
 
     /// The HTTP status, if the upstream answered at all.
-    pub const fn status(&self) -> Option<http::StatusCode> {
-        self.status
+    pub fn status(&self) -> Option<http::StatusCode> {
+        self.detail.status
     }
 
     /// The provider's name, if set.
     pub fn provider(&self) -> Option<&str> {
-        self.provider.as_deref()
+        self.detail.provider.as_deref()
     }
 
     /// The provider's own error type or code, if it sent one.
     pub fn code(&self) -> Option<&str> {
-        self.code.as_deref()
+        self.detail.code.as_deref()
     }
 
     /// The human-readable message.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.detail.message
     }
 
     /// The start of the raw response body, if one was kept.
     pub fn body(&self) -> Option<&Bytes> {
-        self.body.as_ref()
+        self.detail.body.as_ref()
     }
 }
 
 impl fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(provider) = &self.provider {
+        if let Some(provider) = &self.detail.provider {
             write!(f, "{provider}: ")?;
         }
-        if let Some(status) = self.status {
+        if let Some(status) = self.detail.status {
             write!(f, "{status}: ")?;
         }
         write!(f, "{}", self.kind)?;
-        if let Some(code) = &self.code {
+        if let Some(code) = &self.detail.code {
             write!(f, " ({code})")?;
         }
-        if !self.message.is_empty() {
-            write!(f, ": {}", self.message)?;
+        if !self.detail.message.is_empty() {
+            write!(f, ": {}", self.detail.message)?;
         }
         if let Some(after) = self.retry_after {
             write!(f, "; retry after {after:?}")?;
@@ -273,7 +277,8 @@ impl fmt::Display for UpstreamError {
 
 impl StdError for UpstreamError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
+        self.detail
+            .source
             .as_deref()
             .map(|e| e as &(dyn StdError + 'static))
     }
@@ -315,6 +320,11 @@ mod tests {
         let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         let err = UpstreamError::new(FailureKind::Overloaded, "busy").with_source(io);
         assert_eq!(classify_dyn_error(&err).kind, FailureKind::Overloaded);
+    }
+
+    #[test]
+    fn results_stay_small() {
+        assert!(std::mem::size_of::<UpstreamError>() <= 40);
     }
 
     #[test]

@@ -91,9 +91,6 @@
 //! [tower-llm]: https://github.com/tower-llm/tower-llm
 
 #![forbid(unsafe_code)]
-// The error of every provider is core's `UpstreamError`, unboxed, so that a caller gets its
-// fields directly and a layer that boxes it can still downcast it; it is large by design.
-#![allow(clippy::result_large_err)]
 
 pub mod anthropic;
 mod body;
