@@ -54,6 +54,34 @@ impl ClassifyError for BatchFailed {
     }
 }
 
+/// A panic in the inner service or the adapter, caught so that it fails only the batch it hit
+/// (or, from `poll_ready`, stops the batcher with this as the reason) instead of unwinding the
+/// batching task and every other batch with it.
+#[derive(Debug)]
+pub(crate) struct Panicked {
+    during: &'static str,
+    message: String,
+}
+
+impl Panicked {
+    pub(crate) fn boxed(during: &'static str, payload: &(dyn std::any::Any + Send)) -> BoxError {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string payload".to_owned());
+        Box::new(Panicked { during, message })
+    }
+}
+
+impl fmt::Display for Panicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "panicked in {}: {}", self.during, self.message)
+    }
+}
+
+impl StdError for Panicked {}
+
 /// The batching task has stopped: the inner service failed `poll_ready` (its error is the
 /// source), or the runtime that ran the task shut down.
 #[derive(Clone, Debug)]

@@ -130,7 +130,8 @@ pub struct Stats {
     pub flushed_wait: u64,
     /// Batches sent because the service was dropped.
     pub flushed_shutdown: u64,
-    /// Batches the inner service failed (its `call` returned an error).
+    /// Batches the inner service failed (its `call` returned an error) or that panicked in the
+    /// inner service or the adapter.
     pub failed_batches: u64,
     /// Batches sent and not yet answered.
     pub in_flight_batches: u64,

@@ -5,10 +5,12 @@
 //! that goes away closes that sender, which is how the task knows to leave its request out of a
 //! batch that has not been sent yet.
 
+use std::any::Any;
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
@@ -22,7 +24,7 @@ use tower_llm_core::BoxError;
 use tower_service::Service;
 
 use crate::adapter::{Pack, Unpack};
-use crate::error::{BatchClosed, BatchFailed, ItemMissing};
+use crate::error::{BatchClosed, BatchFailed, ItemMissing, Panicked};
 use crate::layer::Limits;
 use crate::stats::{Counters, FlushReason};
 
@@ -139,12 +141,26 @@ pin_project! {
     }
 }
 
+type PanicPayload = Box<dyn Any + Send>;
+
 impl<F: Future, Split, Res> Future for InFlight<F, Split, Res> {
-    type Output = (F::Output, Option<Split>, Vec<Reply<Res>>);
+    type Output = (
+        Result<F::Output, PanicPayload>,
+        Option<Split>,
+        Vec<Reply<Res>>,
+    );
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let output = ready!(this.future.poll(cx));
+        let mut future = this.future;
+        // A panic here would unwind the batching task and with it every other batch and
+        // queued request; it fails only this batch instead. The future is dropped after it.
+        let output = ready!(
+            match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+                Ok(poll) => poll.map(Ok),
+                Err(panic) => Poll::Ready(Err(panic)),
+            }
+        );
         Poll::Ready((output, this.split.take(), std::mem::take(this.replies)))
     }
 }
@@ -367,13 +383,18 @@ where
                 self.sealed.pop_front();
                 continue;
             }
-            match self.inner.poll_ready(cx) {
-                Poll::Pending => break,
-                Poll::Ready(Err(error)) => {
+            let inner = &mut self.inner;
+            match catch_unwind(AssertUnwindSafe(|| inner.poll_ready(cx))) {
+                Ok(Poll::Pending) => break,
+                Ok(Poll::Ready(Err(error))) => {
                     self.fail(Arc::new(error.into()));
                     break;
                 }
-                Poll::Ready(Ok(())) => {}
+                Err(panic) => {
+                    self.fail(Arc::new(Panicked::boxed("poll_ready", &*panic)));
+                    break;
+                }
+                Ok(Poll::Ready(Ok(()))) => {}
             }
             let Some(batch) = self.sealed.pop_front() else {
                 break;
@@ -391,13 +412,11 @@ where
                 items.push(entry.item);
                 replies.push(entry.reply);
             }
-            let (request, split) = self.adapter.pack(batch.key, items);
-            let future = self.inner.call(request);
-            self.in_flight.push(InFlight {
-                future,
-                split: Some(split),
-                replies,
-            });
+            let (adapter, inner) = (&self.adapter, &mut self.inner);
+            let called = catch_unwind(AssertUnwindSafe(|| {
+                let (request, split) = adapter.pack(batch.key, items);
+                (inner.call(request), split)
+            }));
             launched = true;
 
             let counters = &self.counters;
@@ -405,14 +424,24 @@ where
             Counters::add(&counters.batches, 1);
             Counters::add(&counters.items_sent, size);
             Counters::add(&counters.wait_nanos, waited);
-            Counters::add(&counters.in_flight, 1);
             Counters::sub(&counters.waiting, size);
             counters
                 .max_batch
                 .fetch_max(size, std::sync::atomic::Ordering::Relaxed);
             metrics::histogram!("tower_llm_batch_size").record(size as f64);
-            metrics::gauge!("tower_llm_batch_in_flight_batches").increment(1.0);
             metrics::gauge!("tower_llm_batch_waiting_requests").decrement(size as f64);
+            match called {
+                Ok((future, split)) => {
+                    Counters::add(&counters.in_flight, 1);
+                    metrics::gauge!("tower_llm_batch_in_flight_batches").increment(1.0);
+                    self.in_flight.push(InFlight {
+                        future,
+                        split: Some(split),
+                        replies,
+                    });
+                }
+                Err(panic) => self.fail_batch(replies, Panicked::boxed("pack or call", &*panic)),
+            }
         }
         launched
     }
@@ -421,9 +450,23 @@ where
         let (result, split, replies) = done;
         Counters::sub(&self.counters.in_flight, 1);
         metrics::gauge!("tower_llm_batch_in_flight_batches").decrement(1.0);
+        let result = match result {
+            Ok(result) => result,
+            Err(panic) => {
+                return self.fail_batch(replies, Panicked::boxed("the inner future", &*panic));
+            }
+        };
         match (result, split) {
             (Ok(response), Some(split)) => {
-                let mut results = self.adapter.unpack(response, split).into_iter();
+                let adapter = &self.adapter;
+                let unpacked = catch_unwind(AssertUnwindSafe(|| adapter.unpack(response, split)));
+                let results = match unpacked {
+                    Ok(results) => results,
+                    Err(panic) => {
+                        return self.fail_batch(replies, Panicked::boxed("unpack", &*panic));
+                    }
+                };
+                let mut results = results.into_iter();
                 for (position, reply) in replies.into_iter().enumerate() {
                     let result = results
                         .next()
@@ -437,16 +480,19 @@ where
                     let _ = reply.send(Err(Box::new(ItemMissing::new(position))));
                 }
             }
-            (Err(error), _) => {
-                Counters::add(&self.counters.failed_batches, 1);
-                metrics::counter!("tower_llm_batch_failed_batches_total").increment(1);
-                let error = Arc::new(error.into());
-                let size = replies.len();
-                for reply in replies {
-                    let failed = BatchFailed::new(Arc::clone(&error), size);
-                    let _ = reply.send(Err(Box::new(failed)));
-                }
-            }
+            (Err(error), _) => self.fail_batch(replies, error.into()),
+        }
+    }
+
+    /// Every caller of a batch gets `error`, shared.
+    fn fail_batch(&self, replies: Vec<Reply<Res>>, error: BoxError) {
+        Counters::add(&self.counters.failed_batches, 1);
+        metrics::counter!("tower_llm_batch_failed_batches_total").increment(1);
+        let error = Arc::new(error);
+        let size = replies.len();
+        for reply in replies {
+            let failed = BatchFailed::new(Arc::clone(&error), size);
+            let _ = reply.send(Err(Box::new(failed)));
         }
     }
 
