@@ -57,23 +57,30 @@ impl<V> Clone for CacheConfig<V> {
     }
 }
 
+/// What moka holds for a key. It is cloned on every hit (moka hands out clones), so it holds
+/// the value itself rather than an `Arc` of it: one reference count fewer to bump on every
+/// hit, and none shared by every thread reading a hot key.
+#[derive(Clone)]
 struct Entry<V> {
     value: V,
     created: Instant,
+    /// `created + ttl`; `None` when that is past the end of the clock (never stale).
+    expires: Option<Instant>,
     ttl: Duration,
-    /// Nanoseconds after `created` of the last read, for the idle timeout.
-    last_read: AtomicU64,
+    /// Nanoseconds after `created` of the last read, for the idle timeout (only kept when
+    /// there is one).
+    last_read: Option<Arc<AtomicU64>>,
 }
 
 struct Expiry {
     time_to_idle: Option<Duration>,
 }
 
-impl<V> moka::Expiry<RequestKey, Arc<Entry<V>>> for Expiry {
+impl<V> moka::Expiry<RequestKey, Entry<V>> for Expiry {
     fn expire_after_create(
         &self,
         _key: &RequestKey,
-        value: &Arc<Entry<V>>,
+        value: &Entry<V>,
         _created_at: StdInstant,
     ) -> Option<Duration> {
         Some(match self.time_to_idle {
@@ -85,7 +92,7 @@ impl<V> moka::Expiry<RequestKey, Arc<Entry<V>>> for Expiry {
     fn expire_after_read(
         &self,
         _key: &RequestKey,
-        value: &Arc<Entry<V>>,
+        value: &Entry<V>,
         _read_at: StdInstant,
         duration_until_expiry: Option<Duration>,
         _last_modified_at: StdInstant,
@@ -101,7 +108,7 @@ impl<V> moka::Expiry<RequestKey, Arc<Entry<V>>> for Expiry {
     fn expire_after_update(
         &self,
         key: &RequestKey,
-        value: &Arc<Entry<V>>,
+        value: &Entry<V>,
         updated_at: StdInstant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
@@ -147,7 +154,7 @@ impl std::hash::Hasher for FoldHasher {
 }
 
 pub(crate) struct MemoryCache<V> {
-    cache: moka::sync::Cache<RequestKey, Arc<Entry<V>>, KeyHasher>,
+    cache: moka::sync::Cache<RequestKey, Entry<V>, KeyHasher>,
     default_ttl: Duration,
     time_to_idle: Option<Duration>,
     ttl_for: Option<TtlFor<V>>,
@@ -155,7 +162,7 @@ pub(crate) struct MemoryCache<V> {
 
 impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
     pub(crate) fn new(config: &CacheConfig<V>, stats: DedupStats) -> Self {
-        let listener = move |_key: Arc<RequestKey>, _value: Arc<Entry<V>>, cause: RemovalCause| {
+        let listener = move |_key: Arc<RequestKey>, _value: Entry<V>, cause: RemovalCause| {
             if cause == RemovalCause::Size {
                 stats.eviction();
             }
@@ -178,7 +185,7 @@ impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
                 let weigh = weigh.clone();
                 builder
                     .max_capacity(*n)
-                    .weigher(move |_key, entry: &Arc<Entry<V>>| weigh(&entry.value))
+                    .weigher(move |_key, entry: &Entry<V>| weigh(&entry.value))
             }
         };
         MemoryCache {
@@ -192,20 +199,21 @@ impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
     /// A fresh value for `key`.
     pub(crate) fn get(&self, key: &RequestKey) -> Option<V> {
         let entry = self.cache.get(key)?;
-        let age = Instant::now().saturating_duration_since(entry.created);
-        if age >= entry.ttl {
+        let now = Instant::now();
+        if entry.expires.is_some_and(|expires| now >= expires) {
             return None;
         }
-        if let Some(idle) = self.time_to_idle {
+        if let (Some(idle), Some(last_read)) = (self.time_to_idle, &entry.last_read) {
+            let age = now.saturating_duration_since(entry.created);
             let age_nanos = u64::try_from(age.as_nanos()).unwrap_or(u64::MAX);
-            let last = entry.last_read.load(Ordering::Relaxed);
+            let last = last_read.load(Ordering::Relaxed);
             if age_nanos.saturating_sub(last) >= u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX)
             {
                 return None;
             }
-            entry.last_read.fetch_max(age_nanos, Ordering::Relaxed);
+            last_read.fetch_max(age_nanos, Ordering::Relaxed);
         }
-        Some(entry.value.clone())
+        Some(entry.value)
     }
 
     /// Stores `value` for `ttl` (from [`ttl_of`](Self::ttl_of)); a zero TTL stores nothing.
@@ -213,13 +221,15 @@ impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
         if ttl.is_zero() {
             return;
         }
+        let created = Instant::now();
         let entry = Entry {
             value,
-            created: Instant::now(),
+            created,
+            expires: created.checked_add(ttl),
             ttl,
-            last_read: AtomicU64::new(0),
+            last_read: self.time_to_idle.map(|_| Arc::new(AtomicU64::new(0))),
         };
-        self.cache.insert(key, Arc::new(entry));
+        self.cache.insert(key, entry);
     }
 
     /// The TTL a value would be stored with.
@@ -231,7 +241,7 @@ impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
     }
 }
 
-impl<V: Send + Sync + 'static> MemoryCache<V> {
+impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
     /// Entries held now (after pending maintenance).
     pub(crate) fn entry_count(&self) -> u64 {
         self.cache.run_pending_tasks();

@@ -50,7 +50,7 @@ impl<S, Res, K, R, C> Dedup<S, Res, K, R, C> {
     }
 }
 
-impl<S, Res: Send + Sync + 'static, K, R, C> Dedup<S, Res, K, R, C> {
+impl<S, Res: Clone + Send + Sync + 'static, K, R, C> Dedup<S, Res, K, R, C> {
     /// Answers in the cache now (0 without a cache).
     pub fn cached_entries(&self) -> u64 {
         self.shared.cache.as_ref().map_or(0, |c| c.entry_count())
