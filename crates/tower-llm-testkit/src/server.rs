@@ -911,9 +911,11 @@ fn retry_header(response: &mut Response<Body>, after: Duration, form: RetryAfter
         RetryAfterForm::Seconds => (http::header::RETRY_AFTER, whole_seconds.to_string()),
         RetryAfterForm::HttpDate => {
             // A second more, as the date drops the current second's fraction.
+            // An HTTP date ends with year 9999 (and `httpdate` panics past it).
+            let latest = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799);
             let at = SystemTime::now()
                 .checked_add(Duration::from_secs(whole_seconds.saturating_add(1)))
-                .unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799));
+                .map_or(latest, |at| at.min(latest));
             (http::header::RETRY_AFTER, httpdate::fmt_http_date(at))
         }
         RetryAfterForm::Millis => (

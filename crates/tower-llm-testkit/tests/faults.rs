@@ -658,26 +658,28 @@ async fn context_length_by_fault_and_by_window() {
 
 #[tokio::test]
 async fn absurd_plan_values_do_not_panic_the_server() {
-    let huge = Duration::from_secs(u64::MAX);
     let client = TestClient::new();
-    for form in [
-        RetryAfterForm::Seconds,
-        RetryAfterForm::HttpDate,
-        RetryAfterForm::Millis,
-        RetryAfterForm::MsMillis,
-    ] {
-        let server = always(Fault::RateLimited {
-            retry_after: huge,
-            form,
-        })
-        .await;
-        for request in [
-            openai_chat(&server.base_url(), "m", "x"),
-            anthropic_messages(&server.base_url(), "c", "x"),
-            gemini_generate(&server.base_url(), "g", "x"),
+    // Past what `SystemTime` holds, and within it but past year 9999 (an HTTP date's limit).
+    for huge in [Duration::from_secs(u64::MAX), Duration::from_secs(1 << 40)] {
+        for form in [
+            RetryAfterForm::Seconds,
+            RetryAfterForm::HttpDate,
+            RetryAfterForm::Millis,
+            RetryAfterForm::MsMillis,
         ] {
-            let response = client.send(request).await.unwrap();
-            assert_eq!(response.status(), 429, "{form:?}");
+            let server = always(Fault::RateLimited {
+                retry_after: huge,
+                form,
+            })
+            .await;
+            for request in [
+                openai_chat(&server.base_url(), "m", "x"),
+                anthropic_messages(&server.base_url(), "c", "x"),
+                gemini_generate(&server.base_url(), "g", "x"),
+            ] {
+                let response = client.send(request).await.unwrap();
+                assert_eq!(response.status(), 429, "{huge:?} {form:?}");
+            }
         }
     }
     let server = MockServer::start(
