@@ -548,7 +548,9 @@ impl WireUsage {
         // counts every prompt token.
         let read = self.cache_read_input_tokens.unwrap_or(0);
         let written = self.cache_creation_input_tokens.unwrap_or(0);
-        self.input_tokens.map(|input| input + read + written)
+        // Counts come from the server: saturate rather than overflow (a panic in debug).
+        self.input_tokens
+            .map(|input| input.saturating_add(read).saturating_add(written))
     }
 }
 

@@ -626,7 +626,10 @@ impl WireUsage {
     fn usage(self) -> tower_llm_core::Usage {
         usage(
             self.prompt_token_count.unwrap_or(0),
-            self.candidates_token_count.unwrap_or(0) + self.thoughts_token_count.unwrap_or(0),
+            // Counts come from the server: saturate rather than overflow (a panic in debug).
+            self.candidates_token_count
+                .unwrap_or(0)
+                .saturating_add(self.thoughts_token_count.unwrap_or(0)),
             self.cached_content_token_count.unwrap_or(0),
         )
     }

