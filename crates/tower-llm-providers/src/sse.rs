@@ -62,8 +62,13 @@ pub struct SseParser {
     data: String,
     has_data: bool,
     id: Option<String>,
+    /// How many bytes of a leading UTF-8 byte-order mark have been seen; `None` once the
+    /// stream's first bytes have been judged (the spec drops one BOM at the very start).
+    bom_seen: Option<usize>,
     max_event_bytes: usize,
 }
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl Default for SseParser {
     fn default() -> Self {
@@ -86,6 +91,7 @@ impl SseParser {
             data: String::new(),
             has_data: false,
             id: None,
+            bom_seen: Some(0),
             max_event_bytes,
         }
     }
@@ -101,6 +107,22 @@ impl SseParser {
         mut bytes: &[u8],
         out: &mut VecDeque<SseEvent>,
     ) -> Result<(), SseTooLarge> {
+        if let Some(seen) = self.bom_seen {
+            // The BOM itself may be split across pieces: match it byte by byte.
+            let want = BOM.get(seen..).unwrap_or_default();
+            let matched = want.iter().zip(bytes).take_while(|(a, b)| a == b).count();
+            if matched == want.len() {
+                self.bom_seen = None;
+                bytes = bytes.get(matched..).unwrap_or_default();
+            } else if matched == bytes.len() {
+                self.bom_seen = Some(seen + matched);
+                return Ok(());
+            } else {
+                // Not a BOM after all: the bytes held back belong to the first line.
+                self.bom_seen = None;
+                self.push_partial(BOM.get(..seen).unwrap_or_default())?;
+            }
+        }
         // An empty piece says nothing about whether a `\n` follows a `\r`.
         if self.after_cr && !bytes.is_empty() {
             self.after_cr = false;
@@ -135,6 +157,9 @@ impl SseParser {
     /// Ends the stream: a last event not followed by a blank line is still delivered (the
     /// decoders, not the parser, decide whether the stream ended properly).
     pub fn finish(&mut self, out: &mut VecDeque<SseEvent>) -> Result<(), SseTooLarge> {
+        if let Some(seen) = self.bom_seen.take() {
+            self.push_partial(BOM.get(..seen).unwrap_or_default())?;
+        }
         if !self.line.is_empty() {
             let line = std::mem::take(&mut self.line);
             self.process_line(&line, out)?;

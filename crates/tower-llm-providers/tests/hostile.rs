@@ -54,3 +54,58 @@ fn gemini_usage_near_u64_max_saturates() {
             .any(|c| matches!(c, ChatChunk::Usage(u) if u.output_tokens == MAX))
     );
 }
+
+/// The WHATWG event-stream rules drop one leading U+FEFF; without that the first field name
+/// is `\u{FEFF}data` and the first event is silently lost.
+#[test]
+fn a_leading_byte_order_mark_is_skipped_at_every_split() {
+    let stream = "\u{FEFF}data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n\
+                  data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
+                  data: [DONE]\n\n"
+        .as_bytes();
+    for cut in 0..=stream.len() {
+        for second in [cut, cut.saturating_add(1), cut.saturating_add(2)] {
+            let second = second.min(stream.len());
+            let mut decoder = ChunkDecoder::openai();
+            let mut chunks = VecDeque::new();
+            decoder.feed(&stream[..cut], &mut chunks).expect("valid");
+            decoder
+                .feed(&stream[cut..second], &mut chunks)
+                .expect("valid");
+            assert!(
+                decoder.feed(&stream[second..], &mut chunks).expect("valid"),
+                "cuts at {cut}, {second}"
+            );
+            decoder.finish(&mut chunks).expect("complete");
+            assert_eq!(
+                chunks.front(),
+                Some(&ChatChunk::Content("Hi".into())),
+                "cuts at {cut}, {second}"
+            );
+        }
+    }
+}
+
+#[test]
+fn only_one_leading_byte_order_mark_is_skipped() {
+    let mut parser = tower_llm_providers::sse::SseParser::new();
+    let mut events = VecDeque::new();
+    parser
+        .feed(
+            "\u{FEFF}\u{FEFF}data: a\n\ndata: b\n\n".as_bytes(),
+            &mut events,
+        )
+        .expect("small");
+    // The second BOM is part of the first field's name, so that event is dropped as the
+    // spec says; only the leading one is special.
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].data, "b");
+    let mut parser = tower_llm_providers::sse::SseParser::new();
+    let mut events = VecDeque::new();
+    // An incomplete BOM is not a BOM: its bytes stay in the first line.
+    parser.feed(b"\xEF\xBB", &mut events).expect("small");
+    parser.feed(b"data: x\n\n", &mut events).expect("small");
+    assert!(events.is_empty());
+    parser.feed(b"data: y\n\n", &mut events).expect("small");
+    assert_eq!(events[0].data, "y");
+}
