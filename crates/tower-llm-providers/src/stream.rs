@@ -68,11 +68,17 @@ impl StreamTimeouts {
     /// The earliest limit that applies before the first chunk.
     pub(crate) fn before_first(&self, started: Instant) -> Option<Instant> {
         match (self.first_token, self.total) {
-            (Some(a), Some(b)) => Some(started + a.min(b)),
-            (Some(a), None) | (None, Some(a)) => Some(started + a),
+            (Some(a), Some(b)) => deadline(started, a.min(b)),
+            (Some(a), None) | (None, Some(a)) => deadline(started, a),
             (None, None) => None,
         }
     }
+}
+
+/// `from + limit`, or no deadline when that is past what the clock can hold (`Instant + Duration`
+/// panics on overflow, and a limit like `Duration::MAX` means "no limit" in practice).
+pub(crate) fn deadline(from: Instant, limit: Duration) -> Option<Instant> {
+    from.checked_add(limit)
 }
 
 pub(crate) enum Step {
@@ -196,10 +202,12 @@ impl<B> ChatStream<B> {
     ) -> Self {
         let chunk_timer = timeouts
             .first_token
-            .map(|limit| Box::pin(tokio::time::sleep_until(started + limit)));
+            .and_then(|limit| deadline(started, limit))
+            .map(|at| Box::pin(tokio::time::sleep_until(at)));
         let total_timer = timeouts
             .total
-            .map(|limit| Box::pin(tokio::time::sleep_until(started + limit)));
+            .and_then(|limit| deadline(started, limit))
+            .map(|at| Box::pin(tokio::time::sleep_until(at)));
         ChatStream {
             body,
             parser: SseParser::with_max_event_bytes(max_event_bytes),
@@ -253,17 +261,15 @@ where
         loop {
             if let Some(chunk) = this.pending.pop_front() {
                 *this.got_chunk = true;
-                match this.timeouts.between_chunks {
-                    Some(limit) => {
-                        let deadline = Instant::now() + limit;
-                        match this.chunk_timer.as_mut() {
-                            Some(timer) => timer.as_mut().reset(deadline),
-                            None => {
-                                *this.chunk_timer =
-                                    Some(Box::pin(tokio::time::sleep_until(deadline)))
-                            }
-                        }
-                    }
+                match this
+                    .timeouts
+                    .between_chunks
+                    .and_then(|limit| deadline(Instant::now(), limit))
+                {
+                    Some(at) => match this.chunk_timer.as_mut() {
+                        Some(timer) => timer.as_mut().reset(at),
+                        None => *this.chunk_timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                    },
                     None => *this.chunk_timer = None,
                 }
                 return Poll::Ready(Some(Ok(chunk)));

@@ -4,9 +4,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::VecDeque;
+mod common;
 
-use tower_llm_providers::{ChatChunk, ChunkDecoder, anthropic, gemini};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use common::{Reply, call, drain, mock, split};
+use tower_llm_providers::{
+    Anthropic, ChatChunk, ChatRequest, ChunkDecoder, Gemini, Message, OpenAi, StreamTimeouts,
+    anthropic, gemini,
+};
 
 const MAX: u64 = u64::MAX;
 
@@ -108,4 +115,49 @@ fn only_one_leading_byte_order_mark_is_skipped() {
     assert!(events.is_empty());
     parser.feed(b"data: y\n\n", &mut events).expect("small");
     assert_eq!(events[0].data, "y");
+}
+
+const OPENAI_STREAM: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n\
+    data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
+    data: [DONE]\n\n";
+
+#[tokio::test(start_paused = true)]
+async fn timeouts_too_long_for_the_clock_mean_no_limit() {
+    let huge = StreamTimeouts::none()
+        .first_token(Duration::MAX)
+        .between_chunks(Duration::MAX)
+        .total(Duration::MAX);
+    for timeouts in [
+        huge,
+        StreamTimeouts::none().first_token(Duration::MAX),
+        StreamTimeouts::none().total(Duration::MAX),
+        StreamTimeouts::none().between_chunks(Duration::MAX),
+    ] {
+        let (client, _) = mock(Reply::sse(split(OPENAI_STREAM.as_bytes(), &[40, 90])));
+        let mut openai = OpenAi::builder()
+            .api_key("k")
+            .stream_timeouts(timeouts)
+            .build_with(client)
+            .unwrap();
+        let request = ChatRequest::new("m", vec![Message::user("hi")]).streaming();
+        let items = drain(call(&mut openai, request).await.expect("a stream")).await;
+        assert!(items.iter().all(Result::is_ok), "{items:?}");
+        assert_eq!(items.len(), 2);
+    }
+    let (client, _) = mock(Reply::sse(split(b"event: message_stop\n", &[])));
+    let mut claude = Anthropic::builder()
+        .api_key("k")
+        .stream_timeouts(huge)
+        .build_with(client)
+        .unwrap();
+    let request = ChatRequest::new("m", vec![Message::user("hi")]).streaming();
+    drop(call(&mut claude, request).await);
+    let (client, _) = mock(Reply::sse(split(b"", &[])));
+    let mut gemini = Gemini::builder()
+        .api_key("k")
+        .stream_timeouts(huge)
+        .build_with(client)
+        .unwrap();
+    let request = ChatRequest::new("m", vec![Message::user("hi")]).streaming();
+    drop(call(&mut gemini, request).await);
 }
