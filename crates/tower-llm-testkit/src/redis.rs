@@ -113,10 +113,13 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))?;
+        let pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + STARTUP;
         while Instant::now() < deadline {
-            if ping(self.port) {
+            // Only our own process counts: when the port was taken meanwhile (by another
+            // test's server), ours exits, and the PONG would come from that other server.
+            if answers_as(self.port, pid) {
                 return Ok(());
             }
             if let Some(child) = &mut self.child
@@ -156,22 +159,31 @@ fn free_port() -> u16 {
         .unwrap_or(6379)
 }
 
-fn ping(port: u16) -> bool {
+/// Whether the server on `port` answers `PING` and is the process `pid`.
+fn answers_as(port: u16, pid: u32) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"PING\r\n").is_err() {
+    if stream.write_all(b"PING\r\nINFO server\r\n").is_err() {
         return false;
     }
-    let mut reply = [0u8; 7];
-    let mut read = 0;
-    while read < reply.len() {
-        match stream.read(&mut reply[read..]) {
+    let wanted = format!("\r\nprocess_id:{pid}\r\n");
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // The INFO server section is about 1 KiB; stop reading well past that.
+    while reply.len() < 64 * 1024 {
+        match stream.read(&mut buffer) {
             Ok(0) | Err(_) => break,
-            Ok(n) => read += n,
+            Ok(n) => reply.extend_from_slice(&buffer[..n]),
+        }
+        if !reply.starts_with(b"+PONG\r\n") && reply.len() >= 7 {
+            return false;
+        }
+        if reply.windows(wanted.len()).any(|w| w == wanted.as_bytes()) {
+            return true;
         }
     }
-    reply.starts_with(b"+PONG")
+    false
 }

@@ -94,3 +94,47 @@ fn absence_skips_or_fails_under_ci() {
     );
     assert!(output.contains("redis-server not found"), "{output}");
 }
+
+/// Kills a process the test started itself, even when an assertion fails first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn restart_onto_a_port_taken_meanwhile_fails_instead_of_using_the_other_server() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let port = redis.port();
+    redis.kill();
+    // Another server takes the port before the restart (as a parallel test's could).
+    let other = KillOnDrop(
+        std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while command(port, "PING\r\n").ok().as_deref() != Some("+PONG\r\n") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let restarted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| redis.restart()));
+    assert!(
+        restarted.is_err(),
+        "restart reported success while the port answered for another process"
+    );
+    assert!(!redis.is_running());
+    drop(other);
+}
