@@ -285,14 +285,7 @@ where
                             && deadline.as_mut().poll(cx).is_ready()
                         {
                             this.state.set(CallState::Done);
-                            let first = this.timeouts.first_token;
-                            let total = this.timeouts.total;
-                            let error = if first.is_some() && (total.is_none() || first <= total) {
-                                timeout(this.ctx, "first-token", first)
-                            } else {
-                                timeout(this.ctx, "total", total)
-                            };
-                            return Poll::Ready(Err(error));
+                            return Poll::Ready(Err(before_first_timeout(this.ctx, this.timeouts)));
                         }
                         return Poll::Pending;
                     }
@@ -321,7 +314,22 @@ where
                     }
                 },
                 CallProj::Reading { body, parts } => {
-                    let read = ready!(body.poll_read(cx));
+                    let read = match body.poll_read(cx) {
+                        Poll::Ready(read) => read,
+                        Poll::Pending => {
+                            // An error body that stalls must not outlive the stream's limits.
+                            if let Some(deadline) = this.deadline.as_mut()
+                                && deadline.as_mut().poll(cx).is_ready()
+                            {
+                                this.state.set(CallState::Done);
+                                return Poll::Ready(Err(before_first_timeout(
+                                    this.ctx,
+                                    this.timeouts,
+                                )));
+                            }
+                            return Poll::Pending;
+                        }
+                    };
                     let Some(parts) = parts.take() else {
                         return Poll::Ready(Err(polled_after_completion(this.ctx)));
                     };
@@ -362,5 +370,16 @@ where
                 CallProj::Done => return Poll::Ready(Err(polled_after_completion(this.ctx))),
             }
         }
+    }
+}
+
+/// The timeout that fired before the first chunk: the first-token one when it is the shorter.
+fn before_first_timeout(ctx: &Ctx, timeouts: &StreamTimeouts) -> UpstreamError {
+    let first = timeouts.first_token;
+    let total = timeouts.total;
+    if first.is_some() && (total.is_none() || first <= total) {
+        timeout(ctx, "first-token", first)
+    } else {
+        timeout(ctx, "total", total)
     }
 }

@@ -161,3 +161,34 @@ async fn timeouts_too_long_for_the_clock_mean_no_limit() {
     let request = ChatRequest::new("m", vec![Message::user("hi")]).streaming();
     drop(call(&mut gemini, request).await);
 }
+
+/// An error status whose body then stalls: the stream's first-token limit still applies,
+/// so the caller is not left waiting on a body that never ends.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_error_body_still_times_out() {
+    use common::Piece;
+    for status in [200, 500] {
+        let mut reply = Reply::sse(vec![
+            Piece::Data("{\"error\":".into()),
+            Piece::Stall(Duration::from_secs(3600)),
+            Piece::Data("{}}".into()),
+        ]);
+        reply.status = status;
+        reply.headers = vec![("content-type", "application/json".into())];
+        let (client, _) = mock(reply);
+        let mut openai = OpenAi::builder()
+            .api_key("k")
+            .stream_timeouts(StreamTimeouts::none().first_token(Duration::from_secs(5)))
+            .build_with(client)
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let request = ChatRequest::new("m", vec![Message::user("hi")]).streaming();
+        let error = call(&mut openai, request).await.expect_err("no stream");
+        assert_eq!(
+            error.kind(),
+            tower_llm_core::FailureKind::Timeout,
+            "{error}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+}
