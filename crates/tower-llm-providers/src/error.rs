@@ -288,10 +288,15 @@ fn openai_detail(error: &Value) -> ErrorDetail {
     let message = str_field(error, "message").map(str::to_owned);
     let names = [code.as_deref(), ty];
     let has = |wanted: &[&str]| names.iter().flatten().any(|n| wanted.contains(n));
+    // Spend caps and exhausted credits come as 429s too, but waiting will not lift them
+    // (OpenAI's error-codes and spend-limits guides).
     let kind = if has(&[
         "insufficient_quota",
         "billing_hard_limit_reached",
         "billing_not_active",
+        "credit_balance_exhausted",
+        "organization_spend_limit_exceeded",
+        "project_spend_limit_exceeded",
     ]) {
         Some(FailureKind::QuotaExhausted)
     } else if has(&["context_length_exceeded", "string_above_max_length"]) {
@@ -302,11 +307,24 @@ fn openai_detail(error: &Value) -> ErrorDetail {
         "ResponsibleAIPolicyViolation",
     ]) {
         Some(FailureKind::ContentFiltered)
-    } else if has(&["rate_limit_exceeded", "429", "tokens", "requests"]) {
+    } else if has(&[
+        "rate_limit_exceeded",
+        "rate_limit_error",
+        "slow_down",
+        "429",
+        "tokens",
+        "requests",
+    ]) {
         Some(FailureKind::RateLimited)
     } else if has(&["server_error", "internal_error"]) {
         Some(FailureKind::ServerError)
-    } else if has(&["overloaded", "overloaded_error", "service_unavailable"]) {
+    } else if has(&[
+        "overloaded",
+        "overloaded_error",
+        "service_unavailable",
+        "service_unavailable_error",
+        "server_is_overloaded",
+    ]) {
         Some(FailureKind::Overloaded)
     } else if has(&["invalid_api_key", "authentication_error"]) {
         Some(FailureKind::Unauthorized)
@@ -328,8 +346,15 @@ fn openai_detail(error: &Value) -> ErrorDetail {
 fn anthropic_detail(error: &Value) -> ErrorDetail {
     let ty = str_field(error, "type");
     let message = str_field(error, "message").map(str::to_owned);
+    // A monthly spend cap is a 429 `rate_limit_error` told apart only by this code; waiting
+    // for a retry-after will not lift it.
+    let spend_cap = error
+        .get("details")
+        .and_then(|d| str_field(d, "error_code"))
+        == Some("enforced_spend_limit_reached");
     let kind = match ty {
         Some("overloaded_error") => Some(FailureKind::Overloaded),
+        Some("rate_limit_error") if spend_cap => Some(FailureKind::QuotaExhausted),
         Some("rate_limit_error") => Some(FailureKind::RateLimited),
         Some("api_error") => Some(FailureKind::ServerError),
         Some("timeout_error") => Some(FailureKind::Timeout),
@@ -346,9 +371,11 @@ fn anthropic_detail(error: &Value) -> ErrorDetail {
             Some(FailureKind::ContextLengthExceeded)
         }
         Some("invalid_request_error")
-            if message
-                .as_deref()
-                .is_some_and(|m| m.contains("credit balance is too low")) =>
+            if message.as_deref().is_some_and(|m| {
+                m.contains("credit balance is too low")
+                    || m.contains("reached your specified API usage limits")
+                    || m.contains("reached your specified workspace API usage limits")
+            }) =>
         {
             Some(FailureKind::QuotaExhausted)
         }
@@ -502,6 +529,43 @@ mod tests {
             r#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#,
         );
         assert_eq!(auth.kind(), FailureKind::Unauthorized);
+        for code in [
+            "organization_spend_limit_exceeded",
+            "project_spend_limit_exceeded",
+            "credit_balance_exhausted",
+        ] {
+            let body = format!(
+                r#"{{"error":{{"message":"limit","type":"invalid_request_error","param":null,"code":"{code}"}}}}"#
+            );
+            let capped = err_owned(Dialect::OpenAi, 429, &body);
+            assert_eq!(capped.kind(), FailureKind::QuotaExhausted, "{code}");
+        }
+        let ctx = ctx(Dialect::OpenAi);
+        let in_stream = |body: &str| {
+            let value: Value = serde_json::from_str(body).expect("json");
+            ctx.for_error_value(&value, body).kind()
+        };
+        assert_eq!(
+            in_stream(
+                r#"{"error":{"message":"busy","type":"service_unavailable_error","code":"server_is_overloaded"}}"#
+            ),
+            FailureKind::Overloaded
+        );
+        assert_eq!(
+            in_stream(
+                r#"{"error":{"message":"slow","type":"rate_limit_error","code":"slow_down"}}"#
+            ),
+            FailureKind::RateLimited
+        );
+    }
+
+    fn err_owned(dialect: Dialect, status: u16, body: &str) -> UpstreamError {
+        ctx(dialect).for_status(
+            StatusCode::from_u16(status).expect("valid"),
+            &HeaderMap::new(),
+            Bytes::copy_from_slice(body.as_bytes()),
+            None,
+        )
     }
 
     #[test]
@@ -529,6 +593,18 @@ mod tests {
             r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 210000 tokens > 200000 maximum"}}"#,
         );
         assert_eq!(long.kind(), FailureKind::ContextLengthExceeded);
+        let spend_cap = err_owned(
+            Dialect::Anthropic,
+            429,
+            r#"{"type":"error","error":{"type":"rate_limit_error","message":"spend limit","details":{"error_code":"enforced_spend_limit_reached"}}}"#,
+        );
+        assert_eq!(spend_cap.kind(), FailureKind::QuotaExhausted);
+        let own_limit = err_owned(
+            Dialect::Anthropic,
+            400,
+            r#"{"type":"error","error":{"type":"invalid_request_error","message":"You have reached your specified API usage limits. You will regain access on 2026-12-01 at 00:00 UTC."}}"#,
+        );
+        assert_eq!(own_limit.kind(), FailureKind::QuotaExhausted);
     }
 
     #[test]
