@@ -13,7 +13,10 @@ use crate::plan::Route;
 /// `completed` (the server finished its answer: a whole body sent, a stream run to its end or
 /// deliberately cut, a dropped connection) or `cancelled` (the client went away first, for
 /// example by dropping its response future: the server saw the connection close and dropped
-/// its handler). So `requests == completed + cancelled + in_flight`.
+/// its handler). So `requests == completed + cancelled + in_flight`, unless requests were in
+/// flight at the last [`reset_counters`](crate::MockServer::reset_counters): those are not in
+/// the new `requests` but stay in `in_flight` and, when they end, count in `completed` or
+/// `cancelled`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Requests received, on any path.

@@ -34,6 +34,16 @@
 //! All latencies, stalls and quota windows run on tokio's clock: under
 //! `#[tokio::test(start_paused = true)]` a 30 s latency takes no real time.
 //!
+//! **A test on the real clock can hang.** Without `start_paused`, a
+//! [`StallStream`](Fault::StallStream) stalls for a real year, and a long
+//! [`Latency`] or [`stream_chunk_delay`](FaultPlan::stream_chunk_delay) takes its real
+//! time: give such tests a client-side limit ([`TestClient::timeout`], or
+//! `tokio::time::timeout` around a stream, which that timeout does not cover). On a paused
+//! clock nothing hangs, but the result may surprise: with every task idle, tokio jumps the
+//! clock to the next timer, so a stall with no timeout in the test ends a virtual year later
+//! in a cut connection (a transport error), not a timeout. [`MockServer::wait_until`] waits
+//! for as long as its condition is false: bound it too when the condition might never hold.
+//!
 //! The same server runs standalone: `tower-llm-mock --port 8080 --plan plans/flaky.json`
 //! (a plan is JSON, see [`FaultPlan`]).
 //!

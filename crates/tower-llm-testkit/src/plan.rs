@@ -121,6 +121,9 @@ pub enum Fault {
     /// The answer starts (200 and headers; in a stream the opening events and
     /// `after_chunks` content chunks; otherwise the first half of the JSON body) and then
     /// nothing more comes for a year of tokio time, after which the connection is cut.
+    ///
+    /// On the real clock that year is real: a test without a client-side timeout hangs
+    /// (see the [crate docs](crate)).
     StallStream {
         /// Content chunks sent before the stall.
         after_chunks: usize,
