@@ -73,13 +73,28 @@ impl<C> EmbeddingsAdapter<C> {
 }
 
 /// What embeddings requests must share to share a batch.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+///
+/// Its `Debug` shows header names only: the values include the API key.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct EmbeddingsKey {
     method: http::Method,
     uri: http::Uri,
     version: http::Version,
     headers: Vec<(HeaderName, HeaderValue)>,
     params: String,
+}
+
+impl std::fmt::Debug for EmbeddingsKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("EmbeddingsKey")
+            .field("method", &self.method)
+            .field("uri", &self.uri)
+            .field("version", &self.version)
+            .field("headers", &names)
+            .field("params", &self.params)
+            .finish()
+    }
 }
 
 /// One caller's inputs, waiting for their batch.
@@ -361,6 +376,22 @@ fn share_usage(usage: Option<&Value>, members: &[(usize, u64)]) -> Vec<Option<Va
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_does_not_print_the_api_key() {
+        let request = http::Request::post("http://127.0.0.1/v1/embeddings")
+            .header("authorization", "Bearer sk-secret-123")
+            .header("x-api-key", "sk-other-456")
+            .body(Bytes::from_static(br#"{"model":"m","input":"hi"}"#))
+            .expect("valid request");
+        let Ok((key, _)) = EmbeddingsAdapter::new().prepare(request) else {
+            panic!("a valid embeddings request");
+        };
+        let printed = format!("{key:?}");
+        assert!(!printed.contains("sk-secret-123"), "{printed}");
+        assert!(!printed.contains("sk-other-456"), "{printed}");
+        assert!(printed.contains("authorization"), "{printed}");
+    }
 
     #[test]
     fn usage_shares_add_up() {
