@@ -40,7 +40,9 @@
 //!   [`DefaultClassifier`](tower_llm_core::DefaultClassifier) classify it as the original: a
 //!   retry or breaker layer outside sees "overloaded", not "batch failed". If the inner
 //!   service fails `poll_ready`, the batcher stops: queued and later requests fail with
-//!   [`BatchClosed`], carrying that error.
+//!   [`BatchClosed`], carrying that error. A panic in the inner service's future or `call`,
+//!   or in the adapter's `pack`/`unpack`, fails only that batch (each caller gets a
+//!   [`BatchFailed`] naming the panic); the batcher goes on.
 //! - **Backpressure.** At most `max_in_flight` batches are sent and unanswered at a time;
 //!   further batches wait. At most `capacity` requests are admitted at once (queued or in
 //!   flight); beyond it `poll_ready` waits, as with `Buffer`. `call` without a successful
