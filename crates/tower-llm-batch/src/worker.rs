@@ -113,6 +113,7 @@ struct Sealed<K, I, Res> {
     key: K,
     entries: Vec<Entry<I, Res>>,
     weight: u64,
+    reason: FlushReason,
 }
 
 fn seal<K, I, Res>(
@@ -120,14 +121,15 @@ fn seal<K, I, Res>(
     key: K,
     pending: Pending<I, Res>,
     reason: FlushReason,
-    counters: &Counters,
 ) {
-    counters.flushed(reason);
+    // The metric counts batches sealed; the stats count the reason when the batch is sent,
+    // since its callers may all leave before.
     metrics::counter!("tower_llm_batch_batches_total", "reason" => reason.as_str()).increment(1);
     sealed.push_back(Sealed {
         key,
         entries: pending.entries,
         weight: pending.weight,
+        reason,
     });
 }
 
@@ -305,13 +307,7 @@ where
                 pending.push(entry);
                 match pending.flush_reason(&limits) {
                     Some(reason) => {
-                        seal(
-                            &mut self.sealed,
-                            vacant.into_key(),
-                            pending,
-                            reason,
-                            counters,
-                        );
+                        seal(&mut self.sealed, vacant.into_key(), pending, reason);
                     }
                     None => {
                         vacant.insert(pending);
@@ -325,7 +321,7 @@ where
                     if pending.would_overflow(entry.weight, &limits) {
                         let full = std::mem::replace(pending, Pending::new(deadline));
                         let key = occupied.key().clone();
-                        seal(&mut self.sealed, key, full, FlushReason::Weight, counters);
+                        seal(&mut self.sealed, key, full, FlushReason::Weight);
                     }
                 }
                 let pending = occupied.get_mut();
@@ -339,7 +335,7 @@ where
                 }
                 if let Some(reason) = pending.flush_reason(&limits) {
                     let (key, full) = occupied.remove_entry();
-                    seal(&mut self.sealed, key, full, reason, counters);
+                    seal(&mut self.sealed, key, full, reason);
                 }
             }
         }
@@ -366,7 +362,7 @@ where
         };
         for (_, key) in due {
             if let Some((key, pending)) = self.pending.remove_entry(&key) {
-                seal(&mut self.sealed, key, pending, reason, &self.counters);
+                seal(&mut self.sealed, key, pending, reason);
             }
         }
     }
@@ -421,6 +417,7 @@ where
 
             let counters = &self.counters;
             let size = size as u64;
+            counters.flushed(batch.reason);
             Counters::add(&counters.batches, 1);
             Counters::add(&counters.items_sent, size);
             Counters::add(&counters.wait_nanos, waited);

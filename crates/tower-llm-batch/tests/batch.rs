@@ -153,8 +153,17 @@ async fn a_batch_whose_callers_all_left_is_not_sent() {
     gone.abort();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(batches(&seen).is_empty());
+    let stats = service.stats();
+    assert_eq!(
+        (stats.batches, stats.flushed_wait),
+        (0, 0),
+        "no batch was sent"
+    );
+    assert_eq!(stats.cancelled, 1);
     assert_eq!(call(service.clone(), 2).await.expect("answered"), 20);
     assert_eq!(batches(&seen), vec![vec![2]]);
+    let stats = service.stats();
+    assert_eq!((stats.batches, stats.flushed_wait), (1, 1));
 }
 
 #[tokio::test(start_paused = true)]
