@@ -187,6 +187,12 @@ impl SseParser {
             self.dispatch(out);
             return Ok(());
         }
+        // A whole line can arrive in one piece without passing through `push_partial`.
+        if line.len() > self.max_event_bytes {
+            return Err(SseTooLarge {
+                limit: self.max_event_bytes,
+            });
+        }
         if line[0] == b':' {
             return Ok(());
         }
@@ -345,6 +351,25 @@ mod tests {
         let mut parser = SseParser::with_max_event_bytes(16);
         let many = b"data: 0123456789\ndata: 0123456789\n\n";
         assert!(parser.feed(many, &mut out).is_err());
+    }
+
+    #[test]
+    fn an_oversized_line_in_one_piece_is_refused_whatever_its_field() {
+        for line in [
+            &b": a comment far longer than the limit\n"[..],
+            b"event: a name far longer than the limit\n",
+            b"id: an id far longer than the limit\n",
+            b"retry: 1234567890123456789012345678901234567890\n",
+        ] {
+            let mut parser = SseParser::with_max_event_bytes(16);
+            let mut out = VecDeque::new();
+            assert_eq!(
+                parser.feed(line, &mut out),
+                Err(SseTooLarge { limit: 16 }),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
     }
 
     proptest! {
