@@ -668,6 +668,10 @@ mod tests {
             Some(Duration::from_millis(1500))
         );
         assert_eq!(parse_proto_duration("-1s"), None);
+        assert_eq!(parse_proto_duration("-5s"), None);
+        assert_eq!(parse_proto_duration("1e400s"), None);
+        assert_eq!(parse_proto_duration("infs"), None);
+        assert_eq!(parse_proto_duration("18446744073709551616s"), None);
         assert_eq!(parse_proto_duration("NaNs"), None);
         assert_eq!(parse_proto_duration("12"), None);
     }
