@@ -12,6 +12,11 @@
 //! | [`Route::GeminiGenerate`] | `POST /v1beta/models/{model}:generateContent` |
 //! | [`Route::GeminiStream`] | `POST /v1beta/models/{model}:streamGenerateContent` (`?alt=sse` for SSE, else a JSON array) |
 //!
+//! Azure OpenAI's paths, `POST /openai/deployments/{deployment}/chat/completions` and
+//! `.../embeddings`, answer as the OpenAI routes (counted under them), with the deployment as
+//! the model; like Azure, they refuse a request without an `api-version` query parameter. The
+//! `api-key` header counts as the request's key.
+//!
 //! Answers are realistic: each provider's JSON with usage fields (tokens counted with
 //! [`tower_llm_core::estimate_text_tokens`]); the reply text is `"{name}: {last user
 //! message}"` (or a fixed [`reply`](FaultPlan::reply)), cut to the request's `max_tokens`

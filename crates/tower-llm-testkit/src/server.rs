@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::routing::post;
 use bytes::Bytes;
 use futures_util::stream;
@@ -224,6 +224,26 @@ fn router(shared: Arc<Shared>) -> Router {
                 },
             ),
         )
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(
+                |State(s): State<Arc<Shared>>,
+                 Path(deployment): Path<String>,
+                 request: Request<Body>| async move {
+                    azure(s, Route::OpenAiChat, deployment, request).await
+                },
+            ),
+        )
+        .route(
+            "/openai/deployments/{deployment}/embeddings",
+            post(
+                |State(s): State<Arc<Shared>>,
+                 Path(deployment): Path<String>,
+                 request: Request<Body>| async move {
+                    azure(s, Route::OpenAiEmbeddings, deployment, request).await
+                },
+            ),
+        )
         .route("/v1beta/models/{model}", post(gemini))
         .route("/v1/models/{model}", post(gemini))
         .fallback(
@@ -232,6 +252,30 @@ fn router(shared: Arc<Shared>) -> Router {
             },
         )
         .with_state(shared)
+}
+
+/// Azure OpenAI: the OpenAI routes under a deployment, which names the model, and an
+/// `api-version` query parameter that Azure requires (refused, uncounted, when missing).
+async fn azure(
+    shared: Arc<Shared>,
+    route: Route,
+    deployment: String,
+    request: Request<Body>,
+) -> Response<Body> {
+    let has_version = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|pair| pair.starts_with("api-version=")));
+    if !has_version {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": {
+                "code": "MissingApiVersionParameter",
+                "message": "The api-version query parameter (?api-version=) is required for all requests.",
+            }}),
+        );
+    }
+    handle(shared, Some(route), Some(deployment), request).await
 }
 
 async fn gemini(State(shared): State<Arc<Shared>>, request: Request<Body>) -> Response<Body> {
@@ -496,7 +540,10 @@ fn api_key(parts: &http::request::Parts) -> String {
             .trim()
             .to_owned();
     }
-    if let Some(key) = header("x-api-key").or_else(|| header("x-goog-api-key")) {
+    if let Some(key) = header("x-api-key")
+        .or_else(|| header("x-goog-api-key"))
+        .or_else(|| header("api-key"))
+    {
         return key.to_owned();
     }
     parts
