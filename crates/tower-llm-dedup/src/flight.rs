@@ -343,8 +343,15 @@ impl<I> Subscription<I> {
                 self.cursor += 1;
                 break Poll::Ready(Next::Item(item));
             }
-            let alone = state.error_readers <= 1;
-            let reads_error = self.reads_error;
+            // A subscriber past a stream's head cannot make its own call (a stream cannot be
+            // restarted halfway): it reads the failure whatever the error mode, and so does
+            // every other subscriber of a started stream.
+            let reads_error = self.reads_error || self.seen_start;
+            let alone = if state.started {
+                state.subscribers <= 1
+            } else {
+                state.error_readers <= 1
+            };
             match &mut state.end {
                 Some(End::Done) => {
                     Self::detach(

@@ -130,6 +130,41 @@ async fn an_error_mid_stream_reaches_everyone_and_nothing_is_cached() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+/// With `OnError::OwnCall` a stream past its head cannot be restarted, so the joiners get the
+/// shared error; it must be the real one (what was cut and why), not a bare marker.
+#[tokio::test(start_paused = true)]
+async fn own_call_mode_shares_the_real_error_mid_stream() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = ServiceBuilder::new()
+        .layer(
+            StreamDedupLayer::builder()
+                .on_error(OnError::OwnCall)
+                .build_stream()
+                .expect("valid"),
+        )
+        .service(streamer(calls.clone(), 4, Some(2)));
+    let subscribers: Vec<_> = (0..3)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                collect(service.oneshot("p".to_string()).await.expect("head ok")).await
+            })
+        })
+        .collect();
+    for subscriber in subscribers {
+        let chunks = subscriber.await.expect("no panic");
+        assert_eq!(chunks.len(), 3, "{chunks:?}");
+        assert_eq!(chunks[..2], expected("p", 2)[..]);
+        let error = chunks[2].as_ref().expect_err("the cut");
+        assert!(error.contains("stream cut"), "{error}");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "no own call after the head"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_error_before_the_head_is_the_future_error() {
     let calls = Arc::new(AtomicUsize::new(0));
