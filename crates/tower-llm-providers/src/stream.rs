@@ -31,7 +31,9 @@ use crate::{anthropic, gemini, openai};
 pub struct StreamTimeouts {
     /// The most time until the first chunk (headers included).
     pub first_token: Option<Duration>,
-    /// The most time between two chunks once the first has arrived.
+    /// The most time between two chunks once the first has arrived, counted from when the
+    /// caller asks for the next one (time spent handling a chunk is not held against the
+    /// server).
     pub between_chunks: Option<Duration>,
     /// The most time for the whole answer.
     pub total: Option<Duration>,
@@ -178,6 +180,8 @@ pin_project! {
         chunk_timer: Option<Pin<Box<Sleep>>>,
         total_timer: Option<Pin<Box<Sleep>>>,
         got_chunk: bool,
+        // A chunk was handed over: restart the between-chunks timer on the next poll.
+        rearm: bool,
         phase: Phase,
     }
 }
@@ -219,6 +223,7 @@ impl<B> ChatStream<B> {
             chunk_timer,
             total_timer,
             got_chunk: false,
+            rearm: false,
             phase: Phase::Reading,
         }
     }
@@ -258,19 +263,28 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<ChatChunk, UpstreamError>>> {
         let mut this = self.project();
+        // The between-chunks clock starts when the caller asks for the next chunk, not when
+        // the last one was handed over: time the caller spends on a chunk is not the server's
+        // silence (the transport reads nothing until it is polled again).
+        if std::mem::take(this.rearm) {
+            match this
+                .timeouts
+                .between_chunks
+                .and_then(|limit| deadline(Instant::now(), limit))
+            {
+                Some(at) => match this.chunk_timer.as_mut() {
+                    Some(timer) => timer.as_mut().reset(at),
+                    None => *this.chunk_timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                },
+                None => *this.chunk_timer = None,
+            }
+        }
         loop {
             if let Some(chunk) = this.pending.pop_front() {
                 *this.got_chunk = true;
-                match this
-                    .timeouts
-                    .between_chunks
-                    .and_then(|limit| deadline(Instant::now(), limit))
-                {
-                    Some(at) => match this.chunk_timer.as_mut() {
-                        Some(timer) => timer.as_mut().reset(at),
-                        None => *this.chunk_timer = Some(Box::pin(tokio::time::sleep_until(at))),
-                    },
-                    None => *this.chunk_timer = None,
+                *this.rearm = true;
+                if this.timeouts.between_chunks.is_none() {
+                    *this.chunk_timer = None;
                 }
                 return Poll::Ready(Some(Ok(chunk)));
             }

@@ -192,3 +192,57 @@ async fn a_stalled_error_body_still_times_out() {
         assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 }
+
+/// A caller that takes longer over one chunk than the between-chunks limit does not turn the
+/// server's next (prompt) chunk into a timeout: the limit counts the wait, not the caller.
+#[tokio::test(start_paused = true)]
+async fn a_slow_caller_is_not_a_silent_server() {
+    use common::Piece;
+    use futures_util::StreamExt;
+    let first = OPENAI_STREAM.find("\n\n").unwrap() + 2;
+    let (client, _) = mock(Reply::sse(vec![
+        Piece::Data(OPENAI_STREAM[..first].to_owned().into()),
+        Piece::Stall(Duration::from_secs(2)),
+        Piece::Data(OPENAI_STREAM[first..].to_owned().into()),
+    ]));
+    let mut openai = OpenAi::builder()
+        .api_key("k")
+        .stream_timeouts(StreamTimeouts::none().between_chunks(Duration::from_secs(3)))
+        .build_with(client)
+        .unwrap();
+    let request = ChatRequest::new("m", vec![Message::user("hi")]).streaming();
+    let mut stream = call(&mut openai, request).await.expect("a stream");
+    assert_eq!(
+        stream.next().await.expect("a chunk").expect("content"),
+        ChatChunk::Content("Hi".into())
+    );
+    // The caller is busy for 10 s; the server then answers 2 s after being read again.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let rest: Vec<_> = stream.collect().await;
+    assert!(rest.iter().all(Result::is_ok), "{rest:?}");
+    assert!(!rest.is_empty());
+
+    // A server silent for longer than the limit still times out.
+    let (client, _) = mock(Reply::sse(vec![
+        Piece::Data(OPENAI_STREAM[..first].to_owned().into()),
+        Piece::Stall(Duration::from_secs(4)),
+        Piece::Data(OPENAI_STREAM[first..].to_owned().into()),
+    ]));
+    let mut openai = OpenAi::builder()
+        .api_key("k")
+        .stream_timeouts(StreamTimeouts::none().between_chunks(Duration::from_secs(3)))
+        .build_with(client)
+        .unwrap();
+    let request = ChatRequest::new("m", vec![Message::user("hi")]).streaming();
+    let mut stream = call(&mut openai, request).await.expect("a stream");
+    assert!(stream.next().await.expect("a chunk").is_ok());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let resumed = tokio::time::Instant::now();
+    let error = stream
+        .next()
+        .await
+        .expect("an item")
+        .expect_err("the server was silent for 4 s");
+    assert_eq!(error.kind(), tower_llm_core::FailureKind::Timeout);
+    assert_eq!(resumed.elapsed(), Duration::from_secs(3));
+}
