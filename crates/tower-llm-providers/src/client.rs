@@ -25,13 +25,17 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 pub struct HttpClientConfig {
     /// How long to wait for a TCP connection (default 10 s).
     pub connect_timeout: Duration,
-    /// How long an idle pooled connection is kept (default 90 s).
+    /// How long an idle pooled connection is kept (default 90 s); a century or more means
+    /// for as long as the server keeps it open.
     pub pool_idle_timeout: Duration,
     /// The most idle connections kept per host (default 32).
     pub pool_max_idle_per_host: usize,
     /// TCP keep-alive probes on pooled connections (default 60 s).
     pub tcp_keepalive: Option<Duration>,
 }
+
+/// Idle timeouts from this long on are treated as none at all.
+const NO_IDLE_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 impl Default for HttpClientConfig {
     fn default() -> Self {
@@ -64,7 +68,11 @@ impl HttpClientConfig {
             .enable_all_versions()
             .wrap_connector(http);
         Ok(Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(self.pool_idle_timeout)
+            // hyper-util adds this to the clock in its idle reaper task, which panics on
+            // overflow (Duration::MAX): a timeout that long is no timeout.
+            .pool_idle_timeout(
+                (self.pool_idle_timeout < NO_IDLE_TIMEOUT).then_some(self.pool_idle_timeout),
+            )
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
