@@ -326,12 +326,30 @@ pub const IDENTITY_HEADERS: [&str; 9] = [
     "anthropic-beta",
 ];
 
+/// [`IDENTITY_HEADERS`] as header names, built once: looking a header up by `&str` parses
+/// the name on every call.
+static IDENTITY_HEADER_NAMES: [http::HeaderName; 9] = [
+    http::HeaderName::from_static("authorization"),
+    http::HeaderName::from_static("proxy-authorization"),
+    http::HeaderName::from_static("x-api-key"),
+    http::HeaderName::from_static("api-key"),
+    http::HeaderName::from_static("x-goog-api-key"),
+    http::HeaderName::from_static("openai-organization"),
+    http::HeaderName::from_static("openai-project"),
+    http::HeaderName::from_static("anthropic-version"),
+    http::HeaderName::from_static("anthropic-beta"),
+];
+
 impl<B: AsRef<[u8]>> Fingerprint for http::Request<B> {
     fn fingerprint(&self, hasher: &mut FingerprintHasher) {
-        hasher.write_str("http-request/1");
+        hasher.write_str("http-request/2");
         hasher.write_str(self.method().as_str());
-        hasher.write_str(&self.uri().to_string());
-        for name in IDENTITY_HEADERS {
+        // The URI's parts, each present or not, without formatting it into a string.
+        let uri = self.uri();
+        hasher.write_option(uri.scheme_str());
+        hasher.write_option(uri.authority().map(http::uri::Authority::as_str));
+        hasher.write_option(uri.path_and_query().map(http::uri::PathAndQuery::as_str));
+        for name in &IDENTITY_HEADER_NAMES {
             let values = self.headers().get_all(name);
             hasher.write_u64(values.iter().count() as u64);
             for value in values {
@@ -446,6 +464,34 @@ mod tests {
         let ab_c = ("ab".to_string(), "c".to_string());
         let a_bc = ("a".to_string(), "bc".to_string());
         assert_ne!(key.fingerprint(&ab_c), key.fingerprint(&a_bc));
+    }
+
+    #[test]
+    fn identity_header_names_match_the_public_list() {
+        let names: Vec<_> = IDENTITY_HEADER_NAMES.iter().map(|n| n.as_str()).collect();
+        assert_eq!(names, IDENTITY_HEADERS);
+    }
+
+    #[test]
+    fn uri_parts_are_all_covered() {
+        let key = FingerprintKey::random();
+        let uris = [
+            "https://a.example/v1/chat?x=1",
+            "http://a.example/v1/chat?x=1",
+            "https://b.example/v1/chat?x=1",
+            "https://a.example/v1/chat?x=2",
+            "https://a.example/v1/chat",
+            "/v1/chat?x=1",
+        ];
+        let keys: Vec<_> = uris
+            .iter()
+            .map(|u| key.fingerprint(&http::Request::post(*u).body("").expect("valid")))
+            .collect();
+        for i in 0..keys.len() {
+            for j in i + 1..keys.len() {
+                assert_ne!(keys[i], keys[j], "{} vs {}", uris[i], uris[j]);
+            }
+        }
     }
 
     #[test]
