@@ -199,7 +199,9 @@ impl UpstreamError {
     /// Keeps the raw response body for debugging, cut to [`MAX_ERROR_BODY`] bytes.
     pub fn with_body(mut self, body: Bytes) -> Self {
         self.detail.body = Some(if body.len() > MAX_ERROR_BODY {
-            body.slice(..MAX_ERROR_BODY)
+            // A copy, not a slice: a slice would keep the whole (possibly huge) buffer alive
+            // for as long as the error lives.
+            Bytes::copy_from_slice(&body[..MAX_ERROR_BODY])
         } else {
             body
         });
