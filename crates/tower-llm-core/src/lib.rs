@@ -12,7 +12,8 @@
 //! - **Request cost** ([`RequestCost`], [`ResponseUsage`], [`Usage`]): tokens estimated before
 //!   a call and reported after it, for token-per-minute limits.
 //! - **Determinism** ([`Deterministic`]): whether a stored answer is as good as a fresh one, the
-//!   default rule for what a cache may keep.
+//!   default rule for what a cache may keep; [`CacheControl`]: whether a request opts out.
+//! - **Rate-limit headers** ([`RateLimitHeaders`]): a response's view of the provider's limits.
 //! - **Errors** ([`CircuitOpen`], [`RateLimited`], [`UpstreamError`]): what layers and
 //!   providers box, so that any layer further out can classify them.
 //!
@@ -47,6 +48,7 @@ mod classify;
 mod cost;
 mod error;
 mod fingerprint;
+mod request_meta;
 mod retry_after;
 mod sampling;
 
@@ -62,5 +64,6 @@ pub use error::{BoxError, CircuitOpen, MAX_ERROR_BODY, RateLimited, UpstreamErro
 pub use fingerprint::{
     Fingerprint, FingerprintHasher, FingerprintKey, IDENTITY_HEADERS, RequestKey,
 };
+pub use request_meta::{BYPASS_HEADER, BYPASS_VALUE, Bypass, CacheControl, RateLimitHeaders};
 pub use retry_after::{RETRY_AFTER_HEADERS, parse_retry_after, retry_after, retry_after_at};
 pub use sampling::{Deterministic, is_deterministic_json};

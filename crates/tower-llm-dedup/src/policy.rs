@@ -2,67 +2,7 @@
 
 use tower_llm_core::{Deterministic, Fingerprint, FingerprintKey, RequestKey};
 
-/// The header that opts one http request out of dedup: with the value `bypass` the request
-/// goes straight to the inner service, neither coalesced nor looked up nor stored.
-pub const BYPASS_HEADER: &str = "x-tower-llm-cache";
-
-/// The value of [`BYPASS_HEADER`] that bypasses dedup.
-pub const BYPASS_VALUE: &str = "bypass";
-
-/// A request extension that opts one request out of dedup: it goes straight to the inner
-/// service, neither coalesced nor looked up nor stored.
-///
-/// ```
-/// use tower_llm_dedup::Bypass;
-///
-/// let mut request = http::Request::new(bytes::Bytes::from_static(b"{}"));
-/// request.extensions_mut().insert(Bypass);
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Bypass;
-
-/// A request type that can ask to bypass dedup.
-///
-/// Implemented for `http::Request<B>` (the [`Bypass`] extension or the [`BYPASS_HEADER`]
-/// header) and for plain prompt types, which never bypass. Implement it for your own request
-/// type (the default method never bypasses) to use the default key source with it.
-pub trait CacheControl {
-    /// Whether this request must skip dedup entirely.
-    fn bypasses_dedup(&self) -> bool {
-        false
-    }
-}
-
-impl<B> CacheControl for http::Request<B> {
-    fn bypasses_dedup(&self) -> bool {
-        self.extensions().get::<Bypass>().is_some()
-            || self.headers().get_all(BYPASS_HEADER).iter().any(|value| {
-                value
-                    .as_bytes()
-                    .eq_ignore_ascii_case(BYPASS_VALUE.as_bytes())
-            })
-    }
-}
-
-impl CacheControl for String {}
-impl CacheControl for str {}
-impl CacheControl for bytes::Bytes {}
-impl CacheControl for Vec<u8> {}
-impl<T: CacheControl + ?Sized> CacheControl for &T {
-    fn bypasses_dedup(&self) -> bool {
-        (**self).bypasses_dedup()
-    }
-}
-impl<T: CacheControl + ?Sized> CacheControl for std::sync::Arc<T> {
-    fn bypasses_dedup(&self) -> bool {
-        (**self).bypasses_dedup()
-    }
-}
-impl<T: CacheControl + ?Sized> CacheControl for Box<T> {
-    fn bypasses_dedup(&self) -> bool {
-        (**self).bypasses_dedup()
-    }
-}
+pub use tower_llm_core::{BYPASS_HEADER, BYPASS_VALUE, Bypass, CacheControl};
 
 /// Turns a request into the key it is coalesced and cached under, or `None` to send it
 /// straight through.

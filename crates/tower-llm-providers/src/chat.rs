@@ -7,8 +7,8 @@
 
 use serde_json::{Map, Value};
 use tower_llm_core::{
-    ClassifyResponse, Deterministic, Fingerprint, FingerprintHasher, Outcome, RequestCost,
-    ResponseUsage, Usage, estimate_text_tokens,
+    CacheControl, ClassifyResponse, Deterministic, Fingerprint, FingerprintHasher, Outcome,
+    RateLimitHeaders, RequestCost, ResponseUsage, Usage, estimate_text_tokens,
 };
 
 /// Who wrote a message.
@@ -611,6 +611,19 @@ impl ClassifyResponse for EmbeddingResponse {
         Outcome::Success
     }
 }
+
+// Typed requests never ask to bypass a cache by themselves (wrap the request in a type of your
+// own to add that); typed responses keep no HTTP headers, so they carry no rate-limit headers.
+// Implementing the traits lets dedup and the rate limiter take these types without glue.
+impl CacheControl for ChatRequest {}
+impl CacheControl for EmbeddingRequest {}
+impl<R: CacheControl> CacheControl for Streaming<R> {
+    fn bypasses_dedup(&self) -> bool {
+        self.0.bypasses_dedup()
+    }
+}
+impl RateLimitHeaders for ChatResponse {}
+impl RateLimitHeaders for EmbeddingResponse {}
 
 #[cfg(test)]
 mod tests {

@@ -554,3 +554,6 @@ impl ChunkDecoder {
         }
     }
 }
+
+// A stream keeps no HTTP headers once its head has been read.
+impl<B> tower_llm_core::RateLimitHeaders for ChatStream<B> {}

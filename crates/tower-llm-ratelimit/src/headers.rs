@@ -11,41 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 
-/// A response that may carry the provider's rate-limit headers.
-///
-/// Implemented for `http::Response<B>`; a typed provider response that keeps its headers can
-/// implement it too. The default says "no headers", which turns the adaptation off for that
-/// type.
-pub trait RateLimitHeaders {
-    /// The response's headers, if it has any.
-    fn rate_limit_headers(&self) -> Option<&HeaderMap> {
-        None
-    }
-}
-
-impl<B> RateLimitHeaders for http::Response<B> {
-    fn rate_limit_headers(&self) -> Option<&HeaderMap> {
-        Some(self.headers())
-    }
-}
-
-impl<T: RateLimitHeaders + ?Sized> RateLimitHeaders for &T {
-    fn rate_limit_headers(&self) -> Option<&HeaderMap> {
-        (**self).rate_limit_headers()
-    }
-}
-
-impl<T: RateLimitHeaders + ?Sized> RateLimitHeaders for Box<T> {
-    fn rate_limit_headers(&self) -> Option<&HeaderMap> {
-        (**self).rate_limit_headers()
-    }
-}
-
-impl<T: RateLimitHeaders + ?Sized> RateLimitHeaders for std::sync::Arc<T> {
-    fn rate_limit_headers(&self) -> Option<&HeaderMap> {
-        (**self).rate_limit_headers()
-    }
-}
+pub use tower_llm_core::RateLimitHeaders;
 
 /// What the server said about one dimension (requests or tokens).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
