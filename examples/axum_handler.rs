@@ -28,7 +28,7 @@ use bytes::Bytes;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_llm_breaker::CircuitBreakerLayer;
-use tower_llm_core::{BoxError, FailureKind, FingerprintKey, classify_dyn_error};
+use tower_llm_core::{BoxError, FailureKind, classify_dyn_error};
 use tower_llm_dedup::DedupLayer;
 use tower_llm_providers::{ChatRequest, ChatResponse, Message, OpenAi};
 use tower_llm_retry::{Backoff, RetryLayer, StatsOnly};
@@ -43,11 +43,8 @@ fn stack(openai_base_url: String) -> Result<Llm, BoxError> {
     let provider = OpenAi::compatible(openai_base_url)
         .api_key("sk-mock")
         .build()?;
-    // The typed ChatRequest is keyed by core's fingerprint (model, messages, sampling
-    // parameters, tenant); a process-local secret is enough for a cache in one process.
-    let key = FingerprintKey::process();
+    // Keyed by core's fingerprint of the typed request (model, messages, sampling, tenant).
     let dedup = DedupLayer::<ChatResponse>::builder()
-        .key_fn(move |request: &ChatRequest| Some(key.fingerprint(request)))
         .ttl(Duration::from_secs(300))
         .max_entries(10_000)
         .build()?;

@@ -39,7 +39,7 @@ use tonic_prost::ProstCodec;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_llm_breaker::CircuitBreakerLayer;
-use tower_llm_core::{BoxError, FailureKind, FingerprintKey, classify_dyn_error};
+use tower_llm_core::{BoxError, FailureKind, classify_dyn_error};
 use tower_llm_dedup::DedupLayer;
 use tower_llm_providers::{ChatRequest, ChatResponse, Message, OpenAi};
 use tower_llm_retry::{Backoff, RetryLayer, StatsOnly};
@@ -78,9 +78,8 @@ fn stack(openai_base_url: String) -> Result<Llm, BoxError> {
     let provider = OpenAi::compatible(openai_base_url)
         .api_key("sk-mock")
         .build()?;
-    let key = FingerprintKey::process();
+    // Keyed by core's fingerprint of the typed request (model, messages, sampling, tenant).
     let dedup = DedupLayer::<ChatResponse>::builder()
-        .key_fn(move |request: &ChatRequest| Some(key.fingerprint(request)))
         .ttl(Duration::from_secs(300))
         .build()?;
     let retry = RetryLayer::builder()

@@ -31,7 +31,7 @@ use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_llm_batch::{BatchLayer, PackAdapter};
 use tower_llm_breaker::CircuitBreakerLayer;
-use tower_llm_core::{BoxError, ClassifyResponse, FingerprintKey, Outcome, ResponseUsage, Usage};
+use tower_llm_core::BoxError;
 use tower_llm_dedup::DedupLayer;
 use tower_llm_providers::{
     ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, HttpClient, HttpClientConfig,
@@ -40,7 +40,7 @@ use tower_llm_providers::{
 use tower_llm_race::{
     Answer, FallbackLayer, GatherLayer, HedgeDelay, HedgeLayer, RaceLayer, RouteLayer, VoteLayer,
 };
-use tower_llm_ratelimit::{Quota, RateLimitHeaders, RateLimitLayer, Reconcile};
+use tower_llm_ratelimit::{Quota, RateLimitLayer, Reconcile};
 use tower_llm_retry::{Backoff, Jitter, RetryBudget, RetryLayer, StatsOnly};
 use tower_llm_testkit::{
     DEFAULT_DIMENSIONS, Fault, FaultPlan, Latency, MockServer, Quota as MockQuota, embedding_for,
@@ -137,11 +137,9 @@ async fn duplicate_flood(progress: &Progress, table: &mut Table) -> Result<(), B
     let without = table.row("duplicate flood", "plain", without, &[&server], None);
 
     // The provider's ChatRequest is keyed by core's fingerprint (model, messages, sampling,
-    // tenant: everything that changes the answer).
-    let key = FingerprintKey::random();
+    // tenant: everything that changes the answer), dedup's default.
     let dedup = DedupLayer::builder()
         .ttl(Duration::from_secs(300))
-        .key_fn(move |request: &ChatRequest| Some(key.fingerprint(request)))
         .build()?;
     let stats = dedup.stats();
     let stack = ServiceBuilder::new().layer(dedup).service(openai(&server)?);
@@ -383,7 +381,6 @@ fn quota(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
             .build()?;
         let stack = ServiceBuilder::new()
             .layer(limiter)
-            .map_response(Limited)
             .service(openai_with(&server, client)?);
         let with = drive(stack, requests(), gap, progress).await;
         table.row("", "+ rate limit", with, &[&server], Some(without));
@@ -576,13 +573,8 @@ async fn whole_stack(progress: &Progress, table: &mut Table) -> Result<(), BoxEr
         None,
     );
 
-    let key = FingerprintKey::random();
     let stack = ServiceBuilder::new()
-        .layer(
-            DedupLayer::builder()
-                .key_fn(move |request: &ChatRequest| Some(key.fingerprint(request)))
-                .build()?,
-        )
+        .layer(DedupLayer::builder().build()?)
         .layer(
             RetryLayer::builder()
                 .max_attempts(3)
@@ -618,10 +610,9 @@ fn guarded(server: &MockServer) -> Result<Provider, BoxError> {
         .max_wait(Duration::from_millis(200))
         .build()?;
     let service = ServiceBuilder::new()
-        .map_response(|limited: Limited| Answer::new(limited.0))
+        .map_response(Answer::new)
         .layer(breaker)
         .layer(limiter)
-        .map_response(Limited)
         .timeout(Duration::from_millis(500))
         .service(openai(server)?);
     Ok(BoxCloneService::new(service))
@@ -654,25 +645,6 @@ fn provider(server: &MockServer) -> Result<Provider, BoxError> {
         .map_err(BoxError::from)
         .service(openai(server)?);
     Ok(BoxCloneService::new(service))
-}
-
-/// What the limiter sees of an answer: its usage, to reconcile token reservations. A typed
-/// `ChatResponse` keeps no headers, so there are no rate-limit headers to learn from.
-#[derive(Clone, Debug)]
-struct Limited(ChatResponse);
-
-impl RateLimitHeaders for Limited {}
-
-impl ResponseUsage for Limited {
-    fn usage(&self) -> Option<Usage> {
-        self.0.usage
-    }
-}
-
-impl ClassifyResponse for Limited {
-    fn classify_response(&self) -> Outcome {
-        Outcome::Success
-    }
 }
 
 fn chat(prompt: &str) -> ChatRequest {

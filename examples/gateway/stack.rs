@@ -22,8 +22,8 @@ use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_llm_breaker::CircuitBreakerLayer;
 use tower_llm_core::{
-    BoxError, ClassifyResponse, Fingerprint, FingerprintKey, Outcome, RequestCost, ResponseUsage,
-    UpstreamError, Usage,
+    BoxError, ClassifyResponse, Fingerprint, Outcome, RequestCost, ResponseUsage, UpstreamError,
+    Usage,
 };
 use tower_llm_dedup::{DedupLayer, ReplayStream, StreamDedupLayer};
 use tower_llm_providers::{
@@ -526,19 +526,17 @@ fn with_dedup<Req, Res>(
     model: &str,
 ) -> Result<Svc<Req, Reply<Res>>, ConfigError>
 where
-    Req: GatewayRequest + Fingerprint + tower_llm_core::Deterministic,
+    Req:
+        GatewayRequest + Fingerprint + tower_llm_core::Deterministic + tower_llm_core::CacheControl,
     Res: Clone + Send + Sync + 'static,
 {
     let Some(d) = &stack.dedup else {
         return Ok(inner);
     };
     let at = format!("models.{model}.dedup");
-    // Keyed by core's fingerprint of the typed request, which covers its `tenant`: two
-    // tenants never share an answer. (The typed requests do not implement dedup's
-    // `CacheControl`, so the default key source cannot take them.)
-    let key = FingerprintKey::process();
+    // Dedup's default key is core's fingerprint of the typed request, which covers its
+    // `tenant`: two tenants never share an answer.
     let builder = DedupLayer::<Reply<Res>>::builder()
-        .key_fn(move |request: &Req| Some(key.fingerprint(request)))
         .ttl(d.ttl)
         .max_entries(d.max_entries);
     Ok(if d.cache_all {
@@ -591,9 +589,7 @@ fn with_stream_dedup(
         futures_util::stream::once(std::future::ready(Ok::<_, BoxError>(provider)))
             .chain(reply.value.0.map(|chunk| chunk.map(Tagged::Chunk)))
     });
-    let key = FingerprintKey::process();
     let builder = StreamDedupLayer::<Tagged>::builder()
-        .key_fn(move |request: &Streaming<ChatRequest>| Some(key.fingerprint(request)))
         .ttl(d.ttl)
         .max_entries(d.max_entries);
     let deduped: Svc<Streaming<ChatRequest>, ReplayStream<Tagged>> = if d.cache_all {
