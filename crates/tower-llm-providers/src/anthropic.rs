@@ -57,6 +57,7 @@ use tower_llm_core::{BoxError, UpstreamError};
 use tower_service::Service;
 
 use crate::body::DEFAULT_MAX_BODY_BYTES;
+use crate::builder;
 use crate::chat::{
     ChatChunk, ChatRequest, ChatResponse, FinishReason, Role, Streaming, ToolCall, ToolCallDelta,
     ToolChoice,
@@ -144,31 +145,15 @@ impl AnthropicBuilder {
         if self.default_max_tokens == 0 {
             return Err(ConfigError::new("default_max_tokens", "must be above zero"));
         }
-        if self.max_body_bytes == 0 || self.max_event_bytes == 0 {
-            return Err(ConfigError::new(
-                "max_body_bytes",
-                "limits must be above zero",
-            ));
-        }
-        let uri = format!("{}/messages", self.base_url.trim_end_matches('/'));
-        let messages_uri: Uri = uri
-            .parse()
-            .ok()
-            .filter(|u: &Uri| u.scheme().is_some() && u.host().is_some())
-            .ok_or_else(|| ConfigError::new("base_url", format!("{uri:?} is not a URL")))?;
-        let key = match self.api_key {
-            Some(key) => key,
-            None => ApiKey::from_env_vars(&["ANTHROPIC_API_KEY"]).ok_or_else(|| {
-                ConfigError::new("api_key", "not given and ANTHROPIC_API_KEY is not set")
-            })?,
-        };
+        builder::check_limits(self.max_body_bytes, self.max_event_bytes)?;
+        let messages_uri =
+            builder::endpoint(format!("{}/messages", self.base_url.trim_end_matches('/')))?;
+        let key = builder::key_or_env(self.api_key, &["ANTHROPIC_API_KEY"])?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(
             HeaderName::from_static("x-api-key"),
-            key.header_value("").ok_or_else(|| {
-                ConfigError::new("api_key", "contains characters not allowed in a header")
-            })?,
+            builder::key_header(&key, "")?,
         );
         headers.insert(
             HeaderName::from_static("anthropic-version"),

@@ -60,6 +60,7 @@ use tower_llm_core::{BoxError, FailureKind, UpstreamError};
 use tower_service::Service;
 
 use crate::body::DEFAULT_MAX_BODY_BYTES;
+use crate::builder;
 use crate::chat::{
     ChatChunk, ChatRequest, ChatResponse, FinishReason, ResponseFormat, Role, Streaming, ToolCall,
     ToolCallDelta, ToolChoice,
@@ -129,41 +130,16 @@ impl GeminiBuilder {
 
     /// Builds the service over your own HTTP client.
     pub fn build_with<S>(self, client: S) -> Result<Gemini<S>, ConfigError> {
-        if self.max_body_bytes == 0 || self.max_event_bytes == 0 {
-            return Err(ConfigError::new(
-                "max_body_bytes",
-                "limits must be above zero",
-            ));
-        }
+        builder::check_limits(self.max_body_bytes, self.max_event_bytes)?;
         let base = self.base_url.trim_end_matches('/').to_owned();
-        let probe = format!("{base}/models/m:generateContent");
-        if !probe
-            .parse::<Uri>()
-            .is_ok_and(|u| u.scheme().is_some() && u.host().is_some())
-        {
-            return Err(ConfigError::new(
-                "base_url",
-                format!("{base:?} is not a URL"),
-            ));
-        }
-        let key = match self.api_key {
-            Some(key) => key,
-            None => {
-                ApiKey::from_env_vars(&["GEMINI_API_KEY", "GOOGLE_API_KEY"]).ok_or_else(|| {
-                    ConfigError::new(
-                        "api_key",
-                        "not given and neither GEMINI_API_KEY nor GOOGLE_API_KEY is set",
-                    )
-                })?
-            }
-        };
+        // Model names go into the path at call time; check the base with a stand-in one.
+        builder::endpoint(format!("{base}/models/m:generateContent"))?;
+        let key = builder::key_or_env(self.api_key, &["GEMINI_API_KEY", "GOOGLE_API_KEY"])?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(
             HeaderName::from_static("x-goog-api-key"),
-            key.header_value("").ok_or_else(|| {
-                ConfigError::new("api_key", "contains characters not allowed in a header")
-            })?,
+            builder::key_header(&key, "")?,
         );
         Ok(Gemini {
             inner: client,

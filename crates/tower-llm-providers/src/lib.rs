@@ -94,6 +94,7 @@
 
 pub mod anthropic;
 mod body;
+mod builder;
 mod chat;
 mod client;
 mod error;

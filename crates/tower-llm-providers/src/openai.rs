@@ -59,6 +59,7 @@ use tower_llm_core::{BoxError, FailureKind, UpstreamError};
 use tower_service::Service;
 
 use crate::body::DEFAULT_MAX_BODY_BYTES;
+use crate::builder;
 use crate::chat::{
     ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Message,
     ResponseFormat, Role, Streaming, ToolCall, ToolCallDelta, ToolChoice,
@@ -191,12 +192,7 @@ impl OpenAiBuilder {
     /// Builds the service over your own HTTP client (or the default one wrapped in
     /// tower-http layers).
     pub fn build_with<S>(self, client: S) -> Result<OpenAi<S>, ConfigError> {
-        if self.max_body_bytes == 0 {
-            return Err(ConfigError::new("max_body_bytes", "must be above zero"));
-        }
-        if self.max_event_bytes == 0 {
-            return Err(ConfigError::new("max_event_bytes", "must be above zero"));
-        }
+        builder::check_limits(self.max_body_bytes, self.max_event_bytes)?;
         let base = self.base_url.trim_end_matches('/');
         let (chat, embeddings) = match &self.flavor {
             Flavor::Azure {
@@ -223,46 +219,25 @@ impl OpenAiBuilder {
                 format!("{base}/embeddings"),
             ),
         };
-        let parse = |uri: String| {
-            let parsed: Uri = uri
-                .parse()
-                .map_err(|e| ConfigError::new("base_url", format!("{uri:?} is not a URL: {e}")))?;
-            if parsed.scheme().is_none() || parsed.host().is_none() {
-                return Err(ConfigError::new(
-                    "base_url",
-                    format!("{uri:?} needs a scheme and a host"),
-                ));
-            }
-            Ok(parsed)
-        };
-        let chat_uri = parse(chat)?;
-        let embeddings_uri = parse(embeddings)?;
+        let chat_uri = builder::endpoint(chat)?;
+        let embeddings_uri = builder::endpoint(embeddings)?;
 
         let api_key = match (&self.flavor, self.api_key) {
             (_, Some(key)) => Some(key),
-            (Flavor::OpenAi, None) => {
-                Some(ApiKey::from_env_vars(&["OPENAI_API_KEY"]).ok_or_else(|| {
-                    ConfigError::new("api_key", "not given and OPENAI_API_KEY is not set")
-                })?)
+            (Flavor::OpenAi, None) => Some(builder::key_or_env(None, &["OPENAI_API_KEY"])?),
+            (Flavor::Azure { .. }, None) => {
+                Some(builder::key_or_env(None, &["AZURE_OPENAI_API_KEY"])?)
             }
-            (Flavor::Azure { .. }, None) => Some(
-                ApiKey::from_env_vars(&["AZURE_OPENAI_API_KEY"]).ok_or_else(|| {
-                    ConfigError::new("api_key", "not given and AZURE_OPENAI_API_KEY is not set")
-                })?,
-            ),
             (Flavor::Compatible, None) => None,
         };
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(key) = &api_key {
-            let (name, value) = match self.flavor {
-                Flavor::Azure { .. } => (HeaderName::from_static("api-key"), key.header_value("")),
-                _ => (AUTHORIZATION, key.header_value("Bearer ")),
+            let (name, prefix) = match self.flavor {
+                Flavor::Azure { .. } => (HeaderName::from_static("api-key"), ""),
+                _ => (AUTHORIZATION, "Bearer "),
             };
-            let value = value.ok_or_else(|| {
-                ConfigError::new("api_key", "contains characters not allowed in a header")
-            })?;
-            headers.insert(name, value);
+            headers.insert(name, builder::key_header(key, prefix)?);
         }
         for (knob, header, value) in [
             ("organization", "openai-organization", &self.organization),
