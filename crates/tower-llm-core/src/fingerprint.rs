@@ -68,8 +68,12 @@ impl FingerprintKey {
     }
 
     /// A hasher to feed by hand.
+    #[inline]
     pub fn hasher(&self) -> FingerprintHasher {
-        FingerprintHasher(HighwayHasher::new(Key(self.0)))
+        FingerprintHasher {
+            inner: HighwayHasher::new(Key(self.0)),
+            written: 0,
+        }
     }
 
     /// The fingerprint of `value`.
@@ -134,7 +138,11 @@ impl fmt::Display for RequestKey {
 }
 
 /// A keyed hasher that builds a [`RequestKey`].
-pub struct FingerprintHasher(HighwayHasher);
+pub struct FingerprintHasher {
+    inner: HighwayHasher,
+    /// Bytes appended so far, to place long byte strings on a packet boundary.
+    written: u64,
+}
 
 impl fmt::Debug for FingerprintHasher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -147,26 +155,62 @@ const TAG_ABSENT: u8 = 9;
 const TAG_PRESENT: u8 = 10;
 const TAG_JSON: u8 = 12;
 
+/// HighwayHash consumes input in packets of this many bytes.
+const PACKET: u64 = 32;
+
+/// Byte strings at least this long are aligned on a packet boundary (shorter ones gain less
+/// than the padding costs).
+const ALIGN_FROM: usize = 64;
+
 impl FingerprintHasher {
+    #[inline]
+    fn append(&mut self, bytes: &[u8]) {
+        self.inner.append(bytes);
+        self.written = self.written.wrapping_add(bytes.len() as u64);
+    }
+
     /// Writes a byte string, length-prefixed.
+    ///
+    /// A long string's prefix is padded with zeros up to the next packet boundary: HighwayHash
+    /// hashes whole packets straight from the input when nothing is buffered, but copies every
+    /// packet through its buffer when the input starts mid-packet (about 15% slower on 1 KiB).
+    /// The padding depends only on the position, so the encoding stays unambiguous.
     pub fn write_bytes(&mut self, bytes: &[u8]) {
-        self.write_u64(bytes.len() as u64);
-        self.0.append(bytes);
+        let length = (bytes.len() as u64).to_le_bytes();
+        if bytes.len() < ALIGN_FROM {
+            self.append(&length);
+            self.append(bytes);
+            return;
+        }
+        let offset = self.written % PACKET;
+        // At least the 8 length bytes, then zeros to the boundary.
+        let mut header_len = (PACKET - offset) % PACKET;
+        if header_len < 8 {
+            header_len += PACKET;
+        }
+        let mut header = [0u8; 2 * PACKET as usize];
+        header[..8].copy_from_slice(&length);
+        // `header_len` is at most 39, so the slice is in bounds.
+        self.append(&header[..header_len as usize]);
+        self.append(bytes);
     }
 
     /// Writes a string, length-prefixed.
+    #[inline]
     pub fn write_str(&mut self, s: &str) {
         self.write_bytes(s.as_bytes());
     }
 
     /// Writes an integer.
+    #[inline]
     pub fn write_u64(&mut self, value: u64) {
-        self.0.append(&value.to_le_bytes());
+        self.append(&value.to_le_bytes());
     }
 
     /// Writes one tag byte, to tell apart values of different shapes.
+    #[inline]
     pub fn write_tag(&mut self, tag: u8) {
-        self.0.append(&[tag]);
+        self.append(&[tag]);
     }
 
     /// Writes an optional value: a presence tag, then the value.
@@ -211,8 +255,9 @@ impl FingerprintHasher {
     }
 
     /// The fingerprint of everything written.
+    #[inline]
     pub fn finish(self) -> RequestKey {
-        let [lo, hi] = self.0.finalize128();
+        let [lo, hi] = self.inner.finalize128();
         RequestKey((u128::from(hi) << 64) | u128::from(lo))
     }
 }

@@ -56,7 +56,9 @@ impl Tally {
 
 #[derive(Debug)]
 struct Tallies {
-    requests: Tally,
+    /// Only the exported counter: the local count is the sum of the four outcomes, one of
+    /// which every request has, so the hot path does one atomic add fewer.
+    requests: Counter,
     hits: Tally,
     coalesced: Tally,
     misses: Tally,
@@ -81,7 +83,7 @@ impl DedupStats {
     pub(crate) fn new() -> Self {
         DedupStats {
             tallies: Arc::new(Tallies {
-                requests: Tally::new(METRIC_REQUESTS),
+                requests: metrics::counter!(METRIC_REQUESTS),
                 hits: Tally::new(METRIC_HITS),
                 coalesced: Tally::new(METRIC_COALESCED),
                 misses: Tally::new(METRIC_MISSES),
@@ -97,21 +99,28 @@ impl DedupStats {
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
         let t = &self.tallies;
+        let (hits, coalesced, misses, bypassed) = (
+            t.hits.get(),
+            t.coalesced.get(),
+            t.misses.get(),
+            t.bypassed.get(),
+        );
         StatsSnapshot {
-            requests: t.requests.get(),
-            hits: t.hits.get(),
-            coalesced: t.coalesced.get(),
-            misses: t.misses.get(),
+            requests: hits + coalesced + misses + bypassed,
+            hits,
+            coalesced,
+            misses,
             inner_calls: t.inner_calls.get(),
             evictions: t.evictions.get(),
-            bypassed: t.bypassed.get(),
+            bypassed,
             remote_hits: t.remote_hits.get(),
             remote_errors: t.remote_errors.get(),
         }
     }
 
+    /// A request arrived; it is counted locally by the outcome that follows.
     pub(crate) fn request(&self) {
-        self.tallies.requests.add();
+        self.tallies.requests.increment(1);
     }
     pub(crate) fn hit(&self) {
         self.tallies.hits.add();
