@@ -10,7 +10,6 @@ use tower_service::Service;
 
 use crate::error::Rejection;
 use crate::headers::RateLimitHeaders;
-use crate::layer::Reconcile;
 use crate::state::{Permit, RemoteCheck, RemoteVerdict, Ticket, Turn};
 
 pin_project! {
@@ -134,158 +133,180 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
         loop {
-            let next = match state.as_mut().project() {
-                StateProj::Rejected { error } => {
-                    return Poll::Ready(Err(error
-                        .take()
-                        .unwrap_or_else(|| "rate limit future polled after completion".into())));
-                }
+            match state.as_mut().project() {
                 StateProj::Calling {
                     future,
                     permit,
                     classifier,
                 } => {
                     let result = ready!(future.poll(cx));
-                    let config = &permit.limiter().config;
-                    let wants_usage = config.tokens.is_some() && config.reconcile != Reconcile::Off;
-                    let (usage, headers) = match &result {
-                        Ok(response) => (
-                            wants_usage
-                                .then(|| response.usage().map(|u| u.total()))
-                                .flatten(),
-                            config
-                                .adapt
-                                .then(|| response.rate_limit_headers())
-                                .flatten(),
-                        ),
-                        Err(_) => (None, None),
-                    };
-                    let outcome = classifier.classify(result.as_ref());
-                    permit.complete(outcome, usage, headers);
+                    finish(permit, classifier, result.as_ref());
                     return Poll::Ready(result.map_err(Into::into));
                 }
+                StateProj::Rejected { error } => {
+                    return Poll::Ready(Err(error
+                        .take()
+                        .unwrap_or_else(|| "rate limit future polled after completion".into())));
+                }
                 StateProj::Waiting { wait } => {
-                    let WaitingProj {
-                        mut sleep,
-                        sleep_at,
-                        deadline,
-                        not_before,
-                        ticket,
-                        service,
-                        request,
-                        classifier,
-                        remote,
-                    } = wait.as_mut().project();
-                    let limiter = ticket.limiter.clone();
-                    let mut now = limiter.now();
-                    let mut remote_charge = None;
-                    let mut go = None;
-                    if let Some(check) = remote {
-                        let verdict = ready!(check.as_mut().poll(cx));
-                        *remote = None;
-                        now = limiter.now();
-                        match verdict {
-                            RemoteVerdict::Admitted(charge) => {
-                                remote_charge = charge;
-                                go = Some(ticket.admit_remote(now));
-                            }
-                            RemoteVerdict::Wait(wait) => {
-                                ticket.start_waiting();
-                                *not_before = now.saturating_add(
-                                    u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX / 4),
-                                );
-                                let config = &limiter.config;
-                                if *not_before > *deadline || config.max_queue == 0 {
-                                    let rejection = if config.max_queue == 0 {
-                                        Rejection::QueueFull
-                                    } else {
-                                        Rejection::MaxWait
-                                    };
-                                    ticket.give_up(now);
-                                    limiter.stats.rejected(rejection.as_str());
-                                    state.set(State::Rejected {
-                                        error: Some(rejection.error(wait)),
-                                    });
-                                    continue;
-                                }
-                            }
-                            RemoteVerdict::Failed => {
-                                if remote_fails_open(&limiter) {
-                                    go = Some(ticket.admit_remote(now));
-                                } else {
-                                    ticket.give_up(now);
-                                    limiter.stats.rejected(Rejection::Backend.as_str());
-                                    let pause = limiter.config.default_pause;
-                                    state.set(State::Rejected {
-                                        error: Some(Rejection::Backend.error(pause)),
-                                    });
-                                    continue;
-                                }
-                            }
-                        }
-                    }
-                    let turn = match go {
-                        Some(admission) => Turn::Go(admission),
-                        None => ticket.poll_turn(now, cx.waker()),
-                    };
-                    if now >= *deadline && !matches!(turn, Turn::Go(_)) {
-                        let hint = ticket.retry_hint(now);
+                    let next = ready!(poll_waiting(wait.as_mut(), cx));
+                    state.set(next);
+                }
+            }
+        }
+    }
+}
+
+/// Records how a call ended: its usage and the server's word when they are wanted, and its
+/// outcome.
+#[inline(always)]
+fn finish<Res, E, C>(permit: &mut Permit, classifier: &C, result: Result<&Res, &E>)
+where
+    Res: ResponseUsage + RateLimitHeaders,
+    C: Classify<Res, E>,
+{
+    let limiter = permit.limiter();
+    let (usage, headers) = match result {
+        Ok(response) => (
+            limiter
+                .wants_usage
+                .then(|| response.usage().map(|u| u.total()))
+                .flatten(),
+            limiter
+                .config
+                .adapt
+                .then(|| response.rate_limit_headers())
+                .flatten(),
+        ),
+        Err(_) => (None, None),
+    };
+    let outcome = classifier.classify(result);
+    permit.complete(outcome, usage, headers);
+}
+
+/// The waiting state's turn: the state to go on with (calling or refused) once there is one.
+/// Out of line, so the calling state's poll stays small.
+#[inline(never)]
+fn poll_waiting<S, Req, C>(
+    wait: Pin<&mut Waiting<S, Req, C>>,
+    cx: &mut Context<'_>,
+) -> Poll<State<S, Req, C>>
+where
+    S: Service<Req>,
+{
+    let WaitingProj {
+        mut sleep,
+        sleep_at,
+        deadline,
+        not_before,
+        ticket,
+        service,
+        request,
+        classifier,
+        remote,
+    } = wait.project();
+    loop {
+        let limiter = ticket.limiter.clone();
+        let mut now = limiter.now();
+        let mut remote_charge = None;
+        let mut go = None;
+        if let Some(check) = remote {
+            let verdict = ready!(check.as_mut().poll(cx));
+            *remote = None;
+            now = limiter.now();
+            match verdict {
+                RemoteVerdict::Admitted(charge) => {
+                    remote_charge = charge;
+                    go = Some(ticket.admit_remote(now));
+                }
+                RemoteVerdict::Wait(wait) => {
+                    ticket.start_waiting();
+                    *not_before =
+                        now.saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX / 4));
+                    let config = &limiter.config;
+                    if *not_before > *deadline || config.max_queue == 0 {
+                        let rejection = if config.max_queue == 0 {
+                            Rejection::QueueFull
+                        } else {
+                            Rejection::MaxWait
+                        };
                         ticket.give_up(now);
-                        limiter.stats.rejected(Rejection::MaxWait.as_str());
-                        state.set(State::Rejected {
-                            error: Some(Rejection::MaxWait.error(hint)),
+                        limiter.stats.rejected(rejection.as_str());
+                        return Poll::Ready(State::Rejected {
+                            error: Some(rejection.error(wait)),
                         });
-                        continue;
-                    }
-                    let admission = match turn {
-                        Turn::Go(admission) => Some(admission),
-                        Turn::AskRemote if now >= *not_before => {
-                            *remote = ask_remote(ticket);
-                            if remote.is_none() {
-                                // No store configured after all: nothing more to ask.
-                                Some(ticket.admit_remote(now))
-                            } else {
-                                continue;
-                            }
-                        }
-                        Turn::AskRemote => {
-                            wait_until(sleep.as_mut(), sleep_at, &limiter, *not_before, *deadline);
-                            None
-                        }
-                        Turn::Wait(at) => {
-                            let at = at.unwrap_or(*deadline);
-                            wait_until(sleep.as_mut(), sleep_at, &limiter, at, *deadline);
-                            None
-                        }
-                    };
-                    match admission {
-                        Some(admission) => {
-                            let (Some(mut svc), Some(req), Some(classifier)) =
-                                (service.take(), request.take(), classifier.take())
-                            else {
-                                return Poll::Ready(Err(
-                                    "rate limit future polled after completion".into(),
-                                ));
-                            };
-                            let mut permit =
-                                Permit::new(ticket.key.clone(), ticket.cost(), admission);
-                            permit.remote_charge = remote_charge;
-                            let future = svc.call(req);
-                            State::Calling {
-                                future,
-                                permit,
-                                classifier,
-                            }
-                        }
-                        None => {
-                            ready!(sleep.as_mut().poll(cx));
-                            // The timer fired: look again.
-                            continue;
-                        }
                     }
                 }
-            };
-            state.set(next);
+                RemoteVerdict::Failed => {
+                    if remote_fails_open(&limiter) {
+                        go = Some(ticket.admit_remote(now));
+                    } else {
+                        ticket.give_up(now);
+                        limiter.stats.rejected(Rejection::Backend.as_str());
+                        let pause = limiter.config.default_pause;
+                        return Poll::Ready(State::Rejected {
+                            error: Some(Rejection::Backend.error(pause)),
+                        });
+                    }
+                }
+            }
+        }
+        let turn = match go {
+            Some(admission) => Turn::Go(admission),
+            None => ticket.poll_turn(now, cx.waker()),
+        };
+        if now >= *deadline && !matches!(turn, Turn::Go(_)) {
+            let hint = ticket.retry_hint(now);
+            ticket.give_up(now);
+            limiter.stats.rejected(Rejection::MaxWait.as_str());
+            return Poll::Ready(State::Rejected {
+                error: Some(Rejection::MaxWait.error(hint)),
+            });
+        }
+        let admission = match turn {
+            Turn::Go(admission) => Some(admission),
+            Turn::AskRemote if now >= *not_before => {
+                *remote = ask_remote(ticket);
+                if remote.is_none() {
+                    // No store configured after all: nothing more to ask.
+                    Some(ticket.admit_remote(now))
+                } else {
+                    continue;
+                }
+            }
+            Turn::AskRemote => {
+                wait_until(sleep.as_mut(), sleep_at, &limiter, *not_before, *deadline);
+                None
+            }
+            Turn::Wait(at) => {
+                let at = at.unwrap_or(*deadline);
+                wait_until(sleep.as_mut(), sleep_at, &limiter, at, *deadline);
+                None
+            }
+        };
+        match admission {
+            Some(admission) => {
+                let (Some(mut svc), Some(req), Some(classifier)) =
+                    (service.take(), request.take(), classifier.take())
+                else {
+                    return Poll::Ready(State::Rejected {
+                        error: Some("rate limit future polled after completion".into()),
+                    });
+                };
+                let mut permit = Permit::new(ticket.key.clone(), ticket.cost(), admission);
+                permit.remote_charge = remote_charge;
+                let future = svc.call(req);
+                return Poll::Ready(State::Calling {
+                    future,
+                    permit,
+                    classifier,
+                });
+            }
+            None => {
+                ready!(sleep.as_mut().poll(cx));
+                // The timer fired: look again.
+                continue;
+            }
         }
     }
 }

@@ -129,8 +129,6 @@ struct Slot {
     /// When the latest charge in this slot was made: the whole slot leaves the window one
     /// window after it.
     last: u64,
-    /// When the slot's time span ends (saves a division per call).
-    end: u64,
 }
 
 /// Where a charge was recorded, so that reconciling it later adjusts the right slot.
@@ -156,6 +154,12 @@ pub(crate) struct Budget {
     slots: VecDeque<Slot>,
     /// The sum of `slots`' amounts.
     total: u64,
+    /// At most the front slot's expiry (`u64::MAX` when there is none): until then nothing
+    /// can be forgotten, which a charge checks with one comparison instead of a deque look-up.
+    first_expiry: u64,
+    /// The end of the back slot's span (0 when there is none): a charge before it adds to
+    /// that slot.
+    open_end: u64,
 }
 
 impl Budget {
@@ -171,9 +175,16 @@ impl Budget {
             tat: 0,
             slots: VecDeque::with_capacity(SLOTS_PER_WINDOW as usize + 2),
             total: 0,
+            first_expiry: u64::MAX,
+            open_end: 0,
         };
         budget.unit_ns = budget.emission(1);
-        budget.burst_ns = budget.emission(quota.burst);
+        // Units are rounded up one by one, so `burst` of them back to back take up to `burst`
+        // nanoseconds more than `emission(burst)`: the tolerance covers that, or the last of
+        // a burst would wait a nanosecond (a millisecond on tokio's timer).
+        budget.burst_ns = budget
+            .emission(quota.burst)
+            .max(budget.unit_ns.saturating_mul(quota.burst));
         budget
     }
 
@@ -207,7 +218,8 @@ impl Budget {
         self.total.saturating_sub(expired)
     }
 
-    #[inline]
+    #[cold]
+    #[inline(never)]
     fn forget_expired(&mut self, now: u64) {
         while let Some(front) = self.slots.front() {
             if self.expiry(front) > now {
@@ -215,6 +227,10 @@ impl Budget {
             }
             self.total = self.total.saturating_sub(front.amount);
             self.slots.pop_front();
+        }
+        self.first_expiry = self.slots.front().map_or(u64::MAX, |s| self.expiry(s));
+        if self.slots.is_empty() {
+            self.open_end = 0;
         }
     }
 
@@ -278,13 +294,15 @@ impl Budget {
     /// Spends `cost` units at `now`. The caller has checked [`ready_at`](Self::ready_at).
     #[inline]
     pub(crate) fn charge(&mut self, now: u64, cost: u64) -> Charge {
-        self.forget_expired(now);
+        if now >= self.first_expiry {
+            self.forget_expired(now);
+        }
         self.tat = self.tat.max(now).saturating_add(self.emission(cost));
         self.total = self.total.saturating_add(cost);
         // Times may arrive slightly out of order from concurrent callers; an earlier time
         // lands in the latest slot, which only keeps it longer.
-        if let Some(slot) = self.slots.back_mut()
-            && now < slot.end
+        if now < self.open_end
+            && let Some(slot) = self.slots.back_mut()
         {
             slot.amount = slot.amount.saturating_add(cost);
             slot.last = slot.last.max(now);
@@ -293,13 +311,23 @@ impl Budget {
                 amount: cost,
             };
         }
+        self.open_slot(now, cost)
+    }
+
+    /// Starts a new slot with a charge: once per slot span at most, so out of line.
+    #[inline(never)]
+    fn open_slot(&mut self, now: u64, cost: u64) -> Charge {
         let epoch = now / self.slot_ns;
+        let end = (epoch + 1).saturating_mul(self.slot_ns);
         self.slots.push_back(Slot {
             epoch,
             amount: cost,
             last: now,
-            end: (epoch + 1).saturating_mul(self.slot_ns),
         });
+        self.open_end = end;
+        if self.slots.len() == 1 {
+            self.first_expiry = now.saturating_add(self.window_ns);
+        }
         Charge {
             epoch,
             amount: cost,
@@ -396,6 +424,17 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_burst_goes_at_once_when_a_unit_does_not_divide_evenly() {
+        // 10 s / 6 is 1.666...7 s rounded up: three of them exceed 5 s by a nanosecond.
+        let mut b = Budget::new(Quota::new(6, Duration::from_secs(10)).with_burst(3));
+        for _ in 0..3 {
+            assert_eq!(b.ready_at(0, 1), 0);
+            b.charge(0, 1);
+        }
+        assert!(b.ready_at(0, 1) > 0);
+    }
+
+    #[test]
     fn window_caps_what_the_bucket_would_allow() {
         // A bucket at 10/min with a burst of 10 would let 20 through in the first minute.
         let mut b = Budget::new(Quota::per_minute(10).with_burst(10));
@@ -460,5 +499,103 @@ mod tests {
         // At most one window's worth is owed, so a window or two later all is well again.
         assert!(b.at_rest(400 * SEC));
         assert_eq!(b.ready_at(400 * SEC, 100), 400 * SEC);
+    }
+
+    /// Random charges (only when [`Budget::ready_at`] allows, as the limiter does), waits and
+    /// one refund per charge at most, against a model that keeps every charge with its time.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Step {
+            /// Milliseconds.
+            Wait(u64),
+            Charge(u64),
+            /// Which charge (modulo their number) and what percent of it.
+            Refund(usize, u64),
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                3 => (0u64..4_000).prop_map(Step::Wait),
+                4 => (1u64..=40).prop_map(Step::Charge),
+                1 => (any::<usize>(), 0u64..=100).prop_map(|(i, p)| Step::Refund(i, p)),
+            ]
+        }
+
+        /// The cached bounds agree with the slots they summarize.
+        fn bookkeeping_holds(b: &Budget) -> Result<(), TestCaseError> {
+            let sum: u64 = b.slots.iter().map(|s| s.amount).sum();
+            prop_assert_eq!(b.total, sum);
+            match (b.slots.front(), b.slots.back()) {
+                (Some(front), Some(back)) => {
+                    prop_assert!(b.first_expiry <= b.expiry(front));
+                    prop_assert_eq!(b.open_end, (back.epoch + 1) * b.slot_ns);
+                }
+                _ => {
+                    prop_assert_eq!(b.first_expiry, u64::MAX);
+                    prop_assert_eq!(b.open_end, 0);
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn the_window_is_exact_to_a_slot_and_never_optimistic(
+                limit in 1u64..100,
+                burst_percent in 1u64..=100,
+                window_secs in 1u64..120,
+                steps in prop::collection::vec(step(), 1..200),
+            ) {
+                let burst = (limit * burst_percent / 100).max(1);
+                let window = window_secs * SEC;
+                let mut b = Budget::new(Quota::new(limit, Duration::from_secs(window_secs))
+                    .with_burst(burst));
+                // (charged at, amount still charged, where, refunded)
+                let mut charges: Vec<(u64, u64, Charge, bool)> = Vec::new();
+                let mut now = 0;
+                for step in steps {
+                    match step {
+                        Step::Wait(ms) => now += ms * 1_000_000,
+                        Step::Charge(cost) => {
+                            let cost = cost.min(limit);
+                            if b.ready_at(now, cost) <= now {
+                                let charge = b.charge(now, cost);
+                                charges.push((now, cost, charge, false));
+                            }
+                        }
+                        Step::Refund(i, percent) if !charges.is_empty() => {
+                            let i = i % charges.len();
+                            let (_, left, charge, refunded) = &mut charges[i];
+                            if !*refunded {
+                                let amount = *left * percent / 100;
+                                b.refund(now, *charge, amount);
+                                *left -= amount;
+                                *refunded = true;
+                            }
+                        }
+                        Step::Refund(..) => {}
+                    }
+                    bookkeeping_holds(&b)?;
+                    let in_window: u64 = charges
+                        .iter()
+                        .filter(|c| c.0 + window > now)
+                        .map(|c| c.1)
+                        .sum();
+                    let kept_at_most: u64 = charges
+                        .iter()
+                        .filter(|c| c.0 + window + b.slot_ns > now)
+                        .map(|c| c.1)
+                        .sum();
+                    prop_assert!(in_window <= limit, "{} in the window at {}", in_window, now);
+                    prop_assert!(b.used(now) >= in_window, "forgot a charge still in the window");
+                    prop_assert!(b.used(now) <= kept_at_most, "kept a charge a slot too long");
+                }
+            }
+        }
     }
 }

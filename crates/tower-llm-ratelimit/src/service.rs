@@ -53,7 +53,7 @@ impl<S, K, C> RateLimit<S, K, C> {
     pub(crate) fn from_parts(inner: S, config: Config, key_fn: K, classifier: C) -> Self {
         let limiter = Arc::new(Limiter::new(config));
         let single_name = limiter.remote().then(|| "_".to_owned());
-        let single = Arc::new(KeyState::new(&limiter, single_name));
+        let single = Arc::new(KeyState::new(&limiter, single_name, true));
         RateLimit {
             inner,
             limiter,
@@ -81,7 +81,11 @@ impl<S, K, C> RateLimit<S, K, C> {
 
     /// The counters shared by every clone.
     pub fn stats(&self) -> RateLimitStats {
-        self.limiter.stats.snapshot()
+        let mut stats = self.limiter.stats.snapshot();
+        let (admitted, tokens_reserved) = self.single.tally();
+        stats.admitted += admitted;
+        stats.tokens_reserved += tokens_reserved;
+        stats
     }
 
     /// How many keys are tracked right now.

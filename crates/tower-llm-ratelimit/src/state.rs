@@ -97,14 +97,20 @@ impl Stats {
         }
     }
 
+    /// Records an admission. `counted` says the key's own tally (kept under its lock, see
+    /// [`Limits::admit`]) already has it, which spares the single key an atomic add per call.
     #[inline]
-    pub(crate) fn admitted(&self, tokens: u64) {
-        self.admitted.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn admitted(&self, tokens: u64, counted: bool) {
+        if !counted {
+            self.admitted.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(m) = &self.admitted_metric {
             m.increment(1);
         }
         if tokens > 0 {
-            self.tokens_reserved.fetch_add(tokens, Ordering::Relaxed);
+            if !counted {
+                self.tokens_reserved.fetch_add(tokens, Ordering::Relaxed);
+            }
             if let Some(m) = &self.reserved_metric {
                 m.increment(tokens);
             }
@@ -155,32 +161,34 @@ pub(crate) struct Limiter {
     pub(crate) config: Config,
     origin: Instant,
     pub(crate) stats: Stats,
-    /// Whether a completed call needs the key's lock at all (tokens to reconcile or a
-    /// concurrency slot to free); without them the fast path takes one lock per call.
-    pub(crate) complete_needs_lock: bool,
+    /// Whether a response's usage is read: a tokens quota that is reconciled.
+    pub(crate) wants_usage: bool,
 }
 
 impl Limiter {
     pub(crate) fn new(config: Config) -> Self {
-        let complete_needs_lock = config.concurrency.is_some()
-            || (config.tokens.is_some() && config.reconcile != Reconcile::Off);
+        let wants_usage = config.tokens.is_some() && config.reconcile != Reconcile::Off;
         Limiter {
             config,
             origin: Instant::now(),
             stats: Stats::new(),
-            complete_needs_lock,
+            wants_usage,
         }
     }
 
     /// Nanoseconds since the limiter was made, on tokio's clock (so a paused clock works).
     #[inline]
     pub(crate) fn now(&self) -> u64 {
-        u64::try_from(
-            Instant::now()
-                .saturating_duration_since(self.origin)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX / 4)
+        // Plain u64 arithmetic: `as_nanos` goes through u128 and a fallible conversion.
+        const NANOS: u64 = 1_000_000_000;
+        const MAX_SECS: u64 = u64::MAX / 4 / NANOS;
+        let since = Instant::now().saturating_duration_since(self.origin);
+        let secs = since.as_secs();
+        if secs < MAX_SECS {
+            secs * NANOS + u64::from(since.subsec_nanos())
+        } else {
+            u64::MAX / 4
+        }
     }
 
     pub(crate) fn instant(&self, at: u64) -> Instant {
@@ -245,6 +253,10 @@ pub(crate) struct Limits {
     queue: VecDeque<Waiter>,
     queued_tokens: u64,
     next_id: u64,
+    /// Calls admitted and tokens reserved under this key, kept here (not in the shared
+    /// atomics) where the lock already makes them cheap; read for the single key only.
+    admitted: u64,
+    tokens_reserved: u64,
 }
 
 /// What an admitted call was charged, for reconciling later.
@@ -312,6 +324,8 @@ impl Limits {
         if counts_in_flight {
             self.in_flight += 1;
         }
+        self.admitted += 1;
+        self.tokens_reserved = self.tokens_reserved.saturating_add(cost);
         self.last_start = Some(now);
         if let Some(b) = &mut self.requests {
             b.charge(now, 1);
@@ -403,10 +417,17 @@ pub(crate) struct KeyState {
     /// The key's name in the shared store (feature `redis`).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) remote_key: Option<String>,
+    counts_locally: bool,
 }
 
 impl KeyState {
-    pub(crate) fn new(limiter: &Arc<Limiter>, remote_key: Option<String>) -> Self {
+    /// `counts_locally`: admissions are counted in the key's tally rather than the shared
+    /// atomics, and [`tally`](Self::tally) must be added to the stats (the single key).
+    pub(crate) fn new(
+        limiter: &Arc<Limiter>,
+        remote_key: Option<String>,
+        counts_locally: bool,
+    ) -> Self {
         let config = &limiter.config;
         // With a shared store the quotas live there; only local limits stay here.
         let local = remote_key.is_none();
@@ -423,9 +444,18 @@ impl KeyState {
                 queue: VecDeque::new(),
                 queued_tokens: 0,
                 next_id: 0,
+                admitted: 0,
+                tokens_reserved: 0,
             }),
             remote_key,
+            counts_locally,
         }
+    }
+
+    /// What this key's own tally holds: (admitted, tokens reserved).
+    pub(crate) fn tally(&self) -> (u64, u64) {
+        let limits = self.lock();
+        (limits.admitted, limits.tokens_reserved)
     }
 
     #[inline]
@@ -653,7 +683,7 @@ pub(crate) struct Permit {
 impl Permit {
     #[inline]
     pub(crate) fn new(key: Arc<KeyState>, cost: u64, admission: Admission) -> Self {
-        key.limiter.stats.admitted(cost);
+        key.limiter.stats.admitted(cost, key.counts_locally);
         Permit {
             key,
             cost,
@@ -703,24 +733,30 @@ impl Permit {
             _ => None,
         }
         .filter(|d| *d != 0);
-        if !self.key.limiter.complete_needs_lock && pause.is_none() && learned.is_none() {
+        if pause.is_none() && learned.is_none() && delta.is_none() {
+            // Nothing to record but maybe a slot to free: the common success.
+            if config.concurrency.is_some() {
+                self.free_slot();
+            }
             return;
         }
         self.settle(pause, learned, delta);
     }
 
-    /// The part of [`complete`](Self::complete) that needs the key's lock, out of line so
-    /// the common case stays small.
+    /// Gives the concurrency slot back and lets the first waiter look again.
+    #[inline]
+    fn free_slot(&self) {
+        let mut limits = self.key.lock();
+        limits.in_flight = limits.in_flight.saturating_sub(1);
+        limits.wake_head();
+    }
+
+    /// The part of [`complete`](Self::complete) that records something (a pause, the
+    /// server's word, a usage to reconcile), out of line so the common case stays small.
     #[inline(never)]
     fn settle(&self, pause: Option<Duration>, learned: Option<ServerLimits>, delta: Option<i128>) {
         let config = &self.key.limiter.config;
-        // Freeing a concurrency slot needs no time: read the clock only when something is
-        // timed, which keeps a clock read off the common completion.
-        let now = if pause.is_some() || learned.is_some() || delta.is_some() {
-            self.key.limiter.now()
-        } else {
-            0
-        };
+        let now = self.key.limiter.now();
         #[cfg(feature = "redis")]
         if let (Some(d), Some(charge), Some(backend), Some(key)) = (
             delta,
@@ -763,9 +799,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.done && self.key.limiter.config.concurrency.is_some() {
-            let mut limits = self.key.lock();
-            limits.in_flight = limits.in_flight.saturating_sub(1);
-            limits.wake_head();
+            self.free_slot();
         }
     }
 }
@@ -819,7 +853,7 @@ impl KeyTable {
             }
         }
         let remote_key = limiter.remote().then(|| remote_name(&key));
-        let state = Arc::new(KeyState::new(limiter, remote_key));
+        let state = Arc::new(KeyState::new(limiter, remote_key, false));
         map.entry(hash)
             .or_default()
             .push((Box::new(key), state.clone()));

@@ -430,6 +430,84 @@ async fn an_open_circuit_inside_pauses_too() {
     assert_eq!(t, [0.0, 7.0]);
 }
 
+/// Polls a call once, as a caller that has not been woken yet would not.
+fn poll_once<F: Future + Unpin>(fut: &mut F) -> std::task::Poll<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::Pin::new(fut).poll(&mut cx)
+}
+
+// A requests quota alone is the configuration whose calls start under one lock and finish
+// without one: the next two tests pin down that this path still queues behind a waiter and
+// still obeys a pause.
+#[tokio::test(start_paused = true)]
+async fn a_new_call_never_overtakes_a_queued_one_even_when_the_quota_allows_it() {
+    let (start, log) = (Instant::now(), Log::default());
+    let layer = RateLimitLayer::builder()
+        .requests(Quota::per_minute(60).with_burst(1))
+        .build()
+        .expect("config");
+    let mut svc = layer.layer(inner(start, log.clone()));
+    svc.ready()
+        .await
+        .expect("ready")
+        .call(Req::new(0))
+        .await
+        .expect("first call");
+    let mut second = Box::pin(svc.ready().await.expect("ready").call(Req::new(1)));
+    assert!(poll_once(&mut second).is_pending(), "one a second");
+    // Its second has come, but it has not been polled since: the budget is free right now,
+    // and a new call still must not take it.
+    tokio::time::advance(S).await;
+    let mut third = Box::pin(svc.ready().await.expect("ready").call(Req::new(2)));
+    assert!(poll_once(&mut third).is_pending(), "overtook a queued call");
+    assert_eq!(log.ids(), [0]);
+    second.await.expect("second call");
+    third.await.expect("third call");
+    assert_eq!(log.ids(), [0, 1, 2]);
+    assert_eq!(times(&log), [0.0, 1.0, 2.0]);
+    let stats = svc.stats();
+    assert_eq!((stats.admitted, stats.waited, stats.waiting), (3, 2, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_pauses_a_key_whose_calls_finish_without_a_lock() {
+    let (start, log) = (Instant::now(), Log::default());
+    let layer = RateLimitLayer::builder()
+        .requests(Quota::per_second(1_000))
+        .build()
+        .expect("config");
+    let mut svc = layer.layer(inner(start, log.clone()));
+    let res = svc
+        .ready()
+        .await
+        .expect("ready")
+        .call(Req::new(0).limited(Some(5 * S)))
+        .await
+        .expect("a 429 answer");
+    assert!(res.limited.is_some());
+    let mut during = Box::pin(svc.ready().await.expect("ready").call(Req::new(1)));
+    assert!(poll_once(&mut during).is_pending(), "sent during the pause");
+    tokio::time::advance(2 * S).await;
+    let mut later = Box::pin(svc.ready().await.expect("ready").call(Req::new(2)));
+    assert!(poll_once(&mut later).is_pending(), "sent during the pause");
+    assert_eq!(log.ids(), [0]);
+    during.await.expect("call after the pause");
+    later.await.expect("call after the pause");
+    assert_eq!(log.ids(), [0, 1, 2]);
+    assert_eq!(times(&log), [0.0, 5.0, 5.0]);
+    let stats = svc.stats();
+    assert_eq!((stats.admitted, stats.pauses), (3, 1));
+    // Then it is the fast path again: no wait at all.
+    let before = Instant::now();
+    svc.ready()
+        .await
+        .expect("ready")
+        .call(Req::new(3))
+        .await
+        .expect("call");
+    assert_eq!(before.elapsed(), Duration::ZERO);
+}
+
 #[tokio::test(start_paused = true)]
 async fn keys_are_isolated_and_clones_share() {
     let (start, log) = (Instant::now(), Log::default());

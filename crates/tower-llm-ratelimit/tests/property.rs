@@ -1,5 +1,7 @@
-//! Over random arrivals, costs, usages and drops: what is reserved minus what is refunded
-//! never exceeds the budget in any window, and nothing leaks.
+//! Over random arrivals, costs, usages, 429s and drops: what is reserved minus what is
+//! refunded never exceeds the budget in any window, nothing is sent during a pause, and
+//! nothing leaks. Run with every limit on, and with a requests quota alone (the
+//! configuration whose completions take no lock).
 
 mod common;
 
@@ -29,6 +31,8 @@ struct Call {
     latency: u64,
     /// Dropped this many milliseconds after it was made, if at all.
     drop_after: Option<u64>,
+    /// Answered 429 with a retry hint of this many milliseconds, if at all.
+    limited: Option<u64>,
 }
 
 fn call() -> impl Strategy<Value = Call> {
@@ -38,14 +42,18 @@ fn call() -> impl Strategy<Value = Call> {
         0u64..=100,
         0u64..4_000,
         prop::option::weighted(0.3, 0u64..8_000),
+        prop::option::weighted(0.1, 1u64..5_000),
     )
-        .prop_map(|(gap, cost, used_percent, latency, drop_after)| Call {
-            gap,
-            cost,
-            used_percent,
-            latency,
-            drop_after,
-        })
+        .prop_map(
+            |(gap, cost, used_percent, latency, drop_after, limited)| Call {
+                gap,
+                cost,
+                used_percent,
+                latency,
+                drop_after,
+                limited,
+            },
+        )
 }
 
 #[derive(Debug, Default)]
@@ -54,11 +62,21 @@ struct Ledger {
     admitted: Vec<(Duration, u64)>,
     /// (index in admitted, refunded at, amount)
     refunds: Vec<(usize, Duration, u64)>,
+    /// (answered 429 at, retry hint)
+    pauses: Vec<(Duration, Duration)>,
     running: usize,
     max_running: usize,
 }
 
-fn run(calls: Vec<Call>) {
+#[derive(Clone, Copy, Debug)]
+enum Setup {
+    /// Concurrency, requests and tokens.
+    Everything,
+    /// A requests quota alone.
+    RequestsOnly,
+}
+
+fn run(calls: Vec<Call>, setup: Setup) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -88,27 +106,34 @@ fn run(calls: Vec<Call>) {
                 let _running = Running(book.clone());
                 tokio::time::sleep(req.latency).await;
                 let actual = req.actual.unwrap_or(req.cost);
-                book.lock().expect("ledger").refunds.push((
-                    index,
-                    start.elapsed(),
-                    req.cost - actual,
-                ));
+                let mut l = book.lock().expect("ledger");
+                if let Some(Some(hint)) = req.limited {
+                    // A 429 reports no usage: its reservation stays.
+                    l.pauses.push((start.elapsed(), hint));
+                } else {
+                    l.refunds.push((index, start.elapsed(), req.cost - actual));
+                }
                 Ok::<_, BoxError>(Res {
                     id: req.id,
-                    usage: Some(actual),
-                    limited: None,
+                    usage: req.limited.is_none().then_some(actual),
+                    limited: req.limited,
                     headers: http::HeaderMap::new(),
                 })
             }
         });
-        let layer = RateLimitLayer::builder()
-            .concurrency(CONCURRENCY)
+        let builder = RateLimitLayer::builder()
             .requests(Quota::new(REQUESTS, WINDOW).with_burst(3))
-            .tokens(Quota::new(TOKENS, WINDOW).with_burst(30))
             .max_wait(Duration::from_secs(30))
-            .max_queue(8)
-            .build()
-            .expect("config");
+            .max_queue(8);
+        let layer = match setup {
+            Setup::Everything => builder
+                .concurrency(CONCURRENCY)
+                .tokens(Quota::new(TOKENS, WINDOW).with_burst(30)),
+            Setup::RequestsOnly => builder,
+        }
+        .build()
+        .expect("config");
+        let everything = matches!(setup, Setup::Everything);
         let svc = layer.layer(inner);
         let mut handles = Vec::new();
         for (id, c) in calls.iter().enumerate() {
@@ -117,6 +142,10 @@ fn run(calls: Vec<Call>) {
                 .cost(c.cost)
                 .actual(c.cost * c.used_percent / 100)
                 .latency(Duration::from_millis(c.latency));
+            let req = match c.limited {
+                Some(ms) => req.limited(Some(Duration::from_millis(ms))),
+                None => req,
+            };
             let handle = tokio::spawn(svc.clone().oneshot(req));
             if let Some(after) = c.drop_after {
                 let abort = handle.abort_handle();
@@ -141,10 +170,14 @@ fn run(calls: Vec<Call>) {
         let admitted = {
             let l = ledger.lock().expect("ledger");
             assert!(
-                l.max_running <= CONCURRENCY,
+                !everything || l.max_running <= CONCURRENCY,
                 "{} ran at once",
                 l.max_running
             );
+            for &(at, hint) in &l.pauses {
+                let during = l.admitted.iter().filter(|(a, _)| *a > at && *a < at + hint);
+                assert_eq!(during.count(), 0, "sent during the pause from {at:?}");
+            }
             for &(t, _) in &l.admitted {
                 let inside = |a: Duration| a <= t && a + WINDOW > t;
                 let requests = l.admitted.iter().filter(|(a, _)| inside(*a)).count() as u64;
@@ -165,7 +198,7 @@ fn run(calls: Vec<Call>) {
                     .map(|x| x.2)
                     .sum();
                 assert!(
-                    reserved - refunded <= TOKENS,
+                    !everything || reserved - refunded <= TOKENS,
                     "{reserved} reserved - {refunded} refunded in the window ending {t:?}"
                 );
             }
@@ -177,6 +210,18 @@ fn run(calls: Vec<Call>) {
         assert_eq!(stats.waiting, 0);
         assert_eq!(stats.admitted, admitted);
         tokio::time::sleep(WINDOW * 3).await;
+        if !everything {
+            // The whole burst at once: nothing is still queued, paused or owed.
+            let before = Instant::now();
+            for id in 0..3 {
+                svc.clone()
+                    .oneshot(Req::new(900 + id))
+                    .await
+                    .expect("the whole burst");
+            }
+            assert_eq!(before.elapsed(), Duration::ZERO);
+            return;
+        }
         // The whole token budget at once: every reservation was given back or expired.
         let before = Instant::now();
         svc.clone()
@@ -221,6 +266,13 @@ proptest! {
 
     #[test]
     fn budget_holds_in_every_window_and_nothing_leaks(calls in prop::collection::vec(call(), 1..40)) {
-        run(calls);
+        run(calls, Setup::Everything);
+    }
+
+    #[test]
+    fn a_requests_quota_alone_holds_its_window_and_its_pauses(
+        calls in prop::collection::vec(call(), 1..40),
+    ) {
+        run(calls, Setup::RequestsOnly);
     }
 }
