@@ -17,6 +17,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use axum::routing::{get, post};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -119,6 +120,11 @@ pub(crate) async fn serve(
     // reach into the requests themselves.
     let router = router.layer(middleware::from_fn_with_state(cut_rx, cut_at_grace_end));
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    // Answers are written whole; Nagle's algorithm would only hold back the tail of one
+    // behind an unacknowledged segment.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = signalled_tx.send(());
