@@ -554,11 +554,22 @@ async fn chat(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
     }
 }
 
-fn json_response(body: &Value, provider: &str) -> Response {
+fn json_response(body: &impl serde::Serialize, provider: &str) -> Response {
+    let body = match serde_json::to_vec(body) {
+        Ok(body) => body,
+        Err(e) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("could not encode the answer: {e}"),
+                "server_error",
+                None,
+            );
+        }
+    };
     let mut response = (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
+        body,
     )
         .into_response();
     if let Ok(value) = HeaderValue::from_str(provider) {

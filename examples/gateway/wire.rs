@@ -4,6 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tower_llm_core::Usage;
 use tower_llm_providers::{
@@ -382,36 +383,84 @@ fn usage_json(usage: &Usage) -> Value {
     })
 }
 
+/// A chat completion as OpenAI returns it, serialised straight from the provider's typed
+/// answer (no `Value` tree: the answer's text is written once, not copied into a tree first).
+#[derive(Serialize)]
+pub(crate) struct ChatCompletion<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [Choice<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Value>,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    message: MessageJson<'a>,
+    finish_reason: &'a str,
+    logprobs: Option<()>,
+}
+
+#[derive(Serialize)]
+struct MessageJson<'a> {
+    role: &'static str,
+    content: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    tool_calls: Vec<ToolCallJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct ToolCallJson<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionJson<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionJson<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
 /// A chat completion as OpenAI returns it. `model` is the name the client asked for.
-pub(crate) fn chat_response_json(response: &ChatResponse, model: &str) -> Value {
-    let tool_calls: Vec<Value> = response
+pub(crate) fn chat_response_json<'a>(response: &'a ChatResponse, model: &'a str) -> ChatCompletion<'a> {
+    let tool_calls = response
         .tool_calls
         .iter()
-        .map(|c| {
-            json!({"id": c.id, "type": "function",
-                   "function": {"name": c.name, "arguments": c.arguments}})
+        .map(|c| ToolCallJson {
+            id: &c.id,
+            kind: "function",
+            function: FunctionJson {
+                name: &c.name,
+                arguments: &c.arguments,
+            },
         })
         .collect();
-    let mut message = json!({"role": "assistant", "content": response.content});
-    if !tool_calls.is_empty() {
-        message["tool_calls"] = Value::Array(tool_calls);
-    }
-    let mut body = json!({
-        "id": if response.id.is_empty() { "chatcmpl-gateway".to_owned() } else { response.id.clone() },
-        "object": "chat.completion",
-        "created": unix_now(),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "finish_reason": response.finish_reason.as_ref().map(finish_str).unwrap_or("stop"),
-            "logprobs": null,
+    ChatCompletion {
+        id: if response.id.is_empty() {
+            "chatcmpl-gateway"
+        } else {
+            &response.id
+        },
+        object: "chat.completion",
+        created: unix_now(),
+        model,
+        choices: [Choice {
+            index: 0,
+            message: MessageJson {
+                role: "assistant",
+                content: &response.content,
+                tool_calls,
+            },
+            finish_reason: response.finish_reason.as_ref().map_or("stop", finish_str),
+            logprobs: None,
         }],
-    });
-    if let Some(usage) = &response.usage {
-        body["usage"] = usage_json(usage);
+        usage: response.usage.as_ref().map(usage_json),
     }
-    body
 }
 
 /// Builds the `data:` payloads of a streamed completion, chunk by chunk.
