@@ -5,6 +5,17 @@
 //! runtime context for the timers, so the figures are the middleware's own cost.
 //!
 //! `cargo bench --bench ratelimit`
+//!
+//! For instruction counts, the same binary runs one configuration a fixed number of times
+//! without criterion when `RATELIMIT_CALLS=<name>:<count>` is set (names: `bare`, `requests`,
+//! `requests+concurrency`, `requests+tokens+concurrency`, `governor`); the difference between
+//! a run of N calls and a run of 0, divided by N, is the cost of one call:
+//!
+//! ```text
+//! cargo bench --bench ratelimit --no-run   # prints the binary's path
+//! RATELIMIT_CALLS=requests:200000 valgrind --tool=callgrind target/release/deps/ratelimit-<hash>
+//! RATELIMIT_CALLS=requests:0      valgrind --tool=callgrind target/release/deps/ratelimit-<hash>
+//! ```
 
 #![allow(missing_docs)] // criterion_group! generates an undocumented function.
 
@@ -15,7 +26,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use tower::limit::{ConcurrencyLimit, RateLimit as TowerRateLimit, rate::Rate};
 use tower::{Layer, Service, service_fn};
 use tower_llm_core::BoxError;
@@ -51,6 +62,75 @@ fn request() -> Req {
     ))
 }
 
+/// A quota no workload reaches: the limiter does all its bookkeeping and never waits.
+fn huge() -> Quota {
+    Quota::new(u64::MAX / 4, Duration::from_secs(1)).with_burst(u64::MAX / 4)
+}
+
+fn ours_requests() -> impl Service<Req, Response = Res, Error = BoxError> {
+    RateLimitLayer::builder()
+        .requests(huge())
+        .build()
+        .expect("config")
+        .layer(noop())
+}
+
+fn ours_requests_concurrency() -> impl Service<Req, Response = Res, Error = BoxError> {
+    RateLimitLayer::builder()
+        .concurrency(1 << 20)
+        .requests(huge())
+        .build()
+        .expect("config")
+        .layer(noop())
+}
+
+fn ours_requests_tokens_concurrency() -> impl Service<Req, Response = Res, Error = BoxError> {
+    RateLimitLayer::builder()
+        .concurrency(1 << 20)
+        .requests(huge())
+        .tokens(huge())
+        .build()
+        .expect("config")
+        .layer(noop())
+}
+
+/// `RATELIMIT_CALLS=<name>:<count>`: that many calls through one configuration, no criterion.
+fn count_calls(spec: &str) {
+    let (name, count) = spec
+        .split_once(':')
+        .expect("RATELIMIT_CALLS=<name>:<count>");
+    let count: u64 = count.parse().expect("a count of calls");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _context = runtime.enter();
+    fn run<S: Service<Req, Response = Res>>(mut svc: S, count: u64)
+    where
+        S::Error: std::fmt::Debug,
+    {
+        for _ in 0..count {
+            black_box(drive(&mut svc, request()));
+        }
+    }
+    match name {
+        "bare" => run(noop(), count),
+        "requests" => run(ours_requests(), count),
+        "requests+concurrency" => run(ours_requests_concurrency(), count),
+        "requests+tokens+concurrency" => run(ours_requests_tokens_concurrency(), count),
+        "governor" => {
+            let governor =
+                governor::RateLimiter::direct(governor::Quota::per_second(NonZeroU32::MAX));
+            let mut svc = noop();
+            for _ in 0..count {
+                assert!(governor.check().is_ok());
+                black_box(drive(&mut svc, request()));
+            }
+        }
+        other => panic!("no configuration named {other}"),
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -64,33 +144,17 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(drive(&mut bare, request())))
     });
 
-    let huge = Quota::new(u64::MAX / 4, Duration::from_secs(1)).with_burst(u64::MAX / 4);
-    let mut ours = RateLimitLayer::builder()
-        .requests(huge)
-        .build()
-        .expect("config")
-        .layer(noop());
+    let mut ours = ours_requests();
     group.bench_function("tower-llm RateLimit: requests quota", |b| {
         b.iter(|| black_box(drive(&mut ours, request())))
     });
 
-    let mut ours_concurrency = RateLimitLayer::builder()
-        .concurrency(1 << 20)
-        .requests(huge)
-        .build()
-        .expect("config")
-        .layer(noop());
+    let mut ours_concurrency = ours_requests_concurrency();
     group.bench_function("tower-llm RateLimit: requests quota + concurrency", |b| {
         b.iter(|| black_box(drive(&mut ours_concurrency, request())))
     });
 
-    let mut ours_tokens = RateLimitLayer::builder()
-        .concurrency(1 << 20)
-        .requests(huge)
-        .tokens(huge)
-        .build()
-        .expect("config")
-        .layer(noop());
+    let mut ours_tokens = ours_requests_tokens_concurrency();
     group.bench_function(
         "tower-llm RateLimit: requests + tokens (estimate, reconcile) + concurrency",
         |b| b.iter(|| black_box(drive(&mut ours_tokens, request()))),
@@ -132,6 +196,11 @@ fn bench(c: &mut Criterion) {
     parts.bench_function("std::time::Instant::now", |b| {
         b.iter(|| black_box(std::time::Instant::now()))
     });
+    // What the limiter no longer pays to turn a reading into nanoseconds since its origin.
+    let origin = tokio::time::Instant::now();
+    parts.bench_function("tokio Instant::now + duration_since an origin", |b| {
+        b.iter(|| black_box(tokio::time::Instant::now().saturating_duration_since(origin)))
+    });
     let mutex = std::sync::Mutex::new(0u64);
     parts.bench_function("uncontended Mutex lock + unlock", |b| {
         b.iter(|| {
@@ -152,4 +221,13 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+// criterion_main!, plus the fixed-count mode for callgrind.
+fn main() {
+    if let Ok(spec) = std::env::var("RATELIMIT_CALLS") {
+        count_calls(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -427,7 +427,10 @@ struct FunctionJson<'a> {
 }
 
 /// A chat completion as OpenAI returns it. `model` is the name the client asked for.
-pub(crate) fn chat_response_json<'a>(response: &'a ChatResponse, model: &'a str) -> ChatCompletion<'a> {
+pub(crate) fn chat_response_json<'a>(
+    response: &'a ChatResponse,
+    model: &'a str,
+) -> ChatCompletion<'a> {
     let tool_calls = response
         .tool_calls
         .iter()
