@@ -394,7 +394,20 @@ impl<B: AsRef<[u8]>> Fingerprint for http::Request<B> {
         hasher.write_option(uri.scheme_str());
         hasher.write_option(uri.authority().map(http::uri::Authority::as_str));
         hasher.write_option(uri.path_and_query().map(http::uri::PathAndQuery::as_str));
-        for name in &IDENTITY_HEADER_NAMES {
+        // One pass over the request's header names finds which identity headers it has
+        // (usually one of the nine); only those are looked up. The bytes hashed are the same
+        // as looking up all nine.
+        let mut present = [false; IDENTITY_HEADERS.len()];
+        for name in self.headers().keys() {
+            if let Some(i) = IDENTITY_HEADER_NAMES.iter().position(|n| n == name) {
+                present[i] = true;
+            }
+        }
+        for (name, present) in IDENTITY_HEADER_NAMES.iter().zip(present) {
+            if !present {
+                hasher.write_u64(0);
+                continue;
+            }
             let values = self.headers().get_all(name);
             hasher.write_u64(values.iter().count() as u64);
             for value in values {
@@ -517,6 +530,58 @@ mod tests {
         assert_eq!(names, IDENTITY_HEADERS);
     }
 
+    /// The identity headers are found in one pass over the request's names: the key must
+    /// not depend on the order headers were added in, must see every identity header and
+    /// every value of one (in order), and must ignore the others.
+    #[test]
+    fn identity_headers_count_whatever_order_they_arrive_in() {
+        let key = FingerprintKey::random();
+        let with = |headers: &[(&str, &str)]| {
+            let mut builder = http::Request::post("https://api.example/v1/chat");
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            key.fingerprint(&builder.body(String::from("{}")).expect("valid request"))
+        };
+        let base = with(&[("authorization", "Bearer a"), ("anthropic-beta", "b1")]);
+        assert_eq!(
+            base,
+            with(&[("anthropic-beta", "b1"), ("authorization", "Bearer a")])
+        );
+        assert_eq!(
+            base,
+            with(&[
+                ("x-trace", "1"),
+                ("authorization", "Bearer a"),
+                ("content-type", "application/json"),
+                ("anthropic-beta", "b1"),
+            ])
+        );
+        assert_ne!(base, with(&[("authorization", "Bearer a")]));
+        assert_ne!(
+            base,
+            with(&[
+                ("authorization", "Bearer a"),
+                ("anthropic-beta", "b1"),
+                ("anthropic-beta", "b2"),
+            ])
+        );
+        assert_ne!(
+            with(&[("anthropic-beta", "b1"), ("anthropic-beta", "b2")]),
+            with(&[("anthropic-beta", "b2"), ("anthropic-beta", "b1")])
+        );
+        for name in IDENTITY_HEADERS {
+            assert_ne!(
+                base,
+                with(&[
+                    ("authorization", "Bearer a"),
+                    ("anthropic-beta", "b1"),
+                    (name, "x")
+                ]),
+                "{name}"
+            );
+        }
+    }
     #[test]
     fn uri_parts_are_all_covered() {
         let key = FingerprintKey::random();

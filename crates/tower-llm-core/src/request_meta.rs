@@ -40,14 +40,22 @@ pub trait CacheControl {
     }
 }
 
+/// [`BYPASS_HEADER`] as a header name, built once: looking a header up by `&str` parses the
+/// name on every call.
+static BYPASS_HEADER_NAME: http::HeaderName = http::HeaderName::from_static(BYPASS_HEADER);
+
 impl<B> CacheControl for http::Request<B> {
     fn bypasses_dedup(&self) -> bool {
         self.extensions().get::<Bypass>().is_some()
-            || self.headers().get_all(BYPASS_HEADER).iter().any(|value| {
-                value
-                    .as_bytes()
-                    .eq_ignore_ascii_case(BYPASS_VALUE.as_bytes())
-            })
+            || self
+                .headers()
+                .get_all(&BYPASS_HEADER_NAME)
+                .iter()
+                .any(|value| {
+                    value
+                        .as_bytes()
+                        .eq_ignore_ascii_case(BYPASS_VALUE.as_bytes())
+                })
     }
 }
 
