@@ -313,9 +313,18 @@ impl<I> Subscription<I> {
     }
 
     /// Leaves the flight once it has given this subscriber its end.
-    fn detach(attached: &mut bool, notifier: &Notifier, id: usize, state: &mut State<I>) {
+    fn detach(
+        attached: &mut bool,
+        reads_error: bool,
+        notifier: &Notifier,
+        id: usize,
+        state: &mut State<I>,
+    ) {
         *attached = false;
         state.subscribers = state.subscribers.saturating_sub(1);
+        if reads_error {
+            state.error_readers = state.error_readers.saturating_sub(1);
+        }
         notifier.release(id);
     }
 
@@ -356,6 +365,7 @@ impl<I> Subscription<I> {
                 Some(End::Done) => {
                     Self::detach(
                         &mut self.attached,
+                        self.reads_error,
                         &self.flight.notifier,
                         self.id,
                         &mut state,
@@ -382,6 +392,7 @@ impl<I> Subscription<I> {
                     };
                     Self::detach(
                         &mut self.attached,
+                        self.reads_error,
                         &self.flight.notifier,
                         self.id,
                         &mut state,
@@ -466,6 +477,10 @@ impl<I> Drop for Subscription<I> {
         {
             let mut state = lock(&self.flight.state);
             state.subscribers = state.subscribers.saturating_sub(1);
+            if self.reads_error {
+                // So that a reader left alone gets the original error, not a shared wrapper.
+                state.error_readers = state.error_readers.saturating_sub(1);
+            }
             if state.subscribers == 0 && state.end.is_none() {
                 state.closed = true;
                 cancelled = state.producer.take();

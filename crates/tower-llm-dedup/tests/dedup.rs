@@ -424,6 +424,27 @@ async fn a_lone_caller_gets_the_original_error() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_caller_left_alone_by_dropped_waiters_gets_the_original_error() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = ServiceBuilder::new()
+        .layer(DedupLayer::new(Duration::from_secs(60)))
+        .service(failing(calls.clone()));
+    let leader = tokio::spawn(service.clone().oneshot("q".to_string()));
+    tokio::task::yield_now().await;
+    let waiters: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(service.clone().oneshot("q".to_string())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for waiter in waiters {
+        waiter.abort();
+        assert!(waiter.await.expect_err("aborted").is_cancelled());
+    }
+    let error = leader.await.expect("no panic").expect_err("fails");
+    assert!(error.downcast_ref::<RateLimited>().is_some(), "{error}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn own_call_mode_lets_waiters_call_again() {
     let calls = Arc::new(AtomicUsize::new(0));
     let layer = DedupLayer::builder()
