@@ -467,6 +467,8 @@ async fn a_new_call_never_overtakes_a_queued_one_even_when_the_quota_allows_it()
     assert_eq!(times(&log), [0.0, 1.0, 2.0]);
     let stats = svc.stats();
     assert_eq!((stats.admitted, stats.waited, stats.waiting), (3, 2, 0));
+    // The single key's own tally is shared by clones too.
+    assert_eq!(svc.clone().stats(), stats);
 }
 
 #[tokio::test(start_paused = true)]
@@ -528,6 +530,8 @@ async fn keys_are_isolated_and_clones_share() {
     let at = |id: u32| secs(entries.iter().find(|e| e.0 == id).expect("sent").2);
     assert_eq!((at(0), at(1), at(2)), (0.0, 30.0, 0.0));
     assert_eq!(svc.tracked_keys(), 2);
+    // Keyed calls are counted in the shared counters, whichever clone made them.
+    assert_eq!((svc.stats().admitted, clone.stats().admitted), (3, 3));
     // A separate layer application is a separate budget.
     let mut other = layer.layer(inner(start, log.clone()));
     let now = secs(start.elapsed());
