@@ -4,7 +4,7 @@
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
@@ -160,8 +160,6 @@ impl Stats {
 pub(crate) struct Limiter {
     pub(crate) config: Config,
     origin: Instant,
-    /// The origin's fields, when an instant's fields are a plain timestamp: see [`Fields`].
-    raw_origin: Option<(u64, u64)>,
     pub(crate) stats: Stats,
     /// Whether a response's usage is read: a tokens quota that is reconciled.
     pub(crate) wants_usage: bool,
@@ -170,11 +168,9 @@ pub(crate) struct Limiter {
 impl Limiter {
     pub(crate) fn new(config: Config) -> Self {
         let wants_usage = config.tokens.is_some() && config.reconcile != Reconcile::Off;
-        let origin = Instant::now();
         Limiter {
             config,
-            origin,
-            raw_origin: Fields::verified_origin(origin),
+            origin: Instant::now(),
             stats: Stats::new(),
             wants_usage,
         }
@@ -183,21 +179,10 @@ impl Limiter {
     /// Nanoseconds since the limiter was made, on tokio's clock (so a paused clock works).
     #[inline]
     pub(crate) fn now(&self) -> u64 {
-        self.since_origin(Instant::now())
-    }
-
-    #[inline]
-    fn since_origin(&self, instant: Instant) -> u64 {
+        // Plain u64 arithmetic: `as_nanos` goes through u128 and a fallible conversion.
         const NANOS: u64 = 1_000_000_000;
         const MAX_SECS: u64 = u64::MAX / 4 / NANOS;
-        if let (Some((secs0, nanos0)), Some((secs, nanos))) = (self.raw_origin, Fields::of(instant))
-        {
-            let secs = secs.wrapping_sub(secs0);
-            if secs < MAX_SECS {
-                return (secs * NANOS + nanos).saturating_sub(nanos0);
-            }
-        }
-        let since = instant.saturating_duration_since(self.origin);
+        let since = Instant::now().saturating_duration_since(self.origin);
         let secs = since.as_secs();
         if secs < MAX_SECS {
             secs * NANOS + u64::from(since.subsec_nanos())
@@ -219,79 +204,6 @@ impl Limiter {
         {
             false
         }
-    }
-}
-
-/// Reads the (seconds, nanoseconds) an [`Instant`] feeds its `Hash`: subtracting those is a
-/// few instructions, where `Instant - Instant` normalizes a `Duration` through a branchy
-/// `Timespec` subtraction (~50 instructions, more than reading the clock itself).
-///
-/// How an instant hashes is not specified, so this is trusted only after
-/// [`verified_origin`](Self::verified_origin) has checked, on this build, that instants a
-/// known distance apart hash to fields that far apart; otherwise the limiter subtracts
-/// instants the usual way.
-#[derive(Default)]
-struct Fields {
-    words: [u64; 2],
-    count: usize,
-}
-
-impl Fields {
-    #[inline]
-    fn of(instant: Instant) -> Option<(u64, u64)> {
-        let mut fields = Fields::default();
-        instant.hash(&mut fields);
-        (fields.count == 2).then_some((fields.words[0], fields.words[1]))
-    }
-
-    fn verified_origin(origin: Instant) -> Option<(u64, u64)> {
-        let raw = Fields::of(origin)?;
-        let probes = [
-            Duration::ZERO,
-            Duration::new(0, 999_999_999),
-            Duration::new(1, 250_000_003),
-            Duration::new(86_400 * 365, 1),
-        ];
-        for probe in probes {
-            let (secs, nanos) = Fields::of(origin.checked_add(probe)?)?;
-            let since = i128::from(secs.wrapping_sub(raw.0) as i64) * 1_000_000_000
-                + i128::from(nanos)
-                - i128::from(raw.1);
-            if since != probe.as_nanos() as i128 || nanos >= 1_000_000_000 {
-                return None;
-            }
-        }
-        Some(raw)
-    }
-
-    fn push(&mut self, word: u64) {
-        if let Some(slot) = self.words.get_mut(self.count) {
-            *slot = word;
-        }
-        self.count += 1;
-    }
-}
-
-impl Hasher for Fields {
-    fn finish(&self) -> u64 {
-        0
-    }
-
-    fn write(&mut self, _bytes: &[u8]) {
-        // Not a field this reads: mark the layout as unknown.
-        self.count = usize::MAX / 2;
-    }
-
-    fn write_u32(&mut self, word: u32) {
-        self.push(u64::from(word));
-    }
-
-    fn write_u64(&mut self, word: u64) {
-        self.push(word);
-    }
-
-    fn write_i64(&mut self, word: i64) {
-        self.push(word as u64);
     }
 }
 
@@ -1000,73 +912,6 @@ pub(crate) enum RemoteVerdict {
 /// where a network round trip dwarfs the allocation.
 pub(crate) type RemoteCheck =
     std::pin::Pin<Box<dyn std::future::Future<Output = RemoteVerdict> + Send>>;
-
-#[cfg(test)]
-mod clock_tests {
-    use std::time::Duration;
-
-    use tokio::time::Instant;
-
-    use super::{Fields, Limiter};
-    use crate::layer::Config;
-
-    const OFFSETS: [Duration; 8] = [
-        Duration::ZERO,
-        Duration::from_nanos(1),
-        Duration::from_nanos(999_999_999),
-        Duration::from_secs(1),
-        Duration::new(1, 1),
-        Duration::new(59, 999_999_999),
-        Duration::new(3_600, 123_456_789),
-        Duration::new(86_400 * 400, 7),
-    ];
-
-    #[test]
-    fn reads_as_many_nanoseconds_as_the_duration_between() {
-        let limiter = Limiter::new(Config::default());
-        if cfg!(target_os = "linux") {
-            // Where std's instant is a timespec, the cheap subtraction must be in use.
-            assert!(limiter.raw_origin.is_some());
-        }
-        for offset in OFFSETS {
-            let at = limiter.origin + offset;
-            assert_eq!(u128::from(limiter.since_origin(at)), offset.as_nanos());
-        }
-        // Before the origin (not on a monotonic clock, but never a wrap-around).
-        for back in [Duration::from_nanos(5), Duration::from_secs(5)] {
-            if let Some(before) = limiter.origin.checked_sub(back) {
-                assert_eq!(limiter.since_origin(before), 0);
-            }
-        }
-    }
-
-    #[test]
-    fn the_usual_subtraction_when_the_fields_are_unknown() {
-        let mut limiter = Limiter::new(Config::default());
-        limiter.raw_origin = None;
-        for offset in OFFSETS {
-            let at = limiter.origin + offset;
-            assert_eq!(u128::from(limiter.since_origin(at)), offset.as_nanos());
-        }
-        if cfg!(target_os = "linux") {
-            assert!(Fields::verified_origin(limiter.origin).is_some());
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn follows_a_paused_clock() {
-        let limiter = Limiter::new(Config::default());
-        let start = Instant::now();
-        for step in [
-            Duration::from_millis(1),
-            Duration::new(2, 999_999_999),
-            Duration::from_secs(3_600),
-        ] {
-            tokio::time::advance(step).await;
-            assert_eq!(u128::from(limiter.now()), start.elapsed().as_nanos());
-        }
-    }
-}
 
 #[cfg(test)]
 mod remote_name_tests {
