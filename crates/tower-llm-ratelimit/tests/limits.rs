@@ -36,6 +36,14 @@ where
     handle
 }
 
+/// Waits for the service to be ready, then sends `req`.
+async fn send<Svc>(svc: &mut Svc, req: Req) -> Result<Res, BoxError>
+where
+    Svc: Service<Req, Response = Res, Error = BoxError>,
+{
+    svc.ready().await.expect("ready").call(req).await
+}
+
 /// The error of a future that must be ready at once.
 fn ready_error<F: Future<Output = Result<Res, BoxError>>>(fut: F) -> BoxError {
     match fut.now_or_never() {
@@ -253,11 +261,7 @@ async fn a_wait_beyond_the_maximum_is_refused_at_once_or_when_it_runs_out() {
     let mut svc = layer.layer(inner(start, log.clone()));
     spawn(&mut svc, Req::new(2).latency(100 * S)).await;
     let waited = Instant::now();
-    let err = svc
-        .ready()
-        .await
-        .expect("ready")
-        .call(Req::new(3))
+    let err = send(&mut svc, Req::new(3))
         .await
         .expect_err("waited too long");
     assert_eq!(secs(waited.elapsed()), 10.0);
@@ -289,12 +293,7 @@ async fn a_request_larger_than_the_budget_is_a_client_error() {
     assert_eq!((detail.tokens(), detail.limit()), (1_001, 1_000));
     assert!(err.to_string().contains("1001 tokens"), "{err}");
     // Exactly the budget is fine.
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(Req::new(1).cost(1_000))
-        .await
-        .expect("fits");
+    send(&mut svc, Req::new(1).cost(1_000)).await.expect("fits");
     assert_eq!(log.ids(), [1]);
 }
 
@@ -306,11 +305,7 @@ async fn a_429_pauses_the_key_for_its_retry_hint() {
         .build()
         .expect("config");
     let mut svc = layer.layer(inner(start, log.clone()));
-    let res = svc
-        .ready()
-        .await
-        .expect("ready")
-        .call(Req::new(0).limited(Some(20 * S)))
+    let res = send(&mut svc, Req::new(0).limited(Some(20 * S)))
         .await
         .expect("a 429 answer");
     assert!(res.limited.is_some());
@@ -406,20 +401,9 @@ async fn an_open_circuit_inside_pauses_too() {
         .build()
         .expect("config")
         .layer(breaker);
-    let err = svc
-        .ready()
-        .await
-        .expect("ready")
-        .call(Req::new(0))
-        .await
-        .expect_err("open");
+    let err = send(&mut svc, Req::new(0)).await.expect_err("open");
     assert_eq!(classify_dyn_error(&*err).kind, FailureKind::CircuitOpen);
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(Req::new(1))
-        .await
-        .expect("call");
+    send(&mut svc, Req::new(1)).await.expect("call");
     let t: Vec<f64> = calls
         .lock()
         .expect("log")
@@ -447,12 +431,7 @@ async fn a_new_call_never_overtakes_a_queued_one_even_when_the_quota_allows_it()
         .build()
         .expect("config");
     let mut svc = layer.layer(inner(start, log.clone()));
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(Req::new(0))
-        .await
-        .expect("first call");
+    send(&mut svc, Req::new(0)).await.expect("first call");
     let mut second = Box::pin(svc.ready().await.expect("ready").call(Req::new(1)));
     assert!(poll_once(&mut second).is_pending(), "one a second");
     // Its second has come, but it has not been polled since: the budget is free right now,
@@ -479,11 +458,7 @@ async fn a_429_pauses_a_key_whose_calls_finish_without_a_lock() {
         .build()
         .expect("config");
     let mut svc = layer.layer(inner(start, log.clone()));
-    let res = svc
-        .ready()
-        .await
-        .expect("ready")
-        .call(Req::new(0).limited(Some(5 * S)))
+    let res = send(&mut svc, Req::new(0).limited(Some(5 * S)))
         .await
         .expect("a 429 answer");
     assert!(res.limited.is_some());
@@ -501,12 +476,7 @@ async fn a_429_pauses_a_key_whose_calls_finish_without_a_lock() {
     assert_eq!((stats.admitted, stats.pauses), (3, 1));
     // Then it is the fast path again: no wait at all.
     let before = Instant::now();
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(Req::new(3))
-        .await
-        .expect("call");
+    send(&mut svc, Req::new(3)).await.expect("call");
     assert_eq!(before.elapsed(), Duration::ZERO);
 }
 
@@ -535,13 +505,7 @@ async fn keys_are_isolated_and_clones_share() {
     // A separate layer application is a separate budget.
     let mut other = layer.layer(inner(start, log.clone()));
     let now = secs(start.elapsed());
-    other
-        .ready()
-        .await
-        .expect("ready")
-        .call(Req::new(3).key("a"))
-        .await
-        .expect("call");
+    send(&mut other, Req::new(3).key("a")).await.expect("call");
     let entries = log.entries();
     let at = |id: u32| secs(entries.iter().find(|e| e.0 == id).expect("sent").2);
     assert_eq!(at(3), now);
@@ -557,18 +521,10 @@ async fn reconciling_refunds_or_charges_the_difference() {
         .expect("config");
     let mut svc = layer.layer(inner(start, log.clone()));
     // Reserved 600, used 100: 500 come back, so 400 more can go at once.
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(Req::new(0).cost(600).actual(100))
+    send(&mut svc, Req::new(0).cost(600).actual(100))
         .await
         .expect("call");
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(Req::new(1).cost(400))
-        .await
-        .expect("call");
+    send(&mut svc, Req::new(1).cost(400)).await.expect("call");
     assert_eq!(times(&log), [0.0, 0.0]);
     let stats = svc.stats();
     assert_eq!((stats.tokens_reserved, stats.tokens_refunded), (1_000, 500));
@@ -577,18 +533,10 @@ async fn reconciling_refunds_or_charges_the_difference() {
     let log = Log::default();
     let mut svc = layer.layer(inner(start, log.clone()));
     let began = Instant::now();
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(Req::new(0).cost(100).actual(550))
+    send(&mut svc, Req::new(0).cost(100).actual(550))
         .await
         .expect("call");
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(Req::new(1).cost(100))
-        .await
-        .expect("call");
+    send(&mut svc, Req::new(1).cost(100)).await.expect("call");
     assert!(began.elapsed() >= 5 * S, "waited {:?}", began.elapsed());
     assert_eq!(svc.stats().tokens_charged, 450);
 
@@ -602,18 +550,10 @@ async fn reconciling_refunds_or_charges_the_difference() {
     let log = Log::default();
     let mut svc = layer.layer(inner(start, log.clone()));
     let began = Instant::now();
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(Req::new(0).cost(600).actual(100))
+    send(&mut svc, Req::new(0).cost(600).actual(100))
         .await
         .expect("call");
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(Req::new(1).cost(400))
-        .await
-        .expect("call");
+    send(&mut svc, Req::new(1).cost(400)).await.expect("call");
     assert!(began.elapsed() >= 40 * S, "waited {:?}", began.elapsed());
     assert_eq!(svc.stats().tokens_refunded, 0);
 }
@@ -654,18 +594,8 @@ async fn the_servers_headers_are_followed_when_asked() {
     let openai = Req::new(0)
         .header("x-ratelimit-remaining-requests", "0")
         .header("x-ratelimit-reset-requests", "6s");
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(openai)
-        .await
-        .expect("call");
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(Req::new(1))
-        .await
-        .expect("call");
+    send(&mut svc, openai).await.expect("call");
+    send(&mut svc, Req::new(1)).await.expect("call");
     assert_eq!(times(&log), [0.0, 6.0]);
 
     // Anthropic's reset is a time: 20 s from now, give or take the second it is cut to.
@@ -673,25 +603,10 @@ async fn the_servers_headers_are_followed_when_asked() {
     let anthropic = Req::new(2)
         .header("anthropic-ratelimit-requests-remaining", "1")
         .header("anthropic-ratelimit-requests-reset", reset);
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(anthropic)
-        .await
-        .expect("call");
+    send(&mut svc, anthropic).await.expect("call");
     let began = Instant::now();
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(Req::new(3))
-        .await
-        .expect("one left");
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(Req::new(4))
-        .await
-        .expect("call");
+    send(&mut svc, Req::new(3)).await.expect("one left");
+    send(&mut svc, Req::new(4)).await.expect("call");
     let waited = began.elapsed();
     assert!(waited >= 19 * S && waited <= 22 * S, "waited {waited:?}");
 
@@ -699,19 +614,9 @@ async fn the_servers_headers_are_followed_when_asked() {
     let garbage = Req::new(5)
         .header("x-ratelimit-remaining-requests", "none")
         .header("x-ratelimit-reset-requests", "later");
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(garbage)
-        .await
-        .expect("call");
+    send(&mut svc, garbage).await.expect("call");
     let began = Instant::now();
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(Req::new(6))
-        .await
-        .expect("call");
+    send(&mut svc, Req::new(6)).await.expect("call");
     assert!(began.elapsed() < S);
 
     // Off by default.
@@ -722,19 +627,9 @@ async fn the_servers_headers_are_followed_when_asked() {
     let openai = Req::new(7)
         .header("x-ratelimit-remaining-requests", "0")
         .header("x-ratelimit-reset-requests", "6s");
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(openai)
-        .await
-        .expect("call");
+    send(&mut svc, openai).await.expect("call");
     let began = Instant::now();
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(Req::new(8))
-        .await
-        .expect("call");
+    send(&mut svc, Req::new(8)).await.expect("call");
     assert_eq!(began.elapsed(), Duration::ZERO);
 }
 
@@ -754,12 +649,7 @@ async fn the_key_table_is_bounded() {
     busy.await.expect("join").expect("call");
     // Once "a" is back to a fresh state it is forgotten and "b" gets its place.
     tokio::time::sleep(61 * S).await;
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(Req::new(2).key("b"))
-        .await
-        .expect("call");
+    send(&mut svc, Req::new(2).key("b")).await.expect("call");
     assert_eq!(svc.tracked_keys(), 1);
     assert_eq!(log.ids(), [0, 2]);
 }
