@@ -391,6 +391,22 @@ fn failing(
     })
 }
 
+/// Spawns one call of "q", lets it start, then spawns `n` more that join it.
+async fn leader_and_waiters<S>(service: &S, n: usize) -> (Call, Vec<Call>)
+where
+    S: Service<String, Response = String, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let leader = tokio::spawn(service.clone().oneshot("q".to_string()));
+    tokio::task::yield_now().await;
+    let waiters = (0..n)
+        .map(|_| tokio::spawn(service.clone().oneshot("q".to_string())))
+        .collect();
+    (leader, waiters)
+}
+
+type Call = tokio::task::JoinHandle<Result<String, BoxError>>;
+
 #[tokio::test(start_paused = true)]
 async fn errors_are_shared_classifiable_and_never_cached() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -429,11 +445,7 @@ async fn a_caller_left_alone_by_dropped_waiters_gets_the_original_error() {
     let service = ServiceBuilder::new()
         .layer(DedupLayer::new(Duration::from_secs(60)))
         .service(failing(calls.clone()));
-    let leader = tokio::spawn(service.clone().oneshot("q".to_string()));
-    tokio::task::yield_now().await;
-    let waiters: Vec<_> = (0..3)
-        .map(|_| tokio::spawn(service.clone().oneshot("q".to_string())))
-        .collect();
+    let (leader, waiters) = leader_and_waiters(&service, 3).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     for waiter in waiters {
         waiter.abort();
@@ -454,11 +466,7 @@ async fn own_call_mode_lets_waiters_call_again() {
     let service = ServiceBuilder::new()
         .layer(layer)
         .service(failing(calls.clone()));
-    let leader = tokio::spawn(service.clone().oneshot("q".to_string()));
-    tokio::task::yield_now().await;
-    let waiters: Vec<_> = (0..3)
-        .map(|_| tokio::spawn(service.clone().oneshot("q".to_string())))
-        .collect();
+    let (leader, waiters) = leader_and_waiters(&service, 3).await;
     let error = leader.await.expect("no panic").expect_err("leader fails");
     assert!(error.downcast_ref::<RateLimited>().is_some(), "{error}");
     for waiter in waiters {
