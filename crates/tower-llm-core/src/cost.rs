@@ -113,29 +113,226 @@ pub fn usage_from_json(body: &serde_json::Value) -> Option<Usage> {
     })
 }
 
-fn json_text_tokens(value: &serde_json::Value) -> u64 {
-    use serde_json::Value;
-    match value {
-        Value::String(s) => estimate_text_tokens(s),
-        Value::Array(items) => items.iter().map(json_text_tokens).sum(),
-        Value::Object(map) => map.values().map(json_text_tokens).sum(),
-        _ => 0,
-    }
-}
-
 /// Output budget assumed for a JSON request that names none.
 pub const DEFAULT_OUTPUT_TOKENS: u64 = 1024;
 
-/// Estimates a JSON request body: the text of every string in it plus its output budget
-/// ([`DEFAULT_OUTPUT_TOKENS`] when it names none). A body that is not JSON counts one token
-/// per four bytes.
+/// Estimates a JSON request body: the text of every string value in it plus its output
+/// budget ([`DEFAULT_OUTPUT_TOKENS`] when it names none). A body that is not JSON counts one
+/// token per four bytes.
+///
+/// The body is read in one pass without building a tree (see [`scan`]): the same figure as
+/// [`requested_output_tokens`] and a walk over the parsed `serde_json::Value`, at a fraction
+/// of the cost (a rate limiter estimates every request). One difference: the text of a key
+/// repeated within one object counts each time, where a parsed object keeps only the last.
 pub fn estimate_body_tokens(body: &[u8]) -> u64 {
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(value) => {
-            json_text_tokens(&value)
-                + requested_output_tokens(&value).unwrap_or(DEFAULT_OUTPUT_TOKENS)
+    match scan::estimate(body) {
+        Some(tokens) => tokens,
+        None => (body.len() as u64).div_ceil(4),
+    }
+}
+
+/// One-pass readings of JSON bodies: serde_json's parser drives visitors that keep only what
+/// an estimate or a usage needs, so no tree of the whole body is allocated.
+mod scan {
+    use std::fmt;
+
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    use super::{DEFAULT_OUTPUT_TOKENS, Usage, estimate_text_tokens, usage_from_json};
+
+    /// The usage in a JSON response body, reading only its top-level `usage` and
+    /// `usageMetadata` into a tree and skipping the rest (the answer's text, which may be
+    /// long) without allocating.
+    pub(super) fn usage(body: &[u8]) -> Option<Usage> {
+        if body.is_empty() {
+            // Common for bodies already taken (streamed); a parse error would allocate.
+            return None;
         }
-        Err(_) => (body.len() as u64).div_ceil(4),
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let found = de.deserialize_map(UsageFields).ok()?;
+        de.end().ok()?;
+        usage_from_json(&serde_json::Value::Object(found))
+    }
+
+    struct UsageFields;
+
+    impl<'de> Visitor<'de> for UsageFields {
+        type Value = serde_json::Map<String, serde_json::Value>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> Result<Self::Value, A::Error> {
+            let mut found = serde_json::Map::new();
+            while let Some(key) = fields.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "usage" || key == "usageMetadata" {
+                    // A repeated key: the last one counts, as in a parsed object.
+                    found.insert(key.into_owned(), fields.next_value()?);
+                } else {
+                    fields.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+
+    /// What one pass gathers.
+    #[derive(Default)]
+    struct Tally {
+        text: u64,
+        /// `max_completion_tokens`, `max_tokens`, `max_output_tokens` (top level), then
+        /// `generationConfig.maxOutputTokens`: the order [`super::requested_output_tokens`]
+        /// prefers them in.
+        budgets: [Option<u64>; 4],
+    }
+
+    /// Where the value being read sits, as far as budgets care.
+    #[derive(Clone, Copy)]
+    enum At {
+        /// The body itself.
+        Top,
+        /// The top-level `generationConfig` object.
+        GenerationConfig,
+        /// The value of a budget field: `Tally::budgets[i]` if it is a whole number.
+        Budget(usize),
+        /// Anywhere else.
+        Inside,
+    }
+
+    struct Walk<'t> {
+        tally: &'t mut Tally,
+        at: At,
+    }
+
+    pub(super) fn estimate(body: &[u8]) -> Option<u64> {
+        let mut tally = Tally::default();
+        let mut de = serde_json::Deserializer::from_slice(body);
+        Walk {
+            tally: &mut tally,
+            at: At::Top,
+        }
+        .deserialize(&mut de)
+        .ok()?;
+        de.end().ok()?;
+        let budget = tally.budgets.iter().find_map(|b| *b);
+        Some(
+            tally
+                .text
+                .saturating_add(budget.unwrap_or(DEFAULT_OUTPUT_TOKENS)),
+        )
+    }
+
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+
+        fn visit_str<E>(self, text: &str) -> Result<(), E> {
+            self.tally.text = self.tally.text.saturating_add(estimate_text_tokens(text));
+            Ok(())
+        }
+
+        fn visit_u64<E>(self, n: u64) -> Result<(), E> {
+            if let At::Budget(i) = self.at
+                && let Some(slot) = self.tally.budgets.get_mut(i)
+            {
+                // A repeated key: the last one counts, as in a parsed object.
+                *slot = Some(n);
+            }
+            Ok(())
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+            while items
+                .next_element_seed(Walk {
+                    tally: &mut *self.tally,
+                    at: At::Inside,
+                })?
+                .is_some()
+            {}
+            Ok(())
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> Result<(), A::Error> {
+            while let Some(key) = fields.next_key_seed(Key)? {
+                let at = match (self.at, key) {
+                    (At::Top, Name::Budget(i)) => At::Budget(i),
+                    (At::Top, Name::GenerationConfig) => At::GenerationConfig,
+                    (At::GenerationConfig, Name::MaxOutputTokens) => At::Budget(3),
+                    _ => At::Inside,
+                };
+                fields.next_value_seed(Walk {
+                    tally: &mut *self.tally,
+                    at,
+                })?;
+            }
+            Ok(())
+        }
+    }
+
+    /// The object keys that matter, read without copying the key.
+    #[derive(Clone, Copy)]
+    enum Name {
+        Budget(usize),
+        GenerationConfig,
+        MaxOutputTokens,
+        Other,
+    }
+
+    struct Key;
+
+    impl<'de> DeserializeSeed<'de> for Key {
+        type Value = Name;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Name, D::Error> {
+            deserializer.deserialize_str(self)
+        }
+    }
+
+    impl Visitor<'_> for Key {
+        type Value = Name;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object key")
+        }
+
+        fn visit_str<E>(self, key: &str) -> Result<Name, E> {
+            Ok(match key {
+                "max_completion_tokens" => Name::Budget(0),
+                "max_tokens" => Name::Budget(1),
+                "max_output_tokens" => Name::Budget(2),
+                "generationConfig" => Name::GenerationConfig,
+                "maxOutputTokens" => Name::MaxOutputTokens,
+                _ => Name::Other,
+            })
+        }
     }
 }
 
@@ -176,8 +373,7 @@ impl<B: AsRef<[u8]>> ResponseUsage for http::Response<B> {
         if let Some(usage) = self.extensions().get::<Usage>() {
             return Some(*usage);
         }
-        let body: serde_json::Value = serde_json::from_slice(self.body().as_ref()).ok()?;
-        usage_from_json(&body)
+        scan::usage(self.body().as_ref())
     }
 }
 
@@ -197,6 +393,119 @@ impl<T: ResponseUsage + ?Sized> ResponseUsage for Arc<T> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The estimate the long way, over a parsed tree: the oracle for the one-pass scan.
+    fn estimate_with_tree(body: &[u8]) -> u64 {
+        fn text(value: &serde_json::Value) -> u64 {
+            use serde_json::Value;
+            match value {
+                Value::String(s) => estimate_text_tokens(s),
+                Value::Array(items) => items.iter().map(text).sum(),
+                Value::Object(map) => map.values().map(text).sum(),
+                _ => 0,
+            }
+        }
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(value) => {
+                text(&value) + requested_output_tokens(&value).unwrap_or(DEFAULT_OUTPUT_TOKENS)
+            }
+            Err(_) => (body.len() as u64).div_ceil(4),
+        }
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            (-1e6f64..1e6).prop_map(serde_json::Value::from),
+            "\\PC{0,12}".prop_map(serde_json::Value::String),
+        ];
+        let key = prop_oneof![
+            Just("max_completion_tokens".to_owned()),
+            Just("max_tokens".to_owned()),
+            Just("max_output_tokens".to_owned()),
+            Just("generationConfig".to_owned()),
+            Just("maxOutputTokens".to_owned()),
+            Just("usage".to_owned()),
+            Just("usageMetadata".to_owned()),
+            Just("prompt_tokens".to_owned()),
+            Just("completion_tokens".to_owned()),
+            Just("input_tokens".to_owned()),
+            Just("output_tokens".to_owned()),
+            Just("promptTokenCount".to_owned()),
+            "\\PC{0,6}",
+        ];
+        leaf.prop_recursive(4, 32, 5, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::Array),
+                proptest::collection::btree_map(key.clone(), inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// The one-pass scan and the tree agree on every body, valid or damaged.
+        #[test]
+        fn scan_and_tree_agree(value in json_value(), cut in 0usize..200, damage in proptest::bool::ANY) {
+            let mut text = serde_json::to_string_pretty(&value).expect("serialises").into_bytes();
+            proptest::prop_assert_eq!(estimate_body_tokens(&text), estimate_with_tree(&text));
+            if damage && !text.is_empty() {
+                text.truncate(cut % text.len());
+                proptest::prop_assert_eq!(estimate_body_tokens(&text), estimate_with_tree(&text));
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Reading only `usage` and `usageMetadata` finds what parsing the whole body finds.
+        #[test]
+        fn usage_scan_and_tree_agree(value in json_value(), cut in 0usize..200, damage in proptest::bool::ANY) {
+            let mut text = serde_json::to_string(&value).expect("serialises").into_bytes();
+            if damage && !text.is_empty() {
+                text.truncate(cut % text.len());
+            }
+            let from_tree = serde_json::from_slice::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| usage_from_json(&v));
+            proptest::prop_assert_eq!(http::Response::new(text).usage(), from_tree);
+        }
+    }
+
+    #[test]
+    fn budgets_in_every_spelling_and_order_of_preference() {
+        for (body, expected) in [
+            (r#"{"max_tokens": 7}"#, 7),
+            (r#"{"max_tokens": 7, "max_completion_tokens": 9}"#, 9),
+            (r#"{"max_output_tokens": 5, "max_tokens": 7}"#, 7),
+            (
+                r#"{"generationConfig": {"maxOutputTokens": 64}, "max_output_tokens": 5}"#,
+                5,
+            ),
+            (r#"{"generationConfig": {"maxOutputTokens": 64}}"#, 64),
+            (r#"{"maxOutputTokens": 64}"#, DEFAULT_OUTPUT_TOKENS),
+            (r#"{"nested": {"max_tokens": 3}}"#, DEFAULT_OUTPUT_TOKENS),
+            (r#"{"max_tokens": -1}"#, DEFAULT_OUTPUT_TOKENS),
+            (r#"{"max_tokens": 2.0}"#, DEFAULT_OUTPUT_TOKENS),
+            (r#"[{"max_tokens": 3}]"#, DEFAULT_OUTPUT_TOKENS),
+        ] {
+            assert_eq!(estimate_body_tokens(body.as_bytes()), expected, "{body}");
+            assert_eq!(estimate_with_tree(body.as_bytes()), expected, "{body}");
+        }
+        // A budget given as a string is text, not a budget.
+        assert_eq!(
+            estimate_body_tokens(br#"{"max_tokens": "12345678"}"#),
+            2 + DEFAULT_OUTPUT_TOKENS
+        );
+        // Escapes are read as the text they stand for.
+        assert_eq!(
+            estimate_body_tokens(br#"["\u65e5\u672c"]"#),
+            2 + DEFAULT_OUTPUT_TOKENS
+        );
+    }
 
     #[test]
     fn estimates_text_and_output_budget() {
