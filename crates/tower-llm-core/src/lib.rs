@@ -16,6 +16,8 @@
 //! - **Rate-limit headers** ([`RateLimitHeaders`]): a response's view of the provider's limits.
 //! - **Errors** ([`CircuitOpen`], [`RateLimited`], [`UpstreamError`]): what layers and
 //!   providers box, so that any layer further out can classify them.
+//! - **Error bodies** ([`read_error_body`], [`ErrorBody`]): what OpenAI's, Anthropic's and
+//!   Gemini's JSON error bodies say (an exhausted quota, a prompt too long, a retry hint).
 //!
 //! Core has no I/O and no runtime of its own.
 //!
@@ -47,6 +49,7 @@ mod canonical;
 mod classify;
 mod cost;
 mod error;
+mod error_body;
 mod fingerprint;
 mod request_meta;
 mod retry_after;
@@ -61,6 +64,7 @@ pub use cost::{
     estimate_text_tokens, requested_output_tokens, usage_from_json,
 };
 pub use error::{BoxError, CircuitOpen, MAX_ERROR_BODY, RateLimited, UpstreamError};
+pub use error_body::{ErrorBody, ErrorDialect, read_error_body, read_error_value};
 pub use fingerprint::{
     Fingerprint, FingerprintHasher, FingerprintKey, IDENTITY_HEADERS, RequestKey,
 };

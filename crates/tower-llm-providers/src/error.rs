@@ -5,13 +5,14 @@
 //! arrive as an event inside a 200 stream), and the retry hint comes from every header form
 //! ([`retry_after`]) and, for Gemini, from `RetryInfo.retryDelay` in the body.
 
-use std::borrow::Cow;
-use std::fmt;
-use std::time::Duration;
-
 use bytes::Bytes;
 use serde_json::Value;
-use tower_llm_core::{BoxError, FailureKind, UpstreamError, classify_dyn_error, retry_after};
+use std::borrow::Cow;
+use std::fmt;
+use tower_llm_core::{
+    BoxError, ErrorBody, ErrorDialect, FailureKind, UpstreamError, classify_dyn_error,
+    read_error_body, read_error_value, retry_after,
+};
 
 /// A provider's configuration was refused when built; it names the knob and says why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,7 +124,7 @@ impl Ctx {
         note: Option<&str>,
     ) -> UpstreamError {
         let kind = FailureKind::from_status(status).unwrap_or(FailureKind::Other);
-        let detail = parse_error_body(self.dialect, &body);
+        let detail = read_error_body(Some(self.dialect.errors()), &body);
         let message = match (&detail, note) {
             (_, Some(note)) => note.to_owned(),
             (Some(d), None) => d.message.clone().unwrap_or_default(),
@@ -146,7 +147,7 @@ impl Ctx {
         if let Some(mut detail) = detail {
             // A body's generic type ("invalid_request_error" on a 401) must not hide what the
             // status says; only the specific kinds a status cannot express refine it.
-            if !detail.kind.is_some_and(refines_status) {
+            if !detail.kind.is_some_and(ErrorBody::refines_status) {
                 detail.kind = None;
             }
             error = apply_detail(error, kind, detail);
@@ -156,7 +157,7 @@ impl Ctx {
 
     /// An error object sent inside a 200 stream (or a 200 body).
     pub(crate) fn for_error_value(&self, value: &Value, raw: &str) -> UpstreamError {
-        let detail = error_detail(self.dialect, value).unwrap_or_default();
+        let detail = read_error_value(Some(self.dialect.errors()), value).unwrap_or_default();
         let kind = detail.kind.unwrap_or(FailureKind::ServerError);
         let error = self
             .error(
@@ -174,7 +175,7 @@ impl Ctx {
 fn apply_detail(
     mut error: UpstreamError,
     status_kind: FailureKind,
-    detail: ErrorDetail,
+    detail: ErrorBody,
 ) -> UpstreamError {
     if let Some(code) = detail.code {
         error = error.with_code(code);
@@ -205,17 +206,6 @@ fn apply_detail(
     error
 }
 
-fn refines_status(kind: FailureKind) -> bool {
-    matches!(
-        kind,
-        FailureKind::QuotaExhausted
-            | FailureKind::ContextLengthExceeded
-            | FailureKind::ContentFiltered
-            | FailureKind::Overloaded
-            | FailureKind::Unauthorized
-    )
-}
-
 pub(crate) fn looks_like_html(body: &[u8]) -> bool {
     let start = body
         .iter()
@@ -239,227 +229,20 @@ fn html_title(body: &[u8]) -> Option<String> {
     (!title.is_empty()).then(|| title.chars().take(200).collect())
 }
 
-/// What a provider's error JSON says.
-#[derive(Debug, Default)]
-struct ErrorDetail {
-    kind: Option<FailureKind>,
-    code: Option<String>,
-    message: Option<String>,
-    retry_after: Option<Duration>,
-}
-
-fn parse_error_body(dialect: Dialect, body: &[u8]) -> Option<ErrorDetail> {
-    let value: Value = serde_json::from_slice(body).ok()?;
-    // Gemini's streaming endpoint may wrap its error in an array.
-    let value = match value {
-        Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
-        other => other,
-    };
-    error_detail(dialect, &value)
-}
-
-fn str_field<'a>(value: &'a Value, name: &str) -> Option<&'a str> {
-    value.get(name).and_then(Value::as_str)
-}
-
-fn error_detail(dialect: Dialect, value: &Value) -> Option<ErrorDetail> {
-    let error = value.get("error")?;
-    Some(match dialect {
-        Dialect::OpenAi => openai_detail(error),
-        Dialect::Anthropic => anthropic_detail(error),
-        Dialect::Gemini => gemini_detail(error),
-    })
-}
-
-fn openai_detail(error: &Value) -> ErrorDetail {
-    // Some compatible servers send `"error": "text"`.
-    if let Some(text) = error.as_str() {
-        return ErrorDetail {
-            message: Some(text.to_owned()),
-            ..ErrorDetail::default()
-        };
-    }
-    let code = error.get("code").and_then(|c| {
-        c.as_str()
-            .map(str::to_owned)
-            .or_else(|| c.as_u64().map(|n| n.to_string()))
-    });
-    let ty = str_field(error, "type");
-    let message = str_field(error, "message").map(str::to_owned);
-    let names = [code.as_deref(), ty];
-    let has = |wanted: &[&str]| names.iter().flatten().any(|n| wanted.contains(n));
-    // Spend caps and exhausted credits come as 429s too, but waiting will not lift them
-    // (OpenAI's error-codes and spend-limits guides).
-    let kind = if has(&[
-        "insufficient_quota",
-        "billing_hard_limit_reached",
-        "billing_not_active",
-        "credit_balance_exhausted",
-        "organization_spend_limit_exceeded",
-        "project_spend_limit_exceeded",
-    ]) {
-        Some(FailureKind::QuotaExhausted)
-    } else if has(&["context_length_exceeded", "string_above_max_length"]) {
-        Some(FailureKind::ContextLengthExceeded)
-    } else if has(&[
-        "content_filter",
-        "content_policy_violation",
-        "ResponsibleAIPolicyViolation",
-    ]) {
-        Some(FailureKind::ContentFiltered)
-    } else if has(&[
-        "rate_limit_exceeded",
-        "rate_limit_error",
-        "slow_down",
-        "429",
-        "tokens",
-        "requests",
-    ]) {
-        Some(FailureKind::RateLimited)
-    } else if has(&["server_error", "internal_error"]) {
-        Some(FailureKind::ServerError)
-    } else if has(&[
-        "overloaded",
-        "overloaded_error",
-        "service_unavailable",
-        "service_unavailable_error",
-        "server_is_overloaded",
-    ]) {
-        Some(FailureKind::Overloaded)
-    } else if has(&["invalid_api_key", "authentication_error"]) {
-        Some(FailureKind::Unauthorized)
-    } else if has(&["model_not_found"]) {
-        Some(FailureKind::NotFound)
-    } else if has(&["invalid_request_error"]) {
-        Some(FailureKind::BadRequest)
-    } else {
-        None
-    };
-    ErrorDetail {
-        kind,
-        code: code.or_else(|| ty.map(str::to_owned)),
-        message,
-        retry_after: None,
-    }
-}
-
-fn anthropic_detail(error: &Value) -> ErrorDetail {
-    let ty = str_field(error, "type");
-    let message = str_field(error, "message").map(str::to_owned);
-    // A monthly spend cap is a 429 `rate_limit_error` told apart only by this code; waiting
-    // for a retry-after will not lift it.
-    let spend_cap = error
-        .get("details")
-        .and_then(|d| str_field(d, "error_code"))
-        == Some("enforced_spend_limit_reached");
-    let kind = match ty {
-        Some("overloaded_error") => Some(FailureKind::Overloaded),
-        Some("rate_limit_error") if spend_cap => Some(FailureKind::QuotaExhausted),
-        Some("rate_limit_error") => Some(FailureKind::RateLimited),
-        Some("api_error") => Some(FailureKind::ServerError),
-        Some("timeout_error") => Some(FailureKind::Timeout),
-        Some("authentication_error") => Some(FailureKind::Unauthorized),
-        Some("permission_error") => Some(FailureKind::Forbidden),
-        Some("not_found_error") => Some(FailureKind::NotFound),
-        Some("request_too_large") => Some(FailureKind::ContextLengthExceeded),
-        Some("billing_error") => Some(FailureKind::QuotaExhausted),
-        Some("invalid_request_error")
-            if message.as_deref().is_some_and(|m| {
-                m.contains("prompt is too long") || m.contains("context window")
-            }) =>
-        {
-            Some(FailureKind::ContextLengthExceeded)
+impl Dialect {
+    fn errors(self) -> ErrorDialect {
+        match self {
+            Dialect::OpenAi => ErrorDialect::OpenAi,
+            Dialect::Anthropic => ErrorDialect::Anthropic,
+            Dialect::Gemini => ErrorDialect::Gemini,
         }
-        Some("invalid_request_error")
-            if message.as_deref().is_some_and(|m| {
-                m.contains("credit balance is too low")
-                    || m.contains("reached your specified API usage limits")
-                    || m.contains("reached your specified workspace API usage limits")
-            }) =>
-        {
-            Some(FailureKind::QuotaExhausted)
-        }
-        Some("invalid_request_error") => Some(FailureKind::BadRequest),
-        _ => None,
-    };
-    ErrorDetail {
-        kind,
-        code: ty.map(str::to_owned),
-        message,
-        retry_after: None,
-    }
-}
-
-/// Parses a protobuf JSON duration such as `"37s"` or `"0.250s"`.
-pub(crate) fn parse_proto_duration(text: &str) -> Option<Duration> {
-    let seconds: f64 = text.trim().strip_suffix('s')?.parse().ok()?;
-    (0.0..1e9)
-        .contains(&seconds)
-        .then(|| Duration::from_secs_f64(seconds))
-}
-
-fn gemini_detail(error: &Value) -> ErrorDetail {
-    let status = str_field(error, "status");
-    let message = str_field(error, "message").map(str::to_owned);
-    let details = error.get("details").and_then(Value::as_array);
-    let detail_of = |suffix: &'static str| {
-        details
-            .into_iter()
-            .flatten()
-            .filter(move |d| str_field(d, "@type").is_some_and(|t| t.ends_with(suffix)))
-    };
-    let retry_after = detail_of("google.rpc.RetryInfo")
-        .find_map(|d| str_field(d, "retryDelay"))
-        .and_then(parse_proto_duration);
-    let per_day = detail_of("google.rpc.QuotaFailure").any(|d| {
-        d.get("violations")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .any(|v| {
-                ["quotaId", "quotaMetric"].iter().any(|f| {
-                    str_field(v, f)
-                        .is_some_and(|id| id.contains("PerDay") || id.contains("per_day"))
-                })
-            })
-    });
-    let reason = detail_of("google.rpc.ErrorInfo").find_map(|d| str_field(d, "reason"));
-    let kind = match status {
-        Some("RESOURCE_EXHAUSTED") if per_day => Some(FailureKind::QuotaExhausted),
-        Some("RESOURCE_EXHAUSTED") => Some(FailureKind::RateLimited),
-        Some("UNAVAILABLE") => Some(FailureKind::Overloaded),
-        Some("DEADLINE_EXCEEDED") => Some(FailureKind::Timeout),
-        Some("INTERNAL" | "UNKNOWN") => Some(FailureKind::ServerError),
-        Some("UNAUTHENTICATED") => Some(FailureKind::Unauthorized),
-        Some("INVALID_ARGUMENT") if reason == Some("API_KEY_INVALID") => {
-            Some(FailureKind::Unauthorized)
-        }
-        Some("INVALID_ARGUMENT")
-            if message
-                .as_deref()
-                .is_some_and(|m| m.contains("exceeds the maximum number of tokens")) =>
-        {
-            Some(FailureKind::ContextLengthExceeded)
-        }
-        Some("INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE") => {
-            Some(FailureKind::BadRequest)
-        }
-        Some("PERMISSION_DENIED") => Some(FailureKind::Forbidden),
-        Some("NOT_FOUND") => Some(FailureKind::NotFound),
-        _ => None,
-    };
-    ErrorDetail {
-        kind,
-        code: status
-            .map(str::to_owned)
-            .or_else(|| reason.map(str::to_owned)),
-        message,
-        retry_after,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use http::{HeaderMap, HeaderValue, StatusCode};
 
@@ -659,20 +442,5 @@ mod tests {
             err(Dialect::Gemini, 404, &[], "").message(),
             "empty error body"
         );
-    }
-
-    #[test]
-    fn proto_durations() {
-        assert_eq!(
-            parse_proto_duration("1.5s"),
-            Some(Duration::from_millis(1500))
-        );
-        assert_eq!(parse_proto_duration("-1s"), None);
-        assert_eq!(parse_proto_duration("-5s"), None);
-        assert_eq!(parse_proto_duration("1e400s"), None);
-        assert_eq!(parse_proto_duration("infs"), None);
-        assert_eq!(parse_proto_duration("18446744073709551616s"), None);
-        assert_eq!(parse_proto_duration("NaNs"), None);
-        assert_eq!(parse_proto_duration("12"), None);
     }
 }
