@@ -288,6 +288,17 @@ mod scan {
                     (At::GenerationConfig, Name::MaxOutputTokens) => At::Budget(3),
                     _ => At::Inside,
                 };
+                // A repeated key: the last one counts, as in a parsed object, even when it is
+                // not a whole number (then there is no budget under that name).
+                match at {
+                    At::Budget(i) => {
+                        if let Some(slot) = self.tally.budgets.get_mut(i) {
+                            *slot = None;
+                        }
+                    }
+                    At::GenerationConfig => self.tally.budgets[3] = None,
+                    At::Top | At::Inside => {}
+                }
                 fields.next_value_seed(Walk {
                     tally: &mut *self.tally,
                     at,
@@ -505,6 +516,50 @@ mod tests {
             estimate_body_tokens(br#"["\u65e5\u672c"]"#),
             2 + DEFAULT_OUTPUT_TOKENS
         );
+    }
+
+    /// A repeated budget key counts as a parsed object reads it: the last one, even when the
+    /// last is not a whole number (then there is no budget under that name).
+    #[test]
+    fn a_repeated_budget_key_keeps_only_the_last_value() {
+        for (body, expected) in [
+            (
+                r#"{"max_tokens": 7, "max_tokens": null}"#,
+                DEFAULT_OUTPUT_TOKENS,
+            ),
+            (
+                r#"{"max_tokens": 7, "max_tokens": -1}"#,
+                DEFAULT_OUTPUT_TOKENS,
+            ),
+            (
+                r#"{"max_tokens": 7, "max_tokens": {}}"#,
+                DEFAULT_OUTPUT_TOKENS,
+            ),
+            (
+                r#"{"max_tokens": 7, "max_tokens": 2.5}"#,
+                DEFAULT_OUTPUT_TOKENS,
+            ),
+            (r#"{"max_tokens": 7, "max_tokens": 9}"#, 9),
+            (
+                r#"{"max_completion_tokens": 3, "max_completion_tokens": false, "max_tokens": 8}"#,
+                8,
+            ),
+            (
+                r#"{"generationConfig": {"maxOutputTokens": 64}, "generationConfig": {}}"#,
+                DEFAULT_OUTPUT_TOKENS,
+            ),
+            (
+                r#"{"generationConfig": {"maxOutputTokens": 64}, "generationConfig": null}"#,
+                DEFAULT_OUTPUT_TOKENS,
+            ),
+            (
+                r#"{"generationConfig": {"maxOutputTokens": 64, "maxOutputTokens": null}}"#,
+                DEFAULT_OUTPUT_TOKENS,
+            ),
+        ] {
+            assert_eq!(estimate_with_tree(body.as_bytes()), expected, "{body}");
+            assert_eq!(estimate_body_tokens(body.as_bytes()), expected, "{body}");
+        }
     }
 
     #[test]
