@@ -251,7 +251,9 @@ fn gemini_detail(error: &Value) -> ErrorBody {
     let retry_after = detail_of("google.rpc.RetryInfo")
         .find_map(|d| str_field(d, "retryDelay"))
         .and_then(parse_proto_duration);
-    let per_day = detail_of("google.rpc.QuotaFailure").any(|d| {
+    // A quota id names its period; any detail's violations are read (not only a
+    // `QuotaFailure` by its `@type`): proxies and older API versions drop the `@type`.
+    let per_day = details.into_iter().flatten().any(|d| {
         d.get("violations")
             .and_then(Value::as_array)
             .into_iter()

@@ -1,18 +1,27 @@
-//! A classifier for raw HTTP stacks that also reads a 429's body for an exhausted quota.
+//! A classifier for raw HTTP stacks that also reads an error response's JSON body.
 
-use tower_llm_core::{Classify, ClassifyError, DefaultClassifier, FailureKind, Outcome};
+use tower_llm_core::{
+    Classify, ClassifyError, DefaultClassifier, ErrorBody, Failure, Outcome, read_error_body,
+};
 
-/// [`DefaultClassifier`], plus: a 429 whose body says the account's quota is spent is
-/// [`FailureKind::QuotaExhausted`] (never retried) instead of a rate limit.
+/// [`DefaultClassifier`], plus what a failed response's JSON body says, read by core's
+/// [`read_error_body`] in whichever provider dialect (OpenAI, Anthropic, Gemini) the body's
+/// shape shows.
 ///
 /// Core classifies an `http::Response` from its status and headers only, and a 429 looks the
 /// same whether it means "slow down" or "your credit is gone". Provider services read the
 /// body and return an `UpstreamError` of the right kind; a stack that sits directly on an
-/// HTTP client (a gateway, a proxy) has only the response, so this classifier looks into the
-/// body of a 429 (and of nothing else) for:
+/// HTTP client (a gateway, a proxy) has only the response, so this classifier reads the body
+/// of a failed response (never of a success) and lets it refine the status where it says
+/// more than a status can ([`ErrorBody::refines_status`]):
 ///
-/// - OpenAI's `insufficient_quota` error type or code;
-/// - Google's `RESOURCE_EXHAUSTED` with a per-day quota id (`...PerDay...`).
+/// - an exhausted quota or spend cap on a 429 (OpenAI `insufficient_quota` and its billing
+///   codes, Anthropic's spend limit, Google's per-day quota) is
+///   [`QuotaExhausted`](tower_llm_core::FailureKind::QuotaExhausted), never retried;
+/// - a prompt too long on a 400 is
+///   [`ContextLengthExceeded`](tower_llm_core::FailureKind::ContextLengthExceeded);
+/// - a content filter, an overload or a bad key keep their kinds;
+/// - a retry hint in the body (Gemini's `RetryInfo`) is used when no header gave one.
 ///
 /// ```
 /// use tower_llm_core::{BoxError, Classify, FailureKind};
@@ -39,33 +48,26 @@ where
 {
     fn classify(&self, result: Result<&http::Response<B>, &E>) -> Outcome {
         let outcome = DefaultClassifier.classify(result);
-        match result {
-            Ok(response)
-                if outcome.kind() == Some(FailureKind::RateLimited)
-                    && says_quota_exhausted(response.body().as_ref()) =>
-            {
-                Outcome::failure(FailureKind::QuotaExhausted)
-            }
-            _ => outcome,
-        }
+        let (Ok(response), Some(failure)) = (result, outcome.as_failure()) else {
+            return outcome;
+        };
+        let Some(body) = read_error_body(None, response.body().as_ref()) else {
+            return outcome;
+        };
+        Outcome::Failure(Failure {
+            kind: body
+                .kind
+                .filter(|kind| ErrorBody::refines_status(*kind))
+                .unwrap_or(failure.kind),
+            retry_after: failure.retry_after.or(body.retry_after),
+        })
     }
-}
-
-fn says_quota_exhausted(body: &[u8]) -> bool {
-    contains(body, b"insufficient_quota")
-        || (contains(body, b"RESOURCE_EXHAUSTED") && contains(body, b"PerDay"))
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tower_llm_core::BoxError;
+    use tower_llm_core::{BoxError, FailureKind};
 
     fn classify(status: u16, body: &'static str) -> Option<FailureKind> {
         let response = http::Response::builder()
@@ -78,7 +80,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_quota_bodies_of_429_only() {
+    fn reads_quota_bodies_of_failures_only() {
         let gemini_day = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"violations":[{"quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]}]}}"#;
         let gemini_minute = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"violations":[{"quotaId":"GenerateRequestsPerMinutePerProjectPerModel"}]}]}}"#;
         assert_eq!(classify(429, gemini_day), Some(FailureKind::QuotaExhausted));
@@ -87,11 +89,64 @@ mod tests {
             classify(429, r#"{"error":{"code":"insufficient_quota"}}"#),
             Some(FailureKind::QuotaExhausted)
         );
+        // As provider services read it: the body's kind says more than a 400.
         assert_eq!(
             classify(400, r#"{"error":{"code":"insufficient_quota"}}"#),
-            Some(FailureKind::BadRequest)
+            Some(FailureKind::QuotaExhausted)
         );
         assert_eq!(classify(200, "insufficient_quota"), None);
         assert_eq!(classify(429, ""), Some(FailureKind::RateLimited));
+    }
+
+    #[test]
+    fn reads_every_dialect_and_keeps_what_the_status_says_better() {
+        let anthropic_cap = r#"{"type":"error","error":{"type":"rate_limit_error","message":"m","details":{"error_code":"enforced_spend_limit_reached"}}}"#;
+        assert_eq!(
+            classify(429, anthropic_cap),
+            Some(FailureKind::QuotaExhausted)
+        );
+        let anthropic_slow =
+            r#"{"type":"error","error":{"type":"rate_limit_error","message":"m"}}"#;
+        assert_eq!(
+            classify(429, anthropic_slow),
+            Some(FailureKind::RateLimited)
+        );
+        let too_long = r#"{"error":{"message":"m","type":"invalid_request_error","code":"context_length_exceeded"}}"#;
+        assert_eq!(
+            classify(400, too_long),
+            Some(FailureKind::ContextLengthExceeded)
+        );
+        // A body's generic type does not hide the status: a 401 stays a 401.
+        let generic = r#"{"error":{"message":"m","type":"invalid_request_error"}}"#;
+        assert_eq!(classify(401, generic), Some(FailureKind::Unauthorized));
+        assert_eq!(
+            classify(503, "<html>busy</html>"),
+            Some(FailureKind::Overloaded)
+        );
+    }
+
+    #[test]
+    fn a_body_hint_fills_in_for_a_missing_header() {
+        let gemini = r#"{"error":{"code":429,"message":"m","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"7s"}]}}"#;
+        let response = http::Response::builder()
+            .status(429)
+            .body(gemini)
+            .expect("valid response");
+        let failure = QuotaAwareClassifier
+            .classify(Ok::<_, &BoxError>(&response))
+            .as_failure()
+            .expect("a failure");
+        assert_eq!(failure.kind, FailureKind::RateLimited);
+        assert_eq!(failure.retry_after, Some(std::time::Duration::from_secs(7)));
+        let with_header = http::Response::builder()
+            .status(429)
+            .header("retry-after", "3")
+            .body(gemini)
+            .expect("valid response");
+        let failure = QuotaAwareClassifier
+            .classify(Ok::<_, &BoxError>(&with_header))
+            .as_failure()
+            .expect("a failure");
+        assert_eq!(failure.retry_after, Some(std::time::Duration::from_secs(3)));
     }
 }

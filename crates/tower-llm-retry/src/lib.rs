@@ -25,8 +25,8 @@
 //!
 //! Provider services report an exhausted quota as such. Core reads a raw `http::Response`
 //! from its status and headers only, where such a 429 looks like any other; a stack built
-//! directly on an HTTP client should use [`QuotaAwareClassifier`], which also reads a 429's
-//! body.
+//! directly on an HTTP client should use [`QuotaAwareClassifier`], which also reads a failed
+//! response's JSON error body (any provider's dialect, through core's `read_error_body`).
 //!
 //! # How long it waits
 //!
