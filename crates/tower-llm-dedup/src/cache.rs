@@ -498,6 +498,43 @@ mod tests {
         }
     }
 
+    /// An entry moka evicts is dropped from its front slot too, not just marked: the front
+    /// table never keeps a value alive after moka let it go.
+    #[tokio::test(start_paused = true)]
+    async fn an_evicted_value_is_not_kept_alive_by_the_front_table() {
+        let config = CacheConfig {
+            capacity: Capacity::Entries(1),
+            ttl: HOUR,
+            time_to_idle: None,
+            ttl_for: None,
+        };
+        let cache = MemoryCache::<Arc<u64>>::new(&config, DedupStats::new());
+        let slots = cache.front.as_ref().expect("a front table").slots.len() as u128;
+        let cold = RequestKey::from_u128(0);
+        let value = Arc::new(0);
+        cache.insert(cold, value.clone(), HOUR);
+        assert_eq!(cache.get(&cold).as_deref(), Some(&0));
+        assert_eq!(
+            cache.get(&cold).as_deref(),
+            Some(&0),
+            "now from the front table"
+        );
+        // Hotter keys in the other slots push it out of moka.
+        for round in 0..50u64 {
+            for k in 1..slots {
+                let key = RequestKey::from_u128(k);
+                cache.insert(key, Arc::new(round), HOUR);
+                for _ in 0..4 {
+                    cache.get(&key);
+                }
+            }
+            cache.cache.run_pending_tasks();
+        }
+        assert!(!cache.cache.contains_key(&cold), "moka evicted it");
+        assert_eq!(cache.get(&cold), None);
+        assert_eq!(Arc::strong_count(&value), 1, "only this test holds it");
+    }
+
     /// Writers replace values while readers hammer the same keys through the front table;
     /// once they stop, every key reads as the last value stored for it, or as absent when
     /// moka evicted it, never as an older value.
