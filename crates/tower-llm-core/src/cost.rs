@@ -380,6 +380,13 @@ impl<T: RequestCost + ?Sized> RequestCost for Arc<T> {
 impl<B: AsRef<[u8]>> ResponseUsage for http::Response<B> {
     /// A [`Usage`] in the response's extensions (where a provider service may put it) wins;
     /// otherwise the JSON body is read.
+    ///
+    /// Only the body's top-level `usage` and `usageMetadata` are parsed; the rest is checked
+    /// for JSON structure only, not for valid strings or numbers (serde's `IgnoredAny`: about
+    /// twice as fast on answers with escapes). So a body whose answer holds a lone surrogate,
+    /// bytes that are not UTF-8 or a number out of range still yields its usage, where
+    /// parsing the whole body into a `serde_json::Value` would fail: the provider charged
+    /// those tokens all the same.
     fn usage(&self) -> Option<Usage> {
         if let Some(usage) = self.extensions().get::<Usage>() {
             return Some(*usage);
@@ -483,6 +490,24 @@ mod tests {
                 .ok()
                 .and_then(|v| usage_from_json(&v));
             proptest::prop_assert_eq!(http::Response::new(text).usage(), from_tree);
+        }
+    }
+
+    /// The documented leniency of the usage scan (see `ResponseUsage for http::Response`):
+    /// damage in a skipped part does not hide the usage. Pinned so that a change is deliberate.
+    #[test]
+    fn usage_is_read_past_bad_strings_and_numbers_it_skips() {
+        for damaged in [&br#""\ud800""#[..], b"1e400", b"\"\xff\xfe\""] {
+            let mut body = br#"{"choices": "#.to_vec();
+            body.extend_from_slice(damaged);
+            body.extend_from_slice(br#", "usage": {"prompt_tokens": 1, "completion_tokens": 2}}"#);
+            assert!(serde_json::from_slice::<serde_json::Value>(&body).is_err());
+            assert_eq!(
+                http::Response::new(body).usage().map(|u| u.total()),
+                Some(3),
+                "{}",
+                String::from_utf8_lossy(damaged)
+            );
         }
     }
 
