@@ -120,7 +120,7 @@ pub const DEFAULT_OUTPUT_TOKENS: u64 = 1024;
 /// budget ([`DEFAULT_OUTPUT_TOKENS`] when it names none). A body that is not JSON counts one
 /// token per four bytes.
 ///
-/// The body is read in one pass without building a tree (see [`scan`]): the same figure as
+/// The body is read in one pass without building a tree: the same figure as
 /// [`requested_output_tokens`] and a walk over the parsed `serde_json::Value`, at a fraction
 /// of the cost (a rate limiter estimates every request). One difference: the text of a key
 /// repeated within one object counts each time, where a parsed object keeps only the last.
