@@ -433,14 +433,6 @@ mod tests {
 
     fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
         use proptest::prelude::*;
-        let leaf = prop_oneof![
-            Just(serde_json::Value::Null),
-            any::<bool>().prop_map(serde_json::Value::Bool),
-            any::<i64>().prop_map(serde_json::Value::from),
-            any::<u64>().prop_map(serde_json::Value::from),
-            (-1e6f64..1e6).prop_map(serde_json::Value::from),
-            "\\PC{0,12}".prop_map(serde_json::Value::String),
-        ];
         let key = prop_oneof![
             Just("max_completion_tokens".to_owned()),
             Just("max_tokens".to_owned()),
@@ -456,13 +448,7 @@ mod tests {
             Just("promptTokenCount".to_owned()),
             "\\PC{0,6}",
         ];
-        leaf.prop_recursive(4, 32, 5, move |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::Array),
-                proptest::collection::btree_map(key.clone(), inner, 0..6)
-                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
-            ]
-        })
+        crate::test_json::json_value(key)
     }
 
     proptest::proptest! {

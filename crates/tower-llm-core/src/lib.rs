@@ -54,6 +54,8 @@ mod fingerprint;
 mod request_meta;
 mod retry_after;
 mod sampling;
+#[cfg(test)]
+mod test_json;
 
 pub use classify::{
     Classify, ClassifyError, ClassifyResponse, DefaultClassifier, Failure, FailureKind, Outcome,
