@@ -277,6 +277,9 @@ pub(crate) struct MemoryCache<V> {
     /// `None` with an idle timeout: moka's idle clock only advances on its own reads, so
     /// front hits would let it expire an entry that is being read.
     front: Option<Arc<Front<V>>>,
+    /// Values stored so far. A caller that missed can tell, from an unchanged count, that no
+    /// value was stored since, and skip looking again (see [`stored`](Self::stored)).
+    stored: AtomicU64,
     default_ttl: Duration,
     time_to_idle: Option<Duration>,
     ttl_for: Option<TtlFor<V>>,
@@ -322,6 +325,7 @@ impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
         MemoryCache {
             cache: builder.build_with_hasher(KeyHasher),
             front,
+            stored: AtomicU64::new(0),
             default_ttl: config.ttl,
             time_to_idle: config.time_to_idle,
             ttl_for: config.ttl_for.clone(),
@@ -389,6 +393,23 @@ impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
         if let Some(front) = &self.front {
             front.forget(&key);
         }
+        self.stored.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many values have been stored. Read it before a lookup that misses; if it is the
+    /// same later, nothing was stored in between and the lookup would miss again. (A value
+    /// stored before the read is visible to the lookup: moka's insert is.)
+    pub(crate) fn stored(&self) -> u64 {
+        self.stored.load(Ordering::Acquire)
+    }
+
+    /// A fresh value for `key`, unless nothing was stored since `stored` was read (then the
+    /// lookup that read it found nothing and this one would not either).
+    pub(crate) fn get_if_stored_since(&self, key: &RequestKey, stored: u64) -> Option<V> {
+        if self.stored() == stored {
+            return None;
+        }
+        self.get(key)
     }
 
     /// The TTL a value would be stored with.

@@ -103,14 +103,17 @@ where
             return ResponseFuture::direct(self.inner.call(request));
         };
         let cache = shared.cache.as_ref();
+        // Read before the lookup: if it is unchanged when the in-flight map is locked, nothing
+        // was stored meanwhile and the cache need not be asked twice.
+        let stored = cache.map(|c| c.stored()).unwrap_or(0);
         if let Some(value) = cache.and_then(|c| c.get(&key)) {
             shared.stats.hit();
             return ResponseFuture::ready(Ok(value));
         }
         let reads_error = shared.on_error == OnError::Share;
-        let joined = shared
-            .in_flight
-            .join(key, reads_error, || cache.and_then(|c| c.get(&key)));
+        let joined = shared.in_flight.join(key, reads_error, || {
+            cache.and_then(|c| c.get_if_stored_since(&key, stored))
+        });
         let mut leader = match joined {
             Joined::Cached(value) => {
                 shared.stats.hit();

@@ -245,15 +245,17 @@ where
             return StreamResponseFuture::direct(self.inner.call(request));
         };
         let cache = shared.cache.as_ref();
+        // Read before the lookup: if it is unchanged when the in-flight map is locked, nothing
+        // was stored meanwhile and the cache need not be asked twice.
+        let stored = cache.map(|c| c.stored()).unwrap_or(0);
         if let Some(chunks) = cache.and_then(|c| c.get(&key)) {
             shared.stats.hit();
             return StreamResponseFuture::ready(Ok(ReplayStream::cached(chunks)));
         }
         let reads_error = shared.on_error == OnError::Share;
-        let mut leader = match shared
-            .in_flight
-            .join(key, reads_error, || cache.and_then(|c| c.get(&key)))
-        {
+        let mut leader = match shared.in_flight.join(key, reads_error, || {
+            cache.and_then(|c| c.get_if_stored_since(&key, stored))
+        }) {
             Joined::Cached(chunks) => {
                 shared.stats.hit();
                 return StreamResponseFuture::ready(Ok(ReplayStream::cached(chunks)));

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_llm_core::{BoxError, FailureKind, RateLimited, UpstreamError, classify_dyn_error};
 use tower_llm_dedup::{BYPASS_HEADER, Bypass, DedupLayer, InnerPanicked, OnError, SharedError};
 
@@ -709,4 +709,46 @@ fn a_panic_in_the_inner_call_itself_fails_the_waiters() {
         leader.join().is_err(),
         "the panic stayed with the caller whose call panicked"
     );
+}
+
+/// Threads racing on one key at a time, with an inner service that answers at once: every
+/// caller either joins the call in flight or finds its answer in the cache, even one that
+/// missed the cache just before the call completed and left. Exactly one inner call per key.
+#[test]
+fn racing_threads_make_one_call_per_key() {
+    const THREADS: usize = 6;
+    const KEYS: usize = 300;
+    let calls: Arc<Vec<AtomicUsize>> = Arc::new((0..KEYS).map(|_| AtomicUsize::new(0)).collect());
+    let counted = calls.clone();
+    let service =
+        DedupLayer::new(Duration::from_secs(3600)).layer(service_fn(move |prompt: String| {
+            let i: usize = prompt.parse().expect("a key number");
+            counted[i].fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<_, BoxError>(prompt))
+        }));
+    let barrier = Arc::new(std::sync::Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (service, barrier) = (service.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .expect("runtime");
+                for i in 0..KEYS {
+                    barrier.wait();
+                    let answer = runtime
+                        .block_on(service.clone().oneshot(i.to_string()))
+                        .expect("answered");
+                    assert_eq!(answer, i.to_string());
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("no panic");
+    }
+    for (i, n) in calls.iter().enumerate() {
+        assert_eq!(n.load(Ordering::SeqCst), 1, "key {i}");
+    }
 }
