@@ -46,8 +46,24 @@ pub trait ResponseUsage {
 /// assert_eq!(tower_llm_core::estimate_text_tokens(""), 0);
 /// ```
 pub fn estimate_text_tokens(text: &str) -> u64 {
-    let ascii = text.bytes().filter(u8::is_ascii).count() as u64;
-    let other = text.chars().filter(|c| !c.is_ascii()).count() as u64;
+    // No UTF-8 decoding: in valid UTF-8 every non-ASCII character starts with exactly one
+    // byte of 0xC0 or above, and its other bytes are 0x80..=0xBF.
+    // Eight bytes at a time: a byte is ASCII when its top bit is clear, and starts a
+    // non-ASCII character when its top two bits are set.
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = text.as_bytes().chunks_exact(8);
+    let (mut ascii, mut other) = (0u64, 0u64);
+    for chunk in chunks.by_ref() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        ascii += u64::from((!word & HIGH).count_ones());
+        other += u64::from((word & (word << 1) & HIGH).count_ones());
+    }
+    for &b in chunks.remainder() {
+        ascii += u64::from(b < 0x80);
+        other += u64::from(b >= 0xC0);
+    }
     ascii.div_ceil(4) + other
 }
 
@@ -601,6 +617,17 @@ mod tests {
     #[test]
     fn non_ascii_counts_per_char() {
         assert_eq!(estimate_text_tokens("日本語"), 3);
+        assert_eq!(estimate_text_tokens("héllo 🦀"), 2 + 2);
+    }
+
+    proptest::proptest! {
+        /// The one-pass byte count agrees with counting decoded characters.
+        #[test]
+        fn text_estimate_counts_characters(text in "\\PC{0,64}") {
+            let ascii = text.bytes().filter(u8::is_ascii).count() as u64;
+            let other = text.chars().filter(|c| !c.is_ascii()).count() as u64;
+            proptest::prop_assert_eq!(estimate_text_tokens(&text), ascii.div_ceil(4) + other);
+        }
     }
 
     #[test]
