@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Piece, Reply, bytewise, call, drain, mock, split};
+use common::{Piece, Reply, call, deliveries, drain, mock, split};
 use serde_json::json;
 use tower_llm_core::{FailureKind, Usage};
 use tower_llm_providers::{
@@ -194,18 +194,15 @@ async fn stream_with(pieces: Vec<Piece>) -> Vec<Result<ChatChunk, tower_llm_core
 async fn documented_stream_at_awkward_splits() {
     let crlf = STREAM.replace('\n', "\r\n");
     for transcript in [STREAM, crlf.as_str()] {
-        let whole: Vec<_> = stream_with(split(transcript.as_bytes(), &[]))
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(whole, expected_stream());
-        let bytes: Vec<_> = stream_with(bytewise(transcript.as_bytes()))
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(bytes, expected_stream());
+        for (how, pieces) in deliveries(transcript.as_bytes()) {
+            let items: Vec<_> = stream_with(pieces)
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(items, expected_stream(), "{how}");
+        }
+        // And in four pieces, two of them one byte long.
         for cut in (0..transcript.len()).step_by(7) {
             let items: Vec<_> =
                 stream_with(split(transcript.as_bytes(), &[cut, cut + 1, cut + 300]))

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Piece, Reply, bytewise, call, drain, mock, split};
+use common::{Piece, Reply, call, deliveries, drain, mock, split};
 use serde_json::json;
 use tower_llm_core::{BoxError, Classify, DefaultClassifier, FailureKind, ResponseUsage, Usage};
 use tower_llm_providers::{
@@ -178,26 +178,13 @@ async fn stream_with(pieces: Vec<Piece>) -> Vec<Result<ChatChunk, tower_llm_core
 
 #[tokio::test]
 async fn stream_whole_and_split_at_every_byte() {
-    let whole: Vec<_> = stream_with(split(STREAM.as_bytes(), &[]))
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(whole, expected_stream());
-    let bytewise: Vec<_> = stream_with(bytewise(STREAM.as_bytes()))
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(bytewise, expected_stream());
-    // Two-piece splits at every position, including inside "\n\n", "data:" and "日".
-    for cut in 0..STREAM.len() {
-        let items: Vec<_> = stream_with(split(STREAM.as_bytes(), &[cut]))
+    for (how, pieces) in deliveries(STREAM.as_bytes()) {
+        let items: Vec<_> = stream_with(pieces)
             .await
             .into_iter()
             .map(Result::unwrap)
             .collect();
-        assert_eq!(items, expected_stream(), "cut at {cut}");
+        assert_eq!(items, expected_stream(), "{how}");
     }
 }
 

@@ -103,6 +103,19 @@ pub fn bytewise(bytes: &[u8]) -> Vec<Piece> {
         .collect()
 }
 
+/// The ways the stream tests deliver one body, each with a label for failure messages: whole,
+/// one byte per piece, and in two pieces at every position (inside `"\n\n"`, `data:`, a
+/// multi-byte character).
+#[allow(dead_code)] // Not every test file streams.
+pub fn deliveries(bytes: &[u8]) -> Vec<(String, Vec<Piece>)> {
+    let mut all = vec![
+        ("whole".to_owned(), split(bytes, &[])),
+        ("byte by byte".to_owned(), bytewise(bytes)),
+    ];
+    all.extend((0..bytes.len()).map(|cut| (format!("cut at {cut}"), split(bytes, &[cut]))));
+    all
+}
+
 #[derive(Clone, Debug)]
 pub struct Sent {
     pub uri: String,
