@@ -65,11 +65,7 @@ pub(crate) struct Panicked {
 
 impl Panicked {
     pub(crate) fn boxed(during: &'static str, payload: &(dyn std::any::Any + Send)) -> BoxError {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a non-string payload".to_owned());
+        let message = tower_llm_core::panic_message(payload).to_owned();
         Box::new(Panicked { during, message })
     }
 }
@@ -180,28 +176,4 @@ impl fmt::Display for LengthMismatch {
 
 impl StdError for LengthMismatch {}
 
-/// Invalid batching configuration, naming the knob at fault.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    knob: &'static str,
-    reason: &'static str,
-}
-
-impl ConfigError {
-    pub(crate) const fn new(knob: &'static str, reason: &'static str) -> Self {
-        ConfigError { knob, reason }
-    }
-
-    /// The builder method whose value is invalid.
-    pub const fn knob(&self) -> &'static str {
-        self.knob
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid batch config: `{}` {}", self.knob, self.reason)
-    }
-}
-
-impl StdError for ConfigError {}
+pub use tower_llm_core::ConfigError;

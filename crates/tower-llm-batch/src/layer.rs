@@ -233,27 +233,37 @@ impl<Req, A> BatchBuilder<Req, A> {
     /// The layer, or an error naming the knob whose value cannot work.
     pub fn build(self) -> Result<BatchLayer<Req, A>, ConfigError> {
         if self.max_items == 0 {
-            return Err(ConfigError::new("max_items", "must be at least 1"));
+            return Err(ConfigError::new("batch", "max_items", "must be at least 1"));
         }
         if self.max_in_flight == 0 {
             return Err(ConfigError::new(
+                "batch",
                 "max_in_flight",
                 "must be at least 1, or no batch could ever be sent",
             ));
         }
         if let Some((0, _)) = self.max_weight {
-            return Err(ConfigError::new("max_weight", "must be at least 1"));
+            return Err(ConfigError::new(
+                "batch",
+                "max_weight",
+                "must be at least 1",
+            ));
         }
         let capacity = match self.capacity {
             Some(capacity) if capacity < self.max_items => {
                 return Err(ConfigError::new(
+                    "batch",
                     "capacity",
                     "must be at least max_items, or no batch could ever fill",
                 ));
             }
             // tokio's semaphore holds at most `MAX_PERMITS` (usize::MAX >> 3).
             Some(capacity) if capacity > MAX_CAPACITY => {
-                return Err(ConfigError::new("capacity", "is larger than tokio allows"));
+                return Err(ConfigError::new(
+                    "batch",
+                    "capacity",
+                    "is larger than tokio allows",
+                ));
             }
             Some(capacity) => capacity,
             None => self

@@ -461,7 +461,7 @@ async fn dropping_every_handle_sends_what_is_queued() {
 #[test]
 fn invalid_configuration_names_the_knob() {
     let knob = |builder: tower_llm_batch::BatchBuilder<u32, _>| {
-        builder.build().expect_err("invalid").knob()
+        builder.build().expect_err("invalid").knob().to_owned()
     };
     assert_eq!(knob(BatchLayer::builder().max_items(0)), "max_items");
     assert_eq!(

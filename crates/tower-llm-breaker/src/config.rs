@@ -2,7 +2,6 @@
 //! validation.
 
 use std::borrow::Cow;
-use std::error::Error as StdError;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -71,43 +70,7 @@ impl Window {
 const MAX_WINDOW_SIZE: u32 = 1 << 16;
 const MAX_BUCKETS: u32 = 3600;
 
-/// A configuration the builder refused: which knob and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    knob: &'static str,
-    reason: Cow<'static, str>,
-}
-
-impl ConfigError {
-    fn new(knob: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
-        ConfigError {
-            knob,
-            reason: reason.into(),
-        }
-    }
-
-    /// The builder method whose value was refused.
-    pub fn knob(&self) -> &'static str {
-        self.knob
-    }
-
-    /// Why it was refused.
-    pub fn reason(&self) -> &str {
-        &self.reason
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid circuit breaker `{}`: {}",
-            self.knob, self.reason
-        )
-    }
-}
-
-impl StdError for ConfigError {}
+pub use tower_llm_core::ConfigError;
 
 pub(crate) type Hook = Arc<dyn Fn(&StateChange) + Send + Sync>;
 
@@ -368,7 +331,11 @@ impl CircuitBreakerBuilder {
         K: Hash + Eq + Clone + fmt::Display,
     {
         if max_keys == 0 {
-            return Err(ConfigError::new("max_keys", "must be at least 1"));
+            return Err(ConfigError::new(
+                "breaker",
+                "max_keys",
+                "must be at least 1",
+            ));
         }
         let config = Arc::new(self.validate()?);
         Ok(KeyedCircuitBreakerLayer::from_parts(
@@ -381,6 +348,7 @@ impl CircuitBreakerBuilder {
         let c = &mut self.config;
         if c.consecutive_failures == Some(0) {
             return Err(ConfigError::new(
+                "breaker",
                 "consecutive_failures",
                 "must be at least 1 (use without_consecutive_failures to turn it off)",
             ));
@@ -390,6 +358,7 @@ impl CircuitBreakerBuilder {
             && !rate_ok(rate)
         {
             return Err(ConfigError::new(
+                "breaker",
                 "failure_rate",
                 format!("must be in (0, 1], got {rate}"),
             ));
@@ -397,12 +366,14 @@ impl CircuitBreakerBuilder {
         if let Some(slow) = c.slow_calls {
             if !rate_ok(slow.rate) {
                 return Err(ConfigError::new(
+                    "breaker",
                     "slow_calls",
                     format!("rate must be in (0, 1], got {}", slow.rate),
                 ));
             }
             if slow.threshold.is_zero() {
                 return Err(ConfigError::new(
+                    "breaker",
                     "slow_calls",
                     "threshold must be above zero",
                 ));
@@ -410,6 +381,7 @@ impl CircuitBreakerBuilder {
         }
         if c.consecutive_failures.is_none() && !c.uses_window() {
             return Err(ConfigError::new(
+                "breaker",
                 "consecutive_failures",
                 "turned off with no failure_rate or slow_calls policy: the breaker could never trip",
             ));
@@ -418,12 +390,14 @@ impl CircuitBreakerBuilder {
             Window::Count { size } => {
                 if size == 0 || size > MAX_WINDOW_SIZE {
                     return Err(ConfigError::new(
+                        "breaker",
                         "window",
                         format!("count must be in 1..={MAX_WINDOW_SIZE}, got {size}"),
                     ));
                 }
                 if c.uses_window() && c.minimum_calls > size {
                     return Err(ConfigError::new(
+                        "breaker",
                         "minimum_calls",
                         format!(
                             "{} is more than the window holds ({size}): no rate could ever trip",
@@ -435,12 +409,14 @@ impl CircuitBreakerBuilder {
             Window::Time { length, buckets } => {
                 if buckets == 0 || buckets > MAX_BUCKETS {
                     return Err(ConfigError::new(
+                        "breaker",
                         "window",
                         format!("buckets must be in 1..={MAX_BUCKETS}, got {buckets}"),
                     ));
                 }
                 if length < Duration::from_millis(u64::from(buckets)) {
                     return Err(ConfigError::new(
+                        "breaker",
                         "window",
                         "length must be at least one millisecond per bucket",
                     ));
@@ -448,13 +424,22 @@ impl CircuitBreakerBuilder {
             }
         }
         if c.minimum_calls == 0 {
-            return Err(ConfigError::new("minimum_calls", "must be at least 1"));
+            return Err(ConfigError::new(
+                "breaker",
+                "minimum_calls",
+                "must be at least 1",
+            ));
         }
         if c.cooldown.is_zero() {
-            return Err(ConfigError::new("cooldown", "must be above zero"));
+            return Err(ConfigError::new(
+                "breaker",
+                "cooldown",
+                "must be above zero",
+            ));
         }
         if !(c.cooldown_multiplier.is_finite() && c.cooldown_multiplier >= 1.0) {
             return Err(ConfigError::new(
+                "breaker",
                 "cooldown_backoff",
                 format!(
                     "multiplier must be a finite number >= 1, got {}",
@@ -464,6 +449,7 @@ impl CircuitBreakerBuilder {
         }
         if c.max_cooldown < c.cooldown {
             return Err(ConfigError::new(
+                "breaker",
                 "cooldown_backoff",
                 format!(
                     "max {:?} is below the cool-down {:?}",
@@ -472,10 +458,11 @@ impl CircuitBreakerBuilder {
             ));
         }
         if c.probes == 0 {
-            return Err(ConfigError::new("probes", "must be at least 1"));
+            return Err(ConfigError::new("breaker", "probes", "must be at least 1"));
         }
         if !rate_ok(self.probe_success_rate) {
             return Err(ConfigError::new(
+                "breaker",
                 "probe_success_rate",
                 format!("must be in (0, 1], got {}", self.probe_success_rate),
             ));
@@ -492,8 +479,8 @@ impl CircuitBreakerBuilder {
 mod tests {
     use super::*;
 
-    fn knob(builder: CircuitBreakerBuilder) -> &'static str {
-        builder.validate().expect_err("invalid").knob()
+    fn knob(builder: CircuitBreakerBuilder) -> String {
+        builder.validate().expect_err("invalid").knob().to_owned()
     }
 
     #[test]

@@ -16,6 +16,9 @@
 //! - **Rate-limit headers** ([`RateLimitHeaders`]): a response's view of the provider's limits.
 //! - **Errors** ([`CircuitOpen`], [`RateLimited`], [`UpstreamError`]): what layers and
 //!   providers box, so that any layer further out can classify them.
+//! - **Configuration and keys** ([`ConfigError`], [`KeyFn`], [`parse_duration`]): the one
+//!   error every builder returns, the one key-function type of every keyed layer, and durations
+//!   written one way everywhere (humantime: `250ms`, `1m 30s`).
 //! - **Error bodies** ([`read_error_body`], [`ErrorBody`]): what OpenAI's, Anthropic's and
 //!   Gemini's JSON error bodies say (an exhausted quota, a prompt too long, a retry hint).
 //!
@@ -47,10 +50,14 @@
 
 mod canonical;
 mod classify;
+mod config;
 mod cost;
+mod duration;
 mod error;
 mod error_body;
 mod fingerprint;
+mod key;
+mod panic;
 mod request_meta;
 mod retry_after;
 mod sampling;
@@ -61,15 +68,19 @@ pub use classify::{
     Classify, ClassifyError, ClassifyResponse, DefaultClassifier, Failure, FailureKind, Outcome,
     classify_dyn_error,
 };
+pub use config::ConfigError;
 pub use cost::{
     DEFAULT_OUTPUT_TOKENS, RequestCost, ResponseUsage, Usage, estimate_body_tokens,
     estimate_text_tokens, requested_output_tokens, usage_from_json,
 };
+pub use duration::{format_duration, parse_duration};
 pub use error::{BoxError, CircuitOpen, MAX_ERROR_BODY, RateLimited, UpstreamError};
 pub use error_body::{ErrorBody, ErrorDialect, read_error_body, read_error_value};
 pub use fingerprint::{
     Fingerprint, FingerprintHasher, FingerprintKey, IDENTITY_HEADERS, RequestKey,
 };
+pub use key::{KeyFn, NoKey};
+pub use panic::panic_message;
 pub use request_meta::{BYPASS_HEADER, BYPASS_VALUE, Bypass, CacheControl, RateLimitHeaders};
 pub use retry_after::{RETRY_AFTER_HEADERS, parse_retry_after, retry_after, retry_after_at};
 pub use sampling::{Deterministic, is_deterministic_json};

@@ -56,13 +56,7 @@ pub struct InnerPanicked {
 
 impl InnerPanicked {
     pub(crate) fn from_payload(payload: &(dyn std::any::Any + Send)) -> Self {
-        let message = if let Some(s) = payload.downcast_ref::<&str>() {
-            (*s).to_owned()
-        } else if let Some(s) = payload.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "non-string panic payload".to_owned()
-        };
+        let message = tower_llm_core::panic_message(payload).to_owned();
         InnerPanicked { message }
     }
 
@@ -80,35 +74,7 @@ impl fmt::Display for InnerPanicked {
 
 impl StdError for InnerPanicked {}
 
-/// A layer configuration that cannot work; says which knob and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    knob: &'static str,
-    reason: &'static str,
-}
-
-impl ConfigError {
-    pub(crate) fn new(knob: &'static str, reason: &'static str) -> Self {
-        ConfigError { knob, reason }
-    }
-
-    /// The builder method at fault.
-    pub fn knob(&self) -> &'static str {
-        self.knob
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid dedup configuration: `{}` {}",
-            self.knob, self.reason
-        )
-    }
-}
-
-impl StdError for ConfigError {}
+pub use tower_llm_core::ConfigError;
 
 #[cfg(test)]
 mod tests {

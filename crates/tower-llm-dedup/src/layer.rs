@@ -283,25 +283,39 @@ impl<Res, K, R, C> DedupLayerBuilder<Res, K, R, C> {
         if self.cache_enabled {
             if self.ttl.is_zero() {
                 return Err(ConfigError::new(
+                    "dedup",
                     "ttl",
                     "must be above zero (use `no_cache` to keep nothing)",
                 ));
             }
             if self.time_to_idle.is_some_and(|d| d.is_zero()) {
-                return Err(ConfigError::new("time_to_idle", "must be above zero"));
+                return Err(ConfigError::new(
+                    "dedup",
+                    "time_to_idle",
+                    "must be above zero",
+                ));
             }
             match &self.capacity {
                 Capacity::Entries(0) => {
-                    return Err(ConfigError::new("max_entries", "must be above zero"));
+                    return Err(ConfigError::new(
+                        "dedup",
+                        "max_entries",
+                        "must be above zero",
+                    ));
                 }
                 Capacity::Bytes(0, _) => {
-                    return Err(ConfigError::new("max_weight", "must be above zero"));
+                    return Err(ConfigError::new(
+                        "dedup",
+                        "max_weight",
+                        "must be above zero",
+                    ));
                 }
                 _ => {}
             }
         }
         if self.remote.is_some() && !self.cache_enabled {
             return Err(ConfigError::new(
+                "dedup",
                 "redis",
                 "needs the cache (`no_cache` was set): Redis sits behind it",
             ));

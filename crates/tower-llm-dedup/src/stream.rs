@@ -134,6 +134,7 @@ impl<T, K, R, C> DedupLayerBuilder<Arc<[T]>, K, R, C> {
         self.check()?;
         if self.remote.is_some() {
             return Err(ConfigError::new(
+                "dedup",
                 "redis",
                 "is not available for streaming responses",
             ));

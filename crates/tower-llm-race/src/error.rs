@@ -325,39 +325,7 @@ impl ClassifyError for NoSuchService {
     }
 }
 
-/// A builder was given a value that cannot work; names the knob and says why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    knob: &'static str,
-    reason: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(knob: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError {
-            knob,
-            reason: reason.into(),
-        }
-    }
-
-    /// The builder method whose value was rejected.
-    pub const fn knob(&self) -> &'static str {
-        self.knob
-    }
-
-    /// Why it was rejected.
-    pub fn reason(&self) -> &str {
-        &self.reason
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid `{}`: {}", self.knob, self.reason)
-    }
-}
-
-impl StdError for ConfigError {}
+pub use tower_llm_core::ConfigError;
 
 #[cfg(test)]
 mod tests {

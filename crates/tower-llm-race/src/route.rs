@@ -137,6 +137,7 @@ impl Weighted {
             .collect();
         if total == 0 {
             return Err(ConfigError::new(
+                "race",
                 "weights",
                 "need at least one weight above zero",
             ));

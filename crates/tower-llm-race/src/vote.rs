@@ -210,12 +210,14 @@ impl<T, C> VoteBuilder<T, C> {
     pub fn build(self) -> Result<VoteLayer<T, C>, ConfigError> {
         if self.quorum == Some(0) {
             return Err(ConfigError::new(
+                "race",
                 "quorum",
                 "must be at least 1: a decision needs an answer",
             ));
         }
         if self.timeout.is_some_and(|t| t.is_zero()) {
             return Err(ConfigError::new(
+                "race",
                 "timeout",
                 "must be longer than zero, or no answer could arrive",
             ));

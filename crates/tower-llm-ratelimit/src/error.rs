@@ -10,39 +10,7 @@ use std::time::Duration;
 
 use tower_llm_core::{BoxError, FailureKind, RateLimited, UpstreamError};
 
-/// A builder knob was set to a value that cannot work.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    knob: &'static str,
-    reason: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(knob: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError {
-            knob,
-            reason: reason.into(),
-        }
-    }
-
-    /// The builder method whose value is wrong.
-    pub fn knob(&self) -> &'static str {
-        self.knob
-    }
-
-    /// Why it is wrong.
-    pub fn reason(&self) -> &str {
-        &self.reason
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid rate limit `{}`: {}", self.knob, self.reason)
-    }
-}
-
-impl StdError for ConfigError {}
+pub use tower_llm_core::ConfigError;
 
 /// A request needs more tokens than the whole budget allows in a window: waiting cannot help.
 ///

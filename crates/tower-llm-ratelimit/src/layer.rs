@@ -333,12 +333,20 @@ impl<K, C> RateLimitBuilder<K, C> {
     pub fn build(self) -> Result<RateLimitLayer<K, C>, ConfigError> {
         let c = &self.config;
         if c.concurrency == Some(0) {
-            return Err(ConfigError::new("concurrency", "must be at least 1"));
+            return Err(ConfigError::new(
+                "rate limit",
+                "concurrency",
+                "must be at least 1",
+            ));
         }
         if c.spacing
             .is_some_and(|s| s > Duration::from_secs(24 * 3600))
         {
-            return Err(ConfigError::new("min_spacing", "must be at most a day"));
+            return Err(ConfigError::new(
+                "rate limit",
+                "min_spacing",
+                "must be at most a day",
+            ));
         }
         if let Some(q) = &c.requests {
             q.validate("requests")?;
@@ -347,13 +355,25 @@ impl<K, C> RateLimitBuilder<K, C> {
             q.validate("tokens")?;
         }
         if c.max_keys == 0 {
-            return Err(ConfigError::new("max_keys", "must be at least 1"));
+            return Err(ConfigError::new(
+                "rate limit",
+                "max_keys",
+                "must be at least 1",
+            ));
         }
         if c.max_wait > Duration::from_secs(366 * 24 * 3600) {
-            return Err(ConfigError::new("max_wait", "must be at most a year"));
+            return Err(ConfigError::new(
+                "rate limit",
+                "max_wait",
+                "must be at most a year",
+            ));
         }
         if c.default_pause > Duration::from_secs(24 * 3600) {
-            return Err(ConfigError::new("default_pause", "must be at most a day"));
+            return Err(ConfigError::new(
+                "rate limit",
+                "default_pause",
+                "must be at most a day",
+            ));
         }
         Ok(RateLimitLayer {
             config: self.config,

@@ -96,24 +96,28 @@ impl Quota {
     pub(crate) fn validate(&self, knob: &'static str) -> Result<(), crate::ConfigError> {
         if self.limit == 0 {
             return Err(crate::ConfigError::new(
+                "rate limit",
                 knob,
                 "the limit must be at least 1",
             ));
         }
         if self.window.is_zero() {
             return Err(crate::ConfigError::new(
+                "rate limit",
                 knob,
                 "the window must be longer than zero",
             ));
         }
         if self.window > Duration::from_secs(366 * 24 * 3600) {
             return Err(crate::ConfigError::new(
+                "rate limit",
                 knob,
                 "the window must be at most a year",
             ));
         }
         if self.burst == 0 || self.burst > self.limit {
             return Err(crate::ConfigError::new(
+                "rate limit",
                 knob,
                 "the burst must be between 1 and the limit",
             ));

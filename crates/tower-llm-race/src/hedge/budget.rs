@@ -36,12 +36,14 @@ impl HedgeBudget {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if !self.ratio.is_finite() || self.ratio < 0.0 {
             return Err(ConfigError::new(
+                "race",
                 "budget",
                 format!("ratio must be a finite number >= 0, got {}", self.ratio),
             ));
         }
         if self.burst == 0 && self.ratio < 1.0 {
             return Err(ConfigError::new(
+                "race",
                 "budget",
                 "burst must be at least 1 unless ratio is at least 1, or no hedge could ever be sent",
             ));

@@ -130,12 +130,17 @@ impl HedgeDelay {
         {
             if !(percentile > 0.0 && percentile <= 1.0) {
                 return Err(ConfigError::new(
+                    "race",
                     "delay",
                     format!("percentile must be in (0, 1], got {percentile}"),
                 ));
             }
             if window.is_zero() {
-                return Err(ConfigError::new("delay", "window must be longer than zero"));
+                return Err(ConfigError::new(
+                    "race",
+                    "delay",
+                    "window must be longer than zero",
+                ));
             }
         }
         Ok(())
@@ -219,6 +224,7 @@ impl<C> HedgeBuilder<C> {
         self.config.delay.validate()?;
         if self.config.max_extra == 0 {
             return Err(ConfigError::new(
+                "race",
                 "max_extra_attempts",
                 "must be at least 1, or nothing would ever be hedged",
             ));
