@@ -5,6 +5,13 @@
 //! the event being built between calls, follows the WHATWG rules (`\n`, `\r\n` and `\r` line
 //! ends, `:` comments, multi-line `data`, `event` names, one optional space after the colon),
 //! and refuses a line or an event larger than its limit instead of growing without bound.
+//!
+//! Memory is bounded by the limits whatever the input: [`SseParser::next_event`] hands each
+//! event on as soon as its blank line is read, so a network read full of tiny events is never
+//! turned into a list first; the `event` name and the `id` are capped at
+//! [`MAX_FIELD_BYTES`], and the last `id` is kept once by the parser
+//! ([`SseParser::last_event_id`]) instead of being copied into every later event. What the
+//! parser holds is at most one line and one event's data, each under `max_event_bytes`.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -12,46 +19,70 @@ use std::fmt;
 /// The default limit on one event (and on one line), in bytes.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 
+/// The limit on an `event:` name and an `id:` value, in bytes. No provider sends more than a
+/// few dozen; a longer one is refused like an oversized event.
+pub const MAX_FIELD_BYTES: usize = 1024;
+
 /// One event of a stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SseEvent {
     /// The `event:` name, if one was given (the spec's default is `message`).
     pub event: Option<String>,
     /// The `data:` lines, joined with `\n`.
     pub data: String,
-    /// The `id:` field, if one was given.
-    pub id: Option<String>,
 }
 
-/// A line or an event went over the parser's size limit.
+impl SseEvent {
+    /// An event with this name and data.
+    pub fn new(event: Option<String>, data: impl Into<String>) -> Self {
+        SseEvent {
+            event,
+            data: data.into(),
+        }
+    }
+}
+
+/// A line, an event or a field went over the parser's size limit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SseTooLarge {
+    /// What was too large: `"line"`, `"event"`, `"event name"` or `"id"`.
+    pub what: &'static str,
     /// The limit, in bytes.
     pub limit: usize,
 }
 
 impl fmt::Display for SseTooLarge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "server-sent event larger than {} bytes", self.limit)
+        write!(
+            f,
+            "server-sent event {} larger than {} bytes",
+            self.what, self.limit
+        )
     }
 }
 
 impl std::error::Error for SseTooLarge {}
 
-/// The incremental parser: [`feed`](Self::feed) it bytes as they arrive, then
-/// [`finish`](Self::finish) it at the end of the stream.
+/// The incremental parser: hand it the bytes as they arrive and take the events out one at a
+/// time with [`next_event`](Self::next_event), then [`finish`](Self::finish) it at the end of
+/// the stream. [`feed`](Self::feed) collects every event of a piece at once, for callers that
+/// control the size of the pieces.
 ///
 /// ```
 /// use tower_llm_providers::sse::SseParser;
 ///
 /// let mut parser = SseParser::new();
-/// let mut events = std::collections::VecDeque::new();
-/// parser.feed(b"event: ping\r\ndata: {\"a\"", &mut events).unwrap();
-/// assert!(events.is_empty());
-/// parser.feed(b":1}\r\n\r\n: a comment\n", &mut events).unwrap();
-/// let event = events.pop_front().unwrap();
+/// let mut input: &[u8] = b"event: ping\r\nid: 7\r\ndata: {\"a\"";
+/// assert_eq!(parser.next_event(&mut input).unwrap(), None);
+/// assert!(input.is_empty());
+/// let mut input: &[u8] = b":1}\r\n\r\ndata: next\n\n";
+/// let event = parser.next_event(&mut input).unwrap().unwrap();
 /// assert_eq!(event.event.as_deref(), Some("ping"));
 /// assert_eq!(event.data, "{\"a\":1}");
+/// assert_eq!(parser.last_event_id(), Some("7"));
+/// // The second event is still in `input`, not parsed yet.
+/// assert_eq!(input, b"data: next\n\n");
 /// ```
 #[derive(Debug)]
 pub struct SseParser {
@@ -98,15 +129,22 @@ impl SseParser {
 
     /// Bytes held for events not yet complete.
     pub fn buffered(&self) -> usize {
-        self.line.len() + self.data.len()
+        self.line.len()
+            + self.data.len()
+            + self.event.as_ref().map_or(0, String::len)
+            + self.id.as_ref().map_or(0, String::len)
     }
 
-    /// Parses the next piece of the stream, appending each completed event to `out`.
-    pub fn feed(
-        &mut self,
-        mut bytes: &[u8],
-        out: &mut VecDeque<SseEvent>,
-    ) -> Result<(), SseTooLarge> {
+    /// The last `id:` the stream set (the spec's "last event ID"), if any.
+    pub fn last_event_id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// Parses `input` up to the end of the next complete event and returns it, leaving the
+    /// bytes after it in `input`; `None` once all of `input` has been taken in without
+    /// completing an event (its unfinished part is kept for the next call).
+    pub fn next_event(&mut self, input: &mut &[u8]) -> Result<Option<SseEvent>, SseTooLarge> {
+        let mut bytes = *input;
         if let Some(seen) = self.bom_seen {
             // The BOM itself may be split across pieces: match it byte by byte.
             let want = BOM.get(seen..).unwrap_or_default();
@@ -116,7 +154,8 @@ impl SseParser {
                 bytes = bytes.get(matched..).unwrap_or_default();
             } else if matched == bytes.len() {
                 self.bom_seen = Some(seen + matched);
-                return Ok(());
+                *input = &[];
+                return Ok(None);
             } else {
                 // Not a BOM after all: the bytes held back belong to the first line.
                 self.bom_seen = None;
@@ -140,61 +179,81 @@ impl SseParser {
                 }
                 _ => 1,
             };
-            if self.line.is_empty() {
-                self.process_line(head, out)?;
+            let event = if self.line.is_empty() {
+                self.process_line(head)?
             } else {
                 self.push_partial(head)?;
                 let line = std::mem::take(&mut self.line);
-                self.process_line(&line, out)?;
+                let event = self.process_line(&line);
                 self.line = line;
                 self.line.clear();
+                event?
+            };
+            bytes = tail.get(line_end_len..).unwrap_or_default();
+            if event.is_some() {
+                *input = bytes;
+                return Ok(event);
             }
-            bytes = &tail[line_end_len..];
         }
-        self.push_partial(bytes)
+        self.push_partial(bytes)?;
+        *input = &[];
+        Ok(None)
+    }
+
+    /// Parses the next piece of the stream, appending each completed event to `out`.
+    ///
+    /// Every event of `bytes` is held in `out` at once: over input you do not control, take
+    /// them one at a time with [`next_event`](Self::next_event) instead.
+    pub fn feed(
+        &mut self,
+        mut bytes: &[u8],
+        out: &mut VecDeque<SseEvent>,
+    ) -> Result<(), SseTooLarge> {
+        while let Some(event) = self.next_event(&mut bytes)? {
+            out.push_back(event);
+        }
+        Ok(())
     }
 
     /// Ends the stream: a last event not followed by a blank line is still delivered (the
     /// decoders, not the parser, decide whether the stream ended properly).
-    pub fn finish(&mut self, out: &mut VecDeque<SseEvent>) -> Result<(), SseTooLarge> {
+    pub fn finish(&mut self) -> Result<Option<SseEvent>, SseTooLarge> {
         if let Some(seen) = self.bom_seen.take() {
             self.push_partial(BOM.get(..seen).unwrap_or_default())?;
         }
         if !self.line.is_empty() {
             let line = std::mem::take(&mut self.line);
-            self.process_line(&line, out)?;
+            // A non-empty line never completes an event.
+            self.process_line(&line)?;
         }
-        self.dispatch(out);
-        Ok(())
+        Ok(self.dispatch())
+    }
+
+    fn too_large(&self, what: &'static str) -> SseTooLarge {
+        SseTooLarge {
+            what,
+            limit: self.max_event_bytes,
+        }
     }
 
     fn push_partial(&mut self, bytes: &[u8]) -> Result<(), SseTooLarge> {
         if self.line.len() + bytes.len() > self.max_event_bytes {
-            return Err(SseTooLarge {
-                limit: self.max_event_bytes,
-            });
+            return Err(self.too_large("line"));
         }
         self.line.extend_from_slice(bytes);
         Ok(())
     }
 
-    fn process_line(
-        &mut self,
-        line: &[u8],
-        out: &mut VecDeque<SseEvent>,
-    ) -> Result<(), SseTooLarge> {
+    fn process_line(&mut self, line: &[u8]) -> Result<Option<SseEvent>, SseTooLarge> {
         if line.is_empty() {
-            self.dispatch(out);
-            return Ok(());
+            return Ok(self.dispatch());
         }
         // A whole line can arrive in one piece without passing through `push_partial`.
         if line.len() > self.max_event_bytes {
-            return Err(SseTooLarge {
-                limit: self.max_event_bytes,
-            });
+            return Err(self.too_large("line"));
         }
         if line[0] == b':' {
-            return Ok(());
+            return Ok(None);
         }
         let (field, value) = match line.iter().position(|&b| b == b':') {
             Some(colon) => {
@@ -206,9 +265,7 @@ impl SseParser {
         match field {
             b"data" => {
                 if self.data.len() + value.len() + 1 > self.max_event_bytes {
-                    return Err(SseTooLarge {
-                        limit: self.max_event_bytes,
-                    });
+                    return Err(self.too_large("event"));
                 }
                 if self.has_data {
                     self.data.push('\n');
@@ -216,26 +273,52 @@ impl SseParser {
                 self.data.push_str(&String::from_utf8_lossy(value));
                 self.has_data = true;
             }
-            b"event" => self.event = Some(String::from_utf8_lossy(value).into_owned()),
+            b"event" => {
+                if value.len() > MAX_FIELD_BYTES {
+                    return Err(SseTooLarge {
+                        what: "event name",
+                        limit: MAX_FIELD_BYTES,
+                    });
+                }
+                set_field(&mut self.event, value);
+            }
             b"id" if !value.contains(&0) => {
-                self.id = Some(String::from_utf8_lossy(value).into_owned());
+                if value.len() > MAX_FIELD_BYTES {
+                    return Err(SseTooLarge {
+                        what: "id",
+                        limit: MAX_FIELD_BYTES,
+                    });
+                }
+                set_field(&mut self.id, value);
             }
             _ => {}
         }
-        Ok(())
+        Ok(None)
     }
 
-    fn dispatch(&mut self, out: &mut VecDeque<SseEvent>) {
+    fn dispatch(&mut self) -> Option<SseEvent> {
         let event = self.event.take();
         if !self.has_data {
-            return;
+            return None;
         }
         self.has_data = false;
-        out.push_back(SseEvent {
+        Some(SseEvent {
             event,
             data: std::mem::take(&mut self.data),
-            id: self.id.clone(),
-        });
+        })
+    }
+}
+
+/// Replaces a field's value, reusing its allocation: a stream repeating `id:` on every event
+/// allocates nothing per event.
+fn set_field(field: &mut Option<String>, value: &[u8]) {
+    let text = String::from_utf8_lossy(value);
+    match field {
+        Some(held) => {
+            held.clear();
+            held.push_str(&text);
+        }
+        None => *field = Some(text.into_owned()),
     }
 }
 
@@ -254,7 +337,7 @@ mod tests {
             start = cut;
         }
         parser.feed(&input[start..], &mut out)?;
-        parser.finish(&mut out)?;
+        out.extend(parser.finish()?);
         Ok(out.into_iter().collect())
     }
 
@@ -262,26 +345,10 @@ mod tests {
 
     fn expected() -> Vec<SseEvent> {
         vec![
-            SseEvent {
-                event: Some("message_start".into()),
-                data: "{\"a\":\n1}".into(),
-                id: None,
-            },
-            SseEvent {
-                event: None,
-                data: "no-space".into(),
-                id: Some("7".into()),
-            },
-            SseEvent {
-                event: None,
-                data: "日本".into(),
-                id: Some("7".into()),
-            },
-            SseEvent {
-                event: None,
-                data: "[DONE]".into(),
-                id: Some("7".into()),
-            },
+            SseEvent::new(Some("message_start".into()), "{\"a\":\n1}"),
+            SseEvent::new(None, "no-space"),
+            SseEvent::new(None, "日本"),
+            SseEvent::new(None, "[DONE]"),
         ]
     }
 
@@ -323,14 +390,7 @@ mod tests {
     #[test]
     fn event_without_data_is_dropped_and_name_resets() {
         let events = parse_split(b"event: ping\n\ndata: x\n\n", &[]).expect("small");
-        assert_eq!(
-            events,
-            vec![SseEvent {
-                event: None,
-                data: "x".into(),
-                id: None
-            }]
-        );
+        assert_eq!(events, vec![SseEvent::new(None, "x")]);
     }
 
     #[test]
@@ -346,7 +406,10 @@ mod tests {
         assert!(parser.feed(&[b'a'; 10], &mut out).is_ok());
         assert_eq!(
             parser.feed(&[b'a'; 10], &mut out),
-            Err(SseTooLarge { limit: 16 })
+            Err(SseTooLarge {
+                what: "line",
+                limit: 16
+            })
         );
         let mut parser = SseParser::with_max_event_bytes(16);
         let many = b"data: 0123456789\ndata: 0123456789\n\n";
@@ -364,12 +427,53 @@ mod tests {
             let mut parser = SseParser::with_max_event_bytes(16);
             let mut out = VecDeque::new();
             assert_eq!(
-                parser.feed(line, &mut out),
-                Err(SseTooLarge { limit: 16 }),
+                parser.feed(line, &mut out).map_err(|e| e.limit),
+                Err(16),
                 "{}",
                 String::from_utf8_lossy(line)
             );
         }
+    }
+
+    #[test]
+    fn the_id_is_kept_once_and_reused() {
+        let mut parser = SseParser::new();
+        let mut input: &[u8] = b"id: abc\ndata: 1\n\ndata: 2\n\nid\ndata: 3\n\n";
+        let first = parser.next_event(&mut input).expect("small");
+        assert_eq!(first.map(|e| e.data), Some("1".into()));
+        assert_eq!(parser.last_event_id(), Some("abc"));
+        let second = parser.next_event(&mut input).expect("small");
+        assert_eq!(second.map(|e| e.data), Some("2".into()));
+        assert_eq!(parser.last_event_id(), Some("abc"));
+        // An empty `id` resets the last event id (to empty, as the spec says).
+        assert!(parser.next_event(&mut input).expect("small").is_some());
+        assert_eq!(parser.last_event_id(), Some(""));
+    }
+
+    #[test]
+    fn names_and_ids_over_the_field_limit_are_refused() {
+        for field in ["event", "id"] {
+            let line = format!("{field}: {}\n", "x".repeat(MAX_FIELD_BYTES + 1));
+            let mut parser = SseParser::new();
+            let mut input = line.as_bytes();
+            let refused = parser.next_event(&mut input).map_err(|e| e.limit);
+            assert_eq!(refused, Err(MAX_FIELD_BYTES), "{field}");
+        }
+    }
+
+    #[test]
+    fn next_event_stops_after_each_event() {
+        let mut parser = SseParser::new();
+        let mut input: &[u8] = b"data: a\n\ndata: b\n\ndata: c";
+        let mut seen = Vec::new();
+        while let Some(event) = parser.next_event(&mut input).expect("small") {
+            seen.push((event.data, input.len()));
+        }
+        assert_eq!(seen, vec![("a".to_owned(), 16), ("b".to_owned(), 7)]);
+        assert_eq!(
+            parser.finish().expect("small").map(|e| e.data),
+            Some("c".into())
+        );
     }
 
     proptest! {
@@ -395,11 +499,11 @@ mod tests {
                 if parser.feed(&input[start..cut], &mut out).is_err() {
                     return Ok(());
                 }
-                prop_assert!(parser.buffered() <= 2 * 256 + 1);
+                prop_assert!(parser.buffered() <= 2 * 256 + 1 + 2 * MAX_FIELD_BYTES);
                 start = cut;
             }
             let _ = parser.feed(&input[start..], &mut out);
-            prop_assert!(parser.buffered() <= 2 * 256 + 1);
+            prop_assert!(parser.buffered() <= 2 * 256 + 1 + 2 * MAX_FIELD_BYTES);
             for event in &out {
                 prop_assert!(event.data.len() <= 3 * 256);
             }

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use futures_core::Stream;
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -172,7 +172,8 @@ pin_project! {
         #[pin]
         body: B,
         parser: SseParser,
-        events: VecDeque<SseEvent>,
+        // What is left of the last read: parsed one event at a time, as the caller asks.
+        input: Bytes,
         decoder: StreamDecoder,
         pending: VecDeque<ChatChunk>,
         ctx: Ctx,
@@ -215,7 +216,7 @@ impl<B> ChatStream<B> {
         ChatStream {
             body,
             parser: SseParser::with_max_event_bytes(max_event_bytes),
-            events: VecDeque::new(),
+            input: Bytes::new(),
             decoder: StreamDecoder::new(ctx.dialect),
             pending: VecDeque::new(),
             ctx,
@@ -291,14 +292,24 @@ where
             if *this.phase == Phase::Finished {
                 return Poll::Ready(None);
             }
-            if let Some(event) = this.events.pop_front() {
-                match this.decoder.event(this.ctx, &event, this.pending) {
-                    Ok(Step::Continue) => {}
-                    Ok(Step::Done) => {
-                        *this.phase = Phase::Finished;
-                        this.events.clear();
+            if !this.input.is_empty() {
+                let mut rest = &this.input[..];
+                let parsed = this.parser.next_event(&mut rest);
+                let used = this.input.len() - rest.len();
+                this.input.advance(used);
+                let event = match parsed {
+                    Ok(Some(event)) => event,
+                    Ok(None) => continue,
+                    Err(too_large) => {
+                        let error = this
+                            .ctx
+                            .error(FailureKind::ServerError, too_large.to_string());
+                        return Poll::Ready(Some(Err(finish(this.phase, error))));
                     }
-                    Err(error) => return Poll::Ready(Some(Err(finish(this.phase, error)))),
+                };
+                if let Err(error) = decode(this.decoder, this.ctx, &event, this.pending, this.phase)
+                {
+                    return Poll::Ready(Some(Err(finish(this.phase, error))));
                 }
                 continue;
             }
@@ -316,17 +327,8 @@ where
             match this.body.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(mut data) = frame.into_data() {
-                        while data.has_remaining() {
-                            let piece = data.chunk();
-                            let n = piece.len();
-                            if let Err(too_large) = this.parser.feed(piece, this.events) {
-                                let error = this
-                                    .ctx
-                                    .error(FailureKind::ServerError, too_large.to_string());
-                                return Poll::Ready(Some(Err(finish(this.phase, error))));
-                            }
-                            data.advance(n);
-                        }
+                        // Zero-copy for hyper's `Bytes` frames.
+                        *this.input = data.copy_to_bytes(data.remaining());
                     }
                 }
                 Poll::Ready(Some(Err(error))) => {
@@ -335,10 +337,19 @@ where
                 }
                 Poll::Ready(None) => {
                     *this.phase = Phase::BodyEnded;
-                    if let Err(too_large) = this.parser.finish(this.events) {
-                        let error = this
-                            .ctx
-                            .error(FailureKind::ServerError, too_large.to_string());
+                    let last = match this.parser.finish() {
+                        Ok(last) => last,
+                        Err(too_large) => {
+                            let error = this
+                                .ctx
+                                .error(FailureKind::ServerError, too_large.to_string());
+                            return Poll::Ready(Some(Err(finish(this.phase, error))));
+                        }
+                    };
+                    if let Some(event) = last
+                        && let Err(error) =
+                            decode(this.decoder, this.ctx, &event, this.pending, this.phase)
+                    {
                         return Poll::Ready(Some(Err(finish(this.phase, error))));
                     }
                 }
@@ -364,6 +375,20 @@ where
             }
         }
     }
+}
+
+/// Decodes one event into `pending`; the terminal event finishes the stream.
+fn decode(
+    decoder: &mut StreamDecoder,
+    ctx: &Ctx,
+    event: &SseEvent,
+    pending: &mut VecDeque<ChatChunk>,
+    phase: &mut Phase,
+) -> Result<(), UpstreamError> {
+    if let Step::Done = decoder.event(ctx, event, pending)? {
+        *phase = Phase::Finished;
+    }
+    Ok(())
 }
 
 fn finish(phase: &mut Phase, error: UpstreamError) -> UpstreamError {
@@ -478,7 +503,6 @@ pub(crate) fn finish_reason_openai(reason: &str) -> FinishReason {
 #[derive(Debug)]
 pub struct ChunkDecoder {
     parser: SseParser,
-    events: VecDeque<SseEvent>,
     decoder: StreamDecoder,
     ctx: Ctx,
     done: bool,
@@ -488,7 +512,6 @@ impl ChunkDecoder {
     fn new(ctx: Ctx) -> Self {
         ChunkDecoder {
             parser: SseParser::new(),
-            events: VecDeque::new(),
             decoder: StreamDecoder::new(ctx.dialect),
             ctx,
             done: false,
@@ -517,32 +540,41 @@ impl ChunkDecoder {
         bytes: &[u8],
         out: &mut VecDeque<ChatChunk>,
     ) -> Result<bool, UpstreamError> {
-        if self.done {
-            return Ok(true);
-        }
-        self.parser
-            .feed(bytes, &mut self.events)
-            .map_err(|e| self.ctx.error(FailureKind::ServerError, e.to_string()))?;
-        self.drain(out)
-    }
-
-    fn drain(&mut self, out: &mut VecDeque<ChatChunk>) -> Result<bool, UpstreamError> {
-        while let Some(event) = self.events.pop_front() {
-            if let Step::Done = self.decoder.event(&self.ctx, &event, out)? {
-                self.done = true;
-                self.events.clear();
+        let mut bytes = bytes;
+        while !self.done {
+            let event = self
+                .parser
+                .next_event(&mut bytes)
+                .map_err(|e| self.ctx.error(FailureKind::ServerError, e.to_string()))?;
+            match event {
+                Some(event) => self.decode(&event, out)?,
+                None => break,
             }
         }
         Ok(self.done)
     }
 
+    fn decode(
+        &mut self,
+        event: &SseEvent,
+        out: &mut VecDeque<ChatChunk>,
+    ) -> Result<(), UpstreamError> {
+        if let Step::Done = self.decoder.event(&self.ctx, event, out)? {
+            self.done = true;
+        }
+        Ok(())
+    }
+
     /// Ends the stream: an error unless it was complete.
     pub fn finish(&mut self, out: &mut VecDeque<ChatChunk>) -> Result<(), UpstreamError> {
         if !self.done {
-            self.parser
-                .finish(&mut self.events)
+            let last = self
+                .parser
+                .finish()
                 .map_err(|e| self.ctx.error(FailureKind::ServerError, e.to_string()))?;
-            self.drain(out)?;
+            if let Some(event) = last {
+                self.decode(&event, out)?;
+            }
         }
         if self.done || self.decoder.end_of_body() {
             Ok(())

@@ -9,7 +9,11 @@ mod common;
 
 use common::{Piece, Reply, call, drain, mock, split};
 use proptest::prelude::*;
-use tower_llm_providers::{Anthropic, ChatRequest, Gemini, Message, OpenAi};
+use std::collections::VecDeque;
+
+use tower_llm_providers::{
+    Anthropic, ChatChunk, ChatRequest, ChunkDecoder, Gemini, Message, OpenAi,
+};
 
 const TRANSCRIPTS: [&str; 4] = [
     include_str!("fixtures/openai_stream.sse"),
@@ -118,8 +122,68 @@ fn check_bodies(status: u16, body: &[u8]) -> Result<(), TestCaseError> {
     })
 }
 
+/// The transcripts' decoders, in the order of `TRANSCRIPTS`.
+fn decoder_for(which: usize) -> ChunkDecoder {
+    match which {
+        0 | 1 => ChunkDecoder::openai(),
+        2 => ChunkDecoder::anthropic(),
+        _ => ChunkDecoder::gemini(),
+    }
+}
+
+/// Feeds `bytes` cut at `cuts` through a decoder, then finishes it.
+fn decode_split(
+    mut decoder: ChunkDecoder,
+    bytes: &[u8],
+    cuts: &[usize],
+) -> (Vec<ChatChunk>, Result<(), tower_llm_core::UpstreamError>) {
+    let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(bytes.len())).collect();
+    cuts.sort_unstable();
+    let mut chunks = VecDeque::new();
+    let mut start = 0;
+    for cut in cuts.into_iter().chain([bytes.len()]) {
+        if let Err(error) = decoder.feed(&bytes[start..cut], &mut chunks) {
+            return (chunks.into(), Err(error));
+        }
+        start = cut;
+    }
+    let end = decoder.finish(&mut chunks);
+    (chunks.into(), end)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn valid_transcripts_decode_the_same_at_any_split(
+        which in 0usize..TRANSCRIPTS.len(),
+        cuts in proptest::collection::vec(0usize..4096, 0..16),
+    ) {
+        let bytes = TRANSCRIPTS[which].as_bytes();
+        let (whole, end) = decode_split(decoder_for(which), bytes, &[]);
+        prop_assert!(end.is_ok(), "{end:?}");
+        prop_assert!(!whole.is_empty());
+        let (split, end) = decode_split(decoder_for(which), bytes, &cuts);
+        prop_assert!(end.is_ok(), "{end:?}");
+        prop_assert_eq!(split, whole);
+    }
+
+    #[test]
+    fn random_bytes_never_end_as_a_success(
+        which in 0usize..TRANSCRIPTS.len(),
+        bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+        cuts in proptest::collection::vec(0usize..2048, 0..10),
+    ) {
+        // Only a stream holding its dialect's terminal event may end well.
+        let terminal: &[u8] = match which {
+            0 | 1 => b"[DONE]",
+            2 => b"message_stop",
+            _ => b"finishReason",
+        };
+        let complete = bytes.windows(terminal.len()).any(|w| w == terminal);
+        let (_, end) = decode_split(decoder_for(which), &bytes, &cuts);
+        prop_assert!(complete || end.is_err(), "random bytes ended as a success");
+    }
 
     #[test]
     fn random_bytes_at_random_splits(
