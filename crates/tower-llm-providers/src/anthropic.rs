@@ -170,6 +170,7 @@ impl AnthropicBuilder {
                     dialect: Dialect::Anthropic,
                     provider: self.name,
                     max_body: self.max_body_bytes,
+                    key: Some(key),
                 },
                 timeouts: self.timeouts,
                 max_event_bytes: self.max_event_bytes,
@@ -323,6 +324,7 @@ pub(crate) fn standalone_ctx() -> Ctx {
         dialect: Dialect::Anthropic,
         provider: Cow::Borrowed("anthropic"),
         max_body: DEFAULT_MAX_BODY_BYTES,
+        key: None,
     }
 }
 

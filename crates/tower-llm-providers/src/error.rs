@@ -5,6 +5,7 @@
 //! arrive as an event inside a 200 stream), and the retry hint comes from every header form
 //! ([`retry_after`]) and, for Gemini, from `RetryInfo.retryDelay` in the body.
 
+use crate::key::ApiKey;
 use bytes::Bytes;
 use serde_json::Value;
 use std::borrow::Cow;
@@ -61,6 +62,9 @@ pub(crate) struct Ctx {
     pub(crate) dialect: Dialect,
     pub(crate) provider: Cow<'static, str>,
     pub(crate) max_body: usize,
+    /// The provider's own key, to scrub from what the upstream sends back (redacted in
+    /// `Debug`).
+    pub(crate) key: Option<ApiKey>,
 }
 
 impl Ctx {
@@ -84,8 +88,31 @@ impl Ctx {
         .increment(1);
     }
 
+    /// Every error of this provider starts here: its message may quote the upstream, so it is
+    /// scrubbed of the key.
     pub(crate) fn error(&self, kind: FailureKind, message: impl Into<String>) -> UpstreamError {
+        let message = self.scrub(message.into());
         UpstreamError::new(kind, message).with_provider(self.provider.clone())
+    }
+
+    /// Text from the upstream, without the provider's key (whole or masked).
+    pub(crate) fn scrub(&self, text: String) -> String {
+        match &self.key {
+            Some(key) => match key.scrub(&text) {
+                Cow::Borrowed(_) => text,
+                Cow::Owned(clean) => clean,
+            },
+            None => text,
+        }
+    }
+
+    /// Attaches the upstream's body to an error, without the provider's key.
+    pub(crate) fn with_body(&self, error: UpstreamError, body: Bytes) -> UpstreamError {
+        let body = match &self.key {
+            Some(key) => key.scrub_bytes(body),
+            None => body,
+        };
+        error.with_body(body)
     }
 
     /// A failure to reach the upstream or to read its answer: transport, unless the error
@@ -111,8 +138,7 @@ impl Ctx {
         } else {
             format!("{what}: {error}")
         };
-        self.error(FailureKind::ServerError, message)
-            .with_body(body.clone())
+        self.with_body(self.error(FailureKind::ServerError, message), body.clone())
     }
 
     /// The error for a non-success answer with (the start of) this body.
@@ -139,18 +165,18 @@ impl Ctx {
             (None, None) if body.is_empty() => "empty error body".to_owned(),
             (None, None) => "error body is not the provider's JSON error".to_owned(),
         };
-        let mut error = self
+        let error = self
             .error(kind, message)
             .with_status(status)
-            .with_retry_after(retry_after(headers))
-            .with_body(body);
+            .with_retry_after(retry_after(headers));
+        let mut error = self.with_body(error, body);
         if let Some(mut detail) = detail {
             // A body's generic type ("invalid_request_error" on a 401) must not hide what the
             // status says; only the specific kinds a status cannot express refine it.
             if !detail.kind.is_some_and(ErrorBody::refines_status) {
                 detail.kind = None;
             }
-            error = apply_detail(error, kind, detail);
+            error = self.apply_detail(error, kind, detail);
         }
         error
     }
@@ -159,27 +185,33 @@ impl Ctx {
     pub(crate) fn for_error_value(&self, value: &Value, raw: &str) -> UpstreamError {
         let detail = read_error_value(Some(self.dialect.errors()), value).unwrap_or_default();
         let kind = detail.kind.unwrap_or(FailureKind::ServerError);
-        let error = self
-            .error(
-                kind,
-                detail
-                    .message
-                    .clone()
-                    .unwrap_or_else(|| "error event".into()),
-            )
-            .with_body(Bytes::copy_from_slice(raw.as_bytes()));
-        apply_detail(error, kind, detail)
+        let error = self.error(
+            kind,
+            detail
+                .message
+                .clone()
+                .unwrap_or_else(|| "error event".into()),
+        );
+        let error = self.with_body(error, Bytes::copy_from_slice(raw.as_bytes()));
+        self.apply_detail(error, kind, detail)
+    }
+
+    fn apply_detail(
+        &self,
+        mut error: UpstreamError,
+        status_kind: FailureKind,
+        mut detail: ErrorBody,
+    ) -> UpstreamError {
+        if let Some(code) = detail.code.take() {
+            error = error.with_code(self.scrub(code));
+        }
+        refine(error, status_kind, detail)
     }
 }
 
-fn apply_detail(
-    mut error: UpstreamError,
-    status_kind: FailureKind,
-    detail: ErrorBody,
-) -> UpstreamError {
-    if let Some(code) = detail.code {
-        error = error.with_code(code);
-    }
+/// `error` with the kind and retry hint the body gave (its message, code and body are already
+/// in `error`, scrubbed).
+fn refine(mut error: UpstreamError, status_kind: FailureKind, detail: ErrorBody) -> UpstreamError {
     let kind = detail.kind.unwrap_or(status_kind);
     if kind != error.kind() {
         let retry = error.retry_after();
@@ -251,6 +283,7 @@ mod tests {
             dialect,
             provider: Cow::Borrowed("test"),
             max_body: 1 << 20,
+            key: None,
         }
     }
 

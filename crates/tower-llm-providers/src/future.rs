@@ -158,19 +158,26 @@ where
                     }
                     return Poll::Ready(match read {
                         Ok(bytes) => (this.decode)(this.ctx, bytes),
-                        Err(ReadError::TooLarge(start)) => Err(this
-                            .ctx
-                            .error(
-                                FailureKind::Other,
-                                format!("response body larger than {} bytes", this.ctx.max_body),
-                            )
-                            .with_status(parts.status)
-                            .with_body(start)),
-                        Err(ReadError::Body(error, start)) => Err(this
-                            .ctx
-                            .transport("response body cut short", error)
-                            .with_status(parts.status)
-                            .with_body(start)),
+                        Err(ReadError::TooLarge(start)) => {
+                            let error = this
+                                .ctx
+                                .error(
+                                    FailureKind::Other,
+                                    format!(
+                                        "response body larger than {} bytes",
+                                        this.ctx.max_body
+                                    ),
+                                )
+                                .with_status(parts.status);
+                            Err(this.ctx.with_body(error, start))
+                        }
+                        Err(ReadError::Body(error, start)) => {
+                            let error = this
+                                .ctx
+                                .transport("response body cut short", error)
+                                .with_status(parts.status);
+                            Err(this.ctx.with_body(error, start))
+                        }
                     });
                 }
                 CallProj::Failed { error } => {

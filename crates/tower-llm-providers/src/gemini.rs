@@ -150,6 +150,7 @@ impl GeminiBuilder {
                     dialect: Dialect::Gemini,
                     provider: self.name,
                     max_body: self.max_body_bytes,
+                    key: Some(key),
                 },
                 timeouts: self.timeouts,
                 max_event_bytes: self.max_event_bytes,
@@ -330,6 +331,7 @@ pub(crate) fn standalone_ctx() -> Ctx {
         dialect: Dialect::Gemini,
         provider: Cow::Borrowed("gemini"),
         max_body: DEFAULT_MAX_BODY_BYTES,
+        key: None,
     }
 }
 
@@ -638,7 +640,7 @@ fn blocked(ctx: &Ctx, feedback: Option<&WirePromptFeedback>) -> Option<UpstreamE
             FailureKind::ContentFiltered,
             format!("prompt blocked: {reason}"),
         )
-        .with_code(reason.to_owned()),
+        .with_code(ctx.scrub(reason.to_owned())),
     )
 }
 

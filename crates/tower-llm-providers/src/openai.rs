@@ -259,6 +259,7 @@ impl OpenAiBuilder {
                     dialect: Dialect::OpenAi,
                     provider: self.name,
                     max_body: self.max_body_bytes,
+                    key: api_key,
                 },
                 timeouts: self.timeouts,
                 include_usage: self.include_usage,
@@ -506,6 +507,7 @@ pub(crate) fn standalone_ctx() -> Ctx {
         dialect: Dialect::OpenAi,
         provider: Cow::Borrowed("openai"),
         max_body: DEFAULT_MAX_BODY_BYTES,
+        key: None,
     }
 }
 

@@ -61,6 +61,43 @@ impl fmt::Display for Route {
     }
 }
 
+/// Whether a 401 answer repeats the key it refused, as upstreams do: OpenAI masks it
+/// (`Incorrect API key provided: sk-proj-****...abcd`), a proxy or a self-hosted server may
+/// not. For testing that clients keep keys out of their errors and logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum KeyEcho {
+    /// The error message does not mention the key (the default).
+    #[default]
+    Silent,
+    /// The message ends with the key's first eight and last four characters around
+    /// asterisks, as OpenAI writes it.
+    Masked,
+    /// The message ends with the whole key.
+    Whole,
+}
+
+impl KeyEcho {
+    /// How this echo writes `key`, if it writes it at all.
+    pub(crate) fn text(self, key: &str) -> Option<String> {
+        match self {
+            KeyEcho::Silent => None,
+            KeyEcho::Whole => Some(key.to_owned()),
+            KeyEcho::Masked => {
+                let chars: Vec<char> = key.chars().collect();
+                Some(if chars.len() >= 16 {
+                    let head: String = chars[..8].iter().collect();
+                    let tail: String = chars[chars.len() - 4..].iter().collect();
+                    format!("{head}{}{tail}", "*".repeat(chars.len() - 12))
+                } else {
+                    "*".repeat(chars.len())
+                })
+            }
+        }
+    }
+}
+
 /// Which header carries the retry hint of a [`Fault::RateLimited`] answer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -327,6 +364,7 @@ pub struct FaultPlan {
     stream_chunk_delay: Duration,
     context_window: Option<u64>,
     api_keys: Vec<String>,
+    echo_api_key: KeyEcho,
     routes: BTreeMap<Route, FaultPlan>,
 }
 
@@ -350,6 +388,7 @@ impl FaultPlan {
             stream_chunk_delay: Duration::ZERO,
             context_window: None,
             api_keys: Vec::new(),
+            echo_api_key: KeyEcho::Silent,
             routes: BTreeMap::new(),
         }
     }
@@ -423,6 +462,13 @@ impl FaultPlan {
         self
     }
 
+    /// Whether the 401 answers of [`api_keys`](Self::api_keys) repeat the refused key in
+    /// their error message, and how.
+    pub fn echo_api_key(mut self, echo: KeyEcho) -> Self {
+        self.echo_api_key = echo;
+        self
+    }
+
     /// Uses `plan` instead of this one for requests to `route`. Overrides inside `plan` are
     /// ignored.
     pub fn route(mut self, route: Route, plan: FaultPlan) -> Self {
@@ -463,6 +509,7 @@ impl FaultPlan {
             stream_chunk_delay: self.stream_chunk_delay,
             context_window: self.context_window,
             api_keys: &self.api_keys,
+            echo_api_key: self.echo_api_key,
             routes: &self.routes,
         }
     }
@@ -481,6 +528,7 @@ pub(crate) struct PlanParts<'a> {
     pub(crate) stream_chunk_delay: Duration,
     pub(crate) context_window: Option<u64>,
     pub(crate) api_keys: &'a [String],
+    pub(crate) echo_api_key: KeyEcho,
     pub(crate) routes: &'a BTreeMap<Route, FaultPlan>,
 }
 

@@ -27,7 +27,9 @@ use tower_llm_core::estimate_body_tokens;
 
 use crate::counters::{Counters, ReceivedRequest};
 use crate::duration_format;
-use crate::plan::{Fault, FaultPlan, Latency, Quota, RetryAfterForm, Route, WeightedFault};
+use crate::plan::{
+    Fault, FaultPlan, KeyEcho, Latency, Quota, RetryAfterForm, Route, WeightedFault,
+};
 use crate::quota::{LimitState, QuotaCheck, QuotaWindow, RateLimitState};
 use crate::responses::{self, ErrorCase, Event, Prompt, Provider, Reply, StreamAnswer};
 
@@ -428,6 +430,7 @@ struct PlanRuntime {
     chunk_delay: Duration,
     context_window: Option<u64>,
     api_keys: Vec<String>,
+    echo_api_key: KeyEcho,
 }
 
 impl PlanRuntime {
@@ -444,6 +447,7 @@ impl PlanRuntime {
             chunk_delay: parts.stream_chunk_delay,
             context_window: parts.context_window,
             api_keys: parts.api_keys.to_vec(),
+            echo_api_key: parts.echo_api_key,
         }
     }
 
@@ -461,7 +465,7 @@ impl PlanRuntime {
             context_window: self.context_window,
         };
         if !self.api_keys.is_empty() && !self.api_keys.iter().any(|k| k == key) {
-            decision.verdict = Verdict::Unauthorized;
+            decision.verdict = Verdict::Unauthorized(self.echo_api_key.text(key));
             return decision;
         }
         let scripted = self.script.pop_front();
@@ -509,7 +513,8 @@ enum Verdict {
     Normal,
     Fault(Fault),
     OverQuota(Duration),
-    Unauthorized,
+    /// With the refused key as the message repeats it, if it does.
+    Unauthorized(Option<String>),
 }
 
 #[derive(Clone, Debug)]
@@ -674,11 +679,15 @@ enum StreamEnd {
 fn answer(call: &Call, decision: &Decision) -> Answer {
     let fault = match &decision.verdict {
         Verdict::Normal => None,
-        Verdict::Unauthorized => {
-            return Answer::Full(error_response(
-                call.provider,
-                ErrorCase::Status(StatusCode::UNAUTHORIZED),
-            ));
+        Verdict::Unauthorized(echo) => {
+            let (status, mut body) =
+                responses::error_body(call.provider, ErrorCase::Status(StatusCode::UNAUTHORIZED));
+            if let Some(echo) = echo
+                && let Some(Value::String(message)) = body.pointer_mut("/error/message")
+            {
+                message.push_str(&format!(" Key provided: {echo}."));
+            }
+            return Answer::Full(json_response(status, &body));
         }
         Verdict::OverQuota(retry_after) => {
             let mut response = error_response(
