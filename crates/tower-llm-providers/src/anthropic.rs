@@ -620,9 +620,7 @@ enum WireEvent {
         usage: Option<WireUsage>,
     },
     MessageStop,
-    Error {
-        error: Value,
-    },
+    // Error events are caught before the decoder, whatever their shape (stream.rs).
     #[serde(other)]
     Other,
 }
@@ -750,10 +748,6 @@ impl StreamDecoder {
                 }
             }
             WireEvent::MessageStop => return Ok(Step::Done),
-            WireEvent::Error { error } => {
-                let value = serde_json::json!({ "error": error });
-                return Err(ctx.for_error_value(&value, &event.data));
-            }
             WireEvent::Other => {}
         }
         Ok(Step::Continue)

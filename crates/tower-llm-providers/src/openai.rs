@@ -55,7 +55,7 @@ use http::{HeaderMap, HeaderValue, Uri};
 use http_body::Body;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tower_llm_core::{BoxError, FailureKind, UpstreamError};
+use tower_llm_core::{BoxError, UpstreamError};
 use tower_service::Service;
 
 use crate::body::DEFAULT_MAX_BODY_BYTES;
@@ -869,8 +869,6 @@ struct WireChunk {
     choices: Option<Vec<WireChunkChoice>>,
     #[serde(default)]
     usage: Option<WireUsage>,
-    #[serde(default)]
-    error: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -916,9 +914,6 @@ impl StreamDecoder {
         if data == "[DONE]" {
             return Ok(Step::Done);
         }
-        if event.event.as_deref() == Some("error") && !data.starts_with('{') {
-            return Err(ctx.error(FailureKind::ServerError, format!("error event: {data}")));
-        }
         let chunk: WireChunk = serde_json::from_str(data).map_err(|e| {
             ctx.malformed(
                 "stream event is not valid JSON",
@@ -926,10 +921,6 @@ impl StreamDecoder {
                 e,
             )
         })?;
-        if let Some(error) = chunk.error.filter(|e| !e.is_null()) {
-            let value = serde_json::json!({ "error": error });
-            return Err(ctx.for_error_value(&value, data));
-        }
         for choice in chunk.choices.into_iter().flatten() {
             if choice.index.unwrap_or(0) != 0 {
                 continue;

@@ -111,6 +111,9 @@ impl StreamDecoder {
         event: &SseEvent,
         out: &mut VecDeque<ChatChunk>,
     ) -> Result<Step, UpstreamError> {
+        if let Some(error) = in_stream_error(ctx, event) {
+            return Err(error);
+        }
         match self {
             StreamDecoder::OpenAi(d) => d.event(ctx, event, out),
             StreamDecoder::Anthropic(d) => d.event(ctx, event, out),
@@ -125,6 +128,38 @@ impl StreamDecoder {
             _ => false,
         }
     }
+}
+
+/// An error sent inside a stream, whatever the dialect and whatever keys its payload has:
+/// an `event: error` (with JSON or not), a payload with a non-null `error` (OpenAI,
+/// Gemini, Anthropic's `{"type":"error","error":{..}}`), or one whose `type` is `"error"`.
+/// One check for every dialect, before its own decoder sees the event.
+fn in_stream_error(ctx: &Ctx, event: &SseEvent) -> Option<UpstreamError> {
+    let named = event.event.as_deref() == Some("error");
+    let data = event.data.trim();
+    // A cheap test first: an error payload has an `"error"` key or value; escaped text
+    // inside a string (`\"error\"`) never matches.
+    if !named && !data.contains("\"error\"") {
+        return None;
+    }
+    let value: serde_json::Value = match serde_json::from_str(data) {
+        Ok(value) => value,
+        Err(_) if named => {
+            return Some(ctx.error(FailureKind::ServerError, format!("error event: {data}")));
+        }
+        // Not JSON and not named an error: the dialect's decoder says it is malformed.
+        Err(_) => return None,
+    };
+    if value.get("error").is_some_and(|e| !e.is_null()) {
+        return Some(ctx.for_error_value(&value, data));
+    }
+    let typed = value.get("type").and_then(serde_json::Value::as_str) == Some("error");
+    if named || typed {
+        // `{"message": ..}` or `{"type":"error","message":..}`: the payload is the error.
+        let wrapped = serde_json::json!({ "error": value });
+        return Some(ctx.for_error_value(&wrapped, data));
+    }
+    None
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
