@@ -11,9 +11,10 @@ cd "$(dirname "$0")/.."
 secs=${1:-20}
 rounds=${2:-3}
 conns=${3:-16}
-cargo build --release --example gateway --example null_proxy --example loadgen
+cargo build --release -p tower-llm-gateway
+cargo build --release --example null_proxy --example loadgen
 log=$(mktemp)
-./target/release/examples/gateway benches/gateway.toml >"$log" 2>&1 &
+./target/release/tower-llm-gateway --config benches/gateway.toml >"$log" 2>&1 &
 gateway=$!
 proxy=
 trap 'kill $gateway $proxy 2>/dev/null || true; rm -f "$log"' EXIT

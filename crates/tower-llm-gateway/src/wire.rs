@@ -4,9 +4,14 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tower_llm_core::Usage;
+
+use crate::app::EventWriter;
+use crate::error::{ApiError, Dialect};
+use crate::request_id::RequestId;
 use tower_llm_providers::{
     ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, FinishReason,
     Message, ResponseFormat, Role, Tool, ToolCall, ToolChoice,
@@ -38,6 +43,7 @@ const CHAT_FIELDS: &[&str] = &[
     "metadata",
     "stream",
     "stream_options",
+    "n",
 ];
 
 fn field_error(field: &str, want: &str) -> String {
@@ -103,13 +109,25 @@ fn parse_message(index: usize, value: &Value) -> Result<Message, String> {
     let Some(object) = value.as_object() else {
         return Err(field_error(&format!("messages[{index}]"), "an object"));
     };
-    let role = match object.get("role").and_then(Value::as_str) {
-        Some("system" | "developer") => Role::System,
-        Some("user") => Role::User,
-        Some("assistant") => Role::Assistant,
-        Some("tool") => Role::Tool,
-        Some(other) => return Err(format!("`messages[{index}].role`: unknown role {other:?}")),
-        None => return Err(format!("`messages[{index}].role` is required")),
+    let has_tool_calls = object
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .is_some_and(|calls| !calls.is_empty());
+    let role = match object.get("role") {
+        Some(Value::String(role)) => match role.as_str() {
+            "system" | "developer" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            other => return Err(format!("`messages[{index}].role`: unknown role {other:?}")),
+        },
+        // The openai SDK's streamed tool loop sends back the message it accumulated from the
+        // deltas, and streamed tool calls carry no role: such a message is the assistant's.
+        None | Some(Value::Null) if has_tool_calls => Role::Assistant,
+        None | Some(Value::Null) => {
+            return Err(format!("`messages[{index}].role` is required"));
+        }
+        Some(_) => return Err(field_error(&format!("messages[{index}].role"), "a string")),
     };
     let content = content_text(object.get("content").unwrap_or(&Value::Null), index)?;
     let mut tool_calls = Vec::new();
@@ -293,6 +311,18 @@ pub(crate) fn parse_chat(body: Value, tenant: &str) -> Result<ParsedChat, String
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(field_error("stream", "a boolean")),
     };
+    match body.get("n") {
+        None | Some(Value::Null) => {}
+        Some(n) if n.as_u64() == Some(1) => {}
+        Some(n) if n.as_u64().is_some_and(|n| n > 1) => {
+            return Err(
+                "`n` greater than 1 is not supported by this gateway: it returns one choice; \
+                 send n requests instead"
+                    .to_owned(),
+            );
+        }
+        Some(_) => return Err(field_error("n", "a positive integer")),
+    }
     let include_usage = body
         .get("stream_options")
         .and_then(|o| o.get("include_usage"))
@@ -311,8 +341,19 @@ pub(crate) fn parse_chat(body: Value, tenant: &str) -> Result<ParsedChat, String
     })
 }
 
+/// How the client wants its vectors: JSON numbers, or base64 of little-endian `f32`s (what
+/// the openai SDK asks for by default, then decodes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EmbeddingEncoding {
+    Float,
+    Base64,
+}
+
 /// Reads an OpenAI embeddings body.
-pub(crate) fn parse_embeddings(body: Value, tenant: &str) -> Result<EmbeddingRequest, String> {
+pub(crate) fn parse_embeddings(
+    body: Value,
+    tenant: &str,
+) -> Result<(EmbeddingRequest, EmbeddingEncoding), String> {
     let Value::Object(body) = body else {
         return Err("the request body must be a JSON object".to_owned());
     };
@@ -342,20 +383,27 @@ pub(crate) fn parse_embeddings(body: Value, tenant: &str) -> Result<EmbeddingReq
         ),
     };
     request.user = opt_str(&body, "user")?;
-    if let Some(format) = body.get("encoding_format").and_then(Value::as_str)
-        && format != "float"
-    {
-        return Err(format!(
-            "`encoding_format`: only \"float\" is supported, not {format:?}"
-        ));
-    }
+    // The gateway asks every provider for floats and encodes them itself.
+    let encoding = match body.get("encoding_format") {
+        None | Some(Value::Null) => EmbeddingEncoding::Float,
+        Some(Value::String(f)) if f == "float" => EmbeddingEncoding::Float,
+        Some(Value::String(f)) if f == "base64" => EmbeddingEncoding::Base64,
+        Some(_) => return Err(field_error("encoding_format", "\"float\" or \"base64\"")),
+    };
     for (name, value) in body {
         if !["model", "input", "dimensions", "user", "encoding_format"].contains(&name.as_str()) {
             request.extra.insert(name, value);
         }
     }
     request.tenant = Some(tenant.to_owned());
-    Ok(request)
+    Ok((request, encoding))
+}
+
+/// A fresh id for a streamed completion (the chunks of one stream share it).
+pub(crate) fn completion_id() -> String {
+    static STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let serial = STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("chatcmpl-gw{:x}-{serial}", unix_now())
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -407,7 +455,8 @@ struct Choice<'a> {
 #[derive(Serialize)]
 struct MessageJson<'a> {
     role: &'static str,
-    content: &'a str,
+    /// `null` when the answer is only tool calls, as OpenAI sends it.
+    content: Option<&'a str>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     tool_calls: Vec<ToolCallJson<'a>>,
 }
@@ -456,7 +505,11 @@ pub(crate) fn chat_response_json<'a>(
             index: 0,
             message: MessageJson {
                 role: "assistant",
-                content: &response.content,
+                content: if response.content.is_empty() && !response.tool_calls.is_empty() {
+                    None
+                } else {
+                    Some(&response.content)
+                },
                 tool_calls,
             },
             finish_reason: response.finish_reason.as_ref().map_or("stop", finish_str),
@@ -487,7 +540,7 @@ impl ChunkWriter {
         }
     }
 
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+    fn chunk_json(&self, delta: Value, finish: Option<&str>) -> Value {
         json!({
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -497,16 +550,23 @@ impl ChunkWriter {
         })
     }
 
-    /// The SSE event for `chunk`, if it makes one.
-    pub(crate) fn event(&mut self, chunk: &ChatChunk) -> Option<String> {
+    /// The delta with `role: "assistant"` on the first one of the stream, whatever it
+    /// carries (text or a tool call), as OpenAI sends it.
+    fn delta(&mut self, mut delta: Value) -> Value {
+        if !self.sent_role {
+            self.sent_role = true;
+            delta["role"] = json!("assistant");
+        }
+        delta
+    }
+}
+
+impl EventWriter for ChunkWriter {
+    fn chunk(&mut self, chunk: &ChatChunk, out: &mut String) {
         let value = match chunk {
             ChatChunk::Content(text) => {
-                let mut delta = json!({"content": text});
-                if !self.sent_role {
-                    self.sent_role = true;
-                    delta["role"] = json!("assistant");
-                }
-                self.chunk(delta, None)
+                let delta = self.delta(json!({"content": text}));
+                self.chunk_json(delta, None)
             }
             ChatChunk::ToolCall(call) => {
                 let mut entry =
@@ -518,12 +578,13 @@ impl ChunkWriter {
                 if let Some(name) = &call.name {
                     entry["function"]["name"] = json!(name);
                 }
-                self.chunk(json!({"tool_calls": [entry]}), None)
+                let delta = self.delta(json!({"tool_calls": [entry]}));
+                self.chunk_json(delta, None)
             }
-            ChatChunk::Finish(reason) => self.chunk(json!({}), Some(finish_str(reason))),
+            ChatChunk::Finish(reason) => self.chunk_json(json!({}), Some(finish_str(reason))),
             ChatChunk::Usage(usage) => {
                 if !self.include_usage {
-                    return None;
+                    return;
                 }
                 json!({
                     "id": self.id,
@@ -535,17 +596,42 @@ impl ChunkWriter {
                 })
             }
         };
-        Some(format!("data: {value}\n\n"))
+        out.push_str("data: ");
+        out.push_str(&value.to_string());
+        out.push_str("\n\n");
+    }
+
+    fn finish(&mut self, out: &mut String) {
+        out.push_str("data: [DONE]\n\n");
+    }
+
+    fn fail(&mut self, error: ApiError, id: &RequestId, out: &mut String) {
+        out.push_str("data: ");
+        out.push_str(&error.body(Dialect::OpenAi, id).to_string());
+        out.push_str("\n\ndata: [DONE]\n\n");
     }
 }
 
-/// Embeddings as OpenAI returns them.
-pub(crate) fn embeddings_json(response: &EmbeddingResponse, model: &str) -> Value {
+/// Embeddings as OpenAI returns them, in the encoding the client asked for.
+pub(crate) fn embeddings_json(
+    response: &EmbeddingResponse,
+    model: &str,
+    encoding: EmbeddingEncoding,
+) -> Value {
     let data: Vec<Value> = response
         .embeddings
         .iter()
         .enumerate()
-        .map(|(i, e)| json!({"object": "embedding", "index": i, "embedding": e}))
+        .map(|(i, e)| {
+            let embedding = match encoding {
+                EmbeddingEncoding::Float => json!(e),
+                EmbeddingEncoding::Base64 => {
+                    let bytes: Vec<u8> = e.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+                }
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
         .collect();
     let usage = response.usage.unwrap_or_default();
     json!({
@@ -554,9 +640,4 @@ pub(crate) fn embeddings_json(response: &EmbeddingResponse, model: &str) -> Valu
         "model": model,
         "usage": {"prompt_tokens": usage.input_tokens, "total_tokens": usage.total()},
     })
-}
-
-/// OpenAI's error body.
-pub(crate) fn error_json(message: &str, kind: &str, code: Option<&str>) -> Value {
-    json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
 }

@@ -1,11 +1,6 @@
-//! The HTTP side: routes, client authentication, body limits, error mapping, metrics and
-//! graceful shutdown.
+//! The HTTP side: routes, client authentication, body limits, metrics and graceful shutdown.
 
-// Handlers' helpers return the ready response as their error, axum's idiom; its size does
-// not matter next to a network round trip.
-#![allow(clippy::result_large_err)]
-
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -13,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Extension, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -26,11 +21,14 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
-use tower_llm_core::{BoxError, FailureKind, RateLimited, UpstreamError, classify_dyn_error};
-use tower_llm_race::AllFailed;
+use tower_llm_core::BoxError;
+use tower_llm_providers::ChatChunk;
 use tower_llm_testkit::MockServer;
 
 use crate::config::Config;
+use crate::error::{self, ApiError, Dialect};
+use crate::keys::ClientKeys;
+use crate::request_id::{self, RequestId};
 use crate::stack::{self, ModelStacks};
 use crate::wire;
 
@@ -67,34 +65,60 @@ pub(crate) fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// The running gateway's shared state.
+/// A running gateway: the stacks of every model, the client keys and the routes over them.
+///
+/// Cheap to clone (one `Arc`); [`Gateway::router`] gives the axum `Router` to serve or to
+/// mount in an application. `Debug` shows the models, tenants and counts, never a key.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
 #[derive(Debug)]
-pub(crate) struct Gateway {
-    keys: HashMap<String, String>,
+struct Inner {
+    keys: ClientKeys,
     models: BTreeMap<String, ModelStacks>,
     max_body_bytes: usize,
     metrics: PrometheusHandle,
     /// The mock upstreams of `kind = "mock"` providers, by provider name.
-    pub(crate) mocks: Vec<(String, MockServer)>,
+    mocks: Vec<(String, MockServer)>,
 }
 
 impl Gateway {
-    /// Builds every stack of `config` (starting its mock upstreams).
-    pub(crate) async fn new(config: &Config) -> Result<Arc<Gateway>, BoxError> {
+    /// Builds every stack of `config`, starting its mock upstreams (`kind = "mock"`) on the
+    /// current tokio runtime.
+    ///
+    /// The first gateway of the process installs the Prometheus recorder that `/metrics`
+    /// renders (if the application installed its own `metrics` recorder first, `/metrics`
+    /// stays empty and the application's recorder gets the metrics).
+    pub async fn new(config: &Config) -> Result<Gateway, BoxError> {
         let metrics = prometheus();
-        let keys = config.client_keys()?;
         let built = stack::build(config).await?;
-        Ok(Arc::new(Gateway {
-            keys,
+        let inner = Arc::new(Inner {
+            keys: config.keys.clone(),
             models: built.models,
             max_body_bytes: config.server.max_body_bytes,
             metrics,
             mocks: built.mocks,
-        }))
+        });
+        // The exporter keeps histogram samples until they are drained; without a scraper
+        // they would pile up. The task ends with the gateway.
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                match weak.upgrade() {
+                    Some(inner) => inner.metrics.run_upkeep(),
+                    None => return,
+                }
+            }
+        });
+        Ok(Gateway { inner })
     }
 
-    /// The router over this state.
-    pub(crate) fn router(self: &Arc<Self>) -> Router {
+    /// The routes: `POST /v1/chat/completions`, `POST /v1/embeddings`, `POST /v1/messages`,
+    /// `GET /v1/models`, `GET /health`, `GET /metrics`. Every answer carries `x-request-id`.
+    pub fn router(&self) -> Router {
         Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/embeddings", post(embeddings))
@@ -102,14 +126,24 @@ impl Gateway {
             .route("/health", get(health))
             .route("/metrics", get(render_metrics))
             .route_layer(middleware::from_fn(track))
-            .with_state(self.clone())
+            .layer(middleware::from_fn(request_id::assign))
+            .with_state(self.inner.clone())
+    }
+
+    /// The in-process mock upstreams started for `kind = "mock"` providers: each provider's
+    /// name and base URL.
+    pub fn mock_upstreams(&self) -> impl Iterator<Item = (&str, String)> {
+        self.inner
+            .mocks
+            .iter()
+            .map(|(name, server)| (name.as_str(), server.base_url()))
     }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves; then stops accepting, lets
 /// requests in flight (streams included) finish for up to `grace`, cuts what is left (a
 /// request still waiting gets 503, a stream still running is broken off) and returns.
-pub(crate) async fn serve(
+pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -167,15 +201,17 @@ async fn cut_at_grace_end(
     request: Request,
     next: Next,
 ) -> Response {
+    let dialect = dialect_of(request.uri().path());
     let response = tokio::select! {
         response = next.run(request) => response,
         () = grace_ended(cut.clone()) => {
-            return error_response(
+            return ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the gateway shut down before this request finished",
                 "server_error",
                 Some("shutting_down"),
-            );
+                "the gateway shut down before this request finished",
+            )
+            .into_response(dialect, &RequestId::generate());
         }
     };
     // Whole answers are in memory and written at once; only streams can run on.
@@ -207,7 +243,7 @@ async fn cut_at_grace_end(
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
@@ -263,59 +299,69 @@ impl Drop for InFlight {
     }
 }
 
-fn error_response(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        wire::error_json(message, kind, code).to_string(),
-    )
-        .into_response()
+/// The error shape of a route: Anthropic's for `/v1/messages`, OpenAI's elsewhere.
+fn dialect_of(path: &str) -> Dialect {
+    if path.starts_with("/v1/messages") {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    }
 }
 
-/// The tenant of the request's bearer key, or the 401 to answer.
-fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<String, Response> {
-    let key = headers
+/// The tenant of the request's key (`Authorization: Bearer KEY`, or `x-api-key: KEY` as
+/// Anthropic's clients send it), or the 401 to answer.
+fn authenticate(gateway: &Inner, headers: &HeaderMap) -> Result<Arc<str>, ApiError> {
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
-        })
+        });
+    let key = bearer
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::trim);
     let refuse = |message: &str| {
         metrics::counter!(METRIC_AUTH_FAILURES).increment(1);
-        let mut response = error_response(
+        ApiError::new(
             StatusCode::UNAUTHORIZED,
-            message,
             "invalid_request_error",
             Some("invalid_api_key"),
-        );
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        response
+            message,
+        )
     };
     match key {
-        None => Err(refuse(
+        None | Some("") => Err(refuse(
             "missing API key: send `Authorization: Bearer <gateway key>`",
         )),
         Some(key) => gateway
             .keys
-            .get(key)
-            .cloned()
+            .tenant(key)
             .ok_or_else(|| refuse("unknown API key")),
     }
 }
 
+/// A refusal with `www-authenticate` when it is a 401.
+fn refusal(error: ApiError, dialect: Dialect, id: &RequestId) -> Response {
+    let unauthorized = error.status == StatusCode::UNAUTHORIZED;
+    let mut response = error.into_response(dialect, id);
+    if unauthorized {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
 /// Reads the body within the size limit and parses it as JSON.
-async fn read_json(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Result<Value, Response> {
+async fn read_json(gateway: &Inner, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
     let limit = gateway.max_body_bytes;
     let too_large = || {
-        error_response(
+        ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body larger than the gateway's limit of {limit} bytes"),
             "invalid_request_error",
             Some("request_too_large"),
+            format!("request body larger than the gateway's limit of {limit} bytes"),
         )
     };
     let declared = headers
@@ -328,177 +374,32 @@ async fn read_json(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Result
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
-        Err(e) => {
-            return Err(error_response(
-                StatusCode::BAD_REQUEST,
-                &format!("could not read the request body: {e}"),
-                "invalid_request_error",
-                None,
+        Err(_) => {
+            return Err(ApiError::bad_request(
+                "could not read the request body: the connection failed",
             ));
         }
     };
     serde_json::from_slice(&bytes).map_err(|e| {
-        error_response(
-            StatusCode::BAD_REQUEST,
-            &format!("request body is not valid JSON: {e}"),
-            "invalid_request_error",
-            Some("invalid_json"),
-        )
+        let mut error = ApiError::bad_request(format!(
+            "request body is not valid JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        ));
+        error.code = Some("invalid_json");
+        error
     })
 }
 
-fn bad_request(message: String) -> Response {
-    error_response(
-        StatusCode::BAD_REQUEST,
-        &message,
-        "invalid_request_error",
-        None,
-    )
-}
-
-fn unknown_model(model: &str, what: &str) -> Response {
-    error_response(
-        StatusCode::NOT_FOUND,
-        &format!("The model `{model}` does not exist or does not support {what} on this gateway"),
-        "invalid_request_error",
-        Some("model_not_found"),
-    )
-}
-
-/// The provider's own account of the failure: the first `UpstreamError` of kind `kind` in
-/// the error's chain, looking into each provider's error when a strategy lists them all.
-fn find_upstream<'a>(
-    error: &'a (dyn std::error::Error + 'static),
-    kind: FailureKind,
-) -> Option<&'a UpstreamError> {
-    let mut current: Option<&'a (dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = current {
-        if let Some(all) = e.downcast_ref::<AllFailed>() {
-            // The summary carries no status; the providers' own errors do.
-            return all
-                .failures()
-                .iter()
-                .filter(|f| f.failure().kind == kind)
-                .find_map(|f| {
-                    let inner: &'a (dyn std::error::Error + 'static) = f.error()?;
-                    find_upstream(inner, kind)
-                });
-        }
-        if let Some(upstream) = e.downcast_ref::<UpstreamError>() {
-            return Some(upstream);
-        }
-        current = e.source();
-    }
-    None
-}
-
-fn is_local_rate_limit(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = current {
-        if e.is::<RateLimited>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
-}
-
-/// Maps a failed call to the status an OpenAI client expects, with the retry hint.
-pub(crate) fn upstream_error_response(error: &BoxError) -> Response {
-    let error: &(dyn std::error::Error + 'static) = error.as_ref();
-    let failure = classify_dyn_error(error);
-    let upstream = find_upstream(error, failure.kind);
-    let upstream_status = upstream.and_then(UpstreamError::status);
-    let (status, kind, code) = match failure.kind {
-        FailureKind::RateLimited if is_local_rate_limit(error) && upstream.is_none() => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_exceeded",
-            "tenant_rate_limited",
-        ),
-        FailureKind::RateLimited => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_exceeded",
-            "rate_limit_exceeded",
-        ),
-        FailureKind::QuotaExhausted => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "insufficient_quota",
-            "insufficient_quota",
-        ),
-        FailureKind::Overloaded => (
-            upstream_status
-                .filter(|s| s.is_server_error())
-                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-            "server_error",
-            "overloaded",
-        ),
-        FailureKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "server_error", "timeout"),
-        FailureKind::Transport => (
-            StatusCode::BAD_GATEWAY,
-            "server_error",
-            "upstream_unreachable",
-        ),
-        FailureKind::ServerError => (
-            upstream_status
-                .filter(|s| s.is_server_error())
-                .unwrap_or(StatusCode::BAD_GATEWAY),
-            "server_error",
-            "upstream_error",
-        ),
-        FailureKind::BadRequest => (
-            upstream_status
-                .filter(|s| s.is_client_error())
-                .unwrap_or(StatusCode::BAD_REQUEST),
-            "invalid_request_error",
-            "bad_request",
-        ),
-        // The provider refused the gateway's own key: not the client's fault.
-        FailureKind::Unauthorized => (
-            StatusCode::BAD_GATEWAY,
-            "server_error",
-            "upstream_unauthorized",
-        ),
-        FailureKind::Forbidden => (StatusCode::FORBIDDEN, "invalid_request_error", "forbidden"),
-        FailureKind::NotFound => (
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "model_not_found",
-        ),
-        FailureKind::ContextLengthExceeded => (
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "context_length_exceeded",
-        ),
-        FailureKind::ContentFiltered => (
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "content_filter",
-        ),
-        FailureKind::CircuitOpen => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            "circuit_open",
-        ),
-        FailureKind::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "cancelled"),
-        _ => (
-            upstream_status
-                .filter(|s| s.is_client_error() || s.is_server_error())
-                .unwrap_or(StatusCode::BAD_GATEWAY),
-            "server_error",
-            "upstream_error",
-        ),
-    };
-    let mut response = error_response(status, &error.to_string(), kind, Some(code));
-    if let Some(after) = failure.retry_after {
-        let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        if let Ok(value) = HeaderValue::from_str(&after.as_millis().to_string()) {
-            response.headers_mut().insert("retry-after-ms", value);
-        }
-    }
-    response
+/// Authenticates and reads the JSON body: the tenant and the body, or the refusal.
+async fn admit(
+    gateway: &Inner,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Arc<str>, Value), ApiError> {
+    let tenant = authenticate(gateway, headers)?;
+    let json = read_json(gateway, headers, body).await?;
+    Ok((tenant, json))
 }
 
 fn count_answer(model: &str, provider: &str, call: &'static str) {
@@ -507,63 +408,70 @@ fn count_answer(model: &str, provider: &str, call: &'static str) {
     .increment(1);
 }
 
-async fn chat(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    let tenant = match authenticate(&gateway, &headers) {
-        Ok(tenant) => tenant,
-        Err(response) => return response,
-    };
-    let json = match read_json(&gateway, &headers, body).await {
-        Ok(json) => json,
-        Err(response) => return response,
+async fn chat(
+    State(gateway): State<Arc<Inner>>,
+    Extension(id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let dialect = Dialect::OpenAi;
+    let (tenant, json) = match admit(&gateway, &headers, body).await {
+        Ok(admitted) => admitted,
+        Err(error) => return refusal(error, dialect, &id),
     };
     let parsed = match wire::parse_chat(json, &tenant) {
         Ok(parsed) => parsed,
-        Err(message) => return bad_request(message),
+        Err(message) => return ApiError::bad_request(message).into_response(dialect, &id),
     };
     let model = parsed.request.model.clone();
     let Some(stacks) = gateway.models.get(&model) else {
-        return unknown_model(&model, "chat completions");
+        return ApiError::unknown_model(&model, "chat completions").into_response(dialect, &id);
     };
     if parsed.stream {
         let Some(service) = stacks.stream.clone() else {
-            return unknown_model(&model, "streaming");
+            return ApiError::unknown_model(&model, "streaming").into_response(dialect, &id);
         };
         match service.oneshot(parsed.request.streaming()).await {
             Ok(reply) => {
                 count_answer(&model, &reply.provider, "stream");
-                let mut response = sse_response(reply.value, model, parsed.include_usage);
-                if let Ok(value) = HeaderValue::from_str(&reply.provider) {
-                    response.headers_mut().insert("x-gateway-provider", value);
-                }
-                response
+                let writer =
+                    wire::ChunkWriter::new(wire::completion_id(), model, parsed.include_usage);
+                let events = sse_events(reply.value, writer, id.clone());
+                sse_response(events, &reply.provider)
             }
-            Err(error) => upstream_error_response(&error),
+            Err(error) => error::from_failure(error.as_ref()).into_response(dialect, &id),
         }
     } else {
         let Some(service) = stacks.chat.clone() else {
-            return unknown_model(&model, "chat completions");
+            return ApiError::unknown_model(&model, "chat completions").into_response(dialect, &id);
         };
         match service.oneshot(parsed.request).await {
             Ok(reply) => {
                 count_answer(&model, &reply.provider, "chat");
                 let body = wire::chat_response_json(&reply.value, &model);
-                json_response(&body, &reply.provider)
+                json_response(&body, &reply.provider, dialect, &id)
             }
-            Err(error) => upstream_error_response(&error),
+            Err(error) => error::from_failure(error.as_ref()).into_response(dialect, &id),
         }
     }
 }
 
-fn json_response(body: &impl serde::Serialize, provider: &str) -> Response {
+fn json_response(
+    body: &impl serde::Serialize,
+    provider: &str,
+    dialect: Dialect,
+    id: &RequestId,
+) -> Response {
     let body = match serde_json::to_vec(body) {
         Ok(body) => body,
-        Err(e) => {
-            return error_response(
+        Err(_) => {
+            return ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("could not encode the answer: {e}"),
                 "server_error",
                 None,
-            );
+                "could not encode the answer",
+            )
+            .into_response(dialect, id);
         }
     };
     let mut response = (
@@ -594,83 +502,103 @@ impl Drop for OpenStream {
     }
 }
 
-fn sse_response(stream: stack::LiveStream, model: String, include_usage: bool) -> Response {
-    static STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let serial = STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let id = format!("chatcmpl-gw{:x}-{serial}", wire::unix_now());
-    let writer = wire::ChunkWriter::new(id, model, include_usage);
-    let state = SseState {
-        chunks: stream.0,
-        writer,
-        done: false,
-        _open: OpenStream::new(),
-    };
-    let events = futures_util::stream::unfold(state, |mut state| async move {
-        if state.done {
-            return None;
-        }
-        loop {
-            match state.chunks.next().await {
-                Some(Ok(chunk)) => {
-                    if let Some(event) = state.writer.event(&chunk) {
-                        return Some((Bytes::from(event), state));
-                    }
-                }
-                Some(Err(error)) => {
-                    // The head (200) is sent: the failure can only be told in the stream.
-                    let kind = classify_dyn_error(error.as_ref()).kind;
-                    let body =
-                        wire::error_json(&error.to_string(), "server_error", Some(kind.as_str()));
-                    state.done = true;
-                    return Some((
-                        Bytes::from(format!("data: {body}\n\ndata: [DONE]\n\n")),
-                        state,
-                    ));
-                }
-                None => {
-                    state.done = true;
-                    return Some((Bytes::from_static(b"data: [DONE]\n\n"), state));
-                }
-            }
-        }
-    });
-    let body = Body::from_stream(events.map(Ok::<_, Infallible>));
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(body)
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+/// What turns a provider's chunks into one dialect's server-sent events.
+pub(crate) trait EventWriter: Send + 'static {
+    /// The events for `chunk` (none, one or several), appended to `out`.
+    fn chunk(&mut self, chunk: &ChatChunk, out: &mut String);
+    /// The events that end a stream that ended well.
+    fn finish(&mut self, out: &mut String);
+    /// The events that end a stream cut by `error` (the head, a 200, is already sent).
+    fn fail(&mut self, error: ApiError, id: &RequestId, out: &mut String);
 }
 
-struct SseState {
-    chunks: std::pin::Pin<
-        Box<
-            dyn futures_util::Stream<Item = Result<tower_llm_providers::ChatChunk, BoxError>>
-                + Send,
-        >,
-    >,
-    writer: wire::ChunkWriter,
+type ChunkStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<ChatChunk, BoxError>> + Send>>;
+
+struct SseState<W> {
+    chunks: ChunkStream,
+    writer: W,
+    id: RequestId,
     done: bool,
     _open: OpenStream,
 }
 
+/// The body of a streamed answer: each chunk as `writer` writes it, then its ending.
+pub(crate) fn sse_events<W: EventWriter>(
+    stream: stack::LiveStream,
+    writer: W,
+    id: RequestId,
+) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
+    let state = SseState {
+        chunks: stream.0,
+        writer,
+        id,
+        done: false,
+        _open: OpenStream::new(),
+    };
+    futures_util::stream::unfold(state, |mut state| async move {
+        if state.done {
+            return None;
+        }
+        let mut out = String::new();
+        loop {
+            match state.chunks.next().await {
+                Some(Ok(chunk)) => {
+                    state.writer.chunk(&chunk, &mut out);
+                    if !out.is_empty() {
+                        return Some((Bytes::from(out), state));
+                    }
+                }
+                Some(Err(error)) => {
+                    let error = error::from_failure(error.as_ref());
+                    state.writer.fail(error, &state.id, &mut out);
+                    state.done = true;
+                    return Some((Bytes::from(out), state));
+                }
+                None => {
+                    state.writer.finish(&mut out);
+                    state.done = true;
+                    return Some((Bytes::from(out), state));
+                }
+            }
+        }
+    })
+}
+
+pub(crate) fn sse_response(
+    events: impl futures_util::Stream<Item = Bytes> + Send + 'static,
+    provider: &str,
+) -> Response {
+    let body = Body::from_stream(events.map(Ok::<_, Infallible>));
+    let mut response = (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(provider) {
+        response.headers_mut().insert("x-gateway-provider", value);
+    }
+    response
+}
+
 async fn embeddings(
-    State(gateway): State<Arc<Gateway>>,
+    State(gateway): State<Arc<Inner>>,
+    Extension(id): Extension<RequestId>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let tenant = match authenticate(&gateway, &headers) {
-        Ok(tenant) => tenant,
-        Err(response) => return response,
+    let dialect = Dialect::OpenAi;
+    let (tenant, json) = match admit(&gateway, &headers, body).await {
+        Ok(admitted) => admitted,
+        Err(error) => return refusal(error, dialect, &id),
     };
-    let json = match read_json(&gateway, &headers, body).await {
-        Ok(json) => json,
-        Err(response) => return response,
-    };
-    let request = match wire::parse_embeddings(json, &tenant) {
-        Ok(request) => request,
-        Err(message) => return bad_request(message),
+    let (request, encoding) = match wire::parse_embeddings(json, &tenant) {
+        Ok(parsed) => parsed,
+        Err(message) => return ApiError::bad_request(message).into_response(dialect, &id),
     };
     let model = request.model.clone();
     let Some(service) = gateway
@@ -678,23 +606,29 @@ async fn embeddings(
         .get(&model)
         .and_then(|s| s.embeddings.clone())
     else {
-        return unknown_model(&model, "embeddings");
+        return ApiError::unknown_model(&model, "embeddings").into_response(dialect, &id);
     };
     match service.oneshot(request).await {
         Ok(reply) => {
             count_answer(&model, &reply.provider, "embeddings");
             json_response(
-                &wire::embeddings_json(&reply.value, &model),
+                &wire::embeddings_json(&reply.value, &model, encoding),
                 &reply.provider,
+                dialect,
+                &id,
             )
         }
-        Err(error) => upstream_error_response(&error),
+        Err(error) => error::from_failure(error.as_ref()).into_response(dialect, &id),
     }
 }
 
-async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(response) = authenticate(&gateway, &headers) {
-        return response;
+async fn models(
+    State(gateway): State<Arc<Inner>>,
+    Extension(id): Extension<RequestId>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(error) = authenticate(&gateway, &headers) {
+        return refusal(error, Dialect::OpenAi, &id);
     }
     let created = wire::unix_now();
     let data: Vec<Value> = gateway
@@ -705,7 +639,12 @@ async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
                    "owned_by": stacks.providers.join(",")})
         })
         .collect();
-    json_response(&json!({"object": "list", "data": data}), "gateway")
+    json_response(
+        &json!({"object": "list", "data": data}),
+        "gateway",
+        Dialect::OpenAi,
+        &id,
+    )
 }
 
 async fn health() -> Response {
@@ -717,7 +656,7 @@ async fn health() -> Response {
         .into_response()
 }
 
-async fn render_metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+async fn render_metrics(State(gateway): State<Arc<Inner>>) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

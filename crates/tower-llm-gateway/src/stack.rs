@@ -222,8 +222,9 @@ pub(crate) struct Built {
     pub(crate) mocks: Vec<(String, MockServer)>,
 }
 
+/// A layer's builder refused a setting: the error under the gateway's key for it.
 fn cfg_err(at: &str, e: impl std::fmt::Display) -> ConfigError {
-    ConfigError(format!("{at}: {e}"))
+    ConfigError::new(at, format!("is refused: {e}"))
 }
 
 /// Builds every provider and model stack. Mock providers are started here.
@@ -232,23 +233,7 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
     let mut upstreams = BTreeMap::new();
     let mut mocks = Vec::new();
     for (name, p) in &config.providers {
-        let key = match (&p.api_key_env, &p.api_key) {
-            (Some(_), Some(_)) => {
-                return Err(cfg_err(
-                    &format!("providers.{name}"),
-                    "give at most one of api_key_env and api_key",
-                )
-                .into());
-            }
-            (Some(var), None) => Some(std::env::var(var).map_err(|_| {
-                cfg_err(
-                    &format!("providers.{name}.api_key_env"),
-                    format!("environment variable {var} is not set"),
-                )
-            })?),
-            (None, Some(key)) => Some(key.0.clone()),
-            (None, None) => None,
-        };
+        let key = p.api_key.as_ref().map(|k| k.expose().to_owned());
         let at = format!("providers.{name}");
         let upstream = match p.kind {
             ProviderKind::Mock => {
@@ -456,7 +441,10 @@ where
         }
         StrategyKind::Hedge => {
             let delay = stack.hedge_delay.ok_or_else(|| {
-                ConfigError(format!("models.{model}.hedge_delay: required for a hedge"))
+                ConfigError::new(
+                    format!("models.{model}.hedge_delay"),
+                    "is required with strategy = \"hedge\"",
+                )
             })?;
             BoxCloneSyncService::new(
                 ServiceBuilder::new()

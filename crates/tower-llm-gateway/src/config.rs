@@ -1,0 +1,743 @@
+//! The gateway's TOML configuration: server, client keys, providers and the stack per model.
+//!
+//! A file is read in two steps: serde reads it into the raw shapes below (unknown keys are
+//! errors), then [`Config::from_toml`] checks every value and resolves the keys named by
+//! environment variables, so that a mistake stops the start with the key at fault
+//! (`models.gpt-4o-mini.timeout`) instead of surfacing at the first request. Durations are
+//! humantime strings (`"250ms"`, `"30s"`, `"1m 30s"`, `"2h"`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::keys::{ClientKeys, Secret};
+
+/// The configuration used when the gateway starts without a file: two in-process mock
+/// upstreams behind the full stack, and two demo client keys.
+pub const MOCK_CONFIG: &str = include_str!("../config/mock.toml");
+
+/// The longest duration any setting accepts. Longer values are typing mistakes, and some
+/// would overflow the clock arithmetic of the layers.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A configuration the gateway refused: the key at fault and why.
+///
+/// ```
+/// let err = tower_llm_gateway::Config::from_toml(
+///     "[[keys]]\nkey = \"k\"\ntenant = \"t\"\n\
+///      [providers.p]\nkind = \"mock\"\nmodels = [\"m\"]\n\
+///      [models.m]\ntimeout = \"0s\"\n",
+/// )
+/// .unwrap_err();
+/// assert_eq!(err.knob(), "models.m.timeout");
+/// assert_eq!(err.reason(), "must be more than zero");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    knob: String,
+    reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(knob: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            knob: knob.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The configuration key at fault, as a path (`models.gpt-4o-mini.retry.max_attempts`).
+    pub fn knob(&self) -> &str {
+        &self.knob
+    }
+
+    /// Why it was refused.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.knob.is_empty() {
+            write!(f, "invalid gateway configuration: {}", self.reason)
+        } else {
+            write!(
+                f,
+                "invalid gateway configuration: `{}` {}",
+                self.knob, self.reason
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A checked configuration, ready for [`Gateway::new`](crate::Gateway::new).
+///
+/// Its `Debug` output shows no key: client keys are kept only as keyed digests, provider
+/// keys print as `****`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub(crate) server: ServerConfig,
+    pub(crate) keys: ClientKeys,
+    pub(crate) providers: BTreeMap<String, ProviderConfig>,
+    pub(crate) models: BTreeMap<String, ModelConfig>,
+}
+
+/// Where and how the gateway listens.
+#[derive(Clone, Debug)]
+pub(crate) struct ServerConfig {
+    pub(crate) listen: SocketAddr,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) shutdown_grace: Duration,
+}
+
+/// Which API a provider speaks.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ProviderKind {
+    Openai,
+    Anthropic,
+    Gemini,
+    /// The testkit's mock OpenAI API, started in-process.
+    Mock,
+}
+
+/// One upstream, checked.
+#[derive(Clone, Debug)]
+pub(crate) struct ProviderConfig {
+    pub(crate) kind: ProviderKind,
+    pub(crate) base_url: Option<String>,
+    pub(crate) api_key: Option<Secret>,
+    pub(crate) models: Vec<String>,
+    pub(crate) model_map: HashMap<String, String>,
+    pub(crate) mock_latency: Option<Duration>,
+}
+
+/// How one request is spread over a model's providers.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum StrategyKind {
+    #[default]
+    Fallback,
+    Race,
+    Hedge,
+}
+
+/// The stack of one model, checked.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ModelConfig {
+    /// Providers in order; never empty once checked.
+    pub(crate) providers: Vec<String>,
+    pub(crate) strategy: StrategyKind,
+    pub(crate) hedge_delay: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) dedup: Option<DedupConfig>,
+    pub(crate) retry: Option<RetryConfig>,
+    pub(crate) breaker: Option<BreakerConfig>,
+    pub(crate) rate_limit: Option<RateLimitConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct DedupConfig {
+    pub(crate) ttl: Duration,
+    pub(crate) max_entries: u64,
+    pub(crate) cache_all: bool,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct RetryConfig {
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Duration,
+    pub(crate) max_delay: Option<Duration>,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) max_retry_after: Option<Duration>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct BreakerConfig {
+    pub(crate) consecutive_failures: u32,
+    pub(crate) cooldown: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct RateLimitConfig {
+    pub(crate) requests_per_minute: Option<u64>,
+    pub(crate) tokens_per_minute: Option<u64>,
+    pub(crate) concurrency: Option<usize>,
+    pub(crate) max_wait: Option<Duration>,
+}
+
+mod raw {
+    //! The file as serde reads it, before any check.
+
+    use std::collections::{BTreeMap, HashMap};
+
+    use serde::Deserialize;
+
+    use super::{ProviderKind, StrategyKind};
+    use crate::keys::Secret;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct File {
+        #[serde(default)]
+        pub(super) server: Server,
+        #[serde(default)]
+        pub(super) keys: Vec<Key>,
+        #[serde(default)]
+        pub(super) providers: BTreeMap<String, Provider>,
+        #[serde(default)]
+        pub(super) models: BTreeMap<String, Model>,
+    }
+
+    #[derive(Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Server {
+        pub(super) listen: Option<String>,
+        pub(super) max_body_bytes: Option<u64>,
+        pub(super) shutdown_grace: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Key {
+        pub(super) key_env: Option<String>,
+        pub(super) key: Option<Secret>,
+        pub(super) tenant: String,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Provider {
+        pub(super) kind: ProviderKind,
+        pub(super) base_url: Option<String>,
+        pub(super) api_key_env: Option<String>,
+        pub(super) api_key: Option<Secret>,
+        #[serde(default)]
+        pub(super) models: Vec<String>,
+        #[serde(default)]
+        pub(super) model_map: HashMap<String, String>,
+        pub(super) mock_latency: Option<String>,
+    }
+
+    #[derive(Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Model {
+        #[serde(default)]
+        pub(super) providers: Vec<String>,
+        #[serde(default)]
+        pub(super) strategy: StrategyKind,
+        pub(super) hedge_delay: Option<String>,
+        pub(super) timeout: Option<String>,
+        pub(super) dedup: Option<Dedup>,
+        pub(super) retry: Option<Retry>,
+        pub(super) breaker: Option<Breaker>,
+        pub(super) rate_limit: Option<RateLimit>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Dedup {
+        pub(super) ttl: String,
+        pub(super) max_entries: Option<u64>,
+        #[serde(default)]
+        pub(super) cache_all: bool,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Retry {
+        pub(super) max_attempts: u32,
+        pub(super) backoff: Option<String>,
+        pub(super) max_delay: Option<String>,
+        pub(super) deadline: Option<String>,
+        pub(super) max_retry_after: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Breaker {
+        pub(super) consecutive_failures: Option<u32>,
+        pub(super) cooldown: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct RateLimit {
+        pub(super) requests_per_minute: Option<u64>,
+        pub(super) tokens_per_minute: Option<u64>,
+        pub(super) concurrency: Option<u64>,
+        pub(super) max_wait: Option<String>,
+    }
+}
+
+/// Whether zero makes sense for a duration setting.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Zero {
+    Allowed,
+    Refused,
+}
+
+/// Parses a humantime duration for `knob`, refusing what would overflow (and anything over a
+/// year) and, where `zero` says so, zero.
+fn duration(knob: &str, text: &str, zero: Zero) -> Result<Duration, ConfigError> {
+    let value = humantime::parse_duration(text.trim()).map_err(|e| {
+        ConfigError::new(
+            knob,
+            format!("is not a duration ({e}): write it like 250ms, 30s, 1m 30s, 2h"),
+        )
+    })?;
+    if value > MAX_DURATION {
+        return Err(ConfigError::new(knob, "must be at most 366 days"));
+    }
+    if zero == Zero::Refused && value.is_zero() {
+        return Err(ConfigError::new(knob, "must be more than zero"));
+    }
+    Ok(value)
+}
+
+fn opt_duration(
+    knob: &str,
+    text: Option<&String>,
+    zero: Zero,
+) -> Result<Option<Duration>, ConfigError> {
+    text.map(|t| duration(knob, t, zero)).transpose()
+}
+
+fn positive<T: Default + PartialEq>(knob: &str, value: T) -> Result<T, ConfigError> {
+    if value == T::default() {
+        Err(ConfigError::new(knob, "must be at least 1"))
+    } else {
+        Ok(value)
+    }
+}
+
+/// Reads an environment variable named by the configuration; a variable that is unset, empty
+/// or not UTF-8 is refused (its value is never part of the error).
+fn env_secret(knob: &str, var: &str) -> Result<Secret, ConfigError> {
+    if var.is_empty() {
+        return Err(ConfigError::new(knob, "must name an environment variable"));
+    }
+    match std::env::var(var) {
+        Ok(value) if !value.trim().is_empty() => Ok(Secret::new(value.trim().to_owned())),
+        Ok(_) => Err(ConfigError::new(
+            knob,
+            format!("names the environment variable {var}, which is empty"),
+        )),
+        Err(std::env::VarError::NotPresent) => Err(ConfigError::new(
+            knob,
+            format!("names the environment variable {var}, which is not set"),
+        )),
+        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::new(
+            knob,
+            format!("names the environment variable {var}, which is not UTF-8"),
+        )),
+    }
+}
+
+fn check_base_url(knob: &str, url: &str) -> Result<(), ConfigError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| ConfigError::new(knob, format!("is not a URL ({e})")))?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.authority().is_some() => Ok(()),
+        _ => Err(ConfigError::new(
+            knob,
+            "must be an absolute http:// or https:// URL",
+        )),
+    }
+}
+
+impl Config {
+    /// The built-in configuration ([`MOCK_CONFIG`]): in-process mock upstreams, no key and no
+    /// network needed.
+    pub fn mock() -> Result<Config, ConfigError> {
+        Config::from_toml(MOCK_CONFIG)
+    }
+
+    /// Reads and checks a TOML file.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses and checks a TOML document, reading the keys it names from the environment.
+    ///
+    /// Every refusal names the key at fault: unknown keys, durations that are malformed, over
+    /// a year, or zero where zero makes no sense (`timeout`, `ttl`, `cooldown`, ...), counts
+    /// of zero, providers or models that are named but missing, unset environment variables,
+    /// duplicate client keys.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let file: raw::File = toml::from_str(text).map_err(|e| {
+            // toml's message names the line and the key; it quotes the file, which holds no
+            // resolved key (keys written inline are for local tests only).
+            ConfigError::new("", e.to_string().trim_end().to_owned())
+        })?;
+        Config::check(file)
+    }
+
+    fn check(file: raw::File) -> Result<Config, ConfigError> {
+        let server = ServerConfig {
+            listen: match &file.server.listen {
+                None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+                Some(text) => text.parse().map_err(|_| {
+                    ConfigError::new(
+                        "server.listen",
+                        format!(
+                            "{text:?} is not an address like 127.0.0.1:8080 (port 0: any free port)"
+                        ),
+                    )
+                })?,
+            },
+            max_body_bytes: match file.server.max_body_bytes {
+                None => 1024 * 1024,
+                Some(n) => usize::try_from(positive("server.max_body_bytes", n)?)
+                    .map_err(|_| ConfigError::new("server.max_body_bytes", "is too large"))?,
+            },
+            shutdown_grace: match &file.server.shutdown_grace {
+                None => Duration::from_secs(30),
+                Some(text) => duration("server.shutdown_grace", text, Zero::Allowed)?,
+            },
+        };
+
+        if file.keys.is_empty() {
+            return Err(ConfigError::new(
+                "keys",
+                "needs at least one [[keys]] entry: every request presents a client key",
+            ));
+        }
+        let mut keys = ClientKeys::new();
+        for (i, entry) in file.keys.into_iter().enumerate() {
+            let at = format!("keys[{i}]");
+            if entry.tenant.trim().is_empty() {
+                return Err(ConfigError::new(
+                    format!("{at}.tenant"),
+                    "must not be empty",
+                ));
+            }
+            let key = match (entry.key, entry.key_env) {
+                (Some(key), None) => key,
+                (None, Some(var)) => env_secret(&format!("{at}.key_env"), &var)?,
+                _ => {
+                    return Err(ConfigError::new(at, "needs exactly one of key_env and key"));
+                }
+            };
+            if key.expose().is_empty() {
+                return Err(ConfigError::new(format!("{at}.key"), "must not be empty"));
+            }
+            if let Some(first) = keys.insert(key.expose(), &entry.tenant) {
+                return Err(ConfigError::new(
+                    at,
+                    format!("is the same key as keys[{first}]"),
+                ));
+            }
+        }
+
+        if file.providers.is_empty() {
+            return Err(ConfigError::new(
+                "providers",
+                "needs at least one [providers.NAME] section",
+            ));
+        }
+        let mut providers = BTreeMap::new();
+        for (name, p) in file.providers {
+            let at = format!("providers.{name}");
+            if p.models.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{at}.models"),
+                    "must list at least one model",
+                ));
+            }
+            for (i, model) in p.models.iter().enumerate() {
+                if model.trim().is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{at}.models[{i}]"),
+                        "must not be empty",
+                    ));
+                }
+            }
+            for (model, upstream) in &p.model_map {
+                if !p.models.contains(model) {
+                    return Err(ConfigError::new(
+                        format!("{at}.model_map.{model}"),
+                        format!("maps {model:?}, which is not in {at}.models"),
+                    ));
+                }
+                if upstream.trim().is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{at}.model_map.{model}"),
+                        "must not be empty",
+                    ));
+                }
+            }
+            if let Some(url) = &p.base_url {
+                check_base_url(&format!("{at}.base_url"), url)?;
+            }
+            if p.kind == ProviderKind::Mock && p.base_url.is_some() {
+                return Err(ConfigError::new(
+                    format!("{at}.base_url"),
+                    "is not used by kind = \"mock\" (the mock is started in-process)",
+                ));
+            }
+            if p.kind != ProviderKind::Mock && p.mock_latency.is_some() {
+                return Err(ConfigError::new(
+                    format!("{at}.mock_latency"),
+                    "is only for kind = \"mock\"",
+                ));
+            }
+            let api_key = match (p.api_key_env, p.api_key) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::new(
+                        at,
+                        "needs at most one of api_key_env and api_key",
+                    ));
+                }
+                (Some(var), None) => Some(env_secret(&format!("{at}.api_key_env"), &var)?),
+                (None, key) => key,
+            };
+            let mock_latency = opt_duration(
+                &format!("{at}.mock_latency"),
+                p.mock_latency.as_ref(),
+                Zero::Allowed,
+            )?;
+            providers.insert(
+                name,
+                ProviderConfig {
+                    kind: p.kind,
+                    base_url: p.base_url,
+                    api_key,
+                    models: p.models,
+                    model_map: p.model_map,
+                    mock_latency,
+                },
+            );
+        }
+
+        let mut models = BTreeMap::new();
+        for (model, m) in file.models {
+            let at = format!("models.{model}");
+            let listing: Vec<&String> = providers
+                .iter()
+                .filter(|(_, p)| p.models.contains(&model))
+                .map(|(name, _)| name)
+                .collect();
+            if listing.is_empty() {
+                return Err(ConfigError::new(
+                    at,
+                    "is configured, but no provider lists this model in its models",
+                ));
+            }
+            for (i, provider) in m.providers.iter().enumerate() {
+                let knob = format!("{at}.providers[{i}]");
+                let Some(p) = providers.get(provider) else {
+                    return Err(ConfigError::new(
+                        knob,
+                        format!("names {provider:?}, which is not a provider"),
+                    ));
+                };
+                if !p.models.contains(&model) {
+                    return Err(ConfigError::new(
+                        knob,
+                        format!("names {provider:?}, which does not list {model:?} in its models"),
+                    ));
+                }
+                if m.providers[..i].contains(provider) {
+                    return Err(ConfigError::new(knob, format!("names {provider:?} twice")));
+                }
+            }
+            let hedge_delay = opt_duration(
+                &format!("{at}.hedge_delay"),
+                m.hedge_delay.as_ref(),
+                Zero::Refused,
+            )?;
+            if m.strategy == StrategyKind::Hedge && hedge_delay.is_none() {
+                return Err(ConfigError::new(
+                    format!("{at}.hedge_delay"),
+                    "is required with strategy = \"hedge\"",
+                ));
+            }
+            if m.strategy != StrategyKind::Hedge && hedge_delay.is_some() {
+                return Err(ConfigError::new(
+                    format!("{at}.hedge_delay"),
+                    "is only used with strategy = \"hedge\"",
+                ));
+            }
+            let dedup = match m.dedup {
+                None => None,
+                Some(d) => Some(DedupConfig {
+                    ttl: duration(&format!("{at}.dedup.ttl"), &d.ttl, Zero::Refused)?,
+                    max_entries: positive(
+                        &format!("{at}.dedup.max_entries"),
+                        d.max_entries.unwrap_or(10_000),
+                    )?,
+                    cache_all: d.cache_all,
+                }),
+            };
+            let retry = match m.retry {
+                None => None,
+                Some(r) => {
+                    let backoff = match &r.backoff {
+                        None => Duration::from_millis(250),
+                        Some(t) => duration(&format!("{at}.retry.backoff"), t, Zero::Allowed)?,
+                    };
+                    Some(RetryConfig {
+                        max_attempts: positive(
+                            &format!("{at}.retry.max_attempts"),
+                            r.max_attempts,
+                        )?,
+                        backoff,
+                        max_delay: opt_duration(
+                            &format!("{at}.retry.max_delay"),
+                            r.max_delay.as_ref(),
+                            Zero::Refused,
+                        )?,
+                        deadline: opt_duration(
+                            &format!("{at}.retry.deadline"),
+                            r.deadline.as_ref(),
+                            Zero::Refused,
+                        )?,
+                        max_retry_after: opt_duration(
+                            &format!("{at}.retry.max_retry_after"),
+                            r.max_retry_after.as_ref(),
+                            Zero::Allowed,
+                        )?,
+                    })
+                }
+            };
+            let breaker = match m.breaker {
+                None => None,
+                Some(b) => Some(BreakerConfig {
+                    consecutive_failures: positive(
+                        &format!("{at}.breaker.consecutive_failures"),
+                        b.consecutive_failures.unwrap_or(5),
+                    )?,
+                    cooldown: match &b.cooldown {
+                        None => Duration::from_secs(30),
+                        Some(t) => duration(&format!("{at}.breaker.cooldown"), t, Zero::Refused)?,
+                    },
+                }),
+            };
+            let rate_limit = match m.rate_limit {
+                None => None,
+                Some(l) => {
+                    let at = format!("{at}.rate_limit");
+                    let rpm = l
+                        .requests_per_minute
+                        .map(|n| positive(&format!("{at}.requests_per_minute"), n))
+                        .transpose()?;
+                    let tpm = l
+                        .tokens_per_minute
+                        .map(|n| positive(&format!("{at}.tokens_per_minute"), n))
+                        .transpose()?;
+                    let concurrency = l
+                        .concurrency
+                        .map(|n| {
+                            let n = positive(&format!("{at}.concurrency"), n)?;
+                            usize::try_from(n).map_err(|_| {
+                                ConfigError::new(format!("{at}.concurrency"), "is too large")
+                            })
+                        })
+                        .transpose()?;
+                    if rpm.is_none() && tpm.is_none() && concurrency.is_none() {
+                        return Err(ConfigError::new(
+                            at,
+                            "sets no limit: give requests_per_minute, tokens_per_minute or concurrency",
+                        ));
+                    }
+                    Some(RateLimitConfig {
+                        requests_per_minute: rpm,
+                        tokens_per_minute: tpm,
+                        concurrency,
+                        max_wait: opt_duration(
+                            &format!("{at}.max_wait"),
+                            l.max_wait.as_ref(),
+                            Zero::Allowed,
+                        )?,
+                    })
+                }
+            };
+            let providers_in_order = if m.providers.is_empty() {
+                listing.into_iter().cloned().collect()
+            } else {
+                m.providers
+            };
+            models.insert(
+                model,
+                ModelConfig {
+                    providers: providers_in_order,
+                    strategy: m.strategy,
+                    hedge_delay,
+                    timeout: opt_duration(
+                        &format!("{at}.timeout"),
+                        m.timeout.as_ref(),
+                        Zero::Refused,
+                    )?,
+                    dedup,
+                    retry,
+                    breaker,
+                    rate_limit,
+                },
+            );
+        }
+        Ok(Config {
+            server,
+            keys,
+            providers,
+            models,
+        })
+    }
+
+    /// The address to listen on (`server.listen`; default `127.0.0.1:8080`, port 0 for any
+    /// free port).
+    pub fn listen(&self) -> SocketAddr {
+        self.server.listen
+    }
+
+    /// Replaces the address to listen on (the binary's `--listen`).
+    pub fn set_listen(&mut self, addr: SocketAddr) {
+        self.server.listen = addr;
+    }
+
+    /// How long requests in flight may run on after a shutdown signal
+    /// (`server.shutdown_grace`, default 30 s).
+    pub fn shutdown_grace(&self) -> Duration {
+        self.server.shutdown_grace
+    }
+
+    /// Replaces the shutdown grace period.
+    pub fn set_shutdown_grace(&mut self, grace: Duration) {
+        self.server.shutdown_grace = grace;
+    }
+
+    /// Every model clients can ask for, sorted.
+    pub fn model_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .providers
+            .values()
+            .flat_map(|p| p.models.iter().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The providers serving `model`, in the order its stack tries them.
+    pub fn providers_of(&self, model: &str) -> Vec<String> {
+        match self.models.get(model) {
+            Some(stack) => stack.providers.clone(),
+            None => self
+                .providers
+                .iter()
+                .filter(|(_, p)| p.models.iter().any(|m| m == model))
+                .map(|(name, _)| name.clone())
+                .collect(),
+        }
+    }
+}

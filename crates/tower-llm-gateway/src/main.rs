@@ -1,0 +1,159 @@
+//! `tower-llm-gateway`: the gateway as a program.
+//!
+//! ```text
+//! tower-llm-gateway [--config FILE] [--listen ADDR] [--check]
+//! ```
+//!
+//! Without `--config` (or `GATEWAY_CONFIG`) it runs on the built-in configuration: two
+//! in-process mock upstreams, no key and no network needed. `--listen` overrides
+//! `server.listen` (port 0 picks a free port); the bound address is printed on stdout as
+//! `gateway: listening on http://ADDR`. `--check` validates the configuration (environment
+//! variables included) and exits: 0 when it is valid, 2 with the key at fault otherwise.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use tokio::net::TcpListener;
+use tower_llm_gateway::{Config, Gateway, serve, shutdown_signal};
+
+const USAGE: &str = "\
+usage: tower-llm-gateway [--config FILE] [--listen ADDR] [--check]
+
+  --config FILE   the TOML configuration (default: $GATEWAY_CONFIG, else the built-in
+                  mock configuration: in-process mock upstreams, no key needed)
+  --listen ADDR   the address to listen on, overriding server.listen (port 0: any free port)
+  --check         check the configuration, print what is wrong, and exit
+  --help          this text
+  --version       the version";
+
+struct Args {
+    config: Option<String>,
+    listen: Option<SocketAddr>,
+    check: bool,
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut args = Args {
+        config: None,
+        listen: None,
+        check: false,
+    };
+    let mut items = std::env::args().skip(1);
+    while let Some(arg) = items.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                (flag.to_owned(), Some(value.to_owned()))
+            }
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| items.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "--config" | "-c" => args.config = Some(value("--config")?),
+            "--listen" | "-l" => {
+                let text = value("--listen")?;
+                args.listen = Some(text.parse().map_err(|_| {
+                    format!("--listen: {text:?} is not an address like 127.0.0.1:8080")
+                })?);
+            }
+            "--check" => args.check = true,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            "--version" | "-V" => {
+                println!("tower-llm-gateway {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if args.config.is_none() {
+        args.config = std::env::var("GATEWAY_CONFIG")
+            .ok()
+            .filter(|p| !p.is_empty());
+    }
+    Ok(Some(args))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(args)) => args,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("tower-llm-gateway: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let loaded = match &args.config {
+        Some(path) => Config::from_file(path),
+        None => Config::mock(),
+    };
+    let mut config = match loaded {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("tower-llm-gateway: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(addr) = args.listen {
+        config.set_listen(addr);
+    }
+    if args.check {
+        println!(
+            "tower-llm-gateway: configuration ok: models {}",
+            config.model_names().join(", ")
+        );
+        return ExitCode::SUCCESS;
+    }
+    match run(config, args.config.as_deref()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tower-llm-gateway: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config, path: Option<&str>) -> Result<(), tower_llm_core::BoxError> {
+    let gateway = Gateway::new(&config).await?;
+    let listener = TcpListener::bind(config.listen())
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen()))?;
+    let addr = listener.local_addr()?;
+    match path {
+        Some(path) => println!("gateway: config {path}"),
+        None => println!("gateway: no config file, using the built-in mock upstreams"),
+    }
+    for (name, url) in gateway.mock_upstreams() {
+        println!("gateway: mock upstream {name} at {url}");
+    }
+    println!("gateway: models {}", config.model_names().join(", "));
+    if path.is_none() {
+        println!(
+            "gateway: try  curl -s http://{addr}/v1/chat/completions -H 'authorization: Bearer sk-gateway-demo' \
+             -H 'content-type: application/json' -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hi\"}}]}}'"
+        );
+    }
+    // Last, so that a script waiting for this line finds everything above it.
+    println!("gateway: listening on http://{addr}");
+    serve(
+        listener,
+        gateway.router(),
+        async {
+            shutdown_signal().await;
+            println!("gateway: shutting down, letting requests in flight finish");
+        },
+        config.shutdown_grace(),
+    )
+    .await?;
+    println!("gateway: stopped");
+    Ok(())
+}

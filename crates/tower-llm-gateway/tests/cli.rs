@@ -1,0 +1,143 @@
+//! The `tower-llm-gateway` binary: `--check`, `--listen` with port 0, the built-in config.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tower::ServiceExt;
+use tower_llm_testkit::{TestClient, openai_chat, with_api_key};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tower-llm-gateway");
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "tower-llm-gateway-{}-{name}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn check_accepts_a_good_config_and_names_the_key_of_a_bad_one() {
+    let ok = Command::new(BIN).arg("--check").output().await.unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("configuration ok"));
+
+    let bad = write_config(
+        "bad",
+        "[[keys]]\nkey = \"k\"\ntenant = \"t\"\n[providers.p]\nkind = \"mock\"\nmodels = [\"m\"]\n\
+         [models.m]\ntimeout = \"0s\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["--check", "--config"])
+        .arg(&bad)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`models.m.timeout` must be more than zero"),
+        "{stderr}"
+    );
+
+    // The sample for real providers, with its environment variables set (and one missing).
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/config/openai.toml");
+    let vars = [
+        ("OPENAI_API_KEY", "sk-o"),
+        ("ANTHROPIC_API_KEY", "sk-a"),
+        ("GEMINI_API_KEY", "g"),
+        ("GATEWAY_KEY_TEAM_A", "team-a-key"),
+    ];
+    let out = Command::new(BIN)
+        .args(["--check", "--config", sample])
+        .envs(vars)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(BIN)
+        .args(["--check", "--config", sample])
+        .envs(vars)
+        .env_remove("GEMINI_API_KEY")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("providers.gemini.api_key_env"), "{stderr}");
+    assert!(!stderr.contains("sk-o"), "no key in the error: {stderr}");
+
+    let missing = Command::new(BIN)
+        .args(["--check", "--config", "/nonexistent/gateway.toml"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!missing.status.success());
+}
+
+#[tokio::test]
+async fn listen_on_port_zero_prints_the_bound_address_and_serves() {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.strip_prefix("gateway: listening on ") {
+                return url.to_owned();
+            }
+        }
+        panic!("the gateway exited without listening");
+    })
+    .await
+    .expect("the gateway starts");
+    assert!(
+        !url.ends_with(":0"),
+        "the bound port is printed, not 0: {url}"
+    );
+
+    let health = TestClient::new()
+        .oneshot(
+            http::Request::get(format!("{url}/health"))
+                .body(Bytes::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let chat = TestClient::new()
+        .oneshot(with_api_key(
+            openai_chat(&url, "gpt-4o-mini", "hi"),
+            "sk-gateway-demo",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(chat.status(), 200, "the built-in mock upstreams answer");
+
+    // A second copy on port 0 does not collide with the first.
+    let second = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--check"])
+        .output()
+        .await
+        .unwrap();
+    assert!(second.status.success());
+    child.kill().await.unwrap();
+}
