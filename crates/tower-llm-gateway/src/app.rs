@@ -28,6 +28,7 @@ use tower_llm_testkit::MockServer;
 use crate::config::Config;
 use crate::error::{self, ApiError, Dialect};
 use crate::keys::ClientKeys;
+use crate::messages;
 use crate::request_id::{self, RequestId};
 use crate::stack::{self, ModelStacks};
 use crate::wire;
@@ -122,6 +123,7 @@ impl Gateway {
         Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/embeddings", post(embeddings))
+            .route("/v1/messages", post(messages_route))
             .route("/v1/models", get(models))
             .route("/health", get(health))
             .route("/metrics", get(render_metrics))
@@ -449,6 +451,54 @@ async fn chat(
             Ok(reply) => {
                 count_answer(&model, &reply.provider, "chat");
                 let body = wire::chat_response_json(&reply.value, &model);
+                json_response(&body, &reply.provider, dialect, &id)
+            }
+            Err(error) => error::from_failure(error.as_ref()).into_response(dialect, &id),
+        }
+    }
+}
+
+/// `POST /v1/messages`: Anthropic's Messages API, served by any provider of the model.
+async fn messages_route(
+    State(gateway): State<Arc<Inner>>,
+    Extension(id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let dialect = Dialect::Anthropic;
+    let (tenant, json) = match admit(&gateway, &headers, body).await {
+        Ok(admitted) => admitted,
+        Err(error) => return refusal(error, dialect, &id),
+    };
+    let parsed = match messages::parse(json, &tenant) {
+        Ok(parsed) => parsed,
+        Err(message) => return ApiError::bad_request(message).into_response(dialect, &id),
+    };
+    let model = parsed.request.model.clone();
+    let Some(stacks) = gateway.models.get(&model) else {
+        return ApiError::unknown_model(&model, "messages").into_response(dialect, &id);
+    };
+    if parsed.stream {
+        let Some(service) = stacks.stream.clone() else {
+            return ApiError::unknown_model(&model, "streaming").into_response(dialect, &id);
+        };
+        match service.oneshot(parsed.request.streaming()).await {
+            Ok(reply) => {
+                count_answer(&model, &reply.provider, "stream");
+                let writer = messages::EventSequence::new(model);
+                let events = sse_events(reply.value, writer, id.clone());
+                sse_response(events, &reply.provider)
+            }
+            Err(error) => error::from_failure(error.as_ref()).into_response(dialect, &id),
+        }
+    } else {
+        let Some(service) = stacks.chat.clone() else {
+            return ApiError::unknown_model(&model, "messages").into_response(dialect, &id);
+        };
+        match service.oneshot(parsed.request).await {
+            Ok(reply) => {
+                count_answer(&model, &reply.provider, "chat");
+                let body = messages::response_json(&reply.value, &model);
                 json_response(&body, &reply.provider, dialect, &id)
             }
             Err(error) => error::from_failure(error.as_ref()).into_response(dialect, &id),

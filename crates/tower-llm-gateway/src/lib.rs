@@ -48,6 +48,7 @@ mod app;
 mod config;
 mod error;
 mod keys;
+mod messages;
 mod request_id;
 mod stack;
 mod wire;
