@@ -48,7 +48,8 @@ impl ConfigError {
         self.component
     }
 
-    /// The builder method or configuration key at fault.
+    /// The builder method or configuration key at fault; empty when the error is about the
+    /// configuration as a whole (a file that cannot be read or parsed).
     pub fn knob(&self) -> &str {
         &self.knob
     }
@@ -61,18 +62,30 @@ impl ConfigError {
     /// The same error under a longer knob path, e.g. `upstreams[2].timeout` for a setting
     /// read from a configuration file.
     pub fn under(mut self, prefix: &str) -> Self {
-        self.knob = Cow::Owned(format!("{prefix}.{}", self.knob));
+        self.knob = if self.knob.is_empty() {
+            Cow::Owned(prefix.to_owned())
+        } else {
+            Cow::Owned(format!("{prefix}.{}", self.knob))
+        };
         self
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid {} configuration: `{}` {}",
-            self.component, self.knob, self.reason
-        )
+        if self.knob.is_empty() {
+            write!(
+                f,
+                "invalid {} configuration: {}",
+                self.component, self.reason
+            )
+        } else {
+            write!(
+                f,
+                "invalid {} configuration: `{}` {}",
+                self.component, self.knob, self.reason
+            )
+        }
     }
 }
 
@@ -90,6 +103,15 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("`upstreams[2].timeout` must be more than zero")
+        );
+    }
+
+    #[test]
+    fn an_error_about_the_whole_configuration_names_no_knob() {
+        let err = ConfigError::new("gateway", "", "cannot read gateway.toml: not found");
+        assert_eq!(
+            err.to_string(),
+            "invalid gateway configuration: cannot read gateway.toml: not found"
         );
     }
 }

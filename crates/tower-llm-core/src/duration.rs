@@ -2,6 +2,7 @@
 //! [humantime]'s format (`250ms`, `30s`, `1m 30s`, `2h`). A bare number has no unit and is
 //! refused, so `timeout = "30"` can never mean milliseconds in one place and seconds in another.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use crate::ConfigError;
 /// ```
 pub fn parse_duration(
     component: &'static str,
-    knob: &'static str,
+    knob: impl Into<Cow<'static, str>>,
     text: &str,
 ) -> Result<Duration, ConfigError> {
     humantime::parse_duration(text.trim()).map_err(|e| {

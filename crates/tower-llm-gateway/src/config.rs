@@ -7,7 +7,6 @@
 //! humantime strings (`"250ms"`, `"30s"`, `"1m 30s"`, `"2h"`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -35,46 +34,10 @@ pub(crate) const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 /// assert_eq!(err.knob(), "models.m.timeout");
 /// assert_eq!(err.reason(), "must be more than zero");
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    knob: String,
-    reason: String,
-}
+pub use tower_llm_core::ConfigError;
 
-impl ConfigError {
-    pub(crate) fn new(knob: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError {
-            knob: knob.into(),
-            reason: reason.into(),
-        }
-    }
-
-    /// The configuration key at fault, as a path (`models.gpt-4o-mini.retry.max_attempts`).
-    pub fn knob(&self) -> &str {
-        &self.knob
-    }
-
-    /// Why it was refused.
-    pub fn reason(&self) -> &str {
-        &self.reason
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.knob.is_empty() {
-            write!(f, "invalid gateway configuration: {}", self.reason)
-        } else {
-            write!(
-                f,
-                "invalid gateway configuration: `{}` {}",
-                self.knob, self.reason
-            )
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
+/// The component name every gateway configuration error carries.
+pub(crate) const GATEWAY: &str = "gateway";
 
 /// A checked configuration, ready for [`Gateway::new`](crate::Gateway::new).
 ///
@@ -286,17 +249,20 @@ enum Zero {
 /// Parses a humantime duration for `knob`, refusing what would overflow (and anything over a
 /// year) and, where `zero` says so, zero.
 fn duration(knob: &str, text: &str, zero: Zero) -> Result<Duration, ConfigError> {
-    let value = humantime::parse_duration(text.trim()).map_err(|e| {
-        ConfigError::new(
-            knob,
-            format!("is not a duration ({e}): write it like 250ms, 30s, 1m 30s, 2h"),
-        )
-    })?;
+    let value = tower_llm_core::parse_duration(GATEWAY, knob.to_owned(), text)?;
     if value > MAX_DURATION {
-        return Err(ConfigError::new(knob, "must be at most 366 days"));
+        return Err(ConfigError::new(
+            GATEWAY,
+            knob.to_owned(),
+            "must be at most 366 days",
+        ));
     }
     if zero == Zero::Refused && value.is_zero() {
-        return Err(ConfigError::new(knob, "must be more than zero"));
+        return Err(ConfigError::new(
+            GATEWAY,
+            knob.to_owned(),
+            "must be more than zero",
+        ));
     }
     Ok(value)
 }
@@ -311,7 +277,11 @@ fn opt_duration(
 
 fn positive<T: Default + PartialEq>(knob: &str, value: T) -> Result<T, ConfigError> {
     if value == T::default() {
-        Err(ConfigError::new(knob, "must be at least 1"))
+        Err(ConfigError::new(
+            GATEWAY,
+            knob.to_owned(),
+            "must be at least 1",
+        ))
     } else {
         Ok(value)
     }
@@ -321,20 +291,27 @@ fn positive<T: Default + PartialEq>(knob: &str, value: T) -> Result<T, ConfigErr
 /// or not UTF-8 is refused (its value is never part of the error).
 fn env_secret(knob: &str, var: &str) -> Result<Secret, ConfigError> {
     if var.is_empty() {
-        return Err(ConfigError::new(knob, "must name an environment variable"));
+        return Err(ConfigError::new(
+            GATEWAY,
+            knob.to_owned(),
+            "must name an environment variable",
+        ));
     }
     match std::env::var(var) {
         Ok(value) if !value.trim().is_empty() => Ok(Secret::new(value.trim().to_owned())),
         Ok(_) => Err(ConfigError::new(
-            knob,
+            GATEWAY,
+            knob.to_owned(),
             format!("names the environment variable {var}, which is empty"),
         )),
         Err(std::env::VarError::NotPresent) => Err(ConfigError::new(
-            knob,
+            GATEWAY,
+            knob.to_owned(),
             format!("names the environment variable {var}, which is not set"),
         )),
         Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::new(
-            knob,
+            GATEWAY,
+            knob.to_owned(),
             format!("names the environment variable {var}, which is not UTF-8"),
         )),
     }
@@ -343,11 +320,12 @@ fn env_secret(knob: &str, var: &str) -> Result<Secret, ConfigError> {
 fn check_base_url(knob: &str, url: &str) -> Result<(), ConfigError> {
     let uri: http::Uri = url
         .parse()
-        .map_err(|e| ConfigError::new(knob, format!("is not a URL ({e})")))?;
+        .map_err(|e| ConfigError::new(GATEWAY, knob.to_owned(), format!("is not a URL ({e})")))?;
     match uri.scheme_str() {
         Some("http" | "https") if uri.authority().is_some() => Ok(()),
         _ => Err(ConfigError::new(
-            knob,
+            GATEWAY,
+            knob.to_owned(),
             "must be an absolute http:// or https:// URL",
         )),
     }
@@ -363,8 +341,9 @@ impl Config {
     /// Reads and checks a TOML file.
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(GATEWAY, "", format!("cannot read {}: {e}", path.display()))
+        })?;
         Config::from_toml(&text)
     }
 
@@ -378,7 +357,7 @@ impl Config {
         let file: raw::File = toml::from_str(text).map_err(|e| {
             // toml's message names the line and the key; it quotes the file, which holds no
             // resolved key (keys written inline are for local tests only).
-            ConfigError::new("", e.to_string().trim_end().to_owned())
+            ConfigError::new(GATEWAY, "", e.to_string().trim_end().to_owned())
         })?;
         Config::check(file)
     }
@@ -389,6 +368,7 @@ impl Config {
                 None => SocketAddr::from(([127, 0, 0, 1], 8080)),
                 Some(text) => text.parse().map_err(|_| {
                     ConfigError::new(
+                        GATEWAY,
                         "server.listen",
                         format!(
                             "{text:?} is not an address like 127.0.0.1:8080 (port 0: any free port)"
@@ -398,8 +378,11 @@ impl Config {
             },
             max_body_bytes: match file.server.max_body_bytes {
                 None => 1024 * 1024,
-                Some(n) => usize::try_from(positive("server.max_body_bytes", n)?)
-                    .map_err(|_| ConfigError::new("server.max_body_bytes", "is too large"))?,
+                Some(n) => {
+                    usize::try_from(positive("server.max_body_bytes", n)?).map_err(|_| {
+                        ConfigError::new(GATEWAY, "server.max_body_bytes", "is too large")
+                    })?
+                }
             },
             shutdown_grace: match &file.server.shutdown_grace {
                 None => Duration::from_secs(30),
@@ -409,6 +392,7 @@ impl Config {
 
         if file.keys.is_empty() {
             return Err(ConfigError::new(
+                GATEWAY,
                 "keys",
                 "needs at least one [[keys]] entry: every request presents a client key",
             ));
@@ -418,6 +402,7 @@ impl Config {
             let at = format!("keys[{i}]");
             if entry.tenant.trim().is_empty() {
                 return Err(ConfigError::new(
+                    GATEWAY,
                     format!("{at}.tenant"),
                     "must not be empty",
                 ));
@@ -426,14 +411,23 @@ impl Config {
                 (Some(key), None) => key,
                 (None, Some(var)) => env_secret(&format!("{at}.key_env"), &var)?,
                 _ => {
-                    return Err(ConfigError::new(at, "needs exactly one of key_env and key"));
+                    return Err(ConfigError::new(
+                        GATEWAY,
+                        at,
+                        "needs exactly one of key_env and key",
+                    ));
                 }
             };
             if key.expose().is_empty() {
-                return Err(ConfigError::new(format!("{at}.key"), "must not be empty"));
+                return Err(ConfigError::new(
+                    GATEWAY,
+                    format!("{at}.key"),
+                    "must not be empty",
+                ));
             }
             if let Some(first) = keys.insert(key.expose(), &entry.tenant) {
                 return Err(ConfigError::new(
+                    GATEWAY,
                     at,
                     format!("is the same key as keys[{first}]"),
                 ));
@@ -442,6 +436,7 @@ impl Config {
 
         if file.providers.is_empty() {
             return Err(ConfigError::new(
+                GATEWAY,
                 "providers",
                 "needs at least one [providers.NAME] section",
             ));
@@ -451,6 +446,7 @@ impl Config {
             let at = format!("providers.{name}");
             if p.models.is_empty() {
                 return Err(ConfigError::new(
+                    GATEWAY,
                     format!("{at}.models"),
                     "must list at least one model",
                 ));
@@ -458,6 +454,7 @@ impl Config {
             for (i, model) in p.models.iter().enumerate() {
                 if model.trim().is_empty() {
                     return Err(ConfigError::new(
+                        GATEWAY,
                         format!("{at}.models[{i}]"),
                         "must not be empty",
                     ));
@@ -466,12 +463,14 @@ impl Config {
             for (model, upstream) in &p.model_map {
                 if !p.models.contains(model) {
                     return Err(ConfigError::new(
+                        GATEWAY,
                         format!("{at}.model_map.{model}"),
                         format!("maps {model:?}, which is not in {at}.models"),
                     ));
                 }
                 if upstream.trim().is_empty() {
                     return Err(ConfigError::new(
+                        GATEWAY,
                         format!("{at}.model_map.{model}"),
                         "must not be empty",
                     ));
@@ -482,12 +481,14 @@ impl Config {
             }
             if p.kind == ProviderKind::Mock && p.base_url.is_some() {
                 return Err(ConfigError::new(
+                    GATEWAY,
                     format!("{at}.base_url"),
                     "is not used by kind = \"mock\" (the mock is started in-process)",
                 ));
             }
             if p.kind != ProviderKind::Mock && p.mock_latency.is_some() {
                 return Err(ConfigError::new(
+                    GATEWAY,
                     format!("{at}.mock_latency"),
                     "is only for kind = \"mock\"",
                 ));
@@ -495,6 +496,7 @@ impl Config {
             let api_key = match (p.api_key_env, p.api_key) {
                 (Some(_), Some(_)) => {
                     return Err(ConfigError::new(
+                        GATEWAY,
                         at,
                         "needs at most one of api_key_env and api_key",
                     ));
@@ -530,6 +532,7 @@ impl Config {
                 .collect();
             if listing.is_empty() {
                 return Err(ConfigError::new(
+                    GATEWAY,
                     at,
                     "is configured, but no provider lists this model in its models",
                 ));
@@ -538,18 +541,24 @@ impl Config {
                 let knob = format!("{at}.providers[{i}]");
                 let Some(p) = providers.get(provider) else {
                     return Err(ConfigError::new(
-                        knob,
+                        GATEWAY,
+                        knob.to_owned(),
                         format!("names {provider:?}, which is not a provider"),
                     ));
                 };
                 if !p.models.contains(&model) {
                     return Err(ConfigError::new(
-                        knob,
+                        GATEWAY,
+                        knob.to_owned(),
                         format!("names {provider:?}, which does not list {model:?} in its models"),
                     ));
                 }
                 if m.providers[..i].contains(provider) {
-                    return Err(ConfigError::new(knob, format!("names {provider:?} twice")));
+                    return Err(ConfigError::new(
+                        GATEWAY,
+                        knob.to_owned(),
+                        format!("names {provider:?} twice"),
+                    ));
                 }
             }
             let hedge_delay = opt_duration(
@@ -559,12 +568,14 @@ impl Config {
             )?;
             if m.strategy == StrategyKind::Hedge && hedge_delay.is_none() {
                 return Err(ConfigError::new(
+                    GATEWAY,
                     format!("{at}.hedge_delay"),
                     "is required with strategy = \"hedge\"",
                 ));
             }
             if m.strategy != StrategyKind::Hedge && hedge_delay.is_some() {
                 return Err(ConfigError::new(
+                    GATEWAY,
                     format!("{at}.hedge_delay"),
                     "is only used with strategy = \"hedge\"",
                 ));
@@ -641,12 +652,17 @@ impl Config {
                         .map(|n| {
                             let n = positive(&format!("{at}.concurrency"), n)?;
                             usize::try_from(n).map_err(|_| {
-                                ConfigError::new(format!("{at}.concurrency"), "is too large")
+                                ConfigError::new(
+                                    GATEWAY,
+                                    format!("{at}.concurrency"),
+                                    "is too large",
+                                )
                             })
                         })
                         .transpose()?;
                     if rpm.is_none() && tpm.is_none() && concurrency.is_none() {
                         return Err(ConfigError::new(
+                            GATEWAY,
                             at,
                             "sets no limit: give requests_per_minute, tokens_per_minute or concurrency",
                         ));

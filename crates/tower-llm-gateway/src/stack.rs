@@ -224,7 +224,11 @@ pub(crate) struct Built {
 
 /// A layer's builder refused a setting: the error under the gateway's key for it.
 fn cfg_err(at: &str, e: impl std::fmt::Display) -> ConfigError {
-    ConfigError::new(at, format!("is refused: {e}"))
+    ConfigError::new(
+        crate::config::GATEWAY,
+        at.to_owned(),
+        format!("is refused: {e}"),
+    )
 }
 
 /// Builds every provider and model stack. Mock providers are started here.
@@ -442,6 +446,7 @@ where
         StrategyKind::Hedge => {
             let delay = stack.hedge_delay.ok_or_else(|| {
                 ConfigError::new(
+                    crate::config::GATEWAY,
                     format!("models.{model}.hedge_delay"),
                     "is required with strategy = \"hedge\"",
                 )

@@ -1,48 +1,12 @@
-//! Durations in plan files: `"250ms"`, `"2s"`, `"1.5s"`, `"1m"`, `"1h"`, or a number of
-//! milliseconds.
+//! Durations in plan files, written the one way every tower-llm crate reads them
+//! ([`tower_llm_core::parse_duration`]: `"250ms"`, `"2s"`, `"1m 30s"`), and the duration
+//! formats the mock writes into provider headers.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::{self, Visitor};
 use serde::{Deserializer, Serializer};
-
-/// Parses `"250ms"`, `"2s"`, `"1.5s"`, `"3m"`, `"1h"`, `"500us"` or a bare number of
-/// milliseconds.
-pub(crate) fn parse(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return None;
-    }
-    let value: f64 = number.parse().ok()?;
-    let seconds = match unit.trim() {
-        "" | "ms" => value / 1e3,
-        "us" | "µs" => value / 1e6,
-        "s" => value,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(seconds).ok()
-}
-
-/// Formats a duration the way [`parse`] reads it back, in the largest exact unit.
-pub(crate) fn format(duration: Duration) -> String {
-    let nanos = duration.as_nanos();
-    if !nanos.is_multiple_of(1_000_000) {
-        return format!("{}us", duration.as_micros());
-    }
-    let millis = duration.as_millis();
-    if !millis.is_multiple_of(1000) {
-        format!("{millis}ms")
-    } else {
-        format!("{}s", millis / 1000)
-    }
-}
 
 /// `duration` in whole seconds, rounded up.
 pub(crate) fn whole_seconds(duration: Duration) -> u64 {
@@ -109,7 +73,7 @@ pub(crate) fn serialize<S: Serializer>(
     duration: &Duration,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&format(*duration))
+    serializer.collect_str(&tower_llm_core::format_duration(*duration))
 }
 
 pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
@@ -124,25 +88,11 @@ impl Visitor<'_> for DurationVisitor {
     type Value = Duration;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(r#"a duration such as "250ms", "2s", "1m" or a number of milliseconds"#)
-    }
-
-    fn visit_u64<E: de::Error>(self, millis: u64) -> Result<Duration, E> {
-        Ok(Duration::from_millis(millis))
-    }
-
-    fn visit_i64<E: de::Error>(self, millis: i64) -> Result<Duration, E> {
-        u64::try_from(millis)
-            .map(Duration::from_millis)
-            .map_err(|_| E::custom("a duration cannot be negative"))
-    }
-
-    fn visit_f64<E: de::Error>(self, millis: f64) -> Result<Duration, E> {
-        Duration::try_from_secs_f64(millis / 1e3).map_err(E::custom)
+        f.write_str(r#"a duration with its unit, such as "250ms", "2s" or "1m 30s""#)
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
-        parse(text).ok_or_else(|| E::custom(format!("not a duration: {text:?}")))
+        tower_llm_core::parse_duration("fault plan", "duration", text).map_err(E::custom)
     }
 }
 
@@ -150,19 +100,37 @@ impl Visitor<'_> for DurationVisitor {
 mod tests {
     use super::*;
 
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Plan {
+        #[serde(with = "super")]
+        after: Duration,
+    }
+
     #[test]
-    fn parses_and_formats() {
-        assert_eq!(parse("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse("2s"), Some(Duration::from_secs(2)));
-        assert_eq!(parse("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse("1m"), Some(Duration::from_secs(60)));
-        assert_eq!(parse("40"), Some(Duration::from_millis(40)));
-        assert_eq!(parse("soon"), None);
-        assert_eq!(parse("-1s"), None);
-        assert_eq!(parse("2 weeks"), None);
-        for d in [1, 250, 1000, 1500, 60_000] {
-            let d = Duration::from_millis(d);
-            assert_eq!(parse(&format(d)), Some(d));
+    fn plan_durations_are_written_with_their_unit() {
+        let read = |text: &str| serde_json::from_str::<Plan>(text).map(|p| p.after);
+        assert_eq!(
+            read(r#"{"after": "250ms"}"#).ok(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            read(r#"{"after": "1m 30s"}"#).ok(),
+            Some(Duration::from_secs(90))
+        );
+        for bare in [
+            r#"{"after": "40"}"#,
+            r#"{"after": 40}"#,
+            r#"{"after": "soon"}"#,
+        ] {
+            let err = read(bare).expect_err(bare).to_string();
+            assert!(err.contains("duration"), "{err}");
+        }
+        for d in [1, 250, 1000, 1500, 60_000, 90_250] {
+            let plan = Plan {
+                after: Duration::from_millis(d),
+            };
+            let text = serde_json::to_string(&plan).expect("serializes");
+            assert_eq!(read(&text).ok(), Some(plan.after), "{text}");
         }
     }
 
