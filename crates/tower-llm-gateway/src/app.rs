@@ -57,9 +57,7 @@ pub(crate) fn prometheus() -> PrometheusHandle {
             // Another recorder already installed (a test harness): ours then renders only
             // what it sees, which is nothing; say so once rather than fail.
             if metrics::set_global_recorder(recorder).is_err() {
-                eprintln!(
-                    "gateway: a metrics recorder was already installed; /metrics stays empty"
-                );
+                tracing::warn!("a metrics recorder was already installed; /metrics stays empty");
             }
             handle
         })
@@ -176,7 +174,10 @@ pub async fn serve(
     tokio::select! {
         result = server => result,
         () = grace_over => {
-            eprintln!("gateway: grace period of {grace:?} over, cutting the requests still running");
+            tracing::warn!(
+                grace = %tower_llm_core::format_duration(grace),
+                "grace period over, cutting the requests still running"
+            );
             let _ = cut_tx.send(true);
             Ok(())
         }
@@ -268,20 +269,49 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Metrics and the access log of one request. The span carries what later code learns
+/// (the tenant, the model, the provider that answered); the event at the end is the access
+/// log line. Neither ever holds a key, a prompt or an answer.
 async fn track(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "other".to_owned(), |p| p.as_str().to_owned());
+    let span = tracing::info_span!(
+        "gateway.request",
+        http.request.method = %request.method(),
+        http.route = %route,
+        request_id = request.extensions().get::<RequestId>().map(RequestId::as_str),
+        tenant = tracing::field::Empty,
+        gen_ai.request.model = tracing::field::Empty,
+        gen_ai.provider.name = tracing::field::Empty,
+    );
     let started = Instant::now();
     // A guard, so that a request whose client went away (its future dropped) is not counted
     // in flight forever.
     let in_flight = InFlight::new();
-    let response = next.run(request).await;
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
     drop(in_flight);
-    metrics::histogram!(METRIC_DURATION, "route" => route.clone())
-        .record(started.elapsed().as_secs_f64());
-    metrics::counter!(METRIC_REQUESTS, "route" => route, "status" => response.status().as_str().to_owned())
+    let elapsed = started.elapsed();
+    let status = response.status();
+    span.in_scope(|| {
+        let millis = elapsed.as_secs_f64() * 1e3;
+        if status.is_server_error() {
+            tracing::warn!(
+                http.response.status_code = status.as_u16(),
+                duration_ms = millis,
+                "answered"
+            );
+        } else {
+            tracing::info!(
+                http.response.status_code = status.as_u16(),
+                duration_ms = millis,
+                "answered"
+            );
+        }
+    });
+    metrics::histogram!(METRIC_DURATION, "route" => route.clone()).record(elapsed.as_secs_f64());
+    metrics::counter!(METRIC_REQUESTS, "route" => route, "status" => status.as_str().to_owned())
         .increment(1);
     response
 }
@@ -400,11 +430,15 @@ async fn admit(
     body: Body,
 ) -> Result<(Arc<str>, Value), ApiError> {
     let tenant = authenticate(gateway, headers)?;
+    tracing::Span::current().record("tenant", &*tenant);
     let json = read_json(gateway, headers, body).await?;
     Ok((tenant, json))
 }
 
 fn count_answer(model: &str, provider: &str, call: &'static str) {
+    let span = tracing::Span::current();
+    span.record("gen_ai.request.model", model);
+    span.record("gen_ai.provider.name", provider);
     metrics::counter!(METRIC_UPSTREAM_ANSWERS,
         "model" => model.to_owned(), "provider" => provider.to_owned(), "call" => call)
     .increment(1);

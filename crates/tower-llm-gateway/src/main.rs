@@ -1,7 +1,7 @@
 //! `tower-llm-gateway`: the gateway as a program.
 //!
 //! ```text
-//! tower-llm-gateway [--config FILE] [--listen ADDR] [--check]
+//! tower-llm-gateway [--config FILE] [--listen ADDR] [--check] [--log-format text|json]
 //! ```
 //!
 //! Without `--config` (or `GATEWAY_CONFIG`) it runs on the built-in configuration: two
@@ -9,6 +9,10 @@
 //! `server.listen` (port 0 picks a free port); the bound address is printed on stdout as
 //! `gateway: listening on http://ADDR`. `--check` validates the configuration (environment
 //! variables included) and exits: 0 when it is valid, 2 with the key at fault otherwise.
+//!
+//! Logs go to stderr through `tracing`, filtered by `RUST_LOG` (default `info`: one access
+//! line per request, breaker and limiter events), as text or, with `--log-format json`, one
+//! JSON object per line.
 
 #![forbid(unsafe_code)]
 
@@ -19,12 +23,13 @@ use tokio::net::TcpListener;
 use tower_llm_gateway::{Config, Gateway, serve, shutdown_signal};
 
 const USAGE: &str = "\
-usage: tower-llm-gateway [--config FILE] [--listen ADDR] [--check]
+usage: tower-llm-gateway [--config FILE] [--listen ADDR] [--check] [--log-format text|json]
 
   --config FILE   the TOML configuration (default: $GATEWAY_CONFIG, else the built-in
                   mock configuration: in-process mock upstreams, no key needed)
   --listen ADDR   the address to listen on, overriding server.listen (port 0: any free port)
   --check         check the configuration, print what is wrong, and exit
+  --log-format F  logs on stderr as `text` (default) or `json` lines; RUST_LOG filters them
   --help          this text
   --version       the version";
 
@@ -32,6 +37,7 @@ struct Args {
     config: Option<String>,
     listen: Option<SocketAddr>,
     check: bool,
+    json_logs: bool,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
@@ -39,6 +45,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         config: None,
         listen: None,
         check: false,
+        json_logs: false,
     };
     let mut items = std::env::args().skip(1);
     while let Some(arg) = items.next() {
@@ -63,6 +70,15 @@ fn parse_args() -> Result<Option<Args>, String> {
                 })?);
             }
             "--check" => args.check = true,
+            "--log-format" => {
+                args.json_logs = match value("--log-format")?.as_str() {
+                    "text" => false,
+                    "json" => true,
+                    other => {
+                        return Err(format!("--log-format: {other:?} is neither text nor json"));
+                    }
+                }
+            }
             "--help" | "-h" => {
                 println!("{USAGE}");
                 return Ok(None);
@@ -92,6 +108,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logs(args.json_logs);
     let loaded = match &args.config {
         Some(path) => Config::from_file(path),
         None => Config::mock(),
@@ -119,6 +136,31 @@ async fn main() -> ExitCode {
             eprintln!("tower-llm-gateway: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`). A `RUST_LOG` that does not parse
+/// is reported and the default used.
+fn init_logs(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(text) if !text.trim().is_empty() => EnvFilter::try_new(&text).unwrap_or_else(|e| {
+            eprintln!("tower-llm-gateway: RUST_LOG={text:?} is not a filter ({e}); using info");
+            EnvFilter::new("info")
+        }),
+        _ => EnvFilter::new("info"),
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    let installed = if json {
+        logs.json().flatten_event(true).try_init()
+    } else {
+        logs.try_init()
+    };
+    if let Err(e) = installed {
+        eprintln!("tower-llm-gateway: logs not installed: {e}");
     }
 }
 
