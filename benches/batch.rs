@@ -5,7 +5,7 @@
 //! not thread hand-offs. Times are per group of `n` requests; divide by `n` (or read the
 //! elements/s throughput) for the per-request figure.
 //!
-//! `cargo bench --bench batch`
+//! `cargo bench -p tower-llm-benches --bench batch`
 
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]

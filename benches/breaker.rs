@@ -2,7 +2,7 @@
 //! call goes through and its outcome is recorded) and on the open path (the call is refused
 //! at once), beside tower-resilience's circuit breaker measured in the same run.
 //!
-//! `cargo bench --bench breaker`
+//! `cargo bench -p tower-llm-benches --bench breaker`
 
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]

@@ -1,7 +1,7 @@
 //! What core's per-request work costs: fingerprinting a request (the dedup key), reading a
 //! retry-after hint, classifying a response.
 //!
-//! `cargo bench --bench core`
+//! `cargo bench -p tower-llm-benches --bench core`
 
 // criterion's macros generate undocumented items.
 #![allow(missing_docs)]

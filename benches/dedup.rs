@@ -1,7 +1,7 @@
 //! The added cost of tower-llm-dedup per call, over a no-op inner service, beside
 //! tower-resilience's cache + coalesce layers measured in the same run.
 //!
-//! `cargo bench --bench dedup`
+//! `cargo bench -p tower-llm-benches --bench dedup`
 //!
 //! - `hit`: the answer is in the cache (the common case the layer exists for).
 //! - `miss`: a prompt never seen before: key, lookup, a shared call, the inner call, storing.

@@ -12,9 +12,10 @@ secs=${1:-20}
 rounds=${2:-3}
 conns=${3:-16}
 cargo build --release -p tower-llm-gateway
-cargo build --release --example null_proxy --example loadgen
+cargo build --release -p example-loadgen
+target=${CARGO_TARGET_DIR:-target}/release
 log=$(mktemp)
-./target/release/tower-llm-gateway --config benches/gateway.toml >"$log" 2>&1 &
+"$target/tower-llm-gateway" --config benches/gateway.toml >"$log" 2>&1 &
 gateway=$!
 proxy=
 trap 'kill $gateway $proxy 2>/dev/null || true; rm -f "$log"' EXIT
@@ -26,14 +27,14 @@ cat "$log"
 mock=$(sed -n 's/^gateway: mock upstream mock at \(http:[^ ]*\)$/\1/p' "$log")
 listen=$(sed -n 's/^gateway: listening on \(http:[^ ]*\)$/\1/p' "$log")
 [ -n "$mock" ] && [ -n "$listen" ] || { echo "gateway did not start" >&2; exit 1; }
-./target/release/examples/null_proxy "$mock" 127.0.0.1:8090 &
+"$target/null_proxy" "$mock" 127.0.0.1:8090 &
 proxy=$!
 sleep 0.5
 echo
 echo "== open loop, 100 requests/s"
-./target/release/examples/loadgen --target "$mock" --target http://127.0.0.1:8090 --target "$listen" --key sk-bench \
+"$target/loadgen" --target "$mock" --target http://127.0.0.1:8090 --target "$listen" --key sk-bench \
   --rate 100 --duration "${secs}s" --warmup 2s --rounds "$rounds"
 echo
 echo "== closed loop, $conns connections"
-./target/release/examples/loadgen --target "$mock" --target http://127.0.0.1:8090 --target "$listen" --key sk-bench \
+"$target/loadgen" --target "$mock" --target http://127.0.0.1:8090 --target "$listen" --key sk-bench \
   --connections "$conns" --duration "${secs}s" --warmup 2s --rounds "$rounds"

@@ -7,7 +7,7 @@
 //! chunk JSON that a caller has already cut out of the stream (its SSE parsing lives in its
 //! client, not in its types), so the stream comparison flatters the peer slightly.
 //!
-//! Run: `cargo bench --bench providers`.
+//! Run: `cargo bench -p tower-llm-benches --bench providers`.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 

@@ -1,7 +1,7 @@
 //! What the race strategies add over immediately-ready no-op services, beside `tower::hedge`
 //! in the same run.
 //!
-//! `cargo bench --bench race`
+//! `cargo bench -p tower-llm-benches --bench race`
 //!
 //! Every service answers `http::Response<()>` 200 from an immediately ready future; each
 //! iteration polls readiness, calls, and polls the response future once (it is ready).

@@ -4,7 +4,7 @@
 //! Every service is driven by hand with a no-op waker (ready, call, one poll), inside a tokio
 //! runtime context for the timers, so the figures are the middleware's own cost.
 //!
-//! `cargo bench --bench ratelimit`
+//! `cargo bench -p tower-llm-benches --bench ratelimit`
 //!
 //! For instruction counts, the same binary runs one configuration a fixed number of times
 //! without criterion when `RATELIMIT_CALLS=<name>:<count>` is set (names: `bare`, `requests`,
@@ -12,7 +12,7 @@
 //! a run of N calls and a run of 0, divided by N, is the cost of one call:
 //!
 //! ```text
-//! cargo bench --bench ratelimit --no-run   # prints the binary's path
+//! cargo bench -p tower-llm-benches --bench ratelimit --no-run   # prints the binary's path
 //! RATELIMIT_CALLS=requests:200000 valgrind --tool=callgrind target/release/deps/ratelimit-<hash>
 //! RATELIMIT_CALLS=requests:0      valgrind --tool=callgrind target/release/deps/ratelimit-<hash>
 //! ```

@@ -1,7 +1,7 @@
 //! What the retry layer adds to a call that succeeds at once, over a no-op inner service,
 //! beside `tower::retry` with an equivalent policy and tower-resilience's retry, same run.
 //!
-//! `cargo bench --bench retry`
+//! `cargo bench -p tower-llm-benches --bench retry`
 //!
 //! Every service answers `http::Response<()>` 200 from an immediately ready future; each
 //! iteration polls readiness, calls, and polls the response future once (it is ready).

@@ -1,6 +1,6 @@
 //! Recipe: dedup and a rate limit shared by two instances through Redis.
 //!
-//! `cargo run --example redis_two_instances` starts a throwaway `redis-server` (the testkit's
+//! `cargo run -p example-redis-two-instances` starts a throwaway `redis-server` (the testkit's
 //! `RedisServer`, on a free loopback port) and the testkit mock upstream, builds the same
 //! stack twice, as two gateway instances would, and shows that:
 //!

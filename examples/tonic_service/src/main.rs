@@ -1,7 +1,7 @@
 //! Recipe: a tonic gRPC service calling a stacked provider.
 //!
-//! `cargo run --example tonic_service` starts the testkit mock (no key, no network), serves
-//! the gRPC service of `examples/proto/chat.proto` (`recipe.chat.v1.Chat/Ask`) on a free
+//! `cargo run -p example-tonic-service` starts the testkit mock (no key, no network), serves
+//! the gRPC service of `examples/tonic_service/proto/chat.proto` (`recipe.chat.v1.Chat/Ask`) on a free
 //! loopback port, calls it twice with a tonic client, prints both answers and the number of
 //! upstream calls (one: the second answer came from the dedup cache), and exits.
 //! `-- --serve` keeps serving and prints a `grpcurl` command instead.
@@ -16,7 +16,7 @@
 //! # No protoc needed
 //!
 //! The message types below are written by hand with prost's derive to match
-//! `examples/proto/chat.proto`, and the server is tonic's codegen-free API
+//! `examples/tonic_service/proto/chat.proto`, and the server is tonic's codegen-free API
 //! (`tonic::server::Grpc::unary` with a `tower::service_fn`), dispatching on the method path
 //! as generated code does. So building this example needs no `protoc` and no build script:
 //! `cargo test --workspace` compiles it on a machine with only the Rust toolchain. That is
@@ -45,7 +45,7 @@ use tower_llm_providers::{ChatRequest, ChatResponse, Message, OpenAi};
 use tower_llm_retry::{Backoff, RetryLayer, StatsOnly};
 use tower_llm_testkit::{FaultPlan, Latency, MockServer, Route};
 
-/// `message AskRequest` of `examples/proto/chat.proto`.
+/// `message AskRequest` of `examples/tonic_service/proto/chat.proto`.
 #[derive(Clone, PartialEq, prost::Message)]
 struct AskRequest {
     #[prost(string, tag = "1")]
@@ -54,7 +54,7 @@ struct AskRequest {
     model: String,
 }
 
-/// `message AskReply` of `examples/proto/chat.proto`.
+/// `message AskReply` of `examples/tonic_service/proto/chat.proto`.
 #[derive(Clone, PartialEq, prost::Message)]
 struct AskReply {
     #[prost(string, tag = "1")]
@@ -203,7 +203,7 @@ async fn main() -> Result<(), BoxError> {
     if serve_forever {
         println!("serving {SERVICE} on {addr} (Ctrl-C to stop); try");
         println!(
-            "  grpcurl -plaintext -proto examples/proto/chat.proto -d '{{\"prompt\":\"Hi\"}}' \
+            "  grpcurl -plaintext -proto examples/tonic_service/proto/chat.proto -d '{{\"prompt\":\"Hi\"}}' \
              {addr} {SERVICE}/Ask"
         );
         tokio::signal::ctrl_c().await?;

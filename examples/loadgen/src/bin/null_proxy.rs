@@ -1,6 +1,6 @@
 //! The floor under the gateway's overhead: an HTTP proxy that does nothing but forward.
 //!
-//! `cargo run --release --example null_proxy -- UPSTREAM [LISTEN]` listens on `LISTEN`
+//! `cargo run --release -p example-loadgen --bin null_proxy -- UPSTREAM [LISTEN]` listens on `LISTEN`
 //! (default `127.0.0.1:8090`) and forwards every `POST /v1/chat/completions` body, unparsed,
 //! to `UPSTREAM/v1/chat/completions` (a loopback base URL, e.g. the gateway's mock upstream),
 //! returning the status and body. No JSON, no layers: what is left is one HTTP server hop and

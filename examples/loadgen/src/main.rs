@@ -2,7 +2,7 @@
 //! testkit mock, or any server speaking the API on loopback.
 //!
 //! ```text
-//! cargo run --release --example loadgen -- [OPTIONS]
+//! cargo run --release -p example-loadgen --bin loadgen -- [OPTIONS]
 //!
 //!   --target URL        base URL (http://127.0.0.1:8080) or the full chat completions URL;
 //!                       repeat it to measure several targets in the same run, the first
@@ -202,10 +202,10 @@ impl Options {
 }
 
 fn usage() -> String {
-    "usage: cargo run --release --example loadgen -- [--target URL]... \
+    "usage: cargo run --release -p example-loadgen --bin loadgen -- [--target URL]... \
      [--rate R | --connections N] [--duration D | --requests N] [--warmup D] [--rounds K] \
      [--key KEY] [--model NAME] [--max-tokens N] [--same-prompt] [--timeout D] \
-     [--max-in-flight N] [--mock-latency D]\n(see the top of examples/loadgen.rs)"
+     [--max-in-flight N] [--mock-latency D]\n(see the top of examples/loadgen/src/main.rs)"
         .to_owned()
 }
 
