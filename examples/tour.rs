@@ -433,6 +433,7 @@ async fn embeddings(progress: &Progress, table: &mut Table) -> Result<(), BoxErr
                         model: response.model.clone(),
                         embeddings: vectors.to_vec(),
                         usage: None,
+                        meta: response.meta.clone(),
                     })
                 })
                 .collect::<Vec<_>>()

@@ -153,6 +153,7 @@ struct Detail {
     status: Option<http::StatusCode>,
     provider: Option<Cow<'static, str>>,
     code: Option<String>,
+    request_id: Option<String>,
     message: String,
     body: Option<Bytes>,
     source: Option<BoxError>,
@@ -193,6 +194,19 @@ impl UpstreamError {
     /// `"overloaded_error"`, ...).
     pub fn with_code(mut self, code: impl Into<String>) -> Self {
         self.detail.code = Some(code.into());
+        self
+    }
+
+    /// Sets the upstream's id for the request (OpenAI `x-request-id`, Anthropic
+    /// `request-id`), the reference its support asks for.
+    pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
+        self.detail.request_id = Some(request_id.into());
+        self
+    }
+
+    /// Changes the kind, keeping everything else (a body that says more than the status).
+    pub fn with_kind(mut self, kind: FailureKind) -> Self {
+        self.kind = kind;
         self
     }
 
@@ -242,6 +256,11 @@ impl UpstreamError {
     /// The provider's own error type or code, if it sent one.
     pub fn code(&self) -> Option<&str> {
         self.detail.code.as_deref()
+    }
+
+    /// The upstream's id for the request, if it sent one.
+    pub fn request_id(&self) -> Option<&str> {
+        self.detail.request_id.as_deref()
     }
 
     /// The human-readable message.

@@ -66,6 +66,7 @@ use crate::client::{HttpClient, RequestBody, post_json, shared_client};
 use crate::error::{ConfigError, Ctx, Dialect};
 use crate::future::{ResponseFuture, StreamFuture};
 use crate::key::ApiKey;
+use crate::meta::ResponseMeta;
 use crate::sse::{DEFAULT_MAX_EVENT_BYTES, SseEvent};
 use crate::stream::{Step, StreamTimeouts, usage};
 
@@ -316,7 +317,11 @@ pub fn encode_request(request: &ChatRequest, stream: bool) -> Vec<u8> {
 
 /// Decodes a Messages body, as [`Anthropic`] does.
 pub fn decode_response(body: &[u8]) -> Result<ChatResponse, UpstreamError> {
-    decode_chat(&standalone_ctx(), Bytes::copy_from_slice(body))
+    decode_chat(
+        &standalone_ctx(),
+        Bytes::copy_from_slice(body),
+        ResponseMeta::default(),
+    )
 }
 
 pub(crate) fn standalone_ctx() -> Ctx {
@@ -559,7 +564,11 @@ fn arguments_text(input: &Value) -> String {
     }
 }
 
-pub(crate) fn decode_chat(ctx: &Ctx, body: Bytes) -> Result<ChatResponse, UpstreamError> {
+pub(crate) fn decode_chat(
+    ctx: &Ctx,
+    body: Bytes,
+    meta: ResponseMeta,
+) -> Result<ChatResponse, UpstreamError> {
     let wire: WireResponse = serde_json::from_slice(&body)
         .map_err(|e| ctx.malformed("message is not valid JSON", &body, e))?;
     if wire.kind.as_deref() == Some("error") || wire.extra.contains_key("error") {
@@ -570,6 +579,7 @@ pub(crate) fn decode_chat(ctx: &Ctx, body: Bytes) -> Result<ChatResponse, Upstre
         return Err(ctx.malformed("message", &body, "no `content` in the answer"));
     };
     let mut response = ChatResponse {
+        meta,
         id: wire.id.unwrap_or_default(),
         model: wire.model.unwrap_or_default(),
         finish_reason: wire.stop_reason.as_deref().map(finish_reason),
@@ -628,6 +638,8 @@ enum WireEvent {
 #[derive(Deserialize)]
 struct WireStartMessage {
     #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
     usage: Option<WireUsage>,
 }
 
@@ -672,6 +684,7 @@ pub(crate) struct StreamDecoder {
     cached_tokens: u64,
     /// Content block index of each tool call so far, in call order.
     tool_blocks: Vec<u32>,
+    pub(crate) model: Option<String>,
 }
 
 impl StreamDecoder {
@@ -690,6 +703,7 @@ impl StreamDecoder {
         })?;
         match parsed {
             WireEvent::MessageStart { message } => {
+                self.model = message.model.filter(|m| !m.is_empty());
                 if let Some(u) = message.usage {
                     self.input_tokens = u.input().unwrap_or(0);
                     self.cached_tokens = u.cache_read_input_tokens.unwrap_or(0);

@@ -6,6 +6,8 @@
 //! fields in their own `extra` map.
 
 use serde_json::{Map, Value};
+
+use crate::meta::ResponseMeta;
 use tower_llm_core::{
     CacheControl, ClassifyResponse, Deterministic, Fingerprint, FingerprintHasher, Outcome,
     RateLimitHeaders, RequestCost, ResponseUsage, Usage, estimate_text_tokens,
@@ -492,6 +494,8 @@ pub struct ChatResponse {
     pub usage: Option<Usage>,
     /// The provider's top-level fields this type does not model.
     pub extra: Map<String, Value>,
+    /// The HTTP facts of the answer: status, request id, rate-limit headers, provider.
+    pub meta: ResponseMeta,
 }
 
 impl ResponseUsage for ChatResponse {
@@ -598,6 +602,8 @@ pub struct EmbeddingResponse {
     pub embeddings: Vec<Vec<f32>>,
     /// Tokens used.
     pub usage: Option<Usage>,
+    /// The HTTP facts of the answer: status, request id, rate-limit headers, provider.
+    pub meta: ResponseMeta,
 }
 
 impl ResponseUsage for EmbeddingResponse {
@@ -613,8 +619,8 @@ impl ClassifyResponse for EmbeddingResponse {
 }
 
 // Typed requests never ask to bypass a cache by themselves (wrap the request in a type of your
-// own to add that); typed responses keep no HTTP headers, so they carry no rate-limit headers.
-// Implementing the traits lets dedup and the rate limiter take these types without glue.
+// own to add that). Implementing the traits lets dedup and the rate limiter take these types
+// without glue.
 impl CacheControl for ChatRequest {}
 impl CacheControl for EmbeddingRequest {}
 impl<R: CacheControl> CacheControl for Streaming<R> {
@@ -622,8 +628,19 @@ impl<R: CacheControl> CacheControl for Streaming<R> {
         self.0.bypasses_dedup()
     }
 }
-impl RateLimitHeaders for ChatResponse {}
-impl RateLimitHeaders for EmbeddingResponse {}
+impl RateLimitHeaders for ChatResponse {
+    /// The rate-limit headers of the HTTP answer (see [`ResponseMeta::headers`]).
+    fn rate_limit_headers(&self) -> Option<&http::HeaderMap> {
+        Some(&self.meta.headers)
+    }
+}
+
+impl RateLimitHeaders for EmbeddingResponse {
+    /// The rate-limit headers of the HTTP answer (see [`ResponseMeta::headers`]).
+    fn rate_limit_headers(&self) -> Option<&http::HeaderMap> {
+        Some(&self.meta.headers)
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 //! ([`retry_after`]) and, for Gemini, from `RetryInfo.retryDelay` in the body.
 
 use crate::key::ApiKey;
+pub(crate) use crate::meta::Dialect;
 use bytes::Bytes;
 use serde_json::Value;
 use std::borrow::Cow;
@@ -48,14 +49,6 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Which wire format a provider speaks, for decoding its errors and streams.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Dialect {
-    OpenAi,
-    Anthropic,
-    Gemini,
-}
-
 /// What the futures of one provider need to know.
 #[derive(Clone, Debug)]
 pub(crate) struct Ctx {
@@ -68,6 +61,18 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
+    /// The facts of an answer with this status and these headers.
+    pub(crate) fn meta(
+        &self,
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+    ) -> crate::meta::ResponseMeta {
+        let mut meta =
+            crate::meta::ResponseMeta::new(status, headers, self.dialect, self.provider.clone());
+        meta.request_id = meta.request_id.map(|id| self.scrub(id));
+        meta
+    }
+
     /// Counts a call sent (`what`: `chat`, `stream` or `embeddings`).
     pub(crate) fn record_request(&self, what: &'static str) {
         metrics::counter!(
@@ -122,8 +127,16 @@ impl Ctx {
             FailureKind::Timeout => FailureKind::Timeout,
             _ => FailureKind::Transport,
         };
-        self.error(kind, format!("{what}: {error}"))
-            .with_source(error)
+        let message = format!("{what}: {error}");
+        let source = match &self.key {
+            // The chain's text may quote the request (a proxy's error, a URL with the key in
+            // it): a source whose text would show the key is replaced by its scrubbed text.
+            Some(key) if chain_shows_key(&*error, key) => {
+                BoxError::from(Scrubbed(key.scrub(&chain_text(&*error)).into_owned()))
+            }
+            _ => error,
+        };
+        self.error(kind, message).with_source(source)
     }
 
     /// A body that is not what the provider documents.
@@ -165,10 +178,13 @@ impl Ctx {
             (None, None) if body.is_empty() => "empty error body".to_owned(),
             (None, None) => "error body is not the provider's JSON error".to_owned(),
         };
-        let error = self
+        let mut error = self
             .error(kind, message)
             .with_status(status)
             .with_retry_after(retry_after(headers));
+        if let Some(id) = crate::meta::request_id(headers) {
+            error = error.with_request_id(self.scrub(id));
+        }
         let mut error = self.with_body(error, body);
         if let Some(mut detail) = detail {
             // A body's generic type ("invalid_request_error" on a 401) must not hide what the
@@ -214,28 +230,47 @@ impl Ctx {
 fn refine(mut error: UpstreamError, status_kind: FailureKind, detail: ErrorBody) -> UpstreamError {
     let kind = detail.kind.unwrap_or(status_kind);
     if kind != error.kind() {
-        let retry = error.retry_after();
-        // Rebuild with the refined kind; UpstreamError has no kind setter.
-        let mut refined =
-            UpstreamError::new(kind, error.message().to_owned()).with_retry_after(retry);
-        if let Some(p) = error.provider() {
-            refined = refined.with_provider(p.to_owned());
-        }
-        if let Some(s) = error.status() {
-            refined = refined.with_status(s);
-        }
-        if let Some(c) = error.code() {
-            refined = refined.with_code(c.to_owned());
-        }
-        if let Some(b) = error.body() {
-            refined = refined.with_body(b.clone());
-        }
-        error = refined;
+        error = error.with_kind(kind);
     }
     if error.retry_after().is_none() && detail.retry_after.is_some() {
         error = error.with_retry_after(detail.retry_after);
     }
     error
+}
+
+/// A transport error's text with the provider's key taken out, standing in for the error.
+#[derive(Debug)]
+struct Scrubbed(String);
+
+impl fmt::Display for Scrubbed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Scrubbed {}
+
+/// The error and its sources, one line of text.
+fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(source) = next {
+        text.push_str(": ");
+        text.push_str(&source.to_string());
+        next = source.source();
+    }
+    text
+}
+
+fn chain_shows_key(error: &(dyn std::error::Error + 'static), key: &ApiKey) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if matches!(key.scrub(&e.to_string()), Cow::Owned(_)) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 pub(crate) fn looks_like_html(body: &[u8]) -> bool {

@@ -13,10 +13,19 @@ use tower_llm_core::{BoxError, FailureKind, MAX_ERROR_BODY, UpstreamError};
 
 use crate::body::{ReadBody, ReadError};
 use crate::error::Ctx;
+use crate::meta::ResponseMeta;
 use crate::stream::{ChatStream, StreamTimeouts, timeout};
 
-/// Turns a success body into the typed answer.
-pub(crate) type Decode<T> = fn(&Ctx, Bytes) -> Result<T, UpstreamError>;
+/// Turns a success body and the answer's HTTP facts into the typed answer.
+pub(crate) type Decode<T> = fn(&Ctx, Bytes, ResponseMeta) -> Result<T, UpstreamError>;
+
+/// `error` with the upstream's request id, unless it has one.
+pub(crate) fn with_request_id(error: UpstreamError, request_id: Option<&str>) -> UpstreamError {
+    match request_id {
+        Some(id) if error.request_id().is_none() => error.with_request_id(id),
+        _ => error,
+    }
+}
 
 /// The most of an error body read before giving up on the rest.
 const MAX_ERROR_READ: usize = 64 * 1024;
@@ -156,8 +165,10 @@ where
                     if !parts.status.is_success() {
                         return Poll::Ready(Err(status_error(this.ctx, &parts, read)));
                     }
-                    return Poll::Ready(match read {
-                        Ok(bytes) => (this.decode)(this.ctx, bytes),
+                    let meta = this.ctx.meta(parts.status, &parts.headers);
+                    let request_id = meta.request_id.clone();
+                    let result = match read {
+                        Ok(bytes) => (this.decode)(this.ctx, bytes, meta),
                         Err(ReadError::TooLarge(start)) => {
                             let error = this
                                 .ctx
@@ -178,7 +189,10 @@ where
                                 .with_status(parts.status);
                             Err(this.ctx.with_body(error, start))
                         }
-                    });
+                    };
+                    return Poll::Ready(
+                        result.map_err(|error| with_request_id(error, request_id.as_deref())),
+                    );
                 }
                 CallProj::Failed { error } => {
                     let error = error
@@ -306,9 +320,11 @@ where
                         let (parts, body) = response.into_parts();
                         if parts.status.is_success() && is_event_stream(&parts.headers) {
                             this.state.set(CallState::Done);
+                            let meta = this.ctx.meta(parts.status, &parts.headers);
                             return Poll::Ready(Ok(ChatStream::new(
                                 body,
                                 this.ctx.clone(),
+                                meta,
                                 *this.timeouts,
                                 *this.started,
                                 *this.max_event_bytes,
@@ -363,7 +379,13 @@ where
                                 format!("expected text/event-stream, got {content_type:?}"),
                             ),
                         };
-                        return Poll::Ready(Err(error.with_status(parts.status)));
+                        let error = with_request_id(
+                            error.with_status(parts.status),
+                            crate::meta::request_id(&parts.headers)
+                                .map(|id| this.ctx.scrub(id))
+                                .as_deref(),
+                        );
+                        return Poll::Ready(Err(error));
                     }
                     return Poll::Ready(Err(status_error(this.ctx, &parts, read)));
                 }

@@ -69,6 +69,7 @@ use crate::client::{HttpClient, RequestBody, post_json, shared_client};
 use crate::error::{ConfigError, Ctx, Dialect};
 use crate::future::{ResponseFuture, StreamFuture};
 use crate::key::ApiKey;
+use crate::meta::ResponseMeta;
 use crate::sse::{DEFAULT_MAX_EVENT_BYTES, SseEvent};
 use crate::stream::{Step, StreamTimeouts, usage};
 
@@ -323,7 +324,11 @@ pub fn encode_request(request: &ChatRequest) -> Vec<u8> {
 
 /// Decodes a `generateContent` body, as [`Gemini`] does.
 pub fn decode_response(body: &[u8]) -> Result<ChatResponse, UpstreamError> {
-    decode_chat(&standalone_ctx(), Bytes::copy_from_slice(body))
+    decode_chat(
+        &standalone_ctx(),
+        Bytes::copy_from_slice(body),
+        ResponseMeta::default(),
+    )
 }
 
 pub(crate) fn standalone_ctx() -> Ctx {
@@ -650,7 +655,11 @@ fn error_in_body(ctx: &Ctx, extra: &Map<String, Value>, raw: &[u8]) -> Option<Up
     Some(ctx.for_error_value(&value, &String::from_utf8_lossy(raw)))
 }
 
-pub(crate) fn decode_chat(ctx: &Ctx, body: Bytes) -> Result<ChatResponse, UpstreamError> {
+pub(crate) fn decode_chat(
+    ctx: &Ctx,
+    body: Bytes,
+    meta: ResponseMeta,
+) -> Result<ChatResponse, UpstreamError> {
     let wire: WireResponse = serde_json::from_slice(&body)
         .map_err(|e| ctx.malformed("generateContent answer is not valid JSON", &body, e))?;
     if let Some(error) = error_in_body(ctx, &wire.extra, &body) {
@@ -666,6 +675,7 @@ pub(crate) fn decode_chat(ctx: &Ctx, body: Bytes) -> Result<ChatResponse, Upstre
             .unwrap_or_else(|| ctx.malformed("generateContent answer", &body, "no candidate")));
     };
     let mut response = ChatResponse {
+        meta,
         id: wire.response_id.unwrap_or_default(),
         model: wire.model_version.unwrap_or_default(),
         usage: wire.usage_metadata.map(WireUsage::usage),
@@ -698,6 +708,7 @@ pub(crate) fn decode_chat(ctx: &Ctx, body: Bytes) -> Result<ChatResponse, Upstre
 pub(crate) struct StreamDecoder {
     finished: bool,
     tool_calls: u32,
+    pub(crate) model: Option<String>,
 }
 
 impl StreamDecoder {
@@ -721,6 +732,9 @@ impl StreamDecoder {
         })?;
         if let Some(error) = error_in_body(ctx, &wire.extra, raw) {
             return Err(error);
+        }
+        if self.model.is_none() {
+            self.model = wire.model_version.filter(|m| !m.is_empty());
         }
         let candidate = wire
             .candidates

@@ -68,6 +68,7 @@ use crate::client::{HttpClient, RequestBody, post_json, shared_client};
 use crate::error::{ConfigError, Ctx, Dialect};
 use crate::future::{ResponseFuture, StreamFuture};
 use crate::key::ApiKey;
+use crate::meta::ResponseMeta;
 use crate::sse::{DEFAULT_MAX_EVENT_BYTES, SseEvent};
 use crate::stream::{Step, StreamTimeouts, finish_reason_openai, usage};
 
@@ -499,7 +500,11 @@ pub fn encode_request(request: &ChatRequest, stream: bool) -> Vec<u8> {
 
 /// Decodes a chat completions body, as [`OpenAi`] does.
 pub fn decode_response(body: &[u8]) -> Result<ChatResponse, UpstreamError> {
-    decode_chat(&standalone_ctx(), Bytes::copy_from_slice(body))
+    decode_chat(
+        &standalone_ctx(),
+        Bytes::copy_from_slice(body),
+        ResponseMeta::default(),
+    )
 }
 
 pub(crate) fn standalone_ctx() -> Ctx {
@@ -794,7 +799,11 @@ impl WireUsage {
 }
 
 /// Decodes a chat completions body.
-pub(crate) fn decode_chat(ctx: &Ctx, body: Bytes) -> Result<ChatResponse, UpstreamError> {
+pub(crate) fn decode_chat(
+    ctx: &Ctx,
+    body: Bytes,
+    meta: ResponseMeta,
+) -> Result<ChatResponse, UpstreamError> {
     let wire: WireResponse = serde_json::from_slice(&body)
         .map_err(|e| ctx.malformed("chat completion is not valid JSON", &body, e))?;
     if let Some(error) = wire.extra.get("error").filter(|e| !e.is_null()) {
@@ -831,6 +840,7 @@ pub(crate) fn decode_chat(ctx: &Ctx, body: Bytes) -> Result<ChatResponse, Upstre
         finish_reason: choice.finish_reason.as_deref().map(finish_reason_openai),
         usage: wire.usage.as_ref().map(WireUsage::usage),
         extra,
+        meta,
     })
 }
 
@@ -850,7 +860,11 @@ struct WireEmbedding {
     embedding: Vec<f32>,
 }
 
-fn decode_embeddings(ctx: &Ctx, body: Bytes) -> Result<EmbeddingResponse, UpstreamError> {
+fn decode_embeddings(
+    ctx: &Ctx,
+    body: Bytes,
+    meta: ResponseMeta,
+) -> Result<EmbeddingResponse, UpstreamError> {
     let mut wire: WireEmbeddingResponse = serde_json::from_slice(&body)
         .map_err(|e| ctx.malformed("embeddings answer is not valid JSON", &body, e))?;
     wire.data.sort_by_key(|d| d.index);
@@ -858,13 +872,16 @@ fn decode_embeddings(ctx: &Ctx, body: Bytes) -> Result<EmbeddingResponse, Upstre
         model: wire.model.unwrap_or_default(),
         embeddings: wire.data.into_iter().map(|d| d.embedding).collect(),
         usage: wire.usage.as_ref().map(WireUsage::usage),
+        meta,
     })
 }
 
 // ---- wire format: stream chunks --------------------------------------------------------
 
 #[derive(Deserialize)]
-struct WireChunk {
+struct WireChunk<'a> {
+    #[serde(default, borrow)]
+    model: Option<Cow<'a, str>>,
     #[serde(default)]
     choices: Option<Vec<WireChunkChoice>>,
     #[serde(default)]
@@ -901,7 +918,9 @@ struct WireToolCallDelta {
 
 /// Decodes chat completion chunks; the stream ends at `data: [DONE]`.
 #[derive(Debug, Default)]
-pub(crate) struct StreamDecoder {}
+pub(crate) struct StreamDecoder {
+    pub(crate) model: Option<String>,
+}
 
 impl StreamDecoder {
     pub(crate) fn event(
@@ -914,13 +933,18 @@ impl StreamDecoder {
         if data == "[DONE]" {
             return Ok(Step::Done);
         }
-        let chunk: WireChunk = serde_json::from_str(data).map_err(|e| {
+        let chunk: WireChunk<'_> = serde_json::from_str(data).map_err(|e| {
             ctx.malformed(
                 "stream event is not valid JSON",
                 &Bytes::copy_from_slice(data.as_bytes()),
                 e,
             )
         })?;
+        if self.model.is_none()
+            && let Some(model) = chunk.model.filter(|m| !m.is_empty())
+        {
+            self.model = Some(model.into_owned());
+        }
         for choice in chunk.choices.into_iter().flatten() {
             if choice.index.unwrap_or(0) != 0 {
                 continue;

@@ -22,6 +22,8 @@ use tower_llm_core::{BoxError, FailureKind, UpstreamError, Usage};
 
 use crate::chat::{ChatChunk, ChatResponse, FinishReason, ToolCall};
 use crate::error::{Ctx, Dialect};
+use crate::future::with_request_id;
+use crate::meta::ResponseMeta;
 use crate::sse::{SseEvent, SseParser};
 use crate::{anthropic, gemini, openai};
 
@@ -121,6 +123,15 @@ impl StreamDecoder {
         }
     }
 
+    /// The model that answered, once an event has named it.
+    pub(crate) fn model(&self) -> Option<&str> {
+        match self {
+            StreamDecoder::OpenAi(d) => d.model.as_deref(),
+            StreamDecoder::Anthropic(d) => d.model.as_deref(),
+            StreamDecoder::Gemini(d) => d.model.as_deref(),
+        }
+    }
+
     /// Whether the body may end here: only Gemini ends a complete stream with the body.
     pub(crate) fn end_of_body(&mut self) -> bool {
         match self {
@@ -212,6 +223,8 @@ pin_project! {
         decoder: StreamDecoder,
         pending: VecDeque<ChatChunk>,
         ctx: Ctx,
+        meta: ResponseMeta,
+        usage: Option<Usage>,
         timeouts: StreamTimeouts,
         chunk_timer: Option<Pin<Box<Sleep>>>,
         total_timer: Option<Pin<Box<Sleep>>>,
@@ -236,6 +249,7 @@ impl<B> ChatStream<B> {
     pub(crate) fn new(
         body: B,
         ctx: Ctx,
+        meta: ResponseMeta,
         timeouts: StreamTimeouts,
         started: Instant,
         max_event_bytes: usize,
@@ -255,6 +269,8 @@ impl<B> ChatStream<B> {
             decoder: StreamDecoder::new(ctx.dialect),
             pending: VecDeque::new(),
             ctx,
+            meta,
+            usage: None,
             timeouts,
             chunk_timer,
             total_timer,
@@ -262,6 +278,40 @@ impl<B> ChatStream<B> {
             rearm: false,
             phase: Phase::Reading,
         }
+    }
+}
+
+impl<B> ChatStream<B> {
+    /// The HTTP facts of the answer: status, request id, rate-limit headers, provider.
+    pub fn meta(&self) -> &ResponseMeta {
+        &self.meta
+    }
+
+    /// The model that answered, once the stream has said (OpenAI and Gemini name it in every
+    /// chunk, Anthropic in its first event).
+    pub fn model(&self) -> Option<&str> {
+        self.decoder.model()
+    }
+
+    /// The usage the stream reported, once a [`ChatChunk::Usage`] has been handed over.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+impl<B> tower_llm_core::ResponseUsage for ChatStream<B> {
+    /// The usage the stream has reported so far: `None` until its usage chunk has been
+    /// read (a limiter that looks when the stream starts sees none and keeps its
+    /// reservation).
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+impl<B> tower_llm_core::RateLimitHeaders for ChatStream<B> {
+    /// The rate-limit headers of the stream's HTTP answer.
+    fn rate_limit_headers(&self) -> Option<&http::HeaderMap> {
+        Some(&self.meta.headers)
     }
 }
 
@@ -282,10 +332,18 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let item = ready!(self.as_mut().poll_inner(cx));
-        if let Some(Err(error)) = &item {
-            self.ctx.record_failure(error);
+        match item {
+            Some(Err(error)) => {
+                let error = with_request_id(error, self.meta.request_id.as_deref());
+                self.ctx.record_failure(&error);
+                Poll::Ready(Some(Err(error)))
+            }
+            Some(Ok(ChatChunk::Usage(usage))) => {
+                *self.as_mut().project().usage = Some(usage);
+                Poll::Ready(Some(Ok(ChatChunk::Usage(usage))))
+            }
+            item => Poll::Ready(item),
         }
-        Poll::Ready(item)
     }
 }
 
@@ -621,6 +679,3 @@ impl ChunkDecoder {
         }
     }
 }
-
-// A stream keeps no HTTP headers once its head has been read.
-impl<B> tower_llm_core::RateLimitHeaders for ChatStream<B> {}

@@ -994,7 +994,12 @@ fn decorate(response: &mut Response<Body>, call: &Call, decision: &Decision) {
         &decision.name,
     );
     let id = format!("req_mock{}", decision.id);
-    set_header(response, HeaderName::from_static("x-request-id"), &id);
+    // OpenAI and Gemini's proxies say `x-request-id`; Anthropic says `request-id`.
+    let id_header = match call.provider {
+        Provider::Anthropic => "request-id",
+        _ => "x-request-id",
+    };
+    set_header(response, HeaderName::from_static(id_header), &id);
     let mut limits = decision.limits;
     if response.status() == StatusCode::TOO_MANY_REQUESTS && limits.requests.is_none() {
         let reset = tower_llm_core::retry_after(response.headers()).unwrap_or_default();
@@ -1037,11 +1042,19 @@ fn decorate(response: &mut Response<Body>, call: &Call, decision: &Decision) {
                     format!("anthropic-ratelimit-{what}-remaining"),
                     limit.remaining.to_string(),
                 );
-                let reset_at = now
-                    .checked_add(Duration::from_secs(duration_format::whole_seconds(
-                        limit.reset,
-                    )))
-                    .unwrap_or(now);
+                // Whole seconds, rounded up: a reset written down is never earlier than
+                // the real one, or a client that waits for it gets the 429.
+                let reset_at = now.checked_add(limit.reset).unwrap_or(now);
+                let fraction = reset_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                let reset_at = if fraction == 0 {
+                    reset_at
+                } else {
+                    reset_at
+                        .checked_add(Duration::from_nanos(u64::from(1_000_000_000 - fraction)))
+                        .unwrap_or(reset_at)
+                };
                 put(
                     format!("anthropic-ratelimit-{what}-reset"),
                     duration_format::rfc3339(reset_at),

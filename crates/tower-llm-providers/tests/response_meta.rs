@@ -1,0 +1,148 @@
+//! Typed answers keep their HTTP facts: over the testkit's mock, a rate limiter that follows
+//! the provider's headers stops the typed OpenAI and Anthropic services at "remaining 0" and
+//! resumes at the reset, in paused time; answers, streams and errors carry the request id.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+use tower_llm_core::{FailureKind, RateLimitHeaders, ResponseUsage, UpstreamError};
+use tower_llm_providers::{
+    Anthropic, ChatChunk, ChatRequest, ChatResponse, Dialect, HttpClient, HttpClientConfig,
+    Message, OpenAi, TokenCounting,
+};
+use tower_llm_ratelimit::RateLimitLayer;
+use tower_llm_testkit::{Fault, FaultPlan, MockServer, Quota};
+
+const S: Duration = Duration::from_secs(1);
+
+fn client() -> HttpClient {
+    HttpClientConfig::default().build().unwrap()
+}
+
+fn request(i: usize) -> ChatRequest {
+    ChatRequest::new("m", vec![Message::user(format!("question {i}"))]).max_tokens(16)
+}
+
+/// Four calls through a limiter with no quota of its own, only the server's headers, over a
+/// mock that admits two requests a minute: the third waits for the reset instead of getting
+/// the 429.
+async fn stops_at_zero_and_resumes_at_reset<S>(service: S, server: &MockServer)
+where
+    S: Service<ChatRequest, Response = ChatResponse, Error = UpstreamError> + Clone,
+    S::Future: Send,
+{
+    let mut limited = RateLimitLayer::builder()
+        .adapt_to_headers(true)
+        // Anthropic's reset is a whole second, rounded up: past the default 60 s.
+        .max_wait(Duration::from_secs(120))
+        .build()
+        .unwrap()
+        .layer(service);
+    let start = Instant::now();
+    let mut started = Vec::new();
+    for i in 0..4 {
+        let answer = limited
+            .ready()
+            .await
+            .unwrap()
+            .call(request(i))
+            .await
+            .unwrap_or_else(|e| panic!("call {i} after {:?}: {e}", start.elapsed()));
+        started.push(start.elapsed());
+        assert!(answer.rate_limit_headers().is_some_and(|h| !h.is_empty()));
+    }
+    assert_eq!(
+        server.counters().status(429),
+        0,
+        "the limiter sent a call too many"
+    );
+    // The first two go at once; the third only once the server's minute has passed.
+    assert!(started[1] < S, "{started:?}");
+    assert!(started[2] >= 59 * S, "{started:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn openai_headers_pause_the_limiter() {
+    let server = MockServer::start(FaultPlan::healthy().quota(Quota::new(2, 100_000)))
+        .await
+        .unwrap();
+    let openai = OpenAi::builder()
+        .api_key("sk-test")
+        .base_url(format!("{}/v1", server.base_url()))
+        .build_with(client())
+        .unwrap();
+    stops_at_zero_and_resumes_at_reset(openai, &server).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn anthropic_headers_pause_the_limiter() {
+    let server = MockServer::start(FaultPlan::healthy().quota(Quota::new(2, 100_000)))
+        .await
+        .unwrap();
+    let anthropic = Anthropic::builder()
+        .api_key("sk-ant-test")
+        .base_url(format!("{}/v1", server.base_url()))
+        .build_with(client())
+        .unwrap();
+    stops_at_zero_and_resumes_at_reset(anthropic, &server).await;
+}
+
+#[tokio::test]
+async fn answers_streams_and_errors_carry_their_http_facts() {
+    let server = MockServer::start(
+        FaultPlan::healthy()
+            .quota(Quota::new(100, 100_000))
+            .script([None, None, Some(Fault::Status(500))]),
+    )
+    .await
+    .unwrap();
+    let anthropic = Anthropic::builder()
+        .api_key("sk-ant-test")
+        .base_url(format!("{}/v1", server.base_url()))
+        .build_with(client())
+        .unwrap();
+
+    let answer = anthropic.clone().oneshot(request(0)).await.unwrap();
+    let meta = &answer.meta;
+    assert_eq!(meta.status, Some(http::StatusCode::OK));
+    assert_eq!(meta.dialect, Some(Dialect::Anthropic));
+    assert_eq!(meta.provider.as_deref(), Some("anthropic"));
+    assert_eq!(meta.token_counting(), Some(TokenCounting::AsProduced));
+    assert!(
+        meta.request_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("req_"))
+    );
+    assert_eq!(meta.headers["anthropic-ratelimit-requests-remaining"], "99");
+    assert!(answer.usage().is_some());
+
+    let mut stream = anthropic
+        .clone()
+        .oneshot(request(1).streaming())
+        .await
+        .unwrap();
+    assert!(stream.meta().request_id.is_some());
+    assert_eq!(stream.usage(), None, "no usage before the stream said it");
+    let mut seen = None;
+    while let Some(chunk) = stream.next().await {
+        if let ChatChunk::Usage(usage) = chunk.unwrap() {
+            seen = Some(usage);
+        }
+    }
+    assert!(seen.is_some());
+    assert_eq!(ResponseUsage::usage(&stream), seen);
+    assert_eq!(stream.model(), Some("m"));
+    assert!(
+        stream
+            .rate_limit_headers()
+            .is_some_and(|h| h.contains_key("request-id"))
+    );
+
+    let error = anthropic.oneshot(request(2)).await.unwrap_err();
+    assert_eq!(error.kind(), FailureKind::ServerError);
+    assert!(error.request_id().is_some_and(|id| id.starts_with("req_")));
+}
