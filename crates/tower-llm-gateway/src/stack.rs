@@ -495,9 +495,6 @@ where
         if let Some(rpm) = l.requests_per_minute {
             builder = builder.requests(Quota::per_minute(rpm));
         }
-        if let Some(tpm) = l.tokens_per_minute {
-            builder = builder.tokens(Quota::per_minute(tpm));
-        }
         if let Some(c) = l.concurrency {
             builder = builder.concurrency(c);
         }
@@ -505,6 +502,7 @@ where
             builder = builder.max_wait(wait);
         }
         let layer = builder
+            .tokens(l.tokens_per_minute.map(Quota::per_minute))
             .key_fn(Req::tenant as fn(&Req) -> String)
             .build()
             .map_err(|e| cfg_err(&format!("models.{model}.rate_limit"), e))?;

@@ -1,16 +1,19 @@
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
-use tower_llm_core::{BoxError, Classify, ResponseUsage};
+use tower_llm_core::{BoxError, Classify};
 use tower_service::Service;
 
 use crate::error::Rejection;
-use crate::headers::RateLimitHeaders;
-use crate::state::{Permit, RemoteCheck, RemoteVerdict, Ticket, Turn};
+use crate::limiter::Limiter;
+use crate::permit::Permit;
+use crate::reads::{HeaderReader, IgnoreHeaders, IgnoreTokens, TokenReader};
+use crate::ticket::{RemoteCheck, RemoteVerdict, Ticket, Turn};
 
 pin_project! {
     /// The response future of [`RateLimit`](crate::RateLimit): waits for the call's turn,
@@ -18,12 +21,13 @@ pin_project! {
     ///
     /// Dropping it while waiting leaves the queue at once; dropping it while the call runs
     /// frees the concurrency slot.
-    pub struct ResponseFuture<S, Req, C>
+    pub struct ResponseFuture<S, Req, C, T = IgnoreTokens, H = IgnoreHeaders>
     where
         S: Service<Req>,
     {
         #[pin]
         state: State<S, Req, C>,
+        reads: PhantomData<fn() -> (T, H)>,
     }
 }
 
@@ -65,7 +69,7 @@ pin_project! {
     }
 }
 
-impl<S: Service<Req>, Req, C> fmt::Debug for ResponseFuture<S, Req, C> {
+impl<S: Service<Req>, Req, C, T, H> fmt::Debug for ResponseFuture<S, Req, C, T, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Rejected { .. } => "rejected",
@@ -78,10 +82,11 @@ impl<S: Service<Req>, Req, C> fmt::Debug for ResponseFuture<S, Req, C> {
     }
 }
 
-impl<S: Service<Req>, Req, C> ResponseFuture<S, Req, C> {
+impl<S: Service<Req>, Req, C, T, H> ResponseFuture<S, Req, C, T, H> {
     pub(crate) fn rejected(error: BoxError) -> Self {
         ResponseFuture {
             state: State::Rejected { error: Some(error) },
+            reads: PhantomData,
         }
     }
 
@@ -92,6 +97,7 @@ impl<S: Service<Req>, Req, C> ResponseFuture<S, Req, C> {
                 permit,
                 classifier,
             },
+            reads: PhantomData,
         }
     }
 
@@ -117,16 +123,18 @@ impl<S: Service<Req>, Req, C> ResponseFuture<S, Req, C> {
                     remote: None,
                 }),
             },
+            reads: PhantomData,
         }
     }
 }
 
-impl<S, Req, C> Future for ResponseFuture<S, Req, C>
+impl<S, Req, C, T, H> Future for ResponseFuture<S, Req, C, T, H>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
-    S::Response: ResponseUsage + RateLimitHeaders,
     C: Classify<S::Response, S::Error>,
+    T: TokenReader<Req, S::Response>,
+    H: HeaderReader<S::Response>,
 {
     type Output = Result<S::Response, BoxError>;
 
@@ -140,7 +148,7 @@ where
                     classifier,
                 } => {
                     let result = ready!(future.poll(cx));
-                    finish(permit, classifier, result.as_ref());
+                    finish::<Req, _, _, _, T, H>(permit, classifier, result.as_ref());
                     return Poll::Ready(result.map_err(Into::into));
                 }
                 StateProj::Rejected { error } => {
@@ -160,23 +168,17 @@ where
 /// Records how a call ended: its usage and the server's word when they are wanted, and its
 /// outcome.
 #[inline(always)]
-fn finish<Res, E, C>(permit: &mut Permit, classifier: &C, result: Result<&Res, &E>)
+fn finish<Req, Res, E, C, T, H>(permit: &mut Permit, classifier: &C, result: Result<&Res, &E>)
 where
-    Res: ResponseUsage + RateLimitHeaders,
     C: Classify<Res, E>,
+    T: TokenReader<Req, Res>,
+    H: HeaderReader<Res>,
 {
     let limiter = permit.limiter();
     let (usage, headers) = match result {
         Ok(response) => (
-            limiter
-                .wants_usage
-                .then(|| response.usage().map(|u| u.total()))
-                .flatten(),
-            limiter
-                .config
-                .adapt
-                .then(|| response.rate_limit_headers())
-                .flatten(),
+            limiter.wants_usage.then(|| T::usage(response)).flatten(),
+            limiter.config.adapt.then(|| H::headers(response)).flatten(),
         ),
         Err(_) => (None, None),
     };
@@ -314,7 +316,7 @@ where
 fn wait_until(
     sleep: Pin<&mut Sleep>,
     sleep_at: &mut u64,
-    limiter: &crate::state::Limiter,
+    limiter: &Limiter,
     at: u64,
     deadline: u64,
 ) {
@@ -326,7 +328,7 @@ fn wait_until(
 }
 
 #[cfg(feature = "redis")]
-fn remote_fails_open(limiter: &crate::state::Limiter) -> bool {
+fn remote_fails_open(limiter: &Limiter) -> bool {
     limiter
         .config
         .redis
@@ -335,7 +337,7 @@ fn remote_fails_open(limiter: &crate::state::Limiter) -> bool {
 }
 
 #[cfg(not(feature = "redis"))]
-fn remote_fails_open(_limiter: &crate::state::Limiter) -> bool {
+fn remote_fails_open(_limiter: &Limiter) -> bool {
     true
 }
 

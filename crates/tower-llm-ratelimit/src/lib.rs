@@ -100,22 +100,36 @@
 
 #![forbid(unsafe_code)]
 
+mod builder;
+mod config;
 mod error;
 mod future;
+mod handle;
 mod headers;
+mod key_state;
+mod key_table;
 mod layer;
+mod limiter;
+mod permit;
 mod quota;
+pub mod reads;
 #[cfg(feature = "redis")]
 mod redis;
 mod service;
-mod state;
+mod stats;
+mod ticket;
 
+pub use builder::RateLimitBuilder;
+pub use config::{BackendFailure, Reconcile};
 pub use error::{ConfigError, RequestTooLarge};
 pub use future::ResponseFuture;
+pub use handle::RateLimitHandle;
 pub use headers::{RateLimitHeaders, ServerLimit, ServerLimits, parse_go_duration, parse_rfc3339};
-pub use layer::{BackendFailure, KeyFn, NoKey, RateLimitBuilder, RateLimitLayer, Reconcile};
+pub use layer::RateLimitLayer;
 pub use quota::{Quota, SLOTS_PER_WINDOW};
+pub use reads::{CountTokens, FollowHeaders, IgnoreHeaders, IgnoreTokens};
 #[cfg(feature = "redis")]
 pub use redis::RedisBackend;
 pub use service::RateLimit;
-pub use state::RateLimitStats;
+pub use stats::RateLimitStats;
+pub use tower_llm_core::{KeyFn, NoKey};

@@ -93,6 +93,19 @@ impl Quota {
         self.burst
     }
 
+    /// The nearest quota [`validate`](Self::validate) accepts.
+    pub(crate) fn clamped(self) -> Self {
+        let limit = self.limit.max(1);
+        Quota {
+            limit,
+            window: self.window.clamp(
+                Duration::from_nanos(1),
+                Duration::from_secs(366 * 24 * 3600),
+            ),
+            burst: self.burst.clamp(1, limit),
+        }
+    }
+
     pub(crate) fn validate(&self, knob: &'static str) -> Result<(), crate::ConfigError> {
         if self.limit == 0 {
             return Err(crate::ConfigError::new(

@@ -21,9 +21,9 @@ use std::time::Duration;
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::layer::{BackendFailure, Config};
+use crate::config::{BackendFailure, Config};
 use crate::quota::{Charge, Quota, SLOTS_PER_WINDOW};
-use crate::state::{RemoteCheck, RemoteVerdict};
+use crate::ticket::{RemoteCheck, RemoteVerdict};
 
 /// Per dimension (`r` requests, `t` tokens) the hash holds `<d>tat` (the GCRA's theoretical
 /// arrival time), and per slot `<d>a<epoch>` (amount) and `<d>l<epoch>` (time of its latest
@@ -201,7 +201,8 @@ impl RedisBackend {
         self
     }
 
-    /// How long to wait for Redis before [`BackendFailure`] applies. Default 100 ms.
+    /// How long to wait for Redis before [`BackendFailure`] applies. Default 100 ms. Zero is
+    /// refused when the limiter is built.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -216,6 +217,10 @@ impl RedisBackend {
     /// What is done when Redis cannot be reached in time.
     pub fn failure_mode(&self) -> BackendFailure {
         self.failure
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     fn key(&self, name: &str) -> String {

@@ -1,47 +1,52 @@
+//! The service: admission in `call`, waiting in the response future.
+
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tower_llm_core::{BoxError, Classify, DefaultClassifier, RequestCost, ResponseUsage};
+use tower_llm_core::{BoxError, Classify, DefaultClassifier, KeyFn, NoKey};
 use tower_service::Service;
 
 use crate::error::{Rejection, too_large};
 use crate::future::ResponseFuture;
-use crate::headers::RateLimitHeaders;
-use crate::layer::{Config, KeyFn, NoKey};
-use crate::state::{KeyState, KeyTable, Limiter, Permit, RateLimitStats, Start, Ticket};
+use crate::handle::RateLimitHandle;
+use crate::key_state::{KeyState, Start};
+use crate::limiter::Shared;
+use crate::permit::Permit;
+use crate::reads::{HeaderReader, IgnoreHeaders, IgnoreTokens, TokenReader};
+use crate::stats::RateLimitStats;
+use crate::ticket::Ticket;
 
 /// Limits calls to the inner service: see the [crate docs](crate).
 ///
-/// Clones share every limit, queue and counter.
-pub struct RateLimit<S, K = NoKey, C = DefaultClassifier> {
+/// Every service made by one [`RateLimitLayer`](crate::RateLimitLayer) value, and every
+/// clone of them, shares its limits, queues and counters.
+pub struct RateLimit<S, K = NoKey, C = DefaultClassifier, T = IgnoreTokens, H = IgnoreHeaders> {
     inner: S,
-    limiter: Arc<Limiter>,
-    keys: Arc<KeyTable>,
-    single: Arc<KeyState>,
+    shared: Arc<Shared>,
     key_fn: K,
     classifier: C,
+    reads: PhantomData<fn() -> (T, H)>,
 }
 
-impl<S: Clone, K: Clone, C: Clone> Clone for RateLimit<S, K, C> {
+impl<S: Clone, K: Clone, C: Clone, T, H> Clone for RateLimit<S, K, C, T, H> {
     fn clone(&self) -> Self {
         RateLimit {
             inner: self.inner.clone(),
-            limiter: self.limiter.clone(),
-            keys: self.keys.clone(),
-            single: self.single.clone(),
+            shared: self.shared.clone(),
             key_fn: self.key_fn.clone(),
             classifier: self.classifier.clone(),
+            reads: PhantomData,
         }
     }
 }
 
-impl<S: fmt::Debug, K, C> fmt::Debug for RateLimit<S, K, C> {
+impl<S: fmt::Debug, K, C, T, H> fmt::Debug for RateLimit<S, K, C, T, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
-            .field("config", &self.limiter.config)
-            .field("keys", &self.keys.len())
+            .field("config", &self.shared.limiter.config)
             .field("key_fn", &std::any::type_name::<K>())
             .field("classifier", &std::any::type_name::<C>())
             .field("stats", &self.stats())
@@ -49,18 +54,14 @@ impl<S: fmt::Debug, K, C> fmt::Debug for RateLimit<S, K, C> {
     }
 }
 
-impl<S, K, C> RateLimit<S, K, C> {
-    pub(crate) fn from_parts(inner: S, config: Config, key_fn: K, classifier: C) -> Self {
-        let limiter = Arc::new(Limiter::new(config));
-        let single_name = limiter.remote().then(|| "_".to_owned());
-        let single = Arc::new(KeyState::new(&limiter, single_name, true));
+impl<S, K, C, T, H> RateLimit<S, K, C, T, H> {
+    pub(crate) fn from_parts(inner: S, shared: Arc<Shared>, key_fn: K, classifier: C) -> Self {
         RateLimit {
             inner,
-            limiter,
-            keys: Arc::new(KeyTable::new()),
-            single,
+            shared,
             key_fn,
             classifier,
+            reads: PhantomData,
         }
     }
 
@@ -79,43 +80,44 @@ impl<S, K, C> RateLimit<S, K, C> {
         self.inner
     }
 
-    /// The counters shared by every clone.
-    pub fn stats(&self) -> RateLimitStats {
-        let mut stats = self.limiter.stats.snapshot();
-        let (admitted, tokens_reserved) = self.single.tally();
-        stats.admitted += admitted;
-        stats.tokens_reserved += tokens_reserved;
-        stats
+    /// A handle on the layer's state, the same as
+    /// [`RateLimitLayer::handle`](crate::RateLimitLayer::handle).
+    pub fn handle(&self) -> RateLimitHandle {
+        RateLimitHandle::new(self.shared.clone())
     }
 
-    /// How many keys are tracked right now.
-    pub fn tracked_keys(&self) -> usize {
-        self.keys.len()
+    /// The layer's counters: the same as `self.handle().stats()`.
+    pub fn stats(&self) -> RateLimitStats {
+        self.shared.stats()
     }
 
     #[cold]
     #[inline(never)]
-    fn reject<Req, F>(&self, rejection: Rejection, error: BoxError) -> ResponseFuture<S, Req, C>
+    fn reject<Req, F>(
+        &self,
+        rejection: Rejection,
+        error: BoxError,
+    ) -> ResponseFuture<S, Req, C, T, H>
     where
         S: Service<Req, Future = F>,
     {
-        self.limiter.stats.rejected(rejection.as_str());
+        self.shared.limiter.stats.rejected(rejection.as_str());
         ResponseFuture::rejected(error)
     }
 }
 
-impl<S, K, C, Req> Service<Req> for RateLimit<S, K, C>
+impl<S, K, C, T, H, Req> Service<Req> for RateLimit<S, K, C, T, H>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
-    S::Response: ResponseUsage + RateLimitHeaders,
-    Req: RequestCost,
     K: KeyFn<Req>,
     C: Classify<S::Response, S::Error> + Clone,
+    T: TokenReader<Req, S::Response>,
+    H: HeaderReader<S::Response>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S, Req, C>;
+    type Future = ResponseFuture<S, Req, C, T, H>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Limits depend on the request (key, cost), so waiting happens in the response future.
@@ -124,10 +126,11 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        let limiter = &self.limiter;
+        let shared = &*self.shared;
+        let limiter = &shared.limiter;
         let cost = match limiter.config.tokens {
             Some(quota) => {
-                let cost = request.estimated_tokens();
+                let cost = T::estimate(&request);
                 if cost > quota.limit() {
                     return self.reject(
                         Rejection::TooLarge,
@@ -140,9 +143,9 @@ where
         };
         let now = limiter.now();
         let key = if self.key_fn.single() {
-            self.single.clone()
+            shared.single.clone()
         } else {
-            match self.keys.get(self.key_fn.key(&request), limiter, now) {
+            match shared.keys.get(self.key_fn.key(&request), limiter, now) {
                 Some(key) => key,
                 None => {
                     let pause = limiter.config.default_pause;
@@ -162,7 +165,7 @@ where
     }
 }
 
-impl<S, K, C> RateLimit<S, K, C> {
+impl<S, K, C, T, H> RateLimit<S, K, C, T, H> {
     /// The slow path of `call`, out of line so the fast one stays small.
     #[cold]
     #[inline(never)]
@@ -174,12 +177,12 @@ impl<S, K, C> RateLimit<S, K, C> {
         now: u64,
         cost: u64,
         request: Req,
-    ) -> ResponseFuture<S, Req, C>
+    ) -> ResponseFuture<S, Req, C, T, H>
     where
         S: Service<Req> + Clone,
         C: Clone,
     {
-        let limiter = &self.limiter;
+        let limiter = &self.shared.limiter;
         let ticket = Ticket::new(key, limiter.clone(), id, cost, waiting);
         let deadline = now.saturating_add(
             u64::try_from(limiter.config.max_wait.as_nanos()).unwrap_or(u64::MAX / 4),

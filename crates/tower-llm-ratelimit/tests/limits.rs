@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tower_layer::Layer;
 use tower_llm_core::{BoxError, FailureKind, RateLimited, UpstreamError, classify_dyn_error};
-use tower_llm_ratelimit::{Quota, RateLimitLayer, Reconcile, RequestTooLarge};
+use tower_llm_ratelimit::{CountTokens, Quota, RateLimitLayer, Reconcile, RequestTooLarge};
 
 const S: Duration = Duration::from_secs(1);
 
@@ -499,11 +499,16 @@ async fn keys_are_isolated_and_clones_share() {
     let entries = log.entries();
     let at = |id: u32| secs(entries.iter().find(|e| e.0 == id).expect("sent").2);
     assert_eq!((at(0), at(1), at(2)), (0.0, 30.0, 0.0));
-    assert_eq!(svc.tracked_keys(), 2);
+    assert_eq!(svc.stats().tracked_keys, 2);
     // Keyed calls are counted in the shared counters, whichever clone made them.
     assert_eq!((svc.stats().admitted, clone.stats().admitted), (3, 3));
-    // A separate layer application is a separate budget.
-    let mut other = layer.layer(inner(start, log.clone()));
+    // Another layer value is a separate budget.
+    let other_layer = RateLimitLayer::builder()
+        .requests(Quota::per_minute(2).with_burst(1))
+        .key_fn(|r: &Req| r.key)
+        .build()
+        .expect("config");
+    let mut other = other_layer.layer(inner(start, log.clone()));
     let now = secs(start.elapsed());
     send(&mut other, Req::new(3).key("a")).await.expect("call");
     let entries = log.entries();
@@ -511,15 +516,91 @@ async fn keys_are_isolated_and_clones_share() {
     assert_eq!(at(3), now);
 }
 
+/// One layer value in two stacks (say a whole-answer route and a streaming route) is one
+/// budget: the second stack's call waits for the first's, and the handle counts both.
+#[tokio::test(start_paused = true)]
+async fn two_stacks_from_one_layer_value_share_the_quota_and_the_concurrency() {
+    let (start, log) = (Instant::now(), Log::default());
+    let layer = RateLimitLayer::builder()
+        .requests(Quota::per_minute(2).with_burst(1))
+        .build()
+        .expect("config");
+    let handle = layer.handle();
+    let mut whole = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(inner(start, log.clone()));
+    let mut streaming = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(inner(start, log.clone()));
+    send(&mut whole, Req::new(0)).await.expect("call");
+    send(&mut streaming, Req::new(1)).await.expect("call");
+    assert_eq!(times(&log), [0.0, 30.0]);
+    assert_eq!(handle.stats().admitted, 2);
+
+    let log = Log::default();
+    let layer = RateLimitLayer::builder()
+        .concurrency(1)
+        .build()
+        .expect("config");
+    let mut a = layer.layer(inner(start, log.clone()));
+    let mut b = layer.layer(inner(start, log.clone()));
+    let began = Instant::now();
+    let first = spawn(&mut a, Req::new(0).latency(10 * S)).await;
+    let second = spawn(&mut b, Req::new(1)).await;
+    settle().await;
+    assert_eq!(layer.handle().stats().waiting, 1);
+    first.await.expect("join").expect("call");
+    second.await.expect("join").expect("call");
+    let entries = log.entries();
+    let at = |id: u32| entries.iter().find(|e| e.0 == id).expect("sent").2;
+    assert_eq!(at(1) - at(0), 10 * S);
+    assert!(began.elapsed() >= 10 * S);
+}
+
+/// The handle's pause holds every key back until it ends or is lifted; stats and controls
+/// work on a boxed stack.
+#[tokio::test(start_paused = true)]
+async fn the_handle_pauses_and_resumes_a_boxed_stack() {
+    let (start, log) = (Instant::now(), Log::default());
+    let layer = RateLimitLayer::builder()
+        .key_fn(|r: &Req| r.key)
+        .build()
+        .expect("config");
+    let handle = layer.handle();
+    let mut boxed = tower::util::BoxCloneService::new(layer.layer(inner(start, log.clone())));
+    handle.pause(Duration::from_secs(50));
+    let a = spawn(&mut boxed, Req::new(0).key("a")).await;
+    let b = spawn(&mut boxed, Req::new(1).key("b")).await;
+    tokio::time::sleep(10 * S).await;
+    assert!(log.entries().is_empty(), "sent during the pause");
+    assert_eq!(handle.stats().waiting, 2);
+    assert_eq!(handle.stats().paused_for, Some(40 * S));
+    handle.resume();
+    a.await.expect("join").expect("call");
+    b.await.expect("join").expect("call");
+    assert_eq!(times(&log), [10.0, 10.0]);
+    assert_eq!(handle.stats().admitted, 2);
+    assert_eq!(handle.stats().tracked_keys, 2);
+
+    // A pause that runs out lets calls go by itself.
+    handle.pause(Duration::from_secs(5));
+    let began = Instant::now();
+    send(&mut boxed, Req::new(2).key("a")).await.expect("call");
+    assert_eq!(began.elapsed(), 5 * S);
+}
+
 #[tokio::test(start_paused = true)]
 async fn reconciling_refunds_or_charges_the_difference() {
     let (start, log) = (Instant::now(), Log::default());
     let quota = Quota::per_minute(600).with_burst(600);
-    let layer = RateLimitLayer::builder()
-        .tokens(quota)
-        .build()
-        .expect("config");
-    let mut svc = layer.layer(inner(start, log.clone()));
+    let refunding = || {
+        RateLimitLayer::builder()
+            .tokens(quota)
+            .reconcile(Reconcile::RefundAndCharge)
+            .build()
+            .expect("config")
+    };
+    let mut svc = refunding().layer(inner(start, log.clone()));
     // Reserved 600, used 100: 500 come back, so 400 more can go at once.
     send(&mut svc, Req::new(0).cost(600).actual(100))
         .await
@@ -531,7 +612,7 @@ async fn reconciling_refunds_or_charges_the_difference() {
 
     // Reserved 100, used 550: the extra is charged, so the next 100 wait.
     let log = Log::default();
-    let mut svc = layer.layer(inner(start, log.clone()));
+    let mut svc = refunding().layer(inner(start, log.clone()));
     let began = Instant::now();
     send(&mut svc, Req::new(0).cost(100).actual(550))
         .await
@@ -540,10 +621,9 @@ async fn reconciling_refunds_or_charges_the_difference() {
     assert!(began.elapsed() >= 5 * S, "waited {:?}", began.elapsed());
     assert_eq!(svc.stats().tokens_charged, 450);
 
-    // Charge-only keeps the estimate when less was used.
+    // Charge-only (the default) keeps the estimate when less was used.
     let layer = RateLimitLayer::builder()
         .tokens(quota)
-        .reconcile(Reconcile::ChargeOnly)
         .max_wait(Duration::from_secs(120))
         .build()
         .expect("config");
@@ -650,26 +730,39 @@ async fn the_key_table_is_bounded() {
     // Once "a" is back to a fresh state it is forgotten and "b" gets its place.
     tokio::time::sleep(61 * S).await;
     send(&mut svc, Req::new(2).key("b")).await.expect("call");
-    assert_eq!(svc.tracked_keys(), 1);
+    assert_eq!(svc.stats().tracked_keys, 1);
     assert_eq!(log.ids(), [0, 2]);
 }
 
 #[test]
 fn bad_knobs_are_named() {
-    let cases: Vec<(&str, tower_llm_ratelimit::RateLimitBuilder)> = vec![
-        ("concurrency", RateLimitLayer::builder().concurrency(0)),
+    let cases: Vec<(
+        &str,
+        tower_llm_ratelimit::RateLimitBuilder<_, _, CountTokens>,
+    )> = vec![
+        (
+            "concurrency",
+            RateLimitLayer::builder().concurrency(0).tokens(None),
+        ),
         (
             "requests",
-            RateLimitLayer::builder().requests(Quota::per_minute(0)),
+            RateLimitLayer::builder()
+                .requests(Quota::per_minute(0))
+                .tokens(None),
         ),
         (
             "tokens",
             RateLimitLayer::builder().tokens(Quota::per_minute(10).with_burst(11)),
         ),
-        ("max_keys", RateLimitLayer::builder().max_keys(0)),
+        (
+            "max_keys",
+            RateLimitLayer::builder().max_keys(0).tokens(None),
+        ),
         (
             "min_spacing",
-            RateLimitLayer::builder().min_spacing(Duration::from_secs(90_000)),
+            RateLimitLayer::builder()
+                .min_spacing(Duration::from_secs(90_000))
+                .tokens(None),
         ),
     ];
     for (knob, builder) in cases {

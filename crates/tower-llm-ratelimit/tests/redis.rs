@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tower::{ServiceExt, service_fn};
 use tower_layer::Layer;
 use tower_llm_core::{BoxError, RateLimited};
-use tower_llm_ratelimit::{BackendFailure, Quota, RateLimitLayer, RedisBackend};
+use tower_llm_ratelimit::{BackendFailure, Quota, RateLimitLayer, Reconcile, RedisBackend};
 use tower_llm_testkit::RedisServer;
 
 /// Arrivals at the (shared) upstream: when, which instance, how many tokens.
@@ -182,14 +182,18 @@ async fn refunds_reach_the_shared_budget() {
         .with_prefix(prefix("refund"))
         .with_timeout(Duration::from_secs(2));
     // One token budget for a whole minute: nothing refills during the test.
-    let layer = RateLimitLayer::builder()
-        .tokens(Quota::per_minute(1_000).with_burst(1_000))
-        .max_queue(0)
-        .redis(backend)
-        .build()
-        .expect("config");
-    let one = layer.layer(upstream(arrivals.clone(), 0));
-    let two = layer.layer(upstream(arrivals.clone(), 1));
+    // Two layer values, as two instances would have, over one Redis budget.
+    let instance = |backend| {
+        RateLimitLayer::builder()
+            .tokens(Quota::per_minute(1_000).with_burst(1_000))
+            .reconcile(Reconcile::RefundAndCharge)
+            .max_queue(0)
+            .redis(backend)
+            .build()
+            .expect("config")
+    };
+    let one = instance(backend.clone()).layer(upstream(arrivals.clone(), 0));
+    let two = instance(backend).layer(upstream(arrivals.clone(), 1));
     // Reserve 900, use 100: 800 come back.
     one.clone()
         .oneshot(Req::new(0).cost(900).actual(100))
@@ -214,4 +218,21 @@ async fn refunds_reach_the_shared_budget() {
         .await
         .expect_err("spent");
     assert!(err.is::<RateLimited>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_timeout_is_refused_when_built() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let backend = RedisBackend::connect(&server.url())
+        .await
+        .expect("redis")
+        .with_timeout(Duration::ZERO);
+    let err = RateLimitLayer::builder()
+        .requests(Quota::per_minute(10))
+        .redis(backend)
+        .build()
+        .expect_err("a zero timeout finds Redis unreachable on every call");
+    assert_eq!(err.knob(), "redis.timeout");
 }

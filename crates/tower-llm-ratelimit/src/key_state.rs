@@ -1,0 +1,316 @@
+//! One key's limits: its budgets, concurrency, spacing, pause, the server's word and its FIFO
+//! queue, behind one lock.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::error::Rejection;
+use crate::headers::{ServerLimit, ServerLimits};
+use crate::limiter::Limiter;
+use crate::quota::{Budget, Charge};
+
+/// The server's word on one dimension, counted from when it was received.
+#[derive(Clone, Copy, Debug)]
+struct ServerHint {
+    remaining: u64,
+    reset_at: u64,
+    used: u64,
+}
+
+impl ServerHint {
+    fn ready_at(&self, now: u64, cost: u64) -> u64 {
+        if now < self.reset_at && self.used.saturating_add(cost) > self.remaining {
+            self.reset_at
+        } else {
+            now
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    pub(crate) id: u64,
+    pub(crate) waker: Option<Waker>,
+}
+
+/// Why a call cannot start yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Blocked {
+    /// Not before this time (pause, spacing, quota, server hint).
+    Until(u64),
+    /// Not before a running call finishes.
+    Concurrency,
+}
+
+/// The limits of one key.
+#[derive(Debug)]
+pub(crate) struct Limits {
+    pub(crate) requests: Option<Budget>,
+    pub(crate) tokens: Option<Budget>,
+    pub(crate) in_flight: usize,
+    pub(crate) last_start: Option<u64>,
+    pub(crate) paused_until: u64,
+    server_requests: Option<ServerHint>,
+    server_tokens: Option<ServerHint>,
+    pub(crate) queue: VecDeque<Waiter>,
+    pub(crate) queued_tokens: u64,
+    pub(crate) next_id: u64,
+    /// Calls admitted and tokens reserved under this key, kept here (not in the shared
+    /// atomics) where the lock already makes them cheap; read for the single key only.
+    pub(crate) admitted: u64,
+    pub(crate) tokens_reserved: u64,
+}
+
+/// What an admitted call was charged, for reconciling later.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Admission {
+    pub(crate) tokens: Option<Charge>,
+}
+
+impl Limits {
+    #[inline]
+    pub(crate) fn blocked(&self, limiter: &Limiter, now: u64, cost: u64) -> Option<Blocked> {
+        let config = &limiter.config;
+        let mut at = now.max(self.paused_until).max(limiter.paused_until());
+        if let (Some(spacing), Some(last)) = (config.spacing, self.last_start) {
+            at = at.max(last.saturating_add(duration_ns(spacing)));
+        }
+        if let Some(b) = &self.requests {
+            at = at.max(b.ready_at(now, 1));
+        }
+        if let Some(b) = &self.tokens {
+            at = at.max(b.ready_at(now, cost));
+        }
+        if let Some(h) = &self.server_requests {
+            at = at.max(h.ready_at(now, 1));
+        }
+        if let Some(h) = &self.server_tokens {
+            at = at.max(h.ready_at(now, cost));
+        }
+        if at > now {
+            Some(Blocked::Until(at))
+        } else if config.concurrency.is_some_and(|max| self.in_flight >= max) {
+            Some(Blocked::Concurrency)
+        } else {
+            None
+        }
+    }
+
+    /// When a call of `cost` arriving now behind everyone queued could start, if nothing
+    /// else changes. Running calls are not predictable and are left out.
+    pub(crate) fn projected(&self, limiter: &Limiter, now: u64, cost: u64) -> u64 {
+        let config = &limiter.config;
+        let ahead = self.queue.len() as u64;
+        let tokens = self.queued_tokens.saturating_add(cost);
+        let mut at = now.max(self.paused_until).max(limiter.paused_until());
+        if let Some(spacing) = config.spacing {
+            let spacing = duration_ns(spacing);
+            let first = self.last_start.map_or(now, |l| l.saturating_add(spacing));
+            at = at.max(first.saturating_add(spacing.saturating_mul(ahead)));
+        }
+        if let Some(b) = &self.requests {
+            at = at.max(b.ready_after(now, ahead, 1));
+        }
+        if let Some(b) = &self.tokens {
+            at = at.max(b.ready_after(now, self.queued_tokens, cost));
+        }
+        if let Some(h) = &self.server_requests {
+            at = at.max(h.ready_at(now, ahead + 1));
+        }
+        if let Some(h) = &self.server_tokens {
+            at = at.max(h.ready_at(now, tokens));
+        }
+        at
+    }
+
+    #[inline]
+    pub(crate) fn admit(&mut self, now: u64, cost: u64, counts_in_flight: bool) -> Admission {
+        if counts_in_flight {
+            self.in_flight += 1;
+        }
+        self.admitted += 1;
+        self.tokens_reserved = self.tokens_reserved.saturating_add(cost);
+        self.last_start = Some(now);
+        if let Some(b) = &mut self.requests {
+            b.charge(now, 1);
+        }
+        if let Some(h) = &mut self.server_requests {
+            h.used = h.used.saturating_add(1);
+        }
+        if let Some(h) = &mut self.server_tokens {
+            h.used = h.used.saturating_add(cost);
+        }
+        Admission {
+            tokens: self.tokens.as_mut().map(|b| b.charge(now, cost)),
+        }
+    }
+
+    pub(crate) fn enqueue(&mut self, cost: u64) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.queued_tokens = self.queued_tokens.saturating_add(cost);
+        self.queue.push_back(Waiter { id, waker: None });
+        id
+    }
+
+    pub(crate) fn wake_head(&mut self) {
+        if let Some(waker) = self.queue.front_mut().and_then(|w| w.waker.take()) {
+            waker.wake();
+        }
+    }
+
+    pub(crate) fn pause(&mut self, now: u64, pause: Duration) {
+        let pause = pause.min(MAX_SERVER_WAIT);
+        self.paused_until = self
+            .paused_until
+            .max(now.saturating_add(duration_ns(pause)));
+    }
+
+    pub(crate) fn learn(&mut self, now: u64, limits: ServerLimits) {
+        let hint = |l: ServerLimit| ServerHint {
+            remaining: l.remaining,
+            reset_at: now.saturating_add(duration_ns(l.reset_in.min(MAX_SERVER_WAIT))),
+            used: 0,
+        };
+        if let Some(l) = limits.requests {
+            self.server_requests = Some(hint(l));
+        }
+        if let Some(l) = limits.tokens {
+            self.server_tokens = Some(hint(l));
+        }
+    }
+
+    pub(crate) fn at_rest(&self, config: &Config, now: u64) -> bool {
+        self.queue.is_empty()
+            && self.in_flight == 0
+            && self.paused_until <= now
+            && self
+                .last_start
+                .is_none_or(|l| l.saturating_add(config.spacing.map_or(0, duration_ns)) <= now)
+            && self.requests.as_ref().is_none_or(|b| b.at_rest(now))
+            && self.tokens.as_ref().is_none_or(|b| b.at_rest(now))
+            && self.server_requests.is_none_or(|h| h.reset_at <= now)
+            && self.server_tokens.is_none_or(|h| h.reset_at <= now)
+    }
+}
+
+/// The longest a server's word (a retry hint, a rate-limit reset) may hold a key back. No
+/// provider limit resets later than daily; an absurd value must not freeze a key for years
+/// (and keep it in the key table for good).
+pub(crate) const MAX_SERVER_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+pub(crate) fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 4)
+}
+
+/// The outcome of trying to start a call from `call`.
+#[derive(Debug)]
+pub(crate) enum Start {
+    Now(Admission),
+    /// Queued with this id; `false` when it is only first in line to ask the shared store
+    /// (not counted as waiting unless the store says to wait).
+    Queued(u64, bool),
+    Rejected(Rejection, Duration),
+}
+
+/// One key's limits behind a lock.
+#[derive(Debug)]
+pub(crate) struct KeyState {
+    limits: Mutex<Limits>,
+    pub(crate) limiter: Arc<Limiter>,
+    /// The key's name in the shared store (feature `redis`).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) remote_key: Option<String>,
+    pub(crate) counts_locally: bool,
+}
+
+impl KeyState {
+    /// `counts_locally`: admissions are counted in the key's tally rather than the shared
+    /// atomics, and [`tally`](Self::tally) must be added to the stats (the single key).
+    pub(crate) fn new(
+        limiter: &Arc<Limiter>,
+        remote_key: Option<String>,
+        counts_locally: bool,
+    ) -> Self {
+        let config = &limiter.config;
+        // With a shared store the quotas live there; only local limits stay here.
+        let local = remote_key.is_none();
+        KeyState {
+            limiter: limiter.clone(),
+            limits: Mutex::new(Limits {
+                requests: config.requests.filter(|_| local).map(Budget::new),
+                tokens: config.tokens.filter(|_| local).map(Budget::new),
+                in_flight: 0,
+                last_start: None,
+                paused_until: 0,
+                server_requests: None,
+                server_tokens: None,
+                queue: VecDeque::new(),
+                queued_tokens: 0,
+                next_id: 0,
+                admitted: 0,
+                tokens_reserved: 0,
+            }),
+            remote_key,
+            counts_locally,
+        }
+    }
+
+    /// What this key's own tally holds: (admitted, tokens reserved).
+    pub(crate) fn tally(&self) -> (u64, u64) {
+        let limits = self.lock();
+        (limits.admitted, limits.tokens_reserved)
+    }
+
+    #[inline]
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Limits> {
+        // A panic while holding the lock leaves the numbers consistent enough to go on.
+        self.limits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a call at once if nothing is queued and nothing blocks it; otherwise queues it
+    /// or says why not.
+    #[inline]
+    pub(crate) fn start(&self, limiter: &Limiter, now: u64, cost: u64) -> Start {
+        let config = &limiter.config;
+        let mut limits = self.lock();
+        if limits.queue.is_empty() {
+            match limits.blocked(limiter, now, cost) {
+                None if !limiter.remote() => {
+                    let admission = limits.admit(now, cost, config.concurrency.is_some());
+                    return Start::Now(admission);
+                }
+                // Free locally: first in line, it goes to ask the shared store at once.
+                None => return Start::Queued(limits.enqueue(cost), false),
+                Some(_) if config.max_queue == 0 || config.max_wait.is_zero() => {
+                    let at = limits.projected(limiter, now, cost);
+                    return Start::Rejected(Rejection::QueueFull, Duration::from_nanos(at - now));
+                }
+                Some(_) => {}
+            }
+        }
+        let at = limits.projected(limiter, now, cost);
+        let wait = Duration::from_nanos(at.saturating_sub(now));
+        if limits.queue.len() >= config.max_queue {
+            return Start::Rejected(Rejection::QueueFull, wait);
+        }
+        if wait > config.max_wait {
+            return Start::Rejected(Rejection::MaxWait, wait);
+        }
+        Start::Queued(limits.enqueue(cost), true)
+    }
+
+    pub(crate) fn at_rest(&self, config: &Config, now: u64) -> bool {
+        self.lock().at_rest(config, now)
+    }
+
+    /// Ends this key's pause and lets its first waiter look again.
+    pub(crate) fn resume(&self) {
+        let mut limits = self.lock();
+        limits.paused_until = 0;
+        limits.wake_head();
+    }
+}

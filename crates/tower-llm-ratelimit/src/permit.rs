@@ -1,0 +1,150 @@
+//! A running call's claim on its key's limits, settled when the call ends.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tower_llm_core::{FailureKind, Outcome};
+
+use crate::config::Reconcile;
+use crate::headers::ServerLimits;
+use crate::key_state::{Admission, KeyState};
+use crate::limiter::Limiter;
+use crate::quota::Charge;
+
+/// A running call's claim: its concurrency slot and its token charge. Dropping it (the call
+/// was cancelled) frees the slot; the tokens stay charged, since the upstream may have
+/// counted the request already.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    key: Arc<KeyState>,
+    cost: u64,
+    admission: Admission,
+    /// A token charge held in the shared store, for reconciling there (feature `redis`).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) remote_charge: Option<Charge>,
+    done: bool,
+}
+
+impl Permit {
+    #[inline]
+    pub(crate) fn new(key: Arc<KeyState>, cost: u64, admission: Admission) -> Self {
+        key.limiter.stats.admitted(cost, key.counts_locally);
+        Permit {
+            key,
+            cost,
+            admission,
+            remote_charge: None,
+            done: false,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn limiter(&self) -> &Limiter {
+        &self.key.limiter
+    }
+
+    /// Records how the call ended: reconciles tokens, pauses on a 429, learns from headers,
+    /// frees the concurrency slot.
+    #[inline]
+    pub(crate) fn complete(
+        &mut self,
+        outcome: Outcome,
+        usage: Option<u64>,
+        server: Option<&http::HeaderMap>,
+    ) {
+        self.done = true;
+        let config = &self.key.limiter.config;
+        let pause = match outcome {
+            Outcome::Failure(f)
+                if config.pause_on_rate_limit
+                    && matches!(f.kind, FailureKind::RateLimited | FailureKind::CircuitOpen) =>
+            {
+                Some(f.retry_after.unwrap_or(config.default_pause))
+            }
+            _ => None,
+        };
+        let learned = match server {
+            Some(headers) if config.adapt => {
+                let limits = ServerLimits::from_headers(headers, SystemTime::now());
+                (!limits.is_empty()).then_some(limits)
+            }
+            _ => None,
+        };
+        let delta = match (usage, config.reconcile) {
+            (Some(actual), Reconcile::RefundAndCharge) => Some(actual as i128 - self.cost as i128),
+            (Some(actual), Reconcile::ChargeOnly) if actual > self.cost => {
+                Some(actual as i128 - self.cost as i128)
+            }
+            _ => None,
+        }
+        .filter(|d| *d != 0);
+        if pause.is_none() && learned.is_none() && delta.is_none() {
+            // Nothing to record but maybe a slot to free: the common success.
+            if config.concurrency.is_some() {
+                self.free_slot();
+            }
+            return;
+        }
+        self.settle(pause, learned, delta);
+    }
+
+    /// Gives the concurrency slot back and lets the first waiter look again.
+    #[inline]
+    fn free_slot(&self) {
+        let mut limits = self.key.lock();
+        limits.in_flight = limits.in_flight.saturating_sub(1);
+        limits.wake_head();
+    }
+
+    /// The part of [`complete`](Self::complete) that records something (a pause, the
+    /// server's word, a usage to reconcile), out of line so the common case stays small.
+    #[inline(never)]
+    fn settle(&self, pause: Option<Duration>, learned: Option<ServerLimits>, delta: Option<i128>) {
+        let config = &self.key.limiter.config;
+        let now = self.key.limiter.now();
+        #[cfg(feature = "redis")]
+        if let (Some(d), Some(charge), Some(backend), Some(key)) = (
+            delta,
+            self.remote_charge,
+            &config.redis,
+            &self.key.remote_key,
+        ) {
+            backend.reconcile(config, key, charge, d);
+        }
+        let mut limits = self.key.lock();
+        if config.concurrency.is_some() {
+            limits.in_flight = limits.in_flight.saturating_sub(1);
+        }
+        if let Some(pause) = pause {
+            limits.pause(now, pause);
+            self.key.limiter.stats.paused();
+        }
+        if let Some(learned) = learned {
+            limits.learn(now, learned);
+        }
+        if let Some(delta) = delta {
+            let amount = delta.unsigned_abs().min(u128::from(u64::MAX)) as u64;
+            if let (Some(budget), Some(charge)) = (&mut limits.tokens, self.admission.tokens) {
+                if delta < 0 {
+                    budget.refund(now, charge, amount);
+                } else {
+                    budget.charge_more(now, charge, amount);
+                }
+            }
+            if delta < 0 {
+                self.key.limiter.stats.refunded(amount);
+            } else {
+                self.key.limiter.stats.charged(amount);
+            }
+        }
+        limits.wake_head();
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.done && self.key.limiter.config.concurrency.is_some() {
+            self.free_slot();
+        }
+    }
+}
