@@ -8,8 +8,9 @@
 //!
 //! - `baseline`: the inner service alone.
 //! - `tower_llm_retry/default`: our layer with its defaults (3 attempts, exponential backoff
-//!   with jitter, budget, `Attempts` extension on retried responses only).
-//! - `tower_llm_retry/stats_only`: the same with the `StatsOnly` recorder (typed responses).
+//!   with jitter, budget, the `StatsOnly` recorder that fits any response).
+//! - `tower_llm_retry/extension_when_retried`: the `Attempts` extension on retried responses
+//!   only (nothing added on this path).
 //! - `tower_llm_retry/extension_always`: the `Attempts` extension on every response (one
 //!   allocation per call).
 //! - `tower_llm_retry/deadline`: defaults plus a deadline (reads the clock per call).
@@ -39,7 +40,7 @@ use tower::retry::{Policy, Retry};
 use tower::util::rng::HasherRng;
 use tower::{Layer, Service};
 use tower_llm_core::{Classify, DefaultClassifier, Outcome};
-use tower_llm_retry::{AttemptsExtension, RetryLayer, StatsOnly};
+use tower_llm_retry::{AttemptsExtension, RetryLayer};
 
 type Response = http::Response<()>;
 
@@ -155,14 +156,14 @@ fn success_path(c: &mut Criterion) {
     let ours = RetryLayer::new();
     bench_service(c, "retry_success/tower_llm_retry/default", ours.layer(Noop));
 
-    let stats_only = RetryLayer::builder()
-        .record_attempts(StatsOnly)
+    let when_retried = RetryLayer::builder()
+        .record_attempts(AttemptsExtension::when_retried())
         .build()
         .expect("valid config");
     bench_service(
         c,
-        "retry_success/tower_llm_retry/stats_only",
-        stats_only.layer(Noop),
+        "retry_success/tower_llm_retry/extension_when_retried",
+        when_retried.layer(Noop),
     );
 
     let always = RetryLayer::builder()

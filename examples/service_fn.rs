@@ -158,7 +158,7 @@ async fn main() -> Result<(), BoxError> {
         .cooldown(Duration::from_secs(30))
         .build()?;
     let breaker_handle = breaker.handle();
-    let retry_stats = retry.clone();
+    let retry_stats = retry.handle();
 
     let mut llm = ServiceBuilder::new()
         .layer(dedup)

@@ -232,7 +232,7 @@ async fn transient_failures(progress: &Progress, table: &mut Table) -> Result<()
         .service(openai(&server)?);
     let with = drive(stack, requests(FLAKY_REQUESTS), every(2), progress).await;
     table.row("", "+ retry", with, &[&server], Some(without));
-    let stats = layer.stats();
+    let stats = layer.handle().stats();
     table.note(format!(
         "5% failures: retry made {} retries and recovered {} calls",
         stats.retries, stats.recovered

@@ -473,7 +473,7 @@ where
     let mut service = inner;
     if let Some(r) = &stack.retry {
         let mut builder = RetryLayer::builder()
-            .max_attempts(r.max_attempts)
+            .max_attempts(usize::try_from(r.max_attempts).unwrap_or(usize::MAX))
             .backoff(Backoff::exponential(r.backoff));
         if let Some(max) = r.max_delay {
             builder = builder.max_delay(max);

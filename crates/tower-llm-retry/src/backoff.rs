@@ -76,8 +76,8 @@ impl Backoff {
     /// let delays: Vec<_> = (1..=5).map(|n| backoff.base_delay(n, ms(1000))).collect();
     /// assert_eq!(delays, [ms(100), ms(200), ms(400), ms(800), ms(1000)]);
     /// ```
-    pub fn base_delay(&self, retry: u32, cap: Duration) -> Duration {
-        let steps = retry.saturating_sub(1);
+    pub fn base_delay(&self, retry: usize, cap: Duration) -> Duration {
+        let steps = u32::try_from(retry.saturating_sub(1)).unwrap_or(u32::MAX);
         let delay = match *self {
             Backoff::Fixed(delay) => delay,
             Backoff::Linear { initial, step } => step
@@ -160,7 +160,7 @@ impl DelayState {
         backoff: &Backoff,
         jitter: Jitter,
         cap: Duration,
-        retry: u32,
+        retry: usize,
         seed: impl FnOnce() -> u64,
     ) -> Duration {
         let base = backoff.base_delay(retry, cap);
@@ -259,15 +259,15 @@ mod tests {
             assert_eq!(three.base_delay(n, cap), ms(t), "x3 {n}");
         }
         assert_eq!(exp.base_delay(40, cap), cap);
-        assert_eq!(exp.base_delay(u32::MAX, cap), cap);
-        assert_eq!(linear.base_delay(u32::MAX, cap), cap);
+        assert_eq!(exp.base_delay(usize::MAX, cap), cap);
+        assert_eq!(linear.base_delay(usize::MAX, cap), cap);
     }
 
     #[test]
     fn a_zero_exponential_stays_zero_however_many_retries() {
         // 2^1024 is infinite in f64 and 0 × ∞ is NaN: that must not read as an overflow.
         let zero = Backoff::exponential(Duration::ZERO);
-        for n in [1, 2, 1025, 2000, u32::MAX] {
+        for n in [1, 2, 1025, 2000, usize::MAX] {
             assert_eq!(zero.base_delay(n, ms(10_000)), Duration::ZERO, "retry {n}");
         }
     }
@@ -313,7 +313,7 @@ mod tests {
             jitter in any_jitter(),
             cap_ms in 1u64..20_000,
             seed in any::<u64>(),
-            retries in 1u32..30,
+            retries in 1usize..30,
         ) {
             let cap = ms(cap_ms);
             let mut state = DelayState::default();

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::layer::RetryConfigError;
+use crate::layer::config_error;
+use tower_llm_core::ConfigError;
 
 /// One retry, in the budget's units; a request earns `ratio * UNIT`.
 const UNIT: u128 = 1_000_000;
@@ -96,15 +97,15 @@ impl RetryBudget {
         retries as u64
     }
 
-    pub(crate) fn check(&self) -> Result<(), RetryConfigError> {
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
         if !(self.ratio.is_finite() && (0.0..=100.0).contains(&self.ratio)) {
-            return Err(RetryConfigError::new(
+            return Err(config_error(
                 "budget.ratio",
                 "must be a number between 0 and 100",
             ));
         }
         if self.window < Duration::from_millis(100) || self.window > Duration::from_secs(3600) {
-            return Err(RetryConfigError::new(
+            return Err(config_error(
                 "budget.window",
                 "must be between 100 ms and one hour",
             ));

@@ -1,6 +1,5 @@
 //! [`RetryLayer`], its builder and its configuration error.
 
-use std::error::Error as StdError;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -8,28 +7,29 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use tower_layer::Layer;
-use tower_llm_core::DefaultClassifier;
+use tower_llm_core::{ConfigError, DefaultClassifier};
 
 use crate::backoff::{Backoff, Jitter};
 use crate::budget::{BudgetState, RetryBudget};
-use crate::policy::{AttemptsExtension, Config, Hook, RetryEvent, RetryPolicy, Shared};
-use crate::stats::{Counters, RetryStats};
+use crate::policy::{Config, Hook, RetryEvent, RetryPolicy, Shared, StatsOnly};
+use crate::stats::RetryHandle;
 
 /// The retrying service: tower's [`Retry`](tower::retry::Retry) driven by a [`RetryPolicy`].
 ///
 /// It has tower's `get_ref`, `get_mut` and `into_inner`.
-pub type Retry<S, C = DefaultClassifier, R = AttemptsExtension> =
-    tower::retry::Retry<RetryPolicy<C, R>, S>;
+pub type Retry<S, C = DefaultClassifier, R = StatsOnly> = tower::retry::Retry<RetryPolicy<C, R>, S>;
 
 /// The future of a [`Retry`] service: tower's, named.
-pub type ResponseFuture<S, Req, C = DefaultClassifier, R = AttemptsExtension> =
+pub type ResponseFuture<S, Req, C = DefaultClassifier, R = StatsOnly> =
     tower::retry::future::ResponseFuture<RetryPolicy<C, R>, S, Req>;
 
 /// Retries failed calls with backoff, the server's retry hint, a deadline and a budget.
 ///
-/// Every service this layer builds, and every clone of the layer, shares one budget, one set
-/// of statistics and one hook. See the [crate docs](crate) for the behaviour.
-pub struct RetryLayer<C = DefaultClassifier, R = AttemptsExtension> {
+/// Every service this layer value builds, in whichever stack, and every clone of the layer,
+/// shares one budget, one set of statistics and one hook; another layer value (another
+/// `build()`) has its own. [`handle`](Self::handle) reads them from outside the stack. See
+/// the [crate docs](crate) for the behaviour.
+pub struct RetryLayer<C = DefaultClassifier, R = StatsOnly> {
     policy: RetryPolicy<C, R>,
 }
 
@@ -54,9 +54,10 @@ impl Default for RetryLayer {
 }
 
 impl<C, R> RetryLayer<C, R> {
-    /// A snapshot of what the layer has done, over every service and clone it made.
-    pub fn stats(&self) -> RetryStats {
-        self.policy.stats()
+    /// A handle on the layer's statistics, usable before the stack is built and after it is
+    /// boxed: [`RetryHandle::stats`] counts over every service and clone the layer made.
+    pub fn handle(&self) -> RetryHandle {
+        self.policy.handle()
     }
 
     /// The policy every service of this layer shares.
@@ -90,7 +91,7 @@ impl<S, C, R> Layer<S> for RetryLayer<C, R> {
 }
 
 /// Builds a [`RetryLayer`]; [`build`](Self::build) checks every knob.
-pub struct RetryLayerBuilder<C = DefaultClassifier, R = AttemptsExtension> {
+pub struct RetryLayerBuilder<C = DefaultClassifier, R = StatsOnly> {
     config: Config,
     budget: Option<RetryBudget>,
     classifier: C,
@@ -112,7 +113,7 @@ impl RetryLayerBuilder {
             },
             budget: Some(RetryBudget::default()),
             classifier: DefaultClassifier,
-            recorder: AttemptsExtension::when_retried(),
+            recorder: StatsOnly,
             on_retry: None,
             seed: None,
         }
@@ -121,7 +122,7 @@ impl RetryLayerBuilder {
 
 impl<C, R> RetryLayerBuilder<C, R> {
     /// Attempts per call, the first included (default 3; 1 disables retries).
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
+    pub fn max_attempts(mut self, attempts: usize) -> Self {
         self.config.max_attempts = attempts;
         self
     }
@@ -199,9 +200,10 @@ impl<C, R> RetryLayerBuilder<C, R> {
         }
     }
 
-    /// How the attempt count reaches the caller (default
-    /// [`AttemptsExtension::when_retried`], for `http::Response`;
-    /// [`StatsOnly`](crate::StatsOnly) for other responses, or a closure).
+    /// How the attempt count reaches the caller (default [`StatsOnly`]: only through the
+    /// statistics, the hook and metrics, for any response type;
+    /// [`AttemptsExtension`](crate::AttemptsExtension) writes it into an `http::Response`'s
+    /// extensions; or a closure `Fn(&mut Res, Attempts)`).
     pub fn record_attempts<R2>(self, recorder: R2) -> RetryLayerBuilder<C, R2> {
         RetryLayerBuilder {
             config: self.config,
@@ -214,26 +216,23 @@ impl<C, R> RetryLayerBuilder<C, R> {
     }
 
     /// Checks every knob and builds the layer.
-    pub fn build(self) -> Result<RetryLayer<C, R>, RetryConfigError> {
+    pub fn build(self) -> Result<RetryLayer<C, R>, ConfigError> {
         let config = &self.config;
         if config.max_attempts == 0 {
-            return Err(RetryConfigError::new("max_attempts", "must be at least 1"));
+            return Err(config_error("max_attempts", "must be at least 1"));
         }
         config
             .backoff
             .check()
-            .map_err(|reason| RetryConfigError::new("backoff", reason))?;
+            .map_err(|reason| config_error("backoff", reason))?;
         if config.max_delay < config.backoff.initial() {
-            return Err(RetryConfigError::new(
+            return Err(config_error(
                 "max_delay",
                 "must not be shorter than the backoff's first delay",
             ));
         }
         if config.deadline.is_some_and(|d| d.is_zero()) {
-            return Err(RetryConfigError::new(
-                "deadline",
-                "must be longer than zero",
-            ));
+            return Err(config_error("deadline", "must be longer than zero"));
         }
         if let Some(budget) = &self.budget {
             budget.check()?;
@@ -252,8 +251,7 @@ impl<C, R> RetryLayerBuilder<C, R> {
                     .budget
                     .as_ref()
                     .map(|budget| Arc::new(BudgetState::new(budget))),
-                requests: Default::default(),
-                counters: Counters::default(),
+                counters: Arc::default(),
                 classifier: self.classifier,
                 recorder: self.recorder,
                 on_retry: self.on_retry,
@@ -279,37 +277,6 @@ impl<C: fmt::Debug, R: fmt::Debug> fmt::Debug for RetryLayerBuilder<C, R> {
     }
 }
 
-/// A retry configuration that cannot work, naming the knob and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RetryConfigError {
-    knob: &'static str,
-    reason: &'static str,
+pub(crate) fn config_error(knob: &'static str, reason: &'static str) -> ConfigError {
+    ConfigError::new("retry", knob, reason)
 }
-
-impl RetryConfigError {
-    pub(crate) const fn new(knob: &'static str, reason: &'static str) -> Self {
-        RetryConfigError { knob, reason }
-    }
-
-    /// The builder method (or budget setting) at fault.
-    pub const fn knob(&self) -> &'static str {
-        self.knob
-    }
-
-    /// Why the value was refused.
-    pub const fn reason(&self) -> &'static str {
-        self.reason
-    }
-}
-
-impl fmt::Display for RetryConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid retry configuration: `{}` {}",
-            self.knob, self.reason
-        )
-    }
-}
-
-impl StdError for RetryConfigError {}

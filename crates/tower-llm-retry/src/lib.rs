@@ -57,15 +57,19 @@
 //!
 //! # Attempts, hook, statistics, metrics
 //!
-//! - Every `http::Response` that took more than one attempt (success or last failure)
-//!   carries an [`Attempts`] extension; [`Attempts::of`] counts a response without one as a
-//!   single attempt ([`AttemptsExtension::always`] tags every response, at the price of an
-//!   allocation per call). Other response types choose a [`RecordAttempts`] with
-//!   [`RetryLayerBuilder::record_attempts`] ([`StatsOnly`] or a closure). Errors are returned
-//!   unchanged, so layers further out still classify them.
+//! - [`RetryLayer::handle`] returns a [`RetryHandle`], usable before the stack is built and
+//!   after it is boxed; [`RetryHandle::stats`] counts requests, retries, recoveries and
+//!   give-ups by reason ([`RetryStats`], [`GiveUps`]), over every service the layer value made.
+//! - The attempt count reaches the caller through a [`RecordAttempts`]. The default,
+//!   [`StatsOnly`], writes nothing into the response, so the layer fits any response type
+//!   (typed provider answers, plain values). Over `http::Response`,
+//!   `.record_attempts(AttemptsExtension::when_retried())` adds an [`Attempts`] extension to
+//!   every response that took more than one attempt ([`Attempts::of`] counts a response
+//!   without one as a single attempt; [`AttemptsExtension::always`] tags every response, at
+//!   the price of an allocation per call); a closure `Fn(&mut Res, Attempts)` writes it
+//!   anywhere else. Errors are returned unchanged, so layers further out still classify them.
 //! - [`RetryLayerBuilder::on_retry`] sees every decision taken after a failed attempt
 //!   ([`RetryEvent`]).
-//! - [`RetryLayer::stats`] counts requests, retries, recoveries and give-ups by reason.
 //! - [`metrics`](https://docs.rs/metrics) (0.24): [`METRIC_ATTEMPTS`]
 //!   (`tower_llm_retry_attempts_total`), [`METRIC_RETRIES`]
 //!   (`tower_llm_retry_retries_total{kind}`), [`METRIC_GIVE_UPS`]
@@ -89,8 +93,8 @@
 //! use std::time::Duration;
 //!
 //! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
-//! use tower_llm_core::BoxError;
-//! use tower_llm_retry::{Attempts, Backoff, Jitter, RetryLayer};
+//! use tower_llm_core::{BoxError, FailureKind, UpstreamError};
+//! use tower_llm_retry::{Backoff, Jitter, RetryLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), BoxError> {
@@ -101,22 +105,72 @@
 //!     .jitter(Jitter::Equal)
 //!     .deadline(Duration::from_secs(30))
 //!     .build()?;
+//! let handle = retry.handle();
 //!
-//! // The upstream is overloaded once, then answers.
+//! // The upstream is overloaded once, then answers with a plain `String`.
 //! let calls = Arc::new(AtomicU32::new(0));
 //! let upstream = service_fn({
 //!     let calls = calls.clone();
-//!     move |_prompt: String| {
-//!         let status = if calls.fetch_add(1, Ordering::SeqCst) == 0 { 529 } else { 200 };
-//!         async move { Ok::<_, BoxError>(http::Response::builder().status(status).body(())?) }
+//!     move |prompt: String| {
+//!         let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+//!         async move {
+//!             if first {
+//!                 return Err(UpstreamError::new(FailureKind::Overloaded, "busy").into());
+//!             }
+//!             Ok::<_, BoxError>(format!("echo: {prompt}"))
+//!         }
 //!     }
 //! });
-//! let mut service = ServiceBuilder::new().layer(retry.clone()).service(upstream);
+//! let mut service = ServiceBuilder::new().layer(retry).service(upstream).boxed_clone();
 //!
-//! let response = service.ready().await?.call("hello".to_string()).await?;
-//! assert_eq!(response.status(), 200);
-//! assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts::new(2)));
-//! assert_eq!(retry.stats().retries, 1);
+//! let answer = service.ready().await?.call("hello".to_string()).await?;
+//! assert_eq!(answer, "echo: hello");
+//! assert_eq!(handle.stats().retries, 1);
+//! assert_eq!(handle.stats().recovered, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With its defaults, over a typed provider (here `OpenAi` over a stand-in for the network
+//! that is overloaded once):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//!
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_llm_providers::{ChatRequest, Message, OpenAi, RequestBody};
+//! use tower_llm_retry::RetryLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_llm_core::BoxError> {
+//! # tokio::time::pause();
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let http = service_fn({
+//!     let calls = calls.clone();
+//!     move |_: http::Request<RequestBody>| {
+//!         let (status, body) = if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+//!             (529, r#"{"error":{"message":"overloaded","type":"overloaded_error"}}"#)
+//!         } else {
+//!             (200, r#"{"id":"c1","model":"m","choices":[{"index":0,
+//!                 "message":{"role":"assistant","content":"Hi!"},"finish_reason":"stop"}]}"#)
+//!         };
+//!         let response = http::Response::builder().status(status);
+//!         async move { response.body(Full::new(Bytes::from(body))) }
+//!     }
+//! });
+//! let openai = OpenAi::compatible("http://localhost/v1").build_with(http)?;
+//! let retry = RetryLayer::new();
+//! let service = ServiceBuilder::new().layer(retry.clone()).service(openai);
+//!
+//! let answer = service
+//!     .oneshot(ChatRequest::new("m", vec![Message::user("Say hi")]))
+//!     .await?;
+//! assert_eq!(answer.content, "Hi!");
+//! assert_eq!(calls.load(Ordering::SeqCst), 2);
+//! assert_eq!(retry.handle().stats().retries, 1);
 //! # Ok(())
 //! # }
 //! ```
@@ -133,12 +187,12 @@ mod stats;
 pub use backoff::{Backoff, Jitter};
 pub use budget::RetryBudget;
 pub use classify::QuotaAwareClassifier;
-pub use layer::{ResponseFuture, Retry, RetryConfigError, RetryLayer, RetryLayerBuilder};
+pub use layer::{ResponseFuture, Retry, RetryLayer, RetryLayerBuilder};
 pub use policy::{
     Attempts, AttemptsExtension, GiveUpReason, METRIC_ATTEMPTS, METRIC_DELAY, METRIC_GIVE_UPS,
     METRIC_RETRIES, RecordAttempts, RetryDecision, RetryDelay, RetryEvent, RetryPolicy, StatsOnly,
 };
-pub use stats::RetryStats;
+pub use stats::{GiveUps, RetryHandle, RetryStats};
 
 #[doc(no_inline)]
-pub use tower_llm_core::{DefaultClassifier, Failure, FailureKind};
+pub use tower_llm_core::{ConfigError, DefaultClassifier, Failure, FailureKind};

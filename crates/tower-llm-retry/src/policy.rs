@@ -13,8 +13,8 @@ use tokio::time::{Instant, Sleep};
 use tower_llm_core::{Classify, DefaultClassifier, Failure, FailureKind, Outcome};
 
 use crate::backoff::{Backoff, DelayState, Jitter, mix64};
-use crate::budget::{BudgetState, RequestCounter, Withdrawal};
-use crate::stats::{Counters, RetryStats};
+use crate::budget::{BudgetState, Withdrawal};
+use crate::stats::{Counters, RetryHandle};
 
 /// `tower_llm_retry_attempts_total`: every attempt sent to the inner service, first or retry.
 pub const METRIC_ATTEMPTS: &str = "tower_llm_retry_attempts_total";
@@ -28,9 +28,11 @@ pub const METRIC_DELAY: &str = "tower_llm_retry_delay_seconds";
 
 /// How many attempts a call took, 1 when the first one answered.
 ///
-/// The default [`AttemptsExtension`] recorder adds it to every `http::Response` that took
-/// more than one attempt (success or last failure); [`AttemptsExtension::always`] adds it to
-/// every response. [`Attempts::of`] reads it, counting a response without it as one attempt:
+/// The [`AttemptsExtension`] recorder (chosen with
+/// [`RetryLayerBuilder::record_attempts`](crate::RetryLayerBuilder::record_attempts)) adds it
+/// to every `http::Response` that took more than one attempt (success or last failure);
+/// [`AttemptsExtension::always`] adds it to every response. [`Attempts::of`] reads it,
+/// counting a response without it as one attempt:
 ///
 /// ```
 /// use tower_llm_retry::Attempts;
@@ -42,11 +44,11 @@ pub const METRIC_DELAY: &str = "tower_llm_retry_delay_seconds";
 /// assert_eq!(Attempts::of(&response).retries(), 2);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Attempts(u32);
+pub struct Attempts(usize);
 
 impl Attempts {
     /// `attempts` attempts.
-    pub const fn new(attempts: u32) -> Self {
+    pub const fn new(attempts: usize) -> Self {
         Attempts(attempts)
     }
 
@@ -61,12 +63,12 @@ impl Attempts {
     }
 
     /// The number of attempts, at least 1.
-    pub const fn get(self) -> u32 {
+    pub const fn get(self) -> usize {
         self.0
     }
 
     /// The number of retries: attempts after the first.
-    pub const fn retries(self) -> u32 {
+    pub const fn retries(self) -> usize {
         self.0.saturating_sub(1)
     }
 }
@@ -75,16 +77,17 @@ impl Attempts {
 ///
 /// Called once per call, on the response returned to the caller (never on an error: the
 /// inner error is returned unchanged so that layers further out can still classify it).
-/// Implemented by [`AttemptsExtension`] for `http::Response`, by [`StatsOnly`] for any
-/// response, and by any `Fn(&mut Res, Attempts)`.
+/// Implemented by [`StatsOnly`] (the default: records nothing, fits any response), by
+/// [`AttemptsExtension`] for `http::Response`, and by any `Fn(&mut Res, Attempts)`.
 pub trait RecordAttempts<Res> {
     /// Records `attempts` on `response`.
     fn record_attempts(&self, response: &mut Res, attempts: Attempts);
 }
 
-/// The default recorder: inserts [`Attempts`] into an `http::Response`'s extensions.
+/// Inserts [`Attempts`] into an `http::Response`'s extensions.
 ///
-/// By default only when the call was retried: inserting an extension allocates, which would
+/// Chosen with `.record_attempts(AttemptsExtension::when_retried())`. By default it inserts
+/// one only when the call was retried: inserting an extension allocates, which would
 /// about double the layer's cost on the success path; a response without one took one
 /// attempt ([`Attempts::of`]). [`always`](Self::always) inserts it every time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -114,9 +117,10 @@ impl<B> RecordAttempts<http::Response<B>> for AttemptsExtension {
     }
 }
 
-/// A recorder for responses that carry no extensions (typed provider responses, plain
-/// values): the attempt count is then seen through [`RetryStats`], the `on_retry` hook and
-/// metrics only.
+/// The default recorder: writes nothing into the response, so it fits any response type
+/// (typed provider answers, plain values, `http::Response`). The attempt count is then seen
+/// through [`RetryStats`](crate::RetryStats), the `on_retry` hook and metrics;
+/// [`AttemptsExtension`] puts it on an `http::Response` too.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsOnly;
 
@@ -172,16 +176,6 @@ impl GiveUpReason {
             GiveUpReason::BudgetExhausted => "budget_exhausted",
         }
     }
-
-    pub(crate) const fn index(self) -> usize {
-        match self {
-            GiveUpReason::NotRetryable => 0,
-            GiveUpReason::AttemptsExhausted => 1,
-            GiveUpReason::HintTooLong => 2,
-            GiveUpReason::PastDeadline => 3,
-            GiveUpReason::BudgetExhausted => 4,
-        }
-    }
 }
 
 impl fmt::Display for GiveUpReason {
@@ -192,6 +186,7 @@ impl fmt::Display for GiveUpReason {
 
 /// What the layer decided after a failed attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RetryDecision {
     /// Try again after waiting `after` (the longer of the backoff and the server's hint).
     Retry {
@@ -204,9 +199,10 @@ pub enum RetryDecision {
 
 /// One decision, as seen by the `on_retry` hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetryEvent {
     /// The attempt that failed, 1 for the first.
-    pub attempt: u32,
+    pub attempt: usize,
     /// How it failed, as core classified it (with the server's hint, if any).
     pub failure: Failure,
     /// What happens next.
@@ -217,7 +213,7 @@ pub(crate) type Hook = Arc<dyn Fn(&RetryEvent) + Send + Sync>;
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Config {
-    pub(crate) max_attempts: u32,
+    pub(crate) max_attempts: usize,
     pub(crate) backoff: Backoff,
     pub(crate) jitter: Jitter,
     pub(crate) max_delay: Duration,
@@ -228,8 +224,7 @@ pub(crate) struct Config {
 pub(crate) struct Shared<C, R> {
     pub(crate) config: Config,
     pub(crate) budget: Option<Arc<BudgetState>>,
-    pub(crate) requests: RequestCounter,
-    pub(crate) counters: Counters,
+    pub(crate) counters: Arc<Counters>,
     pub(crate) classifier: C,
     pub(crate) recorder: R,
     pub(crate) on_retry: Option<Hook>,
@@ -242,9 +237,9 @@ pub(crate) struct Shared<C, R> {
 /// One policy is shared (through an `Arc`) by the layer, every service it builds and their
 /// clones: they share the budget, the statistics and the hook. tower clones the policy for
 /// each call; the clone also carries that call's attempt count, start time and backoff state.
-pub struct RetryPolicy<C = DefaultClassifier, R = AttemptsExtension> {
+pub struct RetryPolicy<C = DefaultClassifier, R = StatsOnly> {
     shared: Arc<Shared<C, R>>,
-    retries: u32,
+    retries: usize,
     started: Option<Instant>,
     delays: DelayState,
 }
@@ -259,15 +254,12 @@ impl<C, R> RetryPolicy<C, R> {
         }
     }
 
-    /// A snapshot of the statistics shared by every clone.
-    pub fn stats(&self) -> RetryStats {
-        let requests = self.shared.requests.get();
-        let budget_available = self
-            .shared
-            .budget
-            .as_ref()
-            .map(|budget| budget.available(requests));
-        self.shared.counters.snapshot(requests, budget_available)
+    /// A handle on the statistics shared by every clone.
+    pub fn handle(&self) -> RetryHandle {
+        RetryHandle::new(
+            Arc::clone(&self.shared.counters),
+            self.shared.budget.clone(),
+        )
     }
 
     /// The classifier.
@@ -277,7 +269,7 @@ impl<C, R> RetryPolicy<C, R> {
 
     /// The decision, and the budget's retry when it is a retry (given back if the call is
     /// dropped during the wait).
-    fn decide(&mut self, failure: Failure, attempt: u32) -> (RetryDecision, Option<Withdrawal>) {
+    fn decide(&mut self, failure: Failure, attempt: usize) -> (RetryDecision, Option<Withdrawal>) {
         let give_up = |reason| (RetryDecision::GiveUp(reason), None);
         let config = &self.shared.config;
         let retryable = match failure.kind {
@@ -324,7 +316,7 @@ impl<C, R> RetryPolicy<C, R> {
         // Asked last, so a retry the other rules forbid never spends budget.
         let withdrawal = match &shared.budget {
             None => None,
-            Some(budget) => match budget.withdraw(shared.requests.get()) {
+            Some(budget) => match budget.withdraw(shared.counters.requests.get()) {
                 Some(withdrawal) => Some(withdrawal),
                 None => return give_up(GiveUpReason::BudgetExhausted),
             },
@@ -431,7 +423,7 @@ where
     fn clone_request(&mut self, req: &Req) -> Option<Req> {
         metrics::counter!(METRIC_ATTEMPTS).increment(1);
         if self.retries == 0 {
-            let requests = self.shared.requests.increment();
+            let requests = self.shared.counters.requests.increment();
             if let Some(budget) = &self.shared.budget {
                 budget.on_request(requests);
             }

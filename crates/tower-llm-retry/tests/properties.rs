@@ -81,11 +81,15 @@ const BACKOFF: Duration = Duration::from_millis(300);
 const MAX_HINT: Duration = Duration::from_secs(5);
 
 /// The rules, written plainly: the times at which attempts start, and the final answer.
-fn model(script: &[Answer], max_attempts: u32, deadline: Option<Duration>) -> (Vec<Duration>, u16) {
+fn model(
+    script: &[Answer],
+    max_attempts: usize,
+    deadline: Option<Duration>,
+) -> (Vec<Duration>, u16) {
     let mut starts = vec![Duration::ZERO];
     let mut now = Duration::ZERO;
     for (i, answer) in script.iter().enumerate() {
-        let attempt = i as u32 + 1;
+        let attempt = i + 1;
         let give_up = !answer.retryable()
             || attempt >= max_attempts
             || answer.hint().is_some_and(|h| h > MAX_HINT);
@@ -108,7 +112,7 @@ proptest! {
     #[test]
     fn layer_follows_the_rules(
         mut script in proptest::collection::vec(answer(), 0..8),
-        max_attempts in 1u32..7,
+        max_attempts in 1usize..7,
         deadline_ms in proptest::option::of(1u64..20_000),
         drop_after_ms in proptest::option::of(0u64..20_000),
     ) {

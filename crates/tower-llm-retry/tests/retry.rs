@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt, service_fn};
-use tower_llm_core::{BoxError, CircuitOpen, FailureKind, Outcome, UpstreamError};
+use tower_llm_core::{
+    BoxError, CircuitOpen, DefaultClassifier, FailureKind, Outcome, UpstreamError,
+};
 use tower_llm_retry::{
     Attempts, AttemptsExtension, Backoff, GiveUpReason, Jitter, RetryBudget, RetryDecision,
     RetryEvent, RetryLayer, StatsOnly,
@@ -97,8 +99,11 @@ impl Upstream {
     }
 }
 
-fn layer() -> tower_llm_retry::RetryLayerBuilder {
-    RetryLayer::builder().no_budget().seed(42)
+fn layer() -> tower_llm_retry::RetryLayerBuilder<DefaultClassifier, AttemptsExtension> {
+    RetryLayer::builder()
+        .no_budget()
+        .seed(42)
+        .record_attempts(AttemptsExtension::when_retried())
 }
 
 async fn call<S>(service: &mut S) -> Result<Response, BoxError>
@@ -121,7 +126,7 @@ async fn recovers_after_transient_failures() {
     assert_eq!(response.status(), 200);
     assert_eq!(Attempts::of(&response), Attempts::new(3));
     assert_eq!(upstream.calls(), 3);
-    let stats = retry.stats();
+    let stats = retry.handle().stats();
     assert_eq!((stats.requests, stats.retries, stats.recovered), (1, 2, 1));
 }
 
@@ -134,7 +139,14 @@ async fn gives_up_after_max_attempts_with_the_last_response() {
     assert_eq!(response.status(), 503);
     assert_eq!(Attempts::of(&response).get(), 4);
     assert_eq!(upstream.calls(), 4);
-    assert_eq!(retry.stats().give_ups(GiveUpReason::AttemptsExhausted), 1);
+    assert_eq!(
+        retry
+            .handle()
+            .stats()
+            .give_ups
+            .get(GiveUpReason::AttemptsExhausted),
+        1
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -335,7 +347,14 @@ async fn a_hint_over_the_maximum_gives_up_at_once() {
     assert_eq!(call(&mut service).await.unwrap().status(), 429);
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(upstream.calls(), 1);
-    assert_eq!(retry.stats().give_ups(GiveUpReason::HintTooLong), 1);
+    assert_eq!(
+        retry
+            .handle()
+            .stats()
+            .give_ups
+            .get(GiveUpReason::HintTooLong),
+        1
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -354,7 +373,14 @@ async fn the_deadline_stops_backoff_that_would_overrun_it() {
     // Attempts at 0, 0.4 and 0.8 s; a fourth would start at 1.2 s, past the deadline.
     assert_eq!(upstream.calls(), 3);
     assert_eq!(start.elapsed(), ms(800));
-    assert_eq!(retry.stats().give_ups(GiveUpReason::PastDeadline), 1);
+    assert_eq!(
+        retry
+            .handle()
+            .stats()
+            .give_ups
+            .get(GiveUpReason::PastDeadline),
+        1
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -380,7 +406,11 @@ async fn client_errors_are_never_retried() {
         let _ = call(&mut service).await;
         assert_eq!(upstream.calls(), 1, "{label} was retried");
         assert_eq!(
-            retry.stats().give_ups(GiveUpReason::NotRetryable),
+            retry
+                .handle()
+                .stats()
+                .give_ups
+                .get(GiveUpReason::NotRetryable),
             1,
             "{label}"
         );
@@ -470,7 +500,7 @@ async fn the_hook_sees_every_decision() {
         .unwrap()
         .layer(upstream.service());
     call(&mut service).await.unwrap();
-    let seen: Vec<(u32, FailureKind, RetryDecision)> = events
+    let seen: Vec<(usize, FailureKind, RetryDecision)> = events
         .lock()
         .unwrap()
         .iter()
@@ -500,7 +530,18 @@ async fn the_hook_sees_every_decision() {
 
 #[tokio::test(start_paused = true)]
 async fn attempts_extension_modes() {
-    // Default: only on retried responses.
+    // The default records nothing, even on a retried response.
+    let upstream = Upstream::new([status(503)]);
+    let mut service = RetryLayer::builder()
+        .no_budget()
+        .build()
+        .unwrap()
+        .layer(upstream.service());
+    let response = call(&mut service).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.extensions().get::<Attempts>().is_none());
+
+    // `when_retried`: only on retried responses.
     let upstream = Upstream::new([]);
     let mut service = layer().build().unwrap().layer(upstream.service());
     let response = call(&mut service).await.unwrap();
@@ -519,7 +560,7 @@ async fn attempts_extension_modes() {
     );
 
     // A closure recorder, e.g. for a typed response; and StatsOnly compiles for any type.
-    let seen = Arc::new(AtomicU32::new(0));
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = service_fn(|_: ()| async { Ok::<_, BoxError>(String::from("ok")) });
     let mut typed = layer()
         .record_attempts({
@@ -609,15 +650,15 @@ async fn a_call_dropped_during_the_wait_gives_its_retry_back_to_the_budget() {
     let mut service = retry.layer(upstream.service());
     let pending = tokio::time::timeout(secs(1), call(&mut service)).await;
     assert!(pending.is_err(), "still waiting for the backoff");
-    assert_eq!(retry.stats().budget_available, Some(1));
-    assert_eq!(retry.stats().retries, 0);
+    assert_eq!(retry.handle().stats().budget_available, Some(1));
+    assert_eq!(retry.handle().stats().retries, 0);
 
     // A call that does retry keeps what it spent.
     let upstream = Upstream::new([status(503)]);
     let mut service = retry.layer(upstream.service());
     assert_eq!(call(&mut service).await.unwrap().status(), 200);
     // Two requests earned two retries; one was made.
-    assert_eq!(retry.stats().budget_available, Some(1));
+    assert_eq!(retry.handle().stats().budget_available, Some(1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -654,9 +695,9 @@ async fn the_budget_caps_load_in_a_total_outage_across_clones() {
         calls >= offered + 100,
         "{calls}: the budget allowed no retry"
     );
-    let stats = retry.stats();
+    let stats = retry.handle().stats();
     assert_eq!(stats.requests, offered);
-    assert!(stats.give_ups(GiveUpReason::BudgetExhausted) > 0);
+    assert!(stats.give_ups.get(GiveUpReason::BudgetExhausted) > 0);
     assert_eq!(stats.attempts(), calls);
 }
 
@@ -765,7 +806,7 @@ async fn clones_on_many_threads_share_one_budget() {
         done.unwrap();
     }
     let calls = upstream.calls() as u64;
-    let stats = retry.stats();
+    let stats = retry.handle().stats();
     assert_eq!(stats.requests, offered);
     assert_eq!(stats.attempts(), calls);
     assert!(
@@ -773,4 +814,46 @@ async fn clones_on_many_threads_share_one_budget() {
         "{calls} calls for {offered} requests at ratio {ratio}"
     );
     assert!(calls > offered, "no retry was allowed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_stacks_from_one_layer_share_stats_and_budget_through_the_handle() {
+    // Each request earns half a retry, with no floor: only the two stacks' requests together
+    // earn one.
+    let retry = RetryLayer::builder()
+        .max_attempts(2)
+        .seed(7)
+        .budget(RetryBudget::new(0.5).min_per_second(0).window(secs(60)))
+        .build()
+        .unwrap();
+    let handle = retry.handle();
+    let whole = Upstream::always(503);
+    let streaming = Upstream::always(503);
+    let mut first = tower::ServiceBuilder::new()
+        .layer(retry.clone())
+        .service(whole.service())
+        .boxed_clone();
+    let mut second = tower::ServiceBuilder::new()
+        .layer(retry)
+        .service(streaming.service())
+        .boxed();
+
+    assert_eq!(call(&mut first).await.unwrap().status(), 503);
+    assert_eq!(call(&mut second).await.unwrap().status(), 503);
+    // The first stack's request alone could not pay for a retry; the second's, added to the
+    // first's in the one shared budget, could.
+    assert_eq!(whole.calls(), 1);
+    assert_eq!(streaming.calls(), 2);
+    let stats = handle.clone().stats();
+    assert_eq!(stats.requests, 2);
+    assert_eq!(stats.retries, 1);
+    assert_eq!(stats.give_ups.budget_exhausted, 1);
+    assert_eq!(stats.give_ups.attempts_exhausted, 1);
+    assert_eq!(stats.give_ups.total(), 2);
+    assert!(handle.same_layer(&handle.clone()));
+    let debug = format!("{stats:?}");
+    assert!(debug.contains("budget_exhausted: 1"), "{debug}");
+
+    // Another layer value has its own state.
+    assert!(!handle.same_layer(&RetryLayer::new().handle()));
 }

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_llm_core::BoxError;
 use tower_llm_retry::{
-    Attempts, Backoff, GiveUpReason, Jitter, QuotaAwareClassifier, RetryBudget, RetryLayer,
-    RetryLayerBuilder,
+    Attempts, AttemptsExtension, Backoff, DefaultClassifier, GiveUpReason, Jitter,
+    QuotaAwareClassifier, RetryBudget, RetryLayer, RetryLayerBuilder,
 };
 use tower_llm_testkit::{
     Fault, FaultPlan, MockServer, RetryAfterForm, Route, TestClient, gemini_generate, openai_chat,
@@ -55,8 +55,11 @@ fn gaps(sent: &Arc<Mutex<Vec<Instant>>>) -> Vec<Duration> {
     sent.windows(2).map(|w| w[1] - w[0]).collect()
 }
 
-fn layer() -> RetryLayerBuilder {
-    RetryLayer::builder().no_budget().seed(7)
+fn layer() -> RetryLayerBuilder<DefaultClassifier, AttemptsExtension> {
+    RetryLayer::builder()
+        .no_budget()
+        .seed(7)
+        .record_attempts(AttemptsExtension::when_retried())
 }
 
 #[tokio::test(start_paused = true)]
@@ -244,7 +247,14 @@ async fn a_hint_beyond_the_deadline_gives_up_at_once() {
     assert_eq!(response.status(), 429, "the last failure comes back");
     assert_eq!(start.elapsed(), Duration::ZERO, "no sleep before giving up");
     assert_eq!(server.counters().requests, 1);
-    assert_eq!(retry.stats().give_ups(GiveUpReason::PastDeadline), 1);
+    assert_eq!(
+        retry
+            .handle()
+            .stats()
+            .give_ups
+            .get(GiveUpReason::PastDeadline),
+        1
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -322,7 +332,14 @@ async fn a_quota_exhausted_429_is_not_retried_with_the_quota_aware_classifier() 
         let response = service.ready().await.unwrap().call(request).await.unwrap();
         assert_eq!(response.status(), 429);
         assert_eq!(server.counters().requests, 1, "gemini: {gemini}");
-        assert_eq!(retry.stats().give_ups(GiveUpReason::NotRetryable), 1);
+        assert_eq!(
+            retry
+                .handle()
+                .stats()
+                .give_ups
+                .get(GiveUpReason::NotRetryable),
+            1
+        );
     }
 }
 
@@ -345,7 +362,7 @@ async fn dropped_connections_and_overload_are_retried() {
     let counters = server.counters();
     assert_eq!(counters.requests, 4);
     assert_eq!(counters.dropped, 1);
-    assert_eq!(retry.stats().recovered, 1);
+    assert_eq!(retry.handle().stats().recovered, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -389,7 +406,7 @@ async fn the_budget_caps_load_in_a_total_outage() {
         "{received}: the budget allowed no retry"
     );
     // Without a budget: 4 × 200 = 800.
-    assert_eq!(retry.stats().attempts(), received);
+    assert_eq!(retry.handle().stats().attempts(), received);
 }
 
 #[tokio::test(start_paused = true)]
