@@ -115,12 +115,7 @@ pub(super) fn answer(call: &Call, decision: &Decision) -> Answer {
 
 /// The normal answer, or one spoilt by a body fault (malformed JSON, stall, cut, in-stream
 /// error).
-fn normal(
-    call: &Call,
-    decision: &Decision,
-    json: &Value,
-    fault: Option<&Fault>,
-) -> Answer {
+fn normal(call: &Call, decision: &Decision, json: &Value, fault: Option<&Fault>) -> Answer {
     if call.route == Route::OpenAiEmbeddings {
         return match responses::openai_embeddings(json, decision.id) {
             Ok(body) if fault == Some(&Fault::ContextLengthExceeded) => {
@@ -207,10 +202,7 @@ fn spoil_full(body: Value, fault: Option<&Fault>, provider: Provider) -> Answer 
     }
 }
 
-fn stream_events(
-    stream: StreamAnswer,
-    fault: Option<&Fault>,
-) -> (Vec<Bytes>, StreamEnd) {
+fn stream_events(stream: StreamAnswer, fault: Option<&Fault>) -> (Vec<Bytes>, StreamEnd) {
     let StreamAnswer {
         framing,
         opening,

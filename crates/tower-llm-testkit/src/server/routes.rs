@@ -100,10 +100,7 @@ async fn azure(
     handle(shared, Some(route), Some(deployment), request).await
 }
 
-async fn gemini(
-    State(shared): State<Arc<Shared>>,
-    request: Request<Body>,
-) -> Response<Body> {
+async fn gemini(State(shared): State<Arc<Shared>>, request: Request<Body>) -> Response<Body> {
     let last = request.uri().path().rsplit('/').next().unwrap_or_default();
     let (model, route) = match last.rsplit_once(':') {
         Some((model, "generateContent")) => (model.to_owned(), Some(Route::GeminiGenerate)),

@@ -1,41 +1,16 @@
-//! The tower-llm tour: the README's first command.
-//!
-//! ```text
-//! cargo run --release --example tour
-//! ```
-//!
-//! Starts the testkit's mock LLM API in-process (no key, no network) and plays seven
-//! scenarios, each without and with the layer that addresses it, then all the layers together
-//! (the stack `docs/composing.md` explains), over real HTTP on loopback
-//! through the real OpenAI provider service ([`OpenAi`] pointed at the mock with a dummy key).
-//! Every number in the final table is measured while it runs: upstream calls are what the mock
-//! counted, latencies are timed around each call.
-//!
-//! Latencies are scaled down about 50 times (a typical 1 s answer takes 20 ms) so that the tour
-//! takes seconds. The quota scenario cannot be scaled that way: the mock, like the providers,
-//! counts its quota over a sliding 60 s window. It runs instead on tokio's paused clock (the
-//! mock's latencies and quota window, and the limiter, all follow tokio time), so three minutes
-//! of quota pass in a fraction of a second, over the same real sockets.
-//!
-//! Each scenario is a small function that builds its stacks with `ServiceBuilder` the way a
-//! program would; read them top to bottom.
+//! The scenarios: each builds its stacks with `ServiceBuilder` the way a program would, runs
+//! them without and with the layer it is about, and adds its rows to the table.
 
-use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::task::JoinSet;
-use tokio::time::Instant;
 use tower::util::BoxCloneService;
-use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tower_llm_batch::{BatchLayer, PackAdapter};
 use tower_llm_breaker::CircuitBreakerLayer;
 use tower_llm_core::BoxError;
 use tower_llm_dedup::DedupLayer;
 use tower_llm_providers::{
-    ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, HttpClient, HttpClientConfig,
-    Message, OpenAi,
+    ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, HttpClientConfig,
 };
 use tower_llm_race::{
     Answer, FallbackLayer, GatherLayer, HedgeDelay, HedgeLayer, RaceLayer, RouteLayer, VoteLayer,
@@ -46,71 +21,21 @@ use tower_llm_testkit::{
     DEFAULT_DIMENSIONS, Fault, FaultPlan, Latency, MockServer, Quota as MockQuota, embedding_for,
 };
 
-/// The flat price the table charges per upstream call. Providers bill tokens, not calls;
-/// read the money column as "calls saved × this price".
-const PRICE_PER_CALL: f64 = 0.002;
-/// A key the mock accepts and no provider would.
-const DUMMY_KEY: &str = "sk-tour-not-a-real-key";
-const MODEL: &str = "gpt-4o-mini";
-
-const FLOOD_REQUESTS: usize = 300;
-const OUTAGE_REQUESTS: usize = 80;
-const FLAKY_REQUESTS: usize = 300;
-const BUDGET_REQUESTS: usize = 100;
-const TWO_PROVIDER_REQUESTS: usize = 100;
-const QUOTA_MINUTES: u64 = 3;
-const QUOTA_OFFERED_PER_SECOND: u64 = 3;
-const QUOTA_REQUESTS: usize = (QUOTA_MINUTES * 60 * QUOTA_OFFERED_PER_SECOND) as usize;
-const EMBEDDING_REQUESTS: usize = 24;
-const ROUTED_REQUESTS: usize = 60;
-const STACK_REQUESTS: usize = 300;
-
-const TOTAL_REQUESTS: usize = 2 * FLOOD_REQUESTS
-    + 2 * OUTAGE_REQUESTS
-    + 2 * FLAKY_REQUESTS
-    + 2 * BUDGET_REQUESTS
-    + 5 * TWO_PROVIDER_REQUESTS
-    + 2 * QUOTA_REQUESTS
-    + 2 * EMBEDDING_REQUESTS
-    + 2 * ROUTED_REQUESTS
-    + 2 * STACK_REQUESTS;
-
-fn main() -> Result<(), BoxError> {
-    let wall = std::time::Instant::now();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let mut table = Table::default();
-    println!(
-        "tower-llm tour: an in-process mock of the OpenAI API on loopback, called through the \
-         OpenAI provider with a dummy key;\n{TOTAL_REQUESTS} requests in seven scenarios, each \
-         without and with the layer for it, then the whole stack.\n"
-    );
-    let progress = Progress::start(TOTAL_REQUESTS as u64);
-
-    runtime.block_on(duplicate_flood(&progress, &mut table))?;
-    runtime.block_on(outage(&progress, &mut table))?;
-    runtime.block_on(transient_failures(&progress, &mut table))?;
-    runtime.block_on(two_providers(&progress, &mut table))?;
-    quota(&progress, &mut table)?;
-    runtime.block_on(embeddings(&progress, &mut table))?;
-    runtime.block_on(routing(&progress, &mut table))?;
-    runtime.block_on(whole_stack(&progress, &mut table))?;
-
-    progress.finish();
-    table.print();
-    println!(
-        "\nThe whole tour took {:.1} s of wall time. Latencies are about 1/50 of real ones.",
-        wall.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
-// The scenarios.
+use crate::measure::{Table, drive};
+use crate::progress::Progress;
+use crate::upstream::{Provider, SplitMix, chat, every, openai, openai_with, provider, typical};
+use crate::{
+    BUDGET_REQUESTS, EMBEDDING_REQUESTS, FLAKY_REQUESTS, FLOOD_REQUESTS, OUTAGE_REQUESTS,
+    QUOTA_MINUTES, QUOTA_OFFERED_PER_SECOND, QUOTA_REQUESTS, ROUTED_REQUESTS, STACK_REQUESTS,
+    TWO_PROVIDER_REQUESTS,
+};
 
 /// 70 % of the requests repeat one of the last 20 distinct prompts: dedup answers them from the
 /// in-flight call or its cache.
-async fn duplicate_flood(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
+pub(super) async fn duplicate_flood(
+    progress: &Progress,
+    table: &mut Table,
+) -> Result<(), BoxError> {
     progress.scenario("duplicate flood");
     let server = MockServer::start(typical("mock")).await?;
     let mut rng = SplitMix(7);
@@ -156,7 +81,7 @@ async fn duplicate_flood(progress: &Progress, table: &mut Table) -> Result<(), B
 /// The upstream fails every call with a 503 after 300 ms, then recovers 1.2 s in. Without a
 /// breaker every caller waits for its failure; with one, callers fail in microseconds once it
 /// opens, and a probe finds the recovery.
-async fn outage(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
+pub(super) async fn outage(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
     progress.scenario("outage");
     let down = FaultPlan::healthy()
         .latency(Latency::Fixed(Duration::from_millis(300)))
@@ -205,7 +130,10 @@ async fn recover(server: &MockServer, after: Duration) {
 
 /// 5 % of calls fail with a 500 or a 503; retry with backoff turns them into successes. Then,
 /// in a total outage, the retry budget keeps retries from tripling the load.
-async fn transient_failures(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
+pub(super) async fn transient_failures(
+    progress: &Progress,
+    table: &mut Table,
+) -> Result<(), BoxError> {
     progress.scenario("5% transient failures");
     let flaky = typical("mock")
         .seed(5)
@@ -265,7 +193,7 @@ async fn transient_failures(progress: &Progress, table: &mut Table) -> Result<()
 /// Two providers: one usually fast with a long tail, one steady but slower. The fast one
 /// alone, then asking both in turn, both at once, racing them and hedging the first with the
 /// second.
-async fn two_providers(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
+pub(super) async fn two_providers(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
     progress.scenario("two providers");
     let fast = MockServer::start(FaultPlan::healthy().name("fast").seed(11).latency(
         Latency::LongTail {
@@ -344,7 +272,7 @@ async fn two_providers(progress: &Progress, table: &mut Table) -> Result<(), Box
 
 /// A 60 requests / 10,000 tokens a minute quota, offered three requests a second for three
 /// minutes, on tokio's paused clock (see the module docs).
-fn quota(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
+pub(super) fn quota(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
     progress.scenario("60 RPM quota at 3x (tokio time)");
     let started = std::time::Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -397,7 +325,7 @@ fn quota(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
 }
 
 /// 24 small embedding requests: one call each, or packed into calls of up to 8 inputs.
-async fn embeddings(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
+pub(super) async fn embeddings(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
     progress.scenario("24 embeddings");
     let server = MockServer::start(typical("mock")).await?;
     let texts: Vec<String> = (0..EMBEDDING_REQUESTS)
@@ -467,7 +395,7 @@ async fn embeddings(progress: &Progress, table: &mut Table) -> Result<(), BoxErr
 
 /// Short prompts go to a small fast model; complex ones to a vote of three large models (two
 /// must agree). Compared with sending everything to the vote.
-async fn routing(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
+pub(super) async fn routing(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
     progress.scenario("routing");
     let small = MockServer::start(FaultPlan::healthy().name("small").seed(21).latency(
         Latency::LongTail {
@@ -538,7 +466,7 @@ async fn routing(progress: &Progress, table: &mut Table) -> Result<(), BoxError>
 /// fallback across two providers, each behind its own breaker, rate limiter and timeout. The
 /// primary is flaky (5 % of calls fail) and down from 0.3 s to 0.7 s; requests repeat as in the
 /// flood. Compared with calling the primary alone.
-async fn whole_stack(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
+pub(super) async fn whole_stack(progress: &Progress, table: &mut Table) -> Result<(), BoxError> {
     progress.scenario("the whole stack");
     let flaky = || typical("primary").seed(31).fault(Fault::Status(500), 0.05);
     let primary = MockServer::start(flaky()).await?;
@@ -617,333 +545,4 @@ fn guarded(server: &MockServer) -> Result<Provider, BoxError> {
         .timeout(Duration::from_millis(500))
         .service(openai(server)?);
     Ok(BoxCloneService::new(service))
-}
-
-// Providers and requests.
-
-/// The real OpenAI provider, pointed at the mock.
-fn openai(server: &MockServer) -> Result<OpenAi<HttpClient>, BoxError> {
-    Ok(OpenAi::builder()
-        .api_key(DUMMY_KEY)
-        .base_url(format!("{}/v1", server.base_url()))
-        .build()?)
-}
-
-fn openai_with(server: &MockServer, client: HttpClient) -> Result<OpenAi<HttpClient>, BoxError> {
-    Ok(OpenAi::builder()
-        .api_key(DUMMY_KEY)
-        .base_url(format!("{}/v1", server.base_url()))
-        .build_with(client)?)
-}
-
-/// Several providers behind one strategy need one type, and race, vote and route mark which
-/// one answered: box them, with the answer wrapped.
-type Provider = BoxCloneService<ChatRequest, Answer<ChatResponse>, BoxError>;
-
-fn provider(server: &MockServer) -> Result<Provider, BoxError> {
-    let service = ServiceBuilder::new()
-        .map_response(Answer::new)
-        .map_err(BoxError::from)
-        .service(openai(server)?);
-    Ok(BoxCloneService::new(service))
-}
-
-fn chat(prompt: &str) -> ChatRequest {
-    ChatRequest::new(MODEL, vec![Message::user(prompt)])
-}
-
-/// A healthy upstream whose latency looks like an LLM API's, 50 times faster: median 20 ms,
-/// 99th percentile 80 ms.
-fn typical(name: &str) -> FaultPlan {
-    FaultPlan::healthy()
-        .name(name)
-        .seed(1)
-        .latency(Latency::LongTail {
-            median: Duration::from_millis(20),
-            p99: Duration::from_millis(80),
-        })
-}
-
-fn every(millis: u64) -> Duration {
-    Duration::from_millis(millis)
-}
-
-// Measuring.
-
-/// What one run measured on the caller's side.
-#[derive(Debug, Default)]
-struct Sample {
-    latencies: Vec<Duration>,
-    ok: usize,
-}
-
-/// Sends `requests` open loop, one every `gap` (a gap of zero sends them all at once), each on
-/// its own task, and times each call from its scheduled start.
-async fn drive<S, Req>(service: S, requests: Vec<Req>, gap: Duration, progress: &Progress) -> Sample
-where
-    S: Service<Req> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Response: Send,
-    S::Error: Send,
-    Req: Send + 'static,
-{
-    let start = Instant::now();
-    let mut calls = JoinSet::new();
-    for (i, request) in requests.into_iter().enumerate() {
-        let at = start + gap * i as u32;
-        tokio::time::sleep_until(at).await;
-        let service = service.clone();
-        let progress = progress.clone();
-        calls.spawn(async move {
-            let result = service.oneshot(request).await;
-            progress.advance();
-            (at.elapsed(), result.is_ok())
-        });
-    }
-    let mut sample = Sample::default();
-    while let Some(joined) = calls.join_next().await {
-        if let Ok((latency, ok)) = joined {
-            sample.latencies.push(latency);
-            sample.ok += usize::from(ok);
-        }
-    }
-    sample.latencies.sort();
-    sample
-}
-
-/// The final table.
-#[derive(Debug, Default)]
-struct Table {
-    rows: Vec<Row>,
-    notes: Vec<String>,
-}
-
-#[derive(Debug)]
-struct Row {
-    scenario: &'static str,
-    variant: &'static str,
-    requests: usize,
-    upstream: u64,
-    p50: Duration,
-    p99: Duration,
-    success: f64,
-    rate_limited: u64,
-    baseline: Option<u64>,
-}
-
-impl Table {
-    /// Adds a row with what `servers` received since the last row, and resets their counters.
-    /// Returns the upstream calls, the baseline of the rows that follow.
-    fn row(
-        &mut self,
-        scenario: &'static str,
-        variant: &'static str,
-        sample: Sample,
-        servers: &[&MockServer],
-        baseline: Option<u64>,
-    ) -> u64 {
-        let (mut upstream, mut rate_limited) = (0, 0);
-        for server in servers {
-            let counters = server.counters();
-            server.reset_counters();
-            upstream += counters.requests;
-            rate_limited += counters.status(429);
-        }
-        self.push(scenario, variant, sample, upstream, rate_limited, baseline)
-    }
-
-    fn push(
-        &mut self,
-        scenario: &'static str,
-        variant: &'static str,
-        sample: Sample,
-        upstream: u64,
-        rate_limited: u64,
-        baseline: Option<u64>,
-    ) -> u64 {
-        let requests = sample.latencies.len();
-        self.rows.push(Row {
-            scenario,
-            variant,
-            requests,
-            upstream,
-            p50: percentile(&sample.latencies, 0.50),
-            p99: percentile(&sample.latencies, 0.99),
-            success: sample.ok as f64 / requests.max(1) as f64,
-            rate_limited,
-            baseline,
-        });
-        upstream
-    }
-
-    fn note(&mut self, note: String) {
-        self.notes.push(note);
-    }
-
-    fn print(&self) {
-        println!(
-            "\n{:<18} {:<17} {:>5} {:>9} {:>9} {:>9} {:>8} {:>5} {:>13}",
-            "scenario", "variant", "reqs", "upstream", "p50", "p99", "success", "429s", "saved"
-        );
-        println!("{}", "-".repeat(102));
-        for row in &self.rows {
-            let saved = row.baseline.map_or(String::new(), |baseline| {
-                let calls = baseline as f64 - row.upstream as f64;
-                format!(
-                    "{}${:.3}",
-                    if calls < 0.0 { "-" } else { "" },
-                    calls.abs() * PRICE_PER_CALL
-                )
-            });
-            println!(
-                "{:<18} {:<17} {:>5} {:>9} {:>9} {:>9} {:>7.1}% {:>5} {:>13}",
-                row.scenario,
-                row.variant,
-                row.requests,
-                row.upstream,
-                millis(row.p50),
-                millis(row.p99),
-                row.success * 100.0,
-                row.rate_limited,
-                saved,
-            );
-        }
-        println!(
-            "\nupstream: calls the mock received; p50/p99: time to answer (or fail) per request; \
-             429s: rate-limit refusals from the upstream;\nsaved: upstream calls avoided against \
-             the first row of the scenario, at ${PRICE_PER_CALL} per call (a stated flat \
-             price; negative: extra calls bought)."
-        );
-        for note in &self.notes {
-            println!("- {note}");
-        }
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn millis(d: Duration) -> String {
-    let ms = d.as_secs_f64() * 1e3;
-    if ms < 1.0 {
-        format!("{ms:.2} ms")
-    } else {
-        format!("{ms:.0} ms")
-    }
-}
-
-/// A small deterministic generator for the scenarios' request mixes.
-#[derive(Debug)]
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64) / ((1u64 << 53) as f64) < p
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-// The progress bar: a thread that redraws one line on stderr, so it keeps moving whatever the
-// runtimes are doing (including the paused one).
-
-#[derive(Debug, Clone)]
-struct Progress {
-    shared: Arc<ProgressState>,
-    drawer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
-}
-
-#[derive(Debug)]
-struct ProgressState {
-    done: AtomicU64,
-    total: u64,
-    scenario: Mutex<&'static str>,
-    finished: AtomicBool,
-    terminal: bool,
-    started: std::time::Instant,
-}
-
-impl Progress {
-    fn start(total: u64) -> Progress {
-        let shared = Arc::new(ProgressState {
-            done: AtomicU64::new(0),
-            total,
-            scenario: Mutex::new(""),
-            finished: AtomicBool::new(false),
-            terminal: std::io::stderr().is_terminal(),
-            started: std::time::Instant::now(),
-        });
-        let drawer = shared.terminal.then(|| {
-            let state = shared.clone();
-            std::thread::spawn(move || {
-                while !state.finished.load(Ordering::Acquire) {
-                    state.draw();
-                    std::thread::sleep(Duration::from_millis(80));
-                }
-            })
-        });
-        Progress {
-            shared,
-            drawer: Arc::new(Mutex::new(drawer)),
-        }
-    }
-
-    fn scenario(&self, name: &'static str) {
-        if let Ok(mut scenario) = self.shared.scenario.lock() {
-            *scenario = name;
-        }
-        if !self.shared.terminal {
-            eprintln!("tour: {name}...");
-        }
-    }
-
-    fn advance(&self) {
-        self.shared.done.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn finish(&self) {
-        self.shared.finished.store(true, Ordering::Release);
-        // The last line is drawn once the drawer has stopped, so the table starts below it.
-        if let Some(drawer) = self.drawer.lock().ok().and_then(|mut d| d.take()) {
-            let _ = drawer.join();
-        }
-        if self.shared.terminal {
-            self.shared.draw();
-            eprintln!();
-        }
-    }
-}
-
-impl ProgressState {
-    fn draw(&self) {
-        const WIDTH: u64 = 32;
-        let done = self.done.load(Ordering::Relaxed).min(self.total);
-        let filled = (done * WIDTH / self.total.max(1)) as usize;
-        let scenario = self.scenario.lock().map_or("", |s| *s);
-        let mut stderr = std::io::stderr().lock();
-        let _ = write!(
-            stderr,
-            "\r\x1b[2K[{}{}] {done:>4}/{} requests  {:>4.1} s  {scenario}",
-            "#".repeat(filled),
-            "-".repeat(WIDTH as usize - filled),
-            self.total,
-            self.started.elapsed().as_secs_f64(),
-        );
-        let _ = stderr.flush();
-    }
 }
