@@ -36,7 +36,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use tower::{Layer, Service};
 use tower_llm_race::hedge::{HedgeDelay, HedgeLayer};
 use tower_llm_race::route::RouteLayer;
-use tower_llm_race::{Answer, FallbackLayer, RaceLayer};
+use tower_llm_race::{Answer, FallbackLayer, MarkResponse, RaceLayer};
 
 type Response = http::Response<()>;
 
@@ -114,18 +114,29 @@ fn race(c: &mut Criterion) {
     let _entered = runtime.enter();
 
     bench_service(c, "baseline", Noop);
-    bench_service(c, "race/two", RaceLayer::new().layer(vec![Noop, Noop]));
+    bench_service(
+        c,
+        "race/two",
+        RaceLayer::new()
+            .record_winner(MarkResponse)
+            .layer(vec![Noop, Noop]),
+    );
     bench_service(
         c,
         "fallback/first_succeeds",
-        FallbackLayer::new().layer(vec![Noop, Noop]),
+        FallbackLayer::new()
+            .record_winner(MarkResponse)
+            .layer(vec![Noop, Noop]),
     );
     bench_service(
         c,
         "hedge/fixed_primary_first",
-        HedgeLayer::new(Duration::from_millis(10)).layer(vec![Noop, Noop]),
+        HedgeLayer::new(Duration::from_millis(10))
+            .record_winner(MarkResponse)
+            .layer(vec![Noop, Noop]),
     );
     let percentile = HedgeLayer::builder()
+        .record_winner(MarkResponse)
         .delay(HedgeDelay::percentile(0.9, Duration::from_millis(10)))
         .build()
         .expect("valid hedge");
@@ -144,22 +155,29 @@ fn race(c: &mut Criterion) {
         "route/weighted",
         RouteLayer::weighted_seeded(&[1, 3], 1)
             .expect("valid weights")
+            .record_winner(MarkResponse)
             .layer(vec![Noop, Noop]),
     );
     bench_service(
         c,
         "race/two/answer_wrapper",
-        RaceLayer::new().layer(vec![NoopAnswer, NoopAnswer]),
+        RaceLayer::new()
+            .record_winner(MarkResponse)
+            .layer(vec![NoopAnswer, NoopAnswer]),
     );
     bench_service(
         c,
         "fallback/first_succeeds/answer_wrapper",
-        FallbackLayer::new().layer(vec![NoopAnswer, NoopAnswer]),
+        FallbackLayer::new()
+            .record_winner(MarkResponse)
+            .layer(vec![NoopAnswer, NoopAnswer]),
     );
     bench_service(
         c,
         "hedge/fixed_primary_first/answer_wrapper",
-        HedgeLayer::new(Duration::from_millis(10)).layer(vec![NoopAnswer, NoopAnswer]),
+        HedgeLayer::new(Duration::from_millis(10))
+            .record_winner(MarkResponse)
+            .layer(vec![NoopAnswer, NoopAnswer]),
     );
 }
 

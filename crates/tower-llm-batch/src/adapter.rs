@@ -15,7 +15,7 @@
 use std::fmt;
 use std::hash::Hash;
 
-use tower_llm_core::BoxError;
+use tower_llm_core::{BoxError, KeyFn, NoKey};
 
 use crate::error::{ItemMissing, LengthMismatch};
 
@@ -98,44 +98,6 @@ impl<Req: Send + 'static, Res: Send + 'static> Unpack<Req, Vec<Res>> for VecAdap
     }
 }
 
-/// Chooses the batch key of a request for a [`PackAdapter`].
-pub trait KeyFn<Req> {
-    /// The key: requests with different keys never share a batch.
-    type Key: Eq + Hash + Clone + Send + 'static;
-    /// The key of `request`.
-    fn key(&self, request: &Req) -> Self::Key;
-}
-
-/// Every request may share a batch with every other.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AnyKey;
-
-impl<Req> KeyFn<Req> for AnyKey {
-    type Key = ();
-    fn key(&self, _request: &Req) {}
-}
-
-/// Requests share a batch only when a function gives them equal keys.
-#[derive(Clone, Copy)]
-pub struct KeyBy<F>(pub F);
-
-impl<F> fmt::Debug for KeyBy<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("KeyBy(..)")
-    }
-}
-
-impl<Req, F, K> KeyFn<Req> for KeyBy<F>
-where
-    F: Fn(&Req) -> K,
-    K: Eq + Hash + Clone + Send + 'static,
-{
-    type Key = K;
-    fn key(&self, request: &Req) -> K {
-        (self.0)(request)
-    }
-}
-
 /// An adapter built from two closures: `pack` turns the requests of a batch into one inner
 /// request, `unpack` turns the inner response into one result per request, in order.
 ///
@@ -144,8 +106,9 @@ where
 /// cannot find or parse, so one garbled answer fails only its own caller. Name the inner
 /// response's type in `unpack`'s signature.
 ///
-/// By default every request may share a batch; [`key_by`](Self::key_by) keeps apart the
-/// requests that must not (other model, other tenant).
+/// By default every request may share a batch ([`NoKey`]); [`key_by`](Self::key_by) keeps
+/// apart the requests that must not (other model, other tenant) with core's
+/// [`KeyFn`], any `Fn(&Req) -> K`.
 ///
 /// ```
 /// use std::time::Duration;
@@ -187,13 +150,13 @@ where
 /// # }
 /// ```
 #[derive(Clone)]
-pub struct PackAdapter<P, U, K = AnyKey> {
+pub struct PackAdapter<P, U, K = NoKey> {
     pack: P,
     unpack: U,
     key: K,
 }
 
-impl<P, U> PackAdapter<P, U, AnyKey> {
+impl<P, U> PackAdapter<P, U, NoKey> {
     /// An adapter from `pack: Fn(Vec<Req>) -> Batch` and
     /// `unpack: Fn(BatchRes, usize) -> Vec<Result<Res, E>>`, where the `usize` is the number
     /// of requests that were packed and `E: Into<BoxError>`.
@@ -201,27 +164,26 @@ impl<P, U> PackAdapter<P, U, AnyKey> {
         PackAdapter {
             pack,
             unpack,
-            key: AnyKey,
+            key: NoKey,
         }
     }
 }
 
 impl<P, U, K> PackAdapter<P, U, K> {
-    /// Only requests with equal `key(&request)` share a batch.
-    pub fn key_by<F>(self, key: F) -> PackAdapter<P, U, KeyBy<F>> {
+    /// Only requests with equal `key.key(&request)` share a batch; `key` is a core
+    /// [`KeyFn`], such as a closure `|request: &Req| request.model.clone()`.
+    pub fn key_by<F>(self, key: F) -> PackAdapter<P, U, F> {
         PackAdapter {
             pack: self.pack,
             unpack: self.unpack,
-            key: KeyBy(key),
+            key,
         }
     }
 }
 
-impl<P, U, K: fmt::Debug> fmt::Debug for PackAdapter<P, U, K> {
+impl<P, U, K> fmt::Debug for PackAdapter<P, U, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PackAdapter")
-            .field("key", &self.key)
-            .finish_non_exhaustive()
+        f.debug_struct("PackAdapter").finish_non_exhaustive()
     }
 }
 

@@ -153,6 +153,11 @@ pub struct LengthMismatch {
 }
 
 impl LengthMismatch {
+    /// A batch of `sent` requests answered with `received` results.
+    pub const fn new(sent: usize, received: usize) -> Self {
+        LengthMismatch { sent, received }
+    }
+
     /// Requests in the batch.
     pub const fn sent(&self) -> usize {
         self.sent

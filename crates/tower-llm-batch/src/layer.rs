@@ -1,8 +1,9 @@
 //! [`BatchLayer`] and its builder.
 
+use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use tower_layer::Layer;
@@ -12,7 +13,12 @@ use tower_service::Service;
 use crate::adapter::{Pack, PackAdapter, Unpack, VecAdapter};
 use crate::embeddings::EmbeddingsAdapter;
 use crate::error::ConfigError;
-use crate::service::Batch;
+use crate::service::{Batch, Shared};
+use crate::stats::{BatchHandle, Counters};
+
+/// What each caller receives from a batcher over `S`.
+type ResponseOf<Req, A, S> =
+    <A as Unpack<Req, <S as Service<<A as Pack<Req>>::Batch>>::Response>>::Response;
 
 pub(crate) type Weigher<Req> = Arc<dyn Fn(&Req) -> u64 + Send + Sync>;
 
@@ -31,21 +37,47 @@ const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(10);
 const DEFAULT_MAX_IN_FLIGHT: usize = 4;
 const MAX_CAPACITY: usize = usize::MAX >> 3;
 
+/// What one layer value owns, shared by its clones: the counters its handle reads and the
+/// batchers its services feed.
+#[derive(Default)]
+struct LayerState {
+    counters: Arc<Counters>,
+    /// The running batchers, one per inner response type (almost always exactly one). Weak:
+    /// a batcher ends when the last service feeding it is dropped, as with `Buffer`, even
+    /// while the layer value lives on.
+    batchers: Mutex<Vec<Weak<dyn Any + Send + Sync>>>,
+}
+
 /// Applies [`Batch`] to a service: requests are collected into batches and each batch is one
 /// call to the inner service.
 ///
 /// Built with [`BatchLayer::builder`] (or the shortcuts [`embeddings`](Self::embeddings) and
-/// [`packed`](Self::packed)). Every service the layer makes spawns its own batching task with
-/// its own counters; clones of that service share them.
+/// [`packed`](Self::packed)).
+///
+/// # One layer value, one batcher
+///
+/// Every service made by one layer value (and by its clones) feeds the same batching task and
+/// the same counters, whichever stack it lands in: requests from a whole-answer route and a
+/// streaming route built with one `BatchLayer` share batches, `max_in_flight` and `capacity`.
+/// The batching task owns one inner service, so the **first** service handed to
+/// [`layer`](Layer::layer) drives it; an inner service handed to `layer` while that task runs
+/// is dropped unused (a clone of the same client is the usual case, where that is what you
+/// want). For a batcher of its own, over its own inner service, build another layer value.
+///
+/// Two exceptions start a new task with the inner service given: the previous task has ended
+/// (every service feeding it was dropped, or its inner service failed `poll_ready`), or the
+/// inner service answers a different type, whose answers could not be split among the first
+/// task's callers. All of a layer value's tasks count into the one [`handle`](Self::handle).
 ///
 /// # Panics
 ///
 /// [`layer`](Layer::layer) panics outside a tokio runtime, or in one without the time driver,
-/// like `tokio::spawn` and `tokio::time::sleep`.
+/// like `tokio::spawn` and `tokio::time::sleep`, when it has to start a batching task.
 pub struct BatchLayer<Req, A = VecAdapter> {
     limits: Limits,
     weigher: Option<Weigher<Req>>,
     adapter: Arc<A>,
+    state: Arc<LayerState>,
 }
 
 impl<Req, A> Clone for BatchLayer<Req, A> {
@@ -54,6 +86,7 @@ impl<Req, A> Clone for BatchLayer<Req, A> {
             limits: self.limits,
             weigher: self.weigher.clone(),
             adapter: Arc::clone(&self.adapter),
+            state: Arc::clone(&self.state),
         }
     }
 }
@@ -109,6 +142,13 @@ impl<Req, A> BatchLayer<Req, A> {
     pub fn adapter(&self) -> &A {
         &self.adapter
     }
+
+    /// The handle on this layer value's batcher: its [`stats`](BatchHandle::stats) cover every
+    /// service the layer (or a clone of it) makes. Works before the stack is built and after it
+    /// is boxed.
+    pub fn handle(&self) -> BatchHandle {
+        BatchHandle::new(Arc::clone(&self.state.counters))
+    }
 }
 
 impl<S, Req, A> Layer<S> for BatchLayer<Req, A>
@@ -123,19 +163,43 @@ where
     S::Error: Into<BoxError>,
     Req: 'static,
 {
-    type Service = Batch<
-        Req,
-        A,
-        <A as Unpack<Req, <S as Service<<A as Pack<Req>>::Batch>>::Response>>::Response,
-    >;
+    type Service = Batch<Req, A, ResponseOf<Req, A, S>>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Batch::spawn(
+        let mut batchers = self
+            .state
+            .batchers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let running = batchers.iter().find_map(|batcher| {
+            let shared = batcher
+                .upgrade()?
+                .downcast::<Shared<Req, A, ResponseOf<Req, A, S>>>()
+                .ok()?;
+            let batch = Batch::from_shared(shared);
+            (!batch.is_closed()).then_some(batch)
+        });
+        if let Some(batch) = running {
+            drop(batchers);
+            // `inner` is dropped here, outside the lock: the running task keeps its own.
+            return batch;
+        }
+        let batch = Batch::spawn(
             inner,
             Arc::clone(&self.adapter),
             self.weigher.clone(),
             self.limits,
-        )
+            Arc::clone(&self.state.counters),
+        );
+        // The entry this one replaces (ended or closed) goes, as do other ended ones.
+        batchers.retain(|batcher| {
+            batcher
+                .upgrade()
+                .is_some_and(|b| !b.is::<Shared<Req, A, ResponseOf<Req, A, S>>>())
+        });
+        let shared: Arc<dyn Any + Send + Sync> = Arc::clone(batch.shared()) as _;
+        batchers.push(Arc::downgrade(&shared));
+        batch
     }
 }
 
@@ -285,6 +349,7 @@ impl<Req, A> BatchBuilder<Req, A> {
             },
             weigher,
             adapter: Arc::new(self.adapter),
+            state: Arc::new(LayerState::default()),
         })
     }
 }

@@ -22,14 +22,16 @@
 //!
 //! # Behaviour
 //!
-//! - **A batching task.** Making the service spawns a task on the current tokio runtime (so
-//!   build it inside one, with the time driver enabled; outside, making it panics like
-//!   `tokio::spawn`), as
-//!   `tower::buffer::Buffer` does. The task is what sends a batch when `max_wait` runs out
-//!   while every caller is just waiting, and it owns the inner service, so batches are sent
-//!   in order and `poll_ready` is called on it only when a batch is ready to go. Clones of
-//!   the service feed the same task; when the last clone is dropped, the task sends what is
-//!   queued, waits for the batches in flight and ends.
+//! - **A batching task per layer value.** The first service a [`BatchLayer`] value makes
+//!   spawns a task on the current tokio runtime (so build it inside one, with the time driver
+//!   enabled; outside, making it panics like `tokio::spawn`), as `tower::buffer::Buffer`
+//!   does. The task is what sends a batch when `max_wait` runs out while every caller is just
+//!   waiting, and it owns the inner service, so batches are sent in order and `poll_ready` is
+//!   called on it only when a batch is ready to go. Clones of the service, and every other
+//!   service made by the same layer value (in another stack too), feed the same task: the
+//!   first inner service drives it and later ones are dropped unused (see [`BatchLayer`]).
+//!   Another layer value is another batcher. When the last service feeding it is dropped,
+//!   the task sends what is queued, waits for the batches in flight and ends.
 //! - **Results in order, never crossed.** Each request carries its own reply channel, and the
 //!   adapter splits the response by position (`VecAdapter`, `PackAdapter`) or index
 //!   (`EmbeddingsAdapter`). A `VecAdapter` response of the wrong length fails the whole batch
@@ -50,7 +52,10 @@
 //!   [`RateLimited`](tower_llm_core::RateLimited) error.
 //! - **Cancellation.** Dropping a response future frees its place at once. If its batch has
 //!   not been sent yet, its request is left out of it (a batch whose callers all left is not
-//!   sent at all). Once sent, a batch runs to the end; a caller that left misses its answer.
+//!   sent at all). A sent batch runs on while at least one of its callers waits (the others
+//!   miss their answers); once every caller has gone, the inner call is dropped, which
+//!   cancels it, and its `max_in_flight` slot goes to the next batch
+//!   ([`Stats::abandoned_batches`]).
 //! - **Weight.** With [`BatchBuilder::max_weight`] (or [`BatchBuilder::max_estimated_tokens`]
 //!   for requests with a core [`RequestCost`](tower_llm_core::RequestCost)), a request that
 //!   would take a batch past the limit seals the batch and starts the next one; a request
@@ -58,9 +63,10 @@
 //!
 //! # Stats and metrics
 //!
-//! [`Batch::stats`] returns a snapshot of counters shared by all clones ([`Stats`]);
-//! [`Batch::stats_handle`] keeps reading them after the service is wrapped in other layers. With a
-//! [`metrics`] recorder installed, the batcher also reports:
+//! [`BatchLayer::handle`] returns a [`BatchHandle`] whose [`stats`](BatchHandle::stats) is a
+//! snapshot ([`Stats`]) of the counters of every service the layer value made; take it before
+//! building the stack, it keeps working after the stack is boxed. [`Batch::stats`] reads the
+//! same counters. With a [`metrics`] recorder installed, the batcher also reports:
 //!
 //! | name | kind | meaning |
 //! |---|---|---|
@@ -71,6 +77,7 @@
 //! | `tower_llm_batch_rejected_total` | counter | requests refused before queueing |
 //! | `tower_llm_batch_cancelled_total` | counter | requests left out because their caller left |
 //! | `tower_llm_batch_failed_batches_total` | counter | batches the inner service failed |
+//! | `tower_llm_batch_abandoned_batches_total` | counter | sent batches cancelled because all their callers left |
 //! | `tower_llm_batch_in_flight_batches` | gauge | batches sent and unanswered |
 //! | `tower_llm_batch_waiting_requests` | gauge | requests queued, not yet sent |
 //!
@@ -87,14 +94,12 @@
 //! let upstream = service_fn(|prompts: Vec<String>| async move {
 //!     Ok::<_, BoxError>(prompts.into_iter().map(|p| p.len()).collect::<Vec<_>>())
 //! });
-//! let service = ServiceBuilder::new()
-//!     .layer(
-//!         BatchLayer::builder()
-//!             .max_items(8)
-//!             .max_wait(Duration::from_millis(5))
-//!             .build()?,
-//!     )
-//!     .service(upstream);
+//! let batch = BatchLayer::builder()
+//!     .max_items(8)
+//!     .max_wait(Duration::from_millis(5))
+//!     .build()?;
+//! let handle = batch.handle();
+//! let service = ServiceBuilder::new().layer(batch).service(upstream);
 //!
 //! let calls = ["one", "three", "seven"].map(|prompt| {
 //!     let mut service = service.clone();
@@ -102,7 +107,7 @@
 //! });
 //! let lengths = futures_util::future::try_join_all(calls).await?;
 //! assert_eq!(lengths, [3, 5, 5]);
-//! assert_eq!(service.stats().batches, 1);
+//! assert_eq!(handle.stats().batches, 1);
 //! # Ok(())
 //! # }
 //! ```
@@ -118,10 +123,10 @@ mod service;
 mod stats;
 mod worker;
 
-pub use adapter::{AnyKey, KeyBy, KeyFn, Pack, PackAdapter, Unpack, VecAdapter};
+pub use adapter::{Pack, PackAdapter, Unpack, VecAdapter};
 pub use embeddings::{EmbeddingsAdapter, EmbeddingsItem, EmbeddingsKey, EmbeddingsSplit};
 pub use error::{BatchClosed, BatchFailed, ConfigError, ItemMissing, LengthMismatch};
 pub use future::ResponseFuture;
 pub use layer::{BatchBuilder, BatchLayer};
 pub use service::Batch;
-pub use stats::{FlushReason, Stats, StatsHandle};
+pub use stats::{BatchHandle, FlushReason, Stats};

@@ -15,13 +15,13 @@ use crate::adapter::{Pack, Unpack};
 use crate::error::BatchClosed;
 use crate::future::ResponseFuture;
 use crate::layer::{Limits, Weigher};
-use crate::stats::{Counters, Stats, StatsHandle};
+use crate::stats::{BatchHandle, Counters, Stats};
 use crate::worker::{Message, Worker, WorkerParts};
 
 type Acquire =
     Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send + Sync>>;
 
-struct Shared<Req, A: Pack<Req>, Res> {
+pub(crate) struct Shared<Req, A: Pack<Req>, Res> {
     queue: mpsc::UnboundedSender<Message<A::Key, A::Item, Res>>,
     semaphore: Arc<Semaphore>,
     adapter: Arc<A>,
@@ -34,9 +34,10 @@ struct Shared<Req, A: Pack<Req>, Res> {
 /// caller gets its own result (see the [crate docs](crate)).
 ///
 /// Made by [`BatchLayer`](crate::BatchLayer). The inner service lives in a batching task
-/// spawned when the service is made; clones are handles that feed that same task, and the task
-/// ends (after sending what is queued) when the last handle is dropped. Because the task owns
-/// the inner service, there is no `get_ref`/`into_inner`.
+/// spawned when the layer makes its first service; clones, and every later service the same
+/// layer value makes, are handles that feed that same task, and the task ends (after sending
+/// what is queued) when the last handle is dropped. Because the task owns the inner service,
+/// there is no `get_ref`/`into_inner`.
 ///
 /// `poll_ready` waits for room among the `capacity` admitted requests; that is the
 /// backpressure. It never fails: requests the batcher cannot take (invalid for the adapter, the
@@ -63,6 +64,7 @@ where
         adapter: Arc<A>,
         weigher: Option<Weigher<Req>>,
         limits: Limits,
+        counters: Arc<Counters>,
     ) -> Self
     where
         A: Unpack<Req, <S as Service<<A as Pack<Req>>::Batch>>::Response, Response = Res>,
@@ -72,7 +74,6 @@ where
     {
         let (queue, receiver) = mpsc::unbounded_channel();
         let semaphore = Arc::new(Semaphore::new(limits.capacity));
-        let counters = Arc::new(Counters::default());
         let failure = Arc::new(OnceLock::new());
         let worker = Worker::new(
             inner,
@@ -86,36 +87,50 @@ where
             },
         );
         tokio::spawn(worker.run());
-        Batch {
-            shared: Arc::new(Shared {
-                queue,
-                semaphore,
-                adapter,
-                weigher,
-                counters,
-                failure,
-            }),
-            permit: None,
-            acquire: None,
-        }
+        Batch::from_shared(Arc::new(Shared {
+            queue,
+            semaphore,
+            adapter,
+            weigher,
+            counters,
+            failure,
+        }))
     }
 }
 
 impl<Req, A: Pack<Req>, Res> Batch<Req, A, Res> {
-    /// A snapshot of this batcher's counters, shared by every clone.
+    /// Another handle on a running batcher.
+    pub(crate) fn from_shared(shared: Arc<Shared<Req, A, Res>>) -> Self {
+        Batch {
+            shared,
+            permit: None,
+            acquire: None,
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared<Req, A, Res>> {
+        &self.shared
+    }
+
+    /// A snapshot of the counters of the layer value that made this service, the same as
+    /// [`BatchLayer::handle`](crate::BatchLayer::handle)`().stats()`.
     pub fn stats(&self) -> Stats {
         self.shared.counters.snapshot()
     }
 
-    /// A handle that reads this batcher's counters later, e.g. once the service has been
-    /// wrapped in other layers: take it from `layer.layer(inner)` before wrapping.
-    pub fn stats_handle(&self) -> StatsHandle {
-        StatsHandle::new(Arc::clone(&self.shared.counters))
+    /// The handle of the layer value that made this service (see [`BatchHandle`]).
+    pub fn handle(&self) -> BatchHandle {
+        BatchHandle::new(Arc::clone(&self.shared.counters))
     }
 
     /// The adapter.
     pub fn adapter(&self) -> &A {
         &self.shared.adapter
+    }
+
+    /// Whether the batching task has stopped taking requests (its inner service failed).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.queue.is_closed()
     }
 
     fn closed(&self) -> BoxError {
@@ -131,11 +146,7 @@ impl<Req, A: Pack<Req>, Res> Batch<Req, A, Res> {
 
 impl<Req, A: Pack<Req>, Res> Clone for Batch<Req, A, Res> {
     fn clone(&self) -> Self {
-        Batch {
-            shared: Arc::clone(&self.shared),
-            permit: None,
-            acquire: None,
-        }
+        Batch::from_shared(Arc::clone(&self.shared))
     }
 }
 

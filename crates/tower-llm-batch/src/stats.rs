@@ -1,11 +1,15 @@
-//! Counters of what a batcher did, shared by every clone of one batching service.
+//! Counters of what a batcher did, shared by every service one [`BatchLayer`] value makes,
+//! and the [`BatchHandle`] that reads them.
+//!
+//! [`BatchLayer`]: crate::BatchLayer
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Why a batch was sent when it was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum FlushReason {
     /// It reached `max_items`.
     Full,
@@ -41,9 +45,10 @@ pub(crate) struct Counters {
     pub(crate) flushed_wait: AtomicU64,
     pub(crate) flushed_shutdown: AtomicU64,
     pub(crate) failed_batches: AtomicU64,
-    pub(crate) in_flight: AtomicU64,
-    pub(crate) waiting: AtomicU64,
-    pub(crate) max_batch: AtomicU64,
+    pub(crate) abandoned_batches: AtomicU64,
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) waiting: AtomicUsize,
+    pub(crate) max_batch: AtomicUsize,
     pub(crate) wait_nanos: AtomicU64,
 }
 
@@ -52,8 +57,12 @@ impl Counters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub(crate) fn sub(counter: &AtomicU64, n: u64) {
-        counter.fetch_sub(n, Ordering::Relaxed);
+    pub(crate) fn raise(gauge: &AtomicUsize, n: usize) {
+        gauge.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn lower(gauge: &AtomicUsize, n: usize) {
+        gauge.fetch_sub(n, Ordering::Relaxed);
     }
 
     pub(crate) fn flushed(&self, reason: FlushReason) {
@@ -68,6 +77,7 @@ impl Counters {
 
     pub(crate) fn snapshot(&self) -> Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let now = |c: &AtomicUsize| c.load(Ordering::Relaxed);
         Stats {
             requests: get(&self.requests),
             rejected: get(&self.rejected),
@@ -79,34 +89,40 @@ impl Counters {
             flushed_wait: get(&self.flushed_wait),
             flushed_shutdown: get(&self.flushed_shutdown),
             failed_batches: get(&self.failed_batches),
-            in_flight_batches: get(&self.in_flight),
-            waiting: get(&self.waiting),
-            largest_batch: get(&self.max_batch),
+            abandoned_batches: get(&self.abandoned_batches),
+            in_flight_batches: now(&self.in_flight),
+            waiting: now(&self.waiting),
+            largest_batch: now(&self.max_batch),
             total_wait: Duration::from_nanos(get(&self.wait_nanos)),
         }
     }
 }
 
-/// A handle on one batcher's counters that outlives the service handle it came from, for
-/// reading stats after the service has been wrapped in other layers
-/// ([`Batch::stats_handle`](crate::Batch::stats_handle)).
+/// A handle on one [`BatchLayer`](crate::BatchLayer) value's batcher, from
+/// [`BatchLayer::handle`](crate::BatchLayer::handle) or [`Batch::handle`](crate::Batch::handle).
+///
+/// Take it from the layer before building the stack: it keeps reading the same counters after
+/// the service has been wrapped in other layers, boxed or moved into other tasks, and it sees
+/// every service the layer value made. Clones are the same handle.
 #[derive(Clone, Debug)]
-pub struct StatsHandle {
+pub struct BatchHandle {
     counters: Arc<Counters>,
 }
 
-impl StatsHandle {
+impl BatchHandle {
     pub(crate) fn new(counters: Arc<Counters>) -> Self {
-        StatsHandle { counters }
+        BatchHandle { counters }
     }
 
     /// The counters now.
-    pub fn snapshot(&self) -> Stats {
+    pub fn stats(&self) -> Stats {
         self.counters.snapshot()
     }
 }
 
-/// A snapshot of a batcher's counters (see [`Batch::stats`](crate::Batch::stats)).
+/// A snapshot of a batcher's counters (see [`BatchHandle::stats`]). Totals are `u64`; the
+/// values that say how much is held right now (batches in flight, requests waiting, the
+/// largest batch) are `usize`, like the limits they are measured against.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -133,12 +149,15 @@ pub struct Stats {
     /// Batches the inner service failed (its `call` returned an error) or that panicked in the
     /// inner service or the adapter.
     pub failed_batches: u64,
+    /// Batches cancelled after they were sent because every one of their callers had gone
+    /// (dropped its response future): the inner call was dropped and its in-flight slot freed.
+    pub abandoned_batches: u64,
     /// Batches sent and not yet answered.
-    pub in_flight_batches: u64,
+    pub in_flight_batches: usize,
     /// Requests queued and not yet sent.
-    pub waiting: u64,
+    pub waiting: usize,
     /// The largest batch sent.
-    pub largest_batch: u64,
+    pub largest_batch: usize,
     /// Time the sent requests spent waiting for their batch to be sent, summed.
     pub total_wait: Duration,
 }

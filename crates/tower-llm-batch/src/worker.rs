@@ -3,7 +3,7 @@
 //! One task per batcher owns the inner service, like `tower::buffer`'s worker. Callers talk to
 //! it through a channel; each request carries a oneshot sender for its own result. A caller
 //! that goes away closes that sender, which is how the task knows to leave its request out of a
-//! batch that has not been sent yet.
+//! batch that has not been sent yet, and to cancel a sent batch once all its callers are gone.
 
 use std::any::Any;
 use std::collections::hash_map::Entry as MapEntry;
@@ -99,11 +99,11 @@ fn prune<I, Res>(entries: &mut Vec<Entry<I, Res>>, weight: &mut u64, counters: &
         }
         !gone
     });
-    let cancelled = (before - entries.len()) as u64;
+    let cancelled = before - entries.len();
     if cancelled > 0 {
-        Counters::add(&counters.cancelled, cancelled);
-        Counters::sub(&counters.waiting, cancelled);
-        metrics::counter!("tower_llm_batch_cancelled_total").increment(cancelled);
+        Counters::add(&counters.cancelled, cancelled as u64);
+        Counters::lower(&counters.waiting, cancelled);
+        metrics::counter!("tower_llm_batch_cancelled_total").increment(cancelled as u64);
         metrics::gauge!("tower_llm_batch_waiting_requests").decrement(cancelled as f64);
     }
 }
@@ -145,15 +145,29 @@ pin_project! {
 
 type PanicPayload = Box<dyn Any + Send>;
 
+/// How a batch in flight ended.
+enum Landed<T, Split, Res> {
+    /// The inner future finished (or panicked); its callers are owed their results.
+    Answered(Result<T, PanicPayload>, Option<Split>, Vec<Reply<Res>>),
+    /// Every caller went away first: the inner future was dropped unfinished.
+    Abandoned,
+}
+
 impl<F: Future, Split, Res> Future for InFlight<F, Split, Res> {
-    type Output = (
-        Result<F::Output, PanicPayload>,
-        Option<Split>,
-        Vec<Reply<Res>>,
-    );
+    type Output = Landed<F::Output, Split, Res>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        // Nobody is left to answer: the call is cancelled (dropped with this future) so that
+        // its in-flight slot goes to a batch someone is waiting for. `all` stops at the first
+        // caller still there, whose sender then wakes this task when that caller leaves.
+        if this
+            .replies
+            .iter_mut()
+            .all(|reply| reply.poll_closed(cx).is_ready())
+        {
+            return Poll::Ready(Landed::Abandoned);
+        }
         let mut future = this.future;
         // A panic here would unwind the batching task and with it every other batch and
         // queued request; it fails only this batch instead. The future is dropped after it.
@@ -163,7 +177,11 @@ impl<F: Future, Split, Res> Future for InFlight<F, Split, Res> {
                 Err(panic) => Poll::Ready(Err(panic)),
             }
         );
-        Poll::Ready((output, this.split.take(), std::mem::take(this.replies)))
+        Poll::Ready(Landed::Answered(
+            output,
+            this.split.take(),
+            std::mem::take(this.replies),
+        ))
     }
 }
 
@@ -289,7 +307,7 @@ where
             reply,
             enqueued,
         } = message;
-        Counters::add(&self.counters.waiting, 1);
+        Counters::raise(&self.counters.waiting, 1);
         metrics::gauge!("tower_llm_batch_waiting_requests").increment(1.0);
         let entry = Entry {
             item,
@@ -416,12 +434,11 @@ where
             launched = true;
 
             let counters = &self.counters;
-            let size = size as u64;
             counters.flushed(batch.reason);
             Counters::add(&counters.batches, 1);
-            Counters::add(&counters.items_sent, size);
+            Counters::add(&counters.items_sent, size as u64);
             Counters::add(&counters.wait_nanos, waited);
-            Counters::sub(&counters.waiting, size);
+            Counters::lower(&counters.waiting, size);
             counters
                 .max_batch
                 .fetch_max(size, std::sync::atomic::Ordering::Relaxed);
@@ -429,7 +446,7 @@ where
             metrics::gauge!("tower_llm_batch_waiting_requests").decrement(size as f64);
             match called {
                 Ok((future, split)) => {
-                    Counters::add(&counters.in_flight, 1);
+                    Counters::raise(&counters.in_flight, 1);
                     metrics::gauge!("tower_llm_batch_in_flight_batches").increment(1.0);
                     self.in_flight.push(InFlight {
                         future,
@@ -444,9 +461,16 @@ where
     }
 
     fn deliver(&mut self, done: <InFlight<S::Future, A::Split, Res> as Future>::Output) {
-        let (result, split, replies) = done;
-        Counters::sub(&self.counters.in_flight, 1);
+        Counters::lower(&self.counters.in_flight, 1);
         metrics::gauge!("tower_llm_batch_in_flight_batches").decrement(1.0);
+        let (result, split, replies) = match done {
+            Landed::Answered(result, split, replies) => (result, split, replies),
+            Landed::Abandoned => {
+                Counters::add(&self.counters.abandoned_batches, 1);
+                metrics::counter!("tower_llm_batch_abandoned_batches_total").increment(1);
+                return;
+            }
+        };
         let result = match result {
             Ok(result) => result,
             Err(panic) => {
@@ -507,8 +531,8 @@ where
         for sealed in self.sealed.drain(..) {
             replies.extend(sealed.entries.into_iter().map(|e| e.reply));
         }
-        let dropped = replies.len() as u64;
-        Counters::sub(&self.counters.waiting, dropped);
+        let dropped = replies.len();
+        Counters::lower(&self.counters.waiting, dropped);
         metrics::gauge!("tower_llm_batch_waiting_requests").decrement(dropped as f64);
         while let Ok(message) = self.queue.try_recv() {
             replies.push(message.reply);

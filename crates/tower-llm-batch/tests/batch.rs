@@ -58,7 +58,7 @@ async fn full_batches_go_at_once_and_each_caller_gets_its_own_result() {
         .build()
         .expect("valid");
     let service = layer.layer(inner);
-    let handle = service.stats_handle();
+    let handle = layer.handle();
     let start = Instant::now();
     let results = join_all((0..24).map(|x| call(service.clone(), x))).await;
     for (x, result) in results.into_iter().enumerate() {
@@ -77,7 +77,7 @@ async fn full_batches_go_at_once_and_each_caller_gets_its_own_result() {
     assert_eq!(stats.in_flight_batches, 0);
     assert_eq!(stats.waiting, 0);
     drop(service);
-    assert_eq!(handle.snapshot(), stats);
+    assert_eq!(handle.stats(), stats);
 }
 
 #[tokio::test(start_paused = true)]

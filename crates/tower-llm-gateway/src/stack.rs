@@ -30,7 +30,7 @@ use tower_llm_providers::{
     Anthropic, ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Gemini,
     HttpClient, HttpClientConfig, OpenAi, Streaming,
 };
-use tower_llm_race::{Answered, FallbackLayer, HedgeLayer, RaceLayer, RecordAnswer};
+use tower_llm_race::{Answered, FallbackLayer, HedgeLayer, MarkResponse, RaceLayer, RecordAnswer};
 use tower_llm_ratelimit::{Quota, RateLimitHeaders, RateLimitLayer};
 use tower_llm_retry::{Backoff, RetryLayer, StatsOnly};
 use tower_llm_testkit::{FaultPlan, Latency, MockServer};
@@ -437,12 +437,14 @@ where
     Ok(match stack.strategy {
         StrategyKind::Fallback => BoxCloneSyncService::new(
             ServiceBuilder::new()
-                .layer(FallbackLayer::new())
+                .layer(FallbackLayer::new().record_winner(MarkResponse))
                 .service(legs),
         ),
-        StrategyKind::Race => {
-            BoxCloneSyncService::new(ServiceBuilder::new().layer(RaceLayer::new()).service(legs))
-        }
+        StrategyKind::Race => BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .layer(RaceLayer::new().record_winner(MarkResponse))
+                .service(legs),
+        ),
         StrategyKind::Hedge => {
             let delay = stack.hedge_delay.ok_or_else(|| {
                 ConfigError::new(
@@ -453,7 +455,7 @@ where
             })?;
             BoxCloneSyncService::new(
                 ServiceBuilder::new()
-                    .layer(HedgeLayer::new(delay))
+                    .layer(HedgeLayer::new(delay).record_winner(MarkResponse))
                     .service(legs),
             )
         }

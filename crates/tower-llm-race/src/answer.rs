@@ -1,14 +1,18 @@
-//! Which service answered, carried on the response.
+//! Which service answered, carried on the response when asked for.
 //!
-//! Every strategy that returns one service's response marks it with an [`Answered`]: the
-//! index of the service in the list the strategy was built from, and how many calls the
-//! strategy started for this request. The mark goes where the response type can keep it,
-//! through the [`RecordAnswer`] trait:
+//! Every strategy that returns one service's response knows an [`Answered`]: the index of the
+//! service in the list the strategy was built from, and how many calls the strategy started
+//! for this request. What happens to it is the strategy's `W` type parameter, a
+//! [`RecordWinner`], set with the layer's `record_winner` method:
 //!
-//! - an `http::Response<B>` keeps it as a response extension
-//!   (`response.extensions().get::<Answered>()`), so an HTTP stack keeps its types;
-//! - any other response is wrapped in [`Answer<T>`] by the provider service
-//!   (`service.map_response(Answer::new)`), which keeps the mark beside the response.
+//! - [`NoRecord`] (the default): nothing, so a strategy takes any response type, a plain
+//!   `String` or a typed provider answer, with no trait to implement;
+//! - [`MarkResponse`]: on the response itself, through the [`RecordAnswer`] trait: an
+//!   `http::Response<B>` keeps it as a response extension
+//!   (`response.extensions().get::<Answered>()`); any other response is wrapped in
+//!   [`Answer<T>`] by the provider service (`service.map_response(Answer::new)`), which keeps
+//!   the mark beside the response;
+//! - any `Fn(&mut Res, Answered)`, to put it where your own type keeps it.
 //!
 //! When strategies nest (a route whose second service is a vote), the outermost strategy
 //! writes last, so the mark names the service in its own list.
@@ -19,16 +23,65 @@ use tower_llm_core::{ClassifyResponse, Outcome};
 
 /// Which service of a strategy answered, and after how many calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Answered {
     /// The index of the answering service in the strategy's list.
     pub service: usize,
     /// How many calls the strategy started for this request, the answering one included
     /// (a race starts one per service, a fallback one per service tried, a hedge one per
     /// attempt it sent).
-    pub attempts: u32,
+    pub attempts: usize,
 }
 
-/// A response that can carry an [`Answered`] mark.
+impl Answered {
+    /// Service `service` answered after `attempts` calls were started.
+    pub const fn new(service: usize, attempts: usize) -> Self {
+        Answered { service, attempts }
+    }
+}
+
+/// What a strategy does with the [`Answered`] mark of the response it returns: the `W` type
+/// parameter of every strategy that returns one service's response, set with the layer's
+/// `record_winner` method.
+///
+/// Implemented by [`NoRecord`] (the default: nothing), [`MarkResponse`] (on a response that
+/// implements [`RecordAnswer`]) and any `Fn(&mut Res, Answered)`.
+pub trait RecordWinner<Res> {
+    /// Records that `response` came from the service `answered` names.
+    fn record_winner(&self, response: &mut Res, answered: Answered);
+}
+
+/// Records nothing: the default, which puts no bound on the response type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoRecord;
+
+impl<Res> RecordWinner<Res> for NoRecord {
+    #[inline]
+    fn record_winner(&self, _response: &mut Res, _answered: Answered) {}
+}
+
+/// Marks the response itself through [`RecordAnswer`]: an extension on `http::Response`, the
+/// field of an [`Answer<T>`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MarkResponse;
+
+impl<Res: RecordAnswer> RecordWinner<Res> for MarkResponse {
+    #[inline]
+    fn record_winner(&self, response: &mut Res, answered: Answered) {
+        response.record_answer(answered);
+    }
+}
+
+impl<Res, F> RecordWinner<Res> for F
+where
+    F: Fn(&mut Res, Answered),
+{
+    fn record_winner(&self, response: &mut Res, answered: Answered) {
+        self(response, answered)
+    }
+}
+
+/// A response that can carry an [`Answered`] mark, for [`MarkResponse`].
 ///
 /// Implemented for `http::Response<B>` (as an extension) and for [`Answer<T>`]. Implement it
 /// for a response type of your own to keep the mark on it.
@@ -60,7 +113,7 @@ impl<B> RecordAnswer for http::Response<B> {
 ///
 /// let mut answer = Answer::new("42".to_string());
 /// assert_eq!(answer.answered(), None);
-/// answer.record_answer(Answered { service: 1, attempts: 2 });
+/// answer.record_answer(Answered::new(1, 2));
 /// assert_eq!(answer.answered().map(|a| a.service), Some(1));
 /// assert_eq!(answer.len(), 2); // derefs to the String
 /// ```
@@ -133,10 +186,7 @@ mod tests {
     fn http_responses_keep_the_mark_as_an_extension() {
         let mut response = http::Response::new(());
         assert_eq!(response.answered(), None);
-        let mark = Answered {
-            service: 2,
-            attempts: 3,
-        };
+        let mark = Answered::new(2, 3);
         response.record_answer(mark);
         assert_eq!(response.extensions().get::<Answered>(), Some(&mark));
         assert_eq!(response.answered(), Some(mark));

@@ -13,8 +13,9 @@
 //!   stops the chain: another provider would refuse the same request. Replace the rule with
 //!   [`move_on_if`](FallbackLayer::move_on_if).
 //!
-//! The first success is returned, marked with the service that gave it and the number of
-//! services tried ([`Answered`]). When every service has failed or the
+//! The first success is returned (marked with the service that gave it and the number of
+//! services tried, an [`Answered`], when [`record_winner`](FallbackLayer::record_winner) says
+//! where). When every service has failed or the
 //! chain stopped, the error is [`AllFailed`] listing each failure.
 //!
 //! Cost: one call per request while the first service is healthy; latency adds up along the
@@ -26,7 +27,7 @@
 //! ```
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //! use tower_llm_core::{BoxError, CircuitOpen};
-//! use tower_llm_race::{Answer, FallbackLayer, RecordAnswer};
+//! use tower_llm_race::{Answer, FallbackLayer, MarkResponse, RecordAnswer};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), BoxError> {
@@ -39,11 +40,35 @@
 //!     }
 //! });
 //! let fallback = ServiceBuilder::new()
-//!     .layer(FallbackLayer::new())
+//!     .layer(FallbackLayer::new().record_winner(MarkResponse))
 //!     .service(vec![provider(false), provider(true)]);
 //!
 //! let answer = fallback.oneshot("hi".to_string()).await?;
 //! assert_eq!(answer.answered().map(|a| (a.service, a.attempts)), Some((1, 2)));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With its defaults a fallback needs nothing of the response type, here a `String`:
+//!
+//! ```
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_llm_core::{BoxError, FailureKind, UpstreamError};
+//! use tower_llm_race::FallbackLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let provider = |name: &'static str, up: bool| service_fn(move |prompt: String| async move {
+//!     if up {
+//!         Ok(format!("{name}: {prompt}"))
+//!     } else {
+//!         Err::<String, BoxError>(UpstreamError::new(FailureKind::Overloaded, "529").into())
+//!     }
+//! });
+//! let fallback = ServiceBuilder::new()
+//!     .layer(FallbackLayer::new())
+//!     .service(vec![provider("primary", false), provider("backup", true)]);
+//! assert_eq!(fallback.oneshot("hi".to_string()).await?, "backup: hi");
 //! # Ok(())
 //! # }
 //! ```
@@ -59,7 +84,7 @@ use tower_layer::Layer;
 use tower_llm_core::{BoxError, Classify, DefaultClassifier, Failure, FailureKind};
 use tower_service::Service;
 
-use crate::answer::{Answered, RecordAnswer};
+use crate::answer::{Answered, NoRecord, RecordWinner};
 use crate::attempt::{Attempt, Verdict, judge};
 use crate::error::{AllFailed, ServiceFailure};
 use crate::metrics::{self, Strategy};
@@ -83,11 +108,13 @@ impl fmt::Debug for FallbackConfig {
     }
 }
 
-/// Makes a [`Fallback`] over a `Vec` of services, tried in the `Vec`'s order.
+/// Makes a [`Fallback`] over a `Vec` of services, tried in the `Vec`'s order. A fallback
+/// keeps no state of its own.
 #[derive(Clone, Debug, Default)]
-pub struct FallbackLayer<C = DefaultClassifier> {
+pub struct FallbackLayer<C = DefaultClassifier, W = NoRecord> {
     config: FallbackConfig,
     classifier: C,
+    record: W,
 }
 
 impl FallbackLayer {
@@ -98,7 +125,7 @@ impl FallbackLayer {
     }
 }
 
-impl<C> FallbackLayer<C> {
+impl<C, W> FallbackLayer<C, W> {
     /// Sends a request that failed as [`FailureKind::ContextLengthExceeded`] to the service
     /// at `index` (once), instead of stopping. An index past the end of the list is never
     /// used.
@@ -119,32 +146,45 @@ impl<C> FallbackLayer<C> {
     }
 
     /// Judges results with `classifier` instead of the [`DefaultClassifier`].
-    pub fn classifier<C2>(self, classifier: C2) -> FallbackLayer<C2> {
+    pub fn classifier<C2>(self, classifier: C2) -> FallbackLayer<C2, W> {
         FallbackLayer {
             config: self.config,
             classifier,
+            record: self.record,
+        }
+    }
+
+    /// Records which service answered with `record` (a [`RecordWinner`], e.g.
+    /// [`MarkResponse`](crate::MarkResponse)) instead of nothing.
+    pub fn record_winner<W2>(self, record: W2) -> FallbackLayer<C, W2> {
+        FallbackLayer {
+            config: self.config,
+            classifier: self.classifier,
+            record,
         }
     }
 }
 
-impl<S, C: Clone> Layer<Vec<S>> for FallbackLayer<C> {
-    type Service = Fallback<S, C>;
+impl<S, C: Clone, W: Clone> Layer<Vec<S>> for FallbackLayer<C, W> {
+    type Service = Fallback<S, C, W>;
 
     fn layer(&self, services: Vec<S>) -> Self::Service {
         Fallback {
             services,
             config: Arc::new(self.config.clone()),
             classifier: self.classifier.clone(),
+            record: self.record.clone(),
         }
     }
 }
 
 /// Tries the services in order until one succeeds. See the [module docs](self).
 #[derive(Clone, Debug)]
-pub struct Fallback<S, C = DefaultClassifier> {
+pub struct Fallback<S, C = DefaultClassifier, W = NoRecord> {
     services: Vec<S>,
     config: Arc<FallbackConfig>,
     classifier: C,
+    record: W,
 }
 
 impl<S> Fallback<S> {
@@ -154,7 +194,7 @@ impl<S> Fallback<S> {
     }
 }
 
-impl<S, C> Fallback<S, C> {
+impl<S, C, W> Fallback<S, C, W> {
     /// The services.
     pub fn get_ref(&self) -> &[S] {
         &self.services
@@ -171,17 +211,17 @@ impl<S, C> Fallback<S, C> {
     }
 }
 
-impl<S, Req, C> Service<Req> for Fallback<S, C>
+impl<S, Req, C, W> Service<Req> for Fallback<S, C, W>
 where
     S: Service<Req> + Clone,
-    S::Response: RecordAnswer,
     S::Error: Into<BoxError>,
     Req: Clone,
     C: Classify<S::Response, S::Error> + Clone,
+    W: RecordWinner<S::Response> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = FallbackFuture<S, Req, C>;
+    type Future = FallbackFuture<S, Req, C, W>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Each service's readiness is awaited inside the response future, when its turn comes.
@@ -211,7 +251,7 @@ where
             None => (0, None),
         };
         FallbackFuture {
-            tried: u32::from(attempt.is_some()),
+            tried: usize::from(attempt.is_some()),
             attempt,
             current,
             plan,
@@ -219,6 +259,7 @@ where
             config: Arc::clone(&self.config),
             request,
             classifier: self.classifier.clone(),
+            record: self.record.clone(),
             failures: Vec::new(),
         }
     }
@@ -279,30 +320,31 @@ impl Plan {
 
 pin_project! {
     /// The response future of [`Fallback`].
-    pub struct FallbackFuture<S, Req, C>
+    pub struct FallbackFuture<S, Req, C, W = NoRecord>
     where
         S: Service<Req>,
     {
         #[pin]
         attempt: Option<Attempt<S, Req>>,
         current: usize,
-        tried: u32,
+        tried: usize,
         plan: Plan,
         services: Vec<S>,
         config: Arc<FallbackConfig>,
         request: Req,
         classifier: C,
+        record: W,
         failures: Vec<ServiceFailure>,
     }
 }
 
-impl<S, Req, C> Future for FallbackFuture<S, Req, C>
+impl<S, Req, C, W> Future for FallbackFuture<S, Req, C, W>
 where
     S: Service<Req> + Clone,
-    S::Response: RecordAnswer,
     S::Error: Into<BoxError>,
     Req: Clone,
     C: Classify<S::Response, S::Error>,
+    W: RecordWinner<S::Response>,
 {
     type Output = Result<S::Response, BoxError>;
 
@@ -319,12 +361,9 @@ where
             let index = *this.current;
             let failure = match judge(this.classifier, index, result) {
                 Verdict::Answer(answer) => {
-                    let attempts = *this.tried;
+                    let answered = Answered::new(index, *this.tried);
                     return Poll::Ready(answer.map(|mut response| {
-                        response.record_answer(Answered {
-                            service: index,
-                            attempts,
-                        });
+                        this.record.record_winner(&mut response, answered);
                         response
                     }));
                 }
@@ -361,7 +400,7 @@ where
     }
 }
 
-impl<S: Service<Req>, Req, C> fmt::Debug for FallbackFuture<S, Req, C> {
+impl<S: Service<Req>, Req, C, W> fmt::Debug for FallbackFuture<S, Req, C, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FallbackFuture")
             .field("current", &self.current)

@@ -20,9 +20,20 @@
 //!   [`DefaultClassifier`](tower_llm_core::DefaultClassifier)): an HTTP 500 response is a
 //!   failure like an error is, a breaker's "circuit open" is worth trying elsewhere, a 400
 //!   is a client error no other provider would fix.
-//! - **Which service answered.** The response is marked with an [`Answered`] (the service's
-//!   index and how many calls were started): an extension on `http::Response`, or the
-//!   [`Answer<T>`] wrapper for other response types ([`RecordAnswer`]).
+//! - **No trait tax.** With its defaults every strategy takes any response type (a `String`,
+//!   a typed provider answer): the only bound is the classifier's
+//!   ([`ClassifyResponse`](tower_llm_core::ClassifyResponse), which core and the providers
+//!   implement), or none with a classifier of your own.
+//! - **Which service answered.** Each strategy knows an [`Answered`] (the service's index and
+//!   how many calls were started) and hands it to its `W` type parameter, a [`RecordWinner`]
+//!   set with the layer's `record_winner`: [`NoRecord`] by default, [`MarkResponse`] for an
+//!   extension on `http::Response` or the [`Answer<T>`] wrapper ([`RecordAnswer`]), or a
+//!   closure of your own.
+//! - **State.** A strategy's state belongs to its layer value: every service one layer value
+//!   makes shares it, in whatever stack (the hedge's latency record, budget and counters, read
+//!   through [`HedgeLayer::handle`]; a weighted route's random sequence). Race, fallback,
+//!   gather and vote keep none; their counters are the metrics below. Independent state means
+//!   another layer value.
 //! - **When every service fails**, the error is [`AllFailed`] (or [`NoQuorum`] for a vote),
 //!   listing each service's failure, classified; boxed, it still classifies (as the most
 //!   hopeful of its failures) for a retry or breaker layer further out.
@@ -49,7 +60,7 @@
 //! ```
 //! use tower::{ServiceBuilder, ServiceExt, service_fn, util::BoxCloneService};
 //! use tower_llm_core::BoxError;
-//! use tower_llm_race::{Answer, RecordAnswer};
+//! use tower_llm_race::{Answer, MarkResponse, RecordAnswer};
 //! use tower_llm_race::{route::RouteLayer, vote::VoteLayer};
 //!
 //! type Provider = BoxCloneService<String, Answer<String>, BoxError>;
@@ -66,7 +77,7 @@
 //!     .layer(VoteLayer::majority(|a: &Answer<String>| a.to_lowercase()).build()?)
 //!     .service(vec![model("Yes"), model("no"), model("yes")]);
 //! let router = ServiceBuilder::new()
-//!     .layer(RouteLayer::predicate(|prompt: &String| prompt.len() < 20))
+//!     .layer(RouteLayer::predicate(|prompt: &String| prompt.len() < 20).record_winner(MarkResponse))
 //!     .service(vec![model("fast"), BoxCloneService::new(vote)]);
 //!
 //! let quick = router.clone().oneshot("2 + 2?".to_string()).await?;
@@ -91,11 +102,11 @@ pub mod race;
 pub mod route;
 pub mod vote;
 
-pub use answer::{Answer, Answered, RecordAnswer};
+pub use answer::{Answer, Answered, MarkResponse, NoRecord, RecordAnswer, RecordWinner};
 pub use error::{AllFailed, ConfigError, NoQuorum, NoSuchService, ServiceFailure};
 pub use fallback::{Fallback, FallbackFuture, FallbackLayer};
 pub use gather::{Gather, GatherFuture, GatherLayer, Gathered};
-pub use hedge::{Hedge, HedgeBudget, HedgeDelay, HedgeFuture, HedgeLayer};
+pub use hedge::{Hedge, HedgeBudget, HedgeDelay, HedgeFuture, HedgeHandle, HedgeLayer, HedgeStats};
 pub use race::{Race, RaceFuture, RaceLayer};
 pub use route::{Route, RouteFuture, RouteLayer};
 pub use vote::{Ballot, Vote, VoteFuture, VoteLayer};

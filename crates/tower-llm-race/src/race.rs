@@ -1,8 +1,9 @@
 //! Race: every service at once, the first success wins, the others are cancelled.
 //!
 //! Each request is cloned to every service and all calls start together. The first response
-//! the classifier calls a success is returned, marked with the service that gave it
-//! ([`Answered`]); the calls still running are dropped at that moment, which
+//! the classifier calls a success is returned (marked with the service that gave it, an
+//! [`Answered`], when [`record_winner`](RaceLayer::record_winner) says where); the calls still
+//! running are dropped at that moment, which
 //! cancels them (an HTTP client closes their connections). Failures do not end the race: a
 //! fast 500 or 429 loses to a slower success. When every service has failed, the error is
 //! [`AllFailed`], listing each failure.
@@ -20,7 +21,7 @@
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt, service_fn, util::BoxCloneService};
 //! use tower_llm_core::BoxError;
-//! use tower_llm_race::{Answer, RaceLayer, RecordAnswer};
+//! use tower_llm_race::{Answer, MarkResponse, RaceLayer, RecordAnswer};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), BoxError> {
@@ -32,12 +33,56 @@
 //!     }))
 //! }
 //! let race = ServiceBuilder::new()
-//!     .layer(RaceLayer::new())
+//!     .layer(RaceLayer::new().record_winner(MarkResponse))
 //!     .service(vec![provider("slow", Duration::from_secs(4)), provider("fast", Duration::from_millis(3500))]);
 //!
 //! let answer = race.oneshot("hi".to_string()).await?;
 //! assert_eq!(answer.as_str(), "fast: hi");
 //! assert_eq!(answer.answered().map(|a| a.service), Some(1));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With its defaults a race needs nothing of the response type: over a `service_fn`
+//! returning `String`,
+//!
+//! ```
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_llm_core::BoxError;
+//! use tower_llm_race::RaceLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let model = |name: &'static str| {
+//!     service_fn(move |prompt: String| async move { Ok::<_, BoxError>(format!("{name}: {prompt}")) })
+//! };
+//! let race = ServiceBuilder::new()
+//!     .layer(RaceLayer::new())
+//!     .service(vec![model("a"), model("b")]);
+//! assert_eq!(race.oneshot("hi".to_string()).await?, "a: hi");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! and over typed providers, here two `OpenAi` services (`tower-llm-providers`) against the
+//! testkit's mock server:
+//!
+//! ```
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_llm_core::BoxError;
+//! use tower_llm_providers::{ChatRequest, Message, OpenAi};
+//! use tower_llm_race::RaceLayer;
+//! use tower_llm_testkit::{FaultPlan, MockServer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let server = MockServer::start(FaultPlan::healthy()).await?;
+//! let provider = || OpenAi::compatible(format!("{}/v1", server.base_url())).api_key("k").build();
+//! let race = ServiceBuilder::new()
+//!     .layer(RaceLayer::new())
+//!     .service(vec![provider()?, provider()?]);
+//! let answer = race.oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await?;
+//! assert!(!answer.content.is_empty());
 //! # Ok(())
 //! # }
 //! ```
@@ -52,42 +97,58 @@ use tower_layer::Layer;
 use tower_llm_core::{BoxError, Classify, DefaultClassifier};
 use tower_service::Service;
 
-use crate::answer::{Answered, RecordAnswer};
+use crate::answer::{Answered, NoRecord, RecordWinner};
 use crate::attempt::{Attempts, Verdict, judge};
 use crate::error::{AllFailed, ServiceFailure};
 use crate::metrics::{self, Strategy};
 
 const STRATEGY: Strategy = Strategy::Race;
 
-/// Makes a [`Race`] over a `Vec` of services.
+/// Makes a [`Race`] over a `Vec` of services. A race keeps no state of its own.
 #[derive(Clone, Debug, Default)]
-pub struct RaceLayer<C = DefaultClassifier> {
+pub struct RaceLayer<C = DefaultClassifier, W = NoRecord> {
     classifier: C,
+    record: W,
 }
 
 impl RaceLayer {
-    /// A race that judges results with the [`DefaultClassifier`].
+    /// A race that judges results with the [`DefaultClassifier`] and records nothing on the
+    /// response.
     pub const fn new() -> Self {
         RaceLayer {
             classifier: DefaultClassifier,
+            record: NoRecord,
         }
     }
 }
 
-impl<C> RaceLayer<C> {
+impl<C, W> RaceLayer<C, W> {
     /// Judges results with `classifier` instead.
-    pub fn classifier<C2>(self, classifier: C2) -> RaceLayer<C2> {
-        RaceLayer { classifier }
+    pub fn classifier<C2>(self, classifier: C2) -> RaceLayer<C2, W> {
+        RaceLayer {
+            classifier,
+            record: self.record,
+        }
+    }
+
+    /// Records which service won with `record` (a [`RecordWinner`], e.g.
+    /// [`MarkResponse`](crate::MarkResponse)) instead of nothing.
+    pub fn record_winner<W2>(self, record: W2) -> RaceLayer<C, W2> {
+        RaceLayer {
+            classifier: self.classifier,
+            record,
+        }
     }
 }
 
-impl<S, C: Clone> Layer<Vec<S>> for RaceLayer<C> {
-    type Service = Race<S, C>;
+impl<S, C: Clone, W: Clone> Layer<Vec<S>> for RaceLayer<C, W> {
+    type Service = Race<S, C, W>;
 
     fn layer(&self, services: Vec<S>) -> Self::Service {
         Race {
             services,
             classifier: self.classifier.clone(),
+            record: self.record.clone(),
         }
     }
 }
@@ -95,9 +156,10 @@ impl<S, C: Clone> Layer<Vec<S>> for RaceLayer<C> {
 /// Sends each request to every service at once; the first success wins. See the
 /// [module docs](self).
 #[derive(Clone, Debug)]
-pub struct Race<S, C = DefaultClassifier> {
+pub struct Race<S, C = DefaultClassifier, W = NoRecord> {
     services: Vec<S>,
     classifier: C,
+    record: W,
 }
 
 impl<S> Race<S> {
@@ -107,7 +169,7 @@ impl<S> Race<S> {
     }
 }
 
-impl<S, C> Race<S, C> {
+impl<S, C, W> Race<S, C, W> {
     /// The services.
     pub fn get_ref(&self) -> &[S] {
         &self.services
@@ -124,17 +186,17 @@ impl<S, C> Race<S, C> {
     }
 }
 
-impl<S, Req, C> Service<Req> for Race<S, C>
+impl<S, Req, C, W> Service<Req> for Race<S, C, W>
 where
     S: Service<Req> + Clone,
-    S::Response: RecordAnswer,
     S::Error: Into<BoxError>,
     Req: Clone,
     C: Classify<S::Response, S::Error> + Clone,
+    W: RecordWinner<S::Response> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = RaceFuture<S, Req, C>;
+    type Future = RaceFuture<S, Req, C, W>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Each service's readiness is awaited inside the response future, on its own clone.
@@ -161,6 +223,7 @@ where
             attempts,
             failures: Vec::new(),
             classifier: self.classifier.clone(),
+            record: self.record.clone(),
             services: count,
         }
     }
@@ -168,23 +231,24 @@ where
 
 pin_project! {
     /// The response future of [`Race`].
-    pub struct RaceFuture<S, Req, C>
+    pub struct RaceFuture<S, Req, C, W = NoRecord>
     where
         S: Service<Req>,
     {
         attempts: Attempts<S, Req>,
         failures: Vec<ServiceFailure>,
         classifier: C,
+        record: W,
         services: usize,
     }
 }
 
-impl<S, Req, C> Future for RaceFuture<S, Req, C>
+impl<S, Req, C, W> Future for RaceFuture<S, Req, C, W>
 where
     S: Service<Req>,
-    S::Response: RecordAnswer,
     S::Error: Into<BoxError>,
     C: Classify<S::Response, S::Error>,
+    W: RecordWinner<S::Response>,
 {
     type Output = Result<S::Response, BoxError>;
 
@@ -199,12 +263,9 @@ where
             match judge(this.classifier, index, result) {
                 Verdict::Answer(answer) => {
                     metrics::cancelled(STRATEGY, this.attempts.cancel_all());
-                    let attempts = *this.services as u32;
+                    let answered = Answered::new(index, *this.services);
                     return Poll::Ready(answer.map(|mut response| {
-                        response.record_answer(Answered {
-                            service: index,
-                            attempts,
-                        });
+                        this.record.record_winner(&mut response, answered);
                         response
                     }));
                 }
@@ -217,7 +278,7 @@ where
     }
 }
 
-impl<S: Service<Req>, Req, C> fmt::Debug for RaceFuture<S, Req, C> {
+impl<S: Service<Req>, Req, C, W> fmt::Debug for RaceFuture<S, Req, C, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RaceFuture")
             .field("attempts", &self.attempts)

@@ -14,8 +14,9 @@
 //! provider and a [`Vote`](crate::vote::Vote) over three into
 //! `tower::util::BoxCloneService`s and send complex prompts to the vote.
 //!
-//! The response is marked with the chosen service ([`Answered`], one
-//! attempt; it replaces a mark set by a strategy behind the route). An index past the end of
+//! The response can be marked with the chosen service ([`Answered`], one attempt; it replaces
+//! a mark set by a strategy behind the route; see [`RouteLayer::record_winner`]). An index
+//! past the end of
 //! the list fails the request at once with [`NoSuchService`]. The
 //! chosen service is cloned and driven to readiness inside the response future.
 //!
@@ -24,7 +25,7 @@
 //! ```
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //! use tower_llm_core::BoxError;
-//! use tower_llm_race::{Answer, RecordAnswer};
+//! use tower_llm_race::{Answer, MarkResponse, RecordAnswer};
 //! use tower_llm_race::route::RouteLayer;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -33,7 +34,7 @@
 //!     Ok::<_, BoxError>(Answer::new(format!("{name}: {prompt}")))
 //! });
 //! let route = ServiceBuilder::new()
-//!     .layer(RouteLayer::predicate(|prompt: &String| prompt.len() < 40))
+//!     .layer(RouteLayer::predicate(|prompt: &String| prompt.len() < 40).record_winner(MarkResponse))
 //!     .service(vec![model("small"), model("large")]);
 //!
 //! let answer = route.clone().oneshot("What is 2 + 2?".to_string()).await?;
@@ -41,6 +42,26 @@
 //! let long = "Prove that there are infinitely many primes, step by step.".to_string();
 //! let answer = route.oneshot(long).await?;
 //! assert_eq!(answer.answered().map(|a| a.service), Some(1));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With its defaults a route needs nothing of the response type, here a `String`:
+//!
+//! ```
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_llm_core::BoxError;
+//! use tower_llm_race::RouteLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let model = |name: &'static str| service_fn(move |prompt: String| async move {
+//!     Ok::<_, BoxError>(format!("{name}: {prompt}"))
+//! });
+//! let route = ServiceBuilder::new()
+//!     .layer(RouteLayer::weighted_seeded(&[0, 1], 7)?)
+//!     .service(vec![model("old"), model("new")]);
+//! assert_eq!(route.oneshot("hi".to_string()).await?, "new: hi");
 //! # Ok(())
 //! # }
 //! ```
@@ -59,7 +80,7 @@ use tower_layer::Layer;
 use tower_llm_core::BoxError;
 use tower_service::Service;
 
-use crate::answer::{Answered, RecordAnswer};
+use crate::answer::{Answered, NoRecord, RecordWinner};
 use crate::attempt::Attempt;
 use crate::error::{ConfigError, NoSuchService};
 use crate::metrics::{self, Strategy};
@@ -126,15 +147,15 @@ fn splitmix64(state: u64) -> u64 {
 }
 
 impl Weighted {
-    fn new(weights: &[u32], seed: u64) -> Result<Self, ConfigError> {
+    fn new(weights: &[u64], seed: u64) -> Result<Self, ConfigError> {
         let mut total = 0u64;
-        let cumulative: Vec<u64> = weights
-            .iter()
-            .map(|&w| {
-                total += u64::from(w);
-                total
-            })
-            .collect();
+        let mut cumulative = Vec::with_capacity(weights.len());
+        for &weight in weights {
+            total = total.checked_add(weight).ok_or_else(|| {
+                ConfigError::new("race", "weights", "their sum must fit in a u64")
+            })?;
+            cumulative.push(total);
+        }
         if total == 0 {
             return Err(ConfigError::new(
                 "race",
@@ -168,20 +189,22 @@ impl<Req> Pick<Req> for Weighted {
 }
 
 /// Makes a [`Route`] over a `Vec` of services. The layer's picker (and a weighted route's
-/// random state) is shared by every service it makes.
-pub struct RouteLayer<P> {
+/// random state) belongs to the layer value: every service it makes shares it.
+pub struct RouteLayer<P, W = NoRecord> {
     pick: Arc<P>,
+    record: W,
 }
 
-impl<P> Clone for RouteLayer<P> {
+impl<P, W: Clone> Clone for RouteLayer<P, W> {
     fn clone(&self) -> Self {
         RouteLayer {
             pick: Arc::clone(&self.pick),
+            record: self.record.clone(),
         }
     }
 }
 
-impl<P: fmt::Debug> fmt::Debug for RouteLayer<P> {
+impl<P: fmt::Debug, W> fmt::Debug for RouteLayer<P, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RouteLayer")
             .field("pick", &self.pick)
@@ -194,6 +217,7 @@ impl RouteLayer<()> {
     pub fn predicate<F>(predicate: F) -> RouteLayer<Predicate<F>> {
         RouteLayer {
             pick: Arc::new(Predicate { predicate }),
+            record: NoRecord,
         }
     }
 
@@ -201,24 +225,26 @@ impl RouteLayer<()> {
     pub fn by_request<F>(pick: F) -> RouteLayer<ByRequest<F>> {
         RouteLayer {
             pick: Arc::new(ByRequest { pick }),
+            record: NoRecord,
         }
     }
 
     /// Each request goes to service `i` with probability `weights[i] / sum(weights)`,
     /// from a random seed. Rejects weights that are all zero. Give one weight per service:
     /// a pick past the end of the service list fails with [`NoSuchService`].
-    pub fn weighted(weights: &[u32]) -> Result<RouteLayer<Weighted>, ConfigError> {
+    pub fn weighted(weights: &[u64]) -> Result<RouteLayer<Weighted>, ConfigError> {
         let seed = RandomState::new().hash_one(GOLDEN_GAMMA);
         RouteLayer::weighted_seeded(weights, seed)
     }
 
     /// As [`weighted`](Self::weighted), with the random sequence fixed by `seed`.
     pub fn weighted_seeded(
-        weights: &[u32],
+        weights: &[u64],
         seed: u64,
     ) -> Result<RouteLayer<Weighted>, ConfigError> {
         Ok(RouteLayer {
             pick: Arc::new(Weighted::new(weights, seed)?),
+            record: NoRecord,
         })
     }
 }
@@ -228,37 +254,52 @@ impl<P> RouteLayer<P> {
     pub fn new(pick: P) -> Self {
         RouteLayer {
             pick: Arc::new(pick),
+            record: NoRecord,
         }
     }
 }
 
-impl<S, P> Layer<Vec<S>> for RouteLayer<P> {
-    type Service = Route<S, P>;
+impl<P, W> RouteLayer<P, W> {
+    /// Records which service was chosen with `record` (a [`RecordWinner`], e.g.
+    /// [`MarkResponse`](crate::MarkResponse)) instead of nothing.
+    pub fn record_winner<W2>(self, record: W2) -> RouteLayer<P, W2> {
+        RouteLayer {
+            pick: self.pick,
+            record,
+        }
+    }
+}
+
+impl<S, P, W: Clone> Layer<Vec<S>> for RouteLayer<P, W> {
+    type Service = Route<S, P, W>;
 
     fn layer(&self, services: Vec<S>) -> Self::Service {
         Route {
             services,
             pick: Arc::clone(&self.pick),
+            record: self.record.clone(),
         }
     }
 }
 
 /// Sends each request to the one service its [`Pick`] chooses. See the [module docs](self).
-pub struct Route<S, P> {
+pub struct Route<S, P, W = NoRecord> {
     services: Vec<S>,
     pick: Arc<P>,
+    record: W,
 }
 
-impl<S: Clone, P> Clone for Route<S, P> {
+impl<S: Clone, P, W: Clone> Clone for Route<S, P, W> {
     fn clone(&self) -> Self {
         Route {
             services: self.services.clone(),
             pick: Arc::clone(&self.pick),
+            record: self.record.clone(),
         }
     }
 }
 
-impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for Route<S, P> {
+impl<S: fmt::Debug, P: fmt::Debug, W> fmt::Debug for Route<S, P, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Route")
             .field("services", &self.services)
@@ -267,7 +308,7 @@ impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for Route<S, P> {
     }
 }
 
-impl<S, P> Route<S, P> {
+impl<S, P, W> Route<S, P, W> {
     /// The services.
     pub fn get_ref(&self) -> &[S] {
         &self.services
@@ -284,16 +325,16 @@ impl<S, P> Route<S, P> {
     }
 }
 
-impl<S, Req, P> Service<Req> for Route<S, P>
+impl<S, Req, P, W> Service<Req> for Route<S, P, W>
 where
     S: Service<Req> + Clone,
-    S::Response: RecordAnswer,
     S::Error: Into<BoxError>,
     P: Pick<Req>,
+    W: RecordWinner<S::Response> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = RouteFuture<S, Req>;
+    type Future = RouteFuture<S, Req, W>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // The service is chosen per request; its readiness is awaited inside the response
@@ -311,6 +352,7 @@ where
                     state: RouteState::Calling {
                         attempt: Attempt::new(service.clone(), request),
                         service: index,
+                        record: self.record.clone(),
                     },
                 }
             }
@@ -325,46 +367,47 @@ where
 
 pin_project! {
     /// The response future of [`Route`].
-    pub struct RouteFuture<S, Req>
+    pub struct RouteFuture<S, Req, W = NoRecord>
     where
         S: Service<Req>,
     {
         #[pin]
-        state: RouteState<S, Req>,
+        state: RouteState<S, Req, W>,
     }
 }
 
 pin_project! {
     #[project = RouteProj]
-    enum RouteState<S, Req>
+    enum RouteState<S, Req, W>
     where
         S: Service<Req>,
     {
         // The chosen service is getting ready or answering.
-        Calling { #[pin] attempt: Attempt<S, Req>, service: usize },
+        Calling { #[pin] attempt: Attempt<S, Req>, service: usize, record: W },
         // The pick named no service.
         Rejected { error: Option<BoxError> },
     }
 }
 
-impl<S, Req> Future for RouteFuture<S, Req>
+impl<S, Req, W> Future for RouteFuture<S, Req, W>
 where
     S: Service<Req>,
-    S::Response: RecordAnswer,
     S::Error: Into<BoxError>,
+    W: RecordWinner<S::Response>,
 {
     type Output = Result<S::Response, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            RouteProj::Calling { attempt, service } => {
+            RouteProj::Calling {
+                attempt,
+                service,
+                record,
+            } => {
                 let service = *service;
                 attempt.poll(cx).map(|result| {
                     let mut response = result.map_err(Into::into)?;
-                    response.record_answer(Answered {
-                        service,
-                        attempts: 1,
-                    });
+                    record.record_winner(&mut response, Answered::new(service, 1));
                     Ok(response)
                 })
             }
@@ -375,7 +418,7 @@ where
     }
 }
 
-impl<S: Service<Req>, Req> fmt::Debug for RouteFuture<S, Req> {
+impl<S: Service<Req>, Req, W> fmt::Debug for RouteFuture<S, Req, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.state {
             RouteState::Calling { service, .. } => f
@@ -403,7 +446,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn a_zero_weight_is_never_picked(seed in any::<u64>(), weights in proptest::collection::vec(0u32..5, 1..6)) {
+        fn a_zero_weight_is_never_picked(seed in any::<u64>(), weights in proptest::collection::vec(0u64..5, 1..6)) {
             prop_assume!(weights.iter().any(|&w| w > 0));
             let weighted = Weighted::new(&weights, seed).expect("valid weights");
             for _ in 0..200 {

@@ -18,8 +18,8 @@
 //! [`NoQuorum`], listing the failures; the vote ends early when the services
 //! still running could no longer make up the quorum.
 //!
-//! The answer is marked with the service whose ballot won and the number of services asked
-//! ([`Answered`]). Cost: one call per service per request, which buys
+//! The answer can be marked with the service whose ballot won and the number of services
+//! asked ([`Answered`], see [`VoteBuilder::record_winner`]). Cost: one call per service per request, which buys
 //! agreement rather than speed. See `docs/race.md`.
 //!
 //! # Example
@@ -27,7 +27,7 @@
 //! ```
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //! use tower_llm_core::BoxError;
-//! use tower_llm_race::{Answer, RecordAnswer};
+//! use tower_llm_race::{Answer, MarkResponse, RecordAnswer};
 //! use tower_llm_race::vote::VoteLayer;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -39,6 +39,7 @@
 //!     .layer(
 //!         VoteLayer::majority(|answer: &Answer<String>| answer.trim().to_lowercase())
 //!             .quorum(2)
+//!             .record_winner(MarkResponse)
 //!             .build()?,
 //!     )
 //!     .service(vec![model("Positive"), model("negative"), model(" positive\n")]);
@@ -46,6 +47,27 @@
 //! let answer = vote.oneshot("Great service!".to_string()).await?;
 //! assert_eq!(answer.as_str(), "Positive");
 //! assert_eq!(answer.answered().map(|a| a.service), Some(0));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With its defaults a vote needs nothing of the response type beyond what its tally reads,
+//! here a `String`:
+//!
+//! ```
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_llm_core::BoxError;
+//! use tower_llm_race::VoteLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let model = |reply: &'static str| service_fn(move |_prompt: String| async move {
+//!     Ok::<_, BoxError>(reply.to_string())
+//! });
+//! let vote = ServiceBuilder::new()
+//!     .layer(VoteLayer::majority(|answer: &String| answer.to_lowercase()).build()?)
+//!     .service(vec![model("yes"), model("no"), model("Yes")]);
+//! assert_eq!(vote.oneshot("Is water wet?".to_string()).await?, "yes");
 //! # Ok(())
 //! # }
 //! ```
@@ -63,7 +85,7 @@ use tower_layer::Layer;
 use tower_llm_core::{BoxError, Classify, DefaultClassifier, Failure, FailureKind};
 use tower_service::Service;
 
-use crate::answer::{Answered, RecordAnswer};
+use crate::answer::{Answered, NoRecord, RecordWinner};
 use crate::attempt::{Attempts, Verdict, judge};
 use crate::error::{ConfigError, NoQuorum, ServiceFailure};
 use crate::gather::{launch_all, straggler};
@@ -173,14 +195,15 @@ where
 
 /// Builds a [`VoteLayer`]; start from [`VoteLayer::majority`] or [`VoteLayer::combine`].
 #[derive(Debug)]
-pub struct VoteBuilder<T, C = DefaultClassifier> {
+pub struct VoteBuilder<T, C = DefaultClassifier, W = NoRecord> {
     tally: T,
     quorum: Option<usize>,
     timeout: Option<Duration>,
     classifier: C,
+    record: W,
 }
 
-impl<T, C> VoteBuilder<T, C> {
+impl<T, C, W> VoteBuilder<T, C, W> {
     /// How many agreeing answers (majority) or answers (combine) decide; default a strict
     /// majority of the services. At least 1.
     pub fn quorum(mut self, quorum: usize) -> Self {
@@ -197,17 +220,30 @@ impl<T, C> VoteBuilder<T, C> {
 
     /// Judges results with `classifier` instead of the [`DefaultClassifier`]; only
     /// successes vote.
-    pub fn classifier<C2>(self, classifier: C2) -> VoteBuilder<T, C2> {
+    pub fn classifier<C2>(self, classifier: C2) -> VoteBuilder<T, C2, W> {
         VoteBuilder {
             tally: self.tally,
             quorum: self.quorum,
             timeout: self.timeout,
             classifier,
+            record: self.record,
+        }
+    }
+
+    /// Records which service's ballot won with `record` (a [`RecordWinner`], e.g.
+    /// [`MarkResponse`](crate::MarkResponse)) instead of nothing.
+    pub fn record_winner<W2>(self, record: W2) -> VoteBuilder<T, C, W2> {
+        VoteBuilder {
+            tally: self.tally,
+            quorum: self.quorum,
+            timeout: self.timeout,
+            classifier: self.classifier,
+            record,
         }
     }
 
     /// The layer, or the knob whose value cannot work.
-    pub fn build(self) -> Result<VoteLayer<T, C>, ConfigError> {
+    pub fn build(self) -> Result<VoteLayer<T, C, W>, ConfigError> {
         if self.quorum == Some(0) {
             return Err(ConfigError::new(
                 "race",
@@ -227,30 +263,34 @@ impl<T, C> VoteBuilder<T, C> {
             quorum: self.quorum,
             timeout: self.timeout,
             classifier: self.classifier,
+            record: self.record,
         })
     }
 }
 
-/// Makes a [`Vote`] over a `Vec` of services.
-pub struct VoteLayer<T, C = DefaultClassifier> {
+/// Makes a [`Vote`] over a `Vec` of services. A vote keeps no state of its own beyond its
+/// tally, shared by every service the layer value makes.
+pub struct VoteLayer<T, C = DefaultClassifier, W = NoRecord> {
     tally: Arc<T>,
     quorum: Option<usize>,
     timeout: Option<Duration>,
     classifier: C,
+    record: W,
 }
 
-impl<T, C: Clone> Clone for VoteLayer<T, C> {
+impl<T, C: Clone, W: Clone> Clone for VoteLayer<T, C, W> {
     fn clone(&self) -> Self {
         VoteLayer {
             tally: Arc::clone(&self.tally),
             quorum: self.quorum,
             timeout: self.timeout,
             classifier: self.classifier.clone(),
+            record: self.record.clone(),
         }
     }
 }
 
-impl<T: fmt::Debug, C: fmt::Debug> fmt::Debug for VoteLayer<T, C> {
+impl<T: fmt::Debug, C: fmt::Debug, W> fmt::Debug for VoteLayer<T, C, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VoteLayer")
             .field("tally", &self.tally)
@@ -269,6 +309,7 @@ impl VoteLayer<(), DefaultClassifier> {
             quorum: None,
             timeout: None,
             classifier: DefaultClassifier,
+            record: NoRecord,
         }
     }
 
@@ -281,12 +322,13 @@ impl VoteLayer<(), DefaultClassifier> {
             quorum: None,
             timeout: None,
             classifier: DefaultClassifier,
+            record: NoRecord,
         }
     }
 }
 
-impl<S, T, C: Clone> Layer<Vec<S>> for VoteLayer<T, C> {
-    type Service = Vote<S, T, C>;
+impl<S, T, C: Clone, W: Clone> Layer<Vec<S>> for VoteLayer<T, C, W> {
+    type Service = Vote<S, T, C, W>;
 
     fn layer(&self, services: Vec<S>) -> Self::Service {
         Vote {
@@ -295,21 +337,23 @@ impl<S, T, C: Clone> Layer<Vec<S>> for VoteLayer<T, C> {
             quorum: self.quorum,
             timeout: self.timeout,
             classifier: self.classifier.clone(),
+            record: self.record.clone(),
         }
     }
 }
 
 /// Asks every service and answers with what enough of them agree on. See the
 /// [module docs](self).
-pub struct Vote<S, T, C = DefaultClassifier> {
+pub struct Vote<S, T, C = DefaultClassifier, W = NoRecord> {
     services: Vec<S>,
     tally: Arc<T>,
     quorum: Option<usize>,
     timeout: Option<Duration>,
     classifier: C,
+    record: W,
 }
 
-impl<S: Clone, T, C: Clone> Clone for Vote<S, T, C> {
+impl<S: Clone, T, C: Clone, W: Clone> Clone for Vote<S, T, C, W> {
     fn clone(&self) -> Self {
         Vote {
             services: self.services.clone(),
@@ -317,11 +361,12 @@ impl<S: Clone, T, C: Clone> Clone for Vote<S, T, C> {
             quorum: self.quorum,
             timeout: self.timeout,
             classifier: self.classifier.clone(),
+            record: self.record.clone(),
         }
     }
 }
 
-impl<S: fmt::Debug, T: fmt::Debug, C: fmt::Debug> fmt::Debug for Vote<S, T, C> {
+impl<S: fmt::Debug, T: fmt::Debug, C: fmt::Debug, W> fmt::Debug for Vote<S, T, C, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Vote")
             .field("services", &self.services)
@@ -333,7 +378,7 @@ impl<S: fmt::Debug, T: fmt::Debug, C: fmt::Debug> fmt::Debug for Vote<S, T, C> {
     }
 }
 
-impl<S, T, C> Vote<S, T, C> {
+impl<S, T, C, W> Vote<S, T, C, W> {
     /// The services.
     pub fn get_ref(&self) -> &[S] {
         &self.services
@@ -355,18 +400,18 @@ impl<S, T, C> Vote<S, T, C> {
     }
 }
 
-impl<S, Req, T, C> Service<Req> for Vote<S, T, C>
+impl<S, Req, T, C, W> Service<Req> for Vote<S, T, C, W>
 where
     S: Service<Req> + Clone,
-    S::Response: RecordAnswer,
     S::Error: Into<BoxError>,
     Req: Clone,
     T: Tally<S::Response>,
     C: Classify<S::Response, S::Error> + Clone,
+    W: RecordWinner<S::Response> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = VoteFuture<S, Req, T, C>;
+    type Future = VoteFuture<S, Req, T, C, W>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Each service's readiness is awaited inside the response future, on its own clone.
@@ -385,8 +430,9 @@ where
             tally: Arc::clone(&self.tally),
             failures: Vec::new(),
             quorum,
-            asked: count as u32,
+            asked: count,
             classifier: self.classifier.clone(),
+            record: self.record.clone(),
             // A timeout past the end of the clock (`Duration::MAX` for "never") never
             // passes; adding it would panic.
             deadline_at: self
@@ -399,7 +445,7 @@ where
 
 pin_project! {
     /// The response future of [`Vote`].
-    pub struct VoteFuture<S, Req, T, C>
+    pub struct VoteFuture<S, Req, T, C, W = NoRecord>
     where
         S: Service<Req>,
         T: Tally<S::Response>,
@@ -410,21 +456,22 @@ pin_project! {
         tally: Arc<T>,
         failures: Vec<ServiceFailure>,
         quorum: usize,
-        asked: u32,
+        asked: usize,
         classifier: C,
+        record: W,
         deadline_at: Option<Instant>,
         #[pin]
         deadline: Option<Sleep>,
     }
 }
 
-impl<S, Req, T, C> Future for VoteFuture<S, Req, T, C>
+impl<S, Req, T, C, W> Future for VoteFuture<S, Req, T, C, W>
 where
     S: Service<Req>,
-    S::Response: RecordAnswer,
     S::Error: Into<BoxError>,
     T: Tally<S::Response>,
     C: Classify<S::Response, S::Error>,
+    W: RecordWinner<S::Response>,
 {
     type Output = Result<S::Response, BoxError>;
 
@@ -445,7 +492,7 @@ where
                             {
                                 metrics::cancelled(STRATEGY, this.attempts.cancel_all());
                                 let ballot = this.ballots.swap_remove(winner);
-                                return Poll::Ready(Ok(elect(ballot, *this.asked)));
+                                return Poll::Ready(Ok(elect(this.record, ballot, *this.asked)));
                             }
                         }
                         Verdict::Answer(Err(error)) => this.failures.push(ServiceFailure::new(
@@ -479,7 +526,7 @@ where
             {
                 return Poll::Pending;
             }
-            for index in 0..(*this.asked as usize) {
+            for index in 0..*this.asked {
                 if this.attempts.is_in_flight(index) {
                     this.failures
                         .push(straggler(index, "no answer within the vote timeout"));
@@ -491,7 +538,7 @@ where
         let ballots = std::mem::take(this.ballots);
         let answers = ballots.len();
         match this.tally.finish(this.state, ballots, *this.quorum) {
-            Some(ballot) => Poll::Ready(Ok(elect(ballot, *this.asked))),
+            Some(ballot) => Poll::Ready(Ok(elect(this.record, ballot, *this.asked))),
             None => {
                 metrics::exhausted(STRATEGY);
                 let failures = std::mem::take(this.failures);
@@ -501,16 +548,13 @@ where
     }
 }
 
-fn elect<Res: RecordAnswer>(ballot: Ballot<Res>, asked: u32) -> Res {
+fn elect<Res, W: RecordWinner<Res>>(record: &W, ballot: Ballot<Res>, asked: usize) -> Res {
     let mut response = ballot.response;
-    response.record_answer(Answered {
-        service: ballot.service,
-        attempts: asked,
-    });
+    record.record_winner(&mut response, Answered::new(ballot.service, asked));
     response
 }
 
-impl<S, Req, T, C> fmt::Debug for VoteFuture<S, Req, T, C>
+impl<S, Req, T, C, W> fmt::Debug for VoteFuture<S, Req, T, C, W>
 where
     S: Service<Req>,
     T: Tally<S::Response>,

@@ -14,7 +14,7 @@ use tower_llm_core::{BoxError, FailureKind};
 use tower_llm_race::hedge::{HedgeDelay, HedgeLayer};
 use tower_llm_race::route::RouteLayer;
 use tower_llm_race::vote::VoteLayer;
-use tower_llm_race::{AllFailed, FallbackLayer, RaceLayer, RecordAnswer};
+use tower_llm_race::{AllFailed, FallbackLayer, MarkResponse, RaceLayer, RecordAnswer};
 use tower_llm_testkit::{Counters, Fault, FaultPlan, Latency, MockServer, TestClient, openai_chat};
 
 type Provider = BoxCloneService<String, http::Response<Bytes>, BoxError>;
@@ -78,7 +78,9 @@ async fn seeds_example_over_http() {
     assert!(x.is_ok() && y.is_ok());
     assert_eq!(start.elapsed(), ms(4000), "joined");
 
-    let race = RaceLayer::new().layer(vec![provider(&b), provider(&a)]);
+    let race = RaceLayer::new()
+        .record_winner(MarkResponse)
+        .layer(vec![provider(&b), provider(&a)]);
     let start = Instant::now();
     let answer = race.oneshot("q".into()).await.unwrap();
     assert_eq!(start.elapsed(), ms(3500), "race");
@@ -91,7 +93,11 @@ async fn race_answers_with_the_fastest_success_and_cancels_the_losers() {
     let failing = faulty("failing", 100, Fault::Status(500)).await;
     let fast = server("fast", 3500).await;
     let slow = server("slow", 4000).await;
-    let race = RaceLayer::new().layer(vec![provider(&failing), provider(&slow), provider(&fast)]);
+    let race = RaceLayer::new().record_winner(MarkResponse).layer(vec![
+        provider(&failing),
+        provider(&slow),
+        provider(&fast),
+    ]);
 
     let start = Instant::now();
     let answer = race.oneshot("hello".into()).await.unwrap();
@@ -117,7 +123,9 @@ async fn race_answers_with_the_fastest_success_and_cancels_the_losers() {
 async fn race_all_failing_over_http_lists_each_classified() {
     let a = faulty("a", 10, Fault::Overloaded).await;
     let b = faulty("b", 20, Fault::DropConnection).await;
-    let race = RaceLayer::new().layer(vec![provider(&a), provider(&b)]);
+    let race = RaceLayer::new()
+        .record_winner(MarkResponse)
+        .layer(vec![provider(&a), provider(&b)]);
     let error = race.oneshot("q".into()).await.unwrap_err();
     let failed = error.downcast_ref::<AllFailed>().unwrap();
     let kinds: Vec<_> = failed
@@ -136,6 +144,7 @@ async fn hedge_over_http_sends_the_backup_after_the_delay_only_when_late() {
     let primary = server("primary", 2000).await;
     let backup = server("backup", 300).await;
     let hedge = HedgeLayer::builder()
+        .record_winner(MarkResponse)
         .delay(HedgeDelay::Fixed(ms(500)))
         .unlimited_budget()
         .build()
@@ -173,7 +182,7 @@ async fn fallback_over_http_order_and_stop_rules() {
     let dropped = faulty("dropped", 50, Fault::DropConnection).await;
     let healthy = server("healthy", 100).await;
     let unused = server("unused", 10).await;
-    let fallback = FallbackLayer::new().layer(vec![
+    let fallback = FallbackLayer::new().record_winner(MarkResponse).layer(vec![
         provider(&limited),
         provider(&dropped),
         provider(&healthy),
@@ -196,7 +205,9 @@ async fn fallback_over_http_order_and_stop_rules() {
     // 401 stops the chain: the next provider is never called.
     let unauthorized = faulty("unauthorized", 10, Fault::Status(401)).await;
     let next = server("next", 10).await;
-    let fallback = FallbackLayer::new().layer(vec![provider(&unauthorized), provider(&next)]);
+    let fallback = FallbackLayer::new()
+        .record_winner(MarkResponse)
+        .layer(vec![provider(&unauthorized), provider(&next)]);
     let error = fallback.oneshot("q".into()).await.unwrap_err();
     let failed = error.downcast_ref::<AllFailed>().unwrap();
     assert!(failed.is_stopped());
@@ -218,6 +229,7 @@ async fn vote_over_http_majority_and_quorum() {
             .to_string()
     };
     let vote = VoteLayer::majority(key)
+        .record_winner(MarkResponse)
         .quorum(2)
         .build()
         .unwrap()
@@ -241,6 +253,7 @@ async fn vote_over_http_majority_and_quorum() {
     // Three-way disagreement under a quorum of two, with a timeout for the straggler.
     let maybe = server("maybe", 300).await;
     let vote = VoteLayer::majority(key)
+        .record_winner(MarkResponse)
         .quorum(2)
         .timeout(ms(1000))
         .build()
@@ -265,6 +278,7 @@ async fn route_over_http_by_predicate_and_by_weight() {
     let small = server("small", 10).await;
     let large = server("large", 10).await;
     let route = RouteLayer::predicate(|prompt: &String| prompt.len() < 20)
+        .record_winner(MarkResponse)
         .layer(vec![provider(&small), provider(&large)]);
     let answer = route.clone().oneshot("2 + 2?".into()).await.unwrap();
     assert_eq!(reply_text(&answer), "small: 2 + 2?");
@@ -303,6 +317,7 @@ async fn hedge_over_http_caps_extra_calls_and_spends_its_budget() {
         server("third", 2000).await,
     ];
     let hedge = HedgeLayer::builder()
+        .record_winner(MarkResponse)
         .delay(HedgeDelay::Fixed(ms(100)))
         .max_extra_attempts(1)
         .budget(tower_llm_race::HedgeBudget::new(0.0, 1))
@@ -327,11 +342,14 @@ async fn fallback_over_http_sends_context_length_failures_to_the_larger_model() 
     let small = faulty("small", 10, Fault::Status(413)).await;
     let same_window = server("same-window", 10).await;
     let large = server("large", 10).await;
-    let fallback = FallbackLayer::new().larger_context(2).layer(vec![
-        provider(&small),
-        provider(&same_window),
-        provider(&large),
-    ]);
+    let fallback = FallbackLayer::new()
+        .record_winner(MarkResponse)
+        .larger_context(2)
+        .layer(vec![
+            provider(&small),
+            provider(&same_window),
+            provider(&large),
+        ]);
     let answer = fallback.oneshot("a very long prompt".into()).await.unwrap();
     assert_eq!(reply_text(&answer), "large: a very long prompt");
     assert_eq!(same_window.counters().requests, 0);

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 use tower_llm_core::FailureKind;
 use tower_llm_race::hedge::{HedgeDelay, HedgeLayer};
-use tower_llm_race::{AllFailed, FallbackLayer, RaceLayer, RecordAnswer};
+use tower_llm_race::{AllFailed, FallbackLayer, MarkResponse, RaceLayer, RecordAnswer};
 
 fn outcome() -> impl Strategy<Value = Outcome> {
     prop_oneof![
@@ -64,7 +64,7 @@ proptest! {
                 .iter()
                 .map(|(latency, outcome)| Mock::new(Duration::from_millis(latency * 10), outcome.clone()))
                 .collect();
-            let race = RaceLayer::new().layer(mocks.clone());
+            let race = RaceLayer::new().record_winner(MarkResponse).layer(mocks.clone());
             let start = Instant::now();
             let result = race.oneshot("q".to_string()).await;
             let elapsed = start.elapsed();
@@ -114,7 +114,7 @@ proptest! {
                 .iter()
                 .map(|(latency, outcome)| Mock::new(Duration::from_millis(latency * 10), outcome.clone()))
                 .collect();
-            let fallback = FallbackLayer::new().layer(mocks.clone());
+            let fallback = FallbackLayer::new().record_winner(MarkResponse).layer(mocks.clone());
             let start = Instant::now();
             let result = fallback.oneshot("q".to_string()).await;
 
@@ -180,7 +180,7 @@ proptest! {
                 .iter()
                 .map(|latency| Mock::new(*latency, Outcome::Ok("ok")))
                 .collect();
-            let hedge = HedgeLayer::builder()
+            let hedge = HedgeLayer::builder().record_winner(MarkResponse)
                 .delay(HedgeDelay::Fixed(delay))
                 .max_extra_attempts(max_extra)
                 .unlimited_budget()
@@ -227,7 +227,7 @@ proptest! {
                 .iter()
                 .map(|(latency, outcome)| Mock::new(Duration::from_millis(latency * 10), outcome.clone()))
                 .collect();
-            let hedge = HedgeLayer::builder()
+            let hedge = HedgeLayer::builder().record_winner(MarkResponse)
                 .delay(HedgeDelay::Fixed(Duration::from_millis(150)))
                 .max_extra_attempts(max_extra)
                 .unlimited_budget()
@@ -247,7 +247,7 @@ proptest! {
                 Ok(reply) => {
                     let mark = reply.answered().expect("marked");
                     prop_assert!(is_success(&specs[mark.service].1));
-                    prop_assert_eq!(mark.attempts as usize, launched);
+                    prop_assert_eq!(mark.attempts, launched);
                 }
                 Err(error) => {
                     let failed = error.downcast_ref::<AllFailed>().expect("AllFailed");

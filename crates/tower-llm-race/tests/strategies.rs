@@ -16,15 +16,15 @@ use tower_llm_race::hedge::{HedgeBudget, HedgeDelay, HedgeLayer};
 use tower_llm_race::route::RouteLayer;
 use tower_llm_race::vote::{Ballot, VoteLayer};
 use tower_llm_race::{
-    AllFailed, Answered, FallbackLayer, GatherLayer, NoQuorum, NoSuchService, RaceLayer,
-    RecordAnswer,
+    AllFailed, Answered, FallbackLayer, GatherLayer, MarkResponse, NoQuorum, NoSuchService,
+    RaceLayer, RecordAnswer,
 };
 
 const fn ms(millis: u64) -> Duration {
     Duration::from_millis(millis)
 }
 
-fn answered(reply: &Reply) -> (usize, u32) {
+fn answered(reply: &Reply) -> (usize, usize) {
     let mark = reply.answered().expect("the strategy marks its answer");
     (mark.service, mark.attempts)
 }
@@ -61,7 +61,9 @@ async fn seeds_example_sequential_join_and_race() {
     assert!(one.is_ok() && two.is_ok());
     assert_eq!(start.elapsed(), ms(4000), "the seeds' parallel join");
 
-    let race = RaceLayer::new().layer_vec(vec![second.clone(), first.clone()]);
+    let race = RaceLayer::new()
+        .record_winner(MarkResponse)
+        .layer_vec(vec![second.clone(), first.clone()]);
     let start = Instant::now();
     let reply = race.oneshot("q".to_string()).await.expect("race");
     assert_eq!(start.elapsed(), ms(3500), "race");
@@ -86,7 +88,9 @@ impl<S, L: tower::Layer<Vec<S>>> LayerVec<S> for L {}
 async fn race_a_fast_failure_does_not_win() {
     let failing = Mock::status(100, 500);
     let slow = Mock::ok(900, "slow");
-    let race = RaceLayer::new().layer_vec(vec![failing.clone(), slow.clone()]);
+    let race = RaceLayer::new()
+        .record_winner(MarkResponse)
+        .layer_vec(vec![failing.clone(), slow.clone()]);
     let start = Instant::now();
     let reply = race
         .oneshot("q".to_string())
@@ -102,7 +106,11 @@ async fn race_losers_are_dropped_when_the_winner_answers() {
     let fast = Mock::ok(100, "fast");
     let slow = Mock::ok(5000, "slow");
     let slower = Mock::ok(9000, "slower");
-    let race = RaceLayer::new().layer_vec(vec![slow.clone(), fast.clone(), slower.clone()]);
+    let race = RaceLayer::new().record_winner(MarkResponse).layer_vec(vec![
+        slow.clone(),
+        fast.clone(),
+        slower.clone(),
+    ]);
     let reply = race.oneshot("q".to_string()).await.expect("fast wins");
     assert_eq!(body(&reply), "fast: q");
     for loser in [&slow, &slower] {
@@ -116,7 +124,9 @@ async fn race_losers_are_dropped_when_the_winner_answers() {
 async fn race_dropping_the_future_cancels_every_call() {
     let a = Mock::ok(1000, "a");
     let b = Mock::ok(2000, "b");
-    let mut race = RaceLayer::new().layer_vec(vec![a.clone(), b.clone()]);
+    let mut race = RaceLayer::new()
+        .record_winner(MarkResponse)
+        .layer_vec(vec![a.clone(), b.clone()]);
     let future = race.call("q".to_string());
     let outcome = tokio::time::timeout(ms(500), future).await;
     assert!(outcome.is_err(), "gave up at 500 ms");
@@ -127,7 +137,9 @@ async fn race_dropping_the_future_cancels_every_call() {
 async fn race_a_service_that_is_not_ready_does_not_block_the_others() {
     let stuck = Mock::ok(10, "stuck").never_ready();
     let ready = Mock::ok(300, "ready");
-    let race = RaceLayer::new().layer_vec(vec![stuck.clone(), ready.clone()]);
+    let race = RaceLayer::new()
+        .record_winner(MarkResponse)
+        .layer_vec(vec![stuck.clone(), ready.clone()]);
     let start = Instant::now();
     let reply = race.oneshot("q".to_string()).await.expect("the ready one");
     assert_eq!(start.elapsed(), ms(300));
@@ -137,7 +149,7 @@ async fn race_a_service_that_is_not_ready_does_not_block_the_others() {
 
 #[tokio::test(start_paused = true)]
 async fn race_all_failing_lists_each_failure_classified() {
-    let race = RaceLayer::new().layer_vec(vec![
+    let race = RaceLayer::new().record_winner(MarkResponse).layer_vec(vec![
         Mock::status(50, 429),
         Mock::err(20, FailureKind::Overloaded),
         Mock::status(10, 401),
@@ -172,6 +184,7 @@ async fn race_with_a_custom_classifier() {
         other => DefaultClassifier.classify(other),
     };
     let race = RaceLayer::new()
+        .record_winner(MarkResponse)
         .classifier(classifier)
         .layer_vec(vec![Mock::status(10, 404), Mock::ok(100, "b")]);
     let reply = race.oneshot("q".to_string()).await.expect("404 accepted");
@@ -180,7 +193,9 @@ async fn race_with_a_custom_classifier() {
 
 #[tokio::test(start_paused = true)]
 async fn race_over_no_services_fails_at_once() {
-    let race = RaceLayer::new().layer_vec(Vec::<Mock>::new());
+    let race = RaceLayer::new()
+        .record_winner(MarkResponse)
+        .layer_vec(Vec::<Mock>::new());
     let error = race
         .oneshot("q".to_string())
         .await
@@ -197,6 +212,7 @@ async fn hedge_sends_the_backup_only_after_the_delay() {
     let backup = Mock::ok(200, "backup");
     let made = Instant::now();
     let hedge = HedgeLayer::builder()
+        .record_winner(MarkResponse)
         .delay(HedgeDelay::Fixed(ms(300)))
         .unlimited_budget()
         .build()
@@ -206,7 +222,9 @@ async fn hedge_sends_the_backup_only_after_the_delay() {
     // A fast primary: no backup at all.
     let fast = Mock::ok(100, "fast");
     let unused = Mock::ok(200, "backup");
-    let quick = HedgeLayer::new(ms(300)).layer_vec(vec![fast.clone(), unused.clone()]);
+    let quick = HedgeLayer::new(ms(300))
+        .record_winner(MarkResponse)
+        .layer_vec(vec![fast.clone(), unused.clone()]);
     let start = Instant::now();
     let reply = quick.oneshot("q".to_string()).await.expect("fast");
     assert_eq!(start.elapsed(), ms(100));
@@ -231,6 +249,7 @@ async fn hedge_sends_the_backup_only_after_the_delay() {
 async fn hedge_caps_extra_attempts() {
     let services: Vec<Mock> = (0..4).map(|_| Mock::ok(10_000, "slow")).collect();
     let hedge = HedgeLayer::builder()
+        .record_winner(MarkResponse)
         .delay(HedgeDelay::Fixed(ms(100)))
         .max_extra_attempts(2)
         .unlimited_budget()
@@ -253,6 +272,7 @@ async fn hedge_budget_caps_extra_load() {
     let backup = Mock::ok(10, "backup");
     // No refill: one hedge, ever.
     let hedge = HedgeLayer::builder()
+        .record_winner(MarkResponse)
         .delay(HedgeDelay::Fixed(ms(100)))
         .budget(HedgeBudget::new(0.0, 1))
         .build()
@@ -281,6 +301,7 @@ async fn hedge_budget_caps_extra_load() {
     let primary = Mock::ok(1000, "primary");
     let backup = Mock::ok(1000, "backup");
     let hedge = HedgeLayer::builder()
+        .record_winner(MarkResponse)
         .delay(HedgeDelay::Fixed(ms(100)))
         .budget(HedgeBudget::new(0.5, 1))
         .build()
@@ -302,6 +323,7 @@ async fn hedge_learns_the_delay_from_the_primarys_latency() {
     let primary = Mock::ok(400, "primary");
     let backup = Mock::ok(50, "backup");
     let hedge = HedgeLayer::builder()
+        .record_winner(MarkResponse)
         .delay(HedgeDelay::Percentile {
             percentile: 0.9,
             initial: ms(5000),
@@ -334,7 +356,9 @@ async fn hedge_learns_the_delay_from_the_primarys_latency() {
 async fn hedge_fails_over_at_once_and_stops_on_client_errors() {
     let down = Mock::err(10, FailureKind::Transport);
     let backup = Mock::ok(100, "backup");
-    let hedge = HedgeLayer::new(ms(5000)).layer_vec(vec![down.clone(), backup.clone()]);
+    let hedge = HedgeLayer::new(ms(5000))
+        .record_winner(MarkResponse)
+        .layer_vec(vec![down.clone(), backup.clone()]);
     let start = Instant::now();
     let reply = hedge.oneshot("q".to_string()).await.expect("failover");
     assert_eq!(start.elapsed(), ms(110), "no wait for the delay");
@@ -342,7 +366,9 @@ async fn hedge_fails_over_at_once_and_stops_on_client_errors() {
 
     let refused = Mock::status(10, 400);
     let backup = Mock::ok(100, "backup");
-    let hedge = HedgeLayer::new(ms(50)).layer_vec(vec![refused, backup.clone()]);
+    let hedge = HedgeLayer::new(ms(50))
+        .record_winner(MarkResponse)
+        .layer_vec(vec![refused, backup.clone()]);
     let error = hedge
         .oneshot("q".to_string())
         .await
@@ -357,7 +383,9 @@ async fn hedge_fails_over_at_once_and_stops_on_client_errors() {
 async fn hedge_a_primary_that_is_not_ready_does_not_block_the_backup() {
     let stuck = Mock::ok(10, "stuck").never_ready();
     let backup = Mock::ok(100, "backup");
-    let hedge = HedgeLayer::new(ms(200)).layer_vec(vec![stuck.clone(), backup]);
+    let hedge = HedgeLayer::new(ms(200))
+        .record_winner(MarkResponse)
+        .layer_vec(vec![stuck.clone(), backup]);
     let start = Instant::now();
     let reply = hedge.oneshot("q".to_string()).await.expect("backup");
     assert_eq!(start.elapsed(), ms(300));
@@ -374,12 +402,14 @@ async fn fallback_tries_in_order_and_moves_on_when_worth_it() {
     let overloaded = Mock::err(200, FailureKind::Overloaded);
     let healthy = Mock::ok(300, "third");
     let unused = Mock::ok(10, "fourth");
-    let fallback = FallbackLayer::new().layer_vec(vec![
-        limited.clone(),
-        overloaded.clone(),
-        healthy.clone(),
-        unused.clone(),
-    ]);
+    let fallback = FallbackLayer::new()
+        .record_winner(MarkResponse)
+        .layer_vec(vec![
+            limited.clone(),
+            overloaded.clone(),
+            healthy.clone(),
+            unused.clone(),
+        ]);
     let start = Instant::now();
     let reply = fallback.oneshot("q".to_string()).await.expect("third");
     assert_eq!(start.elapsed(), ms(600), "one after the other");
@@ -401,7 +431,9 @@ async fn fallback_an_open_circuit_moves_on_at_once() {
         BoxCloneService::new(breaker_open),
         BoxCloneService::new(healthy),
     ];
-    let fallback = FallbackLayer::new().layer_vec(services);
+    let fallback = FallbackLayer::new()
+        .record_winner(MarkResponse)
+        .layer_vec(services);
     let start = Instant::now();
     let reply = fallback.oneshot("q".to_string()).await.expect("second");
     assert_eq!(start.elapsed(), Duration::ZERO);
@@ -412,7 +444,9 @@ async fn fallback_an_open_circuit_moves_on_at_once() {
 async fn fallback_stops_on_client_errors_by_default() {
     for status in [400, 401, 403, 404, 422] {
         let next = Mock::ok(10, "next");
-        let fallback = FallbackLayer::new().layer_vec(vec![Mock::status(10, status), next.clone()]);
+        let fallback = FallbackLayer::new()
+            .record_winner(MarkResponse)
+            .layer_vec(vec![Mock::status(10, status), next.clone()]);
         let error = fallback.oneshot("q".to_string()).await.expect_err("stops");
         let failed = all_failed(&error);
         assert!(failed.is_stopped(), "{status}");
@@ -427,6 +461,7 @@ async fn fallback_stops_on_client_errors_by_default() {
     // A rule of your own can move on anyway.
     let next = Mock::ok(10, "next");
     let fallback = FallbackLayer::new()
+        .record_winner(MarkResponse)
         .move_on_if(|failure| failure.kind != FailureKind::Unauthorized)
         .layer_vec(vec![Mock::status(10, 400), next.clone()]);
     let reply = fallback.oneshot("q".to_string()).await.expect("moved on");
@@ -438,11 +473,10 @@ async fn fallback_sends_context_length_failures_to_the_larger_service() {
     let small = Mock::status(10, 413);
     let other = Mock::ok(10, "other");
     let large = Mock::ok(10, "large");
-    let fallback = FallbackLayer::new().larger_context(2).layer_vec(vec![
-        small.clone(),
-        other.clone(),
-        large.clone(),
-    ]);
+    let fallback = FallbackLayer::new()
+        .record_winner(MarkResponse)
+        .larger_context(2)
+        .layer_vec(vec![small.clone(), other.clone(), large.clone()]);
     let reply = fallback
         .clone()
         .oneshot("q".to_string())
@@ -453,7 +487,9 @@ async fn fallback_sends_context_length_failures_to_the_larger_service() {
     assert_eq!(other.stats.calls(), 0, "skipped: it has the same window");
 
     // Without a larger service, a context-length failure is a client error: stop.
-    let fallback = FallbackLayer::new().layer_vec(vec![small, other.clone()]);
+    let fallback = FallbackLayer::new()
+        .record_winner(MarkResponse)
+        .layer_vec(vec![small, other.clone()]);
     let error = fallback.oneshot("q".to_string()).await.expect_err("stop");
     assert_eq!(
         all_failed(&error).failure().kind,
@@ -463,11 +499,13 @@ async fn fallback_sends_context_length_failures_to_the_larger_service() {
 
 #[tokio::test(start_paused = true)]
 async fn fallback_exhausted_lists_every_failure() {
-    let fallback = FallbackLayer::new().layer_vec(vec![
-        Mock::status(10, 503),
-        Mock::err(10, FailureKind::Timeout),
-        Mock::status(10, 429),
-    ]);
+    let fallback = FallbackLayer::new()
+        .record_winner(MarkResponse)
+        .layer_vec(vec![
+            Mock::status(10, 503),
+            Mock::err(10, FailureKind::Timeout),
+            Mock::status(10, 429),
+        ]);
     let error = fallback
         .oneshot("q".to_string())
         .await
@@ -560,6 +598,7 @@ fn normalised(reply: &Reply) -> String {
 async fn vote_majority_decides_at_quorum_and_cancels_the_rest() {
     let late = Mock::ok(5000, "no");
     let vote = VoteLayer::majority(normalised)
+        .record_winner(MarkResponse)
         .build()
         .expect("valid")
         .layer_vec(vec![
@@ -580,6 +619,7 @@ async fn vote_majority_decides_at_quorum_and_cancels_the_rest() {
     // With a quorum of two, the vote ends at 300 ms and the others are cancelled.
     let late = Mock::ok(5000, "no");
     let vote = VoteLayer::majority(normalised)
+        .record_winner(MarkResponse)
         .quorum(2)
         .build()
         .expect("valid")
@@ -599,6 +639,7 @@ async fn vote_majority_decides_at_quorum_and_cancels_the_rest() {
 #[tokio::test(start_paused = true)]
 async fn vote_without_quorum_fails_and_says_why() {
     let vote = VoteLayer::majority(normalised)
+        .record_winner(MarkResponse)
         .build()
         .expect("valid")
         .layer_vec(vec![
@@ -617,6 +658,7 @@ async fn vote_without_quorum_fails_and_says_why() {
     // Failures that put the quorum out of reach end the vote early, classified.
     let slow = Mock::ok(9000, "a");
     let vote = VoteLayer::majority(normalised)
+        .record_winner(MarkResponse)
         .build()
         .expect("valid")
         .layer_vec(vec![
@@ -644,6 +686,7 @@ async fn vote_timeout_decides_over_the_answers_in() {
     };
     let straggler = Mock::ok(60_000, "a very long but very late answer");
     let vote = VoteLayer::combine(longest)
+        .record_winner(MarkResponse)
         .quorum(2)
         .timeout(ms(2000))
         .build()
@@ -661,6 +704,7 @@ async fn vote_timeout_decides_over_the_answers_in() {
     assert_eq!(straggler.stats.dropped(), 1);
 
     let vote = VoteLayer::combine(longest)
+        .record_winner(MarkResponse)
         .quorum(2)
         .timeout(ms(2000))
         .build()
@@ -674,6 +718,7 @@ async fn vote_timeout_decides_over_the_answers_in() {
 #[test]
 fn vote_rejects_a_zero_quorum() {
     let error = VoteLayer::majority(normalised)
+        .record_winner(MarkResponse)
         .quorum(0)
         .build()
         .expect_err("zero");
@@ -688,6 +733,7 @@ async fn route_by_predicate_and_by_request() {
     let fast = Mock::ok(10, "fast");
     let strong = Mock::ok(10, "strong");
     let route = RouteLayer::predicate(|prompt: &String| prompt.split_whitespace().count() < 8)
+        .record_winner(MarkResponse)
         .layer_vec(vec![fast.clone(), strong.clone()]);
     let reply = route
         .clone()
@@ -702,6 +748,7 @@ async fn route_by_predicate_and_by_request() {
 
     let route =
         RouteLayer::by_request(|prompt: &String| if prompt.contains("code") { 2 } else { 0 })
+            .record_winner(MarkResponse)
             .layer_vec(vec![Mock::ok(1, "a"), Mock::ok(1, "b")]);
     let reply = route.clone().oneshot("hi".to_string()).await.expect("a");
     assert_eq!(answered(&reply), (0, 1));
@@ -720,7 +767,7 @@ async fn route_by_predicate_and_by_request() {
 #[tokio::test(start_paused = true)]
 async fn route_by_weight_follows_the_weights() {
     let services: Vec<Mock> = (0..3).map(|_| Mock::ok(0, "x")).collect();
-    let weights = [1u32, 2, 7];
+    let weights = [1u64, 2, 7];
     let route = RouteLayer::weighted_seeded(&weights, 42)
         .expect("valid")
         .layer_vec(services.clone());
@@ -734,9 +781,9 @@ async fn route_by_weight_follows_the_weights() {
     }
     // Each count is binomial: within 5 standard deviations of its mean (a false failure
     // has probability below 1e-6, and the seed makes the run repeatable).
-    let total: u32 = weights.iter().sum();
+    let total: u64 = weights.iter().sum();
     for (service, weight) in services.iter().zip(weights) {
-        let p = f64::from(weight) / f64::from(total);
+        let p = weight as f64 / total as f64;
         let mean = p * CALLS as f64;
         let sd = (CALLS as f64 * p * (1.0 - p)).sqrt();
         let seen = service.stats.calls() as f64;
@@ -750,7 +797,7 @@ async fn route_by_weight_follows_the_weights() {
         .iter()
         .zip(weights)
         .map(|(service, weight)| {
-            let expected = f64::from(weight) / f64::from(total) * CALLS as f64;
+            let expected = weight as f64 / total as f64 * CALLS as f64;
             (service.stats.calls() as f64 - expected).powi(2) / expected
         })
         .sum();
@@ -765,6 +812,7 @@ async fn strategies_box_and_nest_across_provider_types() {
     type Provider = BoxCloneService<String, Reply, BoxError>;
     let provider = |mock: Mock| -> Provider { BoxCloneService::new(mock) };
     let vote = VoteLayer::majority(normalised)
+        .record_winner(MarkResponse)
         .build()
         .expect("valid")
         .layer_vec(vec![
@@ -772,11 +820,12 @@ async fn strategies_box_and_nest_across_provider_types() {
             provider(Mock::ok(100, "yes")),
             provider(Mock::ok(100, "no")),
         ]);
-    let race = RaceLayer::new().layer_vec(vec![
+    let race = RaceLayer::new().record_winner(MarkResponse).layer_vec(vec![
         provider(Mock::ok(50, "a")),
         provider(Mock::ok(60, "b")),
     ]);
     let router = RouteLayer::predicate(|prompt: &String| prompt.len() < 10)
+        .record_winner(MarkResponse)
         .layer_vec(vec![BoxCloneService::new(race), BoxCloneService::new(vote)]);
     // The whole thing is a Send + Clone service again.
     let mut boxed: Provider = BoxCloneService::new(router);
@@ -796,20 +845,16 @@ async fn strategies_box_and_nest_across_provider_types() {
         .await
         .expect("vote");
     assert_eq!(normalised(&long), "yes");
-    assert_eq!(
-        long.answered(),
-        Some(Answered {
-            service: 1,
-            attempts: 1
-        })
-    );
+    assert_eq!(long.answered(), Some(Answered::new(1, 1)));
 }
 
 #[tokio::test(start_paused = true)]
 async fn hedge_dropping_the_future_cancels_every_call() {
     let primary = Mock::ok(5000, "primary");
     let backup = Mock::ok(5000, "backup");
-    let mut hedge = HedgeLayer::new(ms(100)).layer_vec(vec![primary.clone(), backup.clone()]);
+    let mut hedge = HedgeLayer::new(ms(100))
+        .record_winner(MarkResponse)
+        .layer_vec(vec![primary.clone(), backup.clone()]);
     let future = hedge.call("q".to_string());
     assert!(tokio::time::timeout(ms(1000), future).await.is_err());
     assert_eq!((primary.stats.calls(), backup.stats.calls()), (1, 1));
@@ -827,11 +872,24 @@ fn every_strategy_over_boxed_providers_is_a_send_boxable_service() {
         BoxCloneService::new(service)
     }
     let providers = || -> Vec<Provider> { vec![BoxCloneService::new(Mock::ok(1, "a"))] };
-    boxable(RaceLayer::new().layer_vec(providers()));
-    boxable(HedgeLayer::new(ms(1)).layer_vec(providers()));
-    boxable(FallbackLayer::new().layer_vec(providers()));
+    boxable(
+        RaceLayer::new()
+            .record_winner(MarkResponse)
+            .layer_vec(providers()),
+    );
+    boxable(
+        HedgeLayer::new(ms(1))
+            .record_winner(MarkResponse)
+            .layer_vec(providers()),
+    );
+    boxable(
+        FallbackLayer::new()
+            .record_winner(MarkResponse)
+            .layer_vec(providers()),
+    );
     boxable(
         VoteLayer::majority(normalised)
+            .record_winner(MarkResponse)
             .build()
             .expect("valid")
             .layer_vec(providers()),
@@ -843,6 +901,7 @@ fn every_strategy_over_boxed_providers_is_a_send_boxable_service() {
     );
     boxable(
         RouteLayer::by_request(|_: &String| 0)
+            .record_winner(MarkResponse)
             .layer_vec(providers())
             .map_response(|reply| reply),
     );
@@ -866,6 +925,7 @@ async fn a_delay_or_timeout_past_the_end_of_time_never_fires_and_never_panics() 
         HedgeDelay::percentile(0.9, Duration::MAX),
     ] {
         let hedge = HedgeLayer::builder()
+            .record_winner(MarkResponse)
             .delay(delay)
             .unlimited_budget()
             .build()
@@ -887,6 +947,7 @@ async fn a_delay_or_timeout_past_the_end_of_time_never_fires_and_never_panics() 
     assert_eq!(gathered.success_count(), 2);
 
     let vote = VoteLayer::majority(normalised)
+        .record_winner(MarkResponse)
         .timeout(Duration::MAX)
         .build()
         .expect("valid")

@@ -14,12 +14,12 @@ const UNIT: u64 = 1000;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct HedgeBudget {
     ratio: f64,
-    burst: u32,
+    burst: usize,
 }
 
 impl HedgeBudget {
     /// Hedges earn `ratio` per request, saved up to `burst`; the budget starts full.
-    pub const fn new(ratio: f64, burst: u32) -> Self {
+    pub const fn new(ratio: f64, burst: usize) -> Self {
         HedgeBudget { ratio, burst }
     }
 
@@ -29,7 +29,7 @@ impl HedgeBudget {
     }
 
     /// The most hedges saved up.
-    pub const fn burst(&self) -> u32 {
+    pub const fn burst(&self) -> usize {
         self.burst
     }
 
@@ -70,7 +70,8 @@ pub(crate) struct Balance {
 impl Balance {
     pub(crate) fn new(budget: HedgeBudget) -> Self {
         let deposit = (budget.ratio * UNIT as f64).round() as u64;
-        let cap = (u64::from(budget.burst) * UNIT).max(deposit);
+        let burst = u64::try_from(budget.burst).unwrap_or(u64::MAX);
+        let cap = burst.saturating_mul(UNIT).max(deposit);
         Balance {
             units: AtomicU64::new(cap),
             deposit,
@@ -108,7 +109,7 @@ mod tests {
         #[test]
         fn hedges_stay_within_ratio_and_burst(
             ratio in 0.0f64..2.0,
-            burst in 1u32..20,
+            burst in 1usize..20,
             events in proptest::collection::vec(any::<bool>(), 0..500),
         ) {
             let balance = Balance::new(HedgeBudget::new(ratio, burst));
@@ -122,7 +123,7 @@ mod tests {
                 }
                 // Deposits are kept in thousandths of a hedge.
                 let earned = (ratio * UNIT as f64).round() / UNIT as f64;
-                let bound = f64::from(burst).max(earned) + earned * requests as f64 + 1e-9;
+                let bound = (burst as f64).max(earned) + earned * requests as f64 + 1e-9;
                 prop_assert!((granted as f64) <= bound);
             }
         }

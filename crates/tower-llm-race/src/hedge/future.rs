@@ -12,7 +12,7 @@ use tower_llm_core::{BoxError, Classify};
 use tower_service::Service;
 
 use super::{STRATEGY, Shared};
-use crate::answer::{Answered, RecordAnswer};
+use crate::answer::{Answered, NoRecord, RecordWinner};
 use crate::attempt::{Attempts, Verdict, judge};
 use crate::error::{AllFailed, ServiceFailure};
 use crate::metrics;
@@ -22,7 +22,7 @@ const PRIMARY: usize = 0;
 
 pin_project! {
     /// The response future of [`Hedge`](super::Hedge).
-    pub struct HedgeFuture<S, Req, C>
+    pub struct HedgeFuture<S, Req, C, W = NoRecord>
     where
         S: Service<Req>,
     {
@@ -31,6 +31,7 @@ pin_project! {
         shared: Arc<Shared>,
         request: Option<Req>,
         classifier: C,
+        record: W,
         failures: Vec<ServiceFailure>,
         // The services used, in order: 0..max_attempts.
         max_attempts: usize,
@@ -46,7 +47,7 @@ pin_project! {
     }
 }
 
-impl<S, Req, C> HedgeFuture<S, Req, C>
+impl<S, Req, C, W> HedgeFuture<S, Req, C, W>
 where
     S: Service<Req> + Clone,
     Req: Clone,
@@ -57,6 +58,7 @@ where
         shared: Arc<Shared>,
         request: Req,
         classifier: C,
+        record: W,
         max_attempts: usize,
     ) -> Self {
         let now = Instant::now();
@@ -66,6 +68,7 @@ where
             shared,
             request: Some(request),
             classifier,
+            record,
             failures: Vec::new(),
             max_attempts,
             launched: 0,
@@ -114,13 +117,13 @@ fn launch<S, Req>(
     }
 }
 
-impl<S, Req, C> Future for HedgeFuture<S, Req, C>
+impl<S, Req, C, W> Future for HedgeFuture<S, Req, C, W>
 where
     S: Service<Req> + Clone,
-    S::Response: RecordAnswer,
     S::Error: Into<BoxError>,
     Req: Clone,
     C: Classify<S::Response, S::Error>,
+    W: RecordWinner<S::Response>,
 {
     type Output = Result<S::Response, BoxError>;
 
@@ -130,6 +133,7 @@ where
             if let Poll::Ready(next) = this.attempts.poll_next(cx) {
                 let Some((index, result)) = next else {
                     return Poll::Ready(Err(exhausted(
+                        this.shared,
                         this.failures,
                         this.services.len(),
                         *this.stopped,
@@ -146,12 +150,15 @@ where
                             this.shared.record_latency(now - *this.started, now);
                         }
                         metrics::cancelled(STRATEGY, this.attempts.cancel_all());
-                        let attempts = *this.launched as u32;
+                        match &answer {
+                            Ok(_) => this.shared.counters.answered(index),
+                            // An error the classifier let through is the caller's answer,
+                            // but not a success to count.
+                            Err(_) => this.shared.counters.failed(),
+                        }
+                        let answered = Answered::new(index, *this.launched);
                         return Poll::Ready(answer.map(|mut response| {
-                            response.record_answer(Answered {
-                                service: index,
-                                attempts,
-                            });
+                            this.record.record_winner(&mut response, answered);
                             response
                         }));
                     }
@@ -169,6 +176,7 @@ where
                             && *this.launched < *this.max_attempts;
                         if !can_fail_over {
                             return Poll::Ready(Err(exhausted(
+                                this.shared,
                                 this.failures,
                                 this.services.len(),
                                 *this.stopped,
@@ -181,6 +189,7 @@ where
                             this.launched,
                             *this.max_attempts,
                         );
+                        this.shared.counters.failed_over();
                         *this.last_launch = Instant::now();
                         this.timer.set(None);
                         continue;
@@ -206,10 +215,12 @@ where
             this.timer.set(None);
             if !this.shared.withdraw() {
                 metrics::hedge_budget_exhausted();
+                this.shared.counters.budget_exhausted();
                 *this.hedging_over = true;
                 return Poll::Pending;
             }
             metrics::hedge();
+            this.shared.counters.hedged();
             launch(
                 this.attempts,
                 this.services,
@@ -222,8 +233,14 @@ where
     }
 }
 
-fn exhausted(failures: &mut Vec<ServiceFailure>, services: usize, stopped: bool) -> BoxError {
+fn exhausted(
+    shared: &Shared,
+    failures: &mut Vec<ServiceFailure>,
+    services: usize,
+    stopped: bool,
+) -> BoxError {
     metrics::exhausted(STRATEGY);
+    shared.counters.failed();
     let failures = std::mem::take(failures);
     if stopped {
         AllFailed::stopped(services, failures).into()
@@ -232,7 +249,7 @@ fn exhausted(failures: &mut Vec<ServiceFailure>, services: usize, stopped: bool)
     }
 }
 
-impl<S: Service<Req>, Req, C> fmt::Debug for HedgeFuture<S, Req, C> {
+impl<S: Service<Req>, Req, C, W> fmt::Debug for HedgeFuture<S, Req, C, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HedgeFuture")
             .field("attempts", &self.attempts)

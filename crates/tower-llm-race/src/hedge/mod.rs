@@ -9,7 +9,7 @@
 //! - **Delay**: fixed ([`HedgeDelay::Fixed`]), or a percentile of the first service's
 //!   latency learned online ([`HedgeDelay::Percentile`]; e.g. hedge the 10 % slowest
 //!   requests at p90). The learned histogram is lock-free (one atomic add per sample) over a
-//!   sliding window, and shared by every clone of the service.
+//!   sliding window.
 //! - **Budget**: a [`HedgeBudget`] caps the extra load: each request earns a fraction of a
 //!   hedge, and a hedge whose delay passes with the budget spent is not sent.
 //! - **Failover**: when every call in flight has failed with a failure worth trying
@@ -18,8 +18,14 @@
 //!   call rather than duplicating a live one, so it counts against `max_extra_attempts` but
 //!   not against the budget. A client error (400, 401, ...) sends nothing more.
 //!
-//! The response is marked with the service that answered and the number of calls sent
-//! ([`Answered`](crate::Answered)); when every call fails the error is
+//! **State belongs to the layer value.** The latency record, the budget's balance and the
+//! counters behind [`HedgeLayer::handle`] are created once, when the layer is built, and
+//! shared by every service that layer value (or a clone of it) makes, in whatever stack: two
+//! routes hedged by one `HedgeLayer` learn one percentile and spend one budget. For
+//! independent state, build another layer value.
+//!
+//! The response can be marked with the service that answered and the number of calls sent
+//! ([`Answered`](crate::Answered), see [`HedgeLayer::record_winner`]); when every call fails the error is
 //! [`AllFailed`](crate::AllFailed). Readiness of each service is awaited inside its own call,
 //! so a service that is not ready does not hold up the hedge: its delay still runs.
 //!
@@ -38,7 +44,7 @@
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //! use tower_llm_core::BoxError;
-//! use tower_llm_race::{Answer, RecordAnswer};
+//! use tower_llm_race::{Answer, MarkResponse, RecordAnswer};
 //! use tower_llm_race::hedge::{HedgeBudget, HedgeDelay, HedgeLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -47,14 +53,15 @@
 //!     tokio::time::sleep(latency).await;
 //!     Ok::<_, BoxError>(Answer::new(prompt))
 //! });
+//! let layer = HedgeLayer::builder()
+//!     .delay(HedgeDelay::Fixed(Duration::from_millis(500)))
+//!     .max_extra_attempts(1)
+//!     .budget(HedgeBudget::new(0.2, 5))
+//!     .record_winner(MarkResponse)
+//!     .build()?;
+//! let handle = layer.handle();
 //! let hedge = ServiceBuilder::new()
-//!     .layer(
-//!         HedgeLayer::builder()
-//!             .delay(HedgeDelay::Fixed(Duration::from_millis(500)))
-//!             .max_extra_attempts(1)
-//!             .budget(HedgeBudget::new(0.2, 5))
-//!             .build()?,
-//!     )
+//!     .layer(layer)
 //!     .service(vec![provider(Duration::from_secs(5)), provider(Duration::from_secs(1))]);
 //!
 //! let start = tokio::time::Instant::now();
@@ -62,6 +69,29 @@
 //! // The backup went out at 0.5 s and answered 1 s later.
 //! assert_eq!(start.elapsed(), Duration::from_millis(1500));
 //! assert_eq!(answer.answered().map(|a| (a.service, a.attempts)), Some((1, 2)));
+//! assert_eq!(handle.stats().hedges, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With its defaults a hedge needs nothing of the response type, here a `String`:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_llm_core::BoxError;
+//! use tower_llm_race::HedgeLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let provider = |name: &'static str, latency: Duration| service_fn(move |prompt: String| async move {
+//!     tokio::time::sleep(latency).await;
+//!     Ok::<_, BoxError>(format!("{name}: {prompt}"))
+//! });
+//! let hedge = ServiceBuilder::new()
+//!     .layer(HedgeLayer::new(Duration::from_millis(100)))
+//!     .service(vec![provider("slow", Duration::from_secs(3)), provider("quick", Duration::from_secs(1))]);
+//! assert_eq!(hedge.oneshot("hi".to_string()).await?, "quick: hi");
 //! # Ok(())
 //! # }
 //! ```
@@ -72,6 +102,7 @@ mod latency;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -80,7 +111,7 @@ use tower_layer::Layer;
 use tower_llm_core::{BoxError, Classify, DefaultClassifier};
 use tower_service::Service;
 
-use crate::answer::RecordAnswer;
+use crate::answer::{NoRecord, RecordWinner};
 use crate::attempt::Attempts;
 use crate::error::ConfigError;
 use crate::metrics::{self, Strategy};
@@ -95,6 +126,7 @@ pub(crate) const STRATEGY: Strategy = Strategy::Hedge;
 
 /// When to send the next attempt.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum HedgeDelay {
     /// Always this long after the previous attempt.
     Fixed(Duration),
@@ -157,9 +189,10 @@ struct HedgeConfig {
 
 /// Builds a [`HedgeLayer`]; see [`HedgeLayer::builder`].
 #[derive(Clone, Debug)]
-pub struct HedgeBuilder<C = DefaultClassifier> {
+pub struct HedgeBuilder<C = DefaultClassifier, W = NoRecord> {
     config: HedgeConfig,
     classifier: C,
+    record: W,
 }
 
 impl HedgeBuilder {
@@ -172,11 +205,12 @@ impl HedgeBuilder {
                 failover: true,
             },
             classifier: DefaultClassifier,
+            record: NoRecord,
         }
     }
 }
 
-impl<C> HedgeBuilder<C> {
+impl<C, W> HedgeBuilder<C, W> {
     /// When to send the next attempt (default: p90 of the first service's latency, 2 s
     /// until it is known).
     pub fn delay(mut self, delay: HedgeDelay) -> Self {
@@ -212,15 +246,27 @@ impl<C> HedgeBuilder<C> {
     }
 
     /// Judges results with `classifier` instead of the [`DefaultClassifier`].
-    pub fn classifier<C2>(self, classifier: C2) -> HedgeBuilder<C2> {
+    pub fn classifier<C2>(self, classifier: C2) -> HedgeBuilder<C2, W> {
         HedgeBuilder {
             config: self.config,
             classifier,
+            record: self.record,
         }
     }
 
-    /// The layer, or the knob whose value cannot work.
-    pub fn build(self) -> Result<HedgeLayer<C>, ConfigError> {
+    /// Records which service answered with `record` (a [`RecordWinner`], e.g.
+    /// [`MarkResponse`](crate::MarkResponse)) instead of nothing.
+    pub fn record_winner<W2>(self, record: W2) -> HedgeBuilder<C, W2> {
+        HedgeBuilder {
+            config: self.config,
+            classifier: self.classifier,
+            record,
+        }
+    }
+
+    /// The layer, or the knob whose value cannot work. The layer's state (latency record,
+    /// budget, counters) is made here, once.
+    pub fn build(self) -> Result<HedgeLayer<C, W>, ConfigError> {
         self.config.delay.validate()?;
         if self.config.max_extra == 0 {
             return Err(ConfigError::new(
@@ -233,29 +279,36 @@ impl<C> HedgeBuilder<C> {
             budget.validate()?;
         }
         Ok(HedgeLayer {
-            config: self.config,
+            shared: Arc::new(Shared::new(self.config)),
             classifier: self.classifier,
+            record: self.record,
         })
     }
 }
 
-/// Makes a [`Hedge`] over a `Vec` of services. Each service it makes has its own latency
-/// histogram and budget, shared by that service's clones.
+/// Makes a [`Hedge`] over a `Vec` of services.
+///
+/// The latency record, the budget and the counters belong to the layer value: every service
+/// it (or a clone of it) makes shares them, whichever stack it lands in. Build another layer
+/// value for independent ones. [`handle`](Self::handle) reads them.
 #[derive(Clone, Debug)]
-pub struct HedgeLayer<C = DefaultClassifier> {
-    config: HedgeConfig,
+pub struct HedgeLayer<C = DefaultClassifier, W = NoRecord> {
+    shared: Arc<Shared>,
     classifier: C,
+    record: W,
 }
 
 impl HedgeLayer {
     /// A hedge with a fixed `delay`, one extra attempt and the default budget.
     pub fn new(delay: Duration) -> Self {
+        let config = HedgeConfig {
+            delay: HedgeDelay::Fixed(delay),
+            ..HedgeBuilder::new().config
+        };
         HedgeLayer {
-            config: HedgeConfig {
-                delay: HedgeDelay::Fixed(delay),
-                ..HedgeBuilder::new().config
-            },
+            shared: Arc::new(Shared::new(config)),
             classifier: DefaultClassifier,
+            record: NoRecord,
         }
     }
 
@@ -266,23 +319,133 @@ impl HedgeLayer {
     }
 }
 
-impl<S, C: Clone> Layer<Vec<S>> for HedgeLayer<C> {
-    type Service = Hedge<S, C>;
+impl<C, W> HedgeLayer<C, W> {
+    /// Records which service answered with `record` (a [`RecordWinner`], e.g.
+    /// [`MarkResponse`](crate::MarkResponse)) instead of nothing. The state stays this layer
+    /// value's.
+    pub fn record_winner<W2>(self, record: W2) -> HedgeLayer<C, W2> {
+        HedgeLayer {
+            shared: self.shared,
+            classifier: self.classifier,
+            record,
+        }
+    }
+
+    /// The handle on this layer value's state, usable before the stack is built and after it
+    /// is boxed: [`stats`](HedgeHandle::stats) and the
+    /// [`current_delay`](HedgeHandle::current_delay).
+    pub fn handle(&self) -> HedgeHandle {
+        HedgeHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S, C: Clone, W: Clone> Layer<Vec<S>> for HedgeLayer<C, W> {
+    type Service = Hedge<S, C, W>;
 
     fn layer(&self, services: Vec<S>) -> Self::Service {
-        let histogram = match self.config.delay {
-            HedgeDelay::Fixed(_) => None,
-            HedgeDelay::Percentile { window, .. } => Some(LatencyHistogram::new(window)),
-        };
         Hedge {
             services,
-            shared: Arc::new(Shared {
-                config: self.config,
-                histogram,
-                balance: self.config.budget.map(Balance::new),
-            }),
+            shared: Arc::clone(&self.shared),
             classifier: self.classifier.clone(),
+            record: self.record.clone(),
         }
+    }
+}
+
+/// Reads (and, as controls are added, steers) the state of one [`HedgeLayer`] value: every
+/// service it made. `Clone`; clones are the same handle.
+#[derive(Clone, Debug)]
+pub struct HedgeHandle {
+    shared: Arc<Shared>,
+}
+
+impl HedgeHandle {
+    /// The counters now.
+    pub fn stats(&self) -> HedgeStats {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let counters = &self.shared.counters;
+        HedgeStats {
+            requests: get(&counters.requests),
+            hedges: get(&counters.hedges),
+            failovers: get(&counters.failovers),
+            budget_exhausted: get(&counters.budget_exhausted),
+            answered_by_first: get(&counters.answered_by_first),
+            answered_by_others: get(&counters.answered_by_others),
+            failed: get(&counters.failed),
+            current_delay: self.current_delay(),
+        }
+    }
+
+    /// The delay the next request would wait before its first hedge: the fixed delay, or
+    /// the learned percentile (the initial delay until enough samples are in).
+    pub fn current_delay(&self) -> Duration {
+        self.shared.delay(Instant::now())
+    }
+}
+
+/// A snapshot of one [`HedgeLayer`] value's counters, from [`HedgeHandle::stats`]. Totals
+/// since the layer was built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HedgeStats {
+    /// Requests received.
+    pub requests: u64,
+    /// Calls sent because the hedge delay passed with no answer.
+    pub hedges: u64,
+    /// Calls sent at once because every call in flight had failed.
+    pub failovers: u64,
+    /// Hedges not sent because the budget was spent.
+    pub budget_exhausted: u64,
+    /// Requests answered by the first service.
+    pub answered_by_first: u64,
+    /// Requests answered by another service (a hedge or a failover won).
+    pub answered_by_others: u64,
+    /// Requests that ended in an error: every call failed, or a failure stopped the hedge.
+    pub failed: u64,
+    /// The delay a request arriving now would wait before its first hedge.
+    pub current_delay: Duration,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    requests: AtomicU64,
+    hedges: AtomicU64,
+    failovers: AtomicU64,
+    budget_exhausted: AtomicU64,
+    answered_by_first: AtomicU64,
+    answered_by_others: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn hedged(&self) {
+        Self::add(&self.hedges);
+    }
+
+    pub(crate) fn failed_over(&self) {
+        Self::add(&self.failovers);
+    }
+
+    pub(crate) fn budget_exhausted(&self) {
+        Self::add(&self.budget_exhausted);
+    }
+
+    pub(crate) fn answered(&self, service: usize) {
+        if service == 0 {
+            Self::add(&self.answered_by_first);
+        } else {
+            Self::add(&self.answered_by_others);
+        }
+    }
+
+    pub(crate) fn failed(&self) {
+        Self::add(&self.failed);
     }
 }
 
@@ -290,9 +453,23 @@ pub(crate) struct Shared {
     config: HedgeConfig,
     histogram: Option<LatencyHistogram>,
     balance: Option<Balance>,
+    pub(crate) counters: Counters,
 }
 
 impl Shared {
+    fn new(config: HedgeConfig) -> Self {
+        let histogram = match config.delay {
+            HedgeDelay::Fixed(_) => None,
+            HedgeDelay::Percentile { window, .. } => Some(LatencyHistogram::new(window)),
+        };
+        Shared {
+            config,
+            histogram,
+            balance: config.budget.map(Balance::new),
+            counters: Counters::default(),
+        }
+    }
+
     fn delay(&self, now: Instant) -> Duration {
         match (self.config.delay, &self.histogram) {
             (HedgeDelay::Fixed(delay), _) => delay,
@@ -339,13 +516,14 @@ impl fmt::Debug for Shared {
 /// Sends each request to the first service, and to the next ones only when the answer is
 /// late. See the [module docs](self).
 #[derive(Clone, Debug)]
-pub struct Hedge<S, C = DefaultClassifier> {
+pub struct Hedge<S, C = DefaultClassifier, W = NoRecord> {
     services: Vec<S>,
     shared: Arc<Shared>,
     classifier: C,
+    record: W,
 }
 
-impl<S, C> Hedge<S, C> {
+impl<S, C, W> Hedge<S, C, W> {
     /// The services.
     pub fn get_ref(&self) -> &[S] {
         &self.services
@@ -366,19 +544,26 @@ impl<S, C> Hedge<S, C> {
     pub fn current_delay(&self) -> Duration {
         self.shared.delay(Instant::now())
     }
+
+    /// The handle of the layer value that made this service (see [`HedgeLayer::handle`]).
+    pub fn handle(&self) -> HedgeHandle {
+        HedgeHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
 }
 
-impl<S, Req, C> Service<Req> for Hedge<S, C>
+impl<S, Req, C, W> Service<Req> for Hedge<S, C, W>
 where
     S: Service<Req> + Clone,
-    S::Response: RecordAnswer,
     S::Error: Into<BoxError>,
     Req: Clone,
     C: Classify<S::Response, S::Error> + Clone,
+    W: RecordWinner<S::Response> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = HedgeFuture<S, Req, C>;
+    type Future = HedgeFuture<S, Req, C, W>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Each service's readiness is awaited inside the response future, on its own clone.
@@ -387,6 +572,7 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         metrics::request(STRATEGY);
+        Counters::add(&self.shared.counters.requests);
         if let Some(balance) = &self.shared.balance {
             balance.deposit();
         }
@@ -401,6 +587,7 @@ where
             Arc::clone(&self.shared),
             request,
             self.classifier.clone(),
+            self.record.clone(),
             max_attempts,
         )
     }
