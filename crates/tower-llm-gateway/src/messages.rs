@@ -293,7 +293,7 @@ fn stop_reason(reason: Option<&FinishReason>) -> &'static str {
     match reason {
         Some(FinishReason::Length) => "max_tokens",
         Some(FinishReason::ToolCalls) => "tool_use",
-        Some(FinishReason::ContentFilter) => "refusal",
+        Some(FinishReason::ContentFilter | FinishReason::Refusal) => "refusal",
         Some(FinishReason::Stop | FinishReason::Other(_)) | None => "end_turn",
     }
 }
@@ -312,8 +312,13 @@ pub(crate) fn message_id() -> String {
 /// A whole answer as Anthropic returns it. `model` is the name the client asked for.
 pub(crate) fn response_json(response: &ChatResponse, model: &str) -> Value {
     let mut content = Vec::new();
-    if !response.content.is_empty() || response.tool_calls.is_empty() {
-        content.push(json!({"type": "text", "text": response.content}));
+    // A refusal's explanation is the answer's text to an Anthropic client.
+    let text = match (&response.refusal, response.content.is_empty()) {
+        (Some(refusal), true) => refusal.as_str(),
+        _ => response.content.as_str(),
+    };
+    if !text.is_empty() || response.tool_calls.is_empty() {
+        content.push(json!({"type": "text", "text": text}));
     }
     for call in &response.tool_calls {
         let input: Value =
@@ -431,7 +436,8 @@ impl EventWriter for EventSequence {
     fn chunk(&mut self, chunk: &ChatChunk, out: &mut String) {
         self.start(out);
         match chunk {
-            ChatChunk::Content(text) => {
+            // Anthropic has no refusal text of its own: it is the answer's text.
+            ChatChunk::Content(text) | ChatChunk::Refusal(text) => {
                 if text.is_empty() {
                     return;
                 }

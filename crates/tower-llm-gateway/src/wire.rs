@@ -418,6 +418,8 @@ fn finish_str(reason: &FinishReason) -> &str {
         FinishReason::Length => "length",
         FinishReason::ToolCalls => "tool_calls",
         FinishReason::ContentFilter => "content_filter",
+        // OpenAI ends a refusal with "stop" and says it in `refusal`.
+        FinishReason::Refusal => "stop",
         FinishReason::Other(other) => other,
     }
 }
@@ -457,6 +459,8 @@ struct MessageJson<'a> {
     role: &'static str,
     /// `null` when the answer is only tool calls, as OpenAI sends it.
     content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal: Option<&'a str>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     tool_calls: Vec<ToolCallJson<'a>>,
 }
@@ -510,6 +514,7 @@ pub(crate) fn chat_response_json<'a>(
                 } else {
                     Some(&response.content)
                 },
+                refusal: response.refusal.as_deref(),
                 tool_calls,
             },
             finish_reason: response.finish_reason.as_ref().map_or("stop", finish_str),
@@ -579,6 +584,10 @@ impl EventWriter for ChunkWriter {
                     entry["function"]["name"] = json!(name);
                 }
                 let delta = self.delta(json!({"tool_calls": [entry]}));
+                self.chunk_json(delta, None)
+            }
+            ChatChunk::Refusal(text) => {
+                let delta = self.delta(json!({"refusal": text}));
                 self.chunk_json(delta, None)
             }
             ChatChunk::Finish(reason) => self.chunk_json(json!({}), Some(finish_str(reason))),

@@ -473,6 +473,10 @@ pub enum FinishReason {
     ToolCalls,
     /// The provider's content filter stopped it.
     ContentFilter,
+    /// The model declined to answer: OpenAI sent a `refusal` instead of content (its text is
+    /// in [`ChatResponse::refusal`] or [`ChatChunk::Refusal`]), or Anthropic stopped with
+    /// `stop_reason: "refusal"`.
+    Refusal,
     /// Anything else, in the provider's words.
     Other(String),
 }
@@ -488,6 +492,9 @@ pub struct ChatResponse {
     pub content: String,
     /// Tools the model called.
     pub tool_calls: Vec<ToolCall>,
+    /// The model's explanation when it declined to answer (OpenAI `message.refusal`); the
+    /// finish reason is then [`FinishReason::Refusal`].
+    pub refusal: Option<String>,
     /// Why it stopped.
     pub finish_reason: Option<FinishReason>,
     /// Tokens used.
@@ -523,6 +530,9 @@ pub enum ChatChunk {
     Usage(Usage),
     /// Why the model stopped.
     Finish(FinishReason),
+    /// More of the model's refusal text (OpenAI `delta.refusal`): it declined to answer, and
+    /// the stream's finish is [`FinishReason::Refusal`].
+    Refusal(String),
 }
 
 /// A piece of a streamed tool call.

@@ -61,8 +61,8 @@ use tower_service::Service;
 use crate::body::DEFAULT_MAX_BODY_BYTES;
 use crate::builder;
 use crate::chat::{
-    ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Message,
-    ResponseFormat, Role, Streaming, ToolCall, ToolCallDelta, ToolChoice,
+    ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, FinishReason,
+    Message, ResponseFormat, Role, Streaming, ToolCall, ToolCallDelta, ToolChoice,
 };
 use crate::client::{HttpClient, RequestBody, post_json, shared_client};
 use crate::error::{ConfigError, Ctx, Dialect};
@@ -814,14 +814,16 @@ pub(crate) fn decode_chat(
     let Some(choice) = choices.into_iter().find(|c| c.index.unwrap_or(0) == 0) else {
         return Err(ctx.malformed("chat completion", &body, "no choice in the answer"));
     };
-    let mut extra = wire.extra;
+    let extra = wire.extra;
     let message = choice.message.unwrap_or(WireMessageOut {
         content: None,
         tool_calls: None,
         refusal: None,
     });
-    if let Some(refusal) = message.refusal {
-        extra.insert("refusal".into(), Value::String(refusal));
+    let refusal = message.refusal.filter(|r| !r.is_empty());
+    let mut finish_reason = choice.finish_reason.as_deref().map(finish_reason_openai);
+    if refusal.is_some() && matches!(finish_reason, None | Some(FinishReason::Stop)) {
+        finish_reason = Some(FinishReason::Refusal);
     }
     Ok(ChatResponse {
         id: wire.id.unwrap_or_default(),
@@ -837,7 +839,8 @@ pub(crate) fn decode_chat(
                 arguments: call.function.arguments.unwrap_or_default(),
             })
             .collect(),
-        finish_reason: choice.finish_reason.as_deref().map(finish_reason_openai),
+        refusal,
+        finish_reason,
         usage: wire.usage.as_ref().map(WireUsage::usage),
         extra,
         meta,
@@ -903,6 +906,8 @@ struct WireDelta {
     #[serde(default)]
     content: Option<String>,
     #[serde(default)]
+    refusal: Option<String>,
+    #[serde(default)]
     tool_calls: Option<Vec<WireToolCallDelta>>,
 }
 
@@ -920,6 +925,7 @@ struct WireToolCallDelta {
 #[derive(Debug, Default)]
 pub(crate) struct StreamDecoder {
     pub(crate) model: Option<String>,
+    refused: bool,
 }
 
 impl StreamDecoder {
@@ -953,6 +959,10 @@ impl StreamDecoder {
                 if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
                     out.push_back(ChatChunk::Content(text));
                 }
+                if let Some(text) = delta.refusal.filter(|t| !t.is_empty()) {
+                    self.refused = true;
+                    out.push_back(ChatChunk::Refusal(text));
+                }
                 for (position, call) in delta.tool_calls.into_iter().flatten().enumerate() {
                     let function = call.function;
                     out.push_back(ChatChunk::ToolCall(ToolCallDelta {
@@ -964,7 +974,11 @@ impl StreamDecoder {
                 }
             }
             if let Some(reason) = choice.finish_reason {
-                out.push_back(ChatChunk::Finish(finish_reason_openai(&reason)));
+                let reason = match finish_reason_openai(&reason) {
+                    FinishReason::Stop if self.refused => FinishReason::Refusal,
+                    reason => reason,
+                };
+                out.push_back(ChatChunk::Finish(reason));
             }
         }
         if let Some(usage) = chunk.usage {

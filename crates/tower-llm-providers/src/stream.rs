@@ -546,6 +546,11 @@ impl ChatAccumulator {
                 call.arguments.push_str(&delta.arguments);
             }
             ChatChunk::Usage(usage) => self.response.usage = Some(*usage),
+            ChatChunk::Refusal(text) => self
+                .response
+                .refusal
+                .get_or_insert_with(String::new)
+                .push_str(text),
             ChatChunk::Finish(reason) => self.response.finish_reason = Some(reason.clone()),
         }
     }

@@ -15,15 +15,17 @@ use tower_llm_providers::{
     Anthropic, ChatChunk, ChatRequest, ChunkDecoder, Gemini, Message, OpenAi,
 };
 
-const TRANSCRIPTS: [&str; 4] = [
+const TRANSCRIPTS: [&str; 5] = [
     include_str!("fixtures/openai_stream.sse"),
+    include_str!("fixtures/openai_stream_refusal.sse"),
     include_str!("fixtures/openai_stream_tools.sse"),
     include_str!("fixtures/anthropic_stream.sse"),
     include_str!("fixtures/gemini_stream.sse"),
 ];
 
-const BODIES: [&str; 5] = [
+const BODIES: [&str; 6] = [
     include_str!("fixtures/openai_chat.json"),
+    include_str!("fixtures/openai_refusal.json"),
     include_str!("fixtures/openai_tool_call.json"),
     include_str!("fixtures/anthropic_message.json"),
     include_str!("fixtures/gemini_generate.json"),
@@ -125,8 +127,8 @@ fn check_bodies(status: u16, body: &[u8]) -> Result<(), TestCaseError> {
 /// The transcripts' decoders, in the order of `TRANSCRIPTS`.
 fn decoder_for(which: usize) -> ChunkDecoder {
     match which {
-        0 | 1 => ChunkDecoder::openai(),
-        2 => ChunkDecoder::anthropic(),
+        0..=2 => ChunkDecoder::openai(),
+        3 => ChunkDecoder::anthropic(),
         _ => ChunkDecoder::gemini(),
     }
 }
