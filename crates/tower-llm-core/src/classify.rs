@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::error::{CircuitOpen, RateLimited, UpstreamError};
 use crate::retry_after::retry_after;
+use crate::stream_end::EndSignal;
 
 /// The kind of a failed call.
 ///
@@ -280,6 +281,16 @@ impl From<Failure> for Outcome {
 pub trait Classify<Res: ?Sized, Err: ?Sized> {
     /// Classifies one call's result.
     fn classify(&self, result: Result<&Res, &Err>) -> Outcome;
+
+    /// The [`EndSignal`] of a response that finishes later (a stream), whose outcome is its
+    /// end rather than its head; `None` for a whole answer. The default says every response
+    /// is whole; [`DefaultClassifier`] asks the response
+    /// ([`ClassifyResponse::end_signal`]). A classifier of your own that serves streams
+    /// forwards this to the response the same way, or the layers judge streams at their head.
+    fn end_signal<'r>(&self, response: &'r mut Res) -> Option<&'r mut EndSignal> {
+        let _ = response;
+        None
+    }
 }
 
 impl<Res: ?Sized, Err: ?Sized, F> Classify<Res, Err> for F
@@ -321,6 +332,11 @@ where
             Err(error) => Outcome::Failure(error.classify_error()),
         }
     }
+
+    #[inline]
+    fn end_signal<'r>(&self, response: &'r mut Res) -> Option<&'r mut EndSignal> {
+        response.end_signal()
+    }
 }
 
 /// A response that can tell whether it is a success.
@@ -330,6 +346,14 @@ where
 pub trait ClassifyResponse {
     /// The outcome this response stands for.
     fn classify_response(&self) -> Outcome;
+
+    /// For a response that finishes later (a stream), the signal its end will fire: layers
+    /// that hold something for the length of a call, or judge it by how it went, hang a hook
+    /// on it (see [`EndSignal`]). `None`, the default, for a whole answer.
+    #[inline]
+    fn end_signal(&mut self) -> Option<&mut EndSignal> {
+        None
+    }
 }
 
 /// An error that can tell what kind of failure it is.
@@ -392,6 +416,10 @@ impl<T: ClassifyResponse + ?Sized> ClassifyResponse for &T {
 impl<T: ClassifyResponse + ?Sized> ClassifyResponse for Box<T> {
     fn classify_response(&self) -> Outcome {
         (**self).classify_response()
+    }
+
+    fn end_signal(&mut self) -> Option<&mut EndSignal> {
+        (**self).end_signal()
     }
 }
 

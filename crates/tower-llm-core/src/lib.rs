@@ -14,6 +14,8 @@
 //! - **Determinism** ([`Deterministic`]): whether a stored answer is as good as a fresh one, the
 //!   default rule for what a cache may keep; [`CacheControl`]: whether a request opts out.
 //! - **Rate-limit headers** ([`RateLimitHeaders`]): a response's view of the provider's limits.
+//! - **Responses that finish later** ([`EndSignal`], [`StreamEnd`]): a stream's end, which
+//!   layers wait for to release what they hold and to judge the call.
 //! - **Errors** ([`CircuitOpen`], [`RateLimited`], [`UpstreamError`]): what layers and
 //!   providers box, so that any layer further out can classify them.
 //! - **Configuration and keys** ([`ConfigError`], [`KeyFn`], [`parse_duration`]): the one
@@ -61,6 +63,7 @@ mod panic;
 mod request_meta;
 mod retry_after;
 mod sampling;
+mod stream_end;
 #[cfg(test)]
 mod test_json;
 
@@ -84,3 +87,4 @@ pub use panic::panic_message;
 pub use request_meta::{BYPASS_HEADER, BYPASS_VALUE, Bypass, CacheControl, RateLimitHeaders};
 pub use retry_after::{RETRY_AFTER_HEADERS, parse_retry_after, retry_after, retry_after_at};
 pub use sampling::{Deterministic, is_deterministic_json};
+pub use stream_end::{EndSignal, StreamEnd};

@@ -117,7 +117,8 @@ impl AnthropicBuilder {
         self
     }
 
-    /// Timeouts of streamed answers.
+    /// Timeouts of streamed answers; [`StreamTimeouts::default`] (10 min to the first chunk, 5 min
+    /// of silence) unless set. [`StreamTimeouts::none`] turns them off.
     pub fn stream_timeouts(mut self, timeouts: StreamTimeouts) -> Self {
         self.timeouts = timeouts;
         self
@@ -223,7 +224,7 @@ impl Anthropic<HttpClient> {
             version: ANTHROPIC_VERSION.to_owned(),
             default_max_tokens: 4096,
             name: Cow::Borrowed("anthropic"),
-            timeouts: StreamTimeouts::none(),
+            timeouts: StreamTimeouts::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
         }

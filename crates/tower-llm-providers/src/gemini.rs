@@ -105,7 +105,8 @@ impl GeminiBuilder {
         self
     }
 
-    /// Timeouts of streamed answers.
+    /// Timeouts of streamed answers; [`StreamTimeouts::default`] (10 min to the first chunk, 5 min
+    /// of silence) unless set. [`StreamTimeouts::none`] turns them off.
     pub fn stream_timeouts(mut self, timeouts: StreamTimeouts) -> Self {
         self.timeouts = timeouts;
         self
@@ -200,7 +201,7 @@ impl Gemini<HttpClient> {
             base_url: GEMINI_BASE_URL.to_owned(),
             api_key: None,
             name: Cow::Borrowed("gemini"),
-            timeouts: StreamTimeouts::none(),
+            timeouts: StreamTimeouts::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
         }

@@ -41,6 +41,20 @@
 //! [`ClassifyResponse`](tower_llm_core::ClassifyResponse) (always a success), and so does
 //! [`ChatStream`]: failures inside a stream arrive as its error items.
 //!
+//! # Streams
+//!
+//! A [`ChatStream`] is returned at its response head and ends much later. It carries core's
+//! [`EndSignal`](tower_llm_core::EndSignal), fired once: at its terminal event (with the usage
+//! it reported), at its first error item (a cut, a stall, an error event), or when it is
+//! dropped. The layers wait for it: the rate limiter keeps a streamed call's concurrency slot
+//! and token reservation until then, the breaker judges the call by it (see
+//! `docs/streams.md`). A caller that stops reading at the finish chunk, before the usage chunk
+//! and the end, drops the stream: the limiter then keeps the whole reservation charged.
+//!
+//! Streams have [timeouts](StreamTimeouts) by default (10 minutes to the first chunk, 5
+//! minutes of silence), so a stalled upstream cannot hold a caller forever; they run on
+//! tokio's timer, which the runtime must have (`#[tokio::main]` enables it).
+//!
 //! # Metrics
 //!
 //! Through the [`metrics`](https://docs.rs/metrics) facade:

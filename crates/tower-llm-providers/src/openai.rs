@@ -110,7 +110,7 @@ impl OpenAiBuilder {
             organization: None,
             project: None,
             name: Cow::Borrowed(name),
-            timeouts: StreamTimeouts::none(),
+            timeouts: StreamTimeouts::default(),
             include_usage: true,
             legacy_max_tokens,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -151,7 +151,8 @@ impl OpenAiBuilder {
         self
     }
 
-    /// Timeouts of streamed answers.
+    /// Timeouts of streamed answers; [`StreamTimeouts::default`] (10 min to the first chunk, 5 min
+    /// of silence) unless set. [`StreamTimeouts::none`] turns them off.
     pub fn stream_timeouts(mut self, timeouts: StreamTimeouts) -> Self {
         self.timeouts = timeouts;
         self

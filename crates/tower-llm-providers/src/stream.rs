@@ -18,7 +18,9 @@ use futures_core::Stream;
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
-use tower_llm_core::{BoxError, FailureKind, UpstreamError, Usage};
+use tower_llm_core::{
+    BoxError, ClassifyError, EndSignal, FailureKind, StreamEnd, UpstreamError, Usage,
+};
 
 use crate::chat::{ChatChunk, ChatResponse, FinishReason, ToolCall};
 use crate::error::{Ctx, Dialect};
@@ -27,22 +29,57 @@ use crate::meta::ResponseMeta;
 use crate::sse::{SseEvent, SseParser};
 use crate::{anthropic, gemini, openai};
 
-/// Timeouts of a streamed answer, all measured from the moment the request is sent, on
-/// tokio's clock. `None` (the default for each) means no limit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Timeouts of a streamed answer, on tokio's clock.
+///
+/// On by default ([`StreamTimeouts::default`]), so that a stalled upstream cannot hold a caller
+/// (and whatever the layers hold for the call) for as long as it likes:
+///
+/// | limit | default | runs |
+/// |---|---|---|
+/// | `first_token` | 10 min | from the request being sent to the first chunk handed over |
+/// | `between_chunks` | 5 min | from the response head, then from each sign of life (an event read) or chunk asked for |
+/// | `total` | none | from the request being sent to the end |
+///
+/// The values follow what real providers need: a reasoning model (OpenAI's o-series, Claude or
+/// Gemini thinking) may think for minutes before its first token, and OpenAI's Chat
+/// Completions sends nothing while it does (Anthropic sends `ping` events and thinking
+/// deltas, which count as signs of life); the official SDKs wait 10 minutes. A long answer is
+/// legitimate, so the whole stream has no limit unless you set one. [`StreamTimeouts::none`]
+/// turns every limit off.
+///
+/// `between_chunks` runs from the response head on, so a stall right after the head, after
+/// OpenAI's role-only first chunk or after Anthropic's `message_start` is caught like a stall
+/// mid-answer. Its clock restarts when the caller asks for the next chunk, not when the last
+/// one was handed over: time the caller spends on a chunk is not held against the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StreamTimeouts {
     /// The most time until the first chunk (headers included).
     pub first_token: Option<Duration>,
-    /// The most time between two chunks once the first has arrived, counted from when the
-    /// caller asks for the next one (time spent handling a chunk is not held against the
-    /// server).
+    /// The most silence from the server once its response head has arrived.
     pub between_chunks: Option<Duration>,
     /// The most time for the whole answer.
     pub total: Option<Duration>,
 }
 
+impl Default for StreamTimeouts {
+    /// 10 minutes to the first chunk, 5 minutes of silence at most, no limit on the whole.
+    fn default() -> Self {
+        StreamTimeouts {
+            first_token: Some(Self::DEFAULT_FIRST_TOKEN),
+            between_chunks: Some(Self::DEFAULT_BETWEEN_CHUNKS),
+            total: None,
+        }
+    }
+}
+
 impl StreamTimeouts {
-    /// No limits.
+    /// The default `first_token` limit: 10 minutes.
+    pub const DEFAULT_FIRST_TOKEN: Duration = Duration::from_secs(600);
+
+    /// The default `between_chunks` limit: 5 minutes.
+    pub const DEFAULT_BETWEEN_CHUNKS: Duration = Duration::from_secs(300);
+
+    /// No limits: a stalled upstream holds the caller until it closes the connection.
     pub const fn none() -> Self {
         StreamTimeouts {
             first_token: None,
@@ -226,12 +263,16 @@ pin_project! {
         meta: ResponseMeta,
         usage: Option<Usage>,
         timeouts: StreamTimeouts,
-        chunk_timer: Option<Pin<Box<Sleep>>>,
+        // Until the first chunk is handed over: the first-token limit.
+        first_timer: Option<Pin<Box<Sleep>>>,
+        // The between-chunks limit: from the head, then from each sign of life.
+        silence_timer: Option<Pin<Box<Sleep>>>,
         total_timer: Option<Pin<Box<Sleep>>>,
-        got_chunk: bool,
         // A chunk was handed over: restart the between-chunks timer on the next poll.
         rearm: bool,
         phase: Phase,
+        // Fired once: at the terminal event, at the first error, or (by itself) when dropped.
+        end: EndSignal,
     }
 }
 
@@ -254,10 +295,14 @@ impl<B> ChatStream<B> {
         started: Instant,
         max_event_bytes: usize,
     ) -> Self {
-        let chunk_timer = timeouts
-            .first_token
-            .and_then(|limit| deadline(started, limit))
-            .map(|at| Box::pin(tokio::time::sleep_until(at)));
+        let timer = |from: Instant, limit: Option<Duration>| {
+            limit
+                .and_then(|limit| deadline(from, limit))
+                .map(|at| Box::pin(tokio::time::sleep_until(at)))
+        };
+        // The head has arrived: the between-chunks clock starts now.
+        let silence_timer = timer(Instant::now(), timeouts.between_chunks);
+        let first_timer = timer(started, timeouts.first_token);
         let total_timer = timeouts
             .total
             .and_then(|limit| deadline(started, limit))
@@ -272,11 +317,12 @@ impl<B> ChatStream<B> {
             meta,
             usage: None,
             timeouts,
-            chunk_timer,
+            first_timer,
+            silence_timer,
             total_timer,
-            got_chunk: false,
             rearm: false,
             phase: Phase::Reading,
+            end: EndSignal::new(),
         }
     }
 }
@@ -316,10 +362,18 @@ impl<B> tower_llm_core::RateLimitHeaders for ChatStream<B> {
 }
 
 impl<B> tower_llm_core::ClassifyResponse for ChatStream<B> {
-    /// A stream is a success once it exists (the provider answered 200 with an event
-    /// stream); failures inside it arrive as error items.
+    /// A stream's head is a success (the provider answered 200 with an event stream); how
+    /// the call went is known at its end, through [`end_signal`](Self::end_signal).
     fn classify_response(&self) -> tower_llm_core::Outcome {
         tower_llm_core::Outcome::Success
+    }
+
+    /// Fired at the terminal event ([`StreamEnd::Completed`], with the usage the stream
+    /// reported), at the first error item (a cut, a stall, an error event, a malformed event:
+    /// [`StreamEnd::Failed`]), or when the stream is dropped before either
+    /// ([`StreamEnd::Dropped`]).
+    fn end_signal(&mut self) -> Option<&mut EndSignal> {
+        Some(&mut self.end)
     }
 }
 
@@ -336,7 +390,18 @@ where
             Some(Err(error)) => {
                 let error = with_request_id(error, self.meta.request_id.as_deref());
                 self.ctx.record_failure(&error);
+                let failure = error.classify_error();
+                self.as_mut()
+                    .project()
+                    .end
+                    .finish(StreamEnd::Failed(failure));
                 Poll::Ready(Some(Err(error)))
+            }
+            None => {
+                let this = self.as_mut().project();
+                let usage = *this.usage;
+                this.end.finish(StreamEnd::Completed { usage });
+                Poll::Ready(None)
             }
             Some(Ok(ChatChunk::Usage(usage))) => {
                 *self.as_mut().project().usage = Some(usage);
@@ -361,25 +426,12 @@ where
         // the last one was handed over: time the caller spends on a chunk is not the server's
         // silence (the transport reads nothing until it is polled again).
         if std::mem::take(this.rearm) {
-            match this
-                .timeouts
-                .between_chunks
-                .and_then(|limit| deadline(Instant::now(), limit))
-            {
-                Some(at) => match this.chunk_timer.as_mut() {
-                    Some(timer) => timer.as_mut().reset(at),
-                    None => *this.chunk_timer = Some(Box::pin(tokio::time::sleep_until(at))),
-                },
-                None => *this.chunk_timer = None,
-            }
+            rearm(this.silence_timer, this.timeouts.between_chunks);
         }
         loop {
             if let Some(chunk) = this.pending.pop_front() {
-                *this.got_chunk = true;
+                *this.first_timer = None;
                 *this.rearm = true;
-                if this.timeouts.between_chunks.is_none() {
-                    *this.chunk_timer = None;
-                }
                 return Poll::Ready(Some(Ok(chunk)));
             }
             if *this.phase == Phase::Finished {
@@ -391,7 +443,11 @@ where
                 let used = this.input.len() - rest.len();
                 this.input.advance(used);
                 let event = match parsed {
-                    Ok(Some(event)) => event,
+                    Ok(Some(event)) => {
+                        // A sign of life (a ping or a thinking delta counts too).
+                        rearm(this.silence_timer, this.timeouts.between_chunks);
+                        event
+                    }
                     Ok(None) => continue,
                     Err(too_large) => {
                         let error = this
@@ -453,14 +509,17 @@ where
                         let error = timeout(this.ctx, "total", this.timeouts.total);
                         return Poll::Ready(Some(Err(finish(this.phase, error))));
                     }
-                    if let Some(timer) = this.chunk_timer.as_mut()
+                    if let Some(timer) = this.first_timer.as_mut()
                         && timer.as_mut().poll(cx).is_ready()
                     {
-                        let error = if *this.got_chunk {
-                            timeout(this.ctx, "between-chunks", this.timeouts.between_chunks)
-                        } else {
-                            timeout(this.ctx, "first-token", this.timeouts.first_token)
-                        };
+                        let error = timeout(this.ctx, "first-token", this.timeouts.first_token);
+                        return Poll::Ready(Some(Err(finish(this.phase, error))));
+                    }
+                    if let Some(timer) = this.silence_timer.as_mut()
+                        && timer.as_mut().poll(cx).is_ready()
+                    {
+                        let error =
+                            timeout(this.ctx, "between-chunks", this.timeouts.between_chunks);
                         return Poll::Ready(Some(Err(finish(this.phase, error))));
                     }
                     return Poll::Pending;
@@ -482,6 +541,17 @@ fn decode(
         *phase = Phase::Finished;
     }
     Ok(())
+}
+
+/// Restarts the between-chunks clock from now (or drops it when there is no limit).
+fn rearm(timer: &mut Option<Pin<Box<Sleep>>>, limit: Option<Duration>) {
+    match limit.and_then(|limit| deadline(Instant::now(), limit)) {
+        Some(at) => match timer.as_mut() {
+            Some(timer) => timer.as_mut().reset(at),
+            None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+        },
+        None => *timer = None,
+    }
 }
 
 fn finish(phase: &mut Phase, error: UpstreamError) -> UpstreamError {

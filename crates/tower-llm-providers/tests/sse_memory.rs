@@ -168,7 +168,9 @@ fn parser_peak(frames: &[Bytes]) -> usize {
 
 #[test]
 fn hostile_streams_hold_a_small_multiple_of_the_limits() {
+    // Streams have timeouts by default, so the runtime needs its timer.
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .unwrap();
     let mut report = Vec::new();

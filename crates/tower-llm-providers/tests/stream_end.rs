@@ -1,0 +1,203 @@
+//! A stream's end, as the layers see it: the signal it fires (completed with its usage, failed,
+//! dropped), and the default timeouts that end a stalled stream.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Piece, Reply, call, mock};
+use futures_util::StreamExt;
+use tower_llm_core::{ClassifyResponse, FailureKind, StreamEnd, Usage};
+use tower_llm_providers::{Anthropic, ChatRequest, ChatStream, Message, OpenAi, StreamTimeouts};
+
+const ROLE_ONLY: &str =
+    "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n";
+const CONTENT: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+const FINISH: &str =
+    "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3,\"total_tokens\":10}}\n\n";
+const DONE: &str = "data: [DONE]\n\n";
+
+const MESSAGE_START: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"c\",\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n";
+
+fn data(text: &str) -> Piece {
+    Piece::Data(text.to_owned().into())
+}
+
+async fn openai_stream(pieces: Vec<Piece>) -> ChatStream<common::ScriptBody> {
+    let (client, _) = mock(Reply::sse(pieces));
+    let mut openai = OpenAi::builder().api_key("k").build_with(client).unwrap();
+    let request = ChatRequest::new("m", vec![Message::user("hi")]).streaming();
+    call(&mut openai, request).await.expect("a stream")
+}
+
+/// Hangs a hook on the stream's signal and returns where its end lands.
+fn watch(stream: &mut ChatStream<common::ScriptBody>) -> Arc<Mutex<Vec<StreamEnd>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    stream
+        .end_signal()
+        .expect("a stream finishes later")
+        .on_end(move |end| record.lock().unwrap().push(end.clone()));
+    seen
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_read_to_its_end_completes_with_its_usage() {
+    let mut stream = openai_stream(vec![
+        data(ROLE_ONLY),
+        data(CONTENT),
+        data(FINISH),
+        data(USAGE),
+        data(DONE),
+    ])
+    .await;
+    let seen = watch(&mut stream);
+    let mut items = 0;
+    while let Some(item) = stream.next().await {
+        item.unwrap();
+        items += 1;
+        if items < 3 {
+            assert!(seen.lock().unwrap().is_empty(), "ended before its end");
+        }
+    }
+    let usage = Usage {
+        input_tokens: 7,
+        output_tokens: 3,
+        ..Usage::default()
+    };
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [StreamEnd::Completed { usage: Some(usage) }]
+    );
+    drop(stream);
+    assert_eq!(seen.lock().unwrap().len(), 1, "fired once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cut_an_error_event_and_a_drop_each_end_the_stream_their_way() {
+    // Cut: the body ends without [DONE].
+    let mut cut = openai_stream(vec![data(CONTENT)]).await;
+    let seen = watch(&mut cut);
+    while cut.next().await.is_some() {}
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [StreamEnd::failed(FailureKind::Transport)]
+    );
+
+    // A named error event mid-stream.
+    let mut errored = openai_stream(vec![
+        data(CONTENT),
+        data("event: error\ndata: {\"message\":\"overloaded\",\"type\":\"overloaded_error\"}\n\n"),
+        data(DONE),
+    ])
+    .await;
+    let seen = watch(&mut errored);
+    while errored.next().await.is_some() {}
+    let ends = seen.lock().unwrap().clone();
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert!(matches!(ends[0], StreamEnd::Failed(_)), "{ends:?}");
+
+    // Dropped by the caller halfway: neither a success nor a failure.
+    let mut dropped = openai_stream(vec![
+        data(CONTENT),
+        Piece::Stall(Duration::from_secs(1)),
+        data(FINISH),
+        data(DONE),
+    ])
+    .await;
+    let seen = watch(&mut dropped);
+    dropped.next().await.unwrap().unwrap();
+    drop(dropped);
+    assert_eq!(*seen.lock().unwrap(), [StreamEnd::Dropped]);
+}
+
+/// The stall the default limits exist for: the head and OpenAI's role-only first chunk
+/// arrive, then nothing. It ends in a timeout at the default between-chunks limit, counted
+/// from the head.
+#[tokio::test(start_paused = true)]
+async fn a_stall_after_the_role_chunk_ends_at_the_default_limit() {
+    let started = tokio::time::Instant::now();
+    let mut stream = openai_stream(vec![
+        data(ROLE_ONLY),
+        Piece::Stall(Duration::from_secs(24 * 3600)),
+        data(DONE),
+    ])
+    .await;
+    let seen = watch(&mut stream);
+    let error = stream
+        .next()
+        .await
+        .expect("an item")
+        .expect_err("the server went silent");
+    assert_eq!(error.kind(), FailureKind::Timeout, "{error}");
+    assert_eq!(started.elapsed(), StreamTimeouts::DEFAULT_BETWEEN_CHUNKS);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [StreamEnd::failed(FailureKind::Timeout)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stall_after_message_start_ends_at_the_default_limit() {
+    let (client, _) = mock(Reply::sse(vec![
+        data(MESSAGE_START),
+        Piece::Stall(Duration::from_secs(24 * 3600)),
+    ]));
+    let mut anthropic = Anthropic::builder()
+        .api_key("k")
+        .build_with(client)
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let request = ChatRequest::new("c", vec![Message::user("hi")]).streaming();
+    let mut stream = call(&mut anthropic, request).await.expect("a stream");
+    let error = loop {
+        match stream.next().await.expect("an item") {
+            Ok(_) => continue,
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(error.kind(), FailureKind::Timeout, "{error}");
+    assert_eq!(started.elapsed(), StreamTimeouts::DEFAULT_BETWEEN_CHUNKS);
+}
+
+/// Anthropic's pings during a long think are signs of life: the stream waits past the
+/// between-chunks limit as long as they keep coming, and still has its first-token limit.
+#[tokio::test(start_paused = true)]
+async fn pings_keep_a_thinking_stream_alive_until_the_first_token_limit() {
+    let ping = "event: ping\ndata: {\"type\":\"ping\"}\n\n";
+    let mut pieces = vec![data(MESSAGE_START)];
+    for _ in 0..20 {
+        pieces.push(Piece::Stall(Duration::from_secs(60)));
+        pieces.push(data(ping));
+    }
+    let (client, _) = mock(Reply::sse(pieces));
+    let mut anthropic = Anthropic::builder()
+        .api_key("k")
+        .build_with(client)
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let request = ChatRequest::new("c", vec![Message::user("hi")]).streaming();
+    let mut stream = call(&mut anthropic, request).await.expect("a stream");
+    let error = loop {
+        match stream.next().await.expect("an item") {
+            Ok(_) => continue,
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(error.kind(), FailureKind::Timeout, "{error}");
+    assert!(error.to_string().contains("first-token"), "{error}");
+    assert_eq!(started.elapsed(), StreamTimeouts::DEFAULT_FIRST_TOKEN);
+}
+
+#[test]
+fn the_defaults_are_on_and_none_turns_them_off() {
+    let defaults = StreamTimeouts::default();
+    assert_eq!(defaults.first_token, Some(Duration::from_secs(600)));
+    assert_eq!(defaults.between_chunks, Some(Duration::from_secs(300)));
+    assert_eq!(defaults.total, None);
+    assert_eq!(StreamTimeouts::none().first_token, None);
+}
