@@ -33,10 +33,38 @@ pub trait RequestCost {
     fn estimated_tokens(&self) -> u64;
 }
 
+/// How a provider's own tokens-per-minute counter charges a call: what a local limiter
+/// should do with its reservation once the call's usage is known. A response says it through
+/// [`ResponseUsage::token_counting`]; tower-llm-ratelimit's default `Reconcile::FollowProvider`
+/// follows it.
+///
+/// | provider  | counting                              | a limiter that mirrors it      |
+/// |-----------|---------------------------------------|--------------------------------|
+/// | OpenAI    | [`ReservedAtAdmission`](Self::ReservedAtAdmission) | keeps the reservation, charges only usage beyond it (tower-llm-ratelimit's `Reconcile::ChargeOnly`) |
+/// | Anthropic | [`AsProduced`](Self::AsProduced)       | refunds what was not used and charges what was (`Reconcile::RefundAndCharge`) |
+/// | Gemini    | [`AsProduced`](Self::AsProduced)       | as Anthropic                   |
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TokenCounting {
+    /// The prompt estimate plus the request's `max_tokens` is counted when the call is
+    /// admitted and kept, whatever the answer used (OpenAI).
+    ReservedAtAdmission,
+    /// Input tokens are counted at admission and output tokens as they are produced, so the
+    /// count follows real usage (Anthropic's output-tokens limit, Gemini).
+    AsProduced,
+}
+
 /// A response that reports the tokens its call actually consumed.
 pub trait ResponseUsage {
     /// The usage, if the response carries it.
     fn usage(&self) -> Option<Usage>;
+
+    /// How the provider that answered counts tokens against its own limit, if the response
+    /// knows (the typed provider answers do, from their dialect). A rate limiter reconciles
+    /// its reservation the same way; the default, `None`, leaves the limiter's own default.
+    fn token_counting(&self) -> Option<TokenCounting> {
+        None
+    }
 }
 
 /// A rough token count for `text` (see the module docs for the rule).
@@ -409,17 +437,31 @@ impl<B: AsRef<[u8]>> ResponseUsage for http::Response<B> {
         }
         scan::usage(self.body().as_ref())
     }
+
+    /// A [`TokenCounting`] in the response's extensions (where a provider service or a layer
+    /// may put it), if any.
+    fn token_counting(&self) -> Option<TokenCounting> {
+        self.extensions().get::<TokenCounting>().copied()
+    }
 }
 
 impl<T: ResponseUsage + ?Sized> ResponseUsage for &T {
     fn usage(&self) -> Option<Usage> {
         (**self).usage()
     }
+
+    fn token_counting(&self) -> Option<TokenCounting> {
+        (**self).token_counting()
+    }
 }
 
 impl<T: ResponseUsage + ?Sized> ResponseUsage for Arc<T> {
     fn usage(&self) -> Option<Usage> {
         (**self).usage()
+    }
+
+    fn token_counting(&self) -> Option<TokenCounting> {
+        (**self).token_counting()
     }
 }
 
@@ -674,5 +716,22 @@ mod tests {
         assert_eq!(response.usage(), Some(usage));
         let garbage = http::Response::new(b"<html>".to_vec());
         assert_eq!(garbage.usage(), None);
+    }
+
+    #[test]
+    fn token_counting_from_the_response_extensions() {
+        let mut response = http::Response::new(Vec::<u8>::new());
+        assert_eq!(response.token_counting(), None);
+        response
+            .extensions_mut()
+            .insert(TokenCounting::ReservedAtAdmission);
+        assert_eq!(
+            response.token_counting(),
+            Some(TokenCounting::ReservedAtAdmission)
+        );
+        assert_eq!(
+            Arc::new(&response).token_counting(),
+            Some(TokenCounting::ReservedAtAdmission)
+        );
     }
 }

@@ -73,7 +73,7 @@ pub use classify::{
 };
 pub use config::ConfigError;
 pub use cost::{
-    DEFAULT_OUTPUT_TOKENS, RequestCost, ResponseUsage, Usage, estimate_body_tokens,
+    DEFAULT_OUTPUT_TOKENS, RequestCost, ResponseUsage, TokenCounting, Usage, estimate_body_tokens,
     estimate_text_tokens, requested_output_tokens, usage_from_json,
 };
 pub use duration::{format_duration, parse_duration};

@@ -67,6 +67,10 @@ impl<T: ResponseUsage> ResponseUsage for Reply<T> {
     fn usage(&self) -> Option<Usage> {
         self.value.usage()
     }
+
+    fn token_counting(&self) -> Option<tower_llm_core::TokenCounting> {
+        self.value.token_counting()
+    }
 }
 
 /// Typed answers do not keep the provider's headers, so the limiter cannot adapt to them.

@@ -509,6 +509,11 @@ impl ResponseUsage for ChatResponse {
     fn usage(&self) -> Option<Usage> {
         self.usage
     }
+
+    /// From the dialect of the provider that answered (see [`ResponseMeta::token_counting`]).
+    fn token_counting(&self) -> Option<tower_llm_core::TokenCounting> {
+        self.meta.token_counting()
+    }
 }
 
 impl ClassifyResponse for ChatResponse {
@@ -619,6 +624,11 @@ pub struct EmbeddingResponse {
 impl ResponseUsage for EmbeddingResponse {
     fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+
+    /// From the dialect of the provider that answered (see [`ResponseMeta::token_counting`]).
+    fn token_counting(&self) -> Option<tower_llm_core::TokenCounting> {
+        self.meta.token_counting()
     }
 }
 

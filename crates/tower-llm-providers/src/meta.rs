@@ -5,7 +5,7 @@
 //! Every [`ChatResponse`](crate::ChatResponse), [`EmbeddingResponse`](crate::EmbeddingResponse)
 //! and [`ChatStream`](crate::ChatStream) carries a [`ResponseMeta`]. Its headers are what core's
 //! [`RateLimitHeaders`](tower_llm_core::RateLimitHeaders) hands to a rate limiter that adapts
-//! to the provider's headers, so `adapt_to_headers(true)` works over the typed services as it
+//! to the provider's headers, so `adapt_to_headers()` works over the typed services as it
 //! does over raw HTTP.
 
 use std::borrow::Cow;
@@ -44,24 +44,9 @@ impl Dialect {
     }
 }
 
-/// How a provider's own tokens-per-minute counter charges a call: what a local limiter
-/// should do with its reservation once the call's usage is known.
-///
-/// | provider  | counting                              | a limiter that mirrors it      |
-/// |-----------|---------------------------------------|--------------------------------|
-/// | OpenAI    | [`ReservedAtAdmission`](Self::ReservedAtAdmission) | keeps the reservation, charges only usage beyond it (tower-llm-ratelimit's `Reconcile::ChargeOnly`) |
-/// | Anthropic | [`AsProduced`](Self::AsProduced)       | refunds what was not used and charges what was (`Reconcile::RefundAndCharge`) |
-/// | Gemini    | [`AsProduced`](Self::AsProduced)       | as Anthropic                   |
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum TokenCounting {
-    /// The prompt estimate plus the request's `max_tokens` is counted when the call is
-    /// admitted and kept, whatever the answer used (OpenAI).
-    ReservedAtAdmission,
-    /// Input tokens are counted at admission and output tokens as they are produced, so the
-    /// count follows real usage (Anthropic's output-tokens limit, Gemini).
-    AsProduced,
-}
+/// How a provider counts tokens: core's [`TokenCounting`], re-exported here beside the
+/// dialect that decides it ([`Dialect::token_counting`], [`ResponseMeta::token_counting`]).
+pub use tower_llm_core::TokenCounting;
 
 /// The HTTP facts of one answer. See the [module docs](crate::meta).
 ///

@@ -352,6 +352,11 @@ impl<B> tower_llm_core::ResponseUsage for ChatStream<B> {
     fn usage(&self) -> Option<Usage> {
         self.usage
     }
+
+    /// From the dialect of the provider that answered.
+    fn token_counting(&self) -> Option<tower_llm_core::TokenCounting> {
+        self.meta.token_counting()
+    }
 }
 
 impl<B> tower_llm_core::RateLimitHeaders for ChatStream<B> {
