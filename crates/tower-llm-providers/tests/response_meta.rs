@@ -36,7 +36,7 @@ where
     S::Future: Send,
 {
     let mut limited = RateLimitLayer::builder()
-        .adapt_to_headers(true)
+        .adapt_to_headers()
         // Anthropic's reset is a whole second, rounded up: past the default 60 s.
         .max_wait(Duration::from_secs(120))
         .build()

@@ -33,7 +33,7 @@ use crate::reads::{CountTokens, FollowHeaders, IgnoreHeaders, IgnoreTokens};
 ///     .reconcile(Reconcile::ChargeOnly)
 ///     .max_wait(Duration::from_secs(30))
 ///     .max_queue(256)
-///     .adapt_to_headers(true)
+///     .adapt_to_headers()
 ///     .key_fn(|req: &http::Request<String>| {
 ///         req.headers().get("x-tenant").map(|v| v.as_bytes().to_vec())
 ///     })
@@ -135,9 +135,10 @@ impl<K, C, T, H> RateLimitBuilder<K, C, T, H> {
         self.reading()
     }
 
-    /// How reservations are reconciled with actual usage (default
-    /// [`Reconcile::ChargeOnly`], which matches OpenAI; [`Reconcile::RefundAndCharge`]
-    /// matches Anthropic: see [`Reconcile`]).
+    /// How reservations are reconciled with actual usage. The default,
+    /// [`Reconcile::FollowProvider`], does what the response says its provider does (keep
+    /// the reservation for OpenAI, refund to usage for Anthropic and Gemini) and keeps the
+    /// reservation when it does not say; see [`Reconcile`].
     pub fn reconcile(mut self, reconcile: Reconcile) -> Self {
         self.config.reconcile = reconcile;
         self
@@ -164,14 +165,23 @@ impl<K, C, T, H> RateLimitBuilder<K, C, T, H> {
         self
     }
 
-    /// Whether to follow the provider's rate-limit headers: when the server says fewer
-    /// requests or tokens are left than the local budget believes, calls wait for the
-    /// server's reset.
+    /// Follows the provider's rate-limit headers: when the server says fewer requests or
+    /// tokens are left than the local budget believes, calls wait for the server's reset.
     ///
     /// The response type must implement
-    /// [`RateLimitHeaders`](tower_llm_core::RateLimitHeaders) from here on (`false` keeps the
-    /// bound but reads nothing, which keeps one builder type when the setting is optional).
-    pub fn adapt_to_headers(mut self, adapt: bool) -> RateLimitBuilder<K, C, T, FollowHeaders> {
+    /// [`RateLimitHeaders`](tower_llm_core::RateLimitHeaders) from here on; a limiter that
+    /// does not call this reads no headers and does not ask for it. To decide at run time
+    /// while keeping one type, see [`adapt_to_headers_if`](Self::adapt_to_headers_if).
+    pub fn adapt_to_headers(self) -> RateLimitBuilder<K, C, T, FollowHeaders> {
+        self.adapt_to_headers_if(true)
+    }
+
+    /// Follows the provider's rate-limit headers when `adapt` is true, as
+    /// [`adapt_to_headers`](Self::adapt_to_headers) does; for a setting read from
+    /// configuration. The type is the same either way, so the response type must implement
+    /// [`RateLimitHeaders`](tower_llm_core::RateLimitHeaders) even when `adapt` is false
+    /// (nothing is read then); a limiter that never adapts should not call this.
+    pub fn adapt_to_headers_if(mut self, adapt: bool) -> RateLimitBuilder<K, C, T, FollowHeaders> {
         self.config.adapt = adapt;
         self.reading()
     }

@@ -2,36 +2,62 @@
 
 use std::time::Duration;
 
+use tower_llm_core::TokenCounting;
+
 use crate::quota::Quota;
 
 /// What to do with a call's tokens once its actual usage is known.
 ///
-/// Pick the one that matches how the provider's own limiter counts, so the local budget never
+/// The local budget should count the way the provider's own limiter counts, so that it never
 /// believes more is left than the server does:
 ///
-/// | provider | how it counts | setting |
-/// |----------|---------------|---------|
-/// | OpenAI (and most OpenAI-compatible servers with a token limit) | prompt estimate plus `max_tokens` at admission, kept whatever the call used | [`ChargeOnly`](Reconcile::ChargeOnly) (default) |
-/// | Anthropic | input tokens at admission; output tokens estimated from `max_tokens`, then adjusted to what was produced | [`RefundAndCharge`](Reconcile::RefundAndCharge) |
+/// | provider | how it counts ([`TokenCounting`]) | what [`FollowProvider`](Reconcile::FollowProvider) does |
+/// |----------|-----------------------------------|------------------|
+/// | OpenAI (and OpenAI-compatible servers) | prompt estimate plus `max_tokens` at admission, kept whatever the call used ([`ReservedAtAdmission`](TokenCounting::ReservedAtAdmission)) | [`ChargeOnly`](Reconcile::ChargeOnly) |
+/// | Anthropic, Gemini | input tokens at admission, output tokens as produced ([`AsProduced`](TokenCounting::AsProduced)) | [`RefundAndCharge`](Reconcile::RefundAndCharge) |
+/// | a response that does not say (raw `http::Response` without the extension, your own types) | | [`ChargeOnly`](Reconcile::ChargeOnly) |
 ///
-/// The default is [`ChargeOnly`](Reconcile::ChargeOnly): it never over-admits against either
-/// provider. Against Anthropic it leaves unused output tokens idle until the window moves on;
-/// [`RefundAndCharge`](Reconcile::RefundAndCharge) gives them back, but against OpenAI it
-/// would let through calls the server refuses with a 429.
+/// The default is [`FollowProvider`](Reconcile::FollowProvider): the response says how its
+/// provider counts ([`ResponseUsage::token_counting`]; the typed answers of
+/// `tower-llm-providers` say it from their dialect, a raw `http::Response` when a
+/// [`TokenCounting`] is in its extensions), and a response that does not say is reconciled
+/// with [`ChargeOnly`](Reconcile::ChargeOnly), which never over-admits against either kind
+/// of provider. Set another variant to decide for every response.
+///
+/// [`ResponseUsage::token_counting`]: tower_llm_core::ResponseUsage::token_counting
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Reconcile {
+    /// Reconcile as the response says its provider counts ([`TokenCounting`]), and as
+    /// [`ChargeOnly`](Reconcile::ChargeOnly) when it does not say. The default.
+    #[default]
+    FollowProvider,
     /// Keep the reservation (prompt estimate plus `max_tokens`) and charge usage beyond it,
     /// never refund. Matches OpenAI, whose limiter counts `max_tokens` up front and keeps
-    /// it. The default.
-    #[default]
+    /// it.
     ChargeOnly,
     /// Refund what the call did not use and charge what it used beyond the estimate, so the
-    /// budget follows real usage. Matches providers that adjust their own count at the end
-    /// of a call (Anthropic's output tokens).
+    /// budget follows real usage. Matches providers that count output tokens as they are
+    /// produced (Anthropic, Gemini); against OpenAI it would let through calls the server
+    /// refuses with a 429.
     RefundAndCharge,
     /// Keep the estimate; the response's usage is not read.
     Off,
+}
+
+impl Reconcile {
+    /// The setting for one response whose provider counts as `counting` says (if it said):
+    /// never [`FollowProvider`](Reconcile::FollowProvider).
+    #[inline]
+    pub(crate) fn resolve(self, counting: Option<TokenCounting>) -> Reconcile {
+        match (self, counting) {
+            (Reconcile::FollowProvider, Some(TokenCounting::AsProduced)) => {
+                Reconcile::RefundAndCharge
+            }
+            (Reconcile::FollowProvider, _) => Reconcile::ChargeOnly,
+            (chosen, _) => chosen,
+        }
+    }
 }
 
 /// What to do when the shared Redis store cannot be reached (feature `redis`).

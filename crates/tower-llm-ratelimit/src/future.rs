@@ -9,6 +9,7 @@ use tokio::time::Sleep;
 use tower_llm_core::{BoxError, Classify};
 use tower_service::Service;
 
+use crate::config::Reconcile;
 use crate::error::Rejection;
 use crate::limiter::Limiter;
 use crate::permit::Permit;
@@ -177,7 +178,19 @@ where
     let limiter = permit.limiter();
     let (usage, headers) = match result {
         Ok(response) => (
-            limiter.wants_usage.then(|| T::usage(response)).flatten(),
+            limiter
+                .wants_usage
+                .then(|| {
+                    let used = T::usage(response)?;
+                    let reconcile = match limiter.config.reconcile {
+                        Reconcile::FollowProvider => {
+                            Reconcile::FollowProvider.resolve(T::counting(response))
+                        }
+                        chosen => chosen,
+                    };
+                    Some((used, reconcile))
+                })
+                .flatten(),
             limiter.config.adapt.then(|| H::headers(response)).flatten(),
         ),
         Err(_) => (None, None),

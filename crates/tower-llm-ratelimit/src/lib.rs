@@ -64,13 +64,55 @@
 //! | `tower_llm_ratelimit_tokens_charged_total` | counter | tokens charged beyond estimates |
 //! | `tower_llm_ratelimit_pauses_total` | counter | pauses after a 429 or an open circuit |
 //!
-//! The same numbers are in [`RateLimit::stats`].
+//! The same numbers are in [`RateLimitHandle::stats`].
 //!
-//! # Example
+//! # One layer value, one state; the handle
+//!
+//! The limits, queues, pauses and counters belong to the [`RateLimitLayer`] value: every
+//! service it makes shares them, in whatever stack it lands (a whole-answer route and a
+//! streaming route under one layer value draw from one budget), and clones of the layer
+//! share them too. Independent limits mean another layer value.
+//!
+//! [`RateLimitLayer::handle`] gives a [`RateLimitHandle`] on that state, before or after the
+//! stacks are built, boxed or moved into a router: [`stats`](RateLimitHandle::stats) (a
+//! [`RateLimitStats`] snapshot with named fields), [`pause`](RateLimitHandle::pause) and
+//! [`resume`](RateLimitHandle::resume).
+//!
+//! # What the request and response types must implement
+//!
+//! Nothing, unless a feature reads them (see [`reads`]):
+//!
+//! | feature | builder call | needs |
+//! |---------|--------------|-------|
+//! | concurrency, spacing, requests quota, 429 pause, queue | (the defaults) | nothing: any request, any response (outcomes through a [`Classify`](tower_llm_core::Classify), which core implements for any type) |
+//! | tokens quota | [`tokens`](RateLimitBuilder::tokens) | [`RequestCost`](tower_llm_core::RequestCost) on the request, [`ResponseUsage`](tower_llm_core::ResponseUsage) on the response |
+//! | the provider's headers | [`adapt_to_headers`](RateLimitBuilder::adapt_to_headers) | [`RateLimitHeaders`](tower_llm_core::RateLimitHeaders) on the response |
+//!
+//! # Reconciling follows the provider
+//!
+//! The default [`Reconcile::FollowProvider`] reconciles each call the way its provider's
+//! own counter does, as the response says
+//! ([`ResponseUsage::token_counting`](tower_llm_core::ResponseUsage::token_counting)): the
+//! typed answers of `tower-llm-providers` say OpenAI keeps the reservation (prompt plus
+//! `max_tokens`) while Anthropic and Gemini count output as produced, so the unused part is
+//! refunded. A response that does not say keeps its reservation and is charged any usage
+//! beyond it, which never over-admits.
+//!
+//! # Integer types
+//!
+//! Numbers that bound memory or concurrency ([`concurrency`](RateLimitBuilder::concurrency),
+//! [`max_queue`](RateLimitBuilder::max_queue), [`max_keys`](RateLimitBuilder::max_keys), and
+//! the `waiting` and `tracked_keys` stats) are `usize`; running totals (calls admitted,
+//! waited, refused) are `u64`; token amounts and quota limits are `u64`.
+//!
+//! # Examples
+//!
+//! The defaults over any service: a `service_fn` that takes and returns a `String` needs no
+//! trait of this crate or of core.
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //! use tower_llm_core::BoxError;
 //! use tower_llm_ratelimit::{Quota, RateLimitLayer};
 //!
@@ -78,22 +120,102 @@
 //! # async fn main() -> Result<(), BoxError> {
 //! let layer = RateLimitLayer::builder()
 //!     .concurrency(4)
+//!     .min_spacing(Duration::from_millis(10))
 //!     .requests(Quota::per_minute(60))
-//!     .tokens(Quota::per_minute(10_000).with_burst(2_000))
 //!     .max_wait(Duration::from_secs(30))
 //!     .build()?;
-//! let mut llm = ServiceBuilder::new()
+//! let llm = ServiceBuilder::new()
 //!     .layer(layer)
-//!     .service(service_fn(|req: http::Request<String>| async move {
-//!         let body = r#"{"usage":{"prompt_tokens":12,"completion_tokens":30}}"#;
-//!         Ok::<_, BoxError>(http::Response::new(body.to_string()))
+//!     .service(service_fn(|prompt: String| async move {
+//!         Ok::<_, BoxError>(format!("echo: {prompt}"))
 //!     }));
 //!
-//! let request = http::Request::post("https://api.openai.com/v1/chat/completions")
-//!     .body(r#"{"model":"gpt-4o","max_tokens":100,"messages":[]}"#.to_string())?;
-//! let response = llm.ready().await?.call(request).await?;
-//! assert_eq!(response.status(), 200);
-//! assert_eq!(llm.get_ref().clone().ready().await.is_ok(), true);
+//! let answer = llm.oneshot("hello".to_owned()).await?;
+//! assert_eq!(answer, "echo: hello");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Over the typed OpenAI service of `tower-llm-providers`, with a tokens quota (its
+//! `ChatRequest` estimates its cost, its `ChatResponse` reports usage and says OpenAI keeps
+//! the reservation) and the provider's rate-limit headers followed:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_llm_core::BoxError;
+//! use tower_llm_providers::{ChatRequest, Message, OpenAi};
+//! use tower_llm_ratelimit::{Quota, RateLimitLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let layer = RateLimitLayer::builder()
+//!     .concurrency(16)
+//!     .requests(Quota::per_minute(500))
+//!     .tokens(Quota::per_minute(200_000).with_burst(20_000))
+//!     .adapt_to_headers()
+//!     .max_wait(Duration::from_secs(30))
+//!     .build()?;
+//! let handle = layer.handle();
+//! let openai = ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service(OpenAi::from_env()?);
+//!
+//! let request = ChatRequest::new("gpt-4o-mini", vec![Message::user("Capital of France?")])
+//!     .max_tokens(100);
+//! let answer = openai.oneshot(request).await?;
+//! println!("{} ({:?})", answer.content, handle.stats());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The handle after the stack is boxed: the stats of every service the layer made, and the
+//! controls.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn, util::BoxCloneService};
+//! use tower_llm_core::BoxError;
+//! use tower_llm_ratelimit::{Quota, RateLimitLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let layer = RateLimitLayer::builder().requests(Quota::per_minute(60)).build()?;
+//! let handle = layer.handle();
+//! let answer = service_fn(|prompt: String| async move { Ok::<_, BoxError>(prompt) });
+//! // Two routes from one layer value: one budget.
+//! let chat: BoxCloneService<String, String, BoxError> =
+//!     BoxCloneService::new(ServiceBuilder::new().layer(layer.clone()).service(answer));
+//! let other: BoxCloneService<String, String, BoxError> =
+//!     BoxCloneService::new(ServiceBuilder::new().layer(layer).service(answer));
+//!
+//! chat.clone().oneshot("one".to_owned()).await?;
+//! other.clone().oneshot("two".to_owned()).await?;
+//! let stats = handle.stats();
+//! assert_eq!(stats.admitted, 2);
+//! assert_eq!(stats.rejected, 0);
+//!
+//! handle.pause(Duration::from_secs(5));
+//! assert_eq!(handle.stats().paused_for, Some(Duration::from_secs(5)));
+//! handle.resume();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Header adaptation is what asks for [`RateLimitHeaders`](tower_llm_core::RateLimitHeaders):
+//! over a `String` response it does not compile.
+//!
+//! ```compile_fail
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_llm_core::BoxError;
+//! use tower_llm_ratelimit::RateLimitLayer;
+//!
+//! # async fn run() -> Result<(), BoxError> {
+//! let layer = RateLimitLayer::builder().adapt_to_headers().build()?;
+//! let llm = ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service(service_fn(|prompt: String| async move { Ok::<_, BoxError>(prompt) }));
+//! llm.oneshot("hello".to_owned()).await?;
 //! # Ok(())
 //! # }
 //! ```

@@ -49,7 +49,7 @@ impl Permit {
     pub(crate) fn complete(
         &mut self,
         outcome: Outcome,
-        usage: Option<u64>,
+        usage: Option<(u64, Reconcile)>,
         server: Option<&http::HeaderMap>,
     ) {
         self.done = true;
@@ -70,9 +70,10 @@ impl Permit {
             }
             _ => None,
         };
-        let delta = match (usage, config.reconcile) {
-            (Some(actual), Reconcile::RefundAndCharge) => Some(actual as i128 - self.cost as i128),
-            (Some(actual), Reconcile::ChargeOnly) if actual > self.cost => {
+        // `usage` comes with the reconcile setting resolved for its response.
+        let delta = match usage {
+            Some((actual, Reconcile::RefundAndCharge)) => Some(actual as i128 - self.cost as i128),
+            Some((actual, Reconcile::ChargeOnly)) if actual > self.cost => {
                 Some(actual as i128 - self.cost as i128)
             }
             _ => None,

@@ -10,7 +10,7 @@
 //! The traits are sealed: these four types are the only readers.
 
 use http::HeaderMap;
-use tower_llm_core::{RateLimitHeaders, RequestCost, ResponseUsage};
+use tower_llm_core::{RateLimitHeaders, RequestCost, ResponseUsage, TokenCounting};
 
 mod sealed {
     pub trait Sealed {}
@@ -24,6 +24,9 @@ pub trait TokenReader<Req, Res>: sealed::Sealed {
 
     /// The tokens the call used, from its response, when reported.
     fn usage(response: &Res) -> Option<u64>;
+
+    /// How the provider that answered counts tokens, when the response says.
+    fn counting(response: &Res) -> Option<TokenCounting>;
 }
 
 /// How a limiter reads the provider's rate-limit headers: not at all ([`IgnoreHeaders`]) or
@@ -65,6 +68,11 @@ impl<Req, Res> TokenReader<Req, Res> for IgnoreTokens {
     fn usage(_response: &Res) -> Option<u64> {
         None
     }
+
+    #[inline]
+    fn counting(_response: &Res) -> Option<TokenCounting> {
+        None
+    }
 }
 
 impl<Req: RequestCost, Res: ResponseUsage> TokenReader<Req, Res> for CountTokens {
@@ -76,6 +84,11 @@ impl<Req: RequestCost, Res: ResponseUsage> TokenReader<Req, Res> for CountTokens
     #[inline]
     fn usage(response: &Res) -> Option<u64> {
         response.usage().map(|u| u.total())
+    }
+
+    #[inline]
+    fn counting(response: &Res) -> Option<TokenCounting> {
+        response.token_counting()
     }
 }
 

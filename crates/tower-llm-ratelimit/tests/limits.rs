@@ -327,7 +327,7 @@ async fn an_absurd_server_hint_pauses_for_a_day_at_most() {
     const DAY: Duration = Duration::from_secs(24 * 3600);
     let (start, log) = (Instant::now(), Log::default());
     let layer = RateLimitLayer::builder()
-        .adapt_to_headers(true)
+        .adapt_to_headers()
         .max_wait(2 * DAY)
         .key_fn(|r: &Req| r.key)
         .build()
@@ -667,7 +667,7 @@ async fn the_servers_headers_are_followed_when_asked() {
     let (start, log) = (Instant::now(), Log::default());
     let layer = RateLimitLayer::builder()
         .requests(Quota::per_minute(1_000))
-        .adapt_to_headers(true)
+        .adapt_to_headers()
         .build()
         .expect("config");
     let mut svc = layer.layer(inner(start, log.clone()));

@@ -308,7 +308,7 @@ async fn the_mocks_own_headers_are_understood() {
     let base = server.base_url();
     // No local requests quota at all: only the server's headers say when to stop.
     let mut svc = RateLimitLayer::builder()
-        .adapt_to_headers(true)
+        .adapt_to_headers()
         .build()
         .expect("config")
         .layer(TestClient::new());
