@@ -1,5 +1,8 @@
-//! Added cost per call of tower-llm-ratelimit when it does not limit, beside governor and
-//! tower's own `ConcurrencyLimit` and `RateLimit`, all over the same no-op `service_fn`.
+//! Added cost per call of tower-llm-ratelimit when it does not limit, beside its peers, all
+//! over the same no-op `service_fn`: tower-resilience's `RateLimiterLayer` (a layer beside a
+//! layer, with the same quota shape: a huge limit per second with a burst, as a token bucket,
+//! and as its sliding counter), governor (a check beside the call, not a layer), and tower's
+//! own `ConcurrencyLimit` and `RateLimit`.
 //!
 //! Every service is driven by hand with a no-op waker (ready, call, one poll), inside a tokio
 //! runtime context for the timers, so the figures are the middleware's own cost.
@@ -8,7 +11,8 @@
 //!
 //! For instruction counts, the same binary runs one configuration a fixed number of times
 //! without criterion when `RATELIMIT_CALLS=<name>:<count>` is set (names: `bare`, `requests`,
-//! `requests+concurrency`, `requests+tokens+concurrency`, `governor`); the difference between
+//! `requests+concurrency`, `requests+tokens+concurrency`, `governor`,
+//! `tower-resilience`); the difference between
 //! a run of N calls and a run of 0, divided by N, is the cost of one call:
 //!
 //! ```text
@@ -31,6 +35,7 @@ use tower::limit::{ConcurrencyLimit, RateLimit as TowerRateLimit, rate::Rate};
 use tower::{Layer, Service, service_fn};
 use tower_llm_core::BoxError;
 use tower_llm_ratelimit::{Quota, RateLimitLayer};
+use tower_resilience::ratelimiter::{RateLimiterLayer, WindowType};
 
 type Req = http::Request<Bytes>;
 type Res = http::Response<Bytes>;
@@ -94,6 +99,30 @@ fn ours_requests_tokens_concurrency() -> impl Service<Req, Response = Res, Error
         .layer(noop())
 }
 
+/// The same quota shape as [`huge`] in tower-resilience's rate limiter layer: a limit per
+/// second that no workload reaches, with an equal burst (its token bucket).
+fn resilience_token_bucket() -> impl Service<Req, Response = Res, Error = impl std::fmt::Debug> {
+    let huge = usize::MAX / 4;
+    RateLimiterLayer::builder()
+        .limit_for_period(huge)
+        .refresh_period(Duration::from_secs(1))
+        .burst_size(huge)
+        .build()
+        .expect("config")
+        .layer(noop())
+}
+
+/// tower-resilience's sliding counter, its O(1) sliding window, at the same limit.
+fn resilience_sliding_counter() -> impl Service<Req, Response = Res, Error = impl std::fmt::Debug> {
+    RateLimiterLayer::builder()
+        .limit_for_period(usize::MAX / 4)
+        .refresh_period(Duration::from_secs(1))
+        .window_type(WindowType::SlidingCounter)
+        .build()
+        .expect("config")
+        .layer(noop())
+}
+
 /// `RATELIMIT_CALLS=<name>:<count>`: that many calls through one configuration, no criterion.
 fn count_calls(spec: &str) {
     let (name, count) = spec
@@ -118,6 +147,7 @@ fn count_calls(spec: &str) {
         "requests" => run(ours_requests(), count),
         "requests+concurrency" => run(ours_requests_concurrency(), count),
         "requests+tokens+concurrency" => run(ours_requests_tokens_concurrency(), count),
+        "tower-resilience" => run(resilience_token_bucket(), count),
         "governor" => {
             let governor =
                 governor::RateLimiter::direct(governor::Quota::per_second(NonZeroU32::MAX));
@@ -159,6 +189,17 @@ fn bench(c: &mut Criterion) {
         "tower-llm RateLimit: requests + tokens (estimate, reconcile) + concurrency",
         |b| b.iter(|| black_box(drive(&mut ours_tokens, request()))),
     );
+
+    let mut resilience = resilience_token_bucket();
+    group.bench_function(
+        "tower-resilience RateLimiterLayer: token bucket (limit + burst)",
+        |b| b.iter(|| black_box(drive(&mut resilience, request()))),
+    );
+
+    let mut resilience_sliding = resilience_sliding_counter();
+    group.bench_function("tower-resilience RateLimiterLayer: sliding counter", |b| {
+        b.iter(|| black_box(drive(&mut resilience_sliding, request())))
+    });
 
     let governor = governor::RateLimiter::direct(governor::Quota::per_second(NonZeroU32::MAX));
     group.bench_function("governor: check alone", |b| {
