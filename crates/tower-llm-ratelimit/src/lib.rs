@@ -86,7 +86,7 @@
 //! |---------|--------------|-------|
 //! | concurrency, spacing, requests quota, 429 pause, queue | (the defaults) | nothing: any request, any response (outcomes through a [`Classify`](tower_llm_core::Classify), which core implements for any type) |
 //! | tokens quota | [`tokens`](RateLimitBuilder::tokens) | [`RequestCost`](tower_llm_core::RequestCost) on the request, [`ResponseUsage`](tower_llm_core::ResponseUsage) on the response |
-//! | the provider's headers | [`adapt_to_headers`](RateLimitBuilder::adapt_to_headers) | [`RateLimitHeaders`](tower_llm_core::RateLimitHeaders) on the response |
+//! | the provider's headers | [`adapt_to_headers`](RateLimitBuilder::adapt_to_headers) | [`RateLimitHeaders`] on the response |
 //!
 //! # Reconciling follows the provider
 //!
@@ -202,7 +202,7 @@
 //! # }
 //! ```
 //!
-//! Header adaptation is what asks for [`RateLimitHeaders`](tower_llm_core::RateLimitHeaders):
+//! Header adaptation is what asks for [`RateLimitHeaders`]:
 //! over a `String` response it does not compile.
 //!
 //! ```compile_fail
