@@ -481,10 +481,7 @@ mod dedup {
     #[tokio::test(start_paused = true)]
     async fn a_dropped_leader_hands_the_call_to_a_follower() {
         let upstream = Upstream::closed();
-        let layer = DedupLayer::<String>::builder()
-            .no_cache()
-            .build()
-            .unwrap();
+        let layer = DedupLayer::<String>::builder().no_cache().build().unwrap();
         let service = boxed(layer.layer(upstream.service()));
         let leader = tokio::spawn(service.clone().oneshot("same".into()));
         settle().await;

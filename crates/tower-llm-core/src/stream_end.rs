@@ -164,33 +164,26 @@ impl fmt::Debug for EndSignal {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
 
-    fn recorder() -> (
-        Arc<Mutex<Vec<(usize, StreamEnd)>>>,
-        impl Fn(usize) -> Box<dyn FnOnce(&StreamEnd) + Send + Sync>,
-    ) {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = {
-            let seen = Arc::clone(&seen);
-            move |n: usize| {
-                let seen = Arc::clone(&seen);
-                Box::new(move |end: &StreamEnd| seen.lock().unwrap().push((n, end.clone())))
-                    as Box<dyn FnOnce(&StreamEnd) + Send + Sync>
-            }
-        };
-        (seen, record)
+    type Seen = Arc<Mutex<Vec<(usize, StreamEnd)>>>;
+
+    /// A hook that records the end it is given, as hook number `n`.
+    fn hook(seen: &Seen, n: usize) -> impl FnOnce(&StreamEnd) + Send + Sync + 'static {
+        let seen = Arc::clone(seen);
+        move |end| seen.lock().unwrap().push((n, end.clone()))
     }
 
     #[test]
     fn hooks_run_once_in_order_with_the_first_end() {
-        let (seen, hook) = recorder();
+        let seen = Seen::default();
         let mut signal = EndSignal::new();
-        signal.on_end(hook(1));
-        signal.on_end(hook(2));
+        signal.on_end(hook(&seen, 1));
+        signal.on_end(hook(&seen, 2));
         signal.finish(StreamEnd::failed(FailureKind::Transport));
         signal.finish(StreamEnd::Completed { usage: None });
         drop(signal);
@@ -200,19 +193,19 @@ mod tests {
 
     #[test]
     fn a_dropped_signal_tells_its_hooks() {
-        let (seen, hook) = recorder();
+        let seen = Seen::default();
         let mut signal = EndSignal::new();
-        signal.on_end(hook(1));
+        signal.on_end(hook(&seen, 1));
         drop(signal);
         assert_eq!(*seen.lock().unwrap(), [(1, StreamEnd::Dropped)]);
     }
 
     #[test]
     fn a_hook_hung_after_the_end_runs_at_once() {
-        let (seen, hook) = recorder();
+        let seen = Seen::default();
         let mut signal = EndSignal::new();
         signal.finish(StreamEnd::Completed { usage: None });
-        signal.on_end(hook(1));
+        signal.on_end(hook(&seen, 1));
         assert_eq!(
             *seen.lock().unwrap(),
             [(1, StreamEnd::Completed { usage: None })]

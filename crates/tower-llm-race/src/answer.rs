@@ -19,7 +19,7 @@
 
 use std::ops::{Deref, DerefMut};
 
-use tower_llm_core::{ClassifyResponse, Outcome};
+use tower_llm_core::{ClassifyResponse, EndSignal, Outcome};
 
 /// Which service of a strategy answered, and after how many calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -175,6 +175,10 @@ impl<T> DerefMut for Answer<T> {
 impl<T: ClassifyResponse> ClassifyResponse for Answer<T> {
     fn classify_response(&self) -> Outcome {
         self.response.classify_response()
+    }
+
+    fn end_signal(&mut self) -> Option<&mut EndSignal> {
+        self.response.end_signal()
     }
 }
 

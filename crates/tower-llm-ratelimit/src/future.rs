@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
-use tower_llm_core::{BoxError, Classify};
+use tower_llm_core::{BoxError, Classify, Outcome};
 use tower_service::Service;
 
 use crate::config::Reconcile;
@@ -148,8 +148,18 @@ where
                     permit,
                     classifier,
                 } => {
-                    let result = ready!(future.poll(cx));
-                    finish::<Req, _, _, _, T, H>(permit, classifier, result.as_ref());
+                    let mut result = ready!(future.poll(cx));
+                    let streams = match &mut result {
+                        Ok(response) => classifier.end_signal(response).is_some(),
+                        Err(_) => false,
+                    };
+                    match &mut result {
+                        // A stream keeps the permit until it ends.
+                        Ok(response) if streams => {
+                            hold_until_end::<Req, _, _, _, T, H>(permit, classifier, response);
+                        }
+                        _ => finish::<Req, _, _, _, T, H>(permit, classifier, result.as_ref()),
+                    }
                     return Poll::Ready(result.map_err(Into::into));
                 }
                 StateProj::Rejected { error } => {
@@ -181,14 +191,10 @@ where
             limiter
                 .wants_usage
                 .then(|| {
-                    let used = T::usage(response)?;
-                    let reconcile = match limiter.config.reconcile {
-                        Reconcile::FollowProvider => {
-                            Reconcile::FollowProvider.resolve(T::counting(response))
-                        }
-                        chosen => chosen,
-                    };
-                    Some((used, reconcile))
+                    Some((
+                        T::usage(response)?,
+                        reconcile::<Req, _, T>(limiter, response),
+                    ))
                 })
                 .flatten(),
             limiter.config.adapt.then(|| H::headers(response)).flatten(),
@@ -197,6 +203,51 @@ where
     };
     let outcome = classifier.classify(result);
     permit.complete(outcome, usage, headers);
+}
+
+/// The reconcile setting for this response: the provider's way of counting under
+/// [`Reconcile::FollowProvider`], the chosen one otherwise.
+#[inline(always)]
+fn reconcile<Req, Res, T: TokenReader<Req, Res>>(limiter: &Limiter, response: &Res) -> Reconcile {
+    match limiter.config.reconcile {
+        Reconcile::FollowProvider => Reconcile::FollowProvider.resolve(T::counting(response)),
+        chosen => chosen,
+    }
+}
+
+/// A response that finishes later (a stream): the head's rate-limit headers are learnt now;
+/// the concurrency slot and the token reservation are held until the stream ends, then
+/// settled with how it ended: the usage it reported, reconciled as for a whole answer; a
+/// stream that ended without usage (cut, failed, dropped) keeps its whole reservation; a
+/// rate-limit error inside it pauses the key. Out of line: whole answers never come here.
+#[inline(never)]
+fn hold_until_end<Req, Res, E, C, T, H>(permit: &mut Permit, classifier: &C, response: &mut Res)
+where
+    C: Classify<Res, E>,
+    T: TokenReader<Req, Res>,
+    H: HeaderReader<Res>,
+{
+    let limiter = permit.limiter();
+    if limiter.config.adapt
+        && let Some(headers) = H::headers(response)
+    {
+        permit.learn(headers);
+    }
+    let limiter = permit.limiter();
+    let counts_tokens = limiter.wants_usage;
+    let reconcile = reconcile::<Req, _, T>(limiter, response);
+    let mut held = permit.hand_over();
+    if let Some(signal) = classifier.end_signal(response) {
+        signal.on_end(move |end| {
+            let usage = end
+                .usage()
+                .filter(|_| counts_tokens)
+                .map(|usage| (usage.total(), reconcile));
+            // A dropped stream says nothing about the upstream: no outcome, no pause.
+            let outcome = end.outcome().unwrap_or(Outcome::Success);
+            held.complete(outcome, usage, None);
+        });
+    }
 }
 
 /// The waiting state's turn: the state to go on with (calling or refused) once there is one.

@@ -63,13 +63,7 @@ impl Permit {
             }
             _ => None,
         };
-        let learned = match server {
-            Some(headers) if config.adapt => {
-                let limits = ServerLimits::from_headers(headers, SystemTime::now());
-                (!limits.is_empty()).then_some(limits)
-            }
-            _ => None,
-        };
+        let learned = server.and_then(|headers| server_limits(&self.key.limiter, headers));
         // `usage` comes with the reconcile setting resolved for its response.
         let delta = match usage {
             Some((actual, Reconcile::RefundAndCharge)) => Some(actual as i128 - self.cost as i128),
@@ -87,6 +81,29 @@ impl Permit {
             return;
         }
         self.settle(pause, learned, delta);
+    }
+
+    /// Moves the claim into a new permit (held by a stream's end hook); this one is left
+    /// settled, so dropping it frees nothing.
+    pub(crate) fn hand_over(&mut self) -> Permit {
+        self.done = true;
+        Permit {
+            key: Arc::clone(&self.key),
+            cost: self.cost,
+            admission: self.admission,
+            remote_charge: self.remote_charge.take(),
+            done: false,
+        }
+    }
+
+    /// Learns the provider's limits from a response head while its body is still coming.
+    pub(crate) fn learn(&self, server: &http::HeaderMap) {
+        if let Some(learned) = server_limits(&self.key.limiter, server) {
+            let now = self.key.limiter.now();
+            let mut limits = self.key.lock();
+            limits.learn(now, learned);
+            limits.wake_head();
+        }
     }
 
     /// Gives the concurrency slot back and lets the first waiter look again.
@@ -140,6 +157,16 @@ impl Permit {
         }
         limits.wake_head();
     }
+}
+
+/// What the provider's headers say of its limits, when the limiter follows them and they say
+/// anything.
+fn server_limits(limiter: &Limiter, headers: &http::HeaderMap) -> Option<ServerLimits> {
+    if !limiter.config.adapt {
+        return None;
+    }
+    let limits = ServerLimits::from_headers(headers, SystemTime::now());
+    (!limits.is_empty()).then_some(limits)
 }
 
 impl Drop for Permit {

@@ -1,0 +1,226 @@
+//! A streamed call ends when its stream ends: the limiter holds its concurrency slot and its
+//! token reservation until then, reconciles with the usage the stream reported, and charges
+//! the whole reservation for a stream that ended without one. Typed providers over the
+//! testkit's mock (real HTTP on loopback), in paused time.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tower::{Service, ServiceExt};
+use tower_layer::Layer;
+use tower_llm_core::BoxError;
+use tower_llm_providers::{
+    Anthropic, ChatChunk, ChatRequest, HttpClientConfig, Message, OpenAi, Streaming,
+};
+use tower_llm_ratelimit::{Quota, RateLimitLayer};
+use tower_llm_testkit::{Fault, FaultPlan, MockServer, Quota as MockQuota};
+
+fn openai(server: &MockServer) -> OpenAi {
+    OpenAi::builder()
+        .api_key("sk-test")
+        .base_url(format!("{}/v1", server.base_url()))
+        .build_with(HttpClientConfig::default().build().unwrap())
+        .unwrap()
+}
+
+fn anthropic(server: &MockServer) -> Anthropic {
+    Anthropic::builder()
+        .api_key("sk-ant-test")
+        .base_url(format!("{}/v1", server.base_url()))
+        .build_with(HttpClientConfig::default().build().unwrap())
+        .unwrap()
+}
+
+fn ask(i: usize) -> ChatRequest {
+    ChatRequest::new("m", vec![Message::user(format!("question {i}"))]).max_tokens(200)
+}
+
+/// Streams one answer to its end through `service`; the items it saw, errors as text.
+async fn stream_to_end<S>(mut service: S, request: ChatRequest) -> Result<Vec<String>, BoxError>
+where
+    S: Service<Streaming<ChatRequest>, Error = BoxError>,
+    S::Response: futures_util::Stream<Item = Result<ChatChunk, tower_llm_providers::Error>> + Unpin,
+{
+    let mut stream = service.ready().await?.call(request.streaming()).await?;
+    let mut items = Vec::new();
+    while let Some(item) = stream.next().await {
+        items.push(match item {
+            Ok(chunk) => format!("{chunk:?}"),
+            Err(error) => format!("error: {error}"),
+        });
+    }
+    Ok(items)
+}
+
+/// One limiter value, a whole-answer stack and a streaming stack: with `concurrency = 1`, the
+/// upstream never has two calls at once, streams included (before, streams peaked at 4).
+#[tokio::test(start_paused = true)]
+async fn concurrency_one_holds_for_the_whole_stream_across_stacks() {
+    let server =
+        MockServer::start(FaultPlan::healthy().stream_chunk_delay(Duration::from_millis(200)))
+            .await
+            .unwrap();
+    let layer = RateLimitLayer::builder()
+        .concurrency(1)
+        .max_wait(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let streaming = layer.layer(openai(&server));
+    let whole = layer.layer(openai(&server));
+    let mut calls = Vec::new();
+    for i in 0..4 {
+        calls.push(tokio::spawn(stream_to_end(streaming.clone(), ask(i))));
+    }
+    let wholes: Vec<_> = (0..2)
+        .map(|i| tokio::spawn(whole.clone().oneshot(ask(10 + i))))
+        .collect();
+    for call in calls {
+        let items = call.await.unwrap().unwrap();
+        assert!(
+            items.iter().all(|item| !item.starts_with("error")),
+            "{items:?}"
+        );
+    }
+    for call in wholes {
+        call.await.unwrap().unwrap();
+    }
+    let counters = server.counters();
+    assert_eq!(counters.requests, 6);
+    assert_eq!(counters.max_concurrent, 1, "{counters:?}");
+    assert_eq!(layer.handle().stats().admitted, 6);
+}
+
+/// Anthropic counts tokens as produced: a stream's unused reservation comes back when the
+/// stream ends with its usage, not before.
+#[tokio::test(start_paused = true)]
+async fn a_streamed_usage_is_reconciled_at_the_end() {
+    let server =
+        MockServer::start(FaultPlan::healthy().stream_chunk_delay(Duration::from_millis(100)))
+            .await
+            .unwrap();
+    let layer = RateLimitLayer::builder()
+        .tokens(Quota::per_minute(100_000))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(anthropic(&server));
+    let mut stream = ServiceExt::<Streaming<ChatRequest>>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(ask(0).streaming())
+        .await
+        .unwrap();
+    stream.next().await.unwrap().unwrap();
+    assert_eq!(
+        handle.stats().tokens_refunded,
+        0,
+        "nothing settled mid-stream"
+    );
+    while stream.next().await.is_some() {}
+    let usage = stream
+        .usage()
+        .expect("the stream reported its usage")
+        .total();
+    let stats = handle.stats();
+    assert_eq!(
+        stats.tokens_refunded,
+        stats.tokens_reserved - usage,
+        "{stats:?}"
+    );
+}
+
+/// A stream that ends without its usage (cut, failed, dropped, stalled) is charged its whole
+/// reservation and frees its slot.
+#[tokio::test(start_paused = true)]
+async fn a_stream_without_usage_is_charged_its_reservation() {
+    for fault in [
+        Fault::CutStream { after_chunks: 1 },
+        Fault::StreamErrorEvent { after_chunks: 1 },
+        Fault::StallStream { after_chunks: 1 },
+    ] {
+        let server = MockServer::start(FaultPlan::healthy().script([Some(fault.clone())]))
+            .await
+            .unwrap();
+        let layer = RateLimitLayer::builder()
+            .concurrency(1)
+            .tokens(Quota::per_minute(100_000))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let service = layer.layer(anthropic(&server));
+        let items = stream_to_end(service.clone(), ask(0)).await.unwrap();
+        assert!(
+            items.last().unwrap().starts_with("error"),
+            "{fault:?}: {items:?}"
+        );
+        let stats = handle.stats();
+        assert_eq!(stats.tokens_refunded, 0, "{fault:?}: {stats:?}");
+        // The slot is free: the next call goes at once and is answered in full.
+        let items = stream_to_end(service, ask(1)).await.unwrap();
+        assert!(
+            items.iter().all(|item| !item.starts_with("error")),
+            "{fault:?}: {items:?}"
+        );
+        assert_eq!(handle.stats().waited, 0, "{fault:?}");
+    }
+
+    // Dropped by the caller after its first chunk.
+    let server =
+        MockServer::start(FaultPlan::healthy().stream_chunk_delay(Duration::from_millis(100)))
+            .await
+            .unwrap();
+    let layer = RateLimitLayer::builder()
+        .concurrency(1)
+        .tokens(Quota::per_minute(100_000))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(anthropic(&server));
+    let mut stream = ServiceExt::<Streaming<ChatRequest>>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(ask(0).streaming())
+        .await
+        .unwrap();
+    stream.next().await.unwrap().unwrap();
+    drop(stream);
+    assert_eq!(handle.stats().tokens_refunded, 0);
+    let items = stream_to_end(service, ask(1)).await.unwrap();
+    assert!(items.iter().all(|item| !item.starts_with("error")));
+    assert_eq!(
+        handle.stats().waited,
+        0,
+        "the dropped stream freed its slot"
+    );
+}
+
+/// OpenAI counts a request's `max_tokens` when it admits it: a tokens budget charged by the
+/// streams' reservations keeps an OpenAI-style counter from ever answering 429.
+#[tokio::test(start_paused = true)]
+async fn a_token_budget_over_streams_meets_no_429() {
+    const TOKENS_PER_MINUTE: u64 = 2_000;
+    let server =
+        MockServer::start(FaultPlan::healthy().quota(MockQuota::new(10_000, TOKENS_PER_MINUTE)))
+            .await
+            .unwrap();
+    let layer = RateLimitLayer::builder()
+        .tokens(Quota::per_minute(TOKENS_PER_MINUTE))
+        .max_wait(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let service = layer.layer(openai(&server));
+    let calls: Vec<_> = (0..30)
+        .map(|i| tokio::spawn(stream_to_end(service.clone(), ask(i))))
+        .collect();
+    for call in calls {
+        let items = call.await.unwrap().unwrap();
+        assert!(
+            items.iter().all(|item| !item.starts_with("error")),
+            "{items:?}"
+        );
+    }
+    assert_eq!(server.counters().status(429), 0);
+    assert_eq!(server.counters().requests, 30);
+}
