@@ -1,9 +1,15 @@
 //! A canonical byte encoding of JSON, written while parsing, without building a tree.
 //!
 //! Two JSON texts that mean the same value encode to the same bytes: object keys are sorted
-//! (bytewise), whitespace is gone, integers and integral floats are written alike (`1` is
-//! `1.0`), `-0.0` is `0`, and of duplicate keys the last wins (as in `serde_json::Value`).
-//! Every item is tagged and every string length-prefixed, so the encoding is unambiguous.
+//! (bytewise), whitespace is gone, and of duplicate keys the last wins (as in
+//! `serde_json::Value`). Every item is tagged and every string length-prefixed, so the
+//! encoding is unambiguous.
+//!
+//! Numbers are encoded by their exact decimal value, never through `f64`: `1`, `1.0`, `1e0`
+//! and `10e-1` are one number and `-0.0` is `0`, but `18446744073709551616` and
+//! `18446744073709551617` (which the same `f64` holds) stay apart, and so do `1e400` and
+//! `2e400` (which no `f64` holds). Two spellings that only an `f64` parser merges
+//! (`0.1` and `0.10000000000000001`) are two keys: a missed share, never a wrong one.
 //!
 //! Parsing straight into this encoding is several times faster than parsing into a
 //! `serde_json::Value` and walking it: strings are crossed with `memchr` rather than byte by
@@ -15,7 +21,8 @@ const NULL: u8 = 0;
 const FALSE: u8 = 1;
 const TRUE: u8 = 2;
 const INT: u8 = 3;
-const FLOAT: u8 = 4;
+/// A number that is not an integer below 10^38: sign, exponent, significant digits.
+const DECIMAL: u8 = 4;
 const STRING: u8 = 5;
 const ARRAY: u8 = 6;
 const OBJECT: u8 = 7;
@@ -74,6 +81,10 @@ pub(crate) fn with_canonical_json<R>(body: &[u8], f: impl FnOnce(&[u8]) -> R) ->
 }
 
 /// Appends the canonical encoding of `value` to `out`; the same bytes as parsing its text.
+///
+/// A number is encoded from its text (`Display`), so the tree and its text agree whether
+/// serde_json holds numbers as `i64`/`u64`/`f64` or, with its `arbitrary_precision` feature,
+/// as the text itself.
 pub(crate) fn encode_value(value: &serde_json::Value, out: &mut Vec<u8>) {
     use serde_json::Value;
     match value {
@@ -84,10 +95,8 @@ pub(crate) fn encode_value(value: &serde_json::Value, out: &mut Vec<u8>) {
                 int(out, i128::from(i));
             } else if let Some(u) = n.as_u64() {
                 int(out, i128::from(u));
-            } else if let Some(f) = n.as_f64() {
-                float(out, f);
             } else {
-                string(out, &n.to_string());
+                number(out, n.to_string().as_bytes());
             }
         }
         Value::String(s) => string(out, s),
@@ -116,14 +125,84 @@ fn int(out: &mut Vec<u8>, value: i128) {
     out.extend_from_slice(&value.to_le_bytes());
 }
 
-fn float(out: &mut Vec<u8>, value: f64) {
-    // Integral floats in i64's range are the integer: `1.0` is `1`, `-0.0` is `0`.
-    if value.fract() == 0.0 && value >= i64::MIN as f64 && value < i64::MAX as f64 {
-        int(out, i128::from(value as i64));
-    } else {
-        out.push(FLOAT);
-        out.extend_from_slice(&value.to_bits().to_le_bytes());
+/// Writes the number spelled `text` (JSON's number grammar) by its exact value: as
+/// [`INT`] when it is an integer below 10^38 in magnitude (whatever its spelling: `1e3`,
+/// `1000.0`), else as [`DECIMAL`]: sign, the exponent of the last significant digit, and the
+/// significant digits without leading or trailing zeros. Returns `None` for text outside
+/// the grammar or an exponent too large to hold, which no real request has.
+fn number(out: &mut Vec<u8>, text: &[u8]) -> Option<()> {
+    let (negative, rest) = match text.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, text),
+    };
+    let mantissa_end = rest
+        .iter()
+        .position(|b| matches!(b, b'e' | b'E'))
+        .unwrap_or(rest.len());
+    let (mantissa, exponent) = rest.split_at(mantissa_end);
+    let (whole, fraction) = match mantissa.iter().position(|b| *b == b'.') {
+        Some(dot) => (&mantissa[..dot], &mantissa[dot + 1..]),
+        None => (mantissa, &[][..]),
+    };
+    let all_digits = |part: &[u8]| part.iter().all(u8::is_ascii_digit);
+    if whole.is_empty() || !all_digits(whole) || !all_digits(fraction) {
+        return None;
     }
+    let mut exponent_value: i64 = match exponent.split_first() {
+        None => 0,
+        Some((_, digits)) => {
+            let (negative, digits) = match digits.split_first()? {
+                (b'-', digits) => (true, digits),
+                (b'+', digits) => (false, digits),
+                _ => (false, digits),
+            };
+            if digits.is_empty() || !all_digits(digits) {
+                return None;
+            }
+            let magnitude = digits.iter().try_fold(0i64, |acc, d| {
+                acc.checked_mul(10)?.checked_add(i64::from(d - b'0'))
+            })?;
+            if negative { -magnitude } else { magnitude }
+        }
+    };
+    // The significant digits: the whole and fractional parts as one run, trimmed of zeros.
+    let digit_at = |i: usize| {
+        if i < whole.len() {
+            whole[i]
+        } else {
+            fraction[i - whole.len()]
+        }
+    };
+    let len = whole.len() + fraction.len();
+    let Some(first) = (0..len).find(|&i| digit_at(i) != b'0') else {
+        int(out, 0);
+        return Some(());
+    };
+    let last = (first..len).rev().find(|&i| digit_at(i) != b'0')?;
+    // The value is digits[first..=last] times 10^(exponent - digits after `last`).
+    let after_last = i64::try_from(len - 1 - last).ok()?;
+    let after_point = i64::try_from(fraction.len()).ok()?;
+    exponent_value = exponent_value
+        .checked_sub(after_point)?
+        .checked_add(after_last)?;
+    let significant = last - first + 1;
+    if let Ok(zeros) = usize::try_from(exponent_value)
+        && significant + zeros <= 38
+    {
+        let mut value =
+            (first..=last).fold(0i128, |acc, i| acc * 10 + i128::from(digit_at(i) - b'0'));
+        for _ in 0..zeros {
+            value *= 10;
+        }
+        int(out, if negative { -value } else { value });
+        return Some(());
+    }
+    out.push(DECIMAL);
+    out.push(u8::from(negative));
+    out.extend_from_slice(&exponent_value.to_le_bytes());
+    out.extend_from_slice(&(significant as u64).to_le_bytes());
+    out.extend((first..=last).map(digit_at));
+    Some(())
 }
 
 fn raw_string(out: &mut Vec<u8>, s: &str) {
@@ -433,22 +512,23 @@ impl Scanner<'_, '_> {
                 return None;
             }
         }
-        // The grammar above admits only ASCII.
-        let text = std::str::from_utf8(&self.input[start..self.pos]).ok()?;
-        if integral {
-            if let Ok(i) = text.parse::<i64>() {
-                int(&mut self.s.out, i128::from(i));
-                return Some(());
-            }
-            if let Ok(u) = text.parse::<u64>() {
-                int(&mut self.s.out, i128::from(u));
-                return Some(());
-            }
+        let text = &self.input[start..self.pos];
+        // Most numbers in a request are small integers: no need for the general path.
+        if integral && text.len() <= 18 {
+            let (negative, digits) = match text.split_first()? {
+                (b'-', digits) => (true, digits),
+                _ => (false, text),
+            };
+            let value = digits
+                .iter()
+                .fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
+            int(
+                &mut self.s.out,
+                i128::from(if negative { -value } else { value }),
+            );
+            return Some(());
         }
-        // serde_json refuses numbers out of f64's range; so do we (the body is then hashed raw).
-        let value = text.parse::<f64>().ok().filter(|f| f.is_finite())?;
-        float(&mut self.s.out, value);
-        Some(())
+        number(&mut self.s.out, text)
     }
 }
 
@@ -559,6 +639,78 @@ mod tests {
         assert_eq!(canonical(text), Some(from_tree));
     }
 
+    /// Spellings of one number, for each of several numbers: a group shares its encoding,
+    /// and no two groups do.
+    const NUMBERS: &[&[&str]] = &[
+        &["1", "1.0", "1e0", "10e-1", "0.1e1", "1.000", "100E-2"],
+        &["0", "-0", "0.0", "-0.0", "0e10", "0E-10"],
+        &["-1", "-1.0", "-0.1e1"],
+        &["0.25", "2.5e-1", "25e-2", "0.250"],
+        &["0.1"],
+        &["0.10000000000000001"],
+        &["9223372036854775807"],
+        &["9223372036854775808", "9.223372036854775808e18"],
+        &["-9223372036854775809"],
+        &["18446744073709551615"],
+        &["18446744073709551616", "18446744073709551616.0"],
+        &[
+            "18446744073709551617",
+            "1.8446744073709551617e19",
+            "18446744073709551617e0",
+        ],
+        &["-18446744073709551617"],
+        &["99999999999999999999999999999999999999"],
+        &["1e38", "100000000000000000000000000000000000000", "10e37"],
+        &["170141183460469231731687303715884105728"],
+        &["1e400", "10e399", "1.0e400", "0.1e401"],
+        &["2e400"],
+        &["-1e400"],
+        &["1e-400", "0.01e-398"],
+    ];
+
+    #[test]
+    fn numbers_keep_their_exact_value() {
+        let mut seen: Vec<(Vec<u8>, &str)> = Vec::new();
+        for group in NUMBERS {
+            let first = canonical(group[0]).expect("a number is JSON");
+            for text in *group {
+                assert_eq!(
+                    canonical(text).as_ref(),
+                    Some(&first),
+                    "{text} vs {}",
+                    group[0]
+                );
+                let wrapped = canonical(&format!("[{text}]")).expect("valid");
+                assert_eq!(
+                    wrapped[1..wrapped.len() - 1],
+                    first[..],
+                    "{text} in an array"
+                );
+            }
+            for (other, text) in &seen {
+                assert_ne!(other, &first, "{text} vs {}", group[0]);
+            }
+            seen.push((first, group[0]));
+        }
+    }
+
+    /// A tree encodes a number as its text does, whenever serde_json holds that number
+    /// without loss (always, with its `arbitrary_precision` feature).
+    #[test]
+    fn trees_encode_numbers_as_their_text() {
+        for text in NUMBERS.iter().flat_map(|group| group.iter()) {
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+                continue;
+            };
+            if canonical(&value.to_string()) != canonical(text) {
+                continue;
+            }
+            let mut from_tree = Vec::new();
+            encode_value(&value, &mut from_tree);
+            assert_eq!(Some(from_tree), canonical(text), "{text}");
+        }
+    }
+
     fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
         crate::test_json::json_value("\\PC{0,6}")
     }
@@ -587,8 +739,13 @@ mod tests {
             }
             proptest::prop_assume!(std::str::from_utf8(&text).is_ok());
             let ours = with_canonical_json(&text, |_| ()).is_some();
-            let theirs = serde_json::from_slice::<serde_json::Value>(&text).is_ok();
-            proptest::prop_assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(&text));
+            let theirs = serde_json::from_slice::<serde_json::Value>(&text);
+            // serde_json (without `arbitrary_precision`) refuses a number past f64's range;
+            // we keep its exact value instead (see the module docs).
+            proptest::prop_assume!(
+                !theirs.as_ref().is_err_and(|e| e.to_string().contains("number out of range"))
+            );
+            proptest::prop_assert_eq!(ours, theirs.is_ok(), "{:?}", String::from_utf8_lossy(&text));
         }
 
         /// Arbitrary bytes never panic.

@@ -6,10 +6,12 @@
 //! ([`FingerprintKey::from_secret`]) when several instances share a cache. Without the key
 //! nobody can craft two different requests that collide.
 //!
-//! For an `http::Request<B>` the fingerprint covers the method, the URI, the body and the
+//! For an `http::Request<B>` the fingerprint covers the method, the URI, the body, the
 //! credential headers (`Authorization`, `x-api-key`, `api-key`, `x-goog-api-key`, ...), so two
-//! tenants never share a key. A JSON body is hashed in a canonical form: object key order,
-//! whitespace and number spelling (`1` vs `1.0`) do not change the key.
+//! tenants never share a key, and the headers that change the answer or its bytes
+//! (`anthropic-version`, `accept`, `accept-encoding`, ...: [`FINGERPRINT_HEADERS`]). A JSON
+//! body is hashed in a canonical form: object key order, whitespace and number spelling (`1`
+//! vs `1.0`) do not change the key; a number's exact value does, however many digits it has.
 //!
 //! Types implement [`Fingerprint`] by feeding their parts to a [`FingerprintHasher`]; every
 //! write is length- or tag-prefixed, so `("ab", "c")` and `("a", "bc")` differ.
@@ -224,8 +226,8 @@ impl FingerprintHasher {
         }
     }
 
-    /// Writes a JSON value in canonical form: object keys sorted, integers and integral
-    /// floats written alike, `-0.0` as `0`. The same bytes as [`write_body`](Self::write_body)
+    /// Writes a JSON value in canonical form: object keys sorted, numbers by their exact
+    /// value (`1` and `1.0` alike, `-0.0` as `0`). The same bytes as [`write_body`](Self::write_body)
     /// writes for the value's JSON text.
     pub fn write_json(&mut self, value: &serde_json::Value) {
         let mut canonical = Vec::new();
@@ -357,9 +359,12 @@ impl<A: Fingerprint, B: Fingerprint> Fingerprint for (A, B) {
     }
 }
 
-/// The request headers that identify the caller or change the answer, and so are part of an
-/// `http::Request`'s fingerprint.
-pub const IDENTITY_HEADERS: [&str; 9] = [
+/// The request headers that are part of an `http::Request`'s fingerprint: those that identify
+/// the caller (credentials, organisation, project), those that change the answer (API
+/// version and beta flags) and those that change the answer's bytes (`accept`: JSON or an
+/// event stream; `accept-encoding`: gzip, brotli or plain), so a cached answer is only ever
+/// served to a request that would have received those very bytes.
+pub const FINGERPRINT_HEADERS: [&str; 11] = [
     "authorization",
     "proxy-authorization",
     "x-api-key",
@@ -369,11 +374,13 @@ pub const IDENTITY_HEADERS: [&str; 9] = [
     "openai-project",
     "anthropic-version",
     "anthropic-beta",
+    "accept",
+    "accept-encoding",
 ];
 
-/// [`IDENTITY_HEADERS`] as header names, built once: looking a header up by `&str` parses
+/// [`FINGERPRINT_HEADERS`] as header names, built once: looking a header up by `&str` parses
 /// the name on every call.
-static IDENTITY_HEADER_NAMES: [http::HeaderName; 9] = [
+static FINGERPRINT_HEADER_NAMES: [http::HeaderName; 11] = [
     http::HeaderName::from_static("authorization"),
     http::HeaderName::from_static("proxy-authorization"),
     http::HeaderName::from_static("x-api-key"),
@@ -383,27 +390,29 @@ static IDENTITY_HEADER_NAMES: [http::HeaderName; 9] = [
     http::HeaderName::from_static("openai-project"),
     http::HeaderName::from_static("anthropic-version"),
     http::HeaderName::from_static("anthropic-beta"),
+    http::header::ACCEPT,
+    http::header::ACCEPT_ENCODING,
 ];
 
 impl<B: AsRef<[u8]>> Fingerprint for http::Request<B> {
     fn fingerprint(&self, hasher: &mut FingerprintHasher) {
-        hasher.write_str("http-request/2");
+        hasher.write_str("http-request/3");
         hasher.write_str(self.method().as_str());
         // The URI's parts, each present or not, without formatting it into a string.
         let uri = self.uri();
         hasher.write_option(uri.scheme_str());
         hasher.write_option(uri.authority().map(http::uri::Authority::as_str));
         hasher.write_option(uri.path_and_query().map(http::uri::PathAndQuery::as_str));
-        // One pass over the request's header names finds which identity headers it has
-        // (usually one of the nine); only those are looked up. The bytes hashed are the same
-        // as looking up all nine.
-        let mut present = [false; IDENTITY_HEADERS.len()];
+        // One pass over the request's header names finds which of the fingerprint headers it
+        // has (usually a credential and an accept header or two); only those are looked up.
+        // The bytes hashed are the same as looking up all of them.
+        let mut present = [false; FINGERPRINT_HEADERS.len()];
         for name in self.headers().keys() {
-            if let Some(i) = IDENTITY_HEADER_NAMES.iter().position(|n| n == name) {
+            if let Some(i) = FINGERPRINT_HEADER_NAMES.iter().position(|n| n == name) {
                 present[i] = true;
             }
         }
-        for (name, present) in IDENTITY_HEADER_NAMES.iter().zip(present) {
+        for (name, present) in FINGERPRINT_HEADER_NAMES.iter().zip(present) {
             if !present {
                 hasher.write_u64(0);
                 continue;
@@ -525,13 +534,77 @@ mod tests {
     }
 
     #[test]
-    fn identity_header_names_match_the_public_list() {
-        let names: Vec<_> = IDENTITY_HEADER_NAMES.iter().map(|n| n.as_str()).collect();
-        assert_eq!(names, IDENTITY_HEADERS);
+    fn fingerprint_header_names_match_the_public_list() {
+        let names: Vec<_> = FINGERPRINT_HEADER_NAMES
+            .iter()
+            .map(|n| n.as_str())
+            .collect();
+        assert_eq!(names, FINGERPRINT_HEADERS);
     }
 
-    /// The identity headers are found in one pass over the request's names: the key must
-    /// not depend on the order headers were added in, must see every identity header and
+    /// `accept` and `accept-encoding` change the bytes of the answer (an event stream or
+    /// JSON; gzip or plain): requests that differ only there never share a key, and requests
+    /// with the same ones do.
+    #[test]
+    fn headers_that_change_the_answers_bytes_are_covered() {
+        let key = FingerprintKey::random();
+        let with = |headers: &[(&str, &str)]| {
+            let mut builder = http::Request::post("https://api.example/v1/chat")
+                .header("authorization", "Bearer a");
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            let body = String::from(r#"{"model":"m","messages":[]}"#);
+            key.fingerprint(&builder.body(body).expect("valid request"))
+        };
+        let variants = [
+            with(&[]),
+            with(&[("accept-encoding", "gzip")]),
+            with(&[("accept-encoding", "br")]),
+            with(&[("accept-encoding", "identity")]),
+            with(&[("accept", "application/json")]),
+            with(&[("accept", "text/event-stream")]),
+            with(&[("accept", "application/json"), ("accept-encoding", "gzip")]),
+        ];
+        for i in 0..variants.len() {
+            for j in i + 1..variants.len() {
+                assert_ne!(variants[i], variants[j], "{i} vs {j}");
+            }
+        }
+        assert_eq!(with(&[("accept-encoding", "gzip")]), variants[1]);
+        assert_eq!(
+            with(&[("accept-encoding", "gzip"), ("accept", "application/json")]),
+            variants[6]
+        );
+    }
+
+    /// Integers past 64 bits and numbers past f64's range keep their value in the key.
+    #[test]
+    fn big_numbers_in_a_body_stay_distinct() {
+        let key = FingerprintKey::random();
+        let body = |n: &str| {
+            let body = format!(r#"{{"model":"m","seed":{n},"messages":[]}}"#);
+            key.fingerprint(&http::Request::post("http://x/").body(body).expect("valid"))
+        };
+        let texts = [
+            "18446744073709551615",
+            "18446744073709551616",
+            "18446744073709551617",
+            "1e400",
+            "2e400",
+        ];
+        let keys: Vec<_> = texts.iter().map(|t| body(t)).collect();
+        for i in 0..keys.len() {
+            for j in i + 1..keys.len() {
+                assert_ne!(keys[i], keys[j], "{} vs {}", texts[i], texts[j]);
+            }
+        }
+        assert_eq!(body("1e400"), body("10e399"));
+        assert_eq!(body("18446744073709551617"), body("18446744073709551617.0"));
+    }
+
+    /// The fingerprint headers are found in one pass over the request's names: the key must
+    /// not depend on the order headers were added in, must see every fingerprint header and
     /// every value of one (in order), and must ignore the others.
     #[test]
     fn identity_headers_count_whatever_order_they_arrive_in() {
@@ -570,7 +643,7 @@ mod tests {
             with(&[("anthropic-beta", "b1"), ("anthropic-beta", "b2")]),
             with(&[("anthropic-beta", "b2"), ("anthropic-beta", "b1")])
         );
-        for name in IDENTITY_HEADERS {
+        for name in FINGERPRINT_HEADERS {
             assert_ne!(
                 base,
                 with(&[

@@ -80,7 +80,7 @@ pub use duration::{format_duration, parse_duration};
 pub use error::{BoxError, CircuitOpen, MAX_ERROR_BODY, RateLimited, UpstreamError};
 pub use error_body::{ErrorBody, ErrorDialect, read_error_body, read_error_value};
 pub use fingerprint::{
-    Fingerprint, FingerprintHasher, FingerprintKey, IDENTITY_HEADERS, RequestKey,
+    FINGERPRINT_HEADERS, Fingerprint, FingerprintHasher, FingerprintKey, RequestKey,
 };
 pub use key::{KeyFn, NoKey};
 pub use panic::panic_message;
