@@ -66,11 +66,11 @@ pub(super) async fn duplicate_flood(
     let dedup = DedupLayer::builder()
         .ttl(Duration::from_secs(300))
         .build()?;
-    let stats = dedup.stats();
+    let handle = dedup.handle();
     let stack = ServiceBuilder::new().layer(dedup).service(openai(&server)?);
     let with = drive(stack, requests(), every(2), progress).await;
     table.row("", "+ dedup", with, &[&server], Some(without));
-    let s = stats.snapshot();
+    let s = handle.stats();
     table.note(format!(
         "duplicate flood: dedup answered {} from its cache and {} by joining a call in flight",
         s.hits, s.coalesced

@@ -17,7 +17,8 @@ use moka::notification::RemovalCause;
 use tokio::time::Instant;
 use tower_llm_core::RequestKey;
 
-use crate::stats::DedupStats;
+use crate::handle::CacheOps;
+use crate::stats::Counters;
 
 /// The longest TTL moka accepts (it panics when built with more).
 const MOKA_MAX_TTL: Duration = Duration::from_secs(1_000 * 365 * 24 * 3600);
@@ -76,6 +77,9 @@ struct Entry<V> {
     /// Set by moka's removal listener: the entry left moka (evicted, expired or replaced), so
     /// the front table must not serve it.
     removed: AtomicBool,
+    /// The cache's generation when the entry was stored; a [`clear`](MemoryCache::clear)
+    /// since makes it unservable at once, before moka gets round to dropping it.
+    generation: u64,
 }
 
 struct Expiry {
@@ -259,6 +263,19 @@ impl<V: Clone> Front<V> {
         }
     }
 
+    /// Empties every slot (the cache was cleared).
+    fn clear(&self) {
+        for slot in self.slots.iter() {
+            let mut guard = slot
+                .0
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(entry) = guard.take() {
+                entry.removed.store(true, Ordering::Release);
+            }
+        }
+    }
+
     /// Drops whatever the slot holds for `key` (a new value was stored for it).
     fn forget(&self, key: &RequestKey) {
         let mut guard = self
@@ -280,13 +297,15 @@ pub(crate) struct MemoryCache<V> {
     /// Values stored so far. A caller that missed can tell, from an unchanged count, that no
     /// value was stored since, and skip looking again (see [`stored`](Self::stored)).
     stored: AtomicU64,
+    /// Bumped by [`clear`](Self::clear): entries stored under an older generation are stale.
+    generation: AtomicU64,
     default_ttl: Duration,
     time_to_idle: Option<Duration>,
     ttl_for: Option<TtlFor<V>>,
 }
 
 impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
-    pub(crate) fn new(config: &CacheConfig<V>, stats: DedupStats) -> Self {
+    pub(crate) fn new(config: &CacheConfig<V>, stats: Counters) -> Self {
         let front = config
             .time_to_idle
             .is_none()
@@ -326,6 +345,7 @@ impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
             cache: builder.build_with_hasher(KeyHasher),
             front,
             stored: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             default_ttl: config.ttl,
             time_to_idle: config.time_to_idle,
             ttl_for: config.ttl_for.clone(),
@@ -356,7 +376,9 @@ impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
 
     /// Whether `entry` may be served at `now` (and, with an idle timeout, records the read).
     fn fresh(&self, entry: &Entry<V>, now: Instant) -> bool {
-        if entry.expires.is_some_and(|expires| now >= expires) {
+        if entry.expires.is_some_and(|expires| now >= expires)
+            || entry.generation != self.generation.load(Ordering::Acquire)
+        {
             return false;
         }
         if let Some(idle) = self.time_to_idle {
@@ -386,6 +408,7 @@ impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
             ttl,
             last_read: AtomicU64::new(0),
             removed: AtomicBool::new(false),
+            generation: self.generation.load(Ordering::Acquire),
         };
         self.cache.insert(key, Arc::new(entry));
         // The front table may still hold the value this one replaces. moka's listener marks
@@ -421,11 +444,32 @@ impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
     }
 }
 
-impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
-    /// Entries held now (after pending maintenance).
-    pub(crate) fn entry_count(&self) -> u64 {
+impl<V: Clone + Send + Sync + 'static> CacheOps for MemoryCache<V> {
+    fn entry_count(&self) -> u64 {
         self.cache.run_pending_tasks();
         self.cache.entry_count()
+    }
+
+    fn clear(&self) {
+        // First the generation: from here on no entry stored before is served, wherever it
+        // is (moka, the front table, an insert racing this call). Then the memory.
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate_all();
+        if let Some(front) = &self.front {
+            front.clear();
+        }
+    }
+
+    fn invalidate(&self, key: &RequestKey) {
+        if let Some(entry) = self.cache.remove(key) {
+            match &self.front {
+                Some(front) => front.remove(&entry),
+                None => entry.removed.store(true, Ordering::Release),
+            }
+        }
+        if let Some(front) = &self.front {
+            front.forget(key);
+        }
     }
 }
 
@@ -442,7 +486,7 @@ mod tests {
             time_to_idle: None,
             ttl_for: None,
         };
-        MemoryCache::new(&config, DedupStats::new())
+        MemoryCache::new(&config, Counters::new())
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
@@ -529,7 +573,7 @@ mod tests {
             time_to_idle: None,
             ttl_for: None,
         };
-        let cache = MemoryCache::<Arc<u64>>::new(&config, DedupStats::new());
+        let cache = MemoryCache::<Arc<u64>>::new(&config, Counters::new());
         let slots = cache.front.as_ref().expect("a front table").slots.len() as u128;
         let cold = RequestKey::from_u128(0);
         let value = Arc::new(0);

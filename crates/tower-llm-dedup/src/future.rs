@@ -9,7 +9,7 @@ use tower_llm_core::BoxError;
 use tower_service::Service;
 
 use crate::flight::{Next, Subscription};
-use crate::stats::DedupStats;
+use crate::stats::Counters;
 
 /// The flight ended without a response; only a broken inner future that ends without output
 /// could cause it, and it is reported rather than hung on.
@@ -42,7 +42,7 @@ pin_project_lite::pin_project! {
             subscription: Subscription<Res>,
             response: Option<Res>,
             own_call: Option<(S, Req)>,
-            stats: DedupStats,
+            stats: Counters,
         },
         OwnCall { service: S, request: Option<Req> },
     }
@@ -66,7 +66,7 @@ impl<F, S, Req, Res> ResponseFuture<F, S, Req, Res> {
     pub(crate) fn waiting(
         subscription: Subscription<Res>,
         own_call: Option<(S, Req)>,
-        stats: DedupStats,
+        stats: Counters,
     ) -> Self {
         ResponseFuture {
             state: State::Waiting {

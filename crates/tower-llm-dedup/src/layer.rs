@@ -6,39 +6,38 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tower_layer::Layer;
-use tower_llm_core::{DefaultClassifier, FingerprintKey};
+use tower_llm_core::{DefaultClassifier, FingerprintKey, RequestKey};
 
-use crate::cache::{CacheConfig, Capacity, MemoryCache};
+use crate::cache::MemoryCache;
+use crate::config::{Knobs, Parts, knob_methods};
 use crate::error::ConfigError;
 use crate::flight::InFlight;
-use crate::policy::{CacheAll, DeterministicOnly, FingerprintKeys, OnError};
+use crate::handle::DedupHandle;
+use crate::policy::{CacheAll, DeterministicOnly, FingerprintKeys, OnError, RequestKeys};
 use crate::remote::Remote;
 use crate::service::Dedup;
-use crate::stats::DedupStats;
+use crate::stats::Counters;
 
-/// The cache's default capacity, in entries.
-pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
-
-/// The default time an answer stays in the cache.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
-
-/// State shared by every service a [`DedupLayer`] builds, and by their clones.
+/// State shared by every service a [`DedupLayer`] value builds, and by their clones.
 pub(crate) struct Shared<Res, K, R, C> {
     pub(crate) keys: K,
     pub(crate) rule: R,
     pub(crate) classifier: C,
     pub(crate) cache: Option<Arc<MemoryCache<Res>>>,
     pub(crate) in_flight: Arc<InFlight<Res>>,
-    pub(crate) stats: DedupStats,
+    pub(crate) stats: Counters,
+    pub(crate) handle: DedupHandle,
     pub(crate) on_error: OnError,
     pub(crate) remote: Option<Arc<dyn Remote<Res>>>,
 }
 
 /// Coalesces identical concurrent requests into one inner call and caches successful answers.
 ///
-/// Every service built from one layer (and every clone of those) shares one cache, one set of
-/// calls in flight and one [`DedupStats`]. `Res` is the inner service's response type, which
-/// the cache stores; it is usually inferred.
+/// Every service built from one layer value (and from its clones), in whatever stack it
+/// lands, shares one cache, one set of calls in flight and one set of counters, read and
+/// cleared through [`handle`](Self::handle). Independent state means another layer value.
+/// `Res` is the inner service's response type, which the cache stores; it is usually
+/// inferred.
 ///
 /// See the [crate docs](crate) for the behaviour and an example.
 pub struct DedupLayer<Res, K = FingerprintKeys, R = DeterministicOnly, C = DefaultClassifier> {
@@ -64,38 +63,33 @@ impl<Res, K, R, C> fmt::Debug for DedupLayer<Res, K, R, C> {
 }
 
 impl<Res: Clone + Send + Sync + 'static> DedupLayer<Res> {
-    /// Coalescing plus a cache of up to [`DEFAULT_MAX_ENTRIES`] answers kept for `ttl`
-    /// (a zero `ttl` keeps nothing: coalescing only), keyed by core's fingerprint, storing only
-    /// answers to deterministic requests.
+    /// Coalescing plus a cache of up to [`DEFAULT_MAX_ENTRIES`](crate::DEFAULT_MAX_ENTRIES)
+    /// answers kept for `ttl` (a zero `ttl` keeps nothing: coalescing only), keyed by core's
+    /// fingerprint, storing only answers to deterministic requests.
     pub fn new(ttl: Duration) -> Self {
-        let mut builder = DedupLayer::builder();
-        builder.ttl = ttl;
-        builder.cache_enabled = !ttl.is_zero();
-        builder.assemble()
+        DedupLayerBuilder::with_knobs(Knobs::with_ttl(ttl)).assemble()
     }
 
     /// A builder with every knob.
     pub fn builder() -> DedupLayerBuilder<Res> {
-        DedupLayerBuilder {
-            keys: FingerprintKeys::default(),
-            rule: DeterministicOnly,
-            classifier: DefaultClassifier,
-            cache_enabled: true,
-            ttl: DEFAULT_TTL,
-            time_to_idle: None,
-            capacity: Capacity::Entries(DEFAULT_MAX_ENTRIES),
-            ttl_for: None,
-            on_error: OnError::Share,
-            remote: None,
-            _res: PhantomData,
-        }
+        DedupLayerBuilder::with_knobs(Knobs::default())
     }
 }
 
 impl<Res, K, R, C> DedupLayer<Res, K, R, C> {
-    /// The counters of every service this layer builds.
-    pub fn stats(&self) -> DedupStats {
-        self.shared.stats.clone()
+    /// The handle on this layer value's counters and cache: see [`DedupHandle`]. Take it
+    /// before building the stack; it keeps working after the stack is boxed.
+    pub fn handle(&self) -> DedupHandle {
+        self.shared.handle.clone()
+    }
+
+    /// The key this layer files `request` under (`None`: it would bypass dedup), for
+    /// [`DedupHandle::invalidate`].
+    pub fn request_key<Req>(&self, request: &Req) -> Option<RequestKey>
+    where
+        K: RequestKeys<Req>,
+    {
+        self.shared.keys.key(request)
     }
 }
 
@@ -110,17 +104,12 @@ impl<S, Res, K, R, C> Layer<S> for DedupLayer<Res, K, R, C> {
 /// Builds a [`DedupLayer`]; [`build`](DedupLayerBuilder::build) checks the knobs.
 pub struct DedupLayerBuilder<Res, K = FingerprintKeys, R = DeterministicOnly, C = DefaultClassifier>
 {
-    pub(crate) keys: K,
-    pub(crate) rule: R,
-    pub(crate) classifier: C,
-    pub(crate) cache_enabled: bool,
-    pub(crate) ttl: Duration,
-    pub(crate) time_to_idle: Option<Duration>,
-    pub(crate) capacity: Capacity<Res>,
-    pub(crate) ttl_for: Option<crate::cache::TtlFor<Res>>,
-    pub(crate) on_error: OnError,
-    pub(crate) remote: Option<Arc<dyn Remote<Res>>>,
-    pub(crate) _res: PhantomData<fn() -> Res>,
+    keys: K,
+    rule: R,
+    classifier: C,
+    knobs: Knobs<Res>,
+    remote: Option<Arc<dyn Remote<Res>>>,
+    _res: PhantomData<fn() -> Res>,
 }
 
 impl<Res, K: fmt::Debug, R: fmt::Debug, C: fmt::Debug> fmt::Debug
@@ -131,11 +120,25 @@ impl<Res, K: fmt::Debug, R: fmt::Debug, C: fmt::Debug> fmt::Debug
             .field("keys", &self.keys)
             .field("rule", &self.rule)
             .field("classifier", &self.classifier)
-            .field("cache_enabled", &self.cache_enabled)
-            .field("ttl", &self.ttl)
-            .field("time_to_idle", &self.time_to_idle)
-            .field("on_error", &self.on_error)
+            .field("cache_enabled", &self.knobs.cache_enabled)
+            .field("ttl", &self.knobs.ttl)
+            .field("time_to_idle", &self.knobs.time_to_idle)
+            .field("on_error", &self.knobs.on_error)
+            .field("redis", &self.remote.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+impl<Res> DedupLayerBuilder<Res> {
+    fn with_knobs(knobs: Knobs<Res>) -> Self {
+        DedupLayerBuilder {
+            keys: FingerprintKeys::default(),
+            rule: DeterministicOnly,
+            classifier: DefaultClassifier,
+            knobs,
+            remote: None,
+            _res: PhantomData,
+        }
     }
 }
 
@@ -154,18 +157,13 @@ impl<Res, K, R, C> DedupLayerBuilder<Res, K, R, C> {
     /// answer, including the caller's identity: requests with equal keys share answers.
     pub fn key_fn<Req, F>(self, key_fn: F) -> DedupLayerBuilder<Res, F, R, C>
     where
-        F: Fn(&Req) -> Option<tower_llm_core::RequestKey>,
+        F: Fn(&Req) -> Option<RequestKey>,
     {
         DedupLayerBuilder {
             keys: key_fn,
             rule: self.rule,
             classifier: self.classifier,
-            cache_enabled: self.cache_enabled,
-            ttl: self.ttl,
-            time_to_idle: self.time_to_idle,
-            capacity: self.capacity,
-            ttl_for: self.ttl_for,
-            on_error: self.on_error,
+            knobs: self.knobs,
             remote: self.remote,
             _res: PhantomData,
         }
@@ -178,12 +176,7 @@ impl<Res, K, R, C> DedupLayerBuilder<Res, K, R, C> {
             keys: self.keys,
             rule,
             classifier: self.classifier,
-            cache_enabled: self.cache_enabled,
-            ttl: self.ttl,
-            time_to_idle: self.time_to_idle,
-            capacity: self.capacity,
-            ttl_for: self.ttl_for,
-            on_error: self.on_error,
+            knobs: self.knobs,
             remote: self.remote,
             _res: PhantomData,
         }
@@ -201,64 +194,13 @@ impl<Res, K, R, C> DedupLayerBuilder<Res, K, R, C> {
             keys: self.keys,
             rule: self.rule,
             classifier,
-            cache_enabled: self.cache_enabled,
-            ttl: self.ttl,
-            time_to_idle: self.time_to_idle,
-            capacity: self.capacity,
-            ttl_for: self.ttl_for,
-            on_error: self.on_error,
+            knobs: self.knobs,
             remote: self.remote,
             _res: PhantomData,
         }
     }
 
-    /// How long an answer stays in the cache (default five minutes). Must not be zero.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
-
-    /// Drops an answer that has not been read for this long, even before its TTL.
-    pub fn time_to_idle(mut self, idle: Duration) -> Self {
-        self.time_to_idle = Some(idle);
-        self
-    }
-
-    /// A TTL per answer: `f` returns `Some(ttl)` to override the default for that answer
-    /// (`Some(Duration::ZERO)` keeps it out of the cache), `None` for the default.
-    pub fn ttl_for(mut self, f: impl Fn(&Res) -> Option<Duration> + Send + Sync + 'static) -> Self {
-        self.ttl_for = Some(Arc::new(f));
-        self
-    }
-
-    /// Bounds the cache by number of answers (default [`DEFAULT_MAX_ENTRIES`]).
-    pub fn max_entries(mut self, entries: u64) -> Self {
-        self.capacity = Capacity::Entries(entries);
-        self
-    }
-
-    /// Bounds the cache by weight instead: `weigh` says what one answer costs (in bytes, say),
-    /// and the entries together stay under `max`.
-    pub fn max_weight(
-        mut self,
-        max: u64,
-        weigh: impl Fn(&Res) -> u32 + Send + Sync + 'static,
-    ) -> Self {
-        self.capacity = Capacity::Bytes(max, Arc::new(weigh));
-        self
-    }
-
-    /// Keeps no answers: coalescing only.
-    pub fn no_cache(mut self) -> Self {
-        self.cache_enabled = false;
-        self
-    }
-
-    /// What callers that joined a failed call get (default [`OnError::Share`]).
-    pub fn on_error(mut self, on_error: OnError) -> Self {
-        self.on_error = on_error;
-        self
-    }
+    knob_methods!(Res);
 
     /// Shares answers with other instances through Redis, behind the in-memory cache.
     #[cfg(feature = "redis")]
@@ -275,68 +217,30 @@ impl<Res, K, R, C> DedupLayerBuilder<Res, K, R, C> {
     where
         Res: Clone + Send + Sync + 'static,
     {
-        self.check()?;
+        self.knobs.check()?;
+        if let Some(remote) = &self.remote {
+            if !self.knobs.cache_enabled {
+                return Err(ConfigError::new(
+                    "dedup",
+                    "redis",
+                    "needs the cache (`no_cache` was set): Redis sits behind it",
+                ));
+            }
+            remote.check()?;
+        }
         Ok(self.assemble())
-    }
-
-    pub(crate) fn check(&self) -> Result<(), ConfigError> {
-        if self.cache_enabled {
-            if self.ttl.is_zero() {
-                return Err(ConfigError::new(
-                    "dedup",
-                    "ttl",
-                    "must be above zero (use `no_cache` to keep nothing)",
-                ));
-            }
-            if self.time_to_idle.is_some_and(|d| d.is_zero()) {
-                return Err(ConfigError::new(
-                    "dedup",
-                    "time_to_idle",
-                    "must be above zero",
-                ));
-            }
-            match &self.capacity {
-                Capacity::Entries(0) => {
-                    return Err(ConfigError::new(
-                        "dedup",
-                        "max_entries",
-                        "must be above zero",
-                    ));
-                }
-                Capacity::Bytes(0, _) => {
-                    return Err(ConfigError::new(
-                        "dedup",
-                        "max_weight",
-                        "must be above zero",
-                    ));
-                }
-                _ => {}
-            }
-        }
-        if self.remote.is_some() && !self.cache_enabled {
-            return Err(ConfigError::new(
-                "dedup",
-                "redis",
-                "needs the cache (`no_cache` was set): Redis sits behind it",
-            ));
-        }
-        Ok(())
     }
 
     fn assemble(self) -> DedupLayer<Res, K, R, C>
     where
         Res: Clone + Send + Sync + 'static,
     {
-        let stats = DedupStats::new();
-        let cache = self.cache_enabled.then(|| {
-            let config = CacheConfig {
-                capacity: self.capacity,
-                ttl: self.ttl,
-                time_to_idle: self.time_to_idle,
-                ttl_for: self.ttl_for,
-            };
-            Arc::new(MemoryCache::new(&config, stats.clone()))
-        });
+        let Parts {
+            counters,
+            cache,
+            handle,
+            on_error,
+        } = self.knobs.assemble();
         DedupLayer {
             shared: Arc::new(Shared {
                 keys: self.keys,
@@ -344,8 +248,9 @@ impl<Res, K, R, C> DedupLayerBuilder<Res, K, R, C> {
                 classifier: self.classifier,
                 cache,
                 in_flight: Arc::new(InFlight::default()),
-                stats,
-                on_error: self.on_error,
+                stats: counters,
+                handle,
+                on_error,
                 remote: self.remote,
             }),
         }

@@ -34,6 +34,15 @@
 //! Responses must be `Clone` (every waiter gets a clone; wrap a large one in an `Arc`). The
 //! inner service must be `Clone + Send + 'static` with a `Send + 'static` future.
 //!
+//! # Handle
+//!
+//! [`DedupLayer::handle`] (and [`StreamDedupLayer::handle`]) returns a [`DedupHandle`], taken
+//! before the stack is built and usable after it is boxed: [`stats`](DedupHandle::stats) is
+//! a [`DedupStats`] snapshot, [`clear`](DedupHandle::clear) and
+//! [`invalidate`](DedupHandle::invalidate) drop cached answers. Every service made by one
+//! layer value, in any number of stacks, shares that value's cache, calls in flight and
+//! counters; another layer value has its own.
+//!
 //! # Metrics
 //!
 //! Counters, with the same numbers readable from [`DedupStats`]:
@@ -46,10 +55,14 @@
 //!
 //! # Example
 //!
+//! The layer with its defaults over a `service_fn` returning `String`; the handle is taken
+//! from the layer and read after the stack is boxed.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use std::sync::atomic::{AtomicUsize, Ordering};
 //! use std::time::Duration;
+//! use tower::util::BoxCloneService;
 //! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 //! use tower_llm_core::BoxError;
 //! use tower_llm_dedup::DedupLayer;
@@ -59,13 +72,15 @@
 //! let calls = Arc::new(AtomicUsize::new(0));
 //! let counted = calls.clone();
 //! let layer = DedupLayer::new(Duration::from_secs(60));
-//! let stats = layer.stats();
-//! let mut service = ServiceBuilder::new()
-//!     .layer(layer)
-//!     .service(service_fn(move |prompt: String| {
-//!         counted.fetch_add(1, Ordering::SeqCst);
-//!         async move { Ok::<_, BoxError>(format!("answer to {prompt}")) }
-//!     }));
+//! let handle = layer.handle();
+//! let mut service: BoxCloneService<String, String, BoxError> = BoxCloneService::new(
+//!     ServiceBuilder::new()
+//!         .layer(layer)
+//!         .service(service_fn(move |prompt: String| {
+//!             counted.fetch_add(1, Ordering::SeqCst);
+//!             async move { Ok::<_, BoxError>(format!("answer to {prompt}")) }
+//!         })),
+//! );
 //!
 //! // Two identical concurrent requests: one inner call.
 //! let a = service.ready().await?.call("2 + 2?".to_string());
@@ -76,8 +91,13 @@
 //! let c = service.ready().await?.call("2 + 2?".to_string()).await?;
 //! assert_eq!(c, "answer to 2 + 2?");
 //! assert_eq!(calls.load(Ordering::SeqCst), 1);
-//! assert_eq!(stats.snapshot().hits, 1);
-//! assert_eq!(stats.snapshot().coalesced, 1);
+//! let stats = handle.stats();
+//! assert_eq!((stats.requests, stats.hits, stats.coalesced, stats.misses), (3, 1, 1, 1));
+//!
+//! // Clearing the cache: the next identical request is a miss.
+//! handle.clear();
+//! service.ready().await?.call("2 + 2?".to_string()).await?;
+//! assert_eq!(calls.load(Ordering::SeqCst), 2);
 //! # Ok(())
 //! # }
 //! ```
@@ -85,9 +105,11 @@
 #![forbid(unsafe_code)]
 
 mod cache;
+mod config;
 mod error;
 mod flight;
 mod future;
+mod handle;
 mod layer;
 mod policy;
 #[cfg(feature = "redis")]
@@ -97,9 +119,11 @@ mod service;
 mod stats;
 pub mod stream;
 
+pub use config::{DEFAULT_MAX_ENTRIES, DEFAULT_TTL};
 pub use error::{ConfigError, InnerPanicked, SharedError};
 pub use future::ResponseFuture;
-pub use layer::{DEFAULT_MAX_ENTRIES, DEFAULT_TTL, DedupLayer, DedupLayerBuilder};
+pub use handle::DedupHandle;
+pub use layer::{DedupLayer, DedupLayerBuilder};
 pub use policy::{
     BYPASS_HEADER, BYPASS_VALUE, Bypass, CacheAll, CacheControl, CacheRule, DeterministicOnly,
     FingerprintKeys, OnError, RequestKeys,
@@ -108,6 +132,5 @@ pub use service::Dedup;
 pub use stats::{
     DedupStats, METRIC_BYPASSED, METRIC_COALESCED, METRIC_EVICTIONS, METRIC_HITS,
     METRIC_INNER_CALLS, METRIC_MISSES, METRIC_REMOTE_ERRORS, METRIC_REMOTE_HITS, METRIC_REQUESTS,
-    StatsSnapshot,
 };
-pub use stream::{ReplayStream, StreamDedup, StreamDedupLayer};
+pub use stream::{ReplayStream, StreamDedup, StreamDedupLayer, StreamDedupLayerBuilder};

@@ -2,7 +2,9 @@
 //!
 //! [`RedisBackend`] sits behind the in-memory cache: on a memory miss the leading caller asks
 //! Redis (bounded by a short timeout, 100 ms by default) before calling the inner service, and
-//! a successful, cacheable answer is written to Redis in the background with the entry's TTL.
+//! a successful, cacheable answer is written to Redis in the background with the entry's TTL
+//! (a TTL longer than Redis accepts, such as `Duration::MAX`, is clamped to the longest it
+//! accepts).
 //! Values are encoded by a [`Codec`] ([`JsonCodec`] for serde types, [`HttpResponseCodec`] for
 //! `http::Response<Bytes>`); keys are `{namespace}:{fingerprint}`.
 //!
@@ -38,7 +40,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use redis::AsyncCommands;
@@ -47,8 +49,9 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tower_llm_core::{BoxError, RequestKey};
 
+use crate::error::ConfigError;
 use crate::remote::{Lookup, Remote};
-use crate::stats::DedupStats;
+use crate::stats::Counters;
 
 /// The default Redis timeout, for connecting and for each command.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
@@ -214,6 +217,25 @@ impl<V> Inner<V> {
     }
 }
 
+/// Redis refuses an expiry whose absolute time (its clock, in milliseconds since the Unix
+/// epoch, plus the TTL) passes `i64::MAX`; a day of margin covers its clock running ahead.
+const REDIS_CLOCK_MARGIN_MS: u64 = 24 * 3600 * 1000;
+
+/// `ttl` in whole milliseconds (at least one), clamped to the longest TTL Redis accepts at
+/// `now`, so that an answer kept "for ever" in memory is kept as long as Redis can in Redis,
+/// not refused by it.
+fn redis_ttl_millis(ttl: Duration, now: SystemTime) -> u64 {
+    let now_ms = now.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    });
+    let longest = (i64::MAX as u64)
+        .saturating_sub(now_ms)
+        .saturating_sub(REDIS_CLOCK_MARGIN_MS);
+    u64::try_from(ttl.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, longest.max(1))
+}
+
 /// A Redis cache shared by several instances; give it to
 /// [`DedupLayerBuilder::redis`](crate::DedupLayerBuilder::redis). See the [module docs](self).
 pub struct RedisBackend<V> {
@@ -295,7 +317,7 @@ impl<V: Send + Sync + 'static> RedisBackend<V> {
     }
 
     /// The longest a request waits on Redis, connecting or per command (default
-    /// [`DEFAULT_TIMEOUT`]).
+    /// [`DEFAULT_TIMEOUT`]). Zero is refused when the layer is built.
     pub fn timeout(self, timeout: Duration) -> Self {
         self.with(|inner| inner.timeout = timeout)
     }
@@ -332,7 +354,18 @@ impl<V: Send + Sync + 'static> Remote<V> for RedisBackend<V> {
         })
     }
 
-    fn put(&self, key: RequestKey, value: &V, ttl: Duration, stats: DedupStats) {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.inner.timeout.is_zero() {
+            return Err(ConfigError::new(
+                "dedup",
+                "redis.timeout",
+                "must be longer than zero (every call would find Redis unreachable)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn put(&self, key: RequestKey, value: &V, ttl: Duration, stats: Counters) {
         if self.inner.is_cooling_down() {
             stats.remote_error();
             return;
@@ -346,7 +379,7 @@ impl<V: Send + Sync + 'static> Remote<V> for RedisBackend<V> {
             return;
         };
         let inner = self.inner.clone();
-        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let millis = redis_ttl_millis(ttl, SystemTime::now());
         runtime.spawn(async move {
             let redis_key = inner.key(key);
             let stored = inner
@@ -397,6 +430,33 @@ mod tests {
         assert!(!backend.inner.is_cooling_down());
         backend.inner.mark_down();
         assert!(backend.inner.is_cooling_down());
+    }
+
+    #[test]
+    fn ttls_are_clamped_to_what_redis_accepts() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let now_ms = 1_800_000_000_000u64;
+        let longest = i64::MAX as u64 - now_ms - REDIS_CLOCK_MARGIN_MS;
+        assert_eq!(redis_ttl_millis(Duration::MAX, now), longest);
+        assert_eq!(
+            redis_ttl_millis(Duration::from_millis(u64::MAX), now),
+            longest
+        );
+        assert_eq!(redis_ttl_millis(Duration::from_secs(60), now), 60_000);
+        assert_eq!(redis_ttl_millis(Duration::from_micros(10), now), 1);
+    }
+
+    #[test]
+    fn a_zero_timeout_is_a_config_error_naming_the_knob() {
+        let backend = RedisBackend::<String>::json("redis://127.0.0.1:1/")
+            .expect("valid url")
+            .timeout(Duration::ZERO);
+        let error = crate::DedupLayer::<String>::builder()
+            .redis(backend)
+            .build()
+            .expect_err("refused");
+        assert_eq!(error.component(), "dedup");
+        assert_eq!(error.knob(), "redis.timeout");
     }
 
     #[test]

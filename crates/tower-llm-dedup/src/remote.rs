@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tower_llm_core::RequestKey;
 
-use crate::stats::DedupStats;
+use crate::error::ConfigError;
+use crate::stats::Counters;
 
 /// What a shared cache said.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -23,6 +24,9 @@ pub(crate) trait Remote<V>: Send + Sync {
     /// The stored answer.
     fn get(&self, key: RequestKey) -> Pin<Box<dyn Future<Output = Lookup<V>> + Send>>;
 
+    /// Refuses a configuration that cannot work; called when the layer is built.
+    fn check(&self) -> Result<(), ConfigError>;
+
     /// Stores an answer in the background.
-    fn put(&self, key: RequestKey, value: &V, ttl: Duration, stats: DedupStats);
+    fn put(&self, key: RequestKey, value: &V, ttl: Duration, stats: Counters);
 }

@@ -12,10 +12,10 @@ use tower_service::Service;
 
 use crate::flight::{Joined, Step};
 use crate::future::ResponseFuture;
+use crate::handle::DedupHandle;
 use crate::layer::Shared;
 use crate::policy::{CacheRule, OnError, RequestKeys};
 use crate::remote::Lookup;
-use crate::stats::DedupStats;
 
 /// Coalesces identical concurrent requests and serves cached answers; built by
 /// [`DedupLayer`](crate::DedupLayer). Clones share the cache and the calls in flight.
@@ -44,16 +44,9 @@ impl<S, Res, K, R, C> Dedup<S, Res, K, R, C> {
         self.inner
     }
 
-    /// The counters shared with the layer and every clone.
-    pub fn stats(&self) -> DedupStats {
-        self.shared.stats.clone()
-    }
-}
-
-impl<S, Res: Clone + Send + Sync + 'static, K, R, C> Dedup<S, Res, K, R, C> {
-    /// Answers in the cache now (0 without a cache).
-    pub fn cached_entries(&self) -> u64 {
-        self.shared.cache.as_ref().map_or(0, |c| c.entry_count())
+    /// The handle of the layer value that made this service (see [`DedupHandle`]).
+    pub fn handle(&self) -> DedupHandle {
+        self.shared.handle.clone()
     }
 }
 

@@ -1,4 +1,5 @@
-//! Counters kept by the layer, readable through a handle and exported through `metrics`.
+//! Counters kept by the layer, read through its [`DedupHandle`](crate::DedupHandle) and
+//! exported through `metrics`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,19 +70,16 @@ struct Tallies {
     remote_errors: Tally,
 }
 
-/// A handle on the layer's counters; clones read the same counters.
-///
-/// The same events also go to the `metrics` recorder under the `tower_llm_dedup_*` names
-/// ([`METRIC_REQUESTS`] and the others). The counters are registered when the layer is built,
-/// so install the recorder first.
+/// The layer's counters, shared by every service one layer value makes, its handle and the
+/// futures that count outcomes after `call`. Each event also goes to the `metrics` recorder.
 #[derive(Clone, Debug)]
-pub struct DedupStats {
+pub(crate) struct Counters {
     tallies: Arc<Tallies>,
 }
 
-impl DedupStats {
+impl Counters {
     pub(crate) fn new() -> Self {
-        DedupStats {
+        Counters {
             tallies: Arc::new(Tallies {
                 requests: metrics::counter!(METRIC_REQUESTS),
                 hits: Tally::new(METRIC_HITS),
@@ -97,7 +95,7 @@ impl DedupStats {
     }
 
     /// The counters now.
-    pub fn snapshot(&self) -> StatsSnapshot {
+    pub(crate) fn snapshot(&self) -> DedupStats {
         let t = &self.tallies;
         let (hits, coalesced, misses, bypassed) = (
             t.hits.get(),
@@ -105,7 +103,7 @@ impl DedupStats {
             t.misses.get(),
             t.bypassed.get(),
         );
-        StatsSnapshot {
+        DedupStats {
             requests: hits + coalesced + misses + bypassed,
             hits,
             coalesced,
@@ -150,10 +148,15 @@ impl DedupStats {
     }
 }
 
-/// The layer's counters at one moment.
+/// A dedup layer's counters at one moment, from [`DedupHandle::stats`](crate::DedupHandle::stats).
+///
+/// They cover every service the layer value made (and their clones), whichever stack each
+/// landed in. The same events go to the `metrics` recorder under the `tower_llm_dedup_*`
+/// names ([`METRIC_REQUESTS`] and the others); those counters are registered when the layer
+/// is built, so install the recorder first.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct StatsSnapshot {
+pub struct DedupStats {
     /// Requests seen.
     pub requests: u64,
     /// Requests answered from the cache (memory or Redis).

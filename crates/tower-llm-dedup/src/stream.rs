@@ -17,7 +17,8 @@
 //!   make their own call; after the first chunk, the error is shared (a stream cannot be
 //!   restarted halfway).
 //!
-//! The Redis backend is not available for streams.
+//! The Redis backend is not available for streams, and there is no classifier: a stream that
+//! ends without error is a success.
 //!
 //! # Example
 //!
@@ -30,7 +31,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), BoxError> {
-//! let layer = StreamDedupLayer::builder().ttl(Duration::from_secs(60)).build_stream()?;
+//! let layer = StreamDedupLayer::new(Duration::from_secs(60));
 //! let mut service = ServiceBuilder::new().layer(layer).service(service_fn(|prompt: String| async move {
 //!     let chunks = vec![Ok::<_, BoxError>(format!("{prompt}: ")), Ok("four".to_string())];
 //!     Ok::<_, BoxError>(stream::iter(chunks))
@@ -44,22 +45,25 @@
 
 use std::fmt;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use futures_core::Stream;
 use tower_layer::Layer;
-use tower_llm_core::{BoxError, DefaultClassifier};
+use tower_llm_core::{BoxError, FingerprintKey, RequestKey};
 use tower_service::Service;
 
-use crate::cache::{CacheConfig, Capacity, MemoryCache};
+use crate::cache::MemoryCache;
+use crate::config::{Knobs, Parts, knob_methods};
 use crate::error::ConfigError;
 use crate::flight::{InFlight, Joined, Next, Producer, Step, Subscription};
-use crate::layer::{DEFAULT_MAX_ENTRIES, DEFAULT_TTL, DedupLayerBuilder};
-use crate::policy::{CacheRule, DeterministicOnly, FingerprintKeys, OnError, RequestKeys};
-use crate::stats::DedupStats;
+use crate::handle::DedupHandle;
+use crate::policy::{
+    CacheAll, CacheRule, DeterministicOnly, FingerprintKeys, OnError, RequestKeys,
+};
+use crate::stats::Counters;
 
 type BoxChunks<T> = Pin<Box<dyn Stream<Item = Result<T, BoxError>> + Send>>;
 
@@ -68,15 +72,16 @@ struct StreamShared<T, K, R> {
     rule: R,
     cache: Option<Arc<MemoryCache<Arc<[T]>>>>,
     in_flight: Arc<InFlight<T>>,
-    stats: DedupStats,
+    stats: Counters,
+    handle: DedupHandle,
     on_error: OnError,
 }
 
 /// [`DedupLayer`](crate::DedupLayer) for streaming responses: see the [module docs](self).
 ///
-/// Built with [`StreamDedupLayer::builder`], whose knobs are [`DedupLayerBuilder`]'s (the
-/// weigher and per-entry TTL see a whole stream's chunks, `Arc<[T]>`), finished with
-/// [`build_stream`](DedupLayerBuilder::build_stream).
+/// Built with [`StreamDedupLayer::new`] or [`StreamDedupLayer::builder`]. Like the
+/// [`DedupLayer`](crate::DedupLayer), every service one layer value makes shares its cache,
+/// its calls in flight and its counters ([`handle`](Self::handle)).
 pub struct StreamDedupLayer<T, K = FingerprintKeys, R = DeterministicOnly> {
     shared: Arc<StreamShared<T, K, R>>,
 }
@@ -99,66 +104,140 @@ impl<T, K, R> fmt::Debug for StreamDedupLayer<T, K, R> {
 }
 
 impl<T: Clone + Send + Sync + 'static> StreamDedupLayer<T> {
-    /// A builder; finish it with [`build_stream`](DedupLayerBuilder::build_stream).
-    pub fn builder() -> DedupLayerBuilder<Arc<[T]>> {
-        DedupLayerBuilder {
-            keys: FingerprintKeys::default(),
-            rule: DeterministicOnly,
-            classifier: DefaultClassifier,
-            cache_enabled: true,
-            ttl: DEFAULT_TTL,
-            time_to_idle: None,
-            capacity: Capacity::Entries(DEFAULT_MAX_ENTRIES),
-            ttl_for: None,
-            on_error: OnError::Share,
-            remote: None,
-            _res: PhantomData,
-        }
+    /// Coalescing plus a cache of up to [`DEFAULT_MAX_ENTRIES`](crate::DEFAULT_MAX_ENTRIES)
+    /// streams kept for `ttl` (a zero `ttl` keeps nothing: coalescing only), keyed by core's
+    /// fingerprint, storing only streams answering deterministic requests.
+    pub fn new(ttl: Duration) -> Self {
+        StreamDedupLayerBuilder::with_knobs(Knobs::with_ttl(ttl)).assemble()
+    }
+
+    /// A builder with every knob.
+    pub fn builder() -> StreamDedupLayerBuilder<T> {
+        StreamDedupLayerBuilder::with_knobs(Knobs::default())
     }
 }
 
 impl<T, K, R> StreamDedupLayer<T, K, R> {
-    /// The counters of every service this layer builds.
-    pub fn stats(&self) -> DedupStats {
-        self.shared.stats.clone()
+    /// The handle on this layer value's counters and cache: see [`DedupHandle`]. Take it
+    /// before building the stack; it keeps working after the stack is boxed.
+    pub fn handle(&self) -> DedupHandle {
+        self.shared.handle.clone()
+    }
+
+    /// The key this layer files `request` under (`None`: it would bypass dedup), for
+    /// [`DedupHandle::invalidate`].
+    pub fn request_key<Req>(&self, request: &Req) -> Option<RequestKey>
+    where
+        K: RequestKeys<Req>,
+    {
+        self.shared.keys.key(request)
     }
 }
 
-impl<T, K, R, C> DedupLayerBuilder<Arc<[T]>, K, R, C> {
-    /// Checks the knobs and builds a layer for streaming responses. The classifier is not used
-    /// (a stream that ends without error is a success); Redis is refused.
-    pub fn build_stream(self) -> Result<StreamDedupLayer<T, K, R>, ConfigError>
+/// Builds a [`StreamDedupLayer`]; [`build`](StreamDedupLayerBuilder::build) checks the knobs.
+///
+/// The knobs are the [`DedupLayerBuilder`](crate::DedupLayerBuilder)'s, less the two that do
+/// not apply to streams: the classifier (a stream that ends without error is a success) and
+/// Redis. The weigher and the per-entry TTL see a whole stream's chunks, `Arc<[T]>`.
+pub struct StreamDedupLayerBuilder<T, K = FingerprintKeys, R = DeterministicOnly> {
+    keys: K,
+    rule: R,
+    knobs: Knobs<Arc<[T]>>,
+}
+
+impl<T, K: fmt::Debug, R: fmt::Debug> fmt::Debug for StreamDedupLayerBuilder<T, K, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamDedupLayerBuilder")
+            .field("keys", &self.keys)
+            .field("rule", &self.rule)
+            .field("cache_enabled", &self.knobs.cache_enabled)
+            .field("ttl", &self.knobs.ttl)
+            .field("time_to_idle", &self.knobs.time_to_idle)
+            .field("on_error", &self.knobs.on_error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> StreamDedupLayerBuilder<T> {
+    fn with_knobs(knobs: Knobs<Arc<[T]>>) -> Self {
+        StreamDedupLayerBuilder {
+            keys: FingerprintKeys::default(),
+            rule: DeterministicOnly,
+            knobs,
+        }
+    }
+}
+
+impl<T, R> StreamDedupLayerBuilder<T, FingerprintKeys, R> {
+    /// The secret key of the fingerprint hash (default: random per process).
+    pub fn fingerprint_key(mut self, key: FingerprintKey) -> Self {
+        self.keys = FingerprintKeys::new(key);
+        self
+    }
+}
+
+impl<T, K, R> StreamDedupLayerBuilder<T, K, R> {
+    /// Keys requests with your function instead of core's fingerprint. Returning `None` sends
+    /// that request straight through (bypass). The key must cover everything that changes the
+    /// answer, including the caller's identity: requests with equal keys share answers.
+    pub fn key_fn<Req, F>(self, key_fn: F) -> StreamDedupLayerBuilder<T, F, R>
+    where
+        F: Fn(&Req) -> Option<RequestKey>,
+    {
+        StreamDedupLayerBuilder {
+            keys: key_fn,
+            rule: self.rule,
+            knobs: self.knobs,
+        }
+    }
+
+    /// Decides with `rule` which streams may be stored (default [`DeterministicOnly`]); a
+    /// closure `Fn(&Req) -> bool` works. Requests that are not cacheable are still coalesced.
+    pub fn cache_rule<R2>(self, rule: R2) -> StreamDedupLayerBuilder<T, K, R2> {
+        StreamDedupLayerBuilder {
+            keys: self.keys,
+            rule,
+            knobs: self.knobs,
+        }
+    }
+
+    /// Stores every stream that ends without error, sampled or not.
+    pub fn cache_all(self) -> StreamDedupLayerBuilder<T, K, CacheAll> {
+        self.cache_rule(CacheAll)
+    }
+
+    knob_methods!(Arc<[T]>);
+
+    /// Checks the knobs and builds the layer.
+    pub fn build(self) -> Result<StreamDedupLayer<T, K, R>, ConfigError>
     where
         T: Clone + Send + Sync + 'static,
     {
-        self.check()?;
-        if self.remote.is_some() {
-            return Err(ConfigError::new(
-                "dedup",
-                "redis",
-                "is not available for streaming responses",
-            ));
-        }
-        let stats = DedupStats::new();
-        let cache = self.cache_enabled.then(|| {
-            let config = CacheConfig {
-                capacity: self.capacity,
-                ttl: self.ttl,
-                time_to_idle: self.time_to_idle,
-                ttl_for: self.ttl_for,
-            };
-            Arc::new(MemoryCache::new(&config, stats.clone()))
-        });
-        Ok(StreamDedupLayer {
+        self.knobs.check()?;
+        Ok(self.assemble())
+    }
+
+    fn assemble(self) -> StreamDedupLayer<T, K, R>
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        let Parts {
+            counters,
+            cache,
+            handle,
+            on_error,
+        } = self.knobs.assemble();
+        StreamDedupLayer {
             shared: Arc::new(StreamShared {
                 keys: self.keys,
                 rule: self.rule,
                 cache,
                 in_flight: Arc::new(InFlight::default()),
-                stats,
-                on_error: self.on_error,
+                stats: counters,
+                handle,
+                on_error,
             }),
-        })
+        }
     }
 }
 
@@ -195,9 +274,9 @@ impl<S, T, K, R> StreamDedup<S, T, K, R> {
         self.inner
     }
 
-    /// The counters shared with the layer and every clone.
-    pub fn stats(&self) -> DedupStats {
-        self.shared.stats.clone()
+    /// The handle of the layer value that made this service (see [`DedupHandle`]).
+    pub fn handle(&self) -> DedupHandle {
+        self.shared.handle.clone()
     }
 }
 
@@ -425,7 +504,7 @@ pin_project_lite::pin_project! {
         Waiting {
             subscription: Option<Subscription<T>>,
             own_call: Option<(S, Req)>,
-            stats: DedupStats,
+            stats: Counters,
         },
         OwnCall { service: S, request: Option<Req> },
     }
@@ -446,11 +525,7 @@ impl<F, S, Req, T> StreamResponseFuture<F, S, Req, T> {
         }
     }
 
-    fn waiting(
-        subscription: Subscription<T>,
-        own_call: Option<(S, Req)>,
-        stats: DedupStats,
-    ) -> Self {
+    fn waiting(subscription: Subscription<T>, own_call: Option<(S, Req)>, stats: Counters) -> Self {
         StreamResponseFuture {
             state: State::Waiting {
                 subscription: Some(subscription),

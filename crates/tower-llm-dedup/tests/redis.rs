@@ -62,7 +62,7 @@ async fn instances_share_answers_through_redis() {
     let base = server.base_url();
     let first = instance(&redis.url(), "shared");
     let second = instance(&redis.url(), "shared");
-    let second_stats = second.stats();
+    let second_handle = second.handle();
     let a = ServiceBuilder::new()
         .layer(first)
         .service(TestClient::new());
@@ -91,7 +91,7 @@ async fn instances_share_answers_through_redis() {
         1,
         "the second instance asked Redis, not upstream"
     );
-    assert_eq!(second_stats.snapshot().remote_hits, 1);
+    assert_eq!(second_handle.stats().remote_hits, 1);
 
     // Another namespace sees nothing.
     let other = ServiceBuilder::new()
@@ -111,7 +111,7 @@ async fn redis_killed_mid_run_means_inner_calls_never_errors() {
         .expect("server");
     let base = server.base_url();
     let layer = instance(&redis.url(), "kill");
-    let stats = layer.stats();
+    let handle = layer.handle();
     let service = ServiceBuilder::new()
         .layer(layer)
         .service(TestClient::new());
@@ -122,7 +122,7 @@ async fn redis_killed_mid_run_means_inner_calls_never_errors() {
             .await
             .expect("ok");
     }
-    assert_eq!(stats.snapshot().remote_errors, 0);
+    assert_eq!(handle.stats().remote_errors, 0);
 
     redis.kill();
     for i in 0..20 {
@@ -138,11 +138,7 @@ async fn redis_killed_mid_run_means_inner_calls_never_errors() {
         25,
         "every new prompt went upstream"
     );
-    assert!(
-        stats.snapshot().remote_errors >= 1,
-        "{:?}",
-        stats.snapshot()
-    );
+    assert!(handle.stats().remote_errors >= 1, "{:?}", handle.stats());
     // The in-memory cache still answers.
     service
         .clone()
@@ -200,7 +196,7 @@ async fn unreachable_redis_is_a_miss_not_an_error() {
         )
         .build()
         .expect("valid");
-    let stats = layer.stats();
+    let handle = layer.handle();
     let base = server.base_url();
     let client = TestClient::new();
     let service = ServiceBuilder::new()
@@ -223,5 +219,52 @@ async fn unreachable_redis_is_a_miss_not_an_error() {
             .expect("answered without Redis");
     }
     assert_eq!(server.counters().requests, 1, "memory cache still works");
-    assert!(stats.snapshot().remote_errors >= 1);
+    assert!(handle.stats().remote_errors >= 1);
+}
+
+/// An answer kept "for ever" (`Duration::MAX`) is stored in Redis with the longest TTL Redis
+/// accepts, not refused by Redis and silently missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_too_long_for_redis_is_clamped_not_dropped() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let server = MockServer::start(FaultPlan::healthy())
+        .await
+        .expect("server");
+    let backend = RedisBackend::new(&redis.url(), HttpResponseCodec)
+        .expect("valid url")
+        .namespace("forever")
+        .timeout(Duration::from_millis(250));
+    let layer = DedupLayer::builder()
+        .fingerprint_key(FingerprintKey::from_secret(SECRET))
+        .ttl(Duration::MAX)
+        .redis(backend)
+        .build()
+        .expect("valid");
+    let handle = layer.handle();
+    let service = ServiceBuilder::new()
+        .layer(layer)
+        .service(TestClient::new());
+    let answer = service
+        .oneshot(chat(&server.base_url(), "q"))
+        .await
+        .expect("ok");
+    assert_eq!(answer.status(), 200);
+
+    let client = redis::Client::open(redis.url()).expect("url");
+    let ttl_of_stored = || {
+        let mut conn = client.get_connection().expect("connect");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("forever:*")
+            .query(&mut conn)
+            .expect("keys");
+        let key = keys.first()?;
+        redis::cmd("PTTL").arg(key).query::<i64>(&mut conn).ok()
+    };
+    until_stored(|| ttl_of_stored().is_some()).await;
+    let ttl = ttl_of_stored().expect("the answer was stored in Redis");
+    const CENTURY_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
+    assert!(ttl > 1_000 * CENTURY_MS, "PTTL {ttl}");
+    assert_eq!(handle.stats().remote_errors, 0);
 }

@@ -56,8 +56,8 @@ fn expected(prompt: &str, n: usize) -> Vec<Result<String, String>> {
 #[tokio::test(start_paused = true)]
 async fn a_late_joiner_gets_every_chunk_in_order() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = StreamDedupLayer::builder().build_stream().expect("valid");
-    let stats = layer.stats();
+    let layer = StreamDedupLayer::builder().build().expect("valid");
+    let handle = layer.handle();
     let service = ServiceBuilder::new()
         .layer(layer)
         .service(streamer(calls.clone(), 5, None));
@@ -73,14 +73,14 @@ async fn a_late_joiner_gets_every_chunk_in_order() {
     assert_eq!(late, expected("p", 5));
     assert_eq!(first.await.expect("no panic"), expected("p", 5));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    assert_eq!(stats.snapshot().coalesced, 1);
+    assert_eq!(handle.stats().coalesced, 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_cached_stream_replays_chunk_by_chunk() {
     let calls = Arc::new(AtomicUsize::new(0));
     let service = ServiceBuilder::new()
-        .layer(StreamDedupLayer::builder().build_stream().expect("valid"))
+        .layer(StreamDedupLayer::builder().build().expect("valid"))
         .service(streamer(calls.clone(), 3, None));
     let live = service.clone().oneshot("p".to_string()).await.expect("ok");
     assert_eq!(collect(live).await, expected("p", 3));
@@ -106,7 +106,7 @@ async fn a_cached_stream_replays_chunk_by_chunk() {
 async fn an_error_mid_stream_reaches_everyone_and_nothing_is_cached() {
     let calls = Arc::new(AtomicUsize::new(0));
     let service = ServiceBuilder::new()
-        .layer(StreamDedupLayer::builder().build_stream().expect("valid"))
+        .layer(StreamDedupLayer::builder().build().expect("valid"))
         .service(streamer(calls.clone(), 4, Some(2)));
     let subscribers: Vec<_> = (0..3)
         .map(|_| {
@@ -139,7 +139,7 @@ async fn own_call_mode_shares_the_real_error_mid_stream() {
         .layer(
             StreamDedupLayer::builder()
                 .on_error(OnError::OwnCall)
-                .build_stream()
+                .build()
                 .expect("valid"),
         )
         .service(streamer(calls.clone(), 4, Some(2)));
@@ -171,7 +171,7 @@ async fn an_error_before_the_head_is_the_future_error() {
     let counted = calls.clone();
     let layer = StreamDedupLayer::builder()
         .on_error(OnError::Share)
-        .build_stream()
+        .build()
         .expect("valid");
     let service = ServiceBuilder::new()
         .layer(layer)
@@ -200,7 +200,7 @@ async fn dropping_every_subscriber_cancels_the_stream() {
     let counted = calls.clone();
     let seen = produced.clone();
     let service = ServiceBuilder::new()
-        .layer(StreamDedupLayer::builder().build_stream().expect("valid"))
+        .layer(StreamDedupLayer::builder().build().expect("valid"))
         .service(service_fn(move |_: String| {
             counted.fetch_add(1, Ordering::SeqCst);
             let seen = seen.clone();
@@ -247,7 +247,7 @@ async fn own_call_mode_restarts_streams_that_failed_before_their_head() {
     let calls = Arc::new(AtomicUsize::new(0));
     let layer = StreamDedupLayer::builder()
         .on_error(OnError::OwnCall)
-        .build_stream()
+        .build()
         .expect("valid");
     let service = ServiceBuilder::new()
         .layer(layer)

@@ -219,7 +219,7 @@ fn run(ops: Vec<Op>, cache: bool) -> Result<(), TestCaseError> {
     if !cache {
         builder = builder.no_cache();
     }
-    let service = builder.build_stream().expect("valid").layer(inner);
+    let service = builder.build().expect("valid").layer(inner);
     let mut callers: Vec<Caller> = Vec::new();
 
     let poll_woken = |callers: &mut Vec<Caller>| -> Result<(), TestCaseError> {

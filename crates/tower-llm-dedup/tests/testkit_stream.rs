@@ -55,7 +55,7 @@ const PROMPT: &str = "tell me a story about seven small streaming words";
 async fn concurrent_identical_streams_make_one_upstream_call() {
     let plan = FaultPlan::healthy().stream_chunk_delay(Duration::from_millis(20));
     let server = MockServer::start(plan).await.expect("server");
-    let layer = StreamDedupLayer::builder().build_stream().expect("valid");
+    let layer = StreamDedupLayer::builder().build().expect("valid");
     let service = ServiceBuilder::new().layer(layer).service(sse_client());
     let base = server.base_url();
     let tasks: Vec<_> = (0..20)
@@ -81,7 +81,7 @@ async fn a_late_joiner_gets_the_whole_stream() {
     let plan = FaultPlan::healthy().stream_chunk_delay(Duration::from_millis(50));
     let server = MockServer::start(plan).await.expect("server");
     let service = ServiceBuilder::new()
-        .layer(StreamDedupLayer::builder().build_stream().expect("valid"))
+        .layer(StreamDedupLayer::builder().build().expect("valid"))
         .service(sse_client());
     let base = server.base_url();
     let mut first = service
@@ -114,7 +114,7 @@ async fn a_cut_stream_fails_every_subscriber_and_is_not_cached() {
     let server = MockServer::start(plan).await.expect("server");
     let layer = StreamDedupLayer::builder()
         .cache_all()
-        .build_stream()
+        .build()
         .expect("valid");
     let service = ServiceBuilder::new().layer(layer).service(sse_client());
     let base = server.base_url();

@@ -590,13 +590,10 @@ fn with_stream_dedup(
         .ttl(d.ttl)
         .max_entries(d.max_entries);
     let deduped: Svc<Streaming<ChatRequest>, ReplayStream<Tagged>> = if d.cache_all {
-        let layer = builder
-            .cache_all()
-            .build_stream()
-            .map_err(|e| cfg_err(&at, e))?;
+        let layer = builder.cache_all().build().map_err(|e| cfg_err(&at, e))?;
         BoxCloneSyncService::new(ServiceBuilder::new().layer(layer).service(tagged))
     } else {
-        let layer = builder.build_stream().map_err(|e| cfg_err(&at, e))?;
+        let layer = builder.build().map_err(|e| cfg_err(&at, e))?;
         BoxCloneSyncService::new(ServiceBuilder::new().layer(layer).service(tagged))
     };
     Ok(BoxCloneSyncService::new(deduped.and_then(
