@@ -474,7 +474,7 @@ mod dedup {
             "answer to same"
         );
         assert_eq!(upstream.calls(), 1, "one upstream call for three callers");
-        let stats = layer.stats().snapshot();
+        let stats = layer.handle().stats();
         assert!(stats.coalesced >= 1 && stats.hits >= 1, "{stats:?}");
     }
 
