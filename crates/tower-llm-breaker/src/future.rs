@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
-use tower_llm_core::{BoxError, CircuitOpen, Classify};
+use tower_llm_core::{BoxError, CircuitOpen, Classify, EndSignal};
 
 use crate::breaker::Permit;
 
@@ -16,8 +16,9 @@ pin_project! {
     ///
     /// When the breaker refused the call it is ready at once with a boxed
     /// [`CircuitOpen`]. Otherwise it drives the inner future and reports the classified
-    /// outcome to the breaker; dropping it before then reports nothing, and a probe's place
-    /// is given back.
+    /// outcome to the breaker (for a response that finishes later, a stream, the outcome of
+    /// its end: see [`EndSignal`](tower_llm_core::EndSignal)); dropping it before then reports
+    /// nothing, and a probe's place is given back.
     pub struct ResponseFuture<F, C> {
         #[pin]
         kind: Kind<F, C>,
@@ -72,18 +73,45 @@ where
                 permit,
                 classifier,
             } => {
-                let result = ready!(future.poll(cx));
+                let mut result = ready!(future.poll(cx));
                 if let Some(permit) = permit.take() {
-                    let verdict = permit
-                        .config()
-                        .verdict(&classifier.classify(result.as_ref()));
-                    permit.settle(verdict, Instant::now);
+                    match &mut result {
+                        Ok(response) => match classifier.end_signal(response) {
+                            Some(signal) => settle_at_end(permit, signal),
+                            None => {
+                                let outcome = classifier.classify(Ok(&*response));
+                                let verdict = permit.config().verdict(&outcome);
+                                permit.settle(verdict, Instant::now);
+                            }
+                        },
+                        Err(error) => {
+                            let verdict = permit.config().verdict(&classifier.classify(Err(error)));
+                            permit.settle(verdict, Instant::now);
+                        }
+                    }
                 }
                 Poll::Ready(result.map_err(Into::into))
             }
             KindProj::Rejected { error } => Poll::Ready(Err(Box::new(error.clone()))),
         }
     }
+}
+
+/// A response that finishes later (a stream) is judged by its end, not its head: the
+/// terminal event is a success; a cut, an error event or a stall is whatever failure it was;
+/// a stream the caller dropped is neither, and a probe's place is given back. A half-open
+/// probe that streams holds its probe slot until then. Out of line: whole answers never come
+/// here.
+#[inline(never)]
+fn settle_at_end(permit: Permit, signal: &mut EndSignal) {
+    signal.on_end(move |end| match end.outcome() {
+        Some(outcome) => {
+            let verdict = permit.config().verdict(&outcome);
+            permit.settle(verdict, Instant::now);
+        }
+        // Dropping the permit unsettled gives a probe's place back and records nothing.
+        None => drop(permit),
+    });
 }
 
 impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {

@@ -56,7 +56,10 @@ async fn only_a_stream_that_reached_its_terminal_event_is_kept() {
         assert!(!again.is_cached(), "{fault:?}");
         let whole = read(again).await.unwrap();
         assert!(
-            matches!(whole.last(), Some(ChatChunk::Finish(_) | ChatChunk::Usage(_))),
+            matches!(
+                whole.last(),
+                Some(ChatChunk::Finish(_) | ChatChunk::Usage(_))
+            ),
             "{fault:?}: {whole:?}"
         );
         assert_eq!(server.counters().requests, 2, "{fault:?}");
