@@ -8,7 +8,7 @@
 //! close the breaker. Half-open bookkeeping lives under the same mutex; it is only taken
 //! while the breaker is open or half-open, where a few hundred nanoseconds do not matter.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -29,11 +29,12 @@ pub(crate) struct Breaker {
     base: Instant,
     /// `epoch << 2 | state`.
     word: AtomicU64,
-    /// Nanoseconds since `base` at which an open breaker admits its first probe.
+    /// Nanoseconds since `base` at which an open breaker admits its first probe;
+    /// [`HELD_OPEN`] while [forced open](Breaker::force_open).
     open_until: AtomicU64,
     /// Nanoseconds since `base` of the last transition.
     since: AtomicU64,
-    consecutive: AtomicU32,
+    consecutive: AtomicUsize,
     window: Option<Outcomes>,
     counts: Counts,
     half_open: Mutex<HalfOpen>,
@@ -62,9 +63,9 @@ struct Counts {
 #[derive(Debug, Default)]
 struct HalfOpen {
     /// Probes handed out in this half-open period and not given back.
-    admitted: u32,
-    successes: u32,
-    failures: u32,
+    admitted: usize,
+    successes: usize,
+    failures: usize,
     /// Opens since the breaker last closed, for the growing cool-down.
     trips_in_row: u32,
 }
@@ -80,6 +81,9 @@ impl std::fmt::Debug for Breaker {
             .finish_non_exhaustive()
     }
 }
+
+/// The `open_until` of a breaker forced open: no cool-down ends it, only a reset.
+const HELD_OPEN: u64 = u64::MAX;
 
 const fn pack(state: State, epoch: u64) -> u64 {
     epoch << 2 | state.bits()
@@ -109,7 +113,7 @@ impl Breaker {
             word: AtomicU64::new(pack(State::Closed, 0)),
             open_until: AtomicU64::new(0),
             since: AtomicU64::new(0),
-            consecutive: AtomicU32::new(0),
+            consecutive: AtomicUsize::new(0),
             counts: Counts::default(),
             half_open: Mutex::new(HalfOpen::default()),
             name,
@@ -149,10 +153,20 @@ impl Breaker {
             let until = self.open_until.load(Ordering::Acquire);
             let t = self.ticks(now);
             if t < until {
-                return Err(self.reject(Duration::from_nanos(until - t)));
+                return Err(self.reject(self.retry_in(until, t)));
             }
         }
         self.acquire_slow(now)
+    }
+
+    /// The retry hint of a call refused while open: the rest of the cool-down, or, while
+    /// forced open, the cool-down itself (the operator's reset could come at any time).
+    fn retry_in(&self, until: u64, t: u64) -> Duration {
+        if until == HELD_OPEN {
+            self.config.cooldown
+        } else {
+            Duration::from_nanos(until - t)
+        }
     }
 
     fn acquire_slow(self: &Arc<Self>, now: Instant) -> Result<Permit, CircuitOpen> {
@@ -168,7 +182,7 @@ impl Breaker {
                     let until = self.open_until.load(Ordering::Acquire);
                     let t = self.ticks(now);
                     if t < until {
-                        Err(Duration::from_nanos(until - t))
+                        Err(self.retry_in(until, t))
                     } else {
                         half_open.admitted = 1;
                         half_open.successes = 0;
@@ -276,6 +290,84 @@ impl Breaker {
         self.announce(Some(change));
     }
 
+    /// Opens the breaker and holds it open, whatever its state, until [`reset`]: calls are
+    /// refused, no probe is admitted, outcomes of calls in flight are ignored.
+    ///
+    /// [`reset`]: Breaker::reset
+    pub(crate) fn force_open(&self) {
+        self.force_open_at(Instant::now());
+    }
+
+    pub(crate) fn force_open_at(&self, now: Instant) {
+        let change = {
+            let mut half_open = self.lock();
+            let word = self.word.load(Ordering::Acquire);
+            let from = State::from_bits(word);
+            if from == State::Open && self.open_until.load(Ordering::Acquire) == HELD_OPEN {
+                return;
+            }
+            let t = self.ticks(now);
+            half_open.admitted = 0;
+            half_open.successes = 0;
+            half_open.failures = 0;
+            self.open_until.store(HELD_OPEN, Ordering::Release);
+            self.since.store(t, Ordering::Relaxed);
+            self.counts.opened.fetch_add(1, Ordering::Relaxed);
+            self.word
+                .store(pack(State::Open, (word >> 2) + 1), Ordering::Release);
+            // Already open on a cool-down: held now, but not a state change to announce.
+            (from != State::Open).then(|| {
+                let mut change = self.change(from, State::Open, now, None);
+                change.forced = true;
+                change
+            })
+        };
+        self.announce(change);
+    }
+
+    /// Closes the breaker with empty counts, whatever its state (a forced open included):
+    /// the window and the consecutive count are cleared, the cool-down is back to its base,
+    /// and the outcomes of calls in flight are ignored. The running totals of [`Stats`]
+    /// stay.
+    pub(crate) fn reset(&self) {
+        self.reset_at(Instant::now());
+    }
+
+    pub(crate) fn reset_at(&self, now: Instant) {
+        let change = {
+            let mut half_open = self.lock();
+            let word = self.word.load(Ordering::Acquire);
+            let from = State::from_bits(word);
+            let epoch = word >> 2;
+            half_open.admitted = 0;
+            half_open.successes = 0;
+            half_open.failures = 0;
+            half_open.trips_in_row = 0;
+            if from == State::Closed {
+                // Publish the new epoch before clearing, so that calls of the old one stop
+                // recording; one that read the old word just before may still land a single
+                // outcome in the cleared window, as if it had finished after the reset.
+                self.word
+                    .store(pack(State::Closed, epoch + 1), Ordering::Release);
+                self.clear_counts();
+                self.since.store(self.ticks(now), Ordering::Relaxed);
+                None
+            } else {
+                let mut change = self.close(from, epoch, now);
+                change.forced = true;
+                Some(change)
+            }
+        };
+        self.announce(change);
+    }
+
+    fn clear_counts(&self) {
+        if let Some(window) = &self.window {
+            window.reset();
+        }
+        self.consecutive.store(0, Ordering::Relaxed);
+    }
+
     /// Moves to open; the caller holds the lock and has checked the state and epoch.
     fn open(&self, half_open: &mut HalfOpen, from: State, epoch: u64, now: Instant) -> StateChange {
         let cooldown = self.config.cooldown_for(half_open.trips_in_row);
@@ -309,7 +401,7 @@ impl Breaker {
                     half_open.successes += 1;
                     (half_open.successes >= needed).then(|| {
                         half_open.trips_in_row = 0;
-                        self.close(epoch, now)
+                        self.close(State::HalfOpen, epoch, now)
                     })
                 }
                 Verdict::Success | Verdict::Failure => {
@@ -324,18 +416,16 @@ impl Breaker {
         self.announce(change);
     }
 
-    /// Moves to closed with empty counts; the caller holds the lock.
-    fn close(&self, epoch: u64, now: Instant) -> StateChange {
+    /// Moves from `from` (open or half-open) to closed with empty counts; the caller holds
+    /// the lock.
+    fn close(&self, from: State, epoch: u64, now: Instant) -> StateChange {
         // Cleared before the new word is published: no closed-path call of the new epoch
         // can record before it sees that word.
-        if let Some(window) = &self.window {
-            window.reset();
-        }
-        self.consecutive.store(0, Ordering::Relaxed);
+        self.clear_counts();
         self.since.store(self.ticks(now), Ordering::Relaxed);
         self.word
             .store(pack(State::Closed, epoch + 1), Ordering::Release);
-        self.change(State::HalfOpen, State::Closed, now, None)
+        self.change(from, State::Closed, now, None)
     }
 
     fn release_probe(&self, epoch: u64) {
@@ -359,6 +449,7 @@ impl Breaker {
             to,
             at,
             cooldown,
+            forced: false,
         }
     }
 
@@ -403,7 +494,9 @@ impl Breaker {
         let stored = State::from_bits(word);
         let until = self.open_until.load(Ordering::Acquire);
         let since = self.since.load(Ordering::Relaxed);
+        let forced_open = stored == State::Open && until == HELD_OPEN;
         let (state, entered, next_probe_in) = match stored {
+            State::Open if forced_open => (State::Open, since, None),
             State::Open if t >= until => (State::HalfOpen, until, None),
             State::Open => (State::Open, since, Some(Duration::from_nanos(until - t))),
             other => (other, since, None),
@@ -432,6 +525,7 @@ impl Breaker {
             window_failures: tally.failures,
             window_slow: tally.slow,
             probes_in_flight,
+            forced_open,
         }
     }
 

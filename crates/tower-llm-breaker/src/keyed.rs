@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 
 use tokio::time::Instant;
 use tower_layer::Layer;
-use tower_llm_core::{BoxError, Classify, DefaultClassifier};
+use tower_llm_core::{BoxError, Classify, DefaultClassifier, KeyFn};
 use tower_service::Service;
 
 use crate::breaker::Breaker;
@@ -105,9 +105,9 @@ impl<K: Hash + Eq + Clone + fmt::Display> KeyedBreakers<K> {
 /// Wraps a service in a [`KeyedCircuitBreaker`]: one breaker per key.
 ///
 /// Built by [`CircuitBreakerBuilder::build_keyed`](crate::CircuitBreakerBuilder::build_keyed)
-/// from a key function (`Fn(&Request) -> K`) and a bound on the number of keys. Every
-/// breaker follows the builder's policy; services made by this layer and their clones share
-/// the map.
+/// from a [`KeyFn`] (any `Fn(&Request) -> K`, `K: Display` for metric labels) and a bound
+/// on the number of keys. Every breaker follows the builder's policy; every service made by
+/// this layer value, and their clones, share the map.
 ///
 /// ```
 /// use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
@@ -116,7 +116,8 @@ impl<K: Hash + Eq + Clone + fmt::Display> KeyedBreakers<K> {
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), BoxError> {
-/// // One breaker per model; "big" is down, "small" is fine.
+/// // One breaker per model; "big" is down, "small" is fine. (Two failures in a row are
+/// // enough here to show it; the default failure rate needs 40 calls.)
 /// let breakers = CircuitBreakerLayer::builder()
 ///     .consecutive_failures(2)
 ///     .build_keyed(|model: &&'static str| model.to_string(), 100)?;
@@ -264,7 +265,7 @@ where
     S: Service<Req>,
     S::Error: Into<BoxError>,
     K: Hash + Eq + Clone + fmt::Display,
-    F: Fn(&Req) -> K,
+    F: KeyFn<Req, Key = K>,
     C: Classify<S::Response, S::Error> + Clone,
 {
     type Response = S::Response;
@@ -276,7 +277,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let breaker = self.breakers.breaker(&(self.key)(&req));
+        let breaker = self.breakers.breaker(&self.key.key(&req));
         match breaker.acquire(Instant::now) {
             Ok(permit) => {
                 ResponseFuture::called(self.inner.call(req), permit, self.classifier.clone())
@@ -286,7 +287,13 @@ where
     }
 }
 
-/// Reads the breakers of a [`KeyedCircuitBreakerLayer`], per key. Cheap to clone.
+/// Reads and steers the breakers of a [`KeyedCircuitBreakerLayer`], per key. Cheap to
+/// clone; it shares the map with every service of the layer value.
+///
+/// One key's breaker is steered through its [`CircuitBreakerHandle`] ([`get`](Self::get),
+/// then [`force_open`](CircuitBreakerHandle::force_open) or
+/// [`reset`](CircuitBreakerHandle::reset)); [`reset_all`](Self::reset_all) resets every
+/// one.
 pub struct KeyedCircuitBreakerHandle<K> {
     breakers: Arc<KeyedBreakers<K>>,
 }
@@ -333,5 +340,22 @@ impl<K: Hash + Eq + Clone> KeyedCircuitBreakerHandle<K> {
     /// Whether the map holds no breaker yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// [Resets](CircuitBreakerHandle::reset) every breaker the map holds: each is closed with
+    /// empty counts, and the state-change hook sees each one that was not closed. Keys stay
+    /// in the map.
+    pub fn reset_all(&self) {
+        // Reset outside the map's lock: the hook runs on each reset and may read the map.
+        let breakers: Vec<Arc<Breaker>> = self
+            .breakers
+            .lock()
+            .entries
+            .values()
+            .map(|entry| Arc::clone(&entry.breaker))
+            .collect();
+        for breaker in breakers {
+            breaker.reset();
+        }
     }
 }

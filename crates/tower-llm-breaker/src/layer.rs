@@ -23,8 +23,8 @@ pub struct CircuitBreakerLayer<C = DefaultClassifier> {
 }
 
 impl CircuitBreakerLayer<DefaultClassifier> {
-    /// A breaker with the [default policy](CircuitBreakerBuilder): open after 5 upstream
-    /// failures in a row, for 10 s, then one probe.
+    /// A breaker with the [default policy](CircuitBreakerBuilder): open when half of the
+    /// last 100 calls failed, once 40 calls are in the window, for 10 s, then one probe.
     pub fn new() -> Self {
         Self::from_breaker(Arc::new(Breaker::new(Arc::new(default_config()), None)))
     }
@@ -58,7 +58,8 @@ impl<C> CircuitBreakerLayer<C> {
         }
     }
 
-    /// Reads the breaker's state and counts.
+    /// Reads and steers the breaker (every service of this layer value shares it), before
+    /// or after the stack is built and boxed.
     pub fn handle(&self) -> CircuitBreakerHandle {
         CircuitBreakerHandle {
             breaker: Arc::clone(&self.breaker),

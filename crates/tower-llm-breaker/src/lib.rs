@@ -10,19 +10,23 @@
 //!   length, content filter) never trip the breaker and do not reset the failure count
 //!   either; a 429 counts only with [`count_rate_limited`]. The breaker trips on whichever
 //!   enabled policy fires first:
-//!   - [`consecutive_failures`]: `n` failures in a row (default 5);
-//!   - [`failure_rate`]: at least that share of the calls in the sliding [`Window`] failed
-//!     (the last N calls, or the last T of time in buckets), once the window holds
-//!     [`minimum_calls`];
-//!   - [`slow_calls`]: at least that share of the calls in the window took longer than the
-//!     threshold (a slow success counts as slow, not as failed).
+//!   - [`failure_rate`] (on by default): at least that share of the calls in the sliding
+//!     [`Window`] failed (the last N calls, or the last T of time in buckets), once the
+//!     window holds [`minimum_calls`]. **The default: 50 % of the last 100 calls, once 40
+//!     calls are in the window.**
+//!   - [`consecutive_failures`] (off by default): `n` failures in a row. It suits low
+//!     traffic, a single caller, or noticing a hard-down upstream before the window fills;
+//!     under concurrent traffic a flaky upstream makes such runs by chance (see
+//!     `docs/breaker.md`, "When consecutive counting fits").
+//!   - [`slow_calls`] (off by default): at least that share of the calls in the window took
+//!     longer than the threshold (a slow success counts as slow, not as failed).
 //! - **Open**: `call` returns an immediately ready error, a boxed
 //!   [`CircuitOpen`](tower_llm_core::CircuitOpen) carrying the time until the next probe;
 //!   the inner service is not called. [`DefaultClassifier`](tower_llm_core::DefaultClassifier)
 //!   classifies it as [`FailureKind::CircuitOpen`](tower_llm_core::FailureKind::CircuitOpen)
 //!   with that time as the retry hint, so a retry layer outside waits just that long and a
-//!   fallback moves on at once. The [`cooldown`] can grow on each failed probe
-//!   ([`cooldown_backoff`]); a close resets it.
+//!   fallback moves on at once. The [`cooldown`] (default 10 s) can grow on each failed
+//!   probe ([`cooldown_backoff`]); a close resets it.
 //! - **Half-open**: after the cool-down, the next calls are probes, at most [`probes`] of
 //!   them; others are refused (their hint is the cool-down a failed probe would start). The
 //!   breaker closes once `ceil(probe_success_rate * probes)` probes succeeded and opens again
@@ -34,26 +38,30 @@
 //!   while closed cannot reopen a breaker that has since recovered.
 //!
 //! `poll_ready` delegates to the inner service; rejection is never a readiness error, so a
-//! `Buffer` in front is not poisoned. Clones of the service share the breaker, and so do all
-//! services made by one layer.
+//! `Buffer` in front is not poisoned. The breaker belongs to the layer value: every service
+//! it makes, in every stack, and their clones share it; another breaker means another
+//! layer value.
 //!
-//! [`KeyedCircuitBreakerLayer`] keeps one breaker per key (provider, model, host), built
-//! from a key function, in a map bounded by `max_keys`.
+//! [`KeyedCircuitBreakerLayer`] keeps one breaker per key (provider, model, host), from a
+//! [`KeyFn`](tower_llm_core::KeyFn), in a map bounded by `max_keys`.
 //!
 //! # Cost
 //!
 //! The closed path takes no lock and allocates nothing: one atomic load to admit the call,
-//! then, when it ends, a load and one or two relaxed atomic updates (and a few more for a
-//! window). The clock is read only when a slow-call policy or a time window needs it. The
-//! open path is a load, a clock read and the boxed error. See `docs/breaker.md` for the
-//! design and `benches/breaker.rs` for figures.
+//! then, when it ends, a load and a few relaxed atomic updates (the count window's cursor
+//! and slot; the consecutive counter when that policy is on). The clock is read only when a
+//! slow-call policy or a time window needs it. The open path is a load, a clock read and the
+//! boxed error. See `docs/breaker.md` for the design and `benches/breaker.rs` for figures.
 //!
-//! # Observing
+//! # Observing and steering
 //!
-//! - [`CircuitBreakerLayer::handle`] (or [`CircuitBreaker::handle`],
-//!   [`KeyedCircuitBreakerLayer::handle`]) reads the state, the time in it and the counts
-//!   ([`Stats`]).
-//! - [`on_state_change`] calls a hook with each [`StateChange`].
+//! - [`CircuitBreakerLayer::handle`] (or [`CircuitBreaker::handle`]) reads the state, the
+//!   time in it and the counts ([`Stats`]), before or after the stack is built and boxed,
+//!   and steers the breaker: [`force_open`](CircuitBreakerHandle::force_open) holds it open
+//!   until [`reset`](CircuitBreakerHandle::reset), which closes it with empty counts.
+//!   [`KeyedCircuitBreakerLayer::handle`] does the same per key, and
+//!   [`reset_all`](KeyedCircuitBreakerHandle::reset_all).
+//! - [`on_state_change`] calls a hook with each [`StateChange`], forced ones included.
 //! - [`metrics`](https://docs.rs/metrics) (labels `breaker` = the breaker's [`name`], and
 //!   `key` for per-key breakers):
 //!   - `tower_llm_breaker_state` (gauge): 0 closed, 1 open, 2 half-open;
@@ -62,8 +70,11 @@
 //!
 //! # Example
 //!
+//! The defaults over a `service_fn` returning `String`, boxed; the handle still reads it.
+//!
 //! ```
 //! use std::time::Duration;
+//! use tower::util::BoxService;
 //! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 //! use tower_llm_breaker::{CircuitBreakerLayer, State};
 //! use tower_llm_core::{
@@ -72,28 +83,34 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), BoxError> {
-//! let breaker = CircuitBreakerLayer::builder()
-//!     .name("openai")
-//!     .consecutive_failures(3)
-//!     .cooldown(Duration::from_secs(30))
-//!     .build()?;
+//! let breaker = CircuitBreakerLayer::new();
 //! let handle = breaker.handle();
 //!
 //! // An upstream that is down.
-//! let mut svc = ServiceBuilder::new().layer(breaker).service(service_fn(|_: &str| async {
-//!     Err::<String, BoxError>(UpstreamError::new(FailureKind::Overloaded, "overloaded").into())
-//! }));
+//! let mut svc: BoxService<&str, String, BoxError> = BoxService::new(
+//!     ServiceBuilder::new().layer(breaker).service(service_fn(|_: &str| async {
+//!         Err::<String, BoxError>(UpstreamError::new(FailureKind::Overloaded, "overloaded").into())
+//!     })),
+//! );
 //!
-//! for _ in 0..3 {
+//! // The default opens once 40 calls are in the window and half of them failed.
+//! for _ in 0..40 {
 //!     let _ = svc.ready().await?.call("hello").await;
 //! }
-//! assert_eq!(handle.state(), State::Open);
+//! let stats = handle.stats();
+//! assert_eq!(stats.state, State::Open);
+//! assert_eq!((stats.failures, stats.window_calls), (40, 40));
 //!
 //! // Now calls fail fast, and say when to come back.
 //! let err = svc.ready().await?.call("hello").await.unwrap_err();
 //! let failure = DefaultClassifier.classify(Err::<&(), _>(&err)).as_failure().unwrap();
 //! assert_eq!(failure.kind, FailureKind::CircuitOpen);
-//! assert!(failure.retry_after.unwrap() <= Duration::from_secs(30));
+//! assert!(failure.retry_after.unwrap() <= Duration::from_secs(10));
+//! assert_eq!(handle.stats().rejected, 1);
+//!
+//! // An operator who knows better closes it by hand.
+//! handle.reset();
+//! assert_eq!(handle.state(), State::Closed);
 //! # Ok(())
 //! # }
 //! ```

@@ -17,6 +17,8 @@ enum Op {
     Settle(usize, Verdict),
     Drop(usize),
     Advance(u64),
+    ForceOpen,
+    Reset,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -27,22 +29,24 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<usize>(), Just(Verdict::Ignored)).prop_map(|(i, v)| Op::Settle(i, v)),
         1 => any::<usize>().prop_map(Op::Drop),
         2 => (0u64..4_000).prop_map(Op::Advance),
+        1 => Just(Op::ForceOpen),
+        1 => Just(Op::Reset),
     ]
 }
 
 fn config() -> impl Strategy<Value = Config> {
     (
-        prop::option::of(1u32..5),
+        prop::option::of(1usize..5),
         prop::option::of(prop_oneof![Just(0.5), Just(0.75), Just(1.0)]),
         prop::option::of(prop_oneof![Just(0.5), Just(1.0)]),
         prop_oneof![
-            (1u32..6).prop_map(Window::count),
-            (1u32..5)
-                .prop_map(|b| Window::time_with_buckets(Duration::from_secs(u64::from(b) * 2), b)),
+            (1usize..6).prop_map(Window::count),
+            (1usize..5)
+                .prop_map(|b| Window::time_with_buckets(Duration::from_secs(b as u64 * 2), b)),
         ],
-        1u32..4,
+        1usize..4,
         (1u64..4, prop_oneof![Just(1.0), Just(2.0)]),
-        (1u32..4, prop_oneof![Just(0.5), Just(1.0)]),
+        (1usize..4, prop_oneof![Just(0.5), Just(1.0)]),
     )
         .prop_filter_map(
             "invalid combination",
@@ -58,9 +62,10 @@ fn config() -> impl Strategy<Value = Config> {
                     Some(n) => b.consecutive_failures(n),
                     None => b.without_consecutive_failures(),
                 };
-                if let Some(rate) = rate {
-                    b = b.failure_rate(rate);
-                }
+                b = match rate {
+                    Some(rate) => b.failure_rate(rate),
+                    None => b.without_failure_rate(),
+                };
                 if let Some(rate) = slow {
                     b = b.slow_calls(Duration::from_millis(1_500), rate);
                 }
@@ -75,10 +80,12 @@ enum ModelState {
     Open {
         until: Duration,
     },
+    /// Forced open: only a reset ends it.
+    Held,
     HalfOpen {
-        admitted: u32,
-        successes: u32,
-        failures: u32,
+        admitted: usize,
+        successes: usize,
+        failures: usize,
     },
 }
 
@@ -95,7 +102,7 @@ struct Model {
     now: Duration,
     state: ModelState,
     epoch: u64,
-    consecutive: u32,
+    consecutive: usize,
     /// (bucket or sequence index, failed, slow)
     window: VecDeque<(u64, bool, bool)>,
     trips_in_row: u32,
@@ -117,34 +124,37 @@ impl Model {
     fn bucket(&self) -> u64 {
         match self.config.window {
             Window::Time { length, buckets } => {
-                (self.now.as_nanos() / (length.as_nanos() / u128::from(buckets))) as u64
+                (self.now.as_nanos() / (length.as_nanos() / buckets as u128)) as u64
             }
             Window::Count { .. } => 0,
         }
     }
 
-    fn tally(&self) -> (u32, u32, u32) {
+    fn tally(&self) -> (usize, usize, usize) {
         if !self.config.uses_window() {
             return (0, 0, 0);
         }
         let live: Vec<_> = match self.config.window {
-            Window::Count { size } => self.window.iter().rev().take(size as usize).collect(),
+            Window::Count { size } => self.window.iter().rev().take(size).collect(),
             Window::Time { buckets, .. } => {
                 let now = self.bucket();
                 self.window
                     .iter()
-                    .filter(|(b, ..)| now - b < u64::from(buckets))
+                    .filter(|(b, ..)| now - b < buckets as u64)
                     .collect()
             }
         };
         (
-            live.len() as u32,
-            live.iter().filter(|e| e.1).count() as u32,
-            live.iter().filter(|e| e.2).count() as u32,
+            live.len(),
+            live.iter().filter(|e| e.1).count(),
+            live.iter().filter(|e| e.2).count(),
         )
     }
 
     fn acquire(&mut self) -> Result<ModelPermit, Duration> {
+        if self.state == ModelState::Held {
+            return Err(self.config.cooldown);
+        }
         if let ModelState::Open { until } = self.state {
             if self.now < until {
                 return Err(until - self.now);
@@ -165,7 +175,7 @@ impl Model {
                 *admitted += 1;
                 true
             }
-            ModelState::Open { .. } => unreachable!("left above"),
+            ModelState::Open { .. } | ModelState::Held => unreachable!("left above"),
         };
         Ok(ModelPermit {
             probe,
@@ -245,18 +255,34 @@ impl Model {
                     && self
                         .config
                         .failure_rate
-                        .is_some_and(|r| f64::from(failures) >= r * f64::from(calls)))
+                        .is_some_and(|r| failures as f64 >= r * calls as f64))
                     || (slow
                         && self
                             .config
                             .slow_calls
-                            .is_some_and(|s| f64::from(slows) >= s.rate * f64::from(calls))));
+                            .is_some_and(|s| slows as f64 >= s.rate * calls as f64)));
             trip = trip || rate_trip;
         }
         if trip {
             self.trips_in_row = 1;
             self.open();
         }
+    }
+
+    fn force_open(&mut self) {
+        if self.state == ModelState::Held {
+            return;
+        }
+        self.epoch += 1;
+        self.state = ModelState::Held;
+    }
+
+    fn reset(&mut self) {
+        self.epoch += 1;
+        self.state = ModelState::Closed;
+        self.window.clear();
+        self.consecutive = 0;
+        self.trips_in_row = 0;
     }
 
     fn drop_permit(&mut self, permit: ModelPermit) {
@@ -272,11 +298,12 @@ impl Model {
         match self.state {
             ModelState::Closed => State::Closed,
             ModelState::Open { until } if self.now < until => State::Open,
+            ModelState::Held => State::Open,
             _ => State::HalfOpen,
         }
     }
 
-    fn in_flight(&self) -> u32 {
+    fn in_flight(&self) -> usize {
         match self.state {
             ModelState::HalfOpen {
                 admitted,
@@ -323,6 +350,14 @@ fn run(config: Config, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 model.drop_permit(expected);
             }
             Op::Advance(ms) => model.now += Duration::from_millis(ms),
+            Op::ForceOpen => {
+                breaker.force_open_at(now);
+                model.force_open();
+            }
+            Op::Reset => {
+                breaker.reset_at(now);
+                model.reset();
+            }
             Op::Settle(..) | Op::Drop(_) => {}
         }
         let now = base + model.now;
@@ -331,6 +366,12 @@ fn run(config: Config, ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert_eq!(breaker.state_at(now), model.state(), "step {}", step);
         prop_assert_eq!(stats.probes_in_flight, model.in_flight(), "step {}", step);
         prop_assert!(stats.probes_in_flight <= config.probes);
+        prop_assert_eq!(
+            stats.forced_open,
+            model.state == ModelState::Held,
+            "step {}",
+            step
+        );
         if model.state == ModelState::Closed {
             prop_assert_eq!(
                 (stats.window_calls, stats.window_failures, stats.window_slow),
@@ -343,9 +384,18 @@ fn run(config: Config, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
         }
     }
-    // Never stuck: with every call gone and the longest cool-down waited out, a call is
-    // admitted.
+    // Never stuck: with every call gone, the breaker released and the longest cool-down
+    // waited out, a call is admitted.
     permits.clear();
+    if model.state == ModelState::Held {
+        prop_assert!(
+            breaker
+                .acquire(|| base + model.now + config.max_cooldown * 100)
+                .is_err(),
+            "held open whatever the time"
+        );
+        breaker.reset_at(base + model.now);
+    }
     let later = base + model.now + config.max_cooldown;
     prop_assert!(breaker.acquire(|| later).is_ok());
     Ok(())
@@ -392,7 +442,7 @@ fn concurrent_callers_never_exceed_the_probe_limit() {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    const PROBES: u32 = 2;
+    const PROBES: usize = 2;
     let config = CircuitBreakerBuilder::new()
         .consecutive_failures(3)
         .failure_rate(0.5)
@@ -406,7 +456,7 @@ fn concurrent_callers_never_exceed_the_probe_limit() {
     let breaker = Arc::new(Breaker::new(Arc::new(config), None));
     let base = breaker.base();
     let offset_ms = Arc::new(AtomicU64::new(0));
-    let probes_out: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
+    let probes_out: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
     let threads: Vec<_> = (0..4u64)
         .map(|seed| {
             let breaker = Arc::clone(&breaker);

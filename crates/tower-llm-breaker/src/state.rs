@@ -62,8 +62,14 @@ impl fmt::Display for State {
 
 /// One state change, as given to the [`on_state_change`] hook.
 ///
+/// Changes made from a handle ([`force_open`], [`reset`]) are reported too, with
+/// [`forced`](StateChange::forced) set.
+///
 /// [`on_state_change`]: crate::CircuitBreakerBuilder::on_state_change
+/// [`force_open`]: crate::CircuitBreakerHandle::force_open
+/// [`reset`]: crate::CircuitBreakerHandle::reset
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StateChange {
     /// The breaker's [name](crate::CircuitBreakerBuilder::name).
     pub breaker: Arc<str>,
@@ -76,23 +82,34 @@ pub struct StateChange {
     /// When it happened. An open breaker becomes half-open lazily, at the first call after
     /// its cool-down, so that change is stamped with that call's time.
     pub at: Instant,
-    /// When entering [`State::Open`]: the cool-down before the next probe.
+    /// When entering [`State::Open`] on a trip: the cool-down before the next probe (`None`
+    /// when forced open: no cool-down ends that).
     pub cooldown: Option<Duration>,
+    /// Whether a handle made this change ([`force_open`] or [`reset`]) rather than the
+    /// calls' outcomes.
+    ///
+    /// [`force_open`]: crate::CircuitBreakerHandle::force_open
+    /// [`reset`]: crate::CircuitBreakerHandle::reset
+    pub forced: bool,
 }
 
 /// A snapshot of one breaker, from
 /// [`CircuitBreakerHandle::stats`](crate::CircuitBreakerHandle::stats).
 ///
-/// Counts run from the breaker's creation; the window figures are those the rate policies
-/// see right now.
+/// Counts run from the breaker's creation (a [`reset`] leaves them); the window figures are
+/// those the rate policies see right now.
+///
+/// [`reset`]: crate::CircuitBreakerHandle::reset
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Stats {
     /// The state a call would meet now: an open breaker whose cool-down has ended reports
     /// [`State::HalfOpen`], since the next call is a probe.
     pub state: State,
     /// How long it has been in that state.
     pub time_in_state: Duration,
-    /// When the breaker is open: how long until it admits a probe.
+    /// When the breaker is open on a cool-down: how long until it admits a probe (`None`
+    /// while [forced open](Stats::forced_open)).
     pub next_probe_in: Option<Duration>,
     /// Calls that succeeded.
     pub successes: u64,
@@ -105,16 +122,21 @@ pub struct Stats {
     pub slow: u64,
     /// Calls refused while open or half-open.
     pub rejected: u64,
-    /// How many times the breaker opened.
+    /// How many times the breaker opened (forced opens included).
     pub opened: u64,
-    /// Upstream failures in a row, as the consecutive policy sees them.
-    pub consecutive_failures: u32,
+    /// Upstream failures in a row, as the consecutive policy sees them (0 when that policy
+    /// is off).
+    pub consecutive_failures: usize,
     /// Calls in the sliding window (0 when no rate policy is on).
-    pub window_calls: u32,
+    pub window_calls: usize,
     /// Failures in the sliding window.
-    pub window_failures: u32,
+    pub window_failures: usize,
     /// Slow calls in the sliding window.
-    pub window_slow: u32,
+    pub window_slow: usize,
     /// Probes currently admitted and not yet finished (half-open only).
-    pub probes_in_flight: u32,
+    pub probes_in_flight: usize,
+    /// Whether the breaker is held open by
+    /// [`CircuitBreakerHandle::force_open`](crate::CircuitBreakerHandle::force_open) until a
+    /// [`reset`](crate::CircuitBreakerHandle::reset).
+    pub forced_open: bool,
 }

@@ -13,19 +13,26 @@ use crate::config::Window;
 /// Counts read from a window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Tally {
-    pub(crate) calls: u32,
-    pub(crate) failures: u32,
-    pub(crate) slow: u32,
+    pub(crate) calls: usize,
+    pub(crate) failures: usize,
+    pub(crate) slow: usize,
 }
 
 impl Tally {
-    pub(crate) fn failure_rate_reached(&self, rate: f64, minimum_calls: u32) -> bool {
-        self.calls >= minimum_calls && f64::from(self.failures) >= rate * f64::from(self.calls)
+    pub(crate) fn failure_rate_reached(&self, rate: f64, minimum_calls: usize) -> bool {
+        self.calls >= minimum_calls && exact(self.failures) >= rate * exact(self.calls)
     }
 
-    pub(crate) fn slow_rate_reached(&self, rate: f64, minimum_calls: u32) -> bool {
-        self.calls >= minimum_calls && f64::from(self.slow) >= rate * f64::from(self.calls)
+    pub(crate) fn slow_rate_reached(&self, rate: f64, minimum_calls: usize) -> bool {
+        self.calls >= minimum_calls && exact(self.slow) >= rate * exact(self.calls)
     }
+}
+
+/// A window count as an `f64`: at most 2^16 in a count window and 3600 * 65 535 in a time
+/// window, so exact.
+#[allow(clippy::cast_precision_loss)]
+fn exact(count: usize) -> f64 {
+    count as f64
 }
 
 #[derive(Debug)]
@@ -77,7 +84,7 @@ pub(crate) struct CountWindow {
 }
 
 impl CountWindow {
-    fn new(size: u32) -> Self {
+    fn new(size: usize) -> Self {
         CountWindow {
             slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
             cursor: AtomicU64::new(0),
@@ -93,7 +100,7 @@ impl CountWindow {
         if slow {
             bits |= SLOW;
         }
-        // `at` is below `slots.len()`, which came from a u32.
+        // `at` is below `slots.len()`, a `usize`.
         self.slots[at as usize].store(bits, Ordering::Relaxed);
     }
 
@@ -101,9 +108,9 @@ impl CountWindow {
         let mut tally = Tally::default();
         for slot in self.slots.iter() {
             let bits = slot.load(Ordering::Relaxed);
-            tally.calls += u32::from(bits & RECORDED);
-            tally.failures += u32::from((bits & FAILED) >> 1);
-            tally.slow += u32::from((bits & SLOW) >> 2);
+            tally.calls += usize::from(bits & RECORDED);
+            tally.failures += usize::from((bits & FAILED) >> 1);
+            tally.slow += usize::from((bits & SLOW) >> 2);
         }
         tally
     }
@@ -151,11 +158,11 @@ fn unpack(word: u64) -> (u64, u64, u64, u64) {
 }
 
 impl TimeWindow {
-    fn new(length: Duration, buckets: u32) -> Self {
+    fn new(length: Duration, buckets: usize) -> Self {
         let length = u64::try_from(length.as_nanos()).unwrap_or(u64::MAX);
         TimeWindow {
             buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
-            width: (length / u64::from(buckets)).max(1),
+            width: (length / buckets as u64).max(1),
             head: AtomicU64::new(0),
         }
     }
@@ -251,9 +258,9 @@ impl TimeWindow {
             let age = newest.wrapping_sub(stamp) & STAMP_MASK;
             if age < self.len() {
                 // Each count is below 2^16 and there are at most 3600 buckets.
-                tally.calls += calls as u32;
-                tally.failures += failures as u32;
-                tally.slow += slow as u32;
+                tally.calls += calls as usize;
+                tally.failures += failures as usize;
+                tally.slow += slow as usize;
             }
         }
         tally

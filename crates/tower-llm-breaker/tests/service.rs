@@ -13,7 +13,7 @@ use tower_llm_core::{Classify, DefaultClassifier, FailureKind};
 
 const COOLDOWN: Duration = Duration::from_secs(10);
 
-fn layer(consecutive: u32) -> CircuitBreakerLayer {
+fn layer(consecutive: usize) -> CircuitBreakerLayer {
     CircuitBreakerLayer::builder()
         .consecutive_failures(consecutive)
         .cooldown(COOLDOWN)

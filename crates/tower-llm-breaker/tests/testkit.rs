@@ -35,7 +35,7 @@ fn is_open(result: &Result<Reply, BoxError>) -> bool {
     matches!(result, Err(e) if e.is::<CircuitOpen>())
 }
 
-fn breaker(consecutive: u32) -> CircuitBreakerLayer {
+fn breaker(consecutive: usize) -> CircuitBreakerLayer {
     CircuitBreakerLayer::builder()
         .consecutive_failures(consecutive)
         .cooldown(COOLDOWN)
@@ -430,14 +430,14 @@ async fn each_host_has_its_own_breaker() {
     );
 }
 
-/// The upstream fails every call for 30 s of virtual time, then recovers. A client keeps
-/// calling every 100 ms. The breaker must keep the upstream's load to its policy (the trip
+/// The upstream fails every call for 30 s of virtual time, then recovers. A single client
+/// keeps calling every 100 ms: the case consecutive counting fits. The breaker must keep the upstream's load to its policy (the trip
 /// threshold, then one probe per cool-down) and let the first success through within one
 /// cool-down of the recovery.
 #[tokio::test(start_paused = true)]
 async fn a_thirty_second_outage() {
-    const THRESHOLD: u32 = 5;
-    const PROBES: u32 = 1;
+    const THRESHOLD: usize = 5;
+    const PROBES: usize = 1;
     const OUTAGE: Duration = Duration::from_secs(30);
     let server =
         server(failing(Fault::Status(500)).latency(Latency::Fixed(Duration::from_millis(50))))
@@ -455,7 +455,7 @@ async fn a_thirty_second_outage() {
     let mut recovered = false;
     let mut outage_requests = 0;
     let mut first_success = None;
-    let (mut rejected, mut failed) = (0u32, 0u32);
+    let (mut rejected, mut failed) = (0u32, 0usize);
     while start.elapsed() < Duration::from_secs(60) {
         if !recovered && start.elapsed() >= OUTAGE {
             outage_requests = server.counters().requests;
@@ -482,12 +482,12 @@ async fn a_thirty_second_outage() {
          {failed} failed; first success at {first_success:?}"
     );
     let cycles = OUTAGE.as_secs() / COOLDOWN.as_secs() + 1;
-    let bound = u64::from(THRESHOLD) + u64::from(PROBES) * cycles;
+    let bound = THRESHOLD as u64 + PROBES as u64 * cycles;
     assert!(
         outage_requests <= bound,
         "{outage_requests} upstream calls during the outage, policy allows {bound}"
     );
-    assert!(outage_requests >= u64::from(THRESHOLD));
+    assert!(outage_requests >= THRESHOLD as u64);
     assert!(
         rejected > 200,
         "most calls were refused at once: {rejected}"
