@@ -346,6 +346,12 @@ impl CircuitBreakerBuilder {
         self
     }
 
+    /// Checks the configuration as [`build`](Self::build) would, without making a breaker
+    /// (so no metric is registered): for validating a configuration file before starting.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.clone().validate().map(drop)
+    }
+
     /// A layer with one breaker, shared by every service it wraps and their clones.
     pub fn build(self) -> Result<CircuitBreakerLayer<DefaultClassifier>, ConfigError> {
         let config = Arc::new(self.validate()?);

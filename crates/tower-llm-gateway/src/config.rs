@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tower_llm_breaker::{CircuitBreakerBuilder, Window};
 
 use crate::keys::{ClientKeys, Secret};
 
@@ -123,8 +124,44 @@ pub(crate) struct RetryConfig {
 
 #[derive(Clone, Debug)]
 pub(crate) struct BreakerConfig {
-    pub(crate) consecutive_failures: u32,
+    /// `None`: the breaker's default (50 % of the last 100 calls, once 40 are in).
+    pub(crate) failure_rate: Option<f64>,
+    pub(crate) window_calls: Option<usize>,
+    pub(crate) minimum_calls: Option<usize>,
+    /// Opt-in: also trip after this many failures in a row.
+    pub(crate) consecutive_failures: Option<usize>,
     pub(crate) cooldown: Duration,
+}
+
+impl BreakerConfig {
+    /// The breaker this configuration asks for; `name` labels its metrics.
+    pub(crate) fn builder(&self, name: String) -> CircuitBreakerBuilder {
+        let mut builder = CircuitBreakerBuilder::new()
+            .name(name)
+            .cooldown(self.cooldown);
+        if let Some(rate) = self.failure_rate {
+            builder = builder.failure_rate(rate);
+        }
+        if let Some(n) = self.window_calls {
+            builder = builder.window(Window::count(n));
+        }
+        if let Some(n) = self.minimum_calls {
+            builder = builder.minimum_calls(n);
+        }
+        if let Some(n) = self.consecutive_failures {
+            builder = builder.consecutive_failures(n);
+        }
+        builder
+    }
+
+    /// A breaker refusal, under the key its knob has in the file (`at` is the `breaker` table).
+    pub(crate) fn error(at: &str, e: &ConfigError) -> ConfigError {
+        let key = match e.knob() {
+            "window" => "window_calls",
+            knob => knob,
+        };
+        ConfigError::new(GATEWAY, format!("{at}.{key}"), format!("is refused: {e}"))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -225,7 +262,10 @@ mod raw {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     pub(super) struct Breaker {
-        pub(super) consecutive_failures: Option<u32>,
+        pub(super) failure_rate: Option<f64>,
+        pub(super) window_calls: Option<usize>,
+        pub(super) minimum_calls: Option<usize>,
+        pub(super) consecutive_failures: Option<usize>,
         pub(super) cooldown: Option<String>,
     }
 
@@ -625,16 +665,22 @@ impl Config {
             let breaker = match m.breaker {
                 None => None,
                 Some(b) => Some(BreakerConfig {
-                    consecutive_failures: positive(
-                        &format!("{at}.breaker.consecutive_failures"),
-                        b.consecutive_failures.unwrap_or(5),
-                    )?,
+                    // Checked below, with the rest of the breaker's policy.
+                    failure_rate: b.failure_rate,
+                    window_calls: b.window_calls,
+                    minimum_calls: b.minimum_calls,
+                    consecutive_failures: b.consecutive_failures,
                     cooldown: match &b.cooldown {
                         None => Duration::from_secs(30),
                         Some(t) => duration(&format!("{at}.breaker.cooldown"), t, Zero::Refused)?,
                     },
                 }),
             };
+            if let Some(b) = &breaker {
+                b.builder(String::new())
+                    .check()
+                    .map_err(|e| BreakerConfig::error(&format!("{at}.breaker"), &e))?;
+            }
             let rate_limit = match m.rate_limit {
                 None => None,
                 Some(l) => {

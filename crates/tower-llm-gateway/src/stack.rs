@@ -35,7 +35,7 @@ use tower_llm_ratelimit::{Quota, RateLimitHeaders, RateLimitLayer};
 use tower_llm_retry::{Backoff, RetryLayer, StatsOnly};
 use tower_llm_testkit::{FaultPlan, Latency, MockServer};
 
-use crate::config::{Config, ConfigError, ModelConfig, ProviderKind, StrategyKind};
+use crate::config::{BreakerConfig, Config, ConfigError, ModelConfig, ProviderKind, StrategyKind};
 
 /// A provider's answer on its way through the stack, marked with the provider that gave it.
 #[derive(Clone, Debug)]
@@ -329,17 +329,13 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
             let upstream_model: Arc<str> =
                 p.model_map.get(&model).unwrap_or(&model).as_str().into();
             let name: Arc<str> = provider.as_str().into();
-            let breaker = match &stack.breaker {
-                Some(b) => Some(
-                    CircuitBreakerLayer::builder()
-                        .name(format!("{model}/{provider}"))
-                        .consecutive_failures(b.consecutive_failures)
-                        .cooldown(b.cooldown)
-                        .build()
-                        .map_err(|e| cfg_err(&format!("models.{model}.breaker"), e))?,
-                ),
-                None => None,
-            };
+            let breaker =
+                match &stack.breaker {
+                    Some(b) => Some(b.builder(format!("{model}/{provider}")).build().map_err(
+                        |e| BreakerConfig::error(&format!("models.{model}.breaker"), &e),
+                    )?),
+                    None => None,
+                };
             chat_legs.push(leg(
                 upstream.chat(),
                 &name,

@@ -90,7 +90,7 @@ const FULL_STACK: &str = r#"
 [models."gpt-4o-mini"]
 dedup = { ttl = "5m" }
 retry = { max_attempts = 3, backoff = "10ms", max_retry_after = "1s" }
-breaker = { consecutive_failures = 5, cooldown = "10s" }
+breaker = { cooldown = "10s" }
 rate_limit = { requests_per_minute = 1000, tokens_per_minute = 1000000, concurrency = 32, max_wait = "5s" }
 
 [models."text-embedding-3-small"]
@@ -677,6 +677,22 @@ models = ["m"]
         (
             "[models.m]\nbreaker = { consecutive_failures = 0 }\n",
             "models.m.breaker.consecutive_failures",
+        ),
+        (
+            "[models.m]\nbreaker = { failure_rate = 1.5 }\n",
+            "models.m.breaker.failure_rate",
+        ),
+        (
+            "[models.m]\nbreaker = { minimum_calls = 0 }\n",
+            "models.m.breaker.minimum_calls",
+        ),
+        (
+            "[models.m]\nbreaker = { window_calls = 0 }\n",
+            "models.m.breaker.window_calls",
+        ),
+        (
+            "[models.m]\nbreaker = { window_calls = 10, minimum_calls = 20 }\n",
+            "models.m.breaker.minimum_calls",
         ),
         (
             "[models.m]\nretry = { max_attempts = 0 }\n",
