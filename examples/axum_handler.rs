@@ -56,9 +56,11 @@ fn stack(openai_base_url: String) -> Result<Llm, BoxError> {
         // ChatResponse has none, so the count goes to the layer's stats only.
         .record_attempts(StatsOnly)
         .build()?;
+    // The default policy: open when half of the last 100 calls failed, once 40 are in, so a
+    // flaky provider that retry copes with does not open it (five failures in a row would,
+    // under concurrent traffic).
     let breaker = CircuitBreakerLayer::builder()
         .name("openai")
-        .consecutive_failures(5)
         .cooldown(Duration::from_secs(30))
         .build()?;
     let service = ServiceBuilder::new()

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
-use tower_llm_breaker::CircuitBreakerLayer;
+use tower_llm_breaker::{CircuitBreakerLayer, Window};
 use tower_llm_core::{
     BoxError, ClassifyResponse, FailureKind, FingerprintKey, Outcome, ResponseUsage, UpstreamError,
     Usage, classify_dyn_error, estimate_text_tokens,
@@ -152,9 +152,13 @@ async fn main() -> Result<(), BoxError> {
         .deadline(Duration::from_secs(2))
         .record_attempts(StatsOnly)
         .build()?;
+    // The failure-rate policy, over a window sized for this demo's handful of calls: the
+    // default (half of the last 100, once 40 are in) is what a service with real traffic
+    // keeps.
     let breaker = CircuitBreakerLayer::builder()
         .name("vendor")
-        .consecutive_failures(3)
+        .window(Window::count(10))
+        .minimum_calls(5)
         .cooldown(Duration::from_secs(30))
         .build()?;
     let breaker_handle = breaker.handle();

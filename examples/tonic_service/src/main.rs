@@ -88,9 +88,9 @@ fn stack(openai_base_url: String) -> Result<Llm, BoxError> {
         .deadline(Duration::from_secs(30))
         .record_attempts(StatsOnly)
         .build()?;
+    // The default policy: open when half of the last 100 calls failed, once 40 are in.
     let breaker = CircuitBreakerLayer::builder()
         .name("openai")
-        .consecutive_failures(5)
         .cooldown(Duration::from_secs(30))
         .build()?;
     let service = ServiceBuilder::new()
