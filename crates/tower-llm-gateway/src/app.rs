@@ -596,11 +596,8 @@ pub(crate) trait EventWriter: Send + 'static {
     fn fail(&mut self, error: ApiError, id: &RequestId, out: &mut String);
 }
 
-type ChunkStream =
-    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<ChatChunk, BoxError>> + Send>>;
-
 struct SseState<W> {
-    chunks: ChunkStream,
+    chunks: stack::ChunkStream,
     writer: W,
     id: RequestId,
     done: bool,
@@ -609,12 +606,12 @@ struct SseState<W> {
 
 /// The body of a streamed answer: each chunk as `writer` writes it, then its ending.
 pub(crate) fn sse_events<W: EventWriter>(
-    stream: stack::LiveStream,
+    stream: stack::ChunkStream,
     writer: W,
     id: RequestId,
 ) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
     let state = SseState {
-        chunks: stream.0,
+        chunks: stream,
         writer,
         id,
         done: false,

@@ -19,20 +19,22 @@ use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use tower::util::BoxCloneSyncService;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_llm_breaker::CircuitBreakerLayer;
 use tower_llm_core::{
-    BoxError, ClassifyResponse, Fingerprint, Outcome, RequestCost, ResponseUsage, UpstreamError,
-    Usage,
+    BoxError, ClassifyResponse, DefaultClassifier, EndSignal, Fingerprint, Outcome, RequestCost,
+    ResponseUsage, UpstreamError, Usage,
 };
 use tower_llm_dedup::{DedupLayer, ReplayStream, StreamDedupLayer};
 use tower_llm_providers::{
     Anthropic, ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Gemini,
-    HttpClient, HttpClientConfig, OpenAi, Streaming,
+    HttpChatStream, HttpClient, HttpClientConfig, OpenAi, Streaming,
 };
 use tower_llm_race::{Answered, FallbackLayer, HedgeLayer, MarkResponse, RaceLayer, RecordAnswer};
-use tower_llm_ratelimit::{Quota, RateLimitHeaders, RateLimitLayer};
-use tower_llm_retry::{Backoff, RetryLayer, StatsOnly};
+use tower_llm_ratelimit::{
+    CountTokens, IgnoreHeaders, KeyFn, Quota, RateLimitHeaders, RateLimitLayer,
+};
+use tower_llm_retry::{Backoff, RetryLayer};
 use tower_llm_testkit::{FaultPlan, Latency, MockServer};
 
 use crate::config::{BreakerConfig, Config, ConfigError, ModelConfig, ProviderKind, StrategyKind};
@@ -56,10 +58,14 @@ impl<T> Reply<T> {
     }
 }
 
-/// Typed provider answers are successes; failures arrive as errors.
-impl<T> ClassifyResponse for Reply<T> {
+/// A provider's answer says how it went; a stream, through its end signal, when it ends.
+impl<T: ClassifyResponse> ClassifyResponse for Reply<T> {
     fn classify_response(&self) -> Outcome {
-        Outcome::Success
+        self.value.classify_response()
+    }
+
+    fn end_signal(&mut self) -> Option<&mut EndSignal> {
+        self.value.end_signal()
     }
 }
 
@@ -73,8 +79,11 @@ impl<T: ResponseUsage> ResponseUsage for Reply<T> {
     }
 }
 
-/// Typed answers do not keep the provider's headers, so the limiter cannot adapt to them.
-impl<T> RateLimitHeaders for Reply<T> {}
+impl<T: RateLimitHeaders> RateLimitHeaders for Reply<T> {
+    fn rate_limit_headers(&self) -> Option<&http::HeaderMap> {
+        self.value.rate_limit_headers()
+    }
+}
 
 impl<T> RecordAnswer for Reply<T> {
     fn record_answer(&mut self, answered: Answered) {
@@ -86,23 +95,12 @@ impl<T> RecordAnswer for Reply<T> {
     }
 }
 
-/// A streamed answer: its chunks, as the provider decodes them.
-pub(crate) struct LiveStream(
-    pub(crate) Pin<Box<dyn Stream<Item = Result<ChatChunk, BoxError>> + Send>>,
-);
+/// A streamed answer as the routes read it, once every layer has hung its hooks on the
+/// provider's stream (whose end signal still fires when this is read to its end or dropped).
+pub(crate) type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatChunk, BoxError>> + Send>>;
 
-impl std::fmt::Debug for LiveStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LiveStream")
-    }
-}
-
-/// Usage arrives with the last chunk: the limiter keeps the estimate.
-impl ResponseUsage for LiveStream {
-    fn usage(&self) -> Option<Usage> {
-        None
-    }
-}
+/// The provider's stream, for the layers.
+type Live = HttpChatStream;
 
 /// What the stack needs to know of a request.
 pub(crate) trait GatewayRequest: Clone + Send + Sync + RequestCost + 'static {
@@ -144,7 +142,7 @@ pub(crate) type Svc<Req, Res> = BoxCloneSyncService<Req, Res, BoxError>;
 #[derive(Clone)]
 pub(crate) struct ModelStacks {
     pub(crate) chat: Option<Svc<ChatRequest, Reply<ChatResponse>>>,
-    pub(crate) stream: Option<Svc<Streaming<ChatRequest>, Reply<LiveStream>>>,
+    pub(crate) stream: Option<Svc<Streaming<ChatRequest>, Reply<ChunkStream>>>,
     pub(crate) embeddings: Option<Svc<EmbeddingRequest, Reply<EmbeddingResponse>>>,
     /// The providers serving it, in order.
     pub(crate) providers: Vec<String>,
@@ -184,29 +182,11 @@ impl Upstream {
         }
     }
 
-    fn stream(&self) -> Svc<Streaming<ChatRequest>, LiveStream> {
-        fn live<S>(service: S) -> Svc<Streaming<ChatRequest>, LiveStream>
-        where
-            S: tower::Service<Streaming<ChatRequest>, Error = UpstreamError>
-                + Clone
-                + Send
-                + Sync
-                + 'static,
-            S::Response: Stream<Item = Result<ChatChunk, UpstreamError>> + Send + 'static,
-            S::Future: Send + 'static,
-        {
-            BoxCloneSyncService::new(
-                service
-                    .map_response(|stream| {
-                        LiveStream(Box::pin(stream.map(|chunk| chunk.map_err(BoxError::from))))
-                    })
-                    .map_err(BoxError::from),
-            )
-        }
+    fn stream(&self) -> Svc<Streaming<ChatRequest>, Live> {
         match self {
-            Upstream::OpenAi(p) => live(p.clone()),
-            Upstream::Anthropic(p) => live(p.clone()),
-            Upstream::Gemini(p) => live(p.clone()),
+            Upstream::OpenAi(p) => boxed(p.clone()),
+            Upstream::Anthropic(p) => boxed(p.clone()),
+            Upstream::Gemini(p) => boxed(p.clone()),
         }
     }
 
@@ -313,6 +293,7 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
     for model in config.model_names() {
         let stack = config.models.get(&model).unwrap_or(&default_stack);
         let providers = config.providers_of(&model);
+        let layers = ModelLayers::new(stack, &model)?;
         let mut chat_legs = Vec::new();
         let mut stream_legs = Vec::new();
         let mut embedding_legs = Some(Vec::new());
@@ -359,18 +340,18 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
             };
         }
         let chat = Some(with_dedup_chat(
-            outer(strategy(chat_legs, stack, &model)?, stack, &model)?,
+            layers.around(strategy(chat_legs, stack, &model)?),
             stack,
             &model,
         )?);
         let stream = Some(with_stream_dedup(
-            outer(strategy(stream_legs, stack, &model)?, stack, &model)?,
+            layers.around(strategy(stream_legs, stack, &model)?),
             stack,
             &model,
         )?);
         let embeddings = match embedding_legs {
             Some(legs) if !legs.is_empty() => Some(with_dedup_embeddings(
-                outer(strategy(legs, stack, &model)?, stack, &model)?,
+                layers.around(strategy(legs, stack, &model)?),
                 stack,
                 &model,
             )?),
@@ -400,29 +381,20 @@ fn leg<Req, Res>(
 ) -> Svc<Req, Reply<Res>>
 where
     Req: GatewayRequest,
-    Res: Send + 'static,
+    Res: ClassifyResponse + Send + 'static,
 {
     let provider = provider.clone();
     let upstream_model = upstream_model.clone();
     let service = ServiceBuilder::new()
-        .map_response(move |Outcomed(value)| Reply::new(value, provider.clone()))
+        .map_response(move |value| Reply::new(value, provider.clone()))
         .map_request(move |mut request: Req| {
             request.set_model(&upstream_model);
             request
         })
         .option_layer(breaker)
         .option_layer(timeout.map(tower::timeout::TimeoutLayer::new))
-        .service(service.map_response(Outcomed));
+        .service(service);
     BoxCloneSyncService::new(service)
-}
-
-/// A provider's typed answer as the breaker sees it: a success (its failures are errors).
-struct Outcomed<T>(T);
-
-impl<T> ClassifyResponse for Outcomed<T> {
-    fn classify_response(&self) -> Outcome {
-        Outcome::Success
-    }
 }
 
 fn strategy<Req, Res>(
@@ -432,7 +404,7 @@ fn strategy<Req, Res>(
 ) -> Result<Svc<Req, Reply<Res>>, ConfigError>
 where
     Req: GatewayRequest,
-    Res: Send + 'static,
+    Res: ClassifyResponse + Send + 'static,
 {
     Ok(match stack.strategy {
         StrategyKind::Fallback => BoxCloneSyncService::new(
@@ -462,55 +434,92 @@ where
     })
 }
 
-/// Retry, then the per-tenant rate limit, around the strategy.
-fn outer<Req, Res>(
-    inner: Svc<Req, Reply<Res>>,
-    stack: &ModelConfig,
-    model: &str,
-) -> Result<Svc<Req, Reply<Res>>, ConfigError>
-where
-    Req: GatewayRequest,
-    Res: ResponseUsage + Send + 'static,
-{
-    let mut service = inner;
-    if let Some(r) = &stack.retry {
-        let mut builder = RetryLayer::builder()
-            .max_attempts(usize::try_from(r.max_attempts).unwrap_or(usize::MAX))
-            .backoff(Backoff::exponential(r.backoff));
-        if let Some(max) = r.max_delay {
-            builder = builder.max_delay(max);
-        }
-        if let Some(deadline) = r.deadline {
-            builder = builder.deadline(deadline);
-        }
-        if let Some(max) = r.max_retry_after {
-            builder = builder.max_retry_after(max);
-        }
-        let layer = builder
-            .record_attempts(StatsOnly)
-            .build()
-            .map_err(|e| cfg_err(&format!("models.{model}.retry"), e))?;
-        service = BoxCloneSyncService::new(ServiceBuilder::new().layer(layer).service(service));
+/// A model's tenant key: every request type of the gateway falls under its tenant, so one
+/// rate limiter serves a model's whole-answer, streaming and embedding stacks.
+#[derive(Clone, Copy, Debug)]
+struct TenantKey;
+
+impl<R: GatewayRequest> KeyFn<R> for TenantKey {
+    type Key = String;
+
+    fn key(&self, request: &R) -> String {
+        request.tenant()
     }
-    if let Some(l) = &stack.rate_limit {
-        let mut builder = RateLimitLayer::builder().pause_on_rate_limit(false);
-        if let Some(rpm) = l.requests_per_minute {
-            builder = builder.requests(Quota::per_minute(rpm));
-        }
-        if let Some(c) = l.concurrency {
-            builder = builder.concurrency(c);
-        }
-        if let Some(wait) = l.max_wait {
-            builder = builder.max_wait(wait);
-        }
-        let layer = builder
-            .tokens(l.tokens_per_minute.map(Quota::per_minute))
-            .key_fn(Req::tenant as fn(&Req) -> String)
-            .build()
-            .map_err(|e| cfg_err(&format!("models.{model}.rate_limit"), e))?;
-        service = BoxCloneSyncService::new(ServiceBuilder::new().layer(layer).service(service));
+}
+
+type TenantLimit = RateLimitLayer<TenantKey, DefaultClassifier, CountTokens, IgnoreHeaders>;
+
+/// The layers one model's stacks share (the contract: one layer value, one state): its retry
+/// budget and its per-tenant limits hold across whole answers, streams and embeddings.
+struct ModelLayers {
+    retry: Option<RetryLayer>,
+    rate_limit: Option<TenantLimit>,
+}
+
+impl ModelLayers {
+    fn new(stack: &ModelConfig, model: &str) -> Result<Self, ConfigError> {
+        let retry = match &stack.retry {
+            Some(r) => {
+                let mut builder = RetryLayer::builder()
+                    .max_attempts(usize::try_from(r.max_attempts).unwrap_or(usize::MAX))
+                    .backoff(Backoff::exponential(r.backoff));
+                if let Some(max) = r.max_delay {
+                    builder = builder.max_delay(max);
+                }
+                if let Some(deadline) = r.deadline {
+                    builder = builder.deadline(deadline);
+                }
+                if let Some(max) = r.max_retry_after {
+                    builder = builder.max_retry_after(max);
+                }
+                Some(
+                    builder
+                        .build()
+                        .map_err(|e| cfg_err(&format!("models.{model}.retry"), e))?,
+                )
+            }
+            None => None,
+        };
+        let rate_limit = match &stack.rate_limit {
+            Some(l) => {
+                let mut builder = RateLimitLayer::builder().pause_on_rate_limit(false);
+                if let Some(rpm) = l.requests_per_minute {
+                    builder = builder.requests(Quota::per_minute(rpm));
+                }
+                if let Some(c) = l.concurrency {
+                    builder = builder.concurrency(c);
+                }
+                if let Some(wait) = l.max_wait {
+                    builder = builder.max_wait(wait);
+                }
+                Some(
+                    builder
+                        .tokens(l.tokens_per_minute.map(Quota::per_minute))
+                        .key_fn(TenantKey)
+                        .build()
+                        .map_err(|e| cfg_err(&format!("models.{model}.rate_limit"), e))?,
+                )
+            }
+            None => None,
+        };
+        Ok(ModelLayers { retry, rate_limit })
     }
-    Ok(service)
+
+    /// Retry, then the per-tenant rate limit, around the strategy.
+    fn around<Req, Res>(&self, inner: Svc<Req, Reply<Res>>) -> Svc<Req, Reply<Res>>
+    where
+        Req: GatewayRequest,
+        Res: ClassifyResponse + ResponseUsage + Send + 'static,
+    {
+        let mut service = inner;
+        if let Some(retry) = &self.retry {
+            service = BoxCloneSyncService::new(retry.layer(service));
+        }
+        if let Some(limit) = &self.rate_limit {
+            service = BoxCloneSyncService::new(limit.layer(service));
+        }
+        service
+    }
 }
 
 fn with_dedup<Req, Res>(
@@ -521,7 +530,7 @@ fn with_dedup<Req, Res>(
 where
     Req:
         GatewayRequest + Fingerprint + tower_llm_core::Deterministic + tower_llm_core::CacheControl,
-    Res: Clone + Send + Sync + 'static,
+    Res: ClassifyResponse + Clone + Send + Sync + 'static,
 {
     let Some(d) = &stack.dedup else {
         return Ok(inner);
@@ -567,20 +576,30 @@ enum Tagged {
 
 /// Identical streamed requests of one tenant share one upstream stream: a caller that joins
 /// late gets the chunks so far, then the rest; a finished deterministic stream is replayed
-/// from the cache.
+/// from the cache. Either way the routes get the chunks as a [`ChunkStream`].
 fn with_stream_dedup(
-    inner: Svc<Streaming<ChatRequest>, Reply<LiveStream>>,
+    inner: Svc<Streaming<ChatRequest>, Reply<Live>>,
     stack: &ModelConfig,
     model: &str,
-) -> Result<Svc<Streaming<ChatRequest>, Reply<LiveStream>>, ConfigError> {
+) -> Result<Svc<Streaming<ChatRequest>, Reply<ChunkStream>>, ConfigError> {
     let Some(d) = &stack.dedup else {
-        return Ok(inner);
+        return Ok(BoxCloneSyncService::new(inner.map_response(
+            |reply: Reply<Live>| {
+                let provider = reply.provider.clone();
+                let chunks: ChunkStream =
+                    Box::pin(reply.value.map(|chunk| chunk.map_err(BoxError::from)));
+                Reply::new(chunks, provider)
+            },
+        )));
     };
     let at = format!("models.{model}.dedup");
-    let tagged = inner.map_response(|reply: Reply<LiveStream>| {
+    let tagged = inner.map_response(|reply: Reply<Live>| {
         let provider = Tagged::Provider(reply.provider.clone());
-        futures_util::stream::once(std::future::ready(Ok::<_, BoxError>(provider)))
-            .chain(reply.value.0.map(|chunk| chunk.map(Tagged::Chunk)))
+        futures_util::stream::once(std::future::ready(Ok::<_, BoxError>(provider))).chain(
+            reply
+                .value
+                .map(|chunk| chunk.map(Tagged::Chunk).map_err(BoxError::from)),
+        )
     });
     let builder = StreamDedupLayer::<Tagged>::builder()
         .ttl(d.ttl)
@@ -600,14 +619,14 @@ fn with_stream_dedup(
                 // The provider is always the first item; an empty stream has none.
                 Some(Ok(Tagged::Chunk(_))) | None => Arc::from("unknown"),
             };
-            let chunks = replay.filter_map(|item| {
+            let chunks: ChunkStream = Box::pin(replay.filter_map(|item| {
                 std::future::ready(match item {
                     Ok(Tagged::Chunk(chunk)) => Some(Ok(chunk)),
                     Ok(Tagged::Provider(_)) => None,
                     Err(error) => Some(Err(error)),
                 })
-            });
-            Ok(Reply::new(LiveStream(Box::pin(chunks)), provider))
+            }));
+            Ok(Reply::new(chunks, provider))
         },
     )))
 }

@@ -954,3 +954,44 @@ models = ["gemini-model"]
     .await;
     assert_eq!(embeddings.status(), 404, "Anthropic has no embeddings");
 }
+
+/// A tenant's `concurrency = 1` holds for streams as for whole answers, and across them: one
+/// limiter serves the model's stacks, and it keeps a stream's slot until the stream ends (it
+/// used to free it at the response head, and streams peaked at 4 upstream calls at once).
+#[tokio::test]
+async fn a_tenant_concurrency_of_one_holds_for_streams() {
+    let upstream = MockServer::start(
+        FaultPlan::healthy()
+            .name("up")
+            .stream_chunk_delay(Duration::from_millis(20)),
+    )
+    .await
+    .unwrap();
+    let models = r#"
+[models."gpt-4o-mini"]
+rate_limit = { concurrency = 1, max_wait = "30s" }
+"#;
+    let gateway = start(&config_for(&upstream, 1 << 20, models)).await;
+    let mut calls = Vec::new();
+    for i in 0..4 {
+        let request = with_api_key(
+            openai_chat_stream(&gateway.url(), "gpt-4o-mini", &format!("stream {i}")),
+            KEY_A,
+        );
+        calls.push(tokio::spawn(send(request)));
+    }
+    for i in 0..2 {
+        let request = with_api_key(
+            openai_chat(&gateway.url(), "gpt-4o-mini", &format!("whole {i}")),
+            KEY_A,
+        );
+        calls.push(tokio::spawn(send(request)));
+    }
+    for call in calls {
+        let response = call.await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let counters = upstream.counters();
+    assert_eq!(counters.requests, 6);
+    assert_eq!(counters.max_concurrent, 1, "{counters:?}");
+}

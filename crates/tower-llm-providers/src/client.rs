@@ -20,6 +20,10 @@ pub type RequestBody = Full<Bytes>;
 /// connect timeout. Plain `http://` is allowed too, for local OpenAI-compatible servers.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
+/// The stream a provider over the default [`HttpClient`] answers a
+/// [`Streaming`](crate::Streaming) request with, for naming it in a stack's type.
+pub type HttpChatStream = crate::ChatStream<hyper::body::Incoming>;
+
 /// Settings of the default [`HttpClient`].
 #[derive(Clone, Debug)]
 pub struct HttpClientConfig {

@@ -126,7 +126,7 @@ pub use chat::{
     ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, FinishReason,
     Message, ResponseFormat, Role, Streaming, Tool, ToolCall, ToolCallDelta, ToolChoice,
 };
-pub use client::{HttpClient, HttpClientConfig, RequestBody, shared_client};
+pub use client::{HttpChatStream, HttpClient, HttpClientConfig, RequestBody, shared_client};
 pub use error::ConfigError;
 pub use future::{ResponseFuture, StreamFuture};
 pub use gemini::{Gemini, GeminiBuilder};

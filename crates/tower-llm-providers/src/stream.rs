@@ -213,9 +213,21 @@ fn in_stream_error(ctx: &Ctx, event: &SseEvent) -> Option<UpstreamError> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Reading,
+    /// The terminal event has arrived: the answer is complete. What is left of the body (the
+    /// chunked terminator, a trailing newline) is read so that the connection goes back to
+    /// the pool and the upstream is done before the layers let the next call go, as the
+    /// official SDKs do; a server that holds the body open after its terminal event is not
+    /// waited for past the stream's timers.
+    Draining,
     BodyEnded,
     Finished,
 }
+
+/// The most bytes read after the terminal event before giving up on the body's end.
+const MAX_DRAIN: usize = 64 * 1024;
+
+/// How long the body's end is waited for after the terminal event.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 pin_project! {
     /// A streamed chat answer: a [`Stream`] of `Result<ChatChunk, UpstreamError>`.
@@ -271,6 +283,8 @@ pin_project! {
         // A chunk was handed over: restart the between-chunks timer on the next poll.
         rearm: bool,
         phase: Phase,
+        // Bytes read after the terminal event, once it has come.
+        drained: Option<usize>,
         // Fired once: at the terminal event, at the first error, or (by itself) when dropped.
         end: EndSignal,
     }
@@ -322,6 +336,7 @@ impl<B> ChatStream<B> {
             total_timer,
             rearm: false,
             phase: Phase::Reading,
+            drained: None,
             end: EndSignal::new(),
         }
     }
@@ -442,6 +457,30 @@ where
             if *this.phase == Phase::Finished {
                 return Poll::Ready(None);
             }
+            if *this.phase == Phase::Draining {
+                if this.drained.is_none() {
+                    // What is left of the body is not the answer: it is not parsed, and a
+                    // server that keeps the body open gets a short grace, not the silence
+                    // limit (or none).
+                    *this.drained = Some(0);
+                    *this.input = Bytes::new();
+                    rearm(this.silence_timer, Some(DRAIN_GRACE));
+                }
+                let drained = drain(this.body.as_mut(), this.drained, cx);
+                let timed_out = [
+                    this.first_timer.as_mut(),
+                    this.silence_timer.as_mut(),
+                    this.total_timer.as_mut(),
+                ]
+                .into_iter()
+                .flatten()
+                .any(|timer| timer.as_mut().poll(cx).is_ready());
+                if drained.is_pending() && !timed_out {
+                    return Poll::Pending;
+                }
+                *this.phase = Phase::Finished;
+                continue;
+            }
             if !this.input.is_empty() {
                 let mut rest = &this.input[..];
                 let parsed = this.parser.next_event(&mut rest);
@@ -543,7 +582,7 @@ fn decode(
     phase: &mut Phase,
 ) -> Result<(), UpstreamError> {
     if let Step::Done = decoder.event(ctx, event, pending)? {
-        *phase = Phase::Finished;
+        *phase = Phase::Draining;
     }
     Ok(())
 }
@@ -556,6 +595,30 @@ fn rearm(timer: &mut Option<Pin<Box<Sleep>>>, limit: Option<Duration>) {
             None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
         },
         None => *timer = None,
+    }
+}
+
+/// Reads the body after the terminal event until it ends (ready), fails or goes past
+/// [`MAX_DRAIN`] bytes (ready: the connection is then closed rather than pooled), or has
+/// nothing for now (pending). `drained` counts the bytes read so far.
+fn drain<B>(mut body: Pin<&mut B>, drained: &mut Option<usize>, cx: &mut Context<'_>) -> Poll<()>
+where
+    B: Body,
+{
+    let total = drained.get_or_insert(0);
+    loop {
+        match body.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    *total = total.saturating_add(data.remaining());
+                }
+                if *total > MAX_DRAIN {
+                    return Poll::Ready(());
+                }
+            }
+            Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+            Poll::Pending => return Poll::Pending,
+        }
     }
 }
 
