@@ -215,23 +215,15 @@ fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
         .map_err(|_| format!("{flag} {value}: not a valid number"))
 }
 
+/// A duration as every tool of the family writes one (core's humantime parser: `250ms`,
+/// `10s`, `1m 30s`; a bare number is refused), at most [`MAX_DURATION`].
 fn duration(flag: &str, value: &str) -> Result<Duration, String> {
-    let bad = || format!("{flag} {value}: expected a duration like 250ms, 10s, 2m");
-    let (digits, scale) = if let Some(ms) = value.strip_suffix("ms") {
-        (ms, 0.001)
-    } else if let Some(s) = value.strip_suffix('s') {
-        (s, 1.0)
-    } else if let Some(m) = value.strip_suffix('m') {
-        (m, 60.0)
-    } else {
-        (value, 1.0)
-    };
-    let amount: f64 = digits.parse().map_err(|_| bad())?;
-    let seconds = amount * scale;
-    if !seconds.is_finite() || !(0.0..=MAX_DURATION.as_secs_f64()).contains(&seconds) {
-        return Err(bad());
+    let parsed = tower_llm_core::parse_duration("loadgen", flag.to_owned(), value)
+        .map_err(|e| e.to_string())?;
+    if parsed > MAX_DURATION {
+        return Err(format!("{flag} {value}: at most {MAX_DURATION:?}"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(parsed)
 }
 
 /// Accepts a loopback target only, and appends the chat completions path to a base URL.
