@@ -685,6 +685,10 @@ pub(crate) struct StreamDecoder {
     cached_tokens: u64,
     /// Content block index of each tool call so far, in call order.
     tool_blocks: Vec<u32>,
+    /// Content blocks that are neither text nor a tool call for the caller: the server's own
+    /// tools (`server_tool_use`, `mcp_tool_use`, web search and code execution results),
+    /// thinking. Their deltas (a server tool's `input_json_delta`) are not the caller's.
+    other_blocks: Vec<u32>,
     pub(crate) model: Option<String>,
 }
 
@@ -718,6 +722,7 @@ impl StreamDecoder {
                     out.push_back(ChatChunk::Content(text));
                 }
                 WireBlockStart::ToolUse { id, name } => {
+                    self.check_blocks(ctx, event)?;
                     let call = self.tool_blocks.len() as u32;
                     self.tool_blocks.push(index);
                     out.push_back(ChatChunk::ToolCall(ToolCallDelta {
@@ -727,12 +732,20 @@ impl StreamDecoder {
                         arguments: String::new(),
                     }));
                 }
-                _ => {}
+                WireBlockStart::Other => {
+                    self.check_blocks(ctx, event)?;
+                    self.other_blocks.push(index);
+                }
+                WireBlockStart::Text { .. } => {}
             },
             WireEvent::ContentBlockDelta { index, delta } => match delta {
                 WireBlockDelta::TextDelta { text } => out.push_back(ChatChunk::Content(text)),
                 WireBlockDelta::InputJsonDelta { partial_json } => {
                     let Some(call) = self.tool_blocks.iter().position(|&b| b == index) else {
+                        if self.other_blocks.contains(&index) {
+                            // A server tool's input: Anthropic runs it, the caller does not.
+                            return Ok(Step::Continue);
+                        }
                         return Err(ctx.malformed(
                             "stream",
                             &Bytes::copy_from_slice(event.data.as_bytes()),
@@ -767,4 +780,20 @@ impl StreamDecoder {
         }
         Ok(Step::Continue)
     }
+
+    /// Refuses a stream with more content blocks than any answer has: the block lists grow
+    /// with what the server sends, and must stay bounded.
+    fn check_blocks(&self, ctx: &Ctx, event: &SseEvent) -> Result<(), UpstreamError> {
+        if self.tool_blocks.len() + self.other_blocks.len() >= MAX_BLOCKS {
+            return Err(ctx.malformed(
+                "stream",
+                &Bytes::copy_from_slice(event.data.as_bytes()),
+                format!("more than {MAX_BLOCKS} content blocks"),
+            ));
+        }
+        Ok(())
+    }
 }
+
+/// The most content blocks a streamed answer may have.
+const MAX_BLOCKS: usize = 4096;

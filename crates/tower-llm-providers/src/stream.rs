@@ -383,7 +383,8 @@ impl<B> tower_llm_core::RateLimitHeaders for ChatStream<B> {
 
 impl<B> tower_llm_core::ClassifyResponse for ChatStream<B> {
     /// A stream's head is a success (the provider answered 200 with an event stream); how
-    /// the call went is known at its end, through [`end_signal`](Self::end_signal).
+    /// the call went is known at its end, through
+    /// [`end_signal`](tower_llm_core::ClassifyResponse::end_signal).
     fn classify_response(&self) -> tower_llm_core::Outcome {
         tower_llm_core::Outcome::Success
     }
