@@ -14,6 +14,8 @@
 //! - **Determinism** ([`Deterministic`]): whether a stored answer is as good as a fresh one, the
 //!   default rule for what a cache may keep; [`CacheControl`]: whether a request opts out.
 //! - **Rate-limit headers** ([`RateLimitHeaders`]): a response's view of the provider's limits.
+//! - **One deadline** ([`Deadline`]): the instant a whole call must be answered by, current
+//!   on the task while it runs, so every layer inside can read the time left.
 //! - **Responses that finish later** ([`EndSignal`], [`StreamEnd`]): a stream's end, which
 //!   layers wait for to release what they hold and to judge the call.
 //! - **Errors** ([`CircuitOpen`], [`RateLimited`], [`UpstreamError`]): what layers and
@@ -54,6 +56,7 @@ mod canonical;
 mod classify;
 mod config;
 mod cost;
+mod deadline;
 mod duration;
 mod error;
 mod error_body;
@@ -76,6 +79,7 @@ pub use cost::{
     DEFAULT_OUTPUT_TOKENS, RequestCost, ResponseUsage, TokenCounting, Usage, estimate_body_tokens,
     estimate_text_tokens, requested_output_tokens, usage_from_json,
 };
+pub use deadline::{Deadline, DeadlineFuture, DeadlineLayer, DeadlineService, WithDeadline};
 pub use duration::{format_duration, parse_duration};
 pub use error::{BoxError, CircuitOpen, MAX_ERROR_BODY, RateLimited, UpstreamError};
 pub use error_body::{ErrorBody, ErrorDialect, read_error_body, read_error_value};
