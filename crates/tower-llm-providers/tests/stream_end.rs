@@ -34,6 +34,16 @@ async fn openai_stream(pieces: Vec<Piece>) -> ChatStream<common::ScriptBody> {
     call(&mut openai, request).await.expect("a stream")
 }
 
+async fn anthropic_stream(pieces: Vec<Piece>) -> ChatStream<common::ScriptBody> {
+    let (client, _) = mock(Reply::sse(pieces));
+    let mut anthropic = Anthropic::builder()
+        .api_key("k")
+        .build_with(client)
+        .unwrap();
+    let request = ChatRequest::new("c", vec![Message::user("hi")]).streaming();
+    call(&mut anthropic, request).await.expect("a stream")
+}
+
 /// Hangs a hook on the stream's signal and returns where its end lands.
 fn watch(stream: &mut ChatStream<common::ScriptBody>) -> Arc<Mutex<Vec<StreamEnd>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -43,6 +53,18 @@ fn watch(stream: &mut ChatStream<common::ScriptBody>) -> Arc<Mutex<Vec<StreamEnd
         .expect("a stream finishes later")
         .on_end(move |end| record.lock().unwrap().push(end.clone()));
     seen
+}
+
+/// Reads `stream` until its first error.
+async fn first_error(
+    stream: &mut ChatStream<common::ScriptBody>,
+) -> tower_llm_providers::UpstreamError {
+    loop {
+        match stream.next().await.expect("an item") {
+            Ok(_) => continue,
+            Err(error) => return error,
+        }
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -143,23 +165,13 @@ async fn a_stall_after_the_role_chunk_ends_at_the_default_limit() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stall_after_message_start_ends_at_the_default_limit() {
-    let (client, _) = mock(Reply::sse(vec![
+    let started = tokio::time::Instant::now();
+    let mut stream = anthropic_stream(vec![
         data(MESSAGE_START),
         Piece::Stall(Duration::from_secs(24 * 3600)),
-    ]));
-    let mut anthropic = Anthropic::builder()
-        .api_key("k")
-        .build_with(client)
-        .unwrap();
-    let started = tokio::time::Instant::now();
-    let request = ChatRequest::new("c", vec![Message::user("hi")]).streaming();
-    let mut stream = call(&mut anthropic, request).await.expect("a stream");
-    let error = loop {
-        match stream.next().await.expect("an item") {
-            Ok(_) => continue,
-            Err(error) => break error,
-        }
-    };
+    ])
+    .await;
+    let error = first_error(&mut stream).await;
     assert_eq!(error.kind(), FailureKind::Timeout, "{error}");
     assert_eq!(started.elapsed(), StreamTimeouts::DEFAULT_BETWEEN_CHUNKS);
 }
@@ -174,20 +186,9 @@ async fn pings_keep_a_thinking_stream_alive_until_the_first_token_limit() {
         pieces.push(Piece::Stall(Duration::from_secs(60)));
         pieces.push(data(ping));
     }
-    let (client, _) = mock(Reply::sse(pieces));
-    let mut anthropic = Anthropic::builder()
-        .api_key("k")
-        .build_with(client)
-        .unwrap();
     let started = tokio::time::Instant::now();
-    let request = ChatRequest::new("c", vec![Message::user("hi")]).streaming();
-    let mut stream = call(&mut anthropic, request).await.expect("a stream");
-    let error = loop {
-        match stream.next().await.expect("an item") {
-            Ok(_) => continue,
-            Err(error) => break error,
-        }
-    };
+    let mut stream = anthropic_stream(pieces).await;
+    let error = first_error(&mut stream).await;
     assert_eq!(error.kind(), FailureKind::Timeout, "{error}");
     assert!(error.to_string().contains("first-token"), "{error}");
     assert_eq!(started.elapsed(), StreamTimeouts::DEFAULT_FIRST_TOKEN);

@@ -6,17 +6,18 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod typed;
+
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tower_layer::Layer;
 use tower_llm_core::{BoxError, RequestCost, ResponseUsage, TokenCounting};
-use tower_llm_providers::{
-    Anthropic, ChatRequest, ChatResponse, HttpClientConfig, Message, OpenAi, UpstreamError,
-};
+use tower_llm_providers::{ChatRequest, ChatResponse, Message, UpstreamError};
 use tower_llm_ratelimit::{Quota, RateLimitLayer, RateLimitStats, Reconcile};
 use tower_llm_testkit::{FaultPlan, MockServer};
+use typed::{anthropic, openai};
 
 const MAX_TOKENS: u32 = 400;
 /// Room for one call's reservation, not two: the second call goes at once only if the
@@ -65,22 +66,6 @@ where
 
 async fn mock() -> MockServer {
     MockServer::start(FaultPlan::healthy()).await.unwrap()
-}
-
-fn openai(server: &MockServer) -> OpenAi {
-    OpenAi::builder()
-        .api_key("sk-test")
-        .base_url(format!("{}/v1", server.base_url()))
-        .build_with(HttpClientConfig::default().build().unwrap())
-        .unwrap()
-}
-
-fn anthropic(server: &MockServer) -> Anthropic {
-    Anthropic::builder()
-        .api_key("sk-ant-test")
-        .base_url(format!("{}/v1", server.base_url()))
-        .build_with(HttpClientConfig::default().build().unwrap())
-        .unwrap()
 }
 
 #[tokio::test(start_paused = true)]

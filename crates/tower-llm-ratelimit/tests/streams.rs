@@ -5,36 +5,34 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod typed;
+
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tower::{Service, ServiceExt};
 use tower_layer::Layer;
 use tower_llm_core::BoxError;
-use tower_llm_providers::{
-    Anthropic, ChatChunk, ChatRequest, HttpClientConfig, Message, OpenAi, Streaming,
-};
+use tower_llm_providers::{ChatChunk, ChatRequest, Message, Streaming};
 use tower_llm_ratelimit::{Quota, RateLimitLayer};
 use tower_llm_testkit::{Fault, FaultPlan, MockServer, Quota as MockQuota};
-
-fn openai(server: &MockServer) -> OpenAi {
-    OpenAi::builder()
-        .api_key("sk-test")
-        .base_url(format!("{}/v1", server.base_url()))
-        .build_with(HttpClientConfig::default().build().unwrap())
-        .unwrap()
-}
-
-fn anthropic(server: &MockServer) -> Anthropic {
-    Anthropic::builder()
-        .api_key("sk-ant-test")
-        .base_url(format!("{}/v1", server.base_url()))
-        .build_with(HttpClientConfig::default().build().unwrap())
-        .unwrap()
-}
+use typed::{anthropic, openai};
 
 fn ask(i: usize) -> ChatRequest {
     ChatRequest::new("m", vec![Message::user(format!("question {i}"))]).max_tokens(200)
+}
+
+/// Starts a streamed call of the first question through `service`.
+async fn start<S>(service: &mut S) -> S::Response
+where
+    S: Service<Streaming<ChatRequest>, Error = BoxError>,
+{
+    ServiceExt::<Streaming<ChatRequest>>::ready(service)
+        .await
+        .unwrap()
+        .call(ask(0).streaming())
+        .await
+        .unwrap()
 }
 
 /// Streams one answer to its end through `service`; the items it saw, errors as text.
@@ -106,12 +104,7 @@ async fn a_streamed_usage_is_reconciled_at_the_end() {
         .unwrap();
     let handle = layer.handle();
     let mut service = layer.layer(anthropic(&server));
-    let mut stream = ServiceExt::<Streaming<ChatRequest>>::ready(&mut service)
-        .await
-        .unwrap()
-        .call(ask(0).streaming())
-        .await
-        .unwrap();
+    let mut stream = start(&mut service).await;
     stream.next().await.unwrap().unwrap();
     assert_eq!(
         handle.stats().tokens_refunded,
@@ -178,12 +171,7 @@ async fn a_stream_without_usage_is_charged_its_reservation() {
         .unwrap();
     let handle = layer.handle();
     let mut service = layer.layer(anthropic(&server));
-    let mut stream = ServiceExt::<Streaming<ChatRequest>>::ready(&mut service)
-        .await
-        .unwrap()
-        .call(ask(0).streaming())
-        .await
-        .unwrap();
+    let mut stream = start(&mut service).await;
     stream.next().await.unwrap().unwrap();
     drop(stream);
     assert_eq!(handle.stats().tokens_refunded, 0);
