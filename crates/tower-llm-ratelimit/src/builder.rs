@@ -1,5 +1,6 @@
 //! The builder: every knob, checked once in [`build`](RateLimitBuilder::build).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -99,6 +100,13 @@ impl<K, C, T, H> RateLimitBuilder<K, C, T, H> {
             classifier: self.classifier,
             reads: PhantomData,
         }
+    }
+
+    /// The limiter's name (default `"ratelimit"`): the `name` label of its metrics and the
+    /// `name` field of its events, to tell two limiters in one process apart.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.config.name = name.into();
+        self
     }
 
     /// At most `max` calls in flight per key.

@@ -1,5 +1,6 @@
 //! The configuration a builder checks and a layer value keeps.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use tower_llm_core::TokenCounting;
@@ -75,6 +76,7 @@ pub enum BackendFailure {
 
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
+    pub(crate) name: Cow<'static, str>,
     pub(crate) concurrency: Option<usize>,
     pub(crate) spacing: Option<Duration>,
     pub(crate) requests: Option<Quota>,
@@ -93,6 +95,7 @@ pub(crate) struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            name: Cow::Borrowed(crate::observe::DEFAULT_NAME),
             concurrency: None,
             spacing: None,
             requests: None,

@@ -90,6 +90,7 @@ pub(crate) enum Rejection {
 }
 
 impl Rejection {
+    #[cfg_attr(not(any(feature = "tracing", feature = "metrics")), allow(dead_code))]
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Rejection::QueueFull => "queue_full",

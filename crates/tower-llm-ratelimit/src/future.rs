@@ -297,7 +297,7 @@ where
                             Rejection::MaxWait
                         };
                         ticket.give_up(now);
-                        limiter.stats.rejected(rejection.as_str());
+                        limiter.observe.rejected(rejection, Some(wait));
                         return Poll::Ready(State::Rejected {
                             error: Some(rejection.error(wait)),
                         });
@@ -308,8 +308,8 @@ where
                         go = Some(ticket.admit_remote(now));
                     } else {
                         ticket.give_up(now);
-                        limiter.stats.rejected(Rejection::Backend.as_str());
                         let pause = limiter.config.default_pause;
+                        limiter.observe.rejected(Rejection::Backend, Some(pause));
                         return Poll::Ready(State::Rejected {
                             error: Some(Rejection::Backend.error(pause)),
                         });
@@ -324,7 +324,7 @@ where
         if now >= *deadline && !matches!(turn, Turn::Go(_)) {
             let hint = ticket.retry_hint(now);
             ticket.give_up(now);
-            limiter.stats.rejected(Rejection::MaxWait.as_str());
+            limiter.observe.rejected(Rejection::MaxWait, Some(hint));
             return Poll::Ready(State::Rejected {
                 error: Some(Rejection::MaxWait.error(hint)),
             });

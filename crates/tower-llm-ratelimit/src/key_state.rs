@@ -303,6 +303,13 @@ impl KeyState {
         Start::Queued(limits.enqueue(cost), true)
     }
 
+    /// Whether this key came from a key function (every key but the single one of a
+    /// [`NoKey`](crate::NoKey) limiter, which alone counts locally). Events report this,
+    /// never the key itself.
+    pub(crate) fn keyed(&self) -> bool {
+        !self.counts_locally
+    }
+
     pub(crate) fn at_rest(&self, config: &Config, now: u64) -> bool {
         self.lock().at_rest(config, now)
     }

@@ -111,7 +111,7 @@ impl<S, K: Clone, C: Clone, T, H> Layer<S> for RateLimitLayer<K, C, T, H> {
     type Service = RateLimit<S, K, C, T, H>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        self.shared.limiter.stats.register();
+        self.shared.limiter.observe.register();
         RateLimit::from_parts(
             inner,
             self.shared.clone(),

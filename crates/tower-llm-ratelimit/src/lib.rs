@@ -49,20 +49,43 @@
 //! when Redis is unreachable is a choice: [`BackendFailure::Open`] (send, limited locally) or
 //! [`BackendFailure::Closed`] (refuse).
 //!
-//! # Metrics
+//! # Observability
 //!
-//! Through the [`metrics`] crate:
+//! One funnel per layer value feeds [`RateLimitHandle::stats`], [`tracing`](https://docs.rs/tracing)
+//! (feature `tracing`) and [`metrics`](https://docs.rs/metrics) (feature `metrics`); both
+//! features are on by default, and without them the funnel compiles to the stats counters
+//! alone. Every event has a `name` field and every metric series a `name` label: the
+//! builder's [`name`](RateLimitBuilder::name), `"ratelimit"` by default.
 //!
-//! | name | kind | meaning |
-//! |------|------|---------|
-//! | `tower_llm_ratelimit_admitted_total` | counter | calls sent to the inner service |
-//! | `tower_llm_ratelimit_waiting` | gauge | calls waiting now |
-//! | `tower_llm_ratelimit_wait_seconds` | histogram | how long each waiting call waited |
-//! | `tower_llm_ratelimit_rejected_total` | counter, label `reason` (`queue_full`, `max_wait`, `too_large`, `keys_full`, `backend`) | calls refused |
-//! | `tower_llm_ratelimit_tokens_reserved_total` | counter | tokens reserved from estimates |
-//! | `tower_llm_ratelimit_tokens_refunded_total` | counter | tokens given back on reconciling |
-//! | `tower_llm_ratelimit_tokens_charged_total` | counter | tokens charged beyond estimates |
-//! | `tower_llm_ratelimit_pauses_total` | counter | pauses after a 429 or an open circuit |
+//! **Keys never appear.** A key function's output is the caller's data (an API key, a
+//! tenant id), so events carry only `keyed` (whether the limiter has a key function), never
+//! the key, its length or a hash of it; prompts and answers are never read.
+//!
+//! Events (target `tower_llm_ratelimit::observe`):
+//!
+//! | message | level | fields |
+//! |---------|-------|--------|
+//! | `call queued` | debug | `name`, `keyed`, `tokens` (its reservation), `waiting` (calls waiting now) |
+//! | `call admitted after waiting` | debug | `name`, `keyed`, `wait_seconds`, `waiting` |
+//! | `call rejected` | warn | `name`, `reason` (`queue_full`, `max_wait`, `too_large`, `keys_full`, `backend`), `retry_after_seconds` (absent for `too_large`) |
+//! | `key paused by the upstream` | warn | `name`, `keyed`, `cause` (`rate_limited`, `circuit_open`), `pause_seconds` |
+//! | `paused by the handle` | info | `name`, `pause_seconds` |
+//! | `resumed by the handle` | info | `name` |
+//! | `server limits learnt` | debug | `name`, `keyed`, `remaining_requests`, `requests_reset_seconds`, `remaining_tokens`, `tokens_reset_seconds` (each only when the headers said it) |
+//!
+//! Metrics, each with the label `name`, described once per process with their unit; the
+//! handles are made when the layer is first applied, with the recorder installed then:
+//!
+//! | name | kind | unit | other labels | meaning |
+//! |------|------|------|--------------|---------|
+//! | `tower_llm_ratelimit_admitted_total` | counter | count | | calls sent to the inner service |
+//! | `tower_llm_ratelimit_waiting` | gauge | count | | calls waiting now (the queue length, all keys) |
+//! | `tower_llm_ratelimit_wait_seconds` | histogram | seconds | | how long each waiting call waited (admitted, refused or dropped) |
+//! | `tower_llm_ratelimit_rejected_total` | counter | count | `reason` (as above) | calls refused |
+//! | `tower_llm_ratelimit_tokens_reserved_total` | counter | count | | tokens reserved from estimates |
+//! | `tower_llm_ratelimit_tokens_refunded_total` | counter | count | | tokens given back on reconciling |
+//! | `tower_llm_ratelimit_tokens_charged_total` | counter | count | | tokens charged beyond estimates |
+//! | `tower_llm_ratelimit_pauses_total` | counter | count | `cause` (`rate_limited`, `circuit_open`) | pauses after a 429 or an open circuit |
 //!
 //! The same numbers are in [`RateLimitHandle::stats`].
 //!
@@ -232,6 +255,7 @@ mod key_state;
 mod key_table;
 mod layer;
 mod limiter;
+mod observe;
 mod permit;
 mod quota;
 pub mod reads;

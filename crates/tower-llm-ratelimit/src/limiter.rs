@@ -10,14 +10,16 @@ use tokio::time::Instant;
 use crate::config::{Config, Reconcile};
 use crate::key_state::{KeyState, duration_ns};
 use crate::key_table::KeyTable;
-use crate::stats::{RateLimitStats, Stats};
+use crate::observe::Observe;
+use crate::stats::RateLimitStats;
 
 /// The configuration, clock and counters every key of one layer value reads.
 #[derive(Debug)]
 pub(crate) struct Limiter {
     pub(crate) config: Config,
     origin: Instant,
-    pub(crate) stats: Stats,
+    /// The funnel every event goes through: stats, `tracing`, `metrics`.
+    pub(crate) observe: Observe,
     /// Whether a response's usage is read: a tokens quota that is reconciled.
     pub(crate) wants_usage: bool,
     /// Until when every key is paused by [`RateLimitHandle::pause`](crate::RateLimitHandle::pause),
@@ -28,10 +30,11 @@ pub(crate) struct Limiter {
 impl Limiter {
     pub(crate) fn new(config: Config) -> Self {
         let wants_usage = config.tokens.is_some() && config.reconcile != Reconcile::Off;
+        let observe = Observe::new(config.name.clone());
         Limiter {
             config,
             origin: Instant::now(),
-            stats: Stats::default(),
+            observe,
             wants_usage,
             paused_until: AtomicU64::new(0),
         }
@@ -98,7 +101,7 @@ impl Shared {
 
     pub(crate) fn stats(&self) -> RateLimitStats {
         let limiter = &self.limiter;
-        let mut stats = limiter.stats.snapshot();
+        let mut stats = limiter.observe.snapshot();
         let (admitted, tokens_reserved) = self.single.tally();
         stats.admitted += admitted;
         stats.tokens_reserved += tokens_reserved;
@@ -114,6 +117,7 @@ impl Shared {
         let limiter = &self.limiter;
         let until = limiter.now().saturating_add(duration_ns(pause));
         limiter.paused_until.fetch_max(until, Ordering::AcqRel);
+        limiter.observe.handle_paused(pause);
     }
 
     /// Ends every pause (the handle's and every key's) and lets each key's first waiter look
@@ -122,5 +126,6 @@ impl Shared {
         self.limiter.paused_until.store(0, Ordering::Release);
         self.single.resume();
         self.keys.for_each(KeyState::resume);
+        self.limiter.observe.handle_resumed();
     }
 }

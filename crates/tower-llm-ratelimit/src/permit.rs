@@ -7,7 +7,7 @@ use tower_llm_core::{FailureKind, Outcome};
 
 use crate::config::Reconcile;
 use crate::headers::ServerLimits;
-use crate::key_state::{Admission, KeyState};
+use crate::key_state::{Admission, KeyState, MAX_SERVER_WAIT};
 use crate::limiter::Limiter;
 use crate::quota::Charge;
 
@@ -28,7 +28,7 @@ pub(crate) struct Permit {
 impl Permit {
     #[inline]
     pub(crate) fn new(key: Arc<KeyState>, cost: u64, admission: Admission) -> Self {
-        key.limiter.stats.admitted(cost, key.counts_locally);
+        key.limiter.observe.admitted(cost, key.counts_locally);
         Permit {
             key,
             cost,
@@ -59,7 +59,7 @@ impl Permit {
                 if config.pause_on_rate_limit
                     && matches!(f.kind, FailureKind::RateLimited | FailureKind::CircuitOpen) =>
             {
-                Some(f.retry_after.unwrap_or(config.default_pause))
+                Some((f.retry_after.unwrap_or(config.default_pause), f.kind))
             }
             _ => None,
         };
@@ -99,6 +99,7 @@ impl Permit {
     /// Learns the provider's limits from a response head while its body is still coming.
     pub(crate) fn learn(&self, server: &http::HeaderMap) {
         if let Some(learned) = server_limits(&self.key.limiter, server) {
+            self.key.limiter.observe.learnt(&learned, self.key.keyed());
             let now = self.key.limiter.now();
             let mut limits = self.key.lock();
             limits.learn(now, learned);
@@ -117,7 +118,12 @@ impl Permit {
     /// The part of [`complete`](Self::complete) that records something (a pause, the
     /// server's word, a usage to reconcile), out of line so the common case stays small.
     #[inline(never)]
-    fn settle(&self, pause: Option<Duration>, learned: Option<ServerLimits>, delta: Option<i128>) {
+    fn settle(
+        &self,
+        pause: Option<(Duration, FailureKind)>,
+        learned: Option<ServerLimits>,
+        delta: Option<i128>,
+    ) {
         let config = &self.key.limiter.config;
         let now = self.key.limiter.now();
         #[cfg(feature = "redis")]
@@ -133,11 +139,13 @@ impl Permit {
         if config.concurrency.is_some() {
             limits.in_flight = limits.in_flight.saturating_sub(1);
         }
-        if let Some(pause) = pause {
+        let observe = &self.key.limiter.observe;
+        if let Some((pause, cause)) = pause {
             limits.pause(now, pause);
-            self.key.limiter.stats.paused();
+            observe.paused_by_upstream(pause.min(MAX_SERVER_WAIT), cause, self.key.keyed());
         }
         if let Some(learned) = learned {
+            observe.learnt(&learned, self.key.keyed());
             limits.learn(now, learned);
         }
         if let Some(delta) = delta {
@@ -150,9 +158,9 @@ impl Permit {
                 }
             }
             if delta < 0 {
-                self.key.limiter.stats.refunded(amount);
+                observe.refunded(amount);
             } else {
-                self.key.limiter.stats.charged(amount);
+                observe.charged(amount);
             }
         }
         limits.wake_head();

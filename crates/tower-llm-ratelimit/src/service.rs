@@ -4,6 +4,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tower_llm_core::{BoxError, Classify, DefaultClassifier, KeyFn, NoKey};
 use tower_service::Service;
@@ -96,12 +97,13 @@ impl<S, K, C, T, H> RateLimit<S, K, C, T, H> {
     fn reject<Req, F>(
         &self,
         rejection: Rejection,
+        retry_after: Option<Duration>,
         error: BoxError,
     ) -> ResponseFuture<S, Req, C, T, H>
     where
         S: Service<Req, Future = F>,
     {
-        self.shared.limiter.stats.rejected(rejection.as_str());
+        self.shared.limiter.observe.rejected(rejection, retry_after);
         ResponseFuture::rejected(error)
     }
 }
@@ -134,6 +136,7 @@ where
                 if cost > quota.limit() {
                     return self.reject(
                         Rejection::TooLarge,
+                        None,
                         too_large(cost, quota.limit(), quota.window()),
                     );
                 }
@@ -149,7 +152,11 @@ where
                 Some(key) => key,
                 None => {
                     let pause = limiter.config.default_pause;
-                    return self.reject(Rejection::KeysFull, Rejection::KeysFull.error(pause));
+                    return self.reject(
+                        Rejection::KeysFull,
+                        Some(pause),
+                        Rejection::KeysFull.error(pause),
+                    );
                 }
             }
         };
@@ -160,7 +167,9 @@ where
                 ResponseFuture::calling(future, permit, self.classifier.clone())
             }
             Start::Queued(id, waiting) => self.wait(key, id, waiting, now, cost, request),
-            Start::Rejected(rejection, wait) => self.reject(rejection, rejection.error(wait)),
+            Start::Rejected(rejection, wait) => {
+                self.reject(rejection, Some(wait), rejection.error(wait))
+            }
         }
     }
 }

@@ -1,26 +1,12 @@
-//! Counters and metrics: one funnel that feeds both the stats snapshot and `metrics`.
+//! The counters behind [`RateLimitStats`], fed by the [funnel](crate::observe).
 
 use std::fmt;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
-
-pub(crate) const METRIC_ADMITTED: &str = "tower_llm_ratelimit_admitted_total";
-pub(crate) const METRIC_WAITING: &str = "tower_llm_ratelimit_waiting";
-pub(crate) const METRIC_WAIT_SECONDS: &str = "tower_llm_ratelimit_wait_seconds";
-pub(crate) const METRIC_REJECTED: &str = "tower_llm_ratelimit_rejected_total";
-pub(crate) const METRIC_TOKENS_RESERVED: &str = "tower_llm_ratelimit_tokens_reserved_total";
-pub(crate) const METRIC_TOKENS_REFUNDED: &str = "tower_llm_ratelimit_tokens_refunded_total";
-pub(crate) const METRIC_TOKENS_CHARGED: &str = "tower_llm_ratelimit_tokens_charged_total";
-pub(crate) const METRIC_PAUSES: &str = "tower_llm_ratelimit_pauses_total";
 
 /// Counters shared by every service a layer value makes.
 #[derive(Default)]
 pub(crate) struct Stats {
-    /// Handles of the hot-path metrics, registered once (with the recorder installed when
-    /// the layer is first applied) rather than looked up on every call.
-    admitted_metric: OnceLock<metrics::Counter>,
-    reserved_metric: OnceLock<metrics::Counter>,
     admitted: AtomicU64,
     waited: AtomicU64,
     waiting: AtomicUsize,
@@ -74,14 +60,6 @@ impl fmt::Debug for Stats {
 }
 
 impl Stats {
-    /// Registers the hot-path metric handles with the recorder installed now, once.
-    pub(crate) fn register(&self) {
-        self.admitted_metric
-            .get_or_init(|| metrics::counter!(METRIC_ADMITTED));
-        self.reserved_metric
-            .get_or_init(|| metrics::counter!(METRIC_TOKENS_RESERVED));
-    }
-
     pub(crate) fn snapshot(&self) -> RateLimitStats {
         RateLimitStats {
             admitted: self.admitted.load(Ordering::Relaxed),
@@ -98,60 +76,45 @@ impl Stats {
         }
     }
 
-    /// Records an admission. `counted` says the key's own tally (kept under its lock, see
-    /// [`Limits::admit`]) already has it, which spares the single key an atomic add per call.
+    /// Counts an admission; `counted`: the key's own tally already has it.
     #[inline]
     pub(crate) fn admitted(&self, tokens: u64, counted: bool) {
         if !counted {
             self.admitted.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(m) = self.admitted_metric.get() {
-            m.increment(1);
-        }
-        if tokens > 0 {
-            if !counted {
+            if tokens > 0 {
                 self.tokens_reserved.fetch_add(tokens, Ordering::Relaxed);
             }
-            if let Some(m) = self.reserved_metric.get() {
-                m.increment(tokens);
-            }
         }
     }
 
-    pub(crate) fn rejected(&self, reason: &'static str) {
+    pub(crate) fn rejected(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(METRIC_REJECTED, "reason" => reason).increment(1);
     }
 
-    pub(crate) fn wait_started(&self) {
+    /// Counts a call that starts waiting; returns how many wait now.
+    pub(crate) fn wait_started(&self) -> usize {
         self.waited.fetch_add(1, Ordering::Relaxed);
-        let now = self.waiting.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!(METRIC_WAITING).set(now as f64);
+        self.waiting.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub(crate) fn wait_ended(&self, waited: Duration) {
-        let now = self
-            .waiting
-            .fetch_sub(1, Ordering::Relaxed)
-            .saturating_sub(1);
-        metrics::gauge!(METRIC_WAITING).set(now as f64);
+    /// Counts a call that stops waiting; returns how many wait now.
+    pub(crate) fn wait_ended(&self, waited: Duration) -> usize {
         let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
         self.wait_nanos.fetch_add(nanos, Ordering::Relaxed);
-        metrics::histogram!(METRIC_WAIT_SECONDS).record(waited.as_secs_f64());
+        self.waiting
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1)
     }
 
     pub(crate) fn refunded(&self, tokens: u64) {
         self.tokens_refunded.fetch_add(tokens, Ordering::Relaxed);
-        metrics::counter!(METRIC_TOKENS_REFUNDED).increment(tokens);
     }
 
     pub(crate) fn charged(&self, tokens: u64) {
         self.tokens_charged.fetch_add(tokens, Ordering::Relaxed);
-        metrics::counter!(METRIC_TOKENS_CHARGED).increment(tokens);
     }
 
     pub(crate) fn paused(&self) {
         self.pauses.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(METRIC_PAUSES).increment(1);
     }
 }

@@ -44,7 +44,7 @@ impl Ticket {
         waiting: bool,
     ) -> Self {
         if waiting {
-            limiter.stats.wait_started();
+            limiter.observe.queued(key.keyed(), cost);
         }
         Ticket {
             key,
@@ -63,7 +63,7 @@ impl Ticket {
         if !self.counted && !self.done {
             self.counted = true;
             self.since = Instant::now();
-            self.limiter.stats.wait_started();
+            self.limiter.observe.queued(self.key.keyed(), self.cost);
         }
     }
 
@@ -131,7 +131,9 @@ impl Ticket {
         }
         self.done = true;
         if self.counted {
-            self.limiter.stats.wait_ended(self.since.elapsed());
+            self.limiter
+                .observe
+                .wait_ended(self.since.elapsed(), admit, self.key.keyed());
         }
         admission
     }

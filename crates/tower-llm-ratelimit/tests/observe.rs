@@ -1,0 +1,426 @@
+//! The funnel's output: every event at its level with its fields and the limiter's `name`,
+//! every metric series with the `name` label, its unit and description, and never a key or
+//! a prompt.
+//!
+//! One `#[test]` runs every case in turn: tracing caches callsite interest per process, and
+//! a capturing subscriber set for one thread misses events when other tests run beside it.
+#![cfg(all(feature = "tracing", feature = "metrics"))]
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::{CompositeKey, MetricKind};
+use serde_json::Value;
+use tower::{Service, ServiceExt, service_fn};
+use tower_llm_core::{
+    BoxError, ClassifyResponse, Failure, FailureKind, Outcome, RateLimitHeaders, RequestCost,
+    ResponseUsage, Usage,
+};
+use tower_llm_ratelimit::{Quota, RateLimitLayer};
+
+/// Text that must never reach a log line or a metric: it is in every prompt and key.
+const MARKER: &str = "SECRET-MARKER-7f3a";
+
+#[derive(Clone, Debug)]
+struct Req {
+    prompt: String,
+    key: String,
+    cost: u64,
+    latency: Duration,
+    limited: Option<Duration>,
+    headers: Vec<(&'static str, &'static str)>,
+}
+
+impl Req {
+    fn new(n: u32) -> Self {
+        Req {
+            prompt: format!("prompt {n} {MARKER}"),
+            key: format!("sk-{MARKER}"),
+            cost: 10,
+            latency: Duration::ZERO,
+            limited: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl RequestCost for Req {
+    fn estimated_tokens(&self) -> u64 {
+        self.cost
+    }
+}
+
+#[derive(Debug)]
+struct Res {
+    #[allow(dead_code)]
+    answer: String,
+    limited: Option<Duration>,
+    headers: http::HeaderMap,
+}
+
+impl ResponseUsage for Res {
+    fn usage(&self) -> Option<Usage> {
+        None
+    }
+}
+
+impl ClassifyResponse for Res {
+    fn classify_response(&self) -> Outcome {
+        match self.limited {
+            Some(after) => Outcome::Failure(
+                Failure::new(FailureKind::RateLimited).with_retry_after(Some(after)),
+            ),
+            None => Outcome::Success,
+        }
+    }
+}
+
+impl RateLimitHeaders for Res {
+    fn rate_limit_headers(&self) -> Option<&http::HeaderMap> {
+        Some(&self.headers)
+    }
+}
+
+fn upstream() -> impl Service<Req, Response = Res, Error = BoxError, Future = impl Send> + Clone {
+    service_fn(|req: Req| async move {
+        tokio::time::sleep(req.latency).await;
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in req.headers {
+            headers.insert(name, http::HeaderValue::from_static(value));
+        }
+        Ok::<_, BoxError>(Res {
+            answer: format!("answer to {}", req.prompt),
+            limited: req.limited,
+            headers,
+        })
+    })
+}
+
+/// A `MakeWriter` into a shared buffer.
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().expect("buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
+    type Writer = Buffer;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Buffer {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().expect("buffer").clone()).expect("utf-8 logs")
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.text()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+            .collect()
+    }
+}
+
+/// The events with this message.
+fn find<'a>(events: &'a [Value], message: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["fields"]["message"] == message)
+        .collect()
+}
+
+/// The one event with this message from the limiter `name`, checked for its level.
+fn one<'a>(events: &'a [Value], message: &str, level: &str, name: &str) -> &'a Value {
+    let found: Vec<_> = find(events, message)
+        .into_iter()
+        .filter(|e| e["fields"]["name"] == name)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one {message:?} event from {name}: {events:#?}"
+    );
+    let event = found[0];
+    assert_eq!(event["level"], level, "{message}");
+    assert_eq!(event["target"], "tower_llm_ratelimit::observe");
+    &event["fields"]
+}
+
+type Series = Vec<(
+    CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+)>;
+
+/// The series of metric `metric` whose labels include every pair in `labels`.
+fn series<'a>(
+    all: &'a Series,
+    kind: MetricKind,
+    metric: &str,
+    labels: &[(&str, &str)],
+) -> &'a (
+    CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+) {
+    let found: Vec<_> = all
+        .iter()
+        .filter(|(key, ..)| {
+            key.kind() == kind
+                && key.key().name() == metric
+                && labels
+                    .iter()
+                    .all(|(k, v)| key.key().labels().any(|l| l.key() == *k && l.value() == *v))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "one series {metric} {labels:?}: {all:#?}");
+    found[0]
+}
+
+fn counter(all: &Series, metric: &str, labels: &[(&str, &str)]) -> u64 {
+    let (_, unit, description, value) = series(all, MetricKind::Counter, metric, labels);
+    assert_eq!(*unit, Some(metrics::Unit::Count), "{metric} unit");
+    assert!(description.is_some(), "{metric} described");
+    match value {
+        DebugValue::Counter(n) => *n,
+        other => panic!("{metric}: {other:?}"),
+    }
+}
+
+fn snapshot(snapshotter: &Snapshotter) -> Series {
+    snapshotter.snapshot().into_vec()
+}
+
+#[test]
+fn events_and_metrics_carry_the_name_and_never_a_key_or_prompt() {
+    let logs = Buffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(logs.clone())
+        .finish();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+
+    metrics::with_local_recorder(&recorder, || {
+        tracing::subscriber::with_default(subscriber, || {
+            runtime.block_on(async {
+                named_limiter_events().await;
+                default_name().await;
+            })
+        })
+    });
+
+    let events = logs.events();
+    let name = "chat-limits";
+
+    let queued = one(&events, "call queued", "DEBUG", name);
+    assert_eq!(queued["keyed"], true);
+    assert_eq!(queued["tokens"], 10);
+    assert_eq!(queued["waiting"], 1);
+
+    let waited = one(&events, "call admitted after waiting", "DEBUG", name);
+    assert_eq!(waited["keyed"], true);
+    assert!(waited["wait_seconds"].as_f64().is_some_and(|s| s > 0.0));
+
+    let rejected: Vec<_> = find(&events, "call rejected")
+        .into_iter()
+        .filter(|e| e["fields"]["name"] == name)
+        .map(|e| {
+            assert_eq!(e["level"], "WARN");
+            e["fields"]["reason"].as_str().expect("reason").to_owned()
+        })
+        .collect();
+    assert_eq!(rejected, ["queue_full", "too_large"]);
+    let full = find(&events, "call rejected")[0];
+    assert!(full["fields"]["retry_after_seconds"].as_f64().is_some());
+
+    let paused = one(&events, "key paused by the upstream", "WARN", name);
+    assert_eq!(paused["cause"], "rate_limited");
+    assert_eq!(paused["pause_seconds"], 2.0);
+    assert_eq!(paused["keyed"], true);
+
+    let learnt = one(&events, "server limits learnt", "DEBUG", name);
+    assert_eq!(learnt["remaining_requests"], 5);
+    assert_eq!(learnt["requests_reset_seconds"], 1.0);
+    assert!(learnt.get("remaining_tokens").is_none());
+
+    let by_handle = one(&events, "paused by the handle", "INFO", name);
+    assert_eq!(by_handle["pause_seconds"], 3.0);
+    one(&events, "resumed by the handle", "INFO", name);
+
+    let all = snapshot(&snapshotter);
+    let named = [("name", name)];
+    assert_eq!(
+        counter(&all, "tower_llm_ratelimit_admitted_total", &named),
+        3
+    );
+    assert_eq!(
+        counter(&all, "tower_llm_ratelimit_tokens_reserved_total", &named),
+        30
+    );
+    assert_eq!(
+        counter(
+            &all,
+            "tower_llm_ratelimit_rejected_total",
+            &[("name", name), ("reason", "queue_full")]
+        ),
+        1
+    );
+    assert_eq!(
+        counter(
+            &all,
+            "tower_llm_ratelimit_rejected_total",
+            &[("name", name), ("reason", "too_large")]
+        ),
+        1
+    );
+    assert_eq!(
+        counter(
+            &all,
+            "tower_llm_ratelimit_pauses_total",
+            &[("name", name), ("cause", "rate_limited")]
+        ),
+        1
+    );
+    let (_, unit, description, waits) = series(
+        &all,
+        MetricKind::Histogram,
+        "tower_llm_ratelimit_wait_seconds",
+        &named,
+    );
+    assert_eq!(*unit, Some(metrics::Unit::Seconds));
+    assert!(description.is_some());
+    assert!(matches!(waits, DebugValue::Histogram(v) if v.len() == 1));
+    let (_, unit, description, waiting) = series(
+        &all,
+        MetricKind::Gauge,
+        "tower_llm_ratelimit_waiting",
+        &named,
+    );
+    assert_eq!(*unit, Some(metrics::Unit::Count));
+    assert!(description.is_some());
+    assert!(matches!(waiting, DebugValue::Gauge(v) if v.into_inner() == 0.0));
+
+    // The default name labels a limiter built without one.
+    assert_eq!(
+        counter(
+            &all,
+            "tower_llm_ratelimit_admitted_total",
+            &[("name", "ratelimit")]
+        ),
+        1
+    );
+    one(&events, "call rejected", "WARN", "ratelimit");
+
+    // Every series carries a `name` label.
+    for (key, ..) in &all {
+        assert!(
+            key.key().labels().any(|l| l.key() == "name"),
+            "{key:?} has no name label"
+        );
+    }
+    // No key, prompt or answer anywhere.
+    assert!(!logs.text().contains(MARKER), "{}", logs.text());
+    assert!(!format!("{all:?}").contains(MARKER));
+}
+
+/// A keyed limiter named `chat-limits`: queued, admitted after waiting, learnt, rejected
+/// (queue full, too large), paused by a 429, paused and resumed by the handle.
+async fn named_limiter_events() {
+    let layer = RateLimitLayer::builder()
+        .name("chat-limits")
+        .concurrency(1)
+        .max_queue(1)
+        .max_wait(Duration::from_secs(30))
+        .tokens(Quota::per_minute(1000).with_burst(1000))
+        .adapt_to_headers()
+        .key_fn(|req: &Req| req.key.clone())
+        .build()
+        .expect("valid limiter");
+    let handle = layer.handle();
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(upstream());
+
+    let mut first = Req::new(1);
+    first.latency = Duration::from_secs(1);
+    first.headers = vec![
+        ("x-ratelimit-remaining-requests", "5"),
+        ("x-ratelimit-reset-requests", "1s"),
+    ];
+    let first = tokio::spawn(svc.ready().await.expect("ready").call(first));
+    tokio::task::yield_now().await;
+    let second = tokio::spawn(svc.ready().await.expect("ready").call(Req::new(2)));
+    tokio::task::yield_now().await;
+    let third = svc.ready().await.expect("ready").call(Req::new(3)).await;
+    assert!(third.is_err(), "the queue holds one");
+    first.await.expect("join").expect("first answered");
+    second.await.expect("join").expect("second answered");
+
+    let mut huge = Req::new(4);
+    huge.cost = 5000; // more than the whole budget
+    assert!(svc.ready().await.expect("ready").call(huge).await.is_err());
+
+    let mut limited = Req::new(5);
+    limited.limited = Some(Duration::from_secs(2));
+    svc.ready()
+        .await
+        .expect("ready")
+        .call(limited)
+        .await
+        .expect("a 429 answer is still an answer");
+
+    handle.pause(Duration::from_secs(3));
+    handle.resume();
+}
+
+/// A limiter without a name reports as `ratelimit`.
+async fn default_name() {
+    let layer = RateLimitLayer::builder()
+        .concurrency(1)
+        .max_queue(0)
+        .build()
+        .expect("valid limiter");
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|prompt: String| async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, BoxError>(prompt)
+        }));
+    let slow = tokio::spawn(
+        svc.ready()
+            .await
+            .expect("ready")
+            .call(format!("hello {MARKER}")),
+    );
+    tokio::task::yield_now().await;
+    let refused = svc
+        .ready()
+        .await
+        .expect("ready")
+        .call(format!("again {MARKER}"))
+        .await;
+    assert!(refused.is_err());
+    slow.await.expect("join").expect("answered");
+}
