@@ -1,5 +1,6 @@
 //! [`RetryLayer`], its builder and its configuration error.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tower_llm_core::{ConfigError, DefaultClassifier};
 
 use crate::backoff::{Backoff, Jitter};
 use crate::budget::{BudgetState, RetryBudget};
+use crate::observe::{DEFAULT_NAME, Observe};
 use crate::policy::{Config, Hook, RetryEvent, RetryPolicy, Shared, StatsOnly};
 use crate::stats::RetryHandle;
 
@@ -98,6 +100,7 @@ pub struct RetryLayerBuilder<C = DefaultClassifier, R = StatsOnly> {
     recorder: R,
     on_retry: Option<Hook>,
     seed: Option<u64>,
+    name: Cow<'static, str>,
 }
 
 impl RetryLayerBuilder {
@@ -116,11 +119,19 @@ impl RetryLayerBuilder {
             recorder: StatsOnly,
             on_retry: None,
             seed: None,
+            name: Cow::Borrowed(DEFAULT_NAME),
         }
     }
 }
 
 impl<C, R> RetryLayerBuilder<C, R> {
+    /// The layer's name (default `"retry"`): the `name` label of its metrics and the `name`
+    /// field of its events, to tell two retry layers in one process apart.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// Attempts per call, the first included (default 3; 1 disables retries).
     pub fn max_attempts(mut self, attempts: usize) -> Self {
         self.config.max_attempts = attempts;
@@ -197,6 +208,7 @@ impl<C, R> RetryLayerBuilder<C, R> {
             recorder: self.recorder,
             on_retry: self.on_retry,
             seed: self.seed,
+            name: self.name,
         }
     }
 
@@ -212,6 +224,7 @@ impl<C, R> RetryLayerBuilder<C, R> {
             recorder,
             on_retry: self.on_retry,
             seed: self.seed,
+            name: self.name,
         }
     }
 
@@ -251,7 +264,7 @@ impl<C, R> RetryLayerBuilder<C, R> {
                     .budget
                     .as_ref()
                     .map(|budget| Arc::new(BudgetState::new(budget))),
-                counters: Arc::default(),
+                observe: Observe::new(self.name),
                 classifier: self.classifier,
                 recorder: self.recorder,
                 on_retry: self.on_retry,
@@ -273,6 +286,7 @@ impl<C: fmt::Debug, R: fmt::Debug> fmt::Debug for RetryLayerBuilder<C, R> {
                 &self.on_retry.as_ref().map(|_| "Fn(&RetryEvent)"),
             )
             .field("seed", &self.seed)
+            .field("name", &self.name)
             .finish()
     }
 }

@@ -70,11 +70,42 @@
 //!   anywhere else. Errors are returned unchanged, so layers further out still classify them.
 //! - [`RetryLayerBuilder::on_retry`] sees every decision taken after a failed attempt
 //!   ([`RetryEvent`]).
-//! - [`metrics`](https://docs.rs/metrics) (0.24): [`METRIC_ATTEMPTS`]
-//!   (`tower_llm_retry_attempts_total`), [`METRIC_RETRIES`]
-//!   (`tower_llm_retry_retries_total{kind}`), [`METRIC_GIVE_UPS`]
-//!   (`tower_llm_retry_give_ups_total{reason,kind}`) and [`METRIC_DELAY`]
-//!   (`tower_llm_retry_delay_seconds`).
+//! - `tracing` events and `metrics` series, below.
+//!
+//! # Observability
+//!
+//! One funnel per layer value feeds [`RetryHandle::stats`], [`tracing`](https://docs.rs/tracing)
+//! (feature `tracing`) and [`metrics`](https://docs.rs/metrics) (feature `metrics`); both
+//! features are on by default, and without them the funnel compiles to the stats counters
+//! alone. Every event has a `name` field and every series a `name` label: the builder's
+//! [`name`](RetryLayerBuilder::name), `"retry"` by default. Requests, answers and error
+//! messages never appear, only the failure's `kind` (core's
+//! [`FailureKind::as_str`](tower_llm_core::FailureKind::as_str)) and numbers.
+//!
+//! Events (target `tower_llm_retry::observe`):
+//!
+//! | message | level | fields |
+//! |---------|-------|--------|
+//! | `retry scheduled` | debug | `name`, `attempt` (the one that failed, 1 for the first), `kind`, `backoff_seconds` (the wait: backoff, or the server's hint when longer), `retry_after_seconds` (the hint, when there was one) |
+//! | `giving up` | warn | `name`, `attempt`, `kind`, `reason` (`attempts_exhausted`, `hint_too_long`, `past_deadline`) |
+//! | `giving up` | debug | the same, for `reason` = `not_retryable`: the caller's own error (or an unknown one), nothing the layer gave up on |
+//! | `retry budget exhausted, giving up` | warn | `name`, `attempt`, `kind` |
+//! | `call recovered` | debug | `name`, `attempt` (the one that succeeded) |
+//!
+//! There is no span per attempt: the attempts are driven by tower's
+//! [`Retry`](tower::retry::Retry), which this layer plugs a policy into, and a span would
+//! need a future of ours around every inner call, first attempts included; the events carry
+//! the attempt number instead.
+//!
+//! Metrics, described once per process with their unit; the handles are made at the first
+//! call (the per-kind ones when a kind first occurs), with the recorder installed then:
+//!
+//! | name | kind | unit | labels | meaning |
+//! |------|------|------|--------|---------|
+//! | [`METRIC_ATTEMPTS`] `tower_llm_retry_attempts_total` | counter | count | `name` | attempts sent, first ones included |
+//! | [`METRIC_RETRIES`] `tower_llm_retry_retries_total` | counter | count | `name`, `kind` | retries decided, by the failure that caused them |
+//! | [`METRIC_GIVE_UPS`] `tower_llm_retry_give_ups_total` | counter | count | `name`, `reason` ([`GiveUpReason::as_str`]), `kind` | failures returned without another attempt |
+//! | [`METRIC_DELAY`] `tower_llm_retry_delay_seconds` | histogram | seconds | `name` | the wait before each retry |
 //!
 //! # Requests, readiness, streams, cancellation
 //!
@@ -181,6 +212,7 @@ mod backoff;
 mod budget;
 mod classify;
 mod layer;
+mod observe;
 mod policy;
 mod stats;
 
@@ -188,9 +220,10 @@ pub use backoff::{Backoff, Jitter};
 pub use budget::RetryBudget;
 pub use classify::QuotaAwareClassifier;
 pub use layer::{ResponseFuture, Retry, RetryLayer, RetryLayerBuilder};
+pub use observe::{METRIC_ATTEMPTS, METRIC_DELAY, METRIC_GIVE_UPS, METRIC_RETRIES};
 pub use policy::{
-    Attempts, AttemptsExtension, GiveUpReason, METRIC_ATTEMPTS, METRIC_DELAY, METRIC_GIVE_UPS,
-    METRIC_RETRIES, RecordAttempts, RetryDecision, RetryDelay, RetryEvent, RetryPolicy, StatsOnly,
+    Attempts, AttemptsExtension, GiveUpReason, RecordAttempts, RetryDecision, RetryDelay,
+    RetryEvent, RetryPolicy, StatsOnly,
 };
 pub use stats::{GiveUps, RetryHandle, RetryStats};
 

@@ -14,17 +14,8 @@ use tower_llm_core::{Classify, DefaultClassifier, Failure, FailureKind, Outcome}
 
 use crate::backoff::{Backoff, DelayState, Jitter, mix64};
 use crate::budget::{BudgetState, Withdrawal};
-use crate::stats::{Counters, RetryHandle};
-
-/// `tower_llm_retry_attempts_total`: every attempt sent to the inner service, first or retry.
-pub const METRIC_ATTEMPTS: &str = "tower_llm_retry_attempts_total";
-/// `tower_llm_retry_retries_total{kind}`: retries decided, by the failure that caused them.
-pub const METRIC_RETRIES: &str = "tower_llm_retry_retries_total";
-/// `tower_llm_retry_give_ups_total{reason, kind}`: failures handed back to the caller without
-/// another attempt, by [`GiveUpReason`] and failure kind.
-pub const METRIC_GIVE_UPS: &str = "tower_llm_retry_give_ups_total";
-/// `tower_llm_retry_delay_seconds`: how long the layer waited before each retry.
-pub const METRIC_DELAY: &str = "tower_llm_retry_delay_seconds";
+use crate::observe::Observe;
+use crate::stats::RetryHandle;
 
 /// How many attempts a call took, 1 when the first one answered.
 ///
@@ -224,7 +215,8 @@ pub(crate) struct Config {
 pub(crate) struct Shared<C, R> {
     pub(crate) config: Config,
     pub(crate) budget: Option<Arc<BudgetState>>,
-    pub(crate) counters: Arc<Counters>,
+    /// The funnel every event goes through: stats, `tracing`, `metrics`.
+    pub(crate) observe: Observe,
     pub(crate) classifier: C,
     pub(crate) recorder: R,
     pub(crate) on_retry: Option<Hook>,
@@ -257,7 +249,7 @@ impl<C, R> RetryPolicy<C, R> {
     /// A handle on the statistics shared by every clone.
     pub fn handle(&self) -> RetryHandle {
         RetryHandle::new(
-            Arc::clone(&self.shared.counters),
+            Arc::clone(&self.shared.observe.counters),
             self.shared.budget.clone(),
         )
     }
@@ -316,7 +308,7 @@ impl<C, R> RetryPolicy<C, R> {
         // Asked last, so a retry the other rules forbid never spends budget.
         let withdrawal = match &shared.budget {
             None => None,
-            Some(budget) => match budget.withdraw(shared.counters.requests.get()) {
+            Some(budget) => match budget.withdraw(shared.observe.requests()) {
                 Some(withdrawal) => Some(withdrawal),
                 None => return give_up(GiveUpReason::BudgetExhausted),
             },
@@ -325,16 +317,13 @@ impl<C, R> RetryPolicy<C, R> {
     }
 
     fn report(&self, event: &RetryEvent) {
-        let kind = event.failure.kind.as_str();
+        let observe = &self.shared.observe;
         match event.decision {
             RetryDecision::Retry { after } => {
-                metrics::counter!(METRIC_RETRIES, "kind" => kind).increment(1);
-                metrics::histogram!(METRIC_DELAY).record(after.as_secs_f64());
+                observe.retry_scheduled(event.attempt, &event.failure, after);
             }
             RetryDecision::GiveUp(reason) => {
-                self.shared.counters.give_up(reason);
-                metrics::counter!(METRIC_GIVE_UPS, "reason" => reason.as_str(), "kind" => kind)
-                    .increment(1);
+                observe.gave_up(event.attempt, &event.failure, reason);
             }
         }
         if let Some(hook) = &self.shared.on_retry {
@@ -389,7 +378,7 @@ where
                         .record_attempts(response, Attempts(attempt));
                 }
                 if self.retries > 0 {
-                    self.shared.counters.recovered();
+                    self.shared.observe.recovered(attempt);
                 }
                 return None;
             }
@@ -421,9 +410,8 @@ where
     /// clone before each retry; `retries` tells the two apart.
     #[inline]
     fn clone_request(&mut self, req: &Req) -> Option<Req> {
-        metrics::counter!(METRIC_ATTEMPTS).increment(1);
         if self.retries == 0 {
-            let requests = self.shared.counters.requests.increment();
+            let requests = self.shared.observe.first_attempt();
             if let Some(budget) = &self.shared.budget {
                 budget.on_request(requests);
             }
@@ -431,7 +419,7 @@ where
                 self.started = Some(Instant::now());
             }
         } else {
-            self.shared.counters.retried();
+            self.shared.observe.retry_attempt();
         }
         Some(req.clone())
     }

@@ -1,4 +1,5 @@
 //! The layer's `metrics` counters, read through a recorder installed for this thread.
+#![cfg(feature = "metrics")]
 
 #![allow(clippy::unwrap_used)]
 
@@ -100,18 +101,20 @@ async fn attempts_retries_and_give_ups_are_counted() {
         service.ready().await.unwrap().call(()).await.unwrap();
     }
 
-    assert_eq!(tally.get("tower_llm_retry_attempts_total{}"), 5);
+    assert_eq!(tally.get("tower_llm_retry_attempts_total{name=retry}"), 5);
     assert_eq!(
-        tally.get("tower_llm_retry_retries_total{kind=overloaded}"),
+        tally.get("tower_llm_retry_retries_total{kind=overloaded,name=retry}"),
         2
     );
     assert_eq!(
-        tally.get("tower_llm_retry_retries_total{kind=rate_limited}"),
+        tally.get("tower_llm_retry_retries_total{kind=rate_limited,name=retry}"),
         1
     );
     assert_eq!(
-        tally.get("tower_llm_retry_give_ups_total{kind=overloaded,reason=attempts_exhausted}"),
+        tally.get(
+            "tower_llm_retry_give_ups_total{kind=overloaded,name=retry,reason=attempts_exhausted}"
+        ),
         1
     );
-    assert_eq!(tally.get("tower_llm_retry_delay_seconds{}"), 3);
+    assert_eq!(tally.get("tower_llm_retry_delay_seconds{name=retry}"), 3);
 }
