@@ -1,6 +1,5 @@
 //! The layer's `metrics` counters, read through a recorder installed for this thread.
 #![cfg(feature = "metrics")]
-
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
