@@ -1,6 +1,7 @@
 //! [`BatchLayer`] and its builder.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -13,8 +14,9 @@ use tower_service::Service;
 use crate::adapter::{Pack, PackAdapter, Unpack, VecAdapter};
 use crate::embeddings::EmbeddingsAdapter;
 use crate::error::ConfigError;
+use crate::observe::{DEFAULT_NAME, Observe};
 use crate::service::{Batch, Shared};
-use crate::stats::{BatchHandle, Counters};
+use crate::stats::BatchHandle;
 
 /// What each caller receives from a batcher over `S`.
 type ResponseOf<Req, A, S> =
@@ -39,9 +41,9 @@ const MAX_CAPACITY: usize = usize::MAX >> 3;
 
 /// What one layer value owns, shared by its clones: the counters its handle reads and the
 /// batchers its services feed.
-#[derive(Default)]
 struct LayerState {
-    counters: Arc<Counters>,
+    /// The funnel every event goes through: stats, `tracing`, `metrics`.
+    observe: Arc<Observe>,
     /// The running batchers, one per inner response type (almost always exactly one). Weak:
     /// a batcher ends when the last service feeding it is dropped, as with `Buffer`, even
     /// while the layer value lives on.
@@ -118,6 +120,7 @@ impl<Req> BatchLayer<Req, VecAdapter> {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             capacity: None,
             adapter: VecAdapter,
+            name: Cow::Borrowed(DEFAULT_NAME),
             _request: PhantomData,
         }
     }
@@ -147,7 +150,7 @@ impl<Req, A> BatchLayer<Req, A> {
     /// service the layer (or a clone of it) makes. Works before the stack is built and after it
     /// is boxed.
     pub fn handle(&self) -> BatchHandle {
-        BatchHandle::new(Arc::clone(&self.state.counters))
+        BatchHandle::new(Arc::clone(&self.state.observe))
     }
 }
 
@@ -166,6 +169,7 @@ where
     type Service = Batch<Req, A, ResponseOf<Req, A, S>>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        self.state.observe.register();
         let mut batchers = self
             .state
             .batchers
@@ -189,7 +193,7 @@ where
             Arc::clone(&self.adapter),
             self.weigher.clone(),
             self.limits,
-            Arc::clone(&self.state.counters),
+            Arc::clone(&self.state.observe),
         );
         // The entry this one replaces (ended or closed) goes, as do other ended ones.
         batchers.retain(|batcher| {
@@ -211,6 +215,7 @@ pub struct BatchBuilder<Req, A> {
     max_in_flight: usize,
     capacity: Option<usize>,
     adapter: A,
+    name: Cow<'static, str>,
     _request: PhantomData<fn(Req)>,
 }
 
@@ -223,11 +228,19 @@ impl<Req, A: fmt::Debug> fmt::Debug for BatchBuilder<Req, A> {
             .field("max_in_flight", &self.max_in_flight)
             .field("capacity", &self.capacity)
             .field("adapter", &self.adapter)
+            .field("name", &self.name)
             .finish()
     }
 }
 
 impl<Req, A> BatchBuilder<Req, A> {
+    /// The batcher's name (default `"batch"`): the `name` label of its metrics and the
+    /// `name` field of its events, to tell two batchers in one process apart.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// The most requests in one batch (default 16). A batch that reaches it is sent at once.
     pub fn max_items(mut self, max_items: usize) -> Self {
         self.max_items = max_items;
@@ -290,6 +303,7 @@ impl<Req, A> BatchBuilder<Req, A> {
             max_in_flight: self.max_in_flight,
             capacity: self.capacity,
             adapter,
+            name: self.name,
             _request: PhantomData,
         }
     }
@@ -349,7 +363,10 @@ impl<Req, A> BatchBuilder<Req, A> {
             },
             weigher,
             adapter: Arc::new(self.adapter),
-            state: Arc::new(LayerState::default()),
+            state: Arc::new(LayerState {
+                observe: Arc::new(Observe::new(self.name)),
+                batchers: Mutex::default(),
+            }),
         })
     }
 }

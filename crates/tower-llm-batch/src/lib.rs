@@ -61,25 +61,48 @@
 //!   would take a batch past the limit seals the batch and starts the next one; a request
 //!   heavier than the limit alone is sent alone.
 //!
-//! # Stats and metrics
+//! # Stats
 //!
 //! [`BatchLayer::handle`] returns a [`BatchHandle`] whose [`stats`](BatchHandle::stats) is a
 //! snapshot ([`Stats`]) of the counters of every service the layer value made; take it before
 //! building the stack, it keeps working after the stack is boxed. [`Batch::stats`] reads the
-//! same counters. With a [`metrics`] recorder installed, the batcher also reports:
+//! same counters.
 //!
-//! | name | kind | meaning |
+//! # Observability
+//!
+//! One funnel per layer value feeds the stats, [`tracing`](https://docs.rs/tracing) (feature
+//! `tracing`) and [`metrics`](https://docs.rs/metrics) (feature `metrics`); both features are
+//! on by default, and without them the funnel compiles to the stats counters alone. Every
+//! event has a `name` field and every series a `name` label: the builder's
+//! [`name`](BatchBuilder::name), `"batch"` by default. Requests, answers and error messages
+//! never appear: only sizes, reasons and the failure's `kind` (core's
+//! [`FailureKind::as_str`](tower_llm_core::FailureKind::as_str), or `panic`).
+//!
+//! Events (target `tower_llm_batch::observe`):
+//!
+//! | message | level | fields |
 //! |---|---|---|
-//! | `tower_llm_batch_size` | histogram | requests per sent batch |
-//! | `tower_llm_batch_wait_seconds` | histogram | per request: time from `call` to its batch being sent |
-//! | `tower_llm_batch_batches_total` | counter, label `reason` = `full` / `weight` / `wait` / `shutdown` | batches sealed, by why |
-//! | `tower_llm_batch_requests_total` | counter | requests queued |
-//! | `tower_llm_batch_rejected_total` | counter | requests refused before queueing |
-//! | `tower_llm_batch_cancelled_total` | counter | requests left out because their caller left |
-//! | `tower_llm_batch_failed_batches_total` | counter | batches the inner service failed |
-//! | `tower_llm_batch_abandoned_batches_total` | counter | sent batches cancelled because all their callers left |
-//! | `tower_llm_batch_in_flight_batches` | gauge | batches sent and unanswered |
-//! | `tower_llm_batch_waiting_requests` | gauge | requests queued, not yet sent |
+//! | `batch flushed` | debug | `name`, `reason` ([`FlushReason::as_str`]), `size`, `weight`, `oldest_wait_seconds` |
+//! | `abandoned batch cancelled` | debug | `name`, `size` (callers that left) |
+//! | `batch failed` | warn | `name`, `size`, `kind`, `panicked_in` (for a panic: `pack or call`, `the inner future`, `unpack`) |
+//! | `request rejected` | debug | `name`, `reason` = `full` / `closed` / `invalid` |
+//! | `batcher stopped` | warn | `name`, `dropped` (queued requests failed), `kind` (the inner service failed `poll_ready`) |
+//!
+//! Metrics, each with the label `name`, described once per process with their unit; the
+//! handles are made when the layer is first applied, with the recorder installed then:
+//!
+//! | name | kind | unit | other labels | meaning |
+//! |---|---|---|---|---|
+//! | `tower_llm_batch_size` | histogram | count | | requests per sent batch |
+//! | `tower_llm_batch_wait_seconds` | histogram | seconds | | per request: time from `call` to its batch being sent |
+//! | `tower_llm_batch_batches_total` | counter | count | `reason` = `full` / `weight` / `wait` / `shutdown` | batches sealed, by why |
+//! | `tower_llm_batch_requests_total` | counter | count | | requests queued |
+//! | `tower_llm_batch_rejected_total` | counter | count | `reason` = `full` / `closed` / `invalid` | requests refused before queueing |
+//! | `tower_llm_batch_cancelled_total` | counter | count | | requests left out because their caller left |
+//! | `tower_llm_batch_failed_batches_total` | counter | count | | batches the inner service failed |
+//! | `tower_llm_batch_abandoned_batches_total` | counter | count | | sent batches cancelled because all their callers left |
+//! | `tower_llm_batch_in_flight_batches` | gauge | count | | batches sent and unanswered |
+//! | `tower_llm_batch_waiting_requests` | gauge | count | | requests queued, not yet sent |
 //!
 //! # Example
 //!
@@ -119,6 +142,7 @@ mod embeddings;
 mod error;
 mod future;
 mod layer;
+mod observe;
 mod service;
 mod stats;
 mod worker;

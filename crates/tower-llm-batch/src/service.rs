@@ -15,7 +15,8 @@ use crate::adapter::{Pack, Unpack};
 use crate::error::BatchClosed;
 use crate::future::ResponseFuture;
 use crate::layer::{Limits, Weigher};
-use crate::stats::{BatchHandle, Counters, Stats};
+use crate::observe::{Observe, Rejection};
+use crate::stats::{BatchHandle, Stats};
 use crate::worker::{Message, Worker, WorkerParts};
 
 type Acquire =
@@ -26,7 +27,7 @@ pub(crate) struct Shared<Req, A: Pack<Req>, Res> {
     semaphore: Arc<Semaphore>,
     adapter: Arc<A>,
     weigher: Option<Weigher<Req>>,
-    counters: Arc<Counters>,
+    observe: Arc<Observe>,
     failure: Arc<OnceLock<Arc<BoxError>>>,
 }
 
@@ -64,7 +65,7 @@ where
         adapter: Arc<A>,
         weigher: Option<Weigher<Req>>,
         limits: Limits,
-        counters: Arc<Counters>,
+        observe: Arc<Observe>,
     ) -> Self
     where
         A: Unpack<Req, <S as Service<<A as Pack<Req>>::Batch>>::Response, Response = Res>,
@@ -81,7 +82,7 @@ where
                 adapter: Arc::clone(&adapter),
                 queue: receiver,
                 limits,
-                counters: Arc::clone(&counters),
+                observe: Arc::clone(&observe),
                 semaphore: Arc::clone(&semaphore),
                 failure: Arc::clone(&failure),
             },
@@ -92,7 +93,7 @@ where
             semaphore,
             adapter,
             weigher,
-            counters,
+            observe,
             failure,
         }))
     }
@@ -115,12 +116,12 @@ impl<Req, A: Pack<Req>, Res> Batch<Req, A, Res> {
     /// A snapshot of the counters of the layer value that made this service, the same as
     /// [`BatchLayer::handle`](crate::BatchLayer::handle)`().stats()`.
     pub fn stats(&self) -> Stats {
-        self.shared.counters.snapshot()
+        self.shared.observe.snapshot()
     }
 
     /// The handle of the layer value that made this service (see [`BatchHandle`]).
     pub fn handle(&self) -> BatchHandle {
-        BatchHandle::new(Arc::clone(&self.shared.counters))
+        BatchHandle::new(Arc::clone(&self.shared.observe))
     }
 
     /// The adapter.
@@ -137,9 +138,8 @@ impl<Req, A: Pack<Req>, Res> Batch<Req, A, Res> {
         Box::new(BatchClosed::new(self.shared.failure.get().cloned()))
     }
 
-    fn reject(&self, error: BoxError) -> ResponseFuture<Res> {
-        Counters::add(&self.shared.counters.rejected, 1);
-        metrics::counter!("tower_llm_batch_rejected_total").increment(1);
+    fn reject(&self, reason: Rejection, error: BoxError) -> ResponseFuture<Res> {
+        self.shared.observe.rejected(reason);
         ResponseFuture::failed(error)
     }
 }
@@ -197,12 +197,17 @@ where
             Some(permit) => permit,
             None => match Arc::clone(&self.shared.semaphore).try_acquire_owned() {
                 Ok(permit) => permit,
-                Err(TryAcquireError::Closed) => return self.reject(self.closed()),
+                Err(TryAcquireError::Closed) => {
+                    return self.reject(Rejection::Closed, self.closed());
+                }
                 Err(TryAcquireError::NoPermits) => {
-                    return self.reject(Box::new(RateLimited::new(
-                        "batch queue full (call poll_ready before call to wait for room)",
-                        None,
-                    )));
+                    return self.reject(
+                        Rejection::Full,
+                        Box::new(RateLimited::new(
+                            "batch queue full (call poll_ready before call to wait for room)",
+                            None,
+                        )),
+                    );
                 }
             },
         };
@@ -212,7 +217,7 @@ where
         };
         let (key, item) = match self.shared.adapter.prepare(request) {
             Ok(prepared) => prepared,
-            Err(error) => return self.reject(error),
+            Err(error) => return self.reject(Rejection::Invalid, error),
         };
         let (reply, receiver) = oneshot::channel();
         let message = Message {
@@ -223,10 +228,9 @@ where
             enqueued: Instant::now(),
         };
         if self.shared.queue.send(message).is_err() {
-            return self.reject(self.closed());
+            return self.reject(Rejection::Closed, self.closed());
         }
-        Counters::add(&self.shared.counters.requests, 1);
-        metrics::counter!("tower_llm_batch_requests_total").increment(1);
+        self.shared.observe.requested();
         ResponseFuture::waiting(receiver, permit, Arc::clone(&self.shared.failure))
     }
 }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::observe::Observe;
+
 /// Why a batch was sent when it was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -57,12 +59,14 @@ impl Counters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub(crate) fn raise(gauge: &AtomicUsize, n: usize) {
-        gauge.fetch_add(n, Ordering::Relaxed);
+    /// Adds `n`; returns the new value.
+    pub(crate) fn raise(gauge: &AtomicUsize, n: usize) -> usize {
+        gauge.fetch_add(n, Ordering::Relaxed).wrapping_add(n)
     }
 
-    pub(crate) fn lower(gauge: &AtomicUsize, n: usize) {
-        gauge.fetch_sub(n, Ordering::Relaxed);
+    /// Takes `n` away; returns the new value.
+    pub(crate) fn lower(gauge: &AtomicUsize, n: usize) -> usize {
+        gauge.fetch_sub(n, Ordering::Relaxed).wrapping_sub(n)
     }
 
     pub(crate) fn flushed(&self, reason: FlushReason) {
@@ -106,17 +110,17 @@ impl Counters {
 /// every service the layer value made. Clones are the same handle.
 #[derive(Clone, Debug)]
 pub struct BatchHandle {
-    counters: Arc<Counters>,
+    observe: Arc<Observe>,
 }
 
 impl BatchHandle {
-    pub(crate) fn new(counters: Arc<Counters>) -> Self {
-        BatchHandle { counters }
+    pub(crate) fn new(observe: Arc<Observe>) -> Self {
+        BatchHandle { observe }
     }
 
     /// The counters now.
     pub fn stats(&self) -> Stats {
-        self.counters.snapshot()
+        self.observe.snapshot()
     }
 }
 

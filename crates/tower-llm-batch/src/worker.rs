@@ -20,13 +20,14 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use pin_project_lite::pin_project;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
-use tower_llm_core::BoxError;
+use tower_llm_core::{BoxError, classify_dyn_error};
 use tower_service::Service;
 
 use crate::adapter::{Pack, Unpack};
 use crate::error::{BatchClosed, BatchFailed, ItemMissing, Panicked};
 use crate::layer::Limits;
-use crate::stats::{Counters, FlushReason};
+use crate::observe::{Failed, Observe};
+use crate::stats::FlushReason;
 
 pub(crate) type Reply<Res> = oneshot::Sender<Result<Res, BoxError>>;
 
@@ -90,7 +91,7 @@ fn deadline_after(from: Instant, wait: Duration) -> Instant {
 }
 
 /// Drops the requests whose callers went away; they were never sent, so nothing else is owed.
-fn prune<I, Res>(entries: &mut Vec<Entry<I, Res>>, weight: &mut u64, counters: &Counters) {
+fn prune<I, Res>(entries: &mut Vec<Entry<I, Res>>, weight: &mut u64, observe: &Observe) {
     let before = entries.len();
     entries.retain(|entry| {
         let gone = entry.reply.is_closed();
@@ -101,10 +102,7 @@ fn prune<I, Res>(entries: &mut Vec<Entry<I, Res>>, weight: &mut u64, counters: &
     });
     let cancelled = before - entries.len();
     if cancelled > 0 {
-        Counters::add(&counters.cancelled, cancelled as u64);
-        Counters::lower(&counters.waiting, cancelled);
-        metrics::counter!("tower_llm_batch_cancelled_total").increment(cancelled as u64);
-        metrics::gauge!("tower_llm_batch_waiting_requests").decrement(cancelled as f64);
+        observe.cancelled(cancelled);
     }
 }
 
@@ -117,6 +115,7 @@ struct Sealed<K, I, Res> {
 }
 
 fn seal<K, I, Res>(
+    observe: &Observe,
     sealed: &mut VecDeque<Sealed<K, I, Res>>,
     key: K,
     pending: Pending<I, Res>,
@@ -124,7 +123,7 @@ fn seal<K, I, Res>(
 ) {
     // The metric counts batches sealed; the stats count the reason when the batch is sent,
     // since its callers may all leave before.
-    metrics::counter!("tower_llm_batch_batches_total", "reason" => reason.as_str()).increment(1);
+    observe.sealed(reason);
     sealed.push_back(Sealed {
         key,
         entries: pending.entries,
@@ -149,8 +148,8 @@ type PanicPayload = Box<dyn Any + Send>;
 enum Landed<T, Split, Res> {
     /// The inner future finished (or panicked); its callers are owed their results.
     Answered(Result<T, PanicPayload>, Option<Split>, Vec<Reply<Res>>),
-    /// Every caller went away first: the inner future was dropped unfinished.
-    Abandoned,
+    /// Every caller (this many) went away first: the inner future was dropped unfinished.
+    Abandoned(usize),
 }
 
 impl<F: Future, Split, Res> Future for InFlight<F, Split, Res> {
@@ -166,7 +165,7 @@ impl<F: Future, Split, Res> Future for InFlight<F, Split, Res> {
             .iter_mut()
             .all(|reply| reply.poll_closed(cx).is_ready())
         {
-            return Poll::Ready(Landed::Abandoned);
+            return Poll::Ready(Landed::Abandoned(this.replies.len()));
         }
         let mut future = this.future;
         // A panic here would unwind the batching task and with it every other batch and
@@ -203,7 +202,7 @@ where
     timer: Pin<Box<Sleep>>,
     timer_at: Option<Instant>,
     limits: Limits,
-    counters: Arc<Counters>,
+    observe: Arc<Observe>,
     semaphore: Arc<Semaphore>,
     failure: Arc<OnceLock<Arc<BoxError>>>,
     _request: PhantomData<fn(Req)>,
@@ -213,7 +212,7 @@ pub(crate) struct WorkerParts<Req, A: Pack<Req>, Res> {
     pub(crate) adapter: Arc<A>,
     pub(crate) queue: Queue<Req, A, Res>,
     pub(crate) limits: Limits,
-    pub(crate) counters: Arc<Counters>,
+    pub(crate) observe: Arc<Observe>,
     pub(crate) semaphore: Arc<Semaphore>,
     pub(crate) failure: Arc<OnceLock<Arc<BoxError>>>,
 }
@@ -236,7 +235,7 @@ where
             timer: Box::pin(tokio::time::sleep_until(Instant::now())),
             timer_at: None,
             limits: parts.limits,
-            counters: parts.counters,
+            observe: parts.observe,
             semaphore: parts.semaphore,
             failure: parts.failure,
             _request: PhantomData,
@@ -307,8 +306,7 @@ where
             reply,
             enqueued,
         } = message;
-        Counters::raise(&self.counters.waiting, 1);
-        metrics::gauge!("tower_llm_batch_waiting_requests").increment(1.0);
+        self.observe.queued();
         let entry = Entry {
             item,
             weight,
@@ -316,7 +314,7 @@ where
             enqueued,
         };
         let limits = self.limits;
-        let counters = &*self.counters;
+        let observe = &*self.observe;
         // Counted from the caller's `call`, so a busy task does not stretch anyone's wait.
         let deadline = deadline_after(enqueued, limits.max_wait);
         match self.pending.entry(key) {
@@ -325,7 +323,13 @@ where
                 pending.push(entry);
                 match pending.flush_reason(&limits) {
                     Some(reason) => {
-                        seal(&mut self.sealed, vacant.into_key(), pending, reason);
+                        seal(
+                            observe,
+                            &mut self.sealed,
+                            vacant.into_key(),
+                            pending,
+                            reason,
+                        );
                     }
                     None => {
                         vacant.insert(pending);
@@ -335,11 +339,11 @@ where
             MapEntry::Occupied(mut occupied) => {
                 let pending = occupied.get_mut();
                 if pending.would_overflow(entry.weight, &limits) {
-                    prune(&mut pending.entries, &mut pending.weight, counters);
+                    prune(&mut pending.entries, &mut pending.weight, observe);
                     if pending.would_overflow(entry.weight, &limits) {
                         let full = std::mem::replace(pending, Pending::new(deadline));
                         let key = occupied.key().clone();
-                        seal(&mut self.sealed, key, full, FlushReason::Weight);
+                        seal(observe, &mut self.sealed, key, full, FlushReason::Weight);
                     }
                 }
                 let pending = occupied.get_mut();
@@ -349,11 +353,11 @@ where
                 }
                 pending.push(entry);
                 if pending.entries.len() >= limits.max_items {
-                    prune(&mut pending.entries, &mut pending.weight, counters);
+                    prune(&mut pending.entries, &mut pending.weight, observe);
                 }
                 if let Some(reason) = pending.flush_reason(&limits) {
                     let (key, full) = occupied.remove_entry();
-                    seal(&mut self.sealed, key, full, reason);
+                    seal(observe, &mut self.sealed, key, full, reason);
                 }
             }
         }
@@ -380,7 +384,7 @@ where
         };
         for (_, key) in due {
             if let Some((key, pending)) = self.pending.remove_entry(&key) {
-                seal(&mut self.sealed, key, pending, reason);
+                seal(&self.observe, &mut self.sealed, key, pending, reason);
             }
         }
     }
@@ -392,7 +396,7 @@ where
             let Some(front) = self.sealed.front_mut() else {
                 break;
             };
-            prune(&mut front.entries, &mut front.weight, &self.counters);
+            prune(&mut front.entries, &mut front.weight, &self.observe);
             if front.entries.is_empty() {
                 self.sealed.pop_front();
                 continue;
@@ -401,11 +405,14 @@ where
             match catch_unwind(AssertUnwindSafe(|| inner.poll_ready(cx))) {
                 Ok(Poll::Pending) => break,
                 Ok(Poll::Ready(Err(error))) => {
-                    self.fail(Arc::new(error.into()));
+                    let error: BoxError = error.into();
+                    let how = Failed::Error(classify_dyn_error(&*error).kind);
+                    self.fail(Arc::new(error), how);
                     break;
                 }
                 Err(panic) => {
-                    self.fail(Arc::new(Panicked::boxed("poll_ready", &*panic)));
+                    let error = Panicked::boxed("poll_ready", &*panic);
+                    self.fail(Arc::new(error), Failed::Panic("poll_ready"));
                     break;
                 }
                 Ok(Poll::Ready(Ok(()))) => {}
@@ -415,14 +422,15 @@ where
             };
             let now = Instant::now();
             let size = batch.entries.len();
-            let wait = metrics::histogram!("tower_llm_batch_wait_seconds");
             let mut items = Vec::with_capacity(size);
             let mut replies = Vec::with_capacity(size);
-            let mut waited = 0u64;
+            let mut waited = Duration::ZERO;
+            let mut oldest = Duration::ZERO;
             for entry in batch.entries {
                 let d = now.saturating_duration_since(entry.enqueued);
-                wait.record(d.as_secs_f64());
-                waited = waited.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+                self.observe.request_sent(d);
+                waited = waited.saturating_add(d);
+                oldest = oldest.max(d);
                 items.push(entry.item);
                 replies.push(entry.reply);
             }
@@ -433,48 +441,44 @@ where
             }));
             launched = true;
 
-            let counters = &self.counters;
-            counters.flushed(batch.reason);
-            Counters::add(&counters.batches, 1);
-            Counters::add(&counters.items_sent, size as u64);
-            Counters::add(&counters.wait_nanos, waited);
-            Counters::lower(&counters.waiting, size);
-            counters
-                .max_batch
-                .fetch_max(size, std::sync::atomic::Ordering::Relaxed);
-            metrics::histogram!("tower_llm_batch_size").record(size as f64);
-            metrics::gauge!("tower_llm_batch_waiting_requests").decrement(size as f64);
+            self.observe
+                .flushed(batch.reason, size, batch.weight, waited, oldest);
             match called {
                 Ok((future, split)) => {
-                    Counters::raise(&counters.in_flight, 1);
-                    metrics::gauge!("tower_llm_batch_in_flight_batches").increment(1.0);
+                    self.observe.call_started();
                     self.in_flight.push(InFlight {
                         future,
                         split: Some(split),
                         replies,
                     });
                 }
-                Err(panic) => self.fail_batch(replies, Panicked::boxed("pack or call", &*panic)),
+                Err(panic) => self.fail_batch(
+                    replies,
+                    Panicked::boxed("pack or call", &*panic),
+                    Failed::Panic("pack or call"),
+                ),
             }
         }
         launched
     }
 
     fn deliver(&mut self, done: <InFlight<S::Future, A::Split, Res> as Future>::Output) {
-        Counters::lower(&self.counters.in_flight, 1);
-        metrics::gauge!("tower_llm_batch_in_flight_batches").decrement(1.0);
+        self.observe.call_ended();
         let (result, split, replies) = match done {
             Landed::Answered(result, split, replies) => (result, split, replies),
-            Landed::Abandoned => {
-                Counters::add(&self.counters.abandoned_batches, 1);
-                metrics::counter!("tower_llm_batch_abandoned_batches_total").increment(1);
+            Landed::Abandoned(size) => {
+                self.observe.abandoned(size);
                 return;
             }
         };
         let result = match result {
             Ok(result) => result,
             Err(panic) => {
-                return self.fail_batch(replies, Panicked::boxed("the inner future", &*panic));
+                return self.fail_batch(
+                    replies,
+                    Panicked::boxed("the inner future", &*panic),
+                    Failed::Panic("the inner future"),
+                );
             }
         };
         match (result, split) {
@@ -484,7 +488,11 @@ where
                 let results = match unpacked {
                     Ok(results) => results,
                     Err(panic) => {
-                        return self.fail_batch(replies, Panicked::boxed("unpack", &*panic));
+                        return self.fail_batch(
+                            replies,
+                            Panicked::boxed("unpack", &*panic),
+                            Failed::Panic("unpack"),
+                        );
                     }
                 };
                 let mut results = results.into_iter();
@@ -501,16 +509,19 @@ where
                     let _ = reply.send(Err(Box::new(ItemMissing::new(position))));
                 }
             }
-            (Err(error), _) => self.fail_batch(replies, error.into()),
+            (Err(error), _) => {
+                let error: BoxError = error.into();
+                let how = Failed::Error(classify_dyn_error(&*error).kind);
+                self.fail_batch(replies, error, how);
+            }
         }
     }
 
     /// Every caller of a batch gets `error`, shared.
-    fn fail_batch(&self, replies: Vec<Reply<Res>>, error: BoxError) {
-        Counters::add(&self.counters.failed_batches, 1);
-        metrics::counter!("tower_llm_batch_failed_batches_total").increment(1);
-        let error = Arc::new(error);
+    fn fail_batch(&self, replies: Vec<Reply<Res>>, error: BoxError, how: Failed) {
         let size = replies.len();
+        self.observe.failed(size, how);
+        let error = Arc::new(error);
         for reply in replies {
             let failed = BatchFailed::new(Arc::clone(&error), size);
             let _ = reply.send(Err(Box::new(failed)));
@@ -519,7 +530,7 @@ where
 
     /// The inner service failed `poll_ready`, so it may never be called again: every queued
     /// request fails with its error, and so does every later one. Batches in flight finish.
-    fn fail(&mut self, error: Arc<BoxError>) {
+    fn fail(&mut self, error: Arc<BoxError>, how: Failed) {
         let _ = self.failure.set(Arc::clone(&error));
         self.semaphore.close();
         self.queue.close();
@@ -532,8 +543,7 @@ where
             replies.extend(sealed.entries.into_iter().map(|e| e.reply));
         }
         let dropped = replies.len();
-        Counters::lower(&self.counters.waiting, dropped);
-        metrics::gauge!("tower_llm_batch_waiting_requests").decrement(dropped as f64);
+        self.observe.stopped(dropped, how);
         while let Ok(message) = self.queue.try_recv() {
             replies.push(message.reply);
         }

@@ -1,5 +1,6 @@
 //! The batcher's `metrics`: batch sizes, per-request waits and flush reasons, read through a
 //! recorder of our own.
+#![cfg(feature = "metrics")]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -124,35 +125,43 @@ fn batch_sizes_waits_and_flush_reasons_are_recorded() {
     });
     let recorded = recorder.0.lock().expect("not poisoned");
     assert_eq!(
-        recorded.histograms.get("tower_llm_batch_size"),
+        recorded.histograms.get("tower_llm_batch_size{name=batch}"),
         Some(&vec![4.0, 1.0])
     );
     assert_eq!(
-        recorded.histograms.get("tower_llm_batch_wait_seconds"),
+        recorded
+            .histograms
+            .get("tower_llm_batch_wait_seconds{name=batch}"),
         Some(&vec![0.0, 0.0, 0.0, 0.0, 0.03])
     );
     assert_eq!(
         recorded
             .counters
-            .get("tower_llm_batch_batches_total{reason=full}"),
+            .get("tower_llm_batch_batches_total{name=batch,reason=full}"),
         Some(&1)
     );
     assert_eq!(
         recorded
             .counters
-            .get("tower_llm_batch_batches_total{reason=wait}"),
+            .get("tower_llm_batch_batches_total{name=batch,reason=wait}"),
         Some(&1)
     );
     assert_eq!(
-        recorded.counters.get("tower_llm_batch_requests_total"),
+        recorded
+            .counters
+            .get("tower_llm_batch_requests_total{name=batch}"),
         Some(&5)
     );
     assert_eq!(
-        recorded.gauges.get("tower_llm_batch_in_flight_batches"),
+        recorded
+            .gauges
+            .get("tower_llm_batch_in_flight_batches{name=batch}"),
         Some(&0.0)
     );
     assert_eq!(
-        recorded.gauges.get("tower_llm_batch_waiting_requests"),
+        recorded
+            .gauges
+            .get("tower_llm_batch_waiting_requests{name=batch}"),
         Some(&0.0)
     );
 }
