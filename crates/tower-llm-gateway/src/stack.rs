@@ -460,7 +460,9 @@ impl ModelLayers {
     fn new(stack: &ModelConfig, model: &str) -> Result<Self, ConfigError> {
         let retry = match &stack.retry {
             Some(r) => {
+                // Named after the model, so each model's layers report their own series.
                 let mut builder = RetryLayer::builder()
+                    .name(model.to_owned())
                     .max_attempts(usize::try_from(r.max_attempts).unwrap_or(usize::MAX))
                     .backoff(Backoff::exponential(r.backoff));
                 if let Some(max) = r.max_delay {
@@ -482,7 +484,9 @@ impl ModelLayers {
         };
         let rate_limit = match &stack.rate_limit {
             Some(l) => {
-                let mut builder = RateLimitLayer::builder().pause_on_rate_limit(false);
+                let mut builder = RateLimitLayer::builder()
+                    .name(model.to_owned())
+                    .pause_on_rate_limit(false);
                 if let Some(rpm) = l.requests_per_minute {
                     builder = builder.requests(Quota::per_minute(rpm));
                 }
