@@ -84,6 +84,8 @@ pub(crate) fn too_large(tokens: u64, limit: u64, window: Duration) -> BoxError {
 pub(crate) enum Rejection {
     QueueFull,
     MaxWait,
+    /// The wait would pass the call's own deadline (core's `Deadline`).
+    Deadline,
     TooLarge,
     KeysFull,
     Backend,
@@ -95,6 +97,7 @@ impl Rejection {
         match self {
             Rejection::QueueFull => "queue_full",
             Rejection::MaxWait => "max_wait",
+            Rejection::Deadline => "deadline",
             Rejection::TooLarge => "too_large",
             Rejection::KeysFull => "keys_full",
             Rejection::Backend => "backend",
@@ -105,6 +108,7 @@ impl Rejection {
         let reason = match self {
             Rejection::QueueFull => "the wait queue is full",
             Rejection::MaxWait => "the wait would be longer than the maximum",
+            Rejection::Deadline => "the wait would pass the call's deadline",
             Rejection::KeysFull => "too many distinct keys are busy",
             Rejection::Backend => "the shared rate-limit store is unavailable",
             Rejection::TooLarge => "the request is larger than the budget",

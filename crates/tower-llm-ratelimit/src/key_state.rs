@@ -272,9 +272,16 @@ impl KeyState {
     }
 
     /// Starts a call at once if nothing is queued and nothing blocks it; otherwise queues it
-    /// or says why not.
+    /// or says why not. `deadline_left` is the time left before the call's own deadline, if
+    /// it has one: a wait past it is refused at once.
     #[inline]
-    pub(crate) fn start(&self, limiter: &Limiter, now: u64, cost: u64) -> Start {
+    pub(crate) fn start(
+        &self,
+        limiter: &Limiter,
+        now: u64,
+        cost: u64,
+        deadline_left: Option<Duration>,
+    ) -> Start {
         let config = &limiter.config;
         let mut limits = self.lock();
         if limits.queue.is_empty() {
@@ -299,6 +306,9 @@ impl KeyState {
         }
         if wait > config.max_wait {
             return Start::Rejected(Rejection::MaxWait, wait);
+        }
+        if deadline_left.is_some_and(|left| wait > left) {
+            return Start::Rejected(Rejection::Deadline, wait);
         }
         Start::Queued(limits.enqueue(cost), true)
     }

@@ -67,7 +67,7 @@
 //! |---------|-------|--------|
 //! | `call queued` | debug | `name`, `keyed`, `tokens` (its reservation), `waiting` (calls waiting now) |
 //! | `call admitted after waiting` | debug | `name`, `keyed`, `wait_seconds`, `waiting` |
-//! | `call rejected` | warn | `name`, `reason` (`queue_full`, `max_wait`, `too_large`, `keys_full`, `backend`), `retry_after_seconds` (absent for `too_large`) |
+//! | `call rejected` | warn | `name`, `reason` (`queue_full`, `max_wait`, `deadline`, `too_large`, `keys_full`, `backend`), `retry_after_seconds` (absent for `too_large`) |
 //! | `key paused by the upstream` | warn | `name`, `keyed`, `cause` (`rate_limited`, `circuit_open`), `pause_seconds` |
 //! | `paused by the handle` | info | `name`, `pause_seconds` |
 //! | `resumed by the handle` | info | `name` |

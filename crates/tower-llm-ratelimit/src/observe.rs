@@ -232,6 +232,7 @@ struct Metrics {
     wait_seconds: metrics::Histogram,
     rejected_queue_full: metrics::Counter,
     rejected_max_wait: metrics::Counter,
+    rejected_deadline: metrics::Counter,
     rejected_too_large: metrics::Counter,
     rejected_keys_full: metrics::Counter,
     rejected_backend: metrics::Counter,
@@ -263,6 +264,7 @@ impl Metrics {
             wait_seconds: metrics::histogram!(METRIC_WAIT_SECONDS, labels(&[])),
             rejected_queue_full: rejected(Rejection::QueueFull),
             rejected_max_wait: rejected(Rejection::MaxWait),
+            rejected_deadline: rejected(Rejection::Deadline),
             rejected_too_large: rejected(Rejection::TooLarge),
             rejected_keys_full: rejected(Rejection::KeysFull),
             rejected_backend: rejected(Rejection::Backend),
@@ -275,6 +277,7 @@ impl Metrics {
         match reason {
             Rejection::QueueFull => &self.rejected_queue_full,
             Rejection::MaxWait => &self.rejected_max_wait,
+            Rejection::Deadline => &self.rejected_deadline,
             Rejection::TooLarge => &self.rejected_too_large,
             Rejection::KeysFull => &self.rejected_keys_full,
             Rejection::Backend => &self.rejected_backend,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tower_llm_core::{BoxError, Classify, DefaultClassifier, KeyFn, NoKey};
+use tower_llm_core::{BoxError, Classify, Deadline, DefaultClassifier, KeyFn, NoKey};
 use tower_service::Service;
 
 use crate::error::{Rejection, too_large};
@@ -160,13 +160,23 @@ where
                 }
             }
         };
-        match key.start(limiter, now, cost) {
+        // The call's own deadline, if an outer layer set one: no wait may pass it.
+        let deadline_left = Deadline::current().map(Deadline::time_left);
+        match key.start(limiter, now, cost, deadline_left) {
             Start::Now(admission) => {
                 let permit = Permit::new(key, cost, admission);
                 let future = self.inner.call(request);
                 ResponseFuture::calling(future, permit, self.classifier.clone())
             }
-            Start::Queued(id, waiting) => self.wait(key, id, waiting, now, cost, request),
+            Start::Queued(id, waiting) => {
+                // A queued call waits at most `max_wait`, and never past its deadline.
+                let max_wait = deadline_left.map_or(limiter.config.max_wait, |left| {
+                    left.min(limiter.config.max_wait)
+                });
+                let expires =
+                    now.saturating_add(u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX / 4));
+                self.wait(key, id, waiting, cost, expires, request)
+            }
             Start::Rejected(rejection, wait) => {
                 self.reject(rejection, Some(wait), rejection.error(wait))
             }
@@ -183,8 +193,8 @@ impl<S, K, C, T, H> RateLimit<S, K, C, T, H> {
         key: Arc<KeyState>,
         id: u64,
         waiting: bool,
-        now: u64,
         cost: u64,
+        expires: u64,
         request: Req,
     ) -> ResponseFuture<S, Req, C, T, H>
     where
@@ -193,12 +203,9 @@ impl<S, K, C, T, H> RateLimit<S, K, C, T, H> {
     {
         let limiter = &self.shared.limiter;
         let ticket = Ticket::new(key, limiter.clone(), id, cost, waiting);
-        let deadline = now.saturating_add(
-            u64::try_from(limiter.config.max_wait.as_nanos()).unwrap_or(u64::MAX / 4),
-        );
         // The readied service goes with the waiting call, the tower way.
         let fresh = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, fresh);
-        ResponseFuture::waiting(ticket, deadline, ready, request, self.classifier.clone())
+        ResponseFuture::waiting(ticket, expires, ready, request, self.classifier.clone())
     }
 }

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
-use tower_llm_core::{Classify, DefaultClassifier, Failure, FailureKind, Outcome};
+use tower_llm_core::{Classify, Deadline, DefaultClassifier, Failure, FailureKind, Outcome};
 
 use crate::backoff::{Backoff, DelayState, Jitter, mix64};
 use crate::budget::{BudgetState, Withdrawal};
@@ -141,7 +141,9 @@ pub enum GiveUpReason {
     AttemptsExhausted,
     /// The server asked for a wait longer than `max_retry_after`.
     HintTooLong,
-    /// The wait (backoff or hint) would end past the deadline.
+    /// The wait (backoff or hint) would end past the deadline: the layer's own
+    /// ([`deadline`](crate::RetryLayerBuilder::deadline)) or the call's
+    /// ([`Deadline`](tower_llm_core::Deadline)).
     PastDeadline,
     /// The retry budget is spent: the upstream is failing for many calls at once.
     BudgetExhausted,
@@ -303,6 +305,11 @@ impl<C, R> RetryPolicy<C, R> {
         if let (Some(deadline), Some(started)) = (config.deadline, self.started)
             && started.elapsed().saturating_add(delay) >= deadline
         {
+            return give_up(GiveUpReason::PastDeadline);
+        }
+        // The call's own deadline (core's `Deadline`, set further out): a wait that ends past
+        // it would only make the caller miss it, so the failure (and its hint) goes back now.
+        if Deadline::current().is_some_and(|deadline| deadline.would_pass(delay)) {
             return give_up(GiveUpReason::PastDeadline);
         }
         // Asked last, so a retry the other rules forbid never spends budget.
