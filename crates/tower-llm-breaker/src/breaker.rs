@@ -557,6 +557,9 @@ pub(crate) struct Permit {
     probe: bool,
     epoch: u64,
     started: Option<Instant>,
+    /// Where the call's time stops for the slow-call policy, when not at its end (a stream:
+    /// its head).
+    timed_until: Option<Instant>,
     settled: bool,
 }
 
@@ -567,6 +570,7 @@ impl Permit {
             probe,
             epoch,
             started,
+            timed_until: None,
             settled: false,
         }
     }
@@ -586,6 +590,14 @@ impl Permit {
     }
 
     /// Records the call's outcome. `clock` is read only if the outcome depends on time.
+    /// Stops the call's clock for the slow-call policy here (a stream's head), whenever it
+    /// is settled.
+    pub(crate) fn time_until_now(&mut self) {
+        if self.started.is_some() {
+            self.timed_until = Some(Instant::now());
+        }
+    }
+
     pub(crate) fn settle(mut self, verdict: Verdict, clock: impl Fn() -> Instant) {
         self.settled = true;
         let breaker = &*self.breaker;
@@ -596,7 +608,11 @@ impl Permit {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let now = breaker.clock_at_end.then(&clock);
-        let slow = match (self.started, now, breaker.config.slow_calls) {
+        let slow = match (
+            self.started,
+            self.timed_until.or(now),
+            breaker.config.slow_calls,
+        ) {
             (Some(started), Some(now), Some(policy)) if verdict != Verdict::Ignored => {
                 now.saturating_duration_since(started) >= policy.threshold
             }

@@ -100,10 +100,15 @@ where
 /// A response that finishes later (a stream) is judged by its end, not its head: the
 /// terminal event is a success; a cut, an error event or a stall is whatever failure it was;
 /// a stream the caller dropped is neither, and a probe's place is given back. A half-open
-/// probe that streams holds its probe slot until then. Out of line: whole answers never come
+/// probe that streams holds its probe slot until then. Its time, for a slow-call threshold,
+/// is its time to the head. Out of line: whole answers never come
 /// here.
 #[inline(never)]
-fn settle_at_end(permit: Permit, signal: &mut EndSignal) {
+fn settle_at_end(mut permit: Permit, signal: &mut EndSignal) {
+    // A stream is slow when its head is: a long answer that flows is not a slow upstream,
+    // so a slow-call threshold measures to the head (a healthy two-minute generation would
+    // otherwise count as slow, and trip the breaker on healthy traffic).
+    permit.time_until_now();
     signal.on_end(move |end| match end.outcome() {
         Some(outcome) => {
             let verdict = permit.config().verdict(&outcome);

@@ -115,7 +115,8 @@ impl EndSignal {
         }
     }
 
-    /// Runs `hook` with the stream's end: when it comes, or at once if it already came.
+    /// Runs `hook` with the stream's end: when it comes, or at once if it already came. A hook
+    /// must be short and must not panic (it may run inside the stream's `Drop`).
     pub fn on_end(&mut self, hook: impl FnOnce(&StreamEnd) + Send + Sync + 'static) {
         match &self.ended {
             Some(end) => hook(end),
@@ -148,9 +149,20 @@ impl EndSignal {
 
 impl Drop for EndSignal {
     fn drop(&mut self) {
-        if !self.hooks.is_empty() {
-            self.finish(StreamEnd::Dropped);
+        if self.hooks.is_empty() {
+            return;
         }
+        if std::thread::panicking() {
+            // Dropped while the thread unwinds: a hook that panicked now would abort the
+            // process. Each runs on its own, and a panic in one is swallowed.
+            for hook in self.hooks.drain(..) {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    hook(&StreamEnd::Dropped);
+                }));
+            }
+            return;
+        }
+        self.finish(StreamEnd::Dropped);
     }
 }
 

@@ -216,8 +216,9 @@ enum Phase {
     /// The terminal event has arrived: the answer is complete. What is left of the body (the
     /// chunked terminator, a trailing newline) is read so that the connection goes back to
     /// the pool and the upstream is done before the layers let the next call go, as the
-    /// official SDKs do; a server that holds the body open after its terminal event is not
-    /// waited for past the stream's timers.
+    /// official SDKs do; a server that holds the body open after its terminal event is
+    /// waited for at most [`DRAIN_GRACE`] (1 s) and [`MAX_DRAIN`] bytes. The stream's end
+    /// (and its signal) comes after that, when the caller polls it once more.
     Draining,
     BodyEnded,
     Finished,
@@ -277,7 +278,10 @@ pin_project! {
         timeouts: StreamTimeouts,
         // Until the first chunk is handed over: the first-token limit.
         first_timer: Option<Pin<Box<Sleep>>>,
-        // The between-chunks limit: from the head, then from each sign of life.
+        // The between-chunks limit: from the head, then from each sign of life. The instant
+        // moves with every event; the timer is only set to it when the stream is about to wait
+        // (resetting a tokio timer takes the driver's lock: once per wait, not per event).
+        silence_at: Option<Instant>,
         silence_timer: Option<Pin<Box<Sleep>>>,
         total_timer: Option<Pin<Box<Sleep>>>,
         // A chunk was handed over: restart the between-chunks timer on the next poll.
@@ -315,7 +319,9 @@ impl<B> ChatStream<B> {
                 .map(|at| Box::pin(tokio::time::sleep_until(at)))
         };
         // The head has arrived: the between-chunks clock starts now.
-        let silence_timer = timer(Instant::now(), timeouts.between_chunks);
+        let silence_at = timeouts
+            .between_chunks
+            .and_then(|limit| deadline(Instant::now(), limit));
         let first_timer = timer(started, timeouts.first_token);
         let total_timer = timeouts
             .total
@@ -332,7 +338,8 @@ impl<B> ChatStream<B> {
             usage: None,
             timeouts,
             first_timer,
-            silence_timer,
+            silence_at,
+            silence_timer: None,
             total_timer,
             rearm: false,
             phase: Phase::Reading,
@@ -447,7 +454,7 @@ where
         // the last one was handed over: time the caller spends on a chunk is not the server's
         // silence (the transport reads nothing until it is polled again).
         if std::mem::take(this.rearm) {
-            rearm(this.silence_timer, this.timeouts.between_chunks);
+            rearm(this.silence_at, this.timeouts.between_chunks);
         }
         loop {
             if let Some(chunk) = this.pending.pop_front() {
@@ -465,17 +472,14 @@ where
                     // limit (or none).
                     *this.drained = Some(0);
                     *this.input = Bytes::new();
-                    rearm(this.silence_timer, Some(DRAIN_GRACE));
+                    rearm(this.silence_at, Some(DRAIN_GRACE));
                 }
                 let drained = drain(this.body.as_mut(), this.drained, cx);
-                let timed_out = [
-                    this.first_timer.as_mut(),
-                    this.silence_timer.as_mut(),
-                    this.total_timer.as_mut(),
-                ]
-                .into_iter()
-                .flatten()
-                .any(|timer| timer.as_mut().poll(cx).is_ready());
+                let timed_out = silence_elapsed(this.silence_timer, *this.silence_at, cx)
+                    || [this.first_timer.as_mut(), this.total_timer.as_mut()]
+                        .into_iter()
+                        .flatten()
+                        .any(|timer| timer.as_mut().poll(cx).is_ready());
                 if drained.is_pending() && !timed_out {
                     return Poll::Pending;
                 }
@@ -490,7 +494,7 @@ where
                 let event = match parsed {
                     Ok(Some(event)) => {
                         // A sign of life (a ping or a thinking delta counts too).
-                        rearm(this.silence_timer, this.timeouts.between_chunks);
+                        rearm(this.silence_at, this.timeouts.between_chunks);
                         event
                     }
                     Ok(None) => continue,
@@ -560,9 +564,7 @@ where
                         let error = timeout(this.ctx, "first-token", this.timeouts.first_token);
                         return Poll::Ready(Some(Err(finish(this.phase, error))));
                     }
-                    if let Some(timer) = this.silence_timer.as_mut()
-                        && timer.as_mut().poll(cx).is_ready()
-                    {
+                    if silence_elapsed(this.silence_timer, *this.silence_at, cx) {
                         let error =
                             timeout(this.ctx, "between-chunks", this.timeouts.between_chunks);
                         return Poll::Ready(Some(Err(finish(this.phase, error))));
@@ -583,20 +585,43 @@ fn decode(
     phase: &mut Phase,
 ) -> Result<(), UpstreamError> {
     if let Step::Done = decoder.event(ctx, event, pending)? {
-        *phase = Phase::Draining;
+        // A terminal event read after the body's end (no blank line after it) has nothing
+        // left to drain: the body is not polled again.
+        *phase = if *phase == Phase::BodyEnded {
+            Phase::Finished
+        } else {
+            Phase::Draining
+        };
     }
     Ok(())
 }
 
 /// Restarts the between-chunks clock from now (or drops it when there is no limit).
-fn rearm(timer: &mut Option<Pin<Box<Sleep>>>, limit: Option<Duration>) {
-    match limit.and_then(|limit| deadline(Instant::now(), limit)) {
-        Some(at) => match timer.as_mut() {
-            Some(timer) => timer.as_mut().reset(at),
-            None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
-        },
-        None => *timer = None,
-    }
+fn rearm(at: &mut Option<Instant>, limit: Option<Duration>) {
+    *at = limit.and_then(|limit| deadline(Instant::now(), limit));
+}
+
+/// Whether the between-chunks limit has run out: the timer is set to `at` first (made, moved
+/// or dropped), then polled, so that it wakes the task when it does.
+fn silence_elapsed(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    at: Option<Instant>,
+    cx: &mut Context<'_>,
+) -> bool {
+    let Some(at) = at else {
+        *timer = None;
+        return false;
+    };
+    let timer = match timer {
+        Some(timer) => {
+            if timer.deadline() != at {
+                timer.as_mut().reset(at);
+            }
+            timer
+        }
+        None => timer.insert(Box::pin(tokio::time::sleep_until(at))),
+    };
+    timer.as_mut().poll(cx).is_ready()
 }
 
 /// Reads the body after the terminal event until it ends (ready), fails or goes past

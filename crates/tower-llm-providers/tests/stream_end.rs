@@ -202,3 +202,47 @@ fn the_defaults_are_on_and_none_turns_them_off() {
     assert_eq!(defaults.total, None);
     assert_eq!(StreamTimeouts::none().first_token, None);
 }
+
+/// After the terminal event the rest of the body is read, so the connection can be pooled; a
+/// server that holds the body open is waited for a short grace only, then the stream ends as
+/// completed (the answer was whole), not as a timeout.
+#[tokio::test(start_paused = true)]
+async fn a_body_held_open_after_the_terminal_event_is_given_a_short_grace() {
+    let mut stream = openai_stream(vec![
+        data(CONTENT),
+        data(FINISH),
+        data(DONE),
+        Piece::Stall(Duration::from_secs(600)),
+        data("data: trailing\n\n"),
+    ])
+    .await;
+    let seen = watch(&mut stream);
+    let started = tokio::time::Instant::now();
+    let mut chunks = 0;
+    while let Some(item) = stream.next().await {
+        item.unwrap();
+        chunks += 1;
+    }
+    assert_eq!(chunks, 2, "content and finish");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [StreamEnd::Completed { usage: None }]
+    );
+    // The grace, not the 10-minute stall nor the 5-minute silence limit.
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+}
+
+/// A terminal event that is the body's last bytes (no blank line after it) ends the stream
+/// without polling the body again.
+#[tokio::test(start_paused = true)]
+async fn a_terminal_event_at_the_very_end_of_the_body_ends_the_stream() {
+    let mut stream = openai_stream(vec![data(CONTENT), data(FINISH), data("data: [DONE]")]).await;
+    let seen = watch(&mut stream);
+    while let Some(item) = stream.next().await {
+        item.unwrap();
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [StreamEnd::Completed { usage: None }]
+    );
+}
