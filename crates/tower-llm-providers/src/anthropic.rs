@@ -67,6 +67,7 @@ use crate::error::{ConfigError, Ctx, Dialect};
 use crate::future::{ResponseFuture, StreamFuture};
 use crate::key::ApiKey;
 use crate::meta::ResponseMeta;
+use crate::observe::{CallObs, Observe, Operation, RequestFacts};
 use crate::sse::{DEFAULT_MAX_EVENT_BYTES, SseEvent};
 use crate::stream::{Step, StreamTimeouts, usage};
 
@@ -84,6 +85,7 @@ pub struct AnthropicBuilder {
     timeouts: StreamTimeouts,
     max_body_bytes: usize,
     max_event_bytes: usize,
+    record_sizes: bool,
 }
 
 impl AnthropicBuilder {
@@ -130,6 +132,13 @@ impl AnthropicBuilder {
         self
     }
 
+    /// Records the prompt's and the answer's sizes, in characters (never their text), as
+    /// the span fields `prompt_chars` and `answer_chars` (default off).
+    pub fn record_sizes(mut self, record: bool) -> Self {
+        self.record_sizes = record;
+        self
+    }
+
     /// The largest single stream event (default 4 MiB).
     pub fn max_event_bytes(mut self, limit: usize) -> Self {
         self.max_event_bytes = limit;
@@ -162,6 +171,12 @@ impl AnthropicBuilder {
             HeaderValue::try_from(self.version.as_str())
                 .map_err(|_| ConfigError::new("version", "not a valid header value"))?,
         );
+        let observe = Observe::new(
+            self.name.clone(),
+            "anthropic",
+            &messages_uri,
+            self.record_sizes,
+        );
         Ok(Anthropic {
             inner: client,
             config: Arc::new(Config {
@@ -170,6 +185,7 @@ impl AnthropicBuilder {
                 default_max_tokens: self.default_max_tokens,
                 ctx: Ctx {
                     dialect: Dialect::Anthropic,
+                    observe,
                     provider: self.name,
                     max_body: self.max_body_bytes,
                     key: Some(key),
@@ -227,6 +243,7 @@ impl Anthropic<HttpClient> {
             timeouts: StreamTimeouts::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            record_sizes: false,
         }
     }
 
@@ -276,10 +293,21 @@ where
     }
 
     fn call(&mut self, request: ChatRequest) -> Self::Future {
-        self.config.ctx.record_request("chat");
+        let max_tokens = request.max_tokens.unwrap_or(self.config.default_max_tokens);
+        let call = self.config.ctx.observe.start(
+            Operation::Chat,
+            RequestFacts::chat(&request, Some(max_tokens)),
+        );
         let body = self.encode_chat(&request, false);
         let http = post_json(&self.config.messages_uri, &self.config.headers, body, false);
-        ResponseFuture::new(self.inner.call(http), self.config.ctx.clone(), decode_chat)
+        let future = call.in_span(|| self.inner.call(http));
+        ResponseFuture::new(
+            future,
+            self.config.ctx.clone(),
+            decode_chat,
+            call,
+            CallObs::chat,
+        )
     }
 }
 
@@ -299,14 +327,23 @@ where
     }
 
     fn call(&mut self, request: Streaming<ChatRequest>) -> Self::Future {
-        self.config.ctx.record_request("stream");
+        let max_tokens = request
+            .0
+            .max_tokens
+            .unwrap_or(self.config.default_max_tokens);
+        let call = self.config.ctx.observe.start(
+            Operation::Stream,
+            RequestFacts::chat(&request.0, Some(max_tokens)),
+        );
         let body = self.encode_chat(&request.0, true);
         let http = post_json(&self.config.messages_uri, &self.config.headers, body, true);
+        let future = call.in_span(|| self.inner.call(http));
         StreamFuture::new(
-            Ok(self.inner.call(http)),
+            Ok(future),
             self.config.ctx.clone(),
             self.config.timeouts,
             self.config.max_event_bytes,
+            call,
         )
     }
 }
@@ -331,6 +368,7 @@ pub(crate) fn standalone_ctx() -> Ctx {
         provider: Cow::Borrowed("anthropic"),
         max_body: DEFAULT_MAX_BODY_BYTES,
         key: None,
+        observe: crate::observe::Observe::standalone("anthropic"),
     }
 }
 

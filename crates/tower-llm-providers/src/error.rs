@@ -58,6 +58,8 @@ pub(crate) struct Ctx {
     /// The provider's own key, to scrub from what the upstream sends back (redacted in
     /// `Debug`).
     pub(crate) key: Option<ApiKey>,
+    /// The provider's span and metrics.
+    pub(crate) observe: std::sync::Arc<crate::observe::Observe>,
 }
 
 impl Ctx {
@@ -71,26 +73,6 @@ impl Ctx {
             crate::meta::ResponseMeta::new(status, headers, self.dialect, self.provider.clone());
         meta.request_id = meta.request_id.map(|id| self.scrub(id));
         meta
-    }
-
-    /// Counts a call sent (`what`: `chat`, `stream` or `embeddings`).
-    pub(crate) fn record_request(&self, what: &'static str) {
-        metrics::counter!(
-            "tower_llm_providers_requests_total",
-            "provider" => self.provider.clone(),
-            "call" => what
-        )
-        .increment(1);
-    }
-
-    /// Counts a failure handed to the caller.
-    pub(crate) fn record_failure(&self, error: &UpstreamError) {
-        metrics::counter!(
-            "tower_llm_providers_failures_total",
-            "provider" => self.provider.clone(),
-            "kind" => error.kind().as_str()
-        )
-        .increment(1);
     }
 
     /// Every error of this provider starts here: its message may quote the upstream, so it is
@@ -319,6 +301,7 @@ mod tests {
             provider: Cow::Borrowed("test"),
             max_body: 1 << 20,
             key: None,
+            observe: crate::observe::Observe::standalone("test"),
         }
     }
 

@@ -14,10 +14,14 @@ use tower_llm_core::{BoxError, FailureKind, MAX_ERROR_BODY, UpstreamError};
 use crate::body::{ReadBody, ReadError};
 use crate::error::Ctx;
 use crate::meta::ResponseMeta;
+use crate::observe::CallObs;
 use crate::stream::{ChatStream, StreamTimeouts, timeout};
 
 /// Turns a success body and the answer's HTTP facts into the typed answer.
 pub(crate) type Decode<T> = fn(&Ctx, Bytes, ResponseMeta) -> Result<T, UpstreamError>;
+
+/// Tells the call's observation what the answer was.
+pub(crate) type Answered<T> = fn(&mut CallObs, &T);
 
 /// `error` with the upstream's request id, unless it has one.
 pub(crate) fn with_request_id(error: UpstreamError, request_id: Option<&str>) -> UpstreamError {
@@ -48,6 +52,8 @@ pin_project! {
         state: CallState<F, B>,
         ctx: Ctx,
         decode: Decode<T>,
+        call: CallObs,
+        answered: Answered<T>,
     }
 }
 
@@ -60,19 +66,35 @@ impl<F, B, T> fmt::Debug for ResponseFuture<F, B, T> {
 }
 
 impl<F, B, T> ResponseFuture<F, B, T> {
-    pub(crate) fn new(future: F, ctx: Ctx, decode: Decode<T>) -> Self {
+    pub(crate) fn new(
+        future: F,
+        ctx: Ctx,
+        decode: Decode<T>,
+        call: CallObs,
+        answered: Answered<T>,
+    ) -> Self {
         ResponseFuture {
             state: CallState::Calling { future },
             ctx,
             decode,
+            call,
+            answered,
         }
     }
 
-    pub(crate) fn failed(error: UpstreamError, ctx: Ctx, decode: Decode<T>) -> Self {
+    pub(crate) fn failed(
+        error: UpstreamError,
+        ctx: Ctx,
+        decode: Decode<T>,
+        call: CallObs,
+        answered: Answered<T>,
+    ) -> Self {
         ResponseFuture {
             state: CallState::Failed { error: Some(error) },
             ctx,
             decode,
+            call,
+            answered,
         }
     }
 }
@@ -117,9 +139,14 @@ where
     type Output = Result<T, UpstreamError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = ready!(self.as_mut().poll_inner(cx));
-        if let Err(error) = &result {
-            self.ctx.record_failure(error);
+        let result = {
+            let _entered = self.call.enter();
+            ready!(self.as_mut().poll_inner(cx))
+        };
+        let this = self.project();
+        match &result {
+            Ok(answer) => (this.answered)(this.call, answer),
+            Err(error) => this.call.failed(error, None, None),
         }
         Poll::Ready(result)
     }
@@ -219,6 +246,8 @@ pin_project! {
         started: Instant,
         deadline: Option<Pin<Box<Sleep>>>,
         max_event_bytes: usize,
+        // Taken by the stream when the head arrives.
+        call: Option<CallObs>,
     }
 }
 
@@ -237,6 +266,7 @@ impl<F, B> StreamFuture<F, B> {
         ctx: Ctx,
         timeouts: StreamTimeouts,
         max_event_bytes: usize,
+        call: CallObs,
     ) -> Self {
         let started = Instant::now();
         let deadline = timeouts
@@ -252,6 +282,7 @@ impl<F, B> StreamFuture<F, B> {
             started,
             deadline,
             max_event_bytes,
+            call: Some(call),
         }
     }
 }
@@ -278,9 +309,12 @@ where
     type Output = Result<ChatStream<B>, UpstreamError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = ready!(self.as_mut().poll_inner(cx));
-        if let Err(error) = &result {
-            self.ctx.record_failure(error);
+        let result = {
+            let _entered = self.call.as_ref().map(CallObs::enter);
+            ready!(self.as_mut().poll_inner(cx))
+        };
+        if let (Err(error), Some(call)) = (&result, self.as_mut().project().call) {
+            call.failed(error, None, None);
         }
         Poll::Ready(result)
     }
@@ -328,6 +362,7 @@ where
                                 *this.timeouts,
                                 *this.started,
                                 *this.max_event_bytes,
+                                this.call.take().unwrap_or_else(CallObs::none),
                             )));
                         }
                         this.state.set(CallState::Reading {

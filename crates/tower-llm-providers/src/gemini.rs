@@ -70,6 +70,7 @@ use crate::error::{ConfigError, Ctx, Dialect};
 use crate::future::{ResponseFuture, StreamFuture};
 use crate::key::ApiKey;
 use crate::meta::ResponseMeta;
+use crate::observe::{CallObs, Observe, Operation, RequestFacts};
 use crate::sse::{DEFAULT_MAX_EVENT_BYTES, SseEvent};
 use crate::stream::{Step, StreamTimeouts, usage};
 
@@ -84,6 +85,7 @@ pub struct GeminiBuilder {
     timeouts: StreamTimeouts,
     max_body_bytes: usize,
     max_event_bytes: usize,
+    record_sizes: bool,
 }
 
 impl GeminiBuilder {
@@ -118,6 +120,13 @@ impl GeminiBuilder {
         self
     }
 
+    /// Records the prompt's and the answer's sizes, in characters (never their text), as
+    /// the span fields `prompt_chars` and `answer_chars` (default off).
+    pub fn record_sizes(mut self, record: bool) -> Self {
+        self.record_sizes = record;
+        self
+    }
+
     /// The largest single stream event (default 4 MiB).
     pub fn max_event_bytes(mut self, limit: usize) -> Self {
         self.max_event_bytes = limit;
@@ -135,7 +144,7 @@ impl GeminiBuilder {
         builder::check_limits(self.max_body_bytes, self.max_event_bytes)?;
         let base = self.base_url.trim_end_matches('/').to_owned();
         // Model names go into the path at call time; check the base with a stand-in one.
-        builder::endpoint(format!("{base}/models/m:generateContent"))?;
+        let probe = builder::endpoint(format!("{base}/models/m:generateContent"))?;
         let key = builder::key_or_env(self.api_key, &["GEMINI_API_KEY", "GOOGLE_API_KEY"])?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -150,6 +159,12 @@ impl GeminiBuilder {
                 headers,
                 ctx: Ctx {
                     dialect: Dialect::Gemini,
+                    observe: Observe::new(
+                        self.name.clone(),
+                        "gcp.gemini",
+                        &probe,
+                        self.record_sizes,
+                    ),
                     provider: self.name,
                     max_body: self.max_body_bytes,
                     key: Some(key),
@@ -204,6 +219,7 @@ impl Gemini<HttpClient> {
             timeouts: StreamTimeouts::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            record_sizes: false,
         }
     }
 
@@ -276,14 +292,18 @@ where
     }
 
     fn call(&mut self, request: ChatRequest) -> Self::Future {
-        self.config.ctx.record_request("chat");
+        let call = self.config.ctx.observe.start(
+            Operation::Chat,
+            RequestFacts::chat(&request, request.max_tokens),
+        );
         let ctx = self.config.ctx.clone();
         match self.uri(&request.model, false) {
             Ok(uri) => {
                 let http = post_json(&uri, &self.config.headers, encode_chat(&request), false);
-                ResponseFuture::new(self.inner.call(http), ctx, decode_chat)
+                let future = call.in_span(|| self.inner.call(http));
+                ResponseFuture::new(future, ctx, decode_chat, call, CallObs::chat)
             }
-            Err(error) => ResponseFuture::failed(error, ctx, decode_chat),
+            Err(error) => ResponseFuture::failed(error, ctx, decode_chat, call, CallObs::chat),
         }
     }
 }
@@ -304,16 +324,20 @@ where
     }
 
     fn call(&mut self, request: Streaming<ChatRequest>) -> Self::Future {
-        self.config.ctx.record_request("stream");
+        let call = self.config.ctx.observe.start(
+            Operation::Stream,
+            RequestFacts::chat(&request.0, request.0.max_tokens),
+        );
         let future = self.uri(&request.0.model, true).map(|uri| {
             let http = post_json(&uri, &self.config.headers, encode_chat(&request.0), true);
-            self.inner.call(http)
+            call.in_span(|| self.inner.call(http))
         });
         StreamFuture::new(
             future,
             self.config.ctx.clone(),
             self.config.timeouts,
             self.config.max_event_bytes,
+            call,
         )
     }
 }
@@ -338,6 +362,7 @@ pub(crate) fn standalone_ctx() -> Ctx {
         provider: Cow::Borrowed("gemini"),
         max_body: DEFAULT_MAX_BODY_BYTES,
         key: None,
+        observe: crate::observe::Observe::standalone("gcp.gemini"),
     }
 }
 

@@ -116,6 +116,7 @@ mod future;
 pub mod gemini;
 mod key;
 pub mod meta;
+mod observe;
 pub mod openai;
 pub mod sse;
 mod stream;
@@ -132,6 +133,10 @@ pub use future::{ResponseFuture, StreamFuture};
 pub use gemini::{Gemini, GeminiBuilder};
 pub use key::ApiKey;
 pub use meta::{Dialect, ResponseMeta, TokenCounting};
+pub use observe::{
+    DURATION_BUCKETS, METRIC_FAILURES, METRIC_OPERATION_DURATION, METRIC_REQUESTS,
+    METRIC_TIME_TO_FIRST_CHUNK, METRIC_TOKEN_USAGE, TOKEN_BUCKETS,
+};
 pub use openai::{OpenAi, OpenAiBuilder};
 pub use stream::{ChatAccumulator, ChatStream, ChunkDecoder, StreamTimeouts};
 pub use tower_llm_core::{UpstreamError, Usage};

@@ -69,6 +69,7 @@ use crate::error::{ConfigError, Ctx, Dialect};
 use crate::future::{ResponseFuture, StreamFuture};
 use crate::key::ApiKey;
 use crate::meta::ResponseMeta;
+use crate::observe::{CallObs, Observe, Operation, RequestFacts};
 use crate::sse::{DEFAULT_MAX_EVENT_BYTES, SseEvent};
 use crate::stream::{Step, StreamTimeouts, finish_reason_openai, usage};
 
@@ -98,6 +99,7 @@ pub struct OpenAiBuilder {
     legacy_max_tokens: bool,
     max_body_bytes: usize,
     max_event_bytes: usize,
+    record_sizes: bool,
 }
 
 impl OpenAiBuilder {
@@ -115,6 +117,7 @@ impl OpenAiBuilder {
             legacy_max_tokens,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            record_sizes: false,
         }
     }
 
@@ -176,6 +179,13 @@ impl OpenAiBuilder {
     /// The largest non-streaming body read (default 16 MiB); past it, the call fails.
     pub fn max_body_bytes(mut self, limit: usize) -> Self {
         self.max_body_bytes = limit;
+        self
+    }
+
+    /// Records the prompt's and the answer's sizes, in characters (never their text), as
+    /// the span fields `prompt_chars` and `answer_chars` (default off).
+    pub fn record_sizes(mut self, record: bool) -> Self {
+        self.record_sizes = record;
         self
     }
 
@@ -251,6 +261,17 @@ impl OpenAiBuilder {
                 headers.insert(HeaderName::from_static(header), value);
             }
         }
+        let observe = Observe::new(
+            self.name.clone(),
+            match self.flavor {
+                Flavor::Azure { .. } => "azure.ai.openai",
+                // A compatible server speaks OpenAI's format: the conventions' discriminator
+                // of that telemetry flavour.
+                Flavor::OpenAi | Flavor::Compatible => "openai",
+            },
+            &chat_uri,
+            self.record_sizes,
+        );
         Ok(OpenAi {
             inner: client,
             config: Arc::new(Config {
@@ -259,6 +280,7 @@ impl OpenAiBuilder {
                 headers,
                 ctx: Ctx {
                     dialect: Dialect::OpenAi,
+                    observe,
                     provider: self.name,
                     max_body: self.max_body_bytes,
                     key: api_key,
@@ -431,10 +453,20 @@ where
     }
 
     fn call(&mut self, request: ChatRequest) -> Self::Future {
-        self.config.ctx.record_request("chat");
+        let call = self.config.ctx.observe.start(
+            Operation::Chat,
+            RequestFacts::chat(&request, request.max_tokens),
+        );
         let body = self.encode_chat(&request, false);
         let http = self.post(&self.config.chat_uri, body, false);
-        ResponseFuture::new(self.inner.call(http), self.config.ctx.clone(), decode_chat)
+        let future = call.in_span(|| self.inner.call(http));
+        ResponseFuture::new(
+            future,
+            self.config.ctx.clone(),
+            decode_chat,
+            call,
+            CallObs::chat,
+        )
     }
 }
 
@@ -454,14 +486,19 @@ where
     }
 
     fn call(&mut self, request: Streaming<ChatRequest>) -> Self::Future {
-        self.config.ctx.record_request("stream");
+        let call = self.config.ctx.observe.start(
+            Operation::Stream,
+            RequestFacts::chat(&request.0, request.0.max_tokens),
+        );
         let body = self.encode_chat(&request.0, true);
         let http = self.post(&self.config.chat_uri, body, true);
+        let future = call.in_span(|| self.inner.call(http));
         StreamFuture::new(
-            Ok(self.inner.call(http)),
+            Ok(future),
             self.config.ctx.clone(),
             self.config.timeouts,
             self.config.max_event_bytes,
+            call,
         )
     }
 }
@@ -482,13 +519,20 @@ where
     }
 
     fn call(&mut self, request: EmbeddingRequest) -> Self::Future {
-        self.config.ctx.record_request("embeddings");
+        let call = self
+            .config
+            .ctx
+            .observe
+            .start(Operation::Embeddings, RequestFacts::embeddings(&request));
         let body = encode_embeddings(&request);
         let http = self.post(&self.config.embeddings_uri, body, false);
+        let future = call.in_span(|| self.inner.call(http));
         ResponseFuture::new(
-            self.inner.call(http),
+            future,
             self.config.ctx.clone(),
             decode_embeddings,
+            call,
+            CallObs::embeddings,
         )
     }
 }
@@ -514,6 +558,7 @@ pub(crate) fn standalone_ctx() -> Ctx {
         provider: Cow::Borrowed("openai"),
         max_body: DEFAULT_MAX_BODY_BYTES,
         key: None,
+        observe: crate::observe::Observe::standalone("openai"),
     }
 }
 

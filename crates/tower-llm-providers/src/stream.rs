@@ -26,6 +26,7 @@ use crate::chat::{ChatChunk, ChatResponse, FinishReason, ToolCall};
 use crate::error::{Ctx, Dialect};
 use crate::future::with_request_id;
 use crate::meta::ResponseMeta;
+use crate::observe::CallObs;
 use crate::sse::{SseEvent, SseParser};
 use crate::{anthropic, gemini, openai};
 
@@ -291,6 +292,8 @@ pin_project! {
         drained: Option<usize>,
         // Fired once: at the terminal event, at the first error, or (by itself) when dropped.
         end: EndSignal,
+        // The call's span and metrics: they end with the stream.
+        call: CallObs,
     }
 }
 
@@ -312,7 +315,9 @@ impl<B> ChatStream<B> {
         timeouts: StreamTimeouts,
         started: Instant,
         max_event_bytes: usize,
+        mut call: CallObs,
     ) -> Self {
+        call.stream_head(&meta);
         let timer = |from: Instant, limit: Option<Duration>| {
             limit
                 .and_then(|limit| deadline(from, limit))
@@ -345,6 +350,7 @@ impl<B> ChatStream<B> {
             phase: Phase::Reading,
             drained: None,
             end: EndSignal::new(),
+            call,
         }
     }
 }
@@ -417,25 +423,27 @@ where
         match item {
             Some(Err(error)) => {
                 let error = with_request_id(error, self.meta.request_id.as_deref());
-                self.ctx.record_failure(&error);
                 let failure = error.classify_error();
-                self.as_mut()
-                    .project()
-                    .end
-                    .finish(StreamEnd::Failed(failure));
+                let this = self.as_mut().project();
+                this.call.failed(&error, this.decoder.model(), *this.usage);
+                this.end.finish(StreamEnd::Failed(failure));
                 Poll::Ready(Some(Err(error)))
             }
             None => {
                 let this = self.as_mut().project();
                 let usage = *this.usage;
+                this.call.stream_completed(this.decoder.model(), usage);
                 this.end.finish(StreamEnd::Completed { usage });
                 Poll::Ready(None)
             }
-            Some(Ok(ChatChunk::Usage(usage))) => {
-                *self.as_mut().project().usage = Some(usage);
-                Poll::Ready(Some(Ok(ChatChunk::Usage(usage))))
+            Some(Ok(chunk)) => {
+                let this = self.as_mut().project();
+                if let ChatChunk::Usage(usage) = &chunk {
+                    *this.usage = Some(*usage);
+                }
+                this.call.chunk(&chunk, this.decoder.model());
+                Poll::Ready(Some(Ok(chunk)))
             }
-            item => Poll::Ready(item),
         }
     }
 }
