@@ -52,7 +52,9 @@ pub(crate) fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Refused only for an empty bucket list, which these are not.
+            let builder = genai_buckets().unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Another recorder already installed (a test harness): ours then renders only
             // what it sees, which is nothing; say so once rather than fail.
@@ -62,6 +64,27 @@ pub(crate) fn prometheus() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// The bucket boundaries the OpenTelemetry GenAI conventions recommend, for the providers'
+/// GenAI histograms (the `metrics` facade carries none; without them the exporter renders
+/// summaries).
+fn genai_buckets() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
+    use metrics_exporter_prometheus::Matcher;
+    use tower_llm_providers::{
+        DURATION_BUCKETS, METRIC_OPERATION_DURATION, METRIC_TIME_TO_FIRST_CHUNK,
+        METRIC_TOKEN_USAGE, TOKEN_BUCKETS,
+    };
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(METRIC_OPERATION_DURATION.to_owned()),
+            DURATION_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(METRIC_TIME_TO_FIRST_CHUNK.to_owned()),
+            DURATION_BUCKETS,
+        )?
+        .set_buckets_for_metric(Matcher::Full(METRIC_TOKEN_USAGE.to_owned()), TOKEN_BUCKETS)
 }
 
 /// A running gateway: the stacks of every model, the client keys and the routes over them.

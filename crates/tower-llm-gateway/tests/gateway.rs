@@ -357,10 +357,15 @@ async fn metrics_text_names_our_metrics() {
         "tower_llm_retry_attempts_total",
         "tower_llm_race_requests_total",
         "tower_llm_breaker_state",
+        "gen_ai_client_operation_duration_seconds_bucket",
+        "gen_ai_client_token_usage_bucket",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }
     assert!(text.contains(r#"route="/v1/chat/completions""#));
+    // The GenAI conventions' buckets, not the exporter's defaults.
+    assert!(text.contains(r#"le="81.92""#), "{text}");
+    assert!(text.contains(r#"le="67108864""#), "{text}");
 }
 
 #[tokio::test]

@@ -55,15 +55,54 @@
 //! minutes of silence), so a stalled upstream cannot hold a caller forever; they run on
 //! tokio's timer, which the runtime must have (`#[tokio::main]` enables it).
 //!
-//! # Metrics
+//! # Observability
 //!
-//! Through the [`metrics`](https://docs.rs/metrics) facade:
+//! Each call feeds one funnel that follows the OpenTelemetry GenAI semantic conventions
+//! (client spans and metrics, development status as of v1.38–v1.41). Both halves are cargo
+//! features on by default: `tracing` and `metrics`; without them the funnel compiles to
+//! nothing. The builder's `name` (defaults `openai`, `openai-compatible`, `azure-openai`,
+//! `anthropic`, `gemini`) is the `name` field and label. No prompt, answer or key is ever
+//! recorded; `record_sizes(true)` on a builder adds the prompt's and answer's sizes in
+//! characters.
 //!
-//! - `tower_llm_providers_requests_total{provider, call}`: calls sent, `call` being `chat`,
-//!   `stream` or `embeddings`;
-//! - `tower_llm_providers_failures_total{provider, kind}`: errors handed to the caller
-//!   (before or inside a stream), `kind` being core's
-//!   [`FailureKind::as_str`](tower_llm_core::FailureKind::as_str).
+//! **Span** (level INFO, one per call, target `tower_llm_providers::observe`), named `chat`
+//! or `embeddings` with `otel.name = "{gen_ai.operation.name} {gen_ai.request.model}"` and
+//! `otel.kind = "client"` for `tracing-opentelemetry`. A stream's span lasts until the
+//! stream ends (terminal event, error item or drop); the inner client's own events are
+//! emitted inside it. Fields: `name`, `gen_ai.operation.name` (`chat`, `embeddings`),
+//! `gen_ai.provider.name` (`openai` — also for compatible servers —, `azure.ai.openai`,
+//! `anthropic`, `gcp.gemini`), `gen_ai.request.model`, `gen_ai.request.max_tokens` (as
+//! sent: Anthropic's default when unset), `gen_ai.request.temperature` (when set),
+//! `gen_ai.response.model`, `gen_ai.response.id` (the answer's id, else the upstream
+//! request id), `gen_ai.response.finish_reasons` (`["stop"]`),
+//! `gen_ai.response.time_to_first_chunk` (seconds, streams), `gen_ai.usage.input_tokens`,
+//! `gen_ai.usage.output_tokens`, `server.address`, `server.port`, `stream`, `error.type`
+//! (core's [`FailureKind::as_str`](tower_llm_core::FailureKind::as_str), `cancelled` for a
+//! call dropped before its answer) with `otel.status_code = "ERROR"`, and with
+//! `record_sizes` `prompt_chars`, `answer_chars`.
+//!
+//! **Events** (inside the span, each with `name`): `provider call finished` (DEBUG;
+//! `duration_s`, `input_tokens`, `output_tokens`), `provider call failed` (WARN;
+//! `duration_s`, `error.type`, `http.response.status_code`), `provider call cancelled`
+//! (DEBUG), `first chunk` (TRACE; `time_to_first_chunk_s`).
+//!
+//! **Metrics**, through the [`metrics`](https://docs.rs/metrics) facade, each described once
+//! with its unit:
+//!
+//! | name | type | unit | labels |
+//! |---|---|---|---|
+//! | [`gen_ai_client_operation_duration_seconds`](METRIC_OPERATION_DURATION) | histogram | seconds | `name`, `gen_ai_operation_name`, `gen_ai_provider_name`, `gen_ai_request_model`, `gen_ai_response_model` (when known), `error_type` (on failure) |
+//! | [`gen_ai_client_token_usage`](METRIC_TOKEN_USAGE) | histogram | count (tokens) | the same without `error_type`, plus `gen_ai_token_type` = `input` / `output` |
+//! | [`gen_ai_client_operation_time_to_first_chunk_seconds`](METRIC_TIME_TO_FIRST_CHUNK) | histogram | seconds | as the duration, streams only |
+//! | [`tower_llm_providers_requests_total`](METRIC_REQUESTS) | counter | count | `name`, `call` = `chat` / `stream` / `embeddings` |
+//! | [`tower_llm_providers_failures_total`](METRIC_FAILURES) | counter | count | `name`, `call`, `kind` (core's `FailureKind::as_str`) |
+//!
+//! The facade carries no buckets: give [`DURATION_BUCKETS`] and [`TOKEN_BUCKETS`] (the
+//! conventions' recommendations) to your exporter. Metric handles are made once per
+//! provider and model; install your recorder before building providers. A provider gives
+//! its own series to 64 request models per operation and 8 response models per request
+//! model; later ones are labelled `other`, so that callers naming models cannot multiply
+//! the series without bound.
 //!
 //! # The default client and runtimes
 //!
