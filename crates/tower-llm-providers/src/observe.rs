@@ -736,6 +736,8 @@ struct Metrics {
     models: [RwLock<HashMap<Box<str>, Arc<ModelSeries>>>; 2],
     /// The series of request models past [`MAX_REQUEST_MODELS`].
     other: [OnceLock<Arc<ModelSeries>>; 2],
+    /// The first model seen, checked without a lock (most providers serve one model).
+    first: [OnceLock<Arc<ModelSeries>>; 2],
 }
 
 #[cfg(feature = "metrics")]
@@ -752,6 +754,7 @@ impl Metrics {
             provider,
             models: Default::default(),
             other: Default::default(),
+            first: Default::default(),
         }
     }
 
@@ -766,12 +769,18 @@ impl Metrics {
             provider: "",
             models: Default::default(),
             other: Default::default(),
+            first: Default::default(),
         }
     }
 
     /// The series of `model` for `op`: looked up under a read lock, made once.
     fn model(&self, op: Operation, model: &str) -> Arc<ModelSeries> {
         let index = usize::from(op == Operation::Embeddings);
+        if let Some(first) = self.first[index].get()
+            && &*first.model == model
+        {
+            return Arc::clone(first);
+        }
         let models = &self.models[index];
         if let Some(found) = models.read().ok().and_then(|m| m.get(model).cloned()) {
             return found;
@@ -788,6 +797,7 @@ impl Metrics {
         }
         let series = Arc::new(ModelSeries::new(&self.name, self.provider, op, model));
         map.insert(model.into(), Arc::clone(&series));
+        let _ = self.first[index].set(Arc::clone(&series));
         series
     }
 
@@ -803,6 +813,10 @@ impl Metrics {
 /// The GenAI series of one request model (and `name`, provider, operation).
 #[cfg(feature = "metrics")]
 struct ModelSeries {
+    /// The request model.
+    model: Box<str>,
+    /// The first response model seen, checked without a lock.
+    first: OnceLock<(Box<str>, Arc<Series>)>,
     /// `name`, `gen_ai_operation_name`, `gen_ai_provider_name`, `gen_ai_request_model`.
     labels: Vec<metrics::Label>,
     /// The series without a response model, then by response model.
@@ -819,6 +833,8 @@ impl ModelSeries {
         model: &str,
     ) -> ModelSeries {
         ModelSeries {
+            model: model.into(),
+            first: OnceLock::new(),
             labels: vec![
                 metrics::Label::new("name", name.clone()),
                 metrics::Label::new("gen_ai_operation_name", op.gen_ai()),
@@ -849,6 +865,11 @@ impl ModelSeries {
                     .get_or_init(|| Arc::new(Series::new(self.labels.clone()))),
             );
         };
+        if let Some((first, series)) = self.first.get()
+            && &**first == model
+        {
+            return Arc::clone(series);
+        }
         if let Ok(list) = self.by_response.read()
             && let Some((_, found)) = list.iter().find(|(m, _)| &**m == model)
         {
@@ -870,6 +891,7 @@ impl ModelSeries {
         }
         let series = Arc::new(Series::new(self.labels(Some(key))));
         list.push((key.into(), Arc::clone(&series)));
+        let _ = self.first.set((key.into(), Arc::clone(&series)));
         series
     }
 }
