@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tower_llm_core::RequestKey;
 
 use crate::handle::CacheOps;
-use crate::stats::Counters;
+use crate::observe::Observe;
 
 /// The longest TTL moka accepts (it panics when built with more).
 const MOKA_MAX_TTL: Duration = Duration::from_secs(1_000 * 365 * 24 * 3600);
@@ -305,7 +305,7 @@ pub(crate) struct MemoryCache<V> {
 }
 
 impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
-    pub(crate) fn new(config: &CacheConfig<V>, stats: Counters) -> Self {
+    pub(crate) fn new(config: &CacheConfig<V>, observe: Observe) -> Self {
         let front = config
             .time_to_idle
             .is_none()
@@ -313,7 +313,7 @@ impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
         let listener_front = front.clone();
         let listener = move |_key: Arc<RequestKey>, entry: Arc<Entry<V>>, cause: RemovalCause| {
             if cause == RemovalCause::Size {
-                stats.eviction();
+                observe.eviction();
             }
             match &listener_front {
                 Some(front) => front.remove(&entry),
@@ -478,6 +478,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::observe::DEFAULT_NAME;
 
     fn cache(capacity: Capacity<u64>, ttl: Duration) -> MemoryCache<u64> {
         let config = CacheConfig {
@@ -486,7 +487,7 @@ mod tests {
             time_to_idle: None,
             ttl_for: None,
         };
-        MemoryCache::new(&config, Counters::new())
+        MemoryCache::new(&config, Observe::new(DEFAULT_NAME.into(), Duration::ZERO))
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
@@ -573,7 +574,10 @@ mod tests {
             time_to_idle: None,
             ttl_for: None,
         };
-        let cache = MemoryCache::<Arc<u64>>::new(&config, Counters::new());
+        let cache = MemoryCache::<Arc<u64>>::new(
+            &config,
+            Observe::new(DEFAULT_NAME.into(), Duration::ZERO),
+        );
         let slots = cache.front.as_ref().expect("a front table").slots.len() as u128;
         let cold = RequestKey::from_u128(0);
         let value = Arc::new(0);

@@ -2,14 +2,15 @@
 //! [`StreamDedupLayerBuilder`](crate::StreamDedupLayerBuilder)), checked and turned into a
 //! cache in one place.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::{CacheConfig, Capacity, MemoryCache, TtlFor};
 use crate::error::ConfigError;
 use crate::handle::{CacheOps, DedupHandle};
+use crate::observe::{DEFAULT_NAME, Observe};
 use crate::policy::OnError;
-use crate::stats::Counters;
 
 /// The cache's default capacity, in entries.
 pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
@@ -19,6 +20,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
 /// The cache and error knobs, for a cache of `V` (an answer, or a stream's chunks).
 pub(crate) struct Knobs<V> {
+    pub(crate) name: Cow<'static, str>,
     pub(crate) cache_enabled: bool,
     pub(crate) ttl: Duration,
     pub(crate) time_to_idle: Option<Duration>,
@@ -30,6 +32,7 @@ pub(crate) struct Knobs<V> {
 impl<V> Default for Knobs<V> {
     fn default() -> Self {
         Knobs {
+            name: Cow::Borrowed(DEFAULT_NAME),
             cache_enabled: true,
             ttl: DEFAULT_TTL,
             time_to_idle: None,
@@ -83,12 +86,13 @@ impl<V> Knobs<V> {
         }
     }
 
-    /// The counters, the cache (unless `no_cache`) and the handle on both, for one layer value.
-    pub(crate) fn assemble(self) -> Parts<V>
+    /// The funnel, the cache (unless `no_cache`) and the handle on both, for one layer value;
+    /// `warn_every` spaces out warnings about a shared cache.
+    pub(crate) fn assemble(self, warn_every: Duration) -> Parts<V>
     where
         V: Clone + Send + Sync + 'static,
     {
-        let counters = Counters::new();
+        let observe = Observe::new(self.name, warn_every);
         let cache = self.cache_enabled.then(|| {
             let config = CacheConfig {
                 capacity: self.capacity,
@@ -96,12 +100,12 @@ impl<V> Knobs<V> {
                 time_to_idle: self.time_to_idle,
                 ttl_for: self.ttl_for,
             };
-            Arc::new(MemoryCache::new(&config, counters.clone()))
+            Arc::new(MemoryCache::new(&config, observe.clone()))
         });
         let control = cache.clone().map(|cache| cache as Arc<dyn CacheOps>);
         Parts {
-            handle: DedupHandle::new(counters.clone(), control),
-            counters,
+            handle: DedupHandle::new(observe.clone(), control),
+            observe,
             cache,
             on_error: self.on_error,
         }
@@ -110,7 +114,7 @@ impl<V> Knobs<V> {
 
 /// What a layer value is made of, besides its key source and cache rule.
 pub(crate) struct Parts<V> {
-    pub(crate) counters: Counters,
+    pub(crate) observe: Observe,
     pub(crate) cache: Option<Arc<MemoryCache<V>>>,
     pub(crate) handle: DedupHandle,
     pub(crate) on_error: OnError,
@@ -120,6 +124,13 @@ pub(crate) struct Parts<V> {
 /// `knobs` field of type `Knobs<$value>`.
 macro_rules! knob_methods {
     ($value:ty) => {
+        /// The layer's name (default `"dedup"`): the `name` label on its metric series and
+        /// the `name` field on its events, to tell two layers in one process apart.
+        pub fn name(mut self, name: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+            self.knobs.name = name.into();
+            self
+        }
+
         /// How long an answer stays in the cache (default five minutes). Must not be zero.
         pub fn ttl(mut self, ttl: std::time::Duration) -> Self {
             self.knobs.ttl = ttl;

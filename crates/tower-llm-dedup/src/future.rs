@@ -9,7 +9,7 @@ use tower_llm_core::BoxError;
 use tower_service::Service;
 
 use crate::flight::{Next, Subscription};
-use crate::stats::Counters;
+use crate::observe::Observe;
 
 /// The flight ended without a response; only a broken inner future that ends without output
 /// could cause it, and it is reported rather than hung on.
@@ -42,7 +42,7 @@ pin_project_lite::pin_project! {
             subscription: Subscription<Res>,
             response: Option<Res>,
             own_call: Option<(S, Req)>,
-            stats: Counters,
+            observe: Observe,
         },
         OwnCall { service: S, request: Option<Req> },
     }
@@ -66,14 +66,14 @@ impl<F, S, Req, Res> ResponseFuture<F, S, Req, Res> {
     pub(crate) fn waiting(
         subscription: Subscription<Res>,
         own_call: Option<(S, Req)>,
-        stats: Counters,
+        observe: Observe,
     ) -> Self {
         ResponseFuture {
             state: State::Waiting {
                 subscription,
                 response: None,
                 own_call,
-                stats,
+                observe,
             },
         }
     }
@@ -120,7 +120,7 @@ where
                     subscription,
                     response,
                     own_call,
-                    stats,
+                    observe,
                 } => match ready!(subscription.poll_next(cx)) {
                     Next::Started => {}
                     Next::Item(value) => *response = Some(value),
@@ -131,7 +131,7 @@ where
                     }
                     Next::Failed(error) => match own_call.take() {
                         Some((service, request)) => {
-                            stats.inner_call();
+                            observe.inner_call();
                             this.state.set(State::OwnCall {
                                 service,
                                 request: Some(request),

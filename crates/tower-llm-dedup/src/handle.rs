@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use tower_llm_core::RequestKey;
 
-use crate::stats::{Counters, DedupStats};
+use crate::observe::Observe;
+use crate::stats::DedupStats;
 
 /// What the handle may do to a cache, whatever type of answer it holds.
 pub(crate) trait CacheOps: Send + Sync {
@@ -30,18 +31,23 @@ pub(crate) trait CacheOps: Send + Sync {
 /// copies until their TTL runs out.
 #[derive(Clone)]
 pub struct DedupHandle {
-    counters: Counters,
+    observe: Observe,
     cache: Option<Arc<dyn CacheOps>>,
 }
 
 impl DedupHandle {
-    pub(crate) fn new(counters: Counters, cache: Option<Arc<dyn CacheOps>>) -> Self {
-        DedupHandle { counters, cache }
+    pub(crate) fn new(observe: Observe, cache: Option<Arc<dyn CacheOps>>) -> Self {
+        DedupHandle { observe, cache }
+    }
+
+    /// The layer's name, as given to the builder's `name` (default `"dedup"`).
+    pub fn name(&self) -> &str {
+        self.observe.name()
     }
 
     /// The counters now.
     pub fn stats(&self) -> DedupStats {
-        self.counters.snapshot()
+        self.observe.snapshot()
     }
 
     /// Answers in the cache now (0 without a cache). Runs the cache's pending maintenance
@@ -51,10 +57,12 @@ impl DedupHandle {
     }
 
     /// Drops every cached answer: from now on each request is a miss until its answer is
-    /// stored again.
+    /// stored again. Logged at `info` with the number of answers dropped.
     pub fn clear(&self) {
         if let Some(cache) = &self.cache {
+            let entries = cache.entry_count();
             cache.clear();
+            self.observe.cleared(entries);
         }
     }
 
@@ -74,6 +82,7 @@ impl DedupHandle {
 impl fmt::Debug for DedupHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DedupHandle")
+            .field("name", &self.name())
             .field("stats", &self.stats())
             .field("cache", &self.cache.is_some())
             .finish()

@@ -13,10 +13,10 @@ use crate::config::{Knobs, Parts, knob_methods};
 use crate::error::ConfigError;
 use crate::flight::InFlight;
 use crate::handle::DedupHandle;
+use crate::observe::Observe;
 use crate::policy::{CacheAll, DeterministicOnly, FingerprintKeys, OnError, RequestKeys};
 use crate::remote::Remote;
 use crate::service::Dedup;
-use crate::stats::Counters;
 
 /// State shared by every service a [`DedupLayer`] value builds, and by their clones.
 pub(crate) struct Shared<Res, K, R, C> {
@@ -25,7 +25,7 @@ pub(crate) struct Shared<Res, K, R, C> {
     pub(crate) classifier: C,
     pub(crate) cache: Option<Arc<MemoryCache<Res>>>,
     pub(crate) in_flight: Arc<InFlight<Res>>,
-    pub(crate) stats: Counters,
+    pub(crate) observe: Observe,
     pub(crate) handle: DedupHandle,
     pub(crate) on_error: OnError,
     pub(crate) remote: Option<Arc<dyn Remote<Res>>>,
@@ -55,6 +55,7 @@ impl<Res, K, R, C> Clone for DedupLayer<Res, K, R, C> {
 impl<Res, K, R, C> fmt::Debug for DedupLayer<Res, K, R, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DedupLayer")
+            .field("name", &self.shared.observe.name())
             .field("cache", &self.shared.cache.is_some())
             .field("on_error", &self.shared.on_error)
             .field("redis", &self.shared.remote.is_some())
@@ -235,12 +236,16 @@ impl<Res, K, R, C> DedupLayerBuilder<Res, K, R, C> {
     where
         Res: Clone + Send + Sync + 'static,
     {
+        let warn_every = self
+            .remote
+            .as_ref()
+            .map_or(Duration::ZERO, |remote| remote.cool_down());
         let Parts {
-            counters,
+            observe,
             cache,
             handle,
             on_error,
-        } = self.knobs.assemble();
+        } = self.knobs.assemble(warn_every);
         DedupLayer {
             shared: Arc::new(Shared {
                 keys: self.keys,
@@ -248,7 +253,7 @@ impl<Res, K, R, C> DedupLayerBuilder<Res, K, R, C> {
                 classifier: self.classifier,
                 cache,
                 in_flight: Arc::new(InFlight::default()),
-                stats: counters,
+                observe,
                 handle,
                 on_error,
                 remote: self.remote,

@@ -43,15 +43,32 @@
 //! layer value, in any number of stacks, shares that value's cache, calls in flight and
 //! counters; another layer value has its own.
 //!
-//! # Metrics
+//! # Observability
 //!
-//! Counters, with the same numbers readable from [`DedupStats`]:
-//! `tower_llm_dedup_requests_total`, `tower_llm_dedup_cache_hits_total`,
+//! One funnel (features `tracing` and `metrics`, both on by default; with one off its code is
+//! compiled out) reports every event, labelled with the builder's
+//! [`name`](DedupLayerBuilder::name) (default `"dedup"`). No prompt, answer or key ever
+//! appears in a field or a label.
+//!
+//! Events (target `tower_llm_dedup::observe`, every one with the field `name`):
+//!
+//! | level | message | fields |
+//! |---|---|---|
+//! | trace | `dedup: coalesced with a call in flight` | |
+//! | trace | `dedup: cache hit` | `source` = `memory` / `redis` |
+//! | warn | `dedup: Redis cache unavailable; requests go on without it` | `op` = `get` / `put`, `reason` = `timeout` / `error` / `codec` / `no_runtime`, `suppressed` (failures not reported since the last warning) |
+//! | info | `dedup: cache cleared` | `entries` (answers dropped) |
+//!
+//! The Redis warning comes at most once per the backend's cool-down; calls skipped during a
+//! cool-down are counted, not logged.
+//!
+//! Counters (unit: count, label `name`), with the same numbers readable from
+//! [`DedupStats`]: `tower_llm_dedup_requests_total`, `tower_llm_dedup_cache_hits_total`,
 //! `tower_llm_dedup_coalesced_total`, `tower_llm_dedup_misses_total`,
 //! `tower_llm_dedup_inner_calls_total`, `tower_llm_dedup_evictions_total`,
 //! `tower_llm_dedup_bypassed_total`, `tower_llm_dedup_remote_hits_total`,
-//! `tower_llm_dedup_remote_errors_total`. They are registered when the layer is built: install
-//! the `metrics` recorder first.
+//! `tower_llm_dedup_remote_errors_total`. They are registered and described when the layer is
+//! built: install the `metrics` recorder first.
 //!
 //! # Example
 //!
@@ -111,6 +128,7 @@ mod flight;
 mod future;
 mod handle;
 mod layer;
+mod observe;
 mod policy;
 #[cfg(feature = "redis")]
 pub mod redis;

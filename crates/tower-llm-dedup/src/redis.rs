@@ -50,8 +50,8 @@ use tokio::time::Instant;
 use tower_llm_core::{BoxError, RequestKey};
 
 use crate::error::ConfigError;
+use crate::observe::{Observe, RemoteFailure, RemoteOp};
 use crate::remote::{Lookup, Remote};
-use crate::stats::Counters;
 
 /// The default Redis timeout, for connecting and for each command.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
@@ -201,14 +201,15 @@ impl<V> Inner<V> {
         Ok(connection.clone())
     }
 
-    /// Runs one Redis operation within the timeout; a failure starts the cool-down.
+    /// Runs one Redis operation within the timeout; a failure starts the cool-down. The
+    /// error itself is dropped: only its kind is reported, never text that could carry a key.
     async fn bounded<T>(
         &self,
         op: impl Future<Output = Result<T, BoxError>>,
-    ) -> Result<T, BoxError> {
+    ) -> Result<T, RemoteFailure> {
         let result = match tokio::time::timeout(self.timeout, op).await {
-            Ok(result) => result,
-            Err(elapsed) => Err(elapsed.into()),
+            Ok(result) => result.map_err(|_| RemoteFailure::Error),
+            Err(_) => Err(RemoteFailure::Timeout),
         };
         if result.is_err() {
             self.mark_down();
@@ -333,7 +334,7 @@ impl<V: Send + Sync + 'static> Remote<V> for RedisBackend<V> {
         let inner = self.inner.clone();
         Box::pin(async move {
             if inner.is_cooling_down() {
-                return Lookup::Failed;
+                return Lookup::Failed(RemoteFailure::CoolingDown);
             }
             let redis_key = inner.key(key);
             let fetched = inner
@@ -346,10 +347,10 @@ impl<V: Send + Sync + 'static> Remote<V> for RedisBackend<V> {
             match fetched {
                 Ok(Some(bytes)) => match inner.codec.decode(&bytes) {
                     Ok(value) => Lookup::Hit(value),
-                    Err(_) => Lookup::Failed,
+                    Err(_) => Lookup::Failed(RemoteFailure::Codec),
                 },
                 Ok(None) => Lookup::Miss,
-                Err(_) => Lookup::Failed,
+                Err(failure) => Lookup::Failed(failure),
             }
         })
     }
@@ -365,17 +366,21 @@ impl<V: Send + Sync + 'static> Remote<V> for RedisBackend<V> {
         Ok(())
     }
 
-    fn put(&self, key: RequestKey, value: &V, ttl: Duration, stats: Counters) {
+    fn cool_down(&self) -> Duration {
+        self.inner.cool_down
+    }
+
+    fn put(&self, key: RequestKey, value: &V, ttl: Duration, observe: Observe) {
         if self.inner.is_cooling_down() {
-            stats.remote_error();
+            observe.remote_error(RemoteOp::Put, RemoteFailure::CoolingDown);
             return;
         }
         let Ok(bytes) = self.inner.codec.encode(value) else {
-            stats.remote_error();
+            observe.remote_error(RemoteOp::Put, RemoteFailure::Codec);
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            stats.remote_error();
+            observe.remote_error(RemoteOp::Put, RemoteFailure::NoRuntime);
             return;
         };
         let inner = self.inner.clone();
@@ -389,8 +394,8 @@ impl<V: Send + Sync + 'static> Remote<V> for RedisBackend<V> {
                     Ok(())
                 })
                 .await;
-            if stored.is_err() {
-                stats.remote_error();
+            if let Err(failure) = stored {
+                observe.remote_error(RemoteOp::Put, failure);
             }
         });
     }

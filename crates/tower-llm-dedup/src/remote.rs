@@ -7,7 +7,7 @@ use std::time::Duration;
 use tower_llm_core::RequestKey;
 
 use crate::error::ConfigError;
-use crate::stats::Counters;
+use crate::observe::{Observe, RemoteFailure};
 
 /// What a shared cache said.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -15,7 +15,7 @@ pub(crate) enum Lookup<V> {
     Hit(V),
     Miss,
     /// It could not answer in time (down, slow, undecodable): the caller goes on without it.
-    Failed,
+    Failed(RemoteFailure),
 }
 
 /// A shared cache. It never fails a request: a lookup that cannot answer in time is
@@ -27,6 +27,9 @@ pub(crate) trait Remote<V>: Send + Sync {
     /// Refuses a configuration that cannot work; called when the layer is built.
     fn check(&self) -> Result<(), ConfigError>;
 
+    /// How long it is left alone after a failure: its warnings are spaced as far apart.
+    fn cool_down(&self) -> Duration;
+
     /// Stores an answer in the background.
-    fn put(&self, key: RequestKey, value: &V, ttl: Duration, stats: Counters);
+    fn put(&self, key: RequestKey, value: &V, ttl: Duration, observe: Observe);
 }

@@ -14,6 +14,7 @@ use crate::flight::{Joined, Step};
 use crate::future::ResponseFuture;
 use crate::handle::DedupHandle;
 use crate::layer::Shared;
+use crate::observe::RemoteOp;
 use crate::policy::{CacheRule, OnError, RequestKeys};
 use crate::remote::Lookup;
 
@@ -63,7 +64,7 @@ impl<S: fmt::Debug, Res, K, R, C> fmt::Debug for Dedup<S, Res, K, R, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Dedup")
             .field("inner", &self.inner)
-            .field("stats", &self.shared.stats.snapshot())
+            .field("stats", &self.shared.observe.snapshot())
             .finish_non_exhaustive()
     }
 }
@@ -89,10 +90,10 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let shared = &self.shared;
-        shared.stats.request();
+        shared.observe.request();
         let Some(key) = shared.keys.key(&request) else {
-            shared.stats.bypassed();
-            shared.stats.inner_call();
+            shared.observe.bypassed();
+            shared.observe.inner_call();
             return ResponseFuture::direct(self.inner.call(request));
         };
         let cache = shared.cache.as_ref();
@@ -100,7 +101,7 @@ where
         // was stored meanwhile and the cache need not be asked twice.
         let stored = cache.map(|c| c.stored()).unwrap_or(0);
         if let Some(value) = cache.and_then(|c| c.get(&key)) {
-            shared.stats.hit();
+            shared.observe.hit();
             return ResponseFuture::ready(Ok(value));
         }
         let reads_error = shared.on_error == OnError::Share;
@@ -109,25 +110,25 @@ where
         });
         let mut leader = match joined {
             Joined::Cached(value) => {
-                shared.stats.hit();
+                shared.observe.hit();
                 return ResponseFuture::ready(Ok(value));
             }
             Joined::Waiter(subscription) => {
-                shared.stats.coalesced();
+                shared.observe.coalesced();
                 let own_call = match shared.on_error {
                     OnError::Share => None,
                     OnError::OwnCall => Some((self.inner.clone(), request)),
                 };
-                return ResponseFuture::waiting(subscription, own_call, shared.stats.clone());
+                return ResponseFuture::waiting(subscription, own_call, shared.observe.clone());
             }
             Joined::Leader(subscription) => subscription,
         };
-        shared.stats.miss();
+        shared.observe.miss();
         let cacheable = cache.is_some() && shared.rule.is_cacheable(&request);
         let from_remote = Arc::new(AtomicBool::new(false));
         let producer: crate::flight::Producer<Res> = match shared.remote.clone() {
             None => {
-                shared.stats.inner_call();
+                shared.observe.inner_call();
                 Box::pin(OneCall {
                     future: Some(self.inner.call(request)),
                 })
@@ -137,19 +138,19 @@ where
                 // made ready again before the next call.
                 let clone = self.inner.clone();
                 let mut ready = std::mem::replace(&mut self.inner, clone);
-                let stats = shared.stats.clone();
+                let observe = shared.observe.clone();
                 let from_remote = from_remote.clone();
                 Box::pin(futures_util::stream::once(async move {
                     match remote.get(key).await {
                         Lookup::Hit(value) => {
-                            stats.remote_hit();
+                            observe.remote_hit();
                             from_remote.store(true, Ordering::Relaxed);
                             return Ok(Step::Item(value));
                         }
                         Lookup::Miss => {}
-                        Lookup::Failed => stats.remote_error(),
+                        Lookup::Failed(failure) => observe.remote_error(RemoteOp::Get, failure),
                     }
-                    stats.inner_call();
+                    observe.inner_call();
                     ready
                         .call(request)
                         .await
@@ -181,12 +182,12 @@ where
                 if let Some(remote) = &completion_shared.remote
                     && !from_remote.load(Ordering::Relaxed)
                 {
-                    remote.put(key, value, ttl, completion_shared.stats.clone());
+                    remote.put(key, value, ttl, completion_shared.observe.clone());
                 }
                 cache.insert(key, value.clone(), ttl);
             }),
         );
-        ResponseFuture::waiting(leader, None, shared.stats.clone())
+        ResponseFuture::waiting(leader, None, shared.observe.clone())
     }
 }
 

@@ -60,10 +60,10 @@ use crate::config::{Knobs, Parts, knob_methods};
 use crate::error::ConfigError;
 use crate::flight::{InFlight, Joined, Next, Producer, Step, Subscription};
 use crate::handle::DedupHandle;
+use crate::observe::Observe;
 use crate::policy::{
     CacheAll, CacheRule, DeterministicOnly, FingerprintKeys, OnError, RequestKeys,
 };
-use crate::stats::Counters;
 
 type BoxChunks<T> = Pin<Box<dyn Stream<Item = Result<T, BoxError>> + Send>>;
 
@@ -72,7 +72,7 @@ struct StreamShared<T, K, R> {
     rule: R,
     cache: Option<Arc<MemoryCache<Arc<[T]>>>>,
     in_flight: Arc<InFlight<T>>,
-    stats: Counters,
+    observe: Observe,
     handle: DedupHandle,
     on_error: OnError,
 }
@@ -97,6 +97,7 @@ impl<T, K, R> Clone for StreamDedupLayer<T, K, R> {
 impl<T, K, R> fmt::Debug for StreamDedupLayer<T, K, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StreamDedupLayer")
+            .field("name", &self.shared.observe.name())
             .field("cache", &self.shared.cache.is_some())
             .field("on_error", &self.shared.on_error)
             .finish_non_exhaustive()
@@ -222,18 +223,18 @@ impl<T, K, R> StreamDedupLayerBuilder<T, K, R> {
         T: Clone + Send + Sync + 'static,
     {
         let Parts {
-            counters,
+            observe,
             cache,
             handle,
             on_error,
-        } = self.knobs.assemble();
+        } = self.knobs.assemble(Duration::ZERO);
         StreamDedupLayer {
             shared: Arc::new(StreamShared {
                 keys: self.keys,
                 rule: self.rule,
                 cache,
                 in_flight: Arc::new(InFlight::default()),
-                stats: counters,
+                observe,
                 handle,
                 on_error,
             }),
@@ -318,10 +319,10 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let shared = &self.shared;
-        shared.stats.request();
+        shared.observe.request();
         let Some(key) = shared.keys.key(&request) else {
-            shared.stats.bypassed();
-            shared.stats.inner_call();
+            shared.observe.bypassed();
+            shared.observe.inner_call();
             return StreamResponseFuture::direct(self.inner.call(request));
         };
         let cache = shared.cache.as_ref();
@@ -329,7 +330,7 @@ where
         // was stored meanwhile and the cache need not be asked twice.
         let stored = cache.map(|c| c.stored()).unwrap_or(0);
         if let Some(chunks) = cache.and_then(|c| c.get(&key)) {
-            shared.stats.hit();
+            shared.observe.hit();
             return StreamResponseFuture::ready(Ok(ReplayStream::cached(chunks)));
         }
         let reads_error = shared.on_error == OnError::Share;
@@ -337,21 +338,25 @@ where
             cache.and_then(|c| c.get_if_stored_since(&key, stored))
         }) {
             Joined::Cached(chunks) => {
-                shared.stats.hit();
+                shared.observe.hit();
                 return StreamResponseFuture::ready(Ok(ReplayStream::cached(chunks)));
             }
             Joined::Waiter(subscription) => {
-                shared.stats.coalesced();
+                shared.observe.coalesced();
                 let own_call = match shared.on_error {
                     OnError::Share => None,
                     OnError::OwnCall => Some((self.inner.clone(), request)),
                 };
-                return StreamResponseFuture::waiting(subscription, own_call, shared.stats.clone());
+                return StreamResponseFuture::waiting(
+                    subscription,
+                    own_call,
+                    shared.observe.clone(),
+                );
             }
             Joined::Leader(subscription) => subscription,
         };
-        shared.stats.miss();
-        shared.stats.inner_call();
+        shared.observe.miss();
+        shared.observe.inner_call();
         let cacheable = cache.is_some() && shared.rule.is_cacheable(&request);
         let producer: Producer<T> = Box::pin(StreamCall::Calling {
             future: self.inner.call(request),
@@ -367,7 +372,7 @@ where
                 }
             }),
         );
-        StreamResponseFuture::waiting(leader, None, shared.stats.clone())
+        StreamResponseFuture::waiting(leader, None, shared.observe.clone())
     }
 }
 
@@ -504,7 +509,7 @@ pin_project_lite::pin_project! {
         Waiting {
             subscription: Option<Subscription<T>>,
             own_call: Option<(S, Req)>,
-            stats: Counters,
+            observe: Observe,
         },
         OwnCall { service: S, request: Option<Req> },
     }
@@ -525,12 +530,16 @@ impl<F, S, Req, T> StreamResponseFuture<F, S, Req, T> {
         }
     }
 
-    fn waiting(subscription: Subscription<T>, own_call: Option<(S, Req)>, stats: Counters) -> Self {
+    fn waiting(
+        subscription: Subscription<T>,
+        own_call: Option<(S, Req)>,
+        observe: Observe,
+    ) -> Self {
         StreamResponseFuture {
             state: State::Waiting {
                 subscription: Some(subscription),
                 own_call,
-                stats,
+                observe,
             },
         }
     }
@@ -579,7 +588,7 @@ where
                 StateProj::Waiting {
                     subscription,
                     own_call,
-                    stats,
+                    observe,
                 } => {
                     let Some(live) = subscription.as_mut() else {
                         return Poll::Ready(Err(
@@ -598,7 +607,7 @@ where
                         }
                         Next::Failed(error) => match own_call.take() {
                             Some((service, request)) => {
-                                stats.inner_call();
+                                observe.inner_call();
                                 this.state.set(State::OwnCall {
                                     service,
                                     request: Some(request),
