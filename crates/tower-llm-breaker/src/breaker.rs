@@ -16,13 +16,9 @@ use tokio::time::Instant;
 use tower_llm_core::CircuitOpen;
 
 use crate::config::{Config, Verdict};
+use crate::observe::{Observe, Trip};
 use crate::state::{State, StateChange, Stats};
 use crate::window::Outcomes;
-
-/// Metric names, documented in the crate docs.
-pub(crate) const STATE_GAUGE: &str = "tower_llm_breaker_state";
-pub(crate) const TRANSITIONS: &str = "tower_llm_breaker_transitions_total";
-pub(crate) const REJECTED: &str = "tower_llm_breaker_rejected_total";
 
 pub(crate) struct Breaker {
     config: Arc<Config>,
@@ -40,12 +36,10 @@ pub(crate) struct Breaker {
     half_open: Mutex<HalfOpen>,
     name: Arc<str>,
     key: Option<Arc<str>>,
-    labels: Vec<metrics::Label>,
-    /// Registered once: registering per rejection would build its labels, allocating, on
-    /// the open path. The cost is that a recorder must be installed before the breaker is
-    /// made (as the `metrics` docs advise for handles).
-    rejected: metrics::Counter,
-    state_gauge: metrics::Gauge,
+    /// Metric handles are registered once, when the breaker is made: registering per
+    /// rejection would build its labels, allocating, on the open path. The cost is that a
+    /// recorder must be installed before the breaker is made (as the `metrics` docs advise).
+    observe: Observe,
     times_calls: bool,
     clock_at_end: bool,
 }
@@ -96,15 +90,8 @@ fn nanos(d: Duration) -> u64 {
 impl Breaker {
     pub(crate) fn new(config: Arc<Config>, key: Option<Arc<str>>) -> Self {
         let name: Arc<str> = Arc::from(&*config.name);
-        let mut labels = vec![metrics::Label::new("breaker", name.to_string())];
-        if let Some(key) = &key {
-            labels.push(metrics::Label::new("key", key.to_string()));
-        }
-        let state_gauge = metrics::gauge!(STATE_GAUGE, labels.iter());
-        state_gauge.set(State::Closed.as_gauge());
         Breaker {
-            rejected: metrics::counter!(REJECTED, labels.iter()),
-            state_gauge,
+            observe: Observe::new(name.clone(), key.clone()),
             window: config.uses_window().then(|| Outcomes::new(config.window)),
             times_calls: config.times_calls(),
             clock_at_end: config.clock_at_end(),
@@ -118,7 +105,6 @@ impl Breaker {
             half_open: Mutex::new(HalfOpen::default()),
             name,
             key,
-            labels,
         }
     }
 
@@ -208,13 +194,13 @@ impl Breaker {
                 }
             }
         };
-        self.announce(change);
+        self.announce(change, None);
         result.map_err(|retry_in| self.reject(retry_in))
     }
 
     fn reject(&self, retry_in: Duration) -> CircuitOpen {
         self.counts.rejected.fetch_add(1, Ordering::Relaxed);
-        self.rejected.increment(1);
+        self.observe.rejected(retry_in);
         CircuitOpen::new(retry_in)
     }
 
@@ -233,7 +219,7 @@ impl Breaker {
             return;
         }
         let failure = verdict == Verdict::Failure;
-        let mut trip = false;
+        let mut trip = None;
         if let Some(threshold) = self.config.consecutive_failures {
             match verdict {
                 Verdict::Success => {
@@ -248,7 +234,9 @@ impl Breaker {
                         .consecutive
                         .fetch_add(1, Ordering::Relaxed)
                         .saturating_add(1);
-                    trip = run >= threshold;
+                    if run >= threshold {
+                        trip = Some(Trip::Consecutive(run));
+                    }
                 }
                 Verdict::Ignored => {}
             }
@@ -258,27 +246,38 @@ impl Breaker {
         {
             let t = now.map_or(0, |now| self.ticks(now));
             window.record(failure, slow, t);
-            if !trip && (failure || slow) {
+            if trip.is_none() && (failure || slow) {
                 let tally = window.tally(t);
                 let minimum = self.config.minimum_calls;
-                trip = (failure
+                if failure
                     && self
                         .config
                         .failure_rate
-                        .is_some_and(|rate| tally.failure_rate_reached(rate, minimum)))
-                    || (slow
-                        && self
-                            .config
-                            .slow_calls
-                            .is_some_and(|s| tally.slow_rate_reached(s.rate, minimum)));
+                        .is_some_and(|rate| tally.failure_rate_reached(rate, minimum))
+                {
+                    trip = Some(Trip::FailureRate {
+                        failures: tally.failures,
+                        calls: tally.calls,
+                    });
+                } else if slow
+                    && self
+                        .config
+                        .slow_calls
+                        .is_some_and(|s| tally.slow_rate_reached(s.rate, minimum))
+                {
+                    trip = Some(Trip::SlowRate {
+                        slow: tally.slow,
+                        calls: tally.calls,
+                    });
+                }
             }
         }
-        if trip {
-            self.trip(epoch, now.unwrap_or_else(clock));
+        if let Some(cause) = trip {
+            self.trip(epoch, now.unwrap_or_else(clock), cause);
         }
     }
 
-    fn trip(&self, epoch: u64, now: Instant) {
+    fn trip(&self, epoch: u64, now: Instant, cause: Trip) {
         let change = {
             let mut half_open = self.lock();
             if self.word.load(Ordering::Acquire) != pack(State::Closed, epoch) {
@@ -287,7 +286,7 @@ impl Breaker {
             half_open.trips_in_row = 1;
             self.open(&mut half_open, State::Closed, epoch, now)
         };
-        self.announce(Some(change));
+        self.announce(Some(change), Some(cause));
     }
 
     /// Opens the breaker and holds it open, whatever its state, until [`reset`]: calls are
@@ -322,7 +321,7 @@ impl Breaker {
                 change
             })
         };
-        self.announce(change);
+        self.announce(change, None);
     }
 
     /// Closes the breaker with empty counts, whatever its state (a forced open included):
@@ -358,7 +357,10 @@ impl Breaker {
                 Some(change)
             }
         };
-        self.announce(change);
+        match change {
+            Some(change) => self.announce(Some(change), None),
+            None => self.observe.reset_closed(),
+        }
     }
 
     fn clear_counts(&self) {
@@ -385,6 +387,7 @@ impl Breaker {
     }
 
     fn settle_probe(&self, epoch: u64, verdict: Verdict, slow: bool, now: Instant) {
+        let mut tripped = false;
         let change = {
             let mut half_open = self.lock();
             if self.word.load(Ordering::Acquire) != pack(State::HalfOpen, epoch) {
@@ -405,6 +408,7 @@ impl Breaker {
                     })
                 }
                 Verdict::Success | Verdict::Failure => {
+                    tripped = true;
                     half_open.failures += 1;
                     (half_open.failures > probes - needed).then(|| {
                         half_open.trips_in_row = half_open.trips_in_row.saturating_add(1);
@@ -413,7 +417,7 @@ impl Breaker {
                 }
             }
         };
-        self.announce(change);
+        self.announce(change, tripped.then_some(Trip::ProbeFailed));
     }
 
     /// Moves from `from` (open or half-open) to closed with empty counts; the caller holds
@@ -453,14 +457,11 @@ impl Breaker {
         }
     }
 
-    /// Reports a state change; called outside the lock, so the hook may read stats.
-    fn announce(&self, change: Option<StateChange>) {
+    /// Reports a state change (`trip`: why it opened on its own) to the funnel and the hook;
+    /// called outside the lock, so the hook may read stats.
+    fn announce(&self, change: Option<StateChange>, trip: Option<Trip>) {
         let Some(change) = change else { return };
-        self.state_gauge.set(change.to.as_gauge());
-        let mut labels = self.labels.clone();
-        labels.push(metrics::Label::new("from", change.from.as_str()));
-        labels.push(metrics::Label::new("to", change.to.as_str()));
-        metrics::counter!(TRANSITIONS, labels).increment(1);
+        self.observe.transition(&change, trip);
         if let Some(hook) = &self.config.hook {
             hook(&change);
         }

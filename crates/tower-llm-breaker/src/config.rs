@@ -210,7 +210,7 @@ impl Default for CircuitBreakerBuilder {
     fn default() -> Self {
         CircuitBreakerBuilder {
             config: Config {
-                name: Cow::Borrowed("default"),
+                name: Cow::Borrowed("breaker"),
                 consecutive_failures: None,
                 failure_rate: Some(DEFAULT_FAILURE_RATE),
                 slow_calls: None,
@@ -235,7 +235,8 @@ impl CircuitBreakerBuilder {
         Self::default()
     }
 
-    /// Names the breaker: the `breaker` label of its metrics and [`StateChange::breaker`].
+    /// Names the breaker (default `"breaker"`): the `name` label of its metrics, the `name`
+    /// field of its events and [`StateChange::breaker`].
     pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.config.name = name.into();
         self

@@ -62,11 +62,32 @@
 //!   [`KeyedCircuitBreakerLayer::handle`] does the same per key, and
 //!   [`reset_all`](KeyedCircuitBreakerHandle::reset_all).
 //! - [`on_state_change`] calls a hook with each [`StateChange`], forced ones included.
-//! - [`metrics`](https://docs.rs/metrics) (labels `breaker` = the breaker's [`name`], and
-//!   `key` for per-key breakers):
-//!   - `tower_llm_breaker_state` (gauge): 0 closed, 1 open, 2 half-open;
-//!   - `tower_llm_breaker_transitions_total` (counter, labels `from`, `to`);
-//!   - `tower_llm_breaker_rejected_total` (counter): calls refused.
+//! - `tracing` and `metrics` through one funnel: see [Observability](#observability).
+//!
+//! # Observability
+//!
+//! Features `tracing` and `metrics`, both on by default; with one off its code is compiled
+//! out. Every event and series carries the breaker's [`name`] (default `"breaker"`), and a
+//! per-key breaker's `key` (the key function's value: keep it bounded, a provider or a
+//! model). No request or answer is ever recorded. The funnel is separate from the
+//! [`on_state_change`] hook.
+//!
+//! Events (target `tower_llm_breaker::observe`; fields `name`, `key` when keyed, `from`):
+//!
+//! | level | message | more fields |
+//! |---|---|---|
+//! | warn | `breaker: opened` | `cause` = `consecutive_failures` / `failure_rate` / `slow_rate` / `probe_failed`; `consecutive_failures`, or `failure_rate` / `slow_rate` (a fraction) and `window_calls`; `cooldown_s` |
+//! | info | `breaker: half-open` | |
+//! | info | `breaker: closed` | |
+//! | warn | `breaker: forced open` | (the handle's [`force_open`](CircuitBreakerHandle::force_open)) |
+//! | info | `breaker: reset` | (the handle's [`reset`](CircuitBreakerHandle::reset)) |
+//! | debug | `breaker: call rejected` | `retry_in_s` (no `from`) |
+//!
+//! Metrics (labels `name`, and `key` for per-key breakers; registered and described when the
+//! breaker is made, so install the recorder first):
+//! - `tower_llm_breaker_state` (gauge): 0 closed, 1 open, 2 half-open;
+//! - `tower_llm_breaker_transitions_total` (counter, extra labels `from`, `to`);
+//! - `tower_llm_breaker_rejected_total` (counter): calls refused.
 //!
 //! # Example
 //!
@@ -135,6 +156,7 @@ mod future;
 mod handle;
 mod keyed;
 mod layer;
+mod observe;
 mod service;
 mod state;
 mod window;

@@ -213,25 +213,25 @@ async fn metrics_report_state_transitions_and_rejections() {
         .expect("valid")
         .layer(upstream(Arc::clone(&calls)));
     assert_eq!(
-        capture.get("tower_llm_breaker_state breaker=openai"),
+        capture.get("tower_llm_breaker_state name=openai"),
         Some(0.0)
     );
     call(&mut svc, 1).await.expect("trips");
     assert_eq!(
-        capture.get("tower_llm_breaker_state breaker=openai"),
+        capture.get("tower_llm_breaker_state name=openai"),
         Some(1.0)
     );
     for _ in 0..3 {
         assert!(call(&mut svc, 1).await.is_err());
     }
     assert_eq!(
-        capture.get("tower_llm_breaker_rejected_total breaker=openai"),
+        capture.get("tower_llm_breaker_rejected_total name=openai"),
         Some(3.0)
     );
     advance(Duration::from_secs(5)).await;
     call(&mut svc, 2).await.expect("probe closes");
     assert_eq!(
-        capture.get("tower_llm_breaker_state breaker=openai"),
+        capture.get("tower_llm_breaker_state name=openai"),
         Some(0.0)
     );
     for (from, to) in [
@@ -241,7 +241,7 @@ async fn metrics_report_state_transitions_and_rejections() {
     ] {
         assert_eq!(
             capture.get(&format!(
-                "tower_llm_breaker_transitions_total breaker=openai from={from} to={to}"
+                "tower_llm_breaker_transitions_total name=openai from={from} to={to}"
             )),
             Some(1.0),
             "{from} -> {to}"
@@ -256,7 +256,7 @@ async fn metrics_report_state_transitions_and_rejections() {
     let mut svc = keyed.layer(upstream(calls));
     call(&mut svc, 7).await.expect("trips key 7");
     assert_eq!(
-        capture.get("tower_llm_breaker_state breaker=models key=7"),
+        capture.get("tower_llm_breaker_state name=models key=7"),
         Some(1.0)
     );
 }
