@@ -269,6 +269,9 @@ impl<F, B> StreamFuture<F, B> {
         call: CallObs,
     ) -> Self {
         let started = Instant::now();
+        // A call with a deadline (core's `Deadline`, current while `call` runs) ends there,
+        // stream included: the layer that set it sees only the head.
+        let timeouts = timeouts.within(tower_llm_core::Deadline::current());
         let deadline = timeouts
             .before_first(started)
             .map(|at| Box::pin(tokio::time::sleep_until(at)));

@@ -41,6 +41,10 @@ use crate::{anthropic, gemini, openai};
 /// | `between_chunks` | 5 min | from the response head, then from each sign of life (an event read) or chunk asked for |
 /// | `total` | none | from the request being sent to the end |
 ///
+/// A call made with a [`Deadline`](tower_llm_core::Deadline) current (set by
+/// [`DeadlineLayer`](tower_llm_core::DeadlineLayer) or the gateway) has its `total` cut to the
+/// time left: the stream, which outlives the layer that set the deadline, ends there too.
+///
 /// The values follow what real providers need: a reasoning model (OpenAI's o-series, Claude or
 /// Gemini thinking) may think for minutes before its first token, and OpenAI's Chat
 /// Completions sends nothing while it does (Anthropic sends `ping` events and thinking
@@ -104,6 +108,16 @@ impl StreamTimeouts {
     /// Sets the total timeout.
     pub const fn total(mut self, limit: Duration) -> Self {
         self.total = Some(limit);
+        self
+    }
+
+    /// These limits, with `total` cut to the time left before `deadline` (the call's own,
+    /// when it has one).
+    pub(crate) fn within(mut self, deadline: Option<tower_llm_core::Deadline>) -> Self {
+        if let Some(deadline) = deadline {
+            let left = deadline.time_left();
+            self.total = Some(self.total.map_or(left, |total| total.min(left)));
+        }
         self
     }
 

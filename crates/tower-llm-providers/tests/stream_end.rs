@@ -246,3 +246,31 @@ async fn a_terminal_event_at_the_very_end_of_the_body_ends_the_stream() {
         [StreamEnd::Completed { usage: None }]
     );
 }
+
+/// A stream made under a call's deadline ends there, though the layer that set the deadline
+/// saw only its head.
+#[tokio::test(start_paused = true)]
+async fn a_stream_ends_at_the_deadline_of_its_call() {
+    use tower::{ServiceBuilder, ServiceExt};
+    use tower_llm_core::DeadlineLayer;
+
+    let (client, _) = mock(Reply::sse(vec![
+        data(CONTENT),
+        data(CONTENT),
+        Piece::Stall(Duration::from_secs(60)),
+        data(FINISH),
+        data(DONE),
+    ]));
+    let openai = OpenAi::builder().api_key("k").build_with(client).unwrap();
+    let service = ServiceBuilder::new()
+        .layer(DeadlineLayer::new(Duration::from_secs(20)))
+        .service(openai);
+    let started = tokio::time::Instant::now();
+    let mut stream = service
+        .oneshot(ChatRequest::new("m", vec![Message::user("hi")]).streaming())
+        .await
+        .unwrap();
+    let error = first_error(&mut stream).await;
+    assert_eq!(error.kind(), FailureKind::Timeout, "{error}");
+    assert_eq!(started.elapsed(), Duration::from_secs(20));
+}
