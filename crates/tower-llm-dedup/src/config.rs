@@ -1,5 +1,5 @@
-//! The knobs both builders share ([`DedupLayerBuilder`](crate::DedupLayerBuilder) and
-//! [`StreamDedupLayerBuilder`](crate::StreamDedupLayerBuilder)), checked and turned into a
+//! The knobs both builders share ([`DedupBuilder`](crate::DedupBuilder) and
+//! [`StreamDedupBuilder`](crate::StreamDedupBuilder)), checked and turned into a
 //! cache in one place.
 
 use std::borrow::Cow;

@@ -68,12 +68,12 @@ impl<Res: Clone + Send + Sync + 'static> DedupLayer<Res> {
     /// answers kept for `ttl` (a zero `ttl` keeps nothing: coalescing only), keyed by core's
     /// fingerprint, storing only answers to deterministic requests.
     pub fn new(ttl: Duration) -> Self {
-        DedupLayerBuilder::with_knobs(Knobs::with_ttl(ttl)).assemble()
+        DedupBuilder::with_knobs(Knobs::with_ttl(ttl)).assemble()
     }
 
     /// A builder with every knob.
-    pub fn builder() -> DedupLayerBuilder<Res> {
-        DedupLayerBuilder::with_knobs(Knobs::default())
+    pub fn builder() -> DedupBuilder<Res> {
+        DedupBuilder::with_knobs(Knobs::default())
     }
 }
 
@@ -102,9 +102,8 @@ impl<S, Res, K, R, C> Layer<S> for DedupLayer<Res, K, R, C> {
     }
 }
 
-/// Builds a [`DedupLayer`]; [`build`](DedupLayerBuilder::build) checks the knobs.
-pub struct DedupLayerBuilder<Res, K = FingerprintKeys, R = DeterministicOnly, C = DefaultClassifier>
-{
+/// Builds a [`DedupLayer`]; [`build`](DedupBuilder::build) checks the knobs.
+pub struct DedupBuilder<Res, K = FingerprintKeys, R = DeterministicOnly, C = DefaultClassifier> {
     keys: K,
     rule: R,
     classifier: C,
@@ -113,11 +112,9 @@ pub struct DedupLayerBuilder<Res, K = FingerprintKeys, R = DeterministicOnly, C 
     _res: PhantomData<fn() -> Res>,
 }
 
-impl<Res, K: fmt::Debug, R: fmt::Debug, C: fmt::Debug> fmt::Debug
-    for DedupLayerBuilder<Res, K, R, C>
-{
+impl<Res, K: fmt::Debug, R: fmt::Debug, C: fmt::Debug> fmt::Debug for DedupBuilder<Res, K, R, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DedupLayerBuilder")
+        f.debug_struct("DedupBuilder")
             .field("keys", &self.keys)
             .field("rule", &self.rule)
             .field("classifier", &self.classifier)
@@ -130,9 +127,9 @@ impl<Res, K: fmt::Debug, R: fmt::Debug, C: fmt::Debug> fmt::Debug
     }
 }
 
-impl<Res> DedupLayerBuilder<Res> {
+impl<Res> DedupBuilder<Res> {
     fn with_knobs(knobs: Knobs<Res>) -> Self {
-        DedupLayerBuilder {
+        DedupBuilder {
             keys: FingerprintKeys::default(),
             rule: DeterministicOnly,
             classifier: DefaultClassifier,
@@ -143,7 +140,7 @@ impl<Res> DedupLayerBuilder<Res> {
     }
 }
 
-impl<Res, R, C> DedupLayerBuilder<Res, FingerprintKeys, R, C> {
+impl<Res, R, C> DedupBuilder<Res, FingerprintKeys, R, C> {
     /// The secret key of the fingerprint hash (default: random per process). Instances sharing
     /// a Redis cache must use the same one, made with [`FingerprintKey::from_secret`].
     pub fn fingerprint_key(mut self, key: FingerprintKey) -> Self {
@@ -152,15 +149,15 @@ impl<Res, R, C> DedupLayerBuilder<Res, FingerprintKeys, R, C> {
     }
 }
 
-impl<Res, K, R, C> DedupLayerBuilder<Res, K, R, C> {
+impl<Res, K, R, C> DedupBuilder<Res, K, R, C> {
     /// Keys requests with your function instead of core's fingerprint. Returning `None` sends
     /// that request straight through (bypass). The key must cover everything that changes the
     /// answer, including the caller's identity: requests with equal keys share answers.
-    pub fn key_fn<Req, F>(self, key_fn: F) -> DedupLayerBuilder<Res, F, R, C>
+    pub fn key_fn<Req, F>(self, key_fn: F) -> DedupBuilder<Res, F, R, C>
     where
         F: Fn(&Req) -> Option<RequestKey>,
     {
-        DedupLayerBuilder {
+        DedupBuilder {
             keys: key_fn,
             rule: self.rule,
             classifier: self.classifier,
@@ -172,8 +169,8 @@ impl<Res, K, R, C> DedupLayerBuilder<Res, K, R, C> {
 
     /// Decides with `rule` which answers may be stored (default [`DeterministicOnly`]); a
     /// closure `Fn(&Req) -> bool` works. Requests that are not cacheable are still coalesced.
-    pub fn cache_rule<R2>(self, rule: R2) -> DedupLayerBuilder<Res, K, R2, C> {
-        DedupLayerBuilder {
+    pub fn cache_rule<R2>(self, rule: R2) -> DedupBuilder<Res, K, R2, C> {
+        DedupBuilder {
             keys: self.keys,
             rule,
             classifier: self.classifier,
@@ -184,14 +181,14 @@ impl<Res, K, R, C> DedupLayerBuilder<Res, K, R, C> {
     }
 
     /// Stores every successful answer, sampled or not.
-    pub fn cache_all(self) -> DedupLayerBuilder<Res, K, CacheAll, C> {
+    pub fn cache_all(self) -> DedupBuilder<Res, K, CacheAll, C> {
         self.cache_rule(CacheAll)
     }
 
     /// Decides with `classifier` which inner responses are successes worth storing (default
     /// core's [`DefaultClassifier`]: for `http::Response`, a 2xx/3xx status).
-    pub fn classifier<C2>(self, classifier: C2) -> DedupLayerBuilder<Res, K, R, C2> {
-        DedupLayerBuilder {
+    pub fn classifier<C2>(self, classifier: C2) -> DedupBuilder<Res, K, R, C2> {
+        DedupBuilder {
             keys: self.keys,
             rule: self.rule,
             classifier,

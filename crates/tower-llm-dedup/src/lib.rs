@@ -7,7 +7,7 @@
 //!   wait for it and receive a clone of its result. "Identical" is core's keyed
 //!   [`Fingerprint`](tower_llm_core::Fingerprint) (for an `http::Request`: method, URI,
 //!   canonical JSON body and the credential headers, so two tenants never share anything), or
-//!   your own key function ([`DedupLayerBuilder::key_fn`]).
+//!   your own key function ([`DedupBuilder::key_fn`]).
 //! - **Cancellation.** Nothing is spawned: whichever waiting caller is polled drives the shared
 //!   call. Dropping the first caller does not hurt the others; the call is dropped (cancelled)
 //!   only when no caller is left. If the inner future panics or fails, every waiter gets an
@@ -20,7 +20,7 @@
 //! - **What is stored.** By default only answers to deterministic requests (core's
 //!   [`Deterministic`](tower_llm_core::Deterministic): a chat request with `temperature: 0` or a
 //!   `seed`; sampling requests are coalesced in flight but not kept). Opt in to more with
-//!   [`DedupLayerBuilder::cache_all`] or a predicate ([`DedupLayerBuilder::cache_rule`]).
+//!   [`DedupBuilder::cache_all`] or a predicate ([`DedupBuilder::cache_rule`]).
 //! - **Bypass.** A request carrying the [`Bypass`] extension, or for http the header
 //!   `x-tower-llm-cache: bypass` ([`BYPASS_HEADER`]), goes straight to the inner service.
 //! - **Streams.** [`StreamDedupLayer`] does the same for responses that are a stream of
@@ -47,7 +47,7 @@
 //!
 //! One funnel (features `tracing` and `metrics`, both on by default; with one off its code is
 //! compiled out) reports every event, labelled with the builder's
-//! [`name`](DedupLayerBuilder::name) (default `"dedup"`). No prompt, answer or key ever
+//! [`name`](DedupBuilder::name) (default `"dedup"`). No prompt, answer or key ever
 //! appears in a field or a label.
 //!
 //! Events (target `tower_llm_dedup::observe`, every one with the field `name`):
@@ -141,7 +141,7 @@ pub use config::{DEFAULT_MAX_ENTRIES, DEFAULT_TTL};
 pub use error::{ConfigError, InnerPanicked, SharedError};
 pub use future::ResponseFuture;
 pub use handle::DedupHandle;
-pub use layer::{DedupLayer, DedupLayerBuilder};
+pub use layer::{DedupBuilder, DedupLayer};
 pub use policy::{
     BYPASS_HEADER, BYPASS_VALUE, Bypass, CacheAll, CacheControl, CacheRule, DeterministicOnly,
     FingerprintKeys, OnError, RequestKeys,
@@ -151,4 +151,4 @@ pub use stats::{
     DedupStats, METRIC_BYPASSED, METRIC_COALESCED, METRIC_EVICTIONS, METRIC_HITS,
     METRIC_INNER_CALLS, METRIC_MISSES, METRIC_REMOTE_ERRORS, METRIC_REMOTE_HITS, METRIC_REQUESTS,
 };
-pub use stream::{ReplayStream, StreamDedup, StreamDedupLayer, StreamDedupLayerBuilder};
+pub use stream::{ReplayStream, StreamDedup, StreamDedupBuilder, StreamDedupLayer};

@@ -27,7 +27,7 @@ where
 /// asks to bypass ([`CacheControl`]).
 ///
 /// The hash key is random per process unless set with
-/// [`DedupLayerBuilder::fingerprint_key`](crate::DedupLayerBuilder::fingerprint_key); instances
+/// [`DedupBuilder::fingerprint_key`](crate::DedupBuilder::fingerprint_key); instances
 /// that share a Redis cache must share a key made with [`FingerprintKey::from_secret`].
 #[derive(Clone, Debug, Default)]
 pub struct FingerprintKeys {

@@ -238,7 +238,7 @@ fn redis_ttl_millis(ttl: Duration, now: SystemTime) -> u64 {
 }
 
 /// A Redis cache shared by several instances; give it to
-/// [`DedupLayerBuilder::redis`](crate::DedupLayerBuilder::redis). See the [module docs](self).
+/// [`DedupBuilder::redis`](crate::DedupBuilder::redis). See the [module docs](self).
 pub struct RedisBackend<V> {
     inner: Arc<Inner<V>>,
     _value: PhantomData<fn() -> V>,

@@ -109,12 +109,12 @@ impl<T: Clone + Send + Sync + 'static> StreamDedupLayer<T> {
     /// streams kept for `ttl` (a zero `ttl` keeps nothing: coalescing only), keyed by core's
     /// fingerprint, storing only streams answering deterministic requests.
     pub fn new(ttl: Duration) -> Self {
-        StreamDedupLayerBuilder::with_knobs(Knobs::with_ttl(ttl)).assemble()
+        StreamDedupBuilder::with_knobs(Knobs::with_ttl(ttl)).assemble()
     }
 
     /// A builder with every knob.
-    pub fn builder() -> StreamDedupLayerBuilder<T> {
-        StreamDedupLayerBuilder::with_knobs(Knobs::default())
+    pub fn builder() -> StreamDedupBuilder<T> {
+        StreamDedupBuilder::with_knobs(Knobs::default())
     }
 }
 
@@ -135,20 +135,20 @@ impl<T, K, R> StreamDedupLayer<T, K, R> {
     }
 }
 
-/// Builds a [`StreamDedupLayer`]; [`build`](StreamDedupLayerBuilder::build) checks the knobs.
+/// Builds a [`StreamDedupLayer`]; [`build`](StreamDedupBuilder::build) checks the knobs.
 ///
-/// The knobs are the [`DedupLayerBuilder`](crate::DedupLayerBuilder)'s, less the two that do
+/// The knobs are the [`DedupBuilder`](crate::DedupBuilder)'s, less the two that do
 /// not apply to streams: the classifier (a stream that ends without error is a success) and
 /// Redis. The weigher and the per-entry TTL see a whole stream's chunks, `Arc<[T]>`.
-pub struct StreamDedupLayerBuilder<T, K = FingerprintKeys, R = DeterministicOnly> {
+pub struct StreamDedupBuilder<T, K = FingerprintKeys, R = DeterministicOnly> {
     keys: K,
     rule: R,
     knobs: Knobs<Arc<[T]>>,
 }
 
-impl<T, K: fmt::Debug, R: fmt::Debug> fmt::Debug for StreamDedupLayerBuilder<T, K, R> {
+impl<T, K: fmt::Debug, R: fmt::Debug> fmt::Debug for StreamDedupBuilder<T, K, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamDedupLayerBuilder")
+        f.debug_struct("StreamDedupBuilder")
             .field("keys", &self.keys)
             .field("rule", &self.rule)
             .field("cache_enabled", &self.knobs.cache_enabled)
@@ -159,9 +159,9 @@ impl<T, K: fmt::Debug, R: fmt::Debug> fmt::Debug for StreamDedupLayerBuilder<T, 
     }
 }
 
-impl<T> StreamDedupLayerBuilder<T> {
+impl<T> StreamDedupBuilder<T> {
     fn with_knobs(knobs: Knobs<Arc<[T]>>) -> Self {
-        StreamDedupLayerBuilder {
+        StreamDedupBuilder {
             keys: FingerprintKeys::default(),
             rule: DeterministicOnly,
             knobs,
@@ -169,7 +169,7 @@ impl<T> StreamDedupLayerBuilder<T> {
     }
 }
 
-impl<T, R> StreamDedupLayerBuilder<T, FingerprintKeys, R> {
+impl<T, R> StreamDedupBuilder<T, FingerprintKeys, R> {
     /// The secret key of the fingerprint hash (default: random per process).
     pub fn fingerprint_key(mut self, key: FingerprintKey) -> Self {
         self.keys = FingerprintKeys::new(key);
@@ -177,15 +177,15 @@ impl<T, R> StreamDedupLayerBuilder<T, FingerprintKeys, R> {
     }
 }
 
-impl<T, K, R> StreamDedupLayerBuilder<T, K, R> {
+impl<T, K, R> StreamDedupBuilder<T, K, R> {
     /// Keys requests with your function instead of core's fingerprint. Returning `None` sends
     /// that request straight through (bypass). The key must cover everything that changes the
     /// answer, including the caller's identity: requests with equal keys share answers.
-    pub fn key_fn<Req, F>(self, key_fn: F) -> StreamDedupLayerBuilder<T, F, R>
+    pub fn key_fn<Req, F>(self, key_fn: F) -> StreamDedupBuilder<T, F, R>
     where
         F: Fn(&Req) -> Option<RequestKey>,
     {
-        StreamDedupLayerBuilder {
+        StreamDedupBuilder {
             keys: key_fn,
             rule: self.rule,
             knobs: self.knobs,
@@ -194,8 +194,8 @@ impl<T, K, R> StreamDedupLayerBuilder<T, K, R> {
 
     /// Decides with `rule` which streams may be stored (default [`DeterministicOnly`]); a
     /// closure `Fn(&Req) -> bool` works. Requests that are not cacheable are still coalesced.
-    pub fn cache_rule<R2>(self, rule: R2) -> StreamDedupLayerBuilder<T, K, R2> {
-        StreamDedupLayerBuilder {
+    pub fn cache_rule<R2>(self, rule: R2) -> StreamDedupBuilder<T, K, R2> {
+        StreamDedupBuilder {
             keys: self.keys,
             rule,
             knobs: self.knobs,
@@ -203,7 +203,7 @@ impl<T, K, R> StreamDedupLayerBuilder<T, K, R> {
     }
 
     /// Stores every stream that ends without error, sampled or not.
-    pub fn cache_all(self) -> StreamDedupLayerBuilder<T, K, CacheAll> {
+    pub fn cache_all(self) -> StreamDedupBuilder<T, K, CacheAll> {
         self.cache_rule(CacheAll)
     }
 

@@ -40,12 +40,12 @@ impl RetryLayer {
     /// jitter capped at 20 s, server hints up to 60 s honoured, no deadline, and a budget of
     /// 20% of requests over 10 s with a floor of 10 retries a second.
     pub fn new() -> Self {
-        RetryLayerBuilder::new().build_unchecked()
+        RetryBuilder::new().build_unchecked()
     }
 
     /// A builder starting from the defaults of [`new`](Self::new).
-    pub fn builder() -> RetryLayerBuilder {
-        RetryLayerBuilder::new()
+    pub fn builder() -> RetryBuilder {
+        RetryBuilder::new()
     }
 }
 
@@ -93,7 +93,7 @@ impl<S, C, R> Layer<S> for RetryLayer<C, R> {
 }
 
 /// Builds a [`RetryLayer`]; [`build`](Self::build) checks every knob.
-pub struct RetryLayerBuilder<C = DefaultClassifier, R = StatsOnly> {
+pub struct RetryBuilder<C = DefaultClassifier, R = StatsOnly> {
     config: Config,
     budget: Option<RetryBudget>,
     classifier: C,
@@ -103,9 +103,9 @@ pub struct RetryLayerBuilder<C = DefaultClassifier, R = StatsOnly> {
     name: Cow<'static, str>,
 }
 
-impl RetryLayerBuilder {
+impl RetryBuilder {
     fn new() -> Self {
-        RetryLayerBuilder {
+        RetryBuilder {
             config: Config {
                 max_attempts: 3,
                 backoff: Backoff::default(),
@@ -124,7 +124,7 @@ impl RetryLayerBuilder {
     }
 }
 
-impl<C, R> RetryLayerBuilder<C, R> {
+impl<C, R> RetryBuilder<C, R> {
     /// The layer's name (default `"retry"`): the `name` label of its metrics and the `name`
     /// field of its events, to tell two retry layers in one process apart.
     pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
@@ -200,8 +200,8 @@ impl<C, R> RetryLayerBuilder<C, R> {
     }
 
     /// How results are classified (default [`DefaultClassifier`]).
-    pub fn classifier<C2>(self, classifier: C2) -> RetryLayerBuilder<C2, R> {
-        RetryLayerBuilder {
+    pub fn classifier<C2>(self, classifier: C2) -> RetryBuilder<C2, R> {
+        RetryBuilder {
             config: self.config,
             budget: self.budget,
             classifier,
@@ -216,8 +216,8 @@ impl<C, R> RetryLayerBuilder<C, R> {
     /// statistics, the hook and metrics, for any response type;
     /// [`AttemptsExtension`](crate::AttemptsExtension) writes it into an `http::Response`'s
     /// extensions; or a closure `Fn(&mut Res, Attempts)`).
-    pub fn record_attempts<R2>(self, recorder: R2) -> RetryLayerBuilder<C, R2> {
-        RetryLayerBuilder {
+    pub fn record_attempts<R2>(self, recorder: R2) -> RetryBuilder<C, R2> {
+        RetryBuilder {
             config: self.config,
             budget: self.budget,
             classifier: self.classifier,
@@ -274,9 +274,9 @@ impl<C, R> RetryLayerBuilder<C, R> {
     }
 }
 
-impl<C: fmt::Debug, R: fmt::Debug> fmt::Debug for RetryLayerBuilder<C, R> {
+impl<C: fmt::Debug, R: fmt::Debug> fmt::Debug for RetryBuilder<C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RetryLayerBuilder")
+        f.debug_struct("RetryBuilder")
             .field("config", &self.config)
             .field("budget", &self.budget)
             .field("classifier", &self.classifier)

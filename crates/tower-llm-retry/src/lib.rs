@@ -68,7 +68,7 @@
 //!   without one as a single attempt; [`AttemptsExtension::always`] tags every response, at
 //!   the price of an allocation per call); a closure `Fn(&mut Res, Attempts)` writes it
 //!   anywhere else. Errors are returned unchanged, so layers further out still classify them.
-//! - [`RetryLayerBuilder::on_retry`] sees every decision taken after a failed attempt
+//! - [`RetryBuilder::on_retry`] sees every decision taken after a failed attempt
 //!   ([`RetryEvent`]).
 //! - `tracing` events and `metrics` series, below.
 //!
@@ -78,7 +78,7 @@
 //! (feature `tracing`) and [`metrics`](https://docs.rs/metrics) (feature `metrics`); both
 //! features are on by default, and without them the funnel compiles to the stats counters
 //! alone. Every event has a `name` field and every series a `name` label: the builder's
-//! [`name`](RetryLayerBuilder::name), `"retry"` by default. Requests, answers and error
+//! [`name`](RetryBuilder::name), `"retry"` by default. Requests, answers and error
 //! messages never appear, only the failure's `kind` (core's
 //! [`FailureKind::as_str`](tower_llm_core::FailureKind::as_str)) and numbers.
 //!
@@ -219,7 +219,7 @@ mod stats;
 pub use backoff::{Backoff, Jitter};
 pub use budget::RetryBudget;
 pub use classify::QuotaAwareClassifier;
-pub use layer::{ResponseFuture, Retry, RetryLayer, RetryLayerBuilder};
+pub use layer::{ResponseFuture, Retry, RetryBuilder, RetryLayer};
 pub use observe::{METRIC_ATTEMPTS, METRIC_DELAY, METRIC_GIVE_UPS, METRIC_RETRIES};
 pub use policy::{
     Attempts, AttemptsExtension, GiveUpReason, RecordAttempts, RetryDecision, RetryDelay,

@@ -20,7 +20,7 @@ use crate::stats::RetryHandle;
 /// How many attempts a call took, 1 when the first one answered.
 ///
 /// The [`AttemptsExtension`] recorder (chosen with
-/// [`RetryLayerBuilder::record_attempts`](crate::RetryLayerBuilder::record_attempts)) adds it
+/// [`RetryBuilder::record_attempts`](crate::RetryBuilder::record_attempts)) adds it
 /// to every `http::Response` that took more than one attempt (success or last failure);
 /// [`AttemptsExtension::always`] adds it to every response. [`Attempts::of`] reads it,
 /// counting a response without it as one attempt:
@@ -142,7 +142,7 @@ pub enum GiveUpReason {
     /// The server asked for a wait longer than `max_retry_after`.
     HintTooLong,
     /// The wait (backoff or hint) would end past the deadline: the layer's own
-    /// ([`deadline`](crate::RetryLayerBuilder::deadline)) or the call's
+    /// ([`deadline`](crate::RetryBuilder::deadline)) or the call's
     /// ([`Deadline`](tower_llm_core::Deadline)).
     PastDeadline,
     /// The retry budget is spent: the upstream is failing for many calls at once.

@@ -99,7 +99,7 @@ impl Upstream {
     }
 }
 
-fn layer() -> tower_llm_retry::RetryLayerBuilder<DefaultClassifier, AttemptsExtension> {
+fn layer() -> tower_llm_retry::RetryBuilder<DefaultClassifier, AttemptsExtension> {
     RetryLayer::builder()
         .no_budget()
         .seed(42)

@@ -12,7 +12,7 @@ use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_llm_core::BoxError;
 use tower_llm_retry::{
     Attempts, AttemptsExtension, Backoff, DefaultClassifier, GiveUpReason, Jitter,
-    QuotaAwareClassifier, RetryBudget, RetryLayer, RetryLayerBuilder,
+    QuotaAwareClassifier, RetryBudget, RetryBuilder, RetryLayer,
 };
 use tower_llm_testkit::{
     Fault, FaultPlan, MockServer, RetryAfterForm, Route, TestClient, gemini_generate, openai_chat,
@@ -55,7 +55,7 @@ fn gaps(sent: &Arc<Mutex<Vec<Instant>>>) -> Vec<Duration> {
     sent.windows(2).map(|w| w[1] - w[0]).collect()
 }
 
-fn layer() -> RetryLayerBuilder<DefaultClassifier, AttemptsExtension> {
+fn layer() -> RetryBuilder<DefaultClassifier, AttemptsExtension> {
     RetryLayer::builder()
         .no_budget()
         .seed(7)
