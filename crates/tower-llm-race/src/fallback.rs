@@ -73,6 +73,7 @@
 //! # }
 //! ```
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -87,16 +88,27 @@ use tower_service::Service;
 use crate::answer::{Answered, NoRecord, RecordWinner};
 use crate::attempt::{Attempt, Verdict, judge};
 use crate::error::{AllFailed, ServiceFailure};
-use crate::metrics::{self, Strategy};
+use crate::observe::{Observe, Strategy, StrategyHandle};
 
 const STRATEGY: Strategy = Strategy::Fallback;
 
 type MoveOn = Arc<dyn Fn(&Failure) -> bool + Send + Sync>;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct FallbackConfig {
     larger_context: Option<usize>,
     move_on: Option<MoveOn>,
+    observe: Arc<Observe>,
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        FallbackConfig {
+            larger_context: None,
+            move_on: None,
+            observe: Observe::new(STRATEGY, None),
+        }
+    }
 }
 
 impl fmt::Debug for FallbackConfig {
@@ -108,8 +120,9 @@ impl fmt::Debug for FallbackConfig {
     }
 }
 
-/// Makes a [`Fallback`] over a `Vec` of services, tried in the `Vec`'s order. A fallback
-/// keeps no state of its own.
+/// Makes a [`Fallback`] over a `Vec` of services, tried in the `Vec`'s order. Its only state
+/// is its counters (see [`handle`](FallbackLayer::handle)), shared by the layer's clones and
+/// every service it makes.
 #[derive(Clone, Debug, Default)]
 pub struct FallbackLayer<C = DefaultClassifier, W = NoRecord> {
     config: FallbackConfig,
@@ -126,6 +139,19 @@ impl FallbackLayer {
 }
 
 impl<C, W> FallbackLayer<C, W> {
+    /// Names this fallback in metrics (`name` label) and traces (`name` field); default
+    /// "fallback". Starts fresh counters: take [`handle`](FallbackLayer::handle) after naming.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.config.observe = Observe::new(STRATEGY, Some(name.into()));
+        self
+    }
+
+    /// A handle on this layer value's counters, shared by its clones and every service they
+    /// make, before and after the stack is built and boxed.
+    pub fn handle(&self) -> StrategyHandle {
+        StrategyHandle::new(&self.config.observe)
+    }
+
     /// Sends a request that failed as [`FailureKind::ContextLengthExceeded`] to the service
     /// at `index` (once), instead of stopping. An index past the end of the list is never
     /// used.
@@ -195,6 +221,11 @@ impl<S> Fallback<S> {
 }
 
 impl<S, C, W> Fallback<S, C, W> {
+    /// A handle on the counters of the layer value that made this fallback.
+    pub fn handle(&self) -> StrategyHandle {
+        StrategyHandle::new(&self.config.observe)
+    }
+
     /// The services.
     pub fn get_ref(&self) -> &[S] {
         &self.services
@@ -229,7 +260,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        metrics::request(STRATEGY);
+        self.config.observe.request();
         let larger_context = self
             .config
             .larger_context
@@ -241,7 +272,7 @@ where
             services: self.services.len(),
         };
         let attempt = plan.next_in_order().and_then(|index| {
-            metrics::attempts(STRATEGY, 1);
+            self.config.observe.legs_started(1);
             self.services
                 .get(index)
                 .map(|service| (index, Attempt::new(service.clone(), request.clone())))
@@ -352,7 +383,9 @@ where
         let mut this = self.project();
         loop {
             let Some(attempt) = this.attempt.as_mut().as_pin_mut() else {
-                metrics::exhausted(STRATEGY);
+                this.config
+                    .observe
+                    .exhausted(this.services.len(), this.failures);
                 let failures = std::mem::take(this.failures);
                 return Poll::Ready(Err(AllFailed::new(this.services.len(), failures).into()));
             };
@@ -361,6 +394,7 @@ where
             let index = *this.current;
             let failure = match judge(this.classifier, index, result) {
                 Verdict::Answer(answer) => {
+                    this.config.observe.answered();
                     let answered = Answered::new(index, *this.tried);
                     return Poll::Ready(answer.map(|mut response| {
                         this.record.record_winner(&mut response, answered);
@@ -369,7 +403,8 @@ where
                 }
                 Verdict::Failed(failure) => failure,
             };
-            metrics::failure(STRATEGY, failure.kind());
+            let kind = failure.kind();
+            this.config.observe.leg_failed(index, kind);
             let next = this
                 .plan
                 .after(&failure.failure(), this.config.move_on.as_ref());
@@ -378,7 +413,8 @@ where
             match next {
                 Next::Service(index) => {
                     if let Some(service) = this.services.get(index) {
-                        metrics::attempts(STRATEGY, 1);
+                        this.config.observe.legs_started(1);
+                        this.config.observe.moved_on(*this.current, index, kind);
                         *this.current = index;
                         *this.tried += 1;
                         this.attempt
@@ -386,12 +422,12 @@ where
                     }
                 }
                 Next::Exhausted => {
-                    metrics::exhausted(STRATEGY);
+                    this.config.observe.exhausted(services, this.failures);
                     let failures = std::mem::take(this.failures);
                     return Poll::Ready(Err(AllFailed::new(services, failures).into()));
                 }
                 Next::Stop => {
-                    metrics::exhausted(STRATEGY);
+                    this.config.observe.exhausted(services, this.failures);
                     let failures = std::mem::take(this.failures);
                     return Poll::Ready(Err(AllFailed::stopped(services, failures).into()));
                 }

@@ -39,9 +39,11 @@
 //! # }
 //! ```
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -56,7 +58,7 @@ use tower_service::Service;
 
 use crate::attempt::{Attempts, Verdict, judge};
 use crate::error::{AllFailed, ServiceFailure};
-use crate::metrics::{self, Strategy};
+use crate::observe::{Observe, Strategy, StrategyHandle};
 
 const STRATEGY: Strategy = Strategy::Gather;
 
@@ -105,12 +107,14 @@ impl<Res> ClassifyResponse for Gathered<Res> {
     }
 }
 
-/// Makes a [`Gather`] over a `Vec` of services.
+/// Makes a [`Gather`] over a `Vec` of services. Its only state is its counters (see
+/// [`handle`](GatherLayer::handle)), shared by the layer's clones and every service it makes.
 #[derive(Clone, Debug)]
 pub struct GatherLayer<C = DefaultClassifier> {
     min_successes: usize,
     timeout: Option<Duration>,
     classifier: C,
+    observe: Arc<Observe>,
 }
 
 impl Default for GatherLayer {
@@ -120,17 +124,31 @@ impl Default for GatherLayer {
 }
 
 impl GatherLayer {
-    /// A gather that needs one success and waits for every service.
-    pub const fn new() -> Self {
+    /// A gather that needs one success and waits for every service, named "gather".
+    pub fn new() -> Self {
         GatherLayer {
             min_successes: 1,
             timeout: None,
             classifier: DefaultClassifier,
+            observe: Observe::new(STRATEGY, None),
         }
     }
 }
 
 impl<C> GatherLayer<C> {
+    /// Names this gather in metrics (`name` label) and traces (`name` field); default
+    /// "gather". Starts fresh counters: take [`handle`](GatherLayer::handle) after naming.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.observe = Observe::new(STRATEGY, Some(name.into()));
+        self
+    }
+
+    /// A handle on this layer value's counters, shared by its clones and every service they
+    /// make, before and after the stack is built and boxed.
+    pub fn handle(&self) -> StrategyHandle {
+        StrategyHandle::new(&self.observe)
+    }
+
     /// Fails the request when fewer than `min` services succeed (default 1; 0 never fails).
     pub fn min_successes(mut self, min: usize) -> Self {
         self.min_successes = min;
@@ -150,6 +168,7 @@ impl<C> GatherLayer<C> {
             min_successes: self.min_successes,
             timeout: self.timeout,
             classifier,
+            observe: self.observe,
         }
     }
 }
@@ -163,6 +182,7 @@ impl<S, C: Clone> Layer<Vec<S>> for GatherLayer<C> {
             min_successes: self.min_successes,
             timeout: self.timeout,
             classifier: self.classifier.clone(),
+            observe: Arc::clone(&self.observe),
         }
     }
 }
@@ -175,9 +195,15 @@ pub struct Gather<S, C = DefaultClassifier> {
     min_successes: usize,
     timeout: Option<Duration>,
     classifier: C,
+    observe: Arc<Observe>,
 }
 
 impl<S, C> Gather<S, C> {
+    /// A handle on the counters of the layer value that made this gather.
+    pub fn handle(&self) -> StrategyHandle {
+        StrategyHandle::new(&self.observe)
+    }
+
     /// The services.
     pub fn get_ref(&self) -> &[S] {
         &self.services
@@ -211,9 +237,9 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        metrics::request(STRATEGY);
+        self.observe.request();
         let (attempts, count) = launch_all(&self.services, request);
-        metrics::attempts(STRATEGY, count as u64);
+        self.observe.legs_started(count);
         let mut results = Vec::with_capacity(count);
         results.resize_with(count, || None);
         GatherFuture {
@@ -227,6 +253,7 @@ where
                 .timeout
                 .and_then(|timeout| Instant::now().checked_add(timeout)),
             deadline: None,
+            observe: Arc::clone(&self.observe),
         }
     }
 }
@@ -275,6 +302,7 @@ pin_project! {
         deadline_at: Option<Instant>,
         #[pin]
         deadline: Option<Sleep>,
+        observe: Arc<Observe>,
     }
 }
 
@@ -299,7 +327,7 @@ where
                             Some(error),
                         )),
                         Verdict::Failed(failure) => {
-                            metrics::failure(STRATEGY, failure.kind());
+                            this.observe.leg_failed(index, failure.kind());
                             Err(failure)
                         }
                     };
@@ -327,7 +355,7 @@ where
                     *slot = Some(Err(straggler(index, "no answer within the gather timeout")));
                 }
             }
-            metrics::cancelled(STRATEGY, this.attempts.cancel_all());
+            this.observe.cancelled(this.attempts.cancel_all());
             break;
         }
         let results: Vec<_> = std::mem::take(this.results)
@@ -337,11 +365,15 @@ where
             .collect();
         let successes = results.iter().filter(|result| result.is_ok()).count();
         if successes >= *this.min_successes {
+            this.observe.answered();
+            if successes < results.len() {
+                this.observe.partial();
+            }
             return Poll::Ready(Ok(Gathered { results }));
         }
-        metrics::exhausted(STRATEGY);
         let count = results.len();
-        let failures = results.into_iter().filter_map(Result::err).collect();
+        let failures: Vec<_> = results.into_iter().filter_map(Result::err).collect();
+        this.observe.exhausted(count, &failures);
         Poll::Ready(Err(AllFailed::new(count, failures).into()))
     }
 }

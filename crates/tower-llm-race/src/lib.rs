@@ -98,6 +98,7 @@ pub mod fallback;
 pub mod gather;
 pub mod hedge;
 pub mod metrics;
+mod observe;
 pub mod race;
 pub mod route;
 pub mod vote;
@@ -107,6 +108,7 @@ pub use error::{AllFailed, ConfigError, NoQuorum, NoSuchService, ServiceFailure}
 pub use fallback::{Fallback, FallbackFuture, FallbackLayer};
 pub use gather::{Gather, GatherFuture, GatherLayer, Gathered};
 pub use hedge::{Hedge, HedgeBudget, HedgeDelay, HedgeFuture, HedgeHandle, HedgeLayer, HedgeStats};
+pub use observe::{StrategyHandle, StrategyStats};
 pub use race::{Race, RaceFuture, RaceLayer};
 pub use route::{Route, RouteFuture, RouteLayer};
 pub use vote::{Ballot, Vote, VoteFuture, VoteLayer};

@@ -87,9 +87,11 @@
 //! # }
 //! ```
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
@@ -100,34 +102,57 @@ use tower_service::Service;
 use crate::answer::{Answered, NoRecord, RecordWinner};
 use crate::attempt::{Attempts, Verdict, judge};
 use crate::error::{AllFailed, ServiceFailure};
-use crate::metrics::{self, Strategy};
+use crate::observe::{Observe, Strategy, StrategyHandle};
 
 const STRATEGY: Strategy = Strategy::Race;
 
-/// Makes a [`Race`] over a `Vec` of services. A race keeps no state of its own.
-#[derive(Clone, Debug, Default)]
+/// Makes a [`Race`] over a `Vec` of services. Its only state is its counters (see
+/// [`handle`](RaceLayer::handle)), shared by the layer's clones and every service it makes.
+#[derive(Clone, Debug)]
 pub struct RaceLayer<C = DefaultClassifier, W = NoRecord> {
     classifier: C,
     record: W,
+    observe: Arc<Observe>,
+}
+
+impl Default for RaceLayer {
+    fn default() -> Self {
+        RaceLayer::new()
+    }
 }
 
 impl RaceLayer {
     /// A race that judges results with the [`DefaultClassifier`] and records nothing on the
-    /// response.
-    pub const fn new() -> Self {
+    /// response, named "race".
+    pub fn new() -> Self {
         RaceLayer {
             classifier: DefaultClassifier,
             record: NoRecord,
+            observe: Observe::new(STRATEGY, None),
         }
     }
 }
 
 impl<C, W> RaceLayer<C, W> {
+    /// Names this race in metrics (`name` label) and traces (`name` field); default "race".
+    /// Starts fresh counters: take [`handle`](RaceLayer::handle) after naming.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.observe = Observe::new(STRATEGY, Some(name.into()));
+        self
+    }
+
+    /// A handle on this layer value's counters, shared by its clones and every service they
+    /// make, before and after the stack is built and boxed.
+    pub fn handle(&self) -> StrategyHandle {
+        StrategyHandle::new(&self.observe)
+    }
+
     /// Judges results with `classifier` instead.
     pub fn classifier<C2>(self, classifier: C2) -> RaceLayer<C2, W> {
         RaceLayer {
             classifier,
             record: self.record,
+            observe: self.observe,
         }
     }
 
@@ -137,6 +162,7 @@ impl<C, W> RaceLayer<C, W> {
         RaceLayer {
             classifier: self.classifier,
             record,
+            observe: self.observe,
         }
     }
 }
@@ -149,6 +175,7 @@ impl<S, C: Clone, W: Clone> Layer<Vec<S>> for RaceLayer<C, W> {
             services,
             classifier: self.classifier.clone(),
             record: self.record.clone(),
+            observe: Arc::clone(&self.observe),
         }
     }
 }
@@ -160,6 +187,7 @@ pub struct Race<S, C = DefaultClassifier, W = NoRecord> {
     services: Vec<S>,
     classifier: C,
     record: W,
+    observe: Arc<Observe>,
 }
 
 impl<S> Race<S> {
@@ -170,6 +198,11 @@ impl<S> Race<S> {
 }
 
 impl<S, C, W> Race<S, C, W> {
+    /// A handle on the counters of the layer value that made this race.
+    pub fn handle(&self) -> StrategyHandle {
+        StrategyHandle::new(&self.observe)
+    }
+
     /// The services.
     pub fn get_ref(&self) -> &[S] {
         &self.services
@@ -204,7 +237,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        metrics::request(STRATEGY);
+        self.observe.request();
         let count = self.services.len();
         let mut attempts = Attempts::new(count);
         let mut request = Some(request);
@@ -218,13 +251,14 @@ where
                 attempts.launch(index, service.clone(), this);
             }
         }
-        metrics::attempts(STRATEGY, count as u64);
+        self.observe.legs_started(count);
         RaceFuture {
             attempts,
             failures: Vec::new(),
             classifier: self.classifier.clone(),
             record: self.record.clone(),
             services: count,
+            observe: Arc::clone(&self.observe),
         }
     }
 }
@@ -240,6 +274,7 @@ pin_project! {
         classifier: C,
         record: W,
         services: usize,
+        observe: Arc<Observe>,
     }
 }
 
@@ -256,13 +291,14 @@ where
         let this = self.project();
         loop {
             let Some((index, result)) = ready!(this.attempts.poll_next(cx)) else {
-                metrics::exhausted(STRATEGY);
+                this.observe.exhausted(*this.services, this.failures);
                 let failures = std::mem::take(this.failures);
                 return Poll::Ready(Err(AllFailed::new(*this.services, failures).into()));
             };
             match judge(this.classifier, index, result) {
                 Verdict::Answer(answer) => {
-                    metrics::cancelled(STRATEGY, this.attempts.cancel_all());
+                    this.observe.cancelled(this.attempts.cancel_all());
+                    this.observe.answered();
                     let answered = Answered::new(index, *this.services);
                     return Poll::Ready(answer.map(|mut response| {
                         this.record.record_winner(&mut response, answered);
@@ -270,7 +306,7 @@ where
                     }));
                 }
                 Verdict::Failed(failure) => {
-                    metrics::failure(STRATEGY, failure.kind());
+                    this.observe.leg_failed(index, failure.kind());
                     this.failures.push(failure);
                 }
             }

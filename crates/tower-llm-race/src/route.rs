@@ -66,6 +66,7 @@
 //! # }
 //! ```
 
+use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::future::Future;
@@ -83,7 +84,7 @@ use tower_service::Service;
 use crate::answer::{Answered, NoRecord, RecordWinner};
 use crate::attempt::Attempt;
 use crate::error::{ConfigError, NoSuchService};
-use crate::metrics::{self, Strategy};
+use crate::observe::{Observe, Strategy, StrategyHandle};
 
 const STRATEGY: Strategy = Strategy::Route;
 
@@ -191,6 +192,7 @@ impl<Req> Pick<Req> for Weighted {
 /// Makes a [`Route`] over a `Vec` of services. The layer's picker (and a weighted route's
 /// random state) belongs to the layer value: every service it makes shares it.
 pub struct RouteLayer<P, W = NoRecord> {
+    observe: Arc<Observe>,
     pick: Arc<P>,
     record: W,
 }
@@ -198,6 +200,7 @@ pub struct RouteLayer<P, W = NoRecord> {
 impl<P, W: Clone> Clone for RouteLayer<P, W> {
     fn clone(&self) -> Self {
         RouteLayer {
+            observe: Arc::clone(&self.observe),
             pick: Arc::clone(&self.pick),
             record: self.record.clone(),
         }
@@ -216,6 +219,7 @@ impl RouteLayer<()> {
     /// Requests for which `predicate` holds go to service 0, the others to service 1.
     pub fn predicate<F>(predicate: F) -> RouteLayer<Predicate<F>> {
         RouteLayer {
+            observe: Observe::new(STRATEGY, None),
             pick: Arc::new(Predicate { predicate }),
             record: NoRecord,
         }
@@ -224,6 +228,7 @@ impl RouteLayer<()> {
     /// Each request goes to the service whose index `pick` returns.
     pub fn by_request<F>(pick: F) -> RouteLayer<ByRequest<F>> {
         RouteLayer {
+            observe: Observe::new(STRATEGY, None),
             pick: Arc::new(ByRequest { pick }),
             record: NoRecord,
         }
@@ -243,6 +248,7 @@ impl RouteLayer<()> {
         seed: u64,
     ) -> Result<RouteLayer<Weighted>, ConfigError> {
         Ok(RouteLayer {
+            observe: Observe::new(STRATEGY, None),
             pick: Arc::new(Weighted::new(weights, seed)?),
             record: NoRecord,
         })
@@ -253,6 +259,7 @@ impl<P> RouteLayer<P> {
     /// A route with a [`Pick`] of your own.
     pub fn new(pick: P) -> Self {
         RouteLayer {
+            observe: Observe::new(STRATEGY, None),
             pick: Arc::new(pick),
             record: NoRecord,
         }
@@ -260,10 +267,24 @@ impl<P> RouteLayer<P> {
 }
 
 impl<P, W> RouteLayer<P, W> {
+    /// Names this route in metrics (`name` label) and traces (`name` field); default
+    /// "route". Starts fresh counters: take [`handle`](RouteLayer::handle) after naming.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.observe = Observe::new(STRATEGY, Some(name.into()));
+        self
+    }
+
+    /// A handle on this layer value's counters (requests and calls started), shared by its
+    /// clones and every service they make, before and after the stack is built and boxed.
+    pub fn handle(&self) -> StrategyHandle {
+        StrategyHandle::new(&self.observe)
+    }
+
     /// Records which service was chosen with `record` (a [`RecordWinner`], e.g.
     /// [`MarkResponse`](crate::MarkResponse)) instead of nothing.
     pub fn record_winner<W2>(self, record: W2) -> RouteLayer<P, W2> {
         RouteLayer {
+            observe: self.observe,
             pick: self.pick,
             record,
         }
@@ -276,6 +297,7 @@ impl<S, P, W: Clone> Layer<Vec<S>> for RouteLayer<P, W> {
     fn layer(&self, services: Vec<S>) -> Self::Service {
         Route {
             services,
+            observe: Arc::clone(&self.observe),
             pick: Arc::clone(&self.pick),
             record: self.record.clone(),
         }
@@ -285,6 +307,7 @@ impl<S, P, W: Clone> Layer<Vec<S>> for RouteLayer<P, W> {
 /// Sends each request to the one service its [`Pick`] chooses. See the [module docs](self).
 pub struct Route<S, P, W = NoRecord> {
     services: Vec<S>,
+    observe: Arc<Observe>,
     pick: Arc<P>,
     record: W,
 }
@@ -293,6 +316,7 @@ impl<S: Clone, P, W: Clone> Clone for Route<S, P, W> {
     fn clone(&self) -> Self {
         Route {
             services: self.services.clone(),
+            observe: Arc::clone(&self.observe),
             pick: Arc::clone(&self.pick),
             record: self.record.clone(),
         }
@@ -309,6 +333,11 @@ impl<S: fmt::Debug, P: fmt::Debug, W> fmt::Debug for Route<S, P, W> {
 }
 
 impl<S, P, W> Route<S, P, W> {
+    /// A handle on the counters of the layer value that made this route.
+    pub fn handle(&self) -> StrategyHandle {
+        StrategyHandle::new(&self.observe)
+    }
+
     /// The services.
     pub fn get_ref(&self) -> &[S] {
         &self.services
@@ -343,11 +372,11 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        metrics::request(STRATEGY);
+        self.observe.request();
         let index = self.pick.pick(&request);
         match self.services.get(index) {
             Some(service) => {
-                metrics::attempts(STRATEGY, 1);
+                self.observe.legs_started(1);
                 RouteFuture {
                     state: RouteState::Calling {
                         attempt: Attempt::new(service.clone(), request),

@@ -72,6 +72,7 @@
 //! # }
 //! ```
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -89,7 +90,7 @@ use crate::answer::{Answered, NoRecord, RecordWinner};
 use crate::attempt::{Attempts, Verdict, judge};
 use crate::error::{ConfigError, NoQuorum, ServiceFailure};
 use crate::gather::{launch_all, straggler};
-use crate::metrics::{self, Strategy};
+use crate::observe::{Observe, Strategy, StrategyHandle};
 
 const STRATEGY: Strategy = Strategy::Vote;
 
@@ -196,6 +197,7 @@ where
 /// Builds a [`VoteLayer`]; start from [`VoteLayer::majority`] or [`VoteLayer::combine`].
 #[derive(Debug)]
 pub struct VoteBuilder<T, C = DefaultClassifier, W = NoRecord> {
+    name: Option<Cow<'static, str>>,
     tally: T,
     quorum: Option<usize>,
     timeout: Option<Duration>,
@@ -204,6 +206,12 @@ pub struct VoteBuilder<T, C = DefaultClassifier, W = NoRecord> {
 }
 
 impl<T, C, W> VoteBuilder<T, C, W> {
+    /// Names this vote in metrics (`name` label) and traces (`name` field); default "vote".
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
     /// How many agreeing answers (majority) or answers (combine) decide; default a strict
     /// majority of the services. At least 1.
     pub fn quorum(mut self, quorum: usize) -> Self {
@@ -222,6 +230,7 @@ impl<T, C, W> VoteBuilder<T, C, W> {
     /// successes vote.
     pub fn classifier<C2>(self, classifier: C2) -> VoteBuilder<T, C2, W> {
         VoteBuilder {
+            name: self.name,
             tally: self.tally,
             quorum: self.quorum,
             timeout: self.timeout,
@@ -234,6 +243,7 @@ impl<T, C, W> VoteBuilder<T, C, W> {
     /// [`MarkResponse`](crate::MarkResponse)) instead of nothing.
     pub fn record_winner<W2>(self, record: W2) -> VoteBuilder<T, C, W2> {
         VoteBuilder {
+            name: self.name,
             tally: self.tally,
             quorum: self.quorum,
             timeout: self.timeout,
@@ -259,6 +269,7 @@ impl<T, C, W> VoteBuilder<T, C, W> {
             ));
         }
         Ok(VoteLayer {
+            observe: Observe::new(STRATEGY, self.name),
             tally: Arc::new(self.tally),
             quorum: self.quorum,
             timeout: self.timeout,
@@ -269,8 +280,10 @@ impl<T, C, W> VoteBuilder<T, C, W> {
 }
 
 /// Makes a [`Vote`] over a `Vec` of services. A vote keeps no state of its own beyond its
-/// tally, shared by every service the layer value makes.
+/// tally and its counters (see [`handle`](VoteLayer::handle)), shared by the layer's clones
+/// and every service it makes.
 pub struct VoteLayer<T, C = DefaultClassifier, W = NoRecord> {
+    observe: Arc<Observe>,
     tally: Arc<T>,
     quorum: Option<usize>,
     timeout: Option<Duration>,
@@ -281,6 +294,7 @@ pub struct VoteLayer<T, C = DefaultClassifier, W = NoRecord> {
 impl<T, C: Clone, W: Clone> Clone for VoteLayer<T, C, W> {
     fn clone(&self) -> Self {
         VoteLayer {
+            observe: Arc::clone(&self.observe),
             tally: Arc::clone(&self.tally),
             quorum: self.quorum,
             timeout: self.timeout,
@@ -305,6 +319,7 @@ impl VoteLayer<(), DefaultClassifier> {
     /// A vote where answers agree when `key` maps them to equal keys.
     pub fn majority<F>(key: F) -> VoteBuilder<Majority<F>> {
         VoteBuilder {
+            name: None,
             tally: Majority { key },
             quorum: None,
             timeout: None,
@@ -318,6 +333,7 @@ impl VoteLayer<(), DefaultClassifier> {
     /// or `None` to refuse.
     pub fn combine<F>(combine: F) -> VoteBuilder<Combine<F>> {
         VoteBuilder {
+            name: None,
             tally: Combine { combine },
             quorum: None,
             timeout: None,
@@ -327,12 +343,21 @@ impl VoteLayer<(), DefaultClassifier> {
     }
 }
 
+impl<T, C, W> VoteLayer<T, C, W> {
+    /// A handle on this layer value's counters, shared by its clones and every service they
+    /// make, before and after the stack is built and boxed.
+    pub fn handle(&self) -> StrategyHandle {
+        StrategyHandle::new(&self.observe)
+    }
+}
+
 impl<S, T, C: Clone, W: Clone> Layer<Vec<S>> for VoteLayer<T, C, W> {
     type Service = Vote<S, T, C, W>;
 
     fn layer(&self, services: Vec<S>) -> Self::Service {
         Vote {
             services,
+            observe: Arc::clone(&self.observe),
             tally: Arc::clone(&self.tally),
             quorum: self.quorum,
             timeout: self.timeout,
@@ -346,6 +371,7 @@ impl<S, T, C: Clone, W: Clone> Layer<Vec<S>> for VoteLayer<T, C, W> {
 /// [module docs](self).
 pub struct Vote<S, T, C = DefaultClassifier, W = NoRecord> {
     services: Vec<S>,
+    observe: Arc<Observe>,
     tally: Arc<T>,
     quorum: Option<usize>,
     timeout: Option<Duration>,
@@ -357,6 +383,7 @@ impl<S: Clone, T, C: Clone, W: Clone> Clone for Vote<S, T, C, W> {
     fn clone(&self) -> Self {
         Vote {
             services: self.services.clone(),
+            observe: Arc::clone(&self.observe),
             tally: Arc::clone(&self.tally),
             quorum: self.quorum,
             timeout: self.timeout,
@@ -379,6 +406,11 @@ impl<S: fmt::Debug, T: fmt::Debug, C: fmt::Debug, W> fmt::Debug for Vote<S, T, C
 }
 
 impl<S, T, C, W> Vote<S, T, C, W> {
+    /// A handle on the counters of the layer value that made this vote.
+    pub fn handle(&self) -> StrategyHandle {
+        StrategyHandle::new(&self.observe)
+    }
+
     /// The services.
     pub fn get_ref(&self) -> &[S] {
         &self.services
@@ -419,10 +451,10 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        metrics::request(STRATEGY);
+        self.observe.request();
         let quorum = self.quorum();
         let (attempts, count) = launch_all(&self.services, request);
-        metrics::attempts(STRATEGY, count as u64);
+        self.observe.legs_started(count);
         VoteFuture {
             attempts,
             ballots: Vec::with_capacity(count),
@@ -439,6 +471,7 @@ where
                 .timeout
                 .and_then(|timeout| Instant::now().checked_add(timeout)),
             deadline: None,
+            observe: Arc::clone(&self.observe),
         }
     }
 }
@@ -462,6 +495,7 @@ pin_project! {
         deadline_at: Option<Instant>,
         #[pin]
         deadline: Option<Sleep>,
+        observe: Arc<Observe>,
     }
 }
 
@@ -482,6 +516,7 @@ where
                 Poll::Ready(Some((index, result))) => {
                     match judge(this.classifier, index, result) {
                         Verdict::Answer(Ok(response)) => {
+                            this.observe.ballot();
                             this.ballots.push(Ballot {
                                 service: index,
                                 response,
@@ -490,7 +525,11 @@ where
                                 this.tally.add(this.state, this.ballots, *this.quorum)
                                 && winner < this.ballots.len()
                             {
-                                metrics::cancelled(STRATEGY, this.attempts.cancel_all());
+                                this.observe.cancelled(this.attempts.cancel_all());
+                                if this.ballots.len() < *this.asked {
+                                    this.observe.decided_early();
+                                }
+                                this.observe.answered();
                                 let ballot = this.ballots.swap_remove(winner);
                                 return Poll::Ready(Ok(elect(this.record, ballot, *this.asked)));
                             }
@@ -501,13 +540,13 @@ where
                             Some(error),
                         )),
                         Verdict::Failed(failure) => {
-                            metrics::failure(STRATEGY, failure.kind());
+                            this.observe.leg_failed(index, failure.kind());
                             this.failures.push(failure);
                         }
                     }
                     if this.attempts.in_flight() + this.ballots.len() < *this.quorum {
                         // The quorum is out of reach: stop waiting.
-                        metrics::cancelled(STRATEGY, this.attempts.cancel_all());
+                        this.observe.cancelled(this.attempts.cancel_all());
                         break;
                     }
                     continue;
@@ -532,15 +571,18 @@ where
                         .push(straggler(index, "no answer within the vote timeout"));
                 }
             }
-            metrics::cancelled(STRATEGY, this.attempts.cancel_all());
+            this.observe.cancelled(this.attempts.cancel_all());
             break;
         }
         let ballots = std::mem::take(this.ballots);
         let answers = ballots.len();
         match this.tally.finish(this.state, ballots, *this.quorum) {
-            Some(ballot) => Poll::Ready(Ok(elect(this.record, ballot, *this.asked))),
+            Some(ballot) => {
+                this.observe.answered();
+                Poll::Ready(Ok(elect(this.record, ballot, *this.asked)))
+            }
             None => {
-                metrics::exhausted(STRATEGY);
+                this.observe.exhausted(*this.asked, this.failures);
                 let failures = std::mem::take(this.failures);
                 Poll::Ready(Err(NoQuorum::new(*this.quorum, answers, failures).into()))
             }

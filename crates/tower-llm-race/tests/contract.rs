@@ -75,3 +75,116 @@ async fn the_learned_delay_is_shared_by_every_stack_of_one_layer_value() {
     );
     assert_eq!(handle.current_delay(), learned);
 }
+
+/// A provider that answers its prompt after `latency`, or fails like a reset connection.
+fn leg(latency: Duration, ok: bool) -> tower::util::BoxCloneSyncService<String, String, BoxError> {
+    tower::util::BoxCloneSyncService::new(service_fn(move |prompt: String| async move {
+        tokio::time::sleep(latency).await;
+        if ok {
+            Ok::<_, BoxError>(prompt)
+        } else {
+            Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into())
+        }
+    }))
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_boxed_race_stacks_from_one_layer_share_its_counters() {
+    use tower_llm_race::RaceLayer;
+    let layer = RaceLayer::new().name("primary-race");
+    let before = layer.handle();
+    let services = || {
+        vec![
+            leg(Duration::from_millis(10), true),
+            leg(Duration::from_secs(1), true),
+        ]
+    };
+    let one = tower::util::BoxCloneSyncService::new(layer.layer(services()));
+    let two = tower::util::BoxCloneSyncService::new(layer.clone().layer(services()));
+    assert_eq!(one.oneshot("a".into()).await.expect("answered"), "a");
+    assert_eq!(two.oneshot("b".into()).await.expect("answered"), "b");
+    let all_fail = layer.layer(vec![
+        leg(Duration::from_millis(10), false),
+        leg(Duration::from_millis(20), false),
+    ]);
+    assert!(all_fail.oneshot("c".into()).await.is_err());
+
+    let stats = before.stats();
+    assert_eq!(before.name(), "primary-race");
+    assert_eq!(stats, layer.handle().stats());
+    assert_eq!(stats.requests, 3);
+    assert_eq!(stats.answered, 2);
+    assert_eq!(stats.failed, 1);
+    assert_eq!(stats.legs_started, 6);
+    assert_eq!(stats.legs_failed, 2);
+    assert_eq!(stats.legs_cancelled, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fallback_gather_vote_and_route_handles_count_their_own_events() {
+    use tower_llm_race::{FallbackLayer, GatherLayer, RouteLayer, VoteLayer};
+
+    let fallback = FallbackLayer::new();
+    let handle = fallback.handle();
+    let stack = tower::util::BoxCloneSyncService::new(fallback.layer(vec![
+        leg(Duration::from_millis(10), false),
+        leg(Duration::from_millis(10), true),
+    ]));
+    assert_eq!(
+        stack.clone().oneshot("a".into()).await.expect("second"),
+        "a"
+    );
+    let stats = handle.stats();
+    assert_eq!((stats.requests, stats.answered, stats.failed), (1, 1, 0));
+    assert_eq!(
+        (stats.legs_started, stats.legs_failed, stats.moved_on),
+        (2, 1, 1)
+    );
+
+    let gather = GatherLayer::new();
+    let handle = gather.handle();
+    let stack = gather.layer(vec![
+        leg(Duration::from_millis(10), false),
+        leg(Duration::from_millis(10), true),
+    ]);
+    let gathered = stack
+        .oneshot("b".into())
+        .await
+        .expect("one success is enough");
+    assert_eq!(gathered.successes().count(), 1);
+    let stats = handle.stats();
+    assert_eq!((stats.requests, stats.answered, stats.partial), (1, 1, 1));
+    assert_eq!((stats.legs_started, stats.legs_failed), (2, 1));
+
+    let vote = VoteLayer::majority(|answer: &String| answer.clone())
+        .quorum(2)
+        .build()
+        .expect("valid");
+    let handle = vote.handle();
+    let stack = vote.layer(vec![
+        leg(Duration::from_millis(10), true),
+        leg(Duration::from_millis(20), true),
+        leg(Duration::from_secs(5), true),
+    ]);
+    assert_eq!(stack.oneshot("c".into()).await.expect("two agree"), "c");
+    let stats = handle.stats();
+    assert_eq!((stats.requests, stats.answered, stats.ballots), (1, 1, 2));
+    assert_eq!((stats.decided_early, stats.legs_cancelled), (1, 1));
+
+    let route = RouteLayer::predicate(|prompt: &String| prompt.len() < 4);
+    let handle = route.handle();
+    let stack = route.layer(vec![
+        leg(Duration::from_millis(10), true),
+        leg(Duration::from_millis(10), true),
+    ]);
+    assert_eq!(
+        stack.clone().oneshot("d".into()).await.expect("routed"),
+        "d"
+    );
+    assert_eq!(
+        stack.oneshot("longer".into()).await.expect("routed"),
+        "longer"
+    );
+    let stats = handle.stats();
+    assert_eq!((stats.requests, stats.legs_started), (2, 2));
+}

@@ -11,11 +11,11 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use tower_llm_core::{BoxError, Classify};
 use tower_service::Service;
 
-use super::{STRATEGY, Shared};
+use super::Shared;
 use crate::answer::{Answered, NoRecord, RecordWinner};
 use crate::attempt::{Attempts, Verdict, judge};
 use crate::error::{AllFailed, ServiceFailure};
-use crate::metrics;
+use crate::observe::Observe;
 
 /// The first service, whose latency the delay percentile learns.
 const PRIMARY: usize = 0;
@@ -79,6 +79,7 @@ where
             timer: None,
         };
         launch(
+            &future.shared.observe,
             &mut future.attempts,
             &future.services,
             &mut future.request,
@@ -92,6 +93,7 @@ where
 /// Sends the request to the next service; the last possible attempt takes the request
 /// itself instead of a clone.
 fn launch<S, Req>(
+    observe: &Observe,
     attempts: &mut Attempts<S, Req>,
     services: &[S],
     request: &mut Option<Req>,
@@ -113,7 +115,7 @@ fn launch<S, Req>(
     if let Some(this) = this {
         attempts.launch(index, service.clone(), this);
         *launched += 1;
-        metrics::attempts(STRATEGY, 1);
+        observe.legs_started(1);
     }
 }
 
@@ -149,7 +151,8 @@ where
                             let now = Instant::now();
                             this.shared.record_latency(now - *this.started, now);
                         }
-                        metrics::cancelled(STRATEGY, this.attempts.cancel_all());
+                        this.shared.observe.cancelled(this.attempts.cancel_all());
+                        this.shared.observe.answered();
                         match &answer {
                             Ok(_) => this.shared.counters.answered(index),
                             // An error the classifier let through is the caller's answer,
@@ -163,7 +166,7 @@ where
                         }));
                     }
                     Verdict::Failed(failure) => {
-                        metrics::failure(STRATEGY, failure.kind());
+                        this.shared.observe.leg_failed(index, failure.kind());
                         if !failure.kind().is_worth_trying_elsewhere() {
                             *this.stopped = true;
                         }
@@ -183,6 +186,7 @@ where
                             )));
                         }
                         launch(
+                            &this.shared.observe,
                             this.attempts,
                             this.services,
                             this.request,
@@ -214,14 +218,17 @@ where
             }
             this.timer.set(None);
             if !this.shared.withdraw() {
-                metrics::hedge_budget_exhausted();
+                this.shared.observe.hedge_budget_exhausted();
                 this.shared.counters.budget_exhausted();
                 *this.hedging_over = true;
                 return Poll::Pending;
             }
-            metrics::hedge();
             this.shared.counters.hedged();
+            let leg = *this.launched;
+            let delay = Instant::now().saturating_duration_since(*this.last_launch);
+            this.shared.observe.hedge_fired(leg, delay);
             launch(
+                &this.shared.observe,
                 this.attempts,
                 this.services,
                 this.request,
@@ -239,7 +246,7 @@ fn exhausted(
     services: usize,
     stopped: bool,
 ) -> BoxError {
-    metrics::exhausted(STRATEGY);
+    shared.observe.exhausted(services, failures);
     shared.counters.failed();
     let failures = std::mem::take(failures);
     if stopped {

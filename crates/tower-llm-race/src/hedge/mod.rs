@@ -100,6 +100,7 @@ mod budget;
 mod future;
 mod latency;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,7 +115,7 @@ use tower_service::Service;
 use crate::answer::{NoRecord, RecordWinner};
 use crate::attempt::Attempts;
 use crate::error::ConfigError;
-use crate::metrics::{self, Strategy};
+use crate::observe::{Observe, Strategy};
 
 pub use budget::HedgeBudget;
 pub use future::HedgeFuture;
@@ -190,6 +191,7 @@ struct HedgeConfig {
 /// Builds a [`HedgeLayer`]; see [`HedgeLayer::builder`].
 #[derive(Clone, Debug)]
 pub struct HedgeBuilder<C = DefaultClassifier, W = NoRecord> {
+    name: Option<Cow<'static, str>>,
     config: HedgeConfig,
     classifier: C,
     record: W,
@@ -198,6 +200,7 @@ pub struct HedgeBuilder<C = DefaultClassifier, W = NoRecord> {
 impl HedgeBuilder {
     fn new() -> Self {
         HedgeBuilder {
+            name: None,
             config: HedgeConfig {
                 delay: HedgeDelay::percentile(0.9, Duration::from_secs(2)),
                 max_extra: 1,
@@ -211,6 +214,13 @@ impl HedgeBuilder {
 }
 
 impl<C, W> HedgeBuilder<C, W> {
+    /// Names this hedge in metrics (`name` label) and traces (`name` field); default
+    /// "hedge".
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
     /// When to send the next attempt (default: p90 of the first service's latency, 2 s
     /// until it is known).
     pub fn delay(mut self, delay: HedgeDelay) -> Self {
@@ -248,6 +258,7 @@ impl<C, W> HedgeBuilder<C, W> {
     /// Judges results with `classifier` instead of the [`DefaultClassifier`].
     pub fn classifier<C2>(self, classifier: C2) -> HedgeBuilder<C2, W> {
         HedgeBuilder {
+            name: self.name,
             config: self.config,
             classifier,
             record: self.record,
@@ -258,6 +269,7 @@ impl<C, W> HedgeBuilder<C, W> {
     /// [`MarkResponse`](crate::MarkResponse)) instead of nothing.
     pub fn record_winner<W2>(self, record: W2) -> HedgeBuilder<C, W2> {
         HedgeBuilder {
+            name: self.name,
             config: self.config,
             classifier: self.classifier,
             record,
@@ -279,7 +291,7 @@ impl<C, W> HedgeBuilder<C, W> {
             budget.validate()?;
         }
         Ok(HedgeLayer {
-            shared: Arc::new(Shared::new(self.config)),
+            shared: Arc::new(Shared::new(self.config, self.name)),
             classifier: self.classifier,
             record: self.record,
         })
@@ -306,7 +318,7 @@ impl HedgeLayer {
             ..HedgeBuilder::new().config
         };
         HedgeLayer {
-            shared: Arc::new(Shared::new(config)),
+            shared: Arc::new(Shared::new(config, None)),
             classifier: DefaultClassifier,
             record: NoRecord,
         }
@@ -454,10 +466,11 @@ pub(crate) struct Shared {
     histogram: Option<LatencyHistogram>,
     balance: Option<Balance>,
     pub(crate) counters: Counters,
+    pub(crate) observe: Arc<Observe>,
 }
 
 impl Shared {
-    fn new(config: HedgeConfig) -> Self {
+    fn new(config: HedgeConfig, name: Option<Cow<'static, str>>) -> Self {
         let histogram = match config.delay {
             HedgeDelay::Fixed(_) => None,
             HedgeDelay::Percentile { window, .. } => Some(LatencyHistogram::new(window)),
@@ -467,6 +480,7 @@ impl Shared {
             histogram,
             balance: config.budget.map(Balance::new),
             counters: Counters::default(),
+            observe: Observe::new(STRATEGY, name),
         }
     }
 
@@ -571,7 +585,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        metrics::request(STRATEGY);
+        self.shared.observe.request();
         Counters::add(&self.shared.counters.requests);
         if let Some(balance) = &self.shared.balance {
             balance.deposit();
