@@ -29,11 +29,13 @@
 //!   set with the layer's `record_winner`: [`NoRecord`] by default, [`MarkResponse`] for an
 //!   extension on `http::Response` or the [`Answer<T>`] wrapper ([`RecordAnswer`]), or a
 //!   closure of your own.
-//! - **State.** A strategy's state belongs to its layer value: every service one layer value
-//!   makes shares it, in whatever stack (the hedge's latency record, budget and counters, read
-//!   through [`HedgeLayer::handle`]; a weighted route's random sequence). Race, fallback,
-//!   gather and vote keep none; their counters are the metrics below. Independent state means
-//!   another layer value.
+//! - **State and handles.** A strategy's state belongs to its layer value: every service one
+//!   layer value makes shares it, in whatever stack (the hedge's latency record, budget and
+//!   counters, read through [`HedgeLayer::handle`]; a weighted route's random sequence; the
+//!   other strategies' counters, read through `handle()` on [`RaceLayer`], [`FallbackLayer`],
+//!   [`GatherLayer`], [`VoteLayer`] and [`RouteLayer`] as a [`StrategyHandle`] whose
+//!   [`stats`](StrategyHandle::stats) is a [`StrategyStats`]). Handles work before the stack
+//!   is built and after it is boxed. Independent state means another layer value.
 //! - **When every service fails**, the error is [`AllFailed`] (or [`NoQuorum`] for a vote),
 //!   listing each service's failure, classified; boxed, it still classifies (as the most
 //!   hopeful of its failures) for a retry or breaker layer further out.
@@ -44,13 +46,30 @@
 //!   outcome is known, which cancels it: an HTTP client closes the connection and the
 //!   provider stops generating. Dropping a strategy's future drops every call it started.
 //!
-//! # Metrics
+//! # Observability
 //!
-//! Counters from the [`metrics`](mod@metrics) crate, labelled `strategy`:
+//! One funnel per crate feeds `tracing` (feature `tracing`) and `metrics` (feature `metrics`),
+//! both default; with a feature off its code is compiled out. Every builder has
+//! `name(..)` (default: the strategy, e.g. "race", "fallback"): the `name` label on every
+//! series and the `name` field on every event, beside `strategy`. Prompts, answers and
+//! error texts never appear; failures are reported by their [`FailureKind`](tower_llm_core::FailureKind).
+//!
+//! Events (target `tower_llm_race::observe`, no spans):
+//!
+//! | message | level | fields |
+//! |---|---|---|
+//! | `hedge fired` | debug | `leg`, `delay_ms` |
+//! | `hedge skipped: budget spent` | debug | |
+//! | `losers cancelled` | debug | `cancelled` |
+//! | `service failed` | debug | `service`, `kind` |
+//! | `falling back to the next service` | info | `from`, `to`, `kind` |
+//! | `all services failed` | warn | `services`, `kinds` |
+//!
+//! Counters (unit: count), labelled `name` and `strategy`, their names in [`metrics`](mod@metrics):
 //! `tower_llm_race_requests_total`, `tower_llm_race_attempts_total`,
 //! `tower_llm_race_failures_total` (also labelled `kind`), `tower_llm_race_cancelled_total`,
 //! `tower_llm_race_exhausted_total`, `tower_llm_race_hedges_total` and
-//! `tower_llm_race_hedge_budget_exhausted_total`.
+//! `tower_llm_race_hedge_budget_exhausted_total` (hedge only).
 //!
 //! # Example
 //!
