@@ -87,6 +87,23 @@ struct Counts {
     partial: AtomicU64,
     ballots: AtomicU64,
     decided_early: AtomicU64,
+    // Hedge only, read by `HedgeHandle::stats`.
+    answered_by_first: AtomicU64,
+    hedges: AtomicU64,
+    failovers: AtomicU64,
+    budget_exhausted: AtomicU64,
+}
+
+/// The hedge's counters, for [`HedgeStats`](crate::HedgeStats).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HedgeCounts {
+    pub(crate) requests: u64,
+    pub(crate) hedges: u64,
+    pub(crate) failovers: u64,
+    pub(crate) budget_exhausted: u64,
+    pub(crate) answered_by_first: u64,
+    pub(crate) answered_by_others: u64,
+    pub(crate) failed: u64,
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -221,6 +238,22 @@ impl Observe {
         }
     }
 
+    pub(crate) fn hedge_counts(&self) -> HedgeCounts {
+        let c = &self.counts;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let answered = get(&c.answered);
+        let answered_by_first = get(&c.answered_by_first);
+        HedgeCounts {
+            requests: get(&c.requests),
+            hedges: get(&c.hedges),
+            failovers: get(&c.failovers),
+            budget_exhausted: get(&c.budget_exhausted),
+            answered_by_first,
+            answered_by_others: answered.saturating_sub(answered_by_first),
+            failed: get(&c.failed),
+        }
+    }
+
     /// A request came in.
     #[inline]
     pub(crate) fn request(&self) {
@@ -286,6 +319,26 @@ impl Observe {
         add(&self.counts.answered, 1);
     }
 
+    /// A hedge was answered with a success by service `index`.
+    #[inline]
+    pub(crate) fn answered_by(&self, index: usize) {
+        add(&self.counts.answered, 1);
+        if index == 0 {
+            add(&self.counts.answered_by_first, 1);
+        }
+    }
+
+    /// A hedge ended with an error its classifier accepted as the caller's answer: not a
+    /// success to count, so it counts as failed.
+    pub(crate) fn answered_with_error(&self) {
+        add(&self.counts.failed, 1);
+    }
+
+    /// Every hedge call in flight failed: the next service is sent at once.
+    pub(crate) fn failed_over(&self) {
+        add(&self.counts.failovers, 1);
+    }
+
     /// Gather answered with some results missing or failed.
     pub(crate) fn partial(&self) {
         add(&self.counts.partial, 1);
@@ -345,6 +398,7 @@ impl Observe {
 
     /// Hedge leg `leg` was sent `delay` after the request.
     pub(crate) fn hedge_fired(&self, leg: usize, delay: Duration) {
+        add(&self.counts.hedges, 1);
         #[cfg(feature = "metrics")]
         self.metrics.hedges.increment(1);
         #[cfg(feature = "tracing")]
@@ -361,6 +415,7 @@ impl Observe {
 
     /// A hedge was not sent: the budget was spent.
     pub(crate) fn hedge_budget_exhausted(&self) {
+        add(&self.counts.budget_exhausted, 1);
         #[cfg(feature = "metrics")]
         self.metrics.hedge_budget_exhausted.increment(1);
         #[cfg(feature = "tracing")]

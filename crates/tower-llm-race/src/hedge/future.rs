@@ -152,12 +152,11 @@ where
                             this.shared.record_latency(now - *this.started, now);
                         }
                         this.shared.observe.cancelled(this.attempts.cancel_all());
-                        this.shared.observe.answered();
                         match &answer {
-                            Ok(_) => this.shared.counters.answered(index),
+                            Ok(_) => this.shared.observe.answered_by(index),
                             // An error the classifier let through is the caller's answer,
                             // but not a success to count.
-                            Err(_) => this.shared.counters.failed(),
+                            Err(_) => this.shared.observe.answered_with_error(),
                         }
                         let answered = Answered::new(index, *this.launched);
                         return Poll::Ready(answer.map(|mut response| {
@@ -193,7 +192,7 @@ where
                             this.launched,
                             *this.max_attempts,
                         );
-                        this.shared.counters.failed_over();
+                        this.shared.observe.failed_over();
                         *this.last_launch = Instant::now();
                         this.timer.set(None);
                         continue;
@@ -219,11 +218,9 @@ where
             this.timer.set(None);
             if !this.shared.withdraw() {
                 this.shared.observe.hedge_budget_exhausted();
-                this.shared.counters.budget_exhausted();
                 *this.hedging_over = true;
                 return Poll::Pending;
             }
-            this.shared.counters.hedged();
             let leg = *this.launched;
             let delay = Instant::now().saturating_duration_since(*this.last_launch);
             this.shared.observe.hedge_fired(leg, delay);
@@ -247,7 +244,6 @@ fn exhausted(
     stopped: bool,
 ) -> BoxError {
     shared.observe.exhausted(services, failures);
-    shared.counters.failed();
     let failures = std::mem::take(failures);
     if stopped {
         AllFailed::stopped(services, failures).into()

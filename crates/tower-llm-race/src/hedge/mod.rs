@@ -103,7 +103,6 @@ mod latency;
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -376,16 +375,15 @@ pub struct HedgeHandle {
 impl HedgeHandle {
     /// The counters now.
     pub fn stats(&self) -> HedgeStats {
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let counters = &self.shared.counters;
+        let counts = self.shared.observe.hedge_counts();
         HedgeStats {
-            requests: get(&counters.requests),
-            hedges: get(&counters.hedges),
-            failovers: get(&counters.failovers),
-            budget_exhausted: get(&counters.budget_exhausted),
-            answered_by_first: get(&counters.answered_by_first),
-            answered_by_others: get(&counters.answered_by_others),
-            failed: get(&counters.failed),
+            requests: counts.requests,
+            hedges: counts.hedges,
+            failovers: counts.failovers,
+            budget_exhausted: counts.budget_exhausted,
+            answered_by_first: counts.answered_by_first,
+            answered_by_others: counts.answered_by_others,
+            failed: counts.failed,
             current_delay: self.current_delay(),
         }
     }
@@ -420,52 +418,10 @@ pub struct HedgeStats {
     pub current_delay: Duration,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    requests: AtomicU64,
-    hedges: AtomicU64,
-    failovers: AtomicU64,
-    budget_exhausted: AtomicU64,
-    answered_by_first: AtomicU64,
-    answered_by_others: AtomicU64,
-    failed: AtomicU64,
-}
-
-impl Counters {
-    fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn hedged(&self) {
-        Self::add(&self.hedges);
-    }
-
-    pub(crate) fn failed_over(&self) {
-        Self::add(&self.failovers);
-    }
-
-    pub(crate) fn budget_exhausted(&self) {
-        Self::add(&self.budget_exhausted);
-    }
-
-    pub(crate) fn answered(&self, service: usize) {
-        if service == 0 {
-            Self::add(&self.answered_by_first);
-        } else {
-            Self::add(&self.answered_by_others);
-        }
-    }
-
-    pub(crate) fn failed(&self) {
-        Self::add(&self.failed);
-    }
-}
-
 pub(crate) struct Shared {
     config: HedgeConfig,
     histogram: Option<LatencyHistogram>,
     balance: Option<Balance>,
-    pub(crate) counters: Counters,
     pub(crate) observe: Arc<Observe>,
 }
 
@@ -479,7 +435,6 @@ impl Shared {
             config,
             histogram,
             balance: config.budget.map(Balance::new),
-            counters: Counters::default(),
             observe: Observe::new(STRATEGY, name),
         }
     }
@@ -586,7 +541,6 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         self.shared.observe.request();
-        Counters::add(&self.shared.counters.requests);
         if let Some(balance) = &self.shared.balance {
             balance.deposit();
         }
