@@ -30,6 +30,7 @@ use tower_llm_providers::{
     Anthropic, ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Gemini,
     HttpChatStream, HttpClient, HttpClientConfig, OpenAi, Streaming,
 };
+use tower_llm_race::hedge::HedgeDelay;
 use tower_llm_race::{Answered, FallbackLayer, HedgeLayer, MarkResponse, RaceLayer, RecordAnswer};
 use tower_llm_ratelimit::{
     CountTokens, IgnoreHeaders, KeyFn, Quota, RateLimitHeaders, RateLimitLayer,
@@ -409,12 +410,20 @@ where
     Ok(match stack.strategy {
         StrategyKind::Fallback => BoxCloneSyncService::new(
             ServiceBuilder::new()
-                .layer(FallbackLayer::new().record_winner(MarkResponse))
+                .layer(
+                    FallbackLayer::new()
+                        .name(model.to_owned())
+                        .record_winner(MarkResponse),
+                )
                 .service(legs),
         ),
         StrategyKind::Race => BoxCloneSyncService::new(
             ServiceBuilder::new()
-                .layer(RaceLayer::new().record_winner(MarkResponse))
+                .layer(
+                    RaceLayer::new()
+                        .name(model.to_owned())
+                        .record_winner(MarkResponse),
+                )
                 .service(legs),
         ),
         StrategyKind::Hedge => {
@@ -425,11 +434,12 @@ where
                     "is required with strategy = \"hedge\"",
                 )
             })?;
-            BoxCloneSyncService::new(
-                ServiceBuilder::new()
-                    .layer(HedgeLayer::new(delay).record_winner(MarkResponse))
-                    .service(legs),
-            )
+            let hedge = HedgeLayer::builder()
+                .delay(HedgeDelay::Fixed(delay))
+                .name(model.to_owned())
+                .record_winner(MarkResponse)
+                .build()?;
+            BoxCloneSyncService::new(ServiceBuilder::new().layer(hedge).service(legs))
         }
     })
 }
