@@ -192,6 +192,23 @@ fn describe() {
     });
 }
 
+/// The failures' kinds, comma-separated, formatted only when an event is recorded.
+#[cfg(feature = "tracing")]
+struct Kinds<'a>(&'a [ServiceFailure]);
+
+#[cfg(feature = "tracing")]
+impl std::fmt::Display for Kinds<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, failure) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(failure.kind().as_str())?;
+        }
+        Ok(())
+    }
+}
+
 /// The funnel of one layer value, shared by its clones and every service it makes.
 #[derive(Debug)]
 pub(crate) struct Observe {
@@ -376,22 +393,13 @@ impl Observe {
         #[cfg(feature = "metrics")]
         self.metrics.exhausted.increment(1);
         #[cfg(feature = "tracing")]
-        {
-            let mut kinds = String::new();
-            for failure in failures {
-                if !kinds.is_empty() {
-                    kinds.push(',');
-                }
-                kinds.push_str(failure.kind().as_str());
-            }
-            tracing::warn!(
-                name = %self.name,
-                strategy = self.strategy.as_str(),
-                services,
-                kinds = %kinds,
-                "all services failed"
-            );
-        }
+        tracing::warn!(
+            name = %self.name,
+            strategy = self.strategy.as_str(),
+            services,
+            kinds = %Kinds(failures),
+            "all services failed"
+        );
         #[cfg(not(feature = "tracing"))]
         let _ = (services, failures);
     }
