@@ -62,7 +62,10 @@ struct Llm {
 }
 
 fn stacks(openai_base_url: String) -> Result<Llm, BoxError> {
+    // Every layer is named: the name labels its metrics and its log events, so two limiters
+    // (or a limiter per provider) read apart in a dashboard.
     let provider = OpenAi::compatible(openai_base_url)
+        .name("openai")
         .api_key("sk-mock")
         // The defaults, written out: 10 minutes to the first chunk (reasoning models think
         // before they speak), 5 minutes of silence at most, no limit on a long answer.
@@ -74,12 +77,14 @@ fn stacks(openai_base_url: String) -> Result<Llm, BoxError> {
         .build()?;
     // One value of each stateful layer, applied to both routes' stacks.
     let limiter = RateLimitLayer::builder()
+        .name("openai")
         .concurrency(8)
         .requests(Quota::per_minute(500))
         .tokens(Quota::per_minute(200_000))
         .max_wait(Duration::from_secs(10))
         .build()?;
     let retry = RetryLayer::builder()
+        .name("openai")
         .max_attempts(3)
         .backoff(Backoff::exponential(Duration::from_millis(200)))
         .deadline(Duration::from_secs(30))
@@ -93,6 +98,7 @@ fn stacks(openai_base_url: String) -> Result<Llm, BoxError> {
         .build()?;
     // Keyed by core's fingerprint of the typed request (model, messages, sampling, tenant).
     let dedup = DedupLayer::<ChatResponse>::builder()
+        .name("chat")
         .ttl(Duration::from_secs(300))
         .max_entries(10_000)
         .build()?;

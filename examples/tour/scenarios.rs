@@ -64,6 +64,7 @@ pub(super) async fn duplicate_flood(
     // The provider's ChatRequest is keyed by core's fingerprint (model, messages, sampling,
     // tenant: everything that changes the answer), dedup's default.
     let dedup = DedupLayer::builder()
+        .name("tour-dedup")
         .ttl(Duration::from_secs(300))
         .build()?;
     let handle = dedup.handle();
@@ -145,6 +146,7 @@ pub(super) async fn transient_failures(
     let requests = |n: usize| (0..n).map(|i| chat(&format!("question {i}"))).collect();
     let retry = || {
         RetryLayer::builder()
+            .name("tour-retry")
             .max_attempts(3)
             .backoff(Backoff::exponential(Duration::from_millis(10)))
             .jitter(Jitter::Full)
@@ -264,6 +266,7 @@ pub(super) async fn two_providers(progress: &Progress, table: &mut Table) -> Res
     // Hedge: ask the fast one; if it has not answered by its own 90th percentile, ask the
     // steady one too. At most 10 % extra calls over time.
     let hedge = HedgeLayer::builder()
+        .name("tour-hedge")
         .delay(HedgeDelay::percentile(0.9, Duration::from_millis(40)))
         .build()?;
     let hedged = ServiceBuilder::new().layer(hedge).service(providers()?);
@@ -303,6 +306,7 @@ pub(super) fn quota(progress: &Progress, table: &mut Table) -> Result<(), BoxErr
         let server = MockServer::start(plan).await?;
 
         let limiter = RateLimitLayer::builder()
+            .name("tour-limit")
             .requests(Quota::per_minute(60))
             .tokens(Quota::per_minute(10_000))
             // The mock, like OpenAI, charges the estimate up front and keeps it.
@@ -371,6 +375,7 @@ pub(super) async fn embeddings(progress: &Progress, table: &mut Table) -> Result
     )
     .key_by(|r: &EmbeddingRequest| (r.model.clone(), r.input.len()));
     let batch = BatchLayer::builder()
+        .name("tour-batch")
         .adapter(adapter)
         .max_items(8)
         .max_wait(Duration::from_millis(5))
@@ -508,6 +513,7 @@ pub(super) async fn whole_stack(progress: &Progress, table: &mut Table) -> Resul
         .layer(DedupLayer::builder().build()?)
         .layer(
             RetryLayer::builder()
+                .name("tour-retry")
                 .max_attempts(3)
                 .backoff(Backoff::exponential(Duration::from_millis(10)))
                 .budget(RetryBudget::new(0.2))
@@ -534,6 +540,7 @@ fn guarded(server: &MockServer) -> Result<Provider, BoxError> {
         .cooldown(Duration::from_millis(100))
         .build()?;
     let limiter = RateLimitLayer::builder()
+        .name("tour-limit")
         .concurrency(64)
         .requests(Quota::per_minute(60_000))
         .tokens(Quota::per_minute(10_000_000))
