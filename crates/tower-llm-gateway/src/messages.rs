@@ -285,6 +285,9 @@ pub(crate) fn parse(body: Value, tenant: &str) -> Result<ParsedMessages, String>
             request.extra.insert(name, value);
         }
     }
+    // What the client sent beyond the modelled fields is Anthropic's (`top_k`, `thinking`,
+    // ...): a provider of another dialect leaves it out rather than answer 400 to it.
+    request.extra_dialect = Some(tower_llm_providers::Dialect::Anthropic);
     request.tenant = Some(tenant.to_owned());
     Ok(ParsedMessages { request, stream })
 }

@@ -333,6 +333,9 @@ pub(crate) fn parse_chat(body: Value, tenant: &str) -> Result<ParsedChat, String
             request.extra.insert(name, value);
         }
     }
+    // What the client sent beyond the modelled fields is OpenAI's: a provider of another
+    // dialect leaves it out rather than answer 400 to it.
+    request.extra_dialect = Some(tower_llm_providers::Dialect::OpenAi);
     request.tenant = Some(tenant.to_owned());
     Ok(ParsedChat {
         request,

@@ -958,6 +958,31 @@ models = ["gemini-model"]
     ))
     .await;
     assert_eq!(embeddings.status(), 404, "Anthropic has no embeddings");
+
+    // OpenAI-only fields the chat types do not model stay with OpenAI: the real Anthropic
+    // and Gemini APIs answer 400 to a field they do not know.
+    for model in ["claude-model", "gemini-model"] {
+        let before = upstream.received().len();
+        let response = send(with_api_key(
+            post_json(
+                &format!("{}/v1/chat/completions", gateway.url()),
+                &json!({
+                    "model": model,
+                    "messages": [{"role": "user", "content": "penalised"}],
+                    "frequency_penalty": 0.5,
+                    "logprobs": true,
+                }),
+            ),
+            KEY_A,
+        ))
+        .await;
+        assert_eq!(response.status(), 200, "{model}: {:?}", response.body());
+        let received = upstream.received();
+        assert_eq!(received.len(), before + 1, "{model}");
+        let body = received[before].json().unwrap();
+        assert!(body.get("frequency_penalty").is_none(), "{model}: {body}");
+        assert!(body.get("logprobs").is_none(), "{model}: {body}");
+    }
 }
 
 /// A tenant's `concurrency = 1` holds for streams as for whole answers, and across them: one

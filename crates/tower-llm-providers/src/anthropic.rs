@@ -86,6 +86,7 @@ pub struct AnthropicBuilder {
     max_body_bytes: usize,
     max_event_bytes: usize,
     record_sizes: bool,
+    strict_fields: bool,
 }
 
 impl AnthropicBuilder {
@@ -139,6 +140,15 @@ impl AnthropicBuilder {
         self
     }
 
+    /// Refuses a request whose `extra` fields are written for another dialect
+    /// ([`ChatRequest::extra_dialect`](crate::ChatRequest::extra_dialect)) with a `BadRequest`
+    /// that names them, instead of leaving them out (the default, counted in
+    /// `tower_llm_providers_fields_dropped_total`).
+    pub fn strict_fields(mut self, strict: bool) -> Self {
+        self.strict_fields = strict;
+        self
+    }
+
     /// The largest single stream event (default 4 MiB).
     pub fn max_event_bytes(mut self, limit: usize) -> Self {
         self.max_event_bytes = limit;
@@ -189,6 +199,7 @@ impl AnthropicBuilder {
                     provider: self.name,
                     max_body: self.max_body_bytes,
                     key: Some(key),
+                    strict_fields: self.strict_fields,
                 },
                 timeouts: self.timeouts,
                 max_event_bytes: self.max_event_bytes,
@@ -244,6 +255,7 @@ impl Anthropic<HttpClient> {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             record_sizes: false,
+            strict_fields: false,
         }
     }
 
@@ -298,6 +310,10 @@ where
             Operation::Chat,
             RequestFacts::chat(&request, Some(max_tokens)),
         );
+        if let Err(error) = self.config.ctx.check_extra(&request) {
+            let ctx = self.config.ctx.clone();
+            return ResponseFuture::failed(error, ctx, decode_chat, call, CallObs::chat);
+        }
         let body = self.encode_chat(&request, false);
         let http = post_json(&self.config.messages_uri, &self.config.headers, body, false);
         let future = call.in_span(|| self.inner.call(http));
@@ -335,11 +351,16 @@ where
             Operation::Stream,
             RequestFacts::chat(&request.0, Some(max_tokens)),
         );
-        let body = self.encode_chat(&request.0, true);
-        let http = post_json(&self.config.messages_uri, &self.config.headers, body, true);
-        let future = call.in_span(|| self.inner.call(http));
+        let future = match self.config.ctx.check_extra(&request.0) {
+            Ok(()) => {
+                let body = self.encode_chat(&request.0, true);
+                let http = post_json(&self.config.messages_uri, &self.config.headers, body, true);
+                Ok(call.in_span(|| self.inner.call(http)))
+            }
+            Err(error) => Err(error),
+        };
         StreamFuture::new(
-            Ok(future),
+            future,
             self.config.ctx.clone(),
             self.config.timeouts,
             self.config.max_event_bytes,
@@ -369,6 +390,7 @@ pub(crate) fn standalone_ctx() -> Ctx {
         max_body: DEFAULT_MAX_BODY_BYTES,
         key: None,
         observe: crate::observe::Observe::standalone("anthropic"),
+        strict_fields: false,
     }
 }
 
@@ -522,7 +544,11 @@ fn encode_chat(request: &ChatRequest, stream: bool, default_max_tokens: u32) -> 
             .map(|user_id| WireMetadata { user_id }),
         stream,
     };
-    crate::chat::encode_with_extra(&wire, &request.extra, crate::chat::body_size_hint(request))
+    crate::chat::encode_with_extra(
+        &wire,
+        request.extra_for(Dialect::Anthropic),
+        crate::chat::body_size_hint(request),
+    )
 }
 
 // ---- wire format: responses ------------------------------------------------------------

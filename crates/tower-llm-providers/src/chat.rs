@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::meta::ResponseMeta;
+use crate::meta::{Dialect, ResponseMeta};
 use tower_llm_core::{
     CacheControl, ClassifyResponse, Deterministic, Fingerprint, FingerprintHasher, Outcome,
     RateLimitHeaders, RequestCost, ResponseUsage, Usage, estimate_text_tokens,
@@ -198,8 +198,31 @@ pub struct ChatRequest {
     /// Key-value metadata (OpenAI `metadata`; Anthropic and Gemini do not take it and it is
     /// not sent to them).
     pub metadata: Map<String, Value>,
-    /// Fields this type does not model, merged into the provider's JSON body as is.
+    /// Fields this type does not model, merged into the provider's JSON body as is (to
+    /// which providers: see [`extra_dialect`](Self::extra_dialect)).
     pub extra: Map<String, Value>,
+    /// The wire format `extra`'s fields are written in.
+    ///
+    /// `None` (the default): they go as they are to whichever provider gets the request; the
+    /// caller knows where it sends. `Some(dialect)`: they go only to a provider of that
+    /// dialect (OpenAI, Azure and OpenAI-compatible servers share one). A provider of another
+    /// dialect leaves them out, counting them in `tower_llm_providers_fields_dropped_total`,
+    /// or, built with `strict_fields(true)`, refuses the request with a `BadRequest` that
+    /// names them, before any upstream call. Anthropic and Gemini answer 400 to a field they
+    /// do not know: a fallback from OpenAI to Anthropic must not send `frequency_penalty`.
+    /// Fields with an equivalent in every dialect are modelled above and mapped (the table
+    /// in `docs/providers.md`).
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use tower_llm_providers::{ChatRequest, Dialect, Message};
+    ///
+    /// let request = ChatRequest::new("gpt-4o-mini", vec![Message::user("Hi")])
+    ///     .extra("frequency_penalty", json!(0.5))
+    ///     .extra_from(Dialect::OpenAi);
+    /// assert_eq!(request.extra_dialect, Some(Dialect::OpenAi));
+    /// ```
+    pub extra_dialect: Option<Dialect>,
 }
 
 impl ChatRequest {
@@ -248,9 +271,32 @@ impl ChatRequest {
         self
     }
 
+    /// Says which dialect the [`extra`](Self::extra) fields are written in, so that only a
+    /// provider of that dialect gets them (see [`extra_dialect`](Self::extra_dialect)).
+    pub fn extra_from(mut self, dialect: Dialect) -> Self {
+        self.extra_dialect = Some(dialect);
+        self
+    }
+
     /// Asks for a streamed answer (see [`Streaming`]).
     pub fn streaming(self) -> Streaming<ChatRequest> {
         Streaming(self)
+    }
+
+    /// The `extra` fields a provider of `dialect` sends: all of them, or none when they are
+    /// written for another dialect.
+    pub(crate) fn extra_for(&self, dialect: Dialect) -> Option<&Map<String, Value>> {
+        match self.extra_dialect {
+            _ if self.extra.is_empty() => None,
+            Some(from) if from != dialect => None,
+            _ => Some(&self.extra),
+        }
+    }
+
+    /// The dialect of `extra` fields a provider of `dialect` leaves out, if there are any.
+    pub(crate) fn foreign_extra(&self, dialect: Dialect) -> Option<Dialect> {
+        self.extra_dialect
+            .filter(|from| *from != dialect && !self.extra.is_empty())
     }
 }
 
@@ -349,6 +395,11 @@ impl Fingerprint for ChatRequest {
         }
         write_map(h, &self.metadata);
         write_map(h, &self.extra);
+        // Which providers get `extra` changes the body one of them sends; without fields,
+        // or without a dialect (the key every earlier version computed), it changes nothing.
+        if let (Some(dialect), false) = (self.extra_dialect, self.extra.is_empty()) {
+            h.write_str(dialect.as_str());
+        }
     }
 }
 
@@ -365,17 +416,17 @@ impl<R: Fingerprint> Fingerprint for Streaming<R> {
 /// sets wins, rather than being sent twice (which providers read differently).
 pub(crate) fn encode_with_extra<T: serde::Serialize>(
     wire: &T,
-    extra: &Map<String, Value>,
+    extra: Option<&Map<String, Value>>,
     size_hint: usize,
 ) -> Vec<u8> {
     // Serializing borrowed strings and JSON values cannot fail.
-    if extra.is_empty() {
+    let Some(extra) = extra.filter(|extra| !extra.is_empty()) else {
         let mut body = Vec::with_capacity(size_hint);
         return match serde_json::to_writer(&mut body, wire) {
             Ok(()) => body,
             Err(_) => Vec::new(),
         };
-    }
+    };
     let mut body = serde_json::to_value(wire).unwrap_or(Value::Null);
     if let Value::Object(fields) = &mut body {
         for (name, value) in extra {

@@ -60,9 +60,55 @@ pub(crate) struct Ctx {
     pub(crate) key: Option<ApiKey>,
     /// The provider's span and metrics.
     pub(crate) observe: std::sync::Arc<crate::observe::Observe>,
+    /// Refuse a request whose `extra` fields are written for another dialect, rather than
+    /// leave them out.
+    pub(crate) strict_fields: bool,
 }
 
 impl Ctx {
+    /// Checks `request`'s unmodelled fields against this provider's dialect: fields written
+    /// for another dialect are left out by the encoder and counted here, or, in strict mode,
+    /// the request is refused before any upstream call.
+    pub(crate) fn check_extra(
+        &self,
+        request: &crate::chat::ChatRequest,
+    ) -> Result<(), UpstreamError> {
+        let Some(from) = request.foreign_extra(self.dialect) else {
+            return Ok(());
+        };
+        if self.strict_fields {
+            /// Names quoted in the error, each cut to a length a reader can take in.
+            const QUOTED: usize = 8;
+            const NAME_CHARS: usize = 64;
+            let names: Vec<String> = request
+                .extra
+                .keys()
+                .take(QUOTED)
+                .map(|name| format!("{:?}", name.chars().take(NAME_CHARS).collect::<String>()))
+                .collect();
+            let more = request.extra.len().saturating_sub(QUOTED);
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            return Err(self.error(
+                FailureKind::BadRequest,
+                format!(
+                    "{} field(s) written for {} have no {} equivalent and strict_fields refuses \
+                     them: {}{more}",
+                    request.extra.len(),
+                    from.as_str(),
+                    self.dialect.as_str(),
+                    names.join(", "),
+                ),
+            ));
+        }
+        self.observe
+            .fields_dropped(from, self.dialect, request.extra.len());
+        Ok(())
+    }
+
     /// The facts of an answer with this status and these headers.
     pub(crate) fn meta(
         &self,
@@ -302,6 +348,7 @@ mod tests {
             max_body: 1 << 20,
             key: None,
             observe: crate::observe::Observe::standalone("test"),
+            strict_fields: false,
         }
     }
 

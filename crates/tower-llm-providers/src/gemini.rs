@@ -86,6 +86,7 @@ pub struct GeminiBuilder {
     max_body_bytes: usize,
     max_event_bytes: usize,
     record_sizes: bool,
+    strict_fields: bool,
 }
 
 impl GeminiBuilder {
@@ -124,6 +125,15 @@ impl GeminiBuilder {
     /// the span fields `prompt_chars` and `answer_chars` (default off).
     pub fn record_sizes(mut self, record: bool) -> Self {
         self.record_sizes = record;
+        self
+    }
+
+    /// Refuses a request whose `extra` fields are written for another dialect
+    /// ([`ChatRequest::extra_dialect`](crate::ChatRequest::extra_dialect)) with a `BadRequest`
+    /// that names them, instead of leaving them out (the default, counted in
+    /// `tower_llm_providers_fields_dropped_total`).
+    pub fn strict_fields(mut self, strict: bool) -> Self {
+        self.strict_fields = strict;
         self
     }
 
@@ -168,6 +178,7 @@ impl GeminiBuilder {
                     provider: self.name,
                     max_body: self.max_body_bytes,
                     key: Some(key),
+                    strict_fields: self.strict_fields,
                 },
                 timeouts: self.timeouts,
                 max_event_bytes: self.max_event_bytes,
@@ -220,6 +231,7 @@ impl Gemini<HttpClient> {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             record_sizes: false,
+            strict_fields: false,
         }
     }
 
@@ -297,7 +309,10 @@ where
             RequestFacts::chat(&request, request.max_tokens),
         );
         let ctx = self.config.ctx.clone();
-        match self.uri(&request.model, false) {
+        match ctx
+            .check_extra(&request)
+            .and_then(|()| self.uri(&request.model, false))
+        {
             Ok(uri) => {
                 let http = post_json(&uri, &self.config.headers, encode_chat(&request), false);
                 let future = call.in_span(|| self.inner.call(http));
@@ -328,10 +343,15 @@ where
             Operation::Stream,
             RequestFacts::chat(&request.0, request.0.max_tokens),
         );
-        let future = self.uri(&request.0.model, true).map(|uri| {
-            let http = post_json(&uri, &self.config.headers, encode_chat(&request.0), true);
-            call.in_span(|| self.inner.call(http))
-        });
+        let future = self
+            .config
+            .ctx
+            .check_extra(&request.0)
+            .and_then(|()| self.uri(&request.0.model, true))
+            .map(|uri| {
+                let http = post_json(&uri, &self.config.headers, encode_chat(&request.0), true);
+                call.in_span(|| self.inner.call(http))
+            });
         StreamFuture::new(
             future,
             self.config.ctx.clone(),
@@ -363,6 +383,7 @@ pub(crate) fn standalone_ctx() -> Ctx {
         max_body: DEFAULT_MAX_BODY_BYTES,
         key: None,
         observe: crate::observe::Observe::standalone("gcp.gemini"),
+        strict_fields: false,
     }
 }
 
@@ -552,7 +573,11 @@ fn encode_chat(request: &ChatRequest) -> Vec<u8> {
         },
         tool_config,
     };
-    crate::chat::encode_with_extra(&wire, &request.extra, crate::chat::body_size_hint(request))
+    crate::chat::encode_with_extra(
+        &wire,
+        request.extra_for(Dialect::Gemini),
+        crate::chat::body_size_hint(request),
+    )
 }
 
 // ---- wire format: responses ------------------------------------------------------------

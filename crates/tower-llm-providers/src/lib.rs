@@ -96,6 +96,7 @@
 //! | [`gen_ai_client_operation_time_to_first_chunk_seconds`](METRIC_TIME_TO_FIRST_CHUNK) | histogram | seconds | as the duration, streams only |
 //! | [`tower_llm_providers_requests_total`](METRIC_REQUESTS) | counter | count | `name`, `call` = `chat` / `stream` / `embeddings` |
 //! | [`tower_llm_providers_failures_total`](METRIC_FAILURES) | counter | count | `name`, `call`, `kind` (core's `FailureKind::as_str`) |
+//! | [`tower_llm_providers_fields_dropped_total`](METRIC_FIELDS_DROPPED) | counter | count | `name`, `from`, `to` (dialects) |
 //!
 //! The facade carries no buckets: give [`DURATION_BUCKETS`] and [`TOKEN_BUCKETS`] (the
 //! conventions' recommendations) to your exporter. Metric handles are made once per
@@ -173,8 +174,8 @@ pub use gemini::{Gemini, GeminiBuilder};
 pub use key::ApiKey;
 pub use meta::{Dialect, ResponseMeta, TokenCounting};
 pub use observe::{
-    DURATION_BUCKETS, METRIC_FAILURES, METRIC_OPERATION_DURATION, METRIC_REQUESTS,
-    METRIC_TIME_TO_FIRST_CHUNK, METRIC_TOKEN_USAGE, TOKEN_BUCKETS,
+    DURATION_BUCKETS, METRIC_FAILURES, METRIC_FIELDS_DROPPED, METRIC_OPERATION_DURATION,
+    METRIC_REQUESTS, METRIC_TIME_TO_FIRST_CHUNK, METRIC_TOKEN_USAGE, TOKEN_BUCKETS,
 };
 pub use openai::{OpenAi, OpenAiBuilder};
 pub use stream::{ChatAccumulator, ChatStream, ChunkDecoder, StreamTimeouts};

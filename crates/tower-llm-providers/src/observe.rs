@@ -24,7 +24,7 @@ use crate::chat::{
     ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, FinishReason,
     Message,
 };
-use crate::meta::ResponseMeta;
+use crate::meta::{Dialect, ResponseMeta};
 
 /// `gen_ai.client.operation.duration` under a Prometheus-compatible name: a histogram, in
 /// seconds, of whole calls (a stream's, to its end).
@@ -39,6 +39,9 @@ pub const METRIC_TIME_TO_FIRST_CHUNK: &str = "gen_ai_client_operation_time_to_fi
 pub const METRIC_REQUESTS: &str = "tower_llm_providers_requests_total";
 /// Errors handed to the caller (before or inside a stream), by `name`, `call` and `kind`.
 pub const METRIC_FAILURES: &str = "tower_llm_providers_failures_total";
+/// Unmodelled request fields left out because they were written for another dialect
+/// ([`ChatRequest::extra_dialect`]), by `name`, `from` and `to` (dialect names).
+pub const METRIC_FIELDS_DROPPED: &str = "tower_llm_providers_fields_dropped_total";
 
 /// The bucket boundaries, in seconds, the GenAI semantic conventions recommend for
 /// [`METRIC_OPERATION_DURATION`] and [`METRIC_TIME_TO_FIRST_CHUNK`]. The `metrics` facade
@@ -211,6 +214,27 @@ impl Observe {
             server_port: 0,
             record_sizes: false,
         })
+    }
+
+    /// A request's `count` unmodelled fields, written for dialect `from`, are left out of
+    /// a call to this provider (of dialect `to`).
+    #[cfg_attr(
+        not(any(feature = "tracing", feature = "metrics")),
+        allow(unused_variables)
+    )]
+    pub(crate) fn fields_dropped(&self, from: Dialect, to: Dialect, count: usize) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(
+            name = %self.name,
+            from = from.as_str(),
+            to = to.as_str(),
+            count,
+            "fields of another dialect left out"
+        );
+        #[cfg(feature = "metrics")]
+        metrics::counter!(METRIC_FIELDS_DROPPED,
+            "name" => self.metrics.name.clone(), "from" => from.as_str(), "to" => to.as_str())
+        .increment(count as u64);
     }
 
     /// A call starts: counts it and opens its span.
@@ -714,6 +738,11 @@ fn describe() {
             METRIC_REQUESTS,
             metrics::Unit::Count,
             "Calls sent upstream by a provider"
+        );
+        metrics::describe_counter!(
+            METRIC_FIELDS_DROPPED,
+            metrics::Unit::Count,
+            "Unmodelled request fields left out because they were written for another dialect"
         );
         metrics::describe_counter!(
             METRIC_FAILURES,

@@ -100,6 +100,7 @@ pub struct OpenAiBuilder {
     max_body_bytes: usize,
     max_event_bytes: usize,
     record_sizes: bool,
+    strict_fields: bool,
 }
 
 impl OpenAiBuilder {
@@ -118,6 +119,7 @@ impl OpenAiBuilder {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             record_sizes: false,
+            strict_fields: false,
         }
     }
 
@@ -186,6 +188,15 @@ impl OpenAiBuilder {
     /// the span fields `prompt_chars` and `answer_chars` (default off).
     pub fn record_sizes(mut self, record: bool) -> Self {
         self.record_sizes = record;
+        self
+    }
+
+    /// Refuses a request whose `extra` fields are written for another dialect
+    /// ([`ChatRequest::extra_dialect`](crate::ChatRequest::extra_dialect)) with a `BadRequest`
+    /// that names them, instead of leaving them out (the default, counted in
+    /// `tower_llm_providers_fields_dropped_total`).
+    pub fn strict_fields(mut self, strict: bool) -> Self {
+        self.strict_fields = strict;
         self
     }
 
@@ -284,6 +295,7 @@ impl OpenAiBuilder {
                     provider: self.name,
                     max_body: self.max_body_bytes,
                     key: api_key,
+                    strict_fields: self.strict_fields,
                 },
                 timeouts: self.timeouts,
                 include_usage: self.include_usage,
@@ -457,6 +469,10 @@ where
             Operation::Chat,
             RequestFacts::chat(&request, request.max_tokens),
         );
+        if let Err(error) = self.config.ctx.check_extra(&request) {
+            let ctx = self.config.ctx.clone();
+            return ResponseFuture::failed(error, ctx, decode_chat, call, CallObs::chat);
+        }
         let body = self.encode_chat(&request, false);
         let http = self.post(&self.config.chat_uri, body, false);
         let future = call.in_span(|| self.inner.call(http));
@@ -490,11 +506,16 @@ where
             Operation::Stream,
             RequestFacts::chat(&request.0, request.0.max_tokens),
         );
-        let body = self.encode_chat(&request.0, true);
-        let http = self.post(&self.config.chat_uri, body, true);
-        let future = call.in_span(|| self.inner.call(http));
+        let future = match self.config.ctx.check_extra(&request.0) {
+            Ok(()) => {
+                let body = self.encode_chat(&request.0, true);
+                let http = self.post(&self.config.chat_uri, body, true);
+                Ok(call.in_span(|| self.inner.call(http)))
+            }
+            Err(error) => Err(error),
+        };
         StreamFuture::new(
-            Ok(future),
+            future,
             self.config.ctx.clone(),
             self.config.timeouts,
             self.config.max_event_bytes,
@@ -559,6 +580,7 @@ pub(crate) fn standalone_ctx() -> Ctx {
         max_body: DEFAULT_MAX_BODY_BYTES,
         key: None,
         observe: crate::observe::Observe::standalone("openai"),
+        strict_fields: false,
     }
 }
 
@@ -736,7 +758,11 @@ pub(crate) fn encode_chat(
             include_usage: true,
         }),
     };
-    crate::chat::encode_with_extra(&wire, &request.extra, crate::chat::body_size_hint(request))
+    crate::chat::encode_with_extra(
+        &wire,
+        request.extra_for(Dialect::OpenAi),
+        crate::chat::body_size_hint(request),
+    )
 }
 
 #[derive(Serialize)]
@@ -759,7 +785,7 @@ fn encode_embeddings(request: &EmbeddingRequest) -> Vec<u8> {
             dimensions: request.dimensions,
             user: request.user.as_deref(),
         },
-        &request.extra,
+        Some(&request.extra),
         request.input.iter().map(|i| i.len() + 8).sum::<usize>() + 128,
     )
 }

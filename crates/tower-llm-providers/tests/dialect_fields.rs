@@ -1,0 +1,158 @@
+//! Unmodelled fields remember their dialect: an OpenAI body's `frequency_penalty` reaches an
+//! OpenAI-compatible provider, and is left out (or, in strict mode, refused) by Anthropic and
+//! Gemini, which answer 400 to a field they do not know. Fields with no dialect go anywhere.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Piece, Reply, call, drain, mock};
+use serde_json::json;
+use tower_llm_core::{FailureKind, FingerprintKey};
+use tower_llm_providers::{Anthropic, ChatRequest, Dialect, Gemini, Message, OpenAi, Streaming};
+
+const OPENAI: &str = include_str!("fixtures/openai_chat.json");
+const ANTHROPIC: &str = include_str!("fixtures/anthropic_message.json");
+const ANTHROPIC_STREAM: &str = include_str!("fixtures/anthropic_stream.sse");
+const GEMINI: &str = include_str!("fixtures/gemini_generate.json");
+
+/// A request as an OpenAI-compatible gateway parses it: two fields the chat types do not
+/// model, written for OpenAI.
+fn from_openai() -> ChatRequest {
+    ChatRequest::new("m", vec![Message::user("Hi")])
+        .extra("frequency_penalty", json!(0.5))
+        .extra("logprobs", json!(true))
+        .extra_from(Dialect::OpenAi)
+}
+
+fn sent_keys(sent: &common::Sent) -> Vec<String> {
+    sent.body.as_object().unwrap().keys().cloned().collect()
+}
+
+#[tokio::test]
+async fn the_dialect_they_were_written_for_gets_them() {
+    let (client, sent) = mock(Reply::json(200, OPENAI));
+    let mut openai = OpenAi::builder()
+        .api_key("sk-test")
+        .strict_fields(true)
+        .build_with(client)
+        .unwrap();
+    call(&mut openai, from_openai()).await.unwrap();
+    let body = &sent.lock().unwrap()[0].body;
+    assert_eq!(body["frequency_penalty"], json!(0.5));
+    assert_eq!(body["logprobs"], json!(true));
+}
+
+#[tokio::test]
+async fn another_dialect_leaves_them_out() {
+    let (client, sent) = mock(Reply::json(200, ANTHROPIC));
+    let mut anthropic = Anthropic::builder()
+        .api_key("sk-ant")
+        .build_with(client)
+        .unwrap();
+    call(&mut anthropic, from_openai()).await.unwrap();
+
+    let (client, gemini_sent) = mock(Reply::json(200, GEMINI));
+    let mut gemini = Gemini::builder()
+        .api_key("AIza")
+        .build_with(client)
+        .unwrap();
+    call(&mut gemini, from_openai()).await.unwrap();
+
+    for sent in [&sent, &gemini_sent] {
+        let sent = sent.lock().unwrap();
+        let keys = sent_keys(&sent[0]);
+        assert!(!keys.contains(&"frequency_penalty".to_owned()), "{keys:?}");
+        assert!(!keys.contains(&"logprobs".to_owned()), "{keys:?}");
+    }
+    // Streamed the same.
+    let (client, sent) = mock(Reply::sse(vec![Piece::Data(ANTHROPIC_STREAM.into())]));
+    let mut anthropic = Anthropic::builder()
+        .api_key("sk-ant")
+        .build_with(client)
+        .unwrap();
+    let stream = call(&mut anthropic, Streaming(from_openai()))
+        .await
+        .unwrap();
+    assert!(drain(stream).await.iter().all(Result::is_ok));
+    assert!(!sent_keys(&sent.lock().unwrap()[0]).contains(&"frequency_penalty".to_owned()));
+}
+
+#[tokio::test]
+async fn strict_mode_refuses_them_before_any_call() {
+    let (client, sent) = mock(Reply::json(200, ANTHROPIC));
+    let mut anthropic = Anthropic::builder()
+        .api_key("sk-ant")
+        .strict_fields(true)
+        .build_with(client)
+        .unwrap();
+    let error = call(&mut anthropic, from_openai()).await.unwrap_err();
+    assert_eq!(error.kind(), FailureKind::BadRequest);
+    let message = error.to_string();
+    assert!(message.contains("\"frequency_penalty\""), "{message}");
+    assert!(
+        message.contains("openai") && message.contains("anthropic"),
+        "{message}"
+    );
+    let error = call(&mut anthropic, Streaming(from_openai()))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(error.kind(), FailureKind::BadRequest);
+
+    let (client, gemini_sent) = mock(Reply::json(200, GEMINI));
+    let mut gemini = Gemini::builder()
+        .api_key("AIza")
+        .strict_fields(true)
+        .build_with(client)
+        .unwrap();
+    let error = call(&mut gemini, from_openai()).await.unwrap_err();
+    assert_eq!(error.kind(), FailureKind::BadRequest);
+    assert!(sent.lock().unwrap().is_empty());
+    assert!(gemini_sent.lock().unwrap().is_empty());
+
+    // A strict provider still takes fields of its own dialect, and fields with no dialect.
+    let own = ChatRequest::new("m", vec![Message::user("Hi")])
+        .extra("top_k", json!(5))
+        .extra_from(Dialect::Anthropic);
+    call(&mut anthropic, own).await.unwrap();
+    let untagged = ChatRequest::new("m", vec![Message::user("Hi")]).extra("top_k", json!(5));
+    call(&mut anthropic, untagged).await.unwrap();
+    let sent = sent.lock().unwrap();
+    assert_eq!(sent.len(), 2);
+    assert!(sent.iter().all(|s| s.body["top_k"] == json!(5)));
+}
+
+#[tokio::test]
+async fn a_strict_refusal_names_a_bounded_list() {
+    let mut request = ChatRequest::new("m", vec![Message::user("Hi")]).extra_from(Dialect::OpenAi);
+    for i in 0..50 {
+        request = request.extra(format!("field_{i:02}_{}", "x".repeat(500)), json!(i));
+    }
+    let (client, _) = mock(Reply::json(200, ANTHROPIC));
+    let mut anthropic = Anthropic::builder()
+        .api_key("sk-ant")
+        .strict_fields(true)
+        .build_with(client)
+        .unwrap();
+    let message = call(&mut anthropic, request).await.unwrap_err().to_string();
+    assert!(message.contains("and 42 more"), "{message}");
+    assert!(message.len() < 2_000, "{} bytes", message.len());
+}
+
+#[test]
+fn the_dialect_is_part_of_the_key_only_when_it_changes_a_body() {
+    let key = FingerprintKey::from_secret(b"test");
+    let plain = ChatRequest::new("m", vec![Message::user("Hi")]);
+    let fields = plain.clone().extra("frequency_penalty", json!(0.5));
+    // No fields: the dialect changes nothing, nor the key.
+    assert_eq!(
+        key.fingerprint(&plain),
+        key.fingerprint(&plain.clone().extra_from(Dialect::OpenAi))
+    );
+    // Fields: an OpenAI-only field and an untagged one are different requests to Anthropic.
+    assert_ne!(
+        key.fingerprint(&fields),
+        key.fingerprint(&fields.clone().extra_from(Dialect::OpenAi))
+    );
+}
