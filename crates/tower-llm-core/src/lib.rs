@@ -16,6 +16,9 @@
 //! - **Rate-limit headers** ([`RateLimitHeaders`]): a response's view of the provider's limits.
 //! - **One deadline** ([`Deadline`]): the instant a whole call must be answered by, current
 //!   on the task while it runs, so every layer inside can read the time left.
+//! - **One budget for extra attempts** ([`AttemptBudget`]): retries, fallbacks and hedged
+//!   legs drawing on one balance (a ratio of requests plus a floor, over a window), each user
+//!   request counted once however many layers share it.
 //! - **Responses that finish later** ([`EndSignal`], [`StreamEnd`]): a stream's end, which
 //!   layers wait for to release what they hold and to judge the call.
 //! - **Errors** ([`CircuitOpen`], [`RateLimited`], [`UpstreamError`]): what layers and
@@ -52,6 +55,7 @@
 
 #![forbid(unsafe_code)]
 
+mod budget;
 mod canonical;
 mod classify;
 mod config;
@@ -70,6 +74,9 @@ mod stream_end;
 #[cfg(test)]
 mod test_json;
 
+pub use budget::{
+    AttemptBudget, BudgetConfig, BudgetScope, BudgetStats, Spender, SpenderStats, Withdrawal,
+};
 pub use classify::{
     Classify, ClassifyError, ClassifyResponse, DefaultClassifier, Failure, FailureKind, Outcome,
     classify_dyn_error,
