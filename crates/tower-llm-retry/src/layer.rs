@@ -11,7 +11,9 @@ use tower_layer::Layer;
 use tower_llm_core::{ConfigError, DefaultClassifier};
 
 use crate::backoff::{Backoff, Jitter};
-use crate::budget::{BudgetState, RetryBudget};
+use tower_llm_core::AttemptBudget;
+
+use crate::budget::{Budgeted, LayerBudget, RetryBudget};
 use crate::observe::{DEFAULT_NAME, Observe};
 use crate::policy::{Config, Hook, RetryEvent, RetryPolicy, Shared, StatsOnly};
 use crate::stats::RetryHandle;
@@ -19,11 +21,16 @@ use crate::stats::RetryHandle;
 /// The retrying service: tower's [`Retry`](tower::retry::Retry) driven by a [`RetryPolicy`].
 ///
 /// It has tower's `get_ref`, `get_mut` and `into_inner`.
-pub type Retry<S, C = DefaultClassifier, R = StatsOnly> = tower::retry::Retry<RetryPolicy<C, R>, S>;
+///
+/// The inner service is wrapped in [`Budgeted`], which marks a shared budget while it is
+/// called and polled (and passes calls straight through otherwise): `get_ref().get_ref()`
+/// reaches the service given to the layer.
+pub type Retry<S, C = DefaultClassifier, R = StatsOnly> =
+    tower::retry::Retry<RetryPolicy<C, R>, Budgeted<S>>;
 
 /// The future of a [`Retry`] service: tower's, named.
 pub type ResponseFuture<S, Req, C = DefaultClassifier, R = StatsOnly> =
-    tower::retry::future::ResponseFuture<RetryPolicy<C, R>, S, Req>;
+    tower::retry::future::ResponseFuture<RetryPolicy<C, R>, Budgeted<S>, Req>;
 
 /// Retries failed calls with backoff, the server's retry hint, a deadline and a budget.
 ///
@@ -88,14 +95,15 @@ impl<S, C, R> Layer<S> for RetryLayer<C, R> {
     type Service = Retry<S, C, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        tower::retry::Retry::new(self.policy.clone(), inner)
+        let budgeted = Budgeted::new(inner, self.policy.budget());
+        tower::retry::Retry::new(self.policy.clone(), budgeted)
     }
 }
 
 /// Builds a [`RetryLayer`]; [`build`](Self::build) checks every knob.
 pub struct RetryBuilder<C = DefaultClassifier, R = StatsOnly> {
     config: Config,
-    budget: Option<RetryBudget>,
+    budget: Option<BudgetChoice>,
     classifier: C,
     recorder: R,
     on_retry: Option<Hook>,
@@ -114,7 +122,7 @@ impl RetryBuilder {
                 deadline: None,
                 max_retry_after: Duration::from_secs(60),
             },
-            budget: Some(RetryBudget::default()),
+            budget: Some(BudgetChoice::Own(RetryBudget::default())),
             classifier: DefaultClassifier,
             recorder: StatsOnly,
             on_retry: None,
@@ -172,9 +180,19 @@ impl<C, R> RetryBuilder<C, R> {
         self
     }
 
-    /// The retry budget (default [`RetryBudget::default`]).
+    /// The retry budget, the layer's own (default [`RetryBudget::default`]).
     pub fn budget(mut self, budget: RetryBudget) -> Self {
-        self.budget = Some(budget);
+        self.budget = Some(BudgetChoice::Own(budget));
+        self
+    }
+
+    /// Draws retries from `budget`, shared with every other layer handed it (a fallback's
+    /// steps, a hedge's legs, another retry layer), instead of a budget of the layer's own.
+    /// Each call is counted once as a request, by the outermost layer holding the budget;
+    /// the retries this layer makes and is refused are listed under its name in the budget's
+    /// [`stats`](AttemptBudget::stats). See the crate docs, "Sharing one budget".
+    pub fn shared_budget(mut self, budget: AttemptBudget) -> Self {
+        self.budget = Some(BudgetChoice::Shared(budget));
         self
     }
 
@@ -247,8 +265,10 @@ impl<C, R> RetryBuilder<C, R> {
         if config.deadline.is_some_and(|d| d.is_zero()) {
             return Err(config_error("deadline", "must be longer than zero"));
         }
-        if let Some(budget) = &self.budget {
-            budget.check()?;
+        if let Some(BudgetChoice::Own(budget)) = &self.budget {
+            budget
+                .check()
+                .map_err(|err| ConfigError::new("retry", format!("budget.{}", err.knob()), err.reason().to_owned()))?;
         }
         Ok(self.build_unchecked())
     }
@@ -260,10 +280,10 @@ impl<C, R> RetryBuilder<C, R> {
         RetryLayer {
             policy: RetryPolicy::new(Shared {
                 config: self.config,
-                budget: self
-                    .budget
-                    .as_ref()
-                    .map(|budget| Arc::new(BudgetState::new(budget))),
+                budget: self.budget.as_ref().map(|budget| match budget {
+                    BudgetChoice::Own(config) => LayerBudget::own(*config, &self.name),
+                    BudgetChoice::Shared(budget) => LayerBudget::shared(budget, &self.name),
+                }),
                 observe: Observe::new(self.name),
                 classifier: self.classifier,
                 recorder: self.recorder,
@@ -289,6 +309,13 @@ impl<C: fmt::Debug, R: fmt::Debug> fmt::Debug for RetryBuilder<C, R> {
             .field("name", &self.name)
             .finish()
     }
+}
+
+/// Where a layer's retries come from.
+#[derive(Clone, Debug)]
+enum BudgetChoice {
+    Own(RetryBudget),
+    Shared(AttemptBudget),
 }
 
 pub(crate) fn config_error(knob: &'static str, reason: &'static str) -> ConfigError {

@@ -217,7 +217,7 @@ mod policy;
 mod stats;
 
 pub use backoff::{Backoff, Jitter};
-pub use budget::RetryBudget;
+pub use budget::{Budgeted, RetryBudget};
 pub use classify::QuotaAwareClassifier;
 pub use layer::{ResponseFuture, Retry, RetryBuilder, RetryLayer};
 pub use observe::{METRIC_ATTEMPTS, METRIC_DELAY, METRIC_GIVE_UPS, METRIC_RETRIES};

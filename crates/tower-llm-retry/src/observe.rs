@@ -66,18 +66,12 @@ impl Observe {
         })
     }
 
-    /// Calls made so far (first attempts).
+    /// A call's first attempt goes to the inner service.
     #[inline]
-    pub(crate) fn requests(&self) -> u64 {
-        self.counters.requests.get()
-    }
-
-    /// A call's first attempt goes to the inner service; returns the calls made so far.
-    #[inline]
-    pub(crate) fn first_attempt(&self) -> u64 {
+    pub(crate) fn first_attempt(&self) {
         #[cfg(feature = "metrics")]
         self.metrics().attempts.increment(1);
-        self.counters.requests.increment()
+        self.counters.requests.increment();
     }
 
     /// A retry goes to the inner service.
@@ -133,7 +127,13 @@ impl Observe {
                     tracing::debug!(name, attempt, kind, reason = reason_str, "giving up");
                 }
                 GiveUpReason::BudgetExhausted => {
-                    tracing::warn!(name, attempt, kind, "retry budget exhausted, giving up");
+                    tracing::warn!(
+                        name,
+                        spender = "retry",
+                        attempt,
+                        kind,
+                        "retry budget exhausted, giving up"
+                    );
                 }
                 _ => tracing::warn!(name, attempt, kind, reason = reason_str, "giving up"),
             }

@@ -13,7 +13,9 @@ use tokio::time::{Instant, Sleep};
 use tower_llm_core::{Classify, Deadline, DefaultClassifier, Failure, FailureKind, Outcome};
 
 use crate::backoff::{Backoff, DelayState, Jitter, mix64};
-use crate::budget::{BudgetState, Withdrawal};
+use tower_llm_core::Withdrawal;
+
+use crate::budget::LayerBudget;
 use crate::observe::Observe;
 use crate::stats::RetryHandle;
 
@@ -216,7 +218,7 @@ pub(crate) struct Config {
 
 pub(crate) struct Shared<C, R> {
     pub(crate) config: Config,
-    pub(crate) budget: Option<Arc<BudgetState>>,
+    pub(crate) budget: Option<LayerBudget>,
     /// The funnel every event goes through: stats, `tracing`, `metrics`.
     pub(crate) observe: Observe,
     pub(crate) classifier: C,
@@ -252,8 +254,12 @@ impl<C, R> RetryPolicy<C, R> {
     pub fn handle(&self) -> RetryHandle {
         RetryHandle::new(
             Arc::clone(&self.shared.observe.counters),
-            self.shared.budget.clone(),
+            self.shared.budget.as_ref().map(|b| b.budget().clone()),
         )
+    }
+
+    pub(crate) fn budget(&self) -> Option<&LayerBudget> {
+        self.shared.budget.as_ref()
     }
 
     /// The classifier.
@@ -309,13 +315,14 @@ impl<C, R> RetryPolicy<C, R> {
         }
         // The call's own deadline (core's `Deadline`, set further out): a wait that ends past
         // it would only make the caller miss it, so the failure (and its hint) goes back now.
-        if Deadline::current().is_some_and(|deadline| deadline.would_pass(delay)) {
+        // A wait ending exactly at it would start an attempt with no time left.
+        if Deadline::current().is_some_and(|deadline| deadline.time_left() <= delay) {
             return give_up(GiveUpReason::PastDeadline);
         }
         // Asked last, so a retry the other rules forbid never spends budget.
         let withdrawal = match &shared.budget {
             None => None,
-            Some(budget) => match budget.withdraw(shared.observe.requests()) {
+            Some(budget) => match budget.withdraw() {
                 Some(withdrawal) => Some(withdrawal),
                 None => return give_up(GiveUpReason::BudgetExhausted),
             },
@@ -418,9 +425,9 @@ where
     #[inline]
     fn clone_request(&mut self, req: &Req) -> Option<Req> {
         if self.retries == 0 {
-            let requests = self.shared.observe.first_attempt();
+            self.shared.observe.first_attempt();
             if let Some(budget) = &self.shared.budget {
-                budget.on_request(requests);
+                budget.on_request();
             }
             if self.shared.config.deadline.is_some() {
                 self.started = Some(Instant::now());

@@ -4,7 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::budget::{BudgetState, RequestCounter};
+use tower_llm_core::AttemptBudget;
+
 use crate::policy::GiveUpReason;
 
 /// What a retry layer has done since it was built, over every service it made, read from
@@ -28,7 +29,8 @@ pub struct RetryStats {
     pub recovered: u64,
     /// Failures returned to the caller, by why the layer gave up.
     pub give_ups: GiveUps,
-    /// Retries the budget would allow right now, if the layer has a budget.
+    /// Retries the budget would allow right now, if the layer has a budget (its own or a
+    /// shared one).
     pub budget_available: Option<u64>,
 }
 
@@ -74,6 +76,22 @@ impl GiveUps {
             .saturating_add(self.hint_too_long)
             .saturating_add(self.past_deadline)
             .saturating_add(self.budget_exhausted)
+    }
+}
+
+/// Counts requests with one shared counter.
+#[derive(Debug, Default)]
+pub(crate) struct RequestCounter(AtomicU64);
+
+impl RequestCounter {
+    /// Counts one request and returns the new total.
+    #[inline]
+    pub(crate) fn increment(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -133,22 +151,25 @@ impl Counters {
 #[derive(Clone)]
 pub struct RetryHandle {
     counters: Arc<Counters>,
-    budget: Option<Arc<BudgetState>>,
+    budget: Option<AttemptBudget>,
 }
 
 impl RetryHandle {
-    pub(crate) fn new(counters: Arc<Counters>, budget: Option<Arc<BudgetState>>) -> Self {
+    pub(crate) fn new(counters: Arc<Counters>, budget: Option<AttemptBudget>) -> Self {
         RetryHandle { counters, budget }
     }
 
     /// A snapshot of the counters, taken now.
     pub fn stats(&self) -> RetryStats {
         let requests = self.counters.requests.get();
-        let budget_available = self
-            .budget
-            .as_ref()
-            .map(|budget| budget.available(requests));
+        let budget_available = self.budget.as_ref().map(AttemptBudget::available);
         self.counters.snapshot(requests, budget_available)
+    }
+
+    /// The budget the layer draws on (its own, or the shared one it was handed), for its
+    /// [`stats`](AttemptBudget::stats): who spent what.
+    pub fn budget(&self) -> Option<&AttemptBudget> {
+        self.budget.as_ref()
     }
 
     /// Whether two handles read the same layer's state.
