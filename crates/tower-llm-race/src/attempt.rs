@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
-use tower_llm_core::{BoxError, Classify, Outcome};
+use tower_llm_core::{AttemptBudget, BoxError, BudgetScope, Classify, Outcome};
 use tower_service::Service;
 
 use crate::error::ServiceFailure;
@@ -54,7 +54,24 @@ impl<S: Service<Req>, Req> Future for Attempt<S, Req> {
     }
 }
 
-type PinnedAttempt<S, Req> = Pin<Box<Attempt<S, Req>>>;
+/// An attempt polled with the strategy's shared budget marked, if it has one, so a layer
+/// inside holding the same budget does not count the request again.
+pub(crate) type ScopedAttempt<S, Req> = BudgetScope<Attempt<S, Req>>;
+
+/// Starts an attempt, marked with `budget` (a shared one) when there is one.
+pub(crate) fn scoped<S: Service<Req>, Req>(
+    budget: Option<&AttemptBudget>,
+    service: S,
+    request: Req,
+) -> ScopedAttempt<S, Req> {
+    let attempt = Attempt::new(service, request);
+    match budget {
+        Some(budget) => budget.scope(attempt),
+        None => BudgetScope::none(attempt),
+    }
+}
+
+type PinnedAttempt<S, Req> = Pin<Box<ScopedAttempt<S, Req>>>;
 
 /// One finished attempt: the service's index and its result.
 pub(crate) type Finished<S, Req> = (
@@ -100,6 +117,7 @@ where
 pub(crate) struct Attempts<S: Service<Req>, Req> {
     slots: Vec<Option<PinnedAttempt<S, Req>>>,
     in_flight: usize,
+    budget: Option<AttemptBudget>,
 }
 
 impl<S: Service<Req>, Req> Attempts<S, Req> {
@@ -109,6 +127,15 @@ impl<S: Service<Req>, Req> Attempts<S, Req> {
         Attempts {
             slots,
             in_flight: 0,
+            budget: None,
+        }
+    }
+
+    /// Attempts polled with the shared `budget` marked (see [`scoped`]).
+    pub(crate) fn with_budget(services: usize, budget: Option<AttemptBudget>) -> Self {
+        Attempts {
+            budget,
+            ..Attempts::new(services)
         }
     }
 
@@ -118,7 +145,7 @@ impl<S: Service<Req>, Req> Attempts<S, Req> {
             if slot.is_none() {
                 self.in_flight += 1;
             }
-            *slot = Some(Box::pin(Attempt::new(service, request)));
+            *slot = Some(Box::pin(scoped(self.budget.as_ref(), service, request)));
         }
     }
 
@@ -153,6 +180,14 @@ impl<S: Service<Req>, Req> Attempts<S, Req> {
         cancelled
     }
 
+    /// The indexes of the services with a call in flight, in order.
+    pub(crate) fn in_flight_indexes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, slot)| slot.as_ref().map(|_| i))
+    }
+
     /// Whether the service at `index` has a call in flight.
     pub(crate) fn is_in_flight(&self, index: usize) -> bool {
         self.slots.get(index).is_some_and(Option::is_some)
@@ -161,12 +196,7 @@ impl<S: Service<Req>, Req> Attempts<S, Req> {
 
 impl<S: Service<Req>, Req> fmt::Debug for Attempts<S, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let in_flight: Vec<usize> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, slot)| slot.as_ref().map(|_| i))
-            .collect();
+        let in_flight: Vec<usize> = self.in_flight_indexes().collect();
         f.debug_struct("Attempts")
             .field("in_flight", &in_flight)
             .finish()

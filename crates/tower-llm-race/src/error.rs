@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use tower_llm_core::{BoxError, ClassifyError, Failure, FailureKind, UpstreamError};
 
+use crate::observe::Observe;
+
 /// One service's failure within a strategy.
 #[derive(Debug)]
 pub struct ServiceFailure {
@@ -100,18 +102,34 @@ fn summary(failure: Failure, message: &str) -> UpstreamError {
     UpstreamError::new(failure.kind, message).with_retry_after(failure.retry_after)
 }
 
-/// No service answered: every service tried failed, or the strategy stopped on a failure
-/// that no other service would fix (a client error).
+/// No service answered: every service tried failed, the strategy stopped on a failure that
+/// no other service would fix (a client error), the call's deadline passed, or the attempt
+/// budget refused the next service.
 ///
-/// Lists each failure in the order it happened. Its classification ([`ClassifyError`], and
-/// core's `classify_dyn_error` on the boxed error) is the stopping failure if there was one,
-/// else the most hopeful of the failures (see [`AllFailed::failure`]).
+/// Lists each failure in the order it happened; at a deadline, the calls still running are
+/// listed too, as timeouts. Its classification ([`ClassifyError`], and core's
+/// `classify_dyn_error` on the boxed error) is the stopping failure if there was one, a
+/// [`Timeout`](FailureKind::Timeout) at the deadline, else the most hopeful of the failures
+/// (see [`AllFailed::failure`]).
 #[derive(Debug)]
 pub struct AllFailed {
     failures: Vec<ServiceFailure>,
     services: usize,
-    stopped: bool,
+    ending: Ending,
     summary: UpstreamError,
+}
+
+/// Why a strategy ended without an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Every service it could try failed.
+    Exhausted,
+    /// A failure no other service would fix.
+    Stopped,
+    /// The call's deadline passed.
+    Deadline,
+    /// The attempt budget refused the next service.
+    BudgetSpent,
 }
 
 impl AllFailed {
@@ -122,7 +140,7 @@ impl AllFailed {
             summary: summary(overall, "every service failed"),
             failures,
             services,
-            stopped: false,
+            ending: Ending::Exhausted,
         }
     }
 
@@ -139,7 +157,61 @@ impl AllFailed {
             summary: summary(overall, "stopped on a failure no other service would fix"),
             failures,
             services,
-            stopped: true,
+            ending: Ending::Stopped,
+        }
+    }
+
+    /// The call's [`Deadline`](tower_llm_core::Deadline) passed after `failures` (the calls
+    /// still running then included, as timeouts), before any of the `services` answered.
+    /// Classified as a [`Timeout`](FailureKind::Timeout), with no retry hint: the caller has
+    /// no time left to wait for one.
+    pub fn at_deadline(services: usize, failures: Vec<ServiceFailure>) -> Self {
+        AllFailed {
+            summary: UpstreamError::new(FailureKind::Timeout, "the call's deadline passed"),
+            failures,
+            services,
+            ending: Ending::Deadline,
+        }
+    }
+
+    /// The attempt budget refused a call to another of the `services` after `failures`:
+    /// extra attempts are spent (many calls are failing at once). Classified as the most
+    /// hopeful of the failures.
+    pub fn budget_spent(services: usize, failures: Vec<ServiceFailure>) -> Self {
+        let overall = overall_failure(failures.iter().map(|f| &f.failure));
+        AllFailed {
+            summary: summary(overall, "the attempt budget is spent"),
+            failures,
+            services,
+            ending: Ending::BudgetSpent,
+        }
+    }
+
+    /// The error of a strategy that ended for `ending`, reported through its funnel.
+    pub(crate) fn ended(
+        observe: &Observe,
+        ending: Ending,
+        services: usize,
+        failures: &mut Vec<ServiceFailure>,
+    ) -> BoxError {
+        let failures = std::mem::take(failures);
+        match ending {
+            Ending::Deadline => {
+                observe.deadline_passed(services, &failures);
+                AllFailed::at_deadline(services, failures).into()
+            }
+            Ending::Exhausted => {
+                observe.exhausted(services, &failures);
+                AllFailed::new(services, failures).into()
+            }
+            Ending::Stopped => {
+                observe.exhausted(services, &failures);
+                AllFailed::stopped(services, failures).into()
+            }
+            Ending::BudgetSpent => {
+                observe.exhausted(services, &failures);
+                AllFailed::budget_spent(services, failures).into()
+            }
         }
     }
 
@@ -160,7 +232,17 @@ impl AllFailed {
 
     /// Whether the strategy stopped early on a failure no other service would fix.
     pub const fn is_stopped(&self) -> bool {
-        self.stopped
+        matches!(self.ending, Ending::Stopped)
+    }
+
+    /// Whether the strategy ended because the call's deadline passed.
+    pub const fn is_at_deadline(&self) -> bool {
+        matches!(self.ending, Ending::Deadline)
+    }
+
+    /// Whether the strategy ended because the attempt budget refused another call.
+    pub const fn is_budget_spent(&self) -> bool {
+        matches!(self.ending, Ending::BudgetSpent)
     }
 
     /// The failure that stands for all of them.
@@ -174,22 +256,20 @@ impl fmt::Display for AllFailed {
         if self.services == 0 {
             return f.write_str("no service to call");
         }
-        if self.stopped {
-            write!(
+        let tried = self.failures.len();
+        let services = self.services;
+        match self.ending {
+            Ending::Stopped => write!(f, "stopped after {tried} of {services} services failed")?,
+            Ending::Deadline => write!(
                 f,
-                "stopped after {} of {} services failed",
-                self.failures.len(),
-                self.services
-            )?;
-        } else if self.failures.len() == self.services {
-            write!(f, "all {} services failed", self.services)?;
-        } else {
-            write!(
+                "the call's deadline passed with {tried} of {services} services tried"
+            )?,
+            Ending::BudgetSpent => write!(
                 f,
-                "{} of {} services failed",
-                self.failures.len(),
-                self.services
-            )?;
+                "the attempt budget is spent after {tried} of {services} services failed"
+            )?,
+            Ending::Exhausted if tried == services => write!(f, "all {services} services failed")?,
+            Ending::Exhausted => write!(f, "{tried} of {services} services failed")?,
         }
         for (i, failure) in self.failures.iter().enumerate() {
             f.write_str(if i == 0 { ": " } else { "; " })?;
@@ -370,6 +450,30 @@ mod tests {
         assert_eq!(error.classify_error().kind, FailureKind::Unauthorized);
         assert!(error.is_stopped());
         assert!(error.to_string().starts_with("stopped after 2 of 3"));
+    }
+
+    #[test]
+    fn at_the_deadline_it_says_so_and_lists_what_was_tried() {
+        let error: BoxError = Box::new(AllFailed::at_deadline(
+            3,
+            vec![
+                failure(0, FailureKind::RateLimited, Some(30)),
+                failure(1, FailureKind::Timeout, None),
+            ],
+        ));
+        let classified = classify_dyn_error(&*error);
+        assert_eq!(classified.kind, FailureKind::Timeout);
+        assert_eq!(classified.retry_after, None, "no time left to wait for a hint");
+        let text = error.to_string();
+        assert!(
+            text.starts_with("the call's deadline passed with 2 of 3 services tried: service #0: rate_limited"),
+            "{text}"
+        );
+        assert!(text.contains("service #1: timeout"), "{text}");
+        let budget = AllFailed::budget_spent(2, vec![failure(0, FailureKind::Overloaded, None)]);
+        assert!(budget.is_budget_spent() && !budget.is_at_deadline());
+        assert_eq!(budget.failure().kind, FailureKind::Overloaded);
+        assert!(budget.to_string().contains("budget is spent"));
     }
 
     #[test]

@@ -82,12 +82,13 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
-use tower_llm_core::{BoxError, Classify, DefaultClassifier, Failure, FailureKind};
+use tower_llm_core::{AttemptBudget, BoxError, Classify, DefaultClassifier, Failure, FailureKind};
 use tower_service::Service;
 
 use crate::answer::{Answered, NoRecord, RecordWinner};
-use crate::attempt::{Attempt, Verdict, judge};
-use crate::error::{AllFailed, ServiceFailure};
+use crate::attempt::{ScopedAttempt, Verdict, judge, scoped};
+use crate::error::{AllFailed, Ending, ServiceFailure};
+use crate::limits::{CallDeadline, SharedBudget, cut_at_deadline};
 use crate::observe::{Observe, Strategy, StrategyHandle};
 
 const STRATEGY: Strategy = Strategy::Fallback;
@@ -99,6 +100,10 @@ struct FallbackConfig {
     larger_context: Option<usize>,
     move_on: Option<MoveOn>,
     observe: Arc<Observe>,
+    /// The shared budget handed to the layer.
+    budget: Option<AttemptBudget>,
+    /// The account on it, opened under the layer's name when a service is made.
+    spender: Option<SharedBudget>,
 }
 
 impl Default for FallbackConfig {
@@ -107,6 +112,8 @@ impl Default for FallbackConfig {
             larger_context: None,
             move_on: None,
             observe: Observe::new(STRATEGY, None),
+            budget: None,
+            spender: None,
         }
     }
 }
@@ -116,6 +123,7 @@ impl fmt::Debug for FallbackConfig {
         f.debug_struct("FallbackConfig")
             .field("larger_context", &self.larger_context)
             .field("move_on", &self.move_on.as_ref().map(|_| "custom"))
+            .field("budget", &self.budget)
             .finish()
     }
 }
@@ -171,6 +179,18 @@ impl<C, W> FallbackLayer<C, W> {
         self
     }
 
+    /// Draws every service after the first from `budget`, shared with the other layers
+    /// handed it (retries, hedged legs): when it is spent the chain ends with
+    /// [`AllFailed`] ([`is_budget_spent`](AllFailed::is_budget_spent)) instead of calling
+    /// the next service. Each call is counted once as a request, by the outermost layer
+    /// holding the budget; this layer's steps and refusals are listed under its name (role
+    /// `"fallback"`) in the budget's [`stats`](AttemptBudget::stats). Without one (the
+    /// default) a fallback tries every service it may.
+    pub fn shared_budget(mut self, budget: AttemptBudget) -> Self {
+        self.config.budget = Some(budget);
+        self
+    }
+
     /// Judges results with `classifier` instead of the [`DefaultClassifier`].
     pub fn classifier<C2>(self, classifier: C2) -> FallbackLayer<C2, W> {
         FallbackLayer {
@@ -195,9 +215,14 @@ impl<S, C: Clone, W: Clone> Layer<Vec<S>> for FallbackLayer<C, W> {
     type Service = Fallback<S, C, W>;
 
     fn layer(&self, services: Vec<S>) -> Self::Service {
+        let mut config = self.config.clone();
+        config.spender = config
+            .budget
+            .as_ref()
+            .map(|budget| SharedBudget::new(budget, "fallback", config.observe.name()));
         Fallback {
             services,
-            config: Arc::new(self.config.clone()),
+            config: Arc::new(config),
             classifier: self.classifier.clone(),
             record: self.record.clone(),
         }
@@ -261,6 +286,11 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         self.config.observe.request();
+        let spender = self.config.spender.as_ref();
+        if let Some(spender) = spender {
+            spender.on_request();
+        }
+        let deadline = CallDeadline::current();
         let larger_context = self
             .config
             .larger_context
@@ -271,11 +301,13 @@ where
             next_in_order: 0,
             services: self.services.len(),
         };
-        let attempt = plan.next_in_order().and_then(|index| {
+        let first = plan.next_in_order().filter(|_| !deadline.has_passed());
+        let attempt = first.and_then(|index| {
             self.config.observe.legs_started(1);
-            self.services
-                .get(index)
-                .map(|service| (index, Attempt::new(service.clone(), request.clone())))
+            self.services.get(index).map(|service| {
+                let budget = spender.map(SharedBudget::budget);
+                (index, scoped(budget, service.clone(), request.clone()))
+            })
         });
         let (current, attempt) = match attempt {
             Some((index, attempt)) => (index, Some(attempt)),
@@ -292,6 +324,7 @@ where
             classifier: self.classifier.clone(),
             record: self.record.clone(),
             failures: Vec::new(),
+            deadline,
         }
     }
 }
@@ -356,7 +389,7 @@ pin_project! {
         S: Service<Req>,
     {
         #[pin]
-        attempt: Option<Attempt<S, Req>>,
+        attempt: Option<ScopedAttempt<S, Req>>,
         current: usize,
         tried: usize,
         plan: Plan,
@@ -366,6 +399,7 @@ pin_project! {
         classifier: C,
         record: W,
         failures: Vec<ServiceFailure>,
+        deadline: CallDeadline,
     }
 }
 
@@ -381,15 +415,29 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let services = this.services.len();
         loop {
             let Some(attempt) = this.attempt.as_mut().as_pin_mut() else {
-                this.config
-                    .observe
-                    .exhausted(this.services.len(), this.failures);
-                let failures = std::mem::take(this.failures);
-                return Poll::Ready(Err(AllFailed::new(this.services.len(), failures).into()));
+                // No service to call, or the deadline had passed when the call was made.
+                let ending = if this.deadline.has_passed() && services > 0 {
+                    Ending::Deadline
+                } else {
+                    Ending::Exhausted
+                };
+                return Poll::Ready(Err(AllFailed::ended(&this.config.observe, ending, services, this.failures)));
             };
-            let result = ready!(attempt.poll(cx));
+            let result = match attempt.poll(cx) {
+                Poll::Ready(result) => result,
+                Poll::Pending => {
+                    // Polled after the attempt, so an answer at the deadline itself wins.
+                    ready!(this.deadline.poll_passed(cx));
+                    this.attempt.set(None);
+                    this.config.observe.cancelled(1);
+                    this.failures.push(cut_at_deadline(*this.current));
+                    let error = AllFailed::ended(&this.config.observe, Ending::Deadline, services, this.failures);
+                    return Poll::Ready(Err(error));
+                }
+            };
             this.attempt.set(None);
             let index = *this.current;
             let failure = match judge(this.classifier, index, result) {
@@ -409,29 +457,36 @@ where
                 .plan
                 .after(&failure.failure(), this.config.move_on.as_ref());
             this.failures.push(failure);
-            let services = this.services.len();
-            match next {
+            let next = match next {
+                // A retry hint never makes a fallback wait: the next service may answer now.
+                // But nothing starts once the call's deadline has passed, and every step
+                // past the first is an extra attempt, paid from the shared budget.
+                Next::Service(_) if this.deadline.has_passed() => Ending::Deadline,
+                Next::Service(_)
+                    if this.config.spender.as_ref().is_some_and(|budget| !budget.spend()) =>
+                {
+                    this.config.observe.budget_exhausted(true);
+                    Ending::BudgetSpent
+                }
                 Next::Service(index) => {
                     if let Some(service) = this.services.get(index) {
                         this.config.observe.legs_started(1);
                         this.config.observe.moved_on(*this.current, index, kind);
                         *this.current = index;
                         *this.tried += 1;
-                        this.attempt
-                            .set(Some(Attempt::new(service.clone(), this.request.clone())));
+                        let budget = this.config.spender.as_ref().map(SharedBudget::budget);
+                        this.attempt.set(Some(scoped(
+                            budget,
+                            service.clone(),
+                            this.request.clone(),
+                        )));
                     }
+                    continue;
                 }
-                Next::Exhausted => {
-                    this.config.observe.exhausted(services, this.failures);
-                    let failures = std::mem::take(this.failures);
-                    return Poll::Ready(Err(AllFailed::new(services, failures).into()));
-                }
-                Next::Stop => {
-                    this.config.observe.exhausted(services, this.failures);
-                    let failures = std::mem::take(this.failures);
-                    return Poll::Ready(Err(AllFailed::stopped(services, failures).into()));
-                }
-            }
+                Next::Exhausted => Ending::Exhausted,
+                Next::Stop => Ending::Stopped,
+            };
+            return Poll::Ready(Err(AllFailed::ended(&this.config.observe, next, services, this.failures)));
         }
     }
 }

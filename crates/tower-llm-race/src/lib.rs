@@ -113,6 +113,7 @@
 mod answer;
 mod attempt;
 mod error;
+mod limits;
 pub mod fallback;
 pub mod gather;
 pub mod hedge;

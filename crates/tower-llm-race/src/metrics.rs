@@ -18,3 +18,9 @@ pub const EXHAUSTED: &str = "tower_llm_race_exhausted_total";
 pub const HEDGES: &str = "tower_llm_race_hedges_total";
 /// Counter: hedges not sent because the budget was spent.
 pub const HEDGE_BUDGET_EXHAUSTED: &str = "tower_llm_race_hedge_budget_exhausted_total";
+/// Counter: extra calls (a fallback's next service, a hedge or failover leg) not made because
+/// the attempt budget was spent, the hedge's own or a shared one.
+pub const BUDGET_EXHAUSTED: &str = "tower_llm_race_budget_exhausted_total";
+/// Counter: requests that ended because the call's deadline passed (also counted in
+/// [`EXHAUSTED`]).
+pub const DEADLINE: &str = "tower_llm_race_deadline_total";

@@ -17,7 +17,8 @@ use crate::error::ServiceFailure;
 
 #[cfg(feature = "metrics")]
 use crate::metrics::{
-    ATTEMPTS, CANCELLED, EXHAUSTED, FAILURES, HEDGE_BUDGET_EXHAUSTED, HEDGES, REQUESTS,
+    ATTEMPTS, BUDGET_EXHAUSTED, CANCELLED, DEADLINE, EXHAUSTED, FAILURES, HEDGE_BUDGET_EXHAUSTED,
+    HEDGES, REQUESTS,
 };
 
 /// Which strategy a funnel belongs to: the `strategy` label and the default `name`.
@@ -73,6 +74,11 @@ pub struct StrategyStats {
     /// Vote: decisions reached as soon as the quorum agreed, before every service answered
     /// (the rest cancelled).
     pub decided_early: u64,
+    /// Fallback and hedge: extra calls not made because the attempt budget was spent.
+    pub budget_exhausted: u64,
+    /// Fallback and hedge: requests that ended because the call's deadline passed (also
+    /// counted in `failed`).
+    pub ended_at_deadline: u64,
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +98,7 @@ struct Counts {
     hedges: AtomicU64,
     failovers: AtomicU64,
     budget_exhausted: AtomicU64,
+    ended_at_deadline: AtomicU64,
 }
 
 /// The hedge's counters, for [`HedgeStats`](crate::HedgeStats).
@@ -101,6 +108,7 @@ pub(crate) struct HedgeCounts {
     pub(crate) hedges: u64,
     pub(crate) failovers: u64,
     pub(crate) budget_exhausted: u64,
+    pub(crate) ended_at_deadline: u64,
     pub(crate) answered_by_first: u64,
     pub(crate) answered_by_others: u64,
     pub(crate) failed: u64,
@@ -120,6 +128,8 @@ struct Metrics {
     exhausted: metrics::Counter,
     hedges: metrics::Counter,
     hedge_budget_exhausted: metrics::Counter,
+    budget_exhausted: metrics::Counter,
+    deadline: metrics::Counter,
 }
 
 #[cfg(feature = "metrics")]
@@ -131,7 +141,18 @@ impl Metrics {
             metrics::Label::new("strategy", strategy.as_str()),
         ];
         let hedge = strategy == Strategy::Hedge;
+        let extra = hedge || strategy == Strategy::Fallback;
         Metrics {
+            budget_exhausted: if extra {
+                metrics::counter!(BUDGET_EXHAUSTED, labels.iter())
+            } else {
+                metrics::Counter::noop()
+            },
+            deadline: if extra {
+                metrics::counter!(DEADLINE, labels.iter())
+            } else {
+                metrics::Counter::noop()
+            },
             requests: metrics::counter!(REQUESTS, labels.iter()),
             attempts: metrics::counter!(ATTEMPTS, labels.iter()),
             cancelled: metrics::counter!(CANCELLED, labels.iter()),
@@ -188,6 +209,16 @@ fn describe() {
             HEDGE_BUDGET_EXHAUSTED,
             Unit::Count,
             "Hedges not sent because the hedge budget was spent."
+        );
+        describe_counter!(
+            BUDGET_EXHAUSTED,
+            Unit::Count,
+            "Extra calls (fallback steps, hedge and failover legs) not made because the attempt budget was spent."
+        );
+        describe_counter!(
+            DEADLINE,
+            Unit::Count,
+            "Requests that ended because the call's deadline passed."
         );
     });
 }
@@ -252,6 +283,8 @@ impl Observe {
             partial: get(&c.partial),
             ballots: get(&c.ballots),
             decided_early: get(&c.decided_early),
+            budget_exhausted: get(&c.budget_exhausted),
+            ended_at_deadline: get(&c.ended_at_deadline),
         }
     }
 
@@ -265,6 +298,7 @@ impl Observe {
             hedges: get(&c.hedges),
             failovers: get(&c.failovers),
             budget_exhausted: get(&c.budget_exhausted),
+            ended_at_deadline: get(&c.ended_at_deadline),
             answered_by_first,
             answered_by_others: answered.saturating_sub(answered_by_first),
             failed: get(&c.failed),
@@ -421,17 +455,48 @@ impl Observe {
         let _ = (leg, delay);
     }
 
-    /// A hedge was not sent: the budget was spent.
-    pub(crate) fn hedge_budget_exhausted(&self) {
+    /// An extra call (a fallback's next service, a hedge or failover leg) was not made: the
+    /// attempt budget, a shared one or the hedge's own, was spent.
+    pub(crate) fn budget_exhausted(&self, shared: bool) {
         add(&self.counts.budget_exhausted, 1);
         #[cfg(feature = "metrics")]
-        self.metrics.hedge_budget_exhausted.increment(1);
+        {
+            self.metrics.budget_exhausted.increment(1);
+            self.metrics.hedge_budget_exhausted.increment(1);
+        }
         #[cfg(feature = "tracing")]
-        tracing::debug!(
+        tracing::warn!(
             name = %self.name,
             strategy = self.strategy.as_str(),
-            "hedge skipped: budget spent"
+            spender = self.strategy.as_str(),
+            budget = if shared { "shared" } else { "own" },
+            "budget exhausted"
         );
+        #[cfg(not(feature = "tracing"))]
+        let _ = shared;
+    }
+
+    /// The call's deadline passed before any service answered; `failures` lists what was
+    /// tried, the calls cut at the deadline included.
+    pub(crate) fn deadline_passed(&self, services: usize, failures: &[ServiceFailure]) {
+        add(&self.counts.failed, 1);
+        add(&self.counts.ended_at_deadline, 1);
+        #[cfg(feature = "metrics")]
+        {
+            self.metrics.exhausted.increment(1);
+            self.metrics.deadline.increment(1);
+        }
+        #[cfg(feature = "tracing")]
+        tracing::warn!(
+            name = %self.name,
+            strategy = self.strategy.as_str(),
+            services,
+            tried = failures.len(),
+            kinds = %Kinds(failures),
+            "deadline passed"
+        );
+        #[cfg(not(feature = "tracing"))]
+        let _ = (services, failures);
     }
 }
 

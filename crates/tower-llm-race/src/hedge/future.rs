@@ -14,7 +14,8 @@ use tower_service::Service;
 use super::Shared;
 use crate::answer::{Answered, NoRecord, RecordWinner};
 use crate::attempt::{Attempts, Verdict, judge};
-use crate::error::{AllFailed, ServiceFailure};
+use crate::error::{AllFailed, Ending, ServiceFailure};
+use crate::limits::{CallDeadline, cut_at_deadline};
 use crate::observe::Observe;
 
 /// The first service, whose latency the delay percentile learns.
@@ -36,12 +37,13 @@ pin_project! {
         // The services used, in order: 0..max_attempts.
         max_attempts: usize,
         launched: usize,
-        // No more hedges: the budget was spent.
+        // No more hedges: the budget was spent, or the next would start past the deadline.
         hedging_over: bool,
         // Nothing more at all: a failure no other service would fix.
         stopped: bool,
         started: Instant,
         last_launch: Instant,
+        deadline: CallDeadline,
         #[pin]
         timer: Option<Sleep>,
     }
@@ -76,8 +78,12 @@ where
             stopped: false,
             started: now,
             last_launch: now,
+            deadline: CallDeadline::current(),
             timer: None,
         };
+        if future.deadline.has_passed() {
+            return future;
+        }
         launch(
             &future.shared.observe,
             &mut future.attempts,
@@ -134,11 +140,19 @@ where
         loop {
             if let Poll::Ready(next) = this.attempts.poll_next(cx) {
                 let Some((index, result)) = next else {
-                    return Poll::Ready(Err(exhausted(
-                        this.shared,
-                        this.failures,
+                    // Nothing was sent: the deadline had passed when the call was made.
+                    let ending = if this.deadline.has_passed() && *this.launched == 0 {
+                        Ending::Deadline
+                    } else if *this.stopped {
+                        Ending::Stopped
+                    } else {
+                        Ending::Exhausted
+                    };
+                    return Poll::Ready(Err(AllFailed::ended(
+                        &this.shared.observe,
+                        ending,
                         this.services.len(),
-                        *this.stopped,
+                        this.failures,
                     )));
                 };
                 match judge(this.classifier, index, result) {
@@ -176,12 +190,25 @@ where
                         let can_fail_over = this.shared.config.failover
                             && !*this.stopped
                             && *this.launched < *this.max_attempts;
-                        if !can_fail_over {
-                            return Poll::Ready(Err(exhausted(
-                                this.shared,
-                                this.failures,
+                        let ending = if !can_fail_over {
+                            Some(if *this.stopped {
+                                Ending::Stopped
+                            } else {
+                                Ending::Exhausted
+                            })
+                        } else if this.deadline.has_passed() {
+                            Some(Ending::Deadline)
+                        } else if !this.shared.withdraw(true) {
+                            Some(Ending::BudgetSpent)
+                        } else {
+                            None
+                        };
+                        if let Some(ending) = ending {
+                            return Poll::Ready(Err(AllFailed::ended(
+                                &this.shared.observe,
+                                ending,
                                 this.services.len(),
-                                *this.stopped,
+                                this.failures,
                             )));
                         }
                         launch(
@@ -200,55 +227,53 @@ where
                 }
             }
 
-            if *this.stopped || *this.hedging_over || *this.launched >= *this.max_attempts {
-                return Poll::Pending;
+            if !(*this.stopped || *this.hedging_over || *this.launched >= *this.max_attempts) {
+                if this.timer.is_none() {
+                    let delay = this.shared.delay(Instant::now());
+                    // A delay past the end of the clock (`Duration::MAX` for "never") never
+                    // fires; a hedge that would start at or past the deadline is not sent.
+                    match this.last_launch.checked_add(delay) {
+                        Some(at) if this.deadline.allows_start_at(at) => {
+                            this.timer.set(Some(sleep_until(at)));
+                        }
+                        _ => *this.hedging_over = true,
+                    }
+                }
+                if let Some(timer) = this.timer.as_mut().as_pin_mut()
+                    && timer.poll(cx).is_ready()
+                {
+                    this.timer.set(None);
+                    if this.shared.withdraw(false) {
+                        let leg = *this.launched;
+                        let delay = Instant::now().saturating_duration_since(*this.last_launch);
+                        this.shared.observe.hedge_fired(leg, delay);
+                        launch(
+                            &this.shared.observe,
+                            this.attempts,
+                            this.services,
+                            this.request,
+                            this.launched,
+                            *this.max_attempts,
+                        );
+                        *this.last_launch = Instant::now();
+                        continue;
+                    }
+                    *this.hedging_over = true;
+                }
             }
-            if this.timer.is_none() {
-                let delay = this.shared.delay(Instant::now());
-                // A delay past the end of the clock (`Duration::MAX` for "never") never
-                // fires; adding it would panic. The calls in flight are polled, so wait on them.
-                let Some(at) = this.last_launch.checked_add(delay) else {
-                    return Poll::Pending;
-                };
-                this.timer.set(Some(sleep_until(at)));
-            }
-            if let Some(timer) = this.timer.as_mut().as_pin_mut() {
-                ready!(timer.poll(cx));
-            }
-            this.timer.set(None);
-            if !this.shared.withdraw() {
-                this.shared.observe.hedge_budget_exhausted();
-                *this.hedging_over = true;
-                return Poll::Pending;
-            }
-            let leg = *this.launched;
-            let delay = Instant::now().saturating_duration_since(*this.last_launch);
-            this.shared.observe.hedge_fired(leg, delay);
-            launch(
-                &this.shared.observe,
-                this.attempts,
-                this.services,
-                this.request,
-                this.launched,
-                *this.max_attempts,
-            );
-            *this.last_launch = Instant::now();
-        }
-    }
-}
 
-fn exhausted(
-    shared: &Shared,
-    failures: &mut Vec<ServiceFailure>,
-    services: usize,
-    stopped: bool,
-) -> BoxError {
-    shared.observe.exhausted(services, failures);
-    let failures = std::mem::take(failures);
-    if stopped {
-        AllFailed::stopped(services, failures).into()
-    } else {
-        AllFailed::new(services, failures).into()
+            // Polled after the calls, so an answer at the deadline itself still wins.
+            ready!(this.deadline.poll_passed(cx));
+            let cut: Vec<usize> = this.attempts.in_flight_indexes().collect();
+            this.shared.observe.cancelled(this.attempts.cancel_all());
+            this.failures.extend(cut.into_iter().map(cut_at_deadline));
+            return Poll::Ready(Err(AllFailed::ended(
+                &this.shared.observe,
+                Ending::Deadline,
+                this.services.len(),
+                this.failures,
+            )));
+        }
     }
 }
 

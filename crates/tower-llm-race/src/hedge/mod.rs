@@ -11,7 +11,14 @@
 //!   requests at p90). The learned histogram is lock-free (one atomic add per sample) over a
 //!   sliding window.
 //! - **Budget**: a [`HedgeBudget`] caps the extra load: each request earns a fraction of a
-//!   hedge, and a hedge whose delay passes with the budget spent is not sent.
+//!   hedge, and a hedge whose delay passes with the budget spent is not sent. Or a core
+//!   [`AttemptBudget`] shared with retry and fallback layers
+//!   ([`shared_budget`](HedgeBuilder::shared_budget)), which failovers draw on too.
+//! - **Deadline**: with a call [`Deadline`](tower_llm_core::Deadline) current (core's
+//!   `DeadlineLayer` further out), no leg is sent at or past it: a hedge whose delay would
+//!   end there is not armed, and when the deadline passes with calls still running they are
+//!   dropped and the error is [`AllFailed`](crate::AllFailed) at the deadline, listing every
+//!   call (those cut short as timeouts).
 //! - **Failover**: when every call in flight has failed with a failure worth trying
 //!   elsewhere ([`FailureKind::is_worth_trying_elsewhere`](tower_llm_core::FailureKind)),
 //!   the next service is called at once rather than after the delay. It replaces a failed
@@ -108,12 +115,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tower_layer::Layer;
-use tower_llm_core::{BoxError, Classify, DefaultClassifier};
+use tower_llm_core::{AttemptBudget, BoxError, Classify, DefaultClassifier};
 use tower_service::Service;
 
 use crate::answer::{NoRecord, RecordWinner};
 use crate::attempt::Attempts;
 use crate::error::ConfigError;
+use crate::limits::SharedBudget;
 use crate::observe::{Observe, Strategy};
 
 pub use budget::HedgeBudget;
@@ -179,11 +187,12 @@ impl HedgeDelay {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct HedgeConfig {
     delay: HedgeDelay,
     max_extra: usize,
     budget: Option<HedgeBudget>,
+    shared_budget: Option<AttemptBudget>,
     failover: bool,
 }
 
@@ -204,6 +213,7 @@ impl HedgeBuilder {
                 delay: HedgeDelay::percentile(0.9, Duration::from_secs(2)),
                 max_extra: 1,
                 budget: Some(HedgeBudget::default()),
+                shared_budget: None,
                 failover: true,
             },
             classifier: DefaultClassifier,
@@ -237,12 +247,26 @@ impl<C, W> HedgeBuilder<C, W> {
     /// Caps hedged calls (default [`HedgeBudget::default`]: 10 % of requests, bursts of 10).
     pub fn budget(mut self, budget: HedgeBudget) -> Self {
         self.config.budget = Some(budget);
+        self.config.shared_budget = None;
         self
     }
 
     /// Sends hedges whenever the delay passes, with no cap but `max_extra_attempts`.
     pub fn unlimited_budget(mut self) -> Self {
         self.config.budget = None;
+        self.config.shared_budget = None;
+        self
+    }
+
+    /// Draws every leg past the first, hedges and failovers alike, from `budget`, shared
+    /// with the other layers handed it (retries, fallback steps), instead of the hedge's own
+    /// [`HedgeBudget`]. Each call is counted once as a request, by the outermost layer
+    /// holding the budget; this hedge's legs and refusals are listed under its name (role
+    /// `"hedge"`) in the budget's [`stats`](AttemptBudget::stats). A refused failover ends
+    /// the request with [`AllFailed`](crate::AllFailed)
+    /// ([`is_budget_spent`](crate::AllFailed::is_budget_spent)).
+    pub fn shared_budget(mut self, budget: AttemptBudget) -> Self {
+        self.config.shared_budget = Some(budget);
         self
     }
 
@@ -286,7 +310,7 @@ impl<C, W> HedgeBuilder<C, W> {
                 "must be at least 1, or nothing would ever be hedged",
             ));
         }
-        if let Some(budget) = &self.config.budget {
+        if let (Some(budget), None) = (&self.config.budget, &self.config.shared_budget) {
             budget.validate()?;
         }
         Ok(HedgeLayer {
@@ -381,6 +405,7 @@ impl HedgeHandle {
             hedges: counts.hedges,
             failovers: counts.failovers,
             budget_exhausted: counts.budget_exhausted,
+            ended_at_deadline: counts.ended_at_deadline,
             answered_by_first: counts.answered_by_first,
             answered_by_others: counts.answered_by_others,
             failed: counts.failed,
@@ -406,8 +431,11 @@ pub struct HedgeStats {
     pub hedges: u64,
     /// Calls sent at once because every call in flight had failed.
     pub failovers: u64,
-    /// Hedges not sent because the budget was spent.
+    /// Hedge and failover legs not sent because the budget (its own or a shared one) was
+    /// spent.
     pub budget_exhausted: u64,
+    /// Requests that ended because the call's deadline passed (also counted in `failed`).
+    pub ended_at_deadline: u64,
     /// Requests answered by the first service.
     pub answered_by_first: u64,
     /// Requests answered by another service (a hedge or a failover won).
@@ -421,8 +449,19 @@ pub struct HedgeStats {
 pub(crate) struct Shared {
     config: HedgeConfig,
     histogram: Option<LatencyHistogram>,
-    balance: Option<Balance>,
+    budget: Spend,
     pub(crate) observe: Arc<Observe>,
+}
+
+/// What pays for the legs past the first.
+#[derive(Debug)]
+enum Spend {
+    /// Nothing: only `max_extra_attempts` caps them.
+    Unlimited,
+    /// The hedge's own budget; failovers are free (they replace a failed call).
+    Own(Balance),
+    /// A budget shared with other layers; failovers pay too.
+    Shared(SharedBudget),
 }
 
 impl Shared {
@@ -431,11 +470,17 @@ impl Shared {
             HedgeDelay::Fixed(_) => None,
             HedgeDelay::Percentile { window, .. } => Some(LatencyHistogram::new(window)),
         };
+        let observe = Observe::new(STRATEGY, name);
+        let budget = match (&config.shared_budget, config.budget) {
+            (Some(shared), _) => Spend::Shared(SharedBudget::new(shared, "hedge", observe.name())),
+            (None, Some(own)) => Spend::Own(Balance::new(own)),
+            (None, None) => Spend::Unlimited,
+        };
         Shared {
             config,
             histogram,
-            balance: config.budget.map(Balance::new),
-            observe: Observe::new(STRATEGY, name),
+            budget,
+            observe,
         }
     }
 
@@ -468,8 +513,37 @@ impl Shared {
         }
     }
 
-    fn withdraw(&self) -> bool {
-        self.balance.as_ref().is_none_or(Balance::withdraw)
+    /// A request came in.
+    #[inline]
+    fn on_request(&self) {
+        match &self.budget {
+            Spend::Unlimited => {}
+            Spend::Own(balance) => balance.deposit(),
+            Spend::Shared(shared) => shared.on_request(),
+        }
+    }
+
+    /// The shared budget, marked while the legs are polled.
+    fn shared_budget(&self) -> Option<&AttemptBudget> {
+        match &self.budget {
+            Spend::Shared(shared) => Some(shared.budget()),
+            _ => None,
+        }
+    }
+
+    /// Pays for one more leg (a failover when `failover`); `false` when the budget is spent,
+    /// reported through the funnel.
+    fn withdraw(&self, failover: bool) -> bool {
+        let (granted, shared) = match &self.budget {
+            Spend::Unlimited => (true, false),
+            Spend::Own(_) if failover => (true, false),
+            Spend::Own(balance) => (balance.withdraw(), false),
+            Spend::Shared(budget) => (budget.spend(), true),
+        };
+        if !granted {
+            self.observe.budget_exhausted(shared);
+        }
+        granted
     }
 }
 
@@ -477,7 +551,7 @@ impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shared")
             .field("config", &self.config)
-            .field("balance", &self.balance)
+            .field("budget", &self.budget)
             .finish_non_exhaustive()
     }
 }
@@ -541,14 +615,13 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         self.shared.observe.request();
-        if let Some(balance) = &self.shared.balance {
-            balance.deposit();
-        }
+        self.shared.on_request();
         let max_attempts = self
             .services
             .len()
             .min(self.shared.config.max_extra.saturating_add(1));
-        let attempts = Attempts::new(max_attempts);
+        let attempts =
+            Attempts::with_budget(max_attempts, self.shared.shared_budget().cloned());
         HedgeFuture::new(
             attempts,
             self.services[..max_attempts].to_vec(),
