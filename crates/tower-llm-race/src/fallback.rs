@@ -483,6 +483,8 @@ where
                     }
                     continue;
                 }
+                // The last service was cut at the deadline (or failed right at it): say so.
+                Next::Exhausted if this.deadline.has_passed() => Ending::Deadline,
                 Next::Exhausted => Ending::Exhausted,
                 Next::Stop => Ending::Stopped,
             };

@@ -187,17 +187,14 @@ where
                         if this.attempts.in_flight() > 0 {
                             continue;
                         }
-                        let can_fail_over = this.shared.config.failover
-                            && !*this.stopped
-                            && *this.launched < *this.max_attempts;
-                        let ending = if !can_fail_over {
-                            Some(if *this.stopped {
-                                Ending::Stopped
-                            } else {
-                                Ending::Exhausted
-                            })
+                        let can_fail_over =
+                            this.shared.config.failover && *this.launched < *this.max_attempts;
+                        let ending = if *this.stopped {
+                            Some(Ending::Stopped)
                         } else if this.deadline.has_passed() {
                             Some(Ending::Deadline)
+                        } else if !can_fail_over {
+                            Some(Ending::Exhausted)
                         } else if !this.shared.withdraw(true) {
                             Some(Ending::BudgetSpent)
                         } else {
