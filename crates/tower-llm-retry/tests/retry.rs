@@ -857,3 +857,43 @@ async fn two_stacks_from_one_layer_share_stats_and_budget_through_the_handle() {
     // Another layer value has its own state.
     assert!(!handle.same_layer(&RetryLayer::new().handle()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn nested_retries_sharing_a_budget_count_each_call_once_and_spend_from_one_balance() {
+    use tower_llm_core::{AttemptBudget, BudgetConfig};
+
+    // One retry a request, no floor.
+    let shared = AttemptBudget::new(BudgetConfig::new(1.0).min_per_second(0)).unwrap();
+    let layer = |name: &'static str| {
+        RetryLayer::builder()
+            .name(name)
+            .max_attempts(3)
+            .backoff(Backoff::fixed(ms(10)))
+            .jitter(Jitter::None)
+            .shared_budget(shared.clone())
+            .build()
+            .unwrap()
+    };
+    let upstream = Upstream::always(503);
+    let outer = layer("outer");
+    let handle = outer.handle();
+    let service = outer.layer(layer("inner").layer(upstream.service()));
+    // The service given to the layer is still reachable.
+    let _upstream = service.get_ref().get_ref().get_ref().get_ref();
+
+    for _ in 0..4 {
+        let response = service.clone().oneshot(0).await.unwrap();
+        assert_eq!(response.status(), 503);
+    }
+    let stats = shared.stats();
+    // Four calls, each seen by both layers, counted four times: four retries in all.
+    assert_eq!(stats.requests, 4);
+    assert_eq!(stats.withdrawals(), 4);
+    assert_eq!(upstream.calls(), 8);
+    let inner = stats.spender("retry", "inner").unwrap();
+    let outer = stats.spender("retry", "outer").unwrap();
+    assert_eq!(inner.withdrawals + outer.withdrawals, 4);
+    assert!(inner.refusals + outer.refusals > 0);
+    assert_eq!(handle.budget().map(|b| b.same_budget(&shared)), Some(true));
+    assert_eq!(handle.stats().budget_available, Some(0));
+}
