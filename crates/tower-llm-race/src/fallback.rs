@@ -18,6 +18,63 @@
 //! where). When every service has failed or the
 //! chain stopped, the error is [`AllFailed`] listing each failure.
 //!
+//! **Deadline.** With a call [`Deadline`](tower_llm_core::Deadline) current (core's
+//! `DeadlineLayer` further out), the chain starts no service once it has passed, and when it
+//! passes during a call, that call is dropped and the error is [`AllFailed`] at the deadline
+//! ([`is_at_deadline`](AllFailed::is_at_deadline), classified as a timeout), listing every
+//! service tried, the one cut short as a timeout. A retry hint never makes the chain wait: a
+//! 429 whose hint is longer than the time left moves on to the next service at once (a retry
+//! layer inside the first service gives such a hint straight back too).
+//!
+//! **Budget.** By default every service may be tried. Handed core's
+//! [`AttemptBudget`](tower_llm_core::AttemptBudget) ([`shared_budget`](FallbackLayer::shared_budget)),
+//! every service past the first is an extra attempt paid from it, with the retries and hedged
+//! legs of the other layers handed the same budget; each request is counted once, by the
+//! outermost of them:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{Layer, ServiceExt, service_fn};
+//! use tower_llm_core::{AttemptBudget, BoxError, BudgetConfig, FailureKind, UpstreamError};
+//! use tower_llm_race::{FallbackLayer, HedgeLayer, hedge::HedgeDelay};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! // Extra calls up to 20% of requests over 10 s, plus one a second, for the whole stack.
+//! let budget = AttemptBudget::new(BudgetConfig::new(0.2).min_per_second(1))?;
+//! let down = service_fn(|_: String| async {
+//!     Err::<String, BoxError>(UpstreamError::new(FailureKind::Overloaded, "529").into())
+//! });
+//! let hedge = |name: &'static str| {
+//!     HedgeLayer::builder()
+//!         .name(name)
+//!         .delay(HedgeDelay::Fixed(Duration::from_millis(300)))
+//!         .shared_budget(budget.clone())
+//!         .build()
+//! };
+//! let fallback = FallbackLayer::new()
+//!     .name("models")
+//!     .shared_budget(budget.clone())
+//!     .layer(vec![
+//!         hedge("primary")?.layer(vec![down.clone(), down.clone()]),
+//!         hedge("backup")?.layer(vec![down.clone(), down]),
+//!     ]);
+//! for _ in 0..100 {
+//!     assert!(fallback.clone().oneshot("hi".to_string()).await.is_err());
+//! }
+//! let stats = budget.stats();
+//! assert_eq!(stats.requests, 100); // once each, though three layers saw every request
+//! // 100 first calls plus the extra ones, never more than 20% + the floor of 10.
+//! assert!(stats.withdrawals() <= 20 + 10);
+//! for spender in &stats.spenders {
+//!     println!("{} {}: {} spent, {} refused", spender.role, spender.name, spender.withdrawals, spender.refusals);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A retry layer takes the same budget (`RetryBuilder::shared_budget` in tower-llm-retry).
+//!
 //! Cost: one call per request while the first service is healthy; latency adds up along the
 //! chain when it is not. Each service is cloned and driven to readiness only when its turn
 //! comes, so [`Fallback::poll_ready`](tower_service::Service::poll_ready) is always ready.

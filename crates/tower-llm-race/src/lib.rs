@@ -36,6 +36,13 @@
 //!   [`GatherLayer`], [`VoteLayer`] and [`RouteLayer`] as a [`StrategyHandle`] whose
 //!   [`stats`](StrategyHandle::stats) is a [`StrategyStats`]). Handles work before the stack
 //!   is built and after it is boxed. Independent state means another layer value.
+//! - **Deadline and budget.** Fallback and hedge read the call's
+//!   [`Deadline`](tower_llm_core::Deadline) (core's `DeadlineLayer` further out): they start
+//!   no service or leg at or past it, never wait out a retry hint (another service may answer
+//!   now), and at the deadline end with [`AllFailed`] saying so
+//!   ([`is_at_deadline`](AllFailed::is_at_deadline)) and listing what was tried. Both can be
+//!   handed core's [`AttemptBudget`](tower_llm_core::AttemptBudget), shared with retry layers,
+//!   so every extra call of the stack draws on one budget (see [`fallback`] for an example).
 //! - **When every service fails**, the error is [`AllFailed`] (or [`NoQuorum`] for a vote),
 //!   listing each service's failure, classified; boxed, it still classifies (as the most
 //!   hopeful of its failures) for a retry or breaker layer further out.
@@ -59,7 +66,8 @@
 //! | message | level | fields |
 //! |---|---|---|
 //! | `hedge fired` | debug | `leg`, `delay_ms` |
-//! | `hedge skipped: budget spent` | debug | |
+//! | `budget exhausted` | warn | `spender` (`hedge` or `fallback`), `budget` (`own` or `shared`) |
+//! | `deadline passed` | warn | `services`, `tried`, `kinds` |
 //! | `losers cancelled` | debug | `cancelled` |
 //! | `service failed` | debug | `service`, `kind` |
 //! | `falling back to the next service` | info | `from`, `to`, `kind` |
@@ -68,8 +76,10 @@
 //! Counters (unit: count), labelled `name` and `strategy`, their names in [`metrics`](mod@metrics):
 //! `tower_llm_race_requests_total`, `tower_llm_race_attempts_total`,
 //! `tower_llm_race_failures_total` (also labelled `kind`), `tower_llm_race_cancelled_total`,
-//! `tower_llm_race_exhausted_total`, `tower_llm_race_hedges_total` and
-//! `tower_llm_race_hedge_budget_exhausted_total` (hedge only).
+//! `tower_llm_race_exhausted_total`, `tower_llm_race_hedges_total`,
+//! `tower_llm_race_hedge_budget_exhausted_total` (hedge only),
+//! `tower_llm_race_budget_exhausted_total` and `tower_llm_race_deadline_total` (fallback and
+//! hedge).
 //!
 //! # Example
 //!

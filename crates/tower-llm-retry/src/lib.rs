@@ -39,7 +39,8 @@
 //!
 //! - the call has made `max_attempts` attempts;
 //! - the hint is longer than `max_retry_after`;
-//! - the wait would end at or past the `deadline` (measured from the start of the call);
+//! - the wait would end at or past the `deadline` (measured from the start of the call), or
+//!   at or past the call's [`Deadline`](tower_llm_core::Deadline) (core's `DeadlineLayer`);
 //! - the budget has no retry left.
 //!
 //! The deadline decides whether to wait and retry; it does not cut an attempt in flight. For
@@ -54,6 +55,56 @@
 //! upstream sees at most `(1 + ratio) × offered calls + floor` per window, instead of
 //! `max_attempts ×` offered calls. The budget is shared by every service the layer builds and
 //! by clones of the layer.
+//!
+//! # Sharing one budget
+//!
+//! A retry layer's own budget bounds its own retries; but behind a retry sit other layers that
+//! make extra calls (a fallback's next service, a hedge's extra leg), and their budgets
+//! compound. [`RetryBuilder::shared_budget`] hands the layer core's
+//! [`AttemptBudget`](tower_llm_core::AttemptBudget) instead, the one budget that tower-llm-race's
+//! `FallbackLayer::shared_budget` and `HedgeBuilder::shared_budget` take too: every retry,
+//! every fallback step and every hedged leg then draws on one balance, and an outage
+//! multiplies upstream calls by at most `1 + ratio` (plus the floor), whatever the nesting.
+//!
+//! Each call is counted as a request **once**, by the outermost layer holding the budget: the
+//! layer marks the budget while it calls and polls the inner service ([`Budgeted`]), and a
+//! layer inside that holds the same budget sees the mark and only withdraws. The mark is on the
+//! thread, like core's [`Deadline`](tower_llm_core::Deadline), so keep a `Buffer` or a spawn
+//! out of the budgeted part of the stack. [`RetryHandle::budget`] and
+//! [`AttemptBudget::stats`](tower_llm_core::AttemptBudget::stats) say who spent what.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{Layer, ServiceExt, service_fn};
+//! use tower_llm_core::{AttemptBudget, BoxError, BudgetConfig, FailureKind, UpstreamError};
+//! use tower_llm_retry::{Backoff, RetryLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! // One retry per two requests over 10 s, no floor: the whole stack's extra attempts.
+//! let budget = AttemptBudget::new(BudgetConfig::new(0.5).min_per_second(0))?;
+//! let retry = |name: &'static str| {
+//!     RetryLayer::builder()
+//!         .name(name)
+//!         .backoff(Backoff::fixed(Duration::from_millis(10)))
+//!         .shared_budget(budget.clone())
+//!         .build()
+//! };
+//! let down = service_fn(|_: String| async {
+//!     Err::<String, BoxError>(UpstreamError::new(FailureKind::Overloaded, "529").into())
+//! });
+//! // Two retry layers nested (in a real stack: retry outside, a fallback or hedge inside).
+//! let stack = retry("outer")?.layer(retry("inner")?.layer(down));
+//! for _ in 0..4 {
+//!     assert!(stack.clone().oneshot("hi".to_string()).await.is_err());
+//! }
+//! let stats = budget.stats();
+//! assert_eq!(stats.requests, 4); // not 4 + the inner layer's calls
+//! assert_eq!(stats.withdrawals(), 2); // 0.5 × 4 requests
+//! assert!(stats.spender("retry", "inner").is_some());
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Attempts, hook, statistics, metrics
 //!
@@ -89,7 +140,7 @@
 //! | `retry scheduled` | debug | `name`, `attempt` (the one that failed, 1 for the first), `kind`, `backoff_seconds` (the wait: backoff, or the server's hint when longer), `retry_after_seconds` (the hint, when there was one) |
 //! | `giving up` | warn | `name`, `attempt`, `kind`, `reason` (`attempts_exhausted`, `hint_too_long`, `past_deadline`) |
 //! | `giving up` | debug | the same, for `reason` = `not_retryable`: the caller's own error (or an unknown one), nothing the layer gave up on |
-//! | `retry budget exhausted, giving up` | warn | `name`, `attempt`, `kind` |
+//! | `retry budget exhausted, giving up` | warn | `name`, `spender` (`"retry"`), `attempt`, `kind` |
 //! | `call recovered` | debug | `name`, `attempt` (the one that succeeded) |
 //!
 //! There is no span per attempt: the attempts are driven by tower's
