@@ -322,3 +322,25 @@ async fn hedge_arms_no_leg_that_would_start_at_the_deadline() {
     assert!(all_failed.is_at_deadline());
     assert_eq!(all_failed.failures()[0].kind(), FailureKind::Timeout);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_gather_timeout_is_cut_to_the_time_left() {
+    use tower_llm_race::GatherLayer;
+
+    let origin = Instant::now();
+    let ledger = Arc::new(Ledger::default());
+    let quick = provider(Script::Answer(Duration::from_secs(1)), &ledger, origin);
+    let slow = provider(Script::Answer(Duration::from_secs(60)), &ledger, origin);
+    let gather = GatherLayer::new()
+        .timeout(Duration::from_secs(30))
+        .layer(vec![quick, slow]);
+    let service = ServiceBuilder::new()
+        .layer(DeadlineLayer::new(Duration::from_secs(5)))
+        .service(gather);
+    // The gather's own 30 s are cut to the 5 s left: it answers with what it has at 5 s
+    // rather than be cut off by the deadline with nothing.
+    let gathered = service.oneshot("hi".into()).await.unwrap();
+    assert_eq!(origin.elapsed(), Duration::from_secs(5));
+    assert_eq!(gathered.successes().count(), 1);
+    assert_eq!(ledger.running.load(Ordering::SeqCst), 0);
+}

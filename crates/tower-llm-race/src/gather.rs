@@ -51,7 +51,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tower_layer::Layer;
 use tower_llm_core::{
-    BoxError, Classify, ClassifyResponse, DefaultClassifier, Failure, FailureKind, Outcome,
+    BoxError, Classify, ClassifyResponse, Deadline, DefaultClassifier, Failure, FailureKind, Outcome,
     UpstreamError,
 };
 use tower_service::Service;
@@ -157,6 +157,7 @@ impl<C> GatherLayer<C> {
 
     /// Stops waiting `timeout` after the request started; services still running are
     /// cancelled and listed as timeouts.
+    /// With a call [`Deadline`] current, the timeout is cut to the time left.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -251,6 +252,8 @@ where
             // passes; adding it would panic.
             deadline_at: self
                 .timeout
+                // Never past the call's deadline, when there is one.
+                .and_then(|timeout| Deadline::cap(Some(timeout)))
                 .and_then(|timeout| Instant::now().checked_add(timeout)),
             deadline: None,
             observe: Arc::clone(&self.observe),

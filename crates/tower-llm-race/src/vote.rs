@@ -83,7 +83,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tower_layer::Layer;
-use tower_llm_core::{BoxError, Classify, DefaultClassifier, Failure, FailureKind};
+use tower_llm_core::{BoxError, Classify, Deadline, DefaultClassifier, Failure, FailureKind};
 use tower_service::Service;
 
 use crate::answer::{Answered, NoRecord, RecordWinner};
@@ -220,7 +220,8 @@ impl<T, C, W> VoteBuilder<T, C, W> {
     }
 
     /// Decides over the answers in when `timeout` has passed since the request started,
-    /// cancelling the services still running.
+    /// cancelling the services still running. With a call [`Deadline`] current, the timeout
+    /// is cut to the time left.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -469,6 +470,8 @@ where
             // passes; adding it would panic.
             deadline_at: self
                 .timeout
+                // Never past the call's deadline, when there is one.
+                .and_then(|timeout| Deadline::cap(Some(timeout)))
                 .and_then(|timeout| Instant::now().checked_add(timeout)),
             deadline: None,
             observe: Arc::clone(&self.observe),
