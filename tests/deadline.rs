@@ -195,9 +195,11 @@ fn provider(
         async move {
             let _running = running;
             match script {
-                Script::RateLimited(hint) => Err(UpstreamError::new(FailureKind::RateLimited, "429")
-                    .with_retry_after(Some(hint))
-                    .into()),
+                Script::RateLimited(hint) => {
+                    Err(UpstreamError::new(FailureKind::RateLimited, "429")
+                        .with_retry_after(Some(hint))
+                        .into())
+                }
                 Script::Answer(latency) => {
                     tokio::time::sleep(latency).await;
                     Ok("answer".to_string())
@@ -228,8 +230,16 @@ async fn a_hint_past_the_deadline_sends_fallback_to_the_second_provider_in_time(
     let retry_first = retry(3);
     let retries = retry_first.handle();
     let fallback = FallbackLayer::new().layer(vec![
-        retry_first.layer(provider(Script::RateLimited(Duration::from_secs(30)), &first, origin)),
-        retry(3).layer(provider(Script::Answer(Duration::from_secs(1)), &second, origin)),
+        retry_first.layer(provider(
+            Script::RateLimited(Duration::from_secs(30)),
+            &first,
+            origin,
+        )),
+        retry(3).layer(provider(
+            Script::Answer(Duration::from_secs(1)),
+            &second,
+            origin,
+        )),
     ]);
     let service = ServiceBuilder::new()
         .layer(DeadlineLayer::new(Duration::from_secs(10)))
@@ -283,17 +293,29 @@ async fn retry_fallback_and_hedge_never_run_past_the_deadline() {
         [0, 2, 7, 9].map(Duration::from_secs).to_vec(),
         "every call started before the deadline"
     );
-    assert_eq!(ledger.running.load(Ordering::SeqCst), 0, "nothing runs past it");
+    assert_eq!(
+        ledger.running.load(Ordering::SeqCst),
+        0,
+        "nothing runs past it"
+    );
 
     // The error is the fallback's, at the deadline, with what was tried.
-    let all_failed = error.downcast_ref::<AllFailed>().expect("the chain's error");
+    let all_failed = error
+        .downcast_ref::<AllFailed>()
+        .expect("the chain's error");
     assert!(all_failed.is_at_deadline(), "{all_failed}");
     let kinds: Vec<_> = all_failed.failures().iter().map(|f| f.kind()).collect();
     assert_eq!(kinds, [FailureKind::Overloaded, FailureKind::Timeout]);
     let text = error.to_string();
-    assert!(text.starts_with("the call's deadline passed with 2 of 2 services tried"), "{text}");
+    assert!(
+        text.starts_with("the call's deadline passed with 2 of 2 services tried"),
+        "{text}"
+    );
     let inner = all_failed.failures()[1].error().unwrap().to_string();
-    assert!(inner.contains("deadline passed with 2 of 2"), "the hedge lists its two legs: {inner}");
+    assert!(
+        inner.contains("deadline passed with 2 of 2"),
+        "the hedge lists its two legs: {inner}"
+    );
     assert_eq!(classify_dyn_error(&*error).kind, FailureKind::Timeout);
     assert_eq!(fallback_handle.stats().ended_at_deadline, 1);
 }
@@ -314,11 +336,17 @@ async fn hedge_arms_no_leg_that_would_start_at_the_deadline() {
         .service(hedge.layer(vec![slow.clone(), slow]));
     let error = service.oneshot("hi".into()).await.unwrap_err();
     assert_eq!(origin.elapsed(), Duration::from_secs(5));
-    assert_eq!(ledger.starts.lock().unwrap().len(), 1, "no hedge at the deadline");
+    assert_eq!(
+        ledger.starts.lock().unwrap().len(),
+        1,
+        "no hedge at the deadline"
+    );
     assert_eq!(handle.stats().hedges, 0);
     assert_eq!(handle.stats().ended_at_deadline, 1);
     assert_eq!(ledger.running.load(Ordering::SeqCst), 0);
-    let all_failed = error.downcast_ref::<AllFailed>().expect("the hedge's error");
+    let all_failed = error
+        .downcast_ref::<AllFailed>()
+        .expect("the hedge's error");
     assert!(all_failed.is_at_deadline());
     assert_eq!(all_failed.failures()[0].kind(), FailureKind::Timeout);
 }

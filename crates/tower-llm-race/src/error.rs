@@ -463,10 +463,15 @@ mod tests {
         ));
         let classified = classify_dyn_error(&*error);
         assert_eq!(classified.kind, FailureKind::Timeout);
-        assert_eq!(classified.retry_after, None, "no time left to wait for a hint");
+        assert_eq!(
+            classified.retry_after, None,
+            "no time left to wait for a hint"
+        );
         let text = error.to_string();
         assert!(
-            text.starts_with("the call's deadline passed with 2 of 3 services tried: service #0: rate_limited"),
+            text.starts_with(
+                "the call's deadline passed with 2 of 3 services tried: service #0: rate_limited"
+            ),
             "{text}"
         );
         assert!(text.contains("service #1: timeout"), "{text}");

@@ -481,7 +481,12 @@ where
                 } else {
                     Ending::Exhausted
                 };
-                return Poll::Ready(Err(AllFailed::ended(&this.config.observe, ending, services, this.failures)));
+                return Poll::Ready(Err(AllFailed::ended(
+                    &this.config.observe,
+                    ending,
+                    services,
+                    this.failures,
+                )));
             };
             let result = match attempt.poll(cx) {
                 Poll::Ready(result) => result,
@@ -491,7 +496,12 @@ where
                     this.attempt.set(None);
                     this.config.observe.cancelled(1);
                     this.failures.push(cut_at_deadline(*this.current));
-                    let error = AllFailed::ended(&this.config.observe, Ending::Deadline, services, this.failures);
+                    let error = AllFailed::ended(
+                        &this.config.observe,
+                        Ending::Deadline,
+                        services,
+                        this.failures,
+                    );
                     return Poll::Ready(Err(error));
                 }
             };
@@ -520,7 +530,11 @@ where
                 // past the first is an extra attempt, paid from the shared budget.
                 Next::Service(_) if this.deadline.has_passed() => Ending::Deadline,
                 Next::Service(_)
-                    if this.config.spender.as_ref().is_some_and(|budget| !budget.spend()) =>
+                    if this
+                        .config
+                        .spender
+                        .as_ref()
+                        .is_some_and(|budget| !budget.spend()) =>
                 {
                     this.config.observe.budget_exhausted(true);
                     Ending::BudgetSpent
@@ -545,7 +559,12 @@ where
                 Next::Exhausted => Ending::Exhausted,
                 Next::Stop => Ending::Stopped,
             };
-            return Poll::Ready(Err(AllFailed::ended(&this.config.observe, next, services, this.failures)));
+            return Poll::Ready(Err(AllFailed::ended(
+                &this.config.observe,
+                next,
+                services,
+                this.failures,
+            )));
         }
     }
 }

@@ -51,8 +51,8 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tower_layer::Layer;
 use tower_llm_core::{
-    BoxError, Classify, ClassifyResponse, Deadline, DefaultClassifier, Failure, FailureKind, Outcome,
-    UpstreamError,
+    BoxError, Classify, ClassifyResponse, Deadline, DefaultClassifier, Failure, FailureKind,
+    Outcome, UpstreamError,
 };
 use tower_service::Service;
 

@@ -123,10 +123,10 @@
 mod answer;
 mod attempt;
 mod error;
-mod limits;
 pub mod fallback;
 pub mod gather;
 pub mod hedge;
+mod limits;
 pub mod metrics;
 mod observe;
 pub mod race;

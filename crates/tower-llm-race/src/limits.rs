@@ -54,7 +54,11 @@ impl CallDeadline {
 /// The failure listed for a call still running when the deadline passed.
 pub(crate) fn cut_at_deadline(service: usize) -> ServiceFailure {
     let error = UpstreamError::new(FailureKind::Timeout, "still running at the call's deadline");
-    ServiceFailure::new(service, Failure::new(FailureKind::Timeout), Some(error.into()))
+    ServiceFailure::new(
+        service,
+        Failure::new(FailureKind::Timeout),
+        Some(error.into()),
+    )
 }
 
 /// A strategy's account on a shared [`AttemptBudget`].

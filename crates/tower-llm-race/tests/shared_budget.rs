@@ -42,7 +42,9 @@ fn budget(ratio: f64, earned: u32) -> AttemptBudget {
 async fn fallback_pays_for_each_step_past_the_first_and_stops_when_refused() {
     let calls = Arc::new(AtomicUsize::new(0));
     let shared = budget(0.5, 1);
-    let layer = FallbackLayer::new().name("chain").shared_budget(shared.clone());
+    let layer = FallbackLayer::new()
+        .name("chain")
+        .shared_budget(shared.clone());
     let handle = layer.handle();
     let fallback = layer.layer(vec![failing(&calls), failing(&calls), failing(&calls)]);
 
@@ -101,10 +103,12 @@ async fn a_request_through_fallback_and_hedges_sharing_a_budget_counts_once() {
             .build()
             .unwrap()
     };
-    let fallback = FallbackLayer::new().shared_budget(shared.clone()).layer(vec![
-        hedge().layer(vec![failing(&calls), failing(&calls)]),
-        hedge().layer(vec![failing(&calls), failing(&calls)]),
-    ]);
+    let fallback = FallbackLayer::new()
+        .shared_budget(shared.clone())
+        .layer(vec![
+            hedge().layer(vec![failing(&calls), failing(&calls)]),
+            hedge().layer(vec![failing(&calls), failing(&calls)]),
+        ]);
     for _ in 0..10 {
         fallback.clone().oneshot("hi".into()).await.unwrap_err();
     }

@@ -103,9 +103,7 @@ impl<S> Budgeted<S> {
     pub(crate) fn new(inner: S, budget: Option<&LayerBudget>) -> Self {
         Budgeted {
             inner,
-            budget: budget
-                .filter(|b| b.is_shared())
-                .map(|b| b.budget().clone()),
+            budget: budget.filter(|b| b.is_shared()).map(|b| b.budget().clone()),
         }
     }
 

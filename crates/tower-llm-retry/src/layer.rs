@@ -266,9 +266,13 @@ impl<C, R> RetryBuilder<C, R> {
             return Err(config_error("deadline", "must be longer than zero"));
         }
         if let Some(BudgetChoice::Own(budget)) = &self.budget {
-            budget
-                .check()
-                .map_err(|err| ConfigError::new("retry", format!("budget.{}", err.knob()), err.reason().to_owned()))?;
+            budget.check().map_err(|err| {
+                ConfigError::new(
+                    "retry",
+                    format!("budget.{}", err.knob()),
+                    err.reason().to_owned(),
+                )
+            })?;
         }
         Ok(self.build_unchecked())
     }

@@ -620,8 +620,7 @@ where
             .services
             .len()
             .min(self.shared.config.max_extra.saturating_add(1));
-        let attempts =
-            Attempts::with_budget(max_attempts, self.shared.shared_budget().cloned());
+        let attempts = Attempts::with_budget(max_attempts, self.shared.shared_budget().cloned());
         HedgeFuture::new(
             attempts,
             self.services[..max_attempts].to_vec(),
