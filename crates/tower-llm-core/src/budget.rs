@@ -1,75 +1,5 @@
-//! One budget for every extra attempt: retries, fallbacks past the first service, hedged legs.
-//!
-//! An [`AttemptBudget`] lets extra attempts be a fraction of recent requests, plus a floor:
-//! each request earns `ratio` of an attempt, each extra attempt spends one, and both expire
-//! after a window (kept in ten slots); `min_per_second × window` attempts are always available
-//! on top, so a quiet service can still retry. It is a cheap `Clone` handle: every clone, and
-//! every layer handed one, draws on the same balance.
-//!
-//! # One deposit per request, however deep the nesting
-//!
-//! A stack such as retry → fallback → hedge, each handed the same budget, sees one user
-//! request as many calls: the fallback is called once per retry attempt, each hedge once per
-//! fallback step. If each layer counted its calls as requests, an outage would inflate the
-//! earnings as fast as the spending, and the bound would be lost. So the **outermost layer
-//! holding the budget counts the request, and the layers inside do not**:
-//!
-//! - a layer handed a shared budget calls [`deposit_once`](AttemptBudget::deposit_once) as a
-//!   call comes in: it counts the call only when no layer further out is already making a call
-//!   with this budget on this thread;
-//! - while it calls and polls what it wraps, it marks the budget as in use
-//!   ([`enter`](AttemptBudget::enter), [`scope`](AttemptBudget::scope)), on the thread, the
-//!   way [`Deadline`](crate::Deadline) is current. An inner layer called then sees the mark and
-//!   only withdraws.
-//!
-//! Each user request then buys exactly one upstream call, and every other upstream call comes
-//! from exactly one withdrawal (a retry, a fallback step, a hedged leg each start one inner
-//! call chain whose own first call is free). In a total outage, upstream calls within a window
-//! are at most `(1 + ratio) × requests + floor`, whatever the nesting.
-//!
-//! The mark lives on the thread while a call is made or polled, so it does not cross a task
-//! boundary: with a `tower::buffer::Buffer` or a `tokio::spawn` between two layers sharing a
-//! budget, the inner one counts the request again (the bound loosens by one request per
-//! crossing, it is never broken the other way). Keep such layers outside the budgeted part of
-//! the stack.
-//!
-//! A layer given its own budget (not shared) counts every call it receives with
-//! [`deposit`](AttemptBudget::deposit) and needs no mark.
-//!
-//! # Who spent what
-//!
-//! Each layer handed the budget registers as a [`Spender`] (its role, `"retry"`, `"fallback"`
-//! or `"hedge"`, and its name) and withdraws through it; [`AttemptBudget::stats`] lists each
-//! spender's withdrawals and refusals.
-//!
-//! # Example
-//!
-//! ```
-//! use std::time::Duration;
-//! use tower_llm_core::{AttemptBudget, BudgetConfig};
-//!
-//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() -> Result<(), tower_llm_core::ConfigError> {
-//! // One extra attempt per ten requests over 30 s, plus one a second.
-//! let budget = AttemptBudget::new(
-//!     BudgetConfig::new(0.1).window(Duration::from_secs(30)).min_per_second(1),
-//! )?;
-//! let retries = budget.spender("retry", "chat");
-//! for _ in 0..100 {
-//!     budget.deposit();
-//! }
-//! let mut granted = 0;
-//! while let Some(mut withdrawal) = retries.withdraw() {
-//!     withdrawal.keep();
-//!     granted += 1;
-//! }
-//! assert_eq!(granted, 10 + 30);
-//! let stats = budget.stats();
-//! assert_eq!(stats.spenders[0].withdrawals, 40);
-//! assert_eq!(stats.spenders[0].refusals, 1);
-//! # Ok(())
-//! # }
-//! ```
+//! One budget for every extra attempt: retries, fallbacks past the first service, hedged legs
+//! (see [`AttemptBudget`]).
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -195,8 +125,78 @@ impl Default for BudgetConfig {
     }
 }
 
-/// A budget of extra attempts shared by every layer it is handed to. See the
-/// [module docs](self) for how it counts requests once however deep the nesting.
+/// One budget for every extra attempt: retries, fallbacks past the first service, hedged legs.
+///
+/// An [`AttemptBudget`] lets extra attempts be a fraction of recent requests, plus a floor:
+/// each request earns `ratio` of an attempt, each extra attempt spends one, and both expire
+/// after a window (kept in ten slots); `min_per_second × window` attempts are always available
+/// on top, so a quiet service can still retry. It is a cheap `Clone` handle: every clone, and
+/// every layer handed one, draws on the same balance.
+///
+/// # One deposit per request, however deep the nesting
+///
+/// A stack such as retry → fallback → hedge, each handed the same budget, sees one user
+/// request as many calls: the fallback is called once per retry attempt, each hedge once per
+/// fallback step. If each layer counted its calls as requests, an outage would inflate the
+/// earnings as fast as the spending, and the bound would be lost. So the **outermost layer
+/// holding the budget counts the request, and the layers inside do not**:
+///
+/// - a layer handed a shared budget calls [`deposit_once`](Self::deposit_once) as a
+///   call comes in: it counts the call only when no layer further out is already making a call
+///   with this budget on this thread;
+/// - while it calls and polls what it wraps, it marks the budget as in use
+///   ([`enter`](Self::enter), [`scope`](Self::scope)), on the thread, the
+///   way [`Deadline`](crate::Deadline) is current. An inner layer called then sees the mark and
+///   only withdraws.
+///
+/// Each user request then buys exactly one upstream call, and every other upstream call comes
+/// from exactly one withdrawal (a retry, a fallback step, a hedged leg each start one inner
+/// call chain whose own first call is free). In a total outage, upstream calls within a window
+/// are at most `(1 + ratio) × requests + floor`, whatever the nesting.
+///
+/// The mark lives on the thread while a call is made or polled, so it does not cross a task
+/// boundary: with a `tower::buffer::Buffer` or a `tokio::spawn` between two layers sharing a
+/// budget, the inner one counts the request again (the bound loosens by one request per
+/// crossing, it is never broken the other way). Keep such layers outside the budgeted part of
+/// the stack.
+///
+/// A layer given its own budget (not shared) counts every call it receives with
+/// [`deposit`](Self::deposit) and needs no mark.
+///
+/// # Who spent what
+///
+/// Each layer handed the budget registers as a [`Spender`] (its role, `"retry"`, `"fallback"`
+/// or `"hedge"`, and its name) and withdraws through it; [`stats`](Self::stats) lists each
+/// spender's withdrawals and refusals.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_llm_core::{AttemptBudget, BudgetConfig};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), tower_llm_core::ConfigError> {
+/// // One extra attempt per ten requests over 30 s, plus one a second.
+/// let budget = AttemptBudget::new(
+///     BudgetConfig::new(0.1).window(Duration::from_secs(30)).min_per_second(1),
+/// )?;
+/// let retries = budget.spender("retry", "chat");
+/// for _ in 0..100 {
+///     budget.deposit();
+/// }
+/// let mut granted = 0;
+/// while let Some(mut withdrawal) = retries.withdraw() {
+///     withdrawal.keep();
+///     granted += 1;
+/// }
+/// assert_eq!(granted, 10 + 30);
+/// let stats = budget.stats();
+/// assert_eq!(stats.spenders[0].withdrawals, 40);
+/// assert_eq!(stats.spenders[0].refusals, 1);
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// Cheap to clone; clones are the same budget. A request costs one relaxed atomic increment
 /// (and, one request in 64, a non-blocking attempt to advance the window); withdrawals are

@@ -27,7 +27,7 @@
 //! layer inside the first service gives such a hint straight back too).
 //!
 //! **Budget.** By default every service may be tried. Handed core's
-//! [`AttemptBudget`](tower_llm_core::AttemptBudget) ([`shared_budget`](FallbackLayer::shared_budget)),
+//! [`tower_llm_core::AttemptBudget`] ([`shared_budget`](FallbackLayer::shared_budget)),
 //! every service past the first is an extra attempt paid from it, with the retries and hedged
 //! legs of the other layers handed the same budget; each request is counted once, by the
 //! outermost of them:
