@@ -39,7 +39,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower::retry::{Policy, Retry};
 use tower::util::rng::HasherRng;
 use tower::{Layer, Service};
-use tower_llm_core::{Classify, DefaultClassifier, Outcome};
+use tower_llm_core::{AttemptBudget, Classify, DefaultClassifier, Outcome};
 use tower_llm_retry::{AttemptsExtension, RetryLayer};
 
 type Response = http::Response<()>;
@@ -155,6 +155,18 @@ fn success_path(c: &mut Criterion) {
 
     let ours = RetryLayer::new();
     bench_service(c, "retry_success/tower_llm_retry/default", ours.layer(Noop));
+
+    // Handed a shared budget: counts the call once (a thread-local check) and marks the budget
+    // while the inner service is called and polled.
+    let shared = RetryLayer::builder()
+        .shared_budget(AttemptBudget::default())
+        .build()
+        .expect("valid config");
+    bench_service(
+        c,
+        "retry_success/tower_llm_retry/shared_budget",
+        shared.layer(Noop),
+    );
 
     let when_retried = RetryLayer::builder()
         .record_attempts(AttemptsExtension::when_retried())
