@@ -261,3 +261,55 @@ proptest! {
         })?;
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A fallback over hedges, all handed one shared budget, whatever the providers do and
+    /// however many requests run at once: each request is counted once, every upstream call
+    /// past a request's first was paid by exactly one withdrawal, and withdrawals never
+    /// exceed what the requests earned.
+    #[test]
+    fn a_shared_budget_pays_for_every_extra_call_exactly_once(
+        specs in proptest::collection::vec((1u64..50, outcome()), 4),
+        ratio_pct in 0u32..150,
+        requests in 1usize..25,
+    ) {
+        paused_runtime().block_on(async {
+            let ratio = f64::from(ratio_pct) / 100.0;
+            let budget = tower_llm_core::AttemptBudget::new(
+                tower_llm_core::BudgetConfig::new(ratio)
+                    .window(Duration::from_secs(3600))
+                    .min_per_second(0),
+            )
+            .expect("valid");
+            let mocks: Vec<Mock> = specs
+                .iter()
+                .map(|(latency, outcome)| Mock::new(Duration::from_millis(latency * 10), outcome.clone()))
+                .collect();
+            let hedge = |pair: &[Mock]| {
+                HedgeLayer::builder()
+                    .delay(HedgeDelay::Fixed(Duration::from_millis(100)))
+                    .shared_budget(budget.clone())
+                    .build()
+                    .expect("valid")
+                    .layer(pair.to_vec())
+            };
+            let fallback = FallbackLayer::new()
+                .shared_budget(budget.clone())
+                .layer(vec![hedge(&mocks[..2]), hedge(&mocks[2..])]);
+            let calls: Vec<_> = (0..requests)
+                .map(|_| tokio::spawn(fallback.clone().oneshot("q".to_string())))
+                .collect();
+            for call in calls {
+                let _ = call.await.expect("no panic");
+            }
+            let upstream: usize = mocks.iter().map(|m| m.stats.calls()).sum();
+            let stats = budget.stats();
+            prop_assert_eq!(stats.requests, requests as u64);
+            prop_assert_eq!(upstream as u64, stats.requests + stats.withdrawals());
+            prop_assert!(stats.withdrawals() as f64 <= ratio * requests as f64 + 1e-9);
+            Ok(())
+        })?;
+    }
+}
