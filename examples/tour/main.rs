@@ -6,7 +6,9 @@
 //!
 //! Starts the testkit's mock LLM API in-process (no key, no network) and plays seven
 //! scenarios, each without and with the layer that addresses it, then all the layers together
-//! (the stack `docs/composing.md` explains), over real HTTP on loopback
+//! (the stack `docs/composing.md` explains), then what the layers do together under one
+//! deadline, one attempt budget and an adaptive concurrency limit (`resilience.rs`,
+//! `docs/resilience.md`), over real HTTP on loopback
 //! through the real OpenAI provider service ([`OpenAi`] pointed at the mock with a dummy key).
 //! Every number in the final table is measured while it runs: upstream calls are what the mock
 //! counted, latencies are timed around each call.
@@ -24,6 +26,7 @@
 
 mod measure;
 mod progress;
+mod resilience;
 mod scenarios;
 mod upstream;
 
@@ -54,6 +57,8 @@ const QUOTA_REQUESTS: usize = (QUOTA_MINUTES * 60 * QUOTA_OFFERED_PER_SECOND) as
 const EMBEDDING_REQUESTS: usize = 24;
 const ROUTED_REQUESTS: usize = 60;
 const STACK_REQUESTS: usize = 300;
+const DEADLINE_REQUESTS: usize = 40;
+const BUDGET_OUTAGE_REQUESTS: usize = 100;
 
 const TOTAL_REQUESTS: usize = 2 * FLOOD_REQUESTS
     + 2 * OUTAGE_REQUESTS
@@ -63,7 +68,9 @@ const TOTAL_REQUESTS: usize = 2 * FLOOD_REQUESTS
     + 2 * QUOTA_REQUESTS
     + 2 * EMBEDDING_REQUESTS
     + 2 * ROUTED_REQUESTS
-    + 2 * STACK_REQUESTS;
+    + 2 * STACK_REQUESTS
+    + 2 * DEADLINE_REQUESTS
+    + 2 * BUDGET_OUTAGE_REQUESTS;
 
 fn main() -> Result<(), BoxError> {
     let wall = std::time::Instant::now();
@@ -74,7 +81,7 @@ fn main() -> Result<(), BoxError> {
     println!(
         "tower-llm tour: an in-process mock of the OpenAI API on loopback, called through the \
          OpenAI provider with a dummy key;\n{TOTAL_REQUESTS} requests in seven scenarios, each \
-         without and with the layer for it, then the whole stack.\n"
+         without and with the layer for it, then the whole stack, then resilience across layers.\n"
     );
     let progress = Progress::start(TOTAL_REQUESTS as u64);
 
@@ -86,6 +93,8 @@ fn main() -> Result<(), BoxError> {
     runtime.block_on(embeddings(&progress, &mut table))?;
     runtime.block_on(routing(&progress, &mut table))?;
     runtime.block_on(whole_stack(&progress, &mut table))?;
+    resilience::deadline(&progress, &mut table)?;
+    resilience::shared_budget(&progress, &mut table)?;
 
     progress.finish();
     table.print();

@@ -42,6 +42,18 @@ pub(super) fn provider(server: &MockServer) -> Result<Provider, BoxError> {
     Ok(BoxCloneService::new(service))
 }
 
+/// [`provider`] over `client`: a runtime of its own (a paused clock) needs its own pool.
+pub(super) fn provider_with(
+    server: &MockServer,
+    client: &HttpClient,
+) -> Result<Provider, BoxError> {
+    let service = ServiceBuilder::new()
+        .map_response(Answer::new)
+        .map_err(BoxError::from)
+        .service(openai_with(server, client.clone())?);
+    Ok(BoxCloneService::new(service))
+}
+
 pub(super) fn chat(prompt: &str) -> ChatRequest {
     ChatRequest::new(MODEL, vec![Message::user(prompt)])
 }
