@@ -26,11 +26,13 @@ use tower_llm_providers::ChatChunk;
 use tower_llm_testkit::MockServer;
 
 use crate::config::Config;
-use crate::error::{self, ApiError, Dialect};
+use crate::deadline;
+use crate::error::{ApiError, Dialect};
 use crate::keys::ClientKeys;
 use crate::messages;
 use crate::request_id::{self, RequestId};
-use crate::stack::{self, ModelStacks};
+use crate::stack::{self, ModelStacks, UpstreamRequestId};
+use crate::trace_context::TraceContext;
 use crate::wire;
 
 /// Requests answered, by route and status.
@@ -46,19 +48,37 @@ pub(crate) const METRIC_AUTH_FAILURES: &str = "tower_llm_gateway_auth_failures_t
 /// Answers by model, provider and call (`chat`, `stream`, `embeddings`).
 pub(crate) const METRIC_UPSTREAM_ANSWERS: &str = "tower_llm_gateway_answers_total";
 
-/// The process-wide Prometheus recorder, installed on first use. Install it before any
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Whether the process's metrics recorder is installed (by the first gateway).
+#[cfg(feature = "otlp")]
+pub(crate) fn prometheus_installed() -> bool {
+    PROMETHEUS.get().is_some()
+}
+
+/// The process-wide Prometheus recorder, installed on first use (forwarding to the OTLP
+/// meter as well when telemetry's metrics export was started first). Install it before any
 /// layer is built: layers register their metric handles when they are built.
 pub(crate) fn prometheus() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
+    PROMETHEUS
         .get_or_init(|| {
             // Refused only for an empty bucket list, which these are not.
             let builder = genai_buckets().unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
+            #[cfg(feature = "otlp")]
+            let installed = match crate::telemetry::meter() {
+                Some(meter) => metrics::set_global_recorder(
+                    crate::telemetry::OtelRecorder::new(recorder, meter),
+                )
+                .is_ok(),
+                None => metrics::set_global_recorder(recorder).is_ok(),
+            };
+            #[cfg(not(feature = "otlp"))]
+            let installed = metrics::set_global_recorder(recorder).is_ok();
             // Another recorder already installed (a test harness): ours then renders only
             // what it sees, which is nothing; say so once rather than fail.
-            if metrics::set_global_recorder(recorder).is_err() {
+            if !installed {
                 tracing::warn!("a metrics recorder was already installed; /metrics stays empty");
             }
             handle
@@ -101,6 +121,8 @@ struct Inner {
     keys: ClientKeys,
     models: BTreeMap<String, ModelStacks>,
     max_body_bytes: usize,
+    /// `server.request_timeout`: every call's deadline, and the cap on a client's.
+    request_timeout: Option<Duration>,
     metrics: PrometheusHandle,
     /// The mock upstreams of `kind = "mock"` providers, by provider name.
     mocks: Vec<(String, MockServer)>,
@@ -120,6 +142,7 @@ impl Gateway {
             keys: config.keys.clone(),
             models: built.models,
             max_body_bytes: config.server.max_body_bytes,
+            request_timeout: config.server.request_timeout,
             metrics,
             mocks: built.mocks,
         });
@@ -305,15 +328,25 @@ async fn track(request: Request, next: Next) -> Response {
         http.request.method = %request.method(),
         http.route = %route,
         request_id = request.extensions().get::<RequestId>().map(RequestId::as_str),
+        upstream_request_id = tracing::field::Empty,
         tenant = tracing::field::Empty,
         gen_ai.request.model = tracing::field::Empty,
         gen_ai.provider.name = tracing::field::Empty,
     );
+    let trace = TraceContext::from_headers(request.headers());
+    #[cfg(feature = "otlp")]
+    if let Some(trace) = &trace {
+        crate::telemetry::set_parent(&span, trace);
+    }
     let started = Instant::now();
     // A guard, so that a request whose client went away (its future dropped) is not counted
     // in flight forever.
     let in_flight = InFlight::new();
-    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    let run = tracing::Instrument::instrument(next.run(request), span.clone());
+    let response = match trace {
+        Some(trace) => trace.scope(run).await,
+        None => run.await,
+    };
     drop(in_flight);
     let elapsed = started.elapsed();
     let status = response.status();
@@ -446,16 +479,18 @@ async fn read_json(gateway: &Inner, headers: &HeaderMap, body: Body) -> Result<V
     })
 }
 
-/// Authenticates and reads the JSON body: the tenant and the body, or the refusal.
+/// Authenticates and reads the JSON body and the deadline: the tenant, the body and the
+/// deadline, or the refusal.
 async fn admit(
     gateway: &Inner,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(Arc<str>, Value), ApiError> {
+) -> Result<(Arc<str>, Value, Option<tower_llm_core::Deadline>), ApiError> {
     let tenant = authenticate(gateway, headers)?;
     tracing::Span::current().record("tenant", &*tenant);
+    let deadline = deadline::from_headers(headers, gateway.request_timeout)?;
     let json = read_json(gateway, headers, body).await?;
-    Ok((tenant, json))
+    Ok((tenant, json, deadline))
 }
 
 fn count_answer(model: &str, provider: &str, call: &'static str) {
@@ -474,7 +509,7 @@ async fn chat(
     body: Body,
 ) -> Response {
     let dialect = Dialect::OpenAi;
-    let (tenant, json) = match admit(&gateway, &headers, body).await {
+    let (tenant, json, deadline) = match admit(&gateway, &headers, body).await {
         Ok(admitted) => admitted,
         Err(error) => return refusal(error, dialect, &id),
     };
@@ -490,27 +525,29 @@ async fn chat(
         let Some(service) = stacks.stream.clone() else {
             return ApiError::unknown_model(&model, "streaming").into_response(dialect, &id);
         };
-        match service.oneshot(parsed.request.streaming()).await {
+        match deadline::within(deadline, service.oneshot(parsed.request.streaming())).await {
             Ok(reply) => {
                 count_answer(&model, &reply.provider, "stream");
+                let id = id.answered_by(reply.upstream_request_id());
                 let writer =
                     wire::ChunkWriter::new(wire::completion_id(), model, parsed.include_usage);
-                let events = sse_events(reply.value, writer, id.clone());
-                sse_response(events, &reply.provider)
+                let events = sse_events(reply.value, writer, id.clone(), deadline);
+                sse_response(events, &reply.provider, &id)
             }
-            Err(error) => error::from_failure(error.as_ref()).into_response(dialect, &id),
+            Err(error) => deadline::failure(error.as_ref(), deadline).into_response(dialect, &id),
         }
     } else {
         let Some(service) = stacks.chat.clone() else {
             return ApiError::unknown_model(&model, "chat completions").into_response(dialect, &id);
         };
-        match service.oneshot(parsed.request).await {
+        match deadline::within(deadline, service.oneshot(parsed.request)).await {
             Ok(reply) => {
                 count_answer(&model, &reply.provider, "chat");
+                let id = id.answered_by(reply.upstream_request_id());
                 let body = wire::chat_response_json(&reply.value, &model);
                 json_response(&body, &reply.provider, dialect, &id)
             }
-            Err(error) => error::from_failure(error.as_ref()).into_response(dialect, &id),
+            Err(error) => deadline::failure(error.as_ref(), deadline).into_response(dialect, &id),
         }
     }
 }
@@ -523,7 +560,7 @@ async fn messages_route(
     body: Body,
 ) -> Response {
     let dialect = Dialect::Anthropic;
-    let (tenant, json) = match admit(&gateway, &headers, body).await {
+    let (tenant, json, deadline) = match admit(&gateway, &headers, body).await {
         Ok(admitted) => admitted,
         Err(error) => return refusal(error, dialect, &id),
     };
@@ -539,26 +576,28 @@ async fn messages_route(
         let Some(service) = stacks.stream.clone() else {
             return ApiError::unknown_model(&model, "streaming").into_response(dialect, &id);
         };
-        match service.oneshot(parsed.request.streaming()).await {
+        match deadline::within(deadline, service.oneshot(parsed.request.streaming())).await {
             Ok(reply) => {
                 count_answer(&model, &reply.provider, "stream");
+                let id = id.answered_by(reply.upstream_request_id());
                 let writer = messages::EventSequence::new(model);
-                let events = sse_events(reply.value, writer, id.clone());
-                sse_response(events, &reply.provider)
+                let events = sse_events(reply.value, writer, id.clone(), deadline);
+                sse_response(events, &reply.provider, &id)
             }
-            Err(error) => error::from_failure(error.as_ref()).into_response(dialect, &id),
+            Err(error) => deadline::failure(error.as_ref(), deadline).into_response(dialect, &id),
         }
     } else {
         let Some(service) = stacks.chat.clone() else {
             return ApiError::unknown_model(&model, "messages").into_response(dialect, &id);
         };
-        match service.oneshot(parsed.request).await {
+        match deadline::within(deadline, service.oneshot(parsed.request)).await {
             Ok(reply) => {
                 count_answer(&model, &reply.provider, "chat");
+                let id = id.answered_by(reply.upstream_request_id());
                 let body = messages::response_json(&reply.value, &model);
                 json_response(&body, &reply.provider, dialect, &id)
             }
-            Err(error) => error::from_failure(error.as_ref()).into_response(dialect, &id),
+            Err(error) => deadline::failure(error.as_ref(), deadline).into_response(dialect, &id),
         }
     }
 }
@@ -590,6 +629,7 @@ fn json_response(
     if let Ok(value) = HeaderValue::from_str(provider) {
         response.headers_mut().insert("x-gateway-provider", value);
     }
+    id.set_on(response.headers_mut());
     response
 }
 
@@ -623,20 +663,24 @@ struct SseState<W> {
     chunks: stack::ChunkStream,
     writer: W,
     id: RequestId,
+    deadline: Option<tower_llm_core::Deadline>,
     done: bool,
     _open: OpenStream,
 }
 
-/// The body of a streamed answer: each chunk as `writer` writes it, then its ending.
+/// The body of a streamed answer: each chunk as `writer` writes it, then its ending (an
+/// error event with `id`, `deadline_exceeded` when the stream was cut at `deadline`).
 pub(crate) fn sse_events<W: EventWriter>(
     stream: stack::ChunkStream,
     writer: W,
     id: RequestId,
+    deadline: Option<tower_llm_core::Deadline>,
 ) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
     let state = SseState {
         chunks: stream,
         writer,
         id,
+        deadline,
         done: false,
         _open: OpenStream::new(),
     };
@@ -654,7 +698,7 @@ pub(crate) fn sse_events<W: EventWriter>(
                     }
                 }
                 Some(Err(error)) => {
-                    let error = error::from_failure(error.as_ref());
+                    let error = deadline::failure(error.as_ref(), state.deadline);
                     state.writer.fail(error, &state.id, &mut out);
                     state.done = true;
                     return Some((Bytes::from(out), state));
@@ -672,6 +716,7 @@ pub(crate) fn sse_events<W: EventWriter>(
 pub(crate) fn sse_response(
     events: impl futures_util::Stream<Item = Bytes> + Send + 'static,
     provider: &str,
+    id: &RequestId,
 ) -> Response {
     let body = Body::from_stream(events.map(Ok::<_, Infallible>));
     let mut response = (
@@ -686,6 +731,7 @@ pub(crate) fn sse_response(
     if let Ok(value) = HeaderValue::from_str(provider) {
         response.headers_mut().insert("x-gateway-provider", value);
     }
+    id.set_on(response.headers_mut());
     response
 }
 
@@ -696,7 +742,7 @@ async fn embeddings(
     body: Body,
 ) -> Response {
     let dialect = Dialect::OpenAi;
-    let (tenant, json) = match admit(&gateway, &headers, body).await {
+    let (tenant, json, deadline) = match admit(&gateway, &headers, body).await {
         Ok(admitted) => admitted,
         Err(error) => return refusal(error, dialect, &id),
     };
@@ -712,9 +758,10 @@ async fn embeddings(
     else {
         return ApiError::unknown_model(&model, "embeddings").into_response(dialect, &id);
     };
-    match service.oneshot(request).await {
+    match deadline::within(deadline, service.oneshot(request)).await {
         Ok(reply) => {
             count_answer(&model, &reply.provider, "embeddings");
+            let id = id.answered_by(reply.upstream_request_id());
             json_response(
                 &wire::embeddings_json(&reply.value, &model, encoding),
                 &reply.provider,
@@ -722,7 +769,7 @@ async fn embeddings(
                 &id,
             )
         }
-        Err(error) => error::from_failure(error.as_ref()).into_response(dialect, &id),
+        Err(error) => deadline::failure(error.as_ref(), deadline).into_response(dialect, &id),
     }
 }
 

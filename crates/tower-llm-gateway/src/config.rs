@@ -50,6 +50,7 @@ pub struct Config {
     pub(crate) keys: ClientKeys,
     pub(crate) providers: BTreeMap<String, ProviderConfig>,
     pub(crate) models: BTreeMap<String, ModelConfig>,
+    pub(crate) telemetry: Option<TelemetryConfig>,
 }
 
 /// Where and how the gateway listens.
@@ -58,6 +59,24 @@ pub(crate) struct ServerConfig {
     pub(crate) listen: SocketAddr,
     pub(crate) max_body_bytes: usize,
     pub(crate) shutdown_grace: Duration,
+    /// Every call's deadline, and the cap on the one a client sends.
+    pub(crate) request_timeout: Option<Duration>,
+}
+
+/// `[telemetry]`: OTLP export, checked. `Debug` prints the collector headers' values as
+/// `****`.
+#[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
+pub(crate) struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL; `/v1/traces` and `/v1/metrics` are appended.
+    pub(crate) endpoint: String,
+    pub(crate) service_name: String,
+    pub(crate) traces: bool,
+    pub(crate) metrics: bool,
+    pub(crate) export_interval: Duration,
+    pub(crate) export_timeout: Duration,
+    /// Sent with every export (a collector's credentials): secrets.
+    pub(crate) headers: Vec<(http::HeaderName, Secret)>,
 }
 
 /// Which API a provider speaks.
@@ -193,6 +212,23 @@ mod raw {
         pub(super) providers: BTreeMap<String, Provider>,
         #[serde(default)]
         pub(super) models: BTreeMap<String, Model>,
+        pub(super) telemetry: Option<Telemetry>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Telemetry {
+        pub(super) endpoint: Option<String>,
+        pub(super) protocol: Option<String>,
+        pub(super) service_name: Option<String>,
+        pub(super) traces: Option<bool>,
+        pub(super) metrics: Option<bool>,
+        pub(super) export_interval: Option<String>,
+        pub(super) export_timeout: Option<String>,
+        #[serde(default)]
+        pub(super) headers: BTreeMap<String, Secret>,
+        #[serde(default)]
+        pub(super) headers_env: BTreeMap<String, String>,
     }
 
     #[derive(Default, Deserialize)]
@@ -201,6 +237,7 @@ mod raw {
         pub(super) listen: Option<String>,
         pub(super) max_body_bytes: Option<u64>,
         pub(super) shutdown_grace: Option<String>,
+        pub(super) request_timeout: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -357,6 +394,99 @@ fn env_secret(knob: &str, var: &str) -> Result<Secret, ConfigError> {
     }
 }
 
+/// The OTLP/HTTP port collectors listen on.
+const DEFAULT_OTLP_ENDPOINT: &str = "http://localhost:4318";
+
+fn check_telemetry(t: raw::Telemetry) -> Result<TelemetryConfig, ConfigError> {
+    let endpoint = t
+        .endpoint
+        .unwrap_or_else(|| DEFAULT_OTLP_ENDPOINT.to_owned());
+    check_base_url("telemetry.endpoint", &endpoint)?;
+    if endpoint.contains('?') || endpoint.contains('#') {
+        return Err(ConfigError::new(
+            GATEWAY,
+            "telemetry.endpoint",
+            "must be the collector's base URL, without query or fragment",
+        ));
+    }
+    if let Some(protocol) = t.protocol.as_deref() {
+        if protocol != "http/protobuf" {
+            return Err(ConfigError::new(
+                GATEWAY,
+                "telemetry.protocol",
+                format!("{protocol:?} is not supported: the gateway exports \"http/protobuf\""),
+            ));
+        }
+    }
+    let service_name = t
+        .service_name
+        .unwrap_or_else(|| "tower-llm-gateway".to_owned());
+    if service_name.trim().is_empty() {
+        return Err(ConfigError::new(
+            GATEWAY,
+            "telemetry.service_name",
+            "must not be empty",
+        ));
+    }
+    let mut headers = Vec::new();
+    let named = t
+        .headers
+        .into_iter()
+        .map(|(name, value)| (format!("telemetry.headers.{name}"), name, Ok(value)))
+        .chain(t.headers_env.into_iter().map(|(name, var)| {
+            let knob = format!("telemetry.headers_env.{name}");
+            let value = env_secret(&knob, &var);
+            (knob, name, value)
+        }));
+    for (knob, name, value) in named {
+        let header = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            ConfigError::new(GATEWAY, knob.clone(), "is not an HTTP header name")
+        })?;
+        let value = value?;
+        // The value is a secret: the error never quotes it.
+        if http::HeaderValue::from_str(value.expose()).is_err() {
+            return Err(ConfigError::new(
+                GATEWAY,
+                knob,
+                "is not a valid HTTP header value (visible ASCII only)",
+            ));
+        }
+        if headers.iter().any(|(h, _)| h == &header) {
+            return Err(ConfigError::new(
+                GATEWAY,
+                knob,
+                "names a header that is already given",
+            ));
+        }
+        headers.push((header, value));
+    }
+    let telemetry = TelemetryConfig {
+        endpoint: endpoint.trim_end_matches('/').to_owned(),
+        service_name,
+        traces: t.traces.unwrap_or(true),
+        metrics: t.metrics.unwrap_or(true),
+        export_interval: match &t.export_interval {
+            None => Duration::from_secs(60),
+            Some(text) => duration("telemetry.export_interval", text, Zero::Refused)?,
+        },
+        export_timeout: match &t.export_timeout {
+            None => Duration::from_secs(10),
+            Some(text) => duration("telemetry.export_timeout", text, Zero::Refused)?,
+        },
+        headers,
+    };
+    if (telemetry.traces || telemetry.metrics) && !cfg!(feature = "otlp") {
+        return Err(ConfigError::new(
+            GATEWAY,
+            "telemetry",
+            "asks for OTLP export, but this gateway was built without it: build it with \
+             the `otlp` cargo feature (`cargo install tower-llm-gateway --features otlp`), \
+             or set traces = false and metrics = false",
+        ));
+    }
+    Ok(telemetry)
+}
+
 fn check_base_url(knob: &str, url: &str) -> Result<(), ConfigError> {
     let uri: http::Uri = url
         .parse()
@@ -428,7 +558,13 @@ impl Config {
                 None => Duration::from_secs(30),
                 Some(text) => duration("server.shutdown_grace", text, Zero::Allowed)?,
             },
+            request_timeout: opt_duration(
+                "server.request_timeout",
+                file.server.request_timeout.as_ref(),
+                Zero::Refused,
+            )?,
         };
+        let telemetry = file.telemetry.map(check_telemetry).transpose()?;
 
         if file.keys.is_empty() {
             return Err(ConfigError::new(
@@ -753,6 +889,7 @@ impl Config {
             keys,
             providers,
             models,
+            telemetry,
         })
     }
 

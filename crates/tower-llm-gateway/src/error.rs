@@ -35,6 +35,8 @@ pub(crate) struct ApiError {
     pub(crate) code: Option<&'static str>,
     pub(crate) message: String,
     pub(crate) retry_after: Option<Duration>,
+    /// The upstream's id for the failed request, which the client is then answered with.
+    pub(crate) upstream_request_id: Option<String>,
 }
 
 impl ApiError {
@@ -50,7 +52,20 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            upstream_request_id: None,
         }
+    }
+
+    /// A 504 for a call that ran out of the time the client gave it (or the gateway's
+    /// `server.request_timeout`).
+    pub(crate) fn deadline_exceeded() -> Self {
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            Some("deadline_exceeded"),
+            "the request's deadline passed before the answer came \
+             (x-request-timeout, x-stainless-timeout or the gateway's request_timeout)",
+        )
     }
 
     /// A 400 for a request the gateway cannot read.
@@ -107,8 +122,10 @@ impl ApiError {
     }
 
     /// The whole response: status, body, `retry-after` (seconds, rounded up) and
-    /// `retry-after-ms` when there is a hint, and the request id.
+    /// `retry-after-ms` when there is a hint, and the request id: the upstream's, when it
+    /// named one, else `id`.
     pub(crate) fn into_response(self, dialect: Dialect, id: &RequestId) -> Response {
+        let id = &id.answered_by(self.upstream_request_id.as_deref());
         let mut response = (
             self.status,
             [(header::CONTENT_TYPE, "application/json")],
@@ -301,5 +318,8 @@ pub(crate) fn from_failure(error: &(dyn std::error::Error + 'static)) -> ApiErro
         code: Some(code),
         message,
         retry_after: failure.retry_after,
+        upstream_request_id: upstream
+            .and_then(UpstreamError::request_id)
+            .map(str::to_owned),
     }
 }

@@ -46,11 +46,15 @@
 
 mod app;
 mod config;
+mod deadline;
 mod error;
 mod keys;
 mod messages;
 mod request_id;
 mod stack;
+#[cfg(feature = "otlp")]
+pub mod telemetry;
+mod trace_context;
 mod wire;
 
 pub use app::{Gateway, serve, shutdown_signal};

@@ -39,6 +39,7 @@ use tower_llm_retry::{Backoff, RetryLayer};
 use tower_llm_testkit::{FaultPlan, Latency, MockServer};
 
 use crate::config::{BreakerConfig, Config, ConfigError, ModelConfig, ProviderKind, StrategyKind};
+use crate::trace_context::PropagateTraceContext;
 
 /// A provider's answer on its way through the stack, marked with the provider that gave it.
 #[derive(Clone, Debug)]
@@ -47,6 +48,9 @@ pub(crate) struct Reply<T> {
     answered: Option<Answered>,
     /// The provider's name.
     pub(crate) provider: Arc<str>,
+    /// The upstream's request id, for answers that no longer carry their HTTP facts (a
+    /// stream, once the layers have hooked it); whole answers keep theirs in their `meta`.
+    upstream_request_id: Option<Arc<str>>,
 }
 
 impl<T> Reply<T> {
@@ -55,7 +59,31 @@ impl<T> Reply<T> {
             value,
             answered: None,
             provider,
+            upstream_request_id: None,
         }
+    }
+}
+
+/// The upstream's id for the request an answer came from, if it named one.
+pub(crate) trait UpstreamRequestId {
+    fn upstream_request_id(&self) -> Option<&str>;
+}
+
+impl UpstreamRequestId for Reply<ChatResponse> {
+    fn upstream_request_id(&self) -> Option<&str> {
+        self.value.meta.request_id.as_deref()
+    }
+}
+
+impl UpstreamRequestId for Reply<EmbeddingResponse> {
+    fn upstream_request_id(&self) -> Option<&str> {
+        self.value.meta.request_id.as_deref()
+    }
+}
+
+impl UpstreamRequestId for Reply<ChunkStream> {
+    fn upstream_request_id(&self) -> Option<&str> {
+        self.upstream_request_id.as_deref()
     }
 }
 
@@ -159,10 +187,14 @@ impl std::fmt::Debug for ModelStacks {
     }
 }
 
+/// The HTTP client of every provider: the shared pooled client, writing the trace context
+/// on each request.
+type Client = PropagateTraceContext<HttpClient>;
+
 enum Upstream {
-    OpenAi(OpenAi<HttpClient>),
-    Anthropic(Anthropic<HttpClient>),
-    Gemini(Gemini<HttpClient>),
+    OpenAi(OpenAi<Client>),
+    Anthropic(Anthropic<Client>),
+    Gemini(Gemini<Client>),
 }
 
 fn boxed<S, Req, Res>(service: S) -> Svc<Req, Res>
@@ -218,7 +250,7 @@ fn cfg_err(at: &str, e: impl std::fmt::Display) -> ConfigError {
 
 /// Builds every provider and model stack. Mock providers are started here.
 pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
-    let client = HttpClientConfig::default().build()?;
+    let client = PropagateTraceContext::new(HttpClientConfig::default().build()?);
     let mut upstreams = BTreeMap::new();
     let mut mocks = Vec::new();
     for (name, p) in &config.providers {
@@ -580,12 +612,19 @@ fn with_dedup_embeddings(
     with_dedup(inner, stack, model)
 }
 
-/// A stream's items as the stream dedup layer keeps them: first who answered, then the
-/// chunks, so that a replayed stream still names its provider.
+/// A stream's items as the stream dedup layer keeps them: first who answered (and the
+/// upstream's request id), then the chunks, so that a replayed stream still names them.
 #[derive(Clone, Debug)]
 enum Tagged {
-    Provider(Arc<str>),
+    Head {
+        provider: Arc<str>,
+        upstream_request_id: Option<Arc<str>>,
+    },
     Chunk(ChatChunk),
+}
+
+fn upstream_request_id(reply: &Reply<Live>) -> Option<Arc<str>> {
+    reply.value.meta().request_id.as_deref().map(Arc::from)
 }
 
 /// Identical streamed requests of one tenant share one upstream stream: a caller that joins
@@ -600,16 +639,23 @@ fn with_stream_dedup(
         return Ok(BoxCloneSyncService::new(inner.map_response(
             |reply: Reply<Live>| {
                 let provider = reply.provider.clone();
+                let upstream_request_id = upstream_request_id(&reply);
                 let chunks: ChunkStream =
                     Box::pin(reply.value.map(|chunk| chunk.map_err(BoxError::from)));
-                Reply::new(chunks, provider)
+                Reply {
+                    upstream_request_id,
+                    ..Reply::new(chunks, provider)
+                }
             },
         )));
     };
     let at = format!("models.{model}.dedup");
     let tagged = inner.map_response(|reply: Reply<Live>| {
-        let provider = Tagged::Provider(reply.provider.clone());
-        futures_util::stream::once(std::future::ready(Ok::<_, BoxError>(provider))).chain(
+        let head = Tagged::Head {
+            provider: reply.provider.clone(),
+            upstream_request_id: upstream_request_id(&reply),
+        };
+        futures_util::stream::once(std::future::ready(Ok::<_, BoxError>(head))).chain(
             reply
                 .value
                 .map(|chunk| chunk.map(Tagged::Chunk).map_err(BoxError::from)),
@@ -627,20 +673,26 @@ fn with_stream_dedup(
     };
     Ok(BoxCloneSyncService::new(deduped.and_then(
         |mut replay: ReplayStream<Tagged>| async move {
-            let provider = match replay.next().await {
-                Some(Ok(Tagged::Provider(provider))) => provider,
+            let (provider, upstream_request_id) = match replay.next().await {
+                Some(Ok(Tagged::Head {
+                    provider,
+                    upstream_request_id,
+                })) => (provider, upstream_request_id),
                 Some(Err(error)) => return Err(error),
-                // The provider is always the first item; an empty stream has none.
-                Some(Ok(Tagged::Chunk(_))) | None => Arc::from("unknown"),
+                // The head is always the first item; an empty stream has none.
+                Some(Ok(Tagged::Chunk(_))) | None => (Arc::from("unknown"), None),
             };
             let chunks: ChunkStream = Box::pin(replay.filter_map(|item| {
                 std::future::ready(match item {
                     Ok(Tagged::Chunk(chunk)) => Some(Ok(chunk)),
-                    Ok(Tagged::Provider(_)) => None,
+                    Ok(Tagged::Head { .. }) => None,
                     Err(error) => Some(Err(error)),
                 })
             }));
-            Ok(Reply::new(chunks, provider))
+            Ok(Reply {
+                upstream_request_id,
+                ..Reply::new(chunks, provider)
+            })
         },
     )))
 }
