@@ -68,9 +68,9 @@ pub(crate) fn prometheus() -> PrometheusHandle {
             let handle = recorder.handle();
             #[cfg(feature = "otlp")]
             let installed = match crate::telemetry::meter() {
-                Some(meter) => metrics::set_global_recorder(
-                    crate::telemetry::OtelRecorder::new(recorder, meter),
-                )
+                Some(meter) => metrics::set_global_recorder(crate::telemetry::OtelRecorder::new(
+                    recorder, meter,
+                ))
                 .is_ok(),
                 None => metrics::set_global_recorder(recorder).is_ok(),
             };

@@ -439,9 +439,8 @@ fn check_telemetry(t: raw::Telemetry) -> Result<TelemetryConfig, ConfigError> {
             (knob, name, value)
         }));
     for (knob, name, value) in named {
-        let header = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            ConfigError::new(GATEWAY, knob.clone(), "is not an HTTP header name")
-        })?;
+        let header = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| ConfigError::new(GATEWAY, knob.clone(), "is not an HTTP header name"))?;
         let value = value?;
         // The value is a secret: the error never quotes it.
         if http::HeaderValue::from_str(value.expose()).is_err() {

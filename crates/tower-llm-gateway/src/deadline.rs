@@ -32,20 +32,14 @@ pub(crate) fn from_headers(
 ) -> Result<Option<Deadline>, ApiError> {
     let ours = match headers.get(&X_REQUEST_TIMEOUT) {
         None => None,
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(parse)
-                .ok_or_else(|| {
-                    let mut error = ApiError::bad_request(
-                        "x-request-timeout must be a positive number of seconds (`30`, `2.5`) \
+        Some(value) => Some(value.to_str().ok().and_then(parse).ok_or_else(|| {
+            let mut error = ApiError::bad_request(
+                "x-request-timeout must be a positive number of seconds (`30`, `2.5`) \
                          or a duration (`250ms`, `1m`)",
-                    );
-                    error.code = Some("invalid_timeout");
-                    error
-                })?,
-        ),
+            );
+            error.code = Some("invalid_timeout");
+            error
+        })?),
     };
     let sdk = headers
         .get(&X_STAINLESS_TIMEOUT)
@@ -122,9 +116,7 @@ mod tests {
         for (name, value) in lines {
             headers.insert((*name).clone(), value.parse().unwrap());
         }
-        from_headers(&headers, cap)
-            .unwrap()
-            .map(|d| d.time_left())
+        from_headers(&headers, cap).unwrap().map(|d| d.time_left())
     }
 
     #[tokio::test(start_paused = true)]
@@ -132,11 +124,23 @@ mod tests {
         let secs = Duration::from_secs;
         assert_eq!(timeout(&[], None), None);
         assert_eq!(timeout(&[], Some(secs(60))), Some(secs(60)));
-        assert_eq!(timeout(&[(&X_REQUEST_TIMEOUT, "2.5")], None), Some(Duration::from_millis(2500)));
-        assert_eq!(timeout(&[(&X_REQUEST_TIMEOUT, "250ms")], None), Some(Duration::from_millis(250)));
-        assert_eq!(timeout(&[(&X_STAINLESS_TIMEOUT, "600")], Some(secs(30))), Some(secs(30)));
         assert_eq!(
-            timeout(&[(&X_STAINLESS_TIMEOUT, "600.0"), (&X_REQUEST_TIMEOUT, "5")], None),
+            timeout(&[(&X_REQUEST_TIMEOUT, "2.5")], None),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            timeout(&[(&X_REQUEST_TIMEOUT, "250ms")], None),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            timeout(&[(&X_STAINLESS_TIMEOUT, "600")], Some(secs(30))),
+            Some(secs(30))
+        );
+        assert_eq!(
+            timeout(
+                &[(&X_STAINLESS_TIMEOUT, "600.0"), (&X_REQUEST_TIMEOUT, "5")],
+                None
+            ),
             Some(secs(5))
         );
         // The SDK's header is advisory: malformed, it is ignored.

@@ -12,7 +12,8 @@
 //!
 //! Logs go to stderr through `tracing`, filtered by `RUST_LOG` (default `info`: one access
 //! line per request, breaker and limiter events), as text or, with `--log-format json`, one
-//! JSON object per line.
+//! JSON object per line. Built with the `otlp` feature, the configuration's `[telemetry]`
+//! table exports the spans (and the metrics) over OTLP as well; they are flushed at shutdown.
 
 #![forbid(unsafe_code)]
 
@@ -112,7 +113,6 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logs(args.json_logs);
     let loaded = match &args.config {
         Some(path) => Config::from_file(path),
         None => Config::mock(),
@@ -134,7 +134,23 @@ async fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    match run(config, args.config.as_deref()).await {
+    #[cfg(feature = "otlp")]
+    let telemetry = match tower_llm_gateway::telemetry::Telemetry::start(&config) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("tower-llm-gateway: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    #[cfg(feature = "otlp")]
+    init_logs(args.json_logs, telemetry.tracing_layer());
+    #[cfg(not(feature = "otlp"))]
+    init_logs(args.json_logs, None::<tracing_subscriber::layer::Identity>);
+    let outcome = run(config, args.config.as_deref()).await;
+    // Flushes the spans and metrics still buffered; it blocks, so not on a runtime worker.
+    #[cfg(feature = "otlp")]
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tower-llm-gateway: {error}");
@@ -143,10 +159,14 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`). A `RUST_LOG` that does not parse
-/// is reported and the default used.
-fn init_logs(json: bool) {
-    use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), and spans to `export` (the OTLP
+/// layer) when there is one. A `RUST_LOG` that does not parse is reported and the default
+/// used.
+fn init_logs<L>(json: bool, export: Option<L>)
+where
+    L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync,
+{
+    use tracing_subscriber::filter::{EnvFilter, filter_fn};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{Layer, fmt};
@@ -159,9 +179,9 @@ fn init_logs(json: bool) {
     };
     // A log line carries the gateway's request span (request id, tenant, model, provider) as
     // its context, which is all a reader needs to place it. The layers' own spans (a provider
-    // call with its GenAI attributes, retry attempts) are for a tracing backend: formatting
-    // their fields into every request's log state cost a tenth of the gateway's CPU for
-    // context no log line shows.
+    // call with its GenAI attributes, retry attempts) are for a tracing backend (`export`):
+    // formatting their fields into every request's log state cost a tenth of the gateway's
+    // CPU for context no log line shows.
     let spans = filter_fn(|meta| !meta.is_span() || meta.target().starts_with("tower_llm_gateway"));
     let logs = fmt::layer().with_writer(std::io::stderr).with_ansi(false);
     let logs = if json {
@@ -170,7 +190,9 @@ fn init_logs(json: bool) {
         logs.boxed()
     };
     let installed = tracing_subscriber::registry()
-        .with(logs.with_filter(filter.and(spans)))
+        .with(export)
+        .with(logs.with_filter(spans))
+        .with(filter)
         .try_init();
     if let Err(e) = installed {
         eprintln!("tower-llm-gateway: logs not installed: {e}");

@@ -52,7 +52,10 @@ impl RequestId {
     pub(crate) fn upstream(id: &str) -> Option<Self> {
         let safe = |b: &u8| {
             b.is_ascii_alphanumeric()
-                || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'=' | b'@' | b'~')
+                || matches!(
+                    b,
+                    b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'=' | b'@' | b'~'
+                )
         };
         let valid = !id.is_empty() && id.len() <= MAX_UPSTREAM_ID && id.bytes().all(|b| safe(&b));
         valid.then(|| RequestId(id.into()))
@@ -106,7 +109,11 @@ mod tests {
             "req_abc-123"
         );
         for bad in ["", "has space", "quote\"", "line\nbreak", "caf\u{e9}"] {
-            assert_eq!(ours.answered_by(Some(bad)).as_str(), ours.as_str(), "{bad:?}");
+            assert_eq!(
+                ours.answered_by(Some(bad)).as_str(),
+                ours.as_str(),
+                "{bad:?}"
+            );
         }
         let long = "x".repeat(MAX_UPSTREAM_ID + 1);
         assert_eq!(ours.answered_by(Some(&long)).as_str(), ours.as_str());

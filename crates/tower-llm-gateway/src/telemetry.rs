@@ -122,9 +122,11 @@ impl Telemetry {
             return Ok(Telemetry::inert());
         }
         if t.metrics && crate::app::prometheus_installed() {
-            return Err("telemetry: start it before the first Gateway::new: the metrics \
+            return Err(
+                "telemetry: start it before the first Gateway::new: the metrics \
                         recorder is already installed, without OTLP export"
-                .into());
+                    .into(),
+            );
         }
         if t.metrics && METER.get().is_some() {
             return Err("telemetry: metrics export is already started in this process".into());
@@ -226,8 +228,7 @@ impl Drop for Telemetry {
 
 /// A current-thread runtime on a thread of its own for the exports; it ends when the sender
 /// is dropped.
-fn export_runtime() -> std::io::Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>)>
-{
+fn export_runtime() -> std::io::Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -673,7 +674,12 @@ impl<R: Recorder> Recorder for OtelRecorder<R> {
     }
 
     fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
-        if let Some(counter) = self.state.read().ok().and_then(|s| s.counters.get(key).cloned()) {
+        if let Some(counter) = self
+            .state
+            .read()
+            .ok()
+            .and_then(|s| s.counters.get(key).cloned())
+        {
             return counter;
         }
         let Ok(mut state) = self.state.write() else {
@@ -692,7 +698,12 @@ impl<R: Recorder> Recorder for OtelRecorder<R> {
     }
 
     fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
-        if let Some(gauge) = self.state.read().ok().and_then(|s| s.gauges.get(key).cloned()) {
+        if let Some(gauge) = self
+            .state
+            .read()
+            .ok()
+            .and_then(|s| s.gauges.get(key).cloned())
+        {
             return gauge;
         }
         let Ok(mut state) = self.state.write() else {
@@ -711,7 +722,12 @@ impl<R: Recorder> Recorder for OtelRecorder<R> {
     }
 
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
-        if let Some(h) = self.state.read().ok().and_then(|s| s.histograms.get(key).cloned()) {
+        if let Some(h) = self
+            .state
+            .read()
+            .ok()
+            .and_then(|s| s.histograms.get(key).cloned())
+        {
             return h;
         }
         let Ok(mut state) = self.state.write() else {

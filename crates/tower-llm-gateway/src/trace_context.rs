@@ -189,7 +189,10 @@ fn members(text: &str) -> Option<Vec<&str>> {
         if !is_key(key) || !is_value(value) {
             return None;
         }
-        if members.iter().any(|m| m.split_once('=').map(|(k, _)| k) == Some(key)) {
+        if members
+            .iter()
+            .any(|m| m.split_once('=').map(|(k, _)| k) == Some(key))
+        {
             return None;
         }
         members.push(member);
@@ -335,7 +338,10 @@ mod tests {
         for bad in ["novalue", "Upper=1", "a=1,a=2", "a=x=y", "=v", "a= "] {
             assert_eq!(state(bad), None, "{bad:?} accepted");
         }
-        let many = (0..33).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join(",");
+        let many = (0..33)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join(",");
         assert_eq!(state(&many), None, "33 members accepted");
         // Several lines are one list.
         let joined = context(&[
@@ -368,7 +374,11 @@ mod tests {
             Ok::<_, std::convert::Infallible>(request.headers().clone())
         });
         let client = PropagateTraceContext::new(echo);
-        let seen = client.clone().oneshot(http::Request::new(())).await.unwrap();
+        let seen = client
+            .clone()
+            .oneshot(http::Request::new(()))
+            .await
+            .unwrap();
         assert!(seen.get(&TRACEPARENT).is_none());
 
         let ctx = context(&[(&TRACEPARENT, VALID), (&TRACESTATE, "a=1")]).unwrap();

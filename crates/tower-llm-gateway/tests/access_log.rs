@@ -139,7 +139,15 @@ async fn the_access_log_names_the_request_and_never_a_key_or_a_prompt() {
         );
         assert!(line["duration_ms"].is_number(), "{line}");
         let span = &line["span"];
-        assert_eq!(span["request_id"], id(response), "{line}");
+        // The client sees the upstream's id when there is one; the line has both.
+        let shown = span
+            .get("upstream_request_id")
+            .unwrap_or(&span["request_id"]);
+        assert_eq!(shown, &id(response), "{line}");
+        assert!(
+            span["request_id"].as_str().unwrap().starts_with("req_"),
+            "{line}"
+        );
         assert_eq!(span["http.route"], "/v1/chat/completions", "{line}");
         assert_eq!(span["http.request.method"], "POST", "{line}");
     }
@@ -150,5 +158,12 @@ async fn the_access_log_names_the_request_and_never_a_key_or_a_prompt() {
         "no tenant without a key"
     );
     assert_eq!(lines[2]["span"]["gen_ai.request.model"], "gpt-4o-mini");
+    assert!(
+        lines[2]["span"]["upstream_request_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("req_mock"),
+        "the mock upstream's id is logged beside ours"
+    );
     assert!(lines[2]["span"]["gen_ai.provider.name"].is_string());
 }
