@@ -141,3 +141,71 @@ async fn listen_on_port_zero_prints_the_bound_address_and_serves() {
     assert!(second.status.success());
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn check_names_a_bad_telemetry_key_and_never_prints_a_collector_header() {
+    const BASE: &str =
+        "[[keys]]\nkey = \"k\"\ntenant = \"t\"\n[providers.p]\nkind = \"mock\"\nmodels = [\"m\"]\n";
+    let check = |name: &'static str, telemetry: &'static str| async move {
+        let path = write_config(name, &format!("{BASE}[telemetry]\n{telemetry}"));
+        let out = Command::new(BIN)
+            .args(["--check", "--config"])
+            .arg(&path)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (name, telemetry, key) in [
+        (
+            "otlp-endpoint",
+            "endpoint = \"collector:4318\"\n",
+            "telemetry.endpoint",
+        ),
+        (
+            "otlp-protocol",
+            "protocol = \"grpc\"\n",
+            "telemetry.protocol",
+        ),
+        (
+            "otlp-interval",
+            "export_interval = \"0s\"\n",
+            "telemetry.export_interval",
+        ),
+        (
+            "otlp-header",
+            "headers = { \"bad header\" = \"Bearer hdr-secret-93e1\" }\n",
+            "telemetry.headers.bad header",
+        ),
+        (
+            "otlp-header-value",
+            "headers = { authorization = \"hdr-secret-93e1\\n\" }\n",
+            "telemetry.headers.authorization",
+        ),
+        ("otlp-unknown", "endpiont = \"http://c:4318\"\n", "endpiont"),
+    ] {
+        let (ok, stderr) = check(name, telemetry).await;
+        assert!(!ok, "{name} accepted");
+        assert!(stderr.contains(key), "{name}: {stderr}");
+        assert!(!stderr.contains("hdr-secret-93e1"), "{name}: {stderr}");
+    }
+    // Valid: accepted with the `otlp` feature, refused with a clear message without it.
+    let (ok, stderr) = check(
+        "otlp-good",
+        "endpoint = \"http://127.0.0.1:4318\"\nheaders = { authorization = \"Bearer hdr-secret-93e1\" }\n",
+    )
+    .await;
+    assert!(!stderr.contains("hdr-secret-93e1"), "{stderr}");
+    if cfg!(feature = "otlp") {
+        assert!(ok, "{stderr}");
+    } else {
+        assert!(!ok);
+        assert!(stderr.contains("`otlp` cargo feature"), "{stderr}");
+    }
+    // Export switched off needs no feature.
+    let (ok, stderr) = check("otlp-off", "traces = false\nmetrics = false\n").await;
+    assert!(ok, "{stderr}");
+}
