@@ -50,6 +50,8 @@ pub struct Config {
     pub(crate) keys: ClientKeys,
     pub(crate) providers: BTreeMap<String, ProviderConfig>,
     pub(crate) models: BTreeMap<String, ModelConfig>,
+    /// Read by `telemetry` (feature `otlp`); without it, only checked.
+    #[cfg_attr(not(feature = "otlp"), allow(dead_code))]
     pub(crate) telemetry: Option<TelemetryConfig>,
 }
 

@@ -58,11 +58,13 @@ impl TraceContext {
     }
 
     /// The `traceparent` passed on (always version 00).
+    #[cfg(feature = "otlp")]
     pub(crate) fn traceparent(&self) -> &HeaderValue {
         &self.traceparent
     }
 
     /// The `tracestate` passed on, if the client sent a valid one.
+    #[cfg(feature = "otlp")]
     pub(crate) fn tracestate(&self) -> Option<&HeaderValue> {
         self.tracestate.as_ref()
     }

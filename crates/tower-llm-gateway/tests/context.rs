@@ -12,8 +12,8 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceExt};
 use tower_llm_testkit::{
-    Fault, FaultPlan, Latency, MockServer, TestClient, anthropic_messages, openai_chat,
-    openai_chat_stream, openai_embeddings, with_api_key,
+    Fault, FaultPlan, Latency, MockServer, RetryAfterForm, TestClient, anthropic_messages,
+    openai_chat, openai_chat_stream, openai_embeddings, with_api_key,
 };
 
 use tower_llm_gateway::{Config, Gateway, serve};
@@ -280,12 +280,16 @@ async fn the_gateways_request_timeout_caps_the_clients() {
 }
 
 #[tokio::test]
-async fn retry_starts_no_attempt_past_the_deadline_and_fast_calls_are_untouched() {
-    let upstream = MockServer::start(FaultPlan::healthy().fault(Fault::Status(500), 1.0))
+async fn retry_waits_no_retry_after_past_the_deadline_and_fast_calls_are_untouched() {
+    let rate_limited = Fault::RateLimited {
+        retry_after: Duration::from_secs(5),
+        form: RetryAfterForm::Seconds,
+    };
+    let upstream = MockServer::start(FaultPlan::healthy().fault(rate_limited, 1.0))
         .await
         .unwrap();
     let models = r#"[models.m]
-retry = { max_attempts = 5, backoff = "2s" }"#;
+retry = { max_attempts = 5, backoff = "1ms", max_retry_after = "1m" }"#;
     let (addr, _gateway) = start(&config(&upstream, "", models)).await;
     let url = format!("http://{addr}");
     let response = send(with_header(
@@ -294,8 +298,8 @@ retry = { max_attempts = 5, backoff = "2s" }"#;
         "0.5",
     ))
     .await;
-    // The backoff would pass the deadline: retry gives up at once with the upstream's error.
-    assert_eq!(response.status(), 500);
+    // The server's hint would pass the deadline: retry gives up at once with its 429.
+    assert_eq!(response.status(), 429);
     assert_eq!(
         upstream.counters().requests,
         1,
