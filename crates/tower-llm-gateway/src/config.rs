@@ -411,14 +411,14 @@ fn check_telemetry(t: raw::Telemetry) -> Result<TelemetryConfig, ConfigError> {
             "must be the collector's base URL, without query or fragment",
         ));
     }
-    if let Some(protocol) = t.protocol.as_deref() {
-        if protocol != "http/protobuf" {
-            return Err(ConfigError::new(
-                GATEWAY,
-                "telemetry.protocol",
-                format!("{protocol:?} is not supported: the gateway exports \"http/protobuf\""),
-            ));
-        }
+    if let Some(protocol) = t.protocol.as_deref()
+        && protocol != "http/protobuf"
+    {
+        return Err(ConfigError::new(
+            GATEWAY,
+            "telemetry.protocol",
+            format!("{protocol:?} is not supported: the gateway exports \"http/protobuf\""),
+        ));
     }
     let service_name = t
         .service_name
@@ -452,7 +452,7 @@ fn check_telemetry(t: raw::Telemetry) -> Result<TelemetryConfig, ConfigError> {
                 "is not a valid HTTP header value (visible ASCII only)",
             ));
         }
-        if headers.iter().any(|(h, _)| h == &header) {
+        if headers.iter().any(|(h, _)| *h == header) {
             return Err(ConfigError::new(
                 GATEWAY,
                 knob,

@@ -212,10 +212,10 @@ impl Telemetry {
                 tracing::warn!(error = %e, "telemetry: the last spans were not all exported");
             }
         }
-        if let Some(provider) = self.meters.take() {
-            if let Err(e) = provider.shutdown_with_timeout(self.export_timeout) {
-                tracing::warn!(error = %e, "telemetry: the last metrics were not exported");
-            }
+        if let Some(provider) = self.meters.take()
+            && let Err(e) = provider.shutdown_with_timeout(self.export_timeout)
+        {
+            tracing::warn!(error = %e, "telemetry: the last metrics were not exported");
         }
     }
 }

@@ -335,8 +335,7 @@ async fn a_stream_running_past_the_deadline_ends_with_a_deadline_error_event() {
     let last = body
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|l| *l != "[DONE]")
-        .last()
+        .rfind(|l| *l != "[DONE]")
         .unwrap();
     let event: Value = serde_json::from_str(last).unwrap();
     assert_eq!(event["error"]["code"], "deadline_exceeded", "{body}");
