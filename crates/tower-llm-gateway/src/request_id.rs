@@ -8,7 +8,6 @@
 //! support. An upstream id is used only when it is header-safe and short
 //! ([`RequestId::upstream`]); otherwise the gateway's own stays.
 
-use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -24,8 +23,11 @@ pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 pub(crate) const MAX_UPSTREAM_ID: usize = 128;
 
 /// One request's id: `req_` and 32 hex digits, unique in the process and across restarts.
+///
+/// Kept as the header value it is sent as (its bytes shared, so that putting it on the answer
+/// copies nothing); it is always visible ASCII.
 #[derive(Clone, Debug)]
-pub(crate) struct RequestId(Arc<str>);
+pub(crate) struct RequestId(HeaderValue);
 
 impl RequestId {
     /// A fresh id: a random per-process prefix and a counter.
@@ -44,7 +46,12 @@ impl RequestId {
             u64::from_le_bytes(bytes)
         });
         let serial = COUNTER.fetch_add(1, Ordering::Relaxed);
-        RequestId(format!("req_{prefix:016x}{serial:016x}").into())
+        let id = bytes::Bytes::from(format!("req_{prefix:016x}{serial:016x}"));
+        // Lowercase hex after `req_`: always a valid header value.
+        RequestId(
+            HeaderValue::from_maybe_shared(id)
+                .unwrap_or_else(|_| HeaderValue::from_static("req_unknown")),
+        )
     }
 
     /// The upstream's id, if it is one a client can be given: 1 to
@@ -58,7 +65,10 @@ impl RequestId {
                 )
         };
         let valid = !id.is_empty() && id.len() <= MAX_UPSTREAM_ID && id.bytes().all(|b| safe(&b));
-        valid.then(|| RequestId(id.into()))
+        if !valid {
+            return None;
+        }
+        HeaderValue::from_str(id).ok().map(RequestId)
     }
 
     /// The id the client is answered with: the upstream's when it gave a usable one (then
@@ -74,16 +84,14 @@ impl RequestId {
     }
 
     pub(crate) fn as_str(&self) -> &str {
-        &self.0
+        // Only ever made of visible ASCII (above), which `to_str` accepts.
+        self.0.to_str().unwrap_or_default()
     }
 
     /// Sets `x-request-id` unless the answer already has one (the upstream's).
     pub(crate) fn set_on(&self, headers: &mut HeaderMap) {
-        if headers.contains_key(&X_REQUEST_ID) {
-            return;
-        }
-        if let Ok(value) = HeaderValue::from_str(&self.0) {
-            headers.insert(X_REQUEST_ID.clone(), value);
+        if !headers.contains_key(&X_REQUEST_ID) {
+            headers.insert(X_REQUEST_ID.clone(), self.0.clone());
         }
     }
 }
