@@ -159,7 +159,6 @@ impl Telemetry {
                 .with_batch_exporter(exporter)
                 .build();
             let tracer = provider.tracer("tower-llm-gateway");
-            TRACES_ON.store(true, Ordering::Release);
             Some((provider, tracer))
         } else {
             None
@@ -169,6 +168,8 @@ impl Telemetry {
         } else {
             None
         };
+        // Only once everything started: a failed start leaves the gateway as it was.
+        TRACES_ON.store(tracer.is_some(), Ordering::Release);
         Ok(Telemetry {
             endpoint: t.endpoint.clone(),
             tracer,
@@ -744,5 +745,133 @@ impl<R: Recorder> Recorder for OtelRecorder<R> {
         }));
         state.histograms.insert(key.clone(), histogram.clone());
         histogram
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Mutex;
+
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
+    use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+    use opentelemetry_sdk::metrics::{PeriodicReader, Temporality};
+
+    use super::*;
+
+    /// One exported data point: metric name, unit, attributes and value (a histogram's sum,
+    /// with its count).
+    type Point = (String, String, Vec<(String, String)>, f64, u64);
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<Point>>>);
+
+    impl PushMetricExporter for Capture {
+        async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+            let mut points = self.0.lock().unwrap();
+            points.clear();
+            for metric in metrics.scope_metrics().flat_map(|s| s.metrics()) {
+                let mut push = |attributes: Vec<(String, String)>, value: f64, count: u64| {
+                    points.push((
+                        metric.name().to_owned(),
+                        metric.unit().to_owned(),
+                        attributes,
+                        value,
+                        count,
+                    ));
+                };
+                let pairs = |kvs: &mut dyn Iterator<Item = &KeyValue>| {
+                    let mut pairs: Vec<(String, String)> = kvs
+                        .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                        .collect();
+                    pairs.sort();
+                    pairs
+                };
+                match metric.data() {
+                    AggregatedMetrics::U64(MetricData::Sum(sum)) => {
+                        for p in sum.data_points() {
+                            push(pairs(&mut p.attributes()), p.value() as f64, 0);
+                        }
+                    }
+                    AggregatedMetrics::F64(MetricData::Gauge(gauge)) => {
+                        for p in gauge.data_points() {
+                            push(pairs(&mut p.attributes()), p.value(), 0);
+                        }
+                    }
+                    AggregatedMetrics::F64(MetricData::Histogram(histogram)) => {
+                        for p in histogram.data_points() {
+                            push(pairs(&mut p.attributes()), p.sum(), p.count());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+
+        fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+
+        fn temporality(&self) -> Temporality {
+            Temporality::Cumulative
+        }
+    }
+
+    #[test]
+    fn the_recorder_forwards_counters_gauges_and_histograms_with_the_genai_names() {
+        let capture = Capture::default();
+        let reader = PeriodicReader::builder(capture.clone())
+            .with_interval(Duration::from_secs(3600))
+            .build();
+        let provider = SdkMeterProvider::builder().with_reader(reader).build();
+        let recorder = OtelRecorder::new(metrics::NoopRecorder, provider.meter("test"));
+        metrics::with_local_recorder(&recorder, || {
+            metrics::describe_counter!("requests_total", Unit::Count, "requests answered");
+            metrics::counter!("requests_total", "route" => "/x").increment(2);
+            metrics::counter!("requests_total", "route" => "/x").increment(3);
+            // `absolute` never takes a cumulative sum back.
+            metrics::counter!("requests_total", "route" => "/x").absolute(4);
+            metrics::counter!("requests_total", "route" => "/y").absolute(7);
+            metrics::gauge!("in_flight").increment(2.0);
+            metrics::gauge!("in_flight").decrement(0.5);
+            metrics::histogram!(
+                tower_llm_providers::METRIC_OPERATION_DURATION,
+                "gen_ai_request_model" => "m",
+                "error_type" => "timeout"
+            )
+            .record(0.25);
+        });
+        provider.force_flush().unwrap();
+        let points = capture.0.lock().unwrap().clone();
+        let find = |name: &str, attributes: &[(&str, &str)]| {
+            let attributes: Vec<(String, String)> = attributes
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            points
+                .iter()
+                .find(|p| p.0 == name && p.2 == attributes)
+                .unwrap_or_else(|| panic!("no {name} {attributes:?} in {points:?}"))
+                .clone()
+        };
+        assert_eq!(find("requests_total", &[("route", "/x")]).3, 5.0);
+        assert_eq!(find("requests_total", &[("route", "/y")]).3, 7.0);
+        assert_eq!(find("requests_total", &[("route", "/x")]).1, "1");
+        assert_eq!(find("in_flight", &[]).3, 1.5);
+        let duration = find(
+            "gen_ai.client.operation.duration",
+            &[("error.type", "timeout"), ("gen_ai.request.model", "m")],
+        );
+        assert_eq!(
+            (duration.1.as_str(), duration.3, duration.4),
+            ("s", 0.25, 1)
+        );
+        provider.shutdown().unwrap();
     }
 }
