@@ -115,6 +115,22 @@ impl<K, C, T, H> RateLimitBuilder<K, C, T, H> {
         self
     }
 
+    /// An adaptive concurrency limit per key instead of a fixed one: lowered when the
+    /// upstream says it is overloaded (429 without a retry hint, 529/503, timeouts), raised
+    /// while calls succeed, capped by the provider's headers when
+    /// [`adapt_to_headers`](Self::adapt_to_headers) reads them; see
+    /// [`AdaptiveConcurrency`](crate::AdaptiveConcurrency). Calls over the limit wait in
+    /// the key's queue like calls over a fixed [`concurrency`](Self::concurrency), which
+    /// cannot be set with it.
+    ///
+    /// A 429 that carries a retry hint still pauses the key for it (see
+    /// [`pause_on_rate_limit`](Self::pause_on_rate_limit)); one without a hint lowers the
+    /// limit instead of pausing for [`default_pause`](Self::default_pause).
+    pub fn adaptive_concurrency(mut self, settings: crate::AdaptiveConcurrency) -> Self {
+        self.config.adaptive = Some(settings);
+        self
+    }
+
     /// At least `spacing` between the starts of two calls of a key.
     pub fn min_spacing(mut self, spacing: Duration) -> Self {
         self.config.spacing = Some(spacing);
@@ -248,6 +264,15 @@ impl<K, C, T, H> RateLimitBuilder<K, C, T, H> {
         };
         if c.concurrency == Some(0) {
             return refuse("concurrency", "must be at least 1");
+        }
+        if let Some(adaptive) = &c.adaptive {
+            if c.concurrency.is_some() {
+                return refuse(
+                    "adaptive_concurrency",
+                    "cannot be set with concurrency (its max is the ceiling)",
+                );
+            }
+            adaptive.validate()?;
         }
         if c.spacing
             .is_some_and(|s| s > Duration::from_secs(24 * 3600))

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tower_llm_core::TokenCounting;
 
+use crate::adaptive::AdaptiveConcurrency;
 use crate::quota::Quota;
 
 /// What to do with a call's tokens once its actual usage is known.
@@ -78,6 +79,7 @@ pub enum BackendFailure {
 pub(crate) struct Config {
     pub(crate) name: Cow<'static, str>,
     pub(crate) concurrency: Option<usize>,
+    pub(crate) adaptive: Option<AdaptiveConcurrency>,
     pub(crate) spacing: Option<Duration>,
     pub(crate) requests: Option<Quota>,
     pub(crate) tokens: Option<Quota>,
@@ -97,6 +99,7 @@ impl Default for Config {
         Config {
             name: Cow::Borrowed(crate::observe::DEFAULT_NAME),
             concurrency: None,
+            adaptive: None,
             spacing: None,
             requests: None,
             tokens: None,
@@ -110,5 +113,13 @@ impl Default for Config {
             #[cfg(feature = "redis")]
             redis: None,
         }
+    }
+}
+
+impl Config {
+    /// Whether calls in flight are counted: a static or an adaptive concurrency limit.
+    #[inline]
+    pub(crate) fn counts_in_flight(&self) -> bool {
+        self.concurrency.is_some() || self.adaptive.is_some()
     }
 }

@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
-use tower_llm_core::{BoxError, Classify, Outcome};
+use tower_llm_core::{BoxError, Classify};
 use tower_service::Service;
 
 use crate::config::Reconcile;
@@ -202,7 +202,7 @@ where
         Err(_) => (None, None),
     };
     let outcome = classifier.classify(result);
-    permit.complete(outcome, usage, headers);
+    permit.complete(Some(outcome), usage, headers);
 }
 
 /// The reconcile setting for this response: the provider's way of counting under
@@ -243,9 +243,9 @@ where
                 .usage()
                 .filter(|_| counts_tokens)
                 .map(|usage| (usage.total(), reconcile));
-            // A dropped stream says nothing about the upstream: no outcome, no pause.
-            let outcome = end.outcome().unwrap_or(Outcome::Success);
-            held.complete(outcome, usage, None);
+            // A dropped stream says nothing about the upstream: no outcome, no pause, no
+            // move of an adaptive limit.
+            held.complete(end.outcome(), usage, None);
         });
     }
 }

@@ -1,6 +1,7 @@
 //! The handle: a layer's stats and controls, reachable after the stack is boxed.
 
 use std::fmt;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +60,16 @@ impl RateLimitHandle {
     /// A snapshot of the counters and state shared by every service of the layer.
     pub fn stats(&self) -> RateLimitStats {
         self.shared.stats()
+    }
+
+    /// The adaptive concurrency limit of one key now: `key` as the
+    /// [key function](crate::RateLimitBuilder::key_fn) returns it (the same type). `None`
+    /// when the limiter has no adaptive limit or does not track that key (it has no call
+    /// in flight or waiting, and was forgotten or never seen: it would start at the
+    /// initial limit). For a limiter without a key function, see
+    /// [`RateLimitStats::concurrency_limit`].
+    pub fn concurrency_limit<K: Hash + Eq + 'static>(&self, key: &K) -> Option<usize> {
+        self.shared.keys.find(key)?.concurrency().1
     }
 
     /// Sends nothing, on any key, for `pause` from now: new and queued calls wait (and are

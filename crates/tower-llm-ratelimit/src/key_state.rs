@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
 
+use crate::adaptive::{AdaptiveLimit, LimitChange, Verdict};
 use crate::config::Config;
 use crate::error::Rejection;
 use crate::headers::{ServerLimit, ServerLimits};
@@ -51,6 +52,11 @@ pub(crate) struct Limits {
     pub(crate) requests: Option<Budget>,
     pub(crate) tokens: Option<Budget>,
     pub(crate) in_flight: usize,
+    /// Calls that may be in flight: the fixed concurrency, the adaptive limit's current
+    /// value, or `usize::MAX` (kept here so the check on the hot path is one comparison).
+    pub(crate) concurrency_limit: usize,
+    /// The adaptive limit, when there is one.
+    pub(crate) adaptive: Option<AdaptiveLimit>,
     pub(crate) last_start: Option<u64>,
     pub(crate) paused_until: u64,
     server_requests: Option<ServerHint>,
@@ -68,6 +74,8 @@ pub(crate) struct Limits {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Admission {
     pub(crate) tokens: Option<Charge>,
+    /// When the call was admitted.
+    pub(crate) started: u64,
 }
 
 impl Limits {
@@ -92,7 +100,7 @@ impl Limits {
         }
         if at > now {
             Some(Blocked::Until(at))
-        } else if config.concurrency.is_some_and(|max| self.in_flight >= max) {
+        } else if self.in_flight >= self.concurrency_limit {
             Some(Blocked::Concurrency)
         } else {
             None
@@ -145,6 +153,7 @@ impl Limits {
         }
         Admission {
             tokens: self.tokens.as_mut().map(|b| b.charge(now, cost)),
+            started: now,
         }
     }
 
@@ -169,18 +178,51 @@ impl Limits {
             .max(now.saturating_add(duration_ns(pause)));
     }
 
-    pub(crate) fn learn(&mut self, now: u64, limits: ServerLimits) {
+    /// Takes in the server's word; with an adaptive limit, the requests left cap it (the
+    /// change, if the limit moved).
+    pub(crate) fn learn(
+        &mut self,
+        config: &Config,
+        now: u64,
+        limits: ServerLimits,
+    ) -> Option<LimitChange> {
         let hint = |l: ServerLimit| ServerHint {
             remaining: l.remaining,
             reset_at: now.saturating_add(duration_ns(l.reset_in.min(MAX_SERVER_WAIT))),
             used: 0,
         };
-        if let Some(l) = limits.requests {
-            self.server_requests = Some(hint(l));
-        }
         if let Some(l) = limits.tokens {
             self.server_tokens = Some(hint(l));
         }
+        let l = limits.requests?;
+        let hint = hint(l);
+        self.server_requests = Some(hint);
+        let (Some(settings), Some(adaptive)) = (&config.adaptive, &mut self.adaptive) else {
+            return None;
+        };
+        let change = adaptive.cap(settings, l.remaining, hint.reset_at, now);
+        self.concurrency_limit = adaptive.effective(settings, now);
+        change
+    }
+
+    /// Frees a running call's slot; with an adaptive limit, records what its end says (the
+    /// change, if the limit moved).
+    #[inline]
+    pub(crate) fn release(
+        &mut self,
+        config: &Config,
+        verdict: Verdict,
+        started: u64,
+        now: u64,
+    ) -> Option<LimitChange> {
+        let in_flight = self.in_flight;
+        self.in_flight = in_flight.saturating_sub(1);
+        let (Some(settings), Some(adaptive)) = (&config.adaptive, &mut self.adaptive) else {
+            return None;
+        };
+        let change = adaptive.record(settings, verdict, in_flight, started, now);
+        self.concurrency_limit = adaptive.effective(settings, now);
+        change
     }
 
     pub(crate) fn at_rest(&self, config: &Config, now: u64) -> bool {
@@ -244,6 +286,11 @@ impl KeyState {
                 requests: config.requests.filter(|_| local).map(Budget::new),
                 tokens: config.tokens.filter(|_| local).map(Budget::new),
                 in_flight: 0,
+                concurrency_limit: config
+                    .concurrency
+                    .or(config.adaptive.as_ref().map(|a| a.initial))
+                    .unwrap_or(usize::MAX),
+                adaptive: config.adaptive.as_ref().map(AdaptiveLimit::new),
                 last_start: None,
                 paused_until: 0,
                 server_requests: None,
@@ -287,7 +334,7 @@ impl KeyState {
         if limits.queue.is_empty() {
             match limits.blocked(limiter, now, cost) {
                 None if !limiter.remote() => {
-                    let admission = limits.admit(now, cost, config.concurrency.is_some());
+                    let admission = limits.admit(now, cost, config.counts_in_flight());
                     return Start::Now(admission);
                 }
                 // Free locally: first in line, it goes to ask the shared store at once.
@@ -311,6 +358,18 @@ impl KeyState {
             return Start::Rejected(Rejection::Deadline, wait);
         }
         Start::Queued(limits.enqueue(cost), true)
+    }
+
+    /// Calls in flight under this key and, with an adaptive limit, its current value.
+    pub(crate) fn concurrency(&self) -> (usize, Option<usize>) {
+        let limits = self.lock();
+        (
+            limits.in_flight,
+            limits
+                .adaptive
+                .is_some()
+                .then_some(limits.concurrency_limit),
+        )
     }
 
     /// Whether this key came from a key function (every key but the single one of a

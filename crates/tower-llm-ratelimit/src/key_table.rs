@@ -65,8 +65,20 @@ impl KeyTable {
         Some(state)
     }
 
+    /// The state of `key` if it is tracked (never made).
+    pub(crate) fn find<K: Hash + Eq + 'static>(&self, key: &K) -> Option<Arc<KeyState>> {
+        let hash = self.hasher.hash_one(key);
+        let guard = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .0
+            .get(&hash)?
+            .iter()
+            .find(|(k, _)| k.downcast_ref::<K>() == Some(key))
+            .map(|(_, state)| state.clone())
+    }
+
     /// Runs `f` on every tracked key's state (outside the table's lock).
-    pub(crate) fn for_each(&self, f: impl Fn(&KeyState)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&KeyState)) {
         let states: Vec<Arc<KeyState>> = {
             let guard = self.map.lock().unwrap_or_else(|e| e.into_inner());
             guard.0.values().flatten().map(|(_, s)| s.clone()).collect()

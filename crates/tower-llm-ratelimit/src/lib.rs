@@ -245,6 +245,7 @@
 
 #![forbid(unsafe_code)]
 
+mod adaptive;
 mod builder;
 mod config;
 mod error;
@@ -265,6 +266,7 @@ mod service;
 mod stats;
 mod ticket;
 
+pub use adaptive::AdaptiveConcurrency;
 pub use builder::RateLimitBuilder;
 pub use config::{BackendFailure, Reconcile};
 pub use error::{ConfigError, RequestTooLarge};

@@ -106,6 +106,21 @@ impl Shared {
         stats.admitted += admitted;
         stats.tokens_reserved += tokens_reserved;
         stats.tracked_keys = self.keys.len();
+        if limiter.config.counts_in_flight() {
+            let (mut in_flight, single_limit) = self.single.concurrency();
+            let mut lowest: Option<usize> = None;
+            self.keys.for_each(|key| {
+                let (calls, limit) = key.concurrency();
+                in_flight += calls;
+                lowest = match (lowest, limit) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            });
+            stats.in_flight = in_flight;
+            // No tracked key: the single key's limit (for a keyed limiter, the initial one).
+            stats.concurrency_limit = lowest.or(single_limit);
+        }
         let now = limiter.now();
         let until = limiter.paused_until();
         stats.paused_for = (until > now).then(|| Duration::from_nanos(until - now));

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tower_llm_core::FailureKind;
 
+use crate::adaptive::LimitChange;
 use crate::error::Rejection;
 use crate::headers::ServerLimits;
 use crate::stats::{RateLimitStats, Stats};
@@ -30,6 +31,12 @@ const METRIC_TOKENS_REFUNDED: &str = "tower_llm_ratelimit_tokens_refunded_total"
 const METRIC_TOKENS_CHARGED: &str = "tower_llm_ratelimit_tokens_charged_total";
 #[cfg(feature = "metrics")]
 const METRIC_PAUSES: &str = "tower_llm_ratelimit_pauses_total";
+#[cfg(feature = "metrics")]
+const METRIC_CONCURRENCY_LIMIT: &str = "tower_llm_ratelimit_concurrency_limit";
+#[cfg(feature = "metrics")]
+const METRIC_LIMIT_DECREASES: &str = "tower_llm_ratelimit_limit_decreases_total";
+#[cfg(feature = "metrics")]
+const METRIC_LIMIT_INCREASES: &str = "tower_llm_ratelimit_limit_increases_total";
 
 /// The default `name` of a limiter.
 pub(crate) const DEFAULT_NAME: &str = "ratelimit";
@@ -204,6 +211,55 @@ impl Observe {
         tracing::info!(name = &*self.name, "resumed by the handle");
     }
 
+    /// An adaptive limit moved by whole calls: up after successes (debug), down after an
+    /// overload or the provider's headers (debug; warn when it reaches its minimum).
+    pub(crate) fn limit_changed(&self, change: LimitChange, keyed: bool) {
+        let up = change.to > change.from;
+        self.stats.limit_moved(up);
+        #[cfg(feature = "metrics")]
+        if let Some(m) = self.metrics.get() {
+            m.concurrency_limit.set(change.to as f64);
+            if up {
+                m.limit_increases.increment(1);
+            } else {
+                m.limit_decreased(&self.name, change.cause.as_str());
+            }
+        }
+        #[cfg(feature = "tracing")]
+        {
+            let (from, to, cause) = (change.from, change.to, change.cause.as_str());
+            if up {
+                tracing::debug!(
+                    name = &*self.name,
+                    keyed,
+                    from,
+                    to,
+                    "concurrency limit increased"
+                );
+            } else if change.at_min {
+                tracing::warn!(
+                    name = &*self.name,
+                    keyed,
+                    from,
+                    to,
+                    cause,
+                    "concurrency limit at its minimum"
+                );
+            } else {
+                tracing::debug!(
+                    name = &*self.name,
+                    keyed,
+                    from,
+                    to,
+                    cause,
+                    "concurrency limit decreased"
+                );
+            }
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = keyed;
+    }
+
     /// The provider's headers said what is left of its limits.
     pub(crate) fn learnt(&self, limits: &ServerLimits, keyed: bool) {
         #[cfg(feature = "tracing")]
@@ -238,6 +294,8 @@ struct Metrics {
     rejected_backend: metrics::Counter,
     pauses_rate_limited: metrics::Counter,
     pauses_circuit_open: metrics::Counter,
+    concurrency_limit: metrics::Gauge,
+    limit_increases: metrics::Counter,
 }
 
 #[cfg(feature = "metrics")]
@@ -270,7 +328,21 @@ impl Metrics {
             rejected_backend: rejected(Rejection::Backend),
             pauses_rate_limited: pauses(FailureKind::RateLimited),
             pauses_circuit_open: pauses(FailureKind::CircuitOpen),
+            concurrency_limit: metrics::gauge!(METRIC_CONCURRENCY_LIMIT, labels(&[])),
+            limit_increases: metrics::counter!(METRIC_LIMIT_INCREASES, labels(&[])),
         }
+    }
+
+    /// Decreases are rare (at most one per round trip and key): their `cause` label, from a
+    /// closed set, is made when one happens.
+    #[cold]
+    fn limit_decreased(&self, name: &Cow<'static, str>, cause: &'static str) {
+        metrics::counter!(
+            METRIC_LIMIT_DECREASES,
+            "name" => name.clone(),
+            "cause" => cause
+        )
+        .increment(1);
     }
 
     fn rejected(&self, reason: Rejection) -> &metrics::Counter {
@@ -325,6 +397,21 @@ fn describe() {
             METRIC_TOKENS_CHARGED,
             Unit::Count,
             "Tokens charged when a call used more than it reserved."
+        );
+        metrics::describe_gauge!(
+            METRIC_CONCURRENCY_LIMIT,
+            Unit::Count,
+            "The adaptive concurrency limit (the key that moved last)."
+        );
+        metrics::describe_counter!(
+            METRIC_LIMIT_DECREASES,
+            Unit::Count,
+            "Times an adaptive concurrency limit was lowered, by cause."
+        );
+        metrics::describe_counter!(
+            METRIC_LIMIT_INCREASES,
+            Unit::Count,
+            "Times an adaptive concurrency limit was raised by one call or more."
         );
         metrics::describe_counter!(
             METRIC_PAUSES,

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use tower_llm_core::{FailureKind, Outcome};
 
+use crate::adaptive::Verdict;
 use crate::config::Reconcile;
 use crate::headers::ServerLimits;
 use crate::key_state::{Admission, KeyState, MAX_SERVER_WAIT};
@@ -43,25 +44,35 @@ impl Permit {
         &self.key.limiter
     }
 
-    /// Records how the call ended: reconciles tokens, pauses on a 429, learns from headers,
-    /// frees the concurrency slot.
+    /// Records how the call ended (`None`: the caller dropped its stream, which says
+    /// nothing of the upstream): reconciles tokens, pauses on a 429, learns from headers,
+    /// moves an adaptive limit, frees the concurrency slot.
     #[inline]
     pub(crate) fn complete(
         &mut self,
-        outcome: Outcome,
+        outcome: Option<Outcome>,
         usage: Option<(u64, Reconcile)>,
         server: Option<&http::HeaderMap>,
     ) {
         self.done = true;
         let config = &self.key.limiter.config;
         let pause = match outcome {
-            Outcome::Failure(f)
+            Some(Outcome::Failure(f))
                 if config.pause_on_rate_limit
                     && matches!(f.kind, FailureKind::RateLimited | FailureKind::CircuitOpen) =>
             {
-                Some((f.retry_after.unwrap_or(config.default_pause), f.kind))
+                match f.retry_after {
+                    Some(hint) => Some((hint, f.kind)),
+                    // An adaptive limit answers a 429 that names no time by lowering itself.
+                    None if config.adaptive.is_some() && f.kind == FailureKind::RateLimited => None,
+                    None => Some((config.default_pause, f.kind)),
+                }
             }
             _ => None,
+        };
+        let verdict = match &config.adaptive {
+            Some(settings) => settings.verdict(outcome),
+            None => Verdict::Neutral,
         };
         let learned = server.and_then(|headers| server_limits(&self.key.limiter, headers));
         // `usage` comes with the reconcile setting resolved for its response.
@@ -75,12 +86,12 @@ impl Permit {
         .filter(|d| *d != 0);
         if pause.is_none() && learned.is_none() && delta.is_none() {
             // Nothing to record but maybe a slot to free: the common success.
-            if config.concurrency.is_some() {
-                self.free_slot();
+            if config.counts_in_flight() {
+                self.free_slot(verdict);
             }
             return;
         }
-        self.settle(pause, learned, delta);
+        self.settle(verdict, pause, learned, delta);
     }
 
     /// Moves the claim into a new permit (held by a stream's end hook); this one is left
@@ -100,19 +111,40 @@ impl Permit {
     pub(crate) fn learn(&self, server: &http::HeaderMap) {
         if let Some(learned) = server_limits(&self.key.limiter, server) {
             self.key.limiter.observe.learnt(&learned, self.key.keyed());
-            let now = self.key.limiter.now();
-            let mut limits = self.key.lock();
-            limits.learn(now, learned);
-            limits.wake_head();
+            let limiter = &self.key.limiter;
+            let now = limiter.now();
+            let change = {
+                let mut limits = self.key.lock();
+                let change = limits.learn(&limiter.config, now, learned);
+                limits.wake_head();
+                change
+            };
+            if let Some(change) = change {
+                limiter.observe.limit_changed(change, self.key.keyed());
+            }
         }
     }
 
-    /// Gives the concurrency slot back and lets the first waiter look again.
+    /// Gives the concurrency slot back (recording `verdict` in an adaptive limit) and lets
+    /// the first waiter look again.
     #[inline]
-    fn free_slot(&self) {
-        let mut limits = self.key.lock();
-        limits.in_flight = limits.in_flight.saturating_sub(1);
-        limits.wake_head();
+    fn free_slot(&self, verdict: Verdict) {
+        let limiter = &self.key.limiter;
+        let change = {
+            let mut limits = self.key.lock();
+            // The clock only for an adaptive limit (a server's cap may have run out).
+            let now = if limiter.config.adaptive.is_some() {
+                limiter.now()
+            } else {
+                0
+            };
+            let change = limits.release(&limiter.config, verdict, self.admission.started, now);
+            limits.wake_head();
+            change
+        };
+        if let Some(change) = change {
+            limiter.observe.limit_changed(change, self.key.keyed());
+        }
     }
 
     /// The part of [`complete`](Self::complete) that records something (a pause, the
@@ -120,6 +152,7 @@ impl Permit {
     #[inline(never)]
     fn settle(
         &self,
+        verdict: Verdict,
         pause: Option<(Duration, FailureKind)>,
         learned: Option<ServerLimits>,
         delta: Option<i128>,
@@ -136,8 +169,9 @@ impl Permit {
             backend.reconcile(config, key, charge, d);
         }
         let mut limits = self.key.lock();
-        if config.concurrency.is_some() {
-            limits.in_flight = limits.in_flight.saturating_sub(1);
+        let mut changes = [None, None];
+        if config.counts_in_flight() {
+            changes[0] = limits.release(config, verdict, self.admission.started, now);
         }
         let observe = &self.key.limiter.observe;
         if let Some((pause, cause)) = pause {
@@ -146,7 +180,7 @@ impl Permit {
         }
         if let Some(learned) = learned {
             observe.learnt(&learned, self.key.keyed());
-            limits.learn(now, learned);
+            changes[1] = limits.learn(config, now, learned);
         }
         if let Some(delta) = delta {
             let amount = delta.unsigned_abs().min(u128::from(u64::MAX)) as u64;
@@ -164,6 +198,10 @@ impl Permit {
             }
         }
         limits.wake_head();
+        drop(limits);
+        for change in changes.into_iter().flatten() {
+            observe.limit_changed(change, self.key.keyed());
+        }
     }
 }
 
@@ -179,8 +217,9 @@ fn server_limits(limiter: &Limiter, headers: &http::HeaderMap) -> Option<ServerL
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if !self.done && self.key.limiter.config.concurrency.is_some() {
-            self.free_slot();
+        // A cancelled call says nothing of the upstream: its slot is freed, no more.
+        if !self.done && self.key.limiter.config.counts_in_flight() {
+            self.free_slot(Verdict::Neutral);
         }
     }
 }

@@ -16,6 +16,8 @@ pub(crate) struct Stats {
     tokens_refunded: AtomicU64,
     tokens_charged: AtomicU64,
     pauses: AtomicU64,
+    limit_decreases: AtomicU64,
+    limit_increases: AtomicU64,
 }
 
 /// A snapshot of a limiter's counters and state, from
@@ -45,6 +47,18 @@ pub struct RateLimitStats {
     pub tokens_charged: u64,
     /// Pauses started by a 429 or an open circuit.
     pub pauses: u64,
+    /// Calls in flight right now, all keys (counted only with a fixed or adaptive
+    /// concurrency limit; 0 otherwise).
+    pub in_flight: usize,
+    /// The adaptive concurrency limit now: the single key's when there is no key function,
+    /// the lowest of the tracked keys' otherwise (the initial limit while no key is
+    /// tracked; `None`: no adaptive limit). One key's: [`RateLimitHandle::concurrency_limit`](crate::RateLimitHandle::concurrency_limit).
+    pub concurrency_limit: Option<usize>,
+    /// Times an adaptive limit was lowered by whole calls (an overload, the provider's
+    /// headers).
+    pub limit_decreases: u64,
+    /// Times an adaptive limit was raised by a whole call (successes).
+    pub limit_increases: u64,
     /// Keys tracked right now (keys other than the single default one of
     /// [`NoKey`](crate::NoKey)).
     pub tracked_keys: usize,
@@ -71,6 +85,10 @@ impl Stats {
             tokens_refunded: self.tokens_refunded.load(Ordering::Relaxed),
             tokens_charged: self.tokens_charged.load(Ordering::Relaxed),
             pauses: self.pauses.load(Ordering::Relaxed),
+            in_flight: 0,
+            concurrency_limit: None,
+            limit_decreases: self.limit_decreases.load(Ordering::Relaxed),
+            limit_increases: self.limit_increases.load(Ordering::Relaxed),
             tracked_keys: 0,
             paused_for: None,
         }
@@ -116,5 +134,16 @@ impl Stats {
 
     pub(crate) fn paused(&self) {
         self.pauses.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Stats {
+    /// Counts an adaptive limit's move.
+    pub(crate) fn limit_moved(&self, up: bool) {
+        if up {
+            self.limit_increases.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.limit_decreases.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }

@@ -121,7 +121,7 @@ impl Ticket {
             limits.queued_tokens = limits.queued_tokens.saturating_sub(self.cost);
         }
         let admission = if admit {
-            let counts = self.limiter.config.concurrency.is_some();
+            let counts = self.limiter.config.counts_in_flight();
             limits.admit(now, self.cost, counts)
         } else {
             Admission::default()

@@ -1,0 +1,283 @@
+//! The adaptive concurrency limit over a mock upstream with a hidden capacity: concurrent
+//! calls beyond it are answered 429 (without a retry hint, as a gateway that counts
+//! connections does). Closed-loop callers offer three times the capacity; each figure is
+//! printed (`cargo test -p tower-llm-ratelimit --test adaptive -- --nocapture`) and the goals
+//! asserted: after convergence goodput at least 90 % of the capacity with at most 2 % of the
+//! calls sent answered 429, the same workload under a static limit twice too high and twice
+//! too low for comparison, and a halved capacity followed within a few seconds.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower::{ServiceExt, service_fn};
+use tower_layer::Layer;
+use tower_llm_core::BoxError;
+use tower_llm_ratelimit::{AdaptiveConcurrency, RateLimitHandle, RateLimitLayer};
+
+/// How long a call the upstream accepts takes, on average (uniform within ±20 %).
+const LATENCY: Duration = Duration::from_millis(100);
+/// How long the upstream takes to refuse a call over its capacity.
+const REFUSAL: Duration = Duration::from_millis(5);
+
+/// The upstream: at most `capacity` calls at once; the others are refused with a 429.
+#[derive(Clone)]
+struct Upstream {
+    capacity: Arc<AtomicUsize>,
+    running: Arc<AtomicUsize>,
+    /// Per call sent: (started at, accepted, how long it ran).
+    log: Arc<Mutex<Vec<(Duration, bool, Duration)>>>,
+    seed: Arc<AtomicU64>,
+    start: Instant,
+}
+
+impl Upstream {
+    fn new(capacity: usize) -> Self {
+        Upstream {
+            capacity: Arc::new(AtomicUsize::new(capacity)),
+            running: Arc::new(AtomicUsize::new(0)),
+            log: Arc::default(),
+            seed: Arc::new(AtomicU64::new(0x9E37_79B9_7F4A_7C15)),
+            start: Instant::now(),
+        }
+    }
+
+    /// A latency within ±20 % of [`LATENCY`], from a fixed sequence (the run is repeatable).
+    fn latency(&self) -> Duration {
+        let x = self
+            .seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let spread = (x >> 33) % 41; // 0..=40
+        LATENCY * (80 + spread as u32) / 100
+    }
+
+    fn service(
+        self,
+    ) -> impl tower::Service<(), Response = http::Response<()>, Error = BoxError, Future = impl Send>
+    + Clone
+    + Send {
+        let upstream = self;
+        service_fn(move |()| {
+            let u = upstream.clone();
+            async move {
+                let started = u.start.elapsed();
+                let running = u.running.fetch_add(1, Ordering::SeqCst);
+                struct Leave(Arc<AtomicUsize>);
+                impl Drop for Leave {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                let leave = Leave(u.running.clone());
+                if running >= u.capacity.load(Ordering::SeqCst) {
+                    drop(leave);
+                    tokio::time::sleep(REFUSAL).await;
+                    u.log.lock().expect("log").push((started, false, REFUSAL));
+                    let refused = http::Response::builder()
+                        .status(429)
+                        .body(())
+                        .expect("response");
+                    return Ok::<_, BoxError>(refused);
+                }
+                let latency = u.latency();
+                tokio::time::sleep(latency).await;
+                drop(leave);
+                u.log.lock().expect("log").push((started, true, latency));
+                Ok(http::Response::new(()))
+            }
+        })
+    }
+
+    /// Goodput (busy time of accepted calls over `capacity × window`, as a fraction) and
+    /// the share of calls answered 429, for calls started within `from..to`.
+    fn figures(&self, from: Duration, to: Duration, capacity: usize) -> Figures {
+        let log = self.log.lock().expect("log");
+        let inside = log.iter().filter(|(at, _, _)| *at >= from && *at < to);
+        let (mut calls, mut refused, mut busy) = (0u64, 0u64, Duration::ZERO);
+        for (_, accepted, ran) in inside {
+            calls += 1;
+            if *accepted {
+                busy += *ran;
+            } else {
+                refused += 1;
+            }
+        }
+        Figures {
+            goodput: busy.as_secs_f64() / ((to - from).as_secs_f64() * capacity as f64),
+            refused: refused as f64 / calls.max(1) as f64,
+            calls,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Figures {
+    goodput: f64,
+    refused: f64,
+    calls: u64,
+}
+
+/// Runs `callers` closed-loop callers through `layer` for `run`, halving the capacity at
+/// `halve_at` if given; returns the upstream and the limit sampled every 50 ms.
+async fn drive(
+    layer: RateLimitLayer,
+    upstream: &Upstream,
+    callers: usize,
+    run: Duration,
+    halve_at: Option<Duration>,
+) -> Vec<(Duration, Option<usize>)> {
+    let handle: RateLimitHandle = layer.handle();
+    let svc = layer.layer(upstream.clone().service());
+    let start = upstream.start;
+    let end = start + run;
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < end {
+                // Refusals of the limiter itself (none expected here) are counted by the
+                // handle; the upstream logs what it was sent.
+                let _ = svc.clone().oneshot(()).await;
+            }
+        }));
+    }
+    let mut samples = Vec::new();
+    let mut halved = false;
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = start.elapsed();
+        if let Some(at) = halve_at
+            && !halved
+            && now >= at
+        {
+            let c = upstream.capacity.load(Ordering::SeqCst);
+            upstream.capacity.store(c / 2, Ordering::SeqCst);
+            halved = true;
+        }
+        samples.push((now, handle.stats().concurrency_limit));
+    }
+    for t in tasks {
+        t.await.expect("caller");
+    }
+    assert_eq!(handle.stats().in_flight, 0, "every slot came back");
+    assert_eq!(handle.stats().waiting, 0);
+    samples
+}
+
+fn adaptive(capacity: usize) -> RateLimitLayer {
+    RateLimitLayer::builder()
+        .name("adaptive")
+        .adaptive_concurrency(
+            AdaptiveConcurrency::new()
+                .min(1)
+                .max(4 * capacity)
+                .initial(4),
+        )
+        .build()
+        .expect("config")
+}
+
+fn fixed(limit: usize, pause: bool) -> RateLimitLayer {
+    RateLimitLayer::builder()
+        .name("static")
+        .concurrency(limit)
+        .pause_on_rate_limit(pause)
+        .build()
+        .expect("config")
+}
+
+const CAPACITY: usize = 20;
+const CONVERGED: Duration = Duration::from_secs(10);
+const RUN: Duration = Duration::from_secs(40);
+
+#[tokio::test(start_paused = true)]
+async fn converges_near_the_hidden_capacity_and_beats_a_static_limit_set_wrong() {
+    let c = CAPACITY;
+    let callers = 3 * c;
+
+    let upstream = Upstream::new(c);
+    let layer = adaptive(c);
+    let handle = layer.handle();
+    let samples = drive(layer, &upstream, callers, RUN, None).await;
+    let ours = upstream.figures(CONVERGED, RUN, c);
+    let stats = handle.stats();
+    let limits: Vec<usize> = samples
+        .iter()
+        .filter(|(at, _)| *at >= CONVERGED)
+        .filter_map(|(_, l)| *l)
+        .collect();
+    let mean_limit = limits.iter().sum::<usize>() as f64 / limits.len() as f64;
+    eprintln!(
+        "adaptive (AIMD 0.9): capacity {c}, {callers} callers: goodput {:.1} %, 429s {:.2} % of {} calls, \
+         limit mean {mean_limit:.1} (min {}, max {}) after {CONVERGED:?}; {} decreases, {} increases",
+        ours.goodput * 100.0,
+        ours.refused * 100.0,
+        ours.calls,
+        limits.iter().min().expect("samples"),
+        limits.iter().max().expect("samples"),
+        stats.limit_decreases,
+        stats.limit_increases,
+    );
+
+    let mut comparisons = Vec::new();
+    for (label, limit, pause) in [
+        (
+            "static 2x too high, 429 pauses 1 s (the default)",
+            2 * c,
+            true,
+        ),
+        ("static 2x too high, no pause", 2 * c, false),
+        ("static 2x too low", c / 2, true),
+    ] {
+        let upstream = Upstream::new(c);
+        drive(fixed(limit, pause), &upstream, callers, RUN, None).await;
+        let f = upstream.figures(CONVERGED, RUN, c);
+        eprintln!(
+            "{label} (limit {limit}): goodput {:.1} %, 429s {:.2} % of {} calls",
+            f.goodput * 100.0,
+            f.refused * 100.0,
+            f.calls
+        );
+        comparisons.push(f);
+    }
+
+    assert!(ours.goodput >= 0.90, "goodput {:.3}", ours.goodput);
+    assert!(ours.refused <= 0.02, "429s {:.4}", ours.refused);
+    for f in &comparisons {
+        assert!(
+            ours.goodput > f.goodput || ours.refused < f.refused,
+            "a static limit set wrong did as well: {f:?} vs {ours:?}"
+        );
+    }
+    assert_eq!(stats.rejected, 0, "nothing refused locally: callers waited");
+}
+
+#[tokio::test(start_paused = true)]
+async fn follows_a_halved_capacity_within_seconds() {
+    let c = CAPACITY;
+    let halve_at = Duration::from_secs(20);
+    let upstream = Upstream::new(c);
+    let layer = adaptive(c);
+    let samples = drive(layer, &upstream, 3 * c, RUN, Some(halve_at)).await;
+    let followed = samples
+        .iter()
+        .find(|(at, limit)| *at > halve_at && limit.is_some_and(|l| l <= c / 2))
+        .map(|(at, _)| *at - halve_at)
+        .expect("the limit came down to the new capacity");
+    let before = upstream.figures(CONVERGED, halve_at, c);
+    let after = upstream.figures(halve_at + Duration::from_secs(5), RUN, c / 2);
+    eprintln!(
+        "capacity {c} halved to {} at {halve_at:?}: the limit was at or under it {followed:?} later; \
+         before: goodput {:.1} %, 429s {:.2} %; from 5 s after: goodput {:.1} %, 429s {:.2} %",
+        c / 2,
+        before.goodput * 100.0,
+        before.refused * 100.0,
+        after.goodput * 100.0,
+        after.refused * 100.0,
+    );
+    assert!(followed <= Duration::from_secs(3), "took {followed:?}");
+    assert!(after.goodput >= 0.90, "goodput after {:.3}", after.goodput);
+    assert!(after.refused <= 0.03, "429s after {:.4}", after.refused);
+}
