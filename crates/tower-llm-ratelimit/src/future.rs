@@ -61,6 +61,9 @@ pin_project! {
         sleep: Sleep,
         sleep_at: u64,
         deadline: u64,
+        // Why a call still waiting at `deadline` is refused: its wait ran past `max_wait`,
+        // or reached the call's own deadline first.
+        expiry: Rejection,
         not_before: u64,
         ticket: Ticket,
         service: Option<S>,
@@ -104,7 +107,7 @@ impl<S: Service<Req>, Req, C, T, H> ResponseFuture<S, Req, C, T, H> {
 
     pub(crate) fn waiting(
         ticket: Ticket,
-        deadline: u64,
+        (deadline, expiry): (u64, Rejection),
         service: S,
         request: Req,
         classifier: C,
@@ -116,6 +119,7 @@ impl<S: Service<Req>, Req, C, T, H> ResponseFuture<S, Req, C, T, H> {
                     sleep,
                     sleep_at: deadline,
                     deadline,
+                    expiry,
                     not_before: 0,
                     ticket,
                     service: Some(service),
@@ -264,6 +268,7 @@ where
         mut sleep,
         sleep_at,
         deadline,
+        expiry,
         not_before,
         ticket,
         service,
@@ -294,7 +299,7 @@ where
                         let rejection = if config.max_queue == 0 {
                             Rejection::QueueFull
                         } else {
-                            Rejection::MaxWait
+                            *expiry
                         };
                         ticket.give_up(now);
                         limiter.observe.rejected(rejection, Some(wait));
@@ -324,9 +329,9 @@ where
         if now >= *deadline && !matches!(turn, Turn::Go(_)) {
             let hint = ticket.retry_hint(now);
             ticket.give_up(now);
-            limiter.observe.rejected(Rejection::MaxWait, Some(hint));
+            limiter.observe.rejected(*expiry, Some(hint));
             return Poll::Ready(State::Rejected {
-                error: Some(Rejection::MaxWait.error(hint)),
+                error: Some(expiry.error(hint)),
             });
         }
         let admission = match turn {

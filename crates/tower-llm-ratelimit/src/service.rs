@@ -170,12 +170,14 @@ where
             }
             Start::Queued(id, waiting) => {
                 // A queued call waits at most `max_wait`, and never past its deadline.
-                let max_wait = deadline_left.map_or(limiter.config.max_wait, |left| {
-                    left.min(limiter.config.max_wait)
-                });
+                let max_wait = limiter.config.max_wait;
+                let (max_wait, expiry) = match deadline_left {
+                    Some(left) if left < max_wait => (left, Rejection::Deadline),
+                    _ => (max_wait, Rejection::MaxWait),
+                };
                 let expires =
                     now.saturating_add(u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX / 4));
-                self.wait(key, id, waiting, cost, expires, request)
+                self.wait(key, id, waiting, cost, (expires, expiry), request)
             }
             Start::Rejected(rejection, wait) => {
                 self.reject(rejection, Some(wait), rejection.error(wait))
@@ -194,7 +196,7 @@ impl<S, K, C, T, H> RateLimit<S, K, C, T, H> {
         id: u64,
         waiting: bool,
         cost: u64,
-        expires: u64,
+        expires: (u64, Rejection),
         request: Req,
     ) -> ResponseFuture<S, Req, C, T, H>
     where

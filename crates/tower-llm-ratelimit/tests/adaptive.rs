@@ -13,7 +13,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::{ServiceExt, service_fn};
 use tower_layer::Layer;
-use tower_llm_core::BoxError;
+use tower_llm_core::{
+    BoxError, ClassifyResponse, Deadline, EndSignal, FailureKind, Outcome, RateLimited, StreamEnd,
+};
 use tower_llm_ratelimit::{AdaptiveConcurrency, RateLimitHandle, RateLimitLayer};
 
 /// How long a call the upstream accepts takes, on average (uniform within ±20 %).
@@ -280,4 +282,301 @@ async fn follows_a_halved_capacity_within_seconds() {
     assert!(followed <= Duration::from_secs(3), "took {followed:?}");
     assert!(after.goodput >= 0.90, "goodput after {:.3}", after.goodput);
     assert!(after.refused <= 0.03, "429s after {:.4}", after.refused);
+}
+
+/// What a test asks the upstream of [`answers`] for.
+#[derive(Clone, Debug, Default)]
+struct Ask {
+    key: &'static str,
+    status: u16,
+    headers: Vec<(&'static str, &'static str)>,
+    latency: Duration,
+}
+
+impl Ask {
+    fn ok() -> Self {
+        Ask {
+            key: "a",
+            status: 200,
+            ..Ask::default()
+        }
+    }
+
+    fn status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
+    fn header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    fn key(mut self, key: &'static str) -> Self {
+        self.key = key;
+        self
+    }
+
+    fn latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+}
+
+/// An upstream that answers each call as its [`Ask`] says.
+fn answers()
+-> impl tower::Service<Ask, Response = http::Response<()>, Error = BoxError, Future = impl Send>
++ Clone
++ Send {
+    service_fn(|ask: Ask| async move {
+        tokio::time::sleep(ask.latency).await;
+        let mut response = http::Response::builder().status(ask.status);
+        for (name, value) in ask.headers {
+            response = response.header(name, value);
+        }
+        Ok::<_, BoxError>(response.body(()).expect("response"))
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_without_a_hint_lowers_the_limit_and_one_with_a_hint_also_pauses() {
+    let layer = RateLimitLayer::builder()
+        .adaptive_concurrency(AdaptiveConcurrency::new().initial(10))
+        .build()
+        .expect("config");
+    let handle = layer.handle();
+    let svc = layer.layer(answers());
+
+    svc.clone()
+        .oneshot(Ask::ok().status(429))
+        .await
+        .expect("an answer");
+    let stats = handle.stats();
+    assert_eq!(stats.concurrency_limit, Some(9));
+    assert_eq!((stats.limit_decreases, stats.pauses), (1, 0));
+
+    // Overloaded (529) and a timeout-like 503 lower it too; a 500 or a 400 does not.
+    svc.clone()
+        .oneshot(Ask::ok().status(529))
+        .await
+        .expect("an answer");
+    assert_eq!(handle.stats().concurrency_limit, Some(8));
+    svc.clone()
+        .oneshot(Ask::ok().status(500))
+        .await
+        .expect("an answer");
+    svc.clone()
+        .oneshot(Ask::ok().status(400))
+        .await
+        .expect("an answer");
+    assert_eq!(handle.stats().concurrency_limit, Some(8));
+
+    let started = Instant::now();
+    svc.clone()
+        .oneshot(Ask::ok().status(429).header("retry-after", "2"))
+        .await
+        .expect("an answer");
+    let stats = handle.stats();
+    assert_eq!((stats.limit_decreases, stats.pauses), (3, 1));
+    assert_eq!(stats.concurrency_limit, Some(7));
+    svc.clone().oneshot(Ask::ok()).await.expect("an answer");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the next call waited for the hint"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_remaining_requests_cap_the_limit_until_their_reset() {
+    let layer = RateLimitLayer::builder()
+        .adaptive_concurrency(AdaptiveConcurrency::new().initial(8).max(16))
+        .adapt_to_headers()
+        .build()
+        .expect("config");
+    let handle = layer.handle();
+    let svc = layer.layer(answers());
+    svc.clone()
+        .oneshot(
+            Ask::ok()
+                .header("x-ratelimit-remaining-requests", "3")
+                .header("x-ratelimit-reset-requests", "10s"),
+        )
+        .await
+        .expect("an answer");
+    let stats = handle.stats();
+    assert_eq!(stats.concurrency_limit, Some(3), "seeded from the headers");
+    assert_eq!(stats.limit_decreases, 1);
+
+    // Successes at the cap do not lift it while the server keeps saying so; the server's
+    // budget itself is not the point here (its word is renewed on every answer).
+    let round = |headers: bool| {
+        let svc = svc.clone();
+        async move {
+            let calls: Vec<_> = (0..3)
+                .map(|_| {
+                    let mut ask = Ask::ok().latency(Duration::from_millis(100));
+                    if headers {
+                        ask = ask
+                            .header("x-ratelimit-remaining-requests", "3")
+                            .header("x-ratelimit-reset-requests", "10s");
+                    }
+                    tokio::spawn(svc.clone().oneshot(ask))
+                })
+                .collect();
+            for c in calls {
+                c.await.expect("join").expect("an answer");
+            }
+        }
+    };
+    let started = Instant::now();
+    for _ in 0..20 {
+        round(true).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "never waited for a reset"
+    );
+    assert_eq!(handle.stats().concurrency_limit, Some(3));
+    assert_eq!(handle.stats().limit_increases, 0);
+    // Past the last reset, with answers that say nothing, it grows again.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for _ in 0..20 {
+        round(false).await;
+    }
+    assert!(
+        handle.stats().concurrency_limit > Some(3),
+        "after the reset the limit grows again: {:?}",
+        handle.stats()
+    );
+}
+
+/// A streamed answer: its end is signalled by the test.
+struct Streamed {
+    end: EndSignal,
+}
+
+impl ClassifyResponse for Streamed {
+    fn classify_response(&self) -> Outcome {
+        Outcome::Success
+    }
+
+    fn end_signal(&mut self) -> Option<&mut EndSignal> {
+        Some(&mut self.end)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_holds_its_slot_until_it_ends_and_its_end_is_its_verdict() {
+    let layer = RateLimitLayer::builder()
+        .adaptive_concurrency(AdaptiveConcurrency::new().initial(2).max(2))
+        .build()
+        .expect("config");
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|()| async {
+        Ok::<_, BoxError>(Streamed {
+            end: EndSignal::new(),
+        })
+    }));
+    let mut failed = svc.clone().oneshot(()).await.expect("a stream");
+    let dropped = svc.clone().oneshot(()).await.expect("a stream");
+    assert_eq!(handle.stats().in_flight, 2, "the streams hold their slots");
+    let third = tokio::spawn(svc.clone().oneshot(()));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(handle.stats().waiting, 1);
+
+    // A stream that fails with an overload kind lowers the limit at its end.
+    failed
+        .end
+        .finish(StreamEnd::failed(FailureKind::Overloaded));
+    let stats = handle.stats();
+    assert_eq!((stats.concurrency_limit, stats.in_flight), (Some(1), 1));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(handle.stats().waiting, 1, "one in flight at a limit of one");
+
+    // A stream its caller drops frees its slot and says nothing.
+    drop(dropped);
+    let mut third = third.await.expect("join").expect("a stream");
+    let stats = handle.stats();
+    assert_eq!((stats.limit_decreases, stats.limit_increases), (1, 0));
+    assert_eq!((stats.in_flight, stats.waiting), (1, 0));
+    third.end.finish(StreamEnd::Completed { usage: None });
+    assert_eq!(handle.stats().in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_call_frees_its_slot_and_moves_nothing() {
+    let layer = RateLimitLayer::builder()
+        .adaptive_concurrency(AdaptiveConcurrency::new().initial(1))
+        .build()
+        .expect("config");
+    let handle = layer.handle();
+    let svc = layer.layer(answers());
+    let running = tokio::spawn(
+        svc.clone()
+            .oneshot(Ask::ok().status(429).latency(Duration::from_secs(5))),
+    );
+    let waiting = tokio::spawn(svc.clone().oneshot(Ask::ok()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!((handle.stats().in_flight, handle.stats().waiting), (1, 1));
+    waiting.abort();
+    running.abort();
+    assert!(running.await.expect_err("aborted").is_cancelled());
+    let stats = handle.stats();
+    assert_eq!((stats.in_flight, stats.waiting), (0, 0));
+    assert_eq!((stats.limit_decreases, stats.limit_increases), (0, 0));
+    assert_eq!(stats.concurrency_limit, Some(1));
+    svc.oneshot(Ask::ok()).await.expect("the slot came back");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_for_a_slot_ends_at_the_calls_deadline() {
+    let layer = RateLimitLayer::builder()
+        .adaptive_concurrency(AdaptiveConcurrency::new().initial(1).max(1))
+        .max_wait(Duration::from_secs(60))
+        .build()
+        .expect("config");
+    let handle = layer.handle();
+    let svc = layer.layer(answers());
+    let _running = tokio::spawn(
+        svc.clone()
+            .oneshot(Ask::ok().latency(Duration::from_secs(30))),
+    );
+    tokio::task::yield_now().await;
+    let started = Instant::now();
+    let refused = Deadline::after(Duration::from_secs(2))
+        .scope(svc.clone().oneshot(Ask::ok()))
+        .await
+        .expect_err("the slot is not free before the deadline");
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    let limited = refused
+        .downcast_ref::<RateLimited>()
+        .expect("a rate-limited refusal");
+    assert!(limited.to_string().contains("deadline"), "{limited}");
+    assert_eq!(handle.stats().rejected, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_key_has_its_own_limit() {
+    let layer = RateLimitLayer::builder()
+        .adaptive_concurrency(AdaptiveConcurrency::new().initial(10))
+        .key_fn(|ask: &Ask| ask.key)
+        .build()
+        .expect("config");
+    let handle = layer.handle();
+    let svc = layer.layer(answers());
+    for at in 0..3 {
+        svc.clone()
+            .oneshot(Ask::ok().key("busy").status(429))
+            .await
+            .expect("an answer");
+        tokio::time::sleep(Duration::from_millis(at + 1)).await;
+    }
+    svc.clone()
+        .oneshot(Ask::ok().key("calm"))
+        .await
+        .expect("an answer");
+    assert_eq!(handle.concurrency_limit(&"busy"), Some(7));
+    assert_eq!(handle.concurrency_limit(&"calm"), Some(10));
+    assert_eq!(handle.concurrency_limit(&"never seen"), None);
+    assert_eq!(handle.stats().concurrency_limit, Some(7), "the lowest");
 }
