@@ -580,3 +580,149 @@ async fn each_key_has_its_own_limit() {
     assert_eq!(handle.concurrency_limit(&"never seen"), None);
     assert_eq!(handle.stats().concurrency_limit, Some(7), "the lowest");
 }
+
+/// How a call of the property test ends.
+#[derive(Clone, Copy, Debug)]
+enum End {
+    Success,
+    Status(u16),
+    Timeout,
+}
+
+#[derive(Clone, Debug)]
+struct Step {
+    gap_ms: u64,
+    latency_ms: u64,
+    end: End,
+    drop_after_ms: Option<u64>,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    let end = prop_oneof![
+        4 => Just(End::Success),
+        1 => Just(End::Status(429)),
+        1 => Just(End::Status(529)),
+        1 => Just(End::Status(500)),
+        1 => Just(End::Timeout),
+    ];
+    (
+        0u64..300,
+        0u64..2_000,
+        end,
+        proptest::option::weighted(0.25, 0u64..3_000),
+    )
+        .prop_map(|(gap_ms, latency_ms, end, drop_after_ms)| Step {
+            gap_ms,
+            latency_ms,
+            end,
+            drop_after_ms,
+        })
+}
+
+const MIN: usize = 2;
+const MAX: usize = 6;
+
+/// Over random outcomes, latencies and drops: no call starts while as many as the limit are
+/// in flight, the limit stays within `[min, max]`, and every slot and place comes back.
+fn check_invariants(steps: Vec<Step>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let layer = RateLimitLayer::builder()
+            .adaptive_concurrency(
+                AdaptiveConcurrency::new()
+                    .min(MIN)
+                    .max(MAX)
+                    .initial(3)
+                    .increase(2.0),
+            )
+            .max_wait(Duration::from_secs(2))
+            .max_queue(8)
+            .build()
+            .expect("config");
+        let handle = layer.handle();
+        let running = Arc::new(AtomicUsize::new(0));
+        let violations = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (run, seen, watch) = (running.clone(), violations.clone(), handle.clone());
+        let inner = service_fn(move |step: Step| {
+            let (running, violations, handle) = (run.clone(), seen.clone(), watch.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                let limit = handle.stats().concurrency_limit.expect("adaptive");
+                if now > limit || !(MIN..=MAX).contains(&limit) {
+                    violations
+                        .lock()
+                        .expect("violations")
+                        .push(format!("{now} in flight at a limit of {limit}"));
+                }
+                struct Leave(Arc<AtomicUsize>);
+                impl Drop for Leave {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                let _leave = Leave(running);
+                tokio::time::sleep(Duration::from_millis(step.latency_ms)).await;
+                match step.end {
+                    End::Success => Ok(http::Response::new(())),
+                    End::Status(status) => Ok(http::Response::builder()
+                        .status(status)
+                        .body(())
+                        .expect("response")),
+                    End::Timeout => Err::<_, BoxError>(Box::new(
+                        tower_llm_core::UpstreamError::new(FailureKind::Timeout, "timed out"),
+                    )),
+                }
+            }
+        });
+        let svc = layer.layer(inner);
+        let mut calls = Vec::new();
+        for step in steps {
+            tokio::time::sleep(Duration::from_millis(step.gap_ms)).await;
+            let drop_after = step.drop_after_ms;
+            let call = tokio::spawn(svc.clone().oneshot(step));
+            if let Some(after) = drop_after {
+                let abort = call.abort_handle();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(after)).await;
+                    abort.abort();
+                });
+            }
+            calls.push(call);
+            let limit = handle.stats().concurrency_limit.expect("adaptive");
+            assert!((MIN..=MAX).contains(&limit), "limit {limit}");
+        }
+        for call in calls {
+            match call.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => assert!(
+                    e.is::<RateLimited>()
+                        || e.downcast_ref::<tower_llm_core::UpstreamError>()
+                            .is_some_and(|u| u.kind() == FailureKind::Timeout),
+                    "unexpected error {e}"
+                ),
+                Err(join) => assert!(join.is_cancelled()),
+            }
+        }
+        let violations = violations.lock().expect("violations");
+        assert!(violations.is_empty(), "{violations:?}");
+        let stats = handle.stats();
+        assert_eq!(running.load(Ordering::SeqCst), 0);
+        assert_eq!((stats.in_flight, stats.waiting), (0, 0), "{stats:?}");
+        let limit = stats.concurrency_limit.expect("adaptive");
+        assert!((MIN..=MAX).contains(&limit), "limit {limit}");
+    });
+}
+
+proptest::proptest! {
+    #[test]
+    fn in_flight_never_passes_the_limit_and_nothing_leaks(
+        steps in proptest::collection::vec(step(), 1..40)
+    ) {
+        check_invariants(steps);
+    }
+}
