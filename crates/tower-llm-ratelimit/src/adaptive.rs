@@ -274,6 +274,15 @@ impl AdaptiveLimit {
         }
     }
 
+    /// Whether recording `verdict` reads the time: an overload does (to back off once per
+    /// round trip), and so does anything under a server's cap (which runs out); without a
+    /// cap, [`effective`](Self::effective) and [`record`](Self::record) of a success or a
+    /// neutral end ignore `now`.
+    #[inline]
+    pub(crate) fn needs_clock(&self, verdict: Verdict) -> bool {
+        self.cap.is_some() || matches!(verdict, Verdict::Overload(_))
+    }
+
     /// The number of calls that may be in flight now.
     #[inline]
     pub(crate) fn effective(&self, settings: &AdaptiveConcurrency, now: u64) -> usize {

@@ -206,19 +206,25 @@ impl Limits {
     }
 
     /// Frees a running call's slot; with an adaptive limit, records what its end says (the
-    /// change, if the limit moved).
+    /// change, if the limit moved). `now` is read only when the limit needs the time.
     #[inline]
     pub(crate) fn release(
         &mut self,
         config: &Config,
         verdict: Verdict,
         started: u64,
-        now: u64,
+        now: impl FnOnce() -> u64,
     ) -> Option<LimitChange> {
         let in_flight = self.in_flight;
         self.in_flight = in_flight.saturating_sub(1);
         let (Some(settings), Some(adaptive)) = (&config.adaptive, &mut self.adaptive) else {
             return None;
+        };
+        // The common success under no server cap needs no clock.
+        let now = if adaptive.needs_clock(verdict) {
+            now()
+        } else {
+            0
         };
         let change = adaptive.record(settings, verdict, in_flight, started, now);
         self.concurrency_limit = adaptive.effective(settings, now);

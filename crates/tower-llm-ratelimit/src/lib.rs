@@ -3,7 +3,10 @@
 //!
 //! [`RateLimitLayer`] puts, per key (one key unless a [key function](KeyFn) says otherwise):
 //!
-//! - a **concurrency** limit (calls in flight) and a **minimum spacing** between call starts;
+//! - a **concurrency** limit (calls in flight), fixed or **adaptive**
+//!   ([`adaptive_concurrency`](RateLimitBuilder::adaptive_concurrency): lowered on 429s,
+//!   529/503 and timeouts, raised while calls succeed, capped by the provider's headers; see
+//!   [`AdaptiveConcurrency`]), and a **minimum spacing** between call starts;
 //! - a **requests** [`Quota`] and a **tokens** [`Quota`]: `limit` units in any sliding window,
 //!   smooth (GCRA) with an explicit burst, and never more than `limit` in any window (see
 //!   [`Quota`] and `docs/ratelimit.md` for how both hold at once);
@@ -72,6 +75,9 @@
 //! | `paused by the handle` | info | `name`, `pause_seconds` |
 //! | `resumed by the handle` | info | `name` |
 //! | `server limits learnt` | debug | `name`, `keyed`, `remaining_requests`, `requests_reset_seconds`, `remaining_tokens`, `tokens_reset_seconds` (each only when the headers said it) |
+//! | `concurrency limit increased` | debug | `name`, `keyed`, `from`, `to` (an adaptive limit, by whole calls) |
+//! | `concurrency limit decreased` | debug | `name`, `keyed`, `from`, `to`, `cause` (`rate_limited`, `overloaded`, `timeout` or another [`decrease_on`](AdaptiveConcurrency::decrease_on) kind, `headers`) |
+//! | `concurrency limit at its minimum` | warn | the same, for a decrease that reached [`min`](AdaptiveConcurrency::min) |
 //!
 //! Metrics, each with the label `name`, described once per process with their unit; the
 //! handles are made when the layer is first applied, with the recorder installed then:
@@ -86,6 +92,9 @@
 //! | `tower_llm_ratelimit_tokens_refunded_total` | counter | count | | tokens given back on reconciling |
 //! | `tower_llm_ratelimit_tokens_charged_total` | counter | count | | tokens charged beyond estimates |
 //! | `tower_llm_ratelimit_pauses_total` | counter | count | `cause` (`rate_limited`, `circuit_open`) | pauses after a 429 or an open circuit |
+//! | `tower_llm_ratelimit_concurrency_limit` | gauge | count | | the adaptive concurrency limit (with a key function, of the key that moved last) |
+//! | `tower_llm_ratelimit_limit_decreases_total` | counter | count | `cause` (as the event) | times an adaptive limit was lowered |
+//! | `tower_llm_ratelimit_limit_increases_total` | counter | count | | times an adaptive limit was raised |
 //!
 //! The same numbers are in [`RateLimitHandle::stats`].
 //!

@@ -132,13 +132,9 @@ impl Permit {
         let limiter = &self.key.limiter;
         let change = {
             let mut limits = self.key.lock();
-            // The clock only for an adaptive limit (a server's cap may have run out).
-            let now = if limiter.config.adaptive.is_some() {
+            let change = limits.release(&limiter.config, verdict, self.admission.started, || {
                 limiter.now()
-            } else {
-                0
-            };
-            let change = limits.release(&limiter.config, verdict, self.admission.started, now);
+            });
             limits.wake_head();
             change
         };
@@ -171,7 +167,7 @@ impl Permit {
         let mut limits = self.key.lock();
         let mut changes = [None, None];
         if config.counts_in_flight() {
-            changes[0] = limits.release(config, verdict, self.admission.started, now);
+            changes[0] = limits.release(config, verdict, self.admission.started, || now);
         }
         let observe = &self.key.limiter.observe;
         if let Some((pause, cause)) = pause {

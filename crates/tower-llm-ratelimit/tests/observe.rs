@@ -227,6 +227,7 @@ fn events_and_metrics_carry_the_name_and_never_a_key_or_prompt() {
             runtime.block_on(async {
                 named_limiter_events().await;
                 default_name().await;
+                adaptive_limit_events().await;
             })
         })
     });
@@ -321,6 +322,64 @@ fn events_and_metrics_carry_the_name_and_never_a_key_or_prompt() {
     assert_eq!(*unit, Some(metrics::Unit::Count));
     assert!(description.is_some());
     assert!(matches!(waiting, DebugValue::Gauge(v) if v.into_inner() == 0.0));
+
+    let adaptive = [("name", "adaptive-limits")];
+    let decreased = one(
+        &events,
+        "concurrency limit decreased",
+        "DEBUG",
+        "adaptive-limits",
+    );
+    assert_eq!(
+        (decreased["from"].as_u64(), decreased["to"].as_u64()),
+        (Some(4), Some(2))
+    );
+    assert_eq!(decreased["cause"], "headers");
+    assert_eq!(decreased["keyed"], false);
+    let at_min = one(
+        &events,
+        "concurrency limit at its minimum",
+        "WARN",
+        "adaptive-limits",
+    );
+    assert_eq!(
+        (at_min["from"].as_u64(), at_min["to"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(at_min["cause"], "rate_limited");
+    let increased = one(
+        &events,
+        "concurrency limit increased",
+        "DEBUG",
+        "adaptive-limits",
+    );
+    assert_eq!(
+        (increased["from"].as_u64(), increased["to"].as_u64()),
+        (Some(1), Some(2))
+    );
+    for (cause, n) in [("headers", 1), ("rate_limited", 1)] {
+        assert_eq!(
+            counter(
+                &all,
+                "tower_llm_ratelimit_limit_decreases_total",
+                &[("name", "adaptive-limits"), ("cause", cause)]
+            ),
+            n
+        );
+    }
+    assert_eq!(
+        counter(&all, "tower_llm_ratelimit_limit_increases_total", &adaptive),
+        1
+    );
+    let (_, unit, description, limit) = series(
+        &all,
+        MetricKind::Gauge,
+        "tower_llm_ratelimit_concurrency_limit",
+        &adaptive,
+    );
+    assert_eq!(*unit, Some(metrics::Unit::Count));
+    assert!(description.is_some());
+    assert!(matches!(limit, DebugValue::Gauge(v) if v.into_inner() == 2.0));
 
     // The default name labels a limiter built without one.
     assert_eq!(
@@ -423,4 +482,47 @@ async fn default_name() {
         .await;
     assert!(refused.is_err());
     slow.await.expect("join").expect("answered");
+}
+
+/// An adaptive limiter named `adaptive-limits`: capped by the headers (decreased), lowered to
+/// its minimum by a 429, raised by a success.
+async fn adaptive_limit_events() {
+    let layer = RateLimitLayer::builder()
+        .name("adaptive-limits")
+        .adaptive_concurrency(
+            tower_llm_ratelimit::AdaptiveConcurrency::new()
+                .min(1)
+                .max(8)
+                .initial(4),
+        )
+        .adapt_to_headers()
+        .build()
+        .expect("valid limiter");
+    let handle = layer.handle();
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(upstream());
+    let mut capped = Req::new(20);
+    capped.headers = vec![
+        ("x-ratelimit-remaining-requests", "2"),
+        ("x-ratelimit-reset-requests", "1m0s"),
+    ];
+    let mut limited = Req::new(21);
+    limited.limited = Some(Duration::from_millis(1));
+    // Two successes: near the level of the last overload the limit grows a quarter as fast.
+    // The first renews the server's word, so the second is not held for its reset.
+    let mut renewed = Req::new(22);
+    renewed.headers = capped.headers.clone();
+    for req in [capped, limited, renewed, Req::new(23)] {
+        svc.ready()
+            .await
+            .expect("ready")
+            .call(req)
+            .await
+            .expect("an answer");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stats = handle.stats();
+    assert_eq!(stats.concurrency_limit, Some(2));
+    assert_eq!((stats.limit_decreases, stats.limit_increases), (2, 1));
 }
