@@ -1,37 +1,6 @@
 //! The adaptive concurrency limit: per key, lowered when the upstream says it is overloaded
 //! (429, 529/503, timeouts) and raised while calls succeed (AIMD), capped by the provider's
-//! rate-limit headers when it sends them.
-//!
-//! # The rule
-//!
-//! Each key keeps a limit `L` (a real number; calls may start while fewer than `⌊L⌋` are in
-//! flight), between [`min`](AdaptiveConcurrency::min) and [`max`](AdaptiveConcurrency::max),
-//! starting at [`initial`](AdaptiveConcurrency::initial):
-//!
-//! - **a call that succeeds** adds [`increase`](AdaptiveConcurrency::increase)` / L`: about
-//!   `increase` per round trip while the limit is used. A success while fewer than `L / 2`
-//!   calls were in flight adds nothing: a limit the traffic does not use proves nothing.
-//!   Within one call of the level where the last overload happened, the increase is a
-//!   quarter of that: the probe that found the ceiling is repeated four times less often,
-//!   which is what keeps 429s rare (each probe above the ceiling costs one). Once the limit
-//!   is more than one call above that level without an overload, the ceiling has moved and
-//!   is forgotten.
-//! - **a call that failed with one of the [overload kinds](AdaptiveConcurrency::decrease_on)**
-//!   (default: rate limited, overloaded, timeout) multiplies `L` by
-//!   [`backoff`](AdaptiveConcurrency::backoff) (default 0.9), once per round trip: the
-//!   failures of calls that started before the last decrease were caused by the old limit
-//!   and lower it no further.
-//! - **any other outcome** (client errors, server errors, a call or stream dropped by its
-//!   caller) changes nothing.
-//!
-//! # The provider's headers
-//!
-//! With [`adapt_to_headers`](crate::RateLimitBuilder::adapt_to_headers), a response whose
-//! headers say how many requests are left (`R`) before the provider's window resets (in `T`)
-//! caps the limit at `max(min, R)` until `T` has passed: more calls in flight than requests
-//! left would only meet 429s. A limit above the cap is lowered to it at once (so a new key
-//! starting at `initial` is seeded from the first answer) and additive increases stop there;
-//! once the reset has passed the cap is gone. A later response replaces the cap.
+//! rate-limit headers when it sends them. The rule is on [`AdaptiveConcurrency`].
 
 use std::fmt;
 
@@ -39,7 +8,40 @@ use tower_llm_core::{ConfigError, FailureKind, Outcome};
 
 /// The settings of an adaptive concurrency limit, given to
 /// [`RateLimitBuilder::adaptive_concurrency`](crate::RateLimitBuilder::adaptive_concurrency)
-/// (which checks them when built): see the [module docs](self) for the rule.
+/// (which checks them when built).
+///
+/// # The rule
+///
+/// Each key keeps a limit `L` (a real number; calls may start while fewer than `⌊L⌋` are in
+/// flight), between [`min`](Self::min) and [`max`](Self::max),
+/// starting at [`initial`](Self::initial):
+///
+/// - **a call that succeeds** adds [`increase`](Self::increase)` / L`: about
+///   `increase` per round trip while the limit is used. A success while fewer than `L / 2`
+///   calls were in flight adds nothing: a limit the traffic does not use proves nothing.
+///   Within one call of the level where the last overload happened, the increase is a
+///   quarter of that: the probe that found the ceiling is repeated four times less often,
+///   which is what keeps 429s rare (each probe above the ceiling costs one). Once the limit
+///   is more than one call above that level without an overload, the ceiling has moved and
+///   is forgotten.
+/// - **a call that failed with one of the [overload kinds](Self::decrease_on)**
+///   (default: rate limited, overloaded, timeout) multiplies `L` by
+///   [`backoff`](Self::backoff) (default 0.9), once per round trip: the
+///   failures of calls that started before the last decrease were caused by the old limit
+///   and lower it no further.
+/// - **any other outcome** (client errors, server errors, a call or stream dropped by its
+///   caller) changes nothing.
+///
+/// # The provider's headers
+///
+/// With [`adapt_to_headers`](crate::RateLimitBuilder::adapt_to_headers), a response whose
+/// headers say how many requests are left (`R`) before the provider's window resets (in `T`)
+/// caps the limit at `max(min, R)` until `T` has passed: more calls in flight than requests
+/// left would only meet 429s. A limit above the cap is lowered to it at once (so a new key
+/// starting at `initial` is seeded from the first answer) and additive increases stop there;
+/// once the reset has passed the cap is gone. A later response replaces the cap.
+///
+/// # Example
 ///
 /// ```
 /// use tower_llm_core::FailureKind;
@@ -64,6 +66,33 @@ use tower_llm_core::{ConfigError, FailureKind, Outcome};
 ///     .build()
 ///     .unwrap_err();
 /// assert_eq!(err.knob(), "adaptive_concurrency.max");
+/// ```
+///
+/// Over any service whose answers core classifies (here `http::Response`s): a 429 without a
+/// retry hint lowers the limit, successes raise it again.
+///
+/// ```
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+/// use tower_llm_core::BoxError;
+/// use tower_llm_ratelimit::{AdaptiveConcurrency, RateLimitLayer};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), BoxError> {
+/// let layer = RateLimitLayer::builder()
+///     .adaptive_concurrency(AdaptiveConcurrency::new().initial(10))
+///     .build()?;
+/// let handle = layer.handle();
+/// let upstream = ServiceBuilder::new()
+///     .layer(layer)
+///     .service(service_fn(|status: u16| async move {
+///         Ok::<_, BoxError>(http::Response::builder().status(status).body(())?)
+///     }));
+///
+/// upstream.clone().oneshot(429).await?; // an answer, classified rate limited
+/// assert_eq!(handle.stats().concurrency_limit, Some(9)); // 10 × 0.9
+/// assert_eq!(handle.stats().limit_decreases, 1);
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Clone, PartialEq)]
 pub struct AdaptiveConcurrency {

@@ -222,7 +222,7 @@ impl Observe {
             if up {
                 m.limit_increases.increment(1);
             } else {
-                m.limit_decreased(&self.name, change.cause.as_str());
+                m.limit_decreased(change.cause.as_str());
             }
         }
         #[cfg(feature = "tracing")]
@@ -296,6 +296,8 @@ struct Metrics {
     pauses_circuit_open: metrics::Counter,
     concurrency_limit: metrics::Gauge,
     limit_increases: metrics::Counter,
+    /// For the series made when they happen.
+    name: Cow<'static, str>,
 }
 
 #[cfg(feature = "metrics")]
@@ -330,16 +332,17 @@ impl Metrics {
             pauses_circuit_open: pauses(FailureKind::CircuitOpen),
             concurrency_limit: metrics::gauge!(METRIC_CONCURRENCY_LIMIT, labels(&[])),
             limit_increases: metrics::counter!(METRIC_LIMIT_INCREASES, labels(&[])),
+            name: name.clone(),
         }
     }
 
     /// Decreases are rare (at most one per round trip and key): their `cause` label, from a
     /// closed set, is made when one happens.
     #[cold]
-    fn limit_decreased(&self, name: &Cow<'static, str>, cause: &'static str) {
+    fn limit_decreased(&self, cause: &'static str) {
         metrics::counter!(
             METRIC_LIMIT_DECREASES,
-            "name" => name.clone(),
+            "name" => self.name.clone(),
             "cause" => cause
         )
         .increment(1);
