@@ -168,6 +168,49 @@ async fn drive(
     samples
 }
 
+/// Runs `callers` closed-loop callers through `svc` (any service) for `run`.
+async fn drive_plain<S>(svc: S, upstream: &Upstream, callers: usize, run: Duration)
+where
+    S: tower::Service<()> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    S::Response: Send,
+{
+    let end = upstream.start + run;
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                while Instant::now() < end {
+                    let _ = svc.clone().oneshot(()).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("caller");
+    }
+}
+
+/// The upstream with its 429 answers turned into errors, which is what tower-resilience's
+/// adaptive limiter counts as failures (it does not classify answers).
+fn failing_429s(
+    upstream: Upstream,
+) -> impl tower::Service<(), Response = http::Response<()>, Error = BoxError, Future = impl Send>
++ Clone
++ Send {
+    upstream
+        .clone()
+        .service()
+        .and_then(|res: http::Response<()>| async move {
+            if res.status() == 429 {
+                Err::<http::Response<()>, BoxError>("429".into())
+            } else {
+                Ok(res)
+            }
+        })
+}
+
 fn adaptive(capacity: usize) -> RateLimitLayer {
     RateLimitLayer::builder()
         .name("adaptive")
@@ -243,6 +286,50 @@ async fn converges_near_the_hidden_capacity_and_beats_a_static_limit_set_wrong()
             f.calls
         );
         comparisons.push(f);
+    }
+
+    // Peers: tower-resilience's AIMD (latency threshold above any latency here, so only the
+    // failures count) and Vegas (delay-based: a queue estimated from the latency above its
+    // minimum, the family of Netflix's Gradient and Envoy's filter), over the same upstream.
+    use tower_resilience::adaptive::{AdaptiveLimiterLayer, Aimd, Vegas};
+    for (label, layer) in [
+        (
+            "tower-resilience AIMD",
+            AdaptiveLimiterLayer::new(tower_resilience::adaptive::Algorithm::Aimd(
+                Aimd::builder()
+                    .initial_limit(4)
+                    .max_limit(4 * c)
+                    .latency_threshold(Duration::from_secs(10))
+                    .build()
+                    .expect("config"),
+            )),
+        ),
+        (
+            "tower-resilience Vegas (delay-based)",
+            AdaptiveLimiterLayer::new(tower_resilience::adaptive::Algorithm::Vegas(
+                Vegas::builder()
+                    .initial_limit(4)
+                    .max_limit(4 * c)
+                    .build()
+                    .expect("config"),
+            )),
+        ),
+    ] {
+        let upstream = Upstream::new(c);
+        drive_plain(
+            layer.layer(failing_429s(upstream.clone())),
+            &upstream,
+            callers,
+            RUN,
+        )
+        .await;
+        let f = upstream.figures(CONVERGED, RUN, c);
+        eprintln!(
+            "{label}: goodput {:.1} %, 429s {:.2} % of {} calls",
+            f.goodput * 100.0,
+            f.refused * 100.0,
+            f.calls
+        );
     }
 
     assert!(ours.goodput >= 0.90, "goodput {:.3}", ours.goodput);
