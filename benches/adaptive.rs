@@ -9,6 +9,17 @@
 //! runtime context for the timers, as in `ratelimit.rs`.
 //!
 //! `cargo bench -p tower-llm-benches --bench adaptive`
+//!
+//! For instruction counts, the same binary runs one configuration a fixed number of times
+//! without criterion when `ADAPTIVE_CALLS=<name>:<count>` is set (names: `bare`, `adaptive`,
+//! `adaptive-growing`, `static`, `tower-resilience`, `tower`); the difference between a run
+//! of N calls and a run of 0, divided by N, is the cost of one call:
+//!
+//! ```text
+//! cargo bench -p tower-llm-benches --bench adaptive --no-run   # prints the binary's path
+//! ADAPTIVE_CALLS=adaptive:200000 valgrind --tool=callgrind target/release/deps/adaptive-<hash>
+//! ADAPTIVE_CALLS=adaptive:0      valgrind --tool=callgrind target/release/deps/adaptive-<hash>
+//! ```
 
 #![allow(missing_docs)] // criterion_group! generates an undocumented function.
 
@@ -18,7 +29,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use tower::limit::ConcurrencyLimit;
 use tower::{Layer, Service, service_fn};
 use tower_llm_core::BoxError;
@@ -66,13 +77,13 @@ fn ours_adaptive() -> impl Service<Req, Response = Res, Error = BoxError> {
         .layer(noop())
 }
 
-/// The adaptive limit where every success grows it (one call in flight at a limit of two,
-/// under a ceiling it never reaches in the run): the update taken on each call.
+/// The adaptive limit where every success grows it (one call in flight at a limit of one,
+/// growing by so little it stays under two in the run): the update taken on each call.
 fn ours_adaptive_growing() -> impl Service<Req, Response = Res, Error = BoxError> {
     RateLimitLayer::builder()
         .adaptive_concurrency(
             AdaptiveConcurrency::new()
-                .initial(2)
+                .initial(1)
                 .max(1_000_000)
                 .increase(1e-9),
         )
@@ -143,5 +154,42 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// `ADAPTIVE_CALLS=<name>:<count>`: that many calls through one configuration, no criterion.
+fn count_calls(spec: &str) {
+    let (name, count) = spec.split_once(':').expect("ADAPTIVE_CALLS=<name>:<count>");
+    let count: u64 = count.parse().expect("a count of calls");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _context = runtime.enter();
+    fn run<S: Service<Req, Response = Res>>(mut svc: S, count: u64)
+    where
+        S::Error: std::fmt::Debug,
+    {
+        for _ in 0..count {
+            black_box(drive(&mut svc, request()));
+        }
+    }
+    match name {
+        "bare" => run(noop(), count),
+        "adaptive" => run(ours_adaptive(), count),
+        "adaptive-growing" => run(ours_adaptive_growing(), count),
+        "static" => run(ours_static(), count),
+        "tower-resilience" => run(resilience_adaptive(), count),
+        "tower" => run(ConcurrencyLimit::new(noop(), HUGE), count),
+        other => panic!("no configuration named {other}"),
+    }
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+// criterion_main!, plus the fixed-count mode for callgrind.
+fn main() {
+    if let Ok(spec) = std::env::var("ADAPTIVE_CALLS") {
+        count_calls(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
