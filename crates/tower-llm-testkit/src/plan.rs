@@ -312,10 +312,11 @@ pub struct WeightedFault {
 /// 2. if a [`script`](Self::script) step is left, it is consumed: a `Some(fault)` step
 ///    answers that fault (the quota is not consulted); a `None` step answers normally,
 ///    subject to the quota only;
-/// 3. the [`quota`](Self::quota), if any, admits the request or answers 429;
-/// 4. one uniform draw picks among the [`fault`](Self::fault)s (their probabilities add up:
+/// 3. past the [`capacity`](Self::capacity), if any, the request is answered 429 at once;
+/// 4. the [`quota`](Self::quota), if any, admits the request or answers 429;
+/// 5. one uniform draw picks among the [`fault`](Self::fault)s (their probabilities add up:
 ///    `(A, 0.1), (B, 0.2)` gives A on 10 % and B on 20 % of the requests);
-/// 5. otherwise the answer is normal ([`context_window`](Self::context_window) permitting).
+/// 6. otherwise the answer is normal ([`context_window`](Self::context_window) permitting).
 ///
 /// Then the server waits the [`latency`](Self::latency) and answers.
 ///
@@ -363,6 +364,7 @@ pub struct FaultPlan {
     #[serde(with = "duration_format")]
     stream_chunk_delay: Duration,
     context_window: Option<u64>,
+    capacity: Option<usize>,
     api_keys: Vec<String>,
     echo_api_key: KeyEcho,
     routes: BTreeMap<Route, FaultPlan>,
@@ -387,6 +389,7 @@ impl FaultPlan {
             reply: None,
             stream_chunk_delay: Duration::ZERO,
             context_window: None,
+            capacity: None,
             api_keys: Vec::new(),
             echo_api_key: KeyEcho::Silent,
             routes: BTreeMap::new(),
@@ -454,6 +457,16 @@ impl FaultPlan {
         self
     }
 
+    /// A hidden capacity, as a provider under load has: a request that arrives while
+    /// `concurrent` requests are already being answered by this server (all routes together)
+    /// is refused at once with the provider's 429, without a retry hint. Checked after the
+    /// key and the script, before the quota and the faults. For testing adaptive concurrency
+    /// limits against an upstream whose limit they must find.
+    pub fn capacity(mut self, concurrent: usize) -> Self {
+        self.capacity = Some(concurrent);
+        self
+    }
+
     /// Accepts only these API keys: any other key, or none, is answered 401 with the
     /// provider's authentication error, before the script, quota or faults are consulted.
     /// With no keys (the default) every request is accepted.
@@ -508,6 +521,7 @@ impl FaultPlan {
             reply: self.reply.as_deref(),
             stream_chunk_delay: self.stream_chunk_delay,
             context_window: self.context_window,
+            capacity: self.capacity,
             api_keys: &self.api_keys,
             echo_api_key: self.echo_api_key,
             routes: &self.routes,
@@ -527,6 +541,7 @@ pub(crate) struct PlanParts<'a> {
     pub(crate) reply: Option<&'a str>,
     pub(crate) stream_chunk_delay: Duration,
     pub(crate) context_window: Option<u64>,
+    pub(crate) capacity: Option<usize>,
     pub(crate) api_keys: &'a [String],
     pub(crate) echo_api_key: KeyEcho,
     pub(crate) routes: &'a BTreeMap<Route, FaultPlan>,

@@ -56,6 +56,39 @@ async fn ten_slow_requests_are_in_flight_together() {
     assert_eq!(counters.cancelled, 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn past_its_capacity_the_server_answers_429_at_once() {
+    let plan = FaultPlan::healthy()
+        .latency(Latency::Fixed(Duration::from_secs(5)))
+        .capacity(4);
+    let server = MockServer::start(plan.clone()).await.unwrap();
+    assert_eq!(FaultPlan::from_json(&plan.to_json()).unwrap(), plan);
+    let client = TestClient::new();
+    let start = Instant::now();
+    let calls = (0..10).map(|i| {
+        let client = client.clone();
+        let request = openai_chat(&server.base_url(), "m", &format!("q{i}"));
+        async move {
+            let response = client.send(request).await.unwrap();
+            (response.status().as_u16(), Instant::now() - start)
+        }
+    });
+    let answers = join_all(calls).await;
+    let ok: Vec<_> = answers.iter().filter(|(s, _)| *s == 200).collect();
+    let refused: Vec<_> = answers.iter().filter(|(s, _)| *s == 429).collect();
+    assert_eq!((ok.len(), refused.len()), (4, 6), "{answers:?}");
+    // Refused at once, without the latency; no retry hint (a provider under load).
+    assert!(refused.iter().all(|(_, t)| *t < Duration::from_secs(1)));
+    assert_eq!(server.counters().status(429), 6);
+    // Once the four are answered there is room again.
+    let response = client
+        .send(openai_chat(&server.base_url(), "m", "again"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("retry-after").is_none());
+}
+
 #[tokio::test]
 async fn a_dropped_client_future_counts_as_cancelled_not_completed() {
     let plan = FaultPlan::healthy().latency(Latency::Fixed(Duration::from_secs(3600)));

@@ -83,10 +83,12 @@ impl Shared {
         let mut state = self.lock();
         state.next_id += 1;
         let id = state.next_id;
+        // This request is one of them (it arrived before it was read).
+        let in_flight = state.counters.in_flight;
         state
             .plans
             .for_route(route)
-            .decide(id, key, cost, Instant::now())
+            .decide(id, key, cost, in_flight, Instant::now())
     }
 }
 
@@ -155,6 +157,7 @@ pub(super) struct PlanRuntime {
     pub(super) reply: Option<String>,
     pub(super) chunk_delay: Duration,
     pub(super) context_window: Option<u64>,
+    pub(super) capacity: Option<usize>,
     pub(super) api_keys: Vec<String>,
     pub(super) echo_api_key: KeyEcho,
 }
@@ -172,12 +175,20 @@ impl PlanRuntime {
             reply: parts.reply.map(str::to_owned),
             chunk_delay: parts.stream_chunk_delay,
             context_window: parts.context_window,
+            capacity: parts.capacity,
             api_keys: parts.api_keys.to_vec(),
             echo_api_key: parts.echo_api_key,
         }
     }
 
-    pub(super) fn decide(&mut self, id: u64, key: &str, cost: u64, now: Instant) -> Decision {
+    pub(super) fn decide(
+        &mut self,
+        id: u64,
+        key: &str,
+        cost: u64,
+        in_flight: u64,
+        now: Instant,
+    ) -> Decision {
         let latency = self.latency.sample(&mut self.rng);
         let mut decision = Decision {
             id,
@@ -197,6 +208,14 @@ impl PlanRuntime {
         let scripted = self.script.pop_front();
         if let Some(Some(fault)) = scripted {
             decision.verdict = Verdict::Fault(fault);
+            return decision;
+        }
+        if self
+            .capacity
+            .is_some_and(|capacity| in_flight > capacity as u64)
+        {
+            decision.latency = Duration::ZERO;
+            decision.verdict = Verdict::Fault(Fault::Status(429));
             return decision;
         }
         if let Some((_, window)) = &mut self.quota {
