@@ -248,10 +248,24 @@ impl Observe {
         {
             #[cfg(feature = "metrics")]
             self.metrics.requests[op as usize].increment(1);
+            // One load of the level every subscriber allows: none at all is the common case.
+            #[cfg(feature = "tracing")]
+            let span = if tracing::level_enabled!(tracing::Level::WARN) {
+                self.span(op, &request)
+            } else {
+                tracing::Span::none()
+            };
+            // Without metrics, a call that no subscriber listens to keeps nothing: no clock
+            // read, no reference to the funnel, nothing to end. (Metrics cannot tell whether a
+            // recorder is installed; their handles are cached, see `Metrics`.)
+            #[cfg(not(feature = "metrics"))]
+            if !traced(&span) {
+                return CallObs { live: None };
+            }
             CallObs {
                 live: Some(Live {
                     #[cfg(feature = "tracing")]
-                    span: self.span(op, &request),
+                    span,
                     #[cfg(feature = "metrics")]
                     series: self.metrics.model(op, request.model),
                     observe: Arc::clone(self),
@@ -307,6 +321,15 @@ impl Observe {
         }
         span
     }
+}
+
+/// Whether a subscriber listens to a call: its span is enabled, or the failure warning (the
+/// most severe of the call's events) would be recorded. Levels are filtered in order, so a
+/// subscriber that wants the call's debug or trace events enables the span too.
+#[cfg(feature = "tracing")]
+#[inline]
+fn traced(span: &tracing::Span) -> bool {
+    !span.is_disabled() || tracing::enabled!(tracing::Level::WARN)
 }
 
 /// The span name the GenAI conventions ask for, `{operation} {model}`, written without an
@@ -590,7 +613,7 @@ impl Live {
     #[cfg(feature = "tracing")]
     fn trace_end(&self, end: &End<'_>, elapsed: f64) {
         let span = &self.span;
-        if span.is_disabled() && !tracing::enabled!(tracing::Level::WARN) {
+        if !traced(span) {
             return;
         }
         if let Some(model) = end.response_model {
