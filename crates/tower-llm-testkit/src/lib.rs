@@ -49,6 +49,10 @@
 //! in a cut connection (a transport error), not a timeout. [`MockServer::wait_until`] waits
 //! for as long as its condition is false: bound it too when the condition might never hold.
 //!
+//! With the `observe` feature, [`observe::Capture`] captures what a crate's observability
+//! funnel emits (`tracing` events and spans as JSON, `metrics` series with their labels) for
+//! the crates' observe tests, with a check that no secret reached either.
+//!
 //! The same server runs standalone: `tower-llm-mock --port 8080 --plan plans/flaky.json`
 //! (a plan is JSON, see [`FaultPlan`]).
 //!
@@ -86,6 +90,8 @@ mod client;
 mod counters;
 mod duration_format;
 mod embedding;
+#[cfg(feature = "observe")]
+pub mod observe;
 mod plan;
 mod quota;
 mod redis;
