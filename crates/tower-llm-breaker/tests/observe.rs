@@ -6,55 +6,17 @@
 //! capturing subscriber beside other tests in the same binary would miss events.
 #![allow(clippy::unwrap_used, clippy::cast_precision_loss, clippy::float_cmp)]
 
-use std::io::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::Unit;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use serde_json::Value;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_llm_breaker::CircuitBreakerLayer;
 use tower_llm_core::BoxError;
+use tower_llm_testkit::observe::{Capture, MetricValue};
 
 const MARKER: &str = "SECRET-PROMPT-c41e";
-
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Buffer {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-    fn events(&self) -> Vec<Value> {
-        self.text()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    }
-}
-
-/// The events with `message` from the breaker called `name`.
-fn find<'a>(events: &'a [Value], message: &str, name: &str) -> Vec<&'a Value> {
-    events
-        .iter()
-        .filter(|e| {
-            e["fields"]["message"].as_str() == Some(message)
-                && e["fields"]["name"].as_str() == Some(name)
-        })
-        .collect()
-}
 
 /// A prompt service that fails with a connection reset while `failing` is set.
 fn upstream(
@@ -76,15 +38,7 @@ fn upstream(
 
 #[test]
 fn events_and_metrics() {
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
+    let capture = Capture::install();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -92,63 +46,59 @@ fn events_and_metrics() {
         .unwrap();
     let prompt = format!("{MARKER} hello");
 
-    tracing::subscriber::with_default(subscriber, || {
-        metrics::with_local_recorder(&recorder, || {
-            runtime.block_on(async {
-                let failing = Arc::new(AtomicBool::new(true));
-                // Consecutive failures trip it; a probe closes it; the handle forces and resets.
-                let layer = CircuitBreakerLayer::builder()
-                    .name("openai")
-                    .consecutive_failures(2)
-                    .cooldown(Duration::from_secs(5))
-                    .build()
-                    .unwrap();
-                let handle = layer.handle();
-                let svc = layer.layer(upstream(failing.clone()));
-                for _ in 0..2 {
-                    assert!(svc.clone().oneshot(prompt.clone()).await.is_err());
-                }
-                assert!(svc.clone().oneshot(prompt.clone()).await.is_err());
-                tokio::time::advance(Duration::from_secs(5)).await;
-                failing.store(false, Ordering::SeqCst);
-                let answer = svc.clone().oneshot(prompt.clone()).await.unwrap();
-                assert!(answer.contains(MARKER));
-                handle.force_open();
-                handle.reset();
-                handle.reset();
+    runtime.block_on(async {
+        let failing = Arc::new(AtomicBool::new(true));
+        // Consecutive failures trip it; a probe closes it; the handle forces and resets.
+        let layer = CircuitBreakerLayer::builder()
+            .name("openai")
+            .consecutive_failures(2)
+            .cooldown(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let svc = layer.layer(upstream(failing.clone()));
+        for _ in 0..2 {
+            assert!(svc.clone().oneshot(prompt.clone()).await.is_err());
+        }
+        assert!(svc.clone().oneshot(prompt.clone()).await.is_err());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        failing.store(false, Ordering::SeqCst);
+        let answer = svc.clone().oneshot(prompt.clone()).await.unwrap();
+        assert!(answer.contains(MARKER));
+        handle.force_open();
+        handle.reset();
+        handle.reset();
 
-                // A failure rate trips it.
-                let rate = CircuitBreakerLayer::builder()
-                    .name("rate")
-                    .failure_rate(0.5)
-                    .minimum_calls(4)
-                    .build()
-                    .unwrap()
-                    .layer(upstream(failing.clone()));
-                for fail in [false, false, true, true] {
-                    failing.store(fail, Ordering::SeqCst);
-                    let _ = rate.clone().oneshot(prompt.clone()).await;
-                }
+        // A failure rate trips it.
+        let rate = CircuitBreakerLayer::builder()
+            .name("rate")
+            .failure_rate(0.5)
+            .minimum_calls(4)
+            .build()
+            .unwrap()
+            .layer(upstream(failing.clone()));
+        for fail in [false, false, true, true] {
+            failing.store(fail, Ordering::SeqCst);
+            let _ = rate.clone().oneshot(prompt.clone()).await;
+        }
 
-                // Per-key breakers add their key.
-                failing.store(true, Ordering::SeqCst);
-                let keyed = CircuitBreakerLayer::builder()
-                    .name("models")
-                    .consecutive_failures(1)
-                    .build_keyed(|_: &String| "gpt", 4)
-                    .unwrap()
-                    .layer(upstream(failing.clone()));
-                let _ = keyed.clone().oneshot(prompt.clone()).await;
+        // Per-key breakers add their key.
+        failing.store(true, Ordering::SeqCst);
+        let keyed = CircuitBreakerLayer::builder()
+            .name("models")
+            .consecutive_failures(1)
+            .build_keyed(|_: &String| "gpt", 4)
+            .unwrap()
+            .layer(upstream(failing.clone()));
+        let _ = keyed.clone().oneshot(prompt.clone()).await;
 
-                // The default name.
-                let unnamed = CircuitBreakerLayer::builder().build().unwrap();
-                assert_eq!(unnamed.handle().name(), "breaker");
-            });
-        });
+        // The default name.
+        let unnamed = CircuitBreakerLayer::builder().build().unwrap();
+        assert_eq!(unnamed.handle().name(), "breaker");
     });
 
-    let events = buffer.events();
-    let opened = find(&events, "breaker: opened", "openai");
+    let events = capture.events();
+    let opened = capture.find_named("breaker: opened", "openai");
     assert_eq!(opened.len(), 1, "{events:#?}");
     let fields = &opened[0]["fields"];
     assert_eq!(opened[0]["level"], "WARN");
@@ -159,61 +109,51 @@ fn events_and_metrics() {
     assert_eq!(fields["cooldown_s"], 5.0);
     assert!(fields.get("key").is_none(), "a single breaker has no key");
 
-    let rejected = find(&events, "breaker: call rejected", "openai");
+    let rejected = capture.find_named("breaker: call rejected", "openai");
     assert_eq!(rejected.len(), 1, "{events:#?}");
     assert_eq!(rejected[0]["level"], "DEBUG");
     assert_eq!(rejected[0]["fields"]["retry_in_s"], 5.0);
 
-    let half_open = find(&events, "breaker: half-open", "openai");
+    let half_open = capture.find_named("breaker: half-open", "openai");
     assert_eq!(half_open.len(), 1);
     assert_eq!(half_open[0]["level"], "INFO");
     assert_eq!(half_open[0]["fields"]["from"], "open");
 
-    let closed = find(&events, "breaker: closed", "openai");
+    let closed = capture.find_named("breaker: closed", "openai");
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0]["level"], "INFO");
     assert_eq!(closed[0]["fields"]["from"], "half_open");
 
-    let forced = find(&events, "breaker: forced open", "openai");
+    let forced = capture.find_named("breaker: forced open", "openai");
     assert_eq!(forced.len(), 1);
     assert_eq!(forced[0]["level"], "WARN");
     assert_eq!(forced[0]["fields"]["from"], "closed");
 
-    let resets = find(&events, "breaker: reset", "openai");
+    let resets = capture.find_named("breaker: reset", "openai");
     assert_eq!(resets.len(), 2, "{events:#?}");
     assert!(resets.iter().all(|e| e["level"] == "INFO"));
     assert_eq!(resets[0]["fields"]["from"], "open");
     assert_eq!(resets[1]["fields"]["from"], "closed");
 
-    let by_rate = find(&events, "breaker: opened", "rate");
+    let by_rate = capture.find_named("breaker: opened", "rate");
     assert_eq!(by_rate.len(), 1, "{events:#?}");
     assert_eq!(by_rate[0]["fields"]["cause"], "failure_rate");
     assert_eq!(by_rate[0]["fields"]["failure_rate"], 0.5);
     assert_eq!(by_rate[0]["fields"]["window_calls"], 4);
 
-    let by_key = find(&events, "breaker: opened", "models");
+    let by_key = capture.find_named("breaker: opened", "models");
     assert_eq!(by_key.len(), 1, "{events:#?}");
     assert_eq!(by_key[0]["fields"]["key"], "gpt");
 
-    assert!(!buffer.text().contains(MARKER), "a prompt or answer leaked");
+    capture.assert_absent(&[MARKER]);
 
-    let snapshot = snapshotter.snapshot().into_vec();
+    let metrics = capture.metrics();
     let series = |metric: &str, labels: &[(&str, &str)]| {
-        let (_, unit, description, value) = snapshot
-            .iter()
-            .find(|(key, ..)| {
-                key.key().name() == metric
-                    && labels
-                        .iter()
-                        .all(|(k, v)| key.key().labels().any(|l| l.key() == *k && l.value() == *v))
-            })
-            .unwrap_or_else(|| panic!("{metric} {labels:?} missing: {snapshot:#?}"));
-        assert_eq!(*unit, Some(Unit::Count), "{metric}: unit");
-        assert!(description.is_some(), "{metric}: description");
-        match value {
-            DebugValue::Counter(n) => *n as f64,
-            DebugValue::Gauge(g) => g.into_inner(),
-            DebugValue::Histogram(_) => panic!("{metric}: a histogram"),
+        let found = metrics.get(metric, labels).assert_described(Unit::Count);
+        match found.value {
+            MetricValue::Counter(n) => n as f64,
+            MetricValue::Gauge(g) => g,
+            MetricValue::Histogram(_) => panic!("{metric}: a histogram"),
         }
     };
     assert_eq!(
@@ -252,10 +192,4 @@ fn events_and_metrics() {
         1.0
     );
     series("tower_llm_breaker_state", &[("name", "breaker")]);
-    for (key, ..) in &snapshot {
-        assert!(
-            key.key().labels().all(|l| !l.value().contains(MARKER)),
-            "a prompt leaked into a label"
-        );
-    }
 }

@@ -9,177 +9,35 @@
 #![cfg(all(feature = "tracing", feature = "metrics"))]
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use futures_util::StreamExt;
 use metrics::Unit;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use metrics_util::{CompositeKey, MetricKind};
-use serde_json::Value;
 use tower::{Service, ServiceExt};
 use tower_llm_providers::{
     Anthropic, ChatChunk, ChatRequest, EmbeddingRequest, HttpClientConfig, Message, OpenAi,
     Streaming,
 };
+use tower_llm_testkit::observe::{Capture, Metric};
 use tower_llm_testkit::{Fault, FaultPlan, MockServer};
-use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::fmt::format::FmtSpan;
 
 const PROMPT: &str = "PROMPT-MARKER-7f3a what is the capital of France?";
 const KEY: &str = "sk-KEY-MARKER-91be";
 const MARKERS: [&str; 3] = ["PROMPT-MARKER", "KEY-MARKER", "ANSWER-MARKER"];
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    fn lines(&self) -> Vec<Value> {
-        self.text()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    }
-
-    /// The close event of the span named `span` of the provider named `name`: its fields,
-    /// as last recorded. The JSON formatter writes the span's own name after its fields
-    /// under the same key, so the `name` field is matched in the raw line.
-    fn closed_span(&self, span: &str, name: &str) -> Option<Value> {
-        let field = format!(r#""name":"{name}""#);
-        self.text().lines().find_map(|raw| {
-            let line: Value = serde_json::from_str(raw).unwrap();
-            let closed = line["fields"]["message"] == "close"
-                && line["span"]["name"] == span
-                && raw.contains(&field);
-            closed.then(|| line["span"].clone())
-        })
-    }
-
-    /// The events (not span closes) with this message and this `name` field.
-    fn events(&self, message: &str, name: &str) -> Vec<Value> {
-        self.lines()
-            .into_iter()
-            .filter(|l| l["fields"]["message"] == message && l["fields"]["name"] == name)
-            .collect()
-    }
-}
-
-/// A metric of the snapshot: its labels, unit, description and value.
-struct Metric {
-    labels: Vec<(String, String)>,
-    unit: Option<Unit>,
-    description: Option<String>,
-    value: DebugValue,
-}
-
-fn metrics(snapshotter: &Snapshotter) -> Vec<(String, MetricKind, Metric)> {
-    snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(key, unit, description, value): (CompositeKey, _, _, _)| {
-            let (kind, key) = key.into_parts();
-            let labels = key
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            (
-                key.name().to_owned(),
-                kind,
-                Metric {
-                    labels,
-                    unit,
-                    description: description.map(|d| d.to_string()),
-                    value,
-                },
-            )
-        })
-        .collect()
-}
-
-/// The metric named `name` whose labels include every pair of `want`.
-fn find<'a>(
-    all: &'a [(String, MetricKind, Metric)],
-    name: &str,
-    want: &[(&str, &str)],
-) -> Option<&'a Metric> {
-    all.iter().find_map(|(n, _, metric)| {
-        let matches = n == name
-            && want
-                .iter()
-                .all(|(k, v)| metric.labels.iter().any(|(mk, mv)| mk == k && mv == v));
-        matches.then_some(metric)
-    })
-}
-
 fn samples(metric: &Metric) -> Vec<f64> {
-    match &metric.value {
-        DebugValue::Histogram(values) => values.iter().map(|v| v.into_inner()).collect(),
-        other => panic!("not a histogram: {other:?}"),
-    }
-}
-
-fn counter(metric: &Metric) -> u64 {
-    match metric.value {
-        DebugValue::Counter(value) => value,
-        ref other => panic!("not a counter: {other:?}"),
-    }
+    metric.histogram().to_vec()
 }
 
 #[test]
 fn calls_make_genai_spans_events_and_metrics() {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::TRACE)
-        .with_span_events(FmtSpan::CLOSE)
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_writer(capture.clone())
-        .finish();
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    tracing::subscriber::with_default(subscriber, || {
-        metrics::with_local_recorder(&recorder, || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(cases(&capture));
-        });
-    });
+    let capture = Capture::install();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(cases(&capture));
 
-    let all = metrics(&snapshotter);
-    let text = capture.text();
-    for marker in MARKERS {
-        assert!(!text.contains(marker), "{marker} in the traces:\n{text}");
-        for (name, _, metric) in &all {
-            for (k, v) in &metric.labels {
-                assert!(!v.contains(marker), "{marker} in {name} {k}");
-            }
-        }
-    }
+    capture.assert_absent(&MARKERS);
+    let all = capture.metrics();
 
     // Chat: duration and both token types, with the response model the mock named.
     let chat = [
@@ -189,25 +47,20 @@ fn calls_make_genai_spans_events_and_metrics() {
         ("gen_ai_request_model", "gpt-4o-mini"),
         ("gen_ai_response_model", "gpt-4o-mini"),
     ];
-    let duration = find(&all, "gen_ai_client_operation_duration_seconds", &chat).unwrap();
-    assert_eq!(duration.unit, Some(Unit::Seconds));
-    assert!(
-        duration
-            .description
-            .as_deref()
-            .is_some_and(|d| !d.is_empty())
-    );
+    let duration = all
+        .find("gen_ai_client_operation_duration_seconds", &chat)
+        .unwrap();
+    duration.assert_described(Unit::Seconds);
     assert_eq!(samples(duration).len(), 1);
     assert!(duration.labels.iter().all(|(k, _)| k != "error_type"));
     let input = [chat.as_slice(), &[("gen_ai_token_type", "input")]].concat();
     let output = [chat.as_slice(), &[("gen_ai_token_type", "output")]].concat();
-    let input = find(&all, "gen_ai_client_token_usage", &input).unwrap();
+    let input = all.find("gen_ai_client_token_usage", &input).unwrap();
     assert_eq!(input.unit, Some(Unit::Count));
     assert!(samples(input)[0] > 0.0);
-    assert!(samples(find(&all, "gen_ai_client_token_usage", &output).unwrap())[0] > 0.0);
+    assert!(samples(all.find("gen_ai_client_token_usage", &output).unwrap())[0] > 0.0);
     assert!(
-        find(
-            &all,
+        all.find(
             "gen_ai_client_operation_time_to_first_chunk_seconds",
             &[("name", "obs-openai")]
         )
@@ -222,21 +75,25 @@ fn calls_make_genai_spans_events_and_metrics() {
         ("gen_ai_provider_name", "anthropic"),
         ("gen_ai_request_model", "claude-sonnet-4-5"),
     ];
-    let ttfc = find(
-        &all,
-        "gen_ai_client_operation_time_to_first_chunk_seconds",
-        &stream,
-    )
-    .unwrap();
+    let ttfc = all
+        .find(
+            "gen_ai_client_operation_time_to_first_chunk_seconds",
+            &stream,
+        )
+        .unwrap();
     assert_eq!(ttfc.unit, Some(Unit::Seconds));
     assert!(ttfc.description.is_some());
     assert_eq!(samples(ttfc).len(), 1);
     assert_eq!(
-        samples(find(&all, "gen_ai_client_operation_duration_seconds", &stream).unwrap()).len(),
+        samples(
+            all.find("gen_ai_client_operation_duration_seconds", &stream)
+                .unwrap()
+        )
+        .len(),
         1
     );
     let stream_out = [stream.as_slice(), &[("gen_ai_token_type", "output")]].concat();
-    assert!(samples(find(&all, "gen_ai_client_token_usage", &stream_out).unwrap())[0] > 0.0);
+    assert!(samples(all.find("gen_ai_client_token_usage", &stream_out).unwrap())[0] > 0.0);
 
     // Embeddings: input tokens only.
     let embeddings = [
@@ -246,20 +103,16 @@ fn calls_make_genai_spans_events_and_metrics() {
     ];
     assert_eq!(
         samples(
-            find(
-                &all,
-                "gen_ai_client_operation_duration_seconds",
-                &embeddings
-            )
-            .unwrap()
+            all.find("gen_ai_client_operation_duration_seconds", &embeddings)
+                .unwrap()
         )
         .len(),
         1
     );
     let emb_in = [embeddings.as_slice(), &[("gen_ai_token_type", "input")]].concat();
     let emb_out = [embeddings.as_slice(), &[("gen_ai_token_type", "output")]].concat();
-    assert!(find(&all, "gen_ai_client_token_usage", &emb_in).is_some());
-    assert!(find(&all, "gen_ai_client_token_usage", &emb_out).is_none());
+    assert!(all.find("gen_ai_client_token_usage", &emb_in).is_some());
+    assert!(all.find("gen_ai_client_token_usage", &emb_out).is_none());
 
     // Failure: the duration carries `error_type`; the crate's counters move.
     let failed = [
@@ -268,38 +121,42 @@ fn calls_make_genai_spans_events_and_metrics() {
         ("error_type", "overloaded"),
     ];
     assert_eq!(
-        samples(find(&all, "gen_ai_client_operation_duration_seconds", &failed).unwrap()).len(),
+        samples(
+            all.find("gen_ai_client_operation_duration_seconds", &failed)
+                .unwrap()
+        )
+        .len(),
         1
     );
-    let failures = find(
-        &all,
-        "tower_llm_providers_failures_total",
-        &[
-            ("name", "obs-failing"),
-            ("call", "chat"),
-            ("kind", "overloaded"),
-        ],
-    )
-    .unwrap();
-    assert_eq!(counter(failures), 1);
-    assert_eq!(failures.unit, Some(Unit::Count));
-    for (call, n) in [("chat", 1), ("embeddings", 1)] {
-        let requests = find(
-            &all,
-            "tower_llm_providers_requests_total",
-            &[("name", "obs-openai"), ("call", call)],
+    let failures = all
+        .find(
+            "tower_llm_providers_failures_total",
+            &[
+                ("name", "obs-failing"),
+                ("call", "chat"),
+                ("kind", "overloaded"),
+            ],
         )
         .unwrap();
-        assert_eq!(counter(requests), n, "{call}");
+    assert_eq!(failures.counter(), 1);
+    assert_eq!(failures.unit, Some(Unit::Count));
+    for (call, n) in [("chat", 1), ("embeddings", 1)] {
+        let requests = all
+            .find(
+                "tower_llm_providers_requests_total",
+                &[("name", "obs-openai"), ("call", call)],
+            )
+            .unwrap();
+        assert_eq!(requests.counter(), n, "{call}");
         assert!(requests.description.is_some());
     }
-    let streams = find(
-        &all,
-        "tower_llm_providers_requests_total",
-        &[("name", "obs-anthropic"), ("call", "stream")],
-    )
-    .unwrap();
-    assert_eq!(counter(streams), 1);
+    let streams = all
+        .find(
+            "tower_llm_providers_requests_total",
+            &[("name", "obs-anthropic"), ("call", "stream")],
+        )
+        .unwrap();
+    assert_eq!(streams.counter(), 1);
 }
 
 async fn cases(capture: &Capture) {
@@ -346,7 +203,7 @@ async fn cases(capture: &Capture) {
     assert_eq!(span["prompt_chars"], PROMPT.chars().count());
     assert_eq!(span["answer_chars"], answer.content.chars().count());
     assert!(span.get("error.type").is_none());
-    let finished = capture.events("provider call finished", "obs-openai");
+    let finished = capture.find_named("provider call finished", "obs-openai");
     assert_eq!(finished.len(), 1);
     assert_eq!(finished[0]["level"], "DEBUG");
     assert_eq!(finished[0]["fields"]["input_tokens"], usage.input_tokens);
@@ -400,7 +257,7 @@ async fn cases(capture: &Capture) {
     );
     assert!(span["gen_ai.response.id"].is_string(), "the request id");
     assert!(span.get("prompt_chars").is_none(), "sizes are opt-in");
-    let first = capture.events("first chunk", "obs-anthropic");
+    let first = capture.find_named("first chunk", "obs-anthropic");
     assert_eq!(first.len(), 1);
     assert_eq!(first[0]["level"], "TRACE");
     drop(stream);
@@ -443,7 +300,7 @@ async fn cases(capture: &Capture) {
     assert_eq!(span["error.type"], error.kind().as_str());
     assert_eq!(span["error.type"], "overloaded");
     assert_eq!(span["otel.status_code"], "ERROR");
-    let failed = capture.events("provider call failed", "obs-failing");
+    let failed = capture.find_named("provider call failed", "obs-failing");
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["level"], "WARN");
     assert_eq!(failed[0]["fields"]["error.type"], "overloaded");
