@@ -6,17 +6,14 @@
 //! a capturing subscriber set for one thread misses events when other tests run beside it.
 #![cfg(all(feature = "tracing", feature = "metrics"))]
 
-use std::io;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use metrics_util::{CompositeKey, MetricKind};
 use serde_json::Value;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_llm_batch::BatchLayer;
 use tower_llm_core::{BoxError, FailureKind, UpstreamError};
+use tower_llm_testkit::observe::{Capture, MetricKind, Metrics};
 
 /// Text that must never reach a log line or a metric: it is in every prompt, answer and
 /// error message.
@@ -49,42 +46,6 @@ fn prompt(text: &str) -> String {
     format!("{text} {MARKER}")
 }
 
-/// A `MakeWriter` into a shared buffer.
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().expect("buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
-    type Writer = Buffer;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl Buffer {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().expect("buffer").clone()).expect("utf-8 logs")
-    }
-
-    fn events(&self) -> Vec<Value> {
-        self.text()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
-            .collect()
-    }
-}
-
 /// The fields of the events with this message and level from the batcher `name`, each
 /// checked for its target.
 fn fields<'a>(events: &'a [Value], message: &str, level: &str, name: &str) -> Vec<&'a Value> {
@@ -100,93 +61,42 @@ fn fields<'a>(events: &'a [Value], message: &str, level: &str, name: &str) -> Ve
         .collect()
 }
 
-type Entry = (
-    CompositeKey,
-    Option<metrics::Unit>,
-    Option<metrics::SharedString>,
-    DebugValue,
-);
-
-/// The one series of metric `metric` whose labels are exactly `labels`, checked for its
-/// unit and description.
-fn series<'a>(
-    all: &'a [Entry],
-    kind: MetricKind,
-    metric: &str,
-    labels: &[(&str, &str)],
-    unit: metrics::Unit,
-) -> &'a DebugValue {
-    let found: Vec<_> = all
-        .iter()
-        .filter(|(key, ..)| {
-            key.kind() == kind
-                && key.key().name() == metric
-                && key.key().labels().count() == labels.len()
-                && labels
-                    .iter()
-                    .all(|(k, v)| key.key().labels().any(|l| l.key() == *k && l.value() == *v))
-        })
-        .collect();
-    assert_eq!(found.len(), 1, "one series {metric} {labels:?}: {all:#?}");
-    let (_, found_unit, description, value) = found[0];
-    assert_eq!(*found_unit, Some(unit), "{metric} unit");
-    assert!(description.is_some(), "{metric} described");
-    value
+fn counter(all: &Metrics, metric: &str, labels: &[(&str, &str)]) -> u64 {
+    all.exact(MetricKind::Counter, metric, labels)
+        .assert_described(metrics::Unit::Count)
+        .counter()
 }
 
-fn counter(all: &[Entry], metric: &str, labels: &[(&str, &str)]) -> u64 {
-    match series(
-        all,
-        MetricKind::Counter,
-        metric,
-        labels,
-        metrics::Unit::Count,
-    ) {
-        DebugValue::Counter(n) => *n,
-        other => panic!("{metric}: {other:?}"),
-    }
-}
-
-fn gauge(all: &[Entry], metric: &str, labels: &[(&str, &str)]) -> f64 {
-    match series(all, MetricKind::Gauge, metric, labels, metrics::Unit::Count) {
-        DebugValue::Gauge(v) => v.into_inner(),
-        other => panic!("{metric}: {other:?}"),
-    }
+fn gauge(all: &Metrics, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    all.exact(MetricKind::Gauge, metric, labels)
+        .assert_described(metrics::Unit::Count)
+        .gauge()
 }
 
 fn histogram(
-    all: &[Entry],
+    all: &Metrics,
     metric: &str,
     labels: &[(&str, &str)],
     unit: metrics::Unit,
 ) -> Vec<f64> {
-    match series(all, MetricKind::Histogram, metric, labels, unit) {
-        DebugValue::Histogram(v) => v.iter().map(|x| x.into_inner()).collect(),
-        other => panic!("{metric}: {other:?}"),
-    }
+    all.exact(MetricKind::Histogram, metric, labels)
+        .assert_described(unit)
+        .histogram()
+        .to_vec()
 }
 
 #[test]
 fn events_and_metrics_carry_the_name_and_never_a_prompt() {
-    let logs = Buffer::default();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(logs.clone())
-        .finish();
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
+    let capture = Capture::install();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("runtime");
 
-    metrics::with_local_recorder(&recorder, || {
-        tracing::subscriber::with_default(subscriber, || runtime.block_on(cases()))
-    });
+    runtime.block_on(cases());
 
-    let events = logs.events();
+    let events = capture.events();
     let name = "embed-batch";
 
     let flushed = fields(&events, "batch flushed", "DEBUG", name);
@@ -220,7 +130,7 @@ fn events_and_metrics_carry_the_name_and_never_a_prompt() {
     assert_eq!(rejected.len(), 1);
     assert_eq!(rejected[0]["reason"], "full");
 
-    let all = snapshotter.snapshot().into_vec();
+    let all = capture.metrics();
     let named = [("name", name)];
     assert_eq!(counter(&all, "tower_llm_batch_requests_total", &named), 5);
     assert_eq!(
@@ -279,14 +189,13 @@ fn events_and_metrics_carry_the_name_and_never_a_prompt() {
         1
     );
 
-    for (key, ..) in &all {
+    for metric in &all {
         assert!(
-            key.key().labels().any(|l| l.key() == "name"),
-            "{key:?} has no name label"
+            metric.label("name").is_some(),
+            "{metric:?} has no name label"
         );
     }
-    assert!(!logs.text().contains(MARKER), "{}", logs.text());
-    assert!(!format!("{all:?}").contains(MARKER));
+    capture.assert_absent(&[MARKER]);
 }
 
 async fn cases() {

@@ -6,12 +6,8 @@
 //! a capturing subscriber set for one thread misses events when other tests run beside it.
 #![cfg(all(feature = "tracing", feature = "metrics"))]
 
-use std::io;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use metrics_util::{CompositeKey, MetricKind};
 use serde_json::Value;
 use tower::{Service, ServiceExt, service_fn};
 use tower_llm_core::{
@@ -19,6 +15,7 @@ use tower_llm_core::{
     ResponseUsage, Usage,
 };
 use tower_llm_ratelimit::{Quota, RateLimitLayer};
+use tower_llm_testkit::observe::{Capture, Metric, MetricKind, Metrics};
 
 /// Text that must never reach a log line or a metric: it is in every prompt and key.
 const MARKER: &str = "SECRET-MARKER-7f3a";
@@ -98,42 +95,6 @@ fn upstream() -> impl Service<Req, Response = Res, Error = BoxError, Future = im
     })
 }
 
-/// A `MakeWriter` into a shared buffer.
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().expect("buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
-    type Writer = Buffer;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl Buffer {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().expect("buffer").clone()).expect("utf-8 logs")
-    }
-
-    fn events(&self) -> Vec<Value> {
-        self.text()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
-            .collect()
-    }
-}
-
 /// The events with this message.
 fn find<'a>(events: &'a [Value], message: &str) -> Vec<&'a Value> {
     events
@@ -159,80 +120,43 @@ fn one<'a>(events: &'a [Value], message: &str, level: &str, name: &str) -> &'a V
     &event["fields"]
 }
 
-type Series = Vec<(
-    CompositeKey,
-    Option<metrics::Unit>,
-    Option<metrics::SharedString>,
-    DebugValue,
-)>;
-
-/// The series of metric `metric` whose labels include every pair in `labels`.
+/// The one series of metric `metric` whose labels include every pair in `labels`.
 fn series<'a>(
-    all: &'a Series,
+    all: &'a Metrics,
     kind: MetricKind,
     metric: &str,
     labels: &[(&str, &str)],
-) -> &'a (
-    CompositeKey,
-    Option<metrics::Unit>,
-    Option<metrics::SharedString>,
-    DebugValue,
-) {
+) -> &'a Metric {
     let found: Vec<_> = all
         .iter()
-        .filter(|(key, ..)| {
-            key.kind() == kind
-                && key.key().name() == metric
-                && labels
-                    .iter()
-                    .all(|(k, v)| key.key().labels().any(|l| l.key() == *k && l.value() == *v))
-        })
+        .filter(|m| m.kind == kind && m.name == metric && m.has_labels(labels))
         .collect();
     assert_eq!(found.len(), 1, "one series {metric} {labels:?}: {all:#?}");
     found[0]
 }
 
-fn counter(all: &Series, metric: &str, labels: &[(&str, &str)]) -> u64 {
-    let (_, unit, description, value) = series(all, MetricKind::Counter, metric, labels);
-    assert_eq!(*unit, Some(metrics::Unit::Count), "{metric} unit");
-    assert!(description.is_some(), "{metric} described");
-    match value {
-        DebugValue::Counter(n) => *n,
-        other => panic!("{metric}: {other:?}"),
-    }
-}
-
-fn snapshot(snapshotter: &Snapshotter) -> Series {
-    snapshotter.snapshot().into_vec()
+fn counter(all: &Metrics, metric: &str, labels: &[(&str, &str)]) -> u64 {
+    series(all, MetricKind::Counter, metric, labels)
+        .assert_described(metrics::Unit::Count)
+        .counter()
 }
 
 #[test]
 fn events_and_metrics_carry_the_name_and_never_a_key_or_prompt() {
-    let logs = Buffer::default();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(logs.clone())
-        .finish();
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
+    let capture = Capture::install();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("runtime");
 
-    metrics::with_local_recorder(&recorder, || {
-        tracing::subscriber::with_default(subscriber, || {
-            runtime.block_on(async {
-                named_limiter_events().await;
-                default_name().await;
-                adaptive_limit_events().await;
-            })
-        })
+    runtime.block_on(async {
+        named_limiter_events().await;
+        default_name().await;
+        adaptive_limit_events().await;
     });
 
-    let events = logs.events();
+    let events = capture.events();
     let name = "chat-limits";
 
     let queued = one(&events, "call queued", "DEBUG", name);
@@ -270,7 +194,7 @@ fn events_and_metrics_carry_the_name_and_never_a_key_or_prompt() {
     assert_eq!(by_handle["pause_seconds"], 3.0);
     one(&events, "resumed by the handle", "INFO", name);
 
-    let all = snapshot(&snapshotter);
+    let all = capture.metrics();
     let named = [("name", name)];
     assert_eq!(
         counter(&all, "tower_llm_ratelimit_admitted_total", &named),
@@ -304,24 +228,26 @@ fn events_and_metrics_carry_the_name_and_never_a_key_or_prompt() {
         ),
         1
     );
-    let (_, unit, description, waits) = series(
+    let waits = series(
         &all,
         MetricKind::Histogram,
         "tower_llm_ratelimit_wait_seconds",
         &named,
     );
-    assert_eq!(*unit, Some(metrics::Unit::Seconds));
-    assert!(description.is_some());
-    assert!(matches!(waits, DebugValue::Histogram(v) if v.len() == 1));
-    let (_, unit, description, waiting) = series(
+    assert_eq!(
+        waits
+            .assert_described(metrics::Unit::Seconds)
+            .histogram()
+            .len(),
+        1
+    );
+    let waiting = series(
         &all,
         MetricKind::Gauge,
         "tower_llm_ratelimit_waiting",
         &named,
     );
-    assert_eq!(*unit, Some(metrics::Unit::Count));
-    assert!(description.is_some());
-    assert!(matches!(waiting, DebugValue::Gauge(v) if v.into_inner() == 0.0));
+    assert_eq!(waiting.assert_described(metrics::Unit::Count).gauge(), 0.0);
 
     let adaptive = [("name", "adaptive-limits")];
     let decreased = one(
@@ -371,15 +297,13 @@ fn events_and_metrics_carry_the_name_and_never_a_key_or_prompt() {
         counter(&all, "tower_llm_ratelimit_limit_increases_total", &adaptive),
         1
     );
-    let (_, unit, description, limit) = series(
+    let limit = series(
         &all,
         MetricKind::Gauge,
         "tower_llm_ratelimit_concurrency_limit",
         &adaptive,
     );
-    assert_eq!(*unit, Some(metrics::Unit::Count));
-    assert!(description.is_some());
-    assert!(matches!(limit, DebugValue::Gauge(v) if v.into_inner() == 2.0));
+    assert_eq!(limit.assert_described(metrics::Unit::Count).gauge(), 2.0);
 
     // The default name labels a limiter built without one.
     assert_eq!(
@@ -393,15 +317,14 @@ fn events_and_metrics_carry_the_name_and_never_a_key_or_prompt() {
     one(&events, "call rejected", "WARN", "ratelimit");
 
     // Every series carries a `name` label.
-    for (key, ..) in &all {
+    for metric in &all {
         assert!(
-            key.key().labels().any(|l| l.key() == "name"),
-            "{key:?} has no name label"
+            metric.label("name").is_some(),
+            "{metric:?} has no name label"
         );
     }
     // No key, prompt or answer anywhere.
-    assert!(!logs.text().contains(MARKER), "{}", logs.text());
-    assert!(!format!("{all:?}").contains(MARKER));
+    capture.assert_absent(&[MARKER]);
 }
 
 /// A keyed limiter named `chat-limits`: queued, admitted after waiting, learnt, rejected

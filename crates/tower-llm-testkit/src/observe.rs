@@ -45,7 +45,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
-use metrics_util::MetricKind;
+pub use metrics_util::MetricKind;
 use metrics_util::registry::{AtomicStorage, Registry};
 use serde_json::Value;
 use tracing_subscriber::fmt::MakeWriter;
