@@ -7,19 +7,42 @@
 //! chunk JSON that a caller has already cut out of the stream (its SSE parsing lives in its
 //! client, not in its types), so the stream comparison flatters the peer slightly.
 //!
+//! `providers/chat_call` is a whole `OpenAi` chat call (encode, the inner HTTP service, read
+//! and decode the body, the observability funnel) over an in-memory HTTP service answering
+//! a canned completion: what the provider costs beside the network. Its `no_subscriber` case
+//! runs with no `tracing` subscriber and no `metrics` recorder installed; `subscriber_info`
+//! (only with the funnel built in) with a `tracing_subscriber` fmt subscriber at INFO
+//! writing to `io::sink`, the cost of the span a real subscriber records.
+//!
+//! Whether the funnel is built in is a compile-time choice (the providers' `tracing` and
+//! `metrics` features, on by default), so the features-off figure comes from another build:
+//! compare the two with a criterion baseline.
+//!
+//! ```sh
+//! cargo bench -p tower-llm-benches --bench providers --no-default-features -- chat_call --save-baseline off
+//! cargo bench -p tower-llm-benches --bench providers -- chat_call --baseline-lenient off
+//! ```
+//!
+//! The second run reports `no_subscriber` against the features-off build (criterion's
+//! "change"), and `subscriber_info` on its own (it has no features-off counterpart).
+//!
 //! Run: `cargo bench -p tower-llm-benches --bench providers`.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::hint::black_box;
+use std::time::Instant;
 
 use async_openai::types::chat::{
     CreateChatCompletionRequest, CreateChatCompletionResponse, CreateChatCompletionStreamResponse,
 };
+use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
-use tower_llm_providers::{ChatRequest, ChunkDecoder, Message, Tool, openai};
+use tower::{Service, ServiceExt, service_fn};
+use tower_llm_providers::{ChatRequest, ChunkDecoder, Message, OpenAi, RequestBody, Tool, openai};
 
 /// A conversation of about 4 KiB of JSON.
 fn request() -> ChatRequest {
@@ -167,5 +190,73 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// A short completion, as an in-memory upstream answers it.
+fn short_completion() -> Bytes {
+    Bytes::from(
+        json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1741569952,
+            "model": "gpt-4o-mini-2024-07-18",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."},
+                "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14}
+        })
+        .to_string(),
+    )
+}
+
+fn chat_call(c: &mut Criterion) {
+    let body = short_completion();
+    let http = service_fn(move |_request: http::Request<RequestBody>| {
+        let body = body.clone();
+        async move {
+            let mut response = http::Response::new(http_body_util::Full::new(body));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let mut openai = OpenAi::builder()
+        .api_key("sk-bench")
+        .build_with(http)
+        .unwrap();
+    let request = ChatRequest::new(
+        "gpt-4o-mini",
+        vec![Message::user("What is the capital of France?")],
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut calls = |iters: u64| {
+        runtime.block_on(async {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let answer = ServiceExt::<ChatRequest>::ready(&mut openai)
+                    .await
+                    .unwrap()
+                    .call(black_box(request.clone()))
+                    .await
+                    .unwrap();
+                black_box(answer);
+            }
+            start.elapsed()
+        })
+    };
+
+    let mut group = c.benchmark_group("providers/chat_call");
+    group.bench_function("no_subscriber", |b| b.iter_custom(&mut calls));
+    if cfg!(feature = "observe") {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(std::io::sink)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        group.bench_function("subscriber_info", |b| b.iter_custom(&mut calls));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, chat_call);
 criterion_main!(benches);

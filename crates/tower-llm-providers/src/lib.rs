@@ -98,6 +98,12 @@
 //! | [`tower_llm_providers_failures_total`](METRIC_FAILURES) | counter | count | `name`, `call`, `kind` (core's `FailureKind::as_str`) |
 //! | [`tower_llm_providers_fields_dropped_total`](METRIC_FIELDS_DROPPED) | counter | count | `name`, `from`, `to` (dialects) |
 //!
+//! **Cost.** A call no subscriber listens to builds no span; with the `metrics` feature
+//! off it keeps nothing at all. The `metrics` facade cannot tell whether a recorder is
+//! installed, so with that feature on a call reads the clock twice and records into cached
+//! handles (no-ops without a recorder): build without it where no recorder will be installed.
+//! Figures in `docs/metrics.md`.
+//!
 //! The facade carries no buckets: give [`DURATION_BUCKETS`] and [`TOKEN_BUCKETS`] (the
 //! conventions' recommendations) to your exporter. Metric handles are made once per
 //! provider and model; install your recorder before building providers. A provider gives

@@ -223,11 +223,14 @@ struct CaptureRecorder {
     inner: Arc<RecorderInner>,
 }
 
+/// What a metric name of a kind was described with: its unit and its description.
+type Descriptions = HashMap<(MetricKind, String), (Option<Unit>, SharedString)>;
+
 struct RecorderInner {
     registry: Registry<Key, AtomicStorage>,
     /// Series in the order they were registered.
     seen: Mutex<Vec<(MetricKind, Key)>>,
-    described: Mutex<HashMap<(MetricKind, String), (Option<Unit>, SharedString)>>,
+    described: Mutex<Descriptions>,
 }
 
 impl Default for RecorderInner {
