@@ -59,6 +59,7 @@ const ROUTED_REQUESTS: usize = 60;
 const STACK_REQUESTS: usize = 300;
 const DEADLINE_REQUESTS: usize = 40;
 const BUDGET_OUTAGE_REQUESTS: usize = 100;
+const ADAPTIVE_REQUESTS: usize = 600;
 
 const TOTAL_REQUESTS: usize = 2 * FLOOD_REQUESTS
     + 2 * OUTAGE_REQUESTS
@@ -70,7 +71,8 @@ const TOTAL_REQUESTS: usize = 2 * FLOOD_REQUESTS
     + 2 * ROUTED_REQUESTS
     + 2 * STACK_REQUESTS
     + 2 * DEADLINE_REQUESTS
-    + 2 * BUDGET_OUTAGE_REQUESTS;
+    + 2 * BUDGET_OUTAGE_REQUESTS
+    + 3 * ADAPTIVE_REQUESTS;
 
 fn main() -> Result<(), BoxError> {
     let wall = std::time::Instant::now();
@@ -95,6 +97,7 @@ fn main() -> Result<(), BoxError> {
     runtime.block_on(whole_stack(&progress, &mut table))?;
     resilience::deadline(&progress, &mut table)?;
     resilience::shared_budget(&progress, &mut table)?;
+    resilience::adaptive(&progress, &mut table)?;
 
     progress.finish();
     table.print();
