@@ -1,6 +1,29 @@
 //! The default HTTP client: hyper-util's pooled client over rustls.
+//!
+//! # TLS
+//!
+//! The crypto provider and the trusted roots are Cargo features of this crate:
+//!
+//! | feature | default | effect |
+//! |---|---|---|
+//! | `ring` | on | TLS through *ring* |
+//! | `aws-lc-rs` | off | TLS through aws-lc-rs (needs a C compiler); wins over `ring` when both are on |
+//! | `webpki-roots` | on | trusts Mozilla's roots, compiled in |
+//! | `native-roots` | off | trusts the operating system's roots, read when a client is built |
+//!
+//! With neither provider feature, the client uses rustls' process-wide default provider:
+//! install one with `rustls::crypto::CryptoProvider::install_default` before building a
+//! client, or [`HttpClientConfig::build`] refuses (knob `tls`). Both root features together
+//! trust both sets. With neither, only the [`root_certificate`](HttpClientConfig::root_certificate)s
+//! given are trusted, and a client without any is refused (knob `root_certificate`).
+//!
+//! # Proxies
+//!
+//! By default the client honours `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`
+//! (read when it is built); see [`ProxyConfig`] and the [`proxy`](crate::proxy) module.
 
-use std::sync::OnceLock;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,23 +32,42 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 use crate::error::ConfigError;
+use crate::proxy::{ProxyConfig, ProxyConnector};
 
 /// The request body every provider sends: one JSON buffer.
 pub type RequestBody = Full<Bytes>;
 
 /// The default inner service of every provider: hyper-util's legacy client with rustls
-/// (webpki roots, ring), HTTP/1.1 and HTTP/2 by ALPN, a keep-alive connection pool and a
-/// connect timeout. Plain `http://` is allowed too, for local OpenAI-compatible servers.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+/// (provider and roots by Cargo feature, see the [module docs](self)), HTTP/1.1 and HTTP/2
+/// by ALPN, a keep-alive connection pool, a connect timeout and the environment's proxy.
+/// Plain `http://` is allowed too, for local OpenAI-compatible servers.
+pub type HttpClient = Client<HttpsConnector<ProxyConnector>, RequestBody>;
 
 /// The stream a provider over the default [`HttpClient`] answers a
 /// [`Streaming`](crate::Streaming) request with, for naming it in a stack's type.
 pub type HttpChatStream = crate::ChatStream<hyper::body::Incoming>;
 
 /// Settings of the default [`HttpClient`].
-#[derive(Clone, Debug)]
+///
+/// ```no_run
+/// use tower_llm_providers::{Anthropic, HttpClientConfig, ProxyConfig};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = HttpClientConfig::default()
+///     .root_certificate(std::fs::read("/etc/ssl/certs/corporate-ca.pem")?)
+///     .proxy(ProxyConfig::url("http://proxy.corp:3128").no_proxy("localhost,.corp"))
+///     .build()?;
+/// let claude = Anthropic::builder().build_with(client)?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
 pub struct HttpClientConfig {
     /// How long to wait for a TCP connection (default 10 s).
     pub connect_timeout: Duration,
@@ -36,6 +78,11 @@ pub struct HttpClientConfig {
     pub pool_max_idle_per_host: usize,
     /// TCP keep-alive probes on pooled connections (default 60 s).
     pub tcp_keepalive: Option<Duration>,
+    /// Root certificates trusted besides the built-in ones (a corporate CA, a test server's
+    /// own), each PEM (one or more `CERTIFICATE` blocks) or DER; checked when built.
+    pub root_certificates: Vec<Bytes>,
+    /// Which proxy connections go through (default: the environment's).
+    pub proxy: ProxyConfig,
 }
 
 /// Idle timeouts from this long on are treated as none at all.
@@ -48,12 +95,44 @@ impl Default for HttpClientConfig {
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 32,
             tcp_keepalive: Some(Duration::from_secs(60)),
+            root_certificates: Vec::new(),
+            proxy: ProxyConfig::default(),
         }
     }
 }
 
+impl fmt::Debug for HttpClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpClientConfig")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
+            .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
+            .field("tcp_keepalive", &self.tcp_keepalive)
+            .field("root_certificates", &self.root_certificates.len())
+            .field("proxy", &self.proxy)
+            .finish()
+    }
+}
+
 impl HttpClientConfig {
-    /// Builds a client with these settings.
+    /// Also trusts this root certificate, PEM (one or more `CERTIFICATE` blocks) or DER: a
+    /// corporate CA, a test server's own. [`build`](Self::build) refuses one that does not
+    /// parse (knob `root_certificate`).
+    pub fn root_certificate(mut self, pem_or_der: impl Into<Bytes>) -> Self {
+        self.root_certificates.push(pem_or_der.into());
+        self
+    }
+
+    /// Sets the proxy (default [`ProxyConfig::from_env`]; [`ProxyConfig::none`] turns
+    /// proxies off).
+    pub fn proxy(mut self, proxy: ProxyConfig) -> Self {
+        self.proxy = proxy;
+        self
+    }
+
+    /// Builds a client with these settings, reading the environment's proxy variables (unless
+    /// [`proxy`](Self::proxy) says otherwise) and, with the `native-roots` feature, the
+    /// system's root certificates.
     pub fn build(&self) -> Result<HttpClient, ConfigError> {
         if self.connect_timeout.is_zero() {
             return Err(ConfigError::new("connect_timeout", "must be above zero"));
@@ -63,14 +142,17 @@ impl HttpClientConfig {
         http.set_connect_timeout(Some(self.connect_timeout));
         http.set_nodelay(true);
         http.set_keepalive(self.tcp_keepalive);
-        // ring, named explicitly: rustls' process-wide default is ambiguous (and panics) when
-        // another crate in the build switches on aws-lc-rs too.
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        let connector = ProxyConnector::new(http, self.proxy.matcher()?);
+        let tls = rustls::ClientConfig::builder_with_provider(crypto_provider()?)
+            .with_safe_default_protocol_versions()
             .map_err(|e| ConfigError::new("tls", e.to_string()))?
+            .with_root_certificates(self.roots()?)
+            .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
             .https_or_http()
             .enable_all_versions()
-            .wrap_connector(http);
+            .wrap_connector(connector);
         Ok(Client::builder(TokioExecutor::new())
             // hyper-util adds this to the clock in its idle reaper task, which panics on
             // overflow (Duration::MAX): a timeout that long is no timeout.
@@ -82,6 +164,76 @@ impl HttpClientConfig {
             .timer(TokioTimer::new())
             .build(https))
     }
+
+    /// The roots the features name, plus the configured ones.
+    fn roots(&self) -> Result<RootCertStore, ConfigError> {
+        let mut roots = RootCertStore::empty();
+        #[cfg(feature = "webpki-roots")]
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        #[cfg(feature = "native-roots")]
+        {
+            // As hyper-rustls' own native roots: a system certificate that does not parse is
+            // skipped, not fatal, since one odd file must not take every connection down.
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+        }
+        for (index, cert) in self.root_certificates.iter().enumerate() {
+            add_root(&mut roots, cert).map_err(|why| {
+                ConfigError::new("root_certificate", format!("certificate {index}: {why}"))
+            })?;
+        }
+        if roots.is_empty() {
+            return Err(ConfigError::new(
+                "root_certificate",
+                "no root certificates to trust: turn on the `webpki-roots` or `native-roots` \
+                 feature, or add one",
+            ));
+        }
+        Ok(roots)
+    }
+}
+
+/// Adds the certificates of one PEM or DER input.
+fn add_root(roots: &mut RootCertStore, input: &[u8]) -> Result<(), String> {
+    if input.windows(11).any(|w| w == b"-----BEGIN ") {
+        let mut found = 0;
+        for cert in CertificateDer::pem_slice_iter(input) {
+            let cert = cert.map_err(|e| format!("not valid PEM: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("not a usable certificate: {e}"))?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err("PEM without a CERTIFICATE block".to_owned());
+        }
+        return Ok(());
+    }
+    if input.is_empty() {
+        return Err("empty".to_owned());
+    }
+    roots
+        .add(CertificateDer::from(input.to_vec()))
+        .map_err(|e| format!("neither PEM nor a DER certificate: {e}"))
+}
+
+/// The crypto provider the features pick (aws-lc-rs over ring), else the process default.
+fn crypto_provider() -> Result<Arc<CryptoProvider>, ConfigError> {
+    #[cfg(feature = "aws-lc-rs")]
+    let provider = Some(Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    // Named explicitly rather than rustls' process-wide default, which is ambiguous (and
+    // panics) when another crate in the build switches on the other provider too.
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    let provider = Some(Arc::new(rustls::crypto::ring::default_provider()));
+    #[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
+    let provider = CryptoProvider::get_default().cloned();
+    provider.ok_or_else(|| {
+        ConfigError::new(
+            "tls",
+            "no crypto provider: turn on the `ring` or `aws-lc-rs` feature, or install one \
+             with rustls::crypto::CryptoProvider::install_default",
+        )
+    })
 }
 
 /// The process-wide default client, built once and shared (clones share its pool).
@@ -116,6 +268,7 @@ pub(crate) fn post_json(
 mod tests {
     use super::*;
 
+    #[cfg(any(feature = "ring", feature = "aws-lc-rs"))]
     #[test]
     fn default_client_builds_and_bad_knobs_are_named() {
         assert!(HttpClientConfig::default().build().is_ok());

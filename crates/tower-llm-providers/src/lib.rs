@@ -164,6 +164,7 @@ mod key;
 pub mod meta;
 mod observe;
 pub mod openai;
+pub mod proxy;
 pub mod sse;
 mod stream;
 
@@ -184,6 +185,7 @@ pub use observe::{
     METRIC_REQUESTS, METRIC_TIME_TO_FIRST_CHUNK, METRIC_TOKEN_USAGE, TOKEN_BUCKETS,
 };
 pub use openai::{OpenAi, OpenAiBuilder};
+pub use proxy::{ProxyConfig, ProxyConnector};
 pub use stream::{ChatAccumulator, ChatStream, ChunkDecoder, StreamTimeouts};
 pub use tower_llm_core::{UpstreamError, Usage};
 
