@@ -155,7 +155,9 @@ impl Ctx {
             FailureKind::Timeout => FailureKind::Timeout,
             _ => FailureKind::Transport,
         };
-        let message = format!("{what}: {error}");
+        // hyper-util's own text says only "client error (Connect)": the chain says which
+        // (refused, a certificate not trusted, a proxy's refusal).
+        let message = format!("{what}: {}", chain_text(&*error));
         let source = match &self.key {
             // The chain's text may quote the request (a proxy's error, a URL with the key in
             // it): a source whose text would show the key is replaced by its scrubbed text.
