@@ -59,8 +59,8 @@ use tower_service::Service;
 use crate::body::DEFAULT_MAX_BODY_BYTES;
 use crate::builder;
 use crate::chat::{
-    ChatChunk, ChatRequest, ChatResponse, FinishReason, Role, Streaming, ToolCall, ToolCallDelta,
-    ToolChoice,
+    BlockDelta, ChatChunk, ChatRequest, ChatResponse, ContentBlock, FinishReason, Role, Streaming,
+    ToolCall, ToolCallDelta, ToolChoice, keep_blocks_if_needed,
 };
 use crate::client::{HttpClient, RequestBody, post_json, shared_client};
 use crate::error::{ConfigError, Ctx, Dialect};
@@ -435,6 +435,8 @@ struct WireMessage<'a> {
 enum WireBlock<'a> {
     Text {
         text: &'a str,
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        citations: &'a [Value],
     },
     ToolUse {
         id: &'a str,
@@ -445,6 +447,55 @@ enum WireBlock<'a> {
         tool_use_id: &'a str,
         content: &'a str,
     },
+    Thinking {
+        thinking: &'a str,
+        signature: &'a str,
+    },
+    RedactedThinking {
+        data: &'a str,
+    },
+    /// A block kept raw (server tools, their results, unknown types): sent as it came.
+    #[serde(untagged)]
+    Raw(&'a Value),
+}
+
+impl<'a> WireBlock<'a> {
+    fn text(text: &'a str) -> Self {
+        WireBlock::Text {
+            text,
+            citations: &[],
+        }
+    }
+
+    fn tool_use(call: &'a ToolCall) -> Self {
+        WireBlock::ToolUse {
+            id: &call.id,
+            name: &call.name,
+            input: serde_json::from_str(&call.arguments)
+                .unwrap_or_else(|_| Value::Object(Map::new())),
+        }
+    }
+
+    /// An assistant message's block as it goes back; `None` for empty text, which
+    /// Anthropic refuses.
+    fn from_block(block: &'a ContentBlock) -> Option<Self> {
+        Some(match block {
+            ContentBlock::Text { text, .. } if text.is_empty() => return None,
+            ContentBlock::Text { text, citations } => WireBlock::Text { text, citations },
+            ContentBlock::ToolUse(call) => WireBlock::tool_use(call),
+            ContentBlock::Thinking {
+                thinking,
+                signature,
+            } => WireBlock::Thinking {
+                thinking,
+                signature,
+            },
+            ContentBlock::RedactedThinking { data } => WireBlock::RedactedThinking { data },
+            ContentBlock::ServerToolUse(raw)
+            | ContentBlock::ServerToolResult(raw)
+            | ContentBlock::Other(raw) => WireBlock::Raw(raw),
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -465,27 +516,22 @@ fn encode_chat(request: &ChatRequest, stream: bool, default_max_tokens: u32) -> 
     let mut messages: Vec<WireMessage<'_>> = Vec::with_capacity(request.messages.len());
     for message in request.messages.iter().filter(|m| m.role != Role::System) {
         let (role, blocks) = match message.role {
-            Role::User | Role::System => (
-                "user",
-                vec![WireBlock::Text {
-                    text: &message.content,
-                }],
+            Role::User | Role::System => ("user", vec![WireBlock::text(&message.content)]),
+            // The blocks as they came, thinking and server tools included, when it has them.
+            Role::Assistant if !message.blocks.is_empty() => (
+                "assistant",
+                message
+                    .blocks
+                    .iter()
+                    .filter_map(WireBlock::from_block)
+                    .collect(),
             ),
             Role::Assistant => {
                 let mut blocks = Vec::with_capacity(1 + message.tool_calls.len());
                 if !message.content.is_empty() {
-                    blocks.push(WireBlock::Text {
-                        text: &message.content,
-                    });
+                    blocks.push(WireBlock::text(&message.content));
                 }
-                for call in &message.tool_calls {
-                    blocks.push(WireBlock::ToolUse {
-                        id: &call.id,
-                        name: &call.name,
-                        input: serde_json::from_str(&call.arguments)
-                            .unwrap_or_else(|_| Value::Object(Map::new())),
-                    });
-                }
+                blocks.extend(message.tool_calls.iter().map(WireBlock::tool_use));
                 ("assistant", blocks)
             }
             Role::Tool => (
@@ -576,6 +622,8 @@ struct WireResponse {
 enum WireContent {
     Text {
         text: String,
+        #[serde(default)]
+        citations: Option<Vec<Value>>,
     },
     ToolUse {
         id: String,
@@ -583,8 +631,20 @@ enum WireContent {
         #[serde(default)]
         input: Value,
     },
-    #[serde(other)]
-    Other,
+    Thinking {
+        #[serde(default)]
+        thinking: String,
+        #[serde(default)]
+        signature: String,
+    },
+    RedactedThinking {
+        #[serde(default)]
+        data: String,
+    },
+    /// Anything else (server tools, their results, types to come, a known type in a shape
+    /// it should not have), kept raw.
+    #[serde(untagged)]
+    Raw(Value),
 }
 
 #[derive(Deserialize, Default)]
@@ -658,17 +718,38 @@ pub(crate) fn decode_chat(
         extra: wire.extra,
         ..ChatResponse::default()
     };
+    let mut blocks = Vec::with_capacity(content.len());
     for block in content {
-        match block {
-            WireContent::Text { text } => response.content.push_str(&text),
-            WireContent::ToolUse { id, name, input } => response.tool_calls.push(ToolCall {
-                id,
-                name,
-                arguments: arguments_text(&input),
-            }),
-            WireContent::Other => {}
-        }
+        blocks.push(match block {
+            WireContent::Text { text, citations } => {
+                response.content.push_str(&text);
+                ContentBlock::Text {
+                    text,
+                    citations: citations.unwrap_or_default(),
+                }
+            }
+            WireContent::ToolUse { id, name, input } => {
+                let call = ToolCall {
+                    id,
+                    name,
+                    arguments: arguments_text(&input),
+                };
+                response.tool_calls.push(call.clone());
+                ContentBlock::ToolUse(call)
+            }
+            WireContent::Thinking {
+                thinking,
+                signature,
+            } => ContentBlock::Thinking {
+                thinking,
+                signature,
+            },
+            WireContent::RedactedThinking { data } => ContentBlock::RedactedThinking { data },
+            WireContent::Raw(raw) => ContentBlock::raw(raw),
+        });
     }
+    keep_blocks_if_needed(&mut blocks);
+    response.blocks = blocks;
     Ok(response)
 }
 
@@ -714,13 +795,27 @@ enum WireBlockStart {
     Text {
         #[serde(default)]
         text: String,
+        #[serde(default)]
+        citations: Option<Vec<Value>>,
     },
     ToolUse {
         id: String,
         name: String,
     },
-    #[serde(other)]
-    Other,
+    Thinking {
+        #[serde(default)]
+        thinking: String,
+        #[serde(default)]
+        signature: String,
+    },
+    RedactedThinking {
+        #[serde(default)]
+        data: String,
+    },
+    /// Server tools (their input follows as `input_json_delta`s), their results (whole),
+    /// types to come: kept raw.
+    #[serde(untagged)]
+    Raw(Value),
 }
 
 #[derive(Deserialize)]
@@ -731,6 +826,15 @@ enum WireBlockDelta {
     },
     InputJsonDelta {
         partial_json: String,
+    },
+    ThinkingDelta {
+        thinking: String,
+    },
+    SignatureDelta {
+        signature: String,
+    },
+    CitationsDelta {
+        citation: Value,
     },
     #[serde(other)]
     Other,
@@ -749,10 +853,12 @@ pub(crate) struct StreamDecoder {
     cached_tokens: u64,
     /// Content block index of each tool call so far, in call order.
     tool_blocks: Vec<u32>,
-    /// Content blocks that are neither text nor a tool call for the caller: the server's own
-    /// tools (`server_tool_use`, `mcp_tool_use`, web search and code execution results),
-    /// thinking. Their deltas (a server tool's `input_json_delta`) are not the caller's.
+    /// Content blocks kept raw: the server's own tools (`server_tool_use`, `mcp_tool_use`),
+    /// their results, unknown types. A server tool's `input_json_delta`s are not the
+    /// caller's tool arguments: they go out as [`BlockDelta::ServerToolInput`].
     other_blocks: Vec<u32>,
+    /// Content blocks started so far, of every type.
+    blocks: usize,
     pub(crate) model: Option<String>,
 }
 
@@ -781,33 +887,73 @@ impl StreamDecoder {
             WireEvent::ContentBlockStart {
                 index,
                 content_block,
-            } => match content_block {
-                WireBlockStart::Text { text } if !text.is_empty() => {
-                    out.push_back(ChatChunk::Content(text));
+            } => {
+                self.check_blocks(ctx, event)?;
+                self.blocks += 1;
+                let start = |block| ChatChunk::Block(BlockDelta::Start { index, block });
+                match content_block {
+                    WireBlockStart::Text { text, citations } => {
+                        out.push_back(start(ContentBlock::Text {
+                            text: String::new(),
+                            citations: citations.unwrap_or_default(),
+                        }));
+                        if !text.is_empty() {
+                            out.push_back(ChatChunk::Content(text));
+                        }
+                    }
+                    WireBlockStart::ToolUse { id, name } => {
+                        let call = self.tool_blocks.len() as u32;
+                        self.tool_blocks.push(index);
+                        out.push_back(start(ContentBlock::ToolUse(ToolCall {
+                            id: id.clone(),
+                            name: name.clone(),
+                            arguments: String::new(),
+                        })));
+                        out.push_back(ChatChunk::ToolCall(ToolCallDelta {
+                            index: call,
+                            id: Some(id),
+                            name: Some(name),
+                            arguments: String::new(),
+                        }));
+                    }
+                    WireBlockStart::Thinking {
+                        thinking,
+                        signature,
+                    } => out.push_back(start(ContentBlock::Thinking {
+                        thinking,
+                        signature,
+                    })),
+                    WireBlockStart::RedactedThinking { data } => {
+                        out.push_back(start(ContentBlock::RedactedThinking { data }));
+                    }
+                    WireBlockStart::Raw(raw) => {
+                        self.other_blocks.push(index);
+                        out.push_back(start(ContentBlock::raw(raw)));
+                    }
                 }
-                WireBlockStart::ToolUse { id, name } => {
-                    self.check_blocks(ctx, event)?;
-                    let call = self.tool_blocks.len() as u32;
-                    self.tool_blocks.push(index);
-                    out.push_back(ChatChunk::ToolCall(ToolCallDelta {
-                        index: call,
-                        id: Some(id),
-                        name: Some(name),
-                        arguments: String::new(),
-                    }));
-                }
-                WireBlockStart::Other => {
-                    self.check_blocks(ctx, event)?;
-                    self.other_blocks.push(index);
-                }
-                WireBlockStart::Text { .. } => {}
-            },
+            }
             WireEvent::ContentBlockDelta { index, delta } => match delta {
                 WireBlockDelta::TextDelta { text } => out.push_back(ChatChunk::Content(text)),
+                WireBlockDelta::ThinkingDelta { thinking } => {
+                    out.push_back(ChatChunk::Block(BlockDelta::Thinking {
+                        index,
+                        text: thinking,
+                    }));
+                }
+                WireBlockDelta::SignatureDelta { signature } => {
+                    out.push_back(ChatChunk::Block(BlockDelta::Signature { index, signature }));
+                }
+                WireBlockDelta::CitationsDelta { citation } => {
+                    out.push_back(ChatChunk::Block(BlockDelta::Citation { index, citation }));
+                }
                 WireBlockDelta::InputJsonDelta { partial_json } => {
                     let Some(call) = self.tool_blocks.iter().position(|&b| b == index) else {
                         if self.other_blocks.contains(&index) {
                             // A server tool's input: Anthropic runs it, the caller does not.
+                            out.push_back(ChatChunk::Block(BlockDelta::ServerToolInput {
+                                index,
+                                partial_json,
+                            }));
                             return Ok(Step::Continue);
                         }
                         return Err(ctx.malformed(
@@ -845,10 +991,11 @@ impl StreamDecoder {
         Ok(Step::Continue)
     }
 
-    /// Refuses a stream with more content blocks than any answer has: the block lists grow
-    /// with what the server sends, and must stay bounded.
+    /// Refuses a stream with more content blocks than any answer has: the block lists (here
+    /// and in a [`ChatAccumulator`](crate::ChatAccumulator)) grow with what the server sends,
+    /// and must stay bounded.
     fn check_blocks(&self, ctx: &Ctx, event: &SseEvent) -> Result<(), UpstreamError> {
-        if self.tool_blocks.len() + self.other_blocks.len() >= MAX_BLOCKS {
+        if self.blocks >= MAX_BLOCKS {
             return Err(ctx.malformed(
                 "stream",
                 &Bytes::copy_from_slice(event.data.as_bytes()),

@@ -53,6 +53,12 @@ pub struct Message {
     /// For a [`Role::Tool`] message: the id of the call it answers. Gemini matches results
     /// by function name instead, so for Gemini put the function name in [`name`](Self::name).
     pub tool_call_id: Option<String>,
+    /// An assistant message's content blocks, in order, as Anthropic sent them (see
+    /// [`ChatResponse::blocks`]). When not empty, Anthropic is sent these instead of
+    /// `content` and `tool_calls`, so that thinking, server tools and citations go back as
+    /// they came; OpenAI and Gemini are sent `content` and `tool_calls` and never these.
+    /// [`ChatResponse::to_message`] fills both.
+    pub blocks: Vec<ContentBlock>,
 }
 
 impl Message {
@@ -63,6 +69,7 @@ impl Message {
             name: None,
             tool_calls: Vec::new(),
             tool_call_id: None,
+            blocks: Vec::new(),
         }
     }
 
@@ -123,6 +130,126 @@ pub struct ToolCall {
     pub name: String,
     /// Its arguments, as JSON text.
     pub arguments: String,
+}
+
+/// One block of an answer's content, for the providers whose answers are lists of typed
+/// blocks (Anthropic's Messages API).
+///
+/// [`ChatResponse::content`] and [`ChatResponse::tool_calls`] flatten an answer's text and
+/// tool calls; the blocks keep everything else in its place: the model's thinking and its
+/// signature, redacted thinking, the provider's own tools and their results, the citations
+/// on each piece of text, and block types this crate does not know, raw. They go back to the
+/// provider in the next turn as they came (Anthropic requires thinking blocks back alongside
+/// tool use), through [`Message::blocks`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum ContentBlock {
+    /// Text, with the citations that support it (Anthropic's citation objects, raw:
+    /// `char_location`, `page_location`, `web_search_result_location`, ...).
+    Text {
+        /// The text.
+        text: String,
+        /// Its citations, raw.
+        citations: Vec<Value>,
+    },
+    /// A call of one of the caller's tools (also in [`ChatResponse::tool_calls`]).
+    ToolUse(ToolCall),
+    /// The model's reasoning (extended thinking), with the signature the provider checks
+    /// when the block is sent back.
+    Thinking {
+        /// The reasoning text.
+        thinking: String,
+        /// The provider's signature over it.
+        signature: String,
+    },
+    /// Reasoning the provider encrypted: opaque, sent back as is.
+    RedactedThinking {
+        /// The encrypted reasoning.
+        data: String,
+    },
+    /// A call of a tool the provider runs itself (`server_tool_use`: web search, web
+    /// fetch, code execution; `mcp_tool_use`), the block raw.
+    ServerToolUse(Value),
+    /// What a provider-run tool returned (`web_search_tool_result`,
+    /// `code_execution_tool_result`, `mcp_tool_result`, any `*_tool_result`), the block raw.
+    ServerToolResult(Value),
+    /// A block type this crate does not model, raw: kept and sent back, never an error.
+    Other(Value),
+}
+
+impl ContentBlock {
+    /// The block for a raw JSON block that is not text, a tool call or thinking, by its
+    /// `type`: a server tool's call or result, or another type.
+    pub(crate) fn raw(block: Value) -> ContentBlock {
+        let kind = block.get("type").and_then(Value::as_str).unwrap_or_default();
+        if kind == "server_tool_use" || kind == "mcp_tool_use" {
+            ContentBlock::ServerToolUse(block)
+        } else if kind.ends_with("_tool_result") {
+            ContentBlock::ServerToolResult(block)
+        } else {
+            ContentBlock::Other(block)
+        }
+    }
+
+    /// Whether the block says something [`ChatResponse::content`] and
+    /// [`ChatResponse::tool_calls`] do not: anything but uncited text and tool calls.
+    fn is_beyond_text_and_calls(&self) -> bool {
+        match self {
+            ContentBlock::Text { citations, .. } => !citations.is_empty(),
+            ContentBlock::ToolUse(_) => false,
+            _ => true,
+        }
+    }
+
+    fn fingerprint(&self, h: &mut FingerprintHasher) {
+        match self {
+            ContentBlock::Text { text, citations } => {
+                h.write_tag(1);
+                h.write_str(text);
+                h.write_u64(citations.len() as u64);
+                for citation in citations {
+                    h.write_json(citation);
+                }
+            }
+            ContentBlock::ToolUse(call) => {
+                h.write_tag(2);
+                h.write_str(&call.id);
+                h.write_str(&call.name);
+                h.write_str(&call.arguments);
+            }
+            ContentBlock::Thinking {
+                thinking,
+                signature,
+            } => {
+                h.write_tag(3);
+                h.write_str(thinking);
+                h.write_str(signature);
+            }
+            ContentBlock::RedactedThinking { data } => {
+                h.write_tag(4);
+                h.write_str(data);
+            }
+            ContentBlock::ServerToolUse(raw) => {
+                h.write_tag(5);
+                h.write_json(raw);
+            }
+            ContentBlock::ServerToolResult(raw) => {
+                h.write_tag(6);
+                h.write_json(raw);
+            }
+            ContentBlock::Other(raw) => {
+                h.write_tag(7);
+                h.write_json(raw);
+            }
+        }
+    }
+}
+
+/// Keeps the blocks only when they say more than the flattened text and tool calls.
+pub(crate) fn keep_blocks_if_needed(blocks: &mut Vec<ContentBlock>) {
+    if !blocks.iter().any(ContentBlock::is_beyond_text_and_calls) {
+        blocks.clear();
+    }
 }
 
 /// Whether and which tools the model must call.
@@ -332,6 +459,10 @@ impl Fingerprint for Message {
             h.write_str(&call.name);
             h.write_str(&call.arguments);
         }
+        h.write_u64(self.blocks.len() as u64);
+        for block in &self.blocks {
+            block.fingerprint(h);
+        }
     }
 }
 
@@ -448,9 +579,24 @@ pub(crate) fn body_size_hint(request: &ChatRequest) -> usize {
                     .iter()
                     .map(|c| c.arguments.len() + 96)
                     .sum::<usize>()
+                + m.blocks.iter().map(block_size_hint).sum::<usize>()
         })
         .sum();
     text + request.tools.len() * 512 + 256
+}
+
+fn block_size_hint(block: &ContentBlock) -> usize {
+    match block {
+        ContentBlock::Text { text, citations } => text.len() + 32 + citations.len() * 256,
+        ContentBlock::ToolUse(call) => call.arguments.len() + 96,
+        ContentBlock::Thinking {
+            thinking,
+            signature,
+        } => thinking.len() + signature.len() + 48,
+        ContentBlock::RedactedThinking { data } => data.len() + 48,
+        // Raw blocks are rare (server tools): a guess, not a second serialization.
+        ContentBlock::ServerToolUse(_) | ContentBlock::ServerToolResult(_) | ContentBlock::Other(_) => 1024,
+    }
 }
 
 fn write_map(h: &mut FingerprintHasher, map: &Map<String, Value>) {
@@ -478,6 +624,15 @@ impl RequestCost for ChatRequest {
                     + m.tool_calls
                         .iter()
                         .map(|c| estimate_text_tokens(&c.name) + estimate_text_tokens(&c.arguments))
+                        .sum::<u64>()
+                    + m.blocks
+                        .iter()
+                        .map(|b| match b {
+                            ContentBlock::Thinking { thinking, .. } => {
+                                estimate_text_tokens(thinking)
+                            }
+                            _ => 0,
+                        })
                         .sum::<u64>()
             })
             .sum();
@@ -543,6 +698,11 @@ pub struct ChatResponse {
     pub content: String,
     /// Tools the model called.
     pub tool_calls: Vec<ToolCall>,
+    /// The answer's content blocks in order (Anthropic), when it has any that `content` and
+    /// `tool_calls` cannot carry: thinking, redacted thinking, the provider's own tools and
+    /// their results, cited text, unknown block types. Empty otherwise, and always for
+    /// OpenAI and Gemini. Sent back by [`to_message`](Self::to_message).
+    pub blocks: Vec<ContentBlock>,
     /// The model's explanation when it declined to answer (OpenAI `message.refusal`); the
     /// finish reason is then [`FinishReason::Refusal`].
     pub refusal: Option<String>,
@@ -554,6 +714,43 @@ pub struct ChatResponse {
     pub extra: Map<String, Value>,
     /// The HTTP facts of the answer: status, request id, rate-limit headers, provider.
     pub meta: ResponseMeta,
+}
+
+impl ChatResponse {
+    /// This answer as the assistant message of the next turn: its text, its tool calls and
+    /// its [`blocks`](Self::blocks), so that Anthropic gets its thinking and server tool
+    /// blocks back as it requires, and other providers the text and tool calls.
+    ///
+    /// ```
+    /// use tower_llm_providers::{ChatRequest, ChatResponse, Message};
+    ///
+    /// # fn next_turn(answer: ChatResponse, tool_output: String) -> ChatRequest {
+    /// let mut request = ChatRequest::new("claude-sonnet-4-5", vec![Message::user("Weather in Paris?")]);
+    /// request.messages.push(answer.to_message());
+    /// for call in &answer.tool_calls {
+    ///     request.messages.push(Message::tool_result(&call.id, &call.name, tool_output.clone()));
+    /// }
+    /// # request
+    /// # }
+    /// ```
+    pub fn to_message(&self) -> Message {
+        Message {
+            tool_calls: self.tool_calls.clone(),
+            blocks: self.blocks.clone(),
+            ..Message::assistant(self.content.clone())
+        }
+    }
+}
+
+impl From<ChatResponse> for Message {
+    /// [`ChatResponse::to_message`], without copying.
+    fn from(answer: ChatResponse) -> Message {
+        Message {
+            tool_calls: answer.tool_calls,
+            blocks: answer.blocks,
+            ..Message::assistant(answer.content)
+        }
+    }
 }
 
 impl ResponseUsage for ChatResponse {
@@ -589,6 +786,147 @@ pub enum ChatChunk {
     /// More of the model's refusal text (OpenAI `delta.refusal`): it declined to answer, and
     /// the stream's finish is [`FinishReason::Refusal`].
     Refusal(String),
+    /// A content block starts, or grows in a way [`Content`](Self::Content) and
+    /// [`ToolCall`](Self::ToolCall) do not carry (Anthropic: thinking, signatures, citations,
+    /// server tools). Text and tool-call arguments still arrive as those chunks; callers
+    /// that only want the text can ignore these. [`ChatAccumulator`](crate::ChatAccumulator)
+    /// rebuilds [`ChatResponse::blocks`] from them.
+    Block(BlockDelta),
+}
+
+/// A piece of a streamed content block (see [`ChatChunk::Block`]). `index` is the block's
+/// position in the answer, as the provider numbers it.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum BlockDelta {
+    /// A block starts: every block of the answer starts with one, in order. Text and
+    /// thinking start empty or with their first piece; a tool call starts with its id and
+    /// name (its arguments follow as [`ChatChunk::ToolCall`]s); redacted thinking, server
+    /// tool results and unknown blocks arrive whole.
+    Start {
+        /// The block's position.
+        index: u32,
+        /// The block as it starts.
+        block: ContentBlock,
+    },
+    /// More of a thinking block's text.
+    Thinking {
+        /// The block's position.
+        index: u32,
+        /// More reasoning text.
+        text: String,
+    },
+    /// A thinking block's signature (sent once, at its end).
+    Signature {
+        /// The block's position.
+        index: u32,
+        /// The signature (or more of it).
+        signature: String,
+    },
+    /// A citation for the text block.
+    Citation {
+        /// The block's position.
+        index: u32,
+        /// The citation, raw.
+        citation: Value,
+    },
+    /// More of a server tool call's input, as JSON text.
+    ServerToolInput {
+        /// The block's position.
+        index: u32,
+        /// More of the input's JSON text.
+        partial_json: String,
+    },
+}
+
+/// Rebuilds [`ChatResponse::blocks`] from [`ChatChunk`]s (for [`ChatAccumulator`](crate::ChatAccumulator)).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct BlockAccumulator {
+    blocks: Vec<ContentBlock>,
+    /// The provider's index of each block.
+    indices: Vec<u32>,
+    /// The input JSON text of server tool calls so far, by position in `blocks`.
+    server_inputs: Vec<(usize, String)>,
+}
+
+impl BlockAccumulator {
+    fn position(&self, index: u32) -> Option<usize> {
+        self.indices.iter().rposition(|&i| i == index)
+    }
+
+    /// Adds a chunk's part in the blocks.
+    pub(crate) fn push(&mut self, chunk: &ChatChunk) {
+        match chunk {
+            ChatChunk::Content(more) => {
+                if let Some(ContentBlock::Text { text, .. }) = self.blocks.last_mut() {
+                    text.push_str(more);
+                }
+            }
+            ChatChunk::Block(BlockDelta::Start { index, block }) => {
+                self.blocks.push(block.clone());
+                self.indices.push(*index);
+            }
+            ChatChunk::Block(BlockDelta::Thinking { index, text }) => {
+                if let Some(ContentBlock::Thinking { thinking, .. }) =
+                    self.position(*index).map(|at| &mut self.blocks[at])
+                {
+                    thinking.push_str(text);
+                }
+            }
+            ChatChunk::Block(BlockDelta::Signature { index, signature }) => {
+                if let Some(ContentBlock::Thinking { signature: s, .. }) =
+                    self.position(*index).map(|at| &mut self.blocks[at])
+                {
+                    s.push_str(signature);
+                }
+            }
+            ChatChunk::Block(BlockDelta::Citation { index, citation }) => {
+                if let Some(ContentBlock::Text { citations, .. }) =
+                    self.position(*index).map(|at| &mut self.blocks[at])
+                {
+                    citations.push(citation.clone());
+                }
+            }
+            ChatChunk::Block(BlockDelta::ServerToolInput {
+                index,
+                partial_json,
+            }) => {
+                let Some(at) = self.position(*index) else {
+                    return;
+                };
+                match self.server_inputs.iter_mut().find(|(p, _)| *p == at) {
+                    Some((_, text)) => text.push_str(partial_json),
+                    None => self.server_inputs.push((at, partial_json.clone())),
+                }
+            }
+            ChatChunk::ToolCall(_)
+            | ChatChunk::Usage(_)
+            | ChatChunk::Finish(_)
+            | ChatChunk::Refusal(_) => {}
+        }
+    }
+
+    /// The blocks, with the tool calls' final arguments and the server tools' inputs, or
+    /// none when the text and the calls say it all.
+    pub(crate) fn finish(mut self, calls: &[ToolCall]) -> Vec<ContentBlock> {
+        for (at, input) in self.server_inputs {
+            if let Some(ContentBlock::ServerToolUse(Value::Object(block))) = self.blocks.get_mut(at)
+            {
+                // A cut or malformed input stays as the text that came, not a guess.
+                let input = serde_json::from_str(&input).unwrap_or(Value::String(input));
+                block.insert("input".to_owned(), input);
+            }
+        }
+        for block in &mut self.blocks {
+            if let ContentBlock::ToolUse(call) = block {
+                if let Some(done) = calls.iter().find(|c| c.id == call.id) {
+                    call.clone_from(done);
+                }
+            }
+        }
+        keep_blocks_if_needed(&mut self.blocks);
+        self.blocks
+    }
 }
 
 /// A piece of a streamed tool call.

@@ -171,8 +171,9 @@ mod stream;
 pub use anthropic::{Anthropic, AnthropicBuilder};
 pub use body::DEFAULT_MAX_BODY_BYTES;
 pub use chat::{
-    ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, FinishReason,
-    Message, ResponseFormat, Role, Streaming, Tool, ToolCall, ToolCallDelta, ToolChoice,
+    BlockDelta, ChatChunk, ChatRequest, ChatResponse, ContentBlock, EmbeddingRequest,
+    EmbeddingResponse, FinishReason, Message, ResponseFormat, Role, Streaming, Tool, ToolCall,
+    ToolCallDelta, ToolChoice,
 };
 pub use client::{HttpChatStream, HttpClient, HttpClientConfig, RequestBody, shared_client};
 pub use error::ConfigError;

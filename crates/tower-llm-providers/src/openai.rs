@@ -911,6 +911,7 @@ pub(crate) fn decode_chat(
                 arguments: call.function.arguments.unwrap_or_default(),
             })
             .collect(),
+        blocks: Vec::new(),
         refusal,
         finish_reason,
         usage: wire.usage.as_ref().map(WireUsage::usage),

@@ -22,7 +22,7 @@ use tower_llm_core::{
     BoxError, ClassifyError, EndSignal, FailureKind, StreamEnd, UpstreamError, Usage,
 };
 
-use crate::chat::{ChatChunk, ChatResponse, FinishReason, ToolCall};
+use crate::chat::{BlockAccumulator, ChatChunk, ChatResponse, FinishReason, ToolCall};
 use crate::error::{Ctx, Dialect};
 use crate::future::with_request_id;
 use crate::meta::ResponseMeta;
@@ -703,11 +703,13 @@ pub(crate) fn timeout(ctx: &Ctx, which: &str, limit: Option<Duration>) -> Upstre
 pub struct ChatAccumulator {
     response: ChatResponse,
     calls: Vec<ToolCall>,
+    blocks: BlockAccumulator,
 }
 
 impl ChatAccumulator {
     /// Adds one chunk.
     pub fn push(&mut self, chunk: &ChatChunk) {
+        self.blocks.push(chunk);
         match chunk {
             ChatChunk::Content(text) => self.response.content.push_str(text),
             ChatChunk::ToolCall(delta) => {
@@ -738,11 +740,13 @@ impl ChatAccumulator {
                 .get_or_insert_with(String::new)
                 .push_str(text),
             ChatChunk::Finish(reason) => self.response.finish_reason = Some(reason.clone()),
+            ChatChunk::Block(_) => {}
         }
     }
 
     /// The answer so far.
     pub fn finish(mut self) -> ChatResponse {
+        self.response.blocks = self.blocks.finish(&self.calls);
         self.response.tool_calls = self.calls;
         self.response
     }

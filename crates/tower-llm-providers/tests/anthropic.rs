@@ -10,8 +10,8 @@ use common::{Piece, Reply, call, deliveries, drain, mock, split};
 use serde_json::json;
 use tower_llm_core::{FailureKind, Usage};
 use tower_llm_providers::{
-    Anthropic, ChatAccumulator, ChatChunk, ChatRequest, FinishReason, Message, Tool, ToolCall,
-    ToolCallDelta, ToolChoice,
+    Anthropic, BlockDelta, ChatAccumulator, ChatChunk, ChatRequest, ContentBlock, FinishReason,
+    Message, Tool, ToolCall, ToolCallDelta, ToolChoice,
 };
 
 const MESSAGE: &str = include_str!("fixtures/anthropic_message.json");
@@ -147,8 +147,23 @@ async fn tool_results_go_back_as_blocks_in_one_user_turn() {
 
 fn expected_stream() -> Vec<ChatChunk> {
     vec![
+        ChatChunk::Block(BlockDelta::Start {
+            index: 0,
+            block: ContentBlock::Text {
+                text: String::new(),
+                citations: Vec::new(),
+            },
+        }),
         ChatChunk::Content("Okay, let's check the weather".into()),
         ChatChunk::Content(" for San Francisco:".into()),
+        ChatChunk::Block(BlockDelta::Start {
+            index: 1,
+            block: ContentBlock::ToolUse(ToolCall {
+                id: "toolu_01T1x1fJ34qAmk2tNTrN7Up6".into(),
+                name: "get_weather".into(),
+                arguments: String::new(),
+            }),
+        }),
         ChatChunk::ToolCall(ToolCallDelta {
             index: 0,
             id: Some("toolu_01T1x1fJ34qAmk2tNTrN7Up6".into()),
@@ -215,24 +230,31 @@ async fn documented_stream_at_awkward_splits() {
     }
     let mut acc = ChatAccumulator::default();
     expected_stream().iter().for_each(|c| acc.push(c));
+    let answer = acc.finish();
     assert_eq!(
-        acc.finish().tool_calls[0].arguments,
+        answer.tool_calls[0].arguments,
         "{\"location\": \"San Francisco, CA\"}"
     );
+    // Text and a tool call say it all: no blocks to keep.
+    assert!(answer.blocks.is_empty());
 }
 
 #[tokio::test]
 async fn overloaded_error_event_inside_a_200_stream() {
     let items = stream_with(split(STREAM_ERROR.as_bytes(), &[100, 101])).await;
-    assert_eq!(
+    assert!(matches!(
         items[0].as_ref().unwrap(),
+        ChatChunk::Block(BlockDelta::Start { index: 0, .. })
+    ));
+    assert_eq!(
+        items[1].as_ref().unwrap(),
         &ChatChunk::Content("Hello".into())
     );
-    let error = items[1].as_ref().unwrap_err();
+    let error = items[2].as_ref().unwrap_err();
     assert_eq!(error.kind(), FailureKind::Overloaded);
     assert_eq!(error.code(), Some("overloaded_error"));
     assert_eq!(error.provider(), Some("anthropic"));
-    assert_eq!(items.len(), 2);
+    assert_eq!(items.len(), 3);
 }
 
 #[tokio::test]
