@@ -87,6 +87,7 @@ fn push_message(index: usize, value: &Value, out: &mut Vec<Message>) -> Result<(
                 name: None,
                 tool_calls: Vec::new(),
                 tool_call_id: None,
+                blocks: Vec::new(),
             });
             return Ok(());
         }
@@ -161,6 +162,7 @@ fn push_message(index: usize, value: &Value, out: &mut Vec<Message>) -> Result<(
             name: None,
             tool_calls,
             tool_call_id: None,
+            blocks: Vec::new(),
         });
     }
     Ok(())
@@ -473,6 +475,9 @@ impl EventWriter for EventSequence {
             }
             ChatChunk::Finish(reason) => self.finish = Some(reason.clone()),
             ChatChunk::Usage(usage) => self.usage = Some(*usage),
+            // Thinking, citations and server tools are not relayed (yet): the text and the
+            // tool calls are.
+            ChatChunk::Block(_) => {}
         }
     }
 

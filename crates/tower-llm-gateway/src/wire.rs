@@ -164,6 +164,7 @@ fn parse_message(index: usize, value: &Value) -> Result<Message, String> {
         name: opt_str(object, "name")?,
         tool_calls,
         tool_call_id: opt_str(object, "tool_call_id")?,
+        blocks: Vec::new(),
     })
 }
 
@@ -607,6 +608,9 @@ impl EventWriter for ChunkWriter {
                     "usage": usage_json(usage),
                 })
             }
+            // OpenAI's format has no content blocks: thinking, citations and server tools
+            // are not relayed.
+            ChatChunk::Block(_) => return,
         };
         out.push_str("data: ");
         out.push_str(&value.to_string());

@@ -181,7 +181,10 @@ impl ContentBlock {
     /// The block for a raw JSON block that is not text, a tool call or thinking, by its
     /// `type`: a server tool's call or result, or another type.
     pub(crate) fn raw(block: Value) -> ContentBlock {
-        let kind = block.get("type").and_then(Value::as_str).unwrap_or_default();
+        let kind = block
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if kind == "server_tool_use" || kind == "mcp_tool_use" {
             ContentBlock::ServerToolUse(block)
         } else if kind.ends_with("_tool_result") {
@@ -595,7 +598,9 @@ fn block_size_hint(block: &ContentBlock) -> usize {
         } => thinking.len() + signature.len() + 48,
         ContentBlock::RedactedThinking { data } => data.len() + 48,
         // Raw blocks are rare (server tools): a guess, not a second serialization.
-        ContentBlock::ServerToolUse(_) | ContentBlock::ServerToolResult(_) | ContentBlock::Other(_) => 1024,
+        ContentBlock::ServerToolUse(_)
+        | ContentBlock::ServerToolResult(_)
+        | ContentBlock::Other(_) => 1024,
     }
 }
 
@@ -917,11 +922,13 @@ impl BlockAccumulator {
                 block.insert("input".to_owned(), input);
             }
         }
-        for block in &mut self.blocks {
-            if let ContentBlock::ToolUse(call) = block {
-                if let Some(done) = calls.iter().find(|c| c.id == call.id) {
-                    call.clone_from(done);
-                }
+        let started_calls = self.blocks.iter_mut().filter_map(|block| match block {
+            ContentBlock::ToolUse(call) => Some(call),
+            _ => None,
+        });
+        for call in started_calls {
+            if let Some(done) = calls.iter().find(|c| c.id == call.id) {
+                call.clone_from(done);
             }
         }
         keep_blocks_if_needed(&mut self.blocks);

@@ -1,26 +1,5 @@
-//! The default HTTP client: hyper-util's pooled client over rustls.
-//!
-//! # TLS
-//!
-//! The crypto provider and the trusted roots are Cargo features of this crate:
-//!
-//! | feature | default | effect |
-//! |---|---|---|
-//! | `ring` | on | TLS through *ring* |
-//! | `aws-lc-rs` | off | TLS through aws-lc-rs (needs a C compiler); wins over `ring` when both are on |
-//! | `webpki-roots` | on | trusts Mozilla's roots, compiled in |
-//! | `native-roots` | off | trusts the operating system's roots, read when a client is built |
-//!
-//! With neither provider feature, the client uses rustls' process-wide default provider:
-//! install one with `rustls::crypto::CryptoProvider::install_default` before building a
-//! client, or [`HttpClientConfig::build`] refuses (knob `tls`). Both root features together
-//! trust both sets. With neither, only the [`root_certificate`](HttpClientConfig::root_certificate)s
-//! given are trusted, and a client without any is refused (knob `root_certificate`).
-//!
-//! # Proxies
-//!
-//! By default the client honours `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`
-//! (read when it is built); see [`ProxyConfig`] and the [`proxy`](crate::proxy) module.
+//! The default HTTP client: hyper-util's pooled client over rustls, its TLS and its proxy.
+//! The TLS features and the proxy rules are in the [crate docs](crate#tls-and-proxies).
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -44,7 +23,7 @@ use crate::proxy::{ProxyConfig, ProxyConnector};
 pub type RequestBody = Full<Bytes>;
 
 /// The default inner service of every provider: hyper-util's legacy client with rustls
-/// (provider and roots by Cargo feature, see the [module docs](self)), HTTP/1.1 and HTTP/2
+/// (provider and roots by Cargo feature, see [TLS and proxies](crate#tls-and-proxies)), HTTP/1.1 and HTTP/2
 /// by ALPN, a keep-alive connection pool, a connect timeout and the environment's proxy.
 /// Plain `http://` is allowed too, for local OpenAI-compatible servers.
 pub type HttpClient = Client<HttpsConnector<ProxyConnector>, RequestBody>;

@@ -118,6 +118,29 @@
 //! shares it freely; a program that creates and drops runtimes (tests) should build a client
 //! per runtime with [`HttpClientConfig::build`] and pass it to `build_with`.
 //!
+//! # TLS and proxies
+//!
+//! The default client's crypto provider and trusted roots are Cargo features:
+//!
+//! | feature | default | effect |
+//! |---|---|---|
+//! | `ring` | on | TLS through *ring* |
+//! | `aws-lc-rs` | off | TLS through aws-lc-rs (needs a C compiler); wins over `ring` when both are on |
+//! | `webpki-roots` | on | trusts Mozilla's roots, compiled in |
+//! | `native-roots` | off | trusts the operating system's roots, read when a client is built |
+//!
+//! With neither provider feature, the client uses rustls' process-wide default provider:
+//! install one with `rustls::crypto::CryptoProvider::install_default` before building a
+//! client, or [`HttpClientConfig::build`] refuses (knob `tls`). Both root features together
+//! trust both sets; with neither, only the
+//! [`root_certificate`](HttpClientConfig::root_certificate)s given are trusted, and a client
+//! without any is refused (knob `root_certificate`). A root certificate of your own (a
+//! corporate CA, a test server's) is trusted on top of the features' roots.
+//!
+//! The client honours `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (and their
+//! lower-case forms), read when it is built; [`ProxyConfig`] turns that off or names a proxy
+//! in code. See the [`proxy`] module for the rules.
+//!
 //! # Example
 //!
 //! A stack over OpenAI, with a stand-in for the network so that the example runs offline;

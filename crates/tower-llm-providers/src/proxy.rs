@@ -71,12 +71,16 @@ impl ProxyConfig {
     /// (`REQUEST_METHOD` set) the environment is ignored, since a request's `Proxy:` header
     /// would arrive there as `HTTP_PROXY` ("httpoxy").
     pub fn from_env() -> Self {
-        ProxyConfig { source: Source::Env }
+        ProxyConfig {
+            source: Source::Env,
+        }
     }
 
     /// No proxy, whatever the environment says.
     pub fn none() -> Self {
-        ProxyConfig { source: Source::Off }
+        ProxyConfig {
+            source: Source::Off,
+        }
     }
 
     /// Every connection through the proxy at `url` (`http://[user:password@]host:port`,
@@ -288,8 +292,8 @@ async fn through(
     let proxy = intercept.uri().clone();
     match proxy.scheme_str() {
         Some("socks5") | Some("socks5h") => {
-            let mut socks = SocksV5::new(proxy.clone(), direct)
-                .local_dns(proxy.scheme_str() == Some("socks5"));
+            let mut socks =
+                SocksV5::new(proxy.clone(), direct).local_dns(proxy.scheme_str() == Some("socks5"));
             if let Some((user, password)) = intercept.raw_auth() {
                 socks = socks.with_auth(user.to_owned(), password.to_owned());
             }
@@ -423,7 +427,10 @@ mod tests {
     fn no_proxy_matches_hosts_subdomains_networks_and_star() {
         let m = matcher_from_vars(vars(&[
             ("HTTPS_PROXY", "http://p:3128"),
-            ("NO_PROXY", "localhost, .internal.corp,10.0.0.0/8, 192.168.1.7"),
+            (
+                "NO_PROXY",
+                "localhost, .internal.corp,10.0.0.0/8, 192.168.1.7",
+            ),
         ]))
         .unwrap();
         for direct in [
@@ -442,11 +449,8 @@ mod tests {
         ] {
             assert!(proxy_for(&m, proxied).is_some(), "{proxied}");
         }
-        let star = matcher_from_vars(vars(&[
-            ("HTTPS_PROXY", "http://p:3128"),
-            ("no_proxy", "*"),
-        ]))
-        .unwrap();
+        let star = matcher_from_vars(vars(&[("HTTPS_PROXY", "http://p:3128"), ("no_proxy", "*")]))
+            .unwrap();
         assert_eq!(proxy_for(&star, "https://api.openai.com/"), None);
     }
 
@@ -484,7 +488,10 @@ mod tests {
         let config = ProxyConfig::url("http://alice:hunter2@proxy.corp:3128").no_proxy("x");
         let shown = format!("{config:?}");
         assert!(shown.contains("http://proxy.corp:3128"), "{shown}");
-        assert!(!shown.contains("hunter2") && !shown.contains("alice"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("alice"),
+            "{shown}"
+        );
         let matcher = config.matcher().unwrap();
         let intercept = matcher
             .as_ref()

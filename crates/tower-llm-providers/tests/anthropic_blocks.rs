@@ -78,9 +78,15 @@ fn server_tools_results_citations_and_unknown_blocks_come_whole() {
         "I'll search for when Claude Shannon was born.Based on the search results, Claude \
          Shannon was born on April 30, 1916, in Petoskey, Michigan."
     );
-    assert!(answer.tool_calls.is_empty(), "server tools are not the caller's");
+    assert!(
+        answer.tool_calls.is_empty(),
+        "server tools are not the caller's"
+    );
     assert_eq!(answer.blocks.len(), 7);
-    assert_eq!(answer.blocks[1], ContentBlock::ServerToolUse(raw[1].clone()));
+    assert_eq!(
+        answer.blocks[1],
+        ContentBlock::ServerToolUse(raw[1].clone())
+    );
     assert_eq!(
         answer.blocks[2],
         ContentBlock::ServerToolResult(raw[2].clone())
@@ -96,8 +102,8 @@ fn server_tools_results_citations_and_unknown_blocks_come_whole() {
 
 #[test]
 fn an_answer_of_text_and_tool_calls_keeps_no_blocks() {
-    let answer = anthropic::decode_response(include_bytes!("fixtures/anthropic_message.json"))
-        .unwrap();
+    let answer =
+        anthropic::decode_response(include_bytes!("fixtures/anthropic_message.json")).unwrap();
     assert!(!answer.content.is_empty());
     assert!(answer.blocks.is_empty());
 }
@@ -174,7 +180,11 @@ fn streams_rebuild_the_blocks_of_the_whole_answer() {
         assert!(!whole.blocks.is_empty());
         same_answer(&accumulate(stream, &[]), &whole, "whole");
         for cut in 0..stream.len() {
-            same_answer(&accumulate(stream, &[cut]), &whole, &format!("cut at {cut}"));
+            same_answer(
+                &accumulate(stream, &[cut]),
+                &whole,
+                &format!("cut at {cut}"),
+            );
         }
     }
 }
@@ -199,7 +209,11 @@ proptest! {
 fn thinking_streams_as_its_own_chunks() {
     let mut decoder = ChunkDecoder::anthropic();
     let mut chunks = VecDeque::new();
-    assert!(decoder.feed(THINKING_STREAM.as_bytes(), &mut chunks).unwrap());
+    assert!(
+        decoder
+            .feed(THINKING_STREAM.as_bytes(), &mut chunks)
+            .unwrap()
+    );
     let chunks: Vec<_> = chunks.into_iter().collect();
     assert_eq!(
         chunks[..4],
@@ -240,7 +254,11 @@ fn thinking_streams_as_its_own_chunks() {
 fn web_search_streams_its_input_citations_and_raw_blocks() {
     let mut decoder = ChunkDecoder::anthropic();
     let mut chunks = VecDeque::new();
-    assert!(decoder.feed(WEB_SEARCH_STREAM.as_bytes(), &mut chunks).unwrap());
+    assert!(
+        decoder
+            .feed(WEB_SEARCH_STREAM.as_bytes(), &mut chunks)
+            .unwrap()
+    );
     let raw = content_of(WEB_SEARCH);
     let blocks: Vec<_> = chunks
         .iter()
@@ -322,11 +340,9 @@ async fn anthropic_gets_every_block_back_as_it_came() {
             },
             &[],
         );
-        let again: Value = serde_json::from_slice(&anthropic::encode_request(
-            &next_turn(&streamed),
-            false,
-        ))
-        .unwrap();
+        let again: Value =
+            serde_json::from_slice(&anthropic::encode_request(&next_turn(&streamed), false))
+                .unwrap();
         assert_eq!(again["messages"][1]["content"], content_of(transcript));
     }
 }
@@ -349,9 +365,15 @@ fn openai_and_gemini_are_sent_the_text_and_calls_never_the_blocks() {
     ] {
         let text = String::from_utf8(body).unwrap();
         for secret in [SIGNATURE, "redacted_thinking", "I should call get_weather"] {
-            assert!(!text.contains(secret), "{dialect} was sent {secret}: {text}");
+            assert!(
+                !text.contains(secret),
+                "{dialect} was sent {secret}: {text}"
+            );
         }
-        assert!(text.contains("I'll check the weather in Paris."), "{dialect}");
+        assert!(
+            text.contains("I'll check the weather in Paris."),
+            "{dialect}"
+        );
         assert!(text.contains("get_weather"), "{dialect}");
     }
 }
@@ -380,8 +402,7 @@ fn an_empty_text_block_is_not_sent() {
         ..Message::assistant("")
     };
     let request = ChatRequest::new("m", vec![Message::user("q"), message]);
-    let body: Value =
-        serde_json::from_slice(&anthropic::encode_request(&request, false)).unwrap();
+    let body: Value = serde_json::from_slice(&anthropic::encode_request(&request, false)).unwrap();
     assert_eq!(
         body["messages"][1]["content"],
         json!([{"type": "redacted_thinking", "data": "x"}])

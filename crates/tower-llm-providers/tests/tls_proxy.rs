@@ -355,9 +355,15 @@ async fn a_proxy_refusal_is_a_transport_error_that_names_the_proxy_not_its_passw
     let error = provider.oneshot(chat()).await.unwrap_err();
     assert_eq!(error.kind(), FailureKind::Transport);
     let text = format!("{error} {error:?}");
-    assert!(text.contains(&format!("through the proxy http://{proxy}")), "{text}");
+    assert!(
+        text.contains(&format!("through the proxy http://{proxy}")),
+        "{text}"
+    );
     assert!(text.contains("proxy authorization required"), "{text}");
-    assert!(!text.contains("s3cret") && !text.contains("alice"), "{text}");
+    assert!(
+        !text.contains("s3cret") && !text.contains("alice"),
+        "{text}"
+    );
     assert_eq!(log.lock().unwrap().targets.len(), 1);
     assert!(server.versions.lock().unwrap().is_empty());
 }
@@ -380,10 +386,7 @@ async fn socks5_proxy() -> (SocketAddr, Arc<Mutex<ProxyLog>>) {
     (addr, log)
 }
 
-async fn socks5_session(
-    client: &mut TcpStream,
-    record: &Mutex<ProxyLog>,
-) -> std::io::Result<()> {
+async fn socks5_session(client: &mut TcpStream, record: &Mutex<ProxyLog>) -> std::io::Result<()> {
     let mut greeting = [0u8; 2];
     client.read_exact(&mut greeting).await?;
     let mut methods = vec![0u8; usize::from(greeting[1])];
@@ -469,5 +472,8 @@ async fn socks5h_sends_the_name_and_socks5_resolves_it_here() {
     assert_eq!(log.targets[0], format!("localhost:{port}"));
     // Resolved here: an address, whichever of localhost's the resolver gave first.
     assert_ne!(log.targets[1], format!("localhost:{port}"));
-    assert_eq!(log.auth, [Some("bob:pw".to_owned()), Some("bob:pw".to_owned())]);
+    assert_eq!(
+        log.auth,
+        [Some("bob:pw".to_owned()), Some("bob:pw".to_owned())]
+    );
 }
