@@ -48,7 +48,8 @@ pub type HttpChatStream = crate::ChatStream<hyper::body::Incoming>;
 /// ```
 #[derive(Clone)]
 pub struct HttpClientConfig {
-    /// How long to wait for a TCP connection (default 10 s).
+    /// How long to wait for a TCP connection (default 10 s); through a proxy, for the
+    /// connection to the proxy and its handshake (`CONNECT` or SOCKS) together.
     pub connect_timeout: Duration,
     /// How long an idle pooled connection is kept (default 90 s); a century or more means
     /// for as long as the server keeps it open.
@@ -121,7 +122,7 @@ impl HttpClientConfig {
         http.set_connect_timeout(Some(self.connect_timeout));
         http.set_nodelay(true);
         http.set_keepalive(self.tcp_keepalive);
-        let connector = ProxyConnector::new(http, self.proxy.matcher()?);
+        let connector = ProxyConnector::new(http, self.proxy.matcher()?, self.connect_timeout);
         let tls = rustls::ClientConfig::builder_with_provider(crypto_provider()?)
             .with_safe_default_protocol_versions()
             .map_err(|e| ConfigError::new("tls", e.to_string()))?

@@ -20,6 +20,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -231,11 +232,22 @@ fn check_proxy_url(url: &str, what: &str) -> Result<(), ConfigError> {
 pub struct ProxyConnector {
     direct: HttpConnector,
     proxy: Option<Arc<Matcher>>,
+    /// The most a connection through a proxy may take, handshake included: a proxy that
+    /// accepts and then says nothing must not hold a connection attempt forever.
+    timeout: Duration,
 }
 
 impl ProxyConnector {
-    pub(crate) fn new(direct: HttpConnector, proxy: Option<Arc<Matcher>>) -> Self {
-        ProxyConnector { direct, proxy }
+    pub(crate) fn new(
+        direct: HttpConnector,
+        proxy: Option<Arc<Matcher>>,
+        timeout: Duration,
+    ) -> Self {
+        ProxyConnector {
+            direct,
+            proxy,
+            timeout,
+        }
     }
 }
 
@@ -266,15 +278,19 @@ impl Service<Uri> for ProxyConnector {
             return Box::pin(async move { connecting.await.map_err(Into::into) });
         };
         let direct = self.direct.clone();
+        let timeout = self.timeout;
         Box::pin(async move {
-            through(intercept.clone(), direct, dst)
-                .await
-                .map_err(|source| {
-                    BoxError::from(ProxyError {
-                        proxy: proxy_label(&intercept),
-                        source,
-                    })
+            let connecting = through(intercept.clone(), direct, dst);
+            let result = match tokio::time::timeout(timeout, connecting).await {
+                Ok(result) => result,
+                Err(elapsed) => Err(BoxError::from(elapsed)),
+            };
+            result.map_err(|source| {
+                BoxError::from(ProxyError {
+                    proxy: proxy_label(&intercept),
+                    source,
                 })
+            })
         })
     }
 }
@@ -499,7 +515,7 @@ mod tests {
             .unwrap();
         assert!(intercept.basic_auth().is_some());
         assert!(!proxy_label(&intercept).contains("hunter2"));
-        let connector = ProxyConnector::new(HttpConnector::new(), matcher);
+        let connector = ProxyConnector::new(HttpConnector::new(), matcher, Duration::from_secs(1));
         assert!(!format!("{connector:?}").contains("hunter2"));
     }
 

@@ -368,6 +368,34 @@ async fn a_proxy_refusal_is_a_transport_error_that_names_the_proxy_not_its_passw
     assert!(server.versions.lock().unwrap().is_empty());
 }
 
+#[tokio::test]
+async fn a_proxy_that_accepts_and_says_nothing_times_out_as_connecting() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let hold = Arc::clone(&held);
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = listener.accept().await {
+            hold.lock().unwrap().push(connection);
+        }
+    });
+    let mut config = HttpClientConfig::default().proxy(ProxyConfig::url(format!("http://{proxy}")));
+    // Real time (a loopback connection and a paused clock do not mix), and never asserted.
+    config.connect_timeout = std::time::Duration::from_millis(50);
+    let error = openai("https://api.example.test/v1".to_owned(), config)
+        .oneshot(chat())
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), FailureKind::Timeout, "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("through the proxy http://{proxy}")),
+        "{error}"
+    );
+    assert_eq!(held.lock().unwrap().len(), 1);
+}
+
 /// A SOCKS5 proxy (RFC 1928, with RFC 1929 user/password when offered) that relays to the
 /// requested address and logs it.
 async fn socks5_proxy() -> (SocketAddr, Arc<Mutex<ProxyLog>>) {
