@@ -60,7 +60,7 @@ use crate::body::DEFAULT_MAX_BODY_BYTES;
 use crate::builder;
 use crate::chat::{
     BlockDelta, ChatChunk, ChatRequest, ChatResponse, ContentBlock, FinishReason, Role, Streaming,
-    ToolCall, ToolCallDelta, ToolChoice, keep_blocks_if_needed,
+    ToolCall, ToolCallDelta, ToolChoice, tool_calls_and_blocks,
 };
 use crate::client::{HttpClient, RequestBody, post_json, shared_client};
 use crate::error::{ConfigError, Ctx, Dialect};
@@ -728,15 +728,11 @@ pub(crate) fn decode_chat(
                     citations: citations.unwrap_or_default(),
                 }
             }
-            WireContent::ToolUse { id, name, input } => {
-                let call = ToolCall {
-                    id,
-                    name,
-                    arguments: arguments_text(&input),
-                };
-                response.tool_calls.push(call.clone());
-                ContentBlock::ToolUse(call)
-            }
+            WireContent::ToolUse { id, name, input } => ContentBlock::ToolUse(ToolCall {
+                id,
+                name,
+                arguments: arguments_text(&input),
+            }),
             WireContent::Thinking {
                 thinking,
                 signature,
@@ -748,8 +744,7 @@ pub(crate) fn decode_chat(
             WireContent::Raw(raw) => ContentBlock::raw(raw),
         });
     }
-    keep_blocks_if_needed(&mut blocks);
-    response.blocks = blocks;
+    (response.tool_calls, response.blocks) = tool_calls_and_blocks(blocks);
     Ok(response)
 }
 

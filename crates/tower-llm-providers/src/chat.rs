@@ -249,10 +249,35 @@ impl ContentBlock {
 }
 
 /// Keeps the blocks only when they say more than the flattened text and tool calls.
-pub(crate) fn keep_blocks_if_needed(blocks: &mut Vec<ContentBlock>) {
+fn keep_blocks_if_needed(blocks: &mut Vec<ContentBlock>) {
     if !blocks.iter().any(ContentBlock::is_beyond_text_and_calls) {
         blocks.clear();
     }
+}
+
+/// An answer's tool calls, and its blocks when they say more than its text and tool calls:
+/// the calls are moved out of blocks that are not kept, copied from blocks that are.
+pub(crate) fn tool_calls_and_blocks(
+    blocks: Vec<ContentBlock>,
+) -> (Vec<ToolCall>, Vec<ContentBlock>) {
+    if blocks.iter().any(ContentBlock::is_beyond_text_and_calls) {
+        let calls = blocks
+            .iter()
+            .filter_map(|block| match block {
+                ContentBlock::ToolUse(call) => Some(call.clone()),
+                _ => None,
+            })
+            .collect();
+        return (calls, blocks);
+    }
+    let calls = blocks
+        .into_iter()
+        .filter_map(|block| match block {
+            ContentBlock::ToolUse(call) => Some(call),
+            _ => None,
+        })
+        .collect();
+    (calls, Vec::new())
 }
 
 /// Whether and which tools the model must call.
@@ -852,6 +877,10 @@ pub(crate) struct BlockAccumulator {
     indices: Vec<u32>,
     /// The input JSON text of server tool calls so far, by position in `blocks`.
     server_inputs: Vec<(usize, String)>,
+    /// Where each text block's text starts in the answer's content, by position in
+    /// `blocks`: a block's text is the content from there to the next text block, cut out
+    /// at the end rather than copied twice as it streams.
+    text_starts: Vec<(usize, usize)>,
 }
 
 impl BlockAccumulator {
@@ -859,15 +888,14 @@ impl BlockAccumulator {
         self.indices.iter().rposition(|&i| i == index)
     }
 
-    /// Adds a chunk's part in the blocks.
-    pub(crate) fn push(&mut self, chunk: &ChatChunk) {
+    /// Adds a chunk's part in the blocks; `content_len` is the length of the answer's
+    /// content before this chunk.
+    pub(crate) fn push(&mut self, chunk: &ChatChunk, content_len: usize) {
         match chunk {
-            ChatChunk::Content(more) => {
-                if let Some(ContentBlock::Text { text, .. }) = self.blocks.last_mut() {
-                    text.push_str(more);
-                }
-            }
             ChatChunk::Block(BlockDelta::Start { index, block }) => {
+                if let ContentBlock::Text { .. } = block {
+                    self.text_starts.push((self.blocks.len(), content_len));
+                }
                 self.blocks.push(block.clone());
                 self.indices.push(*index);
             }
@@ -904,16 +932,33 @@ impl BlockAccumulator {
                     None => self.server_inputs.push((at, partial_json.clone())),
                 }
             }
-            ChatChunk::ToolCall(_)
+            ChatChunk::Content(_)
+            | ChatChunk::ToolCall(_)
             | ChatChunk::Usage(_)
             | ChatChunk::Finish(_)
             | ChatChunk::Refusal(_) => {}
         }
     }
 
-    /// The blocks, with the tool calls' final arguments and the server tools' inputs, or
-    /// none when the text and the calls say it all.
-    pub(crate) fn finish(mut self, calls: &[ToolCall]) -> Vec<ContentBlock> {
+    /// The blocks, with their text (cut from the answer's `content`), the tool calls' final
+    /// arguments and the server tools' inputs; or none when the text and the calls say it
+    /// all.
+    pub(crate) fn finish(mut self, content: &str, calls: &[ToolCall]) -> Vec<ContentBlock> {
+        keep_blocks_if_needed(&mut self.blocks);
+        if self.blocks.is_empty() {
+            return self.blocks;
+        }
+        let ends = self
+            .text_starts
+            .iter()
+            .skip(1)
+            .map(|&(_, start)| start)
+            .chain([content.len()]);
+        for (&(at, start), end) in self.text_starts.iter().zip(ends) {
+            if let Some(ContentBlock::Text { text, .. }) = self.blocks.get_mut(at) {
+                text.push_str(content.get(start..end).unwrap_or_default());
+            }
+        }
         for (at, input) in self.server_inputs {
             if let Some(ContentBlock::ServerToolUse(Value::Object(block))) = self.blocks.get_mut(at)
             {
@@ -931,7 +976,6 @@ impl BlockAccumulator {
                 call.clone_from(done);
             }
         }
-        keep_blocks_if_needed(&mut self.blocks);
         self.blocks
     }
 }

@@ -709,7 +709,7 @@ pub struct ChatAccumulator {
 impl ChatAccumulator {
     /// Adds one chunk.
     pub fn push(&mut self, chunk: &ChatChunk) {
-        self.blocks.push(chunk);
+        self.blocks.push(chunk, self.response.content.len());
         match chunk {
             ChatChunk::Content(text) => self.response.content.push_str(text),
             ChatChunk::ToolCall(delta) => {
@@ -746,7 +746,7 @@ impl ChatAccumulator {
 
     /// The answer so far.
     pub fn finish(mut self) -> ChatResponse {
-        self.response.blocks = self.blocks.finish(&self.calls);
+        self.response.blocks = self.blocks.finish(&self.response.content, &self.calls);
         self.response.tool_calls = self.calls;
         self.response
     }
