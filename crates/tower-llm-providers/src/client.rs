@@ -216,7 +216,9 @@ fn crypto_provider() -> Result<Arc<CryptoProvider>, ConfigError> {
     })
 }
 
-/// The process-wide default client, built once and shared (clones share its pool).
+/// The process-wide default client, built once and shared (clones share its pool), with
+/// [`HttpClientConfig::default`]: the proxy variables are read when it is first built, and a
+/// refusal then (an unusable `HTTPS_PROXY`, no crypto provider) is the answer from then on.
 pub fn shared_client() -> Result<HttpClient, ConfigError> {
     static CLIENT: OnceLock<Result<HttpClient, ConfigError>> = OnceLock::new();
     CLIENT
@@ -260,5 +262,37 @@ mod tests {
             zero.build().err().map(|e| e.knob()),
             Some("connect_timeout")
         );
+    }
+
+    #[cfg(not(any(feature = "webpki-roots", feature = "native-roots")))]
+    #[test]
+    fn without_root_features_a_client_needs_roots_of_its_own() {
+        let refused = HttpClientConfig::default().roots().err().map(|e| e.knob());
+        assert_eq!(refused, Some("root_certificate"));
+    }
+
+    #[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
+    #[test]
+    fn without_provider_features_and_no_process_default_the_build_is_refused() {
+        // No test in this binary installs a process default.
+        let refused = crypto_provider().err().map(|e| e.knob());
+        assert_eq!(refused, Some("tls"));
+    }
+
+    #[test]
+    fn roots_are_pem_bundles_or_der_and_the_bad_ones_are_named() {
+        let mut roots = RootCertStore::empty();
+        for (bad, why) in [
+            (&b""[..], "empty"),
+            (&b"junk"[..], "neither PEM nor"),
+            (
+                &b"-----BEGIN X-----\nAAAA\n-----END X-----\n"[..],
+                "without a CERTIFICATE",
+            ),
+        ] {
+            let error = add_root(&mut roots, bad).err().unwrap_or_default();
+            assert!(error.contains(why), "{error}");
+        }
+        assert!(roots.is_empty());
     }
 }
