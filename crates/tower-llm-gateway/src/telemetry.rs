@@ -403,6 +403,12 @@ impl<R> fmt::Debug for OtelRecorder<R> {
 /// The series of one observable instrument: each one's attributes and value.
 type Series<V> = Arc<RwLock<Vec<(Vec<KeyValue>, Arc<V>)>>>;
 
+/// Where `State` keeps one kind of handle: read, then written.
+type Slot<H> = (
+    fn(&State) -> &HashMap<Key, H>,
+    fn(&mut State) -> &mut HashMap<Key, H>,
+);
+
 #[derive(Default)]
 struct State {
     descriptions: HashMap<String, (Option<Unit>, SharedString)>,
@@ -509,6 +515,36 @@ impl<R: Recorder> OtelRecorder<R> {
                 .entry(key.as_str().to_owned())
                 .or_insert((unit, description));
         }
+    }
+
+    /// The handle registered for `key` in the map `slot` picks, made by `build` the first time
+    /// (under the write lock, checked again there so that two racing callers share one).
+    /// When the lock is poisoned, the Prometheus side alone (`fallback`).
+    fn handle<H: Clone>(
+        &self,
+        key: &Key,
+        (seen, slot): Slot<H>,
+        fallback: impl FnOnce() -> H,
+        build: impl FnOnce(&mut State) -> H,
+    ) -> H {
+        // Most calls find it: `metrics::counter!` at a call site registers on every call.
+        if let Some(handle) = self
+            .state
+            .read()
+            .ok()
+            .and_then(|s| seen(&s).get(key).cloned())
+        {
+            return handle;
+        }
+        let Ok(mut state) = self.state.write() else {
+            return fallback();
+        };
+        if let Some(handle) = slot(&mut state).get(key) {
+            return handle.clone();
+        }
+        let handle = build(&mut state);
+        slot(&mut state).insert(key.clone(), handle.clone());
+        handle
     }
 
     fn observable(&self, state: &mut State, key: &Key, counter: bool) -> Arc<AtomicU64> {
@@ -675,76 +711,49 @@ impl<R: Recorder> Recorder for OtelRecorder<R> {
     }
 
     fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
-        if let Some(counter) = self
-            .state
-            .read()
-            .ok()
-            .and_then(|s| s.counters.get(key).cloned())
-        {
-            return counter;
-        }
-        let Ok(mut state) = self.state.write() else {
-            return self.inner.register_counter(key, metadata);
-        };
-        if let Some(counter) = state.counters.get(key) {
-            return counter.clone();
-        }
-        let value = self.observable(&mut state, key, true);
-        let counter = Counter::from_arc(Arc::new(BothCounter {
-            inner: self.inner.register_counter(key, metadata),
-            value,
-        }));
-        state.counters.insert(key.clone(), counter.clone());
-        counter
+        self.handle(
+            key,
+            (|state| &state.counters, |state| &mut state.counters),
+            || self.inner.register_counter(key, metadata),
+            |state| {
+                let value = self.observable(state, key, true);
+                Counter::from_arc(Arc::new(BothCounter {
+                    inner: self.inner.register_counter(key, metadata),
+                    value,
+                }))
+            },
+        )
     }
 
     fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
-        if let Some(gauge) = self
-            .state
-            .read()
-            .ok()
-            .and_then(|s| s.gauges.get(key).cloned())
-        {
-            return gauge;
-        }
-        let Ok(mut state) = self.state.write() else {
-            return self.inner.register_gauge(key, metadata);
-        };
-        if let Some(gauge) = state.gauges.get(key) {
-            return gauge.clone();
-        }
-        let value = self.observable(&mut state, key, false);
-        let gauge = Gauge::from_arc(Arc::new(BothGauge {
-            inner: self.inner.register_gauge(key, metadata),
-            value,
-        }));
-        state.gauges.insert(key.clone(), gauge.clone());
-        gauge
+        self.handle(
+            key,
+            (|state| &state.gauges, |state| &mut state.gauges),
+            || self.inner.register_gauge(key, metadata),
+            |state| {
+                let value = self.observable(state, key, false);
+                Gauge::from_arc(Arc::new(BothGauge {
+                    inner: self.inner.register_gauge(key, metadata),
+                    value,
+                }))
+            },
+        )
     }
 
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
-        if let Some(h) = self
-            .state
-            .read()
-            .ok()
-            .and_then(|s| s.histograms.get(key).cloned())
-        {
-            return h;
-        }
-        let Ok(mut state) = self.state.write() else {
-            return self.inner.register_histogram(key, metadata);
-        };
-        if let Some(h) = state.histograms.get(key) {
-            return h.clone();
-        }
-        let otel = self.histogram(&mut state, key);
-        let histogram = Histogram::from_arc(Arc::new(BothHistogram {
-            inner: self.inner.register_histogram(key, metadata),
-            otel,
-            attributes: attributes(key),
-        }));
-        state.histograms.insert(key.clone(), histogram.clone());
-        histogram
+        self.handle(
+            key,
+            (|state| &state.histograms, |state| &mut state.histograms),
+            || self.inner.register_histogram(key, metadata),
+            |state| {
+                let otel = self.histogram(state, key);
+                Histogram::from_arc(Arc::new(BothHistogram {
+                    inner: self.inner.register_histogram(key, metadata),
+                    otel,
+                    attributes: attributes(key),
+                }))
+            },
+        )
     }
 }
 
