@@ -126,6 +126,7 @@ struct Inner {
     metrics: PrometheusHandle,
     /// The mock upstreams of `kind = "mock"` providers, by provider name.
     mocks: Vec<(String, MockServer)>,
+    answers: AnswerCounters,
 }
 
 impl Gateway {
@@ -138,6 +139,7 @@ impl Gateway {
     pub async fn new(config: &Config) -> Result<Gateway, BoxError> {
         let metrics = prometheus();
         let built = stack::build(config).await?;
+        let answers = AnswerCounters::new(&built.models);
         let inner = Arc::new(Inner {
             keys: config.keys.clone(),
             models: built.models,
@@ -145,6 +147,7 @@ impl Gateway {
             request_timeout: config.server.request_timeout,
             metrics,
             mocks: built.mocks,
+            answers,
         });
         // The exporter keeps histogram samples until they are drained; without a scraper
         // they would pile up. The task ends with the gateway.
@@ -493,13 +496,82 @@ async fn admit(
     Ok((tenant, json, deadline))
 }
 
-fn count_answer(model: &str, provider: &str, call: &'static str) {
+/// What a provider answered: the `call` label of [`METRIC_UPSTREAM_ANSWERS`].
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    Chat,
+    Stream,
+    Embeddings,
+}
+
+impl Call {
+    fn as_str(self) -> &'static str {
+        match self {
+            Call::Chat => "chat",
+            Call::Stream => "stream",
+            Call::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// The answers counter of each model, provider and call, registered with the recorder on
+/// first use: registering builds, hashes and looks up the key and copies its labels, which
+/// would otherwise happen on every answer. Only the series answered are registered (and so
+/// rendered), as before.
+struct AnswerCounters {
+    /// By model, then by provider, one slot per [`Call`].
+    series: BTreeMap<String, Vec<(String, [OnceLock<metrics::Counter>; 3])>>,
+}
+
+impl AnswerCounters {
+    fn new(models: &BTreeMap<String, ModelStacks>) -> Self {
+        let series = models
+            .iter()
+            .map(|(model, stacks)| {
+                let providers = stacks
+                    .providers
+                    .iter()
+                    .map(|provider| (provider.clone(), Default::default()))
+                    .collect();
+                (model.clone(), providers)
+            })
+            .collect();
+        AnswerCounters { series }
+    }
+
+    fn count(&self, model: &str, provider: &str, call: Call) {
+        let register = || {
+            metrics::counter!(METRIC_UPSTREAM_ANSWERS,
+                "model" => model.to_owned(), "provider" => provider.to_owned(),
+                "call" => call.as_str())
+        };
+        let slot = self
+            .series
+            .get(model)
+            .and_then(|providers| providers.iter().find(|(name, _)| name == provider))
+            .map(|(_, slots)| &slots[call as usize]);
+        match slot {
+            Some(slot) => slot.get_or_init(register).increment(1),
+            // Not a provider of the model (the stacks make that impossible): registered
+            // each time.
+            None => register().increment(1),
+        }
+    }
+}
+
+impl std::fmt::Debug for AnswerCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnswerCounters")
+            .field("models", &self.series.len())
+            .finish()
+    }
+}
+
+fn count_answer(gateway: &Inner, model: &str, provider: &str, call: Call) {
     let span = tracing::Span::current();
     span.record("gen_ai.request.model", model);
     span.record("gen_ai.provider.name", provider);
-    metrics::counter!(METRIC_UPSTREAM_ANSWERS,
-        "model" => model.to_owned(), "provider" => provider.to_owned(), "call" => call)
-    .increment(1);
+    gateway.answers.count(model, provider, call);
 }
 
 async fn chat(
@@ -527,7 +599,7 @@ async fn chat(
         };
         match deadline::within(deadline, service.oneshot(parsed.request.streaming())).await {
             Ok(reply) => {
-                count_answer(&model, &reply.provider, "stream");
+                count_answer(&gateway, &model, &reply.provider, Call::Stream);
                 let id = id.answered_by(reply.upstream_request_id());
                 let writer =
                     wire::ChunkWriter::new(wire::completion_id(), model, parsed.include_usage);
@@ -542,7 +614,7 @@ async fn chat(
         };
         match deadline::within(deadline, service.oneshot(parsed.request)).await {
             Ok(reply) => {
-                count_answer(&model, &reply.provider, "chat");
+                count_answer(&gateway, &model, &reply.provider, Call::Chat);
                 let id = id.answered_by(reply.upstream_request_id());
                 let body = wire::chat_response_json(&reply.value, &model);
                 json_response(&body, &reply.provider, dialect, &id)
@@ -578,7 +650,7 @@ async fn messages_route(
         };
         match deadline::within(deadline, service.oneshot(parsed.request.streaming())).await {
             Ok(reply) => {
-                count_answer(&model, &reply.provider, "stream");
+                count_answer(&gateway, &model, &reply.provider, Call::Stream);
                 let id = id.answered_by(reply.upstream_request_id());
                 let writer = messages::EventSequence::new(model);
                 let events = sse_events(reply.value, writer, id.clone(), deadline);
@@ -592,7 +664,7 @@ async fn messages_route(
         };
         match deadline::within(deadline, service.oneshot(parsed.request)).await {
             Ok(reply) => {
-                count_answer(&model, &reply.provider, "chat");
+                count_answer(&gateway, &model, &reply.provider, Call::Chat);
                 let id = id.answered_by(reply.upstream_request_id());
                 let body = messages::response_json(&reply.value, &model);
                 json_response(&body, &reply.provider, dialect, &id)
@@ -760,7 +832,7 @@ async fn embeddings(
     };
     match deadline::within(deadline, service.oneshot(request)).await {
         Ok(reply) => {
-            count_answer(&model, &reply.provider, "embeddings");
+            count_answer(&gateway, &model, &reply.provider, Call::Embeddings);
             let id = id.answered_by(reply.upstream_request_id());
             json_response(
                 &wire::embeddings_json(&reply.value, &model, encoding),

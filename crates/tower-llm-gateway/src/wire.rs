@@ -60,18 +60,19 @@ fn opt_f64(body: &Map<String, Value>, field: &str) -> Result<Option<f64>, String
     }
 }
 
-fn opt_str(body: &Map<String, Value>, field: &str) -> Result<Option<String>, String> {
-    match body.get(field) {
+/// Takes the optional string `field` out of `body` (moved, not copied).
+fn take_str(body: &mut Map<String, Value>, field: &str) -> Result<Option<String>, String> {
+    match body.remove(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(field_error(field, "a string")),
     }
 }
 
-fn content_text(value: &Value, index: usize) -> Result<String, String> {
+fn content_text(value: Value, index: usize) -> Result<String, String> {
     match value {
         Value::Null => Ok(String::new()),
-        Value::String(s) => Ok(s.clone()),
+        Value::String(s) => Ok(s),
         Value::Array(parts) => {
             let mut text = String::new();
             for part in parts {
@@ -105,8 +106,8 @@ fn content_text(value: &Value, index: usize) -> Result<String, String> {
     }
 }
 
-fn parse_message(index: usize, value: &Value) -> Result<Message, String> {
-    let Some(object) = value.as_object() else {
+fn parse_message(index: usize, value: Value) -> Result<Message, String> {
+    let Value::Object(mut object) = value else {
         return Err(field_error(&format!("messages[{index}]"), "an object"));
     };
     let has_tool_calls = object
@@ -129,7 +130,7 @@ fn parse_message(index: usize, value: &Value) -> Result<Message, String> {
         }
         Some(_) => return Err(field_error(&format!("messages[{index}].role"), "a string")),
     };
-    let content = content_text(object.get("content").unwrap_or(&Value::Null), index)?;
+    let content = content_text(object.remove("content").unwrap_or(Value::Null), index)?;
     let mut tool_calls = Vec::new();
     if let Some(calls) = object.get("tool_calls").filter(|v| !v.is_null()) {
         let Some(calls) = calls.as_array() else {
@@ -161,9 +162,9 @@ fn parse_message(index: usize, value: &Value) -> Result<Message, String> {
     Ok(Message {
         role,
         content,
-        name: opt_str(object, "name")?,
+        name: take_str(&mut object, "name")?,
         tool_calls,
-        tool_call_id: opt_str(object, "tool_call_id")?,
+        tool_call_id: take_str(&mut object, "tool_call_id")?,
         blocks: Vec::new(),
     })
 }
@@ -241,18 +242,21 @@ fn parse_response_format(value: &Value) -> Result<ResponseFormat, String> {
 }
 
 /// Reads an OpenAI chat completions body. The error is a message for the client's 400.
+///
+/// The fields read are moved out of `body` (the prompt's text is not copied); what is left
+/// goes to the request's `extra`.
 pub(crate) fn parse_chat(body: Value, tenant: &str) -> Result<ParsedChat, String> {
-    let Value::Object(body) = body else {
+    let Value::Object(mut body) = body else {
         return Err("the request body must be a JSON object".to_owned());
     };
-    let model = match body.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+    let model = match body.remove("model") {
+        Some(Value::String(m)) if !m.is_empty() => m,
         Some(_) => return Err(field_error("model", "a non-empty string")),
         None => return Err("`model` is required".to_owned()),
     };
-    let messages = match body.get("messages") {
+    let messages = match body.remove("messages") {
         Some(Value::Array(messages)) if !messages.is_empty() => messages
-            .iter()
+            .into_iter()
             .enumerate()
             .map(|(i, m)| parse_message(i, m))
             .collect::<Result<Vec<_>, _>>()?,
@@ -301,10 +305,10 @@ pub(crate) fn parse_chat(body: Value, tenant: &str) -> Result<ParsedChat, String
     if let Some(format) = body.get("response_format").filter(|v| !v.is_null()) {
         request.response_format = Some(parse_response_format(format)?);
     }
-    request.user = opt_str(&body, "user")?;
-    match body.get("metadata") {
+    request.user = take_str(&mut body, "user")?;
+    match body.remove("metadata") {
         None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => request.metadata = m.clone(),
+        Some(Value::Object(m)) => request.metadata = m,
         Some(_) => return Err(field_error("metadata", "an object")),
     }
     let stream = match body.get("stream") {
@@ -358,7 +362,7 @@ pub(crate) fn parse_embeddings(
     body: Value,
     tenant: &str,
 ) -> Result<(EmbeddingRequest, EmbeddingEncoding), String> {
-    let Value::Object(body) = body else {
+    let Value::Object(mut body) = body else {
         return Err("the request body must be a JSON object".to_owned());
     };
     let model = match body.get("model") {
@@ -386,7 +390,7 @@ pub(crate) fn parse_embeddings(
                 .ok_or_else(|| field_error("dimensions", "a positive integer"))?,
         ),
     };
-    request.user = opt_str(&body, "user")?;
+    request.user = take_str(&mut body, "user")?;
     // The gateway asks every provider for floats and encodes them itself.
     let encoding = match body.get("encoding_format") {
         None | Some(Value::Null) => EmbeddingEncoding::Float,
@@ -428,13 +432,29 @@ fn finish_str(reason: &FinishReason) -> &str {
     }
 }
 
-fn usage_json(usage: &Usage) -> Value {
-    json!({
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.total(),
-        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
-    })
+/// Token usage as OpenAI reports it, serialised straight from core's [`Usage`].
+#[derive(Serialize)]
+struct UsageJson {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: CachedTokensJson,
+}
+
+#[derive(Serialize)]
+struct CachedTokensJson {
+    cached_tokens: u64,
+}
+
+fn usage_json(usage: &Usage) -> UsageJson {
+    UsageJson {
+        prompt_tokens: usage.input_tokens,
+        completion_tokens: usage.output_tokens,
+        total_tokens: usage.total(),
+        prompt_tokens_details: CachedTokensJson {
+            cached_tokens: usage.cached_input_tokens,
+        },
+    }
 }
 
 /// A chat completion as OpenAI returns it, serialised straight from the provider's typed
@@ -447,7 +467,7 @@ pub(crate) struct ChatCompletion<'a> {
     model: &'a str,
     choices: [Choice<'a>; 1],
     #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<Value>,
+    usage: Option<UsageJson>,
 }
 
 #[derive(Serialize)]

@@ -792,18 +792,126 @@ fn encode_embeddings(request: &EmbeddingRequest) -> Vec<u8> {
 
 // ---- wire format: responses ------------------------------------------------------------
 
-#[derive(Deserialize)]
+/// A chat completion body: the fields read typed, everything else in `extra`.
+///
+/// Deserialised by hand rather than with `#[serde(flatten)]`, which buffers the whole object
+/// (the answer's text included) into serde's internal `Content` before reading the fields
+/// out of it: this reads each field once, straight from the body.
 struct WireResponse {
-    #[serde(default)]
     id: Option<String>,
-    #[serde(default)]
     model: Option<String>,
-    #[serde(default)]
     choices: Option<Vec<WireChoice>>,
-    #[serde(default)]
     usage: Option<WireUsage>,
-    #[serde(flatten)]
     extra: Map<String, Value>,
+}
+
+/// A key of a chat completion body: one of [`WireResponse`]'s typed fields, or another.
+enum WireResponseField {
+    Id,
+    Model,
+    Choices,
+    Usage,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for WireResponseField {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+
+        impl serde::de::Visitor<'_> for FieldVisitor {
+            type Value = WireResponseField;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<WireResponseField, E> {
+                Ok(match key {
+                    "id" => WireResponseField::Id,
+                    "model" => WireResponseField::Model,
+                    "choices" => WireResponseField::Choices,
+                    "usage" => WireResponseField::Usage,
+                    other => WireResponseField::Other(other.to_owned()),
+                })
+            }
+
+            fn visit_string<E: serde::de::Error>(
+                self,
+                key: String,
+            ) -> Result<WireResponseField, E> {
+                match self.visit_str::<E>(&key)? {
+                    WireResponseField::Other(_) => Ok(WireResponseField::Other(key)),
+                    known => Ok(known),
+                }
+            }
+        }
+
+        deserializer.deserialize_identifier(FieldVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for WireResponse {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ResponseVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for ResponseVisitor {
+            type Value = WireResponse;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a chat completion object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<WireResponse, A::Error> {
+                use serde::de::Error as _;
+                let mut wire = WireResponse {
+                    id: None,
+                    model: None,
+                    choices: None,
+                    usage: None,
+                    extra: Map::new(),
+                };
+                // A typed field seen twice is refused, as the derived impl refuses it.
+                let (mut id, mut model, mut choices, mut usage) = (false, false, false, false);
+                let once = |seen: &mut bool, name: &'static str| {
+                    if std::mem::replace(seen, true) {
+                        Err(A::Error::duplicate_field(name))
+                    } else {
+                        Ok(())
+                    }
+                };
+                while let Some(field) = map.next_key::<WireResponseField>()? {
+                    match field {
+                        WireResponseField::Id => {
+                            once(&mut id, "id")?;
+                            wire.id = map.next_value()?;
+                        }
+                        WireResponseField::Model => {
+                            once(&mut model, "model")?;
+                            wire.model = map.next_value()?;
+                        }
+                        WireResponseField::Choices => {
+                            once(&mut choices, "choices")?;
+                            wire.choices = map.next_value()?;
+                        }
+                        WireResponseField::Usage => {
+                            once(&mut usage, "usage")?;
+                            wire.usage = map.next_value()?;
+                        }
+                        WireResponseField::Other(key) => {
+                            let value: Value = map.next_value()?;
+                            wire.extra.insert(key, value);
+                        }
+                    }
+                }
+                Ok(wire)
+            }
+        }
+
+        deserializer.deserialize_map(ResponseVisitor)
+    }
 }
 
 #[derive(Deserialize)]

@@ -629,3 +629,60 @@ async fn extra_overrides_a_modelled_field_instead_of_duplicating_it() {
     assert_eq!(sent[0].body["temperature"], 1.0);
     assert_eq!(sent[0].body["logit_bias"], json!({"50256": -100}));
 }
+
+#[test]
+fn decoding_keeps_unmodelled_fields_in_extra_and_only_those() {
+    let body = json!({
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "gpt-4o-mini",
+        "system_fingerprint": null,
+        "service_tier": {"tier": "default", "nested": [1, 2, {"a": "\u{e9}\n"}]},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi \"there\""},
+                     "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 3,
+                  "prompt_tokens_details": {"cached_tokens": 2}},
+    });
+    let answer = tower_llm_providers::openai::decode_response(body.to_string().as_bytes()).unwrap();
+    assert_eq!(answer.id, "chatcmpl-1");
+    assert_eq!(answer.model, "gpt-4o-mini");
+    assert_eq!(answer.content, "Hi \"there\"");
+    assert_eq!(answer.finish_reason, Some(FinishReason::Length));
+    let usage = answer.usage.unwrap();
+    assert_eq!((usage.input_tokens, usage.output_tokens), (4, 3));
+    assert_eq!(usage.cached_input_tokens, 2);
+    let keys: Vec<&str> = answer.extra.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["created", "object", "service_tier", "system_fingerprint"]
+    );
+    assert_eq!(answer.extra["service_tier"], body["service_tier"]);
+    assert_eq!(answer.extra["system_fingerprint"], json!(null));
+}
+
+#[test]
+fn decoding_reads_nulls_as_absent_and_refuses_what_is_not_a_completion() {
+    use tower_llm_providers::openai::decode_response;
+    let nulls = r#"{"id":null,"model":null,"usage":null,
+        "choices":[{"index":0,"message":{"content":"ok"},"finish_reason":null}]}"#;
+    let answer = decode_response(nulls.as_bytes()).unwrap();
+    assert_eq!((answer.id.as_str(), answer.content.as_str()), ("", "ok"));
+    assert!(answer.usage.is_none() && answer.extra.is_empty());
+
+    let error = r#"{"error":{"message":"quota","type":"insufficient_quota"}}"#;
+    let failure = decode_response(error.as_bytes()).unwrap_err();
+    assert_eq!(failure.kind(), FailureKind::QuotaExhausted);
+
+    let twice = r#"{"id":"a","id":"b","choices":[{"message":{"content":"x"}}]}"#;
+    let failure = decode_response(twice.as_bytes()).unwrap_err();
+    assert!(
+        failure.to_string().contains("duplicate field `id`"),
+        "{failure}"
+    );
+
+    for not_an_object in [r#"[1]"#, r#""text""#, r#"{"choices":3}"#, r#"{"id":"a""#] {
+        let failure = decode_response(not_an_object.as_bytes()).unwrap_err();
+        assert_eq!(failure.kind(), FailureKind::ServerError, "{not_an_object}");
+    }
+}
