@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower::{ServiceBuilder, ServiceExt};
 use tower_llm_breaker::CircuitBreakerLayer;
 use tower_llm_core::{
     BoxError, ClassifyResponse, DefaultClassifier, EndSignal, Fingerprint, Outcome, RequestCost,
@@ -197,35 +197,26 @@ enum Upstream {
     Gemini(Gemini<Client>),
 }
 
-fn boxed<S, Req, Res>(service: S) -> Svc<Req, Res>
-where
-    S: tower::Service<Req, Response = Res, Error = UpstreamError> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    Req: 'static,
-{
-    BoxCloneSyncService::new(service.map_err(BoxError::from))
-}
-
 impl Upstream {
-    fn chat(&self) -> Svc<ChatRequest, ChatResponse> {
+    fn chat(&self, leg: &Leg) -> Svc<ChatRequest, Reply<ChatResponse>> {
         match self {
-            Upstream::OpenAi(p) => boxed(p.clone()),
-            Upstream::Anthropic(p) => boxed(p.clone()),
-            Upstream::Gemini(p) => boxed(p.clone()),
+            Upstream::OpenAi(p) => leg.wrap(p.clone()),
+            Upstream::Anthropic(p) => leg.wrap(p.clone()),
+            Upstream::Gemini(p) => leg.wrap(p.clone()),
         }
     }
 
-    fn stream(&self) -> Svc<Streaming<ChatRequest>, Live> {
+    fn stream(&self, leg: &Leg) -> Svc<Streaming<ChatRequest>, Reply<Live>> {
         match self {
-            Upstream::OpenAi(p) => boxed(p.clone()),
-            Upstream::Anthropic(p) => boxed(p.clone()),
-            Upstream::Gemini(p) => boxed(p.clone()),
+            Upstream::OpenAi(p) => leg.wrap(p.clone()),
+            Upstream::Anthropic(p) => leg.wrap(p.clone()),
+            Upstream::Gemini(p) => leg.wrap(p.clone()),
         }
     }
 
-    fn embeddings(&self) -> Option<Svc<EmbeddingRequest, EmbeddingResponse>> {
+    fn embeddings(&self, leg: &Leg) -> Option<Svc<EmbeddingRequest, Reply<EmbeddingResponse>>> {
         match self {
-            Upstream::OpenAi(p) => Some(boxed(p.clone())),
+            Upstream::OpenAi(p) => Some(leg.wrap(p.clone())),
             Upstream::Anthropic(_) | Upstream::Gemini(_) => None,
         }
     }
@@ -350,23 +341,17 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
                     )?),
                     None => None,
                 };
-            chat_legs.push(leg(
-                upstream.chat(),
-                &name,
-                &upstream_model,
-                breaker.clone(),
-                stack.timeout,
-            ));
-            stream_legs.push(leg(
-                upstream.stream(),
-                &name,
-                &upstream_model,
-                breaker.clone(),
-                stack.timeout,
-            ));
-            embedding_legs = match (embedding_legs, upstream.embeddings()) {
+            let leg = Leg {
+                provider: name,
+                upstream_model,
+                breaker,
+                timeout: stack.timeout,
+            };
+            chat_legs.push(upstream.chat(&leg));
+            stream_legs.push(upstream.stream(&leg));
+            embedding_legs = match (embedding_legs, upstream.embeddings(&leg)) {
                 (Some(mut legs), Some(service)) => {
-                    legs.push(leg(service, &name, &upstream_model, breaker, stack.timeout));
+                    legs.push(service);
                     Some(legs)
                 }
                 _ => None,
@@ -378,7 +363,7 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
             &model,
         )?);
         let stream = Some(with_stream_dedup(
-            layers.around(strategy(stream_legs, stack, &model)?),
+            BoxCloneSyncService::new(layers.around(strategy(stream_legs, stack, &model)?)),
             stack,
             &model,
         )?);
@@ -403,31 +388,43 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
     Ok(Built { models, mocks })
 }
 
-/// One provider for one model: the upstream model name, a timeout per attempt, the breaker,
-/// and the mark of who answered.
-fn leg<Req, Res>(
-    service: Svc<Req, Res>,
-    provider: &Arc<str>,
-    upstream_model: &Arc<str>,
+/// One provider for one model: the upstream model name, a timeout per attempt, the breaker
+/// (shared by the provider's chat, stream and embedding legs), and the mark of who answered.
+struct Leg {
+    provider: Arc<str>,
+    upstream_model: Arc<str>,
     breaker: Option<CircuitBreakerLayer>,
     timeout: Option<Duration>,
-) -> Svc<Req, Reply<Res>>
-where
-    Req: GatewayRequest,
-    Res: ClassifyResponse + Send + 'static,
-{
-    let provider = provider.clone();
-    let upstream_model = upstream_model.clone();
-    let service = ServiceBuilder::new()
-        .map_response(move |value| Reply::new(value, provider.clone()))
-        .map_request(move |mut request: Req| {
-            request.set_model(&upstream_model);
-            request
-        })
-        .option_layer(breaker)
-        .option_layer(timeout.map(tower::timeout::TimeoutLayer::new))
-        .service(service);
-    BoxCloneSyncService::new(service)
+}
+
+impl Leg {
+    /// The leg around a provider's `service`, boxed once (the provider itself is not boxed
+    /// apart: every box is one more allocation per call and per clone of the stack).
+    fn wrap<S, Req, Res>(&self, service: S) -> Svc<Req, Reply<Res>>
+    where
+        S: tower::Service<Req, Response = Res, Error = UpstreamError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        Req: GatewayRequest,
+        Res: ClassifyResponse + Send + 'static,
+    {
+        let provider = self.provider.clone();
+        let upstream_model = self.upstream_model.clone();
+        let service = ServiceBuilder::new()
+            .map_response(move |value| Reply::new(value, provider.clone()))
+            .map_request(move |mut request: Req| {
+                request.set_model(&upstream_model);
+                request
+            })
+            .option_layer(self.breaker.clone())
+            .option_layer(self.timeout.map(tower::timeout::TimeoutLayer::new))
+            .map_err(BoxError::from)
+            .service(service);
+        BoxCloneSyncService::new(service)
+    }
 }
 
 fn strategy<Req, Res>(
@@ -551,25 +548,29 @@ impl ModelLayers {
         Ok(ModelLayers { retry, rate_limit })
     }
 
-    /// Retry, then the per-tenant rate limit, around the strategy.
-    fn around<Req, Res>(&self, inner: Svc<Req, Reply<Res>>) -> Svc<Req, Reply<Res>>
+    /// Retry, then the per-tenant rate limit, around the strategy; not boxed, so that the
+    /// stack over them is boxed once rather than at each layer.
+    fn around<Req, Res>(
+        &self,
+        inner: Svc<Req, Reply<Res>>,
+    ) -> impl tower::Service<Req, Response = Reply<Res>, Error = BoxError, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
     where
         Req: GatewayRequest,
         Res: ClassifyResponse + ResponseUsage + Send + 'static,
     {
-        let mut service = inner;
-        if let Some(retry) = &self.retry {
-            service = BoxCloneSyncService::new(retry.layer(service));
-        }
-        if let Some(limit) = &self.rate_limit {
-            service = BoxCloneSyncService::new(limit.layer(service));
-        }
-        service
+        ServiceBuilder::new()
+            .option_layer(self.rate_limit.clone())
+            .option_layer(self.retry.clone())
+            .service(inner)
     }
 }
 
-fn with_dedup<Req, Res>(
-    inner: Svc<Req, Reply<Res>>,
+fn with_dedup<Req, Res, S>(
+    inner: S,
     stack: &ModelConfig,
     model: &str,
 ) -> Result<Svc<Req, Reply<Res>>, ConfigError>
@@ -577,9 +578,15 @@ where
     Req:
         GatewayRequest + Fingerprint + tower_llm_core::Deterministic + tower_llm_core::CacheControl,
     Res: ClassifyResponse + Clone + Send + Sync + 'static,
+    S: tower::Service<Req, Response = Reply<Res>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
 {
     let Some(d) = &stack.dedup else {
-        return Ok(inner);
+        return Ok(BoxCloneSyncService::new(inner));
     };
     let at = format!("models.{model}.dedup");
     // Dedup's default key is core's fingerprint of the typed request, which covers its
@@ -596,19 +603,35 @@ where
     })
 }
 
-fn with_dedup_chat(
-    inner: Svc<ChatRequest, Reply<ChatResponse>>,
+fn with_dedup_chat<S>(
+    inner: S,
     stack: &ModelConfig,
     model: &str,
-) -> Result<Svc<ChatRequest, Reply<ChatResponse>>, ConfigError> {
+) -> Result<Svc<ChatRequest, Reply<ChatResponse>>, ConfigError>
+where
+    S: tower::Service<ChatRequest, Response = Reply<ChatResponse>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     with_dedup(inner, stack, model)
 }
 
-fn with_dedup_embeddings(
-    inner: Svc<EmbeddingRequest, Reply<EmbeddingResponse>>,
+fn with_dedup_embeddings<S>(
+    inner: S,
     stack: &ModelConfig,
     model: &str,
-) -> Result<Svc<EmbeddingRequest, Reply<EmbeddingResponse>>, ConfigError> {
+) -> Result<Svc<EmbeddingRequest, Reply<EmbeddingResponse>>, ConfigError>
+where
+    S: tower::Service<EmbeddingRequest, Response = Reply<EmbeddingResponse>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     with_dedup(inner, stack, model)
 }
 
