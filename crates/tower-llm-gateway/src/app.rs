@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -127,6 +127,7 @@ struct Inner {
     /// The mock upstreams of `kind = "mock"` providers, by provider name.
     mocks: Vec<(String, MockServer)>,
     answers: AnswerCounters,
+    requests: RequestMetrics,
 }
 
 impl Gateway {
@@ -148,6 +149,7 @@ impl Gateway {
             metrics,
             mocks: built.mocks,
             answers,
+            requests: RequestMetrics::new(),
         });
         // The exporter keeps histogram samples until they are drained; without a scraper
         // they would pile up. The task ends with the gateway.
@@ -174,7 +176,7 @@ impl Gateway {
             .route("/v1/models", get(models))
             .route("/health", get(health))
             .route("/metrics", get(render_metrics))
-            .route_layer(middleware::from_fn(track))
+            .route_layer(middleware::from_fn_with_state(self.inner.clone(), track))
             .layer(middleware::from_fn(request_id::assign))
             .with_state(self.inner.clone())
     }
@@ -321,11 +323,9 @@ pub async fn shutdown_signal() {
 /// Metrics and the access log of one request. The span carries what later code learns
 /// (the tenant, the model, the provider that answered); the event at the end is the access
 /// log line. Neither ever holds a key, a prompt or an answer.
-async fn track(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "other".to_owned(), |p| p.as_str().to_owned());
+async fn track(State(gateway): State<Arc<Inner>>, request: Request, next: Next) -> Response {
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("other", MatchedPath::as_str);
     let span = tracing::info_span!(
         "gateway.request",
         http.request.method = %request.method(),
@@ -344,7 +344,7 @@ async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
     // A guard, so that a request whose client went away (its future dropped) is not counted
     // in flight forever.
-    let in_flight = InFlight::new();
+    let in_flight = InFlight::new(gateway.requests.in_flight());
     let run = tracing::Instrument::instrument(next.run(request), span.clone());
     let response = match trace {
         Some(trace) => trace.scope(run).await,
@@ -369,24 +369,108 @@ async fn track(request: Request, next: Next) -> Response {
             );
         }
     });
-    metrics::histogram!(METRIC_DURATION, "route" => route.clone()).record(elapsed.as_secs_f64());
-    metrics::counter!(METRIC_REQUESTS, "route" => route, "status" => status.as_str().to_owned())
-        .increment(1);
+    gateway.requests.answered(route, status, elapsed);
     response
 }
 
-struct InFlight;
+/// The routes whose request metrics keep their handles (the router's; a route matched under
+/// another path, in an application that nests the router, is registered on every request).
+const ROUTES: [&str; 6] = [
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+    "/v1/models",
+    "/health",
+    "/metrics",
+];
+
+/// The handles of the requests metrics, registered with the recorder on first use (as the
+/// macros would: a series appears once it has a value) and kept, by route and status:
+/// registering builds, hashes and looks up the key and copies its labels, which would
+/// otherwise happen on every request.
+struct RequestMetrics {
+    in_flight: OnceLock<metrics::Gauge>,
+    routes: [(&'static str, RouteSeries); ROUTES.len()],
+}
+
+#[derive(Default)]
+struct RouteSeries {
+    duration: OnceLock<metrics::Histogram>,
+    /// At most one entry per HTTP status.
+    answered: RwLock<Vec<(StatusCode, metrics::Counter)>>,
+}
+
+impl RequestMetrics {
+    fn new() -> Self {
+        RequestMetrics {
+            in_flight: OnceLock::new(),
+            routes: ROUTES.map(|route| (route, RouteSeries::default())),
+        }
+    }
+
+    fn in_flight(&self) -> &metrics::Gauge {
+        self.in_flight
+            .get_or_init(|| metrics::gauge!(METRIC_IN_FLIGHT))
+    }
+
+    /// Counts a request to `route` answered with `status` after `elapsed`.
+    fn answered(&self, route: &str, status: StatusCode, elapsed: Duration) {
+        let duration = || metrics::histogram!(METRIC_DURATION, "route" => route.to_owned());
+        let counter = || {
+            metrics::counter!(METRIC_REQUESTS,
+                "route" => route.to_owned(), "status" => status.as_str().to_owned())
+        };
+        let Some((_, series)) = self.routes.iter().find(|(known, _)| *known == route) else {
+            duration().record(elapsed.as_secs_f64());
+            counter().increment(1);
+            return;
+        };
+        series
+            .duration
+            .get_or_init(duration)
+            .record(elapsed.as_secs_f64());
+        let find = |answered: &[(StatusCode, metrics::Counter)]| {
+            answered
+                .iter()
+                .find(|(known, _)| *known == status)
+                .map(|(_, counter)| counter.clone())
+        };
+        // Never poisoned in a way that matters: the lists are only ever pushed to.
+        let known = find(&series.answered.read().unwrap_or_else(PoisonError::into_inner));
+        let counter = known.unwrap_or_else(|| {
+            let mut answered = series
+                .answered
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            find(&answered).unwrap_or_else(|| {
+                let registered = counter();
+                answered.push((status, registered.clone()));
+                registered
+            })
+        });
+        counter.increment(1);
+    }
+}
+
+impl std::fmt::Debug for RequestMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestMetrics").finish_non_exhaustive()
+    }
+}
+
+/// Counts a request in flight until dropped (answered, or its client went away).
+struct InFlight(metrics::Gauge);
 
 impl InFlight {
-    fn new() -> Self {
-        metrics::gauge!(METRIC_IN_FLIGHT).increment(1.0);
-        InFlight
+    fn new(gauge: &metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        InFlight(gauge.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!(METRIC_IN_FLIGHT).decrement(1.0);
+        self.0.decrement(1.0);
     }
 }
 
