@@ -764,8 +764,11 @@ fn json_response(
     dialect: Dialect,
     id: &RequestId,
 ) -> Response {
-    let body = match serde_json::to_vec(body) {
-        Ok(body) => body,
+    // Room for a typical answer up front, rather than growing from nothing a few bytes at a
+    // time.
+    let mut bytes = Vec::with_capacity(1024);
+    let body = match serde_json::to_writer(&mut bytes, body) {
+        Ok(()) => bytes,
         Err(_) => {
             return ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
