@@ -436,7 +436,12 @@ impl RequestMetrics {
                 .map(|(_, counter)| counter.clone())
         };
         // Never poisoned in a way that matters: the lists are only ever pushed to.
-        let known = find(&series.answered.read().unwrap_or_else(PoisonError::into_inner));
+        let known = find(
+            &series
+                .answered
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         let counter = known.unwrap_or_else(|| {
             let mut answered = series
                 .answered
@@ -603,9 +608,12 @@ impl Call {
 /// would otherwise happen on every answer. Only the series answered are registered (and so
 /// rendered), as before.
 struct AnswerCounters {
-    /// By model, then by provider, one slot per [`Call`].
-    series: BTreeMap<String, Vec<(String, [OnceLock<metrics::Counter>; 3])>>,
+    /// By model, then by provider.
+    series: BTreeMap<String, Vec<(String, CallCounters)>>,
 }
+
+/// One slot per [`Call`].
+type CallCounters = [OnceLock<metrics::Counter>; 3];
 
 impl AnswerCounters {
     fn new(models: &BTreeMap<String, ModelStacks>) -> Self {

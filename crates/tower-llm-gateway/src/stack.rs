@@ -578,11 +578,7 @@ where
     Req:
         GatewayRequest + Fingerprint + tower_llm_core::Deterministic + tower_llm_core::CacheControl,
     Res: ClassifyResponse + Clone + Send + Sync + 'static,
-    S: tower::Service<Req, Response = Reply<Res>, Error = BoxError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: tower::Service<Req, Response = Reply<Res>, Error = BoxError> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
 {
     let Some(d) = &stack.dedup else {
