@@ -982,3 +982,74 @@ async fn render_metrics(State(gateway): State<Arc<Inner>>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` against a recorder of its own and returns what it rendered while what `f`
+    /// returned was still alive.
+    fn rendered<T>(f: impl FnOnce() -> T) -> String {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let alive = metrics::with_local_recorder(&recorder, f);
+        let text = handle.render();
+        drop(alive);
+        text
+    }
+
+    #[test]
+    fn request_metrics_count_every_request_under_its_route_and_status() {
+        let text = rendered(|| {
+            let requests = RequestMetrics::new();
+            let ms = Duration::from_millis(3);
+            requests.answered("/v1/chat/completions", StatusCode::OK, ms);
+            requests.answered("/v1/chat/completions", StatusCode::OK, ms);
+            requests.answered("/v1/chat/completions", StatusCode::UNAUTHORIZED, ms);
+            requests.answered("/v1/embeddings", StatusCode::OK, ms);
+            // A route under another path (a nested router) is counted all the same.
+            requests.answered("/api/v1/chat/completions", StatusCode::OK, ms);
+            requests.answered("/api/v1/chat/completions", StatusCode::OK, ms);
+            let first = InFlight::new(requests.in_flight());
+            let second = InFlight::new(requests.in_flight());
+            drop(first);
+            second
+        });
+        for line in [
+            r#"tower_llm_gateway_requests_total{route="/v1/chat/completions",status="200"} 2"#,
+            r#"tower_llm_gateway_requests_total{route="/v1/chat/completions",status="401"} 1"#,
+            r#"tower_llm_gateway_requests_total{route="/v1/embeddings",status="200"} 1"#,
+            r#"tower_llm_gateway_requests_total{route="/api/v1/chat/completions",status="200"} 2"#,
+            r#"tower_llm_gateway_request_duration_seconds_count{route="/v1/chat/completions"} 3"#,
+            "tower_llm_gateway_in_flight_requests 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+        }
+        assert!(
+            !text.contains(r#"route="/v1/messages""#),
+            "unused routes stay unregistered"
+        );
+    }
+
+    #[test]
+    fn answer_counters_count_each_model_provider_and_call() {
+        let slots = || (String::from("mock"), CallCounters::default());
+        let answers = AnswerCounters {
+            series: BTreeMap::from([(String::from("gpt-4o-mini"), vec![slots()])]),
+        };
+        let text = rendered(|| {
+            answers.count("gpt-4o-mini", "mock", Call::Chat);
+            answers.count("gpt-4o-mini", "mock", Call::Chat);
+            answers.count("gpt-4o-mini", "mock", Call::Stream);
+            answers.count("gpt-4o-mini", "elsewhere", Call::Chat);
+        });
+        for line in [
+            r#"tower_llm_gateway_answers_total{model="gpt-4o-mini",provider="mock",call="chat"} 2"#,
+            r#"tower_llm_gateway_answers_total{model="gpt-4o-mini",provider="mock",call="stream"} 1"#,
+            r#"tower_llm_gateway_answers_total{model="gpt-4o-mini",provider="elsewhere",call="chat"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+        }
+        assert!(!text.contains(r#"call="embeddings""#));
+    }
+}
