@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Extension, MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -787,14 +787,21 @@ fn json_response(
             .into_response(dialect, id);
         }
     };
-    let mut response = (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response();
+    answered(Body::from(body), "application/json", provider, id)
+}
+
+/// `x-gateway-provider`: the provider that answered.
+static X_GATEWAY_PROVIDER: HeaderName = HeaderName::from_static("x-gateway-provider");
+
+/// A 200 with `body` of `content_type`, naming the provider that answered and carrying the
+/// request id. Built by hand: the tuple form parses and validates each header's name and
+/// value on every answer.
+fn answered(body: Body, content_type: &'static str, provider: &str, id: &RequestId) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Ok(value) = HeaderValue::from_str(provider) {
-        response.headers_mut().insert("x-gateway-provider", value);
+        headers.insert(X_GATEWAY_PROVIDER.clone(), value);
     }
     id.set_on(response.headers_mut());
     response
@@ -886,19 +893,10 @@ pub(crate) fn sse_response(
     id: &RequestId,
 ) -> Response {
     let body = Body::from_stream(events.map(Ok::<_, Infallible>));
-    let mut response = (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response();
-    if let Ok(value) = HeaderValue::from_str(provider) {
-        response.headers_mut().insert("x-gateway-provider", value);
-    }
-    id.set_on(response.headers_mut());
+    let mut response = answered(body, "text/event-stream", provider, id);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
 
