@@ -41,6 +41,15 @@ use tower_llm_core::{ConfigError, FailureKind, Outcome};
 /// starting at `initial` is seeded from the first answer) and additive increases stop there;
 /// once the reset has passed the cap is gone. A later response replaces the cap.
 ///
+/// # Across instances
+///
+/// With [`shared`](Self::shared) (feature `redis`), an instance that lowers a key's limit
+/// after an overload records it in Redis, and every other instance sharing the backend's
+/// prefix applies one decrease of its own (`× backoff`) when it learns of it, on its next
+/// round trip to Redis for that key: at most once per round trip of its own calls, as for
+/// its own overloads. Increases stay local: each instance probes for its own share. See
+/// [`shared`](Self::shared).
+///
 /// # Example
 ///
 /// ```
@@ -102,6 +111,8 @@ pub struct AdaptiveConcurrency {
     pub(crate) backoff: f64,
     pub(crate) increase: f64,
     pub(crate) decrease_on: Vec<FailureKind>,
+    #[cfg(feature = "redis")]
+    pub(crate) shared: bool,
 }
 
 impl Default for AdaptiveConcurrency {
@@ -112,14 +123,16 @@ impl Default for AdaptiveConcurrency {
 
 impl fmt::Debug for AdaptiveConcurrency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AdaptiveConcurrency")
-            .field("min", &self.min)
+        let mut f = f.debug_struct("AdaptiveConcurrency");
+        f.field("min", &self.min)
             .field("max", &self.max)
             .field("initial", &self.initial)
             .field("backoff", &self.backoff)
             .field("increase", &self.increase)
-            .field("decrease_on", &self.decrease_on)
-            .finish()
+            .field("decrease_on", &self.decrease_on);
+        #[cfg(feature = "redis")]
+        f.field("shared", &self.shared);
+        f.finish()
     }
 }
 
@@ -138,6 +151,8 @@ impl AdaptiveConcurrency {
                 FailureKind::Overloaded,
                 FailureKind::Timeout,
             ],
+            #[cfg(feature = "redis")]
+            shared: false,
         }
     }
 
@@ -176,6 +191,46 @@ impl AdaptiveConcurrency {
     /// timeout); at least one.
     pub fn decrease_on(mut self, kinds: impl IntoIterator<Item = FailureKind>) -> Self {
         self.decrease_on = kinds.into_iter().collect();
+        self
+    }
+
+    /// Shares overloads across instances through the limiter's Redis backend (feature
+    /// `redis`; [`build`](crate::RateLimitBuilder::build) refuses it without
+    /// [`redis`](crate::RateLimitBuilder::redis)). Off by default.
+    ///
+    /// When this instance lowers a key's limit because a call met an overload, it records
+    /// that in the key's hash in Redis (an overload epoch, with Redis's clock, and which
+    /// instance wrote it), in the background. Every instance learns of the latest epoch on
+    /// its next round trip to Redis for that key and, if another instance wrote it and it has
+    /// not seen it yet, multiplies its own limit by [`backoff`](Self::backoff) once, as for
+    /// an overload of its own: not again before one of its own calls that started after that
+    /// decrease has ended (news arriving before then was caused by the same crowding, and is
+    /// absorbed). An instance that has not seen the latest overload applies it once, whatever
+    /// the number of overloads that happened since it last looked. An overload older than
+    /// 10 seconds is no longer news.
+    ///
+    /// *The round trip.* With a requests or tokens quota in Redis, every call already asks
+    /// Redis before it starts: the news comes back in the same reply, at no extra cost.
+    /// Without one, the limiter reads the key's news in the background at most every
+    /// 100 ms per key, when a call starts (it never waits for that read): the limit is about
+    /// calls that last longer than that, and a read before each call would put Redis on
+    /// every call's path for a number that changes at most once per round trip.
+    ///
+    /// *What is not shared.* The limit itself and the calls in flight stay per instance:
+    /// concurrency is about this instance's connections, each instance probes upward for its
+    /// own share, and a global in-flight counter would cost a second round trip per call (to
+    /// release the slot) and leak the slots of an instance that dies mid-call.
+    ///
+    /// *Redis down.* A failed write or read of the news is counted
+    /// ([`shared_errors`](crate::RateLimitStats::shared_errors)), logged, and otherwise
+    /// ignored: the local limit keeps working on this instance's own overloads. (The quotas,
+    /// if any, still follow the backend's [`BackendFailure`](crate::BackendFailure).)
+    ///
+    /// Every instance that should react together must use the same backend prefix and key
+    /// function, as for the quotas.
+    #[cfg(feature = "redis")]
+    pub fn shared(mut self) -> Self {
+        self.shared = true;
         self
     }
 
@@ -258,6 +313,8 @@ pub(crate) enum Cause {
     Overload(FailureKind),
     /// The provider's headers said fewer requests are left.
     Headers,
+    /// Another instance recorded an overload in the shared store.
+    Shared,
 }
 
 impl Cause {
@@ -267,6 +324,7 @@ impl Cause {
             Cause::Success => "success",
             Cause::Overload(kind) => kind.as_str(),
             Cause::Headers => "headers",
+            Cause::Shared => "shared",
         }
     }
 }
@@ -280,6 +338,30 @@ pub(crate) struct LimitChange {
     pub(crate) at_min: bool,
 }
 
+/// What [`AdaptiveLimit::record`] did: the limit's move in whole calls, and whether it
+/// backed off for an overload of its own (which an instance sharing overloads records).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    pub(crate) change: Option<LimitChange>,
+    pub(crate) backed_off: bool,
+}
+
+impl Recorded {
+    const NOTHING: Recorded = Recorded {
+        change: None,
+        backed_off: false,
+    };
+}
+
+/// The latest overload recorded in the shared store for a key: when (an epoch on the store's
+/// clock, growing with every record) and which instance recorded it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) struct OverloadNews {
+    pub(crate) epoch: u64,
+    pub(crate) writer: u64,
+}
+
 /// One key's adaptive limit.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct AdaptiveLimit {
@@ -291,6 +373,11 @@ pub(crate) struct AdaptiveLimit {
     decreased_at: Option<u64>,
     /// The server's cap and until when it holds.
     cap: Option<(usize, u64)>,
+    /// The latest admission time among calls that ended with a verdict: once it reaches
+    /// `decreased_at`, a round trip has passed since the last decrease.
+    last_ended_start: u64,
+    /// The latest shared overload epoch applied or absorbed.
+    seen_overload: u64,
 }
 
 impl AdaptiveLimit {
@@ -300,6 +387,8 @@ impl AdaptiveLimit {
             overload_level: None,
             decreased_at: None,
             cap: None,
+            last_ended_start: 0,
+            seen_overload: 0,
         }
     }
 
@@ -332,13 +421,14 @@ impl AdaptiveLimit {
         in_flight: usize,
         started: u64,
         now: u64,
-    ) -> Option<LimitChange> {
+    ) -> Recorded {
         let from = self.effective(settings, now);
         let cause = match verdict {
-            Verdict::Neutral => return None,
+            Verdict::Neutral => return Recorded::NOTHING,
             Verdict::Success => {
+                self.last_ended_start = self.last_ended_start.max(started);
                 if (in_flight as f64) * 2.0 < self.limit {
-                    return None;
+                    return Recorded::NOTHING;
                 }
                 let ceiling = match self.cap {
                     Some((cap, until)) if now < until => cap.max(settings.min),
@@ -356,16 +446,56 @@ impl AdaptiveLimit {
                 Cause::Success
             }
             Verdict::Overload(kind) => {
+                self.last_ended_start = self.last_ended_start.max(started);
                 if self.decreased_at.is_some_and(|at| started < at) {
-                    return None;
+                    return Recorded::NOTHING;
                 }
-                self.decreased_at = Some(now);
-                self.overload_level = Some(self.limit);
-                self.limit = (self.limit * settings.backoff).max(settings.min as f64);
-                Cause::Overload(kind)
+                self.back_off(settings, now);
+                return Recorded {
+                    change: self.changed(settings, from, Cause::Overload(kind), now),
+                    backed_off: true,
+                };
             }
         };
-        self.changed(settings, from, cause, now)
+        Recorded {
+            change: self.changed(settings, from, cause, now),
+            backed_off: false,
+        }
+    }
+
+    /// The multiplicative decrease, remembering where and when it happened.
+    fn back_off(&mut self, settings: &AdaptiveConcurrency, now: u64) {
+        self.decreased_at = Some(now);
+        self.overload_level = Some(self.limit);
+        self.limit = (self.limit * settings.backoff).max(settings.min as f64);
+    }
+
+    /// Takes in the latest overload another instance may have recorded for this key
+    /// (`me`: this instance's id): one decrease if it is new, not this instance's own, and
+    /// a round trip of this instance's calls has passed since its last decrease (otherwise
+    /// the news is absorbed by that decrease, as the failures of calls started before it
+    /// are).
+    pub(crate) fn shared_overload(
+        &mut self,
+        settings: &AdaptiveConcurrency,
+        news: OverloadNews,
+        me: u64,
+        now: u64,
+    ) -> Option<LimitChange> {
+        if news.epoch <= self.seen_overload {
+            return None;
+        }
+        self.seen_overload = news.epoch;
+        if news.writer == me
+            || self
+                .decreased_at
+                .is_some_and(|at| self.last_ended_start < at)
+        {
+            return None;
+        }
+        let from = self.effective(settings, now);
+        self.back_off(settings, now);
+        self.changed(settings, from, Cause::Shared, now)
     }
 
     /// The server says `remaining` requests are left until `until`: caps the limit there.
@@ -420,15 +550,16 @@ mod tests {
         l.record(&s, Verdict::Success, 10, 0, 1);
         assert_eq!(l.effective(&s, 1), 11);
         // An overload backs off; failures of calls started before it do not again.
-        let change = l.record(&s, Verdict::Overload(FailureKind::RateLimited), 11, 5, 10);
-        assert_eq!(change.map(|c| c.to), Some(9));
+        let recorded = l.record(&s, Verdict::Overload(FailureKind::RateLimited), 11, 5, 10);
+        assert_eq!(recorded.change.map(|c| c.to), Some(9));
+        assert!(recorded.backed_off);
         assert_eq!(
             l.record(&s, Verdict::Overload(FailureKind::Timeout), 9, 9, 11),
-            None
+            Recorded::NOTHING
         );
         assert!(
             l.record(&s, Verdict::Overload(FailureKind::Timeout), 9, 10, 12)
-                .is_some()
+                .backed_off
         );
         // An idle limit does not grow.
         let before = l.limit;
@@ -465,6 +596,44 @@ mod tests {
             l.record(&s, Verdict::Success, 5, 300, 301);
         }
         assert_eq!(l.effective(&s, 301), 5);
+    }
+
+    #[test]
+    fn another_instances_overload_backs_off_once_per_round_trip() {
+        const ME: u64 = 7;
+        let s = AdaptiveConcurrency::new().initial(20).max(100);
+        let mut l = AdaptiveLimit::new(&s);
+        let news = |epoch, writer| OverloadNews { epoch, writer };
+        // News from another instance: one decrease, with the shared cause.
+        let change = l.shared_overload(&s, news(100, 1), ME, 10).expect("lowered");
+        assert_eq!((change.from, change.to, change.cause), (20, 18, Cause::Shared));
+        // The same news again changes nothing.
+        assert_eq!(l.shared_overload(&s, news(100, 1), ME, 11), None);
+        // Newer news before a call started after the decrease has ended: absorbed.
+        assert_eq!(l.shared_overload(&s, news(101, 2), ME, 12), None);
+        // A call started before the decrease ends: still absorbed.
+        l.record(&s, Verdict::Success, 18, 9, 13);
+        assert_eq!(l.shared_overload(&s, news(102, 2), ME, 14), None);
+        // Once a call started after it has ended, the next news counts.
+        l.record(&s, Verdict::Success, 18, 10, 15);
+        assert_eq!(
+            l.shared_overload(&s, news(103, 2), ME, 16).map(|c| c.to),
+            Some(16)
+        );
+        // This instance's own record is not news; older epochs neither.
+        l.record(&s, Verdict::Success, 16, 16, 17);
+        assert_eq!(l.shared_overload(&s, news(104, ME), ME, 18), None);
+        assert_eq!(l.shared_overload(&s, news(50, 1), ME, 18), None);
+        // A local overload of a call started before the shared decrease is ignored too.
+        assert_eq!(
+            l.record(&s, Verdict::Overload(FailureKind::RateLimited), 16, 15, 19),
+            Recorded::NOTHING
+        );
+        // Never below min.
+        let s = AdaptiveConcurrency::new().min(3).initial(3);
+        let mut l = AdaptiveLimit::new(&s);
+        assert_eq!(l.shared_overload(&s, news(1, 1), ME, 1), None);
+        assert_eq!(l.effective(&s, 1), 3);
     }
 
     #[test]

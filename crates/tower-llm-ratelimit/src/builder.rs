@@ -225,7 +225,9 @@ impl<K, C, T, H> RateLimitBuilder<K, C, T, H> {
 
     /// Shares the requests and tokens quotas of every instance through Redis, failing as
     /// the backend's [`BackendFailure`](crate::BackendFailure) says when Redis cannot be
-    /// reached.
+    /// reached; and, with [`AdaptiveConcurrency::shared`](crate::AdaptiveConcurrency::shared),
+    /// the overloads that lower an adaptive limit. A limiter without a requests or tokens
+    /// quota does not ask Redis before its calls (there is nothing to admit there).
     #[cfg(feature = "redis")]
     pub fn redis(mut self, backend: crate::redis::RedisBackend) -> Self {
         self.config.redis = Some(backend);
@@ -273,6 +275,13 @@ impl<K, C, T, H> RateLimitBuilder<K, C, T, H> {
                 );
             }
             adaptive.validate()?;
+            #[cfg(feature = "redis")]
+            if adaptive.shared && c.redis.is_none() {
+                return refuse(
+                    "adaptive_concurrency.shared",
+                    "needs a Redis backend (RateLimitBuilder::redis) to share overloads through",
+                );
+            }
         }
         if c.spacing
             .is_some_and(|s| s > Duration::from_secs(24 * 3600))

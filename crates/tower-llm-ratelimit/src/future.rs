@@ -11,7 +11,8 @@ use tower_service::Service;
 
 use crate::config::Reconcile;
 use crate::error::Rejection;
-use crate::limiter::Limiter;
+use crate::limiter::{Limiter, OverloadSharing};
+use crate::observe::SharedOp;
 use crate::permit::Permit;
 use crate::reads::{HeaderReader, IgnoreHeaders, IgnoreTokens, TokenReader};
 use crate::ticket::{RemoteCheck, RemoteVerdict, Ticket, Turn};
@@ -286,11 +287,15 @@ where
             *remote = None;
             now = limiter.now();
             match verdict {
-                RemoteVerdict::Admitted(charge) => {
+                RemoteVerdict::Admitted(charge, news) => {
+                    // The news first: a lowered limit holds back the calls after this one,
+                    // which Redis has admitted already.
+                    ticket.key.learn_overload(news);
                     remote_charge = charge;
                     go = Some(ticket.admit_remote(now));
                 }
-                RemoteVerdict::Wait(wait) => {
+                RemoteVerdict::Wait(wait, news) => {
+                    ticket.key.learn_overload(news);
                     ticket.start_waiting();
                     *not_before =
                         now.saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX / 4));
@@ -309,6 +314,9 @@ where
                     }
                 }
                 RemoteVerdict::Failed => {
+                    if limiter.sharing == OverloadSharing::WithQuotas {
+                        limiter.observe.shared_failed(SharedOp::Read);
+                    }
                     if remote_fails_open(&limiter) {
                         go = Some(ticket.admit_remote(now));
                     } else {

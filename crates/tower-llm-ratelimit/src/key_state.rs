@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
 
-use crate::adaptive::{AdaptiveLimit, LimitChange, Verdict};
+use crate::adaptive::{AdaptiveLimit, LimitChange, OverloadNews, Recorded, Verdict};
 use crate::config::Config;
 use crate::error::Rejection;
 use crate::headers::{ServerLimit, ServerLimits};
@@ -214,11 +214,14 @@ impl Limits {
         verdict: Verdict,
         started: u64,
         now: impl FnOnce() -> u64,
-    ) -> Option<LimitChange> {
+    ) -> Recorded {
         let in_flight = self.in_flight;
         self.in_flight = in_flight.saturating_sub(1);
         let (Some(settings), Some(adaptive)) = (&config.adaptive, &mut self.adaptive) else {
-            return None;
+            return Recorded {
+                change: None,
+                backed_off: false,
+            };
         };
         // The common success under no server cap needs no clock.
         let now = if adaptive.needs_clock(verdict) {
@@ -226,9 +229,9 @@ impl Limits {
         } else {
             0
         };
-        let change = adaptive.record(settings, verdict, in_flight, started, now);
+        let recorded = adaptive.record(settings, verdict, in_flight, started, now);
         self.concurrency_limit = adaptive.effective(settings, now);
-        change
+        recorded
     }
 
     pub(crate) fn at_rest(&self, config: &Config, now: u64) -> bool {
@@ -273,6 +276,10 @@ pub(crate) struct KeyState {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) remote_key: Option<String>,
     pub(crate) counts_locally: bool,
+    /// When this key may next read the overloads shared in Redis without a quota round trip
+    /// (`u64::MAX`: a read is under way).
+    #[cfg(feature = "redis")]
+    pub(crate) next_overload_read: std::sync::atomic::AtomicU64,
 }
 
 impl KeyState {
@@ -284,8 +291,8 @@ impl KeyState {
         counts_locally: bool,
     ) -> Self {
         let config = &limiter.config;
-        // With a shared store the quotas live there; only local limits stay here.
-        let local = remote_key.is_none();
+        // With the quotas in a shared store, only local limits stay here.
+        let local = !limiter.remote();
         KeyState {
             limiter: limiter.clone(),
             limits: Mutex::new(Limits {
@@ -309,6 +316,8 @@ impl KeyState {
             }),
             remote_key,
             counts_locally,
+            #[cfg(feature = "redis")]
+            next_overload_read: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -387,6 +396,34 @@ impl KeyState {
 
     pub(crate) fn at_rest(&self, config: &Config, now: u64) -> bool {
         self.lock().at_rest(config, now)
+    }
+
+    /// Takes in the latest overload recorded in the shared store for this key (`None`:
+    /// none recent): one decrease of the adaptive limit if it is another instance's and new
+    /// to this one (see [`AdaptiveLimit::shared_overload`]).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn learn_overload(&self, news: Option<OverloadNews>) {
+        let Some(news) = news else {
+            return;
+        };
+        let limiter = &self.limiter;
+        let Some(settings) = &limiter.config.adaptive else {
+            return;
+        };
+        let now = limiter.now();
+        let change = {
+            let mut guard = self.lock();
+            let limits = &mut *guard;
+            let Some(adaptive) = &mut limits.adaptive else {
+                return;
+            };
+            let change = adaptive.shared_overload(settings, news, limiter.instance, now);
+            limits.concurrency_limit = adaptive.effective(settings, now);
+            change
+        };
+        if let Some(change) = change {
+            limiter.observe.limit_changed(change, self.keyed());
+        }
     }
 
     /// Ends this key's pause and lets its first waiter look again.

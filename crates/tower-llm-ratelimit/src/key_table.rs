@@ -56,7 +56,7 @@ impl KeyTable {
                 return None;
             }
         }
-        let remote_key = limiter.remote().then(|| remote_name(&key));
+        let remote_key = limiter.names_keys().then(|| remote_name(&key));
         let state = Arc::new(KeyState::new(limiter, remote_key, false));
         map.entry(hash)
             .or_default()

@@ -25,18 +25,58 @@ pub(crate) struct Limiter {
     /// Until when every key is paused by [`RateLimitHandle::pause`](crate::RateLimitHandle::pause),
     /// in nanoseconds since `origin` (0: not paused).
     paused_until: AtomicU64,
+    /// Whether the quotas live in Redis (a round trip before each call).
+    remote_quotas: bool,
+    /// How overloads are shared with other instances (feature `redis`).
+    pub(crate) sharing: OverloadSharing,
+    /// This layer value's id among the instances sharing overloads: 48 random bits (exact in
+    /// Redis's Lua numbers).
+    pub(crate) instance: u64,
+}
+
+/// How an adaptive limit learns of other instances' overloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OverloadSharing {
+    /// It does not.
+    Off,
+    /// From the reply to the quota round trip every call makes.
+    WithQuotas,
+    /// By a background read when a call starts, at most every 100 ms per key.
+    Read,
 }
 
 impl Limiter {
     pub(crate) fn new(config: Config) -> Self {
         let wants_usage = config.tokens.is_some() && config.reconcile != Reconcile::Off;
         let observe = Observe::new(config.name.clone());
+        #[cfg(feature = "redis")]
+        let has_redis = config.redis.is_some();
+        #[cfg(not(feature = "redis"))]
+        let has_redis = false;
+        // A backend with no quota to keep has nothing to say before a call.
+        let remote_quotas = has_redis && (config.requests.is_some() || config.tokens.is_some());
+        #[cfg(feature = "redis")]
+        let shared = config.adaptive.as_ref().is_some_and(|a| a.shared);
+        #[cfg(not(feature = "redis"))]
+        let shared = false;
+        let sharing = match (has_redis && shared, remote_quotas) {
+            (false, _) => OverloadSharing::Off,
+            (true, true) => OverloadSharing::WithQuotas,
+            (true, false) => OverloadSharing::Read,
+        };
+        let instance = std::hash::BuildHasher::hash_one(
+            &std::hash::RandomState::new(),
+            (std::process::id(), std::time::SystemTime::now()),
+        ) >> 16;
         Limiter {
             config,
             origin: Instant::now(),
             observe,
             wants_usage,
             paused_until: AtomicU64::new(0),
+            remote_quotas,
+            sharing,
+            instance,
         }
     }
 
@@ -65,15 +105,15 @@ impl Limiter {
         self.paused_until.load(Ordering::Acquire)
     }
 
+    /// Whether the quotas live in the shared store: each call asks it before starting.
+    #[inline]
     pub(crate) fn remote(&self) -> bool {
-        #[cfg(feature = "redis")]
-        {
-            self.config.redis.is_some()
-        }
-        #[cfg(not(feature = "redis"))]
-        {
-            false
-        }
+        self.remote_quotas
+    }
+
+    /// Whether keys need a name in the shared store (quotas or overloads kept there).
+    pub(crate) fn names_keys(&self) -> bool {
+        self.remote_quotas || self.sharing != OverloadSharing::Off
     }
 }
 
@@ -90,7 +130,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(config: Config) -> Self {
         let limiter = Arc::new(Limiter::new(config));
-        let single_name = limiter.remote().then(|| "_".to_owned());
+        let single_name = limiter.names_keys().then(|| "_".to_owned());
         let single = Arc::new(KeyState::new(&limiter, single_name, true));
         Shared {
             limiter,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tower_llm_core::FailureKind;
 
-use crate::adaptive::LimitChange;
+use crate::adaptive::{Cause, LimitChange};
 use crate::error::Rejection;
 use crate::headers::ServerLimits;
 use crate::stats::{RateLimitStats, Stats};
@@ -37,6 +37,30 @@ const METRIC_CONCURRENCY_LIMIT: &str = "tower_llm_ratelimit_concurrency_limit";
 const METRIC_LIMIT_DECREASES: &str = "tower_llm_ratelimit_limit_decreases_total";
 #[cfg(feature = "metrics")]
 const METRIC_LIMIT_INCREASES: &str = "tower_llm_ratelimit_limit_increases_total";
+#[cfg(feature = "metrics")]
+const METRIC_OVERLOADS_PUBLISHED: &str = "tower_llm_ratelimit_overloads_published_total";
+#[cfg(feature = "metrics")]
+const METRIC_SHARED_ERRORS: &str = "tower_llm_ratelimit_shared_errors_total";
+
+/// What failed when overloads are shared through Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) enum SharedOp {
+    /// Recording this instance's overload.
+    Publish,
+    /// Reading the other instances' latest overload (with the quotas' round trip or alone).
+    Read,
+}
+
+impl SharedOp {
+    #[cfg_attr(not(any(feature = "tracing", feature = "metrics")), allow(dead_code))]
+    fn as_str(self) -> &'static str {
+        match self {
+            SharedOp::Publish => "publish",
+            SharedOp::Read => "read",
+        }
+    }
+}
 
 /// The default `name` of a limiter.
 pub(crate) const DEFAULT_NAME: &str = "ratelimit";
@@ -215,7 +239,7 @@ impl Observe {
     /// overload or the provider's headers (debug; warn when it reaches its minimum).
     pub(crate) fn limit_changed(&self, change: LimitChange, keyed: bool) {
         let up = change.to > change.from;
-        self.stats.limit_moved(up);
+        self.stats.limit_moved(up, change.cause == Cause::Shared);
         #[cfg(feature = "metrics")]
         if let Some(m) = self.metrics.get() {
             m.concurrency_limit.set(change.to as f64);
@@ -260,6 +284,43 @@ impl Observe {
         let _ = keyed;
     }
 
+    /// This instance's overload was recorded in Redis for the other instances.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn overload_published(&self, keyed: bool) {
+        self.stats.overload_published();
+        #[cfg(feature = "metrics")]
+        if let Some(m) = self.metrics.get() {
+            m.overloads_published.increment(1);
+        }
+        #[cfg(feature = "tracing")]
+        tracing::debug!(name = &*self.name, keyed, "overload shared with other instances");
+        #[cfg(not(feature = "tracing"))]
+        let _ = keyed;
+    }
+
+    /// Recording or reading shared overloads failed (Redis down, slow or answering
+    /// nonsense); the local limit goes on alone. At most once per round trip (publish) or
+    /// per key every 100 ms (read), so a Redis outage cannot flood the log.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn shared_failed(&self, op: SharedOp) {
+        self.stats.shared_failed();
+        #[cfg(feature = "metrics")]
+        if let Some(m) = self.metrics.get() {
+            match op {
+                SharedOp::Publish => m.shared_errors_publish.increment(1),
+                SharedOp::Read => m.shared_errors_read.increment(1),
+            }
+        }
+        #[cfg(feature = "tracing")]
+        tracing::warn!(
+            name = &*self.name,
+            op = op.as_str(),
+            "shared overloads unavailable, the local limit goes on alone"
+        );
+        #[cfg(not(feature = "tracing"))]
+        let _ = op;
+    }
+
     /// The provider's headers said what is left of its limits.
     pub(crate) fn learnt(&self, limits: &ServerLimits, keyed: bool) {
         #[cfg(feature = "tracing")]
@@ -296,6 +357,9 @@ struct Metrics {
     pauses_circuit_open: metrics::Counter,
     concurrency_limit: metrics::Gauge,
     limit_increases: metrics::Counter,
+    overloads_published: metrics::Counter,
+    shared_errors_publish: metrics::Counter,
+    shared_errors_read: metrics::Counter,
     /// For the series made when they happen.
     name: Cow<'static, str>,
 }
@@ -315,6 +379,9 @@ impl Metrics {
         let pauses = |cause: FailureKind| {
             metrics::counter!(METRIC_PAUSES, labels(&[("cause", cause.as_str())]))
         };
+        let shared_errors = |op: SharedOp| {
+            metrics::counter!(METRIC_SHARED_ERRORS, labels(&[("op", op.as_str())]))
+        };
         Metrics {
             admitted: metrics::counter!(METRIC_ADMITTED, labels(&[])),
             tokens_reserved: metrics::counter!(METRIC_TOKENS_RESERVED, labels(&[])),
@@ -332,6 +399,9 @@ impl Metrics {
             pauses_circuit_open: pauses(FailureKind::CircuitOpen),
             concurrency_limit: metrics::gauge!(METRIC_CONCURRENCY_LIMIT, labels(&[])),
             limit_increases: metrics::counter!(METRIC_LIMIT_INCREASES, labels(&[])),
+            overloads_published: metrics::counter!(METRIC_OVERLOADS_PUBLISHED, labels(&[])),
+            shared_errors_publish: shared_errors(SharedOp::Publish),
+            shared_errors_read: shared_errors(SharedOp::Read),
             name: name.clone(),
         }
     }
@@ -415,6 +485,16 @@ fn describe() {
             METRIC_LIMIT_INCREASES,
             Unit::Count,
             "Times an adaptive concurrency limit was raised by one call or more."
+        );
+        metrics::describe_counter!(
+            METRIC_OVERLOADS_PUBLISHED,
+            Unit::Count,
+            "Overloads of this instance recorded in Redis for the other instances (shared adaptive limit)."
+        );
+        metrics::describe_counter!(
+            METRIC_SHARED_ERRORS,
+            Unit::Count,
+            "Failed writes or reads of the overloads shared through Redis, by op."
         );
         metrics::describe_counter!(
             METRIC_PAUSES,

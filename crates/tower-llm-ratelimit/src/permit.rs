@@ -30,6 +30,10 @@ impl Permit {
     #[inline]
     pub(crate) fn new(key: Arc<KeyState>, cost: u64, admission: Admission) -> Self {
         key.limiter.observe.admitted(cost, key.counts_locally);
+        #[cfg(feature = "redis")]
+        if key.limiter.sharing == crate::limiter::OverloadSharing::Read {
+            crate::redis::read_overloads(&key, admission.started);
+        }
         Permit {
             key,
             cost,
@@ -130,16 +134,29 @@ impl Permit {
     #[inline]
     fn free_slot(&self, verdict: Verdict) {
         let limiter = &self.key.limiter;
-        let change = {
+        let recorded = {
             let mut limits = self.key.lock();
-            let change = limits.release(&limiter.config, verdict, self.admission.started, || {
+            let recorded = limits.release(&limiter.config, verdict, self.admission.started, || {
                 limiter.now()
             });
             limits.wake_head();
-            change
+            recorded
         };
-        if let Some(change) = change {
+        if let Some(change) = recorded.change {
             limiter.observe.limit_changed(change, self.key.keyed());
+        }
+        if recorded.backed_off {
+            self.share_backoff();
+        }
+    }
+
+    /// This instance backed off for an overload of its own: tells the other instances, when
+    /// overloads are shared.
+    #[cold]
+    fn share_backoff(&self) {
+        #[cfg(feature = "redis")]
+        if self.key.limiter.sharing != crate::limiter::OverloadSharing::Off {
+            crate::redis::publish_overload(&self.key);
         }
     }
 
@@ -166,8 +183,11 @@ impl Permit {
         }
         let mut limits = self.key.lock();
         let mut changes = [None, None];
+        let mut backed_off = false;
         if config.counts_in_flight() {
-            changes[0] = limits.release(config, verdict, self.admission.started, || now);
+            let recorded = limits.release(config, verdict, self.admission.started, || now);
+            changes[0] = recorded.change;
+            backed_off = recorded.backed_off;
         }
         let observe = &self.key.limiter.observe;
         if let Some((pause, cause)) = pause {
@@ -197,6 +217,9 @@ impl Permit {
         drop(limits);
         for change in changes.into_iter().flatten() {
             observe.limit_changed(change, self.key.keyed());
+        }
+        if backed_off {
+            self.share_backoff();
         }
     }
 }

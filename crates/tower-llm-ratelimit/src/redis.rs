@@ -7,7 +7,12 @@
 //! window has passed.
 //!
 //! Concurrency, spacing, pauses and the server's headers stay local to each instance: they
-//! are about this instance's connections and the answers it saw.
+//! are about this instance's connections and the answers it saw. With
+//! [`AdaptiveConcurrency::shared`](crate::AdaptiveConcurrency::shared), the overloads that
+//! lowered an instance's adaptive limit are recorded in the key's hash (`ov`: an epoch on
+//! Redis's clock, `oi`: the instance that wrote it), and each instance learns the latest one
+//! from the acquire script's reply, or, without a quota in Redis, from a background read at
+//! most every [`OVERLOAD_READ_PERIOD`] per key.
 //!
 //! Waiting is still local and FIFO: the first call in an instance's queue asks Redis, and
 //! when Redis says "not yet, in 300 ms" it sleeps that long and asks again. Each call costs
@@ -15,24 +20,48 @@
 //! [`BackendFailure`] choice applies.
 
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::adaptive::OverloadNews;
 use crate::config::{BackendFailure, Config};
+use crate::key_state::KeyState;
+use crate::observe::SharedOp;
 use crate::quota::{Charge, Quota, SLOTS_PER_WINDOW};
 use crate::ticket::{RemoteCheck, RemoteVerdict};
+
+/// The Lua function both readers of the overload news share: the epoch and writer of the
+/// latest overload if it is fresher than `keep` microseconds, else `0, 0`.
+macro_rules! overload_news {
+    () => {
+        r#"
+local function news(ov, oi, now, keep)
+  ov = tonumber(ov)
+  if keep > 0 and ov and ov + keep > now then return ov, tonumber(oi) or 0 end
+  return 0, 0
+end
+"#
+    };
+}
 
 /// Per dimension (`r` requests, `t` tokens) the hash holds `<d>tat` (the GCRA's theoretical
 /// arrival time), and per slot `<d>a<epoch>` (amount) and `<d>l<epoch>` (time of its latest
 /// charge). Times are microseconds of the Redis clock.
-const ACQUIRE: &str = r#"
+///
+/// `ARGV[9]` is how long an overload stays news, in microseconds (0: overloads are not
+/// shared); the reply ends with the latest fresh overload's epoch and writer (0, 0: none).
+const ACQUIRE: &str = concat!(
+    overload_news!(),
+    r#"
 local key = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local slots = tonumber(ARGV[8])
+local keep = tonumber(ARGV[9])
 local dims = {}
 for i = 0, 1 do
   local limit = tonumber(ARGV[1 + i * 3])
@@ -88,7 +117,8 @@ for _, d in ipairs(dims) do
   wait = math.max(wait, ready - now)
 end
 if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
-if wait > 0 then return {1, wait} end
+local ov, oi = news(f['ov'], f['oi'], now, keep)
+if wait > 0 then return {1, wait, ov, oi} end
 local token_epoch = -1
 local horizon = 0
 for _, d in ipairs(dims) do
@@ -99,9 +129,40 @@ for _, d in ipairs(dims) do
   if d.p == 't' then token_epoch = epoch end
   horizon = math.max(horizon, tat - now)
 end
-redis.call('PEXPIRE', key, math.ceil((horizon + longest * 2) / 1000) + 1000)
-return {0, token_epoch}
+local expiry = math.ceil((horizon + longest * 2) / 1000) + 1000
+-- Keep a fresh overload as long as it is news, whatever the quotas' windows.
+if ov > 0 then expiry = math.max(expiry, math.ceil((ov + keep - now) / 1000)) end
+redis.call('PEXPIRE', key, expiry)
+return {0, token_epoch, ov, oi}
+"#
+);
+
+/// Records an overload: the epoch grows by at least one, is never behind Redis's clock (so it
+/// keeps growing if the hash expired meanwhile), and names its writer (`ARGV[1]`). The hash
+/// is kept at least `ARGV[2]` microseconds.
+const PUBLISH_OVERLOAD: &str = r#"
+local key = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ov = math.max((tonumber(redis.call('HGET', key, 'ov')) or 0) + 1, now)
+redis.call('HSET', key, 'ov', ov, 'oi', ARGV[1])
+local keep = math.ceil(tonumber(ARGV[2]) / 1000)
+if redis.call('PTTL', key) < keep then redis.call('PEXPIRE', key, keep) end
+return ov
 "#;
+
+/// Reads the latest fresh overload of a key (`ARGV[1]`: how long it stays news, in
+/// microseconds).
+const READ_OVERLOAD: &str = concat!(
+    overload_news!(),
+    r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local v = redis.call('HMGET', KEYS[1], 'ov', 'oi')
+local ov, oi = news(v[1], v[2], now, tonumber(ARGV[1]))
+return {ov, oi}
+"#
+);
 
 /// Adds `delta` (negative: a refund) to the token charge made in slot `epoch`.
 const RECONCILE: &str = r#"
@@ -131,6 +192,17 @@ return 1
 
 static ACQUIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE));
 static RECONCILE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECONCILE));
+static PUBLISH_OVERLOAD_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(PUBLISH_OVERLOAD));
+static READ_OVERLOAD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(READ_OVERLOAD));
+
+/// How long an overload recorded by one instance stays news to the others: one that has not
+/// reached an instance by then belongs to a past crowding.
+const OVERLOAD_NEWS: Duration = Duration::from_secs(10);
+
+/// Without a quota in Redis, how often at most a key reads the shared overloads (when a call
+/// starts, in the background).
+pub(crate) const OVERLOAD_READ_PERIOD: Duration = Duration::from_millis(100);
 
 /// Where and how a limiter keeps its quotas in Redis. Cloning shares the connection.
 ///
@@ -237,6 +309,11 @@ impl RedisBackend {
             None => (0, 0, 0),
         };
         let (requests, tokens) = (dim(config.requests), dim(config.tokens));
+        let keep = if config.adaptive.as_ref().is_some_and(|a| a.shared) {
+            micros(OVERLOAD_NEWS)
+        } else {
+            0
+        };
         Box::pin(async move {
             let mut call = ACQUIRE_SCRIPT.key(key);
             call.arg(requests.0)
@@ -246,19 +323,21 @@ impl RedisBackend {
                 .arg(tokens.1)
                 .arg(tokens.2)
                 .arg(cost)
-                .arg(SLOTS_PER_WINDOW);
+                .arg(SLOTS_PER_WINDOW)
+                .arg(keep);
             let answer =
                 tokio::time::timeout(timeout, call.invoke_async::<Vec<i64>>(&mut connection)).await;
             match answer {
                 Ok(Ok(v)) => match v.as_slice() {
-                    [0, epoch] => {
-                        RemoteVerdict::Admitted(u64::try_from(*epoch).ok().map(|epoch| Charge {
+                    [0, epoch, ov, oi] => RemoteVerdict::Admitted(
+                        u64::try_from(*epoch).ok().map(|epoch| Charge {
                             epoch,
                             amount: cost,
-                        }))
-                    }
-                    [1, wait] if *wait > 0 => {
-                        RemoteVerdict::Wait(Duration::from_micros(*wait as u64))
+                        }),
+                        news(*ov, *oi),
+                    ),
+                    [1, wait, ov, oi] if *wait > 0 => {
+                        RemoteVerdict::Wait(Duration::from_micros(*wait as u64), news(*ov, *oi))
                     }
                     _ => RemoteVerdict::Failed,
                 },
@@ -290,6 +369,100 @@ impl RedisBackend {
             let _ = tokio::time::timeout(timeout, call.invoke_async::<i64>(&mut connection)).await;
         });
     }
+}
+
+/// The overload news in a script's reply (an epoch of 0, or a negative number from a broken
+/// server: none).
+fn news(epoch: i64, writer: i64) -> Option<OverloadNews> {
+    let epoch = u64::try_from(epoch).ok().filter(|e| *e > 0)?;
+    Some(OverloadNews {
+        epoch,
+        writer: u64::try_from(writer).unwrap_or(0),
+    })
+}
+
+/// Records in Redis, in the background, that this instance backed off for an overload under
+/// `key`. A failure is counted and otherwise ignored: the local limit has done its part.
+pub(crate) fn publish_overload(key: &Arc<KeyState>) {
+    let limiter = &key.limiter;
+    let (Some(backend), Some(name)) = (&limiter.config.redis, &key.remote_key) else {
+        return;
+    };
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        limiter.observe.shared_failed(SharedOp::Publish);
+        return;
+    };
+    let mut connection = backend.connection.clone();
+    let timeout = backend.timeout;
+    let mut call = PUBLISH_OVERLOAD_SCRIPT.key(backend.key(name));
+    call.arg(limiter.instance).arg(micros(OVERLOAD_NEWS));
+    let limiter = Arc::clone(limiter);
+    let keyed = key.keyed();
+    handle.spawn(async move {
+        let answer = tokio::time::timeout(timeout, call.invoke_async::<i64>(&mut connection)).await;
+        match answer {
+            Ok(Ok(_)) => limiter.observe.overload_published(keyed),
+            _ => limiter.observe.shared_failed(SharedOp::Publish),
+        }
+    });
+}
+
+/// Without a quota round trip, reads `key`'s latest shared overload in the background when a
+/// call starts at `now`, at most every [`OVERLOAD_READ_PERIOD`] and one read at a time; the
+/// call does not wait for it.
+#[inline]
+pub(crate) fn read_overloads(key: &Arc<KeyState>, now: u64) {
+    let next = key.next_overload_read.load(Ordering::Relaxed);
+    if now < next {
+        return;
+    }
+    read_overloads_now(key, next);
+}
+
+#[cold]
+#[inline(never)]
+fn read_overloads_now(key: &Arc<KeyState>, next: u64) {
+    let limiter = &key.limiter;
+    let (Some(backend), Some(name)) = (&limiter.config.redis, &key.remote_key) else {
+        return;
+    };
+    // One caller wins the read; the others go on.
+    if key
+        .next_overload_read
+        .compare_exchange(next, u64::MAX, Ordering::AcqRel, Ordering::Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    let period = u64::try_from(OVERLOAD_READ_PERIOD.as_nanos()).unwrap_or(u64::MAX / 4);
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        key.next_overload_read
+            .store(limiter.now().saturating_add(period), Ordering::Release);
+        limiter.observe.shared_failed(SharedOp::Read);
+        return;
+    };
+    let mut connection = backend.connection.clone();
+    let timeout = backend.timeout;
+    let mut call = READ_OVERLOAD_SCRIPT.key(backend.key(name));
+    call.arg(micros(OVERLOAD_NEWS));
+    // However the read ends (even with its runtime shutting down), the next may come.
+    struct Reading(Arc<KeyState>, u64);
+    impl Drop for Reading {
+        fn drop(&mut self) {
+            let next = self.0.limiter.now().saturating_add(self.1);
+            self.0.next_overload_read.store(next, Ordering::Release);
+        }
+    }
+    let reading = Reading(Arc::clone(key), period);
+    handle.spawn(async move {
+        let answer =
+            tokio::time::timeout(timeout, call.invoke_async::<Vec<i64>>(&mut connection)).await;
+        let key = &reading.0;
+        match answer {
+            Ok(Ok(v)) if v.len() == 2 => key.learn_overload(news(v[0], v[1])),
+            _ => key.limiter.observe.shared_failed(SharedOp::Read),
+        }
+    });
 }
 
 fn micros(d: Duration) -> u64 {

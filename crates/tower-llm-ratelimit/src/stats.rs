@@ -18,6 +18,9 @@ pub(crate) struct Stats {
     pauses: AtomicU64,
     limit_decreases: AtomicU64,
     limit_increases: AtomicU64,
+    shared_decreases: AtomicU64,
+    overloads_published: AtomicU64,
+    shared_errors: AtomicU64,
 }
 
 /// A snapshot of a limiter's counters and state, from
@@ -59,6 +62,16 @@ pub struct RateLimitStats {
     pub limit_decreases: u64,
     /// Times an adaptive limit was raised by a whole call (successes).
     pub limit_increases: u64,
+    /// Of [`limit_decreases`](Self::limit_decreases), those caused by another instance's
+    /// overload shared through Redis
+    /// ([`AdaptiveConcurrency::shared`](crate::AdaptiveConcurrency::shared)).
+    pub shared_decreases: u64,
+    /// This instance's overloads recorded in Redis for the other instances (writes that
+    /// succeeded; one per decrease of its own when overloads are shared).
+    pub overloads_published: u64,
+    /// Failed writes or reads of the shared overloads (ignored otherwise: the local limit
+    /// goes on alone).
+    pub shared_errors: u64,
     /// Keys tracked right now (keys other than the single default one of
     /// [`NoKey`](crate::NoKey)).
     pub tracked_keys: usize,
@@ -89,6 +102,9 @@ impl Stats {
             concurrency_limit: None,
             limit_decreases: self.limit_decreases.load(Ordering::Relaxed),
             limit_increases: self.limit_increases.load(Ordering::Relaxed),
+            shared_decreases: self.shared_decreases.load(Ordering::Relaxed),
+            overloads_published: self.overloads_published.load(Ordering::Relaxed),
+            shared_errors: self.shared_errors.load(Ordering::Relaxed),
             tracked_keys: 0,
             paused_for: None,
         }
@@ -138,12 +154,25 @@ impl Stats {
 }
 
 impl Stats {
-    /// Counts an adaptive limit's move.
-    pub(crate) fn limit_moved(&self, up: bool) {
+    /// Counts an adaptive limit's move (`shared`: caused by another instance's overload).
+    pub(crate) fn limit_moved(&self, up: bool, shared: bool) {
         if up {
             self.limit_increases.fetch_add(1, Ordering::Relaxed);
         } else {
             self.limit_decreases.fetch_add(1, Ordering::Relaxed);
+            if shared {
+                self.shared_decreases.fetch_add(1, Ordering::Relaxed);
+            }
         }
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn overload_published(&self) {
+        self.overloads_published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn shared_failed(&self) {
+        self.shared_errors.fetch_add(1, Ordering::Relaxed);
     }
 }

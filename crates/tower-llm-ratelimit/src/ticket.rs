@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::adaptive::OverloadNews;
 use crate::key_state::{Admission, Blocked, KeyState, Limits};
 use crate::limiter::Limiter;
 use crate::quota::Charge;
@@ -173,14 +174,15 @@ fn set_waker(slot: &mut Option<Waker>, waker: &Waker) {
     }
 }
 
-/// The shared store's answer for the call first in line (feature `redis`).
+/// The shared store's answer for the call first in line (feature `redis`), with the latest
+/// overload another instance may have recorded for the key when overloads are shared.
 #[derive(Debug)]
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum RemoteVerdict {
     /// Admitted; the token charge is recorded in this slot.
-    Admitted(Option<Charge>),
+    Admitted(Option<Charge>, Option<OverloadNews>),
     /// Not yet: ask again after this long.
-    Wait(Duration),
+    Wait(Duration, Option<OverloadNews>),
     /// The store could not be reached or answered nonsense.
     Failed,
 }
