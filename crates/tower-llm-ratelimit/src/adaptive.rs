@@ -605,8 +605,13 @@ mod tests {
         let mut l = AdaptiveLimit::new(&s);
         let news = |epoch, writer| OverloadNews { epoch, writer };
         // News from another instance: one decrease, with the shared cause.
-        let change = l.shared_overload(&s, news(100, 1), ME, 10).expect("lowered");
-        assert_eq!((change.from, change.to, change.cause), (20, 18, Cause::Shared));
+        let change = l
+            .shared_overload(&s, news(100, 1), ME, 10)
+            .expect("lowered");
+        assert_eq!(
+            (change.from, change.to, change.cause),
+            (20, 18, Cause::Shared)
+        );
         // The same news again changes nothing.
         assert_eq!(l.shared_overload(&s, news(100, 1), ME, 11), None);
         // Newer news before a call started after the decrease has ended: absorbed.

@@ -51,6 +51,9 @@
 //! updated by one atomic Lua script, so every instance draws from one budget. What happens
 //! when Redis is unreachable is a choice: [`BackendFailure::Open`] (send, limited locally) or
 //! [`BackendFailure::Closed`] (refuse).
+//! An adaptive limit can share the overloads it meets with the other instances
+//! ([`AdaptiveConcurrency::shared`]): each backs off when another one hits the provider's
+//! ceiling; the limits themselves stay per instance.
 //!
 //! # Observability
 //!

@@ -293,7 +293,11 @@ impl Observe {
             m.overloads_published.increment(1);
         }
         #[cfg(feature = "tracing")]
-        tracing::debug!(name = &*self.name, keyed, "overload shared with other instances");
+        tracing::debug!(
+            name = &*self.name,
+            keyed,
+            "overload shared with other instances"
+        );
         #[cfg(not(feature = "tracing"))]
         let _ = keyed;
     }
@@ -379,9 +383,8 @@ impl Metrics {
         let pauses = |cause: FailureKind| {
             metrics::counter!(METRIC_PAUSES, labels(&[("cause", cause.as_str())]))
         };
-        let shared_errors = |op: SharedOp| {
-            metrics::counter!(METRIC_SHARED_ERRORS, labels(&[("op", op.as_str())]))
-        };
+        let shared_errors =
+            |op: SharedOp| metrics::counter!(METRIC_SHARED_ERRORS, labels(&[("op", op.as_str())]));
         Metrics {
             admitted: metrics::counter!(METRIC_ADMITTED, labels(&[])),
             tokens_reserved: metrics::counter!(METRIC_TOKENS_RESERVED, labels(&[])),

