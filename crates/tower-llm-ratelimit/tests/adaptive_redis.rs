@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tokio::time::Instant;
 use tower::{ServiceExt, service_fn};
 use tower_layer::Layer;
@@ -334,10 +335,16 @@ async fn redis_down_leaves_the_local_limit_working() {
         .build()
         .expect("config");
     let handle = layer.handle();
-    server.kill();
+    // The layer's metric handles are made when it is first applied: under this recorder.
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
     let upstream = Upstream::new(4);
+    let _ = metrics::with_local_recorder(&recorder, || layer.clone().layer(upstream.service(0)));
+    server.kill();
     drive(&upstream, &[(&layer, 0, 12)], Duration::from_millis(800)).await;
     eventually(&handle, |s| s.shared_errors >= 2).await;
+    // Past the backend's timeout, every write or read still under way has failed.
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let stats = handle.stats();
     // Calls went through, the limit followed this instance's own 429s, and the failed
     // writes and reads were counted.
@@ -347,6 +354,34 @@ async fn redis_down_leaves_the_local_limit_working() {
     assert!(stats.shared_errors >= 2, "{stats:?}");
     assert_eq!(stats.overloads_published, 0);
     assert_eq!(stats.rejected, 0);
+    let metrics = snapshotter.snapshot().into_vec();
+    let count = |name: &str, op: Option<&str>| -> u64 {
+        metrics
+            .iter()
+            .filter(|(key, ..)| {
+                key.key().name() == name
+                    && op.is_none_or(|op| {
+                        key.key()
+                            .labels()
+                            .any(|l| l.key() == "op" && l.value() == op)
+                    })
+            })
+            .map(|(.., value)| match value {
+                DebugValue::Counter(n) => *n,
+                other => panic!("{name}: {other:?}"),
+            })
+            .sum()
+    };
+    let (publish, read) = (
+        count("tower_llm_ratelimit_shared_errors_total", Some("publish")),
+        count("tower_llm_ratelimit_shared_errors_total", Some("read")),
+    );
+    assert!(publish > 0 && read > 0, "publish {publish}, read {read}");
+    assert_eq!(publish + read, stats.shared_errors);
+    assert_eq!(
+        count("tower_llm_ratelimit_overloads_published_total", None),
+        0
+    );
 }
 
 #[tokio::test]
