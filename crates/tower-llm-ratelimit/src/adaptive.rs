@@ -338,21 +338,6 @@ pub(crate) struct LimitChange {
     pub(crate) at_min: bool,
 }
 
-/// What [`AdaptiveLimit::record`] did: the limit's move in whole calls, and whether it
-/// backed off for an overload of its own (which an instance sharing overloads records).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Recorded {
-    pub(crate) change: Option<LimitChange>,
-    pub(crate) backed_off: bool,
-}
-
-impl Recorded {
-    const NOTHING: Recorded = Recorded {
-        change: None,
-        backed_off: false,
-    };
-}
-
 /// The latest overload recorded in the shared store for a key: when (an epoch on the store's
 /// clock, growing with every record) and which instance recorded it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -378,6 +363,10 @@ pub(crate) struct AdaptiveLimit {
     last_ended_start: u64,
     /// The latest shared overload epoch applied or absorbed.
     seen_overload: u64,
+    /// Whether the limit backed off for an overload of its own since
+    /// [`take_backed_off`](Self::take_backed_off) last looked (an instance sharing overloads
+    /// records those).
+    backed_off: bool,
 }
 
 impl AdaptiveLimit {
@@ -389,6 +378,7 @@ impl AdaptiveLimit {
             cap: None,
             last_ended_start: 0,
             seen_overload: 0,
+            backed_off: false,
         }
     }
 
@@ -421,14 +411,14 @@ impl AdaptiveLimit {
         in_flight: usize,
         started: u64,
         now: u64,
-    ) -> Recorded {
+    ) -> Option<LimitChange> {
         let from = self.effective(settings, now);
         let cause = match verdict {
-            Verdict::Neutral => return Recorded::NOTHING,
+            Verdict::Neutral => return None,
             Verdict::Success => {
                 self.last_ended_start = self.last_ended_start.max(started);
                 if (in_flight as f64) * 2.0 < self.limit {
-                    return Recorded::NOTHING;
+                    return None;
                 }
                 let ceiling = match self.cap {
                     Some((cap, until)) if now < until => cap.max(settings.min),
@@ -448,19 +438,20 @@ impl AdaptiveLimit {
             Verdict::Overload(kind) => {
                 self.last_ended_start = self.last_ended_start.max(started);
                 if self.decreased_at.is_some_and(|at| started < at) {
-                    return Recorded::NOTHING;
+                    return None;
                 }
                 self.back_off(settings, now);
-                return Recorded {
-                    change: self.changed(settings, from, Cause::Overload(kind), now),
-                    backed_off: true,
-                };
+                self.backed_off = true;
+                Cause::Overload(kind)
             }
         };
-        Recorded {
-            change: self.changed(settings, from, cause, now),
-            backed_off: false,
-        }
+        self.changed(settings, from, cause, now)
+    }
+
+    /// Whether the limit backed off for an overload of its own since the last look.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn take_backed_off(&mut self) -> bool {
+        std::mem::take(&mut self.backed_off)
     }
 
     /// The multiplicative decrease, remembering where and when it happened.
@@ -550,17 +541,16 @@ mod tests {
         l.record(&s, Verdict::Success, 10, 0, 1);
         assert_eq!(l.effective(&s, 1), 11);
         // An overload backs off; failures of calls started before it do not again.
-        let recorded = l.record(&s, Verdict::Overload(FailureKind::RateLimited), 11, 5, 10);
-        assert_eq!(recorded.change.map(|c| c.to), Some(9));
-        assert!(recorded.backed_off);
+        let change = l.record(&s, Verdict::Overload(FailureKind::RateLimited), 11, 5, 10);
+        assert_eq!(change.map(|c| c.to), Some(9));
+        assert!(l.take_backed_off());
         assert_eq!(
             l.record(&s, Verdict::Overload(FailureKind::Timeout), 9, 9, 11),
-            Recorded::NOTHING
+            None
         );
-        assert!(
-            l.record(&s, Verdict::Overload(FailureKind::Timeout), 9, 10, 12)
-                .backed_off
-        );
+        assert!(!l.take_backed_off());
+        l.record(&s, Verdict::Overload(FailureKind::Timeout), 9, 10, 12);
+        assert!(l.take_backed_off());
         // An idle limit does not grow.
         let before = l.limit;
         l.record(&s, Verdict::Success, 1, 12, 13);
@@ -632,8 +622,9 @@ mod tests {
         // A local overload of a call started before the shared decrease is ignored too.
         assert_eq!(
             l.record(&s, Verdict::Overload(FailureKind::RateLimited), 16, 15, 19),
-            Recorded::NOTHING
+            None
         );
+        assert!(!l.take_backed_off());
         // Never below min.
         let s = AdaptiveConcurrency::new().min(3).initial(3);
         let mut l = AdaptiveLimit::new(&s);

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
 
-use crate::adaptive::{AdaptiveLimit, LimitChange, OverloadNews, Recorded, Verdict};
+use crate::adaptive::{AdaptiveLimit, LimitChange, OverloadNews, Verdict};
 use crate::config::Config;
 use crate::error::Rejection;
 use crate::headers::{ServerLimit, ServerLimits};
@@ -214,14 +214,11 @@ impl Limits {
         verdict: Verdict,
         started: u64,
         now: impl FnOnce() -> u64,
-    ) -> Recorded {
+    ) -> Option<LimitChange> {
         let in_flight = self.in_flight;
         self.in_flight = in_flight.saturating_sub(1);
         let (Some(settings), Some(adaptive)) = (&config.adaptive, &mut self.adaptive) else {
-            return Recorded {
-                change: None,
-                backed_off: false,
-            };
+            return None;
         };
         // The common success under no server cap needs no clock.
         let now = if adaptive.needs_clock(verdict) {
@@ -229,9 +226,21 @@ impl Limits {
         } else {
             0
         };
-        let recorded = adaptive.record(settings, verdict, in_flight, started, now);
+        let change = adaptive.record(settings, verdict, in_flight, started, now);
         self.concurrency_limit = adaptive.effective(settings, now);
-        recorded
+        change
+    }
+
+    /// Whether this instance should tell the others of an overload it backed off for since
+    /// the last look (never when it does not share overloads).
+    #[inline]
+    pub(crate) fn overload_to_share(&mut self, limiter: &Limiter) -> bool {
+        #[cfg(feature = "redis")]
+        if limiter.sharing != crate::limiter::OverloadSharing::Off {
+            return self.adaptive.as_mut().is_some_and(|a| a.take_backed_off());
+        }
+        let _ = limiter;
+        false
     }
 
     pub(crate) fn at_rest(&self, config: &Config, now: u64) -> bool {

@@ -134,30 +134,28 @@ impl Permit {
     #[inline]
     fn free_slot(&self, verdict: Verdict) {
         let limiter = &self.key.limiter;
-        let recorded = {
+        let (change, share) = {
             let mut limits = self.key.lock();
-            let recorded = limits.release(&limiter.config, verdict, self.admission.started, || {
+            let change = limits.release(&limiter.config, verdict, self.admission.started, || {
                 limiter.now()
             });
             limits.wake_head();
-            recorded
+            (change, limits.overload_to_share(limiter))
         };
-        if let Some(change) = recorded.change {
+        if let Some(change) = change {
             limiter.observe.limit_changed(change, self.key.keyed());
         }
-        if recorded.backed_off {
-            self.share_backoff();
+        if share {
+            self.share_overload();
         }
     }
 
-    /// This instance backed off for an overload of its own: tells the other instances, when
-    /// overloads are shared.
+    /// This instance backed off for an overload of its own and shares overloads: tells the
+    /// other instances.
     #[cold]
-    fn share_backoff(&self) {
+    fn share_overload(&self) {
         #[cfg(feature = "redis")]
-        if self.key.limiter.sharing != crate::limiter::OverloadSharing::Off {
-            crate::redis::publish_overload(&self.key);
-        }
+        crate::redis::publish_overload(&self.key);
     }
 
     /// The part of [`complete`](Self::complete) that records something (a pause, the
@@ -183,12 +181,10 @@ impl Permit {
         }
         let mut limits = self.key.lock();
         let mut changes = [None, None];
-        let mut backed_off = false;
         if config.counts_in_flight() {
-            let recorded = limits.release(config, verdict, self.admission.started, || now);
-            changes[0] = recorded.change;
-            backed_off = recorded.backed_off;
+            changes[0] = limits.release(config, verdict, self.admission.started, || now);
         }
+        let share = limits.overload_to_share(&self.key.limiter);
         let observe = &self.key.limiter.observe;
         if let Some((pause, cause)) = pause {
             limits.pause(now, pause);
@@ -218,8 +214,8 @@ impl Permit {
         for change in changes.into_iter().flatten() {
             observe.limit_changed(change, self.key.keyed());
         }
-        if backed_off {
-            self.share_backoff();
+        if share {
+            self.share_overload();
         }
     }
 }
