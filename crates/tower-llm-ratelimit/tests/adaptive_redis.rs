@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tokio::time::Instant;
 use tower::{ServiceExt, service_fn};
 use tower_layer::Layer;
@@ -23,6 +22,7 @@ use tower_llm_ratelimit::{
     AdaptiveConcurrency, Quota, RateLimitHandle, RateLimitLayer, RateLimitStats, RedisBackend,
 };
 use tower_llm_testkit::RedisServer;
+use tower_llm_testkit::observe::Capture;
 
 /// How long an accepted call takes, on average (uniform within ±20 %).
 const LATENCY: Duration = Duration::from_millis(40);
@@ -336,10 +336,9 @@ async fn redis_down_leaves_the_local_limit_working() {
         .expect("config");
     let handle = layer.handle();
     // The layer's metric handles are made when it is first applied: under this recorder.
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
+    let capture = Capture::install();
     let upstream = Upstream::new(4);
-    let _ = metrics::with_local_recorder(&recorder, || layer.clone().layer(upstream.service(0)));
+    let _ = layer.clone().layer(upstream.service(0));
     server.kill();
     drive(&upstream, &[(&layer, 0, 12)], Duration::from_millis(800)).await;
     eventually(&handle, |s| s.shared_errors >= 2).await;
@@ -354,22 +353,12 @@ async fn redis_down_leaves_the_local_limit_working() {
     assert!(stats.shared_errors >= 2, "{stats:?}");
     assert_eq!(stats.overloads_published, 0);
     assert_eq!(stats.rejected, 0);
-    let metrics = snapshotter.snapshot().into_vec();
+    let metrics = capture.metrics();
     let count = |name: &str, op: Option<&str>| -> u64 {
         metrics
             .iter()
-            .filter(|(key, ..)| {
-                key.key().name() == name
-                    && op.is_none_or(|op| {
-                        key.key()
-                            .labels()
-                            .any(|l| l.key() == "op" && l.value() == op)
-                    })
-            })
-            .map(|(.., value)| match value {
-                DebugValue::Counter(n) => *n,
-                other => panic!("{name}: {other:?}"),
-            })
+            .filter(|m| m.name == name && op.is_none_or(|op| m.label("op") == Some(op)))
+            .map(|m| m.counter())
             .sum()
     };
     let (publish, read) = (
