@@ -125,6 +125,9 @@ pub(crate) struct ModelConfig {
     pub(crate) retry: Option<RetryConfig>,
     pub(crate) breaker: Option<BreakerConfig>,
     pub(crate) rate_limit: Option<RateLimitConfig>,
+    /// One attempt budget for the model's retries, fallbacks past the first provider and
+    /// hedged legs (`None`: each keeps its own).
+    pub(crate) budget: Option<tower_llm_core::BudgetConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -277,6 +280,15 @@ mod raw {
         pub(super) retry: Option<Retry>,
         pub(super) breaker: Option<Breaker>,
         pub(super) rate_limit: Option<RateLimit>,
+        pub(super) budget: Option<Budget>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Budget {
+        pub(super) ratio: f64,
+        pub(super) min_per_second: Option<u32>,
+        pub(super) window: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -862,6 +874,31 @@ impl Config {
                     })
                 }
             };
+            let budget = match m.budget {
+                None => None,
+                Some(b) => {
+                    let mut config = tower_llm_core::BudgetConfig::new(b.ratio);
+                    if let Some(window) = opt_duration(
+                        &format!("{at}.budget.window"),
+                        b.window.as_ref(),
+                        Zero::Refused,
+                    )? {
+                        config = config.window(window);
+                    }
+                    if let Some(floor) = b.min_per_second {
+                        config = config.min_per_second(floor);
+                    }
+                    // Checked here, so that `--check` names the knob at fault.
+                    tower_llm_core::AttemptBudget::new(config).map_err(|e| {
+                        ConfigError::new(
+                            GATEWAY,
+                            format!("{at}.budget.{}", e.knob()),
+                            e.reason().to_owned(),
+                        )
+                    })?;
+                    Some(config)
+                }
+            };
             let providers_in_order = if m.providers.is_empty() {
                 listing.into_iter().cloned().collect()
             } else {
@@ -882,6 +919,7 @@ impl Config {
                     retry,
                     breaker,
                     rate_limit,
+                    budget,
                 },
             );
         }

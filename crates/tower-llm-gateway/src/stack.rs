@@ -21,6 +21,7 @@ use futures_util::{Stream, StreamExt};
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_llm_breaker::CircuitBreakerLayer;
+use tower_llm_core::AttemptBudget;
 use tower_llm_core::{
     BoxError, ClassifyResponse, DefaultClassifier, EndSignal, Fingerprint, Outcome, RequestCost,
     ResponseUsage, UpstreamError, Usage,
@@ -358,18 +359,23 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
             };
         }
         let chat = Some(with_dedup_chat(
-            layers.around(strategy(chat_legs, stack, &model)?),
+            layers.around(strategy(chat_legs, stack, &model, layers.budget.as_ref())?),
             stack,
             &model,
         )?);
         let stream = Some(with_stream_dedup(
-            BoxCloneSyncService::new(layers.around(strategy(stream_legs, stack, &model)?)),
+            BoxCloneSyncService::new(layers.around(strategy(
+                stream_legs,
+                stack,
+                &model,
+                layers.budget.as_ref(),
+            )?)),
             stack,
             &model,
         )?);
         let embeddings = match embedding_legs {
             Some(legs) if !legs.is_empty() => Some(with_dedup_embeddings(
-                layers.around(strategy(legs, stack, &model)?),
+                layers.around(strategy(legs, stack, &model, layers.budget.as_ref())?),
                 stack,
                 &model,
             )?),
@@ -431,21 +437,22 @@ fn strategy<Req, Res>(
     legs: Vec<Svc<Req, Reply<Res>>>,
     stack: &ModelConfig,
     model: &str,
+    budget: Option<&AttemptBudget>,
 ) -> Result<Svc<Req, Reply<Res>>, ConfigError>
 where
     Req: GatewayRequest,
     Res: ClassifyResponse + Send + 'static,
 {
     Ok(match stack.strategy {
-        StrategyKind::Fallback => BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .layer(
-                    FallbackLayer::new()
-                        .name(model.to_owned())
-                        .record_winner(MarkResponse),
-                )
-                .service(legs),
-        ),
+        StrategyKind::Fallback => {
+            let mut fallback = FallbackLayer::new()
+                .name(model.to_owned())
+                .record_winner(MarkResponse);
+            if let Some(budget) = budget {
+                fallback = fallback.shared_budget(budget.clone());
+            }
+            BoxCloneSyncService::new(ServiceBuilder::new().layer(fallback).service(legs))
+        }
         StrategyKind::Race => BoxCloneSyncService::new(
             ServiceBuilder::new()
                 .layer(
@@ -463,11 +470,14 @@ where
                     "is required with strategy = \"hedge\"",
                 )
             })?;
-            let hedge = HedgeLayer::builder()
+            let mut hedge = HedgeLayer::builder()
                 .delay(HedgeDelay::Fixed(delay))
                 .name(model.to_owned())
-                .record_winner(MarkResponse)
-                .build()?;
+                .record_winner(MarkResponse);
+            if let Some(budget) = budget {
+                hedge = hedge.shared_budget(budget.clone());
+            }
+            let hedge = hedge.build()?;
             BoxCloneSyncService::new(ServiceBuilder::new().layer(hedge).service(legs))
         }
     })
@@ -493,10 +503,17 @@ type TenantLimit = RateLimitLayer<TenantKey, DefaultClassifier, CountTokens, Ign
 struct ModelLayers {
     retry: Option<RetryLayer>,
     rate_limit: Option<TenantLimit>,
+    /// One allowance for the model's retries, fallbacks and hedges (`budget` in its config).
+    budget: Option<AttemptBudget>,
 }
 
 impl ModelLayers {
     fn new(stack: &ModelConfig, model: &str) -> Result<Self, ConfigError> {
+        let budget = stack
+            .budget
+            .map(AttemptBudget::new)
+            .transpose()
+            .map_err(|e| cfg_err(&format!("models.{model}.budget"), e))?;
         let retry = match &stack.retry {
             Some(r) => {
                 // Named after the model, so each model's layers report their own series.
@@ -512,6 +529,9 @@ impl ModelLayers {
                 }
                 if let Some(max) = r.max_retry_after {
                     builder = builder.max_retry_after(max);
+                }
+                if let Some(budget) = &budget {
+                    builder = builder.shared_budget(budget.clone());
                 }
                 Some(
                     builder
@@ -545,7 +565,11 @@ impl ModelLayers {
             }
             None => None,
         };
-        Ok(ModelLayers { retry, rate_limit })
+        Ok(ModelLayers {
+            retry,
+            rate_limit,
+            budget,
+        })
     }
 
     /// Retry, then the per-tenant rate limit, around the strategy; not boxed, so that the

@@ -1025,3 +1025,90 @@ rate_limit = { concurrency = 1, max_wait = "30s" }
     assert_eq!(counters.requests, 6);
     assert_eq!(counters.max_concurrent, 1, "{counters:?}");
 }
+
+/// A model's `budget` is one allowance for its retries and its fallbacks past the first
+/// provider: in a total outage, upstream calls stay within `(1 + ratio) × requests + floor`,
+/// where retry and fallback each with their own allowance multiply them.
+#[tokio::test]
+async fn one_budget_bounds_a_models_retries_and_fallbacks_in_an_outage() {
+    const REQUESTS: u64 = 20;
+    let run = |budget: &'static str| async move {
+        let upstream = MockServer::start(FaultPlan::healthy().fault(Fault::Status(503), 1.0))
+            .await
+            .unwrap();
+        let config = format!(
+            r#"
+[[keys]]
+key = "{KEY_A}"
+tenant = "a"
+
+[providers.first]
+kind = "openai"
+base_url = "{base}/v1"
+models = ["m"]
+
+[providers.second]
+kind = "openai"
+base_url = "{base}/v1"
+models = ["m"]
+
+[models.m]
+providers = ["first", "second"]
+strategy = "fallback"
+retry = {{ max_attempts = 5, backoff = "1ms" }}
+{budget}
+"#,
+            base = upstream.base_url()
+        );
+        let gateway = start(&config).await;
+        for i in 0..REQUESTS {
+            let response = send(with_api_key(
+                openai_chat(&gateway.url(), "m", &format!("question {i}")),
+                KEY_A,
+            ))
+            .await;
+            assert!(
+                response.status().is_server_error(),
+                "{:?}",
+                response.status()
+            );
+        }
+        upstream.counters().requests
+    };
+    // One extra attempt per ten requests, plus one a second over 10 s: at most 1.1 × 20 + 10.
+    let budgeted = run(r#"budget = { ratio = 0.1, min_per_second = 1, window = "10s" }"#).await;
+    let own = run("").await;
+    println!(
+        "{REQUESTS} requests in an outage: {budgeted} upstream calls with one budget, {own} without"
+    );
+    assert!(budgeted <= 32, "{budgeted} upstream calls with one budget");
+    assert!(
+        budgeted >= REQUESTS,
+        "every request reached a provider once"
+    );
+    assert!(
+        own > 2 * budgeted,
+        "{own} without a shared budget, {budgeted} with"
+    );
+}
+
+#[test]
+fn a_budget_that_makes_no_sense_is_refused_with_its_key() {
+    let config = r#"
+[[keys]]
+key = "sk-test"
+tenant = "t"
+
+[providers.p]
+kind = "mock"
+models = ["m"]
+
+[models.m]
+budget = { ratio = -1.0 }
+"#;
+    let error = Config::from_toml(config).unwrap_err().to_string();
+    assert!(error.contains("models.m.budget.ratio"), "{error}");
+    let config = config.replace("ratio = -1.0", r#"ratio = 0.2, window = "0s""#);
+    let error = Config::from_toml(&config).unwrap_err().to_string();
+    assert!(error.contains("models.m.budget.window"), "{error}");
+}
