@@ -101,6 +101,17 @@ pub(crate) struct ProviderConfig {
     pub(crate) models: Vec<String>,
     pub(crate) model_map: HashMap<String, String>,
     pub(crate) mock_latency: Option<Duration>,
+    /// A concurrency limit for this provider that adapts to its answers (429s, overload,
+    /// timeouts), shared by every model and route using it.
+    pub(crate) adaptive_concurrency: Option<AdaptiveConfig>,
+}
+
+/// `providers.<name>.adaptive_concurrency`: the bounds of the limit and how long a call
+/// may wait for a slot.
+#[derive(Clone, Debug)]
+pub(crate) struct AdaptiveConfig {
+    pub(crate) settings: tower_llm_ratelimit::AdaptiveConcurrency,
+    pub(crate) max_wait: Option<Duration>,
 }
 
 /// How one request is spread over a model's providers.
@@ -265,6 +276,16 @@ mod raw {
         #[serde(default)]
         pub(super) model_map: HashMap<String, String>,
         pub(super) mock_latency: Option<String>,
+        pub(super) adaptive_concurrency: Option<Adaptive>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Adaptive {
+        pub(super) min: Option<u64>,
+        pub(super) max: Option<u64>,
+        pub(super) initial: Option<u64>,
+        pub(super) max_wait: Option<String>,
     }
 
     #[derive(Default, Deserialize)]
@@ -698,6 +719,41 @@ impl Config {
                 p.mock_latency.as_ref(),
                 Zero::Allowed,
             )?;
+            let adaptive_concurrency = match p.adaptive_concurrency {
+                None => None,
+                Some(a) => {
+                    let knob = |name: &str| format!("{at}.adaptive_concurrency.{name}");
+                    let count = |name: &str, value: u64| {
+                        usize::try_from(value).map_err(|_| {
+                            ConfigError::new(GATEWAY, knob(name), "is too large for this machine")
+                        })
+                    };
+                    let mut settings = tower_llm_ratelimit::AdaptiveConcurrency::new();
+                    if let Some(min) = a.min {
+                        settings = settings.min(count("min", min)?);
+                    }
+                    if let Some(max) = a.max {
+                        settings = settings.max(count("max", max)?);
+                    }
+                    if let Some(initial) = a.initial {
+                        settings = settings.initial(count("initial", initial)?);
+                    }
+                    let max_wait =
+                        opt_duration(&knob("max_wait"), a.max_wait.as_ref(), Zero::Allowed)?;
+                    // Checked here, so that `--check` names the knob at fault.
+                    tower_llm_ratelimit::RateLimitLayer::builder()
+                        .adaptive_concurrency(settings.clone())
+                        .build()
+                        .map_err(|e| {
+                            let name = e
+                                .knob()
+                                .strip_prefix("adaptive_concurrency.")
+                                .unwrap_or(e.knob());
+                            ConfigError::new(GATEWAY, knob(name), e.reason().to_owned())
+                        })?;
+                    Some(AdaptiveConfig { settings, max_wait })
+                }
+            };
             providers.insert(
                 name,
                 ProviderConfig {
@@ -707,6 +763,7 @@ impl Config {
                     models: p.models,
                     model_map: p.model_map,
                     mock_latency,
+                    adaptive_concurrency,
                 },
             );
         }

@@ -34,7 +34,8 @@ use tower_llm_providers::{
 use tower_llm_race::hedge::HedgeDelay;
 use tower_llm_race::{Answered, FallbackLayer, HedgeLayer, MarkResponse, RaceLayer, RecordAnswer};
 use tower_llm_ratelimit::{
-    CountTokens, IgnoreHeaders, KeyFn, Quota, RateLimitHeaders, RateLimitLayer,
+    CountTokens, FollowHeaders, IgnoreHeaders, IgnoreTokens, KeyFn, NoKey, Quota, RateLimitHeaders,
+    RateLimitLayer,
 };
 use tower_llm_retry::{Backoff, RetryLayer};
 use tower_llm_testkit::{FaultPlan, Latency, MockServer};
@@ -244,6 +245,9 @@ fn cfg_err(at: &str, e: impl std::fmt::Display) -> ConfigError {
 pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
     let client = PropagateTraceContext::new(HttpClientConfig::default().build()?);
     let mut upstreams = BTreeMap::new();
+    // One adaptive limit per provider, whichever models and routes use it: the capacity it
+    // learns is the provider's.
+    let mut limits: BTreeMap<String, ProviderLimit> = BTreeMap::new();
     let mut mocks = Vec::new();
     for (name, p) in &config.providers {
         let key = p.api_key.as_ref().map(|k| k.expose().to_owned());
@@ -311,6 +315,19 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
             }
         };
         upstreams.insert(name.clone(), upstream);
+        if let Some(adaptive) = &p.adaptive_concurrency {
+            let mut builder = RateLimitLayer::builder()
+                .name(name.clone())
+                .adaptive_concurrency(adaptive.settings.clone());
+            if let Some(wait) = adaptive.max_wait {
+                builder = builder.max_wait(wait);
+            }
+            let limit = builder
+                .adapt_to_headers()
+                .build()
+                .map_err(|e| cfg_err(&format!("{at}.adaptive_concurrency"), e))?;
+            limits.insert(name.clone(), limit);
+        }
     }
 
     let mut models = BTreeMap::new();
@@ -345,6 +362,7 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
             let leg = Leg {
                 provider: name,
                 upstream_model,
+                limit: limits.get(provider.as_str()).cloned(),
                 breaker,
                 timeout: stack.timeout,
             };
@@ -399,6 +417,9 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
 struct Leg {
     provider: Arc<str>,
     upstream_model: Arc<str>,
+    /// The provider's adaptive concurrency limit, outside its breaker and timeout so that it
+    /// sees their timeouts and is not fooled by an open circuit's fast refusals.
+    limit: Option<ProviderLimit>,
     breaker: Option<CircuitBreakerLayer>,
     timeout: Option<Duration>,
 }
@@ -415,7 +436,7 @@ impl Leg {
             + 'static,
         S::Future: Send + 'static,
         Req: GatewayRequest,
-        Res: ClassifyResponse + Send + 'static,
+        Res: ClassifyResponse + RateLimitHeaders + Send + 'static,
     {
         let provider = self.provider.clone();
         let upstream_model = self.upstream_model.clone();
@@ -425,6 +446,7 @@ impl Leg {
                 request.set_model(&upstream_model);
                 request
             })
+            .option_layer(self.limit.clone())
             .option_layer(self.breaker.clone())
             .option_layer(self.timeout.map(tower::timeout::TimeoutLayer::new))
             .map_err(BoxError::from)
@@ -497,6 +519,9 @@ impl<R: GatewayRequest> KeyFn<R> for TenantKey {
 }
 
 type TenantLimit = RateLimitLayer<TenantKey, DefaultClassifier, CountTokens, IgnoreHeaders>;
+
+/// A provider's adaptive concurrency limit, capped by the rate-limit headers it answers with.
+type ProviderLimit = RateLimitLayer<NoKey, DefaultClassifier, IgnoreTokens, FollowHeaders>;
 
 /// The layers one model's stacks share (the contract: one layer value, one state): its retry
 /// budget and its per-tenant limits hold across whole answers, streams and embeddings.
