@@ -838,6 +838,9 @@ struct SseState<W> {
     writer: W,
     id: RequestId,
     deadline: Option<tower_llm_core::Deadline>,
+    /// Fires at `deadline`: this client's own, even when dedup has it share a stream another
+    /// client started under another deadline (or none).
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     done: bool,
     _open: OpenStream,
 }
@@ -855,6 +858,7 @@ pub(crate) fn sse_events<W: EventWriter>(
         writer,
         id,
         deadline,
+        timer: deadline.map(|d| Box::pin(tokio::time::sleep_until(d.instant()))),
         done: false,
         _open: OpenStream::new(),
     };
@@ -864,7 +868,19 @@ pub(crate) fn sse_events<W: EventWriter>(
         }
         let mut out = String::new();
         loop {
-            match state.chunks.next().await {
+            let next = match state.timer.as_mut() {
+                Some(timer) => tokio::select! {
+                    biased;
+                    next = state.chunks.next() => next,
+                    () = timer.as_mut() => {
+                        state.writer.fail(ApiError::deadline_exceeded(), &state.id, &mut out);
+                        state.done = true;
+                        return Some((Bytes::from(out), state));
+                    }
+                },
+                None => state.chunks.next().await,
+            };
+            match next {
                 Some(Ok(chunk)) => {
                     state.writer.chunk(&chunk, &mut out);
                     if !out.is_empty() {

@@ -65,6 +65,8 @@ fn seconds(text: &str) -> Option<Duration> {
     (value.is_finite() && value > 0.0)
         .then(|| Duration::try_from_secs_f64(value).ok())
         .flatten()
+        // A positive number below a nanosecond rounds to zero: as malformed as "0".
+        .filter(|d| !d.is_zero())
 }
 
 /// Runs `call` with `deadline` current and ends it there (no cost without one).
@@ -95,7 +97,13 @@ pub(crate) fn failure(
     match deadline {
         Some(deadline)
             if deadline.has_passed()
-                && tower_llm_core::classify_dyn_error(error).kind == FailureKind::Timeout =>
+                && matches!(
+                    tower_llm_core::classify_dyn_error(error).kind,
+                    // A provider cuts a stream at the call's deadline as a cancellation (so
+                    // that a client's short deadline trips no breaker); a layer's own timer
+                    // at the same instant is a timeout.
+                    FailureKind::Timeout | FailureKind::Cancelled
+                ) =>
         {
             ApiError {
                 upstream_request_id: answer.upstream_request_id,
@@ -145,7 +153,7 @@ mod tests {
         );
         // The SDK's header is advisory: malformed, it is ignored.
         assert_eq!(timeout(&[(&X_STAINLESS_TIMEOUT, "soon")], None), None);
-        for bad in ["0", "-1", "NaN", "inf", "later", "0s", "1e400"] {
+        for bad in ["0", "-1", "NaN", "inf", "later", "0s", "1e400", "1e-10"] {
             let mut headers = HeaderMap::new();
             headers.insert(X_REQUEST_TIMEOUT.clone(), bad.parse().unwrap());
             let error = from_headers(&headers, None).unwrap_err();

@@ -374,6 +374,13 @@ pub(crate) fn write_span_context(headers: &mut HeaderMap) -> bool {
     }
     TraceContextPropagator::new()
         .inject_context(&context, &mut opentelemetry_http::HeaderInjector(headers));
+    // The propagator writes `tracestate` even when there is none; an empty one is noise.
+    if headers
+        .get(http::header::HeaderName::from_static("tracestate"))
+        .is_some_and(|v| v.is_empty())
+    {
+        headers.remove("tracestate");
+    }
     true
 }
 

@@ -341,3 +341,32 @@ async fn a_stream_running_past_the_deadline_ends_with_a_deadline_error_event() {
     assert_eq!(event["error"]["code"], "deadline_exceeded", "{body}");
     assert_eq!(event["error"]["request_id"], request_id(&response).as_str());
 }
+
+/// A client's short deadline is not the provider's failure: streams cut at their deadline,
+/// before their first chunk, open no breaker (here one that opens after two failures in a
+/// row), and the next client is answered.
+#[tokio::test]
+async fn streams_cut_at_a_clients_deadline_open_no_breaker() {
+    let upstream =
+        MockServer::start(FaultPlan::healthy().latency(Latency::Fixed(Duration::from_millis(400))))
+            .await
+            .unwrap();
+    let models = r#"
+[models.m]
+breaker = { consecutive_failures = 2, cooldown = "60s" }
+"#;
+    let (addr, _gateway) = start(&config(&upstream, "", models)).await;
+    let url = format!("http://{addr}");
+    for i in 0..4 {
+        let response = send(with_header(
+            openai_chat_stream(&url, "m", &format!("short {i}")),
+            "x-request-timeout",
+            "0.1",
+        ))
+        .await;
+        assert_eq!(response.status(), 504, "{:?}", response.body());
+        assert_eq!(json_of(&response)["error"]["code"], "deadline_exceeded");
+    }
+    let response = send(with_api_key(openai_chat_stream(&url, "m", "patient"), KEY)).await;
+    assert_eq!(response.status(), 200, "the breaker stayed closed");
+}

@@ -447,6 +447,6 @@ fn before_first_timeout(ctx: &Ctx, timeouts: &StreamTimeouts) -> UpstreamError {
     if first.is_some() && (total.is_none() || first <= total) {
         timeout(ctx, "first-token", first)
     } else {
-        timeout(ctx, "total", total)
+        timeouts.total_elapsed(ctx)
     }
 }

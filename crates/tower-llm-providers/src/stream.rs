@@ -64,6 +64,9 @@ pub struct StreamTimeouts {
     pub between_chunks: Option<Duration>,
     /// The most time for the whole answer.
     pub total: Option<Duration>,
+    /// `total` is the time left before the caller's deadline, shorter than any limit of the
+    /// provider's own: when it fires, the caller gave up, the upstream did not fail.
+    total_from_deadline: bool,
 }
 
 impl Default for StreamTimeouts {
@@ -73,6 +76,7 @@ impl Default for StreamTimeouts {
             first_token: Some(Self::DEFAULT_FIRST_TOKEN),
             between_chunks: Some(Self::DEFAULT_BETWEEN_CHUNKS),
             total: None,
+            total_from_deadline: false,
         }
     }
 }
@@ -90,6 +94,7 @@ impl StreamTimeouts {
             first_token: None,
             between_chunks: None,
             total: None,
+            total_from_deadline: false,
         }
     }
 
@@ -116,9 +121,29 @@ impl StreamTimeouts {
     pub(crate) fn within(mut self, deadline: Option<tower_llm_core::Deadline>) -> Self {
         if let Some(deadline) = deadline {
             let left = deadline.time_left();
-            self.total = Some(self.total.map_or(left, |total| total.min(left)));
+            if self.total.is_none_or(|total| left < total) {
+                self.total = Some(left);
+                self.total_from_deadline = true;
+            }
         }
         self
+    }
+
+    /// The error of the `total` limit firing: a timeout of the upstream's, or, when the limit
+    /// was the caller's deadline, a cancellation. A breaker, an adaptive limit or a fallback
+    /// must not hold a short deadline a client chose against the provider.
+    pub(crate) fn total_elapsed(&self, ctx: &Ctx) -> UpstreamError {
+        if self.total_from_deadline {
+            ctx.error(
+                FailureKind::Cancelled,
+                format!(
+                    "the call's deadline passed {:?} into the stream",
+                    self.total.unwrap_or_default()
+                ),
+            )
+        } else {
+            timeout(ctx, "total", self.total)
+        }
     }
 
     /// The earliest limit that applies before the first chunk.
@@ -577,7 +602,7 @@ where
                     if let Some(timer) = this.total_timer.as_mut()
                         && timer.as_mut().poll(cx).is_ready()
                     {
-                        let error = timeout(this.ctx, "total", this.timeouts.total);
+                        let error = this.timeouts.total_elapsed(this.ctx);
                         return Poll::Ready(Some(Err(finish(this.phase, error))));
                     }
                     if let Some(timer) = this.first_timer.as_mut()

@@ -271,6 +271,48 @@ async fn a_stream_ends_at_the_deadline_of_its_call() {
         .await
         .unwrap();
     let error = first_error(&mut stream).await;
-    assert_eq!(error.kind(), FailureKind::Timeout, "{error}");
+    // The caller gave up, the upstream did not fail: a breaker or an adaptive limit above the
+    // provider must not count a short deadline a client chose against it.
+    assert_eq!(error.kind(), FailureKind::Cancelled, "{error}");
+    assert!(error.to_string().contains("deadline"), "{error}");
     assert_eq!(started.elapsed(), Duration::from_secs(20));
+}
+
+/// The same before the first chunk: a deadline shorter than the upstream's time to first token
+/// ends the call as cancelled; the provider's own limits, when shorter, still time it out.
+#[tokio::test(start_paused = true)]
+async fn a_deadline_before_the_first_chunk_is_a_cancellation_not_a_timeout() {
+    use tower::{ServiceBuilder, ServiceExt};
+    use tower_llm_core::DeadlineLayer;
+
+    let slow = || {
+        mock(Reply::sse(vec![
+            Piece::Stall(Duration::from_secs(60)),
+            data(CONTENT),
+            data(FINISH),
+            data(DONE),
+        ]))
+        .0
+    };
+    let openai = OpenAi::builder().api_key("k").build_with(slow()).unwrap();
+    let service = ServiceBuilder::new()
+        .layer(DeadlineLayer::new(Duration::from_secs(5)))
+        .service(openai);
+    let request = || ChatRequest::new("m", vec![Message::user("hi")]).streaming();
+    let mut stream = service.oneshot(request()).await.unwrap();
+    let error = first_error(&mut stream).await;
+    assert_eq!(error.kind(), FailureKind::Cancelled, "{error}");
+
+    // The provider's own total, shorter than the time left: the upstream was too slow.
+    let openai = OpenAi::builder()
+        .api_key("k")
+        .stream_timeouts(StreamTimeouts::none().total(Duration::from_secs(2)))
+        .build_with(slow())
+        .unwrap();
+    let service = ServiceBuilder::new()
+        .layer(DeadlineLayer::new(Duration::from_secs(5)))
+        .service(openai);
+    let mut stream = service.oneshot(request()).await.unwrap();
+    let error = first_error(&mut stream).await;
+    assert_eq!(error.kind(), FailureKind::Timeout, "{error}");
 }
