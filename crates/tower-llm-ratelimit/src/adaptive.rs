@@ -440,8 +440,13 @@ impl AdaptiveLimit {
                 if self.decreased_at.is_some_and(|at| started < at) {
                     return None;
                 }
+                let before = self.limit;
                 self.back_off(settings, now);
-                self.backed_off = true;
+                // Shared only when it lowered something: an instance at its minimum has no
+                // decrease to tell the others about.
+                if self.limit < before {
+                    self.backed_off = true;
+                }
                 Cause::Overload(kind)
             }
         };

@@ -74,6 +74,13 @@ pub(crate) struct Observe {
     /// path never builds a label.
     #[cfg(feature = "metrics")]
     metrics: std::sync::OnceLock<Metrics>,
+    /// When the last "shared overloads unavailable" warning was logged (milliseconds since
+    /// `born`): with the quotas in Redis every call reads it, and an outage must not log
+    /// once per call.
+    #[cfg(feature = "tracing")]
+    shared_warned_at: std::sync::atomic::AtomicU64,
+    #[cfg(feature = "tracing")]
+    born: std::time::Instant,
 }
 
 impl std::fmt::Debug for Observe {
@@ -92,6 +99,10 @@ impl Observe {
             stats: Stats::default(),
             #[cfg(feature = "metrics")]
             metrics: std::sync::OnceLock::new(),
+            #[cfg(feature = "tracing")]
+            shared_warned_at: std::sync::atomic::AtomicU64::new(u64::MAX),
+            #[cfg(feature = "tracing")]
+            born: std::time::Instant::now(),
         }
     }
 
@@ -303,8 +314,9 @@ impl Observe {
     }
 
     /// Recording or reading shared overloads failed (Redis down, slow or answering
-    /// nonsense); the local limit goes on alone. At most once per round trip (publish) or
-    /// per key every 100 ms (read), so a Redis outage cannot flood the log.
+    /// nonsense); the local limit goes on alone. Counted every time; logged at most once a
+    /// second per limiter, so a Redis outage cannot flood the log (with the quotas in Redis,
+    /// every call reads).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn shared_failed(&self, op: SharedOp) {
         self.stats.shared_failed();
@@ -316,11 +328,25 @@ impl Observe {
             }
         }
         #[cfg(feature = "tracing")]
-        tracing::warn!(
-            name = &*self.name,
-            op = op.as_str(),
-            "shared overloads unavailable, the local limit goes on alone"
-        );
+        {
+            use std::sync::atomic::Ordering;
+            const EVERY_MS: u64 = 1_000;
+            let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+            let last = self.shared_warned_at.load(Ordering::Relaxed);
+            let due = last == u64::MAX || now.saturating_sub(last) >= EVERY_MS;
+            if due
+                && self
+                    .shared_warned_at
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(
+                    name = &*self.name,
+                    op = op.as_str(),
+                    "shared overloads unavailable, the local limit goes on alone"
+                );
+            }
+        }
         #[cfg(not(feature = "tracing"))]
         let _ = op;
     }

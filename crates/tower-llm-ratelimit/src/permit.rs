@@ -67,8 +67,16 @@ impl Permit {
             {
                 match f.retry_after {
                     Some(hint) => Some((hint, f.kind)),
-                    // An adaptive limit answers a 429 that names no time by lowering itself.
-                    None if config.adaptive.is_some() && f.kind == FailureKind::RateLimited => None,
+                    // An adaptive limit that lowers itself on 429s answers one that names no
+                    // time that way; one told to ignore them leaves it to the pause.
+                    None if f.kind == FailureKind::RateLimited
+                        && config
+                            .adaptive
+                            .as_ref()
+                            .is_some_and(|a| a.decrease_on.contains(&FailureKind::RateLimited)) =>
+                    {
+                        None
+                    }
                     None => Some((config.default_pause, f.kind)),
                 }
             }

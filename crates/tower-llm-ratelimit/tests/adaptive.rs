@@ -464,6 +464,29 @@ async fn a_429_without_a_hint_lowers_the_limit_and_one_with_a_hint_also_pauses()
     );
 }
 
+/// An adaptive limit told not to lower itself on 429s leaves a 429 without a hint to the
+/// limiter's default pause, as without an adaptive limit: never neither.
+#[tokio::test(start_paused = true)]
+async fn a_limit_that_ignores_429s_still_pauses_on_one() {
+    let layer = RateLimitLayer::builder()
+        .adaptive_concurrency(
+            AdaptiveConcurrency::new()
+                .initial(10)
+                .decrease_on([FailureKind::Overloaded]),
+        )
+        .build()
+        .expect("config");
+    let handle = layer.handle();
+    let svc = layer.layer(answers());
+    svc.clone()
+        .oneshot(Ask::ok().status(429))
+        .await
+        .expect("an answer");
+    let stats = handle.stats();
+    assert_eq!(stats.concurrency_limit, Some(10), "{stats:?}");
+    assert_eq!((stats.limit_decreases, stats.pauses), (0, 1), "{stats:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_remaining_requests_cap_the_limit_until_their_reset() {
     let layer = RateLimitLayer::builder()
