@@ -232,9 +232,9 @@ impl Observe {
             "fields of another dialect left out"
         );
         #[cfg(feature = "metrics")]
-        metrics::counter!(METRIC_FIELDS_DROPPED,
-            "name" => self.metrics.name.clone(), "from" => from.as_str(), "to" => to.as_str())
-        .increment(count as u64);
+        self.metrics
+            .fields_dropped(from, to)
+            .increment(count as u64);
     }
 
     /// A call starts: counts it and opens its span.
@@ -790,6 +790,9 @@ struct Metrics {
     other: [OnceLock<Arc<ModelSeries>>; 2],
     /// The first model seen, checked without a lock (most providers serve one model).
     first: [OnceLock<Arc<ModelSeries>>; 2],
+    /// [`METRIC_FIELDS_DROPPED`] by the dialect the fields were written for (the provider's
+    /// own is the `to` label), registered on first use.
+    fields_dropped: [OnceLock<metrics::Counter>; 3],
 }
 
 #[cfg(feature = "metrics")]
@@ -807,6 +810,7 @@ impl Metrics {
             models: Default::default(),
             other: Default::default(),
             first: Default::default(),
+            fields_dropped: Default::default(),
         }
     }
 
@@ -822,7 +826,25 @@ impl Metrics {
             models: Default::default(),
             other: Default::default(),
             first: Default::default(),
+            fields_dropped: [
+                OnceLock::from(metrics::Counter::noop()),
+                OnceLock::from(metrics::Counter::noop()),
+                OnceLock::from(metrics::Counter::noop()),
+            ],
         }
+    }
+
+    /// The counter of fields written for `from` that a provider of dialect `to` left out.
+    fn fields_dropped(&self, from: Dialect, to: Dialect) -> &metrics::Counter {
+        let index = match from {
+            Dialect::OpenAi => 0,
+            Dialect::Anthropic => 1,
+            Dialect::Gemini => 2,
+        };
+        self.fields_dropped[index].get_or_init(|| {
+            metrics::counter!(METRIC_FIELDS_DROPPED,
+                "name" => self.name.clone(), "from" => from.as_str(), "to" => to.as_str())
+        })
     }
 
     /// The series of `model` for `op`: looked up under a read lock, made once.

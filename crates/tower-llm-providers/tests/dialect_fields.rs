@@ -45,6 +45,8 @@ async fn the_dialect_they_were_written_for_gets_them() {
 
 #[tokio::test]
 async fn another_dialect_leaves_them_out() {
+    // Counted: the test runtime is this thread's, where the capture's recorder is installed.
+    let capture = tower_llm_testkit::observe::Capture::install();
     let (client, sent) = mock(Reply::json(200, ANTHROPIC));
     let mut anthropic = Anthropic::builder()
         .api_key("sk-ant")
@@ -76,6 +78,16 @@ async fn another_dialect_leaves_them_out() {
         .unwrap();
     assert!(drain(stream).await.iter().all(Result::is_ok));
     assert!(!sent_keys(&sent.lock().unwrap()[0]).contains(&"frequency_penalty".to_owned()));
+
+    let metrics = capture.metrics();
+    let dropped = |to: &str| {
+        metrics.counter(
+            "tower_llm_providers_fields_dropped_total",
+            &[("from", "openai"), ("to", to)],
+        )
+    };
+    // Two fields a call: the whole and the streamed Anthropic calls, the Gemini call.
+    assert_eq!((dropped("anthropic"), dropped("gemini")), (4, 2));
 }
 
 #[tokio::test]
