@@ -429,31 +429,33 @@ impl RequestMetrics {
             .duration
             .get_or_init(duration)
             .record(elapsed.as_secs_f64());
-        let find = |answered: &[(StatusCode, metrics::Counter)]| {
+        // Counted under the read lock, without a clone of the handle; the write lock only
+        // for a status not seen yet. Never poisoned in a way that matters: the lists are only
+        // ever pushed to.
+        let seen = |answered: &[(StatusCode, metrics::Counter)]| {
             answered
                 .iter()
                 .find(|(known, _)| *known == status)
-                .map(|(_, counter)| counter.clone())
+                .map(|(_, counter)| counter.increment(1))
+                .is_some()
         };
-        // Never poisoned in a way that matters: the lists are only ever pushed to.
-        let known = find(
+        if seen(
             &series
                 .answered
                 .read()
                 .unwrap_or_else(PoisonError::into_inner),
-        );
-        let counter = known.unwrap_or_else(|| {
-            let mut answered = series
-                .answered
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            find(&answered).unwrap_or_else(|| {
-                let registered = counter();
-                answered.push((status, registered.clone()));
-                registered
-            })
-        });
-        counter.increment(1);
+        ) {
+            return;
+        }
+        let mut answered = series
+            .answered
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !seen(&answered) {
+            let registered = counter();
+            registered.increment(1);
+            answered.push((status, registered));
+        }
     }
 }
 
