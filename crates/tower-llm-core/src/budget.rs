@@ -598,7 +598,14 @@ impl Spender {
     /// Takes one extra attempt that is made at once; `false` (and a refusal counted) when
     /// the budget is spent.
     pub fn spend(&self) -> bool {
-        self.withdraw().map(|mut w| w.keep()).is_some()
+        // A withdrawal kept at once: counted here, with no handle made to give it back.
+        if self.budget.withdraw().is_some() {
+            self.entry.withdrawals.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            self.entry.refusals.fetch_add(1, Ordering::Relaxed);
+            false
+        }
     }
 }
 

@@ -413,6 +413,11 @@ impl AdaptiveLimit {
         now: u64,
     ) -> Option<LimitChange> {
         let from = self.effective(settings, now);
+        // A cap past its reset is gone: forgotten, so that later ends need no clock again
+        // (`now` is read whenever there is a cap).
+        if self.cap.is_some_and(|(_, until)| now >= until) {
+            self.cap = None;
+        }
         let cause = match verdict {
             Verdict::Neutral => return None,
             Verdict::Success => {

@@ -261,9 +261,9 @@ where
 
             // Polled after the calls, so an answer at the deadline itself still wins.
             ready!(this.deadline.poll_passed(cx));
-            let cut: Vec<usize> = this.attempts.in_flight_indexes().collect();
+            this.failures
+                .extend(this.attempts.in_flight_indexes().map(cut_at_deadline));
             this.shared.observe.cancelled(this.attempts.cancel_all());
-            this.failures.extend(cut.into_iter().map(cut_at_deadline));
             return Poll::Ready(Err(AllFailed::ended(
                 &this.shared.observe,
                 Ending::Deadline,
