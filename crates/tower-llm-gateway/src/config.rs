@@ -526,6 +526,15 @@ fn check_base_url(knob: &str, url: &str) -> Result<(), ConfigError> {
         .parse()
         .map_err(|e| ConfigError::new(GATEWAY, knob.to_owned(), format!("is not a URL ({e})")))?;
     match uri.scheme_str() {
+        // Credentials in a URL would be printed wherever the URL is (`Debug`, logs): keys
+        // belong in the settings kept secret.
+        Some("http" | "https") if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
+            Err(ConfigError::new(
+                GATEWAY,
+                knob.to_owned(),
+                "must not carry credentials (user:password@): give keys in their own settings",
+            ))
+        }
         Some("http" | "https") if uri.authority().is_some() => Ok(()),
         _ => Err(ConfigError::new(
             GATEWAY,

@@ -163,3 +163,40 @@ async fn a_key_one_character_off_is_refused() {
         "x-api-key is accepted like a bearer key"
     );
 }
+
+/// A URL with credentials in it would be printed wherever the URL is (`Debug`, logs): it is
+/// refused, and the refusal does not repeat the credentials.
+#[test]
+fn urls_that_carry_credentials_are_refused_without_repeating_them() {
+    let provider = r#"
+[[keys]]
+key = "sk-client"
+tenant = "a"
+
+[providers.p]
+kind = "openai"
+base_url = "https://user:hunter2-secret@api.example.com/v1"
+models = ["m"]
+"#;
+    let error = Config::from_toml(provider).unwrap_err().to_string();
+    assert!(error.contains("providers.p.base_url"), "{error}");
+    assert!(!error.contains("hunter2"), "{error}");
+
+    let telemetry = r#"
+[[keys]]
+key = "sk-client"
+tenant = "a"
+
+[providers.p]
+kind = "mock"
+models = ["m"]
+
+[telemetry]
+endpoint = "http://collector:hunter2-secret@localhost:4318"
+traces = false
+metrics = false
+"#;
+    let error = Config::from_toml(telemetry).unwrap_err().to_string();
+    assert!(error.contains("telemetry.endpoint"), "{error}");
+    assert!(!error.contains("hunter2"), "{error}");
+}
