@@ -370,3 +370,59 @@ breaker = { consecutive_failures = 2, cooldown = "60s" }
     let response = send(with_api_key(openai_chat_stream(&url, "m", "patient"), KEY)).await;
     assert_eq!(response.status(), 200, "the breaker stayed closed");
 }
+
+/// With stream dedup, a client joining a stream another client started (with no deadline)
+/// still has its own answer end at its own deadline, while the first client's goes on to
+/// the end: the provider's cut follows the client that started the call, the gateway's
+/// timer follows each client.
+#[tokio::test]
+async fn a_client_joining_a_shared_stream_is_cut_at_its_own_deadline() {
+    let upstream =
+        MockServer::start(FaultPlan::healthy().stream_chunk_delay(Duration::from_millis(200)))
+            .await
+            .unwrap();
+    let models = r#"
+[models.m]
+dedup = { ttl = "5m" }
+"#;
+    let (addr, _gateway) = start(&config(&upstream, "", models)).await;
+    let url = format!("http://{addr}");
+    let first = tokio::spawn(send(with_api_key(
+        openai_chat_stream(&url, "m", "one shared answer"),
+        KEY,
+    )));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let joined = send(with_header(
+        openai_chat_stream(&url, "m", "one shared answer"),
+        "x-request-timeout",
+        "0.5",
+    ))
+    .await;
+    let first = first.await.unwrap();
+    assert_eq!(
+        upstream.counters().requests,
+        1,
+        "the second client joined the first's call"
+    );
+
+    let last_event = |response: &http::Response<Bytes>| {
+        let body = String::from_utf8_lossy(response.body()).into_owned();
+        body.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .rfind(|l| *l != "[DONE]")
+            .map(str::to_owned)
+            .unwrap()
+    };
+    let event: Value = serde_json::from_str(&last_event(&joined)).unwrap();
+    assert_eq!(event["error"]["code"], "deadline_exceeded", "{event}");
+    let event: Value = serde_json::from_str(&last_event(&first)).unwrap();
+    assert!(
+        event.get("error").is_none(),
+        "the first client's stream ended well: {event}"
+    );
+    assert!(
+        String::from_utf8_lossy(first.body()).contains("[DONE]"),
+        "{:?}",
+        first.body()
+    );
+}
