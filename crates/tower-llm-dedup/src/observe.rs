@@ -176,11 +176,13 @@ fn describe() {
 }
 
 /// At most one warning per interval about the shared cache, with the number left unsaid.
+/// The count is an atomic: during an outage every request adds to it, and only a failure
+/// that may warn takes the lock.
 #[cfg(feature = "tracing")]
 #[derive(Debug, Default)]
 struct WarnGate {
-    last: Option<tokio::time::Instant>,
-    suppressed: u64,
+    last: Mutex<Option<tokio::time::Instant>>,
+    suppressed: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -192,7 +194,7 @@ struct Inner {
     #[cfg(feature = "tracing")]
     warn_every: Duration,
     #[cfg(feature = "tracing")]
-    warn_gate: Mutex<WarnGate>,
+    warn_gate: WarnGate,
 }
 
 /// The funnel of one layer value, shared by its services, its handle and the futures that
@@ -224,7 +226,7 @@ impl Observe {
                 #[cfg(feature = "tracing")]
                 warn_every,
                 #[cfg(feature = "tracing")]
-                warn_gate: Mutex::new(WarnGate::default()),
+                warn_gate: WarnGate::default(),
             }),
         }
     }
@@ -343,24 +345,23 @@ impl Observe {
 
     #[cfg(feature = "tracing")]
     fn warn_remote(&self, op: RemoteOp, failure: RemoteFailure) {
+        use std::sync::atomic::Ordering;
+        let gate = &self.inner.warn_gate;
+        if failure == RemoteFailure::CoolingDown {
+            gate.suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let now = tokio::time::Instant::now();
-        let suppressed = {
-            let mut gate = self
-                .inner
-                .warn_gate
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let due = failure != RemoteFailure::CoolingDown
-                && gate.last.is_none_or(|last| {
-                    now.saturating_duration_since(last) >= self.inner.warn_every
-                });
-            if !due {
-                gate.suppressed += 1;
+        {
+            let mut last = gate.last.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|last| now.saturating_duration_since(last) < self.inner.warn_every)
+            {
+                gate.suppressed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            gate.last = Some(now);
-            std::mem::take(&mut gate.suppressed)
-        };
+            *last = Some(now);
+        }
+        let suppressed = gate.suppressed.swap(0, Ordering::Relaxed);
         tracing::warn!(
             name = %self.inner.name,
             op = op.as_str(),
