@@ -422,13 +422,9 @@ pub(crate) fn unix_now() -> u64 {
 
 fn finish_str(reason: &FinishReason) -> &str {
     match reason {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-        FinishReason::ToolCalls => "tool_calls",
-        FinishReason::ContentFilter => "content_filter",
         // OpenAI ends a refusal with "stop" and says it in `refusal`.
         FinishReason::Refusal => "stop",
-        FinishReason::Other(other) => other,
+        other => other.as_str(),
     }
 }
 

@@ -717,6 +717,21 @@ pub enum FinishReason {
     Other(String),
 }
 
+impl FinishReason {
+    /// Its name: `stop`, `length`, `tool_calls`, `content_filter`, `refusal`, or the
+    /// provider's word (the OpenTelemetry GenAI `gen_ai.response.finish_reasons` values).
+    pub fn as_str(&self) -> &str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::ContentFilter => "content_filter",
+            FinishReason::Refusal => "refusal",
+            FinishReason::Other(other) => other,
+        }
+    }
+}
+
 /// A chat completion.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ChatResponse {

@@ -20,9 +20,10 @@ use http::Uri;
 use tower_llm_core::FailureKind;
 use tower_llm_core::{UpstreamError, Usage};
 
+#[cfg(any(feature = "tracing", feature = "metrics"))]
+use crate::chat::FinishReason;
 use crate::chat::{
-    ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, FinishReason,
-    Message,
+    ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Message,
 };
 use crate::meta::{Dialect, ResponseMeta};
 
@@ -721,20 +722,7 @@ impl Live {
 /// `["stop"]`.
 #[cfg(feature = "tracing")]
 fn finish_reasons(reason: &FinishReason) -> impl tracing::Value + '_ {
-    tracing::field::debug([finish_reason(reason)])
-}
-
-/// A finish reason in the conventions' words (the provider's own for the others).
-#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
-pub(crate) fn finish_reason(reason: &FinishReason) -> &str {
-    match reason {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-        FinishReason::ToolCalls => "tool_calls",
-        FinishReason::ContentFilter => "content_filter",
-        FinishReason::Refusal => "refusal",
-        FinishReason::Other(other) => other,
-    }
+    tracing::field::debug([reason.as_str()])
 }
 
 /// Describes every metric once per process, with its unit.
