@@ -3,7 +3,7 @@
 
 use http::{HeaderValue, Uri};
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, config_error};
 use crate::key::ApiKey;
 
 /// Both body limits must leave room for something; each refusal names its own knob.
@@ -12,10 +12,10 @@ pub(crate) fn check_limits(
     max_event_bytes: usize,
 ) -> Result<(), ConfigError> {
     if max_body_bytes == 0 {
-        return Err(ConfigError::new("max_body_bytes", "must be above zero"));
+        return Err(config_error("max_body_bytes", "must be above zero"));
     }
     if max_event_bytes == 0 {
-        return Err(ConfigError::new("max_event_bytes", "must be above zero"));
+        return Err(config_error("max_event_bytes", "must be above zero"));
     }
     Ok(())
 }
@@ -24,9 +24,9 @@ pub(crate) fn check_limits(
 pub(crate) fn endpoint(uri: String) -> Result<Uri, ConfigError> {
     let parsed: Uri = uri
         .parse()
-        .map_err(|e| ConfigError::new("base_url", format!("{uri:?} is not a URL: {e}")))?;
+        .map_err(|e| config_error("base_url", format!("{uri:?} is not a URL: {e}")))?;
     if parsed.scheme().is_none() || parsed.host().is_none() {
-        return Err(ConfigError::new(
+        return Err(config_error(
             "base_url",
             format!("{uri:?} needs a scheme and a host"),
         ));
@@ -45,14 +45,14 @@ pub(crate) fn key_or_env(given: Option<ApiKey>, vars: &[&str]) -> Result<ApiKey,
             [first, second] => format!("neither {first} nor {second} is set"),
             many => format!("none of {} is set", many.join(", ")),
         };
-        ConfigError::new("api_key", format!("not given and {which}"))
+        config_error("api_key", format!("not given and {which}"))
     })
 }
 
 /// The key as a sensitive header value, after `prefix` (`"Bearer "` or nothing).
 pub(crate) fn key_header(key: &ApiKey, prefix: &str) -> Result<HeaderValue, ConfigError> {
     key.header_value(prefix)
-        .ok_or_else(|| ConfigError::new("api_key", "contains characters not allowed in a header"))
+        .ok_or_else(|| config_error("api_key", "contains characters not allowed in a header"))
 }
 
 #[cfg(test)]
@@ -62,12 +62,12 @@ mod tests {
     #[test]
     fn each_limit_names_its_own_knob() {
         assert_eq!(
-            check_limits(0, 1).map_err(|e| e.knob()),
-            Err("max_body_bytes")
+            check_limits(0, 1).map_err(|e| e.knob().to_owned()),
+            Err("max_body_bytes".to_owned())
         );
         assert_eq!(
-            check_limits(1, 0).map_err(|e| e.knob()),
-            Err("max_event_bytes")
+            check_limits(1, 0).map_err(|e| e.knob().to_owned()),
+            Err("max_event_bytes".to_owned())
         );
         assert!(check_limits(1, 1).is_ok());
     }
@@ -85,9 +85,9 @@ mod tests {
         let openai = crate::openai::OpenAi::compatible("http://localhost/v1")
             .max_event_bytes(0)
             .build_with(());
-        assert_eq!(anthropic.err().map(|e| e.knob()), Some("max_event_bytes"));
-        assert_eq!(gemini.err().map(|e| e.knob()), Some("max_event_bytes"));
-        assert_eq!(openai.err().map(|e| e.knob()), Some("max_event_bytes"));
+        assert_eq!(anthropic.err().map(|e| e.knob().to_owned()), Some("max_event_bytes".to_owned()));
+        assert_eq!(gemini.err().map(|e| e.knob().to_owned()), Some("max_event_bytes".to_owned()));
+        assert_eq!(openai.err().map(|e| e.knob().to_owned()), Some("max_event_bytes".to_owned()));
     }
 
     #[test]
@@ -95,8 +95,8 @@ mod tests {
         assert!(endpoint("https://api.example/v1/x".into()).is_ok());
         for bad in ["/v1/x", "not a url", "api.example/v1"] {
             assert_eq!(
-                endpoint(bad.into()).map_err(|e| e.knob()).err(),
-                Some("base_url"),
+                endpoint(bad.into()).map_err(|e| e.knob().to_owned()).err(),
+                Some("base_url".to_owned()),
                 "{bad}"
             );
         }

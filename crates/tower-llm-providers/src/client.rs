@@ -16,7 +16,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, config_error};
 use crate::proxy::{ProxyConfig, ProxyConnector};
 
 /// The request body every provider sends: one JSON buffer.
@@ -115,7 +115,7 @@ impl HttpClientConfig {
     /// system's root certificates.
     pub fn build(&self) -> Result<HttpClient, ConfigError> {
         if self.connect_timeout.is_zero() {
-            return Err(ConfigError::new("connect_timeout", "must be above zero"));
+            return Err(config_error("connect_timeout", "must be above zero"));
         }
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -125,7 +125,7 @@ impl HttpClientConfig {
         let connector = ProxyConnector::new(http, self.proxy.matcher()?, self.connect_timeout);
         let tls = rustls::ClientConfig::builder_with_provider(crypto_provider()?)
             .with_safe_default_protocol_versions()
-            .map_err(|e| ConfigError::new("tls", e.to_string()))?
+            .map_err(|e| config_error("tls", e.to_string()))?
             .with_root_certificates(self.roots()?)
             .with_no_client_auth();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -159,11 +159,11 @@ impl HttpClientConfig {
         }
         for (index, cert) in self.root_certificates.iter().enumerate() {
             add_root(&mut roots, cert).map_err(|why| {
-                ConfigError::new("root_certificate", format!("certificate {index}: {why}"))
+                config_error("root_certificate", format!("certificate {index}: {why}"))
             })?;
         }
         if roots.is_empty() {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "root_certificate",
                 "no root certificates to trust: turn on the `webpki-roots` or `native-roots` \
                  feature, or add one",
@@ -208,7 +208,7 @@ fn crypto_provider() -> Result<Arc<CryptoProvider>, ConfigError> {
     #[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
     let provider = CryptoProvider::get_default().cloned();
     provider.ok_or_else(|| {
-        ConfigError::new(
+        config_error(
             "tls",
             "no crypto provider: turn on the `ring` or `aws-lc-rs` feature, or install one \
              with rustls::crypto::CryptoProvider::install_default",
@@ -259,24 +259,24 @@ mod tests {
             ..HttpClientConfig::default()
         };
         assert_eq!(
-            zero.build().err().map(|e| e.knob()),
-            Some("connect_timeout")
+            zero.build().err().map(|e| e.knob().to_owned()),
+            Some("connect_timeout".to_owned())
         );
     }
 
     #[cfg(not(any(feature = "webpki-roots", feature = "native-roots")))]
     #[test]
     fn without_root_features_a_client_needs_roots_of_its_own() {
-        let refused = HttpClientConfig::default().roots().err().map(|e| e.knob());
-        assert_eq!(refused, Some("root_certificate"));
+        let refused = HttpClientConfig::default().roots().err().map(|e| e.knob().to_owned());
+        assert_eq!(refused, Some("root_certificate".to_owned()));
     }
 
     #[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
     #[test]
     fn without_provider_features_and_no_process_default_the_build_is_refused() {
         // No test in this binary installs a process default.
-        let refused = crypto_provider().err().map(|e| e.knob());
-        assert_eq!(refused, Some("tls"));
+        let refused = crypto_provider().err().map(|e| e.knob().to_owned());
+        assert_eq!(refused, Some("tls".to_owned()));
     }
 
     #[test]

@@ -16,43 +16,27 @@ use tower_llm_core::{
     read_error_body, read_error_value, retry_after,
 };
 
-/// A provider's configuration was refused when built; it names the knob and says why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
+/// A provider's configuration was refused when built: core's [`ConfigError`], naming the knob
+/// and saying why (component `provider`).
+pub use tower_llm_core::ConfigError;
+
+/// The refusal of `knob` of a provider's configuration.
+pub(crate) fn config_error(
     knob: &'static str,
-    reason: String,
+    reason: impl Into<std::borrow::Cow<'static, str>>,
+) -> ConfigError {
+    ConfigError::new("provider", knob, reason)
 }
 
-impl ConfigError {
-    pub(crate) fn new(knob: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError {
-            knob,
-            reason: reason.into(),
-        }
-    }
-
-    /// The setting that was refused.
-    pub fn knob(&self) -> &'static str {
-        self.knob
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid provider configuration: `{}`: {}",
-            self.knob, self.reason
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// What the futures of one provider need to know.
+/// What a provider's calls share, handed to its [`Protocol`](crate::Protocol)'s writers and
+/// readers: the provider's name and dialect, its limits, and its secret, so that every error
+/// made here is labelled with the provider and scrubbed of the secret, whatever the upstream
+/// sent back.
 #[derive(Clone, Debug)]
-pub(crate) struct Ctx {
+pub struct CallContext {
     pub(crate) dialect: Dialect,
+    /// The protocol's answer readers.
+    pub(crate) hooks: crate::protocol::Hooks,
     pub(crate) provider: Cow<'static, str>,
     pub(crate) max_body: usize,
     /// The provider's own key, to scrub from what the upstream sends back (redacted in
@@ -65,7 +49,38 @@ pub(crate) struct Ctx {
     pub(crate) strict_fields: bool,
 }
 
-impl Ctx {
+impl CallContext {
+    /// The context of a decoder used without a service (`decode_response`, [`ChunkDecoder`]):
+    /// no key, no metrics, the default limits.
+    ///
+    /// [`ChunkDecoder`]: crate::ChunkDecoder
+    pub(crate) fn standalone<P: crate::Protocol>(name: &'static str, gen_ai: &'static str) -> Self {
+        CallContext {
+            dialect: P::DIALECT,
+            hooks: crate::protocol::Hooks::of::<P>(),
+            provider: Cow::Borrowed(name),
+            max_body: crate::body::DEFAULT_MAX_BODY_BYTES,
+            key: None,
+            observe: crate::observe::Observe::standalone(gen_ai),
+            strict_fields: false,
+        }
+    }
+
+    /// The provider's name, as configured on its builder.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// The provider's dialect.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The largest whole body this provider reads.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body
+    }
+
     /// Checks `request`'s unmodelled fields against this provider's dialect: fields written
     /// for another dialect are left out by the encoder and counted here, or, in strict mode,
     /// the request is refused before any upstream call.
@@ -123,13 +138,13 @@ impl Ctx {
 
     /// Every error of this provider starts here: its message may quote the upstream, so it is
     /// scrubbed of the key.
-    pub(crate) fn error(&self, kind: FailureKind, message: impl Into<String>) -> UpstreamError {
+    pub fn error(&self, kind: FailureKind, message: impl Into<String>) -> UpstreamError {
         let message = self.scrub(message.into());
         UpstreamError::new(kind, message).with_provider(self.provider.clone())
     }
 
     /// Text from the upstream, without the provider's key (whole or masked).
-    pub(crate) fn scrub(&self, text: String) -> String {
+    pub fn scrub(&self, text: String) -> String {
         match &self.key {
             Some(key) => match key.scrub(&text) {
                 Cow::Borrowed(_) => text,
@@ -140,7 +155,7 @@ impl Ctx {
     }
 
     /// Attaches the upstream's body to an error, without the provider's key.
-    pub(crate) fn with_body(&self, error: UpstreamError, body: Bytes) -> UpstreamError {
+    pub fn with_body(&self, error: UpstreamError, body: Bytes) -> UpstreamError {
         let body = match &self.key {
             Some(key) => key.scrub_bytes(body),
             None => body,
@@ -150,7 +165,7 @@ impl Ctx {
 
     /// A failure to reach the upstream or to read its answer: transport, unless the error
     /// says timeout (tower's or tokio's `Elapsed`, an io `TimedOut`).
-    pub(crate) fn transport(&self, what: &str, error: BoxError) -> UpstreamError {
+    pub fn transport(&self, what: &str, error: BoxError) -> UpstreamError {
         let kind = match classify_dyn_error(&*error).kind {
             FailureKind::Timeout => FailureKind::Timeout,
             _ => FailureKind::Transport,
@@ -170,12 +185,7 @@ impl Ctx {
     }
 
     /// A body that is not what the provider documents.
-    pub(crate) fn malformed(
-        &self,
-        what: &str,
-        body: &Bytes,
-        error: impl fmt::Display,
-    ) -> UpstreamError {
+    pub fn malformed(&self, what: &str, body: &Bytes, error: impl fmt::Display) -> UpstreamError {
         let message = if looks_like_html(body) {
             format!("{what}: got an HTML page instead of JSON")
         } else {
@@ -185,7 +195,7 @@ impl Ctx {
     }
 
     /// The error for a non-success answer with (the start of) this body.
-    pub(crate) fn for_status(
+    pub fn for_status(
         &self,
         status: http::StatusCode,
         headers: &http::HeaderMap,
@@ -228,7 +238,7 @@ impl Ctx {
     }
 
     /// An error object sent inside a 200 stream (or a 200 body).
-    pub(crate) fn for_error_value(&self, value: &Value, raw: &str) -> UpstreamError {
+    pub fn for_error_value(&self, value: &Value, raw: &str) -> UpstreamError {
         let detail = read_error_value(Some(self.dialect.errors()), value).unwrap_or_default();
         let kind = detail.kind.unwrap_or(FailureKind::ServerError);
         let error = self.error(
@@ -240,6 +250,39 @@ impl Ctx {
         );
         let error = self.with_body(error, Bytes::copy_from_slice(raw.as_bytes()));
         self.apply_detail(error, kind, detail)
+    }
+
+    /// An error sent inside a stream, whatever the dialect and whatever keys its payload
+    /// has: an event its framing marks as an error (SSE's `event: error`, with JSON or not),
+    /// a payload with a non-null `error` (OpenAI, Gemini, Anthropic's
+    /// `{"type":"error","error":{..}}`), or one whose `type` is `"error"`. The default of
+    /// [`Protocol::stream_error`](crate::Protocol::stream_error).
+    pub fn stream_error(&self, event: &crate::framing::Event) -> Option<UpstreamError> {
+        let named = event.error;
+        let data = event.data.trim();
+        // A cheap test first: an error payload has an `"error"` key or value; escaped text
+        // inside a string (`\"error\"`) never matches.
+        if !named && !data.contains("\"error\"") {
+            return None;
+        }
+        let value: Value = match serde_json::from_str(data) {
+            Ok(value) => value,
+            Err(_) if named => {
+                return Some(self.error(FailureKind::ServerError, format!("error event: {data}")));
+            }
+            // Not JSON and not named an error: the dialect's decoder says it is malformed.
+            Err(_) => return None,
+        };
+        if value.get("error").is_some_and(|e| !e.is_null()) {
+            return Some(self.for_error_value(&value, data));
+        }
+        let typed = value.get("type").and_then(Value::as_str) == Some("error");
+        if named || typed {
+            // `{"message": ..}` or `{"type":"error","message":..}`: the payload is the error.
+            let wrapped = serde_json::json!({ "error": value });
+            return Some(self.for_error_value(&wrapped, data));
+        }
+        None
     }
 
     fn apply_detail(
@@ -343,9 +386,10 @@ mod tests {
     use super::*;
     use http::{HeaderMap, HeaderValue, StatusCode};
 
-    fn ctx(dialect: Dialect) -> Ctx {
-        Ctx {
+    fn ctx(dialect: Dialect) -> CallContext {
+        CallContext {
             dialect,
+            hooks: crate::protocol::Hooks::of::<crate::OpenAiProtocol>(),
             provider: Cow::Borrowed("test"),
             max_body: 1 << 20,
             key: None,

@@ -12,13 +12,13 @@ use tokio::time::{Instant, Sleep};
 use tower_llm_core::{BoxError, FailureKind, MAX_ERROR_BODY, UpstreamError};
 
 use crate::body::{ReadBody, ReadError};
-use crate::error::Ctx;
+use crate::error::CallContext;
 use crate::meta::ResponseMeta;
 use crate::observe::CallObs;
 use crate::stream::{ChatStream, StreamTimeouts, timeout};
 
 /// Turns a success body and the answer's HTTP facts into the typed answer.
-pub(crate) type Decode<T> = fn(&Ctx, Bytes, ResponseMeta) -> Result<T, UpstreamError>;
+pub(crate) type Decode<T> = fn(&CallContext, Bytes, ResponseMeta) -> Result<T, UpstreamError>;
 
 /// Tells the call's observation what the answer was.
 pub(crate) type Answered<T> = fn(&mut CallObs, &T);
@@ -50,7 +50,7 @@ pin_project! {
     pub struct ResponseFuture<F, B, T> {
         #[pin]
         state: CallState<F, B>,
-        ctx: Ctx,
+        ctx: CallContext,
         decode: Decode<T>,
         call: CallObs,
         answered: Answered<T>,
@@ -68,7 +68,7 @@ impl<F, B, T> fmt::Debug for ResponseFuture<F, B, T> {
 impl<F, B, T> ResponseFuture<F, B, T> {
     pub(crate) fn new(
         future: F,
-        ctx: Ctx,
+        ctx: CallContext,
         decode: Decode<T>,
         call: CallObs,
         answered: Answered<T>,
@@ -84,7 +84,7 @@ impl<F, B, T> ResponseFuture<F, B, T> {
 
     pub(crate) fn failed(
         error: UpstreamError,
-        ctx: Ctx,
+        ctx: CallContext,
         decode: Decode<T>,
         call: CallObs,
         answered: Answered<T>,
@@ -99,7 +99,7 @@ impl<F, B, T> ResponseFuture<F, B, T> {
     }
 }
 
-fn polled_after_completion(ctx: &Ctx) -> UpstreamError {
+fn polled_after_completion(ctx: &CallContext) -> UpstreamError {
     ctx.error(
         FailureKind::Other,
         "response future polled after completion",
@@ -108,19 +108,21 @@ fn polled_after_completion(ctx: &Ctx) -> UpstreamError {
 
 /// The error for a finished read of a non-success answer.
 fn status_error(
-    ctx: &Ctx,
+    ctx: &CallContext,
     parts: &http::response::Parts,
     read: Result<Bytes, ReadError>,
 ) -> UpstreamError {
     match read {
-        Ok(body) => ctx.for_status(parts.status, &parts.headers, body, None),
-        Err(ReadError::TooLarge(start)) => ctx.for_status(
+        Ok(body) => (ctx.hooks.status_error)(ctx, parts.status, &parts.headers, body, None),
+        Err(ReadError::TooLarge(start)) => (ctx.hooks.status_error)(
+            ctx,
             parts.status,
             &parts.headers,
             start.slice(..start.len().min(MAX_ERROR_BODY)),
             Some("error body too large to read whole"),
         ),
-        Err(ReadError::Body(_, start)) => ctx.for_status(
+        Err(ReadError::Body(_, start)) => (ctx.hooks.status_error)(
+            ctx,
             parts.status,
             &parts.headers,
             start,
@@ -241,7 +243,7 @@ pin_project! {
     pub struct StreamFuture<F, B> {
         #[pin]
         state: CallState<F, B>,
-        ctx: Ctx,
+        ctx: CallContext,
         timeouts: StreamTimeouts,
         started: Instant,
         deadline: Option<Pin<Box<Sleep>>>,
@@ -263,7 +265,7 @@ impl<F, B> fmt::Debug for StreamFuture<F, B> {
 impl<F, B> StreamFuture<F, B> {
     pub(crate) fn new(
         state: Result<F, UpstreamError>,
-        ctx: Ctx,
+        ctx: CallContext,
         timeouts: StreamTimeouts,
         max_event_bytes: usize,
         call: CallObs,
@@ -287,18 +289,6 @@ impl<F, B> StreamFuture<F, B> {
             max_event_bytes,
             call: Some(call),
         }
-    }
-}
-
-fn is_event_stream(headers: &http::HeaderMap) -> bool {
-    match headers.get(http::header::CONTENT_TYPE) {
-        // Some compatible servers send none; the decoder then judges the body.
-        None => true,
-        Some(value) => value.to_str().is_ok_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        }),
     }
 }
 
@@ -355,7 +345,7 @@ where
                     }
                     Poll::Ready(Ok(response)) => {
                         let (parts, body) = response.into_parts();
-                        if parts.status.is_success() && is_event_stream(&parts.headers) {
+                        if parts.status.is_success() && (this.ctx.hooks.is_stream)(&parts.headers) {
                             this.state.set(CallState::Done);
                             let meta = this.ctx.meta(parts.status, &parts.headers);
                             return Poll::Ready(Ok(ChatStream::new(
@@ -396,8 +386,8 @@ where
                     };
                     this.state.set(CallState::Done);
                     if parts.status.is_success() {
-                        // A 200 that is not an event stream: a JSON error some servers send
-                        // with 200, or a proxy's page.
+                        // A 200 that is not the protocol's stream: a JSON error some servers
+                        // send with 200, or a proxy's page.
                         let body = match read {
                             Ok(b) | Err(ReadError::TooLarge(b)) | Err(ReadError::Body(_, b)) => b,
                         };
@@ -414,7 +404,7 @@ where
                             _ => this.ctx.malformed(
                                 "streaming answer",
                                 &body,
-                                format!("expected text/event-stream, got {content_type:?}"),
+                                format!("expected a stream, got {content_type:?}"),
                             ),
                         };
                         let error = with_request_id(
@@ -441,7 +431,7 @@ where
 }
 
 /// The timeout that fired before the first chunk: the first-token one when it is the shorter.
-fn before_first_timeout(ctx: &Ctx, timeouts: &StreamTimeouts) -> UpstreamError {
+fn before_first_timeout(ctx: &CallContext, timeouts: &StreamTimeouts) -> UpstreamError {
     let first = timeouts.first_token;
     let total = timeouts.total;
     if first.is_some() && (total.is_none() || first <= total) {

@@ -181,17 +181,20 @@ mod builder;
 mod chat;
 mod client;
 mod error;
+pub mod framing;
 mod future;
 pub mod gemini;
 mod key;
 pub mod meta;
 mod observe;
 pub mod openai;
+pub mod protocol;
+mod provider;
 pub mod proxy;
 pub mod sse;
 mod stream;
 
-pub use anthropic::{Anthropic, AnthropicBuilder};
+pub use anthropic::{Anthropic, AnthropicBuilder, AnthropicProtocol};
 pub use body::DEFAULT_MAX_BODY_BYTES;
 pub use chat::{
     BlockDelta, ChatChunk, ChatRequest, ChatResponse, ContentBlock, EmbeddingRequest,
@@ -199,16 +202,18 @@ pub use chat::{
     ToolCallDelta, ToolChoice,
 };
 pub use client::{HttpChatStream, HttpClient, HttpClientConfig, RequestBody, shared_client};
-pub use error::ConfigError;
+pub use error::{CallContext, ConfigError};
 pub use future::{ResponseFuture, StreamFuture};
-pub use gemini::{Gemini, GeminiBuilder};
+pub use gemini::{Gemini, GeminiBuilder, GeminiProtocol};
 pub use key::ApiKey;
 pub use meta::{Dialect, ResponseMeta, TokenCounting};
 pub use observe::{
     DURATION_BUCKETS, METRIC_FAILURES, METRIC_FIELDS_DROPPED, METRIC_OPERATION_DURATION,
     METRIC_REQUESTS, METRIC_TIME_TO_FIRST_CHUNK, METRIC_TOKEN_USAGE, TOKEN_BUCKETS,
 };
-pub use openai::{OpenAi, OpenAiBuilder};
+pub use openai::{OpenAi, OpenAiBuilder, OpenAiProtocol};
+pub use protocol::{EmbeddingProtocol, Protocol, Step, StreamDecoder};
+pub use provider::{CommonSettings, ProtocolSettings, Provider, ProviderBuilder};
 pub use proxy::{ProxyConfig, ProxyConnector};
 pub use stream::{ChatAccumulator, ChatStream, ChunkDecoder, StreamTimeouts};
 pub use tower_llm_core::{UpstreamError, Usage};

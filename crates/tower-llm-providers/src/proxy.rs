@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tower_llm_core::BoxError;
 use tower_service::Service;
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, config_error};
 
 /// Which proxy the default client's connections go through.
 ///
@@ -212,7 +212,7 @@ fn matcher_from_vars(
 /// Refuses a proxy URL the connector could not use, naming where it came from (`what`) but
 /// never quoting it: it may hold a password.
 fn check_proxy_url(url: &str, what: &str) -> Result<(), ConfigError> {
-    let refuse = |why: &str| Err(ConfigError::new("proxy", format!("{what} {why}")));
+    let refuse = |why: &str| Err(config_error("proxy", format!("{what} {why}")));
     let Ok(uri) = url.trim().parse::<Uri>() else {
         return refuse("is not a URL");
     };
@@ -489,7 +489,7 @@ mod tests {
         ] {
             let error = matcher_from_vars(vars(&[("HTTPS_PROXY", value)]))
                 .err()
-                .map(|e| (e.knob(), e.to_string()));
+                .map(|e| (e.knob().to_owned(), e.to_string()));
             let Some((knob, text)) = error else {
                 panic!("{value} was accepted");
             };

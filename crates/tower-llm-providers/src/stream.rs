@@ -23,11 +23,11 @@ use tower_llm_core::{
 };
 
 use crate::chat::{BlockAccumulator, ChatChunk, ChatResponse, FinishReason, ToolCall};
-use crate::error::{Ctx, Dialect};
+use crate::error::CallContext;
 use crate::future::with_request_id;
 use crate::meta::ResponseMeta;
 use crate::observe::CallObs;
-use crate::sse::{SseEvent, SseParser};
+use crate::protocol::{Decoding, Step};
 use crate::{anthropic, gemini, openai};
 
 /// Timeouts of a streamed answer, on tokio's clock.
@@ -132,7 +132,7 @@ impl StreamTimeouts {
     /// The error of the `total` limit firing: a timeout of the upstream's, or, when the limit
     /// was the caller's deadline, a cancellation. A breaker, an adaptive limit or a fallback
     /// must not hold a short deadline a client chose against the provider.
-    pub(crate) fn total_elapsed(&self, ctx: &Ctx) -> UpstreamError {
+    pub(crate) fn total_elapsed(&self, ctx: &CallContext) -> UpstreamError {
         if self.total_from_deadline {
             ctx.error(
                 FailureKind::Cancelled,
@@ -160,94 +160,6 @@ impl StreamTimeouts {
 /// panics on overflow, and a limit like `Duration::MAX` means "no limit" in practice).
 pub(crate) fn deadline(from: Instant, limit: Duration) -> Option<Instant> {
     from.checked_add(limit)
-}
-
-pub(crate) enum Step {
-    Continue,
-    Done,
-}
-
-/// Each provider's event decoder.
-#[derive(Debug)]
-pub(crate) enum StreamDecoder {
-    OpenAi(openai::StreamDecoder),
-    Anthropic(anthropic::StreamDecoder),
-    Gemini(gemini::StreamDecoder),
-}
-
-impl StreamDecoder {
-    pub(crate) fn new(dialect: Dialect) -> Self {
-        match dialect {
-            Dialect::OpenAi => StreamDecoder::OpenAi(openai::StreamDecoder::default()),
-            Dialect::Anthropic => StreamDecoder::Anthropic(anthropic::StreamDecoder::default()),
-            Dialect::Gemini => StreamDecoder::Gemini(gemini::StreamDecoder::default()),
-        }
-    }
-
-    pub(crate) fn event(
-        &mut self,
-        ctx: &Ctx,
-        event: &SseEvent,
-        out: &mut VecDeque<ChatChunk>,
-    ) -> Result<Step, UpstreamError> {
-        if let Some(error) = in_stream_error(ctx, event) {
-            return Err(error);
-        }
-        match self {
-            StreamDecoder::OpenAi(d) => d.event(ctx, event, out),
-            StreamDecoder::Anthropic(d) => d.event(ctx, event, out),
-            StreamDecoder::Gemini(d) => d.event(ctx, event, out),
-        }
-    }
-
-    /// The model that answered, once an event has named it.
-    pub(crate) fn model(&self) -> Option<&str> {
-        match self {
-            StreamDecoder::OpenAi(d) => d.model.as_deref(),
-            StreamDecoder::Anthropic(d) => d.model.as_deref(),
-            StreamDecoder::Gemini(d) => d.model.as_deref(),
-        }
-    }
-
-    /// Whether the body may end here: only Gemini ends a complete stream with the body.
-    pub(crate) fn end_of_body(&mut self) -> bool {
-        match self {
-            StreamDecoder::Gemini(d) => d.finished(),
-            _ => false,
-        }
-    }
-}
-
-/// An error sent inside a stream, whatever the dialect and whatever keys its payload has:
-/// an `event: error` (with JSON or not), a payload with a non-null `error` (OpenAI,
-/// Gemini, Anthropic's `{"type":"error","error":{..}}`), or one whose `type` is `"error"`.
-/// One check for every dialect, before its own decoder sees the event.
-fn in_stream_error(ctx: &Ctx, event: &SseEvent) -> Option<UpstreamError> {
-    let named = event.event.as_deref() == Some("error");
-    let data = event.data.trim();
-    // A cheap test first: an error payload has an `"error"` key or value; escaped text
-    // inside a string (`\"error\"`) never matches.
-    if !named && !data.contains("\"error\"") {
-        return None;
-    }
-    let value: serde_json::Value = match serde_json::from_str(data) {
-        Ok(value) => value,
-        Err(_) if named => {
-            return Some(ctx.error(FailureKind::ServerError, format!("error event: {data}")));
-        }
-        // Not JSON and not named an error: the dialect's decoder says it is malformed.
-        Err(_) => return None,
-    };
-    if value.get("error").is_some_and(|e| !e.is_null()) {
-        return Some(ctx.for_error_value(&value, data));
-    }
-    let typed = value.get("type").and_then(serde_json::Value::as_str) == Some("error");
-    if named || typed {
-        // `{"message": ..}` or `{"type":"error","message":..}`: the payload is the error.
-        let wrapped = serde_json::json!({ "error": value });
-        return Some(ctx.for_error_value(&wrapped, data));
-    }
-    None
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -307,12 +219,12 @@ pin_project! {
     pub struct ChatStream<B> {
         #[pin]
         body: B,
-        parser: SseParser,
+        // The protocol's framing and event decoder.
+        decoding: Decoding,
         // What is left of the last read: parsed one event at a time, as the caller asks.
         input: Bytes,
-        decoder: StreamDecoder,
         pending: VecDeque<ChatChunk>,
-        ctx: Ctx,
+        ctx: CallContext,
         meta: ResponseMeta,
         usage: Option<Usage>,
         timeouts: StreamTimeouts,
@@ -349,7 +261,7 @@ impl<B> fmt::Debug for ChatStream<B> {
 impl<B> ChatStream<B> {
     pub(crate) fn new(
         body: B,
-        ctx: Ctx,
+        ctx: CallContext,
         meta: ResponseMeta,
         timeouts: StreamTimeouts,
         started: Instant,
@@ -373,9 +285,8 @@ impl<B> ChatStream<B> {
             .map(|at| Box::pin(tokio::time::sleep_until(at)));
         ChatStream {
             body,
-            parser: SseParser::with_max_event_bytes(max_event_bytes),
+            decoding: Decoding::new(&ctx, max_event_bytes),
             input: Bytes::new(),
-            decoder: StreamDecoder::new(ctx.dialect),
             pending: VecDeque::new(),
             ctx,
             meta,
@@ -403,7 +314,7 @@ impl<B> ChatStream<B> {
     /// The model that answered, once the stream has said (OpenAI and Gemini name it in every
     /// chunk, Anthropic in its first event).
     pub fn model(&self) -> Option<&str> {
-        self.decoder.model()
+        self.decoding.model()
     }
 
     /// The usage the stream reported, once a [`ChatChunk::Usage`] has been handed over.
@@ -464,14 +375,14 @@ where
                 let error = with_request_id(error, self.meta.request_id.as_deref());
                 let failure = error.classify_error();
                 let this = self.as_mut().project();
-                this.call.failed(&error, this.decoder.model(), *this.usage);
+                this.call.failed(&error, this.decoding.model(), *this.usage);
                 this.end.finish(StreamEnd::Failed(failure));
                 Poll::Ready(Some(Err(error)))
             }
             None => {
                 let this = self.as_mut().project();
                 let usage = *this.usage;
-                this.call.stream_completed(this.decoder.model(), usage);
+                this.call.stream_completed(this.decoding.model(), usage);
                 this.end.finish(StreamEnd::Completed { usage });
                 Poll::Ready(None)
             }
@@ -480,7 +391,7 @@ where
                 if let ChatChunk::Usage(usage) = &chunk {
                     *this.usage = Some(*usage);
                 }
-                this.call.chunk(&chunk, this.decoder.model());
+                this.call.chunk(&chunk, this.decoding.model());
                 Poll::Ready(Some(Ok(chunk)))
             }
         }
@@ -535,31 +446,22 @@ where
             }
             if !this.input.is_empty() {
                 let mut rest = &this.input[..];
-                let parsed = this.parser.next_event(&mut rest);
+                let decoded = this.decoding.next(this.ctx, &mut rest, this.pending);
                 let used = this.input.len() - rest.len();
                 this.input.advance(used);
-                let event = match parsed {
-                    Ok(Some(event)) => {
+                match decoded {
+                    Ok(None) => {}
+                    Ok(Some(step)) => {
                         // A sign of life (a ping or a thinking delta counts too).
                         rearm(this.silence_at, this.timeouts.between_chunks);
-                        event
+                        end_at(step, this.phase);
                     }
-                    Ok(None) => continue,
-                    Err(too_large) => {
-                        let error = this
-                            .ctx
-                            .error(FailureKind::ServerError, too_large.to_string());
-                        return Poll::Ready(Some(Err(finish(this.phase, error))));
-                    }
-                };
-                if let Err(error) = decode(this.decoder, this.ctx, &event, this.pending, this.phase)
-                {
-                    return Poll::Ready(Some(Err(finish(this.phase, error))));
+                    Err(error) => return Poll::Ready(Some(Err(finish(this.phase, error)))),
                 }
                 continue;
             }
             if *this.phase == Phase::BodyEnded {
-                if this.decoder.end_of_body() {
+                if this.decoding.end_of_body() {
                     *this.phase = Phase::Finished;
                     continue;
                 }
@@ -582,20 +484,13 @@ where
                 }
                 Poll::Ready(None) => {
                     *this.phase = Phase::BodyEnded;
-                    let last = match this.parser.finish() {
-                        Ok(last) => last,
-                        Err(too_large) => {
-                            let error = this
-                                .ctx
-                                .error(FailureKind::ServerError, too_large.to_string());
-                            return Poll::Ready(Some(Err(finish(this.phase, error))));
+                    match this.decoding.finish(this.ctx, this.pending) {
+                        Ok(step) => {
+                            if let Some(step) = step {
+                                end_at(step, this.phase);
+                            }
                         }
-                    };
-                    if let Some(event) = last
-                        && let Err(error) =
-                            decode(this.decoder, this.ctx, &event, this.pending, this.phase)
-                    {
-                        return Poll::Ready(Some(Err(finish(this.phase, error))));
+                        Err(error) => return Poll::Ready(Some(Err(finish(this.phase, error)))),
                     }
                 }
                 Poll::Pending => {
@@ -623,24 +518,16 @@ where
     }
 }
 
-/// Decodes one event into `pending`; the terminal event finishes the stream.
-fn decode(
-    decoder: &mut StreamDecoder,
-    ctx: &Ctx,
-    event: &SseEvent,
-    pending: &mut VecDeque<ChatChunk>,
-    phase: &mut Phase,
-) -> Result<(), UpstreamError> {
-    if let Step::Done = decoder.event(ctx, event, pending)? {
-        // A terminal event read after the body's end (no blank line after it) has nothing
-        // left to drain: the body is not polled again.
+/// After the terminal event, the stream drains what is left of its body, unless the body has
+/// already ended (no blank line after the event): it is not polled again.
+fn end_at(step: Step, phase: &mut Phase) {
+    if step == Step::Done {
         *phase = if *phase == Phase::BodyEnded {
             Phase::Finished
         } else {
             Phase::Draining
         };
     }
-    Ok(())
 }
 
 /// Restarts the between-chunks clock from now (or drops it when there is no limit).
@@ -700,7 +587,7 @@ fn finish(phase: &mut Phase, error: UpstreamError) -> UpstreamError {
     error
 }
 
-pub(crate) fn timeout(ctx: &Ctx, which: &str, limit: Option<Duration>) -> UpstreamError {
+pub(crate) fn timeout(ctx: &CallContext, which: &str, limit: Option<Duration>) -> UpstreamError {
     ctx.error(
         FailureKind::Timeout,
         format!(
@@ -815,17 +702,15 @@ pub(crate) fn finish_reason_openai(reason: &str) -> FinishReason {
 /// ```
 #[derive(Debug)]
 pub struct ChunkDecoder {
-    parser: SseParser,
-    decoder: StreamDecoder,
-    ctx: Ctx,
+    decoding: Decoding,
+    ctx: CallContext,
     done: bool,
 }
 
 impl ChunkDecoder {
-    fn new(ctx: Ctx) -> Self {
+    fn new(ctx: CallContext) -> Self {
         ChunkDecoder {
-            parser: SseParser::new(),
-            decoder: StreamDecoder::new(ctx.dialect),
+            decoding: Decoding::new(&ctx, crate::sse::DEFAULT_MAX_EVENT_BYTES),
             ctx,
             done: false,
         }
@@ -833,17 +718,23 @@ impl ChunkDecoder {
 
     /// A decoder of OpenAI (and compatible, and Azure) chat completion chunks.
     pub fn openai() -> Self {
-        ChunkDecoder::new(openai::standalone_ctx())
+        ChunkDecoder::new(openai::standalone_context())
     }
 
     /// A decoder of Anthropic Messages stream events.
     pub fn anthropic() -> Self {
-        ChunkDecoder::new(anthropic::standalone_ctx())
+        ChunkDecoder::new(anthropic::standalone_context())
     }
 
     /// A decoder of Gemini `streamGenerateContent?alt=sse` events.
     pub fn gemini() -> Self {
-        ChunkDecoder::new(gemini::standalone_ctx())
+        ChunkDecoder::new(gemini::standalone_context())
+    }
+
+    /// A decoder of protocol `P`'s streams (its framing and its events), named `name` in
+    /// its errors.
+    pub fn of<P: crate::Protocol>(name: &'static str) -> Self {
+        ChunkDecoder::new(CallContext::standalone::<P>(name, name))
     }
 
     /// Decodes the next bytes, appending chunks to `out`; `true` once the terminal event
@@ -855,41 +746,25 @@ impl ChunkDecoder {
     ) -> Result<bool, UpstreamError> {
         let mut bytes = bytes;
         while !self.done {
-            let event = self
-                .parser
-                .next_event(&mut bytes)
-                .map_err(|e| self.ctx.error(FailureKind::ServerError, e.to_string()))?;
-            match event {
-                Some(event) => self.decode(&event, out)?,
+            match self.decoding.next(&self.ctx, &mut bytes, out)? {
+                Some(step) => self.done = step == Step::Done,
                 None => break,
             }
         }
         Ok(self.done)
     }
 
-    fn decode(
-        &mut self,
-        event: &SseEvent,
-        out: &mut VecDeque<ChatChunk>,
-    ) -> Result<(), UpstreamError> {
-        if let Step::Done = self.decoder.event(&self.ctx, event, out)? {
-            self.done = true;
-        }
-        Ok(())
+    /// Bytes held for an event not yet complete.
+    pub fn buffered(&self) -> usize {
+        self.decoding.buffered()
     }
 
     /// Ends the stream: an error unless it was complete.
     pub fn finish(&mut self, out: &mut VecDeque<ChatChunk>) -> Result<(), UpstreamError> {
-        if !self.done {
-            let last = self
-                .parser
-                .finish()
-                .map_err(|e| self.ctx.error(FailureKind::ServerError, e.to_string()))?;
-            if let Some(event) = last {
-                self.decode(&event, out)?;
-            }
+        if !self.done && self.decoding.finish(&self.ctx, out)? == Some(Step::Done) {
+            self.done = true;
         }
-        if self.done || self.decoder.end_of_body() {
+        if self.done || self.decoding.end_of_body() {
             Ok(())
         } else {
             Err(self.ctx.error(

@@ -1,398 +1,19 @@
-//! Anthropic's Messages API.
-//!
-//! [`Anthropic`] maps a [`ChatRequest`] to `POST /v1/messages`: system messages move to the
-//! top-level `system` field, tool calls become `tool_use` content blocks and tool results
-//! `tool_result` blocks in a user turn, and `max_tokens`, which Anthropic requires, falls back
-//! to the builder's [`default_max_tokens`](AnthropicBuilder::default_max_tokens) (4096).
-//! `seed` and `response_format` have no Anthropic equivalent and are not sent; `user` goes in
-//! `metadata.user_id`. The key comes from [`AnthropicBuilder::api_key`] or
-//! `ANTHROPIC_API_KEY`, sent as `x-api-key` with `anthropic-version: 2023-06-01`.
-//!
-//! Streams end at `message_stop`; an `event: error` (such as `overloaded_error` in the middle
-//! of a 200 stream) becomes a classified error item.
-//!
-//! # Example
-//!
-//! ```
-//! use tower::{ServiceBuilder, ServiceExt, service_fn};
-//! use tower_llm_providers::{Anthropic, ChatRequest, Message, RequestBody};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! let http = service_fn(|request: http::Request<RequestBody>| async move {
-//!     assert_eq!(request.uri(), "https://api.anthropic.com/v1/messages");
-//!     assert_eq!(request.headers()["anthropic-version"], "2023-06-01");
-//!     let body = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5",
-//!         "content":[{"type":"text","text":"Hello!"}],"stop_reason":"end_turn",
-//!         "usage":{"input_tokens":10,"output_tokens":3}}"#;
-//!     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
-//!         bytes::Bytes::from(body),
-//!     )))
-//! });
-//! let claude = Anthropic::builder().api_key("sk-ant-test").build_with(http).unwrap();
-//! let service = ServiceBuilder::new().service(claude);
-//! let request = ChatRequest::new(
-//!     "claude-sonnet-4-5",
-//!     vec![Message::system("Be brief."), Message::user("Hi")],
-//! );
-//! let answer = service.oneshot(request).await.unwrap();
-//! assert_eq!(answer.content, "Hello!");
-//! assert_eq!(answer.usage.unwrap().input_tokens, 10);
-//! # }
-//! ```
+//! The anthropic wire format: requests, answers and stream events.
 
-use std::borrow::Cow;
-use std::collections::VecDeque;
-use std::fmt;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
+use crate::chat::{
+    BlockDelta, ChatChunk, ChatRequest, ChatResponse, ContentBlock, FinishReason, Role, ToolCall,
+    ToolCallDelta, ToolChoice, tool_calls_and_blocks,
+};
+use crate::error::{CallContext, Dialect};
+use crate::framing::Event;
+use crate::meta::ResponseMeta;
+use crate::protocol::Step;
+use crate::stream::usage;
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderName};
-use http::{HeaderMap, HeaderValue, Uri};
-use http_body::Body;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tower_llm_core::{BoxError, UpstreamError};
-use tower_service::Service;
-
-use crate::body::DEFAULT_MAX_BODY_BYTES;
-use crate::builder;
-use crate::chat::{
-    BlockDelta, ChatChunk, ChatRequest, ChatResponse, ContentBlock, FinishReason, Role, Streaming,
-    ToolCall, ToolCallDelta, ToolChoice, tool_calls_and_blocks,
-};
-use crate::client::{HttpClient, RequestBody, post_json, shared_client};
-use crate::error::{ConfigError, Ctx, Dialect};
-use crate::future::{ResponseFuture, StreamFuture};
-use crate::key::ApiKey;
-use crate::meta::ResponseMeta;
-use crate::observe::{CallObs, Observe, Operation, RequestFacts};
-use crate::sse::{DEFAULT_MAX_EVENT_BYTES, SseEvent};
-use crate::stream::{Step, StreamTimeouts, usage};
-
-const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com/v1";
-const ANTHROPIC_VERSION: &str = "2023-06-01";
-
-/// Builds an [`Anthropic`] service.
-#[derive(Clone, Debug)]
-pub struct AnthropicBuilder {
-    base_url: String,
-    api_key: Option<ApiKey>,
-    version: String,
-    default_max_tokens: u32,
-    name: Cow<'static, str>,
-    timeouts: StreamTimeouts,
-    max_body_bytes: usize,
-    max_event_bytes: usize,
-    record_sizes: bool,
-    strict_fields: bool,
-}
-
-impl AnthropicBuilder {
-    /// The API key (default: `ANTHROPIC_API_KEY`).
-    pub fn api_key(mut self, key: impl Into<ApiKey>) -> Self {
-        self.api_key = Some(key.into());
-        self
-    }
-
-    /// The base URL (default `https://api.anthropic.com/v1`).
-    pub fn base_url(mut self, base_url: impl Into<String>) -> Self {
-        self.base_url = base_url.into();
-        self
-    }
-
-    /// The `anthropic-version` header (default `2023-06-01`).
-    pub fn version(mut self, version: impl Into<String>) -> Self {
-        self.version = version.into();
-        self
-    }
-
-    /// The `max_tokens` sent when a request names none (default 4096).
-    pub fn default_max_tokens(mut self, max_tokens: u32) -> Self {
-        self.default_max_tokens = max_tokens;
-        self
-    }
-
-    /// The provider name in errors (default `anthropic`).
-    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// Timeouts of streamed answers; [`StreamTimeouts::default`] (10 min to the first chunk, 5 min
-    /// of silence) unless set. [`StreamTimeouts::none`] turns them off.
-    pub fn stream_timeouts(mut self, timeouts: StreamTimeouts) -> Self {
-        self.timeouts = timeouts;
-        self
-    }
-
-    /// The largest non-streaming body read (default 16 MiB).
-    pub fn max_body_bytes(mut self, limit: usize) -> Self {
-        self.max_body_bytes = limit;
-        self
-    }
-
-    /// Records the prompt's and the answer's sizes, in characters (never their text), as
-    /// the span fields `prompt_chars` and `answer_chars` (default off).
-    pub fn record_sizes(mut self, record: bool) -> Self {
-        self.record_sizes = record;
-        self
-    }
-
-    /// Refuses a request whose `extra` fields are written for another dialect
-    /// ([`ChatRequest::extra_dialect`](crate::ChatRequest::extra_dialect)) with a `BadRequest`
-    /// that names them, instead of leaving them out (the default, counted in
-    /// `tower_llm_providers_fields_dropped_total`).
-    pub fn strict_fields(mut self, strict: bool) -> Self {
-        self.strict_fields = strict;
-        self
-    }
-
-    /// The largest single stream event (default 4 MiB).
-    pub fn max_event_bytes(mut self, limit: usize) -> Self {
-        self.max_event_bytes = limit;
-        self
-    }
-
-    /// Builds the service over the process-wide [`shared_client`].
-    pub fn build(self) -> Result<Anthropic<HttpClient>, ConfigError> {
-        let client = shared_client()?;
-        self.build_with(client)
-    }
-
-    /// Builds the service over your own HTTP client.
-    pub fn build_with<S>(self, client: S) -> Result<Anthropic<S>, ConfigError> {
-        if self.default_max_tokens == 0 {
-            return Err(ConfigError::new("default_max_tokens", "must be above zero"));
-        }
-        builder::check_limits(self.max_body_bytes, self.max_event_bytes)?;
-        let messages_uri =
-            builder::endpoint(format!("{}/messages", self.base_url.trim_end_matches('/')))?;
-        let key = builder::key_or_env(self.api_key, &["ANTHROPIC_API_KEY"])?;
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(
-            HeaderName::from_static("x-api-key"),
-            builder::key_header(&key, "")?,
-        );
-        headers.insert(
-            HeaderName::from_static("anthropic-version"),
-            HeaderValue::try_from(self.version.as_str())
-                .map_err(|_| ConfigError::new("version", "not a valid header value"))?,
-        );
-        let observe = Observe::new(
-            self.name.clone(),
-            "anthropic",
-            &messages_uri,
-            self.record_sizes,
-        );
-        Ok(Anthropic {
-            inner: client,
-            config: Arc::new(Config {
-                messages_uri,
-                headers,
-                default_max_tokens: self.default_max_tokens,
-                ctx: Ctx {
-                    dialect: Dialect::Anthropic,
-                    observe,
-                    provider: self.name,
-                    max_body: self.max_body_bytes,
-                    key: Some(key),
-                    strict_fields: self.strict_fields,
-                },
-                timeouts: self.timeouts,
-                max_event_bytes: self.max_event_bytes,
-            }),
-        })
-    }
-}
-
-struct Config {
-    messages_uri: Uri,
-    headers: HeaderMap,
-    default_max_tokens: u32,
-    ctx: Ctx,
-    timeouts: StreamTimeouts,
-    max_event_bytes: usize,
-}
-
-/// The Anthropic Messages service. See the [module docs](crate::anthropic).
-pub struct Anthropic<S = HttpClient> {
-    inner: S,
-    config: Arc<Config>,
-}
-
-impl<S: Clone> Clone for Anthropic<S> {
-    fn clone(&self) -> Self {
-        Anthropic {
-            inner: self.inner.clone(),
-            config: Arc::clone(&self.config),
-        }
-    }
-}
-
-impl<S> fmt::Debug for Anthropic<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Anthropic")
-            .field("provider", &self.config.ctx.provider)
-            .field("messages_uri", &self.config.messages_uri)
-            .field("api_key", &"****")
-            .finish_non_exhaustive()
-    }
-}
-
-impl Anthropic<HttpClient> {
-    /// A builder with Anthropic's defaults.
-    pub fn builder() -> AnthropicBuilder {
-        AnthropicBuilder {
-            base_url: ANTHROPIC_BASE_URL.to_owned(),
-            api_key: None,
-            version: ANTHROPIC_VERSION.to_owned(),
-            default_max_tokens: 4096,
-            name: Cow::Borrowed("anthropic"),
-            timeouts: StreamTimeouts::default(),
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
-            record_sizes: false,
-            strict_fields: false,
-        }
-    }
-
-    /// Anthropic with the key from `ANTHROPIC_API_KEY`, over the shared default client.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Anthropic::builder().build()
-    }
-}
-
-impl<S> Anthropic<S> {
-    /// The inner client.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner client, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner client.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-
-    /// The JSON body this service sends for `request`.
-    pub fn encode_chat(&self, request: &ChatRequest, stream: bool) -> Vec<u8> {
-        encode_chat(request, stream, self.config.default_max_tokens)
-    }
-}
-
-impl<S, B> Service<ChatRequest> for Anthropic<S>
-where
-    S: Service<http::Request<RequestBody>, Response = http::Response<B>>,
-    S::Error: Into<BoxError>,
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    type Response = ChatResponse;
-    type Error = UpstreamError;
-    type Future = ResponseFuture<S::Future, B, ChatResponse>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner
-            .poll_ready(cx)
-            .map_err(|e| self.config.ctx.transport("client not ready", e.into()))
-    }
-
-    fn call(&mut self, request: ChatRequest) -> Self::Future {
-        let max_tokens = request.max_tokens.unwrap_or(self.config.default_max_tokens);
-        let call = self.config.ctx.observe.start(
-            Operation::Chat,
-            RequestFacts::chat(&request, Some(max_tokens)),
-        );
-        if let Err(error) = self.config.ctx.check_extra(&request) {
-            let ctx = self.config.ctx.clone();
-            return ResponseFuture::failed(error, ctx, decode_chat, call, CallObs::chat);
-        }
-        let body = self.encode_chat(&request, false);
-        let http = post_json(&self.config.messages_uri, &self.config.headers, body, false);
-        let future = call.in_span(|| self.inner.call(http));
-        ResponseFuture::new(
-            future,
-            self.config.ctx.clone(),
-            decode_chat,
-            call,
-            CallObs::chat,
-        )
-    }
-}
-
-impl<S, B> Service<Streaming<ChatRequest>> for Anthropic<S>
-where
-    S: Service<http::Request<RequestBody>, Response = http::Response<B>>,
-    S::Error: Into<BoxError>,
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    type Response = crate::ChatStream<B>;
-    type Error = UpstreamError;
-    type Future = StreamFuture<S::Future, B>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        <Self as Service<ChatRequest>>::poll_ready(self, cx)
-    }
-
-    fn call(&mut self, request: Streaming<ChatRequest>) -> Self::Future {
-        let max_tokens = request
-            .0
-            .max_tokens
-            .unwrap_or(self.config.default_max_tokens);
-        let call = self.config.ctx.observe.start(
-            Operation::Stream,
-            RequestFacts::chat(&request.0, Some(max_tokens)),
-        );
-        let future = match self.config.ctx.check_extra(&request.0) {
-            Ok(()) => {
-                let body = self.encode_chat(&request.0, true);
-                let http = post_json(&self.config.messages_uri, &self.config.headers, body, true);
-                Ok(call.in_span(|| self.inner.call(http)))
-            }
-            Err(error) => Err(error),
-        };
-        StreamFuture::new(
-            future,
-            self.config.ctx.clone(),
-            self.config.timeouts,
-            self.config.max_event_bytes,
-            call,
-        )
-    }
-}
-
-/// Encodes `request` as [`Anthropic`] sends it (with `max_tokens` 4096 when unset).
-pub fn encode_request(request: &ChatRequest, stream: bool) -> Vec<u8> {
-    encode_chat(request, stream, 4096)
-}
-
-/// Decodes a Messages body, as [`Anthropic`] does.
-pub fn decode_response(body: &[u8]) -> Result<ChatResponse, UpstreamError> {
-    decode_chat(
-        &standalone_ctx(),
-        Bytes::copy_from_slice(body),
-        ResponseMeta::default(),
-    )
-}
-
-pub(crate) fn standalone_ctx() -> Ctx {
-    Ctx {
-        dialect: Dialect::Anthropic,
-        provider: Cow::Borrowed("anthropic"),
-        max_body: DEFAULT_MAX_BODY_BYTES,
-        key: None,
-        observe: crate::observe::Observe::standalone("anthropic"),
-        strict_fields: false,
-    }
-}
+use std::collections::VecDeque;
+use tower_llm_core::UpstreamError;
 
 // ---- wire format: requests -------------------------------------------------------------
 
@@ -506,7 +127,7 @@ struct WireTool<'a> {
     input_schema: &'a Value,
 }
 
-fn encode_chat(request: &ChatRequest, stream: bool, default_max_tokens: u32) -> Vec<u8> {
+pub(crate) fn encode_chat(request: &ChatRequest, stream: bool, default_max_tokens: u32) -> Vec<u8> {
     let system: Vec<&str> = request
         .messages
         .iter()
@@ -690,7 +311,7 @@ fn arguments_text(input: &Value) -> String {
 }
 
 pub(crate) fn decode_chat(
-    ctx: &Ctx,
+    ctx: &CallContext,
     body: Bytes,
     meta: ResponseMeta,
 ) -> Result<ChatResponse, UpstreamError> {
@@ -858,10 +479,10 @@ pub(crate) struct StreamDecoder {
 }
 
 impl StreamDecoder {
-    pub(crate) fn event(
+    fn decode_event(
         &mut self,
-        ctx: &Ctx,
-        event: &SseEvent,
+        ctx: &CallContext,
+        event: &Event,
         out: &mut VecDeque<ChatChunk>,
     ) -> Result<Step, UpstreamError> {
         let parsed: WireEvent = serde_json::from_str(&event.data).map_err(|e| {
@@ -989,7 +610,7 @@ impl StreamDecoder {
     /// Refuses a stream with more content blocks than any answer has: the block lists (here
     /// and in a [`ChatAccumulator`](crate::ChatAccumulator)) grow with what the server sends,
     /// and must stay bounded.
-    fn check_blocks(&self, ctx: &Ctx, event: &SseEvent) -> Result<(), UpstreamError> {
+    fn check_blocks(&self, ctx: &CallContext, event: &Event) -> Result<(), UpstreamError> {
         if self.blocks >= MAX_BLOCKS {
             return Err(ctx.malformed(
                 "stream",
@@ -1003,3 +624,18 @@ impl StreamDecoder {
 
 /// The most content blocks a streamed answer may have.
 const MAX_BLOCKS: usize = 4096;
+
+impl crate::protocol::StreamDecoder for StreamDecoder {
+    fn event(
+        &mut self,
+        cx: &CallContext,
+        event: &Event,
+        out: &mut VecDeque<ChatChunk>,
+    ) -> Result<Step, UpstreamError> {
+        self.decode_event(cx, event, out)
+    }
+
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+}

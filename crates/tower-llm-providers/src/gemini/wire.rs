@@ -1,391 +1,19 @@
-//! Google's Gemini API (`generateContent`, and `streamGenerateContent` with `alt=sse`).
-//!
-//! [`Gemini`] maps a [`ChatRequest`] to Gemini's `contents`: system messages become
-//! `systemInstruction`, the assistant role is `model`, tool calls are `functionCall` parts and
-//! tool results `functionResponse` parts (matched by function name: the tool message's
-//! [`name`](crate::Message::name), else the name of the call its `tool_call_id` answers);
-//! sampling settings, `seed` and the response format go in `generationConfig`. `user` and
-//! `metadata` have no Gemini field and are not sent. The key comes from
-//! [`GeminiBuilder::api_key`], `GEMINI_API_KEY` or `GOOGLE_API_KEY`, sent as
-//! `x-goog-api-key`.
-//!
-//! A Gemini stream has no terminal event: it is complete when a candidate carried a
-//! `finishReason` before the body ended. Gemini reports cumulative usage on every chunk; the
-//! stream yields it once, with the finish. A rate-limit error's `RetryInfo.retryDelay` is the
-//! retry hint, and a per-day `QuotaFailure` is classified as an exhausted quota.
-//!
-//! # Example
-//!
-//! ```
-//! use tower::{ServiceBuilder, ServiceExt, service_fn};
-//! use tower_llm_providers::{ChatRequest, Gemini, Message, RequestBody};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! let http = service_fn(|request: http::Request<RequestBody>| async move {
-//!     assert_eq!(
-//!         request.uri(),
-//!         "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent"
-//!     );
-//!     let body = r#"{"candidates":[{"content":{"parts":[{"text":"Hi there"}],"role":"model"},
-//!         "finishReason":"STOP","index":0}],
-//!         "usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":2,"totalTokenCount":6},
-//!         "modelVersion":"gemini-2.5-flash"}"#;
-//!     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
-//!         bytes::Bytes::from(body),
-//!     )))
-//! });
-//! let gemini = Gemini::builder().api_key("AIza-test").build_with(http).unwrap();
-//! let service = ServiceBuilder::new().service(gemini);
-//! let request = ChatRequest::new("gemini-2.5-flash", vec![Message::user("Hi")]);
-//! let answer = service.oneshot(request).await.unwrap();
-//! assert_eq!(answer.content, "Hi there");
-//! assert_eq!(answer.usage.unwrap().total(), 6);
-//! # }
-//! ```
+//! The gemini wire format: requests, answers and stream events.
 
-use std::borrow::Cow;
-use std::collections::VecDeque;
-use std::fmt;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderName};
-use http::{HeaderMap, HeaderValue, Uri};
-use http_body::Body;
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-use tower_llm_core::{BoxError, FailureKind, UpstreamError};
-use tower_service::Service;
-
-use crate::body::DEFAULT_MAX_BODY_BYTES;
-use crate::builder;
 use crate::chat::{
-    ChatChunk, ChatRequest, ChatResponse, FinishReason, ResponseFormat, Role, Streaming, ToolCall,
+    ChatChunk, ChatRequest, ChatResponse, FinishReason, ResponseFormat, Role, ToolCall,
     ToolCallDelta, ToolChoice,
 };
-use crate::client::{HttpClient, RequestBody, post_json, shared_client};
-use crate::error::{ConfigError, Ctx, Dialect};
-use crate::future::{ResponseFuture, StreamFuture};
-use crate::key::ApiKey;
+use crate::error::{CallContext, Dialect};
+use crate::framing::Event;
 use crate::meta::ResponseMeta;
-use crate::observe::{CallObs, Observe, Operation, RequestFacts};
-use crate::sse::{DEFAULT_MAX_EVENT_BYTES, SseEvent};
-use crate::stream::{Step, StreamTimeouts, usage};
-
-const GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
-
-/// Builds a [`Gemini`] service.
-#[derive(Clone, Debug)]
-pub struct GeminiBuilder {
-    base_url: String,
-    api_key: Option<ApiKey>,
-    name: Cow<'static, str>,
-    timeouts: StreamTimeouts,
-    max_body_bytes: usize,
-    max_event_bytes: usize,
-    record_sizes: bool,
-    strict_fields: bool,
-}
-
-impl GeminiBuilder {
-    /// The API key (default: `GEMINI_API_KEY`, then `GOOGLE_API_KEY`).
-    pub fn api_key(mut self, key: impl Into<ApiKey>) -> Self {
-        self.api_key = Some(key.into());
-        self
-    }
-
-    /// The base URL (default `https://generativelanguage.googleapis.com/v1beta`).
-    pub fn base_url(mut self, base_url: impl Into<String>) -> Self {
-        self.base_url = base_url.into();
-        self
-    }
-
-    /// The provider name in errors (default `gemini`).
-    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// Timeouts of streamed answers; [`StreamTimeouts::default`] (10 min to the first chunk, 5 min
-    /// of silence) unless set. [`StreamTimeouts::none`] turns them off.
-    pub fn stream_timeouts(mut self, timeouts: StreamTimeouts) -> Self {
-        self.timeouts = timeouts;
-        self
-    }
-
-    /// The largest non-streaming body read (default 16 MiB).
-    pub fn max_body_bytes(mut self, limit: usize) -> Self {
-        self.max_body_bytes = limit;
-        self
-    }
-
-    /// Records the prompt's and the answer's sizes, in characters (never their text), as
-    /// the span fields `prompt_chars` and `answer_chars` (default off).
-    pub fn record_sizes(mut self, record: bool) -> Self {
-        self.record_sizes = record;
-        self
-    }
-
-    /// Refuses a request whose `extra` fields are written for another dialect
-    /// ([`ChatRequest::extra_dialect`](crate::ChatRequest::extra_dialect)) with a `BadRequest`
-    /// that names them, instead of leaving them out (the default, counted in
-    /// `tower_llm_providers_fields_dropped_total`).
-    pub fn strict_fields(mut self, strict: bool) -> Self {
-        self.strict_fields = strict;
-        self
-    }
-
-    /// The largest single stream event (default 4 MiB).
-    pub fn max_event_bytes(mut self, limit: usize) -> Self {
-        self.max_event_bytes = limit;
-        self
-    }
-
-    /// Builds the service over the process-wide [`shared_client`].
-    pub fn build(self) -> Result<Gemini<HttpClient>, ConfigError> {
-        let client = shared_client()?;
-        self.build_with(client)
-    }
-
-    /// Builds the service over your own HTTP client.
-    pub fn build_with<S>(self, client: S) -> Result<Gemini<S>, ConfigError> {
-        builder::check_limits(self.max_body_bytes, self.max_event_bytes)?;
-        let base = self.base_url.trim_end_matches('/').to_owned();
-        // Model names go into the path at call time; check the base with a stand-in one.
-        let probe = builder::endpoint(format!("{base}/models/m:generateContent"))?;
-        let key = builder::key_or_env(self.api_key, &["GEMINI_API_KEY", "GOOGLE_API_KEY"])?;
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(
-            HeaderName::from_static("x-goog-api-key"),
-            builder::key_header(&key, "")?,
-        );
-        Ok(Gemini {
-            inner: client,
-            config: Arc::new(Config {
-                base,
-                headers,
-                ctx: Ctx {
-                    dialect: Dialect::Gemini,
-                    observe: Observe::new(
-                        self.name.clone(),
-                        "gcp.gemini",
-                        &probe,
-                        self.record_sizes,
-                    ),
-                    provider: self.name,
-                    max_body: self.max_body_bytes,
-                    key: Some(key),
-                    strict_fields: self.strict_fields,
-                },
-                timeouts: self.timeouts,
-                max_event_bytes: self.max_event_bytes,
-            }),
-        })
-    }
-}
-
-struct Config {
-    base: String,
-    headers: HeaderMap,
-    ctx: Ctx,
-    timeouts: StreamTimeouts,
-    max_event_bytes: usize,
-}
-
-/// The Gemini service. See the [module docs](crate::gemini).
-pub struct Gemini<S = HttpClient> {
-    inner: S,
-    config: Arc<Config>,
-}
-
-impl<S: Clone> Clone for Gemini<S> {
-    fn clone(&self) -> Self {
-        Gemini {
-            inner: self.inner.clone(),
-            config: Arc::clone(&self.config),
-        }
-    }
-}
-
-impl<S> fmt::Debug for Gemini<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Gemini")
-            .field("provider", &self.config.ctx.provider)
-            .field("base_url", &self.config.base)
-            .field("api_key", &"****")
-            .finish_non_exhaustive()
-    }
-}
-
-impl Gemini<HttpClient> {
-    /// A builder with Gemini's defaults.
-    pub fn builder() -> GeminiBuilder {
-        GeminiBuilder {
-            base_url: GEMINI_BASE_URL.to_owned(),
-            api_key: None,
-            name: Cow::Borrowed("gemini"),
-            timeouts: StreamTimeouts::default(),
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
-            record_sizes: false,
-            strict_fields: false,
-        }
-    }
-
-    /// Gemini with the key from `GEMINI_API_KEY` or `GOOGLE_API_KEY`, over the shared
-    /// default client.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Gemini::builder().build()
-    }
-}
-
-impl<S> Gemini<S> {
-    /// The inner client.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner client, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner client.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-
-    /// The JSON body this service sends for `request`.
-    pub fn encode_chat(&self, request: &ChatRequest) -> Vec<u8> {
-        encode_chat(request)
-    }
-
-    fn uri(&self, model: &str, stream: bool) -> Result<Uri, UpstreamError> {
-        let model = model.strip_prefix("models/").unwrap_or(model);
-        let bad = || {
-            self.config.ctx.error(
-                FailureKind::BadRequest,
-                format!("model name {model:?} cannot be put in a URL"),
-            )
-        };
-        if model.is_empty() || model.contains(['/', '?', '#', ' ']) {
-            return Err(bad());
-        }
-        let uri = if stream {
-            format!(
-                "{}/models/{model}:streamGenerateContent?alt=sse",
-                self.config.base
-            )
-        } else {
-            format!("{}/models/{model}:generateContent", self.config.base)
-        };
-        uri.parse().map_err(|_| bad())
-    }
-}
-
-impl<S, B> Service<ChatRequest> for Gemini<S>
-where
-    S: Service<http::Request<RequestBody>, Response = http::Response<B>>,
-    S::Error: Into<BoxError>,
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    type Response = ChatResponse;
-    type Error = UpstreamError;
-    type Future = ResponseFuture<S::Future, B, ChatResponse>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner
-            .poll_ready(cx)
-            .map_err(|e| self.config.ctx.transport("client not ready", e.into()))
-    }
-
-    fn call(&mut self, request: ChatRequest) -> Self::Future {
-        let call = self.config.ctx.observe.start(
-            Operation::Chat,
-            RequestFacts::chat(&request, request.max_tokens),
-        );
-        let ctx = self.config.ctx.clone();
-        match ctx
-            .check_extra(&request)
-            .and_then(|()| self.uri(&request.model, false))
-        {
-            Ok(uri) => {
-                let http = post_json(&uri, &self.config.headers, encode_chat(&request), false);
-                let future = call.in_span(|| self.inner.call(http));
-                ResponseFuture::new(future, ctx, decode_chat, call, CallObs::chat)
-            }
-            Err(error) => ResponseFuture::failed(error, ctx, decode_chat, call, CallObs::chat),
-        }
-    }
-}
-
-impl<S, B> Service<Streaming<ChatRequest>> for Gemini<S>
-where
-    S: Service<http::Request<RequestBody>, Response = http::Response<B>>,
-    S::Error: Into<BoxError>,
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    type Response = crate::ChatStream<B>;
-    type Error = UpstreamError;
-    type Future = StreamFuture<S::Future, B>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        <Self as Service<ChatRequest>>::poll_ready(self, cx)
-    }
-
-    fn call(&mut self, request: Streaming<ChatRequest>) -> Self::Future {
-        let call = self.config.ctx.observe.start(
-            Operation::Stream,
-            RequestFacts::chat(&request.0, request.0.max_tokens),
-        );
-        let future = self
-            .config
-            .ctx
-            .check_extra(&request.0)
-            .and_then(|()| self.uri(&request.0.model, true))
-            .map(|uri| {
-                let http = post_json(&uri, &self.config.headers, encode_chat(&request.0), true);
-                call.in_span(|| self.inner.call(http))
-            });
-        StreamFuture::new(
-            future,
-            self.config.ctx.clone(),
-            self.config.timeouts,
-            self.config.max_event_bytes,
-            call,
-        )
-    }
-}
-
-/// Encodes `request` as [`Gemini`] sends it.
-pub fn encode_request(request: &ChatRequest) -> Vec<u8> {
-    encode_chat(request)
-}
-
-/// Decodes a `generateContent` body, as [`Gemini`] does.
-pub fn decode_response(body: &[u8]) -> Result<ChatResponse, UpstreamError> {
-    decode_chat(
-        &standalone_ctx(),
-        Bytes::copy_from_slice(body),
-        ResponseMeta::default(),
-    )
-}
-
-pub(crate) fn standalone_ctx() -> Ctx {
-    Ctx {
-        dialect: Dialect::Gemini,
-        provider: Cow::Borrowed("gemini"),
-        max_body: DEFAULT_MAX_BODY_BYTES,
-        key: None,
-        observe: crate::observe::Observe::standalone("gcp.gemini"),
-        strict_fields: false,
-    }
-}
+use crate::protocol::Step;
+use crate::stream::usage;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::VecDeque;
+use tower_llm_core::{FailureKind, UpstreamError};
 
 // ---- wire format: requests -------------------------------------------------------------
 
@@ -451,7 +79,7 @@ struct WireFunction<'a> {
     parameters: &'a Value,
 }
 
-fn encode_chat(request: &ChatRequest) -> Vec<u8> {
+pub(crate) fn encode_chat(request: &ChatRequest) -> Vec<u8> {
     let system: Vec<WirePart<'_>> = request
         .messages
         .iter()
@@ -689,7 +317,7 @@ fn call_of(call: WireFunctionCall) -> ToolCall {
     }
 }
 
-fn blocked(ctx: &Ctx, feedback: Option<&WirePromptFeedback>) -> Option<UpstreamError> {
+fn blocked(ctx: &CallContext, feedback: Option<&WirePromptFeedback>) -> Option<UpstreamError> {
     let reason = feedback?.block_reason.as_deref()?;
     Some(
         ctx.error(
@@ -700,14 +328,18 @@ fn blocked(ctx: &Ctx, feedback: Option<&WirePromptFeedback>) -> Option<UpstreamE
     )
 }
 
-fn error_in_body(ctx: &Ctx, extra: &Map<String, Value>, raw: &[u8]) -> Option<UpstreamError> {
+fn error_in_body(
+    ctx: &CallContext,
+    extra: &Map<String, Value>,
+    raw: &[u8],
+) -> Option<UpstreamError> {
     let error = extra.get("error").filter(|e| !e.is_null())?;
     let value = serde_json::json!({ "error": error });
     Some(ctx.for_error_value(&value, &String::from_utf8_lossy(raw)))
 }
 
 pub(crate) fn decode_chat(
-    ctx: &Ctx,
+    ctx: &CallContext,
     body: Bytes,
     meta: ResponseMeta,
 ) -> Result<ChatResponse, UpstreamError> {
@@ -763,14 +395,10 @@ pub(crate) struct StreamDecoder {
 }
 
 impl StreamDecoder {
-    pub(crate) fn finished(&self) -> bool {
-        self.finished
-    }
-
-    pub(crate) fn event(
+    fn decode_event(
         &mut self,
-        ctx: &Ctx,
-        event: &SseEvent,
+        ctx: &CallContext,
+        event: &Event,
         out: &mut VecDeque<ChatChunk>,
     ) -> Result<Step, UpstreamError> {
         let raw = event.data.as_bytes();
@@ -831,5 +459,24 @@ impl StreamDecoder {
             }
         }
         Ok(Step::Continue)
+    }
+}
+
+impl crate::protocol::StreamDecoder for StreamDecoder {
+    fn event(
+        &mut self,
+        cx: &CallContext,
+        event: &Event,
+        out: &mut VecDeque<ChatChunk>,
+    ) -> Result<Step, UpstreamError> {
+        self.decode_event(cx, event, out)
+    }
+
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    fn end_of_body(&mut self) -> bool {
+        self.finished
     }
 }
