@@ -85,9 +85,18 @@ mod tests {
         let openai = crate::openai::OpenAi::compatible("http://localhost/v1")
             .max_event_bytes(0)
             .build_with(());
-        assert_eq!(anthropic.err().map(|e| e.knob().to_owned()), Some("max_event_bytes".to_owned()));
-        assert_eq!(gemini.err().map(|e| e.knob().to_owned()), Some("max_event_bytes".to_owned()));
-        assert_eq!(openai.err().map(|e| e.knob().to_owned()), Some("max_event_bytes".to_owned()));
+        assert_eq!(
+            anthropic.err().map(|e| e.knob().to_owned()),
+            Some("max_event_bytes".to_owned())
+        );
+        assert_eq!(
+            gemini.err().map(|e| e.knob().to_owned()),
+            Some("max_event_bytes".to_owned())
+        );
+        assert_eq!(
+            openai.err().map(|e| e.knob().to_owned()),
+            Some("max_event_bytes".to_owned())
+        );
     }
 
     #[test]

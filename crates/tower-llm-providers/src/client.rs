@@ -227,7 +227,9 @@ pub fn shared_client() -> Result<HttpClient, ConfigError> {
 }
 
 /// A JSON POST to `uri` with the provider's fixed `headers`.
-pub(crate) fn post_json(
+/// A `POST` of a JSON `body` to `uri` with these headers (`accept: text/event-stream` added
+/// when `stream`): the request most protocols send.
+pub fn post_json(
     uri: &http::Uri,
     headers: &http::HeaderMap,
     body: Vec<u8>,
@@ -267,7 +269,10 @@ mod tests {
     #[cfg(not(any(feature = "webpki-roots", feature = "native-roots")))]
     #[test]
     fn without_root_features_a_client_needs_roots_of_its_own() {
-        let refused = HttpClientConfig::default().roots().err().map(|e| e.knob().to_owned());
+        let refused = HttpClientConfig::default()
+            .roots()
+            .err()
+            .map(|e| e.knob().to_owned());
         assert_eq!(refused, Some("root_certificate".to_owned()));
     }
 

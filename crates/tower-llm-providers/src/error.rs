@@ -203,7 +203,7 @@ impl CallContext {
         note: Option<&str>,
     ) -> UpstreamError {
         let kind = FailureKind::from_status(status).unwrap_or(FailureKind::Other);
-        let detail = read_error_body(Some(self.dialect.errors()), &body);
+        let detail = read_error_body(self.dialect.errors(), &body);
         let message = match (&detail, note) {
             (_, Some(note)) => note.to_owned(),
             (Some(d), None) => d.message.clone().unwrap_or_default(),
@@ -239,7 +239,7 @@ impl CallContext {
 
     /// An error object sent inside a 200 stream (or a 200 body).
     pub fn for_error_value(&self, value: &Value, raw: &str) -> UpstreamError {
-        let detail = read_error_value(Some(self.dialect.errors()), value).unwrap_or_default();
+        let detail = read_error_value(self.dialect.errors(), value).unwrap_or_default();
         let kind = detail.kind.unwrap_or(FailureKind::ServerError);
         let error = self.error(
             kind,
@@ -370,11 +370,13 @@ fn html_title(body: &[u8]) -> Option<String> {
 }
 
 impl Dialect {
-    fn errors(self) -> ErrorDialect {
+    /// Core's reader of this dialect's error bodies; `None` reads them generically.
+    fn errors(self) -> Option<ErrorDialect> {
         match self {
-            Dialect::OpenAi => ErrorDialect::OpenAi,
-            Dialect::Anthropic => ErrorDialect::Anthropic,
-            Dialect::Gemini => ErrorDialect::Gemini,
+            Dialect::OpenAi => Some(ErrorDialect::OpenAi),
+            Dialect::Anthropic => Some(ErrorDialect::Anthropic),
+            Dialect::Gemini => Some(ErrorDialect::Gemini),
+            Dialect::Bedrock | Dialect::Other(_) => None,
         }
     }
 }

@@ -23,23 +23,33 @@ pub enum Dialect {
     Anthropic,
     /// Google Gemini `generateContent`.
     Gemini,
+    /// AWS Bedrock `Converse` / `ConverseStream`.
+    Bedrock,
+    /// A protocol defined outside this crate, by its name.
+    Other(&'static str),
 }
 
 impl Dialect {
-    /// The dialect's name: `openai`, `anthropic` or `gemini`.
+    /// The dialect's name: `openai`, `anthropic`, `gemini`, `bedrock`, or the name of
+    /// another.
     pub const fn as_str(self) -> &'static str {
         match self {
             Dialect::OpenAi => "openai",
             Dialect::Anthropic => "anthropic",
             Dialect::Gemini => "gemini",
+            Dialect::Bedrock => "bedrock",
+            Dialect::Other(name) => name,
         }
     }
 
-    /// How this dialect's provider counts tokens against its tokens-per-minute limit.
+    /// How this dialect's provider counts tokens against its tokens-per-minute limit:
+    /// OpenAI and Bedrock take the request's `max_tokens` at admission (Bedrock gives back
+    /// what was not used when the call ends); Anthropic and Gemini count output tokens as
+    /// they are produced, as does a dialect this crate does not know.
     pub const fn token_counting(self) -> TokenCounting {
         match self {
-            Dialect::OpenAi => TokenCounting::ReservedAtAdmission,
-            Dialect::Anthropic | Dialect::Gemini => TokenCounting::AsProduced,
+            Dialect::OpenAi | Dialect::Bedrock => TokenCounting::ReservedAtAdmission,
+            Dialect::Anthropic | Dialect::Gemini | Dialect::Other(_) => TokenCounting::AsProduced,
         }
     }
 }

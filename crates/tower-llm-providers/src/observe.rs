@@ -780,7 +780,7 @@ struct Metrics {
     first: [OnceLock<Arc<ModelSeries>>; 2],
     /// [`METRIC_FIELDS_DROPPED`] by the dialect the fields were written for (the provider's
     /// own is the `to` label), registered on first use.
-    fields_dropped: [OnceLock<metrics::Counter>; 3],
+    fields_dropped: [OnceLock<metrics::Counter>; 5],
 }
 
 #[cfg(feature = "metrics")]
@@ -814,24 +814,23 @@ impl Metrics {
             models: Default::default(),
             other: Default::default(),
             first: Default::default(),
-            fields_dropped: [
-                OnceLock::from(metrics::Counter::noop()),
-                OnceLock::from(metrics::Counter::noop()),
-                OnceLock::from(metrics::Counter::noop()),
-            ],
+            fields_dropped: std::array::from_fn(|_| OnceLock::from(metrics::Counter::noop())),
         }
     }
 
     /// The counter of fields written for `from` that a provider of dialect `to` left out.
     fn fields_dropped(&self, from: Dialect, to: Dialect) -> &metrics::Counter {
-        let index = match from {
-            Dialect::OpenAi => 0,
-            Dialect::Anthropic => 1,
-            Dialect::Gemini => 2,
+        // Dialects defined outside this crate share one series, labelled `other`.
+        let (index, label) = match from {
+            Dialect::OpenAi => (0, from.as_str()),
+            Dialect::Anthropic => (1, from.as_str()),
+            Dialect::Gemini => (2, from.as_str()),
+            Dialect::Bedrock => (3, from.as_str()),
+            Dialect::Other(_) => (4, "other"),
         };
         self.fields_dropped[index].get_or_init(|| {
             metrics::counter!(METRIC_FIELDS_DROPPED,
-                "name" => self.name.clone(), "from" => from.as_str(), "to" => to.as_str())
+                "name" => self.name.clone(), "from" => label, "to" => to.as_str())
         })
     }
 

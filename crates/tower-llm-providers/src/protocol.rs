@@ -27,6 +27,7 @@ use tower_llm_core::UpstreamError;
 
 use crate::chat::{ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse};
 use crate::client::RequestBody;
+pub use crate::client::post_json;
 use crate::error::CallContext;
 use crate::framing::{Event, Framing, SseFraming};
 use crate::key::ApiKey;
@@ -158,8 +159,9 @@ pub trait StreamDecoder: Send + Sync + fmt::Debug {
     }
 }
 
-/// Whether the content type is `expected` (or absent).
-pub(crate) fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
+/// Whether the answer's content type is `expected` (ignoring case and parameters), or absent:
+/// the usual [`Protocol::is_stream`].
+pub fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
     match headers.get(http::header::CONTENT_TYPE) {
         None => true,
         Some(value) => value.to_str().is_ok_and(|v| {
