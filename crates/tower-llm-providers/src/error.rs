@@ -185,13 +185,18 @@ impl CallContext {
     }
 
     /// A body that is not what the provider documents.
-    pub fn malformed(&self, what: &str, body: &Bytes, error: impl fmt::Display) -> UpstreamError {
+    pub fn malformed(&self, what: &str, body: &[u8], error: impl fmt::Display) -> UpstreamError {
         let message = if looks_like_html(body) {
             format!("{what}: got an HTML page instead of JSON")
         } else {
             format!("{what}: {error}")
         };
-        self.with_body(self.error(FailureKind::ServerError, message), body.clone())
+        // Only a failure copies the body; its start is what the error keeps.
+        let kept = &body[..body.len().min(tower_llm_core::MAX_ERROR_BODY)];
+        self.with_body(
+            self.error(FailureKind::ServerError, message),
+            Bytes::copy_from_slice(kept),
+        )
     }
 
     /// The error for a non-success answer with (the start of) this body.

@@ -718,17 +718,17 @@ impl ChunkDecoder {
 
     /// A decoder of OpenAI (and compatible, and Azure) chat completion chunks.
     pub fn openai() -> Self {
-        ChunkDecoder::new(openai::standalone_context())
+        ChunkDecoder::new(openai::standalone_context().clone())
     }
 
     /// A decoder of Anthropic Messages stream events.
     pub fn anthropic() -> Self {
-        ChunkDecoder::new(anthropic::standalone_context())
+        ChunkDecoder::new(anthropic::standalone_context().clone())
     }
 
     /// A decoder of Gemini `streamGenerateContent?alt=sse` events.
     pub fn gemini() -> Self {
-        ChunkDecoder::new(gemini::standalone_context())
+        ChunkDecoder::new(gemini::standalone_context().clone())
     }
 
     /// A decoder of protocol `P`'s streams (its framing and its events), named `name` in

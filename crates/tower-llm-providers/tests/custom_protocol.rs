@@ -86,12 +86,15 @@ struct WireAnswer {
 
 impl WireAnswer {
     fn finish_reason(&self) -> Option<FinishReason> {
-        self.done.then(|| match self.done_reason.as_deref() {
+        let reason = match self.done_reason.as_deref() {
             Some("length") => FinishReason::Length,
             _ => FinishReason::Stop,
-        })
+        };
+        self.done.then_some(reason)
     }
 
+    // Built field by field, as code outside the crate must build types that may grow.
+    #[allow(clippy::field_reassign_with_default)]
     fn usage(&self) -> Option<Usage> {
         let mut usage = Usage::default();
         usage.input_tokens = self.prompt_eval_count?;
@@ -144,6 +147,7 @@ impl Protocol for OllamaProtocol {
         Ok(http)
     }
 
+    #[allow(clippy::field_reassign_with_default)]
     fn decode_chat(
         cx: &CallContext,
         body: Bytes,

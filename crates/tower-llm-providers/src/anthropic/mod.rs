@@ -190,7 +190,7 @@ impl Protocol for AnthropicProtocol {
         body: Bytes,
         meta: ResponseMeta,
     ) -> Result<ChatResponse, UpstreamError> {
-        wire::decode_chat(cx, body, meta)
+        wire::decode_chat(cx, &body, meta)
     }
 
     fn stream_decoder() -> Box<dyn StreamDecoder> {
@@ -205,14 +205,11 @@ pub fn encode_request(request: &ChatRequest, stream: bool) -> Vec<u8> {
 
 /// Decodes a Messages body, as [`Anthropic`] does.
 pub fn decode_response(body: &[u8]) -> Result<ChatResponse, UpstreamError> {
-    wire::decode_chat(
-        &standalone_context(),
-        Bytes::copy_from_slice(body),
-        ResponseMeta::default(),
-    )
+    wire::decode_chat(standalone_context(), body, ResponseMeta::default())
 }
 
-/// The context of a decoder used without a service.
-pub(crate) fn standalone_context() -> CallContext {
-    CallContext::standalone::<AnthropicProtocol>("anthropic", "anthropic")
+/// The context of a decoder used without a service, made once.
+pub(crate) fn standalone_context() -> &'static CallContext {
+    static CONTEXT: std::sync::OnceLock<CallContext> = std::sync::OnceLock::new();
+    CONTEXT.get_or_init(|| CallContext::standalone::<AnthropicProtocol>("anthropic", "anthropic"))
 }

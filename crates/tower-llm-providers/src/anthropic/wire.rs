@@ -9,7 +9,6 @@ use crate::framing::Event;
 use crate::meta::ResponseMeta;
 use crate::protocol::Step;
 use crate::stream::usage;
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::VecDeque;
@@ -312,17 +311,17 @@ fn arguments_text(input: &Value) -> String {
 
 pub(crate) fn decode_chat(
     ctx: &CallContext,
-    body: Bytes,
+    body: &[u8],
     meta: ResponseMeta,
 ) -> Result<ChatResponse, UpstreamError> {
-    let wire: WireResponse = serde_json::from_slice(&body)
-        .map_err(|e| ctx.malformed("message is not valid JSON", &body, e))?;
+    let wire: WireResponse = serde_json::from_slice(body)
+        .map_err(|e| ctx.malformed("message is not valid JSON", body, e))?;
     if wire.kind.as_deref() == Some("error") || wire.extra.contains_key("error") {
         let value = serde_json::json!({ "error": wire.extra.get("error") });
-        return Err(ctx.for_error_value(&value, &String::from_utf8_lossy(&body)));
+        return Err(ctx.for_error_value(&value, &String::from_utf8_lossy(body)));
     }
     let Some(content) = wire.content else {
-        return Err(ctx.malformed("message", &body, "no `content` in the answer"));
+        return Err(ctx.malformed("message", body, "no `content` in the answer"));
     };
     let mut response = ChatResponse {
         meta,
@@ -486,11 +485,7 @@ impl StreamDecoder {
         out: &mut VecDeque<ChatChunk>,
     ) -> Result<Step, UpstreamError> {
         let parsed: WireEvent = serde_json::from_str(&event.data).map_err(|e| {
-            ctx.malformed(
-                "stream event is not valid JSON",
-                &Bytes::copy_from_slice(event.data.as_bytes()),
-                e,
-            )
+            ctx.malformed("stream event is not valid JSON", event.data.as_bytes(), e)
         })?;
         match parsed {
             WireEvent::MessageStart { message } => {
@@ -574,7 +569,7 @@ impl StreamDecoder {
                         }
                         return Err(ctx.malformed(
                             "stream",
-                            &Bytes::copy_from_slice(event.data.as_bytes()),
+                            event.data.as_bytes(),
                             format!("input_json_delta for block {index}, which is no tool_use"),
                         ));
                     };
@@ -614,7 +609,7 @@ impl StreamDecoder {
         if self.blocks >= MAX_BLOCKS {
             return Err(ctx.malformed(
                 "stream",
-                &Bytes::copy_from_slice(event.data.as_bytes()),
+                event.data.as_bytes(),
                 format!("more than {MAX_BLOCKS} content blocks"),
             ));
         }

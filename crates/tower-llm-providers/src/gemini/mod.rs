@@ -190,7 +190,7 @@ impl Protocol for GeminiProtocol {
         body: Bytes,
         meta: ResponseMeta,
     ) -> Result<ChatResponse, UpstreamError> {
-        wire::decode_chat(cx, body, meta)
+        wire::decode_chat(cx, &body, meta)
     }
 
     fn stream_decoder() -> Box<dyn StreamDecoder> {
@@ -205,14 +205,11 @@ pub fn encode_request(request: &ChatRequest) -> Vec<u8> {
 
 /// Decodes a `generateContent` body, as [`Gemini`] does.
 pub fn decode_response(body: &[u8]) -> Result<ChatResponse, UpstreamError> {
-    wire::decode_chat(
-        &standalone_context(),
-        Bytes::copy_from_slice(body),
-        ResponseMeta::default(),
-    )
+    wire::decode_chat(standalone_context(), body, ResponseMeta::default())
 }
 
-/// The context of a decoder used without a service.
-pub(crate) fn standalone_context() -> CallContext {
-    CallContext::standalone::<GeminiProtocol>("gemini", "gcp.gemini")
+/// The context of a decoder used without a service, made once.
+pub(crate) fn standalone_context() -> &'static CallContext {
+    static CONTEXT: std::sync::OnceLock<CallContext> = std::sync::OnceLock::new();
+    CONTEXT.get_or_init(|| CallContext::standalone::<GeminiProtocol>("gemini", "gcp.gemini"))
 }

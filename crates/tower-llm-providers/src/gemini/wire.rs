@@ -9,7 +9,6 @@ use crate::framing::Event;
 use crate::meta::ResponseMeta;
 use crate::protocol::Step;
 use crate::stream::usage;
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::VecDeque;
@@ -340,12 +339,12 @@ fn error_in_body(
 
 pub(crate) fn decode_chat(
     ctx: &CallContext,
-    body: Bytes,
+    body: &[u8],
     meta: ResponseMeta,
 ) -> Result<ChatResponse, UpstreamError> {
-    let wire: WireResponse = serde_json::from_slice(&body)
-        .map_err(|e| ctx.malformed("generateContent answer is not valid JSON", &body, e))?;
-    if let Some(error) = error_in_body(ctx, &wire.extra, &body) {
+    let wire: WireResponse = serde_json::from_slice(body)
+        .map_err(|e| ctx.malformed("generateContent answer is not valid JSON", body, e))?;
+    if let Some(error) = error_in_body(ctx, &wire.extra, body) {
         return Err(error);
     }
     let candidate = wire
@@ -355,7 +354,7 @@ pub(crate) fn decode_chat(
         .find(|c| c.index.unwrap_or(0) == 0);
     let Some(candidate) = candidate else {
         return Err(blocked(ctx, wire.prompt_feedback.as_ref())
-            .unwrap_or_else(|| ctx.malformed("generateContent answer", &body, "no candidate")));
+            .unwrap_or_else(|| ctx.malformed("generateContent answer", body, "no candidate")));
     };
     let mut response = ChatResponse {
         meta,
@@ -402,13 +401,8 @@ impl StreamDecoder {
         out: &mut VecDeque<ChatChunk>,
     ) -> Result<Step, UpstreamError> {
         let raw = event.data.as_bytes();
-        let wire: WireResponse = serde_json::from_str(&event.data).map_err(|e| {
-            ctx.malformed(
-                "stream event is not valid JSON",
-                &Bytes::copy_from_slice(raw),
-                e,
-            )
-        })?;
+        let wire: WireResponse = serde_json::from_str(&event.data)
+            .map_err(|e| ctx.malformed("stream event is not valid JSON", raw, e))?;
         if let Some(error) = error_in_body(ctx, &wire.extra, raw) {
             return Err(error);
         }

@@ -333,7 +333,7 @@ impl Protocol for OpenAiProtocol {
         body: Bytes,
         meta: ResponseMeta,
     ) -> Result<ChatResponse, UpstreamError> {
-        wire::decode_chat(cx, body, meta)
+        wire::decode_chat(cx, &body, meta)
     }
 
     fn stream_decoder() -> Box<dyn StreamDecoder> {
@@ -356,7 +356,7 @@ impl EmbeddingProtocol for OpenAiProtocol {
         body: Bytes,
         meta: ResponseMeta,
     ) -> Result<EmbeddingResponse, UpstreamError> {
-        wire::decode_embeddings(cx, body, meta)
+        wire::decode_embeddings(cx, &body, meta)
     }
 }
 
@@ -368,14 +368,11 @@ pub fn encode_request(request: &ChatRequest, stream: bool) -> Vec<u8> {
 
 /// Decodes a chat completions body, as [`OpenAi`] does.
 pub fn decode_response(body: &[u8]) -> Result<ChatResponse, UpstreamError> {
-    wire::decode_chat(
-        &standalone_context(),
-        Bytes::copy_from_slice(body),
-        ResponseMeta::default(),
-    )
+    wire::decode_chat(standalone_context(), body, ResponseMeta::default())
 }
 
-/// The context of a decoder used without a service.
-pub(crate) fn standalone_context() -> CallContext {
-    CallContext::standalone::<OpenAiProtocol>("openai", "openai")
+/// The context of a decoder used without a service, made once.
+pub(crate) fn standalone_context() -> &'static CallContext {
+    static CONTEXT: std::sync::OnceLock<CallContext> = std::sync::OnceLock::new();
+    CONTEXT.get_or_init(|| CallContext::standalone::<OpenAiProtocol>("openai", "openai"))
 }

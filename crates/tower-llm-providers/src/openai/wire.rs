@@ -9,7 +9,6 @@ use crate::framing::Event;
 use crate::meta::ResponseMeta;
 use crate::protocol::Step;
 use crate::stream::{finish_reason_openai, usage};
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -414,18 +413,18 @@ impl WireUsage {
 /// Decodes a chat completions body.
 pub(crate) fn decode_chat(
     ctx: &CallContext,
-    body: Bytes,
+    body: &[u8],
     meta: ResponseMeta,
 ) -> Result<ChatResponse, UpstreamError> {
-    let wire: WireResponse = serde_json::from_slice(&body)
-        .map_err(|e| ctx.malformed("chat completion is not valid JSON", &body, e))?;
+    let wire: WireResponse = serde_json::from_slice(body)
+        .map_err(|e| ctx.malformed("chat completion is not valid JSON", body, e))?;
     if let Some(error) = wire.extra.get("error").filter(|e| !e.is_null()) {
         let value = serde_json::json!({ "error": error });
-        return Err(ctx.for_error_value(&value, &String::from_utf8_lossy(&body)));
+        return Err(ctx.for_error_value(&value, &String::from_utf8_lossy(body)));
     }
     let choices = wire.choices.unwrap_or_default();
     let Some(choice) = choices.into_iter().find(|c| c.index.unwrap_or(0) == 0) else {
-        return Err(ctx.malformed("chat completion", &body, "no choice in the answer"));
+        return Err(ctx.malformed("chat completion", body, "no choice in the answer"));
     };
     let extra = wire.extra;
     let message = choice.message.unwrap_or(WireMessageOut {
@@ -479,11 +478,11 @@ struct WireEmbedding {
 
 pub(crate) fn decode_embeddings(
     ctx: &CallContext,
-    body: Bytes,
+    body: &[u8],
     meta: ResponseMeta,
 ) -> Result<EmbeddingResponse, UpstreamError> {
-    let mut wire: WireEmbeddingResponse = serde_json::from_slice(&body)
-        .map_err(|e| ctx.malformed("embeddings answer is not valid JSON", &body, e))?;
+    let mut wire: WireEmbeddingResponse = serde_json::from_slice(body)
+        .map_err(|e| ctx.malformed("embeddings answer is not valid JSON", body, e))?;
     wire.data.sort_by_key(|d| d.index);
     Ok(EmbeddingResponse {
         model: wire.model.unwrap_or_default(),
@@ -553,13 +552,8 @@ impl StreamDecoder {
         if data == "[DONE]" {
             return Ok(Step::Done);
         }
-        let chunk: WireChunk<'_> = serde_json::from_str(data).map_err(|e| {
-            ctx.malformed(
-                "stream event is not valid JSON",
-                &Bytes::copy_from_slice(data.as_bytes()),
-                e,
-            )
-        })?;
+        let chunk: WireChunk<'_> = serde_json::from_str(data)
+            .map_err(|e| ctx.malformed("stream event is not valid JSON", data.as_bytes(), e))?;
         if self.model.is_none()
             && let Some(model) = chunk.model.filter(|m| !m.is_empty())
         {
