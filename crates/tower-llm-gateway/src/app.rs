@@ -167,7 +167,9 @@ impl Gateway {
     }
 
     /// The routes: `POST /v1/chat/completions`, `POST /v1/embeddings`, `POST /v1/messages`,
-    /// `GET /v1/models`, `GET /health`, `GET /metrics`. Every answer carries `x-request-id`.
+    /// `GET /v1/models`, `GET /health`, `GET /metrics`. Every answer carries `x-request-id`;
+    /// an unknown path (404) or method (405) is answered with an error body in the route's
+    /// dialect, as a client's error handling expects.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -177,6 +179,8 @@ impl Gateway {
             .route("/health", get(health))
             .route("/metrics", get(render_metrics))
             .route_layer(middleware::from_fn_with_state(self.inner.clone(), track))
+            .fallback(no_such_route)
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(middleware::from_fn(request_id::assign))
             .with_state(self.inner.clone())
     }
@@ -479,6 +483,34 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.decrement(1.0);
     }
+}
+
+/// A path the gateway does not serve: 404 with an error body, rather than an empty one that
+/// an SDK reports as an undecodable answer.
+async fn no_such_route(Extension(id): Extension<RequestId>, uri: axum::http::Uri) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        Some("unknown_url"),
+        "no such route: the gateway serves POST /v1/chat/completions, POST /v1/embeddings, \
+         POST /v1/messages and GET /v1/models",
+    )
+    .into_response(dialect_of(uri.path()), &id)
+}
+
+/// A route called with another method: 405 with an error body (axum keeps its `allow`).
+async fn method_not_allowed(
+    Extension(id): Extension<RequestId>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        Some("method_not_allowed"),
+        format!("{method} is not allowed on this route"),
+    )
+    .into_response(dialect_of(uri.path()), &id)
 }
 
 /// The error shape of a route: Anthropic's for `/v1/messages`, OpenAI's elsewhere.

@@ -303,9 +303,15 @@ fn stop_reason(reason: Option<&FinishReason>) -> &'static str {
     }
 }
 
+/// Usage as Anthropic counts it: `input_tokens` are the prompt tokens not read from the cache,
+/// `cache_read_input_tokens` those that were (core's `input_tokens` counts both).
 fn usage_json(usage: Option<&Usage>) -> Value {
     let usage = usage.copied().unwrap_or_default();
-    json!({"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens})
+    json!({
+        "input_tokens": usage.input_tokens.saturating_sub(usage.cached_input_tokens),
+        "cache_read_input_tokens": usage.cached_input_tokens,
+        "output_tokens": usage.output_tokens,
+    })
 }
 
 /// A fresh message id.
@@ -484,14 +490,16 @@ impl EventWriter for EventSequence {
     fn finish(&mut self, out: &mut String) {
         self.start(out);
         self.close_block(out);
-        let output_tokens = self.usage.map_or(0, |u| u.output_tokens);
+        // The counts of a `message_delta` are the totals so far, and the SDK takes the input
+        // counts from it too: the upstream's usage comes only at the end of its stream, after
+        // `message_start` said 0.
         Self::event(
             out,
             "message_delta",
             &json!({
                 "type": "message_delta",
                 "delta": {"stop_reason": stop_reason(self.finish.as_ref()), "stop_sequence": null},
-                "usage": {"output_tokens": output_tokens},
+                "usage": usage_json(self.usage.as_ref()),
             }),
         );
         Self::event(out, "message_stop", &json!({"type": "message_stop"}));
@@ -499,5 +507,58 @@ impl EventWriter for EventSequence {
 
     fn fail(&mut self, error: ApiError, id: &RequestId, out: &mut String) {
         Self::event(out, "error", &error.body(Dialect::Anthropic, id));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn events(writer: &mut EventSequence, chunks: &[ChatChunk]) -> Vec<Value> {
+        let mut out = String::new();
+        for chunk in chunks {
+            writer.chunk(chunk, &mut out);
+        }
+        writer.finish(&mut out);
+        out.lines()
+            .filter_map(|line| line.strip_prefix("data: "))
+            .map(|data| serde_json::from_str(data).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn usage_is_counted_as_anthropic_counts_it_and_totalled_in_message_delta() {
+        let usage = Usage {
+            input_tokens: 120,
+            output_tokens: 7,
+            cached_input_tokens: 100,
+        };
+        let whole = response_json(
+            &ChatResponse {
+                content: "hi".to_owned(),
+                usage: Some(usage),
+                ..ChatResponse::default()
+            },
+            "m",
+        );
+        let expected = json!({"input_tokens": 20, "cache_read_input_tokens": 100,
+                              "output_tokens": 7});
+        assert_eq!(whole["usage"], expected);
+
+        // The upstream's usage comes after the text, at the end of its stream: the totals go
+        // out with message_delta, which the SDK reads them from.
+        let mut writer = EventSequence::new("m".to_owned());
+        let sent = events(
+            &mut writer,
+            &[
+                ChatChunk::Content("hi".to_owned()),
+                ChatChunk::Finish(FinishReason::Stop),
+                ChatChunk::Usage(usage),
+            ],
+        );
+        let delta = sent.iter().find(|e| e["type"] == "message_delta").unwrap();
+        assert_eq!(delta["usage"], expected);
+        assert_eq!(delta["delta"]["stop_reason"], "end_turn");
     }
 }

@@ -477,7 +477,7 @@ struct Choice<'a> {
 #[derive(Serialize)]
 struct MessageJson<'a> {
     role: &'static str,
-    /// `null` when the answer is only tool calls, as OpenAI sends it.
+    /// `null` when the answer is only tool calls or a refusal, as OpenAI sends it.
     content: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     refusal: Option<&'a str>,
@@ -529,7 +529,9 @@ pub(crate) fn chat_response_json<'a>(
             index: 0,
             message: MessageJson {
                 role: "assistant",
-                content: if response.content.is_empty() && !response.tool_calls.is_empty() {
+                content: if response.content.is_empty()
+                    && (!response.tool_calls.is_empty() || response.refusal.is_some())
+                {
                     None
                 } else {
                     Some(&response.content)
@@ -672,4 +674,49 @@ pub(crate) fn embeddings_json(
         "model": model,
         "usage": {"prompt_tokens": usage.input_tokens, "total_tokens": usage.total()},
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn message_of(response: &ChatResponse) -> Value {
+        let body = serde_json::to_value(chat_response_json(response, "m")).unwrap();
+        body["choices"][0]["message"].clone()
+    }
+
+    #[test]
+    fn content_is_null_beside_tool_calls_or_a_refusal_and_text_otherwise() {
+        let refused = ChatResponse {
+            refusal: Some("I can't help with that.".to_owned()),
+            finish_reason: Some(FinishReason::Refusal),
+            ..ChatResponse::default()
+        };
+        let message = message_of(&refused);
+        assert_eq!(message["content"], Value::Null, "{message}");
+        assert_eq!(message["refusal"], "I can't help with that.");
+        let body = serde_json::to_value(chat_response_json(&refused, "m")).unwrap();
+        assert_eq!(body["choices"][0]["finish_reason"], "stop");
+
+        let called = ChatResponse {
+            tool_calls: vec![ToolCall {
+                id: "call_1".to_owned(),
+                name: "f".to_owned(),
+                arguments: "{}".to_owned(),
+            }],
+            ..ChatResponse::default()
+        };
+        assert_eq!(message_of(&called)["content"], Value::Null);
+
+        // An answer that is really empty stays a string, as OpenAI sends it.
+        assert_eq!(message_of(&ChatResponse::default())["content"], "");
+        let answered = ChatResponse {
+            content: "hi".to_owned(),
+            ..ChatResponse::default()
+        };
+        let message = message_of(&answered);
+        assert_eq!(message["content"], "hi");
+        assert!(message.get("refusal").is_none());
+    }
 }

@@ -116,6 +116,53 @@ async fn every_answer_carries_a_request_id() {
     assert_eq!(body["error"]["request_id"], ids[0]);
 }
 
+/// A path or a method the gateway does not serve gets an error body an SDK can read, in the
+/// route's dialect, with the request id: not an empty 404 or 405.
+#[tokio::test]
+async fn unknown_routes_and_methods_are_answered_with_an_error_body() {
+    let upstream = echoing_upstream(StatusCode::BAD_REQUEST).await;
+    let (_gateway, url) = serve(&Config::from_toml(&config_text(upstream)).unwrap()).await;
+    let request = |method: &str, path: &str| {
+        with_api_key(
+            http::Request::builder()
+                .method(method)
+                .uri(format!("{url}{path}"))
+                .body(Bytes::new())
+                .unwrap(),
+            CLIENT_KEY,
+        )
+    };
+    let id_and_body = |response: &http::Response<Bytes>| {
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body: Value = serde_json::from_slice(response.body()).unwrap();
+        (id, body)
+    };
+
+    let missing = send(request("POST", "/v1/completions")).await;
+    assert_eq!(missing.status(), 404);
+    let (id, body) = id_and_body(&missing);
+    assert_eq!(body["error"]["code"], "unknown_url", "{body}");
+    assert_eq!(body["error"]["request_id"], id.as_str());
+
+    let wrong_method = send(request("GET", "/v1/chat/completions")).await;
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(wrong_method.headers()["allow"], "POST");
+    let (id, body) = id_and_body(&wrong_method);
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    assert_eq!(body["error"]["request_id"], id.as_str());
+
+    // Anthropic's route answers in Anthropic's shape.
+    let wrong_method = send(request("GET", "/v1/messages")).await;
+    assert_eq!(wrong_method.status(), 405);
+    let (id, body) = id_and_body(&wrong_method);
+    assert_eq!(body["type"], "error", "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(body["request_id"], id.as_str());
+}
+
 #[tokio::test]
 async fn no_key_in_the_debug_of_the_config_or_the_gateway() {
     let upstream = echoing_upstream(StatusCode::BAD_REQUEST).await;

@@ -4,7 +4,7 @@
 //! test prints why and returns; under CI (`CI=true`) that is a failure instead (`.ci/run`
 //! installs them). Upstreams: the testkit's mock for text and embeddings, a mock that
 //! answers 429 with a retry hint once, and a small OpenAI-speaking upstream that calls a
-//! tool (the testkit's mock does not), plain and streamed.
+//! tool and refuses (the testkit's mock does neither), plain and streamed.
 
 #![allow(clippy::unwrap_used)]
 
@@ -49,15 +49,29 @@ fn city(text: &str) -> String {
         .to_owned()
 }
 
-/// An OpenAI chat upstream that calls `get_weather` when it is offered and no tool result is
-/// in the conversation yet, then answers `answer: <tool result>`.
+/// What [`tool_upstream`] refuses with, as OpenAI's models refuse: in `refusal`, not
+/// `content`.
+const REFUSAL: &str = "I can't help with that.";
+
+/// An OpenAI chat upstream that refuses a request asking it to (`refuse` in the last user
+/// message), calls `get_weather` when it is offered and no tool result is in the conversation
+/// yet, then answers `answer: <tool result>`.
 async fn tool_upstream() -> SocketAddr {
     async fn chat(body: bytes::Bytes) -> axum::response::Response {
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let messages = body["messages"].as_array().cloned().unwrap_or_default();
         let last = messages.last().cloned().unwrap_or(Value::Null);
         let stream = body["stream"].as_bool().unwrap_or(false);
-        let (delta_or_message, finish) = if last["role"] == "tool" {
+        let refuse = last["role"] == "user"
+            && last["content"]
+                .as_str()
+                .is_some_and(|text| text.contains("refuse"));
+        let (delta_or_message, finish) = if refuse {
+            (
+                json!({"role": "assistant", "content": null, "refusal": REFUSAL}),
+                "stop",
+            )
+        } else if last["role"] == "tool" {
             let text = format!("answer: {}", last["content"].as_str().unwrap_or(""));
             (json!({"role": "assistant", "content": text}), "stop")
         } else {
@@ -114,6 +128,15 @@ async fn tool_upstream() -> SocketAddr {
                     Value::Null,
                 ));
             }
+        } else if let Some(refusal) = delta_or_message["refusal"].as_str() {
+            // As OpenAI streams a refusal: in `refusal` deltas, `content` null.
+            let (a, b) = refusal.split_at(refusal.len() / 2);
+            events.push(chunk(
+                json!({"role": "assistant", "content": null, "refusal": ""}),
+                Value::Null,
+            ));
+            events.push(chunk(json!({"refusal": a}), Value::Null));
+            events.push(chunk(json!({"refusal": b}), Value::Null));
         } else {
             let text = delta_or_message["content"].as_str().unwrap_or("");
             let (a, b) = text.split_at(text.len() / 2);
@@ -241,7 +264,15 @@ async fn openai_sdk_chat_tool_loop_and_embeddings() {
     let up = gateway().await;
     let alpha = embedding_for("alpha", DEFAULT_DIMENSIONS);
     let expected = serde_json::to_string(&alpha).unwrap();
-    run_script("openai_flows.py", &up.url, &[("EXPECTED_ALPHA", expected)]).await;
+    run_script(
+        "openai_flows.py",
+        &up.url,
+        &[
+            ("EXPECTED_ALPHA", expected),
+            ("REFUSAL", REFUSAL.to_owned()),
+        ],
+    )
+    .await;
     assert!(up.text.counters().requests > 0);
 }
 
@@ -261,5 +292,15 @@ async fn anthropic_sdk_messages_plain_streamed_and_tools() {
         return;
     }
     let up = gateway().await;
-    run_script("anthropic_messages.py", &up.url, &[]).await;
+    run_script(
+        "anthropic_messages.py",
+        &up.url,
+        &[("REFUSAL", REFUSAL.to_owned())],
+    )
+    .await;
+    assert_eq!(
+        up.flaky.counters().requests,
+        2,
+        "one 429, one success after the SDK's own retry"
+    );
 }

@@ -1,7 +1,9 @@
-"""The official openai SDK against the gateway: chat plain and streamed, the tool loop
-streamed and not, embeddings with the SDK's defaults (base64), n > 1 refused.
+"""The official openai SDK against the gateway: chat plain and streamed, refusals, the tool
+loop streamed (by hand and with the SDK's stream helper) and not, embeddings with the SDK's
+defaults (base64), n > 1 refused, an unknown route.
 
-Env: GATEWAY_URL (http://host:port), GATEWAY_KEY. Exits non-zero on the first failure."""
+Env: GATEWAY_URL (http://host:port), GATEWAY_KEY, EXPECTED_ALPHA, REFUSAL. Exits non-zero on
+the first failure."""
 import json
 import os
 import struct
@@ -38,6 +40,27 @@ with client.chat.completions.stream(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "helper"}]) as stream:
     final = stream.get_final_completion()
 assert final.choices[0].message.content == "py: helper", final
+
+# A refusal, as OpenAI sends it: in `refusal`, with `content` null, plain and streamed.
+refusal = os.environ["REFUSAL"]
+ask_refusal = [{"role": "user", "content": "please refuse"}]
+r = client.chat.completions.create(model="tool-model", messages=ask_refusal)
+assert r.choices[0].message.refusal == refusal, r
+assert r.choices[0].message.content is None, r
+assert r.choices[0].finish_reason == "stop", r
+raw = client.chat.completions.with_raw_response.create(
+    model="tool-model", messages=ask_refusal, stream=True)
+assert raw.headers.get("x-request-id", "").startswith("req_"), raw.headers
+pieces = ""
+for chunk in raw.parse():
+    if chunk.choices:
+        assert chunk.choices[0].delta.content is None, chunk
+        pieces += chunk.choices[0].delta.refusal or ""
+assert pieces == refusal, pieces
+with client.chat.completions.stream(model="tool-model", messages=ask_refusal) as stream:
+    final = stream.get_final_completion()
+assert final.choices[0].message.refusal == refusal, final
+assert final.choices[0].message.content is None, final
 
 tools = [{"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city",
@@ -91,6 +114,21 @@ for chunk in client.chat.completions.create(
         text += chunk.choices[0].delta.content or ""
 assert text == "answer: sunny in Oslo", text
 
+# The tool loop with the SDK's stream helper: the message it accumulates is sent back.
+messages = [{"role": "user", "content": "weather in Lima?"}]
+with client.chat.completions.stream(model="tool-model", messages=messages, tools=tools) as stream:
+    final = stream.get_final_completion()
+message = final.choices[0].message
+assert final.choices[0].finish_reason == "tool_calls", final
+assert message.tool_calls[0].function.name == "get_weather", message
+messages.append(message.model_dump(exclude_none=True))
+for call in message.tool_calls:
+    messages.append({"role": "tool", "tool_call_id": call.id,
+                     "content": run_tool(call.model_dump())})
+with client.chat.completions.stream(model="tool-model", messages=messages, tools=tools) as stream:
+    final = stream.get_final_completion()
+assert final.choices[0].message.content == "answer: sunny in Lima", final
+
 # Embeddings with the SDK's defaults: it asks for base64 and decodes it.
 e = client.embeddings.create(model="text-embedding-3-small", input=["alpha", "beta"])
 assert len(e.data) == 2 and len(e.data[0].embedding) > 0, e
@@ -108,5 +146,13 @@ try:
 except openai.BadRequestError as err:
     assert "`n`" in str(err), err
     assert err.response.headers.get("x-request-id"), err.response.headers
+
+# A route the gateway does not serve: an error the SDK can read, with the request id.
+try:
+    client.get("/no-such-route", cast_to=object)
+    raise AssertionError("an unknown route answered")
+except openai.NotFoundError as err:
+    assert err.body["code"] == "unknown_url", err.body
+    assert err.body["request_id"] == err.response.headers["x-request-id"], err.body
 
 print("ok")
