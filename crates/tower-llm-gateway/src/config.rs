@@ -98,6 +98,9 @@ pub(crate) struct ProviderConfig {
     pub(crate) kind: ProviderKind,
     pub(crate) base_url: Option<String>,
     pub(crate) api_key: Option<Secret>,
+    /// Where the key is set in the file (`api_key` or `api_key_env`, the latter when neither
+    /// is): the key a refusal of it names.
+    pub(crate) api_key_knob: &'static str,
     pub(crate) models: Vec<String>,
     pub(crate) model_map: HashMap<String, String>,
     pub(crate) mock_latency: Option<Duration>,
@@ -197,6 +200,45 @@ impl BreakerConfig {
         };
         ConfigError::new(GATEWAY, format!("{at}.{key}"), format!("is refused: {e}"))
     }
+}
+
+impl RetryConfig {
+    /// The retry layer this configuration asks for; `name` labels its metrics.
+    pub(crate) fn builder(&self, name: String) -> tower_llm_retry::RetryBuilder {
+        let mut builder = tower_llm_retry::RetryLayer::builder()
+            .name(name)
+            .max_attempts(usize::try_from(self.max_attempts).unwrap_or(usize::MAX))
+            .backoff(tower_llm_retry::Backoff::exponential(self.backoff));
+        if let Some(max) = self.max_delay {
+            builder = builder.max_delay(max);
+        }
+        if let Some(deadline) = self.deadline {
+            builder = builder.deadline(deadline);
+        }
+        if let Some(max) = self.max_retry_after {
+            builder = builder.max_retry_after(max);
+        }
+        builder
+    }
+
+    /// A retry refusal, under the key its knob has in the file (`at` is the `retry` table).
+    pub(crate) fn error(&self, at: &str, e: &ConfigError) -> ConfigError {
+        match e.knob() {
+            // The layer's own default cap is shorter than the backoff asked for.
+            "max_delay" if self.max_delay.is_none() => ConfigError::new(
+                GATEWAY,
+                format!("{at}.backoff"),
+                "is longer than the default max_delay: give max_delay as well",
+            ),
+            knob => ConfigError::new(GATEWAY, format!("{at}.{knob}"), e.reason().to_owned()),
+        }
+    }
+}
+
+/// Runs a layer's own checks (by building it) without registering its metrics anywhere: a
+/// configuration being checked is not a layer being used.
+fn checked<T>(build: impl FnOnce() -> T) -> T {
+    metrics::with_local_recorder(&metrics::NoopRecorder, build)
 }
 
 #[derive(Clone, Debug)]
@@ -544,6 +586,26 @@ fn check_base_url(knob: &str, url: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// A file that is not valid TOML, or not the gateway's shape: where and why. toml's own
+/// `Display` quotes the line at fault, which may be a key written inline (an unterminated
+/// `api_key = "sk-...`): the error repeats only the place and the message.
+fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let place = e
+        .span()
+        .and_then(|span| text.get(..span.start))
+        .map(|before| {
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(" at line {line}, column {column}")
+        })
+        .unwrap_or_default();
+    ConfigError::new(
+        GATEWAY,
+        "",
+        format!("TOML parse error{place}: {}", e.message().trim_end()),
+    )
+}
+
 impl Config {
     /// The built-in configuration ([`MOCK_CONFIG`]): in-process mock upstreams, no key and no
     /// network needed.
@@ -567,11 +629,7 @@ impl Config {
     /// of zero, providers or models that are named but missing, unset environment variables,
     /// duplicate client keys.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let file: raw::File = toml::from_str(text).map_err(|e| {
-            // toml's message names the line and the key; it quotes the file, which holds no
-            // resolved key (keys written inline are for local tests only).
-            ConfigError::new(GATEWAY, "", e.to_string().trim_end().to_owned())
-        })?;
+        let file: raw::File = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         Config::check(file)
     }
 
@@ -712,6 +770,11 @@ impl Config {
                     "is only for kind = \"mock\"",
                 ));
             }
+            let api_key_knob = if p.api_key.is_some() {
+                "api_key"
+            } else {
+                "api_key_env"
+            };
             let api_key = match (p.api_key_env, p.api_key) {
                 (Some(_), Some(_)) => {
                     return Err(ConfigError::new(
@@ -750,16 +813,18 @@ impl Config {
                     let max_wait =
                         opt_duration(&knob("max_wait"), a.max_wait.as_ref(), Zero::Allowed)?;
                     // Checked here, so that `--check` names the knob at fault.
-                    tower_llm_ratelimit::RateLimitLayer::builder()
-                        .adaptive_concurrency(settings.clone())
-                        .build()
-                        .map_err(|e| {
-                            let name = e
-                                .knob()
-                                .strip_prefix("adaptive_concurrency.")
-                                .unwrap_or(e.knob());
-                            ConfigError::new(GATEWAY, knob(name), e.reason().to_owned())
-                        })?;
+                    checked(|| {
+                        tower_llm_ratelimit::RateLimitLayer::builder()
+                            .adaptive_concurrency(settings.clone())
+                            .build()
+                    })
+                    .map_err(|e| {
+                        let name = e
+                            .knob()
+                            .strip_prefix("adaptive_concurrency.")
+                            .unwrap_or(e.knob());
+                        ConfigError::new(GATEWAY, knob(name), e.reason().to_owned())
+                    })?;
                     Some(AdaptiveConfig { settings, max_wait })
                 }
             };
@@ -769,6 +834,7 @@ impl Config {
                     kind: p.kind,
                     base_url: p.base_url,
                     api_key,
+                    api_key_knob,
                     models: p.models,
                     model_map: p.model_map,
                     mock_latency,
@@ -853,7 +919,7 @@ impl Config {
                         None => Duration::from_millis(250),
                         Some(t) => duration(&format!("{at}.retry.backoff"), t, Zero::Allowed)?,
                     };
-                    Some(RetryConfig {
+                    let retry = RetryConfig {
                         max_attempts: positive(
                             &format!("{at}.retry.max_attempts"),
                             r.max_attempts,
@@ -874,7 +940,12 @@ impl Config {
                             r.max_retry_after.as_ref(),
                             Zero::Allowed,
                         )?,
-                    })
+                    };
+                    // Checked here with the rest of the layer's rules (a backoff longer than
+                    // its cap, ...), so that `--check` names the knob at fault.
+                    checked(|| retry.builder(String::new()).build())
+                        .map_err(|e| retry.error(&format!("{at}.retry"), &e))?;
+                    Some(retry)
                 }
             };
             let breaker = match m.breaker {
@@ -955,7 +1026,7 @@ impl Config {
                         config = config.min_per_second(floor);
                     }
                     // Checked here, so that `--check` names the knob at fault.
-                    tower_llm_core::AttemptBudget::new(config).map_err(|e| {
+                    checked(|| tower_llm_core::AttemptBudget::new(config)).map_err(|e| {
                         ConfigError::new(
                             GATEWAY,
                             format!("{at}.budget.{}", e.knob()),

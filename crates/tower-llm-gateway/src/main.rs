@@ -8,7 +8,8 @@
 //! in-process mock upstreams, no key and no network needed. `--listen` overrides
 //! `server.listen` (port 0 picks a free port); the bound address is printed on stdout as
 //! `gateway: listening on http://ADDR`. `--check` validates the configuration (environment
-//! variables included) and exits: 0 when it is valid, 2 with the key at fault otherwise.
+//! variables included) and builds every stack as a start would, without serving or calling
+//! anything, then exits: 0 when it is valid, 2 with the key at fault otherwise.
 //!
 //! Logs go to stderr through `tracing`, filtered by `RUST_LOG` (default `info`: one access
 //! line per request, breaker and limiter events), as text or, with `--log-format json`, one
@@ -33,7 +34,8 @@ usage: tower-llm-gateway [--config FILE] [--listen ADDR] [--check] [--log-format
   --config FILE   the TOML configuration (default: $GATEWAY_CONFIG, else the built-in
                   mock configuration: in-process mock upstreams, no key needed)
   --listen ADDR   the address to listen on, overriding server.listen (port 0: any free port)
-  --check         check the configuration, print what is wrong, and exit
+  --check         check the configuration and build its stacks (nothing is served or
+                  called), print what is wrong, and exit
   --log-format F  logs on stderr as `text` (default) or `json` lines; RUST_LOG filters them
   --help          this text
   --version       the version";
@@ -128,6 +130,12 @@ async fn main() -> ExitCode {
         config.set_listen(addr);
     }
     if args.check {
+        // Every stack built as a start would build it, so that what a start refuses (a
+        // provider without a key, ...) is refused here; nothing is served or called.
+        if let Err(error) = Gateway::new(&config).await {
+            eprintln!("tower-llm-gateway: {error}");
+            return ExitCode::from(2);
+        }
         println!(
             "tower-llm-gateway: configuration ok: models {}",
             config.model_names().join(", ")

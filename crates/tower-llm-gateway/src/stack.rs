@@ -37,7 +37,7 @@ use tower_llm_ratelimit::{
     CountTokens, FollowHeaders, IgnoreHeaders, IgnoreTokens, KeyFn, NoKey, Quota, RateLimitHeaders,
     RateLimitLayer,
 };
-use tower_llm_retry::{Backoff, RetryLayer};
+use tower_llm_retry::RetryLayer;
 use tower_llm_testkit::{FaultPlan, Latency, MockServer};
 
 use crate::config::{BreakerConfig, Config, ConfigError, ModelConfig, ProviderKind, StrategyKind};
@@ -241,6 +241,20 @@ fn cfg_err(at: &str, e: impl std::fmt::Display) -> ConfigError {
     )
 }
 
+/// A provider's builder refused a setting: the error under the gateway's key for it.
+fn provider_err(
+    at: &str,
+    p: &crate::config::ProviderConfig,
+    e: &tower_llm_providers::ConfigError,
+) -> ConfigError {
+    let key = match e.knob() {
+        "api_key" => p.api_key_knob,
+        "base_url" => "base_url",
+        _ => return cfg_err(at, e),
+    };
+    cfg_err(&format!("{at}.{key}"), e)
+}
+
 /// Builds every provider and model stack. Mock providers are started here.
 pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
     let client = PropagateTraceContext::new(HttpClientConfig::default().build()?);
@@ -267,7 +281,7 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
                 Upstream::OpenAi(
                     builder
                         .build_with(client.clone())
-                        .map_err(|e| cfg_err(&at, e))?,
+                        .map_err(|e| provider_err(&at, p, &e))?,
                 )
             }
             ProviderKind::Openai => {
@@ -282,7 +296,7 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
                     builder
                         .name(name.clone())
                         .build_with(client.clone())
-                        .map_err(|e| cfg_err(&at, e))?,
+                        .map_err(|e| provider_err(&at, p, &e))?,
                 )
             }
             ProviderKind::Anthropic => {
@@ -296,7 +310,7 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
                 Upstream::Anthropic(
                     builder
                         .build_with(client.clone())
-                        .map_err(|e| cfg_err(&at, e))?,
+                        .map_err(|e| provider_err(&at, p, &e))?,
                 )
             }
             ProviderKind::Gemini => {
@@ -310,7 +324,7 @@ pub(crate) async fn build(config: &Config) -> Result<Built, BoxError> {
                 Upstream::Gemini(
                     builder
                         .build_with(client.clone())
-                        .map_err(|e| cfg_err(&at, e))?,
+                        .map_err(|e| provider_err(&at, p, &e))?,
                 )
             }
         };
@@ -542,26 +556,14 @@ impl ModelLayers {
         let retry = match &stack.retry {
             Some(r) => {
                 // Named after the model, so each model's layers report their own series.
-                let mut builder = RetryLayer::builder()
-                    .name(model.to_owned())
-                    .max_attempts(usize::try_from(r.max_attempts).unwrap_or(usize::MAX))
-                    .backoff(Backoff::exponential(r.backoff));
-                if let Some(max) = r.max_delay {
-                    builder = builder.max_delay(max);
-                }
-                if let Some(deadline) = r.deadline {
-                    builder = builder.deadline(deadline);
-                }
-                if let Some(max) = r.max_retry_after {
-                    builder = builder.max_retry_after(max);
-                }
+                let mut builder = r.builder(model.to_owned());
                 if let Some(budget) = &budget {
                     builder = builder.shared_budget(budget.clone());
                 }
                 Some(
                     builder
                         .build()
-                        .map_err(|e| cfg_err(&format!("models.{model}.retry"), e))?,
+                        .map_err(|e| r.error(&format!("models.{model}.retry"), &e))?,
                 )
             }
             None => None,

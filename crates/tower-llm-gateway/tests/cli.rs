@@ -89,10 +89,10 @@ async fn check_accepts_a_good_config_and_names_the_key_of_a_bad_one() {
     assert!(!missing.status.success());
 }
 
-#[tokio::test]
-async fn listen_on_port_zero_prints_the_bound_address_and_serves() {
+/// Starts the binary with `args` and waits for the address it prints.
+async fn start(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, String) {
     let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -113,6 +113,12 @@ async fn listen_on_port_zero_prints_the_bound_address_and_serves() {
         !url.ends_with(":0"),
         "the bound port is printed, not 0: {url}"
     );
+    (child, url)
+}
+
+#[tokio::test]
+async fn listen_on_port_zero_prints_the_bound_address_and_serves() {
+    let (mut child, url) = start(&["--listen".as_ref(), "127.0.0.1:0".as_ref()]).await;
 
     let health = TestClient::new()
         .oneshot(
@@ -140,6 +146,56 @@ async fn listen_on_port_zero_prints_the_bound_address_and_serves() {
         .unwrap();
     assert!(second.status.success());
     child.kill().await.unwrap();
+}
+
+/// The other way to listen anywhere: `server.listen` with port 0 in the file, no `--listen`.
+#[tokio::test]
+async fn a_config_listening_on_port_zero_prints_the_bound_address_and_serves() {
+    let path = write_config(
+        "listen-zero",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[[keys]]\nkey = \"k-listen\"\ntenant = \"t\"\n\
+         [providers.p]\nkind = \"mock\"\nmodels = [\"m\"]\n",
+    );
+    let (mut child, url) = start(&["--config".as_ref(), path.as_os_str()]).await;
+    let chat = TestClient::new()
+        .oneshot(with_api_key(openai_chat(&url, "m", "hi"), "k-listen"))
+        .await
+        .unwrap();
+    assert_eq!(chat.status(), 200);
+    child.kill().await.unwrap();
+}
+
+/// `--check` refuses what a start would refuse, not only what the file's own rules catch: a
+/// provider whose key is neither given nor in its environment variable, a retry backoff
+/// longer than the retry layer's cap.
+#[tokio::test]
+async fn check_refuses_what_a_start_would_refuse() {
+    const BASE: &str = "[[keys]]\nkey = \"k\"\ntenant = \"t\"\n";
+    for (name, text, key) in [
+        (
+            "no-provider-key",
+            "[providers.claude]\nkind = \"anthropic\"\nmodels = [\"m\"]\n",
+            "`providers.claude.api_key_env`",
+        ),
+        (
+            "retry-backoff",
+            "[providers.p]\nkind = \"mock\"\nmodels = [\"m\"]\n\
+             [models.m]\nretry = { max_attempts = 2, backoff = \"1m\" }\n",
+            "`models.m.retry.backoff`",
+        ),
+    ] {
+        let path = write_config(name, &format!("{BASE}{text}"));
+        let check = Command::new(BIN)
+            .args(["--check", "--config"])
+            .arg(&path)
+            .env_remove("ANTHROPIC_API_KEY")
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&check.stderr);
+        assert_eq!(check.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(key), "{name}: {stderr}");
+    }
 }
 
 #[tokio::test]

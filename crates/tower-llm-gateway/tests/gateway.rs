@@ -707,6 +707,15 @@ models = ["m"]
             "[models.m]\nretry = { max_attempts = 2, backoff = \"99999999999999999h\" }\n",
             "models.m.retry.backoff",
         ),
+        // Longer than the retry layer's default cap on its delays.
+        (
+            "[models.m]\nretry = { max_attempts = 2, backoff = \"30s\" }\n",
+            "models.m.retry.backoff",
+        ),
+        (
+            "[models.m]\nretry = { max_attempts = 2, backoff = \"30s\", max_delay = \"1s\" }\n",
+            "models.m.retry.max_delay",
+        ),
         ("[models.m]\ntimeout = \"400days\"\n", "models.m.timeout"),
         (
             "[models.m]\nrate_limit = { concurrency = 0 }\n",

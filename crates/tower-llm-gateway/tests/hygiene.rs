@@ -163,6 +163,15 @@ async fn unknown_routes_and_methods_are_answered_with_an_error_body() {
     assert_eq!(body["request_id"], id.as_str());
 }
 
+/// toml's own error quotes the line at fault; a key written inline on it is not repeated.
+#[test]
+fn a_config_that_is_not_toml_is_refused_without_quoting_its_keys() {
+    let text = "[[keys]]\nkey = \"sk-inline-secret-4d1e\ntenant = \"a\"\n";
+    let error = Config::from_toml(text).unwrap_err().to_string();
+    assert!(error.contains("line 2"), "{error}");
+    assert!(!error.contains("sk-inline-secret-4d1e"), "{error}");
+}
+
 #[tokio::test]
 async fn no_key_in_the_debug_of_the_config_or_the_gateway() {
     let upstream = echoing_upstream(StatusCode::BAD_REQUEST).await;
