@@ -252,7 +252,12 @@ fn provider_err(
         "base_url" => "base_url",
         _ => return cfg_err(at, e),
     };
-    cfg_err(&format!("{at}.{key}"), e)
+    // The knob is now the gateway's key: the provider's reason alone follows it.
+    ConfigError::new(
+        crate::config::GATEWAY,
+        format!("{at}.{key}"),
+        e.reason().to_owned(),
+    )
 }
 
 /// Builds every provider and model stack. Mock providers are started here.
