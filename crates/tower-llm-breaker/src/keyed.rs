@@ -22,6 +22,7 @@ use crate::breaker::Breaker;
 use crate::config::Config;
 use crate::future::ResponseFuture;
 use crate::handle::CircuitBreakerHandle;
+use crate::state::Stats;
 
 pub(crate) struct KeyedBreakers<K> {
     config: Arc<Config>,
@@ -33,6 +34,8 @@ struct Map<K> {
     entries: HashMap<K, Entry>,
     /// A use counter, the recency order of the entries.
     clock: u64,
+    /// Breakers dropped to make room for a new key.
+    evicted: u64,
 }
 
 struct Entry {
@@ -58,6 +61,7 @@ impl<K> KeyedBreakers<K> {
             map: Mutex::new(Map {
                 entries: HashMap::new(),
                 clock: 0,
+                evicted: 0,
             }),
         }
     }
@@ -85,6 +89,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> KeyedBreakers<K> {
                 .map(|(k, _)| k.clone());
             if let Some(victim) = victim {
                 map.entries.remove(&victim);
+                map.evicted += 1;
             }
         }
         let breaker = Arc::new(Breaker::new(
@@ -287,6 +292,18 @@ where
     }
 }
 
+/// A snapshot of a [`KeyedCircuitBreakerLayer`]'s breakers, from
+/// [`KeyedCircuitBreakerHandle::stats`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct KeyedStats<K> {
+    /// Each breaker the map holds, with its key, in no particular order.
+    pub breakers: Vec<(K, Stats)>,
+    /// Breakers dropped from the full map to make room for a new key, since the layer was
+    /// built (their counts went with them).
+    pub evicted: u64,
+}
+
 /// Reads and steers the breakers of a [`KeyedCircuitBreakerLayer`], per key. Cheap to
 /// clone; it shares the map with every service of the layer value.
 ///
@@ -330,6 +347,61 @@ impl<K: Hash + Eq + Clone> KeyedCircuitBreakerHandle<K> {
     /// The keys the map holds, in no particular order.
     pub fn keys(&self) -> Vec<K> {
         self.breakers.lock().entries.keys().cloned().collect()
+    }
+
+    /// A snapshot of every breaker the map holds, with its key, and of the map itself.
+    ///
+    /// ```
+    /// use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+    /// use tower_llm_breaker::{CircuitBreakerLayer, State};
+    /// use tower_llm_core::{BoxError, FailureKind, UpstreamError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// // One breaker per model over a plain `String` answer; "big" is down.
+    /// let breakers = CircuitBreakerLayer::builder()
+    ///     .consecutive_failures(1)
+    ///     .build_keyed(|model: &&'static str| model.to_string(), 100)?;
+    /// let handle = breakers.handle();
+    /// let mut svc = ServiceBuilder::new()
+    ///     .layer(breakers)
+    ///     .service(service_fn(|model: &'static str| async move {
+    ///         if model == "big" {
+    ///             return Err(UpstreamError::new(FailureKind::ServerError, "down").into());
+    ///         }
+    ///         Ok::<_, BoxError>(format!("{model}: hello"))
+    ///     }))
+    ///     .boxed_clone();
+    ///
+    /// let _ = svc.ready().await?.call("big").await;
+    /// assert_eq!(svc.ready().await?.call("small").await?, "small: hello");
+    /// let mut stats = handle.stats();
+    /// stats.breakers.sort_by(|a, b| a.0.cmp(&b.0));
+    /// assert_eq!(stats.breakers[0].0, "big");
+    /// assert_eq!(stats.breakers[0].1.state, State::Open);
+    /// assert_eq!(stats.breakers[1].1.successes, 1);
+    /// assert_eq!(stats.evicted, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stats(&self) -> KeyedStats<K> {
+        // Read each breaker outside the map's lock, as `reset_all` does.
+        let (entries, evicted) = {
+            let map = self.breakers.lock();
+            let entries: Vec<(K, Arc<Breaker>)> = map
+                .entries
+                .iter()
+                .map(|(key, entry)| (key.clone(), Arc::clone(&entry.breaker)))
+                .collect();
+            (entries, map.evicted)
+        };
+        KeyedStats {
+            breakers: entries
+                .into_iter()
+                .map(|(key, breaker)| (key, CircuitBreakerHandle { breaker }.stats()))
+                .collect(),
+            evicted,
+        }
     }
 
     /// How many breakers the map holds.

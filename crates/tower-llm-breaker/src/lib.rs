@@ -167,7 +167,9 @@ mod model_tests;
 pub use config::{CircuitBreakerBuilder, ConfigError, Window};
 pub use future::ResponseFuture;
 pub use handle::CircuitBreakerHandle;
-pub use keyed::{KeyedCircuitBreaker, KeyedCircuitBreakerHandle, KeyedCircuitBreakerLayer};
+pub use keyed::{
+    KeyedCircuitBreaker, KeyedCircuitBreakerHandle, KeyedCircuitBreakerLayer, KeyedStats,
+};
 pub use layer::CircuitBreakerLayer;
 pub use service::CircuitBreaker;
 pub use state::{State, StateChange, Stats};

@@ -111,6 +111,13 @@ async fn the_map_is_bounded_and_keeps_open_breakers_longest() {
     keys.sort_unstable();
     assert_eq!(keys, [3, 5]);
     assert!(handle.get(&1).is_none());
+
+    // Three keys made room for others; the snapshot lists what is left.
+    let mut stats = handle.stats();
+    assert_eq!(stats.evicted, 3);
+    stats.breakers.sort_by_key(|(key, _)| *key);
+    let states: Vec<_> = stats.breakers.iter().map(|(k, s)| (*k, s.state)).collect();
+    assert_eq!(states, [(3, State::Open), (5, State::Open)]);
 }
 
 #[test]
