@@ -16,7 +16,8 @@
 //! tally decides over the answers in. Failures do not vote. When the quorum is not met
 //! (answers disagreed, too many failed, or the combiner refused), the error is
 //! [`NoQuorum`], listing the failures; the vote ends early when the services
-//! still running could no longer make up the quorum.
+//! still running could no longer make up the quorum, and a vote over fewer services than its
+//! quorum calls none of them and fails at once.
 //!
 //! The answer can be marked with the service whose ballot won and the number of services
 //! asked ([`Answered`], see [`VoteBuilder::record_winner`]). Cost: one call per service per request, which buys
@@ -213,7 +214,8 @@ impl<T, C, W> VoteBuilder<T, C, W> {
     }
 
     /// How many agreeing answers (majority) or answers (combine) decide; default a strict
-    /// majority of the services. At least 1.
+    /// majority of the services. At least 1; a vote over fewer services than this calls none
+    /// of them and fails at once with [`NoQuorum`].
     pub fn quorum(mut self, quorum: usize) -> Self {
         self.quorum = Some(quorum);
         self
@@ -454,7 +456,13 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         self.observe.request();
         let quorum = self.quorum();
-        let (attempts, count) = launch_all(&self.services, request);
+        // A quorum above the number of services can never be met: refused at once (the
+        // future's first poll), without spending a call on any of them.
+        let (attempts, count) = if quorum > self.services.len() {
+            (Attempts::new(0), 0)
+        } else {
+            launch_all(&self.services, request)
+        };
         self.observe.legs_started(count);
         VoteFuture {
             attempts,

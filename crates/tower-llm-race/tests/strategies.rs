@@ -676,6 +676,28 @@ async fn vote_without_quorum_fails_and_says_why() {
     assert_eq!(classify_dyn_error(&*error).kind, FailureKind::Overloaded);
 }
 
+/// A quorum no list this short can meet: no service is called, and the refusal is ready at
+/// once.
+#[tokio::test(start_paused = true)]
+async fn vote_over_fewer_services_than_its_quorum_calls_none() {
+    let (a, b) = (Mock::ok(10, "a"), Mock::ok(10, "a"));
+    let vote = VoteLayer::majority(normalised)
+        .quorum(3)
+        .build()
+        .expect("valid")
+        .layer_vec(vec![a.clone(), b.clone()]);
+    let start = Instant::now();
+    let error = vote
+        .oneshot("q".to_string())
+        .await
+        .expect_err("out of reach");
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    let no_quorum = error.downcast_ref::<NoQuorum>().expect("NoQuorum");
+    assert_eq!((no_quorum.quorum(), no_quorum.answers()), (3, 0));
+    assert_eq!(classify_dyn_error(&*error).kind, FailureKind::Other);
+    assert_eq!((a.stats.calls(), b.stats.calls()), (0, 0));
+}
+
 #[tokio::test(start_paused = true)]
 async fn vote_timeout_decides_over_the_answers_in() {
     // A combiner that keeps the longest answer, once two are in.
