@@ -31,7 +31,7 @@ pub(crate) type TtlFor<V> = Arc<dyn Fn(&V) -> Option<Duration> + Send + Sync>;
 
 /// The bound on the cache.
 pub(crate) enum Capacity<V> {
-    Entries(u64),
+    Entries(usize),
     Bytes(u64, Weigher<V>),
 }
 
@@ -207,7 +207,7 @@ enum FrontRead<V> {
 impl<V: Clone> Front<V> {
     fn new(capacity: &Capacity<V>) -> Self {
         let wanted = match capacity {
-            Capacity::Entries(n) => usize::try_from(*n).unwrap_or(FRONT_SLOTS_MAX),
+            Capacity::Entries(n) => *n,
             Capacity::Bytes(..) => FRONT_SLOTS_MAX,
         };
         let len = wanted.clamp(8, FRONT_SLOTS_MAX).next_power_of_two();
@@ -333,7 +333,7 @@ impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
             builder.time_to_live(config.ttl.min(MOKA_MAX_TTL))
         };
         builder = match &config.capacity {
-            Capacity::Entries(n) => builder.max_capacity(*n),
+            Capacity::Entries(n) => builder.max_capacity(u64::try_from(*n).unwrap_or(u64::MAX)),
             Capacity::Bytes(n, weigh) => {
                 let weigh = weigh.clone();
                 builder

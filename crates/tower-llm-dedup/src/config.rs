@@ -13,7 +13,7 @@ use crate::observe::{DEFAULT_NAME, Observe};
 use crate::policy::OnError;
 
 /// The cache's default capacity, in entries.
-pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
+pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
 
 /// The default time an answer stays in the cache.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
@@ -155,8 +155,9 @@ macro_rules! knob_methods {
         }
 
         /// Bounds the cache by number of answers (default
-        /// [`DEFAULT_MAX_ENTRIES`](crate::DEFAULT_MAX_ENTRIES)).
-        pub fn max_entries(mut self, entries: u64) -> Self {
+        /// [`DEFAULT_MAX_ENTRIES`](crate::DEFAULT_MAX_ENTRIES)). A `usize`, as every count
+        /// that bounds memory is (a limiter's `max_keys`, a batch's `capacity`).
+        pub fn max_entries(mut self, entries: usize) -> Self {
             self.knobs.capacity = crate::cache::Capacity::Entries(entries);
             self
         }

@@ -147,7 +147,7 @@ pub(crate) struct ModelConfig {
 #[derive(Clone, Debug)]
 pub(crate) struct DedupConfig {
     pub(crate) ttl: Duration,
-    pub(crate) max_entries: u64,
+    pub(crate) max_entries: usize,
     pub(crate) cache_all: bool,
 }
 
@@ -358,7 +358,7 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub(super) struct Dedup {
         pub(super) ttl: String,
-        pub(super) max_entries: Option<u64>,
+        pub(super) max_entries: Option<usize>,
         #[serde(default)]
         pub(super) cache_all: bool,
     }
@@ -907,7 +907,8 @@ impl Config {
                     ttl: duration(&format!("{at}.dedup.ttl"), &d.ttl, Zero::Refused)?,
                     max_entries: positive(
                         &format!("{at}.dedup.max_entries"),
-                        d.max_entries.unwrap_or(10_000),
+                        d.max_entries
+                            .unwrap_or(tower_llm_dedup::DEFAULT_MAX_ENTRIES),
                     )?,
                     cache_all: d.cache_all,
                 }),
