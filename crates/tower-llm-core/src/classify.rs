@@ -178,7 +178,11 @@ impl fmt::Display for FailureKind {
 
 /// A classified failure: its kind and, when the server or a layer gave one, how long to wait
 /// before trying again.
+///
+/// Built with [`Failure::new`] and [`Failure::with_retry_after`], so that it can carry more
+/// later without breaking the code that makes one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Failure {
     /// What went wrong.
     pub kind: FailureKind,

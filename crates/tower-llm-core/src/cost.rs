@@ -21,6 +21,28 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// `input_tokens` in the prompt and `output_tokens` generated, none from a prompt cache.
+    ///
+    /// ```
+    /// use tower_llm_core::Usage;
+    ///
+    /// let usage = Usage::new(120, 30).with_cached_input_tokens(100);
+    /// assert_eq!((usage.total(), usage.cached_input_tokens), (150, 100));
+    /// ```
+    pub const fn new(input_tokens: u64, output_tokens: u64) -> Self {
+        Usage {
+            input_tokens,
+            output_tokens,
+            cached_input_tokens: 0,
+        }
+    }
+
+    /// The same usage with `cached` of its input tokens served from the prompt cache.
+    pub const fn with_cached_input_tokens(mut self, cached: u64) -> Self {
+        self.cached_input_tokens = cached;
+        self
+    }
+
     /// Input plus output tokens: what a tokens-per-minute quota counts.
     pub const fn total(&self) -> u64 {
         self.input_tokens.saturating_add(self.output_tokens)

@@ -15,6 +15,7 @@ pub use tower_llm_core::RateLimitHeaders;
 
 /// What the server said about one dimension (requests or tokens).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ServerLimit {
     /// Units left before the reset.
     pub remaining: u64,
@@ -22,8 +23,11 @@ pub struct ServerLimit {
     pub reset_in: Duration,
 }
 
-/// The server's rate-limit state, as read from one response's headers.
+/// The server's rate-limit state, as read from one response's headers
+/// ([`from_headers`](Self::from_headers)). More dimensions may be added (Anthropic counts
+/// input and output tokens apart).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ServerLimits {
     /// Requests left and when they reset.
     pub requests: Option<ServerLimit>,

@@ -54,13 +54,13 @@ where
         let Some(body) = read_error_body(None, response.body().as_ref()) else {
             return outcome;
         };
-        Outcome::Failure(Failure {
-            kind: body
-                .kind
-                .filter(|kind| ErrorBody::refines_status(*kind))
-                .unwrap_or(failure.kind),
-            retry_after: failure.retry_after.or(body.retry_after),
-        })
+        let kind = body
+            .kind
+            .filter(|kind| ErrorBody::refines_status(*kind))
+            .unwrap_or(failure.kind);
+        Outcome::Failure(
+            Failure::new(kind).with_retry_after(failure.retry_after.or(body.retry_after)),
+        )
     }
 }
 
