@@ -171,6 +171,44 @@
 //! # }
 //! ```
 //!
+//! The usual pair of quotas, [`RateLimitLayer::new`], over the typed OpenAI service of
+//! `tower-llm-providers` (here over a stand-in for the network): its `ChatRequest`
+//! estimates its cost, its `ChatResponse` reports the usage and says that OpenAI keeps what it
+//! reserved at admission, which the default reconcile follows.
+//!
+//! ```
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_llm_core::BoxError;
+//! use tower_llm_providers::{ChatRequest, Message, OpenAi, RequestBody};
+//! use tower_llm_ratelimit::{Quota, RateLimitLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let http = service_fn(|_: http::Request<RequestBody>| async {
+//!     let body = r#"{"id":"c1","model":"m","choices":[{"index":0,
+//!         "message":{"role":"assistant","content":"Paris."},"finish_reason":"stop"}],
+//!         "usage":{"prompt_tokens":12,"completion_tokens":2,"total_tokens":14}}"#;
+//!     http::Response::builder().status(200).body(body.to_owned())
+//! });
+//! let layer = RateLimitLayer::new(Quota::per_minute(500), Quota::per_minute(200_000));
+//! let handle = layer.handle();
+//! let openai = ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service(OpenAi::compatible("http://localhost/v1").build_with(http)?);
+//!
+//! let request = ChatRequest::new("m", vec![Message::user("Capital of France?")]).max_tokens(100);
+//! let answer = openai.oneshot(request).await?;
+//! assert_eq!(answer.content, "Paris.");
+//! let stats = handle.stats();
+//! assert_eq!(stats.admitted, 1);
+//! // OpenAI counts the prompt estimate and max_tokens when it admits a call, and keeps
+//! // them: so does the limiter.
+//! assert!(stats.tokens_reserved > 100);
+//! assert_eq!(stats.tokens_refunded, 0);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Over the typed OpenAI service of `tower-llm-providers`, with a tokens quota (its
 //! `ChatRequest` estimates its cost, its `ChatResponse` reports usage and says OpenAI keeps
 //! the reservation) and the provider's rate-limit headers followed:
