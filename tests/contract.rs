@@ -566,7 +566,9 @@ mod keyed_breaker {
     use tower_llm_breaker::{CircuitBreakerLayer, State};
     use tower_llm_core::CircuitOpen;
 
-    /// The key of a request: its first word (`"big: ..."`, `"small: ..."`).
+    /// The key of a request: its first word (`"big: ..."`, `"small: ..."`). A key function
+    /// sees the request as it is, a `&String`.
+    #[allow(clippy::ptr_arg)]
     fn model(request: &String) -> String {
         request.split(':').next().unwrap_or_default().to_owned()
     }
