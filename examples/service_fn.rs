@@ -122,11 +122,7 @@ async fn main() -> Result<(), BoxError> {
             let sdk = sdk.clone();
             async move {
                 let (text, output_tokens) = sdk.complete(&prompt).await.map_err(to_upstream)?;
-                let usage = Usage {
-                    input_tokens: estimate_text_tokens(&prompt),
-                    output_tokens: u64::from(output_tokens),
-                    cached_input_tokens: 0,
-                };
+                let usage = Usage::new(estimate_text_tokens(&prompt), u64::from(output_tokens));
                 Ok::<_, UpstreamError>(Answer { text, usage })
             }
         }

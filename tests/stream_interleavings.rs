@@ -119,10 +119,7 @@ impl Stream for TestStream {
             None => Poll::Pending,
             Some(Event::Chunk) => Poll::Ready(Some(Ok(1))),
             Some(Event::End(used)) => {
-                let usage = used.map(|output_tokens| Usage {
-                    output_tokens,
-                    ..Usage::default()
-                });
+                let usage = used.map(|output_tokens| Usage::new(0, output_tokens));
                 self.close(StreamEnd::Completed { usage });
                 Poll::Ready(None)
             }

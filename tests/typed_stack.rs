@@ -20,13 +20,7 @@ async fn typed_requests_dedup_and_rate_limit_without_glue() {
         let calls = calls.clone();
         service_fn(move |request: ChatRequest| {
             calls.fetch_add(1, Ordering::SeqCst);
-            async move {
-                Ok::<_, BoxError>(ChatResponse {
-                    model: request.model,
-                    content: "hi".to_owned(),
-                    ..ChatResponse::default()
-                })
-            }
+            async move { Ok::<_, BoxError>(ChatResponse::new("hi").with_model(request.model)) }
         })
     };
     let stack = ServiceBuilder::new()

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 /// Token usage reported by a provider for one call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Usage {
     /// Tokens in the prompt, cached ones included.
     pub input_tokens: u64,

@@ -39,7 +39,7 @@
 //!     .unwrap()
 //!     .on_end(move |end| *record.lock().unwrap() = Some(end.clone()));
 //! // What the stream does at its terminal event:
-//! let usage = Usage { input_tokens: 10, output_tokens: 5, ..Usage::default() };
+//! let usage = Usage::new(10, 5);
 //! stream.end.finish(StreamEnd::Completed { usage: Some(usage) });
 //! assert_eq!(*seen.lock().unwrap(), Some(StreamEnd::Completed { usage: Some(usage) }));
 //! ```

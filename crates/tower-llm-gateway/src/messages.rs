@@ -299,7 +299,8 @@ fn stop_reason(reason: Option<&FinishReason>) -> &'static str {
         Some(FinishReason::Length) => "max_tokens",
         Some(FinishReason::ToolCalls) => "tool_use",
         Some(FinishReason::ContentFilter | FinishReason::Refusal) => "refusal",
-        Some(FinishReason::Stop | FinishReason::Other(_)) | None => "end_turn",
+        // Stop, a reason the gateway does not know yet, or none.
+        _ => "end_turn",
     }
 }
 
@@ -482,8 +483,8 @@ impl EventWriter for EventSequence {
             ChatChunk::Finish(reason) => self.finish = Some(reason.clone()),
             ChatChunk::Usage(usage) => self.usage = Some(*usage),
             // Thinking, citations and server tools are not relayed (yet): the text and the
-            // tool calls are.
-            ChatChunk::Block(_) => {}
+            // tool calls are; nor is a kind of chunk the gateway does not know yet.
+            _ => {}
         }
     }
 
@@ -529,19 +530,8 @@ mod tests {
 
     #[test]
     fn usage_is_counted_as_anthropic_counts_it_and_totalled_in_message_delta() {
-        let usage = Usage {
-            input_tokens: 120,
-            output_tokens: 7,
-            cached_input_tokens: 100,
-        };
-        let whole = response_json(
-            &ChatResponse {
-                content: "hi".to_owned(),
-                usage: Some(usage),
-                ..ChatResponse::default()
-            },
-            "m",
-        );
+        let usage = Usage::new(120, 7).with_cached_input_tokens(100);
+        let whole = response_json(&ChatResponse::new("hi").with_usage(usage), "m");
         let expected = json!({"input_tokens": 20, "cache_read_input_tokens": 100,
                               "output_tokens": 7});
         assert_eq!(whole["usage"], expected);

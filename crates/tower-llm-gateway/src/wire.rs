@@ -627,8 +627,8 @@ impl EventWriter for ChunkWriter {
                 })
             }
             // OpenAI's format has no content blocks: thinking, citations and server tools
-            // are not relayed.
-            ChatChunk::Block(_) => return,
+            // are not relayed, nor is a kind of chunk the gateway does not know yet.
+            _ => return,
         };
         out.push_str("data: ");
         out.push_str(&value.to_string());
@@ -688,33 +688,25 @@ mod tests {
 
     #[test]
     fn content_is_null_beside_tool_calls_or_a_refusal_and_text_otherwise() {
-        let refused = ChatResponse {
-            refusal: Some("I can't help with that.".to_owned()),
-            finish_reason: Some(FinishReason::Refusal),
-            ..ChatResponse::default()
-        };
+        let refused = ChatResponse::default()
+            .with_refusal("I can't help with that.")
+            .with_finish_reason(FinishReason::Refusal);
         let message = message_of(&refused);
         assert_eq!(message["content"], Value::Null, "{message}");
         assert_eq!(message["refusal"], "I can't help with that.");
         let body = serde_json::to_value(chat_response_json(&refused, "m")).unwrap();
         assert_eq!(body["choices"][0]["finish_reason"], "stop");
 
-        let called = ChatResponse {
-            tool_calls: vec![ToolCall {
-                id: "call_1".to_owned(),
-                name: "f".to_owned(),
-                arguments: "{}".to_owned(),
-            }],
-            ..ChatResponse::default()
-        };
+        let called = ChatResponse::default().with_tool_calls(vec![ToolCall {
+            id: "call_1".to_owned(),
+            name: "f".to_owned(),
+            arguments: "{}".to_owned(),
+        }]);
         assert_eq!(message_of(&called)["content"], Value::Null);
 
         // An answer that is really empty stays a string, as OpenAI sends it.
         assert_eq!(message_of(&ChatResponse::default())["content"], "");
-        let answered = ChatResponse {
-            content: "hi".to_owned(),
-            ..ChatResponse::default()
-        };
+        let answered = ChatResponse::new("hi");
         let message = message_of(&answered);
         assert_eq!(message["content"], "hi");
         assert!(message.get("refusal").is_none());

@@ -700,6 +700,7 @@ impl<R: Deterministic> Deterministic for Streaming<R> {
 
 /// Why the model stopped.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum FinishReason {
     /// It finished its answer or hit a stop sequence.
     Stop,
@@ -734,6 +735,7 @@ impl FinishReason {
 
 /// A chat completion.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct ChatResponse {
     /// The provider's id for the response.
     pub id: String,
@@ -762,6 +764,57 @@ pub struct ChatResponse {
 }
 
 impl ChatResponse {
+    /// An answer with this text and nothing else (for a test double, or a cache of your own);
+    /// the `with_` methods fill in the rest. The type may grow fields, so it is built this
+    /// way rather than with a struct expression.
+    ///
+    /// ```
+    /// use tower_llm_providers::{ChatResponse, FinishReason, Usage};
+    ///
+    /// let answer = ChatResponse::new("Paris.")
+    ///     .with_model("gpt-4o-mini")
+    ///     .with_finish_reason(FinishReason::Stop)
+    ///     .with_usage(Usage::new(12, 3));
+    /// assert_eq!(answer.content, "Paris.");
+    /// assert_eq!(answer.usage.map(|u| u.total()), Some(15));
+    /// ```
+    pub fn new(content: impl Into<String>) -> Self {
+        ChatResponse {
+            content: content.into(),
+            ..ChatResponse::default()
+        }
+    }
+
+    /// The same answer from this model.
+    pub fn with_model(mut self, model: impl Into<String>) -> Self {
+        self.model = model.into();
+        self
+    }
+
+    /// The same answer with this finish reason.
+    pub fn with_finish_reason(mut self, reason: FinishReason) -> Self {
+        self.finish_reason = Some(reason);
+        self
+    }
+
+    /// The same answer with this usage.
+    pub fn with_usage(mut self, usage: Usage) -> Self {
+        self.usage = Some(usage);
+        self
+    }
+
+    /// The same answer with these tool calls.
+    pub fn with_tool_calls(mut self, calls: Vec<ToolCall>) -> Self {
+        self.tool_calls = calls;
+        self
+    }
+
+    /// The same answer refused, with the model's refusal text.
+    pub fn with_refusal(mut self, refusal: impl Into<String>) -> Self {
+        self.refusal = Some(refusal.into());
+        self
+    }
+
     /// This answer as the assistant message of the next turn: its text, its tool calls and
     /// its [`blocks`](Self::blocks), so that Anthropic gets its thinking and server tool
     /// blocks back as it requires, and other providers the text and tool calls.
@@ -818,6 +871,7 @@ impl ClassifyResponse for ChatResponse {
 
 /// One piece of a streamed answer.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum ChatChunk {
     /// More text.
     Content(String),

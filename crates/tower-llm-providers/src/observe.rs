@@ -466,9 +466,8 @@ impl CallObs {
                 response_model: Some(answer.model.as_str()).filter(|m| !m.is_empty()),
                 response_id: answer.meta.request_id.as_deref(),
                 // Embeddings produce no output tokens.
-                usage: answer.usage.map(|u| Usage {
-                    output_tokens: 0,
-                    ..u
+                usage: answer.usage.map(|u| {
+                    Usage::new(u.input_tokens, 0).with_cached_input_tokens(u.cached_input_tokens)
                 }),
                 finish: None,
                 error: None,

@@ -665,11 +665,7 @@ impl ChatAccumulator {
 }
 
 pub(crate) fn usage(input: u64, output: u64, cached: u64) -> Usage {
-    Usage {
-        input_tokens: input,
-        output_tokens: output,
-        cached_input_tokens: cached,
-    }
+    Usage::new(input, output).with_cached_input_tokens(cached)
 }
 
 pub(crate) fn finish_reason_openai(reason: &str) -> FinishReason {

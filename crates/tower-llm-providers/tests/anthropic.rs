@@ -68,11 +68,7 @@ async fn documented_message_and_request_mapping() {
     );
     assert_eq!(
         answer.usage,
-        Some(Usage {
-            input_tokens: 2095 + 100 + 10,
-            output_tokens: 503,
-            cached_input_tokens: 100
-        })
+        Some(Usage::new(2095 + 100 + 10, 503).with_cached_input_tokens(100))
     );
     assert_eq!(answer.extra["role"], "assistant");
 
@@ -189,11 +185,7 @@ fn expected_stream() -> Vec<ChatChunk> {
             arguments: " \"San Francisco, CA\"}".into(),
         }),
         ChatChunk::Finish(FinishReason::ToolCalls),
-        ChatChunk::Usage(Usage {
-            input_tokens: 472,
-            output_tokens: 89,
-            cached_input_tokens: 0,
-        }),
+        ChatChunk::Usage(Usage::new(472, 89)),
     ]
 }
 

@@ -93,13 +93,8 @@ impl WireAnswer {
         self.done.then_some(reason)
     }
 
-    // Built field by field, as code outside the crate must build types that may grow.
-    #[allow(clippy::field_reassign_with_default)]
     fn usage(&self) -> Option<Usage> {
-        let mut usage = Usage::default();
-        usage.input_tokens = self.prompt_eval_count?;
-        usage.output_tokens = self.eval_count?;
-        Some(usage)
+        Some(Usage::new(self.prompt_eval_count?, self.eval_count?))
     }
 }
 
@@ -147,7 +142,6 @@ impl Protocol for OllamaProtocol {
         Ok(http)
     }
 
-    #[allow(clippy::field_reassign_with_default)]
     fn decode_chat(
         cx: &CallContext,
         body: Bytes,
@@ -155,11 +149,10 @@ impl Protocol for OllamaProtocol {
     ) -> Result<ChatResponse, UpstreamError> {
         let wire: WireAnswer = serde_json::from_slice(&body)
             .map_err(|e| cx.malformed("answer is not Ollama's JSON", &body, e))?;
-        let mut answer = ChatResponse::default();
+        let mut answer = ChatResponse::new(wire.message.as_ref().map_or("", |m| &m.content))
+            .with_model(wire.model.as_str());
         answer.finish_reason = wire.finish_reason();
         answer.usage = wire.usage();
-        answer.model = wire.model;
-        answer.content = wire.message.map(|m| m.content).unwrap_or_default();
         answer.meta = meta;
         Ok(answer)
     }

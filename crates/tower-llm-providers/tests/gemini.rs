@@ -71,11 +71,7 @@ async fn documented_answer_and_request_mapping() {
     assert_eq!(answer.id, "mAitaLmkHPPlz7IPvtfUqQ4");
     assert_eq!(
         answer.usage,
-        Some(Usage {
-            input_tokens: 8,
-            output_tokens: 34,
-            cached_input_tokens: 2
-        })
+        Some(Usage::new(8, 34).with_cached_input_tokens(2))
     );
 
     let sent = sent.lock().unwrap();
@@ -146,11 +142,7 @@ fn expected_stream() -> Vec<ChatChunk> {
         ChatChunk::Content(" quick brown fox".into()),
         ChatChunk::Content(" jumps.".into()),
         ChatChunk::Finish(FinishReason::Stop),
-        ChatChunk::Usage(Usage {
-            input_tokens: 9,
-            output_tokens: 7,
-            cached_input_tokens: 0,
-        }),
+        ChatChunk::Usage(Usage::new(9, 7)),
     ]
 }
 

@@ -72,14 +72,7 @@ async fn documented_answer_and_request_encoding() {
     assert_eq!(answer.id, "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT");
     assert_eq!(answer.model, "gpt-4.1-2025-04-14");
     assert_eq!(answer.finish_reason, Some(FinishReason::Stop));
-    assert_eq!(
-        answer.usage(),
-        Some(Usage {
-            input_tokens: 19,
-            output_tokens: 10,
-            cached_input_tokens: 0
-        })
-    );
+    assert_eq!(answer.usage(), Some(Usage::new(19, 10)));
     assert_eq!(answer.extra["system_fingerprint"], "fp_44709d6fcb");
     assert_eq!(answer.extra["service_tier"], "default");
 
@@ -157,11 +150,7 @@ fn expected_stream() -> Vec<ChatChunk> {
         ChatChunk::Content("Hello".into()),
         ChatChunk::Content(", wörld 日本".into()),
         ChatChunk::Finish(FinishReason::Stop),
-        ChatChunk::Usage(Usage {
-            input_tokens: 9,
-            output_tokens: 4,
-            cached_input_tokens: 0,
-        }),
+        ChatChunk::Usage(Usage::new(9, 4)),
     ]
 }
 

@@ -86,11 +86,7 @@ async fn a_stream_read_to_its_end_completes_with_its_usage() {
             assert!(seen.lock().unwrap().is_empty(), "ended before its end");
         }
     }
-    let usage = Usage {
-        input_tokens: 7,
-        output_tokens: 3,
-        ..Usage::default()
-    };
+    let usage = Usage::new(7, 3);
     assert_eq!(
         *seen.lock().unwrap(),
         [StreamEnd::Completed { usage: Some(usage) }]

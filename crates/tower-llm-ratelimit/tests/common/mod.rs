@@ -85,11 +85,7 @@ pub struct Res {
 
 impl ResponseUsage for Res {
     fn usage(&self) -> Option<Usage> {
-        self.usage.map(|total| Usage {
-            input_tokens: total,
-            output_tokens: 0,
-            cached_input_tokens: 0,
-        })
+        self.usage.map(|total| Usage::new(total, 0))
     }
 }
 
