@@ -12,7 +12,7 @@ use tower::{Layer, Service, ServiceExt};
 use tower_llm_breaker::{CircuitBreakerLayer, State};
 use tower_llm_core::{BoxError, CircuitOpen};
 use tower_llm_providers::{ChatRequest, HttpClientConfig, Message, OpenAi, Streaming};
-use tower_llm_testkit::{Fault, FaultPlan, MockServer};
+use tower_llm_testkit::{Fault, FaultPlan, MockServer, StreamError};
 
 fn openai(server: &MockServer) -> OpenAi {
     OpenAi::builder()
@@ -66,7 +66,10 @@ fn breaker() -> CircuitBreakerLayer {
 async fn an_upstream_that_breaks_every_stream_opens_the_breaker() {
     for fault in [
         Fault::CutStream { after_chunks: 1 },
-        Fault::StreamErrorEvent { after_chunks: 1 },
+        Fault::StreamErrorEvent {
+            after_chunks: 1,
+            error: StreamError::Overloaded,
+        },
         Fault::StallStream { after_chunks: 1 },
     ] {
         let server = MockServer::start(FaultPlan::healthy().fault(fault.clone(), 1.0))

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use tower::{Layer, ServiceExt};
 use tower_llm_dedup::{ReplayStream, StreamDedupLayer};
 use tower_llm_providers::{ChatChunk, ChatRequest, HttpClientConfig, Message, OpenAi};
-use tower_llm_testkit::{Fault, FaultPlan, MockServer};
+use tower_llm_testkit::{Fault, FaultPlan, MockServer, StreamError};
 
 fn ask() -> tower_llm_providers::Streaming<ChatRequest> {
     // Temperature 0: deterministic, so a whole answer may be cached.
@@ -32,7 +32,10 @@ async fn read(stream: ReplayStream<ChatChunk>) -> Result<Vec<ChatChunk>, String>
 async fn only_a_stream_that_reached_its_terminal_event_is_kept() {
     for fault in [
         Fault::CutStream { after_chunks: 1 },
-        Fault::StreamErrorEvent { after_chunks: 1 },
+        Fault::StreamErrorEvent {
+            after_chunks: 1,
+            error: StreamError::Overloaded,
+        },
         Fault::StallStream { after_chunks: 1 },
         Fault::MalformedJson,
     ] {

@@ -22,7 +22,7 @@ use tower_llm_providers::{
     FinishReason, Gemini, HttpClient, HttpClientConfig, Message, OpenAi, RequestBody,
     StreamTimeouts, Streaming,
 };
-use tower_llm_testkit::{Fault, FaultPlan, MockServer, RetryAfterForm, embedding_for};
+use tower_llm_testkit::{Fault, FaultPlan, MockServer, RetryAfterForm, StreamError, embedding_for};
 
 const REPLY: &str = "Hello from the mock, with ünïcode 日本語 and more words.";
 
@@ -332,11 +332,12 @@ async fn quota_exhausted_and_overloaded() {
 async fn in_stream_error_event() {
     let server = server(FaultPlan::healthy()).await;
     for which in ALL {
-        server.set_plan(
-            FaultPlan::healthy()
-                .reply(REPLY)
-                .script([Some(Fault::StreamErrorEvent { after_chunks: 2 })]),
-        );
+        server.set_plan(FaultPlan::healthy().reply(REPLY).script([Some(
+            Fault::StreamErrorEvent {
+                after_chunks: 2,
+                error: StreamError::Overloaded,
+            },
+        )]));
         let items = provider(which, &server, Rechunk(client()), StreamTimeouts::none())
             .stream(request(which))
             .await

@@ -15,7 +15,7 @@ use tower_layer::Layer;
 use tower_llm_core::BoxError;
 use tower_llm_providers::{ChatChunk, ChatRequest, Message, Streaming};
 use tower_llm_ratelimit::{Quota, RateLimitLayer};
-use tower_llm_testkit::{Fault, FaultPlan, MockServer, Quota as MockQuota};
+use tower_llm_testkit::{Fault, FaultPlan, MockServer, Quota as MockQuota, StreamError};
 use typed::{anthropic, openai};
 
 fn ask(i: usize) -> ChatRequest {
@@ -130,7 +130,10 @@ async fn a_streamed_usage_is_reconciled_at_the_end() {
 async fn a_stream_without_usage_is_charged_its_reservation() {
     for fault in [
         Fault::CutStream { after_chunks: 1 },
-        Fault::StreamErrorEvent { after_chunks: 1 },
+        Fault::StreamErrorEvent {
+            after_chunks: 1,
+            error: StreamError::Overloaded,
+        },
         Fault::StallStream { after_chunks: 1 },
     ] {
         let server = MockServer::start(FaultPlan::healthy().script([Some(fault.clone())]))

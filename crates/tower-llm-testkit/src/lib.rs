@@ -105,6 +105,8 @@ pub use client::{
 };
 pub use counters::{Counters, ReceivedRequest};
 pub use embedding::{DEFAULT_DIMENSIONS, MAX_DIMENSIONS, embedding_for};
-pub use plan::{Fault, FaultPlan, KeyEcho, Latency, Quota, RetryAfterForm, Route, WeightedFault};
+pub use plan::{
+    Fault, FaultPlan, KeyEcho, Latency, Quota, RetryAfterForm, Route, StreamError, WeightedFault,
+};
 pub use redis::{REDIS_MISSING, RedisServer};
 pub use server::{MockServer, RECEIVED_CAPACITY};

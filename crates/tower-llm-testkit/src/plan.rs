@@ -172,13 +172,45 @@ pub enum Fault {
         after_chunks: usize,
     },
     /// A stream that sends `after_chunks` content chunks and then the provider's in-stream
-    /// error (OpenAI `data: {"error":..}`, Anthropic `event: error` with `overloaded_error`,
-    /// Gemini `data: {"error":..}`). On a request that is not streamed it answers like
-    /// [`Overloaded`](Self::Overloaded).
+    /// error named by `error` (OpenAI `data: {"error":..}`, Anthropic `event: error`, Gemini
+    /// `data: {"error":..}`; see [`StreamError`] for each provider's words). On a request
+    /// that is not streamed it answers like [`Overloaded`](Self::Overloaded).
+    ///
+    /// In plan files: `{"stream_error_event": {"after_chunks": 1, "error": "rate_limited"}}`
+    /// (`error` defaults to `"overloaded"`).
     StreamErrorEvent {
         /// Content chunks sent before the error event.
         after_chunks: usize,
+        /// Which error the event names.
+        #[serde(default)]
+        error: StreamError,
     },
+    /// A complete stream, terminal event included, that reports no token usage: no usage
+    /// chunk from OpenAI even when `stream_options.include_usage` asks for one (as some
+    /// compatible servers do), no `usage` in Anthropic's `message_start` and
+    /// `message_delta`, no `usageMetadata` from Gemini. On a request that is not streamed it
+    /// answers normally.
+    StreamWithoutUsage,
+}
+
+/// The error a [`Fault::StreamErrorEvent`] sends inside a stream, in each provider's words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamError {
+    /// The provider is overloaded: Anthropic `overloaded_error`, Gemini 503 `UNAVAILABLE`;
+    /// OpenAI names no overload inside a stream and sends its `server_error` ("The server had
+    /// an error while processing your request").
+    #[default]
+    Overloaded,
+    /// A rate limit, with no retry hint (an event has no headers): Anthropic
+    /// `rate_limit_error`, OpenAI code `rate_limit_exceeded`, Gemini 429 `RESOURCE_EXHAUSTED`
+    /// with a per-minute `QuotaFailure`.
+    RateLimited,
+    /// An internal error: Anthropic `api_error`, OpenAI `server_error`, Gemini 500 `INTERNAL`.
+    ServerError,
+    /// The request's own fault, not the upstream's: Anthropic and OpenAI
+    /// `invalid_request_error`, Gemini 400 `INVALID_ARGUMENT`.
+    InvalidRequest,
 }
 
 /// How long the server waits before it starts answering.

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tower_llm_core::estimate_text_tokens;
 
 use crate::embedding::embedding_for;
-use crate::plan::Route;
+use crate::plan::{Route, StreamError};
 
 /// Whose wire format a route speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -387,8 +387,6 @@ pub(crate) struct StreamAnswer {
     pub(crate) closing: Vec<Event>,
     /// Written after the last event of a complete stream (`]` of a JSON array).
     pub(crate) trailer: Option<&'static str>,
-    /// The provider's in-stream error event.
-    pub(crate) error: Event,
 }
 
 pub(crate) fn openai_chat_stream(reply: &Reply, include_usage: bool) -> StreamAnswer {
@@ -441,29 +439,36 @@ pub(crate) fn openai_chat_stream(reply: &Reply, include_usage: bool) -> StreamAn
         chunks,
         closing,
         trailer: None,
-        error: Event::data(&json!({"error": {
-            "message": "The server had an error while processing your request. Sorry about that!",
-            "type": "server_error",
-            "param": null,
-            "code": null,
-        }})),
     }
 }
 
-pub(crate) fn anthropic_stream(reply: &Reply) -> StreamAnswer {
+/// Anthropic's events; `with_usage: false` leaves `usage` out of `message_start` and
+/// `message_delta`.
+pub(crate) fn anthropic_stream(reply: &Reply, with_usage: bool) -> StreamAnswer {
+    let mut message = json!({
+        "id": format!("msg_mock{}", reply.id),
+        "type": "message",
+        "role": "assistant",
+        "model": reply.model,
+        "content": [],
+        "stop_reason": null,
+        "stop_sequence": null,
+        "usage": {"input_tokens": reply.prompt_tokens, "output_tokens": 1},
+    });
+    let mut message_delta = json!({"type": "message_delta",
+        "delta": {"stop_reason": reply.anthropic_stop(), "stop_sequence": null},
+        "usage": {"output_tokens": reply.completion_tokens}});
+    if !with_usage {
+        for event in [&mut message, &mut message_delta] {
+            if let Some(fields) = event.as_object_mut() {
+                fields.remove("usage");
+            }
+        }
+    }
     let opening = vec![
         Event::named(
             "message_start",
-            &json!({"type": "message_start", "message": {
-                "id": format!("msg_mock{}", reply.id),
-                "type": "message",
-                "role": "assistant",
-                "model": reply.model,
-                "content": [],
-                "stop_reason": null,
-                "stop_sequence": null,
-                "usage": {"input_tokens": reply.prompt_tokens, "output_tokens": 1},
-            }}),
+            &json!({"type": "message_start", "message": message}),
         ),
         Event::named(
             "content_block_start",
@@ -488,12 +493,7 @@ pub(crate) fn anthropic_stream(reply: &Reply) -> StreamAnswer {
             "content_block_stop",
             &json!({"type": "content_block_stop", "index": 0}),
         ),
-        Event::named(
-            "message_delta",
-            &json!({"type": "message_delta",
-                "delta": {"stop_reason": reply.anthropic_stop(), "stop_sequence": null},
-                "usage": {"output_tokens": reply.completion_tokens}}),
-        ),
+        Event::named("message_delta", &message_delta),
         Event::named("message_stop", &json!({"type": "message_stop"})),
     ];
     StreamAnswer {
@@ -502,20 +502,23 @@ pub(crate) fn anthropic_stream(reply: &Reply) -> StreamAnswer {
         chunks,
         closing,
         trailer: None,
-        error: Event::named(
-            "error",
-            &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
-        ),
     }
 }
 
-pub(crate) fn gemini_stream(reply: &Reply, sse: bool) -> StreamAnswer {
+/// Gemini's chunks; `with_usage: false` leaves `usageMetadata` out of every one.
+pub(crate) fn gemini_stream(reply: &Reply, sse: bool, with_usage: bool) -> StreamAnswer {
     let words = reply.words();
     let last = words.len() - 1;
     let chunks = words
         .iter()
         .enumerate()
-        .map(|(i, word)| Event::data(&gemini_chunk(reply, word, i == last)))
+        .map(|(i, word)| {
+            let mut chunk = gemini_chunk(reply, word, i == last);
+            if !with_usage && let Some(chunk) = chunk.as_object_mut() {
+                chunk.remove("usageMetadata");
+            }
+            Event::data(&chunk)
+        })
         .collect();
     StreamAnswer {
         framing: if sse {
@@ -527,11 +530,31 @@ pub(crate) fn gemini_stream(reply: &Reply, sse: bool) -> StreamAnswer {
         chunks,
         closing: Vec::new(),
         trailer: (!sse).then_some("]"),
-        error: Event::data(&json!({"error": {
-            "code": 503,
-            "message": "The model is overloaded. Please try again later.",
-            "status": "UNAVAILABLE",
-        }})),
+    }
+}
+
+/// The in-stream error event `provider` sends for `error`: its error JSON, as a `data:` event
+/// (OpenAI, Gemini) or an `event: error` (Anthropic).
+pub(crate) fn stream_error(provider: Provider, error: StreamError) -> Event {
+    let case = match error {
+        // OpenAI names no overload inside a stream: it sends its server error.
+        StreamError::Overloaded if provider == Provider::OpenAi => {
+            return Event::data(&json!({"error": {
+                "message": "The server had an error while processing your request. Sorry about that!",
+                "type": "server_error",
+                "param": null,
+                "code": null,
+            }}));
+        }
+        StreamError::Overloaded => ErrorCase::Overloaded,
+        StreamError::RateLimited => ErrorCase::RateLimited { retry_after: None },
+        StreamError::ServerError => ErrorCase::Status(StatusCode::INTERNAL_SERVER_ERROR),
+        StreamError::InvalidRequest => ErrorCase::Status(StatusCode::BAD_REQUEST),
+    };
+    let (_, body) = error_body(provider, case);
+    match provider {
+        Provider::Anthropic => Event::named("error", &body),
+        Provider::OpenAi | Provider::Gemini => Event::data(&body),
     }
 }
 

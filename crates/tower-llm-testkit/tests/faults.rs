@@ -8,9 +8,9 @@ use bytes::Bytes;
 use serde_json::Value;
 use tower_llm_core::{BoxError, Classify, DefaultClassifier, FailureKind, Outcome};
 use tower_llm_testkit::{
-    Fault, FaultPlan, MockServer, Quota, RetryAfterForm, Route, TestClient, anthropic_messages,
-    anthropic_messages_stream, gemini_generate, gemini_stream, openai_chat, openai_chat_stream,
-    openai_embeddings,
+    Fault, FaultPlan, MockServer, Quota, RetryAfterForm, Route, StreamError, TestClient,
+    anthropic_messages, anthropic_messages_stream, gemini_generate, gemini_stream, openai_chat,
+    openai_chat_stream, openai_embeddings,
 };
 
 fn json_of(response: &http::Response<Bytes>) -> Value {
@@ -344,7 +344,11 @@ async fn cut_stream_ends_in_a_transport_error_after_its_chunks() {
 
 #[tokio::test]
 async fn stream_error_event_after_chunks() {
-    let server = always(Fault::StreamErrorEvent { after_chunks: 1 }).await;
+    let server = always(Fault::StreamErrorEvent {
+        after_chunks: 1,
+        error: StreamError::Overloaded,
+    })
+    .await;
     let client = TestClient::new();
     let text = |r: http::Response<Bytes>| String::from_utf8(r.body().to_vec()).unwrap();
 
@@ -389,6 +393,144 @@ async fn stream_error_event_after_chunks() {
         .await
         .unwrap();
     assert_eq!(plain.status(), 529);
+}
+
+/// The last event of each provider's stream under `fault`, as JSON: what a client's decoder
+/// reads as the stream's error.
+async fn last_events(fault: Fault) -> [Value; 3] {
+    let server = always(fault).await;
+    let client = TestClient::new();
+    let base = server.base_url();
+    let mut last = Vec::new();
+    for request in [
+        openai_chat_stream(&base, "m", "a b c"),
+        anthropic_messages_stream(&base, "c", "a b c"),
+        gemini_stream(&base, "g", "a b c"),
+    ] {
+        let body = client.send(request).await.unwrap().into_body();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        // The last `data:` payload (Gemini's SSE ends its lines with CRLF).
+        let data = text.rsplit("data: ").next().unwrap();
+        last.push(serde_json::from_str(data.trim_end()).unwrap());
+    }
+    last.try_into().unwrap()
+}
+
+#[tokio::test]
+async fn stream_error_events_are_named_in_each_providers_words() {
+    for (error, openai, anthropic, gemini) in [
+        (
+            StreamError::Overloaded,
+            "server_error",
+            "overloaded_error",
+            "UNAVAILABLE",
+        ),
+        (
+            StreamError::RateLimited,
+            "requests",
+            "rate_limit_error",
+            "RESOURCE_EXHAUSTED",
+        ),
+        (
+            StreamError::ServerError,
+            "server_error",
+            "api_error",
+            "INTERNAL",
+        ),
+        (
+            StreamError::InvalidRequest,
+            "invalid_request_error",
+            "invalid_request_error",
+            "INVALID_ARGUMENT",
+        ),
+    ] {
+        let fault = Fault::StreamErrorEvent {
+            after_chunks: 1,
+            error,
+        };
+        let [o, a, g] = last_events(fault).await;
+        assert_eq!(o["error"]["type"], openai, "{error:?}: {o}");
+        assert_eq!(a["type"], "error", "{error:?}: {a}");
+        assert_eq!(a["error"]["type"], anthropic, "{error:?}: {a}");
+        assert_eq!(g["error"]["status"], gemini, "{error:?}: {g}");
+    }
+    let [o, ..] = last_events(Fault::StreamErrorEvent {
+        after_chunks: 1,
+        error: StreamError::RateLimited,
+    })
+    .await;
+    assert_eq!(o["error"]["code"], "rate_limit_exceeded");
+
+    // In a plan file the error is named in snake case, and defaults to an overload.
+    let plan = FaultPlan::from_json(
+        r#"{"script": [{"stream_error_event": {"after_chunks": 2, "error": "rate_limited"}},
+                       {"stream_error_event": {"after_chunks": 0}}]}"#,
+    )
+    .unwrap();
+    let same = FaultPlan::healthy().script([
+        Some(Fault::StreamErrorEvent {
+            after_chunks: 2,
+            error: StreamError::RateLimited,
+        }),
+        Some(Fault::StreamErrorEvent {
+            after_chunks: 0,
+            error: StreamError::Overloaded,
+        }),
+    ]);
+    assert_eq!(plan, same);
+}
+
+#[tokio::test]
+async fn a_stream_without_usage_ends_whole_with_no_usage() {
+    let server = always(Fault::StreamWithoutUsage).await;
+    let client = TestClient::new();
+    let base = server.base_url();
+    let text = |r: http::Response<Bytes>| String::from_utf8(r.body().to_vec()).unwrap();
+
+    // OpenAI: asked for its usage chunk (stream_options.include_usage), sends none.
+    let openai = text(
+        client
+            .send(openai_chat_stream(&base, "m", "a b c"))
+            .await
+            .unwrap(),
+    );
+    assert!(openai.trim_end().ends_with("data: [DONE]"), "{openai}");
+    assert!(openai.contains("\"finish_reason\":\"stop\""), "{openai}");
+    assert!(!openai.contains("\"usage\""), "{openai}");
+
+    let anthropic = text(
+        client
+            .send(anthropic_messages_stream(&base, "c", "a b c"))
+            .await
+            .unwrap(),
+    );
+    assert!(anthropic.contains("event: message_stop"), "{anthropic}");
+    assert!(
+        anthropic.contains("\"stop_reason\":\"end_turn\""),
+        "{anthropic}"
+    );
+    assert!(!anthropic.contains("usage"), "{anthropic}");
+
+    let gemini = text(
+        client
+            .send(gemini_stream(&base, "g", "a b c"))
+            .await
+            .unwrap(),
+    );
+    assert!(gemini.contains("\"finishReason\":\"STOP\""), "{gemini}");
+    assert!(!gemini.contains("usageMetadata"), "{gemini}");
+
+    // Not streamed: answered normally, usage included.
+    let plain = client.send(openai_chat(&base, "m", "x")).await.unwrap();
+    let body: Value = serde_json::from_slice(plain.body()).unwrap();
+    assert!(
+        body["usage"]["total_tokens"].as_u64().unwrap() > 0,
+        "{body}"
+    );
+    assert_eq!(
+        FaultPlan::from_json(r#"{"script": ["stream_without_usage"]}"#).unwrap(),
+        FaultPlan::healthy().script([Some(Fault::StreamWithoutUsage)])
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -159,17 +159,20 @@ fn normal(call: &Call, decision: &Decision, json: &Value, fault: Option<&Fault>)
         };
         return spoil_full(body, fault, call.provider);
     }
+    let with_usage = fault != Some(&Fault::StreamWithoutUsage);
     let stream = match call.provider {
-        Provider::OpenAi => responses::openai_chat_stream(&reply, prompt.include_usage),
-        Provider::Anthropic => responses::anthropic_stream(&reply),
-        Provider::Gemini => responses::gemini_stream(&reply, call.sse),
+        Provider::OpenAi => {
+            responses::openai_chat_stream(&reply, prompt.include_usage && with_usage)
+        }
+        Provider::Anthropic => responses::anthropic_stream(&reply, with_usage),
+        Provider::Gemini => responses::gemini_stream(&reply, call.sse, with_usage),
     };
     let content_type = if call.provider == Provider::Gemini && !call.sse {
         "application/json"
     } else {
         "text/event-stream"
     };
-    let (events, end) = stream_events(stream, fault);
+    let (events, end) = stream_events(stream, fault, call.provider);
     Answer::Stream {
         status: StatusCode::OK,
         content_type,
@@ -202,14 +205,17 @@ fn spoil_full(body: Value, fault: Option<&Fault>, provider: Provider) -> Answer 
     }
 }
 
-fn stream_events(stream: StreamAnswer, fault: Option<&Fault>) -> (Vec<Bytes>, StreamEnd) {
+fn stream_events(
+    stream: StreamAnswer,
+    fault: Option<&Fault>,
+    provider: Provider,
+) -> (Vec<Bytes>, StreamEnd) {
     let StreamAnswer {
         framing,
         opening,
         mut chunks,
         closing,
         trailer,
-        error,
     } = stream;
     let mut events: Vec<Event> = opening;
     let mut end = StreamEnd::Finish;
@@ -225,10 +231,13 @@ fn stream_events(stream: StreamAnswer, fault: Option<&Fault>) -> (Vec<Bytes>, St
             events.extend(chunks);
             end = StreamEnd::Cut;
         }
-        Some(Fault::StreamErrorEvent { after_chunks }) => {
+        Some(Fault::StreamErrorEvent {
+            after_chunks,
+            error,
+        }) => {
             chunks.truncate(*after_chunks);
             events.extend(chunks);
-            events.push(error);
+            events.push(responses::stream_error(provider, *error));
         }
         Some(Fault::MalformedJson) => {
             if let Some(first) = chunks.first_mut() {
