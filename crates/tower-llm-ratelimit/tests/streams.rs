@@ -14,7 +14,7 @@ use tower::{Service, ServiceExt};
 use tower_layer::Layer;
 use tower_llm_core::BoxError;
 use tower_llm_providers::{ChatChunk, ChatRequest, Message, Streaming};
-use tower_llm_ratelimit::{Quota, RateLimitLayer};
+use tower_llm_ratelimit::{Quota, RateLimitLayer, Reconcile};
 use tower_llm_testkit::{Fault, FaultPlan, MockServer, Quota as MockQuota, StreamError};
 use typed::{anthropic, openai};
 
@@ -217,4 +217,97 @@ async fn a_token_budget_over_streams_meets_no_429() {
     }
     assert_eq!(server.counters().status(429), 0);
     assert_eq!(server.counters().requests, 30);
+}
+
+/// A stream that reaches its terminal event without reporting usage (a compatible server that
+/// ignores `stream_options.include_usage`) is a success with nothing to reconcile: its whole
+/// reservation stays charged, never refunded on a guess. The same stream with its usage is
+/// refunded what it did not use, so the refund is really withheld, not merely absent.
+#[tokio::test(start_paused = true)]
+async fn a_stream_completed_without_usage_keeps_its_whole_reservation() {
+    for with_usage in [true, false] {
+        let fault = (!with_usage).then_some(Fault::StreamWithoutUsage);
+        let server = MockServer::start(FaultPlan::healthy().script([fault.clone(), fault]))
+            .await
+            .unwrap();
+        // Anthropic counts tokens as produced (refunds follow usage); OpenAI is told to.
+        let layer = RateLimitLayer::builder()
+            .tokens(Quota::per_minute(100_000))
+            .build()
+            .unwrap();
+        let openai_layer = RateLimitLayer::builder()
+            .tokens(Quota::per_minute(100_000))
+            .reconcile(Reconcile::RefundAndCharge)
+            .build()
+            .unwrap();
+        let items = stream_to_end(layer.layer(anthropic(&server)), ask(0))
+            .await
+            .unwrap();
+        let openai_items = stream_to_end(openai_layer.layer(openai(&server)), ask(1))
+            .await
+            .unwrap();
+        for (items, handle) in [
+            (items, layer.handle()),
+            (openai_items, openai_layer.handle()),
+        ] {
+            assert!(
+                items.iter().all(|item| !item.starts_with("error")),
+                "{items:?}"
+            );
+            assert!(
+                items.iter().any(|item| item.starts_with("Finish")),
+                "{items:?}"
+            );
+            assert_eq!(
+                items.iter().any(|item| item.starts_with("Usage")),
+                with_usage,
+                "{items:?}"
+            );
+            let stats = handle.stats();
+            assert!(stats.tokens_reserved > 0, "{stats:?}");
+            assert_eq!(stats.tokens_charged, 0, "{stats:?}");
+            if with_usage {
+                assert!(stats.tokens_refunded > 0, "{stats:?}");
+            } else {
+                assert_eq!(stats.tokens_refunded, 0, "{stats:?}");
+            }
+        }
+    }
+}
+
+/// A rate-limit error inside a stream pauses the key like a 429 answer; an overload or a
+/// client error inside a stream does not.
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_error_inside_a_stream_pauses_the_key() {
+    for (error, pauses) in [
+        (StreamError::RateLimited, 1),
+        (StreamError::Overloaded, 0),
+        (StreamError::InvalidRequest, 0),
+    ] {
+        let fault = Fault::StreamErrorEvent {
+            after_chunks: 1,
+            error,
+        };
+        let server = MockServer::start(FaultPlan::healthy().script([Some(fault)]))
+            .await
+            .unwrap();
+        let layer = RateLimitLayer::builder().concurrency(4).build().unwrap();
+        let handle = layer.handle();
+        let service = layer.layer(anthropic(&server));
+        let items = stream_to_end(service.clone(), ask(0)).await.unwrap();
+        assert!(
+            items.last().unwrap().starts_with("error"),
+            "{error:?}: {items:?}"
+        );
+        let stats = handle.stats();
+        assert_eq!(stats.pauses, pauses, "{error:?}: {stats:?}");
+        // The next call waits out the pause, and only then reaches the upstream.
+        let items = stream_to_end(service, ask(1)).await.unwrap();
+        assert!(
+            items.iter().all(|item| !item.starts_with("error")),
+            "{error:?}: {items:?}"
+        );
+        assert_eq!(handle.stats().waited, pauses, "{error:?}");
+        assert_eq!(server.counters().requests, 2, "{error:?}");
+    }
 }
