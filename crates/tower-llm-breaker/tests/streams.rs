@@ -152,3 +152,72 @@ async fn a_streaming_probe_holds_its_slot_until_its_end() {
     assert_eq!(layer.handle().state(), State::Closed);
     stream_to_end(&mut service).await.unwrap();
 }
+
+/// A half-open probe that streams and is dropped by its caller says nothing about the
+/// upstream: its probe slot comes back at once, the breaker stays half-open, and the next
+/// call is the probe that decides.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_streaming_probe_gives_its_slot_back() {
+    let cut = || Some(Fault::CutStream { after_chunks: 1 });
+    let server = MockServer::start(
+        FaultPlan::healthy()
+            .stream_chunk_delay(Duration::from_millis(100))
+            .script([cut(), cut(), cut()]),
+    )
+    .await
+    .unwrap();
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(3)
+        .cooldown(Duration::from_secs(30))
+        .probes(1)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(openai(&server));
+    for _ in 0..3 {
+        stream_to_end(&mut service).await.unwrap_err();
+    }
+    tokio::time::advance(Duration::from_secs(31)).await;
+
+    let mut probe = start(&mut service).await.unwrap();
+    probe.next().await.unwrap().unwrap();
+    assert_eq!(handle.stats().probes_in_flight, 1);
+    drop(probe);
+    let stats = handle.stats();
+    assert_eq!(stats.probes_in_flight, 0, "{stats:?}");
+    assert_eq!(stats.state, State::HalfOpen, "{stats:?}");
+    assert_eq!((stats.successes, stats.failures), (0, 3), "{stats:?}");
+
+    stream_to_end(&mut service).await.unwrap();
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(server.counters().requests, 5);
+}
+
+/// An error event that blames the request (Anthropic's and OpenAI's `invalid_request_error`,
+/// Gemini's `INVALID_ARGUMENT`) is the caller's failure, not the upstream's: streams that all
+/// end in one never open the breaker. An overload named inside the stream does.
+#[tokio::test(start_paused = true)]
+async fn a_client_error_inside_a_stream_does_not_open_the_breaker() {
+    for (error, opens) in [
+        (StreamError::InvalidRequest, false),
+        (StreamError::ServerError, true),
+    ] {
+        let fault = Fault::StreamErrorEvent {
+            after_chunks: 1,
+            error,
+        };
+        let server = MockServer::start(FaultPlan::healthy().fault(fault, 1.0))
+            .await
+            .unwrap();
+        let layer = breaker();
+        let mut service = layer.layer(openai(&server));
+        for _ in 0..3 {
+            stream_to_end(&mut service).await.unwrap_err();
+        }
+        let stats = layer.handle().stats();
+        let expected = if opens { State::Open } else { State::Closed };
+        assert_eq!(stats.state, expected, "{error:?}: {stats:?}");
+        let judged = if opens { stats.failures } else { stats.ignored };
+        assert_eq!(judged, 3, "{error:?}: {stats:?}");
+    }
+}
