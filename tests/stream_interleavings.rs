@@ -1,7 +1,10 @@
-//! Random interleavings of stream starts, chunks, ends, cuts and drops through a rate limiter
-//! and a breaker, over a stream type of the user's own (it carries core's `EndSignal`): the
-//! upstream never has more streams open than the concurrency limit, every slot and every
-//! token reservation comes back, and every stream's end is counted once, by both layers.
+//! Random interleavings of stream starts, chunks, ends, cuts, drops and waits through a rate
+//! limiter and a breaker, over a stream type of the user's own (it carries core's
+//! `EndSignal`): the upstream never has more streams open than the concurrency limit, the
+//! limiter's slots in use are always the streams open, every slot, probe slot and token
+//! reservation comes back, and every stream's end is counted once, by both layers. The
+//! breaker trips on two cuts in a row and probes after its cool-down, so streams also start,
+//! end and drop as half-open probes, and calls are refused while it is open.
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,19 +14,22 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use futures_util::Stream;
 use proptest::prelude::*;
 use tower::{Layer, Service, service_fn};
 use tower_llm_breaker::CircuitBreakerLayer;
 use tower_llm_core::{
-    BoxError, ClassifyResponse, EndSignal, Failure, FailureKind, Outcome, RequestCost,
+    BoxError, CircuitOpen, ClassifyResponse, EndSignal, Failure, FailureKind, Outcome, RequestCost,
     ResponseUsage, StreamEnd, Usage,
 };
 use tower_llm_ratelimit::{Quota, RateLimitLayer, Reconcile};
 
 const CONCURRENCY: usize = 2;
 const CALLS: usize = 6;
+const PROBES: usize = 2;
+const COOLDOWN: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -33,6 +39,8 @@ enum Op {
     EndWithoutUsage(usize),
     Cut(usize),
     Drop(usize),
+    /// Time passes, past the breaker's cool-down.
+    Wait,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -44,6 +52,7 @@ fn op() -> impl Strategy<Value = Op> {
         call.clone().prop_map(Op::EndWithoutUsage),
         call.clone().prop_map(Op::Cut),
         call.prop_map(Op::Drop),
+        Just(Op::Wait),
     ]
 }
 
@@ -160,10 +169,15 @@ struct Call {
 /// What the test saw, to compare with what the layers counted.
 #[derive(Default, Debug)]
 struct Seen {
-    admitted: Vec<usize>,
+    /// Calls the limiter let through: the streams handed over and the breaker's refusals.
+    admitted: usize,
+    streams: usize,
     completed: usize,
     cut: usize,
+    /// Refused by the open breaker (the limiter admitted them; their reservation stays).
     refused: usize,
+    /// Streams dropped before their end.
+    dropped: usize,
     /// Tokens that stay charged: the usage of a stream that reported one, else the estimate.
     charged: u64,
 }
@@ -213,10 +227,14 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         .tokens(Quota::per_minute(1_000_000))
         .reconcile(Reconcile::RefundAndCharge)
         .max_queue(CALLS)
+        // Longer than every wait of a case together: no call is refused for waiting.
+        .max_wait(Duration::from_secs(24 * 3600))
         .build()
         .unwrap();
     let breaker = CircuitBreakerLayer::builder()
-        .consecutive_failures(1_000)
+        .consecutive_failures(2)
+        .cooldown(COOLDOWN)
+        .probes(PROBES)
         .build()
         .unwrap();
     let mut service = limiter.layer(breaker.layer(inner));
@@ -266,9 +284,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if let Some(stream) = calls[i].stream.take()
                     && !stream.closed
                 {
+                    seen.dropped += 1;
                     seen.charged += COST;
                 }
             }
+            Op::Wait => runtime.block_on(tokio::time::advance(COOLDOWN + Duration::from_secs(1))),
             _ => {}
         }
         // Let every waiting call look again.
@@ -277,19 +297,25 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 && let Some(result) = poll_once(future)
             {
                 call.future = None;
+                seen.admitted += 1;
                 match result {
                     Ok(stream) => {
-                        seen.admitted.push(i);
+                        seen.streams += 1;
                         call.stream = Some(stream);
                     }
-                    Err(_) => seen.refused += 1,
+                    Err(error) => {
+                        prop_assert!(error.is::<CircuitOpen>(), "{}", error);
+                        seen.refused += 1;
+                        seen.charged += COST;
+                    }
                 }
             }
         }
-        prop_assert!(
-            upstream.open.load(Ordering::SeqCst) <= CONCURRENCY,
-            "more streams open than the limit"
-        );
+        let open = upstream.open.load(Ordering::SeqCst);
+        prop_assert!(open <= CONCURRENCY, "more streams open than the limit");
+        // Each stream open holds a slot, and nothing else does.
+        prop_assert_eq!(limiter.handle().stats().in_flight, open);
+        prop_assert!(breaker.handle().stats().probes_in_flight <= PROBES);
     }
 
     // Everything the callers held goes away.
@@ -298,6 +324,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         if let Some(stream) = call.stream.take()
             && !stream.closed
         {
+            seen.dropped += 1;
             seen.charged += COST;
         }
     }
@@ -305,9 +332,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     prop_assert!(upstream.peak.load(Ordering::SeqCst) <= CONCURRENCY);
 
     let stats = limiter.handle().stats();
-    prop_assert_eq!(stats.admitted, seen.admitted.len() as u64);
-    prop_assert_eq!(stats.waiting, 0);
-    prop_assert_eq!(stats.tokens_reserved, COST * seen.admitted.len() as u64);
+    prop_assert_eq!(stats.admitted, seen.admitted as u64);
+    prop_assert_eq!((stats.waiting, stats.in_flight), (0, 0));
+    prop_assert_eq!(stats.tokens_reserved, COST * seen.admitted as u64);
     // Nothing double-counted: what stays charged is each stream's usage or its estimate.
     prop_assert_eq!(
         stats.tokens_reserved - stats.tokens_refunded + stats.tokens_charged,
@@ -319,8 +346,21 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let judged = breaker.handle().stats();
     prop_assert_eq!(judged.successes, seen.completed as u64);
     prop_assert_eq!(judged.failures, seen.cut as u64);
+    prop_assert_eq!(judged.rejected, seen.refused as u64);
+    // A dropped stream is neither a success nor a failure, nor anything else.
+    prop_assert_eq!(judged.ignored, 0);
+    prop_assert_eq!(judged.probes_in_flight, 0);
+    prop_assert_eq!(
+        seen.streams,
+        seen.completed + seen.cut + seen.dropped,
+        "{:?}",
+        seen
+    );
 
-    // Every slot came back: `CONCURRENCY` new calls are admitted at once.
+    // Every slot came back: `CONCURRENCY` new calls are admitted at once, once the breaker
+    // is closed and the pause its refusals asked of the limiter is over.
+    breaker.handle().reset();
+    runtime.block_on(tokio::time::advance(COOLDOWN + Duration::from_secs(1)));
     let mut held = Vec::new();
     for id in CALLS..CALLS + CONCURRENCY {
         let mut future: CallFuture = Box::pin(service.call(Request { id, cost: COST }));
