@@ -292,7 +292,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             _ => {}
         }
         // Let every waiting call look again.
-        for (i, call) in calls.iter_mut().enumerate() {
+        for call in &mut calls {
             if let Some(future) = call.future.as_mut()
                 && let Some(result) = poll_once(future)
             {
