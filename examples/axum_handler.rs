@@ -68,11 +68,12 @@ fn stacks(openai_base_url: String) -> Result<Llm, BoxError> {
         .name("openai")
         .api_key("sk-mock")
         // The defaults, written out: 10 minutes to the first chunk (reasoning models think
-        // before they speak), 5 minutes of silence at most, no limit on a long answer.
+        // before they speak), as long for silence (an early head, then a silent think), no
+        // limit on a long answer.
         .stream_timeouts(
             StreamTimeouts::none()
                 .first_token(Duration::from_secs(600))
-                .between_chunks(Duration::from_secs(300)),
+                .between_chunks(Duration::from_secs(600)),
         )
         .build()?;
     // One value of each stateful layer, applied to both routes' stacks.

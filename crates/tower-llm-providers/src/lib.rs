@@ -51,7 +51,7 @@
 //! `docs/streams.md`). A caller that stops reading at the finish chunk, before the usage chunk
 //! and the end, drops the stream: the limiter then keeps the whole reservation charged.
 //!
-//! Streams have [timeouts](StreamTimeouts) by default (10 minutes to the first chunk, 5
+//! Streams have [timeouts](StreamTimeouts) by default (10 minutes to the first chunk, 10
 //! minutes of silence), so a stalled upstream cannot hold a caller forever; they run on
 //! tokio's timer, which the runtime must have (`#[tokio::main]` enables it).
 //!

@@ -320,7 +320,7 @@ impl<K: ProtocolSettings> ProviderBuilder<K> {
     }
 
     /// Timeouts of streamed answers; [`StreamTimeouts::default`] (10 min to the first chunk,
-    /// 5 min of silence) unless set. [`StreamTimeouts::none`] turns them off.
+    /// 10 min of silence) unless set. [`StreamTimeouts::none`] turns them off.
     pub fn stream_timeouts(mut self, timeouts: StreamTimeouts) -> Self {
         self.common.timeouts = timeouts;
         self

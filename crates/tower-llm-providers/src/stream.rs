@@ -38,7 +38,7 @@ use crate::{anthropic, gemini, openai};
 /// | limit | default | runs |
 /// |---|---|---|
 /// | `first_token` | 10 min | from the request being sent to the first chunk handed over |
-/// | `between_chunks` | 5 min | from the response head, then from each sign of life (an event read) or chunk asked for |
+/// | `between_chunks` | 10 min | from the response head, then from each sign of life (an event read) or chunk asked for |
 /// | `total` | none | from the request being sent to the end |
 ///
 /// A call made with a [`Deadline`](tower_llm_core::Deadline) current (set by
@@ -50,7 +50,10 @@ use crate::{anthropic, gemini, openai};
 /// Completions sends nothing while it does (Anthropic sends `ping` events and thinking
 /// deltas, which count as signs of life); the official SDKs wait 10 minutes. A long answer is
 /// legitimate, so the whole stream has no limit unless you set one. [`StreamTimeouts::none`]
-/// turns every limit off.
+/// turns every limit off. The silence limit is as long as the first-token one: a server that
+/// sends its head at once and then thinks in silence (OpenAI's does) must not be cut before
+/// the first token could come; the SDKs' read timeout is the same 10 minutes between any two
+/// reads. Set a shorter `between_chunks` for models that do not think silently.
 ///
 /// `between_chunks` runs from the response head on, so a stall right after the head, after
 /// OpenAI's role-only first chunk or after Anthropic's `message_start` is caught like a stall
@@ -70,7 +73,7 @@ pub struct StreamTimeouts {
 }
 
 impl Default for StreamTimeouts {
-    /// 10 minutes to the first chunk, 5 minutes of silence at most, no limit on the whole.
+    /// 10 minutes to the first chunk, 10 minutes of silence at most, no limit on the whole.
     fn default() -> Self {
         StreamTimeouts {
             first_token: Some(Self::DEFAULT_FIRST_TOKEN),
@@ -85,8 +88,9 @@ impl StreamTimeouts {
     /// The default `first_token` limit: 10 minutes.
     pub const DEFAULT_FIRST_TOKEN: Duration = Duration::from_secs(600);
 
-    /// The default `between_chunks` limit: 5 minutes.
-    pub const DEFAULT_BETWEEN_CHUNKS: Duration = Duration::from_secs(300);
+    /// The default `between_chunks` limit: 10 minutes, as long as `first_token`'s (a silent
+    /// think after an early response head must not be cut first).
+    pub const DEFAULT_BETWEEN_CHUNKS: Duration = Duration::from_secs(600);
 
     /// No limits: a stalled upstream holds the caller until it closes the connection.
     pub const fn none() -> Self {

@@ -194,7 +194,7 @@ async fn pings_keep_a_thinking_stream_alive_until_the_first_token_limit() {
 fn the_defaults_are_on_and_none_turns_them_off() {
     let defaults = StreamTimeouts::default();
     assert_eq!(defaults.first_token, Some(Duration::from_secs(600)));
-    assert_eq!(defaults.between_chunks, Some(Duration::from_secs(300)));
+    assert_eq!(defaults.between_chunks, Some(Duration::from_secs(600)));
     assert_eq!(defaults.total, None);
     assert_eq!(StreamTimeouts::none().first_token, None);
 }
