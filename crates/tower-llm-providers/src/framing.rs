@@ -164,7 +164,7 @@ impl NdjsonFraming {
 
 impl Framing for NdjsonFraming {
     fn next_event(&mut self, input: &mut &[u8]) -> Result<Option<Event>, FramingError> {
-        while let Some(end) = input.iter().position(|&b| b == b'\n') {
+        while let Some(end) = memchr::memchr(b'\n', input) {
             let (head, tail) = input.split_at(end);
             if self.line.len() + head.len() > self.max_event_bytes {
                 return Err(self.too_large());

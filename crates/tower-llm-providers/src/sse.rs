@@ -169,7 +169,7 @@ impl SseParser {
                 bytes = rest;
             }
         }
-        while let Some(end) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
+        while let Some(end) = memchr::memchr2(b'\n', b'\r', bytes) {
             let (head, tail) = bytes.split_at(end);
             let line_end_len = match tail {
                 [b'\r', b'\n', ..] => 2,
@@ -270,7 +270,7 @@ impl SseParser {
                 if self.has_data {
                     self.data.push('\n');
                 }
-                self.data.push_str(&String::from_utf8_lossy(value));
+                push_text(&mut self.data, value);
                 self.has_data = true;
             }
             b"event" => {
@@ -312,13 +312,17 @@ impl SseParser {
 /// Replaces a field's value, reusing its allocation: a stream repeating `id:` on every event
 /// allocates nothing per event.
 fn set_field(field: &mut Option<String>, value: &[u8]) {
-    let text = String::from_utf8_lossy(value);
-    match field {
-        Some(held) => {
-            held.clear();
-            held.push_str(&text);
-        }
-        None => *field = Some(text.into_owned()),
+    let held = field.get_or_insert_with(String::new);
+    held.clear();
+    push_text(held, value);
+}
+
+/// Appends `bytes` as text, invalid UTF-8 replaced (`U+FFFD`), as the spec's decoding does.
+/// Valid text, every provider's, takes the fast check, not the lossy walk.
+fn push_text(to: &mut String, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => to.push_str(text),
+        Err(_) => to.push_str(&String::from_utf8_lossy(bytes)),
     }
 }
 
