@@ -393,8 +393,8 @@ pub(crate) struct StreamDecoder {
     pub(crate) model: Option<String>,
 }
 
-impl StreamDecoder {
-    fn decode_event(
+impl crate::protocol::StreamDecoder for StreamDecoder {
+    fn event(
         &mut self,
         ctx: &CallContext,
         event: &Event,
@@ -453,17 +453,6 @@ impl StreamDecoder {
             }
         }
         Ok(Step::Continue)
-    }
-}
-
-impl crate::protocol::StreamDecoder for StreamDecoder {
-    fn event(
-        &mut self,
-        cx: &CallContext,
-        event: &Event,
-        out: &mut VecDeque<ChatChunk>,
-    ) -> Result<Step, UpstreamError> {
-        self.decode_event(cx, event, out)
     }
 
     fn model(&self) -> Option<&str> {

@@ -541,8 +541,8 @@ pub(crate) struct StreamDecoder {
     refused: bool,
 }
 
-impl StreamDecoder {
-    fn decode_event(
+impl crate::protocol::StreamDecoder for StreamDecoder {
+    fn event(
         &mut self,
         ctx: &CallContext,
         event: &Event,
@@ -593,17 +593,6 @@ impl StreamDecoder {
             out.push_back(ChatChunk::Usage(usage.usage()));
         }
         Ok(Step::Continue)
-    }
-}
-
-impl crate::protocol::StreamDecoder for StreamDecoder {
-    fn event(
-        &mut self,
-        cx: &CallContext,
-        event: &Event,
-        out: &mut VecDeque<ChatChunk>,
-    ) -> Result<Step, UpstreamError> {
-        self.decode_event(cx, event, out)
     }
 
     fn model(&self) -> Option<&str> {
