@@ -176,6 +176,8 @@
 #![forbid(unsafe_code)]
 
 pub mod anthropic;
+#[cfg(feature = "bedrock")]
+pub mod bedrock;
 mod body;
 mod builder;
 mod chat;
