@@ -189,14 +189,18 @@ pub fn post_json(url: &str, body: &Value) -> http::Request<Bytes> {
 }
 
 /// Adds `key` to `request` the way its provider expects it: `x-api-key` for Anthropic
-/// (`/v1/messages`), `x-goog-api-key` for Gemini (`/models/...`), `Authorization: Bearer`
-/// otherwise. The mock counts requests per key ([`Counters::by_key`]).
+/// (`/v1/messages`), `x-goog-api-key` for Gemini (`/models/...`), for Bedrock
+/// (`/model/...`) a SigV4-shaped `Authorization` with `key` as the access key id (the mock
+/// reads the id and checks no signature), `Authorization: Bearer` otherwise. The mock
+/// counts requests per key ([`Counters::by_key`]).
 ///
 /// [`Counters::by_key`]: crate::Counters::by_key
 pub fn with_api_key(mut request: http::Request<Bytes>, key: &str) -> http::Request<Bytes> {
     let path = request.uri().path().to_owned();
     let (name, value) = if path.ends_with("/v1/messages") {
         ("x-api-key", key.to_owned())
+    } else if path.starts_with("/model/") {
+        (AUTHORIZATION.as_str(), sigv4_authorization(key))
     } else if path.contains("/models/") {
         ("x-goog-api-key", key.to_owned())
     } else {
@@ -247,6 +251,46 @@ pub fn openai_embeddings<S: AsRef<str>>(base_url: &str, inputs: &[S]) -> http::R
         &format!("{base_url}/v1/embeddings"),
         &json!({"model": "text-embedding-3-small", "input": inputs}),
     )
+}
+
+/// A stand-in SigV4 `Authorization` for access key `key`: the shape AWS reads, with a
+/// signature of zeros.
+fn sigv4_authorization(key: &str) -> String {
+    format!(
+        "AWS4-HMAC-SHA256 Credential={key}/20250101/us-east-1/bedrock/aws4_request, \
+         SignedHeaders=content-type;host;x-amz-date, Signature={}",
+        "0".repeat(64)
+    )
+}
+
+fn bedrock_request(
+    base_url: &str,
+    model: &str,
+    prompt: &str,
+    action: &str,
+) -> http::Request<Bytes> {
+    // Model ids have colons, which Bedrock's clients percent-encode in the path.
+    let model = model.replace(':', "%3A").replace('/', "%2F");
+    post_json(
+        &format!("{base_url}/model/{model}/{action}"),
+        &json!({
+            "messages": [{"role": "user", "content": [{"text": prompt}]}],
+            "inferenceConfig": {"maxTokens": 256},
+        }),
+    )
+}
+
+/// A Bedrock Converse request: `POST {base_url}/model/{model}/converse` with one user
+/// message and `inferenceConfig.maxTokens` 256 (unsigned: add a key with
+/// [`with_api_key`]).
+pub fn bedrock_converse(base_url: &str, model: &str, prompt: &str) -> http::Request<Bytes> {
+    bedrock_request(base_url, model, prompt, "converse")
+}
+
+/// [`bedrock_converse`] streamed: `POST {base_url}/model/{model}/converse-stream`, answered
+/// in the binary event-stream framing.
+pub fn bedrock_converse_stream(base_url: &str, model: &str, prompt: &str) -> http::Request<Bytes> {
+    bedrock_request(base_url, model, prompt, "converse-stream")
 }
 
 fn anthropic_body(model: &str, prompt: &str, stream: bool) -> Value {

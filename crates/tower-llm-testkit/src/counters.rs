@@ -33,8 +33,9 @@ pub struct Counters {
     pub max_concurrent: u64,
     /// Requests per route (paths the mock does not know are counted in `requests` only).
     pub by_route: BTreeMap<Route, u64>,
-    /// Requests per API key (from `Authorization: Bearer`, `x-api-key`, `x-goog-api-key` or
-    /// `?key=`); `""` for requests without one.
+    /// Requests per API key (from `Authorization: Bearer`, `x-api-key`, `x-goog-api-key`,
+    /// `?key=`, or the access key id of a SigV4 `Authorization`); `""` for requests without
+    /// one.
     pub by_key: BTreeMap<String, u64>,
     /// Answers per HTTP status (dropped connections have none).
     pub by_status: BTreeMap<u16, u64>,

@@ -1,5 +1,5 @@
-//! A real HTTP mock of the OpenAI, Anthropic and Gemini APIs with scripted faults, for testing
-//! tower-llm stacks over real sockets.
+//! A real HTTP mock of the OpenAI, Anthropic, Gemini and AWS Bedrock APIs with scripted
+//! faults, for testing tower-llm stacks over real sockets.
 //!
 //! [`MockServer::start`] serves, on `127.0.0.1` and a free port, in the test's own tokio
 //! runtime:
@@ -11,11 +11,22 @@
 //! | [`Route::AnthropicMessages`] | `POST /v1/messages` (`"stream": true` for Anthropic's SSE events) |
 //! | [`Route::GeminiGenerate`] | `POST /v1beta/models/{model}:generateContent` |
 //! | [`Route::GeminiStream`] | `POST /v1beta/models/{model}:streamGenerateContent` (`?alt=sse` for SSE, else a JSON array) |
+//! | [`Route::BedrockConverse`] | `POST /model/{modelId}/converse` |
+//! | [`Route::BedrockConverseStream`] | `POST /model/{modelId}/converse-stream` (the binary `application/vnd.amazon.eventstream` framing, correct CRCs: [`event_stream_message`]) |
 //!
 //! Azure OpenAI's paths, `POST /openai/deployments/{deployment}/chat/completions` and
 //! `.../embeddings`, answer as the OpenAI routes (counted under them), with the deployment as
 //! the model; like Azure, they refuse a request without an `api-version` query parameter. The
 //! `api-key` header counts as the request's key.
+//!
+//! Bedrock's answers follow the Converse API (`output.message.content`, `stopReason`,
+//! `usage`; stream events `messageStart`, `contentBlockDelta`, `contentBlockStop`,
+//! `messageStop`, `metadata`), its errors carry `x-amzn-errortype` and a `{"message"}` body,
+//! its request id is `x-amzn-requestid`, and its in-stream error is a
+//! `serviceUnavailableException` message. The key of a Bedrock request is the access key id
+//! in its SigV4 `Authorization` (`Credential=AKID/...`); signatures are not checked, and a
+//! key refused by [`api_keys`](FaultPlan::api_keys) gets AWS's 403
+//! `UnrecognizedClientException`.
 //!
 //! Answers are realistic: each provider's JSON with usage fields (tokens counted with
 //! [`tower_llm_core::estimate_text_tokens`]); the reply text is `"{name}: {last user
@@ -90,6 +101,7 @@ mod client;
 mod counters;
 mod duration_format;
 mod embedding;
+mod event_stream;
 #[cfg(feature = "observe")]
 pub mod observe;
 mod plan;
@@ -99,12 +111,13 @@ mod responses;
 mod server;
 
 pub use client::{
-    ResponseFuture, TestClient, anthropic_messages, anthropic_messages_stream, gemini_generate,
-    gemini_stream, openai_chat, openai_chat_stream, openai_chat_with_key, openai_embeddings,
-    post_json, with_api_key,
+    ResponseFuture, TestClient, anthropic_messages, anthropic_messages_stream, bedrock_converse,
+    bedrock_converse_stream, gemini_generate, gemini_stream, openai_chat, openai_chat_stream,
+    openai_chat_with_key, openai_embeddings, post_json, with_api_key,
 };
 pub use counters::{Counters, ReceivedRequest};
 pub use embedding::{DEFAULT_DIMENSIONS, MAX_DIMENSIONS, embedding_for};
+pub use event_stream::event_stream_message;
 pub use plan::{
     Fault, FaultPlan, KeyEcho, Latency, Quota, RetryAfterForm, Route, StreamError, WeightedFault,
 };

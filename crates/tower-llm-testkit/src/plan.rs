@@ -13,7 +13,8 @@ use crate::duration_format;
 /// The API a request was sent to.
 ///
 /// In plan files a route is written in snake case: `"openai_chat"`, `"openai_embeddings"`,
-/// `"anthropic_messages"`, `"gemini_generate"`, `"gemini_stream"`.
+/// `"anthropic_messages"`, `"gemini_generate"`, `"gemini_stream"`, `"bedrock_converse"`,
+/// `"bedrock_converse_stream"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Route {
     /// OpenAI `POST /v1/chat/completions` (streaming with `"stream": true`).
@@ -31,16 +32,24 @@ pub enum Route {
     /// Gemini `POST /v1beta/models/{model}:streamGenerateContent` (SSE with `?alt=sse`).
     #[serde(rename = "gemini_stream")]
     GeminiStream,
+    /// AWS Bedrock `POST /model/{modelId}/converse`.
+    #[serde(rename = "bedrock_converse")]
+    BedrockConverse,
+    /// AWS Bedrock `POST /model/{modelId}/converse-stream` (the binary event-stream framing).
+    #[serde(rename = "bedrock_converse_stream")]
+    BedrockConverseStream,
 }
 
 impl Route {
     /// Every route, in declaration order.
-    pub const ALL: [Route; 5] = [
+    pub const ALL: [Route; 7] = [
         Route::OpenAiChat,
         Route::OpenAiEmbeddings,
         Route::AnthropicMessages,
         Route::GeminiGenerate,
         Route::GeminiStream,
+        Route::BedrockConverse,
+        Route::BedrockConverseStream,
     ];
 
     /// The name used in plan files and in [`Display`](fmt::Display).
@@ -51,6 +60,8 @@ impl Route {
             Route::AnthropicMessages => "anthropic_messages",
             Route::GeminiGenerate => "gemini_generate",
             Route::GeminiStream => "gemini_stream",
+            Route::BedrockConverse => "bedrock_converse",
+            Route::BedrockConverseStream => "bedrock_converse_stream",
         }
     }
 }
@@ -114,7 +125,8 @@ pub enum RetryAfterForm {
 }
 
 /// One way a request can go wrong. Every answer is shaped like the provider of the route it
-/// was sent to (OpenAI, Anthropic or Gemini error JSON).
+/// was sent to (OpenAI, Anthropic, Gemini or Bedrock error JSON; Bedrock's with its
+/// `x-amzn-errortype` header).
 ///
 /// In plan files a fault is written in snake case: `{"status": 500}`,
 /// `{"rate_limited": {"retry_after": "2s", "form": "http_date"}}`, `"quota_exhausted"`,
@@ -139,14 +151,17 @@ pub enum Fault {
     },
     /// The account's quota is spent: OpenAI 429 `insufficient_quota`, Gemini 429
     /// `RESOURCE_EXHAUSTED` with a per-day `QuotaFailure`, Anthropic 400 "credit balance is
-    /// too low" (what Anthropic really answers). No retry hint.
+    /// too low" (what Anthropic really answers), Bedrock 400
+    /// `ServiceQuotaExceededException`. No retry hint.
     QuotaExhausted,
     /// The prompt is too long for the model: 400 with OpenAI's `context_length_exceeded`
-    /// code, Anthropic's "prompt is too long" or Gemini's `INVALID_ARGUMENT` token-count
+    /// code, Anthropic's "prompt is too long", Bedrock's `ValidationException` "Input is too
+    /// long for requested model." or Gemini's `INVALID_ARGUMENT` token-count
     /// message. See also [`FaultPlan::context_window`], which answers this only to prompts
     /// that really are too long.
     ContextLengthExceeded,
-    /// The provider is overloaded: Anthropic 529 `overloaded_error`, OpenAI and Gemini 503.
+    /// The provider is overloaded: Anthropic 529 `overloaded_error`, OpenAI and Gemini 503,
+    /// Bedrock 503 `ServiceUnavailableException`.
     Overloaded,
     /// The connection is closed without any answer (the client sees a transport error).
     DropConnection,
@@ -173,7 +188,7 @@ pub enum Fault {
     },
     /// A stream that sends `after_chunks` content chunks and then the provider's in-stream
     /// error named by `error` (OpenAI `data: {"error":..}`, Anthropic `event: error`, Gemini
-    /// `data: {"error":..}`; see [`StreamError`] for each provider's words). On a request
+    /// `data: {"error":..}`, Bedrock an exception message; see [`StreamError`] for each provider's words). On a request
     /// that is not streamed it answers like [`Overloaded`](Self::Overloaded).
     ///
     /// In plan files: `{"stream_error_event": {"after_chunks": 1, "error": "rate_limited"}}`

@@ -1,5 +1,6 @@
 //! The bodies the mock answers with, shaped like each provider's.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ pub(crate) enum Provider {
     OpenAi,
     Anthropic,
     Gemini,
+    Bedrock,
 }
 
 impl Route {
@@ -24,6 +26,7 @@ impl Route {
             Route::OpenAiChat | Route::OpenAiEmbeddings => Provider::OpenAi,
             Route::AnthropicMessages => Provider::Anthropic,
             Route::GeminiGenerate | Route::GeminiStream => Provider::Gemini,
+            Route::BedrockConverse | Route::BedrockConverseStream => Provider::Bedrock,
         }
     }
 }
@@ -55,12 +58,13 @@ fn text_of(content: &Value) -> String {
 
 impl Prompt {
     /// Reads a chat request body of `route`'s provider. `model` is the model named in the
-    /// URL (Gemini); other providers name it in the body.
+    /// URL (Gemini, Bedrock); other providers name it in the body.
     pub(crate) fn read(route: Route, body: &Value, url_model: Option<&str>) -> Prompt {
         let mut texts = Vec::new();
         let mut last_user = String::new();
         match route.provider() {
-            Provider::OpenAi | Provider::Anthropic => {
+            // Bedrock's `system` and `content` are lists of `{"text"}` blocks.
+            Provider::OpenAi | Provider::Anthropic | Provider::Bedrock => {
                 if let Some(system) = body.get("system") {
                     texts.push(text_of(system));
                 }
@@ -104,14 +108,15 @@ impl Prompt {
             model,
             last_user,
             prompt_tokens: texts.iter().map(|t| estimate_text_tokens(t)).sum(),
-            stream: route == Route::GeminiStream
+            stream: matches!(route, Route::GeminiStream | Route::BedrockConverseStream)
                 || body.get("stream").and_then(Value::as_bool) == Some(true),
             include_usage: body
                 .get("stream_options")
                 .and_then(|o| o.get("include_usage"))
                 .and_then(Value::as_bool)
                 == Some(true),
-            max_tokens: tower_llm_core::requested_output_tokens(body),
+            max_tokens: tower_llm_core::requested_output_tokens(body)
+                .or_else(|| body.get("inferenceConfig")?.get("maxTokens")?.as_u64()),
         }
     }
 }
@@ -165,6 +170,7 @@ impl Reply {
         if self.truncated { "length" } else { "stop" }
     }
 
+    /// Anthropic's and Bedrock's stop reason.
     fn anthropic_stop(&self) -> &'static str {
         if self.truncated {
             "max_tokens"
@@ -211,6 +217,23 @@ pub(crate) fn anthropic_message(reply: &Reply) -> Value {
         "stop_reason": reply.anthropic_stop(),
         "stop_sequence": null,
         "usage": {"input_tokens": reply.prompt_tokens, "output_tokens": reply.completion_tokens},
+    })
+}
+
+fn bedrock_usage(reply: &Reply) -> Value {
+    json!({
+        "inputTokens": reply.prompt_tokens,
+        "outputTokens": reply.completion_tokens,
+        "totalTokens": reply.prompt_tokens + reply.completion_tokens,
+    })
+}
+
+pub(crate) fn bedrock_converse(reply: &Reply) -> Value {
+    json!({
+        "output": {"message": {"role": "assistant", "content": [{"text": reply.text}]}},
+        "stopReason": reply.anthropic_stop(),
+        "usage": bedrock_usage(reply),
+        "metrics": {"latencyMs": 1},
     })
 }
 
@@ -332,13 +355,19 @@ pub(crate) enum Framing {
     SseCrLf,
     /// A JSON array sent element by element (Gemini without `alt=sse`).
     JsonArray,
+    /// AWS event-stream messages (Bedrock's ConverseStream): the event's name is its
+    /// `:event-type` (or `:exception-type`), its data the payload.
+    EventStream,
 }
 
-/// One event of a stream: an optional SSE event name and its data.
+/// One event of a stream: an optional SSE event name (the event type of an event-stream
+/// message) and its data.
 #[derive(Clone, Debug)]
 pub(crate) struct Event {
     pub(crate) name: Option<&'static str>,
     pub(crate) data: String,
+    /// An event-stream exception rather than an event.
+    pub(crate) exception: bool,
 }
 
 impl Event {
@@ -346,6 +375,7 @@ impl Event {
         Event {
             name: None,
             data: value.to_string(),
+            exception: false,
         }
     }
 
@@ -353,6 +383,7 @@ impl Event {
         Event {
             name: Some(name),
             data: value.to_string(),
+            exception: false,
         }
     }
 
@@ -365,6 +396,14 @@ impl Event {
             Framing::SseCrLf => format!("data: {}\r\n\r\n", self.data).into(),
             Framing::JsonArray if index == 0 => format!("[{}", self.data).into(),
             Framing::JsonArray => format!(",\r\n{}", self.data).into(),
+            Framing::EventStream => {
+                let name = self.name.unwrap_or_default();
+                if self.exception {
+                    crate::event_stream::exception(name, &self.data)
+                } else {
+                    crate::event_stream::event(name, &self.data)
+                }
+            }
         }
     }
 
@@ -373,6 +412,7 @@ impl Event {
         Event {
             name: self.name,
             data: truncate_json(&self.data),
+            exception: self.exception,
         }
     }
 }
@@ -432,6 +472,7 @@ pub(crate) fn openai_chat_stream(reply: &Reply, include_usage: bool) -> StreamAn
     closing.push(Event {
         name: None,
         data: "[DONE]".to_owned(),
+        exception: false,
     });
     StreamAnswer {
         framing: Framing::Sse,
@@ -551,10 +592,91 @@ pub(crate) fn stream_error(provider: Provider, error: StreamError) -> Event {
         StreamError::ServerError => ErrorCase::Status(StatusCode::INTERNAL_SERVER_ERROR),
         StreamError::InvalidRequest => ErrorCase::Status(StatusCode::BAD_REQUEST),
     };
+    if provider == Provider::Bedrock {
+        // ConverseStream's exceptions, by the name AWS gives each in `:exception-type`.
+        let (name, message) = match error {
+            StreamError::Overloaded => (
+                "serviceUnavailableException",
+                "Bedrock is unable to process your request.",
+            ),
+            StreamError::RateLimited => (
+                "throttlingException",
+                "Too many tokens, please wait before trying again.",
+            ),
+            StreamError::ServerError => (
+                "internalServerException",
+                "The server encountered an internal error.",
+            ),
+            StreamError::InvalidRequest => (
+                "validationException",
+                "The model returned the following errors: invalid request.",
+            ),
+        };
+        return Event {
+            name: Some(name),
+            data: json!({ "message": message }).to_string(),
+            exception: true,
+        };
+    }
     let (_, body) = error_body(provider, case);
     match provider {
         Provider::Anthropic => Event::named("error", &body),
-        Provider::OpenAi | Provider::Gemini => Event::data(&body),
+        _ => Event::data(&body),
+    }
+}
+
+/// ConverseStream: `messageStart`, a `contentBlockDelta` per word, `contentBlockStop`,
+/// `messageStop`, `metadata` with the usage; each payload padded with `p` as Bedrock pads
+/// them.
+pub(crate) fn bedrock_stream(reply: &Reply, with_usage: bool) -> StreamAnswer {
+    const PAD: &str = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0";
+    let padded = |mut payload: Value, pad: usize| {
+        payload["p"] = json!(&PAD[..pad % PAD.len()]);
+        payload
+    };
+    let chunks = reply
+        .words()
+        .into_iter()
+        .enumerate()
+        .map(|(i, word)| {
+            Event::named(
+                "contentBlockDelta",
+                &padded(
+                    json!({"contentBlockIndex": 0, "delta": {"text": word}}),
+                    7 + 3 * i,
+                ),
+            )
+        })
+        .collect();
+    StreamAnswer {
+        framing: Framing::EventStream,
+        opening: vec![Event::named(
+            "messageStart",
+            &padded(json!({"role": "assistant"}), 40),
+        )],
+        chunks,
+        closing: vec![
+            Event::named(
+                "contentBlockStop",
+                &padded(json!({"contentBlockIndex": 0}), 30),
+            ),
+            Event::named(
+                "messageStop",
+                &padded(json!({"stopReason": reply.anthropic_stop()}), 20),
+            ),
+            Event::named(
+                "metadata",
+                &padded(
+                    if with_usage {
+                        json!({"usage": bedrock_usage(reply), "metrics": {"latencyMs": 1}})
+                    } else {
+                        json!({"metrics": {"latencyMs": 1}})
+                    },
+                    10,
+                ),
+            ),
+        ],
+        trailer: None,
     }
 }
 
@@ -591,7 +713,94 @@ pub(crate) fn error_body(provider: Provider, case: ErrorCase) -> (StatusCode, Va
         Provider::OpenAi => openai_error(case),
         Provider::Anthropic => anthropic_error(case),
         Provider::Gemini => gemini_error(case),
+        Provider::Bedrock => {
+            let (status, _, message) = bedrock_error(case);
+            (status, json!({ "message": message }))
+        }
     }
+}
+
+/// The error type Bedrock names in `x-amzn-errortype` for `case`, with the suffix AWS adds.
+pub(crate) fn bedrock_error_type(case: ErrorCase) -> String {
+    let (_, kind, _) = bedrock_error(case);
+    format!("{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/")
+}
+
+/// Bedrock's status, error type and message for `case`. A bad or unknown key is what AWS
+/// answers a signature it cannot match: 403 `UnrecognizedClientException`.
+fn bedrock_error(case: ErrorCase) -> (StatusCode, &'static str, Cow<'static, str>) {
+    let (status, kind, message): (u16, &str, Cow<'static, str>) = match case {
+        ErrorCase::RateLimited { .. } => (
+            429,
+            "ThrottlingException",
+            "Too many requests, please wait before trying again.".into(),
+        ),
+        ErrorCase::QuotaExhausted => (
+            400,
+            "ServiceQuotaExceededException",
+            "Too many tokens per day, please wait before trying again.".into(),
+        ),
+        ErrorCase::Overloaded => (
+            503,
+            "ServiceUnavailableException",
+            "Bedrock is unable to process your request.".into(),
+        ),
+        ErrorCase::ContextLengthExceeded { tokens, limit } => (
+            400,
+            "ValidationException",
+            format!(
+                "Input is too long for requested model. ({tokens} tokens, the model takes \
+                 {limit})"
+            )
+            .into(),
+        ),
+        ErrorCase::Status(status) => {
+            let (kind, message) = match status.as_u16() {
+                401 => {
+                    return (
+                        StatusCode::FORBIDDEN,
+                        "UnrecognizedClientException",
+                        "The security token included in the request is invalid.".into(),
+                    );
+                }
+                403 => (
+                    "AccessDeniedException",
+                    "You don't have access to the model with the specified model ID.",
+                ),
+                404 => (
+                    "ResourceNotFoundException",
+                    "Could not resolve the foundation model from the provided model identifier.",
+                ),
+                408 => (
+                    "ModelTimeoutException",
+                    "Model has timed out in processing the request.",
+                ),
+                424 => (
+                    "ModelErrorException",
+                    "The system encountered an unexpected error during processing.",
+                ),
+                429 => (
+                    "ThrottlingException",
+                    "Too many requests, please wait before trying again.",
+                ),
+                503 => (
+                    "ServiceUnavailableException",
+                    "Bedrock is unable to process your request.",
+                ),
+                400..=499 => ("ValidationException", "Malformed input request."),
+                _ => (
+                    "InternalServerException",
+                    "The server encountered an internal error.",
+                ),
+            };
+            return (status, kind, message.into());
+        }
+    };
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        kind,
+        message,
+    )
 }
 
 fn openai_error(case: ErrorCase) -> (StatusCode, Value) {

@@ -41,14 +41,21 @@ pub(super) fn answer(call: &Call, decision: &Decision) -> Answer {
     let fault = match &decision.verdict {
         Verdict::Normal => None,
         Verdict::Unauthorized(echo) => {
-            let (status, mut body) =
-                responses::error_body(call.provider, ErrorCase::Status(StatusCode::UNAUTHORIZED));
+            let case = ErrorCase::Status(StatusCode::UNAUTHORIZED);
+            let (status, mut body) = responses::error_body(call.provider, case);
+            // Bedrock's message is at the top level, the others' under `error`.
+            let pointer = if call.provider == Provider::Bedrock {
+                "/message"
+            } else {
+                "/error/message"
+            };
             if let Some(echo) = echo
-                && let Some(Value::String(message)) = body.pointer_mut("/error/message")
+                && let Some(Value::String(message)) = body.pointer_mut(pointer)
             {
                 message.push_str(&format!(" Key provided: {echo}."));
             }
-            return Answer::Full(json_response(status, &body));
+            let response = json_response(status, &body);
+            return Answer::Full(typed_error(call.provider, case, response));
         }
         Verdict::OverQuota(retry_after) => {
             let mut response = error_response(
@@ -156,6 +163,7 @@ fn normal(call: &Call, decision: &Decision, json: &Value, fault: Option<&Fault>)
             Provider::OpenAi => responses::openai_chat(&reply),
             Provider::Anthropic => responses::anthropic_message(&reply),
             Provider::Gemini => responses::gemini_generate(&reply),
+            Provider::Bedrock => responses::bedrock_converse(&reply),
         };
         return spoil_full(body, fault, call.provider);
     }
@@ -166,11 +174,12 @@ fn normal(call: &Call, decision: &Decision, json: &Value, fault: Option<&Fault>)
         }
         Provider::Anthropic => responses::anthropic_stream(&reply, with_usage),
         Provider::Gemini => responses::gemini_stream(&reply, call.sse, with_usage),
+        Provider::Bedrock => responses::bedrock_stream(&reply, with_usage),
     };
-    let content_type = if call.provider == Provider::Gemini && !call.sse {
-        "application/json"
-    } else {
-        "text/event-stream"
+    let content_type = match call.provider {
+        Provider::Gemini if !call.sse => "application/json",
+        Provider::Bedrock => "application/vnd.amazon.eventstream",
+        _ => "text/event-stream",
     };
     let (events, end) = stream_events(stream, fault, call.provider);
     Answer::Stream {
@@ -325,9 +334,23 @@ pub(super) fn json_response(status: StatusCode, body: &Value) -> Response<Body> 
     response
 }
 
-fn error_response(provider: Provider, case: ErrorCase) -> Response<Body> {
+pub(super) fn error_response(provider: Provider, case: ErrorCase) -> Response<Body> {
     let (status, body) = responses::error_body(provider, case);
-    json_response(status, &body)
+    typed_error(provider, case, json_response(status, &body))
+}
+
+/// An error answer with the header Bedrock names the error's type in
+/// (`x-amzn-errortype: ThrottlingException:http://internal.amazon.com/...`).
+fn typed_error(
+    provider: Provider,
+    case: ErrorCase,
+    mut response: Response<Body>,
+) -> Response<Body> {
+    if provider == Provider::Bedrock {
+        let name = HeaderName::from_static("x-amzn-errortype");
+        set_header(&mut response, name, &responses::bedrock_error_type(case));
+    }
+    response
 }
 
 pub(super) fn set_header(response: &mut Response<Body>, name: HeaderName, value: &str) {
@@ -369,9 +392,11 @@ pub(super) fn decorate(response: &mut Response<Body>, call: &Call, decision: &De
         &decision.name,
     );
     let id = format!("req_mock{}", decision.id);
-    // OpenAI and Gemini's proxies say `x-request-id`; Anthropic says `request-id`.
+    // OpenAI and Gemini's proxies say `x-request-id`; Anthropic says `request-id`, AWS
+    // `x-amzn-requestid`.
     let id_header = match call.provider {
         Provider::Anthropic => "request-id",
+        Provider::Bedrock => "x-amzn-requestid",
         _ => "x-request-id",
     };
     set_header(response, HeaderName::from_static(id_header), &id);
@@ -435,7 +460,8 @@ pub(super) fn decorate(response: &mut Response<Body>, call: &Call, decision: &De
                     duration_format::rfc3339(reset_at),
                 );
             }
-            Provider::Gemini => {}
+            // Neither sends rate-limit headers.
+            Provider::Gemini | Provider::Bedrock => {}
         }
     }
 }

@@ -13,12 +13,14 @@ use http::{Request, Response, StatusCode};
 use serde_json::json;
 use tower_llm_core::estimate_body_tokens;
 
-use super::answer::{Answer, answer, decorate, json_response, set_header, stream_body};
+use super::answer::{
+    Answer, answer, decorate, error_response, json_response, set_header, stream_body,
+};
 use super::state::{InFlight, Shared};
 use super::{DropConnection, MAX_BODY};
 use crate::counters::ReceivedRequest;
 use crate::plan::Route;
-use crate::responses::{self, ErrorCase, Provider};
+use crate::responses::{ErrorCase, Provider};
 
 pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -68,6 +70,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/v1beta/models/{model}", post(gemini))
         .route("/v1/models/{model}", post(gemini))
+        .route("/model/{model}/{action}", post(bedrock))
         .fallback(
             |State(s): State<Arc<Shared>>, request: Request<Body>| async move {
                 handle(s, None, None, request).await
@@ -110,6 +113,30 @@ async fn gemini(State(shared): State<Arc<Shared>>, request: Request<Body>) -> Re
     handle(shared, route, Some(model), request).await
 }
 
+/// Bedrock: the model id (percent-decoded) in the path, the action after it.
+async fn bedrock(
+    State(shared): State<Arc<Shared>>,
+    Path((model, action)): Path<(String, String)>,
+    request: Request<Body>,
+) -> Response<Body> {
+    let route = match action.as_str() {
+        "converse" => Some(Route::BedrockConverse),
+        "converse-stream" => Some(Route::BedrockConverseStream),
+        _ => None,
+    };
+    handle(shared, route, Some(model), request).await
+}
+
+/// The access key id of a SigV4 `Authorization` header
+/// (`AWS4-HMAC-SHA256 Credential=AKID/20240101/us-east-1/bedrock/aws4_request, ...`).
+fn sigv4_access_key(authorization: &str) -> Option<&str> {
+    let rest = authorization.strip_prefix("AWS4-HMAC-SHA256")?;
+    let credential = rest
+        .split(',')
+        .find_map(|part| part.trim().strip_prefix("Credential="))?;
+    credential.split('/').next()
+}
+
 fn api_key(parts: &http::request::Parts) -> String {
     let header = |name: &str| {
         parts
@@ -119,6 +146,9 @@ fn api_key(parts: &http::request::Parts) -> String {
             .map(str::trim)
     };
     if let Some(auth) = header("authorization") {
+        if let Some(access_key) = sigv4_access_key(auth) {
+            return access_key.to_owned();
+        }
         return auth
             .strip_prefix("Bearer ")
             .unwrap_or(auth)
@@ -151,11 +181,11 @@ async fn handle(
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(body) => body,
         Err(_) => {
-            let (status, error) = responses::error_body(
+            let response = error_response(
                 route.map_or(Provider::OpenAi, Route::provider),
                 ErrorCase::Status(StatusCode::BAD_REQUEST),
             );
-            return finish(&shared, in_flight, json_response(status, &error));
+            return finish(&shared, in_flight, response);
         }
     };
     shared.record(ReceivedRequest {
@@ -167,14 +197,15 @@ async fn handle(
         body: body.clone(),
     });
     let Some(route) = route else {
-        let provider = if url_model.is_some() {
+        let provider = if parts.uri.path().starts_with("/model/") {
+            Provider::Bedrock
+        } else if url_model.is_some() {
             Provider::Gemini
         } else {
             Provider::OpenAi
         };
-        let (status, error) =
-            responses::error_body(provider, ErrorCase::Status(StatusCode::NOT_FOUND));
-        return finish(&shared, in_flight, json_response(status, &error));
+        let response = error_response(provider, ErrorCase::Status(StatusCode::NOT_FOUND));
+        return finish(&shared, in_flight, response);
     };
     let decision = shared.decide(route, &key, estimate_body_tokens(&body));
     if !decision.latency.is_zero() {
