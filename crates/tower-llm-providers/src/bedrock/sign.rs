@@ -488,6 +488,91 @@ mod tests {
         }
     }
 
+    /// The variables `from_env` reads, cleared in the child processes below.
+    const AWS_VARS: [&str; 5] = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+    ];
+
+    /// The environment cannot be changed in-process without `unsafe`: each case runs this
+    /// test again in a child process with its own variables, where the child's half below
+    /// checks what `from_env` read against what the parent expects.
+    #[test]
+    fn credentials_and_region_come_from_the_environment() {
+        if let Ok(expected) = std::env::var("BEDROCK_ENV_EXPECT") {
+            match SigV4Signer::from_env() {
+                Ok(signer) => {
+                    let credentials = signer.credentials();
+                    let mut secrets = credentials.secrets().map(ApiKey::expose);
+                    let seen = format!(
+                        "{} {} {} {}",
+                        credentials.access_key_id(),
+                        secrets.next().unwrap_or("-"),
+                        secrets.next().unwrap_or("-"),
+                        signer.region()
+                    );
+                    assert_eq!(seen, expected);
+                }
+                Err(error) => assert_eq!(format!("error {}", error.knob()), expected),
+            }
+            return;
+        }
+        let name = "bedrock::sign::tests::credentials_and_region_come_from_the_environment";
+        for (vars, expected) in [
+            (
+                &[
+                    ("AWS_ACCESS_KEY_ID", "AKIDENV"),
+                    ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+                    ("AWS_SESSION_TOKEN", "env-token"),
+                    ("AWS_REGION", "eu-central-1"),
+                    ("AWS_DEFAULT_REGION", "us-west-2"),
+                ][..],
+                "AKIDENV env-secret env-token eu-central-1",
+            ),
+            (
+                &[
+                    ("AWS_ACCESS_KEY_ID", "AKIDENV"),
+                    ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+                    ("AWS_DEFAULT_REGION", "us-west-2"),
+                ],
+                "AKIDENV env-secret - us-west-2",
+            ),
+            (
+                &[
+                    ("AWS_ACCESS_KEY_ID", "AKIDENV"),
+                    ("AWS_REGION", "us-west-2"),
+                ],
+                "error credentials",
+            ),
+            (
+                &[
+                    ("AWS_ACCESS_KEY_ID", "AKIDENV"),
+                    ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+                    ("AWS_REGION", " "),
+                ],
+                "error region",
+            ),
+        ] {
+            let mut child = std::process::Command::new(std::env::current_exe().expect("exe"));
+            child.args([name, "--exact", "--test-threads=1"]);
+            for var in AWS_VARS {
+                child.env_remove(var);
+            }
+            child.envs(vars.iter().copied());
+            child.env("BEDROCK_ENV_EXPECT", expected);
+            let output = child.output().expect("the test binary runs");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success() && stdout.contains("1 passed"),
+                "{expected}: {stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+
     #[test]
     fn a_header_that_is_not_ascii_is_an_error_not_a_panic() {
         let signer =
