@@ -30,7 +30,7 @@
 //! both `messageStop` and `metadata` (the usage) have come. An exception message
 //! (`throttlingException`, `modelStreamErrorException`, `validationException`,
 //! `internalServerException`, `serviceUnavailableException`, ...) is a classified error, as
-//! is an error body ([`error_for_status`]): its type is in the `x-amzn-errortype` header.
+//! is an error body ([`decode_error`]): its type is in the `x-amzn-errortype` header.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -1003,8 +1003,11 @@ pub(crate) fn error_for_status(
     ctx.with_body(error, body)
 }
 
-/// The classified error of a Bedrock error body, for callers outside a provider (tests,
-/// a transport of your own). See [`error_for_status`](self) for the rules.
+/// The classified error of a non-success Bedrock answer, for callers outside a provider
+/// (tests, a transport of your own): the kind from the error type (`x-amzn-errortype`, else
+/// the body's `__type`), else from the status (a `ValidationException` saying the input is
+/// too long is `ContextLengthExceeded`); the message from the body's `message`; the type as
+/// the error's code; the `x-amzn-requestid`; the retry hint of the headers; the body.
 pub fn decode_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
     error_for_status(
         &standalone_ctx(),
