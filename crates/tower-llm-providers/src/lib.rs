@@ -1,5 +1,9 @@
-//! Tower services for LLM provider APIs: OpenAI, Anthropic, Gemini, OpenAI-compatible servers
-//! and Azure OpenAI, streaming included.
+//! Tower services for LLM provider APIs: OpenAI, Anthropic, Gemini, OpenAI-compatible servers,
+//! Azure OpenAI and (feature `bedrock`) AWS Bedrock, streaming included.
+//!
+//! Every provider is one [`Provider`] over a [`Protocol`] (the wire format: requests,
+//! answers, errors, stream framing and events); see the [`protocol`] module for how one is
+//! added, from inside this crate or outside it.
 //!
 //! This crate is what the [tower-llm] layers wrap. Every provider is a
 //! [`tower_service::Service`] for

@@ -68,7 +68,7 @@ pub struct ResponseMeta {
     /// The status the provider answered with.
     pub status: Option<StatusCode>,
     /// The provider's id for the request (OpenAI `x-request-id`, Anthropic `request-id`,
-    /// Azure `apim-request-id`), the reference its support asks for.
+    /// Azure `apim-request-id`, Bedrock `x-amzn-requestid`), the reference its support asks for.
     pub request_id: Option<String>,
     /// The answer's rate-limit, retry and request-id headers, as received: OpenAI
     /// `x-ratelimit-*`, Anthropic `anthropic-ratelimit-*`, the IETF draft's `ratelimit-*`,
@@ -81,7 +81,12 @@ pub struct ResponseMeta {
 }
 
 /// The headers a provider names its request id in, most specific first.
-const REQUEST_ID_HEADERS: [&str; 3] = ["x-request-id", "request-id", "apim-request-id"];
+const REQUEST_ID_HEADERS: [&str; 4] = [
+    "x-request-id",
+    "request-id",
+    "apim-request-id",
+    "x-amzn-requestid",
+];
 
 impl ResponseMeta {
     /// The facts of an answer with this status and these headers, from `provider` speaking

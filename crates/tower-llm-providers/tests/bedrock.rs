@@ -19,7 +19,7 @@ use tower_llm_providers::{
     ChatAccumulator, ChatRequest, ChatResponse, FinishReason, HttpClient, HttpClientConfig,
     Message, RequestBody,
 };
-use tower_llm_testkit::{Fault, FaultPlan, MockServer, Route};
+use tower_llm_testkit::{Fault, FaultPlan, MockServer, Route, StreamError};
 
 const MODEL: &str = "amazon.nova-micro-v1:0";
 const ACCESS_KEY: &str = "AKIDEXAMPLE";
@@ -190,7 +190,10 @@ async fn errors_and_in_stream_exceptions_are_classified() {
         Some(Fault::Status(429)),
         Some(Fault::Overloaded),
         Some(Fault::ContextLengthExceeded),
-        Some(Fault::StreamErrorEvent { after_chunks: 1 }),
+        Some(Fault::StreamErrorEvent {
+            after_chunks: 1,
+            error: StreamError::Overloaded,
+        }),
     ]);
     let server = MockServer::start(plan).await.unwrap();
     let throttled = converse(&server, &hello()).await.unwrap_err();
@@ -229,4 +232,120 @@ async fn cut_and_garbled_streams_are_errors_never_short_answers() {
     let garbled = converse_stream(&server, &hello()).await.unwrap_err();
     assert_eq!(garbled.kind(), FailureKind::ServerError);
     assert!(garbled.message().contains("not valid JSON"));
+}
+
+// ---- the Bedrock provider service ------------------------------------------------------
+
+mod service {
+    use std::sync::{Arc, Mutex};
+
+    use futures_util::StreamExt;
+    use tower::ServiceExt;
+    use tower_llm_core::{ClassifyResponse, FailureKind, StreamEnd};
+    use tower_llm_providers::bedrock::{AwsCredentials, Bedrock};
+    use tower_llm_providers::{ChatChunk, Dialect, FinishReason, HttpClient, TokenCounting};
+    use tower_llm_testkit::{Fault, FaultPlan, MockServer, Route, StreamError};
+
+    use super::{ACCESS_KEY, SECRET, client, hello};
+
+    fn bedrock(server: &MockServer) -> Bedrock<HttpClient> {
+        Bedrock::builder()
+            .base_url(server.url(""))
+            .region("us-east-1")
+            .credentials(
+                AwsCredentials::new(ACCESS_KEY, SECRET).session_token("FQoGZXIvYXdzEXAMPLE"),
+            )
+            .build_with(client())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn whole_answers_are_signed_decoded_and_carry_their_http_facts() {
+        let server = MockServer::start(FaultPlan::healthy()).await.unwrap();
+        let answer = bedrock(&server).oneshot(hello()).await.unwrap();
+        assert_eq!(answer.content, "mock: Hi there");
+        assert_eq!(answer.finish_reason, Some(FinishReason::Stop));
+        assert!(answer.usage.unwrap().output_tokens > 0);
+        assert_eq!(answer.meta.dialect, Some(Dialect::Bedrock));
+        assert_eq!(
+            answer.meta.token_counting(),
+            Some(TokenCounting::ReservedAtAdmission)
+        );
+        assert!(answer.meta.request_id.is_some());
+        assert_eq!(server.counters().key(ACCESS_KEY), 1);
+        let received = &server.received()[0];
+        assert!(
+            received.headers["authorization"]
+                .to_str()
+                .unwrap()
+                .starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+        );
+        assert_eq!(
+            received.headers["x-amz-security-token"],
+            "FQoGZXIvYXdzEXAMPLE"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_with_its_usage_and_its_end_signal() {
+        let server = MockServer::start(FaultPlan::healthy()).await.unwrap();
+        let service = bedrock(&server);
+        let mut stream = service.clone().oneshot(hello().streaming()).await.unwrap();
+        let ended = Arc::new(Mutex::new(None));
+        let record = Arc::clone(&ended);
+        stream
+            .end_signal()
+            .unwrap()
+            .on_end(move |end| *record.lock().unwrap() = Some(end.clone()));
+        let mut text = String::new();
+        let mut finish = None;
+        while let Some(chunk) = stream.next().await {
+            match chunk.unwrap() {
+                ChatChunk::Content(t) => text.push_str(&t),
+                ChatChunk::Finish(reason) => finish = Some(reason),
+                _ => {}
+            }
+        }
+        assert_eq!(text, "mock: Hi there");
+        assert_eq!(finish, Some(FinishReason::Stop));
+        assert!(stream.usage().is_some());
+        assert!(matches!(
+            *ended.lock().unwrap(),
+            Some(StreamEnd::Completed { usage: Some(_) })
+        ));
+        assert_eq!(server.counters().route(Route::BedrockConverseStream), 1);
+        assert_eq!(
+            server.received()[0].headers["accept"],
+            "application/vnd.amazon.eventstream"
+        );
+    }
+
+    #[tokio::test]
+    async fn throttling_in_and_out_of_streams_and_cut_streams_are_classified() {
+        let server = MockServer::start(FaultPlan::healthy().script([
+            Some(Fault::RateLimited {
+                retry_after: std::time::Duration::from_secs(2),
+                form: Default::default(),
+            }),
+            Some(Fault::StreamErrorEvent {
+                after_chunks: 1,
+                error: StreamError::RateLimited,
+            }),
+            Some(Fault::CutStream { after_chunks: 1 }),
+        ]))
+        .await
+        .unwrap();
+        let service = bedrock(&server);
+        let error = service.clone().oneshot(hello()).await.unwrap_err();
+        assert_eq!(error.kind(), FailureKind::RateLimited);
+        assert_eq!(error.retry_after(), Some(std::time::Duration::from_secs(2)));
+        assert!(!format!("{error:?}").contains("FQoGZXIvYXdzEXAMPLE"));
+
+        for expected in [FailureKind::RateLimited, FailureKind::Transport] {
+            let stream = service.clone().oneshot(hello().streaming()).await.unwrap();
+            let items: Vec<_> = stream.collect().await;
+            let error = items.into_iter().find_map(Result::err).unwrap();
+            assert_eq!(error.kind(), expected, "{error}");
+        }
+    }
 }

@@ -51,7 +51,7 @@ use aws_sigv4::http_request::{
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, config_error};
 use crate::key::ApiKey;
 
 /// The service name Bedrock's runtime API is signed for.
@@ -86,10 +86,10 @@ impl AwsCredentials {
     /// `AWS_SESSION_TOKEN`.
     pub fn from_env() -> Result<Self, ConfigError> {
         let access_key_id = ApiKey::from_env_vars(&["AWS_ACCESS_KEY_ID"]).ok_or_else(|| {
-            ConfigError::new("credentials", "not given and AWS_ACCESS_KEY_ID is not set")
+            config_error("credentials", "not given and AWS_ACCESS_KEY_ID is not set")
         })?;
         let secret = ApiKey::from_env_vars(&["AWS_SECRET_ACCESS_KEY"]).ok_or_else(|| {
-            ConfigError::new(
+            config_error(
                 "credentials",
                 "not given and AWS_SECRET_ACCESS_KEY is not set",
             )
@@ -117,13 +117,13 @@ impl AwsCredentials {
     fn check(&self) -> Result<(), ConfigError> {
         let printable = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic());
         if !printable(&self.access_key_id) {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "credentials",
                 "the access key id must be non-empty printable ASCII",
             ));
         }
         if !printable(self.secret_access_key.expose()) {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "credentials",
                 "the secret access key must be non-empty printable ASCII",
             ));
@@ -131,7 +131,7 @@ impl AwsCredentials {
         if let Some(token) = &self.session_token
             && !printable(token.expose())
         {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "credentials",
                 "the session token must be non-empty printable ASCII",
             ));
@@ -185,7 +185,7 @@ impl SigV4Signer {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !valid_region {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "region",
                 format!("{region:?} is not an AWS region (such as us-east-1)"),
             ));
@@ -216,7 +216,7 @@ impl SigV4Signer {
     pub fn from_env() -> Result<Self, ConfigError> {
         let credentials = AwsCredentials::from_env()?;
         let region = region_from_env().ok_or_else(|| {
-            ConfigError::new(
+            config_error(
                 "region",
                 "not given and neither AWS_REGION nor AWS_DEFAULT_REGION is set",
             )

@@ -17,7 +17,8 @@ use crate::chat::{
 };
 use crate::key::ApiKey;
 use crate::meta::Dialect;
-use crate::stream::{ChatAccumulator, Step};
+use crate::protocol::Step;
+use crate::stream::ChatAccumulator;
 
 const TEXT: &str = include_str!("../../tests/fixtures/bedrock_converse_text.json");
 const TOOL_USE: &str = include_str!("../../tests/fixtures/bedrock_converse_tool_use.json");

@@ -32,7 +32,6 @@
 //! `internalServerException`, `serviceUnavailableException`, ...) is a classified error, as
 //! is an error body ([`decode_error`]): its type is in the `x-amzn-errortype` header.
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use bytes::Bytes;
@@ -46,9 +45,10 @@ use crate::chat::{
     BlockDelta, ChatChunk, ChatRequest, ChatResponse, ContentBlock, FinishReason, Role, ToolCall,
     ToolCallDelta, ToolChoice, tool_calls_and_blocks,
 };
-use crate::error::{Ctx, looks_like_html};
+use crate::error::{CallContext as Ctx, looks_like_html};
 use crate::meta::ResponseMeta;
-use crate::stream::{Step, usage};
+use crate::protocol::Step;
+use crate::stream::usage;
 
 /// The path of the Converse (or, with `stream`, ConverseStream) call for `model_id`, which
 /// is percent-encoded: model ids have colons (`anthropic.claude-3-5-haiku-20241022-v1:0`)
@@ -84,16 +84,10 @@ pub fn converse_path(model_id: &str, stream: bool) -> String {
     path
 }
 
-/// The `extra` fields a Bedrock provider sends when it cannot tell their dialect: all of
-/// them unless they are written for a dialect ([`ChatRequest::extra_dialect`]).
-fn undeclared_extra(request: &ChatRequest) -> Option<&Map<String, Value>> {
-    request.extra_dialect.is_none().then_some(&request.extra)
-}
-
 /// Encodes `request` as a Converse (and ConverseStream: the body is the same) JSON body,
-/// with its `extra` fields unless they are written for a dialect.
+/// with its `extra` fields unless they are written for another dialect.
 pub fn encode_request(request: &ChatRequest) -> Vec<u8> {
-    encode_chat(request, undeclared_extra(request))
+    encode_chat(request, request.extra_for(crate::meta::Dialect::Bedrock))
 }
 
 /// Decodes a Converse answer body.
@@ -105,17 +99,12 @@ pub fn decode_response(body: &[u8]) -> Result<ChatResponse, UpstreamError> {
     )
 }
 
-/// A context for decoding without a provider (the standalone functions and tests).
+/// A context for decoding without a provider (the standalone functions and tests), made once.
 pub(crate) fn standalone_ctx() -> Ctx {
-    Ctx {
-        // Bedrock is not (yet) a `Dialect`: the decoders here never read it.
-        dialect: crate::meta::Dialect::Anthropic,
-        provider: Cow::Borrowed("bedrock"),
-        max_body: crate::body::DEFAULT_MAX_BODY_BYTES,
-        key: None,
-        observe: crate::observe::Observe::standalone("bedrock"),
-        strict_fields: false,
-    }
+    static CONTEXT: std::sync::OnceLock<Ctx> = std::sync::OnceLock::new();
+    CONTEXT
+        .get_or_init(|| Ctx::standalone::<super::BedrockProtocol>("bedrock", "aws.bedrock"))
+        .clone()
 }
 
 // ---- wire format: requests -------------------------------------------------------------
