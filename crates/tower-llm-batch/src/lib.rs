@@ -115,7 +115,7 @@
 //! # async fn main() -> Result<(), BoxError> {
 //! // An upstream that takes many prompts at once.
 //! let upstream = service_fn(|prompts: Vec<String>| async move {
-//!     Ok::<_, BoxError>(prompts.into_iter().map(|p| p.len()).collect::<Vec<_>>())
+//!     Ok::<_, BoxError>(prompts.into_iter().map(|p| p.to_uppercase()).collect::<Vec<_>>())
 //! });
 //! let batch = BatchLayer::builder()
 //!     .max_items(8)
@@ -128,8 +128,8 @@
 //!     let mut service = service.clone();
 //!     async move { service.ready().await?.call(prompt.to_string()).await }
 //! });
-//! let lengths = futures_util::future::try_join_all(calls).await?;
-//! assert_eq!(lengths, [3, 5, 5]);
+//! let answers = futures_util::future::try_join_all(calls).await?;
+//! assert_eq!(answers, ["ONE", "THREE", "SEVEN"]);
 //! assert_eq!(handle.stats().batches, 1);
 //! # Ok(())
 //! # }

@@ -8,7 +8,7 @@
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`; region given or from `AWS_REGION`, then
 //! `AWS_DEFAULT_REGION`). Its streams are AWS event streams, decoded by
 //! [`EventStreamFraming`]; its token quota takes `maxTokens` at admission
-//! ([`Dialect::Bedrock`](crate::Dialect::Bedrock)).
+//! ([`Dialect::Bedrock`]).
 //!
 //! ```
 //! use tower::{ServiceExt, service_fn};
@@ -48,8 +48,8 @@
 //! - [`sign`]: SigV4 signing of a request and its body (service `bedrock`), with credentials
 //!   from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
 //!   `AWS_REGION` then `AWS_DEFAULT_REGION`) or given in code, secrets never printed;
-//! - [`wire`]: the Converse JSON for a [`ChatRequest`](crate::ChatRequest), answers and
-//!   stream events decoded into [`ChatResponse`](crate::ChatResponse) and
+//! - [`wire`]: the Converse JSON for a [`ChatRequest`], answers and
+//!   stream events decoded into [`ChatResponse`] and
 //!   [`ChatChunk`](crate::ChatChunk)s, error bodies and in-stream exceptions classified.
 //!
 //! The endpoint of a region is [`endpoint`]; the path of a model's call is
