@@ -26,6 +26,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use tokio::net::TcpListener;
+
+mod log_writer;
 use tower_llm_gateway::{Config, Gateway, serve, shutdown_signal};
 
 const USAGE: &str = "\
@@ -151,10 +153,12 @@ async fn main() -> ExitCode {
         }
     };
     #[cfg(feature = "otlp")]
-    init_logs(args.json_logs, telemetry.tracing_layer());
+    let logs = init_logs(args.json_logs, telemetry.tracing_layer());
     #[cfg(not(feature = "otlp"))]
-    init_logs(args.json_logs, None::<tracing_subscriber::layer::Identity>);
+    let logs = init_logs(args.json_logs, None::<tracing_subscriber::layer::Identity>);
     let outcome = run(config, args.config.as_deref()).await;
+    // Writes the log lines still pending before anything below is printed.
+    drop(logs);
     // Flushes the spans and metrics still buffered; it blocks, so not on a runtime worker.
     #[cfg(feature = "otlp")]
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
@@ -169,12 +173,14 @@ async fn main() -> ExitCode {
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), and spans to `export` (the OTLP
 /// layer) when there is one. A `RUST_LOG` that does not parse is reported and the default
-/// used.
-fn init_logs<L>(json: bool, export: Option<L>)
+/// used. Lines reach stderr from a thread of their own ([`log_writer`]); the guard returned
+/// writes what is pending when dropped.
+fn init_logs<L>(json: bool, export: Option<L>) -> Option<log_writer::LogGuard>
 where
     L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync,
 {
     use tracing_subscriber::filter::{EnvFilter, filter_fn};
+    use tracing_subscriber::fmt::writer::EitherWriter;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{Layer, fmt};
@@ -191,7 +197,18 @@ where
     // formatting their fields into every request's log state cost a tenth of the gateway's
     // CPU for context no log line shows.
     let spans = filter_fn(|meta| !meta.is_span() || meta.target().starts_with("tower_llm_gateway"));
-    let logs = fmt::layer().with_writer(std::io::stderr).with_ansi(false);
+    let (writer, guard) = match log_writer::spawn(std::io::stderr(), log_writer::DEFAULT_LIMIT) {
+        Ok((writer, guard)) => (Some(writer), Some(guard)),
+        Err(e) => {
+            eprintln!("tower-llm-gateway: no log thread ({e}); logging from the request path");
+            (None, None)
+        }
+    };
+    let writer = move || match &writer {
+        Some(writer) => EitherWriter::A(writer.clone()),
+        None => EitherWriter::B(std::io::stderr()),
+    };
+    let logs = fmt::layer().with_writer(writer).with_ansi(false);
     let logs = if json {
         logs.json().flatten_event(true).boxed()
     } else {
@@ -205,6 +222,7 @@ where
     if let Err(e) = installed {
         eprintln!("tower-llm-gateway: logs not installed: {e}");
     }
+    guard
 }
 
 async fn run(config: Config, path: Option<&str>) -> Result<(), tower_llm_core::BoxError> {
