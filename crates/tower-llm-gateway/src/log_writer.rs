@@ -133,9 +133,11 @@ impl LogWriter {
         let mut pending = self.shared.lock();
         if pending.bytes.len() + line.len() > self.shared.limit {
             pending.dropped += 1;
-            return;
+        } else {
+            pending.bytes.extend_from_slice(line);
         }
-        pending.bytes.extend_from_slice(line);
+        // A dropped line wakes the thread too, to report it, even when the line alone was
+        // over the limit and nothing else is pending.
         if pending.idle {
             pending.idle = false;
             drop(pending);
@@ -241,5 +243,19 @@ mod tests {
         let kept = text.lines().filter(|l| *l == "xxxxxxxxx").count();
         assert!((1..=10).contains(&kept), "{kept} lines kept: {text}");
         assert!(text.contains("log line(s) dropped"), "{text}");
+    }
+
+    #[test]
+    fn a_line_over_the_limit_alone_is_reported_without_waiting_for_another() {
+        let out = Captured::default();
+        let (writer, guard) = spawn(out.clone(), 16).unwrap();
+        writer.clone().write_all(&[b'y'; 64]).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !out.text().contains("1 log line(s) dropped") {
+            assert!(std::time::Instant::now() < deadline, "never reported");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(guard);
+        assert!(!out.text().contains("yyyy"));
     }
 }
