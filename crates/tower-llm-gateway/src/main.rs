@@ -195,8 +195,12 @@ where
     // its context, which is all a reader needs to place it. The layers' own spans (a provider
     // call with its GenAI attributes, retry attempts) are for a tracing backend (`export`):
     // formatting their fields into every request's log state cost a tenth of the gateway's
-    // CPU for context no log line shows.
-    let spans = filter_fn(|meta| !meta.is_span() || meta.target().starts_with("tower_llm_gateway"));
+    // CPU for context no log line shows. Without an exporter nobody wants them, so the filter
+    // is global and their call sites are switched off (no span is made, no field recorded);
+    // with one it filters the log lines only.
+    fn logged(meta: &tracing::Metadata<'_>) -> bool {
+        !meta.is_span() || meta.target().starts_with("tower_llm_gateway")
+    }
     let (writer, guard) = match log_writer::spawn(std::io::stderr(), log_writer::DEFAULT_LIMIT) {
         Ok((writer, guard)) => (Some(writer), Some(guard)),
         Err(e) => {
@@ -214,9 +218,11 @@ where
     } else {
         logs.boxed()
     };
+    let global = export.is_none().then(|| filter_fn(logged));
     let installed = tracing_subscriber::registry()
         .with(export)
-        .with(logs.with_filter(spans))
+        .with(global)
+        .with(logs.with_filter(filter_fn(logged)))
         .with(filter)
         .try_init();
     if let Err(e) = installed {
