@@ -27,6 +27,7 @@ use std::process::ExitCode;
 
 use tokio::net::TcpListener;
 
+mod log_format;
 mod log_writer;
 use tower_llm_gateway::{Config, Gateway, serve, shutdown_signal};
 
@@ -216,7 +217,9 @@ where
     let logs = if json {
         logs.json().flatten_event(true).boxed()
     } else {
-        logs.boxed()
+        logs.fmt_fields(log_format::TextFields)
+            .with_timer(log_format::UtcMicros)
+            .boxed()
     };
     let global = export.is_none().then(|| filter_fn(logged));
     let installed = tracing_subscriber::registry()
