@@ -260,7 +260,8 @@ impl CallContext {
     /// An error sent inside a stream, whatever the dialect and whatever keys its payload
     /// has: an event its framing marks as an error (SSE's `event: error`, with JSON or not),
     /// a payload with a non-null `error` (OpenAI, Gemini, Anthropic's
-    /// `{"type":"error","error":{..}}`), or one whose `type` is `"error"`. The default of
+    /// `{"type":"error","error":{..}}`), or one whose `type` or `object` is `"error"`
+    /// (vLLM's `{"object":"error",..}`). The default of
     /// [`Protocol::stream_error`](crate::Protocol::stream_error).
     pub fn stream_error(&self, event: &crate::framing::Event) -> Option<UpstreamError> {
         let named = event.error;
@@ -281,9 +282,15 @@ impl CallContext {
         if value.get("error").is_some_and(|e| !e.is_null()) {
             return Some(self.for_error_value(&value, data));
         }
-        let typed = value.get("type").and_then(Value::as_str) == Some("error");
+        // `"type": "error"` (Anthropic's shape without its `error` object), or `"object":
+        // "error"` (vLLM and other OpenAI-compatible servers: `{"object":"error","message":..,
+        // "type":"BadRequestError","code":400}`).
+        let typed = ["type", "object"]
+            .iter()
+            .any(|key| value.get(key).and_then(Value::as_str) == Some("error"));
         if named || typed {
-            // `{"message": ..}` or `{"type":"error","message":..}`: the payload is the error.
+            // `{"message": ..}`, `{"type":"error","message":..}` or `{"object":"error",..}`:
+            // the payload is the error.
             let wrapped = serde_json::json!({ "error": value });
             return Some(self.for_error_value(&wrapped, data));
         }

@@ -22,7 +22,9 @@ use tower_llm_providers::{
     FinishReason, Gemini, HttpClient, HttpClientConfig, Message, OpenAi, RequestBody,
     StreamTimeouts, Streaming,
 };
-use tower_llm_testkit::{Fault, FaultPlan, MockServer, RetryAfterForm, StreamError, embedding_for};
+use tower_llm_testkit::{
+    BareError, Fault, FaultPlan, MockServer, RetryAfterForm, StreamError, embedding_for,
+};
 
 const REPLY: &str = "Hello from the mock, with ünïcode 日本語 and more words.";
 
@@ -353,6 +355,49 @@ async fn in_stream_error_event() {
         let error = last.as_ref().unwrap_err();
         assert!(error.kind().is_retryable(), "{which:?}: {error}");
         assert!(error.status().is_none(), "{which:?}: came inside a 200");
+    }
+}
+
+/// An error without the provider's error object, followed by the clean end (what proxies
+/// and OpenAI-compatible servers send): an error, never a short answer taken for whole.
+#[tokio::test]
+async fn bare_in_stream_errors_followed_by_a_clean_end() {
+    let server = server(FaultPlan::healthy()).await;
+    for which in ALL {
+        for shape in [
+            BareError::Message,
+            BareError::TypedMessage,
+            BareError::ObjectError,
+            BareError::Text,
+        ] {
+            server.set_plan(FaultPlan::healthy().reply(REPLY).script([Some(
+                Fault::StreamBareError {
+                    after_chunks: 2,
+                    shape,
+                },
+            )]));
+            let items = provider(which, &server, Rechunk(client()), StreamTimeouts::none())
+                .stream(request(which))
+                .await
+                .unwrap();
+            let (last, chunks) = items.split_last().unwrap();
+            assert!(
+                chunks.iter().all(Result::is_ok),
+                "{which:?} {shape:?}: {items:?}"
+            );
+            assert!(
+                !chunks.iter().any(|c| matches!(c, Ok(ChatChunk::Finish(_)))),
+                "{which:?} {shape:?}: no clean finish: {items:?}"
+            );
+            let error = last
+                .as_ref()
+                .expect_err(&format!("{which:?} {shape:?} ended as a success"));
+            assert!(
+                error.message().contains("upstream failed mid-stream"),
+                "{which:?} {shape:?}: {error}"
+            );
+            assert!(error.status().is_none(), "{which:?}: came inside a 200");
+        }
     }
 }
 

@@ -34,7 +34,7 @@ fn decoders() -> [Dialect; 3] {
 }
 
 /// Error payloads as upstreams and the proxies between send them.
-const ERRORS: [(&str, &str); 6] = [
+const ERRORS: [(&str, &str); 7] = [
     ("event: error\ndata: {\"message\":\"boom\"}\n\n", "boom"),
     (
         "event: error\ndata: {\"type\":\"error\",\"message\":\"boom\"}\n\n",
@@ -53,6 +53,11 @@ const ERRORS: [(&str, &str); 6] = [
         "boom",
     ),
     ("event: error\ndata: upstream boom\n\n", "upstream boom"),
+    // vLLM and other OpenAI-compatible servers.
+    (
+        "data: {\"object\":\"error\",\"message\":\"boom\",\"type\":\"BadRequestError\",\"param\":null,\"code\":400}\n\n",
+        "boom",
+    ),
 ];
 
 #[test]

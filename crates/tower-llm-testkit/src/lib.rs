@@ -119,7 +119,8 @@ pub use counters::{Counters, ReceivedRequest};
 pub use embedding::{DEFAULT_DIMENSIONS, MAX_DIMENSIONS, embedding_for};
 pub use event_stream::event_stream_message;
 pub use plan::{
-    Fault, FaultPlan, KeyEcho, Latency, Quota, RetryAfterForm, Route, StreamError, WeightedFault,
+    BareError, Fault, FaultPlan, KeyEcho, Latency, Quota, RetryAfterForm, Route, StreamError,
+    WeightedFault,
 };
 pub use redis::{REDIS_MISSING, RedisServer};
 pub use server::{MockServer, RECEIVED_CAPACITY};

@@ -200,6 +200,24 @@ pub enum Fault {
         #[serde(default)]
         error: StreamError,
     },
+    /// A stream that sends `after_chunks` content chunks, then an error payload without the
+    /// provider's own error object, as proxies and OpenAI-compatible servers send them (see
+    /// [`BareError`]), and then the provider's clean terminal event as if nothing had
+    /// happened: a client that only looks for an `error` key ends with a short answer it
+    /// takes for a whole one. For the SSE providers (OpenAI, Anthropic, Gemini with
+    /// `alt=sse`); Bedrock and Gemini's JSON array stream answer like
+    /// [`StreamErrorEvent`](Self::StreamErrorEvent). On a request that is not streamed it
+    /// answers like [`Overloaded`](Self::Overloaded).
+    ///
+    /// In plan files: `{"stream_bare_error": {"after_chunks": 1, "shape": "object_error"}}`
+    /// (`shape` defaults to `"message"`).
+    StreamBareError {
+        /// Content chunks sent before the error.
+        after_chunks: usize,
+        /// How the error is written.
+        #[serde(default)]
+        shape: BareError,
+    },
     /// A complete stream, terminal event included, that reports no token usage: no usage
     /// chunk from OpenAI even when `stream_options.include_usage` asks for one (as some
     /// compatible servers do), no `usage` in Anthropic's `message_start` and
@@ -226,6 +244,24 @@ pub enum StreamError {
     /// The request's own fault, not the upstream's: Anthropic and OpenAI
     /// `invalid_request_error`, Gemini 400 `INVALID_ARGUMENT`.
     InvalidRequest,
+}
+
+/// How a [`Fault::StreamBareError`] writes its error, each with the message `upstream
+/// failed mid-stream`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BareError {
+    /// `event: error` with `data: {"message": ..}`.
+    #[default]
+    Message,
+    /// `data: {"type": "error", "message": ..}`, no event name.
+    TypedMessage,
+    /// `data: {"object": "error", "message": .., "type": "BadRequestError", "param": null,
+    /// "code": 400}`, as vLLM sends it.
+    ObjectError,
+    /// `event: error` with a line of text that is not JSON.
+    Text,
 }
 
 /// How long the server waits before it starts answering.

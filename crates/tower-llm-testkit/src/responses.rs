@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tower_llm_core::estimate_text_tokens;
 
 use crate::embedding::embedding_for;
-use crate::plan::{Route, StreamError};
+use crate::plan::{BareError, Route, StreamError};
 
 /// Whose wire format a route speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -393,7 +393,10 @@ impl Event {
                 Some(name) => format!("event: {name}\ndata: {}\n\n", self.data).into(),
                 None => format!("data: {}\n\n", self.data).into(),
             },
-            Framing::SseCrLf => format!("data: {}\r\n\r\n", self.data).into(),
+            Framing::SseCrLf => match self.name {
+                Some(name) => format!("event: {name}\r\ndata: {}\r\n\r\n", self.data).into(),
+                None => format!("data: {}\r\n\r\n", self.data).into(),
+            },
             Framing::JsonArray if index == 0 => format!("[{}", self.data).into(),
             Framing::JsonArray => format!(",\r\n{}", self.data).into(),
             Framing::EventStream => {
@@ -622,6 +625,27 @@ pub(crate) fn stream_error(provider: Provider, error: StreamError) -> Event {
     match provider {
         Provider::Anthropic => Event::named("error", &body),
         _ => Event::data(&body),
+    }
+}
+
+/// The event a [`Fault::StreamBareError`](crate::Fault::StreamBareError) sends.
+pub(crate) fn bare_error(shape: BareError) -> Event {
+    const MESSAGE: &str = "upstream failed mid-stream";
+    match shape {
+        BareError::Message => Event::named("error", &json!({ "message": MESSAGE })),
+        BareError::TypedMessage => Event::data(&json!({ "type": "error", "message": MESSAGE })),
+        BareError::ObjectError => Event::data(&json!({
+            "object": "error",
+            "message": MESSAGE,
+            "type": "BadRequestError",
+            "param": null,
+            "code": 400,
+        })),
+        BareError::Text => Event {
+            name: Some("error"),
+            data: MESSAGE.to_owned(),
+            exception: false,
+        },
     }
 }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tower_llm_core::{BoxError, Classify, DefaultClassifier, FailureKind, Outcome};
 use tower_llm_testkit::{
-    Fault, FaultPlan, MockServer, Quota, RetryAfterForm, Route, StreamError, TestClient,
+    BareError, Fault, FaultPlan, MockServer, Quota, RetryAfterForm, Route, StreamError, TestClient,
     anthropic_messages, anthropic_messages_stream, gemini_generate, gemini_stream, openai_chat,
     openai_chat_stream, openai_embeddings,
 };
@@ -475,6 +475,89 @@ async fn stream_error_events_are_named_in_each_providers_words() {
         Some(Fault::StreamErrorEvent {
             after_chunks: 0,
             error: StreamError::Overloaded,
+        }),
+    ]);
+    assert_eq!(plan, same);
+}
+
+#[tokio::test]
+async fn a_bare_stream_error_is_followed_by_a_clean_end() {
+    let text = |r: http::Response<Bytes>| String::from_utf8(r.body().to_vec()).unwrap();
+    for (shape, written) in [
+        (
+            BareError::Message,
+            "event: error\ndata: {\"message\":\"upstream failed mid-stream\"}",
+        ),
+        (
+            BareError::TypedMessage,
+            "data: {\"message\":\"upstream failed mid-stream\",\"type\":\"error\"}",
+        ),
+        (BareError::ObjectError, "\"object\":\"error\""),
+        (
+            BareError::Text,
+            "event: error\ndata: upstream failed mid-stream",
+        ),
+    ] {
+        let server = always(Fault::StreamBareError {
+            after_chunks: 1,
+            shape,
+        })
+        .await;
+        let client = TestClient::new();
+        let base = server.base_url();
+        let openai = text(
+            client
+                .send(openai_chat_stream(&base, "m", "a b c"))
+                .await
+                .unwrap(),
+        );
+        let anthropic = text(
+            client
+                .send(anthropic_messages_stream(&base, "c", "a b c"))
+                .await
+                .unwrap(),
+        );
+        let gemini = text(
+            client
+                .send(gemini_stream(&base, "g", "a b c"))
+                .await
+                .unwrap(),
+        )
+        .replace("\r\n", "\n");
+        for (name, body, end) in [
+            ("openai", &openai, "data: [DONE]"),
+            ("anthropic", &anthropic, "event: message_stop"),
+            ("gemini", &gemini, "\"finishReason\":\"STOP\""),
+        ] {
+            let error = body
+                .find(written)
+                .unwrap_or_else(|| panic!("{shape:?} {name}: {body}"));
+            let clean_end = body.rfind(end).unwrap_or_else(|| panic!("{name}: {body}"));
+            assert!(
+                error < clean_end,
+                "{shape:?} {name}: the end follows: {body}"
+            );
+            assert!(!body[error..].contains("\"error\":{"), "{name}: {body}");
+        }
+        assert_eq!(
+            openai.matches("\"content\":\"").count(),
+            2,
+            "role chunk + 1 word: {openai}"
+        );
+    }
+    let plan = FaultPlan::from_json(
+        r#"{"script": [{"stream_bare_error": {"after_chunks": 2, "shape": "object_error"}},
+                       {"stream_bare_error": {"after_chunks": 0}}]}"#,
+    )
+    .unwrap();
+    let same = FaultPlan::healthy().script([
+        Some(Fault::StreamBareError {
+            after_chunks: 2,
+            shape: BareError::ObjectError,
+        }),
+        Some(Fault::StreamBareError {
+            after_chunks: 0,
+            shape: BareError::Message,
         }),
     ]);
     assert_eq!(plan, same);

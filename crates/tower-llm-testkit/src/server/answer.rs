@@ -15,9 +15,9 @@ use super::STALL;
 use super::routes::Call;
 use super::state::{Decision, InFlight, Verdict};
 use crate::duration_format;
-use crate::plan::{Fault, RetryAfterForm, Route};
+use crate::plan::{Fault, RetryAfterForm, Route, StreamError};
 use crate::quota::LimitState;
-use crate::responses::{self, ErrorCase, Event, Prompt, Provider, Reply, StreamAnswer};
+use crate::responses::{self, ErrorCase, Event, Framing, Prompt, Provider, Reply, StreamAnswer};
 
 pub(super) enum Answer {
     Full(Response<Body>),
@@ -201,7 +201,7 @@ fn spoil_full(body: Value, fault: Option<&Fault>, provider: Provider) -> Answer 
         }
         Some(Fault::StallStream { .. }) => (responses::truncate_json(&text), StreamEnd::Stall),
         Some(Fault::CutStream { .. }) => (responses::truncate_json(&text), StreamEnd::Cut),
-        Some(Fault::StreamErrorEvent { .. }) => {
+        Some(Fault::StreamErrorEvent { .. } | Fault::StreamBareError { .. }) => {
             return Answer::Full(error_response(provider, ErrorCase::Overloaded));
         }
         _ => return Answer::Full(json_response(StatusCode::OK, &body)),
@@ -247,6 +247,30 @@ fn stream_events(
             chunks.truncate(*after_chunks);
             events.extend(chunks);
             events.push(responses::stream_error(provider, *error));
+        }
+        Some(Fault::StreamBareError {
+            after_chunks,
+            shape,
+        }) => {
+            if matches!(framing, Framing::SseCrLf | Framing::Sse) {
+                // Gemini ends in its last chunk (`finishReason`), the others in closing
+                // events: either way the clean end follows the error.
+                let end = if closing.is_empty() {
+                    chunks.pop()
+                } else {
+                    None
+                };
+                chunks.truncate(*after_chunks);
+                events.extend(chunks);
+                events.push(responses::bare_error(*shape));
+                events.extend(end);
+                events.extend(closing);
+                complete = true;
+            } else {
+                chunks.truncate(*after_chunks);
+                events.extend(chunks);
+                events.push(responses::stream_error(provider, StreamError::Overloaded));
+            }
         }
         Some(Fault::MalformedJson) => {
             if let Some(first) = chunks.first_mut() {
