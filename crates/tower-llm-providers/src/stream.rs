@@ -245,10 +245,40 @@ pin_project! {
         phase: Phase,
         // Bytes read after the terminal event, once it has come.
         drained: Option<usize>,
-        // Fired once: at the terminal event, at the first error, or (by itself) when dropped.
+        // Fired once: at the terminal event, at the first error, or when dropped (as a
+        // completed answer once the finish chunk was handed over or the terminal event
+        // decoded, as dropped before that).
         end: EndSignal,
+        // A `ChatChunk::Finish` has been handed over: the caller has the whole answer.
+        finish_seen: bool,
         // The call's span and metrics: they end with the stream.
         call: CallObs,
+    }
+
+    impl<B> PinnedDrop for ChatStream<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if this.end.ended().is_some() {
+                return;
+            }
+            // A caller that stops reading once it has the finish chunk (or before reading
+            // the chunks the terminal event came with) had a whole answer: the upstream
+            // finished it, and the layers count it so, with the usage the stream carried
+            // (handed over or still queued). Before that it is a drop, which the layers count
+            // as neither.
+            let decoded = matches!(*this.phase, Phase::Draining | Phase::Finished);
+            if !*this.finish_seen && !decoded {
+                return;
+            }
+            let usage = this.usage.or_else(|| {
+                this.pending.iter().find_map(|chunk| match chunk {
+                    ChatChunk::Usage(usage) => Some(*usage),
+                    _ => None,
+                })
+            });
+            this.call.stream_completed(this.decoding.model(), usage);
+            this.end.finish(StreamEnd::Completed { usage });
+        }
     }
 }
 
@@ -304,6 +334,7 @@ impl<B> ChatStream<B> {
             phase: Phase::Reading,
             drained: None,
             end: EndSignal::new(),
+            finish_seen: false,
             call,
         }
     }
@@ -358,8 +389,10 @@ impl<B> tower_llm_core::ClassifyResponse for ChatStream<B> {
 
     /// Fired at the terminal event ([`StreamEnd::Completed`], with the usage the stream
     /// reported), at the first error item (a cut, a stall, an error event, a malformed event:
-    /// [`StreamEnd::Failed`]), or when the stream is dropped before either
-    /// ([`StreamEnd::Dropped`]).
+    /// [`StreamEnd::Failed`]), or when the stream is dropped before either: as
+    /// [`StreamEnd::Completed`] (with the usage read so far or already queued) once the
+    /// caller has had the finish chunk or the terminal event has been decoded, since the
+    /// answer was whole; as [`StreamEnd::Dropped`] before that.
     fn end_signal(&mut self) -> Option<&mut EndSignal> {
         Some(&mut self.end)
     }
@@ -392,8 +425,10 @@ where
             }
             Some(Ok(chunk)) => {
                 let this = self.as_mut().project();
-                if let ChatChunk::Usage(usage) = &chunk {
-                    *this.usage = Some(*usage);
+                match &chunk {
+                    ChatChunk::Usage(usage) => *this.usage = Some(*usage),
+                    ChatChunk::Finish(_) => *this.finish_seen = true,
+                    _ => {}
                 }
                 this.call.chunk(&chunk, this.decoding.model());
                 Poll::Ready(Some(Ok(chunk)))
