@@ -457,6 +457,18 @@ impl ClassifyError for dyn StdError + Send + Sync + 'static {
     }
 }
 
+/// The legacy client's error: what it wraps when that is known (a timeout, an I/O error),
+/// otherwise a transport failure, since the request got no HTTP answer.
+#[cfg(feature = "hyper-util")]
+impl ClassifyError for hyper_util::client::legacy::Error {
+    fn classify_error(&self) -> Failure {
+        match classify_dyn_error(self) {
+            failure if failure.kind == FailureKind::Other => Failure::new(FailureKind::Transport),
+            failure => failure,
+        }
+    }
+}
+
 impl ClassifyError for io::Error {
     fn classify_error(&self) -> Failure {
         classify_dyn_error(self)

@@ -7,6 +7,7 @@
 //! English and is close for most other scripts; the output side counts the request's
 //! `max_tokens` in full, since that is what the provider's own limiter reserves.
 
+use std::any::Any;
 use std::sync::Arc;
 
 /// Token usage reported by a provider for one call.
@@ -420,6 +421,27 @@ impl<B: AsRef<[u8]>> RequestCost for http::Request<B> {
     }
 }
 
+/// The bytes of a body held in memory, for the body types that are.
+fn body_bytes<B: 'static>(body: &B) -> Option<&[u8]> {
+    let body: &dyn Any = body;
+    if let Some(bytes) = body.downcast_ref::<bytes::Bytes>() {
+        return Some(bytes);
+    }
+    if let Some(bytes) = body.downcast_ref::<Vec<u8>>() {
+        return Some(bytes);
+    }
+    if let Some(text) = body.downcast_ref::<String>() {
+        return Some(text.as_bytes());
+    }
+    if let Some(text) = body.downcast_ref::<&'static str>() {
+        return Some(text.as_bytes());
+    }
+    if let Some(bytes) = body.downcast_ref::<&'static [u8]>() {
+        return Some(bytes);
+    }
+    body.downcast_ref::<Box<[u8]>>().map(|bytes| &bytes[..])
+}
+
 impl RequestCost for str {
     fn estimated_tokens(&self) -> u64 {
         estimate_text_tokens(self)
@@ -444,9 +466,15 @@ impl<T: RequestCost + ?Sized> RequestCost for Arc<T> {
     }
 }
 
-impl<B: AsRef<[u8]>> ResponseUsage for http::Response<B> {
+impl<B: 'static> ResponseUsage for http::Response<B> {
     /// A [`Usage`] in the response's extensions (where a provider service may put it) wins;
-    /// otherwise the JSON body is read.
+    /// otherwise a body held in memory is read as JSON: `Bytes`, `Vec<u8>`, `String`,
+    /// `&'static str`, `&'static [u8]` or `Box<[u8]>` (`B` is known when the code is built,
+    /// so the check costs nothing). Any other body, hyper's `Incoming` above all, has not been
+    /// read when the answer's head reaches a layer: its usage is unknown (`None`), and a
+    /// limiter keeps the call's reservation. This is what lets a rate limiter with a tokens
+    /// quota sit between a typed provider and its HTTP client; over the provider, the typed
+    /// answers carry their usage.
     ///
     /// Only the body's top-level `usage` and `usageMetadata` are parsed; the rest is checked
     /// for JSON structure only, not for valid strings or numbers (serde's `IgnoredAny`: about
@@ -458,7 +486,7 @@ impl<B: AsRef<[u8]>> ResponseUsage for http::Response<B> {
         if let Some(usage) = self.extensions().get::<Usage>() {
             return Some(*usage);
         }
-        scan::usage(self.body().as_ref())
+        scan::usage(body_bytes(self.body())?)
     }
 
     /// A [`TokenCounting`] in the response's extensions (where a provider service or a layer
@@ -739,6 +767,26 @@ mod tests {
         assert_eq!(response.usage(), Some(usage));
         let garbage = http::Response::new(b"<html>".to_vec());
         assert_eq!(garbage.usage(), None);
+    }
+
+    #[test]
+    fn usage_is_read_from_every_in_memory_body_and_never_from_a_streaming_one() {
+        const BODY: &str = r#"{"usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        let total = |usage: Option<Usage>| usage.map(|u| u.total());
+        assert_eq!(total(http::Response::new(BODY).usage()), Some(7));
+        assert_eq!(total(http::Response::new(BODY.to_owned()).usage()), Some(7));
+        assert_eq!(total(http::Response::new(BODY.as_bytes()).usage()), Some(7));
+        let bytes = bytes::Bytes::from_static(BODY.as_bytes());
+        assert_eq!(total(http::Response::new(bytes).usage()), Some(7));
+        let boxed: Box<[u8]> = BODY.as_bytes().into();
+        assert_eq!(total(http::Response::new(boxed).usage()), Some(7));
+        // A body not read yet (hyper's `Incoming`, a stream): unknown, unless a service put
+        // the usage in the extensions.
+        struct Streaming;
+        let mut streaming = http::Response::new(Streaming);
+        assert_eq!(streaming.usage(), None);
+        streaming.extensions_mut().insert(Usage::new(1, 1));
+        assert_eq!(total(streaming.usage()), Some(2));
     }
 
     #[test]

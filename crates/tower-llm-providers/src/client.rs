@@ -6,7 +6,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -16,11 +15,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
+pub use crate::request_body::RequestBody;
 use crate::error::{ConfigError, config_error};
 use crate::proxy::{ProxyConfig, ProxyConnector};
-
-/// The request body every provider sends: one JSON buffer.
-pub type RequestBody = Full<Bytes>;
 
 /// The default inner service of every provider: hyper-util's legacy client with rustls
 /// (provider and roots by Cargo feature, see [TLS and proxies](crate#tls-and-proxies)), HTTP/1.1 and HTTP/2

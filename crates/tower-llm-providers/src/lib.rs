@@ -196,6 +196,7 @@ mod observe;
 pub mod openai;
 pub mod protocol;
 mod provider;
+mod request_body;
 pub mod proxy;
 pub mod sse;
 mod stream;

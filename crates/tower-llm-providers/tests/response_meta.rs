@@ -62,7 +62,8 @@ where
     );
     // The first two go at once; the third only once the server's minute has passed.
     assert!(started[1] < S, "{started:?}");
-    assert!(started[2] >= 59 * S, "{started:?}");
+    assert!(started[2] >= 59 * S && started[2] < 62 * S, "{started:?}");
+    assert!(started[3] < 62 * S, "{started:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -89,6 +90,48 @@ async fn anthropic_headers_pause_the_limiter() {
         .build_with(client())
         .unwrap();
     stops_at_zero_and_resumes_at_reset(anthropic, &server).await;
+}
+
+/// The limiter between the typed provider and its HTTP client: a tokens quota and the
+/// provider's headers over `http::Request<RequestBody>` and hyper's `http::Response<Incoming>`.
+/// It reads each request's estimate from the body being sent and stops at remaining 0 as
+/// above; the body of the answer is not read yet when it passes, so each reservation is kept.
+#[tokio::test(start_paused = true)]
+async fn a_limiter_under_the_provider_reads_the_request_and_the_headers() {
+    let server = MockServer::start(FaultPlan::healthy().quota(Quota::new(2, 100_000)))
+        .await
+        .unwrap();
+    let limiter = RateLimitLayer::builder()
+        .tokens(tower_llm_ratelimit::Quota::per_minute(1_000_000))
+        .adapt_to_headers()
+        .max_wait(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let handle = limiter.handle();
+    let mut openai = OpenAi::builder()
+        .api_key("sk-test")
+        .base_url(format!("{}/v1", server.base_url()))
+        .build_with(limiter.layer(client()))
+        .unwrap();
+    let start = Instant::now();
+    let mut started = Vec::new();
+    for i in 0..4 {
+        ServiceExt::<ChatRequest>::ready(&mut openai)
+            .await
+            .unwrap()
+            .call(request(i))
+            .await
+            .unwrap_or_else(|e| panic!("call {i} after {:?}: {e}", start.elapsed()));
+        started.push(start.elapsed());
+    }
+    assert_eq!(server.counters().status(429), 0, "a call too many: {started:?}");
+    assert!(started[1] < S, "{started:?}");
+    assert!(started[2] >= 59 * S && started[2] < 62 * S, "{started:?}");
+    let stats = handle.stats();
+    // Each body's prompt and its max_tokens (16), read from the bytes sent.
+    assert!(stats.tokens_reserved >= 4 * 16, "{stats:?}");
+    assert_eq!(stats.tokens_refunded, 0, "{stats:?}");
+    assert_eq!(stats.in_flight, 0, "{stats:?}");
 }
 
 #[tokio::test]
