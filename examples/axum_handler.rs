@@ -276,10 +276,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(mock.counters().route(Route::OpenAiChat), 2);
-        // One limiter saw both routes' calls; the stream's slot is back.
+        // One limiter saw both routes' calls; the stream's slot is back (it held it until its
+        // last chunk, not just until its head).
         let stats = llm.limits.stats();
         assert_eq!(stats.admitted, 2);
         assert_eq!(stats.waiting, 0);
+        assert_eq!(stats.in_flight, 0, "a call still holds a concurrency slot");
         assert_eq!(llm.breaker.stats().successes, 2);
     }
 }
