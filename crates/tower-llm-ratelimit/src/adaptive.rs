@@ -45,7 +45,7 @@ use tower_llm_core::{ConfigError, FailureKind, Outcome};
 ///
 /// With [`shared`](Self::shared) (feature `redis`), an instance that lowers a key's limit
 /// after an overload records it in Redis, and every other instance sharing the backend's
-/// prefix applies one decrease of its own (`× backoff`) when it learns of it, on its next
+/// namespace applies one decrease of its own (`× backoff`) when it learns of it, on its next
 /// round trip to Redis for that key: at most once per round trip of its own calls, as for
 /// its own overloads. Increases stay local: each instance probes for its own share. See
 /// [`shared`](Self::shared).
@@ -226,7 +226,7 @@ impl AdaptiveConcurrency {
     /// ignored: the local limit keeps working on this instance's own overloads. (The quotas,
     /// if any, still follow the backend's [`BackendFailure`](crate::BackendFailure).)
     ///
-    /// Every instance that should react together must use the same backend prefix and key
+    /// Every instance that should react together must use the same backend namespace and key
     /// function, as for the quotas.
     #[cfg(feature = "redis")]
     pub fn shared(mut self) -> Self {

@@ -304,7 +304,7 @@ impl<K, C, T, H> RateLimitBuilder<K, C, T, H> {
             return refuse("default_pause", "must be at most a day");
         }
         #[cfg(feature = "redis")]
-        if c.redis.as_ref().is_some_and(|r| r.timeout().is_zero()) {
+        if c.redis.as_ref().is_some_and(|r| r.has_zero_timeout()) {
             return refuse(
                 "redis.timeout",
                 "must be longer than zero (every call would find Redis unreachable)",

@@ -212,9 +212,9 @@ pub(crate) const OVERLOAD_READ_PERIOD: Duration = Duration::from_millis(100);
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let backend = RedisBackend::connect("redis://127.0.0.1:6379")
 ///     .await?
-///     .with_prefix("myapp:openai")
-///     .with_timeout(Duration::from_millis(50))
-///     .with_failure_mode(BackendFailure::Closed);
+///     .namespace("myapp:openai")
+///     .timeout(Duration::from_millis(50))
+///     .on_failure(BackendFailure::Closed);
 /// let layer = RateLimitLayer::builder()
 ///     .requests(Quota::per_minute(500))
 ///     .tokens(Quota::per_minute(200_000))
@@ -226,7 +226,7 @@ pub(crate) const OVERLOAD_READ_PERIOD: Duration = Duration::from_millis(100);
 #[derive(Clone)]
 pub struct RedisBackend {
     connection: ConnectionManager,
-    prefix: Arc<str>,
+    namespace: Arc<str>,
     timeout: Duration,
     failure: BackendFailure,
 }
@@ -234,7 +234,7 @@ pub struct RedisBackend {
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackend")
-            .field("prefix", &self.prefix)
+            .field("namespace", &self.namespace)
             .field("timeout", &self.timeout)
             .field("failure", &self.failure)
             .finish_non_exhaustive()
@@ -259,43 +259,73 @@ impl RedisBackend {
     pub fn from_connection(connection: ConnectionManager) -> Self {
         RedisBackend {
             connection,
-            prefix: Arc::from("tower-llm-ratelimit"),
+            namespace: Arc::from("tower-llm-ratelimit"),
             timeout: Duration::from_millis(100),
             failure: BackendFailure::default(),
         }
     }
 
-    /// Names the budget: limiters with the same prefix (and key) share it. Default
-    /// `tower-llm-ratelimit`.
-    pub fn with_prefix(mut self, prefix: impl Into<Arc<str>>) -> Self {
-        self.prefix = prefix.into();
+    /// The prefix of every key (default `tower-llm-ratelimit`): limiters with the same
+    /// namespace (and key) share a budget, limiters with different ones never see each
+    /// other's.
+    pub fn namespace(mut self, namespace: impl Into<Arc<str>>) -> Self {
+        self.namespace = namespace.into();
         self
     }
 
-    /// How long to wait for Redis before [`BackendFailure`] applies. Default 100 ms. Zero is
-    /// refused when the limiter is built.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+    /// The longest a call waits on Redis before [`BackendFailure`] applies (default 100 ms).
+    /// Zero is refused when the limiter is built.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    /// What to do when Redis cannot be reached in time. Default [`BackendFailure::Open`].
-    pub fn with_failure_mode(mut self, failure: BackendFailure) -> Self {
+    /// What to do when Redis cannot be reached in time (default [`BackendFailure::Open`]).
+    pub fn on_failure(mut self, failure: BackendFailure) -> Self {
         self.failure = failure;
         self
     }
 
-    /// What is done when Redis cannot be reached in time.
+    /// What is done when Redis cannot be reached in time (set by
+    /// [`on_failure`](Self::on_failure)).
     pub fn failure_mode(&self) -> BackendFailure {
         self.failure
     }
 
-    pub(crate) fn timeout(&self) -> Duration {
-        self.timeout
+    /// The former name of [`namespace`](Self::namespace).
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed `namespace`, as in tower-llm-dedup's backend"
+    )]
+    pub fn with_prefix(self, prefix: impl Into<Arc<str>>) -> Self {
+        self.namespace(prefix)
+    }
+
+    /// The former name of [`timeout`](Self::timeout).
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed `timeout`, as in tower-llm-dedup's backend"
+    )]
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        self.timeout(timeout)
+    }
+
+    /// The former name of [`on_failure`](Self::on_failure).
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed `on_failure`, like tower-llm-dedup's `on_error`"
+    )]
+    pub fn with_failure_mode(self, failure: BackendFailure) -> Self {
+        self.on_failure(failure)
+    }
+
+    /// A zero timeout would find Redis unreachable on every call.
+    pub(crate) fn has_zero_timeout(&self) -> bool {
+        self.timeout.is_zero()
     }
 
     fn key(&self, name: &str) -> String {
-        format!("{}:{}", self.prefix, name)
+        format!("{}:{}", self.namespace, name)
     }
 
     /// Asks Redis to admit one request of `cost` tokens under key `name`.

@@ -151,8 +151,8 @@ async fn instance(server: &RedisServer, prefix: &str, shared: bool, quota: bool)
     let backend = RedisBackend::connect(&server.url())
         .await
         .expect("redis")
-        .with_prefix(prefix.to_owned())
-        .with_timeout(Duration::from_secs(1));
+        .namespace(prefix.to_owned())
+        .timeout(Duration::from_secs(1));
     let mut adaptive = AdaptiveConcurrency::new().initial(INITIAL).max(64);
     if shared {
         adaptive = adaptive.shared();
@@ -327,8 +327,8 @@ async fn redis_down_leaves_the_local_limit_working() {
     let backend = RedisBackend::connect(&server.url())
         .await
         .expect("redis")
-        .with_prefix(prefix)
-        .with_timeout(Duration::from_millis(200));
+        .namespace(prefix)
+        .timeout(Duration::from_millis(200));
     let layer = RateLimitLayer::builder()
         .adaptive_concurrency(AdaptiveConcurrency::new().initial(INITIAL).shared())
         .redis(backend)

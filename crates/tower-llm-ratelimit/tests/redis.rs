@@ -61,9 +61,9 @@ async fn two_instances_stay_within_one_budget() {
         let backend = RedisBackend::connect(&server.url())
             .await
             .expect("redis")
-            .with_prefix(prefix("shared"))
-            .with_timeout(Duration::from_secs(2))
-            .with_failure_mode(BackendFailure::Closed);
+            .namespace(prefix("shared"))
+            .timeout(Duration::from_secs(2))
+            .on_failure(BackendFailure::Closed);
         let layer = RateLimitLayer::builder()
             .requests(Quota::new(REQUESTS, WINDOW).with_burst(4))
             .tokens(Quota::new(TOKENS, WINDOW).with_burst(60))
@@ -135,9 +135,9 @@ async fn redis_down_fails_open_or_closed_as_configured() {
             let backend = RedisBackend::connect(&url)
                 .await
                 .expect("redis")
-                .with_prefix(prefix("down"))
-                .with_timeout(Duration::from_millis(300))
-                .with_failure_mode(failure);
+                .namespace(prefix("down"))
+                .timeout(Duration::from_millis(300))
+                .on_failure(failure);
             RateLimitLayer::builder()
                 .requests(Quota::per_second(100))
                 .redis(backend)
@@ -179,8 +179,8 @@ async fn refunds_reach_the_shared_budget() {
     let backend = RedisBackend::connect(&server.url())
         .await
         .expect("redis")
-        .with_prefix(prefix("refund"))
-        .with_timeout(Duration::from_secs(2));
+        .namespace(prefix("refund"))
+        .timeout(Duration::from_secs(2));
     // One token budget for a whole minute: nothing refills during the test.
     // Two layer values, as two instances would have, over one Redis budget.
     let instance = |backend| {
@@ -228,7 +228,7 @@ async fn a_zero_timeout_is_refused_when_built() {
     let backend = RedisBackend::connect(&server.url())
         .await
         .expect("redis")
-        .with_timeout(Duration::ZERO);
+        .timeout(Duration::ZERO);
     let err = RateLimitLayer::builder()
         .requests(Quota::per_minute(10))
         .redis(backend)

@@ -49,7 +49,7 @@ async fn instance(redis_url: &str) -> Result<Instance, BoxError> {
         .redis(
             LimitRedis::connect(redis_url)
                 .await?
-                .with_prefix("recipe-limit"),
+                .namespace("recipe-limit"),
         )
         // Refuse rather than queue for the next free slot (10 s away), so that the refusal
         // shows.
