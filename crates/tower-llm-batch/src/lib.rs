@@ -55,7 +55,7 @@
 //!   sent at all). A sent batch runs on while at least one of its callers waits (the others
 //!   miss their answers); once every caller has gone, the inner call is dropped, which
 //!   cancels it, and its `max_in_flight` slot goes to the next batch
-//!   ([`Stats::abandoned_batches`]).
+//!   ([`BatchStats::abandoned_batches`]).
 //! - **Weight.** With [`BatchBuilder::max_weight`] (or [`BatchBuilder::max_estimated_tokens`]
 //!   for requests with a core [`RequestCost`](tower_llm_core::RequestCost)), a request that
 //!   would take a batch past the limit seals the batch and starts the next one; a request
@@ -64,7 +64,7 @@
 //! # Stats
 //!
 //! [`BatchLayer::handle`] returns a [`BatchHandle`] whose [`stats`](BatchHandle::stats) is a
-//! snapshot ([`Stats`]) of the counters of every service the layer value made; take it before
+//! snapshot ([`BatchStats`]) of the counters of every service the layer value made; take it before
 //! building the stack, it keeps working after the stack is boxed. [`Batch::stats`] reads the
 //! same counters.
 //!
@@ -153,4 +153,6 @@ pub use error::{BatchClosed, BatchFailed, ConfigError, ItemMissing, LengthMismat
 pub use future::ResponseFuture;
 pub use layer::{BatchBuilder, BatchLayer};
 pub use service::Batch;
-pub use stats::{BatchHandle, FlushReason, Stats};
+#[allow(deprecated)]
+pub use stats::Stats;
+pub use stats::{BatchHandle, BatchStats, FlushReason};

@@ -1,5 +1,5 @@
 //! The crate's one funnel: the service and the batching task call one method here per event,
-//! and the funnel feeds the [`Stats`] counters, `tracing` (feature `tracing`) and `metrics`
+//! and the funnel feeds the [`BatchStats`] counters, `tracing` (feature `tracing`) and `metrics`
 //! (feature `metrics`). Nothing else in the crate calls either.
 //!
 //! Requests, answers and error messages never appear: events carry sizes, reasons and the
@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::stats::{Counters, FlushReason, Stats};
+use crate::stats::{BatchStats, Counters, FlushReason};
 
 #[cfg(feature = "metrics")]
 const METRIC_REQUESTS: &str = "tower_llm_batch_requests_total";
@@ -104,7 +104,7 @@ impl Observe {
         });
     }
 
-    pub(crate) fn snapshot(&self) -> Stats {
+    pub(crate) fn snapshot(&self) -> BatchStats {
         self.counters.snapshot()
     }
 

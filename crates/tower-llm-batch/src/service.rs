@@ -16,7 +16,7 @@ use crate::error::BatchClosed;
 use crate::future::ResponseFuture;
 use crate::layer::{Limits, Weigher};
 use crate::observe::{Observe, Rejection};
-use crate::stats::{BatchHandle, Stats};
+use crate::stats::{BatchHandle, BatchStats};
 use crate::worker::{Message, Worker, WorkerParts};
 
 type Acquire =
@@ -115,7 +115,7 @@ impl<Req, A: Pack<Req>, Res> Batch<Req, A, Res> {
 
     /// A snapshot of the counters of the layer value that made this service, the same as
     /// [`BatchLayer::handle`](crate::BatchLayer::handle)`().stats()`.
-    pub fn stats(&self) -> Stats {
+    pub fn stats(&self) -> BatchStats {
         self.shared.observe.snapshot()
     }
 

@@ -79,10 +79,10 @@ impl Counters {
         Self::add(counter, 1);
     }
 
-    pub(crate) fn snapshot(&self) -> Stats {
+    pub(crate) fn snapshot(&self) -> BatchStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let now = |c: &AtomicUsize| c.load(Ordering::Relaxed);
-        Stats {
+        BatchStats {
             requests: get(&self.requests),
             rejected: get(&self.rejected),
             cancelled: get(&self.cancelled),
@@ -119,7 +119,7 @@ impl BatchHandle {
     }
 
     /// The counters now.
-    pub fn stats(&self) -> Stats {
+    pub fn stats(&self) -> BatchStats {
         self.observe.snapshot()
     }
 }
@@ -129,7 +129,7 @@ impl BatchHandle {
 /// largest batch) are `usize`, like the limits they are measured against.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Stats {
+pub struct BatchStats {
     /// Requests queued for batching.
     pub requests: u64,
     /// Requests refused before they were queued (invalid for the adapter, batcher stopped,
@@ -166,7 +166,14 @@ pub struct Stats {
     pub total_wait: Duration,
 }
 
-impl Stats {
+/// The former name of [`BatchStats`].
+#[deprecated(
+    since = "0.1.0",
+    note = "renamed `BatchStats`, like the other layers' snapshots"
+)]
+pub type Stats = BatchStats;
+
+impl BatchStats {
     /// Requests per sent batch, on average (0 before the first batch).
     pub fn mean_batch_size(&self) -> f64 {
         if self.batches == 0 {

@@ -17,7 +17,7 @@ use tower_llm_core::CircuitOpen;
 
 use crate::config::{Config, Verdict};
 use crate::observe::{Observe, Trip};
-use crate::state::{State, StateChange, Stats};
+use crate::state::{BreakerStats, State, StateChange};
 use crate::window::Outcomes;
 
 pub(crate) struct Breaker {
@@ -326,7 +326,7 @@ impl Breaker {
 
     /// Closes the breaker with empty counts, whatever its state (a forced open included):
     /// the window and the consecutive count are cleared, the cool-down is back to its base,
-    /// and the outcomes of calls in flight are ignored. The running totals of [`Stats`]
+    /// and the outcomes of calls in flight are ignored. The running totals of [`BreakerStats`]
     /// stay.
     pub(crate) fn reset(&self) {
         self.reset_at(Instant::now());
@@ -485,11 +485,11 @@ impl Breaker {
         }
     }
 
-    pub(crate) fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> BreakerStats {
         self.stats_at(Instant::now())
     }
 
-    pub(crate) fn stats_at(&self, now: Instant) -> Stats {
+    pub(crate) fn stats_at(&self, now: Instant) -> BreakerStats {
         let t = self.ticks(now);
         let word = self.word.load(Ordering::Acquire);
         let stored = State::from_bits(word);
@@ -511,7 +511,7 @@ impl Breaker {
             0
         };
         let tally = self.window.as_ref().map(|w| w.tally(t)).unwrap_or_default();
-        Stats {
+        BreakerStats {
             state,
             time_in_state: Duration::from_nanos(t.saturating_sub(entered)),
             next_probe_in,

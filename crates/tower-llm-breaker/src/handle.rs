@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::breaker::Breaker;
-use crate::state::{State, Stats};
+use crate::state::{BreakerStats, State};
 
 /// Reads and steers one breaker: its state and its counts, and the operator's controls
 /// ([`force_open`](Self::force_open), [`reset`](Self::reset)). Cheap to clone; it shares the
@@ -26,7 +26,7 @@ impl CircuitBreakerHandle {
     }
 
     /// A snapshot of the state, the time in it and the counts.
-    pub fn stats(&self) -> Stats {
+    pub fn stats(&self) -> BreakerStats {
         self.breaker.stats()
     }
 
@@ -37,7 +37,7 @@ impl CircuitBreakerHandle {
     ///
     /// The [`on_state_change`](crate::CircuitBreakerBuilder::on_state_change) hook sees the
     /// change (with [`StateChange::forced`](crate::StateChange::forced) set) unless the
-    /// breaker was already open; [`Stats::forced_open`] tells a held breaker from one on a
+    /// breaker was already open; [`BreakerStats::forced_open`] tells a held breaker from one on a
     /// cool-down. Forcing a breaker that is already held open does nothing.
     pub fn force_open(&self) {
         self.breaker.force_open();
@@ -45,7 +45,7 @@ impl CircuitBreakerHandle {
 
     /// Closes the breaker, whatever its state (a [forced open](Self::force_open) included),
     /// and clears what its policies count: the failure window, the consecutive count, the
-    /// grown cool-down. Calls in flight are not counted. The running totals of [`Stats`]
+    /// grown cool-down. Calls in flight are not counted. The running totals of [`BreakerStats`]
     /// (successes, failures, rejections, opens) are kept.
     ///
     /// The [`on_state_change`](crate::CircuitBreakerBuilder::on_state_change) hook sees the

@@ -22,7 +22,7 @@ use crate::breaker::Breaker;
 use crate::config::Config;
 use crate::future::ResponseFuture;
 use crate::handle::CircuitBreakerHandle;
-use crate::state::Stats;
+use crate::state::BreakerStats;
 
 pub(crate) struct KeyedBreakers<K> {
     config: Arc<Config>,
@@ -298,7 +298,7 @@ where
 #[non_exhaustive]
 pub struct KeyedStats<K> {
     /// Each breaker the map holds, with its key, in no particular order.
-    pub breakers: Vec<(K, Stats)>,
+    pub breakers: Vec<(K, BreakerStats)>,
     /// Breakers dropped from the full map to make room for a new key, since the layer was
     /// built (their counts went with them).
     pub evicted: u64,

@@ -56,7 +56,7 @@
 //! # Observing and steering
 //!
 //! - [`CircuitBreakerLayer::handle`] (or [`CircuitBreaker::handle`]) reads the state, the
-//!   time in it and the counts ([`Stats`]), before or after the stack is built and boxed,
+//!   time in it and the counts ([`BreakerStats`]), before or after the stack is built and boxed,
 //!   and steers the breaker: [`force_open`](CircuitBreakerHandle::force_open) holds it open
 //!   until [`reset`](CircuitBreakerHandle::reset), which closes it with empty counts.
 //!   [`KeyedCircuitBreakerLayer::handle`] does the same per key, and
@@ -172,4 +172,6 @@ pub use keyed::{
 };
 pub use layer::CircuitBreakerLayer;
 pub use service::CircuitBreaker;
-pub use state::{State, StateChange, Stats};
+#[allow(deprecated)]
+pub use state::Stats;
+pub use state::{BreakerStats, State, StateChange};

@@ -102,14 +102,14 @@ pub struct StateChange {
 /// [`reset`]: crate::CircuitBreakerHandle::reset
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
-pub struct Stats {
+pub struct BreakerStats {
     /// The state a call would meet now: an open breaker whose cool-down has ended reports
     /// [`State::HalfOpen`], since the next call is a probe.
     pub state: State,
     /// How long it has been in that state.
     pub time_in_state: Duration,
     /// When the breaker is open on a cool-down: how long until it admits a probe (`None`
-    /// while [forced open](Stats::forced_open)).
+    /// while [forced open](BreakerStats::forced_open)).
     pub next_probe_in: Option<Duration>,
     /// Calls that succeeded.
     pub successes: u64,
@@ -140,3 +140,10 @@ pub struct Stats {
     /// [`reset`](crate::CircuitBreakerHandle::reset).
     pub forced_open: bool,
 }
+
+/// The former name of [`BreakerStats`].
+#[deprecated(
+    since = "0.1.0",
+    note = "renamed `BreakerStats`, like the other layers' snapshots"
+)]
+pub type Stats = BreakerStats;
