@@ -9,11 +9,12 @@
 //! Every stack sits over a `service_fn` on `String`s: the contract holds with no trait on the
 //! request or the response.
 //!
-//! The layers: rate limit, breaker (one and per key), retry, batch, dedup (whole answers and
-//! streams), and race's hedge, race, fallback, gather, vote and route. A layer that refuses
-//! nothing of its own (retry, dedup) is checked for rule 4 by its `poll_ready` staying ready
-//! after its calls failed or were shared; a layer whose every setting is valid (race,
-//! fallback, gather: plain methods, no `build()`) has no rule 5 to check.
+//! The layers: rate limit, breaker (one and per key), retry, core's deadline, batch, dedup
+//! (whole answers and streams), and race's hedge, race, fallback, gather, vote and route. A
+//! layer that refuses nothing of its own (retry, dedup) is checked for rule 4 by its
+//! `poll_ready` staying ready after its calls failed or were shared; a layer whose every
+//! setting is valid (deadline: any timeout; race, fallback, gather: plain methods, no
+//! `build()`) has no rule 5 to check.
 
 #![allow(clippy::unwrap_used)]
 
@@ -355,6 +356,58 @@ mod retry {
             RetryLayer::builder().max_attempts(0).build(),
             "max_attempts",
         );
+    }
+}
+
+mod deadline {
+    use super::*;
+    use tokio::time::Instant;
+    use tower_llm_core::{Deadline, DeadlineLayer};
+
+    #[tokio::test(start_paused = true)]
+    async fn one_layer_value_is_one_set_of_counts_across_stacks() {
+        let upstream = Upstream::closed();
+        let layer = DeadlineLayer::new(Duration::from_secs(5));
+        let first = boxed(layer.layer(upstream.service()));
+        let mut second = boxed(layer.layer(upstream.service()));
+        let handle = layer.handle();
+
+        // The first stack's call is cut at its deadline, and what the upstream held for it
+        // is released.
+        let cut = tokio::spawn(first.oneshot("a".into()));
+        settle().await;
+        assert_eq!(upstream.in_flight(), 1);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let error = cut.await.unwrap().unwrap_err();
+        assert_eq!(classify(&error), FailureKind::Timeout, "{error}");
+        assert_eq!(upstream.in_flight(), 0);
+        // The second stack refuses a call whose deadline has passed, from `call`, without
+        // sending it.
+        let error = Deadline::at(Instant::now()).enter(|| assert_refused_at_once(&mut second, "b"));
+        assert_eq!(classify(&error), FailureKind::Timeout, "{error}");
+        assert_eq!(upstream.calls(), 1);
+        let stats = handle.stats();
+        assert_eq!((stats.cut, stats.refused), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_call_releases_the_upstream_and_counts_as_nothing() {
+        let upstream = Upstream::closed();
+        let layer = DeadlineLayer::new(Duration::from_secs(5));
+        let service = boxed(layer.layer(upstream.service()));
+        let call = tokio::spawn(service.oneshot("a".into()));
+        settle().await;
+        assert_eq!(upstream.in_flight(), 1);
+        call.abort();
+        settle().await;
+        assert_eq!(upstream.in_flight(), 0);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let stats = layer.handle().stats();
+        assert_eq!((stats.cut, stats.refused), (0, 0));
+    }
+
+    fn classify(error: &BoxError) -> FailureKind {
+        tower_llm_core::classify_dyn_error(&**error).kind
     }
 }
 

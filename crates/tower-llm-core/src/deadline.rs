@@ -28,6 +28,8 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -166,10 +168,15 @@ impl<F: Future> Future for WithDeadline<F> {
 
 /// Gives every call a deadline `timeout` after it is made (or keeps the caller's, if that is
 /// earlier), current for every layer and service inside, and ends the call at it with a
-/// [`Timeout`](FailureKind::Timeout) error that says so.
+/// [`Timeout`](FailureKind::Timeout) error that says so. A call made when its deadline has
+/// already passed (the caller's, or a zero `timeout`) is refused at once, from `call`, without
+/// reaching the inner service.
 ///
 /// Put it outermost: the layers inside read the time left ([`Deadline::current`]) and plan
 /// within it.
+///
+/// Every service made by one layer value (and its clones) counts into one
+/// [`DeadlineHandle`]: the calls the deadline cut and those it refused.
 ///
 /// ```
 /// use std::time::Duration;
@@ -178,23 +185,38 @@ impl<F: Future> Future for WithDeadline<F> {
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
+/// let layer = DeadlineLayer::new(Duration::from_secs(20));
+/// let handle = layer.handle();
 /// let service = ServiceBuilder::new()
-///     .layer(DeadlineLayer::new(Duration::from_secs(20)))
+///     .layer(layer)
 ///     .service(service_fn(|_: ()| async {
 ///         Ok::<_, BoxError>(Deadline::current().map(|d| d.time_left()))
 ///     }));
 /// assert_eq!(service.oneshot(()).await.unwrap(), Some(Duration::from_secs(20)));
+/// assert_eq!(handle.stats().cut, 0);
 /// # }
 /// ```
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct DeadlineLayer {
     timeout: Duration,
+    counters: Arc<Counters>,
 }
 
 impl DeadlineLayer {
     /// A deadline `timeout` after each call is made.
-    pub const fn new(timeout: Duration) -> Self {
-        DeadlineLayer { timeout }
+    pub fn new(timeout: Duration) -> Self {
+        DeadlineLayer {
+            timeout,
+            counters: Arc::default(),
+        }
+    }
+
+    /// The handle on the counts of every service this layer value makes, before or after the
+    /// stacks are built and boxed.
+    pub fn handle(&self) -> DeadlineHandle {
+        DeadlineHandle {
+            counters: Arc::clone(&self.counters),
+        }
     }
 }
 
@@ -205,8 +227,46 @@ impl<S> Layer<S> for DeadlineLayer {
         DeadlineService {
             inner,
             timeout: self.timeout,
+            counters: Arc::clone(&self.counters),
         }
     }
+}
+
+/// The counts of a [`DeadlineLayer`], shared by every service it made. Only the calls that
+/// end badly are counted, so an answered call costs no shared write.
+#[derive(Debug, Default)]
+struct Counters {
+    cut: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// Reads the counts of a [`DeadlineLayer`] (see [`DeadlineLayer::handle`]). Clones read the
+/// same counts.
+#[derive(Clone, Debug)]
+pub struct DeadlineHandle {
+    counters: Arc<Counters>,
+}
+
+impl DeadlineHandle {
+    /// A snapshot of the counts, taken now.
+    pub fn stats(&self) -> DeadlineStats {
+        DeadlineStats {
+            cut: self.counters.cut.load(Ordering::Relaxed),
+            refused: self.counters.refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A snapshot of a [`DeadlineLayer`]'s counts (see [`DeadlineHandle::stats`]). Running totals
+/// since the layer was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadlineStats {
+    /// Calls ended by the deadline while the inner service was still working on them.
+    pub cut: u64,
+    /// Calls refused without reaching the inner service because their deadline had already
+    /// passed when they were made.
+    pub refused: u64,
 }
 
 /// The service of [`DeadlineLayer`].
@@ -214,6 +274,24 @@ impl<S> Layer<S> for DeadlineLayer {
 pub struct DeadlineService<S> {
     inner: S,
     timeout: Duration,
+    counters: Arc<Counters>,
+}
+
+impl<S> DeadlineService<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes this service, returning the inner one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S, Req> Service<Req> for DeadlineService<S>
@@ -235,11 +313,28 @@ where
         if let Some(outer) = Deadline::current() {
             deadline = deadline.min(outer);
         }
+        if deadline.has_passed() {
+            // Nothing the inner service could do would arrive in time: it is not called, and
+            // the readiness it gave stays with it for the next call.
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            let error = UpstreamError::new(
+                FailureKind::Timeout,
+                "the call's deadline had passed before it was made",
+            );
+            return DeadlineFuture {
+                kind: Kind::Refused {
+                    error: Some(error.into()),
+                },
+            };
+        }
         let future = deadline.enter(|| self.inner.call(request));
         DeadlineFuture {
-            future: deadline.scope(future),
-            sleep: tokio::time::sleep_until(deadline.instant()),
-            started,
+            kind: Kind::Running {
+                future: deadline.scope(future),
+                sleep: tokio::time::sleep_until(deadline.instant()),
+                started,
+                counters: Arc::clone(&self.counters),
+            },
         }
     }
 }
@@ -249,10 +344,27 @@ pin_project! {
     #[derive(Debug)]
     pub struct DeadlineFuture<F> {
         #[pin]
-        future: WithDeadline<F>,
-        #[pin]
-        sleep: Sleep,
-        started: Instant,
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<F> {
+        // The call is with the inner service, until it answers or the deadline passes.
+        Running {
+            #[pin]
+            future: WithDeadline<F>,
+            #[pin]
+            sleep: Sleep,
+            started: Instant,
+            counters: Arc<Counters>,
+        },
+        // The deadline had passed when the call was made.
+        Refused {
+            error: Option<BoxError>,
+        },
     }
 }
 
@@ -264,19 +376,31 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(result) = this.future.poll(cx) {
-            return Poll::Ready(result.map_err(Into::into));
+        match self.project().kind.project() {
+            KindProj::Running {
+                future,
+                sleep,
+                started,
+                counters,
+            } => {
+                if let Poll::Ready(result) = future.poll(cx) {
+                    return Poll::Ready(result.map_err(Into::into));
+                }
+                if sleep.poll(cx).is_ready() {
+                    counters.cut.fetch_add(1, Ordering::Relaxed);
+                    let waited = started.elapsed();
+                    let error = UpstreamError::new(
+                        FailureKind::Timeout,
+                        format!("the call's deadline passed after {waited:?}"),
+                    );
+                    return Poll::Ready(Err(error.into()));
+                }
+                Poll::Pending
+            }
+            KindProj::Refused { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "deadline future polled after completion".into()))),
         }
-        if this.sleep.poll(cx).is_ready() {
-            let waited = this.started.elapsed();
-            let error = UpstreamError::new(
-                FailureKind::Timeout,
-                format!("the call's deadline passed after {waited:?}"),
-            );
-            return Poll::Ready(Err(error.into()));
-        }
-        Poll::Pending
     }
 }
 
@@ -367,6 +491,40 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(seen, Some(Duration::from_secs(5)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_handle_counts_cut_and_refused_calls_of_every_service_of_the_layer() {
+        use tower::{ServiceExt, service_fn};
+
+        let calls = Arc::new(AtomicU64::new(0));
+        let slow = {
+            let calls = Arc::clone(&calls);
+            service_fn(move |_: ()| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Ok::<_, BoxError>(())
+                }
+            })
+        };
+        let layer = DeadlineLayer::new(Duration::from_secs(5));
+        let handle = layer.handle();
+        let first = layer.layer(slow.clone());
+        let second = layer.clone().layer(slow);
+        assert_eq!(handle.stats(), DeadlineStats::default());
+
+        first.clone().oneshot(()).await.unwrap_err();
+        // A call made once the caller's deadline has passed never reaches the service.
+        let passed = Deadline::at(Instant::now());
+        let error = passed.scope(second.clone().oneshot(())).await.unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let failure = crate::classify::classify_dyn_error(&*error);
+        assert_eq!(failure.kind, FailureKind::Timeout, "{error}");
+        // A call its caller dropped is neither.
+        drop(second.clone().oneshot(()));
+        let stats = handle.stats();
+        assert_eq!((stats.cut, stats.refused), (1, 1));
     }
 
     #[test]

@@ -86,7 +86,10 @@ pub use cost::{
     DEFAULT_OUTPUT_TOKENS, RequestCost, ResponseUsage, TokenCounting, Usage, estimate_body_tokens,
     estimate_text_tokens, requested_output_tokens, usage_from_json,
 };
-pub use deadline::{Deadline, DeadlineFuture, DeadlineLayer, DeadlineService, WithDeadline};
+pub use deadline::{
+    Deadline, DeadlineFuture, DeadlineHandle, DeadlineLayer, DeadlineService, DeadlineStats,
+    WithDeadline,
+};
 pub use duration::{format_duration, parse_duration};
 pub use error::{BoxError, CircuitOpen, MAX_ERROR_BODY, RateLimited, UpstreamError};
 pub use error_body::{ErrorBody, ErrorDialect, read_error_body, read_error_value};
