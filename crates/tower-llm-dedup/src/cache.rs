@@ -445,9 +445,10 @@ impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
 }
 
 impl<V: Clone + Send + Sync + 'static> CacheOps for MemoryCache<V> {
-    fn entry_count(&self) -> u64 {
+    fn entry_count(&self) -> usize {
         self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        // Bounded by `max_entries`, a `usize`.
+        usize::try_from(self.cache.entry_count()).unwrap_or(usize::MAX)
     }
 
     fn clear(&self) {

@@ -11,7 +11,7 @@ use crate::stats::DedupStats;
 /// What the handle may do to a cache, whatever type of answer it holds.
 pub(crate) trait CacheOps: Send + Sync {
     /// Entries held now.
-    fn entry_count(&self) -> u64;
+    fn entry_count(&self) -> usize;
     /// Drops every entry.
     fn clear(&self);
     /// Drops the entry for `key`.
@@ -50,9 +50,10 @@ impl DedupHandle {
         self.observe.snapshot()
     }
 
-    /// Answers in the cache now (0 without a cache). Runs the cache's pending maintenance
-    /// first, so the count is exact but not free: not for a hot path.
-    pub fn cached_entries(&self) -> u64 {
+    /// Answers in the cache now (0 without a cache), a `usize` like the `max_entries` it is
+    /// bounded by. Runs the cache's pending maintenance first, so the count is exact but not
+    /// free: not for a hot path.
+    pub fn cached_entries(&self) -> usize {
         self.cache.as_ref().map_or(0, |cache| cache.entry_count())
     }
 

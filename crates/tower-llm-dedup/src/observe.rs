@@ -373,7 +373,7 @@ impl Observe {
 
     /// The handle cleared the cache, which held `entries` answers.
     #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
-    pub(crate) fn cleared(&self, entries: u64) {
+    pub(crate) fn cleared(&self, entries: usize) {
         #[cfg(feature = "tracing")]
         tracing::info!(name = %self.inner.name, entries, "dedup: cache cleared");
     }
