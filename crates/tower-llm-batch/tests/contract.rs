@@ -1,6 +1,8 @@
 //! The layer contract for batch: one layer value, one batcher; a batch nobody waits for is
 //! cancelled.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -122,4 +124,102 @@ async fn a_sent_batch_whose_callers_all_left_is_cancelled_and_frees_its_slot() {
     assert_eq!(stats.abandoned_batches, 1);
     assert_eq!(stats.batches, 2);
     assert_eq!(stats.in_flight_batches, 0);
+}
+
+/// What became of one inner call: its future was dropped, and whether it had finished.
+#[derive(Default)]
+struct CallFate {
+    dropped: AtomicBool,
+    finished: AtomicBool,
+}
+
+/// Marks its call's fate when the call's future drops it.
+struct Watched(Arc<CallFate>);
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.0.dropped.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Two callers share a sent batch: one leaving does not cancel it (the other still gets its
+/// answer, when the upstream gives it); both leaving does, at once, and the batch's only
+/// in-flight slot goes to the next request without waiting for the upstream.
+#[tokio::test(start_paused = true)]
+async fn a_sent_batch_is_cancelled_only_when_its_last_caller_leaves() {
+    const UPSTREAM: Duration = Duration::from_secs(60);
+    let fates: Arc<std::sync::Mutex<Vec<Arc<CallFate>>>> = Arc::default();
+    let upstream = {
+        let fates = Arc::clone(&fates);
+        service_fn(move |batch: Vec<u32>| {
+            let fate = Arc::new(CallFate::default());
+            fates.lock().unwrap().push(Arc::clone(&fate));
+            let guard = Watched(Arc::clone(&fate));
+            async move {
+                let _guard = guard;
+                tokio::time::sleep(UPSTREAM).await;
+                fate.finished.store(true, Ordering::SeqCst);
+                Ok::<_, BoxError>(batch.into_iter().map(|x| x * 10).collect::<Vec<_>>())
+            }
+        })
+    };
+    let layer = BatchLayer::builder()
+        .max_items(2)
+        .max_wait(Duration::from_millis(5))
+        .max_in_flight(1)
+        .build()
+        .expect("valid");
+    let handle = layer.handle();
+    let service = layer.layer(upstream);
+    let fate = |i: usize| Arc::clone(&fates.lock().unwrap()[i]);
+
+    // One caller of a full batch leaves; the batch goes on for the other.
+    let start = Instant::now();
+    let leaving = tokio::spawn(service.clone().oneshot(1));
+    let staying = tokio::spawn(service.clone().oneshot(2));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(fates.lock().unwrap().len(), 1, "one batch sent");
+    leaving.abort();
+    assert!(leaving.await.unwrap_err().is_cancelled());
+    assert_eq!(staying.await.unwrap().expect("answered"), 20);
+    assert_eq!(start.elapsed(), UPSTREAM);
+    let first = fate(0);
+    assert!(
+        first.finished.load(Ordering::SeqCst),
+        "the batch ran to its end"
+    );
+    assert_eq!(handle.stats().abandoned_batches, 0);
+
+    // Both callers of the next batch leave: its call is dropped unfinished, at once.
+    let one = tokio::spawn(service.clone().oneshot(3));
+    let two = tokio::spawn(service.clone().oneshot(4));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(fates.lock().unwrap().len(), 2, "the second batch sent");
+    let second = fate(1);
+    one.abort();
+    let _ = one.await;
+    tokio::task::yield_now().await;
+    assert!(!second.dropped.load(Ordering::SeqCst), "one caller is left");
+    two.abort();
+    let _ = two.await;
+    let left = Instant::now();
+
+    // Its slot is free: a new request is sent and answered after the upstream's own time,
+    // not after what was left of the abandoned call's.
+    let answer = service.clone().oneshot(5).await;
+    assert_eq!(answer.expect("answered"), 50);
+    assert!(
+        second.dropped.load(Ordering::SeqCst),
+        "the batch was cancelled"
+    );
+    assert!(
+        !second.finished.load(Ordering::SeqCst),
+        "before it finished"
+    );
+    // The batch waits `max_wait` for a second request, then the upstream answers.
+    assert_eq!(left.elapsed(), Duration::from_millis(5) + UPSTREAM);
+    let stats = handle.stats();
+    assert_eq!(stats.abandoned_batches, 1, "{stats:?}");
+    assert_eq!(stats.batches, 3, "{stats:?}");
+    assert_eq!(stats.in_flight_batches, 0, "{stats:?}");
 }
