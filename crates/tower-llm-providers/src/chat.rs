@@ -455,6 +455,58 @@ impl ChatRequest {
     }
 }
 
+/// A field of [`ChatRequest`] that some APIs have no equivalent for: a protocol names the
+/// ones its encoder leaves out ([`Protocol::unsupported_fields`](crate::Protocol::unsupported_fields)),
+/// and the provider counts them in `tower_llm_providers_fields_dropped_total` (`from =
+/// "common"`) or, built with `strict_fields(true)`, refuses a request that sets one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ChatField {
+    /// [`ChatRequest::seed`].
+    Seed,
+    /// [`ChatRequest::response_format`] (other than plain text).
+    ResponseFormat,
+    /// [`ChatRequest::user`].
+    User,
+    /// [`ChatRequest::metadata`].
+    Metadata,
+}
+
+impl ChatField {
+    /// The field's name, as OpenAI's API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatField::Seed => "seed",
+            ChatField::ResponseFormat => "response_format",
+            ChatField::User => "user",
+            ChatField::Metadata => "metadata",
+        }
+    }
+
+    /// Whether `request` sets this field (a plain-text response format is the default and
+    /// asks for nothing).
+    pub fn is_set(self, request: &ChatRequest) -> bool {
+        match self {
+            ChatField::Seed => request.seed.is_some(),
+            ChatField::ResponseFormat => request
+                .response_format
+                .as_ref()
+                .is_some_and(|format| *format != ResponseFormat::Text),
+            ChatField::User => request.user.is_some(),
+            ChatField::Metadata => !request.metadata.is_empty(),
+        }
+    }
+
+    /// Those of `fields` that `request` sets: what a protocol without them leaves out.
+    pub fn set_in(fields: &[ChatField], request: &ChatRequest) -> Vec<ChatField> {
+        fields
+            .iter()
+            .copied()
+            .filter(|field| field.is_set(request))
+            .collect()
+    }
+}
+
 /// Asks a provider for a streamed answer: `Service<Streaming<ChatRequest>>` answers with a
 /// [`ChatStream`](crate::ChatStream) of [`ChatChunk`]s.
 #[derive(Clone, Debug, PartialEq)]

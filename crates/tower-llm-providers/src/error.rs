@@ -81,46 +81,33 @@ impl CallContext {
         self.max_body
     }
 
-    /// Checks `request`'s unmodelled fields against this provider's dialect: fields written
-    /// for another dialect are left out by the encoder and counted here, or, in strict mode,
-    /// the request is refused before any upstream call.
-    pub(crate) fn check_extra(
+    /// Checks `request` against this provider's dialect: `extra` fields written for another
+    /// dialect, and the modelled fields its API has no equivalent for (`unsupported`), are
+    /// left out by the encoder and counted here, or, in strict mode, the request is refused
+    /// before any upstream call.
+    pub(crate) fn check_fields(
         &self,
         request: &crate::chat::ChatRequest,
+        unsupported: &[crate::chat::ChatField],
     ) -> Result<(), UpstreamError> {
-        let Some(from) = request.foreign_extra(self.dialect) else {
+        let foreign = request.foreign_extra(self.dialect);
+        if foreign.is_none() && unsupported.is_empty() {
             return Ok(());
-        };
+        }
         if self.strict_fields {
-            /// Names quoted in the error, each cut to a length a reader can take in.
-            const QUOTED: usize = 8;
-            const NAME_CHARS: usize = 64;
-            let names: Vec<String> = request
-                .extra
-                .keys()
-                .take(QUOTED)
-                .map(|name| format!("{:?}", name.chars().take(NAME_CHARS).collect::<String>()))
-                .collect();
-            let more = request.extra.len().saturating_sub(QUOTED);
-            let more = if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            };
             return Err(self.error(
                 FailureKind::BadRequest,
-                format!(
-                    "{} field(s) written for {} have no {} equivalent and strict_fields refuses \
-                     them: {}{more}",
-                    request.extra.len(),
-                    from.as_str(),
-                    self.dialect.as_str(),
-                    names.join(", "),
-                ),
+                refusal(request, foreign, unsupported, self.dialect),
             ));
         }
-        self.observe
-            .fields_dropped(from, self.dialect, request.extra.len());
+        if let Some(from) = foreign {
+            self.observe
+                .fields_dropped(Some(from), self.dialect, request.extra.len());
+        }
+        if !unsupported.is_empty() {
+            self.observe
+                .fields_dropped(None, self.dialect, unsupported.len());
+        }
         Ok(())
     }
 
@@ -601,4 +588,48 @@ mod tests {
             "empty error body"
         );
     }
+}
+
+/// The message of a request refused by `strict_fields`: what it sets that `dialect` cannot
+/// carry.
+fn refusal(
+    request: &crate::chat::ChatRequest,
+    foreign: Option<Dialect>,
+    unsupported: &[crate::chat::ChatField],
+    dialect: Dialect,
+) -> String {
+    let mut parts = Vec::new();
+    if !unsupported.is_empty() {
+        let names: Vec<&str> = unsupported.iter().map(|field| field.as_str()).collect();
+        parts.push(format!(
+            "{} has no equivalent for {}",
+            dialect.as_str(),
+            names.join(", ")
+        ));
+    }
+    if let Some(from) = foreign {
+        /// Names quoted in the error, each cut to a length a reader can take in.
+        const QUOTED: usize = 8;
+        const NAME_CHARS: usize = 64;
+        let names: Vec<String> = request
+            .extra
+            .keys()
+            .take(QUOTED)
+            .map(|name| format!("{:?}", name.chars().take(NAME_CHARS).collect::<String>()))
+            .collect();
+        let more = request.extra.len().saturating_sub(QUOTED);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        parts.push(format!(
+            "{} field(s) written for {} have no {} equivalent: {}{more}",
+            request.extra.len(),
+            from.as_str(),
+            dialect.as_str(),
+            names.join(", "),
+        ));
+    }
+    format!("strict_fields refuses the request: {}", parts.join("; "))
 }

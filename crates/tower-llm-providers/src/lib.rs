@@ -204,7 +204,7 @@ mod stream;
 pub use anthropic::{Anthropic, AnthropicBuilder, AnthropicProtocol};
 pub use body::DEFAULT_MAX_BODY_BYTES;
 pub use chat::{
-    BlockDelta, ChatChunk, ChatRequest, ChatResponse, ContentBlock, EmbeddingRequest,
+    BlockDelta, ChatChunk, ChatField, ChatRequest, ChatResponse, ContentBlock, EmbeddingRequest,
     EmbeddingResponse, FinishReason, Message, ResponseFormat, Role, Streaming, Tool, ToolCall,
     ToolCallDelta, ToolChoice,
 };

@@ -40,9 +40,16 @@ pub const METRIC_TIME_TO_FIRST_CHUNK: &str = "gen_ai_client_operation_time_to_fi
 pub const METRIC_REQUESTS: &str = "tower_llm_providers_requests_total";
 /// Errors handed to the caller (before or inside a stream), by `name`, `call` and `kind`.
 pub const METRIC_FAILURES: &str = "tower_llm_providers_failures_total";
-/// Unmodelled request fields left out because they were written for another dialect
-/// ([`ChatRequest::extra_dialect`]), by `name`, `from` and `to` (dialect names).
+/// Request fields left out because the provider's API has no equivalent: unmodelled fields
+/// written for another dialect ([`ChatRequest::extra_dialect`]), `from` that dialect's name,
+/// and the request's own fields the API lacks ([`ChatField`](crate::ChatField), such as a
+/// `seed` sent to Anthropic), `from = "common"`; by `name`, `from` and `to` (the provider's
+/// dialect).
 pub const METRIC_FIELDS_DROPPED: &str = "tower_llm_providers_fields_dropped_total";
+
+/// The `from` label of [`METRIC_FIELDS_DROPPED`] for the request's own modelled fields.
+#[cfg(any(feature = "tracing", feature = "metrics"))]
+const COMMON_FIELDS: &str = "common";
 
 /// The bucket boundaries, in seconds, the GenAI semantic conventions recommend for
 /// [`METRIC_OPERATION_DURATION`] and [`METRIC_TIME_TO_FIRST_CHUNK`]. The `metrics` facade
@@ -223,14 +230,14 @@ impl Observe {
         not(any(feature = "tracing", feature = "metrics")),
         allow(unused_variables)
     )]
-    pub(crate) fn fields_dropped(&self, from: Dialect, to: Dialect, count: usize) {
+    pub(crate) fn fields_dropped(&self, from: Option<Dialect>, to: Dialect, count: usize) {
         #[cfg(feature = "tracing")]
         tracing::debug!(
             name = %self.name,
-            from = from.as_str(),
+            from = from.map_or(COMMON_FIELDS, Dialect::as_str),
             to = to.as_str(),
             count,
-            "fields of another dialect left out"
+            "fields the provider's API has no equivalent for left out"
         );
         #[cfg(feature = "metrics")]
         self.metrics
@@ -752,7 +759,7 @@ fn describe() {
         metrics::describe_counter!(
             METRIC_FIELDS_DROPPED,
             metrics::Unit::Count,
-            "Unmodelled request fields left out because they were written for another dialect"
+            "Request fields left out because the provider's API has no equivalent"
         );
         metrics::describe_counter!(
             METRIC_FAILURES,
@@ -779,7 +786,7 @@ struct Metrics {
     first: [OnceLock<Arc<ModelSeries>>; 2],
     /// [`METRIC_FIELDS_DROPPED`] by the dialect the fields were written for (the provider's
     /// own is the `to` label), registered on first use.
-    fields_dropped: [OnceLock<metrics::Counter>; 5],
+    fields_dropped: [OnceLock<metrics::Counter>; 6],
 }
 
 #[cfg(feature = "metrics")]
@@ -817,15 +824,17 @@ impl Metrics {
         }
     }
 
-    /// The counter of fields written for `from` that a provider of dialect `to` left out.
-    fn fields_dropped(&self, from: Dialect, to: Dialect) -> &metrics::Counter {
+    /// The counter of fields written for `from` (`None`: the request's own modelled fields)
+    /// that a provider of dialect `to` left out.
+    fn fields_dropped(&self, from: Option<Dialect>, to: Dialect) -> &metrics::Counter {
         // Dialects defined outside this crate share one series, labelled `other`.
         let (index, label) = match from {
-            Dialect::OpenAi => (0, from.as_str()),
-            Dialect::Anthropic => (1, from.as_str()),
-            Dialect::Gemini => (2, from.as_str()),
-            Dialect::Bedrock => (3, from.as_str()),
-            Dialect::Other(_) => (4, "other"),
+            Some(from @ Dialect::OpenAi) => (0, from.as_str()),
+            Some(from @ Dialect::Anthropic) => (1, from.as_str()),
+            Some(from @ Dialect::Gemini) => (2, from.as_str()),
+            Some(from @ Dialect::Bedrock) => (3, from.as_str()),
+            Some(Dialect::Other(_)) => (4, "other"),
+            None => (5, COMMON_FIELDS),
         };
         self.fields_dropped[index].get_or_init(|| {
             metrics::counter!(METRIC_FIELDS_DROPPED,

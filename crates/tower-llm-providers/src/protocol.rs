@@ -25,7 +25,9 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode, Uri};
 use tower_llm_core::UpstreamError;
 
-use crate::chat::{ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse};
+use crate::chat::{
+    ChatChunk, ChatField, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse,
+};
 use crate::client::RequestBody;
 pub use crate::client::post_json;
 use crate::error::CallContext;
@@ -62,6 +64,15 @@ pub trait Protocol: Send + Sync + fmt::Debug + 'static {
         request: &ChatRequest,
         stream: bool,
     ) -> Result<http::Request<RequestBody>, UpstreamError>;
+
+    /// The fields `request` sets that this protocol's API has no equivalent for, and that
+    /// [`chat_request`](Self::chat_request) leaves out: the provider counts them, or refuses
+    /// the request in strict mode (`strict_fields`). None by default; a protocol lists what
+    /// it drops with [`ChatField::set_in`].
+    fn unsupported_fields(&self, request: &ChatRequest) -> Vec<ChatField> {
+        let _ = request;
+        Vec::new()
+    }
 
     /// The `max_tokens` the request goes out with (a protocol that must send one fills in
     /// its default): the span's `gen_ai.request.max_tokens`.

@@ -114,9 +114,10 @@ impl<P: Protocol, S> Provider<P, S> {
             op,
             RequestFacts::chat(request, shared.protocol.max_tokens_sent(request)),
         );
+        let unsupported = shared.protocol.unsupported_fields(request);
         let http = shared
             .cx
-            .check_extra(request)
+            .check_fields(request, &unsupported)
             .and_then(|()| shared.protocol.chat_request(&shared.cx, request, stream));
         (call, http)
     }

@@ -9,7 +9,9 @@ mod common;
 use common::{Piece, Reply, call, drain, mock};
 use serde_json::json;
 use tower_llm_core::{FailureKind, FingerprintKey};
-use tower_llm_providers::{Anthropic, ChatRequest, Dialect, Gemini, Message, OpenAi, Streaming};
+use tower_llm_providers::{
+    Anthropic, ChatRequest, Dialect, Gemini, Message, OpenAi, ResponseFormat, Streaming,
+};
 
 const OPENAI: &str = include_str!("fixtures/openai_chat.json");
 const ANTHROPIC: &str = include_str!("fixtures/anthropic_message.json");
@@ -150,6 +152,121 @@ async fn a_strict_refusal_names_a_bounded_list() {
     let message = call(&mut anthropic, request).await.unwrap_err().to_string();
     assert!(message.contains("and 42 more"), "{message}");
     assert!(message.len() < 2_000, "{} bytes", message.len());
+}
+
+/// A request setting every modelled field that some API lacks.
+fn with_every_field() -> ChatRequest {
+    let mut request = ChatRequest::new("m", vec![Message::user("Hi")]);
+    request.seed = Some(7);
+    request.response_format = Some(ResponseFormat::JsonObject);
+    request.user = Some("user-1".into());
+    request.metadata.insert("trace".into(), json!("t-1"));
+    request
+}
+
+#[tokio::test]
+async fn modelled_fields_an_api_lacks_are_left_out_and_counted() {
+    let capture = tower_llm_testkit::observe::Capture::install();
+    let (client, sent) = mock(Reply::json(200, ANTHROPIC));
+    let mut anthropic = Anthropic::builder()
+        .api_key("sk-ant")
+        .build_with(client)
+        .unwrap();
+    call(&mut anthropic, with_every_field()).await.unwrap();
+    let (client, gemini_sent) = mock(Reply::json(200, GEMINI));
+    let mut gemini = Gemini::builder()
+        .api_key("AIza")
+        .build_with(client)
+        .unwrap();
+    call(&mut gemini, with_every_field()).await.unwrap();
+    let (client, openai_sent) = mock(Reply::json(200, OPENAI));
+    let mut openai = OpenAi::builder()
+        .api_key("sk-test")
+        .strict_fields(true)
+        .build_with(client)
+        .unwrap();
+    call(&mut openai, with_every_field()).await.unwrap();
+
+    // Anthropic: `user` as `metadata.user_id`, the rest left out.
+    let body = sent.lock().unwrap()[0].body.clone();
+    assert_eq!(body["metadata"], json!({"user_id": "user-1"}));
+    assert!(body.get("seed").is_none() && body.get("response_format").is_none());
+    // Gemini: the seed and the JSON answer in `generationConfig`, no user or metadata.
+    let body = gemini_sent.lock().unwrap()[0].body.clone();
+    assert_eq!(body["generationConfig"]["seed"], json!(7));
+    assert_eq!(
+        body["generationConfig"]["responseMimeType"],
+        json!("application/json")
+    );
+    let keys = sent_keys(&gemini_sent.lock().unwrap()[0]);
+    assert!(
+        !keys.iter().any(|k| k == "user" || k == "metadata"),
+        "{keys:?}"
+    );
+    // OpenAI takes them all, even strict (which would have refused one it left out).
+    let body = openai_sent.lock().unwrap()[0].body.clone();
+    assert_eq!(
+        (&body["seed"], &body["user"], &body["metadata"]["trace"]),
+        (&json!(7), &json!("user-1"), &json!("t-1"))
+    );
+
+    let metrics = capture.metrics();
+    let dropped = |to: &str| {
+        metrics.counter(
+            "tower_llm_providers_fields_dropped_total",
+            &[("from", "common"), ("to", to)],
+        )
+    };
+    // Anthropic: seed, response_format, metadata; Gemini: user, metadata.
+    assert_eq!((dropped("anthropic"), dropped("gemini")), (3, 2));
+
+    // A plain-text format and an empty metadata ask for nothing: nothing to count.
+    let mut plain = ChatRequest::new("m", vec![Message::user("Hi")]);
+    plain.response_format = Some(ResponseFormat::Text);
+    call(&mut anthropic, plain).await.unwrap();
+    assert_eq!(
+        capture.metrics().counter(
+            "tower_llm_providers_fields_dropped_total",
+            &[("from", "common"), ("to", "anthropic")],
+        ),
+        3
+    );
+}
+
+#[tokio::test]
+async fn strict_mode_refuses_modelled_fields_an_api_lacks() {
+    let (client, sent) = mock(Reply::json(200, ANTHROPIC));
+    let mut anthropic = Anthropic::builder()
+        .api_key("sk-ant")
+        .strict_fields(true)
+        .build_with(client)
+        .unwrap();
+    let error = call(&mut anthropic, with_every_field()).await.unwrap_err();
+    assert_eq!(error.kind(), FailureKind::BadRequest);
+    let message = error.to_string();
+    assert!(
+        message.contains("anthropic has no equivalent for seed, response_format, metadata"),
+        "{message}"
+    );
+    let error = call(&mut anthropic, Streaming(with_every_field()))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(error.kind(), FailureKind::BadRequest);
+    // Both kinds at once are named in one message.
+    let mut both = from_openai();
+    both.seed = Some(1);
+    let message = call(&mut anthropic, both).await.unwrap_err().to_string();
+    assert!(
+        message.contains("seed") && message.contains("\"frequency_penalty\""),
+        "{message}"
+    );
+    assert!(sent.lock().unwrap().is_empty(), "nothing was sent");
+    // `user` alone has an Anthropic equivalent: sent.
+    let mut user = ChatRequest::new("m", vec![Message::user("Hi")]);
+    user.user = Some("u".into());
+    call(&mut anthropic, user).await.unwrap();
+    assert_eq!(sent.lock().unwrap().len(), 1);
 }
 
 #[test]

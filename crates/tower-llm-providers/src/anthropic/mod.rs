@@ -51,7 +51,7 @@ use http::{HeaderMap, HeaderValue, Uri};
 use tower_llm_core::UpstreamError;
 
 use crate::builder;
-use crate::chat::{ChatRequest, ChatResponse};
+use crate::chat::{ChatField, ChatRequest, ChatResponse};
 use crate::client::{HttpClient, RequestBody, post_json};
 use crate::error::{CallContext, ConfigError, config_error};
 use crate::key::ApiKey;
@@ -169,6 +169,11 @@ impl Protocol for AnthropicProtocol {
 
     fn secret(&self) -> Option<&ApiKey> {
         Some(&self.key)
+    }
+
+    /// Messages API has no `seed`, no response format and no free-form `metadata` (its `metadata.user_id` carries `user`).
+    fn unsupported_fields(&self, request: &ChatRequest) -> Vec<ChatField> {
+        ChatField::set_in(&[ChatField::Seed, ChatField::ResponseFormat, ChatField::Metadata], request)
     }
 
     fn chat_request(

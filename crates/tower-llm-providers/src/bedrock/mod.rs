@@ -127,7 +127,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use tower_llm_core::{FailureKind, UpstreamError};
 
 use crate::builder;
-use crate::chat::{ChatRequest, ChatResponse};
+use crate::chat::{ChatField, ChatRequest, ChatResponse};
 use crate::client::{HttpClient, RequestBody};
 use crate::error::{CallContext, ConfigError, config_error};
 use crate::framing::{Event, Framing, FramingError};
@@ -286,6 +286,11 @@ impl Protocol for BedrockProtocol {
 
     fn secret(&self) -> Option<&ApiKey> {
         self.secret.as_ref()
+    }
+
+    /// Converse has no `seed`, no response format, no end-user id and no request metadata.
+    fn unsupported_fields(&self, request: &ChatRequest) -> Vec<ChatField> {
+        ChatField::set_in(&[ChatField::Seed, ChatField::ResponseFormat, ChatField::User, ChatField::Metadata], request)
     }
 
     fn chat_request(

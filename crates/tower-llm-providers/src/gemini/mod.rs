@@ -54,7 +54,7 @@ use http::{HeaderMap, HeaderValue, Uri};
 use tower_llm_core::{FailureKind, UpstreamError};
 
 use crate::builder;
-use crate::chat::{ChatRequest, ChatResponse};
+use crate::chat::{ChatField, ChatRequest, ChatResponse};
 use crate::client::{HttpClient, RequestBody, post_json};
 use crate::error::{CallContext, ConfigError};
 use crate::key::ApiKey;
@@ -168,6 +168,11 @@ impl Protocol for GeminiProtocol {
 
     fn secret(&self) -> Option<&ApiKey> {
         Some(&self.key)
+    }
+
+    /// generateContent has no end-user id and no request metadata.
+    fn unsupported_fields(&self, request: &ChatRequest) -> Vec<ChatField> {
+        ChatField::set_in(&[ChatField::User, ChatField::Metadata], request)
     }
 
     fn chat_request(
