@@ -153,6 +153,10 @@ async fn a_stall_after_the_role_chunk_ends_at_the_default_limit() {
         .expect_err("the server went silent");
     assert_eq!(error.kind(), FailureKind::Timeout, "{error}");
     assert_eq!(started.elapsed(), StreamTimeouts::DEFAULT_BETWEEN_CHUNKS);
+    // At the defaults both limits run out at this instant (the head came with the request,
+    // in paused time, and the role-only chunk is no chunk for the caller): the first-token
+    // limit is the one named. The between-chunks limit on its own is shown below.
+    assert!(error.to_string().contains("first-token"), "{error}");
     assert_eq!(
         *seen.lock().unwrap(),
         [StreamEnd::failed(FailureKind::Timeout)]
@@ -170,6 +174,74 @@ async fn a_stall_after_message_start_ends_at_the_default_limit() {
     let error = first_error(&mut stream).await;
     assert_eq!(error.kind(), FailureKind::Timeout, "{error}");
     assert_eq!(started.elapsed(), StreamTimeouts::DEFAULT_BETWEEN_CHUNKS);
+    assert!(error.to_string().contains("first-token"), "{error}");
+}
+
+/// A shorter silence limit catches the same stalls on its own, counted from the response
+/// head: OpenAI's role-only first chunk, or Anthropic's `message_start`, then nothing. The
+/// first-token limit is off, so only `between_chunks` can end the stream, and it does so at
+/// its 3 s, not at the mock's day of silence.
+#[tokio::test(start_paused = true)]
+async fn a_stall_right_after_the_head_ends_at_the_between_chunks_limit() {
+    const SILENCE: Duration = Duration::from_secs(3);
+    let timeouts = StreamTimeouts::none().between_chunks(SILENCE);
+    let stall = || Piece::Stall(Duration::from_secs(24 * 3600));
+
+    let (client, _) = mock(Reply::sse(vec![data(ROLE_ONLY), stall(), data(DONE)]));
+    let mut openai = OpenAi::builder()
+        .api_key("k")
+        .stream_timeouts(timeouts)
+        .build_with(client)
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let request = ChatRequest::new("m", vec![Message::user("hi")]).streaming();
+    let mut stream = call(&mut openai, request).await.expect("a stream");
+    let seen = watch(&mut stream);
+    let error = first_error(&mut stream).await;
+    assert_eq!(error.kind(), FailureKind::Timeout, "{error}");
+    assert!(error.to_string().contains("between-chunks"), "{error}");
+    assert_eq!(started.elapsed(), SILENCE);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [StreamEnd::failed(FailureKind::Timeout)]
+    );
+
+    let (client, _) = mock(Reply::sse(vec![data(MESSAGE_START), stall()]));
+    let mut anthropic = Anthropic::builder()
+        .api_key("k")
+        .stream_timeouts(timeouts)
+        .build_with(client)
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let request = ChatRequest::new("c", vec![Message::user("hi")]).streaming();
+    let mut stream = call(&mut anthropic, request).await.expect("a stream");
+    let error = first_error(&mut stream).await;
+    assert_eq!(error.kind(), FailureKind::Timeout, "{error}");
+    assert!(error.to_string().contains("between-chunks"), "{error}");
+    assert_eq!(started.elapsed(), SILENCE);
+}
+
+/// With the first-token limit on at its default, a shorter silence limit still ends a stall
+/// after the head first: the two run side by side, and the earlier one fires.
+#[tokio::test(start_paused = true)]
+async fn a_silence_limit_shorter_than_the_first_token_one_fires_first() {
+    const SILENCE: Duration = Duration::from_secs(3);
+    let (client, _) = mock(Reply::sse(vec![
+        data(ROLE_ONLY),
+        Piece::Stall(Duration::from_secs(24 * 3600)),
+        data(DONE),
+    ]));
+    let mut openai = OpenAi::builder()
+        .api_key("k")
+        .stream_timeouts(StreamTimeouts::default().between_chunks(SILENCE))
+        .build_with(client)
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let request = ChatRequest::new("m", vec![Message::user("hi")]).streaming();
+    let mut stream = call(&mut openai, request).await.expect("a stream");
+    let error = first_error(&mut stream).await;
+    assert!(error.to_string().contains("between-chunks"), "{error}");
+    assert_eq!(started.elapsed(), SILENCE);
 }
 
 /// Anthropic's pings during a long think are signs of life: the stream waits past the
