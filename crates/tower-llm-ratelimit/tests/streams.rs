@@ -190,33 +190,73 @@ async fn a_stream_without_usage_is_charged_its_reservation() {
     assert_eq!(handle.stats().waited, 1, "{:?}", handle.stats());
 }
 
-/// OpenAI counts a request's `max_tokens` when it admits it: a tokens budget charged by the
-/// streams' reservations keeps an OpenAI-style counter from ever answering 429.
+/// A token budget charged by the usage the streams report keeps an OpenAI-style counter at
+/// zero 429s, where the reservations alone would not.
+///
+/// The requests name no `max_tokens`, so both sides count an assumed 1024 output tokens at
+/// admission, and the answers are long (about 2,100 output tokens): the mock's quota, like a
+/// provider's, also counts what each answer used beyond its admission cost, which a client
+/// learns only from the usage chunk at the end of the stream. A limiter that charges that
+/// usage (`ChargeOnly`, what it does for OpenAI) meets no 429; the same traffic through a
+/// limiter that does not read usage (`Reconcile::Off`: as if the stream's usage never
+/// reached it) holds only its reservations, about half of what the mock counts, and is
+/// refused.
 #[tokio::test(start_paused = true)]
-async fn a_token_budget_over_streams_meets_no_429() {
-    const TOKENS_PER_MINUTE: u64 = 2_000;
-    let server =
-        MockServer::start(FaultPlan::healthy().quota(MockQuota::new(10_000, TOKENS_PER_MINUTE)))
-            .await
+async fn a_token_budget_charged_by_streamed_usage_meets_no_429() {
+    const TOKENS_PER_MINUTE: u64 = 10_000;
+    const CALLS: usize = 12;
+    // 500 words of 17 characters: about 2,125 tokens by core's estimate.
+    let long_answer = "abcdefghijklmnop ".repeat(500);
+    for reads_usage in [true, false] {
+        let plan = FaultPlan::healthy()
+            .quota(MockQuota::new(10_000, TOKENS_PER_MINUTE))
+            .reply(long_answer.clone());
+        let server = MockServer::start(plan).await.unwrap();
+        let reconcile = if reads_usage {
+            Reconcile::FollowProvider
+        } else {
+            Reconcile::Off
+        };
+        let layer = RateLimitLayer::builder()
+            .tokens(Quota::per_minute(TOKENS_PER_MINUTE))
+            .reconcile(reconcile)
+            .max_wait(Duration::from_secs(3600))
+            .build()
             .unwrap();
-    let layer = RateLimitLayer::builder()
-        .tokens(Quota::per_minute(TOKENS_PER_MINUTE))
-        .max_wait(Duration::from_secs(3600))
-        .build()
-        .unwrap();
-    let service = layer.layer(openai(&server));
-    let calls: Vec<_> = (0..30)
-        .map(|i| tokio::spawn(stream_to_end(service.clone(), ask(i))))
-        .collect();
-    for call in calls {
-        let items = call.await.unwrap().unwrap();
-        assert!(
-            items.iter().all(|item| !item.starts_with("error")),
-            "{items:?}"
+        let handle = layer.handle();
+        let service = layer.layer(openai(&server));
+        let mut used = 0;
+        // One call at a time, each read to its end: what is proven here is the charge of
+        // the streamed usage, before the next call is admitted.
+        for i in 0..CALLS {
+            let request = ChatRequest::new("m", vec![Message::user(format!("question {i}"))]);
+            let Ok(mut stream) = service.clone().oneshot(request.streaming()).await else {
+                continue;
+            };
+            while let Some(item) = stream.next().await {
+                if let Ok(ChatChunk::Usage(usage)) = item {
+                    used += usage.total();
+                }
+            }
+        }
+        let refused = server.counters().status(429);
+        let stats = handle.stats();
+        if !reads_usage {
+            assert!(refused > 0, "the reservations alone: {stats:?}");
+            continue;
+        }
+        assert_eq!(refused, 0, "{stats:?}");
+        assert_eq!(server.counters().requests, CALLS as u64);
+        // The streams used more than they reserved: the rest was charged at their ends.
+        assert!(used > stats.tokens_reserved, "{used} {stats:?}");
+        assert!(stats.tokens_charged > 0, "{stats:?}");
+        assert_eq!(
+            stats.tokens_reserved + stats.tokens_charged,
+            used,
+            "{stats:?}"
         );
+        assert_eq!(stats.tokens_refunded, 0, "{stats:?}");
     }
-    assert_eq!(server.counters().status(429), 0);
-    assert_eq!(server.counters().requests, 30);
 }
 
 /// A stream that reaches its terminal event without reporting usage (a compatible server that

@@ -39,73 +39,92 @@ pub(crate) enum QuotaCheck {
 #[derive(Clone, Debug)]
 pub(crate) struct QuotaWindow {
     quota: Quota,
-    /// Admitted requests still in the window, oldest first: when, and their cost.
-    admitted: VecDeque<(Instant, u64)>,
+    /// What is still in the window, oldest first.
+    charges: VecDeque<Charge>,
+    /// Admitted requests among `charges`.
+    requests: u64,
+    /// Tokens of `charges`.
     tokens: u64,
+}
+
+/// Tokens counted at one instant: a request's cost when it was admitted, or what its answer
+/// used beyond that cost.
+#[derive(Clone, Copy, Debug)]
+struct Charge {
+    at: Instant,
+    tokens: u64,
+    request: bool,
 }
 
 impl QuotaWindow {
     pub(crate) fn new(quota: Quota) -> Self {
         QuotaWindow {
             quota,
-            admitted: VecDeque::new(),
+            charges: VecDeque::new(),
+            requests: 0,
             tokens: 0,
         }
     }
 
     fn expire(&mut self, now: Instant) {
-        while let Some(&(at, cost)) = self.admitted.front() {
-            if at + WINDOW > now {
+        while let Some(&charge) = self.charges.front() {
+            if charge.at + WINDOW > now {
                 break;
             }
-            self.admitted.pop_front();
-            self.tokens -= cost;
+            self.charges.pop_front();
+            self.tokens -= charge.tokens;
+            self.requests -= u64::from(charge.request);
         }
     }
 
-    fn until_expired(&self, index: usize, now: Instant) -> Duration {
-        self.admitted.get(index).map_or(Duration::ZERO, |&(at, _)| {
-            (at + WINDOW).saturating_duration_since(now)
+    fn until_expired(charge: Option<&Charge>, now: Instant) -> Duration {
+        charge.map_or(Duration::ZERO, |charge| {
+            (charge.at + WINDOW).saturating_duration_since(now)
         })
     }
 
     /// Admits a request of `cost` tokens at `now`, or says how long until it would be.
     pub(crate) fn check(&mut self, now: Instant, cost: u64) -> QuotaCheck {
         self.expire(now);
-        let count = self.admitted.len() as u64;
+        let count = self.requests;
         let requests_ok = count < self.quota.requests_per_minute;
         let tokens_ok = self.tokens.saturating_add(cost) <= self.quota.tokens_per_minute;
         if requests_ok && tokens_ok {
-            self.admitted.push_back((now, cost));
+            self.charges.push_back(Charge {
+                at: now,
+                tokens: cost,
+                request: true,
+            });
+            self.requests += 1;
             self.tokens += cost;
             return QuotaCheck::Admitted(self.state(now));
         }
         let never = self.quota.requests_per_minute == 0 || cost > self.quota.tokens_per_minute;
         let retry_after = if never {
             // It will never fit: tell the client to come back when the window is empty.
-            self.until_expired(self.admitted.len().saturating_sub(1), now)
-                .max(Duration::from_secs(1))
+            Self::until_expired(self.charges.back(), now).max(Duration::from_secs(1))
         } else {
             let for_requests = if requests_ok {
                 Duration::ZERO
             } else {
-                // `count - limit + 1` of the oldest must expire.
+                // `count - limit + 1` of the oldest requests must expire.
                 let index = (count - self.quota.requests_per_minute) as usize;
-                self.until_expired(index, now)
+                let request = self.charges.iter().filter(|c| c.request).nth(index);
+                Self::until_expired(request, now)
             };
             let for_tokens = if tokens_ok {
                 Duration::ZERO
             } else {
                 let mut left = self.tokens;
-                let mut index = 0;
-                for (i, &(_, c)) in self.admitted.iter().enumerate() {
-                    left -= c;
-                    index = i;
+                let mut last = None;
+                for charge in &self.charges {
+                    left -= charge.tokens;
+                    last = Some(charge);
                     if left + cost <= self.quota.tokens_per_minute {
                         break;
                     }
                 }
-                self.until_expired(index, now)
+                Self::until_expired(last, now)
             };
             for_requests.max(for_tokens)
         };
@@ -115,10 +134,25 @@ impl QuotaWindow {
         }
     }
 
-    fn state(&self, now: Instant) -> RateLimitState {
-        let reset = self.admitted.back().map_or(Duration::ZERO, |&(at, _)| {
-            (at + WINDOW).saturating_duration_since(now)
+    /// Counts `tokens` more at `now`, beyond what an admitted request cost: what its answer
+    /// used over the estimate it was admitted at, as a provider counts the tokens a call
+    /// really used. Not a request; later requests wait for these tokens to leave the window
+    /// like any others.
+    pub(crate) fn charge(&mut self, now: Instant, tokens: u64) {
+        self.expire(now);
+        if tokens == 0 {
+            return;
+        }
+        self.charges.push_back(Charge {
+            at: now,
+            tokens,
+            request: false,
         });
+        self.tokens = self.tokens.saturating_add(tokens);
+    }
+
+    fn state(&self, now: Instant) -> RateLimitState {
+        let reset = Self::until_expired(self.charges.back(), now);
         let limit = |limit: u64, used: u64| {
             (limit != u64::MAX).then(|| LimitState {
                 limit,
@@ -127,7 +161,7 @@ impl QuotaWindow {
             })
         };
         RateLimitState {
-            requests: limit(self.quota.requests_per_minute, self.admitted.len() as u64),
+            requests: limit(self.quota.requests_per_minute, self.requests),
             tokens: limit(self.quota.tokens_per_minute, self.tokens),
         }
     }
@@ -195,30 +229,61 @@ mod tests {
         assert_eq!(after, Some(Duration::from_secs(1)));
     }
 
+    #[test]
+    fn tokens_charged_after_admission_hold_the_window_but_are_no_request() {
+        let start = Instant::now();
+        let mut window = QuotaWindow::new(Quota::new(2, 100));
+        assert_eq!(refused_after(window.check(start, 30)), None);
+        // Its answer used 50 more than it was admitted at.
+        let t1 = start + Duration::from_secs(5);
+        window.charge(t1, 50);
+        // 80 counted: 20 more fit; 51 only once the 50 have left too, not the 30 alone.
+        let t2 = start + Duration::from_secs(10);
+        assert_eq!(
+            refused_after(window.clone().check(t2, 51)),
+            Some(Duration::from_secs(55))
+        );
+        match window.check(t2, 20) {
+            QuotaCheck::Admitted(state) => {
+                // Two requests: the charge was not one.
+                assert_eq!(state.requests.expect("limited").remaining, 0);
+                assert_eq!(state.tokens.expect("limited").remaining, 0);
+            }
+            QuotaCheck::Refused { .. } => panic!("20 more fit"),
+        }
+    }
+
     proptest::proptest! {
         /// Against a reference model: a request is admitted exactly when the last 60 s of
-        /// admitted requests leave room for it, and a refusal's hint is exact: at
-        /// `now + retry_after` the same request is admitted, a millisecond earlier it is not.
+        /// admitted requests and charged tokens leave room for it, and a refusal's hint is
+        /// exact: at `now + retry_after` the same request is admitted, a millisecond earlier
+        /// it is not.
         #[test]
         fn window_matches_the_model_and_hints_are_exact(
             rpm in 1u64..6,
             tpm in 10u64..200,
-            ops in proptest::collection::vec((0u64..30_000, 0u64..60), 1..60),
+            ops in proptest::collection::vec((0u64..30_000, 0u64..60, proptest::bool::weighted(0.3)), 1..60),
         ) {
             let mut now = Instant::now();
             let mut window = QuotaWindow::new(Quota::new(rpm, tpm));
-            let mut admitted: Vec<(Instant, u64)> = Vec::new();
-            for (advance, cost) in ops {
+            // When, how many tokens, whether a request.
+            let mut counted: Vec<(Instant, u64, bool)> = Vec::new();
+            for (advance, cost, charge) in ops {
                 now += Duration::from_millis(advance);
-                let live: Vec<(Instant, u64)> =
-                    admitted.iter().copied().filter(|(at, _)| *at + WINDOW > now).collect();
-                let used: u64 = live.iter().map(|(_, c)| c).sum();
-                let live = live.len() as u64;
+                if charge {
+                    window.charge(now, cost);
+                    counted.push((now, cost, false));
+                    continue;
+                }
+                let live: Vec<(Instant, u64, bool)> =
+                    counted.iter().copied().filter(|(at, _, _)| *at + WINDOW > now).collect();
+                let used: u64 = live.iter().map(|(_, c, _)| c).sum();
+                let live = live.iter().filter(|(_, _, request)| *request).count() as u64;
                 let fits = live < rpm && used + cost <= tpm;
                 match window.check(now, cost) {
                     QuotaCheck::Admitted(state) => {
                         proptest::prop_assert!(fits);
-                        admitted.push((now, cost));
+                        counted.push((now, cost, true));
                         let requests = state.requests.expect("limited");
                         proptest::prop_assert_eq!(requests.remaining, rpm - live - 1);
                         let tokens = state.tokens.expect("limited");
