@@ -1,7 +1,9 @@
 //! Property tests in place of a cargo-fuzz target: random bytes, random splits and mutated
-//! transcripts fed through every provider's stream and response decoders. Whatever arrives,
-//! the result is chunks and at most one error, the stream ends, and nothing panics; a line
-//! or event over the limit is an error, not a growing buffer.
+//! transcripts fed through every provider's stream and response decoders, the embeddings
+//! decoder and the NDJSON framing. Whatever arrives, the result is chunks and at most one
+//! error, the stream ends, and nothing panics; a line or event over the limit is an error,
+//! not a growing buffer; and nothing that is not a whole answer ends as one (no silent
+//! success). Bedrock's decoders have the same tests in `fuzz_bedrock.rs`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,26 +13,86 @@ use common::{Piece, Reply, call, drain, mock, split};
 use proptest::prelude::*;
 use std::collections::VecDeque;
 
+use tower_llm_providers::framing::{Framing, NdjsonFraming};
 use tower_llm_providers::{
-    Anthropic, ChatChunk, ChatRequest, ChunkDecoder, Gemini, Message, OpenAi,
+    Anthropic, ChatChunk, ChatRequest, ChunkDecoder, EmbeddingRequest, Gemini, Message, OpenAi,
+    anthropic, gemini, openai,
 };
 
-const TRANSCRIPTS: [&str; 5] = [
-    include_str!("fixtures/openai_stream.sse"),
-    include_str!("fixtures/openai_stream_refusal.sse"),
-    include_str!("fixtures/openai_stream_tools.sse"),
-    include_str!("fixtures/anthropic_stream.sse"),
-    include_str!("fixtures/gemini_stream.sse"),
+/// A stream dialect: its decoder, and the bytes without which none of its streams is
+/// complete (its terminal event's marker). Both come from here, so that a transcript's
+/// decoder and terminal cannot disagree.
+struct StreamDialect {
+    decoder: fn() -> ChunkDecoder,
+    terminal: &'static [u8],
+}
+
+const OPENAI_STREAM: StreamDialect = StreamDialect {
+    decoder: ChunkDecoder::openai,
+    terminal: b"[DONE]",
+};
+
+const ANTHROPIC_STREAM: StreamDialect = StreamDialect {
+    decoder: ChunkDecoder::anthropic,
+    terminal: b"message_stop",
+};
+
+/// Gemini ends a stream with the body, once a candidate has had a finish reason.
+const GEMINI_STREAM: StreamDialect = StreamDialect {
+    decoder: ChunkDecoder::gemini,
+    terminal: b"finishReason",
+};
+
+const TRANSCRIPTS: [(&str, StreamDialect); 8] = [
+    (include_str!("fixtures/openai_stream.sse"), OPENAI_STREAM),
+    (
+        include_str!("fixtures/openai_stream_refusal.sse"),
+        OPENAI_STREAM,
+    ),
+    (
+        include_str!("fixtures/openai_stream_tools.sse"),
+        OPENAI_STREAM,
+    ),
+    (
+        include_str!("fixtures/openai_stream_parallel_tools.sse"),
+        OPENAI_STREAM,
+    ),
+    (
+        include_str!("fixtures/anthropic_stream.sse"),
+        ANTHROPIC_STREAM,
+    ),
+    (
+        include_str!("fixtures/anthropic_stream_parallel_tool_use.sse"),
+        ANTHROPIC_STREAM,
+    ),
+    (include_str!("fixtures/gemini_stream.sse"), GEMINI_STREAM),
+    (
+        include_str!("fixtures/gemini_stream_parallel_function_calls.sse"),
+        GEMINI_STREAM,
+    ),
 ];
 
-const BODIES: [&str; 6] = [
+const BODIES: [&str; 9] = [
     include_str!("fixtures/openai_chat.json"),
     include_str!("fixtures/openai_refusal.json"),
     include_str!("fixtures/openai_tool_call.json"),
+    include_str!("fixtures/openai_parallel_tool_calls.json"),
     include_str!("fixtures/anthropic_message.json"),
+    include_str!("fixtures/anthropic_parallel_tool_use.json"),
     include_str!("fixtures/gemini_generate.json"),
+    include_str!("fixtures/gemini_parallel_function_calls.json"),
     include_str!("fixtures/gemini_quota.json"),
 ];
+
+const EMBEDDINGS: &str = include_str!("fixtures/openai_embeddings.json");
+
+/// Where each decoder finds its answer: a 2xx body it accepts must at least be JSON with
+/// something at this pointer (OpenAI's first choice, Anthropic's content, Gemini's first
+/// candidate, the embeddings' data).
+const OPENAI_ANSWER: &str = "/choices/0";
+const ANTHROPIC_ANSWER: &str = "/content";
+const GEMINI_ANSWER: &str = "/candidates/0";
+const EMBEDDINGS_ANSWER: &str = "/data";
 
 const MAX_EVENT: usize = 512;
 
@@ -43,6 +105,29 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn request() -> ChatRequest {
     ChatRequest::new("m", vec![Message::user("hi")])
+}
+
+fn embedding_request() -> EmbeddingRequest {
+    EmbeddingRequest::new("m", vec!["a".into(), "b".into()])
+}
+
+/// Whether `body` is JSON with a value at `pointer`: what any body a decoder accepts as an
+/// answer must be. Random, cut or garbled bytes are not.
+fn answer_shaped(body: &[u8], pointer: &str) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v.pointer(pointer).is_some())
+}
+
+/// `bytes` with `flips` written over it, then cut at `truncate`.
+fn mutate(bytes: &[u8], flips: &[(usize, u8)], truncate: Option<usize>) -> Vec<u8> {
+    let mut bytes = bytes.to_vec();
+    for &(at, byte) in flips {
+        let len = bytes.len();
+        bytes[at % len] = byte;
+    }
+    if let Some(at) = truncate {
+        bytes.truncate(at.min(bytes.len()));
+    }
+    bytes
 }
 
 /// Streams `pieces` through each provider; checks the shape of what comes out.
@@ -91,6 +176,9 @@ fn check_streams(pieces: Vec<Piece>) -> Result<(), TestCaseError> {
     })
 }
 
+/// Answers a chat call of each provider, and an embeddings call, with `body` at `status`.
+/// An error status is always an error with a bounded body; a success is an answer only when
+/// the body is one (no silent success).
 fn check_bodies(status: u16, body: &[u8]) -> Result<(), TestCaseError> {
     runtime().block_on(async {
         let reply = Reply {
@@ -100,37 +188,42 @@ fn check_bodies(status: u16, body: &[u8]) -> Result<(), TestCaseError> {
         };
         let (client, _) = mock(reply.clone());
         let mut openai = OpenAi::builder().api_key("k").build_with(client).unwrap();
-        let a = call(&mut openai, request()).await;
+        let a = call(&mut openai, request()).await.map(drop);
+        let embeddings = call(&mut openai, embedding_request()).await.map(drop);
         let (client, _) = mock(reply.clone());
         let mut anthropic = Anthropic::builder()
             .api_key("k")
             .build_with(client)
             .unwrap();
-        let b = call(&mut anthropic, request()).await;
+        let b = call(&mut anthropic, request()).await.map(drop);
         let (client, _) = mock(reply);
         let mut gemini = Gemini::builder().api_key("k").build_with(client).unwrap();
-        let c = call(&mut gemini, request()).await;
-        if status >= 400 {
-            prop_assert!(a.is_err() && b.is_err() && c.is_err());
-            for error in [a.unwrap_err(), b.unwrap_err(), c.unwrap_err()] {
-                prop_assert!(
+        let c = call(&mut gemini, request()).await.map(drop);
+        let outcomes = [
+            ("openai", OPENAI_ANSWER, a),
+            ("anthropic", ANTHROPIC_ANSWER, b),
+            ("gemini", GEMINI_ANSWER, c),
+            ("embeddings", EMBEDDINGS_ANSWER, embeddings),
+        ];
+        for (decoder, pointer, outcome) in outcomes {
+            match outcome {
+                Ok(()) => {
+                    prop_assert!(status < 400, "{decoder}: status {status} was an answer");
+                    prop_assert!(
+                        answer_shaped(body, pointer),
+                        "{decoder}: a body without {pointer} was an answer: {:?}",
+                        String::from_utf8_lossy(body)
+                    );
+                }
+                Err(error) => prop_assert!(
                     error
                         .body()
                         .is_none_or(|b| b.len() <= tower_llm_core::MAX_ERROR_BODY)
-                );
+                ),
             }
         }
         Ok(())
     })
-}
-
-/// The transcripts' decoders, in the order of `TRANSCRIPTS`.
-fn decoder_for(which: usize) -> ChunkDecoder {
-    match which {
-        0..=2 => ChunkDecoder::openai(),
-        3 => ChunkDecoder::anthropic(),
-        _ => ChunkDecoder::gemini(),
-    }
 }
 
 /// Feeds `bytes` cut at `cuts` through a decoder, then finishes it.
@@ -153,19 +246,75 @@ fn decode_split(
     (chunks.into(), end)
 }
 
+/// The events (their data) NDJSON framing cuts out of `bytes` delivered at `cuts`, and
+/// whether it failed; checks its bounds on the way.
+fn ndjson_events(
+    bytes: &[u8],
+    cuts: &[usize],
+    max: usize,
+) -> Result<(Vec<String>, bool), TestCaseError> {
+    let mut framing = NdjsonFraming::new(max);
+    let mut events = Vec::new();
+    for piece in split(bytes, cuts) {
+        let Piece::Data(piece) = piece else {
+            unreachable!("split makes data pieces")
+        };
+        let mut input = &piece[..];
+        loop {
+            match framing.next_event(&mut input) {
+                Ok(Some(event)) => {
+                    prop_assert!(event.name.is_none() && !event.error);
+                    events.push(event.data);
+                }
+                Ok(None) => break,
+                Err(_) => return Ok((events, true)),
+            }
+            prop_assert!(framing.buffered() <= max);
+        }
+        prop_assert!(input.is_empty(), "a piece was left unread");
+        prop_assert!(framing.buffered() <= max);
+    }
+    match framing.finish() {
+        Ok(last) => events.extend(last.map(|e| e.data)),
+        Err(_) => return Ok((events, true)),
+    }
+    Ok((events, false))
+}
+
+/// NDJSON by its definition: lines cut at `\n`, one `\r` before it dropped, blank lines
+/// skipped; a line over `max` bytes, or not UTF-8, fails the stream where it stands.
+fn ndjson_reference(bytes: &[u8], max: usize) -> (Vec<String>, bool) {
+    let mut events = Vec::new();
+    for line in bytes.split(|&b| b == b'\n') {
+        if line.len() > max {
+            return (events, true);
+        }
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match std::str::from_utf8(line) {
+            Ok(text) => events.push(text.to_owned()),
+            Err(_) => return (events, true),
+        }
+    }
+    (events, false)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn valid_transcripts_decode_the_same_at_any_split(
         which in 0usize..TRANSCRIPTS.len(),
-        cuts in proptest::collection::vec(0usize..4096, 0..16),
+        cuts in proptest::collection::vec(0usize..8192, 0..16),
     ) {
-        let bytes = TRANSCRIPTS[which].as_bytes();
-        let (whole, end) = decode_split(decoder_for(which), bytes, &[]);
+        let (transcript, dialect) = &TRANSCRIPTS[which];
+        let bytes = transcript.as_bytes();
+        let (whole, end) = decode_split((dialect.decoder)(), bytes, &[]);
         prop_assert!(end.is_ok(), "{end:?}");
         prop_assert!(!whole.is_empty());
-        let (split, end) = decode_split(decoder_for(which), bytes, &cuts);
+        let (split, end) = decode_split((dialect.decoder)(), bytes, &cuts);
         prop_assert!(end.is_ok(), "{end:?}");
         prop_assert_eq!(split, whole);
     }
@@ -177,13 +326,11 @@ proptest! {
         cuts in proptest::collection::vec(0usize..2048, 0..10),
     ) {
         // Only a stream holding its dialect's terminal event may end well.
-        let terminal: &[u8] = match which {
-            0 | 1 => b"[DONE]",
-            2 => b"message_stop",
-            _ => b"finishReason",
-        };
-        let complete = bytes.windows(terminal.len()).any(|w| w == terminal);
-        let (_, end) = decode_split(decoder_for(which), &bytes, &cuts);
+        let dialect = &TRANSCRIPTS[which].1;
+        let complete = bytes
+            .windows(dialect.terminal.len())
+            .any(|w| w == dialect.terminal);
+        let (_, end) = decode_split((dialect.decoder)(), &bytes, &cuts);
         prop_assert!(complete || end.is_err(), "random bytes ended as a success");
     }
 
@@ -220,18 +367,11 @@ proptest! {
     #[test]
     fn mutated_transcripts(
         which in 0usize..TRANSCRIPTS.len(),
-        flips in proptest::collection::vec((0usize..4096, any::<u8>()), 0..6),
-        truncate in proptest::option::of(0usize..4096),
-        cuts in proptest::collection::vec(0usize..4096, 0..10),
+        flips in proptest::collection::vec((0usize..8192, any::<u8>()), 0..6),
+        truncate in proptest::option::of(0usize..8192),
+        cuts in proptest::collection::vec(0usize..8192, 0..10),
     ) {
-        let mut bytes = TRANSCRIPTS[which].as_bytes().to_vec();
-        for (at, byte) in flips {
-            let len = bytes.len();
-            bytes[at % len] = byte;
-        }
-        if let Some(at) = truncate {
-            bytes.truncate(at.min(bytes.len()));
-        }
+        let bytes = mutate(TRANSCRIPTS[which].0.as_bytes(), &flips, truncate);
         check_streams(split(&bytes, &cuts))?;
     }
 
@@ -243,16 +383,56 @@ proptest! {
         noise in proptest::collection::vec(any::<u8>(), 0..512),
         status in prop_oneof![Just(200u16), Just(400u16), Just(429u16), Just(500u16), Just(529u16)],
     ) {
-        let mut bytes = BODIES[which].as_bytes().to_vec();
-        for (at, byte) in flips {
-            let len = bytes.len();
-            bytes[at % len] = byte;
-        }
-        if let Some(at) = truncate {
-            bytes.truncate(at.min(bytes.len()));
-        }
-        check_bodies(status, &bytes)?;
+        check_bodies(status, &mutate(BODIES[which].as_bytes(), &flips, truncate))?;
         check_bodies(status, &noise)?;
+    }
+
+    #[test]
+    fn random_and_mutated_embedding_bodies(
+        flips in proptest::collection::vec((0usize..1024, any::<u8>()), 0..6),
+        truncate in proptest::option::of(0usize..1024),
+        status in prop_oneof![Just(200u16), Just(400u16), Just(429u16), Just(500u16)],
+    ) {
+        check_bodies(status, &mutate(EMBEDDINGS.as_bytes(), &flips, truncate))?;
+    }
+
+    #[test]
+    fn ndjson_framing_is_its_definition_at_any_split(
+        bytes in proptest::collection::vec(
+            prop_oneof![
+                // Mostly lines of text, \r\n and blank lines among them, now and then a
+                // byte that is not UTF-8 (or a character cut in two by a split).
+                40 => proptest::sample::select(b"\n\r {}\":,az\t".to_vec()),
+                1 => proptest::sample::select(vec![0xc3u8, 0xa9, 0xff, 0x80, 0x0b]),
+                1 => any::<u8>(),
+            ],
+            0..512,
+        ),
+        cuts in proptest::collection::vec(0usize..512, 0..12),
+        max in 1usize..24,
+    ) {
+        let expected = ndjson_reference(&bytes, max);
+        prop_assert_eq!(ndjson_events(&bytes, &[], max)?, expected.clone());
+        prop_assert_eq!(ndjson_events(&bytes, &cuts, max)?, expected);
+    }
+
+    #[test]
+    fn ndjson_documents_come_out_whole_at_any_split(
+        documents in proptest::collection::vec("\\{\"[a-z]{1,8}\":[0-9]{1,5}\\}", 0..20),
+        crlf in any::<bool>(),
+        blank_lines in any::<bool>(),
+        cuts in proptest::collection::vec(0usize..1024, 0..12),
+    ) {
+        let separator = match (crlf, blank_lines) {
+            (false, false) => "\n",
+            (true, false) => "\r\n",
+            (false, true) => "\n \n\n",
+            (true, true) => "\r\n\r\n",
+        };
+        let body = documents.join(separator);
+        let (events, failed) = ndjson_events(body.as_bytes(), &cuts, 64)?;
+        prop_assert!(!failed);
+        prop_assert_eq!(events, documents);
     }
 }
 
@@ -275,5 +455,68 @@ fn an_endless_line_is_refused_not_buffered() {
             error.message().contains("larger than 1024 bytes"),
             "{error}"
         );
+    });
+}
+
+/// Every transcript cut short of its terminal event, at every byte, is an error: a stream
+/// that stops early is never a short answer.
+#[test]
+fn every_transcript_cut_before_its_terminal_is_an_error() {
+    for (transcript, dialect) in &TRANSCRIPTS {
+        let bytes = transcript.as_bytes();
+        let terminal = bytes
+            .windows(dialect.terminal.len())
+            .rposition(|w| w == dialect.terminal)
+            .unwrap();
+        for cut in 0..terminal {
+            let (_, end) = decode_split((dialect.decoder)(), &bytes[..cut], &[]);
+            assert!(end.is_err(), "cut at {cut} of {transcript:.60} ended well");
+        }
+    }
+}
+
+/// Every answer body cut anywhere short of its end is an error for every decoder, and a
+/// whole body is an answer only for its own dialect.
+#[test]
+fn cut_and_misrouted_bodies_are_never_answers() {
+    type Decode =
+        fn(&[u8]) -> Result<tower_llm_providers::ChatResponse, tower_llm_core::UpstreamError>;
+    let decoders: [(&str, Decode, &str); 3] = [
+        ("openai", openai::decode_response, OPENAI_ANSWER),
+        ("anthropic", anthropic::decode_response, ANTHROPIC_ANSWER),
+        ("gemini", gemini::decode_response, GEMINI_ANSWER),
+    ];
+    for body in BODIES {
+        let whole = body.trim_end().len();
+        for (name, decode, pointer) in decoders {
+            for cut in 0..whole {
+                assert!(
+                    decode(&body.as_bytes()[..cut]).is_err(),
+                    "{name}: {body:.60} cut at {cut} was an answer"
+                );
+            }
+            assert_eq!(
+                decode(body.as_bytes()).is_ok(),
+                answer_shaped(body.as_bytes(), pointer),
+                "{name}: {body:.60}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cut_embedding_bodies_are_never_answers() {
+    runtime().block_on(async {
+        let whole = EMBEDDINGS.trim_end().len();
+        for cut in 0..=whole {
+            let (client, _) = mock(Reply::json(200, &EMBEDDINGS[..cut]));
+            let mut openai = OpenAi::builder().api_key("k").build_with(client).unwrap();
+            let answer = call(&mut openai, embedding_request()).await;
+            if cut == whole {
+                assert_eq!(answer.unwrap().embeddings.len(), 2);
+            } else {
+                assert!(answer.is_err(), "cut at {cut} was an answer");
+            }
+        }
     });
 }
