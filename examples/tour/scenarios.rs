@@ -363,12 +363,9 @@ pub(super) async fn embeddings(progress: &Progress, table: &mut Table) -> Result
                 .embeddings
                 .chunks(per_request.max(1))
                 .map(|vectors| {
-                    Ok::<_, BoxError>(EmbeddingResponse {
-                        model: response.model.clone(),
-                        embeddings: vectors.to_vec(),
-                        usage: None,
-                        meta: response.meta.clone(),
-                    })
+                    let mut part = EmbeddingResponse::new(response.model.clone(), vectors.to_vec());
+                    part.meta = response.meta.clone();
+                    Ok::<_, BoxError>(part)
                 })
                 .collect::<Vec<_>>()
         },

@@ -1102,7 +1102,15 @@ impl BlockAccumulator {
 }
 
 /// A piece of a streamed tool call.
+///
+/// ```
+/// use tower_llm_providers::ToolCallDelta;
+///
+/// let first = ToolCallDelta::new(0).id("call_1").name("get_weather").arguments("{\"city\"");
+/// assert_eq!((first.index, first.name.as_deref()), (0, Some("get_weather")));
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ToolCallDelta {
     /// Which call of this answer (0 for the first) this piece belongs to.
     pub index: u32,
@@ -1112,6 +1120,34 @@ pub struct ToolCallDelta {
     pub name: Option<String>,
     /// More of the arguments' JSON text.
     pub arguments: String,
+}
+
+impl ToolCallDelta {
+    /// A piece of call `index` (0 for the answer's first call), with nothing in it yet.
+    pub fn new(index: u32) -> Self {
+        ToolCallDelta {
+            index,
+            ..ToolCallDelta::default()
+        }
+    }
+
+    /// With the call's id (on its first piece).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// With the function's name (on its first piece).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// With more of the arguments' JSON text.
+    pub fn arguments(mut self, arguments: impl Into<String>) -> Self {
+        self.arguments = arguments.into();
+        self
+    }
 }
 
 /// An embeddings request.
@@ -1170,7 +1206,15 @@ impl Deterministic for EmbeddingRequest {
 }
 
 /// Embedding vectors, one per input, in input order.
+///
+/// ```
+/// use tower_llm_providers::EmbeddingResponse;
+///
+/// let answer = EmbeddingResponse::new("text-embedding-3-small", vec![vec![0.1, 0.2]]);
+/// assert_eq!(answer.embeddings.len(), 1);
+/// ```
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct EmbeddingResponse {
     /// The model that answered.
     pub model: String,
@@ -1180,6 +1224,24 @@ pub struct EmbeddingResponse {
     pub usage: Option<Usage>,
     /// The HTTP facts of the answer: status, request id, rate-limit headers, provider.
     pub meta: ResponseMeta,
+}
+
+impl EmbeddingResponse {
+    /// The vectors `model` answered, one per input (no usage, default HTTP facts: for a
+    /// service of your own, or a test).
+    pub fn new(model: impl Into<String>, embeddings: Vec<Vec<f32>>) -> Self {
+        EmbeddingResponse {
+            model: model.into(),
+            embeddings,
+            ..EmbeddingResponse::default()
+        }
+    }
+
+    /// With the tokens used.
+    pub fn with_usage(mut self, usage: Usage) -> Self {
+        self.usage = Some(usage);
+        self
+    }
 }
 
 impl ResponseUsage for EmbeddingResponse {

@@ -160,30 +160,14 @@ fn expected_stream() -> Vec<ChatChunk> {
                 arguments: String::new(),
             }),
         }),
-        ChatChunk::ToolCall(ToolCallDelta {
-            index: 0,
-            id: Some("toolu_01T1x1fJ34qAmk2tNTrN7Up6".into()),
-            name: Some("get_weather".into()),
-            arguments: String::new(),
-        }),
-        ChatChunk::ToolCall(ToolCallDelta {
-            index: 0,
-            id: None,
-            name: None,
-            arguments: String::new(),
-        }),
-        ChatChunk::ToolCall(ToolCallDelta {
-            index: 0,
-            id: None,
-            name: None,
-            arguments: "{\"location\":".into(),
-        }),
-        ChatChunk::ToolCall(ToolCallDelta {
-            index: 0,
-            id: None,
-            name: None,
-            arguments: " \"San Francisco, CA\"}".into(),
-        }),
+        ChatChunk::ToolCall(
+            ToolCallDelta::new(0)
+                .id("toolu_01T1x1fJ34qAmk2tNTrN7Up6")
+                .name("get_weather"),
+        ),
+        ChatChunk::ToolCall(ToolCallDelta::new(0)),
+        ChatChunk::ToolCall(ToolCallDelta::new(0).arguments("{\"location\":")),
+        ChatChunk::ToolCall(ToolCallDelta::new(0).arguments(" \"San Francisco, CA\"}")),
         ChatChunk::Finish(FinishReason::ToolCalls),
         ChatChunk::Usage(Usage::new(472, 89)),
     ]

@@ -186,12 +186,12 @@ async fn streamed_function_call_and_in_stream_error() {
     let items = stream_with(split(call_event.as_bytes(), &[10])).await;
     assert_eq!(
         items[0].as_ref().unwrap(),
-        &ChatChunk::ToolCall(ToolCallDelta {
-            index: 0,
-            id: Some("set_light_values".into()),
-            name: Some("set_light_values".into()),
-            arguments: r#"{"brightness":25,"color_temp":"warm"}"#.into()
-        })
+        &ChatChunk::ToolCall(
+            ToolCallDelta::new(0)
+                .id("set_light_values")
+                .name("set_light_values")
+                .arguments(r#"{"brightness":25,"color_temp":"warm"}"#)
+        )
     );
     assert_eq!(
         items[1].as_ref().unwrap(),
