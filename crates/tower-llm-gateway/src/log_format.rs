@@ -251,6 +251,7 @@ impl<W: fmt::Write> fmt::Write for Escaping<'_, W> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::io;
@@ -380,7 +381,8 @@ mod tests {
 
     #[test]
     fn every_day_from_1970_through_2400_follows_the_calendar() {
-        let leap = |y: u64| y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+        let leap =
+            |y: u64| y.is_multiple_of(4) && (!y.is_multiple_of(100) || y.is_multiple_of(400));
         let length = |y: u64, m: u64| match m {
             2 if leap(y) => 29,
             2 => 28,

@@ -15,9 +15,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-pub use crate::request_body::RequestBody;
 use crate::error::{ConfigError, config_error};
 use crate::proxy::{ProxyConfig, ProxyConnector};
+pub use crate::request_body::RequestBody;
 
 /// The default inner service of every provider: hyper-util's legacy client with rustls
 /// (provider and roots by Cargo feature, see [TLS and proxies](crate#tls-and-proxies)), HTTP/1.1 and HTTP/2

@@ -380,6 +380,50 @@ impl Dialect {
     }
 }
 
+/// The message of a request refused by `strict_fields`: what it sets that `dialect` cannot
+/// carry.
+fn refusal(
+    request: &crate::chat::ChatRequest,
+    foreign: Option<Dialect>,
+    unsupported: &[crate::chat::ChatField],
+    dialect: Dialect,
+) -> String {
+    let mut parts = Vec::new();
+    if !unsupported.is_empty() {
+        let names: Vec<&str> = unsupported.iter().map(|field| field.as_str()).collect();
+        parts.push(format!(
+            "{} has no equivalent for {}",
+            dialect.as_str(),
+            names.join(", ")
+        ));
+    }
+    if let Some(from) = foreign {
+        /// Names quoted in the error, each cut to a length a reader can take in.
+        const QUOTED: usize = 8;
+        const NAME_CHARS: usize = 64;
+        let names: Vec<String> = request
+            .extra
+            .keys()
+            .take(QUOTED)
+            .map(|name| format!("{:?}", name.chars().take(NAME_CHARS).collect::<String>()))
+            .collect();
+        let more = request.extra.len().saturating_sub(QUOTED);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        parts.push(format!(
+            "{} field(s) written for {} have no {} equivalent: {}{more}",
+            request.extra.len(),
+            from.as_str(),
+            dialect.as_str(),
+            names.join(", "),
+        ));
+    }
+    format!("strict_fields refuses the request: {}", parts.join("; "))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -588,48 +632,4 @@ mod tests {
             "empty error body"
         );
     }
-}
-
-/// The message of a request refused by `strict_fields`: what it sets that `dialect` cannot
-/// carry.
-fn refusal(
-    request: &crate::chat::ChatRequest,
-    foreign: Option<Dialect>,
-    unsupported: &[crate::chat::ChatField],
-    dialect: Dialect,
-) -> String {
-    let mut parts = Vec::new();
-    if !unsupported.is_empty() {
-        let names: Vec<&str> = unsupported.iter().map(|field| field.as_str()).collect();
-        parts.push(format!(
-            "{} has no equivalent for {}",
-            dialect.as_str(),
-            names.join(", ")
-        ));
-    }
-    if let Some(from) = foreign {
-        /// Names quoted in the error, each cut to a length a reader can take in.
-        const QUOTED: usize = 8;
-        const NAME_CHARS: usize = 64;
-        let names: Vec<String> = request
-            .extra
-            .keys()
-            .take(QUOTED)
-            .map(|name| format!("{:?}", name.chars().take(NAME_CHARS).collect::<String>()))
-            .collect();
-        let more = request.extra.len().saturating_sub(QUOTED);
-        let more = if more > 0 {
-            format!(" and {more} more")
-        } else {
-            String::new()
-        };
-        parts.push(format!(
-            "{} field(s) written for {} have no {} equivalent: {}{more}",
-            request.extra.len(),
-            from.as_str(),
-            dialect.as_str(),
-            names.join(", "),
-        ));
-    }
-    format!("strict_fields refuses the request: {}", parts.join("; "))
 }

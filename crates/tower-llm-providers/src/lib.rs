@@ -196,8 +196,8 @@ mod observe;
 pub mod openai;
 pub mod protocol;
 mod provider;
-mod request_body;
 pub mod proxy;
+mod request_body;
 pub mod sse;
 mod stream;
 

@@ -124,7 +124,11 @@ async fn a_limiter_under_the_provider_reads_the_request_and_the_headers() {
             .unwrap_or_else(|e| panic!("call {i} after {:?}: {e}", start.elapsed()));
         started.push(start.elapsed());
     }
-    assert_eq!(server.counters().status(429), 0, "a call too many: {started:?}");
+    assert_eq!(
+        server.counters().status(429),
+        0,
+        "a call too many: {started:?}"
+    );
     assert!(started[1] < S, "{started:?}");
     assert!(started[2] >= 59 * S && started[2] < 62 * S, "{started:?}");
     let stats = handle.stats();

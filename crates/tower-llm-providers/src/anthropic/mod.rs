@@ -173,7 +173,14 @@ impl Protocol for AnthropicProtocol {
 
     /// Messages API has no `seed`, no response format and no free-form `metadata` (its `metadata.user_id` carries `user`).
     fn unsupported_fields(&self, request: &ChatRequest) -> Vec<ChatField> {
-        ChatField::set_in(&[ChatField::Seed, ChatField::ResponseFormat, ChatField::Metadata], request)
+        ChatField::set_in(
+            &[
+                ChatField::Seed,
+                ChatField::ResponseFormat,
+                ChatField::Metadata,
+            ],
+            request,
+        )
     }
 
     fn chat_request(

@@ -290,7 +290,15 @@ impl Protocol for BedrockProtocol {
 
     /// Converse has no `seed`, no response format, no end-user id and no request metadata.
     fn unsupported_fields(&self, request: &ChatRequest) -> Vec<ChatField> {
-        ChatField::set_in(&[ChatField::Seed, ChatField::ResponseFormat, ChatField::User, ChatField::Metadata], request)
+        ChatField::set_in(
+            &[
+                ChatField::Seed,
+                ChatField::ResponseFormat,
+                ChatField::User,
+                ChatField::Metadata,
+            ],
+            request,
+        )
     }
 
     fn chat_request(
