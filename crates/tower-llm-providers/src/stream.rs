@@ -653,9 +653,14 @@ pub(crate) fn timeout(ctx: &CallContext, which: &str, limit: Option<Duration>) -
 #[derive(Clone, Debug, Default)]
 pub struct ChatAccumulator {
     response: ChatResponse,
-    calls: Vec<ToolCall>,
+    /// The calls by the index the server gave them, in order of first appearance.
+    calls: Vec<(u32, ToolCall)>,
     blocks: BlockAccumulator,
 }
+
+/// The most tool calls one answer is rebuilt with: pieces of further calls are left out, so
+/// that indices a server makes up cannot grow the answer without bound.
+const MAX_TOOL_CALLS: usize = 1024;
 
 impl ChatAccumulator {
     /// Adds one chunk.
@@ -664,18 +669,23 @@ impl ChatAccumulator {
         match chunk {
             ChatChunk::Content(text) => self.response.content.push_str(text),
             ChatChunk::ToolCall(delta) => {
-                let index = delta.index as usize;
-                // Indices come from the server: grow only one past the end, never to an
-                // arbitrary size.
-                let index = index.min(self.calls.len());
-                if index == self.calls.len() {
-                    self.calls.push(ToolCall {
-                        id: String::new(),
-                        name: String::new(),
-                        arguments: String::new(),
-                    });
-                }
-                let call = &mut self.calls[index];
+                // Pieces of several calls may interleave, and a call's first piece may come
+                // after a later call's (`index` 1 before 0): each goes to its own call.
+                let found = self.calls.iter().position(|(index, _)| *index == delta.index);
+                let at = match found {
+                    Some(at) => at,
+                    None if self.calls.len() < MAX_TOOL_CALLS => {
+                        let call = ToolCall {
+                            id: String::new(),
+                            name: String::new(),
+                            arguments: String::new(),
+                        };
+                        self.calls.push((delta.index, call));
+                        self.calls.len() - 1
+                    }
+                    None => return,
+                };
+                let call = &mut self.calls[at].1;
                 if let Some(id) = &delta.id {
                     call.id.clone_from(id);
                 }
@@ -695,10 +705,13 @@ impl ChatAccumulator {
         }
     }
 
-    /// The answer so far.
+    /// The answer so far; its tool calls in the order of their indices.
     pub fn finish(mut self) -> ChatResponse {
-        self.response.blocks = self.blocks.finish(&self.response.content, &self.calls);
-        self.response.tool_calls = self.calls;
+        // Stable: calls a server gave the same index stay in arrival order.
+        self.calls.sort_by_key(|(index, _)| *index);
+        let calls: Vec<ToolCall> = self.calls.into_iter().map(|(_, call)| call).collect();
+        self.response.blocks = self.blocks.finish(&self.response.content, &calls);
+        self.response.tool_calls = calls;
         self.response
     }
 }

@@ -303,3 +303,35 @@ mod bedrock {
         assert_eq!(answer.usage.unwrap().output_tokens, 118);
     }
 }
+
+/// A compatible server that names call 1 before call 0, in one delta: each piece goes to its
+/// own call, and the answer lists them by index.
+#[test]
+fn a_later_call_announced_first_keeps_its_own_pieces() {
+    let transcript = "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[\
+        {\"index\":1,\"id\":\"call_b\",\"function\":{\"name\":\"g\",\"arguments\":\"{\\\"x\\\":2}\"}},\
+        {\"index\":0,\"id\":\"call_a\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"x\\\":1}\"}}]},\
+        \"finish_reason\":\"tool_calls\"}]}\n\ndata: [DONE]\n\n";
+    let answer = streamed(ChunkDecoder::openai, transcript.as_bytes());
+    assert_eq!(
+        answer.tool_calls,
+        vec![
+            call("call_a", "f", "{\"x\":1}"),
+            call("call_b", "g", "{\"x\":2}")
+        ]
+    );
+}
+
+/// Indices a server makes up (sparse, huge, endless) rebuild a bounded answer.
+#[test]
+fn made_up_indices_rebuild_a_bounded_answer() {
+    let mut answer = ChatAccumulator::default();
+    for index in (0..5_000u32).map(|i| i.wrapping_mul(2_654_435_761)) {
+        answer.push(&ChatChunk::ToolCall(
+            tower_llm_providers::ToolCallDelta::new(index).arguments("{}"),
+        ));
+    }
+    let calls = answer.finish().tool_calls;
+    assert_eq!(calls.len(), 1024);
+    assert!(calls.iter().all(|c| c.arguments == "{}"));
+}
