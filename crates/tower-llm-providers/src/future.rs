@@ -54,6 +54,9 @@ pin_project! {
         decode: Decode<T>,
         call: CallObs,
         answered: Answered<T>,
+        // How many items the answer must hold (an embeddings answer: one vector per input),
+        // and how to count them.
+        expect: Option<(usize, fn(&T) -> usize)>,
     }
 }
 
@@ -79,6 +82,7 @@ impl<F, B, T> ResponseFuture<F, B, T> {
             decode,
             call,
             answered,
+            expect: None,
         }
     }
 
@@ -95,7 +99,16 @@ impl<F, B, T> ResponseFuture<F, B, T> {
             decode,
             call,
             answered,
+            expect: None,
         }
+    }
+
+    /// The answer must hold `items` items, as `count` counts them; one that holds another
+    /// number is a malformed answer (a vector missing from an embeddings answer would leave
+    /// a caller's texts paired with the wrong vectors).
+    pub(crate) fn expecting(mut self, items: usize, count: fn(&T) -> usize) -> Self {
+        self.expect = Some((items, count));
+        self
     }
 }
 
@@ -197,7 +210,22 @@ where
                     let meta = this.ctx.meta(parts.status, &parts.headers);
                     let request_id = meta.request_id.clone();
                     let result = match read {
-                        Ok(bytes) => (this.decode)(this.ctx, bytes, meta),
+                        Ok(bytes) => match (this.decode)(this.ctx, bytes.clone(), meta) {
+                            Ok(answer) => match *this.expect {
+                                Some((items, count)) if count(&answer) != items => {
+                                    Err(this.ctx.malformed(
+                                        "answer",
+                                        &bytes,
+                                        format_args!(
+                                            "{} items for {items} inputs",
+                                            count(&answer)
+                                        ),
+                                    ))
+                                }
+                                _ => Ok(answer),
+                            },
+                            Err(error) => Err(error),
+                        },
                         Err(ReadError::TooLarge(start)) => {
                             let error = this
                                 .ctx

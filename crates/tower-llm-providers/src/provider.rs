@@ -210,6 +210,7 @@ where
             Ok(http) => {
                 let future = call.in_span(|| self.inner.call(http));
                 ResponseFuture::new(future, cx, P::decode_embeddings, call, CallObs::embeddings)
+                    .expecting(request.input.len(), |answer| answer.embeddings.len())
             }
             Err(error) => {
                 ResponseFuture::failed(error, cx, P::decode_embeddings, call, CallObs::embeddings)

@@ -581,6 +581,51 @@ async fn embeddings() {
     );
 }
 
+/// One vector per input, each at its index: a missing, duplicated or out-of-range index is a
+/// malformed answer, never texts paired with the wrong vectors; a server that sends no
+/// indices lists them in input order.
+#[tokio::test]
+async fn embeddings_pair_each_input_with_its_vector_or_fail() {
+    let request = || {
+        EmbeddingRequest::new(
+            "text-embedding-3-small",
+            vec!["a".into(), "b".into(), "c".into()],
+        )
+    };
+    let answer = |data: &str| format!(r#"{{"object":"list","data":{data},"model":"m"}}"#);
+    for (data, why) in [
+        ("[]", "no vector"),
+        (
+            r#"[{"embedding":[1.0],"index":0},{"embedding":[2.0],"index":1}]"#,
+            "one missing",
+        ),
+        (
+            r#"[{"embedding":[1.0],"index":0},{"embedding":[2.0],"index":0},{"embedding":[3.0],"index":1}]"#,
+            "a duplicate",
+        ),
+        (
+            r#"[{"embedding":[1.0],"index":0},{"embedding":[2.0],"index":1},{"embedding":[3.0],"index":7}]"#,
+            "out of range",
+        ),
+        (
+            r#"[{"embedding":[1.0]},{"embedding":[2.0],"index":1},{"embedding":[3.0],"index":2}]"#,
+            "one without its index",
+        ),
+    ] {
+        let (client, _) = mock(Reply::json(200, &answer(data)));
+        let mut service = OpenAi::builder().api_key("k").build_with(client).unwrap();
+        let error = call(&mut service, request()).await.unwrap_err();
+        assert_eq!(error.kind(), FailureKind::ServerError, "{why}: {error}");
+    }
+    let (client, _) = mock(Reply::json(
+        200,
+        &answer(r#"[{"embedding":[1.0]},{"embedding":[2.0]},{"embedding":[3.0]}]"#),
+    ));
+    let mut service = OpenAi::builder().api_key("k").build_with(client).unwrap();
+    let vectors = call(&mut service, request()).await.unwrap().embeddings;
+    assert_eq!(vectors, vec![vec![1.0], vec![2.0], vec![3.0]]);
+}
+
 #[test]
 fn config_errors_name_the_knob() {
     let (client, _) = mock(Reply::json(200, "{}"));

@@ -472,7 +472,7 @@ struct WireEmbeddingResponse {
 #[derive(Deserialize)]
 struct WireEmbedding {
     #[serde(default)]
-    index: usize,
+    index: Option<usize>,
     embedding: Vec<f32>,
 }
 
@@ -483,7 +483,22 @@ pub(crate) fn decode_embeddings(
 ) -> Result<EmbeddingResponse, UpstreamError> {
     let mut wire: WireEmbeddingResponse = serde_json::from_slice(body)
         .map_err(|e| ctx.malformed("embeddings answer is not valid JSON", body, e))?;
-    wire.data.sort_by_key(|d| d.index);
+    // Each vector goes to its input by `index`: the indices must be 0..n, each once (a
+    // duplicate or a gap would give a caller a vector for the wrong text). Servers that send
+    // none list the vectors in input order.
+    if wire.data.iter().any(|d| d.index.is_some()) {
+        wire.data.sort_by_key(|d| d.index);
+        if let Some(at) = (0..wire.data.len()).find(|&i| wire.data[i].index != Some(i)) {
+            return Err(ctx.malformed(
+                "embeddings answer",
+                body,
+                format_args!(
+                    "its vectors' indices are not 0..{} each once (position {at})",
+                    wire.data.len()
+                ),
+            ));
+        }
+    }
     Ok(EmbeddingResponse {
         model: wire.model.unwrap_or_default(),
         embeddings: wire.data.into_iter().map(|d| d.embedding).collect(),
