@@ -335,3 +335,23 @@ fn made_up_indices_rebuild_a_bounded_answer() {
     assert_eq!(calls.len(), 1024);
     assert!(calls.iter().all(|c| c.arguments == "{}"));
 }
+
+/// Two calls to one function, without ids (as Gemini sends them): each gets an id of its
+/// own, whole and streamed, so a history sent on to another provider pairs each result
+/// with its call.
+#[test]
+fn gemini_calls_to_one_function_get_distinct_ids() {
+    const ANSWER: &str = r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"get_weather","args":{"city":"Boston"}}},{"functionCall":{"name":"get_weather","args":{"city":"SF"}}},{"functionCall":{"name":"get_time","args":{}}}]},"finishReason":"STOP","index":0}]}"#;
+    let expected = vec![
+        call("get_weather", "get_weather", r#"{"city":"Boston"}"#),
+        call("get_weather#1", "get_weather", r#"{"city":"SF"}"#),
+        call("get_time", "get_time", "{}"),
+    ];
+    let whole = gemini::decode_response(ANSWER.as_bytes()).unwrap();
+    assert_eq!(whole.tool_calls, expected);
+    let transcript = format!("data: {ANSWER}\r\n\r\n");
+    assert_eq!(
+        streamed(ChunkDecoder::gemini, transcript.as_bytes()).tool_calls,
+        expected
+    );
+}

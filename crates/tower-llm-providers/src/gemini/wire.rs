@@ -308,13 +308,26 @@ fn finish_reason(reason: &str, called_tools: bool) -> FinishReason {
     }
 }
 
-fn call_of(call: WireFunctionCall) -> ToolCall {
+/// A call of the answer, at `position` among its calls. Its id is the server's, or, when it
+/// sends none (Gemini matches results by name), the function's name, made unique by the
+/// call's position when an earlier call of the answer already `taken` that id: two calls to
+/// one function must not share an id in a history sent on to another provider.
+fn call_of(call: WireFunctionCall, position: u32, taken: impl Fn(&str) -> bool) -> ToolCall {
+    let id = match call.id {
+        Some(id) => id,
+        None if !taken(&call.name) => call.name.clone(),
+        None => format!("{}#{position}", call.name),
+    };
     ToolCall {
-        id: call.id.unwrap_or_else(|| call.name.clone()),
+        id,
         arguments: call.args.map_or_else(|| "{}".to_owned(), |a| a.to_string()),
         name: call.name,
     }
 }
+
+/// The most ids a stream remembers to keep them unique; calls past it without an id of
+/// their own are told apart by their position alone.
+const REMEMBERED_IDS: usize = 1024;
 
 fn blocked(ctx: &CallContext, feedback: Option<&WirePromptFeedback>) -> Option<UpstreamError> {
     let reason = feedback?.block_reason.as_deref()?;
@@ -371,7 +384,10 @@ pub(crate) fn decode_chat(
         .flatten()
     {
         if let Some(call) = part.function_call {
-            response.tool_calls.push(call_of(call));
+            let position = u32::try_from(response.tool_calls.len()).unwrap_or(u32::MAX);
+            let calls = &response.tool_calls;
+            let call = call_of(call, position, |id| calls.iter().any(|c| c.id == id));
+            response.tool_calls.push(call);
         } else if let Some(text) = part.text
             && part.thought != Some(true)
         {
@@ -390,6 +406,8 @@ pub(crate) fn decode_chat(
 pub(crate) struct StreamDecoder {
     finished: bool,
     tool_calls: u32,
+    // The ids given to the stream's calls so far (at most `REMEMBERED_IDS`).
+    ids: Vec<String>,
     pub(crate) model: Option<String>,
 }
 
@@ -427,7 +445,14 @@ impl crate::protocol::StreamDecoder for StreamDecoder {
             .flatten()
         {
             if let Some(call) = part.function_call {
-                let call = call_of(call);
+                let ids = &self.ids;
+                let full = ids.len() >= REMEMBERED_IDS;
+                let call = call_of(call, self.tool_calls, |id| {
+                    full || ids.iter().any(|known| known == id)
+                });
+                if !full {
+                    self.ids.push(call.id.clone());
+                }
                 out.push_back(ChatChunk::ToolCall(ToolCallDelta {
                     index: self.tool_calls,
                     id: Some(call.id),
