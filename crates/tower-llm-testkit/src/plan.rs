@@ -338,7 +338,9 @@ impl Latency {
 /// A request is admitted when fewer than `requests_per_minute` requests were admitted in the
 /// last 60 s and their summed cost plus its own is at most `tokens_per_minute`. Its cost is
 /// [`tower_llm_core::estimate_body_tokens`] of its body, so a client-side limiter using core's
-/// estimate computes the same number. Refused requests do not count. A refusal is a 429 with
+/// estimate computes the same number; an answered request whose usage (prompt and reply)
+/// exceeds that cost has the difference counted too, when it is answered, as a provider
+/// counts the tokens used. Refused requests do not count. A refusal is a 429 with
 /// `retry-after` (seconds, rounded up) until enough capacity frees, and the provider's
 /// rate-limit headers (also sent on admitted answers). A plan's quota is one window shared
 /// by every route the plan serves (a provider account); a [route
