@@ -216,10 +216,7 @@ where
                                     Err(this.ctx.malformed(
                                         "answer",
                                         &bytes,
-                                        format_args!(
-                                            "{} items for {items} inputs",
-                                            count(&answer)
-                                        ),
+                                        format_args!("{} items for {items} inputs", count(&answer)),
                                     ))
                                 }
                                 _ => Ok(answer),

@@ -671,7 +671,10 @@ impl ChatAccumulator {
             ChatChunk::ToolCall(delta) => {
                 // Pieces of several calls may interleave, and a call's first piece may come
                 // after a later call's (`index` 1 before 0): each goes to its own call.
-                let found = self.calls.iter().position(|(index, _)| *index == delta.index);
+                let found = self
+                    .calls
+                    .iter()
+                    .position(|(index, _)| *index == delta.index);
                 let at = match found {
                     Some(at) => at,
                     None if self.calls.len() < MAX_TOOL_CALLS => {
