@@ -165,8 +165,12 @@ fn check_body(status: u16, body: &[u8]) -> Result<(), TestCaseError> {
 }
 
 /// What any body the Converse decoder accepts must be: JSON with an `output.message`.
+/// Whether `body` is JSON with an `/output/message`. Bytes that are not UTF-8 are read as
+/// U+FFFD: the decoder skips the fields it does not read without checking their strings (as
+/// serde does), so a bad byte in an ignored field leaves an answer an answer.
 fn answer_shaped(body: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(body).is_ok_and(|v| v.pointer("/output/message").is_some())
+    serde_json::from_str::<Value>(&String::from_utf8_lossy(body))
+        .is_ok_and(|v| v.pointer("/output/message").is_some())
 }
 
 /// A ConverseStream event type: the real ones, more often than not, and noise.
@@ -348,7 +352,7 @@ proptest! {
         prop_assert_eq!(error.request_id(), Some("0b6a1e4c-5f2d"));
         prop_assert!(error.body().is_none_or(|b| b.len() <= MAX_ERROR_BODY));
         prop_assert!(error.code().is_none_or(|c| c.chars().count() <= 128));
-        match headers.get("x-amzn-errortype").map(|v| v.to_str().unwrap()) {
+        match headers.get("x-amzn-errortype").and_then(|v| v.to_str().ok()) {
             Some(t) if t.starts_with("ThrottlingException") => {
                 prop_assert_eq!(error.kind(), FailureKind::RateLimited);
             }
