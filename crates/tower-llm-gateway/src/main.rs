@@ -26,10 +26,10 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use tokio::net::TcpListener;
+use tower_llm_gateway::{Config, Gateway, serve, shutdown_signal};
 
 mod log_format;
 mod log_writer;
-use tower_llm_gateway::{Config, Gateway, serve, shutdown_signal};
 
 const USAGE: &str = "\
 usage: tower-llm-gateway [--config FILE] [--listen ADDR] [--check] [--log-format text|json]

@@ -210,19 +210,20 @@ where
                     let meta = this.ctx.meta(parts.status, &parts.headers);
                     let request_id = meta.request_id.clone();
                     let result = match read {
-                        Ok(bytes) => match (this.decode)(this.ctx, bytes.clone(), meta) {
-                            Ok(answer) => match *this.expect {
-                                Some((items, count)) if count(&answer) != items => {
+                        Ok(bytes) => {
+                            // The body is kept (a reference count) only for a count to check.
+                            let expect = this.expect.map(|expect| (expect, bytes.clone()));
+                            (this.decode)(this.ctx, bytes, meta).and_then(|answer| match expect {
+                                Some(((items, count), body)) if count(&answer) != items => {
                                     Err(this.ctx.malformed(
                                         "answer",
-                                        &bytes,
+                                        &body,
                                         format_args!("{} items for {items} inputs", count(&answer)),
                                     ))
                                 }
                                 _ => Ok(answer),
-                            },
-                            Err(error) => Err(error),
-                        },
+                            })
+                        }
                         Err(ReadError::TooLarge(start)) => {
                             let error = this
                                 .ctx

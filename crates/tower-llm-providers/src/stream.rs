@@ -710,8 +710,8 @@ impl ChatAccumulator {
 
     /// The answer so far; its tool calls in the order of their indices.
     pub fn finish(mut self) -> ChatResponse {
-        // Stable: calls a server gave the same index stay in arrival order.
-        self.calls.sort_by_key(|(index, _)| *index);
+        // Each index appears once (`push` merges a call's pieces).
+        self.calls.sort_unstable_by_key(|(index, _)| *index);
         let calls: Vec<ToolCall> = self.calls.into_iter().map(|(_, call)| call).collect();
         self.response.blocks = self.blocks.finish(&self.response.content, &calls);
         self.response.tool_calls = calls;

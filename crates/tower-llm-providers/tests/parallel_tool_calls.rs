@@ -355,3 +355,21 @@ fn gemini_calls_to_one_function_get_distinct_ids() {
         expected
     );
 }
+
+/// Past the 1,024 ids an answer remembers, calls without ids still get distinct ones, by
+/// their position.
+#[test]
+fn gemini_many_calls_without_ids_stay_distinct() {
+    let parts: Vec<String> = (0..3_000)
+        .map(|_| r#"{"functionCall":{"name":"f","args":{}}}"#.to_owned())
+        .collect();
+    let answer = format!(
+        r#"{{"candidates":[{{"content":{{"parts":[{}]}},"finishReason":"STOP","index":0}}]}}"#,
+        parts.join(",")
+    );
+    let calls = gemini::decode_response(answer.as_bytes()).unwrap().tool_calls;
+    assert_eq!(calls.len(), 3_000);
+    let ids: std::collections::HashSet<&str> = calls.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids.len(), 3_000, "every id distinct");
+    assert_eq!((calls[0].id.as_str(), calls[2_999].id.as_str()), ("f", "f#2999"));
+}

@@ -308,26 +308,37 @@ fn finish_reason(reason: &str, called_tools: bool) -> FinishReason {
     }
 }
 
-/// A call of the answer, at `position` among its calls. Its id is the server's, or, when it
-/// sends none (Gemini matches results by name), the function's name, made unique by the
-/// call's position when an earlier call of the answer already `taken` that id: two calls to
-/// one function must not share an id in a history sent on to another provider.
-fn call_of(call: WireFunctionCall, position: u32, taken: impl Fn(&str) -> bool) -> ToolCall {
-    let id = match call.id {
-        Some(id) => id,
-        None if !taken(&call.name) => call.name.clone(),
-        None => format!("{}#{position}", call.name),
-    };
-    ToolCall {
-        id,
-        arguments: call.args.map_or_else(|| "{}".to_owned(), |a| a.to_string()),
-        name: call.name,
+/// The ids given to an answer's calls, so that those made up keep apart: a call's id is the
+/// server's, or, when it sends none (Gemini matches results by name), the function's name,
+/// with the call's position added when an earlier call of the answer already has that id.
+/// Two calls to one function must not share an id in a history sent on to another provider.
+/// At most [`REMEMBERED_IDS`] are kept; calls past them without an id of their own are told
+/// apart by their position alone, so a server's endless calls cost no more per call.
+#[derive(Debug, Default)]
+struct CallIds(Vec<String>);
+
+/// The most ids an answer remembers to keep them unique.
+const REMEMBERED_IDS: usize = 1024;
+
+impl CallIds {
+    /// The call at `position` among the answer's calls.
+    fn call_of(&mut self, call: WireFunctionCall, position: u32) -> ToolCall {
+        let full = self.0.len() >= REMEMBERED_IDS;
+        let id = match call.id {
+            Some(id) => id,
+            None if !full && !self.0.contains(&call.name) => call.name.clone(),
+            None => format!("{}#{position}", call.name),
+        };
+        if !full {
+            self.0.push(id.clone());
+        }
+        ToolCall {
+            id,
+            arguments: call.args.map_or_else(|| "{}".to_owned(), |a| a.to_string()),
+            name: call.name,
+        }
     }
 }
-
-/// The most ids a stream remembers to keep them unique; calls past it without an id of
-/// their own are told apart by their position alone.
-const REMEMBERED_IDS: usize = 1024;
 
 fn blocked(ctx: &CallContext, feedback: Option<&WirePromptFeedback>) -> Option<UpstreamError> {
     let reason = feedback?.block_reason.as_deref()?;
@@ -377,6 +388,7 @@ pub(crate) fn decode_chat(
         extra: wire.extra,
         ..ChatResponse::default()
     };
+    let mut ids = CallIds::default();
     for part in candidate
         .content
         .and_then(|c| c.parts)
@@ -385,9 +397,7 @@ pub(crate) fn decode_chat(
     {
         if let Some(call) = part.function_call {
             let position = u32::try_from(response.tool_calls.len()).unwrap_or(u32::MAX);
-            let calls = &response.tool_calls;
-            let call = call_of(call, position, |id| calls.iter().any(|c| c.id == id));
-            response.tool_calls.push(call);
+            response.tool_calls.push(ids.call_of(call, position));
         } else if let Some(text) = part.text
             && part.thought != Some(true)
         {
@@ -406,8 +416,7 @@ pub(crate) fn decode_chat(
 pub(crate) struct StreamDecoder {
     finished: bool,
     tool_calls: u32,
-    // The ids given to the stream's calls so far (at most `REMEMBERED_IDS`).
-    ids: Vec<String>,
+    ids: CallIds,
     pub(crate) model: Option<String>,
 }
 
@@ -445,14 +454,7 @@ impl crate::protocol::StreamDecoder for StreamDecoder {
             .flatten()
         {
             if let Some(call) = part.function_call {
-                let ids = &self.ids;
-                let full = ids.len() >= REMEMBERED_IDS;
-                let call = call_of(call, self.tool_calls, |id| {
-                    full || ids.iter().any(|known| known == id)
-                });
-                if !full {
-                    self.ids.push(call.id.clone());
-                }
+                let call = self.ids.call_of(call, self.tool_calls);
                 out.push_back(ChatChunk::ToolCall(ToolCallDelta {
                     index: self.tool_calls,
                     id: Some(call.id),
