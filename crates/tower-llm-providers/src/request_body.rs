@@ -23,7 +23,7 @@ use http_body::{Body, Frame, SizeHint};
 /// assert_eq!(body.as_ref(), br#"{"model":"gpt-4o-mini"}"#);
 /// assert_eq!(body.size_hint().exact(), Some(23));
 /// ```
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct RequestBody {
     bytes: Bytes,
     /// The frame has been handed to the client.
@@ -47,6 +47,13 @@ impl RequestBody {
     /// The body's bytes, taken out of it.
     pub fn into_bytes(self) -> Bytes {
         self.bytes
+    }
+}
+
+/// A clone is a body of its own, not yet sent, over the same buffer (a cheap clone).
+impl Clone for RequestBody {
+    fn clone(&self) -> Self {
+        RequestBody::new(self.bytes.clone())
     }
 }
 
@@ -135,6 +142,9 @@ mod tests {
         assert!(body.frame().await.is_none());
         assert_eq!(body.size_hint().exact(), Some(0));
         assert_eq!(body.as_ref(), b"{}", "still readable after it is sent");
+        let again = body.clone();
+        assert!(!again.is_end_stream(), "a clone sends its bytes again");
+        assert_eq!(again.collect().await.unwrap().to_bytes(), "{}");
         let empty = RequestBody::default();
         assert!(empty.is_end_stream());
         assert_eq!(empty.collect().await.unwrap().to_bytes(), "");
