@@ -374,11 +374,20 @@ mod deadline {
 
         // The first stack's call is cut at its deadline, and what the upstream held for it
         // is released.
+        let started = Instant::now();
         let cut = tokio::spawn(first.oneshot("a".into()));
         settle().await;
         assert_eq!(upstream.in_flight(), 1);
-        tokio::time::advance(Duration::from_secs(5)).await;
+        tokio::time::advance(Duration::from_millis(4_999)).await;
+        settle().await;
+        assert!(!cut.is_finished(), "not cut before its deadline");
+        tokio::time::advance(Duration::from_millis(1)).await;
         let error = cut.await.unwrap().unwrap_err();
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(5),
+            "cut at its deadline"
+        );
         assert_eq!(classify(&error), FailureKind::Timeout, "{error}");
         assert_eq!(upstream.in_flight(), 0);
         // The second stack refuses a call whose deadline has passed, from `call`, without

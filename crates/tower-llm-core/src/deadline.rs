@@ -233,7 +233,8 @@ impl<S> Layer<S> for DeadlineLayer {
 }
 
 /// The counts of a [`DeadlineLayer`], shared by every service it made. Only the calls that
-/// end badly are counted, so an answered call costs no shared write.
+/// end badly write to them; each call's future holds a reference to them (one shared
+/// reference count, taken and given back per call).
 #[derive(Debug, Default)]
 struct Counters {
     cut: AtomicU64,
@@ -308,12 +309,13 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
+        // One clock read: the deadline, its check and the error's "after" all count from it.
         let started = Instant::now();
-        let mut deadline = Deadline::after(self.timeout);
+        let mut deadline = Deadline::at(started + self.timeout);
         if let Some(outer) = Deadline::current() {
             deadline = deadline.min(outer);
         }
-        if deadline.has_passed() {
+        if deadline.instant() <= started {
             // Nothing the inner service could do would arrive in time: it is not called, and
             // the readiness it gave stays with it for the next call.
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -384,6 +386,12 @@ where
                 counters,
             } => {
                 if let Poll::Ready(result) = future.poll(cx) {
+                    // An inner service that reads the deadline (a provider's timeouts, a rate
+                    // limiter's wait) fails at the same instant with an error of its own:
+                    // the deadline cut that call too.
+                    if result.is_err() && sleep.deadline() <= Instant::now() {
+                        counters.cut.fetch_add(1, Ordering::Relaxed);
+                    }
                     return Poll::Ready(result.map_err(Into::into));
                 }
                 if sleep.poll(cx).is_ready() {
@@ -521,10 +529,46 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         let failure = crate::classify::classify_dyn_error(&*error);
         assert_eq!(failure.kind, FailureKind::Timeout, "{error}");
-        // A call its caller dropped is neither.
-        drop(second.clone().oneshot(()));
+        // A call its caller dropped, once it had reached the service, is neither.
+        let mut dropped = Box::pin(second.clone().oneshot(()));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(dropped.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the call reached the service"
+        );
+        drop(dropped);
+        tokio::time::advance(Duration::from_secs(10)).await;
         let stats = handle.stats();
         assert_eq!((stats.cut, stats.refused), (1, 1));
+    }
+
+    /// An inner service that gives up at the deadline itself, with an error of its own, as
+    /// providers and rate limiters do: that call was cut by the deadline too. One that fails
+    /// before it was not.
+    #[tokio::test(start_paused = true)]
+    async fn an_inner_service_failing_at_the_deadline_is_a_cut() {
+        use tower::{ServiceExt, service_fn};
+        let gives_up = service_fn(|early: bool| async move {
+            let left = Deadline::current().map_or(Duration::ZERO, Deadline::time_left);
+            tokio::time::sleep(if early { left / 2 } else { left }).await;
+            Err::<(), BoxError>("gave up".into())
+        });
+        let layer = DeadlineLayer::new(Duration::from_secs(5));
+        let handle = layer.handle();
+        let service = layer.layer(gives_up);
+        let started = Instant::now();
+        let error = service.clone().oneshot(false).await.unwrap_err();
+        assert_eq!(error.to_string(), "gave up", "the inner error is kept");
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(handle.stats().cut, 1);
+        service.oneshot(true).await.unwrap_err();
+        assert_eq!(
+            handle.stats().cut,
+            1,
+            "a failure before the deadline is not a cut"
+        );
     }
 
     #[test]
