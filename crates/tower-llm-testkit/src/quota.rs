@@ -152,17 +152,23 @@ impl QuotaWindow {
     }
 
     fn state(&self, now: Instant) -> RateLimitState {
-        let reset = Self::until_expired(self.charges.back(), now);
-        let limit = |limit: u64, used: u64| {
+        // Each limit resets when the last charge it counts leaves the window: a token-only
+        // charge (usage beyond an admission) moves the tokens' reset, not the requests'.
+        let last_request = self.charges.iter().rev().find(|c| c.request);
+        let limit = |limit: u64, used: u64, last: Option<&Charge>| {
             (limit != u64::MAX).then(|| LimitState {
                 limit,
                 remaining: limit.saturating_sub(used),
-                reset,
+                reset: Self::until_expired(last, now),
             })
         };
         RateLimitState {
-            requests: limit(self.quota.requests_per_minute, self.requests),
-            tokens: limit(self.quota.tokens_per_minute, self.tokens),
+            requests: limit(self.quota.requests_per_minute, self.requests, last_request),
+            tokens: limit(
+                self.quota.tokens_per_minute,
+                self.tokens,
+                self.charges.back(),
+            ),
         }
     }
 }
@@ -250,6 +256,21 @@ mod tests {
                 assert_eq!(state.tokens.expect("limited").remaining, 0);
             }
             QuotaCheck::Refused { .. } => panic!("20 more fit"),
+        }
+        // A charge after the last request moves the tokens' reset only.
+        let t3 = start + Duration::from_secs(20);
+        window.charge(t3, 1);
+        match window.clone().check(t3, 0) {
+            QuotaCheck::Refused { state, .. } | QuotaCheck::Admitted(state) => {
+                let requests = state.requests.expect("limited");
+                let tokens = state.tokens.expect("limited");
+                assert_eq!(
+                    requests.reset,
+                    Duration::from_secs(50),
+                    "the request at 10 s"
+                );
+                assert_eq!(tokens.reset, Duration::from_secs(60), "the charge at 20 s");
+            }
         }
     }
 

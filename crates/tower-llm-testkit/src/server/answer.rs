@@ -37,7 +37,15 @@ pub(super) enum StreamEnd {
     Cut,
 }
 
-pub(super) fn answer(call: &Call, decision: &Decision) -> Answer {
+/// The answer to `call` as `decision` says, with the tokens it used (prompt and reply) when
+/// the upstream wrote a reply: what a provider's own counter charges.
+pub(super) fn answer(call: &Call, decision: &Decision) -> (Answer, Option<u64>) {
+    let mut used = None;
+    let answer = respond(call, decision, &mut used);
+    (answer, used)
+}
+
+fn respond(call: &Call, decision: &Decision, used: &mut Option<u64>) -> Answer {
     let fault = match &decision.verdict {
         Verdict::Normal => None,
         Verdict::Unauthorized(echo) => {
@@ -79,7 +87,7 @@ pub(super) fn answer(call: &Call, decision: &Decision) -> Answer {
         }
     };
     match fault {
-        None => normal(call, decision, &json, None),
+        None => normal(call, decision, &json, None, used),
         Some(Fault::Status(code)) => {
             let status = StatusCode::from_u16(*code)
                 .ok()
@@ -116,13 +124,19 @@ pub(super) fn answer(call: &Call, decision: &Decision) -> Answer {
             set_header(&mut response, http::header::SERVER, "nginx");
             Answer::Full(response)
         }
-        Some(fault) => normal(call, decision, &json, Some(fault)),
+        Some(fault) => normal(call, decision, &json, Some(fault), used),
     }
 }
 
 /// The normal answer, or one spoilt by a body fault (malformed JSON, stall, cut, in-stream
 /// error).
-fn normal(call: &Call, decision: &Decision, json: &Value, fault: Option<&Fault>) -> Answer {
+fn normal(
+    call: &Call,
+    decision: &Decision,
+    json: &Value,
+    fault: Option<&Fault>,
+    used: &mut Option<u64>,
+) -> Answer {
     if call.route == Route::OpenAiEmbeddings {
         return match responses::openai_embeddings(json, decision.id) {
             Ok(body) if fault == Some(&Fault::ContextLengthExceeded) => {
@@ -158,6 +172,7 @@ fn normal(call: &Call, decision: &Decision, json: &Value, fault: Option<&Fault>)
         .clone()
         .unwrap_or_else(|| format!("{}: {}", decision.name, prompt.last_user));
     let reply = Reply::new(decision.id, &prompt, text);
+    *used = Some(reply.prompt_tokens.saturating_add(reply.completion_tokens));
     if !prompt.stream {
         let body = match call.provider {
             Provider::OpenAi => responses::openai_chat(&reply),

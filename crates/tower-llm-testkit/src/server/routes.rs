@@ -11,17 +11,16 @@ use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{Request, Response, StatusCode};
 use serde_json::json;
-use tokio::time::Instant;
 use tower_llm_core::estimate_body_tokens;
 
 use super::answer::{
     Answer, answer, decorate, error_response, json_response, set_header, stream_body,
 };
-use super::state::{Decision, InFlight, Shared, Verdict};
+use super::state::{InFlight, Shared};
 use super::{DropConnection, MAX_BODY};
 use crate::counters::ReceivedRequest;
 use crate::plan::Route;
-use crate::responses::{ErrorCase, Prompt, Provider, Reply};
+use crate::responses::{ErrorCase, Provider};
 
 pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -224,9 +223,16 @@ async fn handle(
         sse,
         body,
     };
-    let answer = answer(&call, &decision);
-    if matches!(decision.verdict, Verdict::Normal) {
-        charge_usage(&shared, &call, &decision, cost);
+    let (answer, used) = answer(&call, &decision);
+    // A provider counts the tokens a call really used: what its reply used beyond the cost
+    // it was admitted at (a long reply to a request that named no output budget) counts in
+    // the quota window too, when it is answered. A client learns it only from the usage the
+    // answer reports.
+    if let Some(extra) = used
+        .and_then(|used| used.checked_sub(cost))
+        .filter(|&n| n > 0)
+    {
+        shared.charge(route, extra);
     }
     let mut response = match answer {
         Answer::Full(response) => finish(&shared, in_flight, response),
@@ -256,39 +262,6 @@ async fn handle(
     };
     decorate(&mut response, &call, &decision);
     response
-}
-
-/// A provider counts the tokens a call really used: what a normal answer used (its usage:
-/// prompt and reply) beyond the cost its request was admitted at (a long reply to a request
-/// that named no output budget) is counted in the quota window too, when it is answered. A
-/// client learns it only from the usage the answer reports.
-fn charge_usage(shared: &Shared, call: &Call, decision: &Decision, admitted: u64) {
-    if call.route == Route::OpenAiEmbeddings {
-        return;
-    }
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&call.body) else {
-        return;
-    };
-    let prompt = Prompt::read(call.route, &json, call.url_model.as_deref());
-    if decision
-        .context_window
-        .is_some_and(|window| prompt.prompt_tokens > window)
-    {
-        return;
-    }
-    // The reply `answer` wrote.
-    let text = decision
-        .reply
-        .clone()
-        .unwrap_or_else(|| format!("{}: {}", decision.name, prompt.last_user));
-    let reply = Reply::new(decision.id, &prompt, text);
-    let used = reply.prompt_tokens.saturating_add(reply.completion_tokens);
-    if used > admitted {
-        let mut state = shared.lock();
-        if let Some((_, window)) = &mut state.plans.for_route(call.route).quota {
-            window.charge(Instant::now(), used - admitted);
-        }
-    }
 }
 
 pub(super) fn finish(

@@ -79,6 +79,13 @@ impl Shared {
         state.received.push_back(request);
     }
 
+    /// Counts `tokens` more in the quota window of `route`'s plan, if it has one.
+    pub(super) fn charge(&self, route: Route, tokens: u64) {
+        if let Some((_, window)) = &mut self.lock().plans.for_route(route).quota {
+            window.charge(Instant::now(), tokens);
+        }
+    }
+
     pub(super) fn decide(&self, route: Route, key: &str, cost: u64) -> Decision {
         let mut state = self.lock();
         state.next_id += 1;
