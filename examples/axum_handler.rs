@@ -284,4 +284,51 @@ mod tests {
         assert_eq!(stats.in_flight, 0, "a call still holds a concurrency slot");
         assert_eq!(llm.breaker.stats().successes, 2);
     }
+
+    /// The streaming route holds its concurrency slot while its body is open, from the
+    /// response head to the stream's last chunk, and gives it back once the body is drained:
+    /// the head alone does not release it.
+    #[tokio::test]
+    async fn a_stream_holds_its_slot_from_its_head_to_its_last_chunk() {
+        let mock = mock().await.unwrap();
+        let llm = stacks(format!("{}/v1", mock.base_url())).unwrap();
+        let request = http::Request::post("/ask/stream")
+            .body(Body::from("capital of France?"))
+            .unwrap();
+        // The route called in process: its response is the head, its body not read yet.
+        let response = app(llm.clone()).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let stats = llm.limits.stats();
+        assert_eq!(stats.admitted, 1, "{stats:?}");
+        assert_eq!(
+            stats.in_flight, 1,
+            "the open stream holds its slot: {stats:?}"
+        );
+
+        let mut body = response.into_body().into_data_stream();
+        let (mut text, mut chunks) = (Vec::new(), 0);
+        while let Some(chunk) = body.next().await {
+            text.extend_from_slice(&chunk.unwrap());
+            chunks += 1;
+            let stats = llm.limits.stats();
+            assert_eq!(
+                stats.in_flight,
+                1,
+                "released before the stream's end, at {:?}: {stats:?}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+        assert_eq!(String::from_utf8(text).unwrap(), "mock: capital of France?");
+        assert!(
+            chunks > 1,
+            "the slot was seen held mid-stream: {chunks} chunks"
+        );
+        let stats = llm.limits.stats();
+        assert_eq!(
+            stats.in_flight, 0,
+            "the drained stream still holds its slot"
+        );
+        assert_eq!(stats.waiting, 0, "{stats:?}");
+        assert_eq!(mock.counters().route(Route::OpenAiChat), 1);
+    }
 }

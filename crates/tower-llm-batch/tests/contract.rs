@@ -198,11 +198,24 @@ async fn a_sent_batch_is_cancelled_only_when_its_last_caller_leaves() {
     let second = fate(1);
     one.abort();
     let _ = one.await;
-    tokio::task::yield_now().await;
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
     assert!(!second.dropped.load(Ordering::SeqCst), "one caller is left");
     two.abort();
     let _ = two.await;
     let left = Instant::now();
+    // At once: a few turns of the scheduler, before any time passes, and the upstream's
+    // future is gone (not left to run out its 60 s, nor dropped only when a new request
+    // needs the slot).
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(Instant::now(), left, "no time passed");
+    assert!(
+        second.dropped.load(Ordering::SeqCst),
+        "the batch was cancelled as its last caller left"
+    );
 
     // Its slot is free: a new request is sent and answered after the upstream's own time,
     // not after what was left of the abandoned call's.

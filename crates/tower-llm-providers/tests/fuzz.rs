@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{Piece, Reply, call, drain, mock, split};
+use common::{Piece, Reply, call, drain, mock};
 use proptest::prelude::*;
 use std::collections::VecDeque;
 
@@ -129,9 +129,22 @@ fn mutate(bytes: &[u8], flips: &[(usize, u8)], truncate: Option<usize>) -> Vec<u
         bytes[at % len] = byte;
     }
     if let Some(at) = truncate {
-        bytes.truncate(at.min(bytes.len()));
+        // Drawn over a range wider than any input: folded into this one, so that a cut lands
+        // anywhere in it rather than mostly past its end.
+        bytes.truncate(at % (bytes.len() + 1));
     }
     bytes
+}
+
+/// `cuts` drawn over a range wider than `len`, folded into `0..=len`: each lands somewhere
+/// in the input (clamping would put most of them at its end).
+fn within(len: usize, cuts: &[usize]) -> Vec<usize> {
+    cuts.iter().map(|&c| c % (len + 1)).collect()
+}
+
+/// The testkit's split, at `cuts` folded into the input ([`within`]).
+fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Piece> {
+    common::split(bytes, &within(bytes.len(), cuts))
 }
 
 /// Streams `pieces` through each provider; checks the shape of what comes out.
@@ -236,7 +249,7 @@ fn decode_split(
     bytes: &[u8],
     cuts: &[usize],
 ) -> (Vec<ChatChunk>, Result<(), tower_llm_core::UpstreamError>) {
-    let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(bytes.len())).collect();
+    let mut cuts = within(bytes.len(), cuts);
     cuts.sort_unstable();
     let mut chunks = VecDeque::new();
     let mut start = 0;
@@ -463,7 +476,9 @@ fn an_endless_line_is_refused_not_buffered() {
 }
 
 /// Every transcript cut short of its terminal event, at every byte, is an error: a stream
-/// that stops early is never a short answer.
+/// that stops early is never a short answer. That holds inside the terminal event too, up
+/// to the last byte of its line: `data: [DON`, Anthropic's `{"type":"message_st`, Gemini's
+/// final JSON without its closing brace.
 #[test]
 fn every_transcript_cut_before_its_terminal_is_an_error() {
     for (transcript, dialect) in &TRANSCRIPTS {
@@ -472,9 +487,26 @@ fn every_transcript_cut_before_its_terminal_is_an_error() {
             .windows(dialect.terminal.len())
             .rposition(|w| w == dialect.terminal)
             .unwrap();
-        for cut in 0..terminal {
+        // The end of the terminal event's line, before its `\r` or `\n`.
+        let line_end = terminal
+            + bytes[terminal..]
+                .iter()
+                .position(|&b| b == b'\r' || b == b'\n')
+                .unwrap();
+        assert!(line_end >= terminal + dialect.terminal.len());
+        for cut in 0..line_end {
             let (_, end) = decode_split((dialect.decoder)(), &bytes[..cut], &[]);
-            assert!(end.is_err(), "cut at {cut} of {transcript:.60} ended well");
+            let at = String::from_utf8_lossy(&bytes[cut.saturating_sub(20)..cut]);
+            assert!(
+                end.is_err(),
+                "cut at {cut} (after {at:?}) of {transcript:.60} ended well"
+            );
+        }
+        // The boundary is tight: from the whole line on, the stream ends well (a last line
+        // without its line break is still read).
+        for cut in line_end..=bytes.len() {
+            let (_, end) = decode_split((dialect.decoder)(), &bytes[..cut], &[]);
+            assert!(end.is_ok(), "cut at {cut} of {transcript:.60}: {end:?}");
         }
     }
 }

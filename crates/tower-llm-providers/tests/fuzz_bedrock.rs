@@ -12,7 +12,7 @@ mod common;
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use common::{Piece, Reply, call, drain, mock, split};
+use common::{Piece, Reply, call, drain, mock};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use proptest::prelude::*;
 use serde_json::Value;
@@ -96,9 +96,22 @@ fn mutate(bytes: &[u8], flips: &[(usize, u8)], truncate: Option<usize>) -> Vec<u
         bytes[at % len] = byte;
     }
     if let Some(at) = truncate {
-        bytes.truncate(at.min(bytes.len()));
+        // Drawn over a range wider than any input: folded into this one, so that a cut lands
+        // anywhere in it rather than mostly past its end.
+        bytes.truncate(at % (bytes.len() + 1));
     }
     bytes
+}
+
+/// `cuts` drawn over a range wider than `len`, folded into `0..=len`: each lands somewhere
+/// in the input (clamping would put most of them at its end).
+fn within(len: usize, cuts: &[usize]) -> Vec<usize> {
+    cuts.iter().map(|&c| c % (len + 1)).collect()
+}
+
+/// The testkit's split, at `cuts` folded into the input ([`within`]).
+fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Piece> {
+    common::split(bytes, &within(bytes.len(), cuts))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -393,6 +406,57 @@ proptest! {
             prop_assert_eq!(error.kind(), FailureKind::RateLimited);
         }
     }
+}
+
+/// Feeds `events` to a fresh decoder, each accepted, then finishes it.
+fn finish_after(events: &[(&str, &str)]) -> Result<(), UpstreamError> {
+    let mut decoder = ConverseStreamDecoder::default();
+    let mut chunks = VecDeque::new();
+    for (event_type, payload) in events {
+        if let Err(error) = decoder.event(event_type, payload.as_bytes(), &mut chunks) {
+            panic!("{event_type} {payload} refused: {error}");
+        }
+    }
+    decoder.finish()
+}
+
+/// A stream is complete only with both of its terminal events: `messageStop` without the
+/// `metadata` that follows it, or `metadata` without `messageStop`, is a stream cut short.
+#[test]
+fn a_stream_needs_both_message_stop_and_metadata() {
+    const START: (&str, &str) = ("messageStart", r#"{"role":"assistant"}"#);
+    const DELTA: (&str, &str) = (
+        "contentBlockDelta",
+        r#"{"contentBlockIndex":0,"delta":{"text":"Hello"}}"#,
+    );
+    const BLOCK_STOP: (&str, &str) = ("contentBlockStop", r#"{"contentBlockIndex":0}"#);
+    const STOP: (&str, &str) = ("messageStop", r#"{"stopReason":"end_turn"}"#);
+    const METADATA: (&str, &str) = (
+        "metadata",
+        r#"{"usage":{"inputTokens":3,"outputTokens":1,"totalTokens":4},"metrics":{"latencyMs":12}}"#,
+    );
+
+    assert!(finish_after(&[]).is_err(), "an empty stream");
+    assert!(finish_after(&[START]).is_err(), "messageStart alone");
+    assert!(
+        finish_after(&[START, STOP]).is_err(),
+        "messageStart and messageStop without metadata"
+    );
+    assert!(
+        finish_after(&[START, DELTA, BLOCK_STOP, STOP]).is_err(),
+        "an answer and messageStop without metadata"
+    );
+    assert!(
+        finish_after(&[START, METADATA]).is_err(),
+        "metadata without messageStop"
+    );
+    assert!(
+        finish_after(&[START, DELTA, BLOCK_STOP, METADATA]).is_err(),
+        "an answer and metadata without messageStop"
+    );
+
+    finish_after(&[START, STOP, METADATA]).unwrap();
+    finish_after(&[START, DELTA, BLOCK_STOP, STOP, METADATA]).unwrap();
 }
 
 /// Every stream cut short, at every byte, is an error: it never ends as a short answer.

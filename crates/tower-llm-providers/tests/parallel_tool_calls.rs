@@ -304,22 +304,34 @@ mod bedrock {
     }
 }
 
-/// A compatible server that names call 1 before call 0, in one delta: each piece goes to its
-/// own call, and the answer lists them by index.
+/// A compatible server that names call 1 before call 0, in one delta, then continues each
+/// call's arguments in deltas that carry only its index, interleaved (1, 0, 1): each piece
+/// goes to the call its index names (not the last one announced), and the answer lists them
+/// by index.
 #[test]
 fn a_later_call_announced_first_keeps_its_own_pieces() {
-    let transcript = "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[\
-        {\"index\":1,\"id\":\"call_b\",\"function\":{\"name\":\"g\",\"arguments\":\"{\\\"x\\\":2}\"}},\
-        {\"index\":0,\"id\":\"call_a\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"x\\\":1}\"}}]},\
-        \"finish_reason\":\"tool_calls\"}]}\n\ndata: [DONE]\n\n";
+    let transcript = concat!(
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[",
+        "{\"index\":1,\"id\":\"call_b\",\"function\":{\"name\":\"g\",\"arguments\":\"{\\\"x\\\":\"}},",
+        "{\"index\":0,\"id\":\"call_a\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"y\\\":\"}}]},",
+        "\"finish_reason\":null}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[",
+        "{\"index\":1,\"function\":{\"arguments\":\"2\"}}]},\"finish_reason\":null}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[",
+        "{\"index\":0,\"function\":{\"arguments\":\"1}\"}}]},\"finish_reason\":null}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[",
+        "{\"index\":1,\"function\":{\"arguments\":\"}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n",
+        "data: [DONE]\n\n",
+    );
     let answer = streamed(ChunkDecoder::openai, transcript.as_bytes());
     assert_eq!(
         answer.tool_calls,
         vec![
-            call("call_a", "f", "{\"x\":1}"),
+            call("call_a", "f", "{\"y\":1}"),
             call("call_b", "g", "{\"x\":2}")
         ]
     );
+    assert_eq!(answer.finish_reason, Some(FinishReason::ToolCalls));
 }
 
 /// Indices a server makes up (sparse, huge, endless) rebuild a bounded answer.
@@ -367,9 +379,14 @@ fn gemini_many_calls_without_ids_stay_distinct() {
         r#"{{"candidates":[{{"content":{{"parts":[{}]}},"finishReason":"STOP","index":0}}]}}"#,
         parts.join(",")
     );
-    let calls = gemini::decode_response(answer.as_bytes()).unwrap().tool_calls;
+    let calls = gemini::decode_response(answer.as_bytes())
+        .unwrap()
+        .tool_calls;
     assert_eq!(calls.len(), 3_000);
     let ids: std::collections::HashSet<&str> = calls.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids.len(), 3_000, "every id distinct");
-    assert_eq!((calls[0].id.as_str(), calls[2_999].id.as_str()), ("f", "f#2999"));
+    assert_eq!(
+        (calls[0].id.as_str(), calls[2_999].id.as_str()),
+        ("f", "f#2999")
+    );
 }

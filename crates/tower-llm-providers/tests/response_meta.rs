@@ -132,8 +132,25 @@ async fn a_limiter_under_the_provider_reads_the_request_and_the_headers() {
     assert!(started[1] < S, "{started:?}");
     assert!(started[2] >= 59 * S && started[2] < 62 * S, "{started:?}");
     let stats = handle.stats();
-    // Each body's prompt and its max_tokens (16), read from the bytes sent.
-    assert!(stats.tokens_reserved >= 4 * 16, "{stats:?}");
+    // Each body's prompt and its max_tokens (16), read from the bytes sent: exactly core's
+    // estimate of the four bodies the mock received, no more, no less.
+    let received = server.received();
+    assert_eq!(received.len(), 4, "{received:?}");
+    for (i, sent) in received.iter().enumerate() {
+        let body = sent.json().unwrap();
+        assert_eq!(body["max_completion_tokens"], 16, "{body}");
+        assert_eq!(
+            body["messages"][0]["content"],
+            format!("question {i}"),
+            "{body}"
+        );
+    }
+    let estimated: u64 = received
+        .iter()
+        .map(|sent| tower_llm_core::estimate_body_tokens(&sent.body))
+        .sum();
+    assert!(estimated > 4 * 16, "the prompts count too: {estimated}");
+    assert_eq!(stats.tokens_reserved, estimated, "{stats:?}");
     assert_eq!(stats.tokens_refunded, 0, "{stats:?}");
     assert_eq!(stats.in_flight, 0, "{stats:?}");
 }

@@ -193,25 +193,55 @@ async fn a_stream_that_breaks_after_its_head_is_not_raced_or_hedged_again() {
         (1, 0, 1)
     );
 
-    // Hedge with failover: a failed primary would send the backup at once; a primary whose
-    // stream broke after its head has not failed as far as the hedge is concerned.
+    // Hedge with failover, over three legs: the primary is slow to its head, so the first
+    // backup goes out at the hedge delay and wins at its head; the primary, still waiting
+    // for its head, is cancelled then, not waited for. The winner's stream then breaks: the
+    // caller gets that error, and the hedge is over: no failover (a failed leg would send
+    // the next at once) and no further hedge (the next would go out one delay later).
+    let slow = server(late_head(Duration::from_secs(2))).await;
     let cut = cutting().await;
-    let backup = server(FaultPlan::healthy()).await;
+    let spare = server(FaultPlan::healthy()).await;
     let hedge = HedgeLayer::builder()
         .record_winner(MarkResponse)
         .delay(HedgeDelay::Fixed(Duration::from_millis(500)))
+        .max_extra_attempts(2)
         .unlimited_budget()
         .failover(true)
         .build()
         .unwrap()
-        .layer(vec![leg(&cut), leg(&backup)]);
+        .layer(vec![leg(&slow), leg(&cut), leg(&spare)]);
+    let start = Instant::now();
     let mut answer = hedge.oneshot(ask()).await.unwrap();
-    assert_eq!(answer.answered().map(|a| a.service), Some(0));
-    let mut last = None;
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(500),
+        "the backup's head, at the hedge delay"
+    );
+    assert_eq!(
+        answer.answered().map(|a| (a.service, a.attempts)),
+        Some((1, 2))
+    );
+    let ends = watch(&mut answer);
+    let slow_seen = settled(&slow).await;
+    assert_eq!(
+        (slow_seen.requests, slow_seen.completed, slow_seen.cancelled),
+        (1, 0, 1),
+        "the primary was cancelled at the backup's head"
+    );
+    let mut items = Vec::new();
     while let Some(item) = answer.get_mut().next().await {
-        last = Some(item);
+        items.push(item);
     }
-    assert_eq!(last.unwrap().unwrap_err().kind(), FailureKind::Transport);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(backup.counters().requests, 0);
+    let (last, before) = items.split_last().unwrap();
+    assert!(before.iter().all(Result::is_ok), "{items:?}");
+    assert_eq!(last.as_ref().unwrap_err().kind(), FailureKind::Transport);
+    assert_eq!(
+        *ends.lock().unwrap(),
+        [StreamEnd::failed(FailureKind::Transport)]
+    );
+    // Past the primary's head and several hedge delays: still two requests in all.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(spare.counters().requests, 0, "a third leg was sent");
+    assert_eq!(cut.counters().requests, 1);
+    assert_eq!(slow.counters().requests, 1);
 }
