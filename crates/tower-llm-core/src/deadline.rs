@@ -263,7 +263,9 @@ impl DeadlineHandle {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DeadlineStats {
-    /// Calls ended by the deadline while the inner service was still working on them.
+    /// Calls ended by the deadline: by this layer while the inner service was still working
+    /// on them, or by the inner service itself failing once the deadline had passed (a
+    /// provider's or a rate limiter's own timeout, which reads the same deadline).
     pub cut: u64,
     /// Calls refused without reaching the inner service because their deadline had already
     /// passed when they were made.
